@@ -1,0 +1,65 @@
+//! [`Change`]: the ordered log of what the engine decided. The shell hands
+//! each change to the store (one group-committed transaction per batch) and,
+//! once committed, to subscribers — so what anyone sees has been persisted.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AttemptOutcome, OutputChunk, Progress, State, TaskId, TaskRecord, TaskStatus, Timestamp};
+
+/// One durable change to a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    /// A task was accepted: insert it.
+    Submitted(Box<TaskRecord>),
+    /// A task changed state. The store writes `status` only if the stored
+    /// state is still `from` (compare-and-set).
+    Status {
+        /// The task.
+        id: TaskId,
+        /// The state it left.
+        from: State,
+        /// When.
+        at: Timestamp,
+        /// The whole new status.
+        status: Box<TaskStatus>,
+        /// Set when this change ends an attempt: how it ended.
+        attempt_outcome: Option<AttemptOutcome>,
+    },
+    /// A running task reported progress.
+    Progress {
+        /// The task.
+        id: TaskId,
+        /// Its progress.
+        progress: Progress,
+    },
+    /// A running task saved a checkpoint (JSON text).
+    Checkpoint {
+        /// The task.
+        id: TaskId,
+        /// The checkpoint.
+        data: Box<str>,
+    },
+    /// A running task produced output.
+    Output(Box<OutputChunk>),
+}
+
+impl Change {
+    /// The task this change is about.
+    pub fn task_id(&self) -> TaskId {
+        match self {
+            Change::Submitted(r) => r.id,
+            Change::Status { id, .. } | Change::Progress { id, .. } | Change::Checkpoint { id, .. } => *id,
+            Change::Output(c) => c.task,
+        }
+    }
+
+    /// The state this change moves its task into, if it moves it.
+    pub fn new_state(&self) -> Option<State> {
+        match self {
+            Change::Submitted(r) => Some(r.status.state),
+            Change::Status { status, .. } => Some(status.state),
+            _ => None,
+        }
+    }
+}

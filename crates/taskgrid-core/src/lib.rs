@@ -1,0 +1,31 @@
+//! The pure taskgrid engine.
+//!
+//! This crate holds the task model ([`TaskSpec`], [`TaskRecord`], the
+//! [`State`] machine), and the [`Engine`]: queues, dispatch and routing,
+//! retries, dependencies, timeouts, expiry and worker leases. It does no IO
+//! and never reads a clock: every command takes `now` and records what it
+//! decided in an [`Outbox`] — durable [`Change`]s for the store, assignments
+//! and stop requests for executors. The async shell around it lives in
+//! `taskgrid-coordinator`.
+
+mod change;
+mod id;
+mod priority;
+mod record;
+mod spec;
+mod state;
+mod time;
+
+pub use change::Change;
+pub use id::{ParseIdError, TaskId, WorkerId};
+pub use priority::{ParsePriorityError, Priority};
+pub use record::{
+    AttemptOutcome, AttemptRecord, FailureCode, Outcome, OutputChunk, Progress, RetryHint, Stream, TaskFailure,
+    TaskRecord, TaskStatus,
+};
+pub use spec::{
+    ContainerSpec, DEFAULT_QUEUE, ExecRequirement, LabelReq, ParseLabelError, RetryPolicy, ShellCommand, ShellSpec,
+    TaskKind, TaskSpec,
+};
+pub use state::{Event, ParseStateError, State, TransitionError, transition};
+pub use time::{Timestamp, duration_micros};
