@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AttemptOutcome, OutputChunk, Progress, State, TaskId, TaskRecord, TaskStatus, Timestamp};
+use crate::{
+    AttemptOutcome, OutputChunk, Progress, State, TaskId, TaskRecord, TaskStatus, Timestamp,
+};
 
 /// One durable change to a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,7 +51,9 @@ impl Change {
     pub fn task_id(&self) -> TaskId {
         match self {
             Change::Submitted(r) => r.id,
-            Change::Status { id, .. } | Change::Progress { id, .. } | Change::Checkpoint { id, .. } => *id,
+            Change::Status { id, .. }
+            | Change::Progress { id, .. }
+            | Change::Checkpoint { id, .. } => *id,
             Change::Output(c) => c.task,
         }
     }

@@ -132,7 +132,15 @@ mod tests {
     #[test]
     fn task_id_rejects_garbage() {
         assert!("xyz".parse::<TaskId>().is_err());
-        assert!("01923f4e-5a6b-7c8d-9eaf-b0c1d2e3f40".parse::<TaskId>().is_err());
-        assert!("g1923f4e-5a6b-7c8d-9eaf-b0c1d2e3f405".parse::<TaskId>().is_err());
+        assert!(
+            "01923f4e-5a6b-7c8d-9eaf-b0c1d2e3f40"
+                .parse::<TaskId>()
+                .is_err()
+        );
+        assert!(
+            "g1923f4e-5a6b-7c8d-9eaf-b0c1d2e3f405"
+                .parse::<TaskId>()
+                .is_err()
+        );
     }
 }

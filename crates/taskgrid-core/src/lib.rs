@@ -9,7 +9,9 @@
 //! `taskgrid-coordinator`.
 
 mod change;
+mod engine;
 mod id;
+mod metrics;
 mod priority;
 mod record;
 mod spec;
@@ -17,15 +19,20 @@ mod state;
 mod time;
 
 pub use change::Change;
+pub use engine::{
+    Assignment, CancelOutcome, CommandError, Engine, EngineConfig, Outbox, QueueStats, ReportAck,
+    StopAttempt, StopReason, SubmitError, Submitted, WorkerInfo,
+};
 pub use id::{ParseIdError, TaskId, WorkerId};
+pub use metrics::{Histogram, HistogramSummary, Metrics, MetricsSnapshot};
 pub use priority::{ParsePriorityError, Priority};
 pub use record::{
-    AttemptOutcome, AttemptRecord, FailureCode, Outcome, OutputChunk, Progress, RetryHint, Stream, TaskFailure,
-    TaskRecord, TaskStatus,
+    AttemptOutcome, AttemptRecord, FailureCode, Outcome, OutputChunk, Progress, RetryHint, Stream,
+    TaskFailure, TaskRecord, TaskStatus,
 };
 pub use spec::{
-    ContainerSpec, DEFAULT_QUEUE, ExecRequirement, LabelReq, ParseLabelError, RetryPolicy, ShellCommand, ShellSpec,
-    TaskKind, TaskSpec,
+    ContainerSpec, DEFAULT_QUEUE, ExecRequirement, LabelReq, ParseLabelError, RetryPolicy,
+    ShellCommand, ShellSpec, TaskKind, TaskSpec,
 };
 pub use state::{Event, ParseStateError, State, TransitionError, transition};
 pub use time::{Timestamp, duration_micros};

@@ -52,7 +52,8 @@ impl TaskKind {
     /// Bytes of caller-supplied data in this kind (payload, argv, env…),
     /// checked against the engine's payload limit.
     pub fn payload_len(&self) -> usize {
-        let pairs = |v: &[(String, String)]| v.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let pairs =
+            |v: &[(String, String)]| v.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         match self {
             TaskKind::Handler { name, payload } => name.len() + payload.len(),
             TaskKind::Shell(s) => {
@@ -255,7 +256,11 @@ pub struct TaskSpec {
     #[serde(default = "one")]
     pub slots: u32,
     /// Longest one attempt may run before it is `timed_out`.
-    #[serde(default, with = "crate::spec::opt_duration_ms", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "crate::spec::opt_duration_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
     /// The task must start before this instant or it ends `expired`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -265,7 +270,11 @@ pub struct TaskSpec {
     pub run_at: Option<Timestamp>,
     /// If no connected worker could run it for this long, it fails with
     /// "no capable worker" instead of waiting forever.
-    #[serde(default, with = "crate::spec::opt_duration_ms", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "crate::spec::opt_duration_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub dispatch_timeout: Option<Duration>,
     /// How failures are retried.
     #[serde(default)]
@@ -342,7 +351,9 @@ pub(crate) mod opt_duration_ms {
             None => s.serialize_none(),
         }
     }
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }
@@ -370,7 +381,10 @@ mod tests {
 
     #[test]
     fn labels_match_by_key_or_key_value() {
-        let have = vec![("os".to_owned(), "linux".to_owned()), ("gpu".to_owned(), String::new())];
+        let have = vec![
+            ("os".to_owned(), "linux".to_owned()),
+            ("gpu".to_owned(), String::new()),
+        ];
         assert!("gpu".parse::<LabelReq>().unwrap().matches(&have));
         assert!("os=linux".parse::<LabelReq>().unwrap().matches(&have));
         assert!(!"os=mac".parse::<LabelReq>().unwrap().matches(&have));
@@ -385,7 +399,9 @@ mod tests {
         assert_eq!(spec.priority, Priority::HIGH);
         assert_eq!(&*spec.queue, "default");
         let bad = r#"{"kind":{"type":"handler","name":"h","payload":"1"},"prio":"high"}"#;
-        let err = serde_json::from_str::<TaskSpec>(bad).unwrap_err().to_string();
+        let err = serde_json::from_str::<TaskSpec>(bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `prio`"), "{err}");
     }
 }

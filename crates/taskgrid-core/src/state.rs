@@ -167,7 +167,9 @@ pub fn transition(from: State, event: Event) -> Result<State, TransitionError> {
         (S::Pending | S::Queued | S::Assigned | S::Running, E::Fail) => S::Failed,
         (S::Running, E::TimeOut) => S::TimedOut,
         (S::Running, E::Retry) => S::Retrying,
-        (S::Pending | S::Queued | S::Assigned | S::Running | S::Retrying, E::Cancel) => S::Cancelled,
+        (S::Pending | S::Queued | S::Assigned | S::Running | S::Retrying, E::Cancel) => {
+            S::Cancelled
+        }
         (S::Pending | S::Queued | S::Retrying, E::Expire) => S::Expired,
         _ => return Err(TransitionError { from, event }),
     };
@@ -214,8 +216,14 @@ mod tests {
             s = transition(s, e).unwrap();
         }
         assert_eq!(s, State::Succeeded);
-        assert_eq!(transition(State::Running, Event::Retry), Ok(State::Retrying));
-        assert_eq!(transition(State::Retrying, Event::Requeue), Ok(State::Queued));
+        assert_eq!(
+            transition(State::Running, Event::Retry),
+            Ok(State::Retrying)
+        );
+        assert_eq!(
+            transition(State::Retrying, Event::Requeue),
+            Ok(State::Queued)
+        );
         assert!(transition(State::Running, Event::Expire).is_err());
     }
 

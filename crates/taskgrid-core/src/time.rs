@@ -30,7 +30,7 @@ impl Timestamp {
         self.0 / 1000
     }
     /// This instant plus `d`, saturating at the far future.
-    pub fn add(self, d: Duration) -> Self {
+    pub fn plus(self, d: Duration) -> Self {
         Self(self.0.saturating_add(duration_micros(d)))
     }
     /// Time elapsed from `earlier` to `self`, or zero if `earlier` is later.

@@ -1,0 +1,505 @@
+//! Routing and dispatch: which queued task goes to which worker.
+//!
+//! Queued tasks are grouped into *classes* — same queue, same executor
+//! requirement, same labels and minimum trust — each an ordered set by
+//! (priority desc, FIFO). A class knows the workers that could ever run it.
+//! Dispatch merges the class heads in priority order and gives each head to
+//! the capable worker with the most free slots, then the highest trust, so a
+//! worker never receives a lower-priority task of a queue while a
+//! higher-priority one it could run waits there.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashSet};
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{
+    AttemptOutcome, Event, ExecRequirement, LabelReq, Priority, State, TaskId, TaskSpec, Timestamp,
+    WorkerId,
+};
+
+use super::{Assignment, Engine, Outbox};
+
+/// Index of a class in `Engine::classes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct ClassId(pub(super) u32);
+
+/// What tasks of one class need from a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct ClassKey {
+    queue: Arc<str>,
+    req: ExecRequirement,
+    labels: Vec<LabelReq>,
+    /// Minimum trust in millionths.
+    min_trust: u32,
+}
+
+impl ClassKey {
+    fn of(spec: &TaskSpec) -> Self {
+        let mut labels = spec.labels.clone();
+        labels.sort();
+        labels.dedup();
+        ClassKey {
+            queue: spec.queue.clone(),
+            req: spec.kind.requirement(),
+            labels,
+            min_trust: (spec.min_trust.unwrap_or(0.0).clamp(0.0, 1.0) * 1e6) as u32,
+        }
+    }
+
+    /// The requirement in words, for "no capable worker" and explain.
+    pub(super) fn describe(&self) -> String {
+        let mut parts = vec![match &self.req {
+            ExecRequirement::Handler(h) => format!("no connected worker has handler {h:?}"),
+            ExecRequirement::Shell => "no connected worker runs shell tasks".to_owned(),
+            ExecRequirement::Container => "no connected worker runs container tasks".to_owned(),
+        }];
+        if !self.labels.is_empty() {
+            let labels: Vec<String> = self.labels.iter().cloned().map(String::from).collect();
+            parts.push(format!("with labels {}", labels.join(",")));
+        }
+        parts.push(format!("serving queue {:?}", &*self.queue));
+        parts.join(" ")
+    }
+}
+
+/// The queued tasks of one class and the workers that could run them.
+#[derive(Debug)]
+pub(super) struct Class {
+    pub(super) key: ClassKey,
+    pub(super) ready: BTreeSet<(Reverse<Priority>, u64, TaskId)>,
+    pub(super) capable: Vec<usize>,
+}
+
+impl Class {
+    pub(super) fn insert(&mut self, p: Priority, seq: u64, id: TaskId) {
+        self.ready.insert((Reverse(p), seq, id));
+    }
+    pub(super) fn remove(&mut self, p: Priority, seq: u64, id: TaskId) {
+        self.ready.remove(&(Reverse(p), seq, id));
+    }
+    fn after(
+        &self,
+        key: (Reverse<Priority>, u64, TaskId),
+    ) -> Option<(Reverse<Priority>, u64, TaskId)> {
+        self.ready
+            .range((Bound::Excluded(key), Bound::Unbounded))
+            .next()
+            .copied()
+    }
+}
+
+/// What a worker (or the embedded local executor) offers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerInfo {
+    /// Its stable id.
+    pub id: WorkerId,
+    /// Its labels (`key`, `value`; a bare label has an empty value).
+    pub labels: Vec<(String, String)>,
+    /// Handlers it has registered.
+    pub handlers: Vec<String>,
+    /// It runs shell tasks.
+    pub shell: bool,
+    /// It runs container tasks.
+    pub container: bool,
+    /// Tasks (by slots) it runs at once.
+    pub slots: u32,
+    /// Queues it serves; all queues when empty.
+    pub queues: Vec<String>,
+    /// It is dropped when no heartbeat arrives for this long; never when `None`.
+    pub heartbeat_timeout: Option<Duration>,
+}
+
+impl WorkerInfo {
+    /// A worker with `slots` slots that runs these handlers, serves every
+    /// queue and never times out (the embedded local executor).
+    pub fn local(
+        id: impl AsRef<str>,
+        slots: u32,
+        handlers: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        WorkerInfo {
+            id: WorkerId::new(id),
+            labels: Vec::new(),
+            handlers: handlers.into_iter().map(Into::into).collect(),
+            shell: false,
+            container: false,
+            slots,
+            queues: Vec::new(),
+            heartbeat_timeout: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Worker {
+    pub(super) info: WorkerInfo,
+    handlers: HashSet<Arc<str>>,
+    pub(super) used: u32,
+    /// Attempts it holds slots for: (task, attempt) → slots.
+    pub(super) attempts: std::collections::HashMap<(TaskId, u32), u32>,
+    last_seen: Timestamp,
+    /// Exponentially decayed counts of recent successes and failures.
+    ok: f64,
+    bad: f64,
+}
+
+impl Worker {
+    fn free(&self) -> u32 {
+        self.info.slots.saturating_sub(self.used)
+    }
+    /// Recent success rate with a neutral prior: 0.5 for a new worker.
+    pub(super) fn trust(&self) -> f64 {
+        (self.ok + 1.0) / (self.ok + self.bad + 2.0)
+    }
+    pub(super) fn can_run(&self, key: &ClassKey) -> bool {
+        let serves =
+            self.info.queues.is_empty() || self.info.queues.iter().any(|q| **q == *key.queue);
+        let exec = match &key.req {
+            ExecRequirement::Handler(h) => self.handlers.contains(h),
+            ExecRequirement::Shell => self.info.shell,
+            ExecRequirement::Container => self.info.container,
+        };
+        serves && exec && key.labels.iter().all(|l| l.matches(&self.info.labels))
+    }
+    pub(super) fn record(&mut self, success: bool) {
+        const DECAY: f64 = 0.95;
+        self.ok = self.ok * DECAY + f64::from(u8::from(success));
+        self.bad = self.bad * DECAY + f64::from(u8::from(!success));
+    }
+}
+
+enum Pick {
+    Worker(usize),
+    /// A capable worker is free but refused this task before: try the next.
+    Skip,
+    /// No capable worker has room: the class waits.
+    Blocked,
+}
+
+impl Engine {
+    /// The class of `spec`, created on first use.
+    pub(super) fn class_for(&mut self, spec: &TaskSpec) -> ClassId {
+        let key = ClassKey::of(spec);
+        if let Some(c) = self.class_index.get(&key) {
+            return *c;
+        }
+        let capable = self
+            .workers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| w.as_ref().filter(|w| w.can_run(&key)).map(|_| i))
+            .collect();
+        let id = ClassId(self.classes.len() as u32);
+        self.classes.push(Class {
+            key: key.clone(),
+            ready: BTreeSet::new(),
+            capable,
+        });
+        self.class_index.insert(key, id);
+        id
+    }
+
+    /// Adds a worker, or updates one that registers again (keeping the
+    /// attempts it holds).
+    pub fn register_worker(&mut self, info: WorkerInfo, now: Timestamp) {
+        let handlers = info
+            .handlers
+            .iter()
+            .map(|h| Arc::from(h.as_str()))
+            .collect();
+        let idx = match self.worker_index.get(&info.id) {
+            Some(&i) => {
+                let w = self.workers[i].as_mut().expect("indexed workers exist");
+                self.free_slots -= u64::from(w.free());
+                w.info = info;
+                w.handlers = handlers;
+                w.last_seen = now;
+                self.free_slots += u64::from(w.free());
+                i
+            }
+            None => {
+                let w = Worker {
+                    info,
+                    handlers,
+                    used: 0,
+                    attempts: Default::default(),
+                    last_seen: now,
+                    ok: 0.0,
+                    bad: 0.0,
+                };
+                self.free_slots += u64::from(w.free());
+                let i = match self.workers.iter().position(Option::is_none) {
+                    Some(i) => i,
+                    None => {
+                        self.workers.push(None);
+                        self.workers.len() - 1
+                    }
+                };
+                self.worker_index.insert(w.info.id.clone(), i);
+                self.workers[i] = Some(w);
+                i
+            }
+        };
+        let w = self.workers[idx].as_ref().expect("just set");
+        for c in &mut self.classes {
+            c.capable.retain(|&i| i != idx);
+            if w.can_run(&c.key) {
+                c.capable.push(idx);
+            }
+        }
+        self.schedule_liveness(now);
+    }
+
+    /// Records a heartbeat from `worker`.
+    pub fn heartbeat(
+        &mut self,
+        worker: &WorkerId,
+        now: Timestamp,
+    ) -> Result<(), super::CommandError> {
+        let i = *self
+            .worker_index
+            .get(worker)
+            .ok_or_else(|| super::CommandError::UnknownWorker(worker.clone()))?;
+        if let Some(w) = self.workers[i].as_mut() {
+            w.last_seen = now;
+        }
+        Ok(())
+    }
+
+    /// Removes a worker: every task it was offered or running goes back to
+    /// its queue as a new attempt, and later reports from it are stale.
+    pub fn remove_worker(&mut self, worker: &WorkerId, now: Timestamp, out: &mut Outbox) -> bool {
+        let Some(idx) = self.worker_index.remove(worker) else {
+            return false;
+        };
+        let Some(w) = self.workers[idx].take() else {
+            return false;
+        };
+        self.free_slots -= u64::from(w.free());
+        for c in &mut self.classes {
+            c.capable.retain(|&i| i != idx);
+        }
+        for (id, attempt) in w.attempts.into_keys() {
+            let current = self.tasks.get(&id).is_some_and(|e| {
+                e.rec.status.attempt == attempt
+                    && matches!(e.rec.status.state, State::Assigned | State::Running)
+            });
+            if current {
+                let _ = self.apply_event(
+                    id,
+                    Event::Requeue,
+                    now,
+                    Some(AttemptOutcome::Lost),
+                    out,
+                    |_| {},
+                );
+            }
+        }
+        // Tasks that now have no capable worker start their dispatch timeout.
+        let orphaned: Vec<TaskId> = self
+            .classes
+            .iter()
+            .filter(|c| c.capable.is_empty())
+            .flat_map(|c| c.ready.iter().map(|k| k.2))
+            .collect();
+        for id in orphaned {
+            self.on_queued(id, now);
+        }
+        self.schedule_liveness(now);
+        true
+    }
+
+    /// Number of connected workers.
+    pub fn worker_count(&self) -> usize {
+        self.worker_index.len()
+    }
+
+    /// Free slots over all workers.
+    pub fn free_slots(&self) -> u64 {
+        self.free_slots
+    }
+
+    pub(super) fn check_liveness(&mut self, now: Timestamp, out: &mut Outbox) {
+        let dead: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .flatten()
+            .filter(|w| {
+                w.info
+                    .heartbeat_timeout
+                    .is_some_and(|t| w.last_seen.plus(t) <= now)
+            })
+            .map(|w| w.info.id.clone())
+            .collect();
+        for id in dead {
+            self.remove_worker(&id, now, out);
+        }
+        self.schedule_liveness(now);
+    }
+
+    fn schedule_liveness(&mut self, _now: Timestamp) {
+        self.next_liveness_check = self
+            .workers
+            .iter()
+            .flatten()
+            .filter_map(|w| w.info.heartbeat_timeout.map(|t| w.last_seen.plus(t)))
+            .min();
+    }
+
+    /// A task entered `queued`: if no connected worker could ever run it and
+    /// it has a dispatch timeout, start counting.
+    pub(super) fn on_queued(&mut self, id: TaskId, now: Timestamp) {
+        let Some(e) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let Some(limit) = e.rec.spec.dispatch_timeout else {
+            return;
+        };
+        if e.dispatch_deadline.is_none() && self.classes[e.class.0 as usize].capable.is_empty() {
+            let before = super::timers::of(e);
+            e.dispatch_deadline = Some(now.plus(limit));
+            let after = super::timers::of(e);
+            self.retime(id, &before, &after);
+        }
+    }
+
+    /// Offers queued tasks to workers with free slots, highest priority
+    /// first, FIFO within a priority. Assignments go to `out.assignments`.
+    pub fn dispatch(&mut self, now: Timestamp, out: &mut Outbox) {
+        if self.free_slots == 0 {
+            return;
+        }
+        let mut heads = BinaryHeap::new();
+        for (ci, c) in self.classes.iter().enumerate() {
+            if c.capable.is_empty() || self.queues.get(&c.key.queue).is_some_and(|q| q.paused) {
+                continue;
+            }
+            if let Some(&(Reverse(p), seq, id)) = c.ready.first() {
+                heads.push((p, Reverse(seq), ci, id));
+            }
+        }
+        while self.free_slots > 0 {
+            let Some((p, Reverse(seq), ci, id)) = heads.pop() else {
+                break;
+            };
+            match self.pick_worker(ci, id) {
+                Pick::Worker(wi) => self.assign(id, wi, now, out),
+                Pick::Skip => {}
+                Pick::Blocked => continue,
+            }
+            if let Some((Reverse(p), seq, id)) = self.classes[ci].after((Reverse(p), seq, id)) {
+                heads.push((p, Reverse(seq), ci, id));
+            }
+        }
+    }
+
+    fn pick_worker(&self, ci: usize, id: TaskId) -> Pick {
+        let Some(e) = self.tasks.get(&id) else {
+            return Pick::Skip;
+        };
+        let need = e.rec.spec.slots;
+        let min_trust = e.rec.spec.min_trust.unwrap_or(0.0);
+        let mut best: Option<(u32, f64, usize)> = None;
+        let mut refused = false;
+        for &wi in &self.classes[ci].capable {
+            let Some(w) = self.workers[wi].as_ref() else {
+                continue;
+            };
+            let (free, trust) = (w.free(), w.trust());
+            if free < need || trust < min_trust {
+                continue;
+            }
+            if e.refused_by.contains(&w.info.id) {
+                refused = true;
+                continue;
+            }
+            if best.is_none_or(|(bf, bt, _)| (free, trust) > (bf, bt)) {
+                best = Some((free, trust, wi));
+            }
+        }
+        match best {
+            Some((_, _, wi)) => Pick::Worker(wi),
+            None if refused => Pick::Skip,
+            None => Pick::Blocked,
+        }
+    }
+
+    fn assign(&mut self, id: TaskId, wi: usize, now: Timestamp, out: &mut Outbox) {
+        let Some(w) = self.workers[wi].as_ref() else {
+            return;
+        };
+        let worker = w.info.id.clone();
+        let wid = worker.clone();
+        if self
+            .apply_event(id, Event::Assign, now, None, out, |s| s.worker = Some(wid))
+            .is_err()
+        {
+            return;
+        }
+        let e = self.tasks.get(&id).expect("assigned task exists");
+        let (attempt, slots) = (e.rec.status.attempt, e.rec.spec.slots);
+        out.assignments.push(Assignment {
+            id,
+            attempt,
+            worker,
+            kind: e.rec.spec.kind.clone(),
+            timeout: e.rec.spec.timeout,
+            checkpoint: e.rec.checkpoint.clone(),
+        });
+        let w = self.workers[wi].as_mut().expect("checked above");
+        let before = w.free();
+        w.used += slots;
+        w.attempts.insert((id, attempt), slots);
+        self.free_slots -= u64::from(before - w.free());
+    }
+
+    /// Frees the slots `worker` holds for `(id, attempt)`.
+    pub(super) fn release_slots(&mut self, worker: &WorkerId, id: TaskId, attempt: u32) {
+        let Some(&wi) = self.worker_index.get(worker) else {
+            return;
+        };
+        let Some(w) = self.workers[wi].as_mut() else {
+            return;
+        };
+        if let Some(slots) = w.attempts.remove(&(id, attempt)) {
+            // A worker that re-registered with fewer slots may be over
+            // capacity: only what becomes free counts.
+            let before = w.free();
+            w.used -= slots;
+            self.free_slots += u64::from(w.free() - before);
+        }
+    }
+
+    pub(super) fn worker_mut(&mut self, worker: &WorkerId) -> Option<&mut Worker> {
+        let wi = *self.worker_index.get(worker)?;
+        self.workers[wi].as_mut()
+    }
+
+    /// Whether every connected worker able to run `id`'s class has refused it.
+    pub(super) fn all_capable_refused(&self, id: TaskId) -> bool {
+        let Some(e) = self.tasks.get(&id) else {
+            return false;
+        };
+        let capable = &self.classes[e.class.0 as usize].capable;
+        capable.iter().all(|&wi| {
+            self.workers[wi]
+                .as_ref()
+                .is_none_or(|w| e.refused_by.contains(&w.info.id))
+        })
+    }
+
+    /// Workers, with used slots, trust and the attempts they hold (for tests
+    /// and stats).
+    pub fn workers(&self) -> impl Iterator<Item = (&WorkerInfo, u32, f64, Vec<(TaskId, u32)>)> {
+        self.workers.iter().flatten().map(|w| {
+            (
+                &w.info,
+                w.used,
+                w.trust(),
+                w.attempts.keys().copied().collect(),
+            )
+        })
+    }
+}

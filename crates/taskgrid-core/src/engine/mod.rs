@@ -1,0 +1,618 @@
+//! The [`Engine`]: every task the coordinator knows, its queues, its workers
+//! and its timers, changed only through commands that take `now`.
+//!
+//! Every state change goes through [`Engine::apply_event`], which asks
+//! [`crate::transition`] for the new state and then brings the derived
+//! indexes along — queue membership, timers, per-queue counters, metrics,
+//! dependency bookkeeping — by comparing what they should be before and after.
+//! Nothing else writes `status.state`, so the indexes cannot drift.
+
+mod dispatch;
+mod report;
+mod submit;
+mod timers;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{
+    AttemptOutcome, Change, Event, FailureCode, Metrics, Priority, State, TaskFailure, TaskId,
+    TaskKind, TaskRecord, TaskStatus, Timestamp, TransitionError, WorkerId, transition,
+};
+
+pub use dispatch::WorkerInfo;
+pub use report::{CancelOutcome, ReportAck};
+pub use submit::Submitted;
+
+use dispatch::{ClassId, Worker};
+use timers::TimerKind;
+
+/// Tuning and limits of an [`Engine`]; `Default` gives values that work.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Largest payload (handler payload, argv, env…) a task may carry.
+    pub max_payload_bytes: usize,
+    /// Longest timeout or dispatch timeout a task may ask for.
+    pub max_timeout: Duration,
+    /// Most retries a task may ask for.
+    pub max_retries: u32,
+    /// Most dependencies a task may list.
+    pub max_dependencies: usize,
+    /// Waiting tasks (pending, queued, retrying) a queue may hold before
+    /// submit fails with [`SubmitError::QueueFull`]; per-queue overrides in
+    /// `queue_limits`. `None`: unbounded.
+    pub max_queue_depth: Option<usize>,
+    /// Per-queue depth limits, overriding `max_queue_depth`.
+    pub queue_limits: HashMap<String, usize>,
+    /// Finished tasks kept in memory (the store keeps all of them).
+    pub retain_finished: usize,
+    /// Seed of the generator behind retry jitter.
+    pub seed: u64,
+}
+
+impl EngineConfig {
+    /// Default payload limit: 1 MiB.
+    pub const MAX_PAYLOAD_BYTES_DEFAULT: usize = 1 << 20;
+    /// Default longest timeout: 7 days.
+    pub const MAX_TIMEOUT_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// Default retry limit: 1,000.
+    pub const MAX_RETRIES_DEFAULT: u32 = 1000;
+    /// Default dependency limit: 1,000.
+    pub const MAX_DEPENDENCIES_DEFAULT: usize = 1000;
+    /// Default number of finished tasks kept in memory: 10,000.
+    pub const RETAIN_FINISHED_DEFAULT: usize = 10_000;
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_payload_bytes: Self::MAX_PAYLOAD_BYTES_DEFAULT,
+            max_timeout: Self::MAX_TIMEOUT_DEFAULT,
+            max_retries: Self::MAX_RETRIES_DEFAULT,
+            max_dependencies: Self::MAX_DEPENDENCIES_DEFAULT,
+            max_queue_depth: None,
+            queue_limits: HashMap::new(),
+            retain_finished: Self::RETAIN_FINISHED_DEFAULT,
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// A submit the engine refused; nothing was changed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// A field has a value the engine does not accept.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The payload is larger than the limit.
+    #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A dependency names a task that does not exist.
+    #[error("unknown dependency {0}")]
+    UnknownDependency(TaskId),
+    /// The dependencies form a cycle through this task.
+    #[error("dependency cycle through task {0}")]
+    CyclicDependency(TaskId),
+    /// The queue holds as many waiting tasks as it may.
+    #[error("queue {queue:?} is full ({limit} waiting tasks)")]
+    QueueFull {
+        /// The queue.
+        queue: String,
+        /// Its depth limit.
+        limit: usize,
+    },
+    /// A task with this id exists already.
+    #[error("task {0} already exists")]
+    DuplicateId(TaskId),
+}
+
+/// A command about an existing task or attempt that the engine refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The engine holds no such task (it may have finished long ago: ask the store).
+    #[error("no task {0} in the engine")]
+    NotFound(TaskId),
+    /// The report names an attempt that is no longer the task's current one
+    /// (the task was re-queued, timed out or cancelled since): ignored.
+    #[error("stale report for task {task} attempt {attempt} (current attempt {current}, {state})")]
+    Stale {
+        /// The task.
+        task: TaskId,
+        /// The attempt the report named.
+        attempt: u32,
+        /// The task's current attempt.
+        current: u32,
+        /// The task's state.
+        state: State,
+    },
+    /// No worker is registered under this id.
+    #[error("unknown worker {0}")]
+    UnknownWorker(WorkerId),
+    /// The event does not apply to the task's state.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+}
+
+/// A task offered to a worker: everything the executor needs to run it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    /// The task.
+    pub id: TaskId,
+    /// The attempt number; every report about this run must carry it.
+    pub attempt: u32,
+    /// The worker it is offered to.
+    pub worker: WorkerId,
+    /// The work.
+    pub kind: TaskKind,
+    /// Longest this attempt may run.
+    pub timeout: Option<Duration>,
+    /// The last checkpoint saved by an earlier attempt.
+    pub checkpoint: Option<Box<str>>,
+}
+
+/// Why an executor must stop an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// A client cancelled the task.
+    Cancel,
+    /// The attempt ran past its timeout.
+    Timeout,
+}
+
+/// An attempt an executor must stop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StopAttempt {
+    /// The task.
+    pub id: TaskId,
+    /// The attempt.
+    pub attempt: u32,
+    /// The worker running it.
+    pub worker: WorkerId,
+    /// Why.
+    pub reason: StopReason,
+}
+
+/// What commands decided, for the shell to carry out: durable changes (in
+/// order), assignments to hand to executors, attempts to stop.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Changes to persist and then publish, in order.
+    pub changes: Vec<Change>,
+    /// Tasks to hand to executors.
+    pub assignments: Vec<Assignment>,
+    /// Attempts executors must stop.
+    pub stops: Vec<StopAttempt>,
+}
+
+impl Outbox {
+    /// Whether there is nothing to carry out.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.assignments.is_empty() && self.stops.is_empty()
+    }
+}
+
+/// Depth and activity of one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct QueueStats {
+    /// The queue's name.
+    pub name: String,
+    /// Waiting tasks (pending, queued, retrying) per priority, highest first.
+    pub waiting: Vec<(Priority, usize)>,
+    /// Tasks in `queued` (ready to run now).
+    pub ready: usize,
+    /// Tasks assigned or running.
+    pub running: usize,
+    /// Dispatch is paused.
+    pub paused: bool,
+    /// The depth limit, if any.
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    waiting: BTreeMap<Priority, usize>,
+    ready: usize,
+    running: usize,
+    paused: bool,
+}
+
+impl QueueState {
+    fn waiting_total(&self) -> usize {
+        self.waiting.values().sum()
+    }
+}
+
+/// The engine's own bookkeeping around a record.
+#[derive(Debug)]
+struct Entry {
+    rec: TaskRecord,
+    class: ClassId,
+    /// Position in its class queue while `queued`.
+    seq: u64,
+    /// Dependencies that have not succeeded yet.
+    waiting_on: u32,
+    /// Workers that refused this task.
+    refused_by: Vec<WorkerId>,
+    /// While queued with no capable worker: when to give up.
+    dispatch_deadline: Option<Timestamp>,
+}
+
+/// The pure task engine. See the [crate docs](crate).
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    tasks: HashMap<TaskId, Entry>,
+    queues: HashMap<Arc<str>, QueueState>,
+    classes: Vec<dispatch::Class>,
+    class_index: HashMap<dispatch::ClassKey, ClassId>,
+    workers: Vec<Option<Worker>>,
+    worker_index: HashMap<WorkerId, usize>,
+    free_slots: u64,
+    timers: BTreeSet<(Timestamp, TimerKind, TaskId)>,
+    next_liveness_check: Option<Timestamp>,
+    unique: HashMap<String, TaskId>,
+    dependents: HashMap<TaskId, Vec<TaskId>>,
+    /// Terminal states of finished tasks no longer in memory, told by the shell.
+    external: HashMap<TaskId, State>,
+    finished: VecDeque<TaskId>,
+    state_counts: [usize; State::ALL.len()],
+    seq: u64,
+    rng: u64,
+    metrics: Metrics,
+}
+
+impl Engine {
+    /// An empty engine.
+    pub fn new(config: EngineConfig) -> Self {
+        let rng = config.seed | 1;
+        Engine {
+            config,
+            tasks: HashMap::new(),
+            queues: HashMap::new(),
+            classes: Vec::new(),
+            class_index: HashMap::new(),
+            workers: Vec::new(),
+            worker_index: HashMap::new(),
+            free_slots: 0,
+            timers: BTreeSet::new(),
+            next_liveness_check: None,
+            unique: HashMap::new(),
+            dependents: HashMap::new(),
+            external: HashMap::new(),
+            finished: VecDeque::new(),
+            state_counts: [0; State::ALL.len()],
+            seq: 0,
+            rng,
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// A task the engine holds (every live task, and recently finished ones).
+    pub fn get(&self, id: TaskId) -> Option<&TaskRecord> {
+        self.tasks.get(&id).map(|e| &e.rec)
+    }
+
+    /// Number of tasks held in each state, in [`State::ALL`] order.
+    pub fn state_counts(&self) -> [(State, usize); State::ALL.len()] {
+        let mut out = [(State::Pending, 0); State::ALL.len()];
+        for (i, s) in State::ALL.into_iter().enumerate() {
+            out[i] = (s, self.state_counts[i]);
+        }
+        out
+    }
+
+    /// Tasks that are not terminal.
+    pub fn live_tasks(&self) -> usize {
+        State::ALL
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.is_terminal())
+            .map(|(i, _)| self.state_counts[i])
+            .sum()
+    }
+
+    /// Counters and latency histograms since start.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Depth and activity of every queue that has held a task.
+    pub fn queue_stats(&self) -> Vec<QueueStats> {
+        let mut out: Vec<QueueStats> = self
+            .queues
+            .iter()
+            .map(|(name, q)| QueueStats {
+                name: name.to_string(),
+                waiting: q
+                    .waiting
+                    .iter()
+                    .rev()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(p, n)| (*p, *n))
+                    .collect(),
+                ready: q.ready,
+                running: q.running,
+                paused: q.paused,
+                limit: self.queue_limit(name),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Stops dispatching from `queue` (tasks are still accepted).
+    pub fn pause_queue(&mut self, queue: &str) {
+        self.queue_mut(queue).paused = true;
+    }
+
+    /// Resumes dispatching from `queue`.
+    pub fn resume_queue(&mut self, queue: &str) {
+        self.queue_mut(queue).paused = false;
+    }
+
+    /// Tells the engine the final state of a task it no longer holds (read
+    /// from the store), so tasks may depend on it.
+    pub fn note_finished(&mut self, id: TaskId, state: State) {
+        if state.is_terminal() && !self.tasks.contains_key(&id) {
+            self.external.insert(id, state);
+        }
+    }
+
+    /// Dependencies of `after` the engine cannot resolve on its own: the
+    /// shell should look them up in the store and pass them to
+    /// [`Engine::note_finished`].
+    pub fn unresolved_dependencies<'a>(
+        &'a self,
+        after: &'a [TaskId],
+    ) -> impl Iterator<Item = TaskId> + 'a {
+        after
+            .iter()
+            .copied()
+            .filter(|d| !self.tasks.contains_key(d) && !self.external.contains_key(d))
+    }
+
+    fn queue_limit(&self, queue: &str) -> Option<usize> {
+        self.config
+            .queue_limits
+            .get(queue)
+            .copied()
+            .or(self.config.max_queue_depth)
+    }
+
+    fn queue_mut(&mut self, queue: &str) -> &mut QueueState {
+        if !self.queues.contains_key(queue) {
+            self.queues.insert(Arc::from(queue), QueueState::default());
+        }
+        self.queues.get_mut(queue).expect("inserted above")
+    }
+
+    /// A uniform number in [0, 1) from the engine's own generator (splitmix64).
+    fn next_unit(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Moves task `id` by `event`, lets `edit` adjust the rest of its status,
+    /// and brings every derived index along. Records the change.
+    fn apply_event(
+        &mut self,
+        id: TaskId,
+        event: Event,
+        now: Timestamp,
+        attempt_outcome: Option<AttemptOutcome>,
+        out: &mut Outbox,
+        edit: impl FnOnce(&mut TaskStatus),
+    ) -> Result<State, CommandError> {
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return Err(CommandError::NotFound(id));
+        };
+        let from = entry.rec.status.state;
+        let to = transition(from, event)?;
+        let before = timers::of(entry);
+        let before_class =
+            (from == State::Queued).then_some((entry.class, entry.rec.spec.priority, entry.seq));
+
+        let status = &mut entry.rec.status;
+        status.state = to;
+        match to {
+            State::Queued => {
+                status.queued_at = Some(now);
+                status.wake_at = None;
+                self.seq += 1;
+                entry.seq = self.seq;
+            }
+            State::Assigned => {
+                status.attempt += 1;
+                status.started_at = None;
+                status.exit_code = None;
+            }
+            State::Running => status.started_at = Some(now),
+            _ => {}
+        }
+        if to.is_terminal() {
+            status.finished_at = Some(now);
+        }
+        edit(status);
+        if from == State::Running
+            && let Some(started) = entry.rec.status.started_at
+        {
+            self.metrics.run_time.record(now.since(started));
+        }
+        if to == State::Assigned
+            && let Some(q) = entry.rec.status.queued_at
+        {
+            self.metrics.queue_wait.record(now.since(q));
+        }
+        if to != State::Queued {
+            entry.dispatch_deadline = None;
+        }
+        let after = timers::of(entry);
+        let after_class =
+            (to == State::Queued).then_some((entry.class, entry.rec.spec.priority, entry.seq));
+        let priority = entry.rec.spec.priority;
+        let queue = entry.rec.spec.queue.clone();
+        let status = Box::new(entry.rec.status.clone());
+
+        self.retime(id, &before, &after);
+        if let Some(k) = before_class {
+            self.classes[k.0.0 as usize].remove(k.1, k.2, id);
+        }
+        if let Some(k) = after_class {
+            self.classes[k.0.0 as usize].insert(k.1, k.2, id);
+        }
+        self.count(from, -1);
+        self.count(to, 1);
+        let q = self.queue_mut(&queue);
+        adjust(&mut q.waiting, priority, from.is_waiting(), to.is_waiting());
+        q.ready = q.ready + usize::from(to == State::Queued) - usize::from(from == State::Queued);
+        let active = |s: State| matches!(s, State::Assigned | State::Running);
+        q.running = q.running + usize::from(active(to)) - usize::from(active(from));
+        if to == State::Retrying {
+            self.metrics.retried += 1;
+        }
+        out.changes.push(Change::Status {
+            id,
+            from,
+            at: now,
+            status,
+            attempt_outcome,
+        });
+        if to == State::Queued {
+            self.on_queued(id, now);
+        }
+        if to.is_terminal() {
+            self.on_finished(id, to, now, out);
+        }
+        Ok(to)
+    }
+
+    /// Persists a status edit that does not change the state.
+    fn touch(
+        &mut self,
+        id: TaskId,
+        now: Timestamp,
+        out: &mut Outbox,
+        edit: impl FnOnce(&mut TaskStatus),
+    ) {
+        if let Some(e) = self.tasks.get_mut(&id) {
+            edit(&mut e.rec.status);
+            out.changes.push(Change::Status {
+                id,
+                from: e.rec.status.state,
+                at: now,
+                status: Box::new(e.rec.status.clone()),
+                attempt_outcome: None,
+            });
+        }
+    }
+
+    fn count(&mut self, s: State, delta: isize) {
+        let i = s as usize;
+        self.state_counts[i] = self.state_counts[i].wrapping_add_signed(delta);
+    }
+
+    /// A task reached a terminal state: release its unique key, settle its
+    /// dependents, count it, and forget the oldest finished tasks.
+    fn on_finished(&mut self, id: TaskId, state: State, now: Timestamp, out: &mut Outbox) {
+        self.metrics.record_terminal(state);
+        if let Some(key) = self
+            .tasks
+            .get(&id)
+            .and_then(|e| e.rec.spec.unique_key.as_ref())
+            && self.unique.get(key) == Some(&id)
+        {
+            self.unique.remove(key);
+        }
+        for dep in self.dependents.remove(&id).unwrap_or_default() {
+            self.settle_dependency(dep, id, state, now, out);
+        }
+        self.finished.push_back(id);
+        while self.finished.len() > self.config.retain_finished {
+            if let Some(old) = self.finished.pop_front()
+                && let Some(e) = self.tasks.remove(&old)
+            {
+                self.count(e.rec.status.state, -1);
+            }
+        }
+    }
+
+    /// Dependency `dep_of` of task `id` ended in `state`.
+    fn settle_dependency(
+        &mut self,
+        id: TaskId,
+        dep_of: TaskId,
+        state: State,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) {
+        let Some(e) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        if e.rec.status.state != State::Pending {
+            return;
+        }
+        if state == State::Succeeded {
+            e.waiting_on = e.waiting_on.saturating_sub(1);
+            self.release_if_ready(id, now, out);
+        } else {
+            let failure = TaskFailure::new(
+                FailureCode::DependencyFailed,
+                format!("dependency {dep_of} ended {state}"),
+            );
+            let _ = self.apply_event(id, Event::Cancel, now, None, out, |s| {
+                s.error = Some(failure)
+            });
+        }
+    }
+
+    /// Moves a pending task to `queued` once its time has come and its
+    /// dependencies have succeeded.
+    fn release_if_ready(&mut self, id: TaskId, now: Timestamp, out: &mut Outbox) {
+        let Some(e) = self.tasks.get(&id) else { return };
+        let due = e.rec.status.wake_at.is_none_or(|t| t <= now);
+        if e.rec.status.state == State::Pending && e.waiting_on == 0 && due {
+            let _ = self.apply_event(id, Event::Release, now, None, out, |_| {});
+        }
+    }
+}
+
+fn adjust(map: &mut BTreeMap<Priority, usize>, p: Priority, was: bool, is: bool) {
+    if was && !is {
+        if let Some(n) = map.get_mut(&p) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&p);
+            }
+        }
+    } else if is && !was {
+        *map.entry(p).or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod proptests;

@@ -1,0 +1,383 @@
+//! Property tests: random command sequences against the engine, with the
+//! invariants checked after every step and a drain at the end.
+//!
+//! - every task reaches exactly one terminal state, and the change log
+//!   replays consistently (each change starts from the state the previous
+//!   one left — what the store's compare-and-set demands);
+//! - no task is assigned to two workers at once; slot counts add up;
+//! - a worker never receives a lower-priority task of a queue while a
+//!   higher-priority one it could run waits there;
+//! - after the drain no timer, slot, unique key or queue count is left.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::tests::{Harness, h};
+use super::*;
+use crate::{LabelReq, Outcome, RetryHint, RetryPolicy};
+
+const HANDLERS: [&str; 2] = ["a", "b"];
+const LABELS: [&str; 2] = ["gpu", "ssd"];
+
+#[derive(Debug, Clone)]
+enum Cmd {
+    Submit {
+        prio: u8,
+        queue: u8,
+        handler: u8,
+        label: Option<u8>,
+        dep: Option<usize>,
+        retries: u32,
+        timeout_ms: Option<u64>,
+        unique: Option<u8>,
+        delay_ms: Option<u64>,
+        expire_ms: Option<u64>,
+    },
+    Register {
+        worker: u8,
+        slots: u32,
+        handlers: u8,
+        labels: u8,
+        mortal: bool,
+    },
+    Remove(u8),
+    Heartbeat(u8),
+    Dispatch,
+    Accept(usize),
+    Reject(usize),
+    Report(usize, u8),
+    Cancel(usize),
+    Tick(u64),
+}
+
+fn cmd() -> impl Strategy<Value = Cmd> {
+    prop_oneof![
+        4 => (0..4u8, 0..2u8, 0..2u8, proptest::option::of(0..2u8), proptest::option::of(0..64usize), 0..3u32,
+            proptest::option::of(1..3000u64), proptest::option::weighted(0.2, 0..3u8),
+            proptest::option::weighted(0.2, 1..2000u64), proptest::option::weighted(0.2, 1..5000u64))
+            .prop_map(|(prio, queue, handler, label, dep, retries, timeout_ms, unique, delay_ms, expire_ms)| {
+                Cmd::Submit { prio, queue, handler, label, dep, retries, timeout_ms, unique, delay_ms, expire_ms }
+            }),
+        1 => (0..3u8, 1..4u32, 1..4u8, 0..4u8, any::<bool>())
+            .prop_map(|(worker, slots, handlers, labels, mortal)| Cmd::Register { worker, slots, handlers, labels, mortal }),
+        1 => (0..3u8).prop_map(Cmd::Remove),
+        1 => (0..3u8).prop_map(Cmd::Heartbeat),
+        3 => Just(Cmd::Dispatch),
+        3 => any::<usize>().prop_map(Cmd::Accept),
+        1 => any::<usize>().prop_map(Cmd::Reject),
+        4 => (any::<usize>(), 0..5u8).prop_map(|(i, o)| Cmd::Report(i, o)),
+        1 => any::<usize>().prop_map(Cmd::Cancel),
+        2 => (0..4000u64).prop_map(Cmd::Tick),
+    ]
+}
+
+struct Model {
+    t: Harness,
+    ids: Vec<TaskId>,
+    /// Assignments handed out and not yet reported or refused.
+    outstanding: Vec<Assignment>,
+    /// State of each task according to the change log.
+    log_state: HashMap<TaskId, State>,
+    terminal_entries: HashMap<TaskId, u32>,
+    checked_changes: usize,
+}
+
+impl Model {
+    fn new() -> Self {
+        Model {
+            t: Harness::new(),
+            ids: Vec::new(),
+            outstanding: Vec::new(),
+            log_state: HashMap::new(),
+            terminal_entries: HashMap::new(),
+            checked_changes: 0,
+        }
+    }
+
+    fn pick(outstanding: &[Assignment], i: usize) -> Option<usize> {
+        (!outstanding.is_empty()).then(|| i % outstanding.len())
+    }
+
+    fn run(&mut self, c: Cmd) {
+        let t = &mut self.t;
+        match c {
+            Cmd::Submit {
+                prio,
+                queue,
+                handler,
+                label,
+                dep,
+                retries,
+                timeout_ms,
+                unique,
+                delay_ms,
+                expire_ms,
+            } => {
+                let mut s = h(HANDLERS[handler as usize]);
+                s.priority = [
+                    Priority::LOW,
+                    Priority::NORMAL,
+                    Priority::HIGH,
+                    Priority::CRITICAL,
+                ][prio as usize];
+                s.queue = ["q0", "q1"][queue as usize].into();
+                s.labels = label
+                    .map(|l| LABELS[l as usize].parse::<LabelReq>().unwrap())
+                    .into_iter()
+                    .collect();
+                s.after = dep
+                    .filter(|_| !self.ids.is_empty())
+                    .map(|d| self.ids[d % self.ids.len()])
+                    .into_iter()
+                    .collect();
+                s.retry = RetryPolicy {
+                    initial_backoff: Duration::from_millis(50),
+                    ..RetryPolicy::retries(retries)
+                };
+                s.timeout = timeout_ms.map(Duration::from_millis);
+                s.unique_key = unique.map(|u| format!("k{u}"));
+                s.run_at = delay_ms.map(|d| t.now.plus(Duration::from_millis(d)));
+                s.expires_at =
+                    expire_ms.map(|d| t.now.plus(Duration::from_millis(d + delay_ms.unwrap_or(0))));
+                let id = t.id();
+                let r = t
+                    .engine
+                    .submit(id, s, t.now, &mut t.out)
+                    .expect("valid submit");
+                if let Submitted::Created(id) = r {
+                    self.ids.push(id);
+                }
+            }
+            Cmd::Register {
+                worker,
+                slots,
+                handlers,
+                labels,
+                mortal,
+            } => {
+                let mut info = WorkerInfo::local(format!("w{worker}"), slots, Vec::<String>::new());
+                info.handlers = HANDLERS
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| handlers & (1 << i) != 0)
+                    .map(|(_, h)| h.to_string())
+                    .collect();
+                info.labels = LABELS
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| labels & (1 << i) != 0)
+                    .map(|(_, l)| (l.to_string(), String::new()))
+                    .collect();
+                info.heartbeat_timeout = mortal.then_some(Duration::from_secs(5));
+                t.engine.register_worker(info, t.now);
+            }
+            Cmd::Remove(w) => {
+                t.engine
+                    .remove_worker(&WorkerId::new(format!("w{w}")), t.now, &mut t.out);
+            }
+            Cmd::Heartbeat(w) => {
+                let _ = t.engine.heartbeat(&WorkerId::new(format!("w{w}")), t.now);
+            }
+            Cmd::Dispatch => {
+                let a = t.dispatch();
+                self.check_priority(&a);
+                self.outstanding.extend(a);
+            }
+            Cmd::Accept(i) => {
+                if let Some(i) = Self::pick(&self.outstanding, i) {
+                    let a = &self.outstanding[i];
+                    let _ = t.engine.accept(a.id, a.attempt, t.now, &mut t.out);
+                }
+            }
+            Cmd::Reject(i) => {
+                if let Some(i) = Self::pick(&self.outstanding, i) {
+                    let a = self.outstanding.swap_remove(i);
+                    let r = t
+                        .engine
+                        .reject(&a.worker, a.id, a.attempt, "no", t.now, &mut t.out);
+                    // Refusing a running attempt is refused: it keeps running.
+                    if matches!(r, Err(CommandError::Stale { current, state: State::Running, .. }) if current == a.attempt)
+                    {
+                        self.outstanding.push(a);
+                    }
+                }
+            }
+            Cmd::Report(i, o) => {
+                if let Some(i) = Self::pick(&self.outstanding, i) {
+                    let a = self.outstanding.swap_remove(i);
+                    let outcome = match o {
+                        0 | 1 => Outcome::ok(),
+                        2 => Outcome::failed("x"),
+                        3 => Outcome::Failed {
+                            message: "y".into(),
+                            retry: RetryHint::Never,
+                            exit_code: Some(1),
+                        },
+                        _ => Outcome::TimedOut,
+                    };
+                    let _ = t.report(&a, outcome);
+                }
+            }
+            Cmd::Cancel(i) => {
+                if !self.ids.is_empty() {
+                    let id = self.ids[i % self.ids.len()];
+                    let _ = t.engine.cancel(id, t.now, &mut t.out);
+                }
+            }
+            Cmd::Tick(ms) => t.advance(Duration::from_millis(ms)),
+        }
+        // Executors forget attempts their worker lost along with the worker.
+        let live: Vec<WorkerId> = self.t.engine.workers().map(|w| w.0.id.clone()).collect();
+        self.outstanding.retain(|a| live.contains(&a.worker));
+        self.t.out.stops.clear();
+        self.check();
+    }
+
+    /// A worker that got a task of priority p must not have been able to run
+    /// a task of higher priority left queued in the same queue.
+    fn check_priority(&self, assigned: &[Assignment]) {
+        let e = &self.t.engine;
+        for a in assigned {
+            let got = &e.tasks[&a.id];
+            let w = e
+                .workers
+                .iter()
+                .flatten()
+                .find(|w| w.info.id == a.worker)
+                .expect("worker");
+            assert!(w.used <= w.info.slots, "dispatch overfilled {}", w.info.id);
+            for other in e.tasks.values() {
+                let st = &other.rec.status;
+                if st.state != State::Queued || other.rec.spec.queue != got.rec.spec.queue {
+                    continue;
+                }
+                let key = &e.classes[other.class.0 as usize].key;
+                let could = w.can_run(key) && !other.refused_by.contains(&w.info.id);
+                assert!(
+                    !(could && other.rec.spec.priority > got.rec.spec.priority),
+                    "{} got {:?} task {} while {:?} task {} it could run waited",
+                    a.worker,
+                    got.rec.spec.priority,
+                    a.id,
+                    other.rec.spec.priority,
+                    other.rec.id
+                );
+            }
+        }
+    }
+
+    fn check(&mut self) {
+        let e = &self.t.engine;
+        // The change log replays: every change starts where the last one left.
+        for c in &self.t.out.changes[self.checked_changes..] {
+            match c {
+                Change::Submitted(r) => {
+                    assert!(
+                        self.log_state.insert(r.id, r.status.state).is_none(),
+                        "{} inserted twice",
+                        r.id
+                    );
+                }
+                Change::Status {
+                    id, from, status, ..
+                } => {
+                    let last = self.log_state.get(id).copied();
+                    assert_eq!(last, Some(*from), "change log for {id} does not replay");
+                    assert!(!from.is_terminal(), "{id} left terminal state {from}");
+                    if status.state.is_terminal() {
+                        *self.terminal_entries.entry(*id).or_default() += 1;
+                    }
+                    self.log_state.insert(*id, status.state);
+                }
+                _ => {}
+            }
+        }
+        self.checked_changes = self.t.out.changes.len();
+        // Slots and attempts add up; no task is held by two workers.
+        let mut holders: HashMap<TaskId, u32> = HashMap::new();
+        let mut free = 0u64;
+        for w in e.workers.iter().flatten() {
+            let used: u32 = w.attempts.values().sum();
+            assert_eq!(used, w.used, "worker {} slot count", w.info.id);
+            free += u64::from(w.info.slots.saturating_sub(w.used));
+            for &(id, attempt) in w.attempts.keys() {
+                let st = &e.tasks[&id].rec.status;
+                if st.attempt == attempt && matches!(st.state, State::Assigned | State::Running) {
+                    *holders.entry(id).or_default() += 1;
+                    assert_eq!(st.worker.as_ref(), Some(&w.info.id));
+                }
+            }
+        }
+        assert_eq!(free, e.free_slots);
+        for (id, entry) in &e.tasks {
+            let active = matches!(entry.rec.status.state, State::Assigned | State::Running);
+            assert_eq!(
+                holders.get(id).copied().unwrap_or(0),
+                u32::from(active),
+                "task {id} holders"
+            );
+            assert_eq!(self.log_state.get(id), Some(&entry.rec.status.state));
+        }
+        let live = e.live_tasks();
+        assert!(
+            e.timer_count() <= live * 4,
+            "{} timers for {live} live tasks",
+            e.timer_count()
+        );
+    }
+
+    /// Runs everything to the end with a worker that can run anything.
+    fn drain(&mut self) {
+        let mut info = WorkerInfo::local("drain", 8, HANDLERS);
+        info.labels = LABELS
+            .iter()
+            .map(|l| (l.to_string(), String::new()))
+            .collect();
+        info.queues = vec![];
+        self.t.engine.register_worker(info, self.t.now);
+        for _ in 0..10_000 {
+            if self.t.engine.live_tasks() == 0 && self.outstanding.is_empty() {
+                break;
+            }
+            for a in std::mem::take(&mut self.outstanding) {
+                let _ = self.t.report(&a, Outcome::ok());
+            }
+            self.run(Cmd::Tick(3_600_000));
+            self.run(Cmd::Dispatch);
+            self.check();
+        }
+        let e = &self.t.engine;
+        assert_eq!(e.live_tasks(), 0, "tasks left: {:?}", e.state_counts());
+        for id in &self.ids {
+            assert_eq!(
+                self.terminal_entries.get(id),
+                Some(&1),
+                "task {id} terminal entries"
+            );
+        }
+        assert_eq!(e.timer_count(), 0, "timers leaked");
+        assert!(e.unique.is_empty(), "unique keys leaked");
+        assert!(e.dependents.is_empty(), "dependents leaked");
+        for w in e.workers.iter().flatten() {
+            assert_eq!(w.used, 0, "worker {} slots leaked", w.info.id);
+        }
+        for q in e.queues.values() {
+            assert_eq!((q.waiting_total(), q.ready, q.running), (0, 0, 0));
+        }
+        assert!(e.classes.iter().all(|c| c.ready.is_empty()));
+    }
+}
+
+proptest! {
+    // 256 cases by default; PROPTEST_CASES=N for a longer run.
+    #[test]
+    fn random_command_sequences_keep_every_invariant(cmds in proptest::collection::vec(cmd(), 1..120)) {
+        let mut m = Model::new();
+        for c in cmds {
+            m.run(c);
+        }
+        m.drain();
+    }
+}

@@ -1,0 +1,703 @@
+//! Engine behaviour, one scenario per test, driven by a manual clock.
+
+use std::time::Duration;
+
+use super::*;
+use crate::{LabelReq, Outcome, Progress, RetryHint, RetryPolicy, TaskSpec};
+
+pub(crate) struct Harness {
+    pub(crate) engine: Engine,
+    pub(crate) now: Timestamp,
+    pub(crate) out: Outbox,
+    next_id: u128,
+}
+
+impl Harness {
+    pub(crate) fn new() -> Self {
+        Self::with(EngineConfig::default())
+    }
+    pub(crate) fn with(config: EngineConfig) -> Self {
+        Harness {
+            engine: Engine::new(config),
+            now: Timestamp::from_micros(1_000_000),
+            out: Outbox::default(),
+            next_id: 1,
+        }
+    }
+    pub(crate) fn id(&mut self) -> TaskId {
+        self.next_id += 1;
+        TaskId::from_u128(self.next_id)
+    }
+    pub(crate) fn submit(&mut self, spec: TaskSpec) -> TaskId {
+        let id = self.id();
+        self.engine
+            .submit(id, spec, self.now, &mut self.out)
+            .expect("submit")
+            .id()
+    }
+    pub(crate) fn worker(&mut self, name: &str, slots: u32, handlers: &[&str]) -> WorkerId {
+        let info = WorkerInfo::local(name, slots, handlers.iter().copied());
+        let id = info.id.clone();
+        self.engine.register_worker(info, self.now);
+        id
+    }
+    pub(crate) fn advance(&mut self, d: Duration) {
+        self.now = self.now.plus(d);
+        self.engine.tick(self.now, &mut self.out);
+    }
+    pub(crate) fn dispatch(&mut self) -> Vec<Assignment> {
+        self.engine.dispatch(self.now, &mut self.out);
+        std::mem::take(&mut self.out.assignments)
+    }
+    /// Dispatches and accepts everything offered.
+    pub(crate) fn start(&mut self) -> Vec<Assignment> {
+        let a = self.dispatch();
+        for x in &a {
+            self.engine
+                .accept(x.id, x.attempt, self.now, &mut self.out)
+                .expect("accept");
+        }
+        a
+    }
+    pub(crate) fn report(&mut self, a: &Assignment, o: Outcome) -> Result<ReportAck, CommandError> {
+        self.engine
+            .report(&a.worker, a.id, a.attempt, o, self.now, &mut self.out)
+    }
+    pub(crate) fn state(&self, id: TaskId) -> State {
+        self.engine.get(id).expect("task").status.state
+    }
+    pub(crate) fn error(&self, id: TaskId) -> TaskFailure {
+        self.engine
+            .get(id)
+            .expect("task")
+            .status
+            .error
+            .clone()
+            .expect("error")
+    }
+}
+
+pub(crate) fn h(name: &str) -> TaskSpec {
+    TaskSpec::new(TaskKind::handler(name, "null"))
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn a_task_runs_to_success_and_every_change_is_recorded() {
+    let mut t = Harness::new();
+    let w = t.worker("w1", 1, &["echo"]);
+    let id = t.submit(h("echo"));
+    assert_eq!(t.state(id), State::Queued);
+    let a = t.start();
+    assert_eq!(
+        (a.len(), a[0].id, a[0].attempt, &a[0].worker),
+        (1, id, 1, &w)
+    );
+    assert_eq!(t.state(id), State::Running);
+    let ack = t.report(
+        &a[0],
+        Outcome::Succeeded {
+            result: Some("42".into()),
+            exit_code: None,
+        },
+    );
+    assert_eq!(
+        ack,
+        Ok(ReportAck {
+            state: State::Succeeded
+        })
+    );
+    let rec = t.engine.get(id).unwrap();
+    assert_eq!(rec.status.result.as_deref(), Some("42"));
+    let states: Vec<State> = t.out.changes.iter().filter_map(Change::new_state).collect();
+    assert_eq!(
+        states,
+        [
+            State::Queued,
+            State::Assigned,
+            State::Running,
+            State::Succeeded
+        ]
+    );
+    assert_eq!(t.engine.free_slots(), 1);
+    assert_eq!(t.engine.timer_count(), 0);
+    let m = t.engine.metrics().snapshot();
+    assert_eq!(
+        (
+            m.submitted,
+            m.succeeded,
+            m.run_time.count,
+            m.queue_wait.count
+        ),
+        (1, 1, 1, 1)
+    );
+}
+
+#[test]
+fn higher_priority_first_then_fifo() {
+    let mut t = Harness::new();
+    let spec = |p| {
+        let mut s = h("x");
+        s.priority = p;
+        s
+    };
+    let low = t.submit(spec(Priority::LOW));
+    let n1 = t.submit(spec(Priority::NORMAL));
+    let crit = t.submit(spec(Priority::CRITICAL));
+    let n2 = t.submit(spec(Priority::NORMAL));
+    let num = t.submit(spec(Priority(200)));
+    t.worker("w", 1, &["x"]);
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        let a = t.start();
+        assert_eq!(a.len(), 1);
+        order.push(a[0].id);
+        t.report(&a[0], Outcome::ok()).unwrap();
+    }
+    assert_eq!(order, [crit, num, n1, n2, low]);
+}
+
+#[test]
+fn run_at_delays_until_its_time() {
+    let mut t = Harness::new();
+    t.worker("w", 1, &["x"]);
+    let mut s = h("x");
+    s.run_at = Some(t.now.plus(ms(500)));
+    let id = t.submit(s);
+    assert_eq!(t.state(id), State::Pending);
+    assert_eq!(t.engine.next_wake(), Some(t.now.plus(ms(500))));
+    assert!(t.dispatch().is_empty());
+    t.advance(ms(499));
+    assert_eq!(t.state(id), State::Pending);
+    t.advance(ms(1));
+    assert_eq!(t.state(id), State::Queued);
+    assert_eq!(t.dispatch().len(), 1);
+}
+
+#[test]
+fn a_task_that_does_not_start_before_expires_at_expires() {
+    let mut t = Harness::new();
+    let mut s = h("nobody-has-this");
+    s.expires_at = Some(t.now.plus(ms(100)));
+    let id = t.submit(s);
+    t.advance(ms(100));
+    assert_eq!(t.state(id), State::Expired);
+    assert_eq!(t.error(id).code, FailureCode::Expired);
+    assert_eq!(t.engine.timer_count(), 0);
+}
+
+#[test]
+fn an_attempt_past_its_timeout_is_stopped_and_its_late_report_is_stale() {
+    let mut t = Harness::new();
+    t.worker("w", 1, &["slow"]);
+    let mut s = h("slow");
+    s.timeout = Some(ms(200));
+    let id = t.submit(s);
+    let a = t.start().remove(0);
+    t.advance(ms(199));
+    assert_eq!(t.state(id), State::Running);
+    t.advance(ms(1));
+    assert_eq!(t.state(id), State::TimedOut);
+    assert_eq!(
+        t.out.stops,
+        [StopAttempt {
+            id,
+            attempt: 1,
+            worker: a.worker.clone(),
+            reason: StopReason::Timeout
+        }]
+    );
+    // The slot stays held until the executor really stops.
+    assert_eq!(t.engine.free_slots(), 0);
+    let late = t.report(&a, Outcome::ok());
+    assert!(matches!(late, Err(CommandError::Stale { .. })), "{late:?}");
+    assert_eq!(t.state(id), State::TimedOut);
+    assert_eq!(t.engine.free_slots(), 1);
+}
+
+#[test]
+fn failures_retry_with_capped_jittered_backoff_then_fail() {
+    let mut t = Harness::new();
+    t.worker("w", 1, &["flaky"]);
+    let mut s = h("flaky");
+    s.retry = RetryPolicy {
+        max_retries: 2,
+        initial_backoff: ms(100),
+        max_backoff: ms(150),
+        multiplier: 2.0,
+        jitter: 0.5,
+    };
+    let id = t.submit(s);
+    for (retry, full) in [(1, 100), (2, 150)] {
+        let a = t.start().remove(0);
+        assert_eq!(a.attempt, retry);
+        t.report(&a, Outcome::failed("boom")).unwrap();
+        assert_eq!(t.state(id), State::Retrying);
+        let wake = t.engine.get(id).unwrap().status.wake_at.unwrap();
+        let delay = wake.since(t.now);
+        assert!(
+            delay <= ms(full) && delay >= ms(full / 2),
+            "retry {retry}: {delay:?}"
+        );
+        t.advance(delay);
+        assert_eq!(t.state(id), State::Queued);
+    }
+    let a = t.start().remove(0);
+    t.report(&a, Outcome::failed("still broken")).unwrap();
+    assert_eq!(t.state(id), State::Failed);
+    let rec = t.engine.get(id).unwrap();
+    assert_eq!((rec.status.retries, rec.status.attempt), (2, 3));
+    assert_eq!(rec.status.error.as_ref().unwrap().message, "still broken");
+    assert_eq!(t.engine.metrics().snapshot().retried, 2);
+}
+
+#[test]
+fn a_handler_can_ask_for_a_retry_delay_or_refuse_retries() {
+    let mut t = Harness::new();
+    t.worker("w", 1, &["x"]);
+    let mut s = h("x");
+    s.retry = RetryPolicy::retries(5);
+    let id = t.submit(s.clone());
+    let a = t.start().remove(0);
+    let after = Outcome::Failed {
+        message: "later".into(),
+        retry: RetryHint::After(ms(7)),
+        exit_code: None,
+    };
+    t.report(&a, after).unwrap();
+    assert_eq!(
+        t.engine.get(id).unwrap().status.wake_at,
+        Some(t.now.plus(ms(7)))
+    );
+    let id2 = t.submit(s);
+    t.advance(ms(7));
+    let started = t.start();
+    let a2 = started.iter().find(|a| a.id == id2).unwrap();
+    let never = Outcome::Failed {
+        message: "fatal".into(),
+        retry: RetryHint::Never,
+        exit_code: Some(3),
+    };
+    t.report(a2, never).unwrap();
+    assert_eq!(t.state(id2), State::Failed);
+    assert_eq!(t.engine.get(id2).unwrap().status.exit_code, Some(3));
+}
+
+#[test]
+fn cancel_ends_waiting_tasks_at_once_and_running_ones_when_they_stop() {
+    let mut t = Harness::new();
+    let queued = t.submit(h("x"));
+    assert_eq!(
+        t.engine.cancel(queued, t.now, &mut t.out),
+        Ok(CancelOutcome::Cancelled)
+    );
+    assert_eq!(t.state(queued), State::Cancelled);
+    assert_eq!(
+        t.engine.cancel(queued, t.now, &mut t.out),
+        Ok(CancelOutcome::AlreadyFinished(State::Cancelled))
+    );
+
+    t.worker("w", 1, &["x"]);
+    let running = t.submit(h("x"));
+    let a = t.start().remove(0);
+    assert_eq!(
+        t.engine.cancel(running, t.now, &mut t.out),
+        Ok(CancelOutcome::Requested)
+    );
+    assert_eq!(t.out.stops.last().unwrap().reason, StopReason::Cancel);
+    assert_eq!(t.state(running), State::Running);
+    t.report(&a, Outcome::ok()).unwrap();
+    assert_eq!(t.state(running), State::Cancelled);
+    assert_eq!(t.error(running).code, FailureCode::Cancelled);
+    let unknown = TaskId::from_u128(999_999);
+    assert_eq!(
+        t.engine.cancel(unknown, t.now, &mut t.out),
+        Err(CommandError::NotFound(unknown))
+    );
+}
+
+#[test]
+fn cancel_by_tag_touches_only_live_tasks_with_the_tag() {
+    let mut t = Harness::new();
+    let mut tagged = h("x");
+    tagged.tags = vec!["batch-7".into()];
+    let a = t.submit(tagged.clone());
+    let b = t.submit(tagged);
+    let c = t.submit(h("x"));
+    assert_eq!(t.engine.cancel_tag("batch-7", t.now, &mut t.out), 2);
+    assert_eq!(
+        (t.state(a), t.state(b), t.state(c)),
+        (State::Cancelled, State::Cancelled, State::Queued)
+    );
+    assert_eq!(t.engine.cancel_tag("batch-7", t.now, &mut t.out), 0);
+}
+
+#[test]
+fn dependents_run_after_success_and_are_cancelled_naming_a_failed_dependency() {
+    let mut t = Harness::new();
+    t.worker("w", 4, &["x"]);
+    let a = t.submit(h("x"));
+    let mut sb = h("x");
+    sb.after = vec![a];
+    let b = t.submit(sb);
+    let mut sc = h("x");
+    sc.after = vec![b];
+    let c = t.submit(sc);
+    assert_eq!((t.state(b), t.state(c)), (State::Pending, State::Pending));
+    let run = t.start();
+    assert_eq!(run.len(), 1);
+    t.report(&run[0], Outcome::ok()).unwrap();
+    assert_eq!(t.state(b), State::Queued);
+    let run = t.start();
+    t.report(&run[0], Outcome::failed("nope")).unwrap();
+    assert_eq!(t.state(b), State::Failed);
+    assert_eq!(t.state(c), State::Cancelled);
+    let err = t.error(c);
+    assert_eq!(err.code, FailureCode::DependencyFailed);
+    assert!(err.message.contains(&b.to_string()), "{}", err.message);
+    // A new task that depends on a task that already failed is cancelled at once.
+    let mut sd = h("x");
+    sd.after = vec![b];
+    let d = t.submit(sd);
+    assert_eq!(t.state(d), State::Cancelled);
+}
+
+#[test]
+fn a_unique_key_returns_the_live_task_and_is_released_when_it_ends() {
+    let mut t = Harness::new();
+    let mut s = h("x");
+    s.unique_key = Some("nightly".into());
+    let first = t.submit(s.clone());
+    let again = t.id();
+    let r = t
+        .engine
+        .submit(again, s.clone(), t.now, &mut t.out)
+        .unwrap();
+    assert_eq!(r, Submitted::Existing(first));
+    assert!(t.engine.get(again).is_none());
+    t.engine.cancel(first, t.now, &mut t.out).unwrap();
+    let third = t.submit(s);
+    assert_ne!(third, first);
+}
+
+#[test]
+fn a_full_queue_refuses_the_whole_batch() {
+    let mut cfg = EngineConfig::default();
+    cfg.queue_limits.insert("small".into(), 2);
+    let mut t = Harness::with(cfg);
+    let mut s = h("x");
+    s.queue = "small".into();
+    t.submit(s.clone());
+    let batch = vec![(t.id(), s.clone()), (t.id(), s.clone())];
+    let before = t.out.changes.len();
+    let err = t.engine.submit_batch(batch, t.now, &mut t.out).unwrap_err();
+    assert_eq!(
+        err,
+        SubmitError::QueueFull {
+            queue: "small".into(),
+            limit: 2
+        }
+    );
+    assert_eq!(t.out.changes.len(), before);
+    assert_eq!(t.engine.live_tasks(), 1);
+    t.submit(s.clone());
+    // Another queue is not affected.
+    t.submit(h("x"));
+}
+
+#[test]
+fn tasks_go_only_to_workers_with_their_labels_and_handler() {
+    let mut t = Harness::new();
+    let plain = t.worker("plain", 4, &["x"]);
+    let mut gpu_info = WorkerInfo::local("gpu", 4, ["x"]);
+    gpu_info.labels = vec![("gpu".into(), String::new()), ("os".into(), "linux".into())];
+    t.engine.register_worker(gpu_info, t.now);
+    let mut s = h("x");
+    s.labels = vec![
+        "gpu".parse::<LabelReq>().unwrap(),
+        "os=linux".parse().unwrap(),
+    ];
+    for _ in 0..3 {
+        t.submit(s.clone());
+    }
+    let other = t.submit(h("y"));
+    let a = t.dispatch();
+    assert_eq!(a.len(), 3);
+    assert!(a.iter().all(|a| a.worker.as_str() == "gpu"));
+    assert_eq!(t.state(other), State::Queued);
+    assert_ne!(a[0].worker, plain);
+}
+
+#[test]
+fn a_refused_task_goes_to_another_worker_and_fails_when_all_refuse() {
+    let mut t = Harness::new();
+    let w1 = t.worker("w1", 1, &["x"]);
+    let w2 = t.worker("w2", 1, &["x"]);
+    let id = t.submit(h("x"));
+    let a = t.dispatch().remove(0);
+    t.engine
+        .reject(&a.worker, id, a.attempt, "busy disk", t.now, &mut t.out)
+        .unwrap();
+    assert_eq!(t.state(id), State::Queued);
+    let b = t.dispatch().remove(0);
+    assert_ne!(b.worker, a.worker);
+    assert_eq!(b.attempt, 2);
+    t.engine
+        .reject(&b.worker, id, b.attempt, "no docker", t.now, &mut t.out)
+        .unwrap();
+    assert_eq!(t.state(id), State::Failed);
+    let err = t.error(id);
+    assert_eq!(err.code, FailureCode::NoCapableWorker);
+    assert!(err.message.contains("no docker"));
+    assert_eq!(t.engine.free_slots(), 2);
+    let _ = (w1, w2);
+}
+
+#[test]
+fn no_capable_worker_within_the_dispatch_timeout_fails_the_task() {
+    let mut t = Harness::new();
+    t.worker("w", 1, &["x"]);
+    let mut s = h("x");
+    s.labels = vec!["arm64".parse().unwrap()];
+    s.dispatch_timeout = Some(Duration::from_secs(3));
+    let id = t.submit(s.clone());
+    t.advance(Duration::from_secs(3));
+    assert_eq!(t.state(id), State::Failed);
+    let err = t.error(id);
+    assert_eq!(err.code, FailureCode::NoCapableWorker);
+    assert!(err.message.contains("arm64"), "{}", err.message);
+    // A busy capable worker is not "no capable worker".
+    let mut busy = h("x");
+    busy.dispatch_timeout = Some(Duration::from_secs(3));
+    t.submit(h("x"));
+    t.start();
+    let waits = t.submit(busy);
+    t.advance(Duration::from_secs(10));
+    assert_eq!(t.state(waits), State::Queued);
+}
+
+#[test]
+fn a_silent_worker_is_dropped_and_its_tasks_rerun_elsewhere() {
+    let mut t = Harness::new();
+    let mut info = WorkerInfo::local("flaky", 1, ["x"]);
+    info.heartbeat_timeout = Some(Duration::from_secs(15));
+    t.engine.register_worker(info, t.now);
+    let id = t.submit(h("x"));
+    let a = t.start().remove(0);
+    t.advance(Duration::from_secs(10));
+    t.engine.heartbeat(&a.worker, t.now).unwrap();
+    t.advance(Duration::from_secs(14));
+    assert_eq!(t.state(id), State::Running);
+    t.advance(Duration::from_secs(1));
+    assert_eq!(t.state(id), State::Queued);
+    assert_eq!(t.engine.worker_count(), 0);
+    t.worker("steady", 1, &["x"]);
+    let b = t.start().remove(0);
+    assert_eq!((b.id, b.attempt, b.worker.as_str()), (id, 2, "steady"));
+    assert!(matches!(
+        t.report(&a, Outcome::ok()),
+        Err(CommandError::Stale { .. })
+    ));
+    t.report(&b, Outcome::ok()).unwrap();
+    assert_eq!(t.state(id), State::Succeeded);
+}
+
+#[test]
+fn bad_input_is_refused_with_a_typed_error_and_changes_nothing() {
+    let mut t = Harness::with(EngineConfig {
+        max_payload_bytes: 64,
+        ..EngineConfig::default()
+    });
+    let existing = t.submit(h("x"));
+    let changes = t.out.changes.len();
+    let mut cases: Vec<(TaskSpec, &str)> = Vec::new();
+    let mut s = h("x");
+    s.timeout = Some(Duration::ZERO);
+    cases.push((s, "invalid timeout: must be positive"));
+    let mut s = h("x");
+    s.timeout = Some(Duration::from_secs(365 * 24 * 3600));
+    cases.push((s, "invalid timeout"));
+    cases.push((
+        TaskSpec::new(TaskKind::handler("x", "0".repeat(100))),
+        "payload of 101 bytes exceeds",
+    ));
+    let mut s = h("x");
+    s.after = vec![TaskId::from_u128(12345)];
+    cases.push((s, "unknown dependency"));
+    let mut s = h("x");
+    s.retry.multiplier = f64::NAN;
+    cases.push((s, "retry.multiplier"));
+    let mut s = h("x");
+    s.queue = "".into();
+    cases.push((s, "invalid queue"));
+    let mut s = h("x");
+    s.expires_at = Some(t.now);
+    cases.push((s, "expires_at"));
+    for (spec, want) in cases {
+        let id = t.id();
+        let err = t.engine.submit(id, spec, t.now, &mut t.out).unwrap_err();
+        assert!(err.to_string().contains(want), "{err} !~ {want}");
+        assert!(t.engine.get(id).is_none());
+    }
+    // A task depending on itself, and a cycle inside a batch.
+    let id = t.id();
+    let mut s = h("x");
+    s.after = vec![id];
+    assert_eq!(
+        t.engine.submit(id, s, t.now, &mut t.out),
+        Err(SubmitError::CyclicDependency(id))
+    );
+    let (a, b) = (t.id(), t.id());
+    let (mut sa, mut sb) = (h("x"), h("x"));
+    sa.after = vec![b];
+    sb.after = vec![a, existing];
+    let err = t
+        .engine
+        .submit_batch(vec![(a, sa), (b, sb)], t.now, &mut t.out)
+        .unwrap_err();
+    assert!(matches!(err, SubmitError::CyclicDependency(_)), "{err}");
+    assert_eq!(
+        t.engine.submit(existing, h("x"), t.now, &mut t.out),
+        Err(SubmitError::DuplicateId(existing))
+    );
+    assert_eq!(t.out.changes.len(), changes);
+    assert_eq!(t.engine.live_tasks(), 1);
+}
+
+#[test]
+fn a_batch_may_depend_on_itself_in_order() {
+    let mut t = Harness::new();
+    let (a, b) = (t.id(), t.id());
+    let mut sb = h("x");
+    sb.after = vec![a];
+    let r = t
+        .engine
+        .submit_batch(vec![(b, sb), (a, h("x"))], t.now, &mut t.out)
+        .unwrap();
+    assert_eq!(r, [Submitted::Created(b), Submitted::Created(a)]);
+    assert_eq!((t.state(a), t.state(b)), (State::Queued, State::Pending));
+}
+
+#[test]
+fn restore_requeues_what_was_running_as_a_new_attempt() {
+    let mut t = Harness::new();
+    t.worker("w", 2, &["x"]);
+    let running = t.submit(h("x"));
+    t.start();
+    let mut s = h("x");
+    s.after = vec![running];
+    let waiting = t.submit(s);
+    let records: Vec<TaskRecord> = [running, waiting]
+        .iter()
+        .map(|id| t.engine.get(*id).unwrap().clone())
+        .collect();
+
+    let mut r = Harness::new();
+    r.engine.restore(records, r.now, &mut r.out);
+    assert_eq!(r.state(running), State::Queued);
+    assert_eq!(r.state(waiting), State::Pending);
+    assert!(matches!(
+        r.out.changes[0],
+        Change::Status {
+            attempt_outcome: Some(AttemptOutcome::Lost),
+            from: State::Running,
+            ..
+        }
+    ));
+    r.worker("w2", 2, &["x"]);
+    let a = r.start().remove(0);
+    assert_eq!((a.id, a.attempt), (running, 2));
+    r.report(&a, Outcome::ok()).unwrap();
+    assert_eq!(r.state(waiting), State::Queued);
+}
+
+#[test]
+fn a_checkpoint_is_handed_to_the_next_attempt() {
+    let mut t = Harness::new();
+    t.worker("w", 1, &["x"]);
+    let mut s = h("x");
+    s.retry = RetryPolicy {
+        initial_backoff: ms(1),
+        ..RetryPolicy::retries(1)
+    };
+    let id = t.submit(s);
+    let a = t.start().remove(0);
+    assert_eq!(a.checkpoint, None);
+    t.engine
+        .checkpoint(id, a.attempt, r#"{"step":3}"#.into(), &mut t.out)
+        .unwrap();
+    t.report(&a, Outcome::failed("crash")).unwrap();
+    t.advance(ms(1));
+    let b = t.start().remove(0);
+    assert_eq!(b.checkpoint.as_deref(), Some(r#"{"step":3}"#));
+    // Progress from the old attempt is stale.
+    let p = Progress {
+        fraction: 0.5,
+        message: None,
+    };
+    assert!(matches!(
+        t.engine.progress(id, a.attempt, p, &mut t.out),
+        Err(CommandError::Stale { .. })
+    ));
+}
+
+#[test]
+fn min_trust_keeps_tasks_off_untrusted_workers() {
+    let mut t = Harness::new();
+    t.worker("new", 1, &["x"]);
+    let mut s = h("x");
+    // A new worker starts at 0.5; each success raises it: 0.67, 0.75, 0.80.
+    s.min_trust = Some(0.76);
+    let picky = t.submit(s);
+    assert!(t.dispatch().is_empty());
+    // The worker earns trust on ordinary work.
+    for _ in 0..3 {
+        t.submit(h("x"));
+        let a = t.start().remove(0);
+        t.report(&a, Outcome::ok()).unwrap();
+    }
+    let a = t.dispatch().remove(0);
+    assert_eq!(a.id, picky);
+}
+
+#[test]
+fn a_paused_queue_holds_its_tasks() {
+    let mut t = Harness::new();
+    t.worker("w", 1, &["x"]);
+    t.engine.pause_queue("default");
+    let id = t.submit(h("x"));
+    assert!(t.dispatch().is_empty());
+    let stats = t.engine.queue_stats();
+    assert_eq!((stats[0].ready, stats[0].paused), (1, true));
+    t.engine.resume_queue("default");
+    assert_eq!(t.dispatch()[0].id, id);
+}
+
+#[test]
+fn finished_tasks_beyond_the_retention_are_forgotten() {
+    let mut t = Harness::with(EngineConfig {
+        retain_finished: 2,
+        ..EngineConfig::default()
+    });
+    let ids: Vec<TaskId> = (0..4).map(|_| t.submit(h("x"))).collect();
+    for id in &ids {
+        t.engine.cancel(*id, t.now, &mut t.out).unwrap();
+    }
+    assert!(t.engine.get(ids[0]).is_none() && t.engine.get(ids[1]).is_none());
+    assert!(t.engine.get(ids[3]).is_some());
+    // A dependency on a forgotten task resolves through note_finished.
+    let mut s = h("x");
+    s.after = vec![ids[0]];
+    assert_eq!(
+        t.engine
+            .unresolved_dependencies(&s.after)
+            .collect::<Vec<_>>(),
+        [ids[0]]
+    );
+    t.engine.note_finished(ids[0], State::Succeeded);
+    let id = t.submit(s);
+    assert_eq!(t.state(id), State::Queued);
+}

@@ -1,0 +1,256 @@
+//! Time-driven transitions: a pending task's `run_at`, a retry's backoff, a
+//! waiting task's `expires_at`, a running attempt's timeout, a queued task's
+//! dispatch timeout, and worker liveness.
+//!
+//! Timers are derived from a task's state ([`of`]); `apply_event` diffs them
+//! before and after each change, so a timer exists exactly while its task is
+//! in the state that needs it — none outlives its task.
+
+use crate::{AttemptOutcome, Event, FailureCode, Outcome, State, TaskFailure, TaskId, Timestamp};
+
+use super::{Engine, Entry, Outbox, StopAttempt, StopReason};
+
+/// What a timer does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum TimerKind {
+    /// Pending `run_at` or retry backoff passed: release to `queued`.
+    Wake,
+    /// `expires_at` passed before the task started.
+    Expire,
+    /// The running attempt's timeout passed.
+    Deadline,
+    /// No capable worker appeared within the dispatch timeout.
+    Dispatch,
+}
+
+pub(super) type TimerSet = [Option<(Timestamp, TimerKind)>; 4];
+
+/// The timers task `e` needs in its current state.
+pub(super) fn of(e: &Entry) -> TimerSet {
+    let st = &e.rec.status;
+    let wake = match st.state {
+        State::Pending | State::Retrying => st.wake_at.map(|t| (t, TimerKind::Wake)),
+        _ => None,
+    };
+    let expire = e
+        .rec
+        .spec
+        .expires_at
+        .filter(|_| st.state.is_waiting())
+        .map(|t| (t, TimerKind::Expire));
+    let deadline = match (st.state, e.rec.spec.timeout, st.started_at) {
+        (State::Running, Some(limit), Some(start)) => {
+            Some((start.plus(limit), TimerKind::Deadline))
+        }
+        _ => None,
+    };
+    let dispatch = e
+        .dispatch_deadline
+        .filter(|_| st.state == State::Queued)
+        .map(|t| (t, TimerKind::Dispatch));
+    [wake, expire, deadline, dispatch]
+}
+
+impl Engine {
+    pub(super) fn retime(&mut self, id: TaskId, before: &TimerSet, after: &TimerSet) {
+        for (b, a) in before.iter().zip(after) {
+            if b != a {
+                if let Some((t, k)) = b {
+                    self.timers.remove(&(*t, *k, id));
+                }
+                if let Some((t, k)) = a {
+                    self.timers.insert((*t, *k, id));
+                }
+            }
+        }
+    }
+
+    /// When [`Engine::tick`] next has something to do, if ever.
+    pub fn next_wake(&self) -> Option<Timestamp> {
+        let timer = self.timers.first().map(|(t, _, _)| *t);
+        match (timer, self.next_liveness_check) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Number of armed task timers (for tests and stats).
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Fires every timer due at `now`, and drops workers whose heartbeat
+    /// is overdue (re-queuing what they ran).
+    pub fn tick(&mut self, now: Timestamp, out: &mut Outbox) {
+        if self.next_liveness_check.is_some_and(|t| t <= now) {
+            self.check_liveness(now, out);
+        }
+        while let Some(&(at, kind, id)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            match kind {
+                TimerKind::Wake => self.on_wake(id, now, out),
+                TimerKind::Expire => {
+                    let failure = TaskFailure::new(
+                        FailureCode::Expired,
+                        "did not start before its expires_at",
+                    );
+                    let _ = self.apply_event(id, Event::Expire, now, None, out, |s| {
+                        s.error = Some(failure)
+                    });
+                }
+                TimerKind::Deadline => self.on_deadline(id, now, out),
+                TimerKind::Dispatch => self.on_dispatch_deadline(id, now, out),
+            }
+        }
+    }
+
+    fn on_wake(&mut self, id: TaskId, now: Timestamp, out: &mut Outbox) {
+        let Some(e) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        match e.rec.status.state {
+            State::Retrying => {
+                let _ = self.apply_event(id, Event::Requeue, now, None, out, |_| {});
+            }
+            State::Pending => {
+                // The timer has fired: its time is no longer a gate.
+                e.rec.status.wake_at = None;
+                self.release_if_ready(id, now, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_deadline(&mut self, id: TaskId, now: Timestamp, out: &mut Outbox) {
+        let Some(e) = self.tasks.get(&id) else { return };
+        let (attempt, worker) = (e.rec.status.attempt, e.rec.status.worker.clone());
+        if let Some(worker) = worker {
+            out.stops.push(StopAttempt {
+                id,
+                attempt,
+                worker,
+                reason: StopReason::Timeout,
+            });
+        }
+        self.finish_attempt(id, Outcome::TimedOut, now, out);
+    }
+
+    fn on_dispatch_deadline(&mut self, id: TaskId, now: Timestamp, out: &mut Outbox) {
+        let Some(e) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let class = e.class;
+        if !self.classes[class.0 as usize].capable.is_empty() {
+            // A capable worker appeared; it is only busy. Keep waiting.
+            e.dispatch_deadline = None;
+            return;
+        }
+        let message = format!(
+            "no capable worker: {}",
+            self.classes[class.0 as usize].key.describe()
+        );
+        let failure = TaskFailure::new(FailureCode::NoCapableWorker, message);
+        let _ = self.apply_event(id, Event::Fail, now, None, out, |s| s.error = Some(failure));
+    }
+
+    /// Ends the current attempt of a running task with `outcome`, retrying
+    /// it when the outcome and policy allow.
+    pub(super) fn finish_attempt(
+        &mut self,
+        id: TaskId,
+        outcome: Outcome,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) {
+        let Some(e) = self.tasks.get(&id) else { return };
+        let st = &e.rec.status;
+        let policy = e.rec.spec.retry;
+        if st.cancel_requested {
+            let failure = TaskFailure::new(FailureCode::Cancelled, "cancelled while running");
+            let _ = self.apply_event(
+                id,
+                Event::Cancel,
+                now,
+                Some(AttemptOutcome::Cancelled),
+                out,
+                |s| s.error = Some(failure),
+            );
+            return;
+        }
+        let retries_left = st.retries < policy.max_retries;
+        match outcome {
+            Outcome::Succeeded { result, exit_code } => {
+                let _ = self.apply_event(
+                    id,
+                    Event::Succeed,
+                    now,
+                    Some(AttemptOutcome::Succeeded),
+                    out,
+                    |s| {
+                        s.result = result;
+                        s.exit_code = exit_code;
+                        s.error = None;
+                    },
+                );
+            }
+            Outcome::Cancelled => {
+                let failure = TaskFailure::new(FailureCode::Cancelled, "stopped by its executor");
+                let _ = self.apply_event(
+                    id,
+                    Event::Cancel,
+                    now,
+                    Some(AttemptOutcome::Cancelled),
+                    out,
+                    |s| s.error = Some(failure),
+                );
+            }
+            Outcome::Failed {
+                message,
+                retry,
+                exit_code,
+            } => {
+                let failure = TaskFailure::new(FailureCode::Error, message);
+                let delay = match retry {
+                    crate::RetryHint::Never => None,
+                    _ if !retries_left => None,
+                    crate::RetryHint::After(d) => Some(d),
+                    crate::RetryHint::Policy => {
+                        Some(policy.backoff(st.retries + 1, self.next_unit()))
+                    }
+                };
+                let (event, wake) = match delay {
+                    Some(d) => (Event::Retry, Some(now.plus(d))),
+                    None => (Event::Fail, None),
+                };
+                let _ = self.apply_event(id, event, now, Some(AttemptOutcome::Failed), out, |s| {
+                    s.error = Some(failure);
+                    s.exit_code = exit_code;
+                    if let Some(w) = wake {
+                        s.retries += 1;
+                        s.wake_at = Some(w);
+                    }
+                });
+            }
+            Outcome::TimedOut => {
+                let failure = TaskFailure::new(FailureCode::Timeout, "ran past its timeout");
+                let (event, wake) = if retries_left {
+                    let d = policy.backoff(st.retries + 1, self.next_unit());
+                    (Event::Retry, Some(now.plus(d)))
+                } else {
+                    (Event::TimeOut, None)
+                };
+                let _ =
+                    self.apply_event(id, event, now, Some(AttemptOutcome::TimedOut), out, |s| {
+                        s.error = Some(failure);
+                        if let Some(w) = wake {
+                            s.retries += 1;
+                            s.wake_at = Some(w);
+                        }
+                    });
+            }
+        }
+    }
+}
