@@ -81,6 +81,21 @@ pub(crate) fn attempt_ops<'a>(
     Ok([first, finish])
 }
 
+/// The outcome named `s` in the store.
+pub(crate) fn parse_outcome(s: &str) -> Option<AttemptOutcome> {
+    use AttemptOutcome as O;
+    [
+        O::Rejected,
+        O::Succeeded,
+        O::Failed,
+        O::TimedOut,
+        O::Cancelled,
+        O::Lost,
+    ]
+    .into_iter()
+    .find(|o| o.as_str() == s)
+}
+
 /// The error of a duplicate assignment of `attempt` to task `id`.
 pub(crate) fn duplicate_attempt(id: TaskId, attempt: u32) -> StoreError {
     StoreError::Invalid(format!("task {id}: attempt {attempt} is already recorded"))

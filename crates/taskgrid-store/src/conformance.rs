@@ -13,7 +13,7 @@ use taskgrid_core::{
     WorkerId,
 };
 
-use crate::{MemoryStore, Store, StoreError, TaskQuery};
+use crate::{MemoryStore, SqliteOptions, SqliteStore, Store, StoreError, TaskQuery};
 
 /// Generates one `#[test]` per conformance check in module `$name`, each on a
 /// fresh store from `$make`.
@@ -56,6 +56,61 @@ macro_rules! conformance_tests {
 conformance_tests!(memory, || -> Box<dyn Store> {
     Box::new(MemoryStore::new())
 });
+conformance_tests!(sqlite_file, || -> Box<dyn Store> {
+    Box::new(TempSqlite::new())
+});
+conformance_tests!(sqlite_in_memory, || -> Box<dyn Store> {
+    Box::new(SqliteStore::open_in_memory().unwrap())
+});
+
+/// A [`SqliteStore`] on a file in a temporary directory removed on drop.
+pub(crate) struct TempSqlite {
+    // Fields drop in order: the database closes before its directory goes.
+    pub(crate) store: SqliteStore,
+    _dir: tempfile::TempDir,
+}
+
+impl TempSqlite {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(
+            dir.path().join("db").join("taskgrid.db"),
+            SqliteOptions::default(),
+        )
+        .unwrap();
+        TempSqlite { store, _dir: dir }
+    }
+}
+
+impl Store for TempSqlite {
+    fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        self.store.apply(changes)
+    }
+    fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        self.store.load_active()
+    }
+    fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.store.get(id)
+    }
+    fn list(&self, q: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
+        self.store.list(q)
+    }
+    fn attempts(&self, id: TaskId) -> Result<Vec<taskgrid_core::AttemptRecord>, StoreError> {
+        self.store.attempts(id)
+    }
+    fn output(
+        &self,
+        id: TaskId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutputChunk)>, StoreError> {
+        self.store.output(id, after_seq, limit)
+    }
+    fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
+        self.store.count_by_state()
+    }
+}
+
 // ---- fixtures ----
 
 pub(crate) fn tid(n: u128) -> TaskId {
@@ -102,12 +157,12 @@ fn full_record() -> TaskRecord {
         initial_backoff: Duration::from_millis(250),
         max_backoff: Duration::from_secs(60),
         // Floats whose shortest decimal form has 17 digits.
-        multiplier: 1.7,
-        jitter: 0.125,
+        multiplier: 0.994_141_423_413_993_5,
+        jitter: 0.1 + 0.2,
     };
     spec.after = vec![tid(100), tid(101)];
     spec.unique_key = Some("thumb:42".into());
-    spec.min_trust = Some(0.3);
+    spec.min_trust = Some(0.112_907_741_606_880_77);
     spec.parent = Some(tid(99));
     TaskRecord {
         id: tid(1),

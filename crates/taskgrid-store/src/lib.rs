@@ -3,9 +3,12 @@
 //!
 //! The engine emits an ordered list of [`Change`]s; a [`Store`] applies them
 //! all-or-nothing, with compare-and-set on every state change, and answers the
-//! queries the API and the start-up path need. [`MemoryStore`] keeps
-//! everything in one process's memory, for tests, benchmarks and embedding
-//! without persistence.
+//! queries the API and the start-up path need. Two backends implement it:
+//!
+//! - [`SqliteStore`] — the durable one: SQLite in WAL mode, versioned
+//!   migrations, a separate read connection.
+//! - [`MemoryStore`] — everything in one process's memory, for tests,
+//!   benchmarks and embedding without persistence.
 //!
 //! ```
 //! use taskgrid_core::{Change, State, TaskId, TaskKind, TaskRecord, TaskSpec, TaskStatus, Timestamp};
@@ -29,6 +32,7 @@
 mod attempt;
 mod error;
 mod memory;
+mod sqlite;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may panic on anything
@@ -36,6 +40,7 @@ mod conformance;
 
 pub use error::StoreError;
 pub use memory::MemoryStore;
+pub use sqlite::{BUSY_TIMEOUT, Durability, SqliteOptions, SqliteStore};
 
 use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord, WorkerId};
 
