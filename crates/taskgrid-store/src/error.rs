@@ -3,7 +3,7 @@
 
 use taskgrid_core::{State, TaskId};
 
-/// An error from a [`Store`](crate::Store) or the `Writer`.
+/// An error from a [`Store`](crate::Store) or the [`Writer`](crate::Writer).
 ///
 /// A failed [`Store::apply`](crate::Store::apply) has changed nothing,
 /// whatever the variant.
@@ -48,7 +48,7 @@ pub enum StoreError {
         /// The newest schema version this build knows.
         supported: u32,
     },
-    /// The `Writer` has shut down (or its thread died).
+    /// The [`Writer`](crate::Writer) has shut down (or its thread died).
     #[error("the store writer is closed")]
     Closed,
     /// An operating-system error (creating the data directory, spawning the

@@ -10,11 +10,17 @@
 //! - [`MemoryStore`] — everything in one process's memory, for tests,
 //!   benchmarks and embedding without persistence.
 //!
-//! ```
-//! use taskgrid_core::{Change, State, TaskId, TaskKind, TaskRecord, TaskSpec, TaskStatus, Timestamp};
-//! use taskgrid_store::{MemoryStore, Store};
+//! A [`Writer`] sits in front of a store and group-commits: one background
+//! thread applies whatever batches are queued in one transaction and then
+//! tells each submitter its result.
 //!
-//! let store = MemoryStore::new();
+//! ```
+//! use std::sync::Arc;
+//! use taskgrid_core::{Change, State, TaskId, TaskKind, TaskRecord, TaskSpec, TaskStatus, Timestamp};
+//! use taskgrid_store::{MemoryStore, Store, Writer};
+//!
+//! let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+//! let writer = Writer::spawn(store.clone());
 //! let id = TaskId::from_u128(1);
 //! let task = TaskRecord {
 //!     id,
@@ -24,7 +30,10 @@
 //!     progress: None,
 //!     checkpoint: None,
 //! };
-//! store.apply(&[Change::Submitted(Box::new(task))])?;
+//! let (tx, rx) = std::sync::mpsc::channel();
+//! let done = Box::new(move |result| tx.send(result).unwrap_or(()));
+//! writer.submit(vec![Change::Submitted(Box::new(task))], Some(done))?;
+//! rx.recv().expect("the writer reports")?; // committed: now acknowledge
 //! assert_eq!(store.get(id)?.map(|t| t.status.state), Some(State::Queued));
 //! # Ok::<(), taskgrid_store::StoreError>(())
 //! ```
@@ -33,6 +42,7 @@ mod attempt;
 mod error;
 mod memory;
 mod sqlite;
+mod writer;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may panic on anything
@@ -41,11 +51,12 @@ mod conformance;
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use sqlite::{BUSY_TIMEOUT, Durability, SqliteOptions, SqliteStore};
+pub use writer::{BATCH_CAP, Done, Writer};
 
 use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord, WorkerId};
 
 /// The durable record of tasks. Every method takes `&self`; implementations
-/// synchronise internally, so one store is shared between one writing
+/// synchronise internally, so one store is shared between the [`Writer`]
 /// thread and any number of readers.
 pub trait Store: Send + Sync + 'static {
     /// Applies `changes` in order, in one transaction: all of them or none.

@@ -1,7 +1,7 @@
 //! [`SqliteStore`]: the durable [`Store`], one SQLite file in WAL mode.
 //!
 //! One connection writes (`apply`, normally called only by the
-//! group-commit writer thread); a second one reads. WAL lets the reader
+//! [`Writer`](crate::Writer) thread); a second one reads. WAL lets the reader
 //! see the last committed state while a write transaction is open, so queries
 //! never wait for a group commit. The schema and its migrations are in
 //! `schema`, writes in `write`, queries and row decoding in `read`.
