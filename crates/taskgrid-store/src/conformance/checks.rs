@@ -1,249 +1,14 @@
-//! The store conformance suite: one set of behaviours every backend must
-//! show, run against each of them by [`conformance_tests!`].
-//!
-//! Each check is a plain function over `&dyn Store` that starts from an empty
-//! store. A new backend gets the whole suite with one line:
-//! `conformance_tests!(postgres, || -> Box<dyn Store> { … });`
-
-use std::time::Duration;
+//! The conformance checks: each a function over an empty `&dyn Store`.
 
 use taskgrid_core::{
-    AttemptOutcome, Change, FailureCode, LabelReq, OutputChunk, Priority, Progress, RetryPolicy,
-    State, Stream, TaskFailure, TaskId, TaskKind, TaskRecord, TaskSpec, TaskStatus, Timestamp,
-    WorkerId,
+    AttemptOutcome, Change, FailureCode, OutputChunk, Progress, State, Stream, TaskFailure,
+    TaskStatus, WorkerId,
 };
 
-use crate::{MemoryStore, SqliteOptions, SqliteStore, Store, StoreError, TaskQuery};
+use super::fixtures::{Life, full_record, ids, output, state_of, submit, task, tid, ts};
+use crate::{Store, StoreError, TaskQuery};
 
-/// Generates one `#[test]` per conformance check in module `$name`, each on a
-/// fresh store from `$make`.
-macro_rules! conformance_tests {
-    ($name:ident, $make:expr) => {
-        mod $name {
-            use super::*;
-
-            fn store() -> Box<dyn Store> {
-                ($make)()
-            }
-
-            conformance_tests!(@tests
-                round_trip_every_field,
-                duplicate_submit_is_refused,
-                conflict_rolls_back_the_whole_batch,
-                status_of_unknown_task_is_not_found,
-                failed_batch_leaves_no_trace,
-                attempts_follow_the_lifecycle,
-                bad_assignments_are_invalid,
-                load_active_returns_exactly_the_live_tasks,
-                list_filters_and_paginates,
-                progress_and_checkpoint_overwrite,
-                output_is_ordered_and_paged,
-                count_by_state_counts_every_state,
-                empty_apply_is_a_no_op,
-            );
-        }
-    };
-    (@tests $($check:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $check() {
-                super::$check(&*store());
-            }
-        )*
-    };
-}
-
-conformance_tests!(memory, || -> Box<dyn Store> {
-    Box::new(MemoryStore::new())
-});
-conformance_tests!(sqlite_file, || -> Box<dyn Store> {
-    Box::new(TempSqlite::new())
-});
-conformance_tests!(sqlite_in_memory, || -> Box<dyn Store> {
-    Box::new(SqliteStore::open_in_memory().unwrap())
-});
-
-/// A [`SqliteStore`] on a file in a temporary directory removed on drop.
-pub(crate) struct TempSqlite {
-    // Fields drop in order: the database closes before its directory goes.
-    pub(crate) store: SqliteStore,
-    _dir: tempfile::TempDir,
-}
-
-impl TempSqlite {
-    pub(crate) fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(
-            dir.path().join("db").join("taskgrid.db"),
-            SqliteOptions::default(),
-        )
-        .unwrap();
-        TempSqlite { store, _dir: dir }
-    }
-}
-
-impl Store for TempSqlite {
-    fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
-        self.store.apply(changes)
-    }
-    fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError> {
-        self.store.load_active()
-    }
-    fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        self.store.get(id)
-    }
-    fn list(&self, q: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
-        self.store.list(q)
-    }
-    fn attempts(&self, id: TaskId) -> Result<Vec<taskgrid_core::AttemptRecord>, StoreError> {
-        self.store.attempts(id)
-    }
-    fn output(
-        &self,
-        id: TaskId,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, OutputChunk)>, StoreError> {
-        self.store.output(id, after_seq, limit)
-    }
-    fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
-        self.store.count_by_state()
-    }
-}
-
-// ---- fixtures ----
-
-pub(crate) fn tid(n: u128) -> TaskId {
-    TaskId::from_u128(0x0192_0000_0000_7000_8000_0000_0000_0000 + n)
-}
-
-pub(crate) fn ts(micros: u64) -> Timestamp {
-    Timestamp::from_micros(micros)
-}
-
-/// A queued handler task in the default queue.
-pub(crate) fn task(n: u128) -> TaskRecord {
-    TaskRecord {
-        id: tid(n),
-        spec: TaskSpec::new(TaskKind::handler("echo", r#"{"n":1}"#)),
-        created_at: ts(1_000 + n as u64),
-        status: TaskStatus::new(State::Queued),
-        progress: None,
-        checkpoint: None,
-    }
-}
-
-pub(crate) fn submit(rec: TaskRecord) -> Change {
-    Change::Submitted(Box::new(rec))
-}
-
-/// A task record with every field set.
-fn full_record() -> TaskRecord {
-    let mut spec = TaskSpec::new(TaskKind::handler("resize", r#"{"w":640,"h":"é\"x"}"#));
-    spec.queue = "images".into();
-    spec.priority = Priority(7);
-    spec.tags = vec!["batch-7".into(), "urgent".into()];
-    spec.labels = vec![
-        "os=linux".parse::<LabelReq>().unwrap(),
-        "gpu".parse().unwrap(),
-    ];
-    spec.slots = 3;
-    spec.timeout = Some(Duration::from_millis(1_500));
-    spec.expires_at = Some(ts(9_000_000));
-    spec.run_at = Some(ts(2_000_000));
-    spec.dispatch_timeout = Some(Duration::from_secs(3));
-    spec.retry = RetryPolicy {
-        max_retries: 4,
-        initial_backoff: Duration::from_millis(250),
-        max_backoff: Duration::from_secs(60),
-        // Floats whose shortest decimal form has 17 digits.
-        multiplier: 0.994_141_423_413_993_5,
-        jitter: 0.1 + 0.2,
-    };
-    spec.after = vec![tid(100), tid(101)];
-    spec.unique_key = Some("thumb:42".into());
-    spec.min_trust = Some(0.112_907_741_606_880_77);
-    spec.parent = Some(tid(99));
-    TaskRecord {
-        id: tid(1),
-        spec,
-        created_at: ts(1_700_000_000_000_000),
-        status: TaskStatus {
-            state: State::Running,
-            attempt: 3,
-            retries: 2,
-            worker: Some(WorkerId::new("gpu-box-1")),
-            wake_at: Some(ts(5)),
-            queued_at: Some(ts(6)),
-            started_at: Some(ts(7)),
-            finished_at: Some(ts(8)),
-            cancel_requested: true,
-            result: Some(r#"{"ok":true}"#.into()),
-            error: Some(TaskFailure::new(FailureCode::Timeout, "took too long")),
-            exit_code: Some(-9),
-        },
-        progress: Some(Progress {
-            fraction: 0.625,
-            message: Some("resizing".into()),
-        }),
-        checkpoint: Some(r#"{"done":[1,2]}"#.into()),
-    }
-}
-
-/// Drives one task through states, producing the changes the engine would.
-pub(crate) struct Life {
-    pub(crate) id: TaskId,
-    pub(crate) status: TaskStatus,
-}
-
-impl Life {
-    pub(crate) fn of(rec: &TaskRecord) -> Self {
-        Life {
-            id: rec.id,
-            status: rec.status.clone(),
-        }
-    }
-
-    /// Moves to `state` at `at`, after `edit` adjusts the new status.
-    pub(crate) fn to(
-        &mut self,
-        state: State,
-        at: u64,
-        outcome: Option<AttemptOutcome>,
-        edit: impl FnOnce(&mut TaskStatus),
-    ) -> Change {
-        let from = self.status.state;
-        self.status.state = state;
-        edit(&mut self.status);
-        Change::Status {
-            id: self.id,
-            from,
-            at: ts(at),
-            status: Box::new(self.status.clone()),
-            attempt_outcome: outcome,
-        }
-    }
-
-    /// queued → assigned to `worker` as the next attempt.
-    pub(crate) fn assign(&mut self, worker: &str, at: u64) -> Change {
-        self.to(State::Assigned, at, None, |s| {
-            s.attempt += 1;
-            s.worker = Some(WorkerId::new(worker));
-        })
-    }
-}
-
-fn ids(recs: &[TaskRecord]) -> Vec<TaskId> {
-    recs.iter().map(|r| r.id).collect()
-}
-
-fn state_of(store: &dyn Store, id: TaskId) -> State {
-    store.get(id).unwrap().unwrap().status.state
-}
-
-// ---- checks ----
-
-fn round_trip_every_field(store: &dyn Store) {
+pub(super) fn round_trip_every_field(store: &dyn Store) {
     let rec = full_record();
     store.apply(&[submit(rec.clone())]).unwrap();
     assert_eq!(store.get(rec.id).unwrap(), Some(rec.clone()));
@@ -255,7 +20,7 @@ fn round_trip_every_field(store: &dyn Store) {
     assert_eq!(store.load_active().unwrap(), vec![rec]);
 }
 
-fn duplicate_submit_is_refused(store: &dyn Store) {
+pub(super) fn duplicate_submit_is_refused(store: &dyn Store) {
     store.apply(&[submit(task(1))]).unwrap();
     let mut again = task(1);
     again.spec.queue = "other".into();
@@ -273,7 +38,7 @@ fn duplicate_submit_is_refused(store: &dyn Store) {
     );
 }
 
-fn conflict_rolls_back_the_whole_batch(store: &dyn Store) {
+pub(super) fn conflict_rolls_back_the_whole_batch(store: &dyn Store) {
     let a = task(1);
     store.apply(&[submit(a.clone())]).unwrap();
     let mut life = Life::of(&a);
@@ -326,7 +91,7 @@ fn conflict_rolls_back_the_whole_batch(store: &dyn Store) {
     assert_eq!(state_of(store, a.id), State::Assigned);
 }
 
-fn status_of_unknown_task_is_not_found(store: &dyn Store) {
+pub(super) fn status_of_unknown_task_is_not_found(store: &dyn Store) {
     let mut life = Life::of(&task(1));
     let err = store
         .apply(&[submit(task(2)), life.assign("w", 1)])
@@ -340,7 +105,7 @@ fn status_of_unknown_task_is_not_found(store: &dyn Store) {
 
 /// A batch that touches every kind of data and then fails leaves each of
 /// them exactly as before.
-fn failed_batch_leaves_no_trace(store: &dyn Store) {
+pub(super) fn failed_batch_leaves_no_trace(store: &dyn Store) {
     let a = task(1);
     let mut life = Life::of(&a);
     store
@@ -405,7 +170,7 @@ fn failed_batch_leaves_no_trace(store: &dyn Store) {
     assert_eq!(data, ["before", "after"]);
 }
 
-fn attempts_follow_the_lifecycle(store: &dyn Store) {
+pub(super) fn attempts_follow_the_lifecycle(store: &dyn Store) {
     let a = task(1);
     let mut life = Life::of(&a);
     let changes = [
@@ -466,7 +231,7 @@ fn attempts_follow_the_lifecycle(store: &dyn Store) {
     assert!(store.attempts(tid(2)).unwrap().is_empty());
 }
 
-fn bad_assignments_are_invalid(store: &dyn Store) {
+pub(super) fn bad_assignments_are_invalid(store: &dyn Store) {
     let a = task(1);
     let mut life = Life::of(&a);
     store
@@ -500,7 +265,7 @@ fn bad_assignments_are_invalid(store: &dyn Store) {
     assert_eq!(got[0].error, None);
 }
 
-fn load_active_returns_exactly_the_live_tasks(store: &dyn Store) {
+pub(super) fn load_active_returns_exactly_the_live_tasks(store: &dyn Store) {
     let mut changes = Vec::new();
     let mut live = Vec::new();
     // Submit in reverse id order: results must still come in id order.
@@ -530,7 +295,7 @@ fn load_active_returns_exactly_the_live_tasks(store: &dyn Store) {
     assert_eq!(pending, &store.get(pending.id).unwrap().unwrap());
 }
 
-fn list_filters_and_paginates(store: &dyn Store) {
+pub(super) fn list_filters_and_paginates(store: &dyn Store) {
     // Ten tasks: even ones in queue "a" with tag "even", the first three the
     // children of task 100, tasks 4..7 assigned to w1 or w2.
     let mut changes = vec![submit(task(100))];
@@ -633,7 +398,7 @@ fn list_filters_and_paginates(store: &dyn Store) {
     );
 }
 
-fn progress_and_checkpoint_overwrite(store: &dyn Store) {
+pub(super) fn progress_and_checkpoint_overwrite(store: &dyn Store) {
     let a = task(1);
     store.apply(&[submit(a.clone())]).unwrap();
     let progress = |f: f32| Change::Progress {
@@ -688,20 +453,7 @@ fn progress_and_checkpoint_overwrite(store: &dyn Store) {
     );
 }
 
-pub(crate) fn output(task: u128, attempt: u32, data: &str) -> Change {
-    Change::Output(Box::new(OutputChunk {
-        task: tid(task),
-        attempt,
-        stream: if data.starts_with("err") {
-            Stream::Stderr
-        } else {
-            Stream::Stdout
-        },
-        data: data.into(),
-    }))
-}
-
-fn output_is_ordered_and_paged(store: &dyn Store) {
+pub(super) fn output_is_ordered_and_paged(store: &dyn Store) {
     store.apply(&[submit(task(1)), submit(task(2))]).unwrap();
     store
         .apply(&[output(1, 1, "a"), output(2, 1, "x"), output(1, 1, "err b")])
@@ -752,7 +504,7 @@ fn output_is_ordered_and_paged(store: &dyn Store) {
     assert_eq!(store.output(tid(1), 0, 100).unwrap(), all);
 }
 
-fn count_by_state_counts_every_state(store: &dyn Store) {
+pub(super) fn count_by_state_counts_every_state(store: &dyn Store) {
     let zeros: Vec<(State, u64)> = State::ALL.into_iter().map(|s| (s, 0)).collect();
     assert_eq!(store.count_by_state().unwrap(), zeros);
 
@@ -781,7 +533,7 @@ fn count_by_state_counts_every_state(store: &dyn Store) {
     assert_eq!(store.count_by_state().unwrap(), want);
 }
 
-fn empty_apply_is_a_no_op(store: &dyn Store) {
+pub(super) fn empty_apply_is_a_no_op(store: &dyn Store) {
     store.apply(&[]).unwrap();
     assert!(store.load_active().unwrap().is_empty());
     assert!(store.list(&TaskQuery::default()).unwrap().is_empty());
