@@ -90,10 +90,11 @@ impl SqliteStore {
         let mode: String =
             writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Corrupt(format!(
-                "{}: cannot use write-ahead logging (journal_mode is {mode})",
+            // E.g. a network file system without shared memory.
+            return Err(StoreError::Io(std::io::Error::other(format!(
+                "{}: SQLite cannot use write-ahead logging here (journal_mode is {mode})",
                 path.display()
-            )));
+            ))));
         }
         writer.pragma_update(None, "synchronous", options.durability.synchronous())?;
         schema::migrate(&mut writer)?;
