@@ -1,1 +1,157 @@
-//! placeholder
+//! Durable storage for taskgrid: the record of every task, attempt and output
+//! chunk, from which the engine is rebuilt at start-up.
+//!
+//! The engine emits an ordered list of [`Change`]s; a [`Store`] applies them
+//! all-or-nothing, with compare-and-set on every state change, and answers the
+//! queries the API and the start-up path need. Two backends implement it:
+//!
+//! - [`SqliteStore`] — the durable one: SQLite in WAL mode, versioned
+//!   migrations, a separate read connection.
+//! - [`MemoryStore`] — everything in one process's memory, for tests,
+//!   benchmarks and embedding without persistence.
+//!
+//! A [`Writer`] sits in front of a store and group-commits: one background
+//! thread applies whatever batches are queued in one transaction and then
+//! tells each submitter its result.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use taskgrid_core::{Change, State, TaskId, TaskKind, TaskRecord, TaskSpec, TaskStatus, Timestamp};
+//! use taskgrid_store::{MemoryStore, Store, Writer};
+//!
+//! let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+//! let writer = Writer::spawn(store.clone());
+//! let id = TaskId::from_u128(1);
+//! let task = TaskRecord {
+//!     id,
+//!     spec: TaskSpec::new(TaskKind::handler("echo", "{}")),
+//!     created_at: Timestamp::from_micros(1),
+//!     status: TaskStatus::new(State::Queued),
+//!     progress: None,
+//!     checkpoint: None,
+//! };
+//! let (tx, rx) = std::sync::mpsc::channel();
+//! let done = Box::new(move |result| tx.send(result).unwrap_or(()));
+//! writer.submit(vec![Change::Submitted(Box::new(task))], Some(done))?;
+//! rx.recv().expect("the writer reports")?; // committed: now acknowledge
+//! assert_eq!(store.get(id)?.map(|t| t.status.state), Some(State::Queued));
+//! # Ok::<(), taskgrid_store::StoreError>(())
+//! ```
+
+mod attempt;
+mod error;
+mod memory;
+mod sqlite;
+mod writer;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on anything
+mod conformance;
+
+pub use error::StoreError;
+pub use memory::MemoryStore;
+pub use sqlite::{BUSY_TIMEOUT, Durability, SqliteOptions, SqliteStore};
+pub use writer::{BATCH_CAP, Done, Writer};
+
+use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord, WorkerId};
+
+/// The durable record of tasks. Every method takes `&self`; implementations
+/// synchronise internally, so one store is shared between the [`Writer`]
+/// thread and any number of readers.
+pub trait Store: Send + Sync + 'static {
+    /// Applies `changes` in order, in one transaction: all of them or none.
+    ///
+    /// - [`Change::Submitted`] inserts the task; an id already stored fails
+    ///   with [`StoreError::Duplicate`].
+    /// - [`Change::Status`] writes the new status only if the stored state is
+    ///   still `from` ([`StoreError::Conflict`] otherwise,
+    ///   [`StoreError::NotFound`] for an unknown task). It also keeps the
+    ///   attempt history: `queued → assigned` records a new attempt (its
+    ///   worker must be set, its number must be new, else
+    ///   [`StoreError::Invalid`]); `assigned → running` stamps its start; an
+    ///   `attempt_outcome` stamps its end with the outcome, the error message
+    ///   (for failed and timed-out attempts) and the exit code. Start and end
+    ///   stamps for an attempt that was never recorded are ignored.
+    /// - [`Change::Progress`] and [`Change::Checkpoint`] overwrite those fields
+    ///   ([`StoreError::NotFound`] for an unknown task).
+    /// - [`Change::Output`] appends the chunk under the next sequence number
+    ///   ([`StoreError::NotFound`] for an unknown task).
+    fn apply(&self, changes: &[Change]) -> Result<(), StoreError>;
+
+    /// Every task not in a terminal state, in id order: what the engine needs
+    /// to rebuild itself after a restart.
+    fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// One task, or `None` if no task has this id.
+    fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError>;
+
+    /// The tasks matching every filter set in `q`, in ascending id order, at
+    /// most `q.limit` of them.
+    fn list(&self, q: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// The attempts of a task in attempt order (empty for an unknown task).
+    fn attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError>;
+
+    /// Up to `limit` output chunks of a task with a sequence number greater
+    /// than `after_seq`, in sequence order, each with its sequence number.
+    /// Pass the last number seen to read on; 0 reads from the start.
+    fn output(
+        &self,
+        id: TaskId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutputChunk)>, StoreError>;
+
+    /// The number of tasks in each state: every state of [`State::ALL`], in
+    /// that order, zeros included.
+    fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError>;
+}
+
+/// The default page size of a [`TaskQuery`].
+pub const QUERY_LIMIT_DEFAULT: usize = 100;
+
+/// Which tasks [`Store::list`] returns. Every filter that is set must match;
+/// results come in ascending id order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskQuery {
+    /// Only tasks in this state.
+    pub state: Option<State>,
+    /// Only tasks of this queue.
+    pub queue: Option<String>,
+    /// Only tasks carrying this tag.
+    pub tag: Option<String>,
+    /// Only subtasks of this task.
+    pub parent: Option<TaskId>,
+    /// Only tasks whose current (or last) attempt is on this worker.
+    pub worker: Option<WorkerId>,
+    /// Cursor: only ids strictly greater than this one. Pass the last id of
+    /// the previous page to read the next.
+    pub after: Option<TaskId>,
+    /// At most this many tasks.
+    pub limit: usize,
+}
+
+impl Default for TaskQuery {
+    fn default() -> Self {
+        TaskQuery {
+            state: None,
+            queue: None,
+            tag: None,
+            parent: None,
+            worker: None,
+            after: None,
+            limit: QUERY_LIMIT_DEFAULT,
+        }
+    }
+}
+
+/// The counts of [`Store::count_by_state`] from a per-state array indexed by
+/// the state's position in [`State::ALL`].
+pub(crate) fn counts_in_order(counts: &[u64; State::ALL.len()]) -> Vec<(State, u64)> {
+    State::ALL.into_iter().zip(counts.iter().copied()).collect()
+}
+
+/// The position of `s` in [`State::ALL`].
+pub(crate) fn state_index(s: State) -> usize {
+    State::ALL.iter().position(|x| *x == s).unwrap_or(0)
+}

@@ -1,0 +1,111 @@
+//! The store conformance suite: one set of behaviours every backend must
+//! show, run against each of them by [`conformance_tests!`].
+//!
+//! Each check in `checks` is a plain function over `&dyn Store` that starts
+//! from an empty store. A new backend gets the whole suite with one line:
+//! `conformance_tests!(postgres, || -> Box<dyn Store> { … });`
+
+mod checks;
+mod fixtures;
+
+use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord};
+
+pub(crate) use fixtures::{Life, output, submit, task, tid};
+
+use crate::{MemoryStore, SqliteOptions, SqliteStore, Store, StoreError, TaskQuery};
+
+/// Generates one `#[test]` per conformance check in module `$name`, each on a
+/// fresh store from `$make`.
+macro_rules! conformance_tests {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+
+            fn store() -> Box<dyn Store> {
+                ($make)()
+            }
+
+            conformance_tests!(@tests
+                round_trip_every_field,
+                duplicate_submit_is_refused,
+                conflict_rolls_back_the_whole_batch,
+                status_of_unknown_task_is_not_found,
+                failed_batch_leaves_no_trace,
+                attempts_follow_the_lifecycle,
+                bad_assignments_are_invalid,
+                load_active_returns_exactly_the_live_tasks,
+                list_filters_and_paginates,
+                progress_and_checkpoint_overwrite,
+                output_is_ordered_and_paged,
+                count_by_state_counts_every_state,
+                empty_apply_is_a_no_op,
+            );
+        }
+    };
+    (@tests $($check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $check() {
+                super::checks::$check(&*store());
+            }
+        )*
+    };
+}
+
+conformance_tests!(memory, || -> Box<dyn Store> {
+    Box::new(MemoryStore::new())
+});
+conformance_tests!(sqlite_file, || -> Box<dyn Store> {
+    Box::new(TempSqlite::new())
+});
+conformance_tests!(sqlite_in_memory, || -> Box<dyn Store> {
+    Box::new(SqliteStore::open_in_memory().unwrap())
+});
+
+/// A [`SqliteStore`] on a file in a temporary directory removed on drop.
+pub(crate) struct TempSqlite {
+    // Fields drop in order: the database closes before its directory goes.
+    pub(crate) store: SqliteStore,
+    _dir: tempfile::TempDir,
+}
+
+impl TempSqlite {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(
+            dir.path().join("db").join("taskgrid.db"),
+            SqliteOptions::default(),
+        )
+        .unwrap();
+        TempSqlite { store, _dir: dir }
+    }
+}
+
+impl Store for TempSqlite {
+    fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        self.store.apply(changes)
+    }
+    fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        self.store.load_active()
+    }
+    fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.store.get(id)
+    }
+    fn list(&self, q: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
+        self.store.list(q)
+    }
+    fn attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError> {
+        self.store.attempts(id)
+    }
+    fn output(
+        &self,
+        id: TaskId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutputChunk)>, StoreError> {
+        self.store.output(id, after_seq, limit)
+    }
+    fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
+        self.store.count_by_state()
+    }
+}

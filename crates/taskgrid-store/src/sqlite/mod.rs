@@ -1,0 +1,199 @@
+//! [`SqliteStore`]: the durable [`Store`], one SQLite file in WAL mode.
+//!
+//! One connection writes (`apply`, normally called only by the
+//! [`Writer`](crate::Writer) thread); a second one reads. WAL lets the reader
+//! see the last committed state while a write transaction is open, so queries
+//! never wait for a group commit. The schema and its migrations are in
+//! `schema`, writes in `write`, queries and row decoding in `read`.
+
+mod read;
+mod schema;
+mod write;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord};
+
+use crate::{Store, StoreError, TaskQuery};
+
+/// How long a connection waits for another process's lock before failing
+/// with "database is locked".
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prepared statements kept per connection: the write path's handful plus
+/// every combination of [`TaskQuery`] filters.
+const STATEMENT_CACHE: usize = 128;
+
+/// Page cache per connection, in KiB (SQLite's `cache_size` takes negative
+/// numbers as KiB).
+const CACHE_KIB: i64 = 64 * 1024;
+
+/// What a commit survives.
+///
+/// Both modes use SQLite's write-ahead log; they differ in when it is
+/// fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=NORMAL` (the default). A commit is in the operating
+    /// system's page cache before `apply` returns: it survives a crash or
+    /// `kill -9` of the process, but the last commits before a power loss or
+    /// kernel crash may be lost (the database itself stays consistent). The
+    /// log is fsynced at checkpoints only, which makes commits cheap.
+    #[default]
+    Process,
+    /// `synchronous=FULL`. The log is fsynced at every commit: a commit
+    /// survives a power loss too, at the cost of one fsync per group commit.
+    PowerLoss,
+}
+
+impl Durability {
+    fn synchronous(self) -> &'static str {
+        match self {
+            Durability::Process => "NORMAL",
+            Durability::PowerLoss => "FULL",
+        }
+    }
+}
+
+/// How [`SqliteStore::open`] sets up the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SqliteOptions {
+    /// What a commit survives.
+    pub durability: Durability,
+}
+
+/// A [`Store`] in one SQLite database file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    writer: Mutex<Connection>,
+    /// The read connection; `None` for an in-memory database, whose single
+    /// connection does both.
+    reader: Option<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed, with its parent directories) the database
+    /// at `path` and brings its schema up to date.
+    ///
+    /// Fails with [`StoreError::NewerSchema`] if a newer taskgrid wrote it.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut writer = Connection::open(path)?;
+        configure(&writer)?;
+        // WAL is a property of the file: set once, it stays.
+        let mode: String =
+            writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            // E.g. a network file system without shared memory.
+            return Err(StoreError::Io(std::io::Error::other(format!(
+                "{}: SQLite cannot use write-ahead logging here (journal_mode is {mode})",
+                path.display()
+            ))));
+        }
+        writer.pragma_update(None, "synchronous", options.durability.synchronous())?;
+        schema::migrate(&mut writer)?;
+        // Refresh the planner's statistics where they are stale, within a
+        // bounded amount of work (SQLite's advice for long-lived connections).
+        writer.execute_batch("PRAGMA analysis_limit = 1000; PRAGMA optimize = 0x10002;")?;
+
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let reader = Connection::open_with_flags(path, flags)?;
+        configure(&reader)?;
+        reader.pragma_update(None, "query_only", true)?;
+        Ok(SqliteStore {
+            writer: Mutex::new(writer),
+            reader: Some(Mutex::new(reader)),
+        })
+    }
+
+    /// A private in-memory database, gone when the store is dropped. One
+    /// connection serves reads and writes. For tests.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let mut conn = Connection::open_in_memory()?;
+        configure(&conn)?;
+        schema::migrate(&mut conn)?;
+        Ok(SqliteStore {
+            writer: Mutex::new(conn),
+            reader: None,
+        })
+    }
+
+    /// The schema version this build writes (the database's
+    /// `PRAGMA user_version` after opening).
+    pub fn schema_version() -> u32 {
+        schema::supported_version()
+    }
+
+    fn write_conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic mid-transaction drops the transaction, which rolls back:
+        // the connection is fine to reuse.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read_conn(&self) -> MutexGuard<'_, Connection> {
+        self.reader
+            .as_ref()
+            .unwrap_or(&self.writer)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Settings every connection gets.
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        write::apply(&mut self.write_conn(), changes)
+    }
+
+    fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        read::load_active(&self.read_conn())
+    }
+
+    fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        read::get(&self.read_conn(), id)
+    }
+
+    fn list(&self, q: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
+        read::list(&self.read_conn(), q)
+    }
+
+    fn attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError> {
+        read::attempts(&self.read_conn(), id)
+    }
+
+    fn output(
+        &self,
+        id: TaskId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutputChunk)>, StoreError> {
+        read::output(&self.read_conn(), id, after_seq, limit)
+    }
+
+    fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
+        read::count_by_state(&self.read_conn())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on anything
+mod tests;

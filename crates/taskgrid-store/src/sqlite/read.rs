@@ -1,0 +1,210 @@
+//! The SQLite read path: queries and the decoding of rows back into the core
+//! types. Rows come from outside the process, so anything unexpected in them
+//! is a [`StoreError::Corrupt`], never a panic.
+
+use std::fmt::Write as _;
+
+use rusqlite::types::{FromSql, Value};
+use rusqlite::{Connection, Row, params, params_from_iter};
+use serde::de::DeserializeOwned;
+use taskgrid_core::{
+    AttemptRecord, OutputChunk, State, Stream, TaskId, TaskRecord, Timestamp, WorkerId,
+};
+
+use crate::attempt::parse_outcome;
+use crate::{StoreError, TaskQuery, counts_in_order, state_index};
+
+const TASK_COLUMNS: &str = "id, created_at, spec, status, progress, checkpoint";
+
+/// Every non-terminal task, in id order.
+pub(super) fn load_active(conn: &Connection) -> Result<Vec<TaskRecord>, StoreError> {
+    let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE state IN (");
+    for (i, s) in State::ALL.iter().filter(|s| !s.is_terminal()).enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(sql, "{sep}'{}'", s.as_str());
+    }
+    sql.push_str(") ORDER BY id");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(task_row(row)?);
+    }
+    Ok(out)
+}
+
+/// One task by id.
+pub(super) fn get(conn: &Connection, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
+    let key = id.to_bytes();
+    let mut rows = stmt.query(params![&key[..]])?;
+    rows.next()?.map(task_row).transpose()
+}
+
+/// The tasks matching `q`, in id order.
+pub(super) fn list(conn: &Connection, q: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
+    let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE 1");
+    let mut args: Vec<Value> = Vec::new();
+    if let Some(s) = q.state {
+        sql.push_str(" AND state = ?");
+        args.push(Value::Text(s.as_str().to_owned()));
+    }
+    if let Some(queue) = &q.queue {
+        sql.push_str(" AND queue = ?");
+        args.push(Value::Text(queue.clone()));
+    }
+    if let Some(parent) = q.parent {
+        sql.push_str(" AND parent = ?");
+        args.push(Value::Blob(parent.to_bytes().to_vec()));
+    }
+    if let Some(worker) = &q.worker {
+        sql.push_str(" AND worker = ?");
+        args.push(Value::Text(worker.as_str().to_owned()));
+    }
+    if let Some(tag) = &q.tag {
+        sql.push_str(" AND id IN (SELECT task_id FROM task_tags WHERE tag = ?)");
+        args.push(Value::Text(tag.clone()));
+    }
+    if let Some(after) = q.after {
+        sql.push_str(" AND id > ?");
+        args.push(Value::Blob(after.to_bytes().to_vec()));
+    }
+    sql.push_str(" ORDER BY id LIMIT ?");
+    args.push(Value::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
+
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(task_row(row)?);
+    }
+    Ok(out)
+}
+
+/// The attempts of a task, in attempt order.
+pub(super) fn attempts(conn: &Connection, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT attempt, worker, assigned_at, started_at, finished_at, outcome, error, exit_code \
+         FROM attempts WHERE task_id = ?1 ORDER BY attempt",
+    )?;
+    let key = id.to_bytes();
+    let mut rows = stmt.query(params![&key[..]])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let outcome = match col::<Option<String>>(row, 5)? {
+            None => None,
+            Some(s) => Some(
+                parse_outcome(&s)
+                    .ok_or_else(|| corrupt(id, format!("unknown attempt outcome {s:?}")))?,
+            ),
+        };
+        out.push(AttemptRecord {
+            task: id,
+            attempt: col(row, 0)?,
+            worker: WorkerId::new(col::<String>(row, 1)?),
+            assigned_at: timestamp(col(row, 2)?),
+            started_at: col::<Option<i64>>(row, 3)?.map(timestamp),
+            finished_at: col::<Option<i64>>(row, 4)?.map(timestamp),
+            outcome,
+            error: col(row, 6)?,
+            exit_code: col(row, 7)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Output chunks of a task after `after_seq`.
+pub(super) fn output(
+    conn: &Connection,
+    id: TaskId,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<(u64, OutputChunk)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, attempt, stream, data FROM output WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let key = id.to_bytes();
+    let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = stmt.query(params![&key[..], after, limit])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let seq: i64 = col(row, 0)?;
+        let seq = u64::try_from(seq)
+            .map_err(|_| corrupt(id, format!("negative output sequence {seq}")))?;
+        let stream: String = col(row, 2)?;
+        let stream = match stream.as_str() {
+            "stdout" => Stream::Stdout,
+            "stderr" => Stream::Stderr,
+            "log" => Stream::Log,
+            other => return Err(corrupt(id, format!("unknown output stream {other:?}"))),
+        };
+        let chunk = OutputChunk {
+            task: id,
+            attempt: col(row, 1)?,
+            stream,
+            data: col(row, 3)?,
+        };
+        out.push((seq, chunk));
+    }
+    Ok(out)
+}
+
+/// Tasks per state, every state included.
+pub(super) fn count_by_state(conn: &Connection) -> Result<Vec<(State, u64)>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
+    let mut rows = stmt.query([])?;
+    let mut counts = [0u64; State::ALL.len()];
+    while let Some(row) = rows.next()? {
+        let name: String = col(row, 0)?;
+        let state: State = name
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("unknown task state {name:?}")))?;
+        let n: i64 = col(row, 1)?;
+        counts[state_index(state)] = u64::try_from(n).unwrap_or(0);
+    }
+    Ok(counts_in_order(&counts))
+}
+
+/// A row of [`TASK_COLUMNS`] as a record.
+fn task_row(row: &Row<'_>) -> Result<TaskRecord, StoreError> {
+    let key: Vec<u8> = col(row, 0)?;
+    let key: [u8; 16] = key.try_into().map_err(|k: Vec<u8>| {
+        StoreError::Corrupt(format!("task id of {} bytes, not 16", k.len()))
+    })?;
+    let id = TaskId::from_bytes(key);
+    Ok(TaskRecord {
+        id,
+        created_at: timestamp(col(row, 1)?),
+        spec: from_json(id, "spec", &col::<String>(row, 2)?)?,
+        status: from_json(id, "status", &col::<String>(row, 3)?)?,
+        progress: col::<Option<String>>(row, 4)?
+            .map(|p| from_json(id, "progress", &p))
+            .transpose()?,
+        checkpoint: col::<Option<String>>(row, 5)?.map(String::into_boxed_str),
+    })
+}
+
+/// Column `i` of `row`; a value of the wrong type is corrupt data.
+fn col<T: FromSql>(row: &Row<'_>, i: usize) -> Result<T, StoreError> {
+    row.get(i).map_err(|e| match e {
+        rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(e.to_string()),
+        e => StoreError::Sqlite(e),
+    })
+}
+
+/// The inverse of [`super::write::micros`].
+fn timestamp(v: i64) -> Timestamp {
+    Timestamp::from_micros(v as u64)
+}
+
+fn from_json<T: DeserializeOwned>(id: TaskId, what: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| corrupt(id, format!("bad {what} JSON: {e}")))
+}
+
+fn corrupt(id: TaskId, msg: String) -> StoreError {
+    StoreError::Corrupt(format!("task {id}: {msg}"))
+}

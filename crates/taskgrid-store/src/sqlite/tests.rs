@@ -1,0 +1,200 @@
+//! Tests of what only the SQLite backend has: files, reopening, migrations,
+//! pragmas, and rows it did not write itself. The shared behaviour is in the
+//! conformance suite.
+
+use rusqlite::Connection;
+use taskgrid_core::{AttemptOutcome, State};
+
+use super::{Durability, SqliteOptions, SqliteStore};
+use crate::conformance::{Life, output, submit, task, tid};
+use crate::{Store, StoreError, TaskQuery};
+
+fn open(path: &std::path::Path) -> SqliteStore {
+    SqliteStore::open(path, SqliteOptions::default()).unwrap()
+}
+
+fn schema_of(conn: &Connection) -> Vec<String> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT type || ' ' || name || ' ' || IFNULL(sql, '') FROM sqlite_master \
+             WHERE name NOT LIKE 'sqlite_stat%' ORDER BY name",
+        )
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn reopening_keeps_everything_and_migrating_again_is_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = open(&path);
+    let a = task(1);
+    let mut life = Life::of(&a);
+    store
+        .apply(&[
+            submit(a.clone()),
+            submit(task(2)),
+            life.assign("w1", 10),
+            life.to(State::Running, 11, None, |_| {}),
+            output(1, 1, "hello"),
+            life.to(
+                State::Succeeded,
+                12,
+                Some(AttemptOutcome::Succeeded),
+                |_| {},
+            ),
+        ])
+        .unwrap();
+    let snapshot = |s: &SqliteStore| {
+        (
+            s.list(&TaskQuery::default()).unwrap(),
+            s.attempts(a.id).unwrap(),
+            s.output(a.id, 0, 10).unwrap(),
+            s.count_by_state().unwrap(),
+            s.load_active().unwrap(),
+        )
+    };
+    let before = snapshot(&store);
+    let schema_before = schema_of(&store.read_conn());
+    drop(store);
+
+    let store = open(&path);
+    assert_eq!(snapshot(&store), before);
+    assert_eq!(schema_of(&store.read_conn()), schema_before);
+    let version = super::schema::user_version(&store.read_conn()).unwrap();
+    assert_eq!(version, SqliteStore::schema_version());
+    // Sequence numbers keep increasing across a reopen.
+    store.apply(&[output(1, 1, "again")]).unwrap();
+    let out = store.output(a.id, 0, 10).unwrap();
+    assert_eq!(out.len(), 2);
+    assert!(out[1].0 > out[0].0);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    drop(open(&path));
+    let newer = SqliteStore::schema_version() + 1;
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", newer)
+        .unwrap();
+    match SqliteStore::open(&path, SqliteOptions::default()) {
+        Err(StoreError::NewerSchema { found, supported }) => {
+            assert_eq!((found, supported), (newer, SqliteStore::schema_version()));
+        }
+        other => panic!("expected NewerSchema, got {other:?}"),
+    }
+}
+
+#[test]
+fn durability_picks_the_sync_mode_and_wal_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    for (durability, want) in [(Durability::Process, 1), (Durability::PowerLoss, 2)] {
+        let store =
+            SqliteStore::open(dir.path().join("t.db"), SqliteOptions { durability }).unwrap();
+        let conn = store.write_conn();
+        let sync: i64 = conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, want, "{durability:?}");
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let busy: i64 = conn
+            .pragma_query_value(None, "busy_timeout", |r| r.get(0))
+            .unwrap();
+        assert_eq!(busy, 5_000);
+    }
+    assert_eq!(SqliteOptions::default().durability, Durability::Process);
+}
+
+#[test]
+fn reads_do_not_wait_for_an_open_write_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = open(&path);
+    store.apply(&[submit(task(1))]).unwrap();
+
+    // Another writer holds the write lock with uncommitted rows.
+    let mut other = Connection::open(&path).unwrap();
+    let tx = other
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    tx.execute("UPDATE tasks SET state = 'running'", [])
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    assert_eq!(
+        store.get(tid(1)).unwrap().unwrap().status.state,
+        State::Queued
+    );
+    assert_eq!(store.list(&TaskQuery::default()).unwrap().len(), 1);
+    assert!(
+        started.elapsed() < super::BUSY_TIMEOUT / 2,
+        "the reader waited for the writer"
+    );
+    tx.rollback().unwrap();
+}
+
+#[test]
+fn corrupt_rows_are_errors_not_panics() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    store.apply(&[submit(task(1)), submit(task(2))]).unwrap();
+    let corrupt = |sql: &str| {
+        store.write_conn().execute(sql, []).unwrap();
+    };
+    corrupt("UPDATE tasks SET status = '{\"state\":' WHERE created_at = 1001");
+    let err = store.get(tid(1)).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("status")),
+        "{err:?}"
+    );
+    assert!(matches!(store.load_active(), Err(StoreError::Corrupt(_))));
+
+    corrupt("UPDATE tasks SET created_at = 'yesterday' WHERE created_at = 1002");
+    assert!(matches!(store.get(tid(2)), Err(StoreError::Corrupt(_))));
+
+    corrupt("UPDATE tasks SET state = 'sleeping'");
+    assert!(matches!(
+        store.count_by_state(),
+        Err(StoreError::Corrupt(_))
+    ));
+
+    let key = tid(1).to_bytes();
+    let conn = store.write_conn();
+    conn.execute(
+        "INSERT INTO attempts (task_id, attempt, worker, assigned_at, outcome) VALUES (?1, 1, 'w', 0, 'vanished')",
+        [&key[..]],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO output (task_id, attempt, stream, data) VALUES (?1, 1, 'stdin', 'x')",
+        [&key[..]],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO tasks (id, queue, state, created_at, spec, status) VALUES (X'0001', 'q', 'queued', 0, '', '')",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    assert!(matches!(
+        store.attempts(tid(1)),
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        store.output(tid(1), 0, 10),
+        Err(StoreError::Corrupt(_))
+    ));
+    let err = store.list(&TaskQuery::default()).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("2 bytes")),
+        "{err:?}"
+    );
+}

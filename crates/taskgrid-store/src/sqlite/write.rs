@@ -1,0 +1,232 @@
+//! The SQLite write path: one `apply` = one `BEGIN IMMEDIATE … COMMIT`, every
+//! statement prepared once per call and reused for the whole batch.
+
+use rusqlite::{CachedStatement, Connection, TransactionBehavior, params};
+use serde::Serialize;
+use taskgrid_core::{
+    Change, OutputChunk, Progress, State, TaskId, TaskRecord, TaskStatus, Timestamp,
+};
+
+use crate::StoreError;
+use crate::attempt::{AttemptOp, attempt_ops, duplicate_attempt};
+
+const INSERT_TASK: &str = "INSERT OR IGNORE INTO tasks \
+    (id, queue, state, worker, parent, created_at, spec, status, progress, checkpoint) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+const INSERT_TAG: &str = "INSERT OR IGNORE INTO task_tags (tag, task_id) VALUES (?1, ?2)";
+const UPDATE_STATUS: &str =
+    "UPDATE tasks SET state = ?3, worker = ?4, status = ?5 WHERE id = ?1 AND state = ?2";
+const TASK_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM tasks WHERE id = ?1)";
+const INSERT_ATTEMPT: &str = "INSERT OR IGNORE INTO attempts (task_id, attempt, worker, assigned_at) VALUES (?1, ?2, ?3, ?4)";
+const START_ATTEMPT: &str =
+    "UPDATE attempts SET started_at = ?3 WHERE task_id = ?1 AND attempt = ?2";
+const FINISH_ATTEMPT: &str = "UPDATE attempts SET finished_at = ?3, outcome = ?4, error = ?5, exit_code = ?6 \
+    WHERE task_id = ?1 AND attempt = ?2";
+const UPDATE_PROGRESS: &str = "UPDATE tasks SET progress = ?2 WHERE id = ?1";
+const UPDATE_CHECKPOINT: &str = "UPDATE tasks SET checkpoint = ?2 WHERE id = ?1";
+const INSERT_OUTPUT: &str = "INSERT INTO output (task_id, attempt, stream, data) \
+    SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ?1)";
+
+/// Applies `changes` in one transaction; on any error nothing is written.
+pub(super) fn apply(conn: &mut Connection, changes: &[Change]) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    Batch::new(&tx)?.apply_all(changes)?;
+    // Dropping `tx` on the error path above rolls back.
+    tx.commit()?;
+    Ok(())
+}
+
+/// A timestamp as SQLite's integer: the same 64 bits, read back with
+/// [`super::read`]'s inverse cast.
+pub(super) fn micros(t: Timestamp) -> i64 {
+    t.as_micros() as i64
+}
+
+/// The prepared statements of one `apply` call.
+struct Batch<'c> {
+    insert_task: CachedStatement<'c>,
+    insert_tag: CachedStatement<'c>,
+    update_status: CachedStatement<'c>,
+    task_exists: CachedStatement<'c>,
+    insert_attempt: CachedStatement<'c>,
+    start_attempt: CachedStatement<'c>,
+    finish_attempt: CachedStatement<'c>,
+    update_progress: CachedStatement<'c>,
+    update_checkpoint: CachedStatement<'c>,
+    insert_output: CachedStatement<'c>,
+}
+
+impl<'c> Batch<'c> {
+    fn new(conn: &'c Connection) -> Result<Self, StoreError> {
+        Ok(Batch {
+            insert_task: conn.prepare_cached(INSERT_TASK)?,
+            insert_tag: conn.prepare_cached(INSERT_TAG)?,
+            update_status: conn.prepare_cached(UPDATE_STATUS)?,
+            task_exists: conn.prepare_cached(TASK_EXISTS)?,
+            insert_attempt: conn.prepare_cached(INSERT_ATTEMPT)?,
+            start_attempt: conn.prepare_cached(START_ATTEMPT)?,
+            finish_attempt: conn.prepare_cached(FINISH_ATTEMPT)?,
+            update_progress: conn.prepare_cached(UPDATE_PROGRESS)?,
+            update_checkpoint: conn.prepare_cached(UPDATE_CHECKPOINT)?,
+            insert_output: conn.prepare_cached(INSERT_OUTPUT)?,
+        })
+    }
+
+    fn apply_all(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        for change in changes {
+            match change {
+                Change::Submitted(rec) => self.submitted(rec)?,
+                Change::Status {
+                    id,
+                    from,
+                    at,
+                    status,
+                    attempt_outcome,
+                } => {
+                    self.status(*id, *from, status)?;
+                    for op in attempt_ops(*id, *from, *at, status, *attempt_outcome)?
+                        .into_iter()
+                        .flatten()
+                    {
+                        self.attempt(*id, op)?;
+                    }
+                }
+                Change::Progress { id, progress } => self.progress(*id, progress)?,
+                Change::Checkpoint { id, data } => {
+                    let key = id.to_bytes();
+                    if self.update_checkpoint.execute(params![&key[..], &**data])? == 0 {
+                        return Err(StoreError::NotFound(*id));
+                    }
+                }
+                Change::Output(chunk) => self.output(chunk)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn submitted(&mut self, rec: &TaskRecord) -> Result<(), StoreError> {
+        let key = rec.id.to_bytes();
+        let parent = rec.spec.parent.map(TaskId::to_bytes);
+        let progress = rec
+            .progress
+            .as_ref()
+            .map(|p| json(rec.id, "progress", p))
+            .transpose()?;
+        let inserted = self.insert_task.execute(params![
+            &key[..],
+            &*rec.spec.queue,
+            rec.status.state.as_str(),
+            rec.status.worker.as_ref().map(|w| w.as_str()),
+            parent.as_ref().map(|p| &p[..]),
+            micros(rec.created_at),
+            json(rec.id, "spec", &rec.spec)?,
+            json(rec.id, "status", &rec.status)?,
+            progress,
+            rec.checkpoint.as_deref(),
+        ])?;
+        if inserted == 0 {
+            return Err(StoreError::Duplicate(rec.id));
+        }
+        for tag in &rec.spec.tags {
+            self.insert_tag.execute(params![tag, &key[..]])?;
+        }
+        Ok(())
+    }
+
+    /// Compare-and-set of the task's status.
+    fn status(&mut self, id: TaskId, from: State, status: &TaskStatus) -> Result<(), StoreError> {
+        let key = id.to_bytes();
+        let updated = self.update_status.execute(params![
+            &key[..],
+            from.as_str(),
+            status.state.as_str(),
+            status.worker.as_ref().map(|w| w.as_str()),
+            json(id, "status", status)?,
+        ])?;
+        if updated == 0 {
+            let exists: bool = self
+                .task_exists
+                .query_row(params![&key[..]], |r| r.get(0))?;
+            return Err(if exists {
+                StoreError::Conflict { id, expected: from }
+            } else {
+                StoreError::NotFound(id)
+            });
+        }
+        Ok(())
+    }
+
+    fn attempt(&mut self, id: TaskId, op: AttemptOp<'_>) -> Result<(), StoreError> {
+        let key = id.to_bytes();
+        match op {
+            AttemptOp::Assign {
+                attempt,
+                worker,
+                at,
+            } => {
+                let inserted = self.insert_attempt.execute(params![
+                    &key[..],
+                    attempt,
+                    worker.as_str(),
+                    micros(at)
+                ])?;
+                if inserted == 0 {
+                    return Err(duplicate_attempt(id, attempt));
+                }
+            }
+            AttemptOp::Start { attempt, at } => {
+                self.start_attempt
+                    .execute(params![&key[..], attempt, micros(at)])?;
+            }
+            AttemptOp::Finish {
+                attempt,
+                at,
+                outcome,
+                error,
+                exit_code,
+            } => {
+                self.finish_attempt.execute(params![
+                    &key[..],
+                    attempt,
+                    micros(at),
+                    outcome.as_str(),
+                    error,
+                    exit_code
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn progress(&mut self, id: TaskId, progress: &Progress) -> Result<(), StoreError> {
+        let key = id.to_bytes();
+        if self
+            .update_progress
+            .execute(params![&key[..], json(id, "progress", progress)?])?
+            == 0
+        {
+            return Err(StoreError::NotFound(id));
+        }
+        Ok(())
+    }
+
+    fn output(&mut self, chunk: &OutputChunk) -> Result<(), StoreError> {
+        let key = chunk.task.to_bytes();
+        let inserted = self.insert_output.execute(params![
+            &key[..],
+            chunk.attempt,
+            chunk.stream.as_str(),
+            chunk.data
+        ])?;
+        if inserted == 0 {
+            return Err(StoreError::NotFound(chunk.task));
+        }
+        Ok(())
+    }
+}
+
+/// `value` as JSON text.
+fn json<T: Serialize>(id: TaskId, what: &str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Invalid(format!("task {id}: cannot encode {what}: {e}")))
+}

@@ -1,0 +1,293 @@
+//! Tests of the group-commit writer, against a recording wrapper around
+//! [`MemoryStore`] and against SQLite.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord};
+
+use super::{Done, Writer};
+use crate::conformance::{Life, TempSqlite, submit, task, tid};
+use crate::{MemoryStore, Store, StoreError, TaskQuery};
+
+/// A [`MemoryStore`] that records every `apply` call (the ids it touched and
+/// whether it succeeded) and can hold the first call until released.
+#[derive(Default)]
+struct Recording {
+    inner: MemoryStore,
+    calls: Mutex<Vec<(Vec<TaskId>, bool)>>,
+    /// Taken by the first `apply`, which signals `entered` and then waits
+    /// for a message.
+    gate: Mutex<Option<(Sender<()>, Receiver<()>)>>,
+}
+
+impl Recording {
+    fn gated() -> (Arc<Self>, Receiver<()>, Sender<()>) {
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        let store = Recording {
+            gate: Mutex::new(Some((entered_tx, release_rx))),
+            ..Recording::default()
+        };
+        (Arc::new(store), entered_rx, release_tx)
+    }
+
+    fn calls(&self) -> Vec<(Vec<TaskId>, bool)> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl Store for Recording {
+    fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        if let Some((entered, release)) = self.gate.lock().unwrap().take() {
+            entered.send(()).unwrap();
+            release.recv().unwrap();
+        }
+        let result = self.inner.apply(changes);
+        let ids = changes.iter().map(Change::task_id).collect();
+        self.calls.lock().unwrap().push((ids, result.is_ok()));
+        result
+    }
+    fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        self.inner.load_active()
+    }
+    fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.inner.get(id)
+    }
+    fn list(&self, q: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
+        self.inner.list(q)
+    }
+    fn attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError> {
+        self.inner.attempts(id)
+    }
+    fn output(
+        &self,
+        id: TaskId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutputChunk)>, StoreError> {
+        self.inner.output(id, after_seq, limit)
+    }
+    fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
+        self.inner.count_by_state()
+    }
+}
+
+/// A `done` that sends `(tag, result)` on `tx`.
+fn report_to(tx: &Sender<(usize, Result<(), StoreError>)>, tag: usize) -> Option<Done> {
+    let tx = tx.clone();
+    Some(Box::new(move |r| tx.send((tag, r)).unwrap()))
+}
+
+#[test]
+fn concurrent_submitters_all_succeed_in_submission_order() {
+    const THREADS: usize = 8;
+    const TASKS: usize = 150;
+    let store = Arc::new(Recording::default());
+    let writer = Arc::new(Writer::spawn(store.clone()));
+    // Submitting under this lock makes the order of `submitted` the
+    // submission order.
+    let submitted = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (writer, submitted, tx) = (writer.clone(), submitted.clone(), tx.clone());
+            thread::spawn(move || {
+                for i in 0..TASKS {
+                    let rec = task((t * TASKS + i) as u128);
+                    let mut life = Life::of(&rec);
+                    // Two batches per task: the second only applies after
+                    // the first.
+                    let mut order = submitted.lock().unwrap();
+                    order.push(rec.id);
+                    writer.submit(vec![submit(rec)], report_to(&tx, 0)).unwrap();
+                    drop(order);
+                    writer
+                        .submit(vec![life.assign("w", 1)], report_to(&tx, 1))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    writer.flush().unwrap();
+    drop(tx);
+    let results: Vec<_> = rx.iter().collect();
+    assert_eq!(results.len(), THREADS * TASKS * 2);
+    assert!(
+        results.iter().all(|(_, r)| r.is_ok()),
+        "every callback gets Ok"
+    );
+
+    let applied: Vec<TaskId> = store
+        .calls()
+        .into_iter()
+        .inspect(|(_, ok)| assert!(ok))
+        .flat_map(|(ids, _)| ids)
+        .collect();
+    let mut inserted = Vec::new();
+    for id in &applied {
+        if !inserted.contains(id) {
+            inserted.push(*id);
+        }
+    }
+    assert_eq!(
+        inserted,
+        *submitted.lock().unwrap(),
+        "applied in submission order"
+    );
+    let counts = store.count_by_state().unwrap();
+    assert!(
+        counts.contains(&(State::Assigned, (THREADS * TASKS) as u64)),
+        "{counts:?}"
+    );
+}
+
+#[test]
+fn a_bad_batch_fails_only_its_own_callback() {
+    let (store, entered, release) = Recording::gated();
+    let writer = Writer::spawn(store.clone());
+    let (tx, rx) = mpsc::channel();
+
+    writer
+        .submit(vec![submit(task(1))], report_to(&tx, 0))
+        .unwrap();
+    entered.recv().unwrap(); // the writer is inside apply; the rest queues up
+    writer
+        .submit(vec![submit(task(2))], report_to(&tx, 1))
+        .unwrap();
+    let mut life = Life::of(&task(1));
+    let mut bad = life.assign("w", 5);
+    if let Change::Status { from, .. } = &mut bad {
+        *from = State::Running; // task 1 is queued: a conflict
+    }
+    writer
+        .submit(vec![submit(task(3)), bad], report_to(&tx, 2))
+        .unwrap();
+    writer
+        .submit(vec![submit(task(4))], report_to(&tx, 3))
+        .unwrap();
+    release.send(()).unwrap();
+    writer.flush().unwrap();
+    drop(tx);
+
+    let results: Vec<_> = rx.iter().collect();
+    let tags: Vec<usize> = results.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, [0, 1, 2, 3], "callbacks in submission order");
+    for (tag, result) in &results {
+        match tag {
+            2 => assert!(
+                matches!(result, Err(StoreError::Conflict { .. })),
+                "{result:?}"
+            ),
+            _ => assert!(result.is_ok(), "batch {tag}: {result:?}"),
+        }
+    }
+    for (n, present) in [(1, true), (2, true), (3, false), (4, true)] {
+        assert_eq!(store.get(tid(n)).unwrap().is_some(), present, "task {n}");
+    }
+    // One call alone, then the three queued batches in one (failed) group
+    // commit, then each on its own.
+    let calls: Vec<(usize, bool)> = store
+        .calls()
+        .into_iter()
+        .map(|(ids, ok)| (ids.len(), ok))
+        .collect();
+    assert_eq!(
+        calls,
+        [(1, true), (4, false), (1, true), (2, false), (1, true)]
+    );
+}
+
+#[test]
+fn shutdown_drains_then_refuses() {
+    let store = Arc::new(MemoryStore::new());
+    let writer = Writer::spawn(store.clone());
+    let done = Arc::new(AtomicUsize::new(0));
+    for n in 0..500 {
+        let done = done.clone();
+        let cb: Done = Box::new(move |r| {
+            r.unwrap();
+            done.fetch_add(1, Ordering::SeqCst);
+        });
+        writer.submit(vec![submit(task(n))], Some(cb)).unwrap();
+    }
+    writer.shutdown();
+    assert_eq!(done.load(Ordering::SeqCst), 500);
+    assert_eq!(
+        store
+            .list(&TaskQuery {
+                limit: 1_000,
+                ..TaskQuery::default()
+            })
+            .unwrap()
+            .len(),
+        500
+    );
+
+    assert!(matches!(
+        writer.submit(vec![submit(task(1_000))], None),
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(writer.flush(), Err(StoreError::Closed)));
+    writer.shutdown(); // idempotent
+    drop(writer); // and so is the drop after it
+    assert!(store.get(tid(1_000)).unwrap().is_none());
+}
+
+#[test]
+fn dropping_the_writer_commits_what_was_submitted() {
+    let store = Arc::new(MemoryStore::new());
+    let writer = Writer::spawn(store.clone());
+    writer.submit(vec![submit(task(1))], None).unwrap();
+    drop(writer);
+    assert!(store.get(tid(1)).unwrap().is_some());
+}
+
+#[test]
+fn a_panicking_callback_does_not_stop_the_writer() {
+    let store = Arc::new(MemoryStore::new());
+    let writer = Writer::spawn(store.clone());
+    writer
+        .submit(
+            vec![submit(task(1))],
+            Some(Box::new(|_| panic!("callback bug"))),
+        )
+        .unwrap();
+    writer.flush().unwrap();
+    writer.submit(vec![submit(task(2))], None).unwrap();
+    writer.flush().unwrap();
+    assert!(store.get(tid(2)).unwrap().is_some());
+}
+
+#[test]
+fn group_commit_to_sqlite() {
+    let store = Arc::new(TempSqlite::new());
+    let writer = Arc::new(Writer::spawn(store.clone()));
+    let (tx, rx) = mpsc::channel();
+    let handles: Vec<_> = (0..4u128)
+        .map(|t| {
+            let (writer, tx) = (writer.clone(), tx.clone());
+            thread::spawn(move || {
+                for i in 0..100 {
+                    let rec = task(t * 1_000 + i);
+                    let mut life = Life::of(&rec);
+                    let changes = vec![submit(rec), life.assign("w", 1)];
+                    writer.submit(changes, report_to(&tx, 0)).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    writer.flush().unwrap();
+    drop(tx);
+    assert_eq!(rx.iter().filter(|(_, r)| r.is_ok()).count(), 400);
+    let counts = store.count_by_state().unwrap();
+    assert!(counts.contains(&(State::Assigned, 400)), "{counts:?}");
+}
