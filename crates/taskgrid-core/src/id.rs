@@ -14,31 +14,47 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 ///
 /// Ids minted as UUIDv7 sort by creation time, which keeps store indexes and
 /// cursors in submission order.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TaskId(u128);
+///
+/// Kept as two `u64` halves (high first, so the derived order is numeric
+/// order) for 8-byte alignment: a `u128` would pad every struct holding one.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TaskId {
+    hi: u64,
+    lo: u64,
+}
 
 impl TaskId {
     /// Wraps a raw 128-bit value.
     pub const fn from_u128(v: u128) -> Self {
-        Self(v)
+        Self {
+            hi: (v >> 64) as u64,
+            lo: v as u64,
+        }
     }
     /// The raw 128-bit value.
     pub const fn as_u128(self) -> u128 {
-        self.0
+        ((self.hi as u128) << 64) | self.lo as u128
     }
     /// Big-endian bytes, the order in which ids sort.
     pub const fn to_bytes(self) -> [u8; 16] {
-        self.0.to_be_bytes()
+        self.as_u128().to_be_bytes()
     }
     /// Builds an id from big-endian bytes.
     pub const fn from_bytes(b: [u8; 16]) -> Self {
-        Self(u128::from_be_bytes(b))
+        Self::from_u128(u128::from_be_bytes(b))
+    }
+}
+
+impl std::hash::Hash for TaskId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hi);
+        state.write_u64(self.lo);
     }
 }
 
 impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let v = self.0;
+        let v = self.as_u128();
         write!(
             f,
             "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
@@ -70,7 +86,7 @@ impl FromStr for TaskId {
             return Err(ParseIdError(s.to_owned()));
         }
         u128::from_str_radix(&hex, 16)
-            .map(TaskId)
+            .map(TaskId::from_u128)
             .map_err(|_| ParseIdError(s.to_owned()))
     }
 }

@@ -411,7 +411,7 @@ impl Engine {
             if free < need || trust < min_trust {
                 continue;
             }
-            if e.refused_by.contains(&w.info.id) {
+            if e.refused(&w.info.id) {
                 refused = true;
                 continue;
             }
@@ -486,7 +486,7 @@ impl Engine {
         capable.iter().all(|&wi| {
             self.workers[wi]
                 .as_ref()
-                .is_none_or(|w| e.refused_by.contains(&w.info.id))
+                .is_none_or(|w| e.refused(&w.info.id))
         })
     }
 

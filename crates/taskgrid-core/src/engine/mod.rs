@@ -10,6 +10,7 @@
 mod dispatch;
 mod report;
 mod submit;
+mod table;
 mod timers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -244,17 +245,23 @@ struct Entry {
     seq: u64,
     /// Dependencies that have not succeeded yet.
     waiting_on: u32,
-    /// Workers that refused this task.
-    refused_by: Vec<WorkerId>,
+    /// Workers that refused this task (rare: boxed to keep entries small).
+    refused_by: Option<Box<[WorkerId]>>,
     /// While queued with no capable worker: when to give up.
     dispatch_deadline: Option<Timestamp>,
+}
+
+impl Entry {
+    fn refused(&self, w: &WorkerId) -> bool {
+        self.refused_by.as_ref().is_some_and(|r| r.contains(w))
+    }
 }
 
 /// The pure task engine. See the [crate docs](crate).
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
-    tasks: HashMap<TaskId, Entry>,
+    tasks: table::Table,
     queues: HashMap<Arc<str>, QueueState>,
     classes: Vec<dispatch::Class>,
     class_index: HashMap<dispatch::ClassKey, ClassId>,
@@ -264,9 +271,9 @@ pub struct Engine {
     timers: BTreeSet<(Timestamp, TimerKind, TaskId)>,
     next_liveness_check: Option<Timestamp>,
     unique: HashMap<String, TaskId>,
-    dependents: HashMap<TaskId, Vec<TaskId>>,
+    dependents: table::IdMap<Vec<TaskId>>,
     /// Terminal states of finished tasks no longer in memory, told by the shell.
-    external: HashMap<TaskId, State>,
+    external: table::IdMap<State>,
     finished: VecDeque<TaskId>,
     state_counts: [usize; State::ALL.len()],
     seq: u64,
@@ -280,7 +287,7 @@ impl Engine {
         let rng = config.seed | 1;
         Engine {
             config,
-            tasks: HashMap::new(),
+            tasks: table::Table::default(),
             queues: HashMap::new(),
             classes: Vec::new(),
             class_index: HashMap::new(),
@@ -290,8 +297,8 @@ impl Engine {
             timers: BTreeSet::new(),
             next_liveness_check: None,
             unique: HashMap::new(),
-            dependents: HashMap::new(),
-            external: HashMap::new(),
+            dependents: Default::default(),
+            external: Default::default(),
             finished: VecDeque::new(),
             state_counts: [0; State::ALL.len()],
             seq: 0,

@@ -240,7 +240,7 @@ impl Model {
     fn check_priority(&self, assigned: &[Assignment]) {
         let e = &self.t.engine;
         for a in assigned {
-            let got = &e.tasks[&a.id];
+            let got = e.tasks.get(&a.id).unwrap();
             let w = e
                 .workers
                 .iter()
@@ -254,7 +254,7 @@ impl Model {
                     continue;
                 }
                 let key = &e.classes[other.class.0 as usize].key;
-                let could = w.can_run(key) && !other.refused_by.contains(&w.info.id);
+                let could = w.can_run(key) && !other.refused(&w.info.id);
                 assert!(
                     !(could && other.rec.spec.priority > got.rec.spec.priority),
                     "{} got {:?} task {} while {:?} task {} it could run waited",
@@ -303,7 +303,7 @@ impl Model {
             assert_eq!(used, w.used, "worker {} slot count", w.info.id);
             free += u64::from(w.info.slots.saturating_sub(w.used));
             for &(id, attempt) in w.attempts.keys() {
-                let st = &e.tasks[&id].rec.status;
+                let st = &e.tasks.get(&id).unwrap().rec.status;
                 if st.attempt == attempt && matches!(st.state, State::Assigned | State::Running) {
                     *holders.entry(id).or_default() += 1;
                     assert_eq!(st.worker.as_ref(), Some(&w.info.id));
@@ -311,7 +311,7 @@ impl Model {
             }
         }
         assert_eq!(free, e.free_slots);
-        for (id, entry) in &e.tasks {
+        for (id, entry) in e.tasks.iter() {
             let active = matches!(entry.rec.status.state, State::Assigned | State::Running);
             assert_eq!(
                 holders.get(id).copied().unwrap_or(0),

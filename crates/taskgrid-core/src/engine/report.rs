@@ -85,9 +85,11 @@ impl Engine {
         }
         self.current(id, attempt, &[State::Assigned])?;
         if let Some(e) = self.tasks.get_mut(&id)
-            && !e.refused_by.contains(worker)
+            && !e.refused(worker)
         {
-            e.refused_by.push(worker.clone());
+            let mut list = e.refused_by.take().map(Vec::from).unwrap_or_default();
+            list.push(worker.clone());
+            e.refused_by = Some(list.into_boxed_slice());
         }
         let outcome = Some(AttemptOutcome::Rejected);
         if self.all_capable_refused(id) {

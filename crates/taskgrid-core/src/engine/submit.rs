@@ -287,7 +287,7 @@ impl Engine {
                 class,
                 seq: 0,
                 waiting_on: 0,
-                refused_by: Vec::new(),
+                refused_by: None,
                 dispatch_deadline: None,
             },
         );

@@ -701,3 +701,16 @@ fn finished_tasks_beyond_the_retention_are_forgotten() {
     let id = t.submit(s);
     assert_eq!(t.state(id), State::Queued);
 }
+
+#[test]
+fn a_queued_task_stays_small() {
+    // The engine holds every live task; 1,000,000 queued must stay under
+    // 1 KiB each including indexes (see BENCHMARKS.md, rss-core).
+    assert!(
+        std::mem::size_of::<Entry>() <= 640,
+        "Entry grew to {} bytes",
+        std::mem::size_of::<Entry>()
+    );
+    assert_eq!(std::mem::size_of::<TaskId>(), 16);
+    assert_eq!(std::mem::align_of::<TaskId>(), 8);
+}
