@@ -1,1 +1,46 @@
-//! placeholder
+//! The async shell around the taskgrid engine, and the embedded
+//! [`TaskSystem`]: the same engine, store and guarantees as the coordinator,
+//! inside your Rust program.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use taskgrid_coordinator::{Task, TaskSystem, TaskError};
+//!
+//! # async fn demo() -> Result<(), taskgrid_coordinator::Error> {
+//! let system = TaskSystem::builder()
+//!     .sqlite("taskgrid.db", Default::default())
+//!     .concurrency(4)
+//!     .handler("double", |ctx| async move {
+//!         let n: u64 = ctx.payload()?;
+//!         ctx.progress(1.0, "done");
+//!         Ok::<_, TaskError>(serde_json::json!(n * 2))
+//!     })
+//!     .build()?;
+//! system.start()?;
+//! let handle = system.submit(Task::handler("double", &21).retries(3)).await?;
+//! let result = handle.wait_timeout(Duration::from_secs(5)).await?;
+//! assert_eq!(result.value::<u64>().unwrap(), Some(42));
+//! system.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Handlers are async and run on the tokio runtime: CPU-heavy or blocking
+//! work inside one belongs in `tokio::task::spawn_blocking`.
+
+mod clock;
+mod error;
+mod event;
+mod executor;
+mod handle;
+mod handler;
+mod system;
+mod task;
+
+pub use error::Error;
+pub use event::{EventKind, TaskEvent};
+pub use handle::{TaskHandle, TaskResult};
+pub use handler::{
+    BoxFuture, FnHandler, Handler, HandlerResult, TaskContext, TaskError, handler_fn,
+};
+pub use system::{SystemConfig, TaskSystem, TaskSystemBuilder};
+pub use task::Task;

@@ -1,0 +1,39 @@
+//! The embedded system's error type.
+
+use std::time::Duration;
+
+use taskgrid_core::{CommandError, SubmitError, TaskId};
+use taskgrid_store::StoreError;
+
+/// What went wrong with a [`crate::TaskSystem`] call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The engine refused the task; nothing was stored.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// No handler is registered under this name; nothing was stored.
+    #[error("unknown handler {0:?}")]
+    UnknownHandler(String),
+    /// The payload could not be serialised as JSON.
+    #[error("invalid payload: {0}")]
+    InvalidPayload(String),
+    /// No such task.
+    #[error("no task {0}")]
+    NotFound(TaskId),
+    /// The engine refused the command.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The system is shutting down and takes no new work.
+    #[error("the task system is shut down")]
+    ShutDown,
+    /// No tokio runtime to run on.
+    #[error("TaskSystem::start must be called inside a tokio runtime")]
+    NoRuntime,
+    /// The wait ended before the task did.
+    #[error("task {0} did not finish within {1:?}")]
+    WaitTimeout(TaskId, Duration),
+}

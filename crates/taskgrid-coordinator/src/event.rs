@@ -1,0 +1,122 @@
+//! [`TaskEvent`]: what subscribers see, published only after the change it
+//! describes has been committed to the store.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use taskgrid_core::{Change, Progress, State, Stream, TaskFailure, TaskId, Timestamp};
+
+/// Something that happened to a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// The task.
+    pub id: TaskId,
+    /// When it happened (engine time).
+    pub at: Timestamp,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// The kinds of [`TaskEvent`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The task was accepted.
+    Submitted {
+        /// Its queue.
+        queue: Arc<str>,
+        /// Its first state.
+        state: State,
+        /// The task that spawned it.
+        parent: Option<TaskId>,
+    },
+    /// The task changed state.
+    State {
+        /// The state it left.
+        from: State,
+        /// The state it entered.
+        to: State,
+        /// The attempt number.
+        attempt: u32,
+        /// The error, when it failed or is retrying.
+        error: Option<TaskFailure>,
+        /// The result, when it succeeded.
+        result: Option<Box<str>>,
+        /// The handler, for terminal and retrying changes.
+        #[serde(skip)]
+        handler: Option<Arc<str>>,
+    },
+    /// The task reported progress.
+    Progress(Progress),
+    /// The task saved a checkpoint.
+    Checkpoint,
+    /// The task produced output.
+    Output {
+        /// Which stream.
+        stream: Stream,
+        /// The text.
+        data: String,
+    },
+}
+
+impl TaskEvent {
+    /// The event a committed change produces.
+    pub(crate) fn from_change(
+        c: &Change,
+        at: Timestamp,
+        handler: impl FnOnce() -> Option<Arc<str>>,
+    ) -> Self {
+        let (id, kind) = match c {
+            Change::Submitted(r) => (
+                r.id,
+                EventKind::Submitted {
+                    queue: r.spec.queue.clone(),
+                    state: r.status.state,
+                    parent: r.spec.parent,
+                },
+            ),
+            Change::Status {
+                id,
+                from,
+                status,
+                at,
+                ..
+            } => {
+                let to = status.state;
+                let notable = to.is_terminal() || to == State::Retrying;
+                return TaskEvent {
+                    id: *id,
+                    at: *at,
+                    kind: EventKind::State {
+                        from: *from,
+                        to,
+                        attempt: status.attempt,
+                        error: status.error.clone().filter(|_| notable),
+                        result: status.result.clone().filter(|_| to == State::Succeeded),
+                        handler: if notable { handler() } else { None },
+                    },
+                };
+            }
+            Change::Progress { id, progress } => (*id, EventKind::Progress(progress.clone())),
+            Change::Checkpoint { id, .. } => (*id, EventKind::Checkpoint),
+            Change::Output(o) => (
+                o.task,
+                EventKind::Output {
+                    stream: o.stream,
+                    data: o.data.clone(),
+                },
+            ),
+        };
+        TaskEvent { id, at, kind }
+    }
+
+    /// The state this event moved its task into, if any.
+    pub fn new_state(&self) -> Option<State> {
+        match &self.kind {
+            EventKind::Submitted { state, .. } => Some(*state),
+            EventKind::State { to, .. } => Some(*to),
+            _ => None,
+        }
+    }
+}

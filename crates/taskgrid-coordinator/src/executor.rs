@@ -1,0 +1,148 @@
+//! The local executor: runs assignments as tokio tasks and reports how they
+//! ended.
+//!
+//! Each running attempt has one entry in `Inner::running`. Whoever removes
+//! the entry reports the attempt — the handler when it returns, or the stop
+//! path when a timeout or an ignored cancel makes it drop the handler — so
+//! every attempt is reported exactly once and its slot is always freed.
+
+use std::sync::{Arc, Mutex};
+
+use taskgrid_core::{Assignment, Outcome, StopAttempt, StopReason, TaskId, TaskKind};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use crate::handler::{CatchUnwind, TaskContext};
+use crate::system::Inner;
+
+/// An attempt that ended, for the driver to report.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub(crate) id: TaskId,
+    pub(crate) attempt: u32,
+    pub(crate) outcome: Outcome,
+}
+
+/// A running handler call.
+pub(crate) struct Running {
+    cancel: watch::Sender<bool>,
+    abort: Option<AbortHandle>,
+}
+
+impl Running {
+    pub(crate) fn abort(&self) {
+        let _ = self.cancel.send(true);
+        if let Some(a) = &self.abort {
+            a.abort();
+        }
+    }
+}
+
+/// Runs an assignment on the tokio runtime.
+pub(crate) fn start(inner: &Inner, a: Assignment) {
+    let key = (a.id, a.attempt);
+    let TaskKind::Handler { name, payload } = a.kind else {
+        report(
+            inner,
+            key,
+            Outcome::failed("the embedded executor runs only handler tasks"),
+        );
+        return;
+    };
+    let Some(handler) = inner.handlers.get(&name).cloned() else {
+        report(
+            inner,
+            key,
+            Outcome::failed(format!("no handler {name:?} here")),
+        );
+        return;
+    };
+    let Some(me) = self_arc(inner) else { return };
+    let (cancel, cancel_rx) = watch::channel(false);
+    let ctx = TaskContext {
+        inner: me.clone(),
+        id: a.id,
+        attempt: a.attempt,
+        payload: Arc::from(payload),
+        checkpoint: Arc::new(Mutex::new(a.checkpoint)),
+        cancel: cancel_rx,
+    };
+    let fut = CatchUnwind(handler.call(ctx));
+    // Hold the map while spawning so the entry exists before the task can
+    // finish and look for it.
+    let mut running = inner.running();
+    let task = tokio::spawn(async move {
+        let outcome = match fut.await {
+            Ok(value) => Outcome::Succeeded {
+                result: Some(value.to_string().into()),
+                exit_code: None,
+            },
+            Err(e) => e.into_outcome(),
+        };
+        finish_with(&me, key, outcome);
+    });
+    running.insert(
+        key,
+        Running {
+            cancel,
+            abort: Some(task.abort_handle()),
+        },
+    );
+}
+
+/// Reports an attempt if nobody has yet: only the caller that removes the
+/// running entry reports.
+fn finish_with(inner: &Inner, key: (TaskId, u32), outcome: Outcome) {
+    let removed = {
+        let mut running = inner.running();
+        let r = running.remove(&key);
+        if running.is_empty() {
+            inner.idle.notify_waiters();
+        }
+        r.is_some()
+    };
+    if removed {
+        report(inner, key, outcome);
+    }
+}
+
+fn report(inner: &Inner, key: (TaskId, u32), outcome: Outcome) {
+    let _ = inner.completions.send(Completion {
+        id: key.0,
+        attempt: key.1,
+        outcome,
+    });
+}
+
+/// Stops an attempt: at once for a timeout; for a cancel, the handler is
+/// told and dropped only if it has not returned within the cancel grace.
+pub(crate) fn stop(inner: &Inner, s: StopAttempt) {
+    let key = (s.id, s.attempt);
+    match s.reason {
+        StopReason::Timeout => {
+            if let Some(r) = inner.running().get(&key) {
+                r.abort();
+            }
+            finish_with(inner, key, Outcome::TimedOut);
+        }
+        StopReason::Cancel => {
+            let Some(r) = inner.running().get(&key).map(|r| r.cancel.clone()) else {
+                return;
+            };
+            let _ = r.send(true);
+            let Some(me) = self_arc(inner) else { return };
+            let grace = inner.config.cancel_grace;
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let gone = me.running().get(&key).map(|r| r.abort()).is_none();
+                if !gone {
+                    finish_with(&me, key, Outcome::Cancelled);
+                }
+            });
+        }
+    }
+}
+
+fn self_arc(inner: &Inner) -> Option<Arc<Inner>> {
+    inner.me.upgrade()
+}

@@ -1,0 +1,133 @@
+//! [`TaskHandle`]: a submitted task — its status, progress, result, and
+//! cancel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use taskgrid_core::{CancelOutcome, Progress, State, TaskFailure, TaskId, TaskRecord};
+
+use crate::system::Inner;
+use crate::{Error, Task};
+
+/// How a task ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskResult {
+    /// The task.
+    pub id: TaskId,
+    /// Its terminal state.
+    pub state: State,
+    /// The result JSON of a success.
+    pub result: Option<Box<str>>,
+    /// Why it did not succeed.
+    pub error: Option<TaskFailure>,
+    /// Attempts it took.
+    pub attempts: u32,
+}
+
+impl TaskResult {
+    /// Whether it succeeded.
+    pub fn is_success(&self) -> bool {
+        self.state == State::Succeeded
+    }
+
+    /// The result decoded as `T`.
+    pub fn value<T: DeserializeOwned>(&self) -> Result<Option<T>, serde_json::Error> {
+        self.result.as_deref().map(serde_json::from_str).transpose()
+    }
+
+    pub(crate) fn of(rec: &TaskRecord) -> Self {
+        TaskResult {
+            id: rec.id,
+            state: rec.status.state,
+            result: rec.status.result.clone(),
+            error: rec.status.error.clone(),
+            attempts: rec.status.attempt,
+        }
+    }
+}
+
+/// A submitted task.
+#[derive(Clone)]
+pub struct TaskHandle {
+    inner: Arc<Inner>,
+    id: TaskId,
+}
+
+impl std::fmt::Debug for TaskHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskHandle").field("id", &self.id).finish()
+    }
+}
+
+impl TaskHandle {
+    pub(crate) fn new(inner: Arc<Inner>, id: TaskId) -> Self {
+        TaskHandle { inner, id }
+    }
+
+    pub(crate) async fn submit(inner: &Arc<Inner>, task: Task) -> Result<TaskHandle, Error> {
+        let ids = inner.submit(vec![task]).await?;
+        Ok(TaskHandle::new(inner.clone(), ids[0]))
+    }
+
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    /// The task as it is now.
+    pub fn record(&self) -> Result<TaskRecord, Error> {
+        self.inner.record(self.id)
+    }
+
+    /// The task's current state.
+    pub fn status(&self) -> Result<State, Error> {
+        Ok(self.record()?.status.state)
+    }
+
+    /// The last progress it reported.
+    pub fn progress(&self) -> Result<Option<Progress>, Error> {
+        Ok(self.record()?.progress)
+    }
+
+    /// Waits until the task has finished and its end is stored.
+    pub async fn wait(&self) -> Result<TaskResult, Error> {
+        self.inner.wait(self.id).await
+    }
+
+    /// [`TaskHandle::wait`], giving up after `limit`.
+    pub async fn wait_timeout(&self, limit: Duration) -> Result<TaskResult, Error> {
+        tokio::time::timeout(limit, self.wait())
+            .await
+            .map_err(|_| Error::WaitTimeout(self.id, limit))?
+    }
+
+    /// Cancels the task (see [`taskgrid_core::Engine::cancel`]).
+    pub fn cancel(&self) -> Result<CancelOutcome, Error> {
+        self.inner.cancel(self.id)
+    }
+
+    /// Calls `f` with the result once the task has succeeded.
+    pub fn on_success(&self, f: impl FnOnce(&TaskResult) + Send + 'static) {
+        let h = self.clone();
+        tokio::spawn(async move {
+            if let Ok(r) = h.wait().await
+                && r.is_success()
+            {
+                f(&r);
+            }
+        });
+    }
+
+    /// Calls `f` with the result once the task has ended unsuccessfully.
+    pub fn on_failure(&self, f: impl FnOnce(&TaskResult) + Send + 'static) {
+        let h = self.clone();
+        tokio::spawn(async move {
+            if let Ok(r) = h.wait().await
+                && !r.is_success()
+            {
+                f(&r);
+            }
+        });
+    }
+}

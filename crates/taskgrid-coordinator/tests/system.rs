@@ -1,0 +1,550 @@
+//! The embedded TaskSystem end to end: handlers on the tokio runtime, a real
+//! SQLite file, and explicit synchronisation (no sleeps).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use taskgrid_coordinator::{
+    Error, EventKind, Handler, HandlerResult, SystemConfig, Task, TaskContext, TaskError,
+    TaskSystem,
+};
+use taskgrid_core::{
+    CancelOutcome, FailureCode, RetryPolicy, State, SubmitError, TaskFailure, TaskId,
+};
+use taskgrid_store::{SqliteOptions, TaskQuery};
+use tokio::sync::mpsc;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn fast_retry(n: u32) -> RetryPolicy {
+    RetryPolicy {
+        initial_backoff: Duration::from_millis(5),
+        ..RetryPolicy::retries(n)
+    }
+}
+
+fn double()
+-> impl Fn(TaskContext) -> std::pin::Pin<Box<dyn std::future::Future<Output = HandlerResult> + Send>>
+{
+    |ctx| {
+        Box::pin(async move {
+            let n: u64 = ctx.payload()?;
+            Ok(json!(n * 2))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_tasks_run_and_their_results_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = TaskSystem::builder()
+        .sqlite(dir.path().join("t.db"), SqliteOptions::default())
+        .handler("double", double())
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let mut events = sys.subscribe();
+    let h = sys.submit(Task::handler("double", &21)).await.unwrap();
+    let r = h.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!(r.state, State::Succeeded);
+    assert_eq!(r.value::<u64>().unwrap(), Some(42));
+    assert_eq!(h.status().unwrap(), State::Succeeded);
+    // Every state change, in order, only after it was committed.
+    let mut seen = Vec::new();
+    while seen.last() != Some(&State::Succeeded) {
+        let ev = events.recv().await.unwrap();
+        if ev.id == h.id()
+            && let Some(s) = ev.new_state()
+        {
+            seen.push(s);
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            State::Queued,
+            State::Assigned,
+            State::Running,
+            State::Succeeded
+        ]
+    );
+    let attempts = sys.attempts(h.id()).unwrap();
+    assert_eq!(attempts.len(), 1);
+    let m = sys.metrics();
+    assert_eq!((m.submitted, m.succeeded), (1, 1));
+    sys.shutdown().await.unwrap();
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_sees_the_checkpoint_of_the_failed_attempt() {
+    let sys = TaskSystem::builder()
+        .handler("resumable", |ctx| async move {
+            let step: Option<u32> = ctx.checkpoint()?;
+            match step {
+                None => {
+                    ctx.save_checkpoint(&7u32).await?;
+                    Err(TaskError::failed("crashed after step 7"))
+                }
+                Some(s) => Ok(json!({ "resumed_from": s, "attempt": ctx.attempt() })),
+            }
+        })
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let h = sys
+        .submit(Task::handler("resumable", &()).retry(fast_retry(2)))
+        .await
+        .unwrap();
+    let r = h.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!(
+        r.value::<serde_json::Value>().unwrap(),
+        Some(json!({"resumed_from": 7, "attempt": 2}))
+    );
+    assert_eq!(r.attempts, 2);
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_then_fail_and_fatal_errors_are_not_retried() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let sys = TaskSystem::builder()
+        .handler("flaky", move |ctx| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                let fatal: bool = ctx.payload()?;
+                if fatal {
+                    Err(TaskError::fatal("bad input"))
+                } else {
+                    Err(TaskError::failed("try again"))
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let r = sys
+        .submit(Task::handler("flaky", &false).retry(fast_retry(2)))
+        .await
+        .unwrap();
+    let r = r.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!((r.state, r.attempts), (State::Failed, 3));
+    assert_eq!(r.error.unwrap().message, "try again");
+    let f = sys
+        .submit(Task::handler("flaky", &true).retry(fast_retry(5)))
+        .await
+        .unwrap();
+    let f = f.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!((f.state, f.attempts), (State::Failed, 1));
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_is_cancelled_when_its_handler_notices() {
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let sys = TaskSystem::builder()
+        .handler("polite", move |ctx| {
+            let started_tx = started_tx.clone();
+            async move {
+                let _ = started_tx.send(ctx.id());
+                ctx.cancelled().await;
+                assert!(ctx.is_cancelled());
+                Ok(json!("stopped cleanly"))
+            }
+        })
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let h = sys.submit(Task::handler("polite", &())).await.unwrap();
+    assert_eq!(started.recv().await, Some(h.id()));
+    assert_eq!(h.cancel().unwrap(), CancelOutcome::Requested);
+    let r = h.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!(r.state, State::Cancelled);
+    assert_eq!(r.error.unwrap().code, FailureCode::Cancelled);
+    assert_eq!(
+        h.cancel().unwrap(),
+        CancelOutcome::AlreadyFinished(State::Cancelled)
+    );
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_ignores_cancel_is_dropped_after_the_grace() {
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let config = SystemConfig {
+        cancel_grace: Duration::from_millis(50),
+        ..SystemConfig::default()
+    };
+    let sys = TaskSystem::builder()
+        .config(config)
+        .handler("stubborn", move |_ctx| {
+            let started_tx = started_tx.clone();
+            async move {
+                let _ = started_tx.send(());
+                std::future::pending::<()>().await;
+                Ok(json!(null))
+            }
+        })
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let h = sys.submit(Task::handler("stubborn", &())).await.unwrap();
+    started.recv().await.unwrap();
+    h.cancel().unwrap();
+    assert_eq!(h.wait_timeout(LIMIT).await.unwrap().state, State::Cancelled);
+    // The slot came back: another task runs.
+    let h2 = sys.submit(Task::handler("stubborn", &())).await.unwrap();
+    started.recv().await.unwrap();
+    assert_eq!(h2.status().unwrap(), State::Running);
+    sys.cancel_tag("none");
+    h2.cancel().unwrap();
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_past_its_timeout_times_out() {
+    let sys = TaskSystem::builder()
+        .handler("hang", |_ctx| async move {
+            std::future::pending::<()>().await;
+            Ok(json!(null))
+        })
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let h = sys
+        .submit(Task::handler("hang", &()).timeout(Duration::from_millis(30)))
+        .await
+        .unwrap();
+    let r = h.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!(r.state, State::TimedOut);
+    assert_eq!(r.error.unwrap().code, FailureCode::Timeout);
+    assert_eq!(sys.metrics().timed_out, 1);
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_fails_its_task_and_the_system_goes_on() {
+    let sys = TaskSystem::builder()
+        .handler("panic", |_ctx| async move { panic!("kaboom") })
+        .handler("double", double())
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let r = sys
+        .submit(Task::handler("panic", &()))
+        .await
+        .unwrap()
+        .wait_timeout(LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(r.state, State::Failed);
+    assert!(r.error.unwrap().message.contains("kaboom"));
+    let ok = sys
+        .submit(Task::handler("double", &1))
+        .await
+        .unwrap()
+        .wait_timeout(LIMIT)
+        .await
+        .unwrap();
+    assert!(ok.is_success());
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_logs_and_subtasks_are_recorded() {
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    let (reported_tx, mut reported) = mpsc::unbounded_channel();
+    let sys = TaskSystem::builder()
+        .handler("parent", move |ctx| {
+            let (mut go, reported_tx) = (go_rx.clone(), reported_tx.clone());
+            async move {
+                ctx.progress(0.5, "halfway");
+                ctx.log("spawning a child");
+                let child = ctx.spawn(Task::handler("double", &5)).await?;
+                let _ = reported_tx.send(child.id());
+                let _ = go.wait_for(|g| *g).await;
+                let r = child.wait().await?;
+                Ok(json!({ "child": r.value::<u64>().map_err(TaskError::failed)? }))
+            }
+        })
+        .handler("double", double())
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let h = sys.submit(Task::handler("parent", &())).await.unwrap();
+    let child = reported.recv().await.unwrap();
+    let p = h.progress().unwrap().unwrap();
+    assert_eq!((p.fraction, p.message.as_deref()), (0.5, Some("halfway")));
+    go_tx.send(true).unwrap();
+    let r = h.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!(
+        r.value::<serde_json::Value>().unwrap(),
+        Some(json!({"child": 10}))
+    );
+    let children = sys.children(h.id()).unwrap();
+    assert_eq!(children.iter().map(|c| c.id).collect::<Vec<_>>(), [child]);
+    assert_eq!(children[0].spec.parent, Some(h.id()));
+    let out = sys.output(h.id()).unwrap();
+    assert_eq!(
+        out.iter().map(|o| o.data.as_str()).collect::<Vec<_>>(),
+        ["spawning a child"]
+    );
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_unique_keys_and_callbacks() {
+    let sys = TaskSystem::builder()
+        .handler("double", double())
+        .build()
+        .unwrap();
+    let a = sys.submit(Task::handler("double", &1)).await.unwrap();
+    let b = sys
+        .submit(Task::handler("double", &2).after(a.id()))
+        .await
+        .unwrap();
+    assert_eq!(b.status().unwrap(), State::Pending);
+    let u1 = sys
+        .submit(Task::handler("double", &3).unique_key("k"))
+        .await
+        .unwrap();
+    let u2 = sys
+        .submit(Task::handler("double", &4).unique_key("k"))
+        .await
+        .unwrap();
+    assert_eq!(u1.id(), u2.id());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    b.on_success(move |r| {
+        let _ = tx.send(r.value::<u64>().unwrap());
+    });
+    sys.start().unwrap();
+    assert_eq!(rx.recv().await, Some(Some(4)));
+    assert!(a.wait().await.unwrap().is_success());
+    sys.shutdown().await.unwrap();
+}
+
+#[derive(Default)]
+struct Hooked {
+    calls: AtomicU32,
+    retries: AtomicU32,
+    failures: AtomicU32,
+    successes: AtomicU32,
+}
+
+struct HookedHandler(Arc<Hooked>);
+
+impl Handler for HookedHandler {
+    fn call(&self, ctx: TaskContext) -> taskgrid_coordinator::BoxFuture<HandlerResult> {
+        let n = self.0.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            let succeed_on: u32 = ctx.payload()?;
+            if ctx.attempt() >= succeed_on {
+                Ok(json!(n))
+            } else {
+                Err(TaskError::failed("not yet"))
+            }
+        })
+    }
+    fn on_success(&self, _: TaskId, _: Option<&str>) {
+        self.0.successes.fetch_add(1, Ordering::SeqCst);
+    }
+    fn on_failure(&self, _: TaskId, _: &TaskFailure) {
+        self.0.failures.fetch_add(1, Ordering::SeqCst);
+    }
+    fn on_retry(&self, _: TaskId, _: u32, _: &TaskFailure) {
+        self.0.retries.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_hooks_run_after_the_outcome_is_stored() {
+    let hooks = Arc::new(Hooked::default());
+    let sys = TaskSystem::builder()
+        .handler_impl("hooked", HookedHandler(hooks.clone()))
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let mut events = sys.subscribe();
+    let ok = sys
+        .submit(Task::handler("hooked", &2).retry(fast_retry(3)))
+        .await
+        .unwrap();
+    let bad = sys
+        .submit(Task::handler("hooked", &9).retry(fast_retry(1)))
+        .await
+        .unwrap();
+    ok.wait_timeout(LIMIT).await.unwrap();
+    bad.wait_timeout(LIMIT).await.unwrap();
+    // Hooks run on the publisher before the event reaches subscribers.
+    let mut finished = 0;
+    while finished < 2 {
+        if let EventKind::State { to, .. } = events.recv().await.unwrap().kind
+            && to.is_terminal()
+        {
+            finished += 1;
+        }
+    }
+    assert_eq!(hooks.successes.load(Ordering::SeqCst), 1);
+    assert_eq!(hooks.failures.load(Ordering::SeqCst), 1);
+    assert_eq!(hooks.retries.load(Ordering::SeqCst), 2);
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_submits_are_refused_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = TaskSystem::builder()
+        .sqlite(dir.path().join("t.db"), SqliteOptions::default())
+        .queue_limit("tiny", 1)
+        .handler("double", double())
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let err = sys.submit(Task::handler("nope", &1)).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownHandler(h) if h == "nope"),
+        "{err}"
+    );
+    let err = sys
+        .submit(Task::handler("double", &1).timeout(Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("timeout"), "{err}");
+    let err = sys
+        .submit(Task::handler("double", &"x".repeat(2 << 20)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Submit(SubmitError::PayloadTooLarge { .. })),
+        "{err}"
+    );
+    let ghost = TaskId::from_u128(7);
+    let err = sys
+        .submit(Task::handler("double", &1).after(ghost))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Submit(SubmitError::UnknownDependency(id)) if id == ghost),
+        "{err}"
+    );
+    let mut map = std::collections::HashMap::new();
+    map.insert(vec![1u8], 1);
+    let err = sys.submit(Task::handler("double", &map)).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidPayload(_)), "{err}");
+    sys.flush().unwrap();
+    assert_eq!(sys.list(&TaskQuery::default()).unwrap().len(), 0);
+    // Backpressure: a paused-by-nature full queue refuses the next one.
+    sys.submit(
+        Task::handler("double", &1)
+            .queue("tiny")
+            .delay(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    let err = sys
+        .submit(Task::handler("double", &1).queue("tiny"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Submit(SubmitError::QueueFull { .. })),
+        "{err}"
+    );
+    sys.shutdown().await.unwrap();
+    let err = sys.submit(Task::handler("double", &1)).await.unwrap_err();
+    assert!(matches!(err, Error::ShutDown));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_hands_running_tasks_back_and_a_restart_runs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let config = SystemConfig {
+        shutdown_grace: Duration::from_millis(20),
+        concurrency: 2,
+        ..SystemConfig::default()
+    };
+    let sys = TaskSystem::builder()
+        .sqlite(&db, SqliteOptions::default())
+        .config(config)
+        .handler("work", move |_ctx| {
+            let started_tx = started_tx.clone();
+            async move {
+                let _ = started_tx.send(());
+                std::future::pending::<()>().await;
+                Ok(json!(null))
+            }
+        })
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(sys.submit(Task::handler("work", &i)).await.unwrap().id());
+    }
+    started.recv().await.unwrap();
+    started.recv().await.unwrap();
+    sys.shutdown().await.unwrap();
+    drop(sys);
+
+    let again = TaskSystem::builder()
+        .sqlite(&db, SqliteOptions::default())
+        .handler("work", |ctx| async move { Ok(json!(ctx.attempt())) })
+        .build()
+        .unwrap();
+    again.start().unwrap();
+    let mut second_attempts = 0;
+    for id in ids {
+        let r = again.handle(id).wait_timeout(LIMIT).await.unwrap();
+        assert!(r.is_success());
+        second_attempts += u32::from(r.attempts == 2);
+    }
+    assert_eq!(
+        second_attempts, 2,
+        "the two running tasks were handed back as a new attempt"
+    );
+    again.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_can_be_paused_and_the_executor_serves_only_its_queues() {
+    let sys = TaskSystem::builder()
+        .queues(["fast", "slow"])
+        .handler("double", double())
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    sys.pause_queue("slow");
+    let held = sys
+        .submit(Task::handler("double", &1).queue("slow"))
+        .await
+        .unwrap();
+    let other = sys
+        .submit(Task::handler("double", &2).queue("elsewhere"))
+        .await
+        .unwrap();
+    let runs = sys
+        .submit(Task::handler("double", &3).queue("fast"))
+        .await
+        .unwrap();
+    assert!(runs.wait_timeout(LIMIT).await.unwrap().is_success());
+    // The driver has dispatched everything it could: the others wait.
+    assert_eq!(
+        (held.status().unwrap(), other.status().unwrap()),
+        (State::Queued, State::Queued)
+    );
+    let stats = sys.queue_stats();
+    let slow = stats.iter().find(|q| q.name == "slow").unwrap();
+    assert!(slow.paused);
+    assert_eq!(slow.ready, 1);
+    sys.resume_queue("slow");
+    assert!(held.wait_timeout(LIMIT).await.unwrap().is_success());
+    assert_eq!(other.status().unwrap(), State::Queued);
+    other.cancel().unwrap();
+    sys.shutdown().await.unwrap();
+}
