@@ -1,1 +1,319 @@
-fn main() {}
+//! `cargo bench --bench engine`: throughput and memory of the embedded
+//! engine. Each scenario runs in a fresh child process (so resident memory
+//! figures are its own) and prints one JSON line; the parent prints a table.
+//!
+//! Scenarios (`cargo bench --bench engine -- NAME…` runs a subset):
+//! - `core`: the pure engine alone — submit, dispatch, accept, report.
+//! - `noop-memory`, `noop-sqlite`: no-op handler tasks end to end through a
+//!   started TaskSystem (submitted in batches of 1,000 while running).
+//! - `submit-memory`, `submit-sqlite`: submit throughput alone (batches of
+//!   1,000), and one-by-one from 64 concurrent submitters.
+//! - `rss-memory`, `rss-sqlite`, `rss-core`: resident memory per queued
+//!   task with 1,000,000 queued.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use taskgrid_coordinator::{SystemConfig, Task, TaskSystem};
+use taskgrid_core::{
+    Engine, EngineConfig, Outbox, Outcome, TaskId, TaskKind, TaskSpec, Timestamp, WorkerInfo,
+};
+use taskgrid_store::{MemoryStore, SqliteOptions, SqliteStore, Store};
+
+/// The allocator the `taskgrid` binary uses too (`TASKGRID_BENCH_SYSTEM_ALLOC`
+/// is not read: build without this line to compare with the system one).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const SCENARIOS: [&str; 8] = [
+    "core",
+    "noop-memory",
+    "noop-sqlite",
+    "submit-memory",
+    "submit-sqlite",
+    "rss-core",
+    "rss-memory",
+    "rss-sqlite",
+];
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if let Some(pos) = std::env::args().position(|a| a == "--scenario") {
+        let name = std::env::args().nth(pos + 1).expect("scenario name");
+        run_scenario(&name);
+        return;
+    }
+    let chosen: Vec<&str> = SCENARIOS
+        .iter()
+        .copied()
+        .filter(|s| args.is_empty() || args.iter().any(|a| a == s))
+        .collect();
+    println!("{:<15} {:>14} {:>12}  detail", "scenario", "result", "unit");
+    for name in chosen {
+        let out = Command::new(std::env::current_exe().expect("own path"))
+            .args(["--scenario", name])
+            .output()
+            .expect("run scenario");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines() {
+            let v: serde_json::Value = match serde_json::from_str(line) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            println!(
+                "{:<15} {:>14.0} {:>12}  {}",
+                v["scenario"].as_str().unwrap_or(name),
+                v["value"].as_f64().unwrap_or(0.0),
+                v["unit"].as_str().unwrap_or(""),
+                v["detail"].as_str().unwrap_or("")
+            );
+        }
+        if !out.status.success() {
+            println!(
+                "{name:<15} FAILED: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+fn report(scenario: &str, value: f64, unit: &str, detail: String) {
+    println!(
+        "{}",
+        json!({ "scenario": scenario, "value": value, "unit": unit, "detail": detail })
+    );
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn noop_system(store: Arc<dyn Store>, concurrency: u32) -> TaskSystem {
+    let config = SystemConfig {
+        concurrency,
+        engine: EngineConfig {
+            retain_finished: 1000,
+            ..EngineConfig::default()
+        },
+        ..SystemConfig::default()
+    };
+    TaskSystem::builder()
+        .store(store)
+        .config(config)
+        .handler("noop", |_ctx| async move { Ok(serde_json::Value::Null) })
+        .build()
+        .expect("build")
+}
+
+fn sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+    Arc::new(
+        SqliteStore::open(dir.path().join("bench.db"), SqliteOptions::default())
+            .expect("open sqlite"),
+    )
+}
+
+fn run_scenario(name: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    match name {
+        "core" => core(),
+        "noop-memory" => noop(name, Arc::new(MemoryStore::new()), 200_000),
+        "noop-sqlite" => noop(name, sqlite(&dir), 200_000),
+        "submit-memory" => submit(name, || Arc::new(MemoryStore::new()), 200_000),
+        "submit-sqlite" => submit(
+            name,
+            || sqlite(&tempfile::tempdir().expect("tempdir")),
+            200_000,
+        ),
+        "rss-core" => rss_core(),
+        "rss-memory" => rss(name, Arc::new(MemoryStore::new())),
+        "rss-sqlite" => rss(name, sqlite(&dir)),
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+/// The pure engine: how many tasks per second the core itself can move.
+fn core() {
+    const N: u128 = 1_000_000;
+    let mut engine = Engine::new(EngineConfig {
+        retain_finished: 1000,
+        ..EngineConfig::default()
+    });
+    let mut now = Timestamp::from_micros(1);
+    engine.register_worker(WorkerInfo::local("w", 256, ["noop"]), now);
+    let spec = TaskSpec::new(TaskKind::handler("noop", "null"));
+    let start = Instant::now();
+    let mut out = Outbox::default();
+    let mut next = 0u128;
+    while next < N {
+        let batch: Vec<(TaskId, TaskSpec)> = (next..(next + 1000).min(N))
+            .map(|i| (TaskId::from_u128(i + 1), spec.clone()))
+            .collect();
+        next += batch.len() as u128;
+        engine.submit_batch(batch, now, &mut out).expect("submit");
+        while engine.live_tasks() > 0 {
+            now = now.plus(Duration::from_micros(1));
+            engine.dispatch(now, &mut out);
+            let assigned = std::mem::take(&mut out.assignments);
+            for a in &assigned {
+                engine
+                    .accept(a.id, a.attempt, now, &mut out)
+                    .expect("accept");
+            }
+            for a in &assigned {
+                engine
+                    .report(&a.worker, a.id, a.attempt, Outcome::ok(), now, &mut out)
+                    .expect("report");
+            }
+            out.changes.clear();
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    report(
+        "core",
+        N as f64 / secs,
+        "tasks/s",
+        format!("{N} tasks through submit/dispatch/accept/report, no store"),
+    );
+}
+
+/// No-op handler tasks end to end: submitted in batches while the system runs.
+fn noop(name: &str, store: Arc<dyn Store>, n: usize) {
+    let rt = runtime();
+    rt.block_on(async move {
+        let sys = noop_system(store, 512);
+        sys.start().expect("start");
+        let start = Instant::now();
+        let mut submitted = 0;
+        while submitted < n {
+            let batch: Vec<Task> = (0..1000.min(n - submitted))
+                .map(|_| Task::handler("noop", &()))
+                .collect();
+            submitted += batch.len();
+            sys.submit_batch(batch).await.expect("submit");
+        }
+        sys.wait_idle().await.expect("idle");
+        let secs = start.elapsed().as_secs_f64();
+        let m = sys.metrics();
+        assert_eq!(m.succeeded as usize, n);
+        report(
+            name,
+            n as f64 / secs,
+            "tasks/s",
+            format!(
+                "{n} no-op tasks, batches of 1000, 512 slots; queue wait p50 {:?} p99 {:?}",
+                m.queue_wait.p50, m.queue_wait.p99
+            ),
+        );
+        sys.shutdown().await.expect("shutdown");
+    });
+}
+
+/// Submit throughput alone, batched and one by one.
+fn submit(name: &str, store: impl Fn() -> Arc<dyn Store>, n: usize) {
+    let rt = runtime();
+    rt.block_on(async move {
+        let sys = noop_system(store(), 1);
+        let start = Instant::now();
+        for _ in 0..n / 1000 {
+            let batch: Vec<Task> = (0..1000).map(|_| Task::handler("noop", &())).collect();
+            sys.submit_batch(batch).await.expect("submit");
+        }
+        let secs = start.elapsed().as_secs_f64();
+        report(
+            &format!("{name}-batch"),
+            n as f64 / secs,
+            "tasks/s",
+            format!("{n} tasks in batches of 1000, committed"),
+        );
+
+        let sys = Arc::new(noop_system(store(), 1));
+        let single = n / 4;
+        let start = Instant::now();
+        let mut joins = Vec::new();
+        for _ in 0..64 {
+            let sys = sys.clone();
+            joins.push(tokio::spawn(async move {
+                for _ in 0..single / 64 {
+                    sys.submit(Task::handler("noop", &()))
+                        .await
+                        .expect("submit");
+                }
+            }));
+        }
+        for j in joins {
+            j.await.expect("submitter");
+        }
+        let secs = start.elapsed().as_secs_f64();
+        report(
+            &format!("{name}-single"),
+            (single / 64 * 64) as f64 / secs,
+            "tasks/s",
+            "one task per submit, 64 concurrent submitters, each acknowledged after its commit"
+                .into(),
+        );
+    });
+}
+
+/// Resident memory per queued task with 1,000,000 queued (system not started).
+fn rss(name: &str, store: Arc<dyn Store>) {
+    const N: usize = 1_000_000;
+    let rt = runtime();
+    rt.block_on(async move {
+        let before = rss_bytes();
+        let sys = noop_system(store, 1);
+        for _ in 0..N / 10_000 {
+            let batch: Vec<Task> = (0..10_000).map(|_| Task::handler("noop", &())).collect();
+            sys.submit_batch(batch).await.expect("submit");
+        }
+        sys.flush().expect("flush");
+        assert_eq!(sys.live_tasks(), N);
+        let per = (rss_bytes() - before) as f64 / N as f64;
+        report(
+            name,
+            per,
+            "bytes/task",
+            format!("RSS growth with {N} queued no-op tasks (engine + store in this process)"),
+        );
+    });
+}
+
+/// The engine alone with 1,000,000 queued tasks.
+fn rss_core() {
+    const N: u128 = 1_000_000;
+    let before = rss_bytes();
+    let mut engine = Engine::new(EngineConfig::default());
+    let now = Timestamp::from_micros(1);
+    let spec = TaskSpec::new(TaskKind::handler("noop", "null"));
+    let mut out = Outbox::default();
+    for i in 0..N {
+        engine
+            .submit(TaskId::from_u128(i + 1), spec.clone(), now, &mut out)
+            .expect("submit");
+        out.changes.clear();
+    }
+    let per = (rss_bytes() - before) as f64 / N as f64;
+    report(
+        "rss-core",
+        per,
+        "bytes/task",
+        format!("engine alone, {N} queued"),
+    );
+}

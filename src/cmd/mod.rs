@@ -1,0 +1,3 @@
+//! One module per subcommand: parse → configure → call a crate.
+
+pub(crate) mod demo;
