@@ -22,8 +22,8 @@ use taskgrid_core::{
 };
 use taskgrid_store::{MemoryStore, SqliteOptions, SqliteStore, Store};
 
-/// The allocator the `taskgrid` binary uses too (`TASKGRID_BENCH_SYSTEM_ALLOC`
-/// is not read: build without this line to compare with the system one).
+/// The allocator the `taskgrid` binary uses too (remove these two lines to
+/// measure with the system allocator).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

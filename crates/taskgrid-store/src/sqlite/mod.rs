@@ -29,7 +29,7 @@ const STATEMENT_CACHE: usize = 128;
 
 /// Page cache per connection, in KiB (SQLite's `cache_size` takes negative
 /// numbers as KiB).
-const CACHE_KIB: i64 = 64 * 1024;
+const CACHE_KIB: i64 = 16 * 1024;
 
 /// What a commit survives.
 ///
