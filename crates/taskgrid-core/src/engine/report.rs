@@ -130,11 +130,7 @@ impl Engine {
         {
             w.record(success);
         }
-        self.finish_attempt(id, outcome, now, out);
-        let state = self
-            .tasks
-            .get(&id)
-            .map_or(State::Succeeded, |e| e.rec.status.state);
+        let state = self.finish_attempt(id, outcome, now, out).unwrap_or(state);
         Ok(ReportAck { state })
     }
 

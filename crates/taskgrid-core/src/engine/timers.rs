@@ -6,7 +6,9 @@
 //! before and after each change, so a timer exists exactly while its task is
 //! in the state that needs it — none outlives its task.
 
-use crate::{AttemptOutcome, Event, FailureCode, Outcome, State, TaskFailure, TaskId, Timestamp};
+use crate::{
+    AttemptOutcome, Event, FailureCode, Outcome, RetryHint, State, TaskFailure, TaskId, Timestamp,
+};
 
 use super::{Engine, Entry, Outbox, StopAttempt, StopReason};
 
@@ -157,100 +159,94 @@ impl Engine {
     }
 
     /// Ends the current attempt of a running task with `outcome`, retrying
-    /// it when the outcome and policy allow.
+    /// it when the outcome and policy allow. Returns the task's new state.
     pub(super) fn finish_attempt(
         &mut self,
         id: TaskId,
         outcome: Outcome,
         now: Timestamp,
         out: &mut Outbox,
-    ) {
-        let Some(e) = self.tasks.get(&id) else { return };
-        let st = &e.rec.status;
-        let policy = e.rec.spec.retry;
-        if st.cancel_requested {
-            let failure = TaskFailure::new(FailureCode::Cancelled, "cancelled while running");
-            let _ = self.apply_event(
-                id,
-                Event::Cancel,
-                now,
-                Some(AttemptOutcome::Cancelled),
-                out,
-                |s| s.error = Some(failure),
-            );
-            return;
-        }
-        let retries_left = st.retries < policy.max_retries;
-        match outcome {
-            Outcome::Succeeded { result, exit_code } => {
-                let _ = self.apply_event(
-                    id,
-                    Event::Succeed,
-                    now,
-                    Some(AttemptOutcome::Succeeded),
-                    out,
-                    |s| {
-                        s.result = result;
-                        s.exit_code = exit_code;
-                        s.error = None;
-                    },
-                );
+    ) -> Option<State> {
+        let e = self.tasks.get(&id)?;
+        let (cancel_requested, retries, policy) = (
+            e.rec.status.cancel_requested,
+            e.rec.status.retries,
+            e.rec.spec.retry,
+        );
+        // What the attempt's end means: its outcome, the task's error, and
+        // whether it may be retried.
+        let (ended, failure, retry, result, exit_code) = match outcome {
+            _ if cancel_requested => {
+                let f = TaskFailure::new(FailureCode::Cancelled, "cancelled while running");
+                (
+                    AttemptOutcome::Cancelled,
+                    Some(f),
+                    RetryHint::Never,
+                    None,
+                    None,
+                )
             }
+            Outcome::Succeeded { result, exit_code } => (
+                AttemptOutcome::Succeeded,
+                None,
+                RetryHint::Never,
+                result,
+                exit_code,
+            ),
             Outcome::Cancelled => {
-                let failure = TaskFailure::new(FailureCode::Cancelled, "stopped by its executor");
-                let _ = self.apply_event(
-                    id,
-                    Event::Cancel,
-                    now,
-                    Some(AttemptOutcome::Cancelled),
-                    out,
-                    |s| s.error = Some(failure),
-                );
+                let f = TaskFailure::new(FailureCode::Cancelled, "stopped by its executor");
+                (
+                    AttemptOutcome::Cancelled,
+                    Some(f),
+                    RetryHint::Never,
+                    None,
+                    None,
+                )
             }
             Outcome::Failed {
                 message,
                 retry,
                 exit_code,
-            } => {
-                let failure = TaskFailure::new(FailureCode::Error, message);
-                let delay = match retry {
-                    crate::RetryHint::Never => None,
-                    _ if !retries_left => None,
-                    crate::RetryHint::After(d) => Some(d),
-                    crate::RetryHint::Policy => {
-                        Some(policy.backoff(st.retries + 1, self.next_unit()))
-                    }
-                };
-                let (event, wake) = match delay {
-                    Some(d) => (Event::Retry, Some(now.plus(d))),
-                    None => (Event::Fail, None),
-                };
-                let _ = self.apply_event(id, event, now, Some(AttemptOutcome::Failed), out, |s| {
-                    s.error = Some(failure);
-                    s.exit_code = exit_code;
-                    if let Some(w) = wake {
-                        s.retries += 1;
-                        s.wake_at = Some(w);
-                    }
-                });
-            }
+            } => (
+                AttemptOutcome::Failed,
+                Some(TaskFailure::new(FailureCode::Error, message)),
+                retry,
+                None,
+                exit_code,
+            ),
             Outcome::TimedOut => {
-                let failure = TaskFailure::new(FailureCode::Timeout, "ran past its timeout");
-                let (event, wake) = if retries_left {
-                    let d = policy.backoff(st.retries + 1, self.next_unit());
-                    (Event::Retry, Some(now.plus(d)))
-                } else {
-                    (Event::TimeOut, None)
-                };
-                let _ =
-                    self.apply_event(id, event, now, Some(AttemptOutcome::TimedOut), out, |s| {
-                        s.error = Some(failure);
-                        if let Some(w) = wake {
-                            s.retries += 1;
-                            s.wake_at = Some(w);
-                        }
-                    });
+                let f = TaskFailure::new(FailureCode::Timeout, "ran past its timeout");
+                (
+                    AttemptOutcome::TimedOut,
+                    Some(f),
+                    RetryHint::Policy,
+                    None,
+                    None,
+                )
             }
-        }
+        };
+        let delay = match retry {
+            _ if ended == AttemptOutcome::Succeeded || retries >= policy.max_retries => None,
+            RetryHint::Never => None,
+            RetryHint::After(d) => Some(d),
+            RetryHint::Policy => Some(policy.backoff(retries + 1, self.next_unit())),
+        };
+        let event = match (delay, ended) {
+            (Some(_), _) => Event::Retry,
+            (None, AttemptOutcome::Succeeded) => Event::Succeed,
+            (None, AttemptOutcome::Cancelled) => Event::Cancel,
+            (None, AttemptOutcome::TimedOut) => Event::TimeOut,
+            (None, _) => Event::Fail,
+        };
+        self.apply_event(id, event, now, Some(ended), out, |s| {
+            s.error = failure;
+            s.exit_code = exit_code;
+            s.result = result;
+            if let Some(d) = delay {
+                s.retries += 1;
+                s.wake_at = Some(now.plus(d));
+            }
+        })
+        .ok()
     }
 }
