@@ -1,0 +1,16 @@
+//! taskgrid's wire types: the gRPC worker protocol generated from
+//! `proto/taskgrid/worker/v1/worker.proto`, and conversions between its
+//! messages and the core model.
+
+/// The generated worker protocol (`taskgrid.worker.v1`).
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod worker {
+    tonic::include_proto!("taskgrid.worker.v1");
+}
+
+mod convert;
+
+pub use convert::{
+    ConvertError, assignment_from_core, attempt_ref, kind_to_core, outcome_from_result,
+    result_from_outcome, stream_from_core, stream_to_core, task_id, timeout_of,
+};
