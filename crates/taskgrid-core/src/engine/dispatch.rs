@@ -137,6 +137,8 @@ pub(super) struct Worker {
     pub(super) info: WorkerInfo,
     handlers: HashSet<Arc<str>>,
     pub(super) used: u32,
+    /// Disconnected or draining: offered nothing until resumed.
+    paused: bool,
     /// Attempts it holds slots for: (task, attempt) → slots.
     pub(super) attempts: std::collections::HashMap<(TaskId, u32), u32>,
     last_seen: Timestamp,
@@ -146,7 +148,10 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    fn free(&self) -> u32 {
+    pub(super) fn free(&self) -> u32 {
+        if self.paused {
+            return 0;
+        }
         self.info.slots.saturating_sub(self.used)
     }
     /// Recent success rate with a neutral prior: 0.5 for a new worker.
@@ -216,6 +221,7 @@ impl Engine {
                 w.info = info;
                 w.handlers = handlers;
                 w.last_seen = now;
+                w.paused = false;
                 self.free_slots += u64::from(w.free());
                 i
             }
@@ -224,6 +230,7 @@ impl Engine {
                     info,
                     handlers,
                     used: 0,
+                    paused: false,
                     attempts: Default::default(),
                     last_seen: now,
                     ok: 0.0,
@@ -309,6 +316,73 @@ impl Engine {
         }
         self.schedule_liveness(now);
         true
+    }
+
+    /// Stops (or resumes) offering work to a worker — while it is
+    /// disconnected and may come back, or draining. Its attempts stay its own.
+    pub fn set_worker_paused(
+        &mut self,
+        worker: &WorkerId,
+        paused: bool,
+    ) -> Result<(), super::CommandError> {
+        let i = *self
+            .worker_index
+            .get(worker)
+            .ok_or_else(|| super::CommandError::UnknownWorker(worker.clone()))?;
+        let w = self.workers[i].as_mut().expect("indexed workers exist");
+        let before = w.free();
+        w.paused = paused;
+        let after = w.free();
+        self.free_slots = self.free_slots + u64::from(after) - u64::from(before);
+        Ok(())
+    }
+
+    /// Reconciles what a (re)connecting worker says it runs with what the
+    /// engine thinks it holds. Attempts it runs that are still current stay
+    /// its own; the others are returned for the worker to stop. Attempts the
+    /// engine gave it that it no longer runs go back to the queue.
+    pub fn reconcile_worker(
+        &mut self,
+        worker: &WorkerId,
+        running: &[(TaskId, u32)],
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Vec<(TaskId, u32)> {
+        let held: Vec<(TaskId, u32)> = self
+            .worker_index
+            .get(worker)
+            .and_then(|&i| self.workers[i].as_ref())
+            .map(|w| w.attempts.keys().copied().collect())
+            .unwrap_or_default();
+        let is_current = |e: &Self, id: TaskId, attempt: u32| {
+            e.tasks.get(&id).is_some_and(|t| {
+                t.rec.status.attempt == attempt
+                    && matches!(t.rec.status.state, State::Assigned | State::Running)
+                    && t.rec.status.worker.as_ref() == Some(worker)
+            })
+        };
+        let stop: Vec<(TaskId, u32)> = running
+            .iter()
+            .copied()
+            .filter(|&(id, a)| !held.contains(&(id, a)) || !is_current(self, id, a))
+            .collect();
+        for (id, attempt) in held {
+            if running.contains(&(id, attempt)) && is_current(self, id, attempt) {
+                continue;
+            }
+            self.release_slots(worker, id, attempt);
+            if is_current(self, id, attempt) {
+                let _ = self.apply_event(
+                    id,
+                    Event::Requeue,
+                    now,
+                    Some(AttemptOutcome::Lost),
+                    out,
+                    |_| {},
+                );
+            }
+        }
+        stop
     }
 
     /// Number of connected workers.

@@ -44,6 +44,8 @@ enum Cmd {
     },
     Remove(u8),
     Heartbeat(u8),
+    Pause(u8, bool),
+    Reconnect(u8),
     Dispatch,
     Accept(usize),
     Reject(usize),
@@ -64,6 +66,8 @@ fn cmd() -> impl Strategy<Value = Cmd> {
             .prop_map(|(worker, slots, handlers, labels, mortal)| Cmd::Register { worker, slots, handlers, labels, mortal }),
         1 => (0..3u8).prop_map(Cmd::Remove),
         1 => (0..3u8).prop_map(Cmd::Heartbeat),
+        1 => (0..3u8, any::<bool>()).prop_map(|(w, p)| Cmd::Pause(w, p)),
+        1 => (0..3u8).prop_map(Cmd::Reconnect),
         3 => Just(Cmd::Dispatch),
         3 => any::<usize>().prop_map(Cmd::Accept),
         1 => any::<usize>().prop_map(Cmd::Reject),
@@ -179,6 +183,29 @@ impl Model {
             }
             Cmd::Heartbeat(w) => {
                 let _ = t.engine.heartbeat(&WorkerId::new(format!("w{w}")), t.now);
+            }
+            Cmd::Pause(w, p) => {
+                let _ = t
+                    .engine
+                    .set_worker_paused(&WorkerId::new(format!("w{w}")), p);
+            }
+            Cmd::Reconnect(w) => {
+                // The worker comes back remembering half of what it ran.
+                let id = WorkerId::new(format!("w{w}"));
+                let mine: Vec<(TaskId, u32)> = self
+                    .outstanding
+                    .iter()
+                    .filter(|a| a.worker == id)
+                    .map(|a| (a.id, a.attempt))
+                    .collect();
+                let kept: Vec<(TaskId, u32)> = mine.iter().copied().step_by(2).collect();
+                let stop = t.engine.reconcile_worker(&id, &kept, t.now, &mut t.out);
+                // Attempts that ended meanwhile (timed out, cancelled) are
+                // stopped on the worker and never reported.
+                self.outstanding.retain(|a| {
+                    a.worker != id
+                        || (kept.contains(&(a.id, a.attempt)) && !stop.contains(&(a.id, a.attempt)))
+                });
             }
             Cmd::Dispatch => {
                 let a = t.dispatch();
@@ -301,7 +328,7 @@ impl Model {
         for w in e.workers.iter().flatten() {
             let used: u32 = w.attempts.values().sum();
             assert_eq!(used, w.used, "worker {} slot count", w.info.id);
-            free += u64::from(w.info.slots.saturating_sub(w.used));
+            free += u64::from(w.free());
             for &(id, attempt) in w.attempts.keys() {
                 let st = &e.tasks.get(&id).unwrap().rec.status;
                 if st.attempt == attempt && matches!(st.state, State::Assigned | State::Running) {

@@ -714,3 +714,34 @@ fn a_queued_task_stays_small() {
     assert_eq!(std::mem::size_of::<TaskId>(), 16);
     assert_eq!(std::mem::align_of::<TaskId>(), 8);
 }
+
+#[test]
+fn a_reconnecting_worker_keeps_current_attempts_and_stops_stale_ones() {
+    let mut t = Harness::new();
+    let w = t.worker("w", 3, &["x"]);
+    let kept = t.submit(h("x"));
+    let forgotten = t.submit(h("x"));
+    let a = t.start();
+    assert_eq!(a.len(), 2);
+    // Disconnected: nothing new is offered.
+    t.engine.set_worker_paused(&w, true).unwrap();
+    let waiting = t.submit(h("x"));
+    assert!(t.dispatch().is_empty());
+    // It comes back running `kept` and an attempt it should not have.
+    let stale = (TaskId::from_u128(777), 1);
+    let stop = t
+        .engine
+        .reconcile_worker(&w, &[(kept, 1), stale], t.now, &mut t.out);
+    assert_eq!(stop, [stale]);
+    assert_eq!(t.state(kept), State::Running);
+    assert_eq!(
+        t.state(forgotten),
+        State::Queued,
+        "the attempt it lost is re-queued"
+    );
+    t.engine
+        .register_worker(WorkerInfo::local("w", 3, ["x"]), t.now);
+    let next: Vec<TaskId> = t.dispatch().iter().map(|a| a.id).collect();
+    assert_eq!(next.len(), 2);
+    assert!(next.contains(&forgotten) && next.contains(&waiting));
+}
