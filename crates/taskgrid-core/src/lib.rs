@@ -20,8 +20,8 @@ mod time;
 
 pub use change::Change;
 pub use engine::{
-    Assignment, CancelOutcome, CommandError, Engine, EngineConfig, Outbox, QueueStats, ReportAck,
-    StopAttempt, StopReason, SubmitError, Submitted, WorkerInfo,
+    Assignment, CancelOutcome, CommandError, Engine, EngineConfig, Explanation, Gate, Outbox,
+    QueueStats, ReportAck, StopAttempt, StopReason, SubmitError, Submitted, WorkerInfo,
 };
 pub use id::{ParseIdError, TaskId, WorkerId};
 pub use metrics::{Histogram, HistogramSummary, Metrics, MetricsSnapshot};

@@ -73,6 +73,9 @@ pub(super) struct Class {
 }
 
 impl Class {
+    pub(super) fn key_queue(&self) -> &str {
+        &self.key.queue
+    }
     pub(super) fn insert(&mut self, p: Priority, seq: u64, id: TaskId) {
         self.ready.insert((Reverse(p), seq, id));
     }

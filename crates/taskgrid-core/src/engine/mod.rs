@@ -8,6 +8,7 @@
 //! Nothing else writes `status.state`, so the indexes cannot drift.
 
 mod dispatch;
+mod explain;
 mod report;
 mod submit;
 mod table;
@@ -23,6 +24,7 @@ use crate::{
 };
 
 pub use dispatch::WorkerInfo;
+pub use explain::{Explanation, Gate};
 pub use report::{CancelOutcome, ReportAck};
 pub use submit::Submitted;
 

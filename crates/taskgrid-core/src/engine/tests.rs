@@ -745,3 +745,81 @@ fn a_reconnecting_worker_keeps_current_attempts_and_stops_stale_ones() {
     assert_eq!(next.len(), 2);
     assert!(next.contains(&forgotten) && next.contains(&waiting));
 }
+
+#[test]
+fn explain_names_every_gate() {
+    let mut t = Harness::new();
+    // No worker at all: routing is the gate.
+    let mut s = h("render");
+    s.labels = vec!["gpu".parse().unwrap()];
+    let lonely = t.submit(s);
+    let x = t.engine.explain(lonely, t.now).unwrap();
+    assert!(
+        matches!(&x.gates[0], Gate::NoCapableWorker { requirement, labels, .. }
+        if requirement == "handler:render" && labels.len() == 1),
+        "{x:?}"
+    );
+    // A busy worker, two tasks ahead, one of them higher priority.
+    t.worker("w", 1, &["x"]);
+    let running = t.submit(h("x"));
+    t.start();
+    let mut hi = h("x");
+    hi.priority = Priority::HIGH;
+    t.submit(h("x"));
+    t.submit(hi);
+    let last = t.submit(h("x"));
+    let x = t.engine.explain(last, t.now).unwrap();
+    assert!(
+        x.gates
+            .iter()
+            .any(|g| matches!(g, Gate::WorkersBusy { workers, needs: 1 } if workers[0].1 == 1)),
+        "{x:?}"
+    );
+    assert!(
+        x.gates.contains(&Gate::Position {
+            queue: "default".into(),
+            priority: Priority::NORMAL,
+            ahead: 2
+        }),
+        "{x:?}"
+    );
+    // A dependency and a run_at.
+    let mut later = h("x");
+    later.after = vec![running];
+    later.run_at = Some(t.now.plus(ms(10)));
+    let waiting = t.submit(later);
+    let x = t.engine.explain(waiting, t.now).unwrap();
+    assert_eq!(
+        x.gates[0],
+        Gate::RunAt {
+            at: t.now.plus(ms(10))
+        }
+    );
+    assert_eq!(
+        x.gates[1],
+        Gate::Dependency {
+            task: running,
+            state: Some(State::Running)
+        }
+    );
+    // Running: no gates, and the worker is named.
+    let x = t.engine.explain(running, t.now).unwrap();
+    assert_eq!(
+        (
+            x.state,
+            x.worker.as_ref().map(|w| w.as_str()),
+            x.gates.len()
+        ),
+        (State::Running, Some("w"), 0)
+    );
+    t.engine.pause_queue("default");
+    assert!(
+        t.engine
+            .explain(last, t.now)
+            .unwrap()
+            .gates
+            .contains(&Gate::QueuePaused {
+                queue: "default".into()
+            })
+    );
+}
