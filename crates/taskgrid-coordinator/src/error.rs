@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use taskgrid_core::{CommandError, SubmitError, TaskId};
+use taskgrid_core::{CommandError, State, SubmitError, TaskId};
 use taskgrid_store::StoreError;
 
 /// What went wrong with a [`crate::TaskSystem`] call.
@@ -21,6 +21,9 @@ pub enum Error {
     /// No such task.
     #[error("no task {0}")]
     NotFound(TaskId),
+    /// The task has not finished (so it cannot be retried).
+    #[error("task {0} has not finished (it is {1})")]
+    NotFinished(TaskId, State),
     /// The engine refused the command.
     #[error(transparent)]
     Command(#[from] CommandError),

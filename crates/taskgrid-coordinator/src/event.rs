@@ -9,6 +9,9 @@ use taskgrid_core::{Change, Progress, State, Stream, TaskFailure, TaskId, Timest
 /// Something that happened to a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEvent {
+    /// Position in the event stream: increases by one per event, from 1,
+    /// for the life of the process (the SSE event id).
+    pub seq: u64,
     /// The task.
     pub id: TaskId,
     /// When it happened (engine time).
@@ -86,6 +89,7 @@ impl TaskEvent {
                 let to = status.state;
                 let notable = to.is_terminal() || to == State::Retrying;
                 return TaskEvent {
+                    seq: 0,
                     id: *id,
                     at: *at,
                     kind: EventKind::State {
@@ -108,7 +112,12 @@ impl TaskEvent {
                 },
             ),
         };
-        TaskEvent { id, at, kind }
+        TaskEvent {
+            seq: 0,
+            id,
+            at,
+            kind,
+        }
     }
 
     /// The state this event moved its task into, if any.

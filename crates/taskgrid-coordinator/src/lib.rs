@@ -33,6 +33,7 @@ mod event;
 mod executor;
 mod handle;
 mod handler;
+mod monitor;
 mod system;
 mod task;
 
@@ -42,5 +43,6 @@ pub use handle::{TaskHandle, TaskResult};
 pub use handler::{
     BoxFuture, FnHandler, Handler, HandlerResult, TaskContext, TaskError, handler_fn,
 };
+pub use monitor::WorkerView;
 pub use system::{SystemConfig, TaskSystem, TaskSystemBuilder};
 pub use task::Task;

@@ -43,6 +43,11 @@ pub struct SystemConfig {
     pub event_capacity: usize,
     /// Queues the local executor serves; every queue when empty.
     pub queues: Vec<String>,
+    /// Refuse handler tasks no local handler is registered for. Off in a
+    /// coordinator, where remote workers bring their own handlers.
+    pub check_handlers: bool,
+    /// Recent events kept for subscribers that resume (SSE `Last-Event-ID`).
+    pub replay_capacity: usize,
 }
 
 impl SystemConfig {
@@ -54,6 +59,8 @@ impl SystemConfig {
     pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
     /// Default event buffer: 4,096.
     pub const EVENT_CAPACITY_DEFAULT: usize = 4096;
+    /// Default replay buffer: 10,000 events.
+    pub const REPLAY_CAPACITY_DEFAULT: usize = 10_000;
 }
 
 impl Default for SystemConfig {
@@ -65,6 +72,8 @@ impl Default for SystemConfig {
             shutdown_grace: Self::SHUTDOWN_GRACE_DEFAULT,
             event_capacity: Self::EVENT_CAPACITY_DEFAULT,
             queues: Vec::new(),
+            check_handlers: true,
+            replay_capacity: Self::REPLAY_CAPACITY_DEFAULT,
         }
     }
 }
@@ -155,9 +164,11 @@ impl TaskSystemBuilder {
         engine.restore(records, now, &mut out);
         let worker = WorkerId::new("local");
         let names: Vec<String> = self.handlers.keys().map(|k| k.to_string()).collect();
-        let mut local = WorkerInfo::local("local", self.config.concurrency, names);
-        local.queues = self.config.queues.clone();
-        engine.register_worker(local, now);
+        if !names.is_empty() {
+            let mut local = WorkerInfo::local("local", self.config.concurrency, names);
+            local.queues = self.config.queues.clone();
+            engine.register_worker(local, now);
+        }
 
         let writer = Writer::try_spawn(store.clone())?;
         let (completions, completions_rx) = mpsc::unbounded_channel();
@@ -171,6 +182,7 @@ impl TaskSystemBuilder {
             handlers: self.handlers,
             events,
             waiters: Mutex::new(HashMap::new()),
+            recent: Mutex::new((0, std::collections::VecDeque::new())),
             running: Mutex::new(HashMap::new()),
             completions,
             committed,
@@ -215,11 +227,13 @@ type Waiters = HashMap<TaskId, Vec<oneshot::Sender<TaskResult>>>;
 pub(crate) struct Inner {
     pub(crate) me: Weak<Inner>,
     engine: Mutex<Engine>,
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     writer: Writer,
     pub(crate) handlers: HashMap<Arc<str>, Arc<dyn Handler>>,
-    events: broadcast::Sender<TaskEvent>,
+    pub(crate) events: broadcast::Sender<TaskEvent>,
     waiters: Mutex<Waiters>,
+    /// The last events published, for resuming subscribers.
+    pub(crate) recent: Mutex<(u64, std::collections::VecDeque<TaskEvent>)>,
     pub(crate) running: Mutex<HashMap<(TaskId, u32), Running>>,
     pub(crate) completions: mpsc::UnboundedSender<Completion>,
     committed: mpsc::UnboundedSender<Vec<TaskEvent>>,
@@ -233,7 +247,7 @@ pub(crate) struct Inner {
     closed: AtomicBool,
 }
 
-fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave these maps half-changed
     // (every change is one insert/remove), so carry on with the data.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -298,6 +312,7 @@ impl Inner {
         for t in tasks {
             let spec = t.resolve(now)?;
             if let TaskKind::Handler { name, .. } = &spec.kind
+                && self.config.check_handlers
                 && !self.handlers.contains_key(name)
             {
                 return Err(Error::UnknownHandler(name.to_string()));
@@ -468,7 +483,21 @@ impl Inner {
     }
 
     /// Publishes committed events: to subscribers, waiters and hooks.
-    fn publish(&self, events: Vec<TaskEvent>) {
+    fn publish(&self, mut events: Vec<TaskEvent>) {
+        {
+            let mut recent = relock(&self.recent);
+            let cap = self.config.replay_capacity;
+            for ev in &mut events {
+                recent.0 += 1;
+                ev.seq = recent.0;
+                if cap > 0 {
+                    if recent.1.len() == cap {
+                        recent.1.pop_front();
+                    }
+                    recent.1.push_back(ev.clone());
+                }
+            }
+        }
         for ev in events {
             if let EventKind::State {
                 to,
@@ -518,7 +547,7 @@ fn run_hook(f: impl FnOnce()) {
 
 /// An embedded task system. See the crate docs for an example.
 pub struct TaskSystem {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     tasks: Mutex<Lifecycle>,
     shut_down: tokio::sync::Mutex<bool>,
 }

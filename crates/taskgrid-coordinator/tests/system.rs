@@ -548,3 +548,57 @@ async fn queues_can_be_paused_and_the_executor_serves_only_its_queues() {
     other.cancel().unwrap();
     sys.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_replay_retry_workers_and_explain() {
+    let sys = TaskSystem::builder()
+        .concurrency(3)
+        .handler("double", double())
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let h = sys.submit(Task::handler("double", &4)).await.unwrap();
+    h.wait_timeout(LIMIT).await.unwrap();
+    // Events are numbered 1, 2, 3… and the replay buffer has them all.
+    let (events, complete) = sys.events_since(0);
+    assert!(complete);
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let (tail, _) = sys.events_since(2);
+    assert_eq!(tail.first().map(|e| e.seq), Some(3));
+    // Retry makes a new task with the same spec.
+    let again = sys.retry(h.id()).await.unwrap();
+    assert_ne!(again.id(), h.id());
+    assert_eq!(
+        again
+            .wait_timeout(LIMIT)
+            .await
+            .unwrap()
+            .value::<u64>()
+            .unwrap(),
+        Some(8)
+    );
+    let pending = sys
+        .submit(Task::handler("double", &1).delay(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        sys.retry(pending.id()).await,
+        Err(Error::NotFinished(_, State::Pending))
+    ));
+    // Explain: a delayed task names its run_at; a finished one has no gates.
+    let x = sys.explain(pending.id()).unwrap();
+    assert!(
+        matches!(x.gates[0], taskgrid_core::Gate::RunAt { .. }),
+        "{x:?}"
+    );
+    assert!(sys.explain(h.id()).unwrap().gates.is_empty());
+    let workers = sys.workers();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(
+        (workers[0].id.as_str(), workers[0].slots, workers[0].used),
+        ("local", 3, 0)
+    );
+    pending.cancel().unwrap();
+    sys.shutdown().await.unwrap();
+}

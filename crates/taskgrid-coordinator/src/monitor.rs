@@ -1,0 +1,105 @@
+//! The read side of a [`TaskSystem`]: workers, explain, output paging,
+//! event replay, and retrying a finished task.
+
+use serde::{Deserialize, Serialize};
+use taskgrid_core::{Explanation, OutputChunk, TaskId, WorkerId};
+
+use crate::system::relock;
+use crate::{Error, Task, TaskEvent, TaskHandle, TaskSystem};
+
+/// A worker as the coordinator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerView {
+    /// Its id.
+    pub id: WorkerId,
+    /// Its labels.
+    pub labels: Vec<(String, String)>,
+    /// Its handlers.
+    pub handlers: Vec<String>,
+    /// It runs shell tasks.
+    pub shell: bool,
+    /// It runs container tasks.
+    pub container: bool,
+    /// Its slots.
+    pub slots: u32,
+    /// Slots in use.
+    pub used: u32,
+    /// Recent success rate (0.5 for a new worker).
+    pub trust: f64,
+    /// Attempts it runs: (task, attempt).
+    pub running: Vec<(TaskId, u32)>,
+}
+
+impl TaskSystem {
+    /// Every registered worker (the local executor is `local`).
+    pub fn workers(&self) -> Vec<WorkerView> {
+        let engine = self.inner.lock();
+        let mut out: Vec<WorkerView> = engine
+            .workers()
+            .map(|(info, used, trust, running)| WorkerView {
+                id: info.id.clone(),
+                labels: info.labels.clone(),
+                handlers: info.handlers.clone(),
+                shell: info.shell,
+                container: info.container,
+                slots: info.slots,
+                used,
+                trust,
+                running,
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Why a task is not running yet (or where it stands).
+    pub fn explain(&self, id: TaskId) -> Result<Explanation, Error> {
+        let now = self.inner.clock.now();
+        if let Some(x) = self.inner.lock().explain(id, now) {
+            return Ok(x);
+        }
+        let rec = self.inner.store.get(id)?.ok_or(Error::NotFound(id))?;
+        Ok(Explanation {
+            task: id,
+            state: rec.status.state,
+            worker: rec.status.worker,
+            gates: Vec::new(),
+        })
+    }
+
+    /// Output chunks of a task after sequence number `after` (0: from the
+    /// start), at most `limit`, with their sequence numbers.
+    pub fn output_since(
+        &self,
+        id: TaskId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutputChunk)>, Error> {
+        Ok(self.inner.store.output(id, after, limit)?)
+    }
+
+    /// Events after `seq` still in the replay buffer, and whether the
+    /// buffer reached back that far (if not, some were missed). To resume
+    /// without a gap, [`TaskSystem::subscribe`] first, then replay, then
+    /// skip live events with `seq` at or below the last replayed one.
+    pub fn events_since(&self, seq: u64) -> (Vec<TaskEvent>, bool) {
+        let recent = relock(&self.inner.recent);
+        let complete = recent.1.front().is_none_or(|first| first.seq <= seq + 1);
+        let events = recent.1.iter().filter(|e| e.seq > seq).cloned().collect();
+        (events, complete)
+    }
+
+    /// Runs a finished task again: a new task with the same spec. A task
+    /// that has not finished cannot be retried.
+    pub async fn retry(&self, id: TaskId) -> Result<TaskHandle, Error> {
+        let rec = self.get(id)?;
+        if !rec.status.state.is_terminal() {
+            return Err(Error::NotFinished(id, rec.status.state));
+        }
+        let mut spec = rec.spec;
+        // Times were relative to the first submission.
+        spec.run_at = None;
+        spec.expires_at = None;
+        self.submit(Task::from_spec(spec)).await
+    }
+}
