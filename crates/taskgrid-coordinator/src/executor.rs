@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use taskgrid_core::{Assignment, Outcome, StopAttempt, StopReason, TaskId, TaskKind};
+use taskgrid_core::{Assignment, Outcome, StopAttempt, StopReason, TaskId, TaskKind, WorkerId};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
@@ -18,6 +18,7 @@ use crate::system::Inner;
 /// An attempt that ended, for the driver to report.
 #[derive(Debug)]
 pub(crate) struct Completion {
+    pub(crate) worker: WorkerId,
     pub(crate) id: TaskId,
     pub(crate) attempt: u32,
     pub(crate) outcome: Outcome,
@@ -108,6 +109,7 @@ fn finish_with(inner: &Inner, key: (TaskId, u32), outcome: Outcome) {
 
 fn report(inner: &Inner, key: (TaskId, u32), outcome: Outcome) {
     let _ = inner.completions.send(Completion {
+        worker: inner.worker.clone(),
         id: key.0,
         attempt: key.1,
         outcome,

@@ -31,6 +31,7 @@ mod clock;
 mod error;
 mod event;
 mod executor;
+mod gateway;
 mod handle;
 mod handler;
 mod monitor;
@@ -39,6 +40,7 @@ mod task;
 
 pub use error::Error;
 pub use event::{EventKind, TaskEvent};
+pub use gateway::{Gateway, GatewayConfig, gateway};
 pub use handle::{TaskHandle, TaskResult};
 pub use handler::{
     BoxFuture, FnHandler, Handler, HandlerResult, TaskContext, TaskError, handler_fn,

@@ -184,6 +184,7 @@ impl TaskSystemBuilder {
             waiters: Mutex::new(HashMap::new()),
             recent: Mutex::new((0, std::collections::VecDeque::new())),
             running: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
             completions,
             committed,
             wake: Notify::new(),
@@ -235,9 +236,11 @@ pub(crate) struct Inner {
     /// The last events published, for resuming subscribers.
     pub(crate) recent: Mutex<(u64, std::collections::VecDeque<TaskEvent>)>,
     pub(crate) running: Mutex<HashMap<(TaskId, u32), Running>>,
+    /// Streams of connected remote workers.
+    pub(crate) links: Mutex<HashMap<WorkerId, crate::gateway::Link>>,
     pub(crate) completions: mpsc::UnboundedSender<Completion>,
     committed: mpsc::UnboundedSender<Vec<TaskEvent>>,
-    wake: Notify,
+    pub(crate) wake: Notify,
     pub(crate) idle: Notify,
     all_done: Notify,
     pub(crate) clock: Clock,
@@ -264,7 +267,7 @@ impl Inner {
     /// Sends changes to the writer (call with the engine locked, so the
     /// store sees them in engine order); their events are published after
     /// the commit, then `done` is told the result.
-    fn persist(
+    pub(crate) fn persist(
         &self,
         engine: &Engine,
         changes: Vec<Change>,
@@ -418,6 +421,24 @@ impl Inner {
         n
     }
 
+    /// Runs one engine command, persists what it changed and wakes the
+    /// driver (the command may have freed slots or queued work).
+    pub(crate) fn command<T, E: std::fmt::Display>(
+        &self,
+        f: impl FnOnce(&mut Engine, &mut Outbox) -> Result<T, E>,
+    ) -> Result<(), String> {
+        let mut out = Outbox::default();
+        let r = {
+            let mut engine = self.lock();
+            let r = f(&mut engine, &mut out);
+            self.persist(&engine, std::mem::take(&mut out.changes), None);
+            r
+        };
+        self.handle_stops(out.stops);
+        self.wake.notify_one();
+        r.map(|_| ()).map_err(|e| e.to_string())
+    }
+
     pub(crate) fn progress(&self, id: TaskId, attempt: u32, p: Progress) {
         let mut engine = self.lock();
         let mut out = Outbox::default();
@@ -457,14 +478,18 @@ impl Inner {
         {
             let mut engine = self.lock();
             for c in completions.drain(..) {
-                let _ = engine.report(&self.worker, c.id, c.attempt, c.outcome, now, &mut out);
+                let _ = engine.report(&c.worker, c.id, c.attempt, c.outcome, now, &mut out);
             }
             engine.tick(now, &mut out);
             if !self.draining.load(Ordering::Acquire) {
                 engine.dispatch(now, &mut out);
+                // The local executor accepts at once; remote workers answer.
                 for i in 0..out.assignments.len() {
-                    let (id, attempt) = (out.assignments[i].id, out.assignments[i].attempt);
-                    let _ = engine.accept(id, attempt, now, &mut out);
+                    let a = &out.assignments[i];
+                    if a.worker == self.worker {
+                        let (id, attempt) = (a.id, a.attempt);
+                        let _ = engine.accept(id, attempt, now, &mut out);
+                    }
                 }
             }
             self.persist(&engine, std::mem::take(&mut out.changes), None);
@@ -473,8 +498,22 @@ impl Inner {
             }
         }
         self.handle_stops(out.stops);
+        let mut remote: HashMap<WorkerId, Vec<taskgrid_proto::worker::Assignment>> = HashMap::new();
         for a in out.assignments {
-            crate::executor::start(self, a);
+            if a.worker == self.worker {
+                crate::executor::start(self, a);
+            } else {
+                remote
+                    .entry(a.worker.clone())
+                    .or_default()
+                    .push(taskgrid_proto::assignment_from_core(&a));
+            }
+        }
+        for (worker, assignments) in remote {
+            // A worker that vanished meanwhile keeps its offers until its
+            // heartbeat times out, which re-queues them.
+            let msg = crate::gateway::msg::assignments(assignments);
+            self.send_to(&worker, msg);
         }
     }
 
@@ -783,7 +822,23 @@ impl Inner {
 
     pub(crate) fn handle_stops(&self, stops: Vec<taskgrid_core::StopAttempt>) {
         for s in stops {
-            crate::executor::stop(self, s);
+            if s.worker == self.worker {
+                crate::executor::stop(self, s);
+            } else {
+                let msg = crate::gateway::msg::cancel(&s);
+                self.send_to(&s.worker.clone(), msg);
+            }
+        }
+    }
+
+    /// Sends a message on a remote worker's stream, if it is connected.
+    pub(crate) fn send_to(
+        &self,
+        worker: &WorkerId,
+        msg: taskgrid_proto::worker::CoordinatorMessage,
+    ) {
+        if let Some(link) = relock(&self.links).get(worker) {
+            let _ = link.tx.send(Ok(msg));
         }
     }
 }

@@ -1,0 +1,359 @@
+//! The worker gateway: the gRPC `Session` stream each remote worker keeps
+//! open (see `docs/protocol.md`).
+//!
+//! Decode → one engine command → persist, as thin as the HTTP side. A
+//! malformed message is logged and dropped; it never takes the coordinator
+//! down. A worker whose stream ends is paused (offered nothing) but keeps
+//! its attempts until its heartbeat times out, so a quick reconnect picks
+//! up where it left off.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use taskgrid_core::{Outbox, Progress, TaskId, TaskSpec, WorkerId, WorkerInfo};
+use taskgrid_proto::worker::worker_gateway_server::{WorkerGateway, WorkerGatewayServer};
+use taskgrid_proto::worker::{self, coordinator_message::Msg as Out, worker_message::Msg as In};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::executor::Completion;
+use crate::system::{Inner, relock};
+use crate::{Task, TaskSystem};
+
+/// Settings of the worker gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Workers must present `Authorization: Bearer <token>`; any worker may
+    /// connect when `None` (only allowed on a loopback address).
+    pub worker_token: Option<String>,
+    /// How often workers send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Heartbeats a worker may miss before it is offline.
+    pub missed_heartbeats: u32,
+    /// How long a new stream may take to send `register`.
+    pub register_timeout: Duration,
+    /// Most slots one worker may declare.
+    pub max_slots: u32,
+}
+
+impl GatewayConfig {
+    /// Default heartbeat interval: 5 s.
+    pub const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
+    /// Default missed heartbeats before offline: 3.
+    pub const MISSED_HEARTBEATS_DEFAULT: u32 = 3;
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            worker_token: None,
+            heartbeat_interval: Self::HEARTBEAT_INTERVAL_DEFAULT,
+            missed_heartbeats: Self::MISSED_HEARTBEATS_DEFAULT,
+            register_timeout: Duration::from_secs(10),
+            max_slots: 10_000,
+        }
+    }
+}
+
+/// A connected worker's outbound stream.
+pub(crate) struct Link {
+    conn: u64,
+    pub(crate) tx: mpsc::UnboundedSender<Result<worker::CoordinatorMessage, Status>>,
+}
+
+/// The gRPC service; serve it with [`gateway`].
+pub struct Gateway {
+    inner: Arc<Inner>,
+    config: GatewayConfig,
+    conns: AtomicU64,
+}
+
+/// The worker gateway of `system`, ready to add to a tonic server.
+pub fn gateway(system: &TaskSystem, config: GatewayConfig) -> WorkerGatewayServer<Gateway> {
+    WorkerGatewayServer::new(Gateway {
+        inner: system.inner.clone(),
+        config,
+        conns: AtomicU64::new(0),
+    })
+    .max_decoding_message_size(4 << 20)
+}
+
+/// Compares secrets in time independent of where they differ.
+pub(crate) fn token_matches(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+type SessionStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<worker::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkerGateway for Gateway {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<worker::WorkerMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        if let Some(expected) = &self.config.worker_token {
+            let given = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if !given.is_some_and(|g| token_matches(g, expected)) {
+                return Err(Status::unauthenticated("missing or wrong worker token"));
+            }
+        }
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(self.config.register_timeout, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no register message in time"))??;
+        let Some(worker::WorkerMessage {
+            msg: Some(In::Register(reg)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message must be register",
+            ));
+        };
+        let info = self.worker_info(&reg)?;
+        let running = reg
+            .running
+            .iter()
+            .map(|r| taskgrid_proto::task_id(Some(r)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(format!("register.running: {e}")))?;
+        let id = info.id.clone();
+        let conn = self.conns.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cancel = {
+            let inner = &self.inner;
+            let now = inner.clock.now();
+            let mut engine = inner.lock();
+            let mut out = Outbox::default();
+            engine.register_worker(info, now);
+            let stale = engine.reconcile_worker(&id, &running, now, &mut out);
+            inner.persist(&engine, out.changes, None);
+            relock(&inner.links).insert(
+                id.clone(),
+                Link {
+                    conn,
+                    tx: tx.clone(),
+                },
+            );
+            stale
+        };
+        tracing::info!(worker = %id, conn, "worker registered");
+        let registered = worker::Registered {
+            worker_id: id.to_string(),
+            heartbeat_interval_ms: u32::try_from(self.config.heartbeat_interval.as_millis())
+                .unwrap_or(u32::MAX),
+            cancel: cancel
+                .into_iter()
+                .map(|(t, a)| taskgrid_proto::attempt_ref(t, a))
+                .collect(),
+        };
+        let _ = tx.send(Ok(worker::CoordinatorMessage {
+            msg: Some(Out::Registered(registered)),
+        }));
+        self.inner.wake.notify_one();
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(m)) => handle(&inner, &id, &tx, m).await,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::warn!(worker = %id, %status, "worker stream failed");
+                        break;
+                    }
+                }
+            }
+            detach(&inner, &id, conn);
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+impl Gateway {
+    fn worker_info(&self, reg: &worker::Register) -> Result<WorkerInfo, Status> {
+        let id = reg.worker_id.trim();
+        if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(
+                "register.worker_id must be 1-256 printable characters",
+            ));
+        }
+        if id == "local" {
+            return Err(Status::invalid_argument(
+                "register.worker_id \"local\" is reserved",
+            ));
+        }
+        if reg.slots == 0 || reg.slots > self.config.max_slots {
+            return Err(Status::invalid_argument(format!(
+                "register.slots must be 1-{}",
+                self.config.max_slots
+            )));
+        }
+        let mut labels: Vec<(String, String)> = reg
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.sort();
+        Ok(WorkerInfo {
+            id: WorkerId::new(id),
+            labels,
+            handlers: reg.handlers.clone(),
+            shell: reg.shell,
+            container: reg.container,
+            slots: reg.slots,
+            queues: reg.queues.clone(),
+            heartbeat_timeout: Some(
+                self.config.heartbeat_interval * self.config.missed_heartbeats.max(1),
+            ),
+        })
+    }
+}
+
+/// The stream ended: offer the worker nothing until it comes back or its
+/// heartbeat times out.
+fn detach(inner: &Inner, id: &WorkerId, conn: u64) {
+    let mut links = relock(&inner.links);
+    if links.get(id).is_some_and(|l| l.conn == conn) {
+        links.remove(id);
+        drop(links);
+        let _ = inner.lock().set_worker_paused(id, true);
+        tracing::info!(worker = %id, "worker disconnected");
+    }
+}
+
+type Tx = mpsc::UnboundedSender<Result<worker::CoordinatorMessage, Status>>;
+
+fn ack(tx: &Tx, request_id: u64, result: Result<Option<TaskId>, String>) {
+    let (error, task_id) = match result {
+        Ok(t) => (String::new(), t.map(|t| t.to_string()).unwrap_or_default()),
+        Err(e) => (e, String::new()),
+    };
+    let _ = tx.send(Ok(worker::CoordinatorMessage {
+        msg: Some(Out::Ack(worker::Ack {
+            request_id,
+            error,
+            task_id,
+        })),
+    }));
+}
+
+/// One message from a worker; a bad one is logged and dropped.
+async fn handle(inner: &Arc<Inner>, worker: &WorkerId, tx: &Tx, m: worker::WorkerMessage) {
+    if let Err(e) = apply(inner, worker, tx, m).await {
+        tracing::warn!(worker = %worker, error = %e, "ignored a worker message");
+    }
+}
+
+async fn apply(
+    inner: &Arc<Inner>,
+    worker: &WorkerId,
+    tx: &Tx,
+    m: worker::WorkerMessage,
+) -> Result<(), String> {
+    let now = inner.clock.now();
+    let attempt =
+        |r: Option<&worker::AttemptRef>| taskgrid_proto::task_id(r).map_err(|e| e.to_string());
+    match m.msg.ok_or("empty message")? {
+        In::Register(_) => Err("register sent twice on one stream".into()),
+        In::Heartbeat(_) => inner
+            .lock()
+            .heartbeat(worker, now)
+            .map_err(|e| e.to_string()),
+        In::Accept(a) => {
+            let (id, n) = attempt(a.attempt.as_ref())?;
+            inner.command(|e, out| e.accept(id, n, now, out))
+        }
+        In::Reject(r) => {
+            let (id, n) = attempt(r.attempt.as_ref())?;
+            inner.command(|e, out| e.reject(worker, id, n, &r.reason, now, out))
+        }
+        In::Output(o) => {
+            let (id, n) = attempt(o.attempt.as_ref())?;
+            let stream = taskgrid_proto::stream_to_core(o.stream).map_err(|e| e.to_string())?;
+            inner.command(|e, out| e.output(id, n, stream, o.data, out))
+        }
+        In::Progress(p) => {
+            let (id, n) = attempt(p.attempt.as_ref())?;
+            let message = Some(p.message).filter(|m| !m.is_empty());
+            inner.command(|e, out| {
+                e.progress(
+                    id,
+                    n,
+                    Progress {
+                        fraction: p.fraction,
+                        message,
+                    },
+                    out,
+                )
+            })
+        }
+        In::Result(r) => {
+            let (id, n) = attempt(r.attempt.as_ref())?;
+            let outcome = taskgrid_proto::outcome_from_result(&r).map_err(|e| e.to_string())?;
+            let _ = inner.completions.send(Completion {
+                worker: worker.clone(),
+                id,
+                attempt: n,
+                outcome,
+            });
+            Ok(())
+        }
+        In::Checkpoint(c) => {
+            let (id, n) = attempt(c.attempt.as_ref())?;
+            let r = inner.checkpoint(id, n, c.data_json.into()).await;
+            ack(tx, c.request_id, r.map(|_| None).map_err(|e| e.to_string()));
+            Ok(())
+        }
+        In::Spawn(s) => {
+            let (parent, _) = attempt(s.parent.as_ref())?;
+            let r = match serde_json::from_str::<TaskSpec>(&s.spec_json) {
+                Ok(mut spec) => {
+                    spec.parent = Some(parent);
+                    inner
+                        .submit(vec![Task::from_spec(spec)])
+                        .await
+                        .map(|ids| ids.first().copied())
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(format!("invalid task spec: {e}")),
+            };
+            ack(tx, s.request_id, r);
+            Ok(())
+        }
+    }
+}
+
+/// Builders of coordinator messages.
+pub(crate) mod msg {
+    use taskgrid_core::{StopAttempt, StopReason};
+    use taskgrid_proto::worker::{self, coordinator_message::Msg};
+
+    pub(crate) fn assignments(assignments: Vec<worker::Assignment>) -> worker::CoordinatorMessage {
+        worker::CoordinatorMessage {
+            msg: Some(Msg::Assignments(worker::Assignments { assignments })),
+        }
+    }
+
+    pub(crate) fn cancel(s: &StopAttempt) -> worker::CoordinatorMessage {
+        let reason = match s.reason {
+            StopReason::Cancel => worker::cancel::Reason::Cancel,
+            StopReason::Timeout => worker::cancel::Reason::Timeout,
+        };
+        worker::CoordinatorMessage {
+            msg: Some(Msg::Cancel(worker::Cancel {
+                attempt: Some(taskgrid_proto::attempt_ref(s.id, s.attempt)),
+                reason: reason as i32,
+            })),
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The worker gateway over a real socket, with a fake worker that speaks the
+//! raw protocol — what a worker written in another language would do.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use taskgrid_coordinator::{GatewayConfig, SystemConfig, Task, TaskSystem, gateway};
+use taskgrid_core::{FailureCode, State, TaskId};
+use taskgrid_proto::worker::{
+    self, coordinator_message::Msg as Out, worker_gateway_client::WorkerGatewayClient,
+    worker_message::Msg as In,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::Streaming;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn system() -> TaskSystem {
+    let config = SystemConfig {
+        check_handlers: false,
+        ..SystemConfig::default()
+    };
+    let sys = TaskSystem::builder().config(config).build().unwrap();
+    sys.start().unwrap();
+    sys
+}
+
+async fn serve(sys: &TaskSystem, config: GatewayConfig) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = gateway(sys, config);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+struct FakeWorker {
+    tx: mpsc::Sender<worker::WorkerMessage>,
+    rx: Streaming<worker::CoordinatorMessage>,
+}
+
+impl FakeWorker {
+    async fn connect(
+        addr: SocketAddr,
+        token: Option<&str>,
+        reg: worker::Register,
+    ) -> Result<Self, tonic::Status> {
+        let mut client = WorkerGatewayClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(worker::WorkerMessage {
+            msg: Some(In::Register(reg)),
+        })
+        .await
+        .unwrap();
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let rx = client.session(req).await?.into_inner();
+        Ok(FakeWorker { tx, rx })
+    }
+    async fn send(&self, msg: In) {
+        self.tx
+            .send(worker::WorkerMessage { msg: Some(msg) })
+            .await
+            .unwrap();
+    }
+    async fn next(&mut self) -> Out {
+        tokio::time::timeout(LIMIT, self.rx.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .msg
+            .unwrap()
+    }
+    async fn next_assignment(&mut self) -> worker::Assignment {
+        loop {
+            if let Out::Assignments(mut a) = self.next().await {
+                return a.assignments.remove(0);
+            }
+        }
+    }
+}
+
+fn register(id: &str, handlers: &[&str]) -> worker::Register {
+    worker::Register {
+        worker_id: id.into(),
+        name: id.into(),
+        handlers: handlers.iter().map(|h| h.to_string()).collect(),
+        slots: 1,
+        ..Default::default()
+    }
+}
+
+fn succeeded(a: &worker::Assignment, json: &str) -> In {
+    In::Result(worker::Result {
+        attempt: a.attempt.clone(),
+        outcome: Some(worker::result::Outcome::Succeeded(worker::Succeeded {
+            result_json: json.into(),
+        })),
+        exit_code: None,
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_worker_runs_a_task_and_its_output_and_result_are_stored() {
+    let sys = system();
+    let addr = serve(&sys, GatewayConfig::default()).await;
+    let mut w = FakeWorker::connect(addr, None, register("w1", &["double"]))
+        .await
+        .unwrap();
+    assert!(
+        matches!(w.next().await, Out::Registered(r) if r.worker_id == "w1" && r.heartbeat_interval_ms == 5000)
+    );
+    let h = sys.submit(Task::handler("double", &21)).await.unwrap();
+    let a = w.next_assignment().await;
+    assert_eq!(a.attempt.as_ref().unwrap().task_id, h.id().to_string());
+    assert!(
+        matches!(&a.kind, Some(worker::assignment::Kind::Handler(t)) if t.name == "double" && t.payload_json == "21")
+    );
+    w.send(In::Accept(worker::Accept {
+        attempt: a.attempt.clone(),
+    }))
+    .await;
+    w.send(In::Output(worker::Output {
+        attempt: a.attempt.clone(),
+        stream: 0,
+        data: "working\n".into(),
+    }))
+    .await;
+    w.send(succeeded(&a, "42")).await;
+    let r = h.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!(
+        (r.state, r.value::<u64>().unwrap()),
+        (State::Succeeded, Some(42))
+    );
+    assert_eq!(sys.output(h.id()).unwrap()[0].data, "working\n");
+    assert_eq!(sys.attempts(h.id()).unwrap()[0].worker.as_str(), "w1");
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_refused_and_malformed_messages_are_ignored() {
+    let sys = system();
+    let config = GatewayConfig {
+        worker_token: Some("s3cret".into()),
+        ..GatewayConfig::default()
+    };
+    let addr = serve(&sys, config).await;
+    for token in [None, Some("wrong")] {
+        let err = FakeWorker::connect(addr, token, register("w1", &["x"]))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    }
+    assert!(
+        sys.workers().is_empty(),
+        "a refused worker is not registered"
+    );
+    let bad = worker::Register {
+        slots: 0,
+        ..register("w1", &["x"])
+    };
+    let err = FakeWorker::connect(addr, Some("s3cret"), bad)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    let mut w = FakeWorker::connect(addr, Some("s3cret"), register("w1", &["x"]))
+        .await
+        .unwrap();
+    w.next().await;
+    let h = sys.submit(Task::handler("x", &1)).await.unwrap();
+    let a = w.next_assignment().await;
+    // Garbage: an empty message, a bad task id, an attempt 0, a second register.
+    w.tx.send(worker::WorkerMessage { msg: None })
+        .await
+        .unwrap();
+    let garbage = worker::AttemptRef {
+        task_id: "not-an-id".into(),
+        attempt: 1,
+    };
+    w.send(In::Accept(worker::Accept {
+        attempt: Some(garbage),
+    }))
+    .await;
+    let zero = worker::AttemptRef {
+        task_id: h.id().to_string(),
+        attempt: 0,
+    };
+    w.send(succeeded(
+        &worker::Assignment {
+            attempt: Some(zero),
+            ..Default::default()
+        },
+        "1",
+    ))
+    .await;
+    w.send(In::Register(register("w1", &["x"]))).await;
+    // The session and the coordinator carry on.
+    w.send(In::Accept(worker::Accept {
+        attempt: a.attempt.clone(),
+    }))
+    .await;
+    w.send(succeeded(&a, "7")).await;
+    assert!(h.wait_timeout(LIMIT).await.unwrap().is_success());
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_fails_the_task_with_no_capable_worker() {
+    let sys = system();
+    let addr = serve(&sys, GatewayConfig::default()).await;
+    let mut w1 = FakeWorker::connect(addr, None, register("w1", &["gpu-job"]))
+        .await
+        .unwrap();
+    let mut w2 = FakeWorker::connect(addr, None, register("w2", &["gpu-job"]))
+        .await
+        .unwrap();
+    w1.next().await;
+    w2.next().await;
+    let h = sys.submit(Task::handler("gpu-job", &())).await.unwrap();
+    for _ in 0..2 {
+        // Whichever worker gets it refuses it.
+        let (w, a) = tokio::select! {
+            a = w1.next_assignment() => (&w1, a),
+            a = w2.next_assignment() => (&w2, a),
+        };
+        w.send(In::Reject(worker::Reject {
+            attempt: a.attempt.clone(),
+            reason: "no CUDA".into(),
+        }))
+        .await;
+    }
+    let r = h.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!(r.state, State::Failed);
+    let err = r.error.unwrap();
+    assert_eq!(err.code, FailureCode::NoCapableWorker);
+    assert!(err.message.contains("no CUDA"), "{}", err.message);
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_worker_keeps_its_attempt_and_a_silent_one_loses_it() {
+    let sys = system();
+    let fast = GatewayConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        ..GatewayConfig::default()
+    };
+    let addr = serve(&sys, fast).await;
+    let mut w = FakeWorker::connect(addr, None, register("w1", &["job"]))
+        .await
+        .unwrap();
+    w.next().await;
+    let h = sys.submit(Task::handler("job", &())).await.unwrap();
+    let a = w.next_assignment().await;
+    w.send(In::Accept(worker::Accept {
+        attempt: a.attempt.clone(),
+    }))
+    .await;
+    // The stream drops; the worker comes back still running the attempt.
+    drop(w);
+    let reg = worker::Register {
+        running: vec![a.attempt.clone().unwrap()],
+        ..register("w1", &["job"])
+    };
+    let mut w = FakeWorker::connect(addr, None, reg).await.unwrap();
+    assert!(matches!(w.next().await, Out::Registered(r) if r.cancel.is_empty()));
+    w.send(succeeded(&a, "1")).await;
+    assert!(h.wait_timeout(LIMIT).await.unwrap().is_success());
+
+    // A worker that goes silent past 3 heartbeats loses its attempt to
+    // another worker, and is told to stop it when it comes back.
+    let h2 = sys.submit(Task::handler("job", &())).await.unwrap();
+    let a1 = w.next_assignment().await;
+    w.send(In::Accept(worker::Accept {
+        attempt: a1.attempt.clone(),
+    }))
+    .await;
+    let mut other = FakeWorker::connect(addr, None, register("w2", &["job"]))
+        .await
+        .unwrap();
+    other.next().await;
+    let mut beats = tokio::time::interval(Duration::from_millis(50));
+    let a2 = loop {
+        tokio::select! {
+            a = other.next_assignment() => break a,
+            _ = beats.tick() => other.send(In::Heartbeat(worker::Heartbeat::default())).await,
+        }
+    };
+    assert_eq!(a2.attempt.as_ref().unwrap().attempt, 2);
+    let reg = worker::Register {
+        running: vec![a1.attempt.clone().unwrap()],
+        ..register("w1", &["job"])
+    };
+    let mut back = FakeWorker::connect(addr, None, reg).await.unwrap();
+    assert!(
+        matches!(back.next().await, Out::Registered(r) if r.cancel == vec![a1.attempt.clone().unwrap()])
+    );
+    // Its late result is refused by the fencing token; the new attempt's counts.
+    back.send(succeeded(&a1, "\"stale\"")).await;
+    other
+        .send(In::Accept(worker::Accept {
+            attempt: a2.attempt.clone(),
+        }))
+        .await;
+    other.send(succeeded(&a2, "\"fresh\"")).await;
+    let r = h2.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!(r.value::<String>().unwrap().as_deref(), Some("fresh"));
+    let attempts = sys.attempts(h2.id()).unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(
+        attempts[0].outcome,
+        Some(taskgrid_core::AttemptOutcome::Lost)
+    );
+    let _ = TaskId::from_u128(0);
+    sys.shutdown().await.unwrap();
+}
