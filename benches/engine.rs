@@ -137,11 +137,19 @@ fn run_scenario(name: &str) {
         "noop-memory" => noop(name, Arc::new(MemoryStore::new()), 200_000),
         "noop-sqlite" => noop(name, sqlite(&dir), 200_000),
         "submit-memory" => submit(name, || Arc::new(MemoryStore::new()), 200_000),
-        "submit-sqlite" => submit(
-            name,
-            || sqlite(&tempfile::tempdir().expect("tempdir")),
-            200_000,
-        ),
+        "submit-sqlite" => {
+            // Two runs (batched, then one by one), each on its own live directory.
+            let dirs = [
+                tempfile::tempdir().expect("tempdir"),
+                tempfile::tempdir().expect("tempdir"),
+            ];
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            submit(
+                name,
+                || sqlite(&dirs[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2]),
+                200_000,
+            )
+        }
         "rss-core" => rss_core(),
         "rss-memory" => rss(name, Arc::new(MemoryStore::new())),
         "rss-sqlite" => rss(name, sqlite(&dir)),
@@ -174,7 +182,7 @@ fn core() {
             let assigned = std::mem::take(&mut out.assignments);
             for a in &assigned {
                 engine
-                    .accept(a.id, a.attempt, now, &mut out)
+                    .accept(&a.worker, a.id, a.attempt, now, &mut out)
                     .expect("accept");
             }
             for a in &assigned {

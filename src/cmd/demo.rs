@@ -16,6 +16,9 @@ use taskgrid_coordinator::{Task, TaskError, TaskSystem};
 use taskgrid_core::{RetryPolicy, State};
 use taskgrid_store::{Durability, SqliteOptions, TaskQuery};
 
+/// Tag of the render task the demo cancels.
+const RENDER_TAG: &str = "demo-render";
+
 /// Options of `taskgrid demo`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -82,6 +85,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             db.display()
         );
     }
+    // A render left by a killed run would wait for a cancel forever.
+    system.cancel_tag(RENDER_TAG);
     system.start()?;
     let started = Instant::now();
     let mut stdout = std::io::stdout().lock();
@@ -126,9 +131,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             report = report.after(u.id());
         }
         let report = system.submit(report).await?;
-        let render = system
-            .submit(Task::handler("long-render", &()).priority(taskgrid_core::Priority::CRITICAL))
-            .await?;
+        let render = Task::handler("long-render", &())
+            .priority(taskgrid_core::Priority::CRITICAL)
+            .tag(RENDER_TAG)
+            .timeout(Duration::from_secs(60));
+        let render = system.submit(render).await?;
         // Cancel the render once it is really running.
         while render.status()? != State::Running {
             tokio::task::yield_now().await;

@@ -15,6 +15,13 @@ pub enum Error {
     /// No handler is registered under this name; nothing was stored.
     #[error("unknown handler {0:?}")]
     UnknownHandler(String),
+    /// No executor of this embedded system could ever run the task.
+    #[error("cannot run here: {0}")]
+    NotRunnable(String),
+    /// A commit failed earlier; the system takes no more work until it is
+    /// restarted (which rebuilds it from the store).
+    #[error("a store commit failed; restart to recover")]
+    StoreFailed,
     /// The payload could not be serialised as JSON.
     #[error("invalid payload: {0}")]
     InvalidPayload(String),

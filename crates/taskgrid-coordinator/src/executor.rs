@@ -1,14 +1,16 @@
 //! The local executor: runs assignments as tokio tasks and reports how they
 //! ended.
 //!
-//! Each running attempt has one entry in `Inner::running`. Whoever removes
-//! the entry reports the attempt — the handler when it returns, or the stop
-//! path when a timeout or an ignored cancel makes it drop the handler — so
-//! every attempt is reported exactly once and its slot is always freed.
+//! Each accepted attempt gets an entry in `Inner::running` while the engine
+//! lock is still held ([`prepare`]), so a cancel or timeout that arrives
+//! before the handler starts finds it. Whoever removes the entry reports
+//! the attempt — the handler when it returns, or the stop path when a
+//! timeout or an ignored cancel makes it drop the handler — so every attempt
+//! is reported exactly once and its slot is always freed.
 
 use std::sync::{Arc, Mutex};
 
-use taskgrid_core::{Assignment, Outcome, StopAttempt, StopReason, TaskId, TaskKind, WorkerId};
+use taskgrid_core::{Assignment, Outcome, StopAttempt, StopReason, TaskId, TaskKind};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
@@ -18,13 +20,13 @@ use crate::system::Inner;
 /// An attempt that ended, for the driver to report.
 #[derive(Debug)]
 pub(crate) struct Completion {
-    pub(crate) worker: WorkerId,
+    pub(crate) worker: taskgrid_core::WorkerId,
     pub(crate) id: TaskId,
     pub(crate) attempt: u32,
     pub(crate) outcome: Outcome,
 }
 
-/// A running handler call.
+/// A running (or about to run) handler call.
 pub(crate) struct Running {
     cancel: watch::Sender<bool>,
     abort: Option<AbortHandle>,
@@ -39,11 +41,24 @@ impl Running {
     }
 }
 
-/// Runs an assignment on the tokio runtime.
+/// Registers an accepted attempt (call with the engine locked).
+pub(crate) fn prepare(inner: &Inner, id: TaskId, attempt: u32) {
+    let (cancel, _) = watch::channel(false);
+    inner.running().insert(
+        (id, attempt),
+        Running {
+            cancel,
+            abort: None,
+        },
+    );
+}
+
+/// Runs a prepared assignment on the tokio runtime. An attempt stopped
+/// before it started (its entry is gone) has been reported already.
 pub(crate) fn start(inner: &Inner, a: Assignment) {
     let key = (a.id, a.attempt);
     let TaskKind::Handler { name, payload } = a.kind else {
-        report(
+        finish_with(
             inner,
             key,
             Outcome::failed("the embedded executor runs only handler tasks"),
@@ -51,28 +66,30 @@ pub(crate) fn start(inner: &Inner, a: Assignment) {
         return;
     };
     let Some(handler) = inner.handlers.get(&name).cloned() else {
-        report(
+        finish_with(
             inner,
             key,
             Outcome::failed(format!("no handler {name:?} here")),
         );
         return;
     };
-    let Some(me) = self_arc(inner) else { return };
-    let (cancel, cancel_rx) = watch::channel(false);
+    let Some(me) = inner.me.upgrade() else { return };
+    // Hold the map while spawning, so the task cannot finish and look for
+    // its entry before the abort handle is in it.
+    let mut running = inner.running();
+    let Some(entry) = running.get_mut(&key) else {
+        return;
+    };
     let ctx = TaskContext {
         inner: me.clone(),
         id: a.id,
         attempt: a.attempt,
         payload: Arc::from(payload),
         checkpoint: Arc::new(Mutex::new(a.checkpoint)),
-        cancel: cancel_rx,
+        cancel: entry.cancel.subscribe(),
     };
     let fut = CatchUnwind(handler.call(ctx));
-    // Hold the map while spawning so the entry exists before the task can
-    // finish and look for it.
-    let mut running = inner.running();
-    let task = tokio::spawn(async move {
+    let task = inner.runtime().spawn(async move {
         let outcome = match fut.await {
             Ok(value) => Outcome::Succeeded {
                 result: Some(value.to_string().into()),
@@ -82,13 +99,7 @@ pub(crate) fn start(inner: &Inner, a: Assignment) {
         };
         finish_with(&me, key, outcome);
     });
-    running.insert(
-        key,
-        Running {
-            cancel,
-            abort: Some(task.abort_handle()),
-        },
-    );
+    entry.abort = Some(task.abort_handle());
 }
 
 /// Reports an attempt if nobody has yet: only the caller that removes the
@@ -103,17 +114,13 @@ fn finish_with(inner: &Inner, key: (TaskId, u32), outcome: Outcome) {
         r.is_some()
     };
     if removed {
-        report(inner, key, outcome);
+        let _ = inner.completions.send(Completion {
+            worker: inner.worker.clone(),
+            id: key.0,
+            attempt: key.1,
+            outcome,
+        });
     }
-}
-
-fn report(inner: &Inner, key: (TaskId, u32), outcome: Outcome) {
-    let _ = inner.completions.send(Completion {
-        worker: inner.worker.clone(),
-        id: key.0,
-        attempt: key.1,
-        outcome,
-    });
 }
 
 /// Stops an attempt: at once for a timeout; for a cancel, the handler is
@@ -132,19 +139,15 @@ pub(crate) fn stop(inner: &Inner, s: StopAttempt) {
                 return;
             };
             let _ = r.send(true);
-            let Some(me) = self_arc(inner) else { return };
+            let Some(me) = inner.me.upgrade() else { return };
             let grace = inner.config.cancel_grace;
-            tokio::spawn(async move {
+            inner.runtime().spawn(async move {
                 tokio::time::sleep(grace).await;
-                let gone = me.running().get(&key).map(|r| r.abort()).is_none();
-                if !gone {
+                let still_running = me.running().get(&key).map(Running::abort).is_some();
+                if still_running {
                     finish_with(&me, key, Outcome::Cancelled);
                 }
             });
         }
     }
-}
-
-fn self_arc(inner: &Inner) -> Option<Arc<Inner>> {
-    inner.me.upgrade()
 }

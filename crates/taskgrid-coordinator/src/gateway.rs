@@ -271,7 +271,7 @@ async fn apply(
             .map_err(|e| e.to_string()),
         In::Accept(a) => {
             let (id, n) = attempt(a.attempt.as_ref())?;
-            inner.command(|e, out| e.accept(id, n, now, out))
+            inner.command(|e, out| e.accept(worker, id, n, now, out))
         }
         In::Reject(r) => {
             let (id, n) = attempt(r.attempt.as_ref())?;

@@ -148,12 +148,13 @@ impl TaskSystemBuilder {
         let now = clock.now();
         let mut engine = Engine::new(self.config.engine.clone());
         let records = store.load_active()?;
+        let live: std::collections::HashSet<TaskId> = records.iter().map(|r| r.id).collect();
         for rec in &records {
             for dep in engine
                 .unresolved_dependencies(&rec.spec.after)
                 .collect::<Vec<_>>()
             {
-                if records.iter().all(|r| r.id != dep)
+                if !live.contains(&dep)
                     && let Some(d) = store.get(dep)?
                 {
                     engine.note_finished(dep, d.status.state);
@@ -195,6 +196,8 @@ impl TaskSystemBuilder {
             config: self.config,
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            rt: std::sync::OnceLock::new(),
         });
         inner.persist(&inner.lock(), std::mem::take(&mut out.changes), None);
         Ok(TaskSystem {
@@ -248,6 +251,10 @@ pub(crate) struct Inner {
     pub(crate) config: SystemConfig,
     draining: AtomicBool,
     closed: AtomicBool,
+    /// A commit failed: the engine and the store disagree.
+    pub(crate) failed: AtomicBool,
+    /// The runtime the system was started on.
+    rt: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 pub(crate) fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -291,9 +298,21 @@ impl Inner {
             })
             .collect();
         let committed = self.committed.clone();
+        let me = self.me.clone();
         let callback = Box::new(move |res: Result<(), taskgrid_store::StoreError>| {
-            if res.is_ok() {
-                let _ = committed.send(events);
+            match &res {
+                Ok(()) => {
+                    let _ = committed.send(events);
+                }
+                Err(e) => {
+                    // The engine moved on but the store did not: from here
+                    // they disagree. Fail-stop: refuse submits and dispatch
+                    // nothing; a restart rebuilds the engine from the store.
+                    tracing::error!(error = %e, "a commit failed; the task system stops taking work");
+                    if let Some(inner) = me.upgrade() {
+                        inner.failed.store(true, Ordering::Release);
+                    }
+                }
             }
             if let Some(d) = done {
                 let _ = d.send(res.map_err(Error::from));
@@ -310,15 +329,15 @@ impl Inner {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::StoreFailed);
+        }
         let now = self.clock.now();
         let mut items = Vec::with_capacity(tasks.len());
         for t in tasks {
             let spec = t.resolve(now)?;
-            if let TaskKind::Handler { name, .. } = &spec.kind
-                && self.config.check_handlers
-                && !self.handlers.contains_key(name)
-            {
-                return Err(Error::UnknownHandler(name.to_string()));
+            if self.config.check_handlers {
+                self.check_runnable(&spec)?;
             }
             items.push((TaskId::from_bytes(*uuid::Uuid::now_v7().as_bytes()), spec));
         }
@@ -334,6 +353,31 @@ impl Inner {
         self.wake.notify_one();
         rx.await.map_err(|_| Error::ShutDown)??;
         Ok(results.into_iter().map(|r| r.id()).collect())
+    }
+
+    /// In an embedded system only the local executor runs tasks: refuse
+    /// what it could never run instead of letting it wait forever.
+    fn check_runnable(&self, spec: &taskgrid_core::TaskSpec) -> Result<(), Error> {
+        let TaskKind::Handler { name, .. } = &spec.kind else {
+            return Err(Error::NotRunnable(
+                "the embedded system runs only handler tasks".into(),
+            ));
+        };
+        if !self.handlers.contains_key(name) {
+            return Err(Error::UnknownHandler(name.to_string()));
+        }
+        if !spec.labels.is_empty() {
+            return Err(Error::NotRunnable(
+                "the local executor has no labels".into(),
+            ));
+        }
+        if spec.slots > self.config.concurrency {
+            return Err(Error::NotRunnable(format!(
+                "the task needs {} slots; the local executor has {}",
+                spec.slots, self.config.concurrency
+            )));
+        }
+        Ok(())
     }
 
     /// Tells the engine the end state of dependencies it has forgotten.
@@ -377,17 +421,38 @@ impl Inner {
         // committed yet, the publisher will find the waiter.
         match self.store.get(id)? {
             Some(rec) if rec.status.state.is_terminal() => {
-                relock(&self.waiters).remove(&id);
+                self.drop_waiter(id, rx);
                 return Ok(TaskResult::of(&rec));
             }
             Some(_) => {}
             None if self.lock().get(id).is_none() => {
-                relock(&self.waiters).remove(&id);
+                self.drop_waiter(id, rx);
                 return Err(Error::NotFound(id));
             }
             None => {}
         }
         rx.await.map_err(|_| Error::ShutDown)
+    }
+
+    /// Removes one waiter (and only that one) that is no longer needed.
+    fn drop_waiter(&self, id: TaskId, rx: oneshot::Receiver<TaskResult>) {
+        drop(rx);
+        let mut waiters = relock(&self.waiters);
+        if let Some(ws) = waiters.get_mut(&id) {
+            ws.retain(|w| !w.is_closed());
+            if ws.is_empty() {
+                waiters.remove(&id);
+            }
+        }
+    }
+
+    /// The runtime to spawn on: the one the system was started on.
+    pub(crate) fn runtime(&self) -> tokio::runtime::Handle {
+        match self.rt.get() {
+            Some(h) => h.clone(),
+            // Only a started system runs handlers: this is its runtime.
+            None => tokio::runtime::Handle::current(),
+        }
     }
 
     pub(crate) fn cancel(&self, id: TaskId) -> Result<CancelOutcome, Error> {
@@ -399,6 +464,7 @@ impl Inner {
             res
         };
         self.handle_stops(out.stops);
+        self.wake.notify_one();
         match res {
             Ok(r) => Ok(r),
             Err(taskgrid_core::CommandError::NotFound(_)) => match self.store.get(id)? {
@@ -418,6 +484,7 @@ impl Inner {
             n
         };
         self.handle_stops(out.stops);
+        self.wake.notify_one();
         n
     }
 
@@ -481,14 +548,19 @@ impl Inner {
                 let _ = engine.report(&c.worker, c.id, c.attempt, c.outcome, now, &mut out);
             }
             engine.tick(now, &mut out);
-            if !self.draining.load(Ordering::Acquire) {
+            if !self.draining.load(Ordering::Acquire) && !self.failed.load(Ordering::Acquire) {
                 engine.dispatch(now, &mut out);
                 // The local executor accepts at once; remote workers answer.
                 for i in 0..out.assignments.len() {
                     let a = &out.assignments[i];
                     if a.worker == self.worker {
                         let (id, attempt) = (a.id, a.attempt);
-                        let _ = engine.accept(id, attempt, now, &mut out);
+                        if engine
+                            .accept(&self.worker, id, attempt, now, &mut out)
+                            .is_ok()
+                        {
+                            crate::executor::prepare(self, id, attempt);
+                        }
                     }
                 }
             }
@@ -606,6 +678,7 @@ impl TaskSystem {
     /// Calling it again does nothing.
     pub fn start(&self) -> Result<(), Error> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let _ = self.inner.rt.set(rt.clone());
         let mut state = relock(&self.tasks);
         let Lifecycle::Built { .. } = &*state else {
             return Ok(());
@@ -886,13 +959,21 @@ async fn publish(inner: Arc<Inner>, mut committed: mpsc::UnboundedReceiver<Vec<T
 }
 
 impl Drop for TaskSystem {
+    /// Dropping a system without `shutdown` stops it hard: no new work, the
+    /// loops and running handlers are aborted. Their tasks stay `running`
+    /// in the store and are re-queued at the next start.
     fn drop(&mut self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.draining.store(true, Ordering::Release);
         if let Lifecycle::Started {
             driver, publisher, ..
         } = &*relock(&self.tasks)
         {
             driver.abort();
             publisher.abort();
+        }
+        for (_, r) in self.inner.running().drain() {
+            r.abort();
         }
     }
 }

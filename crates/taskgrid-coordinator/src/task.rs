@@ -91,7 +91,8 @@ impl Task {
         self.spec.run_at = Some(Timestamp::from_micros(micros));
         self
     }
-    /// Expire (instead of running) if not started within `d` of submission.
+    /// Expire (instead of running) if not started within `d` of when it may
+    /// start (its `run_at` or delay, else its submission).
     pub fn expires_in(mut self, d: Duration) -> Self {
         self.expires_in = Some(d);
         self

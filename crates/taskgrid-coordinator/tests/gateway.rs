@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The worker gateway over a real socket, with a fake worker that speaks the
 //! raw protocol — what a worker written in another language would do.
 

@@ -178,10 +178,12 @@ async fn a_handler_that_ignores_cancel_is_dropped_after_the_grace() {
     let (started_tx, mut started) = mpsc::unbounded_channel();
     let config = SystemConfig {
         cancel_grace: Duration::from_millis(50),
+        concurrency: 1,
         ..SystemConfig::default()
     };
     let sys = TaskSystem::builder()
         .config(config)
+        .concurrency(1)
         .handler("stubborn", move |_ctx| {
             let started_tx = started_tx.clone();
             async move {
@@ -557,9 +559,10 @@ async fn events_replay_retry_workers_and_explain() {
         .build()
         .unwrap();
     sys.start().unwrap();
+    let mut events = sys.subscribe();
     let h = sys.submit(Task::handler("double", &4)).await.unwrap();
-    h.wait_timeout(LIMIT).await.unwrap();
-    // Events are numbered 1, 2, 3… and the replay buffer has them all.
+    // Published events are numbered 1, 2, 3… and the replay buffer has them.
+    while events.recv().await.unwrap().new_state() != Some(State::Succeeded) {}
     let (events, complete) = sys.events_since(0);
     assert!(complete);
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
@@ -600,5 +603,105 @@ async fn events_replay_retry_workers_and_explain() {
         ("local", 3, 0)
     );
     pending.cancel().unwrap();
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_right_after_dispatch_reaches_the_handler() {
+    let sys = TaskSystem::builder()
+        .handler("waits", |ctx| async move {
+            ctx.cancelled().await;
+            Ok(json!(null))
+        })
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    // The cancel races the handler's start; it must never be lost.
+    for _ in 0..50 {
+        let h = sys.submit(Task::handler("waits", &())).await.unwrap();
+        while h.status().unwrap() != State::Running {
+            tokio::task::yield_now().await;
+        }
+        h.cancel().unwrap();
+        assert_eq!(h.wait_timeout(LIMIT).await.unwrap().state, State::Cancelled);
+    }
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_waiter_gets_the_result_and_wait_idle_returns_after_a_cancel() {
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    let sys = TaskSystem::builder()
+        .handler("gate", move |_ctx| {
+            let mut go = go_rx.clone();
+            async move {
+                let _ = go.wait_for(|g| *g).await;
+                Ok(json!(1))
+            }
+        })
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let h = sys.submit(Task::handler("gate", &())).await.unwrap();
+    let waiters: Vec<_> = (0..5)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move { h.wait().await })
+        })
+        .collect();
+    go_tx.send(true).unwrap();
+    // A late waiter after the end must not disturb the others.
+    let late = h.wait().await.unwrap();
+    assert!(late.is_success());
+    for w in waiters {
+        assert!(w.await.unwrap().unwrap().is_success());
+    }
+    let delayed = sys
+        .submit(Task::handler("gate", &()).delay(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let idle = tokio::spawn({
+        let h = delayed.clone();
+        async move { h.wait().await }
+    });
+    delayed.cancel().unwrap();
+    tokio::time::timeout(LIMIT, sys.wait_idle())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(idle.await.unwrap().unwrap().state, State::Cancelled);
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_system_refuses_what_it_could_never_run() {
+    let sys = TaskSystem::builder()
+        .concurrency(2)
+        .handler("double", double())
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let shell = taskgrid_core::TaskSpec::new(taskgrid_core::TaskKind::Shell(Box::new(
+        taskgrid_core::ShellSpec {
+            command: taskgrid_core::ShellCommand::Script("true".into()),
+            env: vec![],
+            cwd: None,
+        },
+    )));
+    for (task, want) in [
+        (Task::from_spec(shell), "only handler tasks"),
+        (
+            Task::handler("double", &1).label("gpu".parse().unwrap()),
+            "no labels",
+        ),
+        (Task::handler("double", &1).slots(3), "needs 3 slots"),
+    ] {
+        let err = sys.submit(task).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::NotRunnable(m) if m.contains(want)),
+            "{err}"
+        );
+    }
+    assert_eq!(sys.live_tasks(), 0);
     sys.shutdown().await.unwrap();
 }

@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{
-    AttemptOutcome, Event, ExecRequirement, LabelReq, Priority, State, TaskId, TaskSpec, Timestamp,
-    WorkerId,
+    Event, ExecRequirement, LabelReq, Priority, State, TaskId, TaskSpec, Timestamp, WorkerId,
 };
 
 use super::{Assignment, Engine, Outbox};
@@ -33,6 +32,8 @@ pub(super) struct ClassKey {
     labels: Vec<LabelReq>,
     /// Minimum trust in millionths.
     min_trust: u32,
+    /// Slots each task needs: a worker with fewer in all cannot run it.
+    slots: u32,
 }
 
 impl ClassKey {
@@ -45,6 +46,7 @@ impl ClassKey {
             req: spec.kind.requirement(),
             labels,
             min_trust: (spec.min_trust.unwrap_or(0.0).clamp(0.0, 1.0) * 1e6) as u32,
+            slots: spec.slots,
         }
     }
 
@@ -60,6 +62,9 @@ impl ClassKey {
             parts.push(format!("with labels {}", labels.join(",")));
         }
         parts.push(format!("serving queue {:?}", &*self.queue));
+        if self.slots > 1 {
+            parts.push(format!("with at least {} slots", self.slots));
+        }
         parts.join(" ")
     }
 }
@@ -169,7 +174,10 @@ impl Worker {
             ExecRequirement::Shell => self.info.shell,
             ExecRequirement::Container => self.info.container,
         };
-        serves && exec && key.labels.iter().all(|l| l.matches(&self.info.labels))
+        serves
+            && exec
+            && self.info.slots >= key.slots
+            && key.labels.iter().all(|l| l.matches(&self.info.labels))
     }
     pub(super) fn record(&mut self, success: bool) {
         const DECAY: f64 = 0.95;
@@ -297,14 +305,7 @@ impl Engine {
                     && matches!(e.rec.status.state, State::Assigned | State::Running)
             });
             if current {
-                let _ = self.apply_event(
-                    id,
-                    Event::Requeue,
-                    now,
-                    Some(AttemptOutcome::Lost),
-                    out,
-                    |_| {},
-                );
+                self.lose_attempt(id, now, out);
             }
         }
         // Tasks that now have no capable worker start their dispatch timeout.
@@ -375,14 +376,7 @@ impl Engine {
             }
             self.release_slots(worker, id, attempt);
             if is_current(self, id, attempt) {
-                let _ = self.apply_event(
-                    id,
-                    Event::Requeue,
-                    now,
-                    Some(AttemptOutcome::Lost),
-                    out,
-                    |_| {},
-                );
+                self.lose_attempt(id, now, out);
             }
         }
         stop

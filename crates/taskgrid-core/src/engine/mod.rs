@@ -558,12 +558,37 @@ impl Engine {
             self.settle_dependency(dep, id, state, now, out);
         }
         self.finished.push_back(id);
+    }
+
+    /// Forgets the oldest finished tasks beyond `retain_finished`. Runs at
+    /// the start of [`Engine::tick`], so a shell can still look up a task
+    /// that finished during its current step.
+    fn trim_finished(&mut self) {
         while self.finished.len() > self.config.retain_finished {
             if let Some(old) = self.finished.pop_front()
                 && let Some(e) = self.tasks.remove(&old)
             {
                 self.count(e.rec.status.state, -1);
             }
+        }
+    }
+
+    /// Ends the current attempt of `id` as lost (its worker or the whole
+    /// coordinator went away): back to the queue as a new attempt, or
+    /// `cancelled` if a cancel was pending.
+    fn lose_attempt(&mut self, id: TaskId, now: Timestamp, out: &mut Outbox) {
+        let lost = Some(AttemptOutcome::Lost);
+        if self
+            .tasks
+            .get(&id)
+            .is_some_and(|e| e.rec.status.cancel_requested)
+        {
+            let failure = TaskFailure::new(FailureCode::Cancelled, "cancelled while running");
+            let _ = self.apply_event(id, Event::Cancel, now, lost, out, |s| {
+                s.error = Some(failure)
+            });
+        } else {
+            let _ = self.apply_event(id, Event::Requeue, now, lost, out, |_| {});
         }
     }
 

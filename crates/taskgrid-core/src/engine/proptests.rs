@@ -215,7 +215,9 @@ impl Model {
             Cmd::Accept(i) => {
                 if let Some(i) = Self::pick(&self.outstanding, i) {
                     let a = &self.outstanding[i];
-                    let _ = t.engine.accept(a.id, a.attempt, t.now, &mut t.out);
+                    let _ = t
+                        .engine
+                        .accept(&a.worker, a.id, a.attempt, t.now, &mut t.out);
                 }
             }
             Cmd::Reject(i) => {

@@ -52,15 +52,38 @@ impl Engine {
         Ok(st.state)
     }
 
+    /// [`Engine::current`], and the attempt must be `worker`'s: another
+    /// worker cannot accept, refuse or finish it.
+    fn current_of(
+        &self,
+        worker: &WorkerId,
+        id: TaskId,
+        attempt: u32,
+        states: &[State],
+    ) -> Result<State, CommandError> {
+        let state = self.current(id, attempt, states)?;
+        let e = self.tasks.get(&id).ok_or(CommandError::NotFound(id))?;
+        if e.rec.status.worker.as_ref() != Some(worker) {
+            return Err(CommandError::Stale {
+                task: id,
+                attempt,
+                current: e.rec.status.attempt,
+                state,
+            });
+        }
+        Ok(state)
+    }
+
     /// The worker accepted the offer: the task is running.
     pub fn accept(
         &mut self,
+        worker: &WorkerId,
         id: TaskId,
         attempt: u32,
         now: Timestamp,
         out: &mut Outbox,
     ) -> Result<(), CommandError> {
-        self.current(id, attempt, &[State::Assigned])?;
+        self.current_of(worker, id, attempt, &[State::Assigned])?;
         self.apply_event(id, Event::Accept, now, None, out, |_| {})?;
         Ok(())
     }
@@ -79,11 +102,13 @@ impl Engine {
     ) -> Result<(), CommandError> {
         // A refusal of an attempt that is already running is a protocol
         // error: the attempt keeps its slot.
-        let running = self.current(id, attempt, &[State::Running]).is_ok();
+        let running = self
+            .current_of(worker, id, attempt, &[State::Running])
+            .is_ok();
         if !running {
             self.release_slots(worker, id, attempt);
         }
-        self.current(id, attempt, &[State::Assigned])?;
+        self.current_of(worker, id, attempt, &[State::Assigned])?;
         if let Some(e) = self.tasks.get_mut(&id)
             && !e.refused(worker)
         {
@@ -120,7 +145,7 @@ impl Engine {
         out: &mut Outbox,
     ) -> Result<ReportAck, CommandError> {
         self.release_slots(worker, id, attempt);
-        let state = self.current(id, attempt, &[State::Assigned, State::Running])?;
+        let state = self.current_of(worker, id, attempt, &[State::Assigned, State::Running])?;
         if state == State::Assigned {
             self.apply_event(id, Event::Accept, now, None, out, |_| {})?;
         }

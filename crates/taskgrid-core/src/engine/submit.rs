@@ -8,8 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::{
-    AttemptOutcome, Change, Event, FailureCode, ShellCommand, State, TaskFailure, TaskId, TaskKind,
-    TaskRecord, TaskSpec, TaskStatus, Timestamp,
+    Change, ShellCommand, State, TaskId, TaskKind, TaskRecord, TaskSpec, TaskStatus, Timestamp,
 };
 
 use super::{Engine, Entry, Outbox, SubmitError};
@@ -364,7 +363,9 @@ impl Engine {
         }
         let mut doomed = Vec::new();
         for &id in &ids {
-            let e = self.tasks.get_mut(&id).expect("inserted above");
+            let Some(e) = self.tasks.get_mut(&id) else {
+                continue;
+            };
             if e.rec.status.state == State::Queued {
                 self.seq += 1;
                 e.seq = self.seq;
@@ -376,37 +377,20 @@ impl Engine {
             }
             self.index_entry(id, now);
         }
+        // Tasks whose dependency already failed end first, so none of them
+        // is released to run.
+        for (id, dep, state) in doomed {
+            self.settle_dependency(id, dep, state, now, out);
+        }
         for &id in &ids {
-            let e = self.tasks.get(&id).expect("inserted above");
+            let Some(e) = self.tasks.get(&id) else {
+                continue;
+            };
             match e.rec.status.state {
-                State::Assigned | State::Running if e.rec.status.cancel_requested => {
-                    let failure =
-                        TaskFailure::new(FailureCode::Cancelled, "cancelled while running");
-                    let _ = self.apply_event(
-                        id,
-                        Event::Cancel,
-                        now,
-                        Some(AttemptOutcome::Lost),
-                        out,
-                        |s| s.error = Some(failure),
-                    );
-                }
-                State::Assigned | State::Running => {
-                    let _ = self.apply_event(
-                        id,
-                        Event::Requeue,
-                        now,
-                        Some(AttemptOutcome::Lost),
-                        out,
-                        |_| {},
-                    );
-                }
+                State::Assigned | State::Running => self.lose_attempt(id, now, out),
                 State::Pending => self.release_if_ready(id, now, out),
                 _ => {}
             }
-        }
-        for (id, dep, state) in doomed {
-            self.settle_dependency(id, dep, state, now, out);
         }
     }
 }

@@ -54,7 +54,7 @@ impl Harness {
         let a = self.dispatch();
         for x in &a {
             self.engine
-                .accept(x.id, x.attempt, self.now, &mut self.out)
+                .accept(&x.worker, x.id, x.attempt, self.now, &mut self.out)
                 .expect("accept");
         }
         a
@@ -686,6 +686,9 @@ fn finished_tasks_beyond_the_retention_are_forgotten() {
     for id in &ids {
         t.engine.cancel(*id, t.now, &mut t.out).unwrap();
     }
+    // Still there until the next tick: the shell may look them up meanwhile.
+    assert!(t.engine.get(ids[0]).is_some());
+    t.advance(Duration::ZERO);
     assert!(t.engine.get(ids[0]).is_none() && t.engine.get(ids[1]).is_none());
     assert!(t.engine.get(ids[3]).is_some());
     // A dependency on a forgotten task resolves through note_finished.
@@ -821,5 +824,123 @@ fn explain_names_every_gate() {
             .contains(&Gate::QueuePaused {
                 queue: "default".into()
             })
+    );
+}
+
+#[test]
+fn a_lost_attempt_with_a_pending_cancel_ends_cancelled_not_requeued() {
+    let mut t = Harness::new();
+    let w = t.worker("w", 1, &["x"]);
+    let id = t.submit(h("x"));
+    t.start();
+    assert_eq!(
+        t.engine.cancel(id, t.now, &mut t.out),
+        Ok(CancelOutcome::Requested)
+    );
+    t.engine.remove_worker(&w, t.now, &mut t.out);
+    assert_eq!(t.state(id), State::Cancelled);
+    assert_eq!(t.error(id).code, FailureCode::Cancelled);
+}
+
+#[test]
+fn a_task_needing_more_slots_than_any_worker_has_no_capable_worker() {
+    let mut t = Harness::new();
+    t.worker("small", 2, &["x"]);
+    let mut big = h("x");
+    big.slots = 4;
+    big.dispatch_timeout = Some(Duration::from_secs(1));
+    let id = t.submit(big);
+    // It does not block the tasks behind it.
+    let small = t.submit(h("x"));
+    assert_eq!(t.dispatch()[0].id, small);
+    let x = t.engine.explain(id, t.now).unwrap();
+    assert!(
+        matches!(&x.gates[0], Gate::NoCapableWorker { detail, .. } if detail.contains("at least 4 slots")),
+        "{x:?}"
+    );
+    t.advance(Duration::from_secs(1));
+    assert_eq!(t.state(id), State::Failed);
+    assert_eq!(t.error(id).code, FailureCode::NoCapableWorker);
+}
+
+#[test]
+fn only_the_attempts_worker_can_accept_refuse_or_finish_it() {
+    let mut t = Harness::new();
+    t.worker("a", 1, &["x"]);
+    let b = t.worker("b", 1, &["x"]);
+    let id = t.submit(h("x"));
+    let a = t.dispatch().remove(0);
+    let other = if a.worker == b {
+        WorkerId::new("a")
+    } else {
+        b.clone()
+    };
+    assert!(matches!(
+        t.engine.accept(&other, id, a.attempt, t.now, &mut t.out),
+        Err(CommandError::Stale { .. })
+    ));
+    t.engine
+        .accept(&a.worker, id, a.attempt, t.now, &mut t.out)
+        .unwrap();
+    let forged = t
+        .engine
+        .report(&other, id, a.attempt, Outcome::ok(), t.now, &mut t.out);
+    assert!(matches!(forged, Err(CommandError::Stale { .. })));
+    assert_eq!(t.state(id), State::Running);
+    assert_eq!(
+        t.engine.free_slots(),
+        1,
+        "the real worker still holds its slot"
+    );
+    t.report(&a, Outcome::ok()).unwrap();
+    assert_eq!(t.state(id), State::Succeeded);
+}
+
+#[test]
+fn restore_ends_a_cancelled_run_and_never_releases_a_task_whose_dependency_failed() {
+    let mut t = Harness::new();
+    t.worker("w", 1, &["x"]);
+    let running = t.submit(h("x"));
+    t.start();
+    t.engine.cancel(running, t.now, &mut t.out).unwrap();
+    let mut s = h("x");
+    s.after = vec![running];
+    let dependent = t.submit(s);
+    let failed_dep = TaskId::from_u128(4242);
+    let mut s2 = h("x");
+    s2.after = vec![failed_dep];
+    let mut orphan = t.engine.get(dependent).unwrap().clone();
+    orphan.id = TaskId::from_u128(4343);
+    orphan.spec = s2;
+    let records = vec![
+        t.engine.get(running).unwrap().clone(),
+        t.engine.get(dependent).unwrap().clone(),
+        orphan,
+    ];
+
+    let mut r = Harness::with(EngineConfig {
+        retain_finished: 0,
+        ..EngineConfig::default()
+    });
+    r.engine.note_finished(failed_dep, State::Failed);
+    r.engine.restore(records, r.now, &mut r.out);
+    let states: Vec<(TaskId, State)> = r
+        .out
+        .changes
+        .iter()
+        .filter_map(|c| c.new_state().map(|s| (c.task_id(), s)))
+        .collect();
+    assert!(states.contains(&(running, State::Cancelled)), "{states:?}");
+    assert!(
+        states.contains(&(dependent, State::Cancelled)),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&(TaskId::from_u128(4343), State::Cancelled)),
+        "{states:?}"
+    );
+    assert!(
+        !states.iter().any(|(_, s)| *s == State::Queued),
+        "nothing may be released: {states:?}"
     );
 }

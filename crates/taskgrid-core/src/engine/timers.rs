@@ -84,6 +84,7 @@ impl Engine {
     /// Fires every timer due at `now`, and drops workers whose heartbeat
     /// is overdue (re-queuing what they ran).
     pub fn tick(&mut self, now: Timestamp, out: &mut Outbox) {
+        self.trim_finished();
         if self.next_liveness_check.is_some_and(|t| t <= now) {
             self.check_liveness(now, out);
         }
