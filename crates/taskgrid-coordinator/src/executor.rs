@@ -8,7 +8,7 @@
 //! timeout or an ignored cancel makes it drop the handler — so every attempt
 //! is reported exactly once and its slot is always freed.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use taskgrid_core::{Assignment, Outcome, StopAttempt, StopReason, TaskId, TaskKind};
 use tokio::sync::watch;
@@ -80,14 +80,15 @@ pub(crate) fn start(inner: &Inner, a: Assignment) {
     let Some(entry) = running.get_mut(&key) else {
         return;
     };
-    let ctx = TaskContext {
-        inner: me.clone(),
-        id: a.id,
-        attempt: a.attempt,
-        payload: Arc::from(payload),
-        checkpoint: Arc::new(Mutex::new(a.checkpoint)),
-        cancel: entry.cancel.subscribe(),
-    };
+    let backend: Arc<dyn crate::ContextBackend> = me.clone();
+    let ctx = TaskContext::new(
+        backend,
+        a.id,
+        a.attempt,
+        Arc::from(payload),
+        a.checkpoint,
+        entry.cancel.subscribe(),
+    );
     let fut = CatchUnwind(handler.call(ctx));
     let task = inner.runtime().spawn(async move {
         let outcome = match fut.await {

@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use taskgrid_core::{Outcome, Progress, RetryHint, Stream, TaskFailure, TaskId};
+use taskgrid_core::{Outcome, Progress, RetryHint, Stream, TaskFailure, TaskId, TaskSpec};
 use tokio::sync::watch;
 
-use crate::system::Inner;
-use crate::{Error, Task, TaskHandle};
+use crate::Task;
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -68,8 +67,8 @@ impl From<serde_json::Error> for TaskError {
     }
 }
 
-impl From<Error> for TaskError {
-    fn from(e: Error) -> Self {
+impl From<crate::Error> for TaskError {
+    fn from(e: crate::Error) -> Self {
         TaskError::Failed(e.to_string())
     }
 }
@@ -131,18 +130,58 @@ impl Future for CatchUnwind {
     }
 }
 
+/// Where a [`TaskContext`] sends what a handler reports: the embedded
+/// system, or a remote worker's stream to its coordinator.
+pub trait ContextBackend: Send + Sync + 'static {
+    /// Records progress of attempt `attempt` of `id`.
+    fn progress(&self, id: TaskId, attempt: u32, progress: Progress);
+    /// Appends output.
+    fn output(&self, id: TaskId, attempt: u32, stream: Stream, data: String);
+    /// Saves a checkpoint; resolves once it is durable.
+    fn checkpoint(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        data: Box<str>,
+    ) -> BoxFuture<Result<(), TaskError>>;
+    /// Submits a subtask of `parent`; resolves to its id once accepted.
+    fn spawn(&self, parent: TaskId, spec: TaskSpec) -> BoxFuture<Result<TaskId, TaskError>>;
+    /// Now, for resolving a subtask's relative times.
+    fn now(&self) -> taskgrid_core::Timestamp;
+}
+
 /// What a running handler knows and can do.
 #[derive(Clone)]
 pub struct TaskContext {
-    pub(crate) inner: Arc<Inner>,
-    pub(crate) id: TaskId,
-    pub(crate) attempt: u32,
-    pub(crate) payload: Arc<str>,
-    pub(crate) checkpoint: Arc<Mutex<Option<Box<str>>>>,
-    pub(crate) cancel: watch::Receiver<bool>,
+    backend: Arc<dyn ContextBackend>,
+    id: TaskId,
+    attempt: u32,
+    payload: Arc<str>,
+    checkpoint: Arc<Mutex<Option<Box<str>>>>,
+    cancel: watch::Receiver<bool>,
 }
 
 impl TaskContext {
+    /// A context for attempt `attempt` of task `id` (for executors: the
+    /// embedded system and remote workers build these).
+    pub fn new(
+        backend: Arc<dyn ContextBackend>,
+        id: TaskId,
+        attempt: u32,
+        payload: Arc<str>,
+        checkpoint: Option<Box<str>>,
+        cancel: watch::Receiver<bool>,
+    ) -> Self {
+        TaskContext {
+            backend,
+            id,
+            attempt,
+            payload,
+            checkpoint: Arc::new(Mutex::new(checkpoint)),
+            cancel,
+        }
+    }
+
     /// The task's id.
     pub fn id(&self) -> TaskId {
         self.id
@@ -166,7 +205,7 @@ impl TaskContext {
     /// Reports progress: `fraction` from 0 to 1 and what is happening.
     pub fn progress(&self, fraction: f32, message: impl Into<String>) {
         let message = Some(message.into()).filter(|m| !m.is_empty());
-        self.inner
+        self.backend
             .progress(self.id, self.attempt, Progress { fraction, message });
     }
 
@@ -176,7 +215,7 @@ impl TaskContext {
         let data: Box<str> = serde_json::to_string(value)
             .map_err(|e| TaskError::Fatal(format!("checkpoint not serializable: {e}")))?
             .into();
-        self.inner
+        self.backend
             .checkpoint(self.id, self.attempt, data.clone())
             .await?;
         if let Ok(mut c) = self.checkpoint.lock() {
@@ -208,14 +247,14 @@ impl TaskContext {
 
     /// Appends a line to the task's log (kept with its output).
     pub fn log(&self, line: impl Into<String>) {
-        self.inner
+        self.backend
             .output(self.id, self.attempt, Stream::Log, line.into());
     }
 
-    /// Submits a subtask whose parent is this task.
-    pub async fn spawn(&self, task: Task) -> Result<TaskHandle, Error> {
-        let mut task = task;
-        task.spec.parent = Some(self.id);
-        TaskHandle::submit(&self.inner, task).await
+    /// Submits a subtask whose parent is this task; returns its id once it
+    /// is accepted.
+    pub async fn spawn(&self, task: Task) -> Result<TaskId, TaskError> {
+        let spec = task.resolve(self.backend.now()).map_err(TaskError::fatal)?;
+        self.backend.spawn(self.id, spec).await
     }
 }

@@ -43,7 +43,8 @@ pub use event::{EventKind, TaskEvent};
 pub use gateway::{Gateway, GatewayConfig, gateway};
 pub use handle::{TaskHandle, TaskResult};
 pub use handler::{
-    BoxFuture, FnHandler, Handler, HandlerResult, TaskContext, TaskError, handler_fn,
+    BoxFuture, ContextBackend, FnHandler, Handler, HandlerResult, TaskContext, TaskError,
+    handler_fn,
 };
 pub use monitor::WorkerView;
 pub use system::{SystemConfig, TaskSystem, TaskSystemBuilder};

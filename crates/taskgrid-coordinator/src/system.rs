@@ -977,3 +977,42 @@ impl Drop for TaskSystem {
         }
     }
 }
+
+impl crate::ContextBackend for Inner {
+    fn progress(&self, id: TaskId, attempt: u32, progress: Progress) {
+        Inner::progress(self, id, attempt, progress);
+    }
+    fn output(&self, id: TaskId, attempt: u32, stream: Stream, data: String) {
+        Inner::output(self, id, attempt, stream, data);
+    }
+    fn checkpoint(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        data: Box<str>,
+    ) -> crate::BoxFuture<Result<(), crate::TaskError>> {
+        let me = self.me.upgrade();
+        Box::pin(async move {
+            let me = me.ok_or_else(|| crate::TaskError::failed("the task system is gone"))?;
+            Ok(Inner::checkpoint(&me, id, attempt, data).await?)
+        })
+    }
+    fn spawn(
+        &self,
+        parent: TaskId,
+        mut spec: taskgrid_core::TaskSpec,
+    ) -> crate::BoxFuture<Result<TaskId, crate::TaskError>> {
+        let me = self.me.upgrade();
+        spec.parent = Some(parent);
+        Box::pin(async move {
+            let me = me.ok_or_else(|| crate::TaskError::failed("the task system is gone"))?;
+            let ids = me.submit(vec![Task::from_spec(spec)]).await?;
+            ids.first()
+                .copied()
+                .ok_or_else(|| crate::TaskError::failed("no task was created"))
+        })
+    }
+    fn now(&self) -> taskgrid_core::Timestamp {
+        self.clock.now()
+    }
+}

@@ -138,7 +138,7 @@ impl Task {
     }
 
     /// The final spec, with relative times resolved against `now`.
-    pub(crate) fn resolve(mut self, now: Timestamp) -> Result<TaskSpec, crate::Error> {
+    pub fn resolve(mut self, now: Timestamp) -> Result<TaskSpec, crate::Error> {
         if let Some(e) = self.payload_error {
             return Err(crate::Error::InvalidPayload(e));
         }

@@ -268,10 +268,9 @@ async fn progress_logs_and_subtasks_are_recorded() {
                 ctx.progress(0.5, "halfway");
                 ctx.log("spawning a child");
                 let child = ctx.spawn(Task::handler("double", &5)).await?;
-                let _ = reported_tx.send(child.id());
+                let _ = reported_tx.send(child);
                 let _ = go.wait_for(|g| *g).await;
-                let r = child.wait().await?;
-                Ok(json!({ "child": r.value::<u64>().map_err(TaskError::failed)? }))
+                Ok(json!({ "child": child.to_string() }))
             }
         })
         .handler("double", double())
@@ -286,8 +285,10 @@ async fn progress_logs_and_subtasks_are_recorded() {
     let r = h.wait_timeout(LIMIT).await.unwrap();
     assert_eq!(
         r.value::<serde_json::Value>().unwrap(),
-        Some(json!({"child": 10}))
+        Some(json!({"child": child.to_string()}))
     );
+    let c = sys.handle(child).wait_timeout(LIMIT).await.unwrap();
+    assert_eq!(c.value::<u64>().unwrap(), Some(10));
     let children = sys.children(h.id()).unwrap();
     assert_eq!(children.iter().map(|c| c.id).collect::<Vec<_>>(), [child]);
     assert_eq!(children[0].spec.parent, Some(h.id()));
