@@ -91,13 +91,7 @@ pub(crate) fn start(inner: &Inner, a: Assignment) {
     );
     let fut = CatchUnwind(handler.call(ctx));
     let task = inner.runtime().spawn(async move {
-        let outcome = match fut.await {
-            Ok(value) => Outcome::Succeeded {
-                result: Some(value.to_string().into()),
-                exit_code: None,
-            },
-            Err(e) => e.into_outcome(),
-        };
+        let outcome = crate::handler::outcome_of(fut.await);
         finish_with(&me, key, outcome);
     });
     entry.abort = Some(task.abort_handle());

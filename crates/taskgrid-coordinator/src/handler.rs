@@ -109,6 +109,22 @@ where
     }
 }
 
+/// Runs a handler call, turning a panic inside it into an error.
+pub fn catch_unwind(call: BoxFuture<HandlerResult>) -> impl Future<Output = HandlerResult> + Send {
+    CatchUnwind(call)
+}
+
+/// The outcome an executor reports for a handler's result.
+pub fn outcome_of(result: HandlerResult) -> Outcome {
+    match result {
+        Ok(value) => Outcome::Succeeded {
+            result: Some(value.to_string().into()),
+            exit_code: None,
+        },
+        Err(e) => e.into_outcome(),
+    }
+}
+
 /// Turns a panic inside a handler into an error instead of a lost task.
 pub(crate) struct CatchUnwind(pub(crate) BoxFuture<HandlerResult>);
 

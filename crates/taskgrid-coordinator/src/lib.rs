@@ -44,7 +44,7 @@ pub use gateway::{Gateway, GatewayConfig, gateway};
 pub use handle::{TaskHandle, TaskResult};
 pub use handler::{
     BoxFuture, ContextBackend, FnHandler, Handler, HandlerResult, TaskContext, TaskError,
-    handler_fn,
+    catch_unwind, handler_fn, outcome_of,
 };
 pub use monitor::WorkerView;
 pub use system::{SystemConfig, TaskSystem, TaskSystemBuilder};
