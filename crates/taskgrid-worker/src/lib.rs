@@ -1,0 +1,1 @@
+//! The taskgrid worker: the agent that runs tasks on a machine.
