@@ -52,4 +52,6 @@
 
 pub mod exec;
 
-pub use exec::{ExecLimits, ExecReport, ShellPolicy, StopReason, run_shell};
+pub use exec::{
+    ContainerRuntime, ExecLimits, ExecReport, ShellPolicy, StopReason, run_container, run_shell,
+};

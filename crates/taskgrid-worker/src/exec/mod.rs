@@ -44,6 +44,7 @@
 //!
 //! This module is Unix-only.
 
+mod container;
 mod exit;
 mod output;
 mod policy;
@@ -57,6 +58,7 @@ use std::time::Duration;
 
 use taskgrid_core::Outcome;
 
+pub use container::{ContainerRuntime, run_container};
 pub use policy::ShellPolicy;
 pub use shell::run_shell;
 pub use taskgrid_core::StopReason;

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 use wait4::Wait4;
 
 use super::ExecLimits;
+use super::container;
 use super::output::{OutputSink, pump};
 
 /// After the final `SIGKILL`, how long reaping waits for the rest of the
@@ -38,6 +40,14 @@ pub(crate) struct Attempt<'a> {
 pub(crate) enum Stopper {
     /// `SIGTERM` to the process group.
     Group,
+    /// `<runtime> stop --time <grace> <name>`; the process is that runtime's
+    /// CLI running the container.
+    Container {
+        /// The runtime CLI.
+        runtime: PathBuf,
+        /// The container's name.
+        name: String,
+    },
 }
 
 /// What the main process left behind when it was reaped.
@@ -96,6 +106,7 @@ pub(crate) async fn supervise(
     let group = ProcessGroup::new(child.id());
     let mut guard = KillOnDrop {
         group: group.clone(),
+        stopper: stopper.clone(),
         armed: true,
     };
     let pipes = take_pipes(&mut child);
@@ -151,6 +162,9 @@ async fn control(
     tracing::debug!(pgid = group.id(), ?reason, "stopping a task's process");
     match stopper {
         Stopper::Group => group.signal(Signal::SIGTERM),
+        Stopper::Container { runtime, name } => {
+            container::stop(runtime, name, limits.kill_grace).await;
+        }
     }
     let exit = match tokio::time::timeout(limits.kill_grace, &mut waiter).await {
         Ok(exit) => exit,
@@ -160,7 +174,13 @@ async fn control(
                 "grace over: SIGKILL to the process group"
             );
             group.signal(Signal::SIGKILL);
-            waiter.await
+            let exit = waiter.await;
+            if let Stopper::Container { runtime, name } = stopper {
+                // The stop failed or came before the container existed: make
+                // sure the daemon does not keep running it without us.
+                container::remove(runtime, name).await;
+            }
+            exit
         }
     };
     (joined(exit), Some(reason))
@@ -247,6 +267,7 @@ fn send(pgid: Pid, sig: Signal) {
 /// Kills the group if the attempt's future is dropped before it ended.
 struct KillOnDrop {
     group: ProcessGroup,
+    stopper: Stopper,
     armed: bool,
 }
 
@@ -256,6 +277,9 @@ impl Drop for KillOnDrop {
             return;
         }
         self.group.signal(Signal::SIGKILL);
+        if let Stopper::Container { runtime, name } = &self.stopper {
+            container::remove_detached(runtime, name);
+        }
     }
 }
 

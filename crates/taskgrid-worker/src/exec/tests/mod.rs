@@ -5,6 +5,7 @@
 //! Tests never sleep to let something happen: they wait for the child to
 //! say something on its output, and every wait is bounded by [`LIMIT`].
 
+mod container;
 mod shell;
 
 use std::future::Future;
@@ -171,4 +172,13 @@ impl Live {
         })
         .await
     }
+}
+
+/// Runs `run` to its end with no stop request.
+async fn run_to_end<F, Fut>(run: F) -> (ExecReport, Chunks)
+where
+    F: FnOnce(watch::Receiver<Option<StopReason>>, mpsc::Sender<(Stream, String)>) -> Fut,
+    Fut: Future<Output = ExecReport> + Send + 'static,
+{
+    Live::start(run).finish().await
 }
