@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use taskgrid_core::{Outcome, RetryHint, StopReason};
 
 use super::ExecReport;
-use super::process::Reaped;
+use super::group::Reaped;
 
 /// What a non-zero exit code means for the program that returned it.
 pub(crate) type DescribeCode = fn(i32) -> String;

@@ -46,6 +46,7 @@
 
 mod container;
 mod exit;
+mod group;
 mod output;
 mod policy;
 mod process;

@@ -1,31 +1,23 @@
-//! One child process from spawn to reaping: its own process group, its
-//! output pumped out, the timeout and stop requests turned into signals, and
-//! the `wait4` that says how it ended and what it used (see the module docs
-//! of [`crate::exec`] for why it is reaped this way).
+//! One attempt's process from spawn to the end: spawned in its own process
+//! group, its output pumped out, the timeout and stop requests turned into
+//! signals (or a container stop), until it is reaped by [`group`](super::group).
 
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use taskgrid_core::{StopReason, Stream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
-use wait4::Wait4;
 
 use super::ExecLimits;
 use super::container;
+use super::group::{ProcessGroup, Reaped, reap};
 use super::output::{OutputSink, pump};
-
-/// After the final `SIGKILL`, how long reaping waits for the rest of the
-/// group to die before it gives up and logs.
-const GROUP_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 /// What one attempt is given besides its command.
 pub(crate) struct Attempt<'a> {
@@ -48,14 +40,6 @@ pub(crate) enum Stopper {
         /// The container's name.
         name: String,
     },
-}
-
-/// What the main process left behind when it was reaped.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Reaped {
-    pub(crate) status: ExitStatus,
-    pub(crate) cpu_seconds: f64,
-    pub(crate) peak_rss_bytes: u64,
 }
 
 /// How supervising a command went.
@@ -222,48 +206,6 @@ fn take_pipes(
     ))
 }
 
-/// A child's process group. Signals go to the whole group, and only while
-/// the child (whose pid is the group id) is not reaped: reaping takes the
-/// same lock, so a signal never reaches a recycled id.
-#[derive(Debug, Clone)]
-pub(crate) struct ProcessGroup {
-    pgid: Pid,
-    reaped: Arc<Mutex<bool>>,
-}
-
-impl ProcessGroup {
-    fn new(pid: u32) -> Self {
-        ProcessGroup {
-            // Pids fit in a pid_t; the cast cannot wrap.
-            pgid: Pid::from_raw(pid as i32),
-            reaped: Arc::new(Mutex::new(false)),
-        }
-    }
-
-    fn id(&self) -> i32 {
-        self.pgid.as_raw()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, bool> {
-        self.reaped.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Sends `sig` to the group unless its leader was reaped.
-    pub(crate) fn signal(&self, sig: Signal) {
-        let reaped = self.lock();
-        if !*reaped {
-            send(self.pgid, sig);
-        }
-    }
-}
-
-fn send(pgid: Pid, sig: Signal) {
-    match killpg(pgid, sig) {
-        Ok(()) | Err(Errno::ESRCH) => {}
-        Err(e) => tracing::warn!(pgid = pgid.as_raw(), %sig, error = %e, "killpg failed"),
-    }
-}
-
 /// Kills the group if the attempt's future is dropped before it ended.
 struct KillOnDrop {
     group: ProcessGroup,
@@ -281,104 +223,4 @@ impl Drop for KillOnDrop {
             container::remove_detached(runtime, name);
         }
     }
-}
-
-/// Blocks until `child` exits, kills the rest of its group, reaps it with
-/// `wait4` and waits (briefly) for the group to die.
-fn reap(child: Child, group: &ProcessGroup) -> io::Result<Reaped> {
-    let res = wait_then_reap(child, group);
-    await_group_exit(group.pgid);
-    let res = res?;
-    let cpu = res.rusage.utime + res.rusage.stime;
-    Ok(Reaped {
-        status: res.status,
-        cpu_seconds: cpu.as_secs_f64(),
-        peak_rss_bytes: res.rusage.maxrss,
-    })
-}
-
-/// Where `waitid(WNOWAIT)` exists, the leader is left a zombie while the
-/// group is killed, so its pid cannot be reused under the signal.
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-fn wait_then_reap(child: Child, group: &ProcessGroup) -> io::Result<wait4::ResUse> {
-    use nix::sys::wait::{Id, WaitPidFlag, waitid};
-    loop {
-        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
-        match waitid(Id::Pid(group.pgid), flags) {
-            Ok(_) => break,
-            Err(Errno::EINTR) => continue,
-            Err(e) => {
-                *group.lock() = true;
-                return Err(e.into());
-            }
-        }
-    }
-    let mut reaped = group.lock();
-    send(group.pgid, Signal::SIGKILL);
-    let res = child.wait4();
-    *reaped = true;
-    res
-}
-
-/// Elsewhere the leader is reaped first; the group id stays reserved while
-/// any member lives, so only an empty group's id could be reused.
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-fn wait_then_reap(child: Child, group: &ProcessGroup) -> io::Result<wait4::ResUse> {
-    let res = child.wait4();
-    let mut reaped = group.lock();
-    *reaped = true;
-    send(group.pgid, Signal::SIGKILL);
-    res
-}
-
-/// Waits until no live (non-zombie) process is left in the group, for at
-/// most [`GROUP_EXIT_WAIT`]. `SIGKILL` is delivered asynchronously; this
-/// makes "the report returned" mean "the group is dead". Orphans are reaped
-/// by init, which may take its time, so zombies count as dead.
-fn await_group_exit(pgid: Pid) {
-    let deadline = std::time::Instant::now() + GROUP_EXIT_WAIT;
-    while killpg(pgid, None).is_ok() && has_live_member(pgid) {
-        if std::time::Instant::now() >= deadline {
-            tracing::warn!(pgid = pgid.as_raw(), "a task's processes outlived SIGKILL");
-            return;
-        }
-        // Nothing notifies us when a process that is not our child dies.
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn has_live_member(pgid: Pid) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    dir.flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .any(|stat| match proc_state_and_pgrp(&stat) {
-            Some((state, pgrp)) => pgrp == pgid.as_raw() && !matches!(state, 'Z' | 'X' | 'x'),
-            None => false,
-        })
-}
-
-/// Without `/proc`, any member counts (zombies included) until the deadline.
-#[cfg(not(target_os = "linux"))]
-fn has_live_member(_pgid: Pid) -> bool {
-    true
-}
-
-/// The state letter and process group of a `/proc/<pid>/stat` line.
-#[cfg(target_os = "linux")]
-pub(crate) fn proc_state_and_pgrp(stat: &str) -> Option<(char, i32)> {
-    // "pid (comm) S ppid pgrp ..."; comm may hold spaces and parentheses.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((state, pgrp))
 }

@@ -18,7 +18,7 @@ use taskgrid_core::{ShellCommand, ShellSpec, StopReason, Stream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::process::proc_state_and_pgrp;
+use super::group::proc_state_and_pgrp;
 use super::{ExecLimits, ExecReport};
 
 /// Longest any one test may wait for anything.
