@@ -188,9 +188,10 @@ async fn a_runtime_that_ignores_stop_has_its_cli_killed_and_the_container_remove
         kill_grace: Duration::from_millis(200),
         ..limits()
     };
+    // The timeout leaves the stand-in ample time to say it is ready.
     let mut live = rt.start(
         spec("mode-block", &[], &[]),
-        Some(Duration::from_millis(500)),
+        Some(Duration::from_secs(2)),
         lim,
     );
     live.stdout_lines(1).await;

@@ -165,7 +165,8 @@ async fn timeout_kills_the_process_group_even_when_it_ignores_sigterm() {
         kill_grace: Duration::from_millis(200),
         ..limits()
     };
-    let timeout = Duration::from_secs(1);
+    // Long enough for the script to print its pids even on a loaded machine.
+    let timeout = Duration::from_secs(3);
     // Ignoring TERM is inherited, so only the SIGKILL after the grace works.
     let spec = script(&format!("trap '' TERM\n{FAMILY}"));
     let mut live = start(spec, Some(timeout), lim, ShellPolicy::Any);
