@@ -1,0 +1,143 @@
+//! The executors of a worker: they run one attempt of a shell or container
+//! task as a child process and say how it ended.
+//!
+//! [`run_shell`] and [`run_container`] own everything between "start this"
+//! and the [`ExecReport`]: policy checks, spawning the child in its own
+//! process group, streaming its stdout and stderr as chunks, enforcing the
+//! timeout and reacting to a stop request, killing the whole process group,
+//! and measuring the CPU time and peak memory of the attempt. They know
+//! nothing of the coordinator: the caller turns a stop request into a value
+//! on a [`tokio::sync::watch`] channel and forwards the output chunks and the
+//! report.
+//!
+//! ## Processes and signals
+//!
+//! The child runs in a new process group whose id is its pid, with stdin on
+//! `/dev/null`. A stop (a timeout or a [`StopReason`] on the watch channel)
+//! sends `SIGTERM` to the group and `SIGKILL` [`ExecLimits::kill_grace`]
+//! later if the main process has not exited. Whenever the main process exits
+//! — on its own or because it was stopped — whatever is left of its group
+//! gets `SIGKILL` at once, like the rest of a container when its init dies:
+//! a task's background processes never outlive it, and they cannot keep its
+//! output pipes open. A process that leaves the group (`setsid`, a
+//! daemonizing double fork) escapes this; only a cgroup could follow it.
+//!
+//! ## Reaping and resource usage
+//!
+//! Tokio's `Child::wait` does not return `rusage`, and
+//! `getrusage(RUSAGE_CHILDREN)` deltas mix up attempts that run at the same
+//! time (and its `ru_maxrss` is a maximum over every child ever, not a
+//! delta). So each child is spawned with `std::process`, its pipes handed to
+//! tokio, and a blocking-pool thread waits for it in three steps: `waitid`
+//! with `WNOWAIT` (the child is dead but not reaped, so its pid — the
+//! process group id — cannot be reused), `killpg(SIGKILL)` for the rest of
+//! the group, then `wait4` on that one pid, which returns its exit status and
+//! its own `rusage` (including the descendants it waited for). Signals from
+//! the async side and the reaping take the same lock, so a signal is never
+//! sent to a process group id after it was released. This costs one blocking
+//! thread per running attempt, which is fine for the tens of slots a worker
+//! has. The workspace forbids `unsafe`, so `wait4` comes from the small
+//! `wait4` crate and `waitid`/`killpg` from `nix`.
+//!
+//! Dropping a `run_*` future before it finishes kills the process group with
+//! `SIGKILL` (a container is removed with `<runtime> rm -f`).
+//!
+//! This module is Unix-only.
+
+mod container;
+mod exit;
+mod group;
+mod output;
+mod policy;
+mod process;
+mod shell;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use taskgrid_core::Outcome;
+
+pub use container::{ContainerRuntime, run_container};
+pub use policy::ShellPolicy;
+pub use shell::run_shell;
+pub use taskgrid_core::StopReason;
+
+/// Limits that apply to every attempt an executor runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecLimits {
+    /// Most bytes of output (stdout and stderr together, as forwarded
+    /// UTF-8) forwarded per attempt. Past it one
+    /// `[output truncated after N bytes]` line goes to the stderr stream and
+    /// the rest is read and discarded, so the task keeps running.
+    pub max_output_bytes: usize,
+    /// Largest chunk forwarded at once; chunks end at a line break when one
+    /// falls within this size. Values under 4 are treated as 4 so a UTF-8
+    /// character always fits.
+    pub chunk_bytes: usize,
+    /// Time between `SIGTERM` and `SIGKILL` when an attempt is stopped; for a
+    /// container, the `--time` given to `<runtime> stop` (rounded up to whole
+    /// seconds).
+    pub kill_grace: Duration,
+}
+
+impl ExecLimits {
+    /// Default output cap per attempt: 1 MiB.
+    pub const MAX_OUTPUT_BYTES_DEFAULT: usize = 1 << 20;
+    /// Default chunk size: 16 KiB.
+    pub const CHUNK_BYTES_DEFAULT: usize = 16 << 10;
+    /// Default grace between `SIGTERM` and `SIGKILL`: 5 s.
+    pub const KILL_GRACE_DEFAULT: Duration = Duration::from_secs(5);
+
+    pub(crate) fn chunk_bytes(&self) -> usize {
+        self.chunk_bytes.max(4)
+    }
+}
+
+impl Default for ExecLimits {
+    fn default() -> Self {
+        ExecLimits {
+            max_output_bytes: Self::MAX_OUTPUT_BYTES_DEFAULT,
+            chunk_bytes: Self::CHUNK_BYTES_DEFAULT,
+            kill_grace: Self::KILL_GRACE_DEFAULT,
+        }
+    }
+}
+
+/// How one attempt ended, with what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecReport {
+    /// The outcome to report to the coordinator.
+    pub outcome: Outcome,
+    /// Exit code of the main process, if it exited normally.
+    pub exit_code: Option<i32>,
+    /// The signal that killed the main process, if one did.
+    pub signal: Option<i32>,
+    /// Wall time from spawn to reaping; zero if nothing was spawned.
+    pub duration: Duration,
+    /// User plus system CPU seconds of the main process and the descendants
+    /// it waited for. Zero for containers: they run under the runtime's
+    /// daemon, not under the CLI this worker starts.
+    pub cpu_seconds: f64,
+    /// Peak resident set size in bytes of the main process or the largest
+    /// descendant it waited for (`ru_maxrss`). Zero for containers.
+    pub peak_rss_bytes: u64,
+    /// Whether output past [`ExecLimits::max_output_bytes`] was discarded.
+    pub output_truncated: bool,
+}
+
+impl ExecReport {
+    /// A report for an attempt that ended before anything was spawned.
+    pub(crate) fn not_started(outcome: Outcome) -> Self {
+        ExecReport {
+            outcome,
+            exit_code: None,
+            signal: None,
+            duration: Duration::ZERO,
+            cpu_seconds: 0.0,
+            peak_rss_bytes: 0,
+            output_truncated: false,
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! One attempt's process from spawn to the end: spawned in its own process
+//! group, its output pumped out, the timeout and stop requests turned into
+//! signals (or a container stop), until it is reaped by [`group`](super::group).
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use taskgrid_core::{StopReason, Stream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinError, JoinHandle};
+use tokio::time::Instant;
+
+use super::ExecLimits;
+use super::container;
+use super::group::{ProcessGroup, Reaped, reap};
+use super::output::{OutputSink, pump};
+
+/// What one attempt is given besides its command.
+pub(crate) struct Attempt<'a> {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) limits: &'a ExecLimits,
+    pub(crate) stop: watch::Receiver<Option<StopReason>>,
+    pub(crate) output: mpsc::Sender<(Stream, String)>,
+}
+
+/// How a stop request reaches the process.
+#[derive(Debug, Clone)]
+pub(crate) enum Stopper {
+    /// `SIGTERM` to the process group.
+    Group,
+    /// `<runtime> stop --time <grace> <name>`; the process is that runtime's
+    /// CLI running the container.
+    Container {
+        /// The runtime CLI.
+        runtime: PathBuf,
+        /// The container's name.
+        name: String,
+    },
+}
+
+/// How supervising a command went.
+#[derive(Debug)]
+pub(crate) enum Supervised {
+    /// A stop was requested before anything was spawned.
+    NotStarted(StopReason),
+    /// The command could not be spawned.
+    SpawnFailed(io::Error),
+    /// The process ran and is gone, with its whole group.
+    Ended {
+        /// Its exit, or why it could not be reaped.
+        exit: io::Result<Reaped>,
+        /// Whether it was stopped, and why.
+        stopped: Option<StopReason>,
+        /// From spawn to reaping.
+        duration: Duration,
+        /// Whether output was cut at the cap.
+        output_truncated: bool,
+    },
+}
+
+/// Runs `cmd` in its own process group until it and its group are gone,
+/// streaming its output, enforcing the timeout and obeying stop requests.
+pub(crate) async fn supervise(
+    mut cmd: std::process::Command,
+    attempt: Attempt<'_>,
+    stopper: Stopper,
+) -> Supervised {
+    let Attempt {
+        timeout,
+        limits,
+        stop,
+        output,
+    } = attempt;
+    if let Some(reason) = *stop.borrow() {
+        return Supervised::NotStarted(reason);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let started = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => return Supervised::SpawnFailed(e),
+    };
+    let group = ProcessGroup::new(child.id());
+    let mut guard = KillOnDrop {
+        group: group.clone(),
+        stopper: stopper.clone(),
+        armed: true,
+    };
+    let pipes = take_pipes(&mut child);
+    let waiter = tokio::task::spawn_blocking({
+        let group = group.clone();
+        move || reap(child, &group)
+    });
+    let (stdout, stderr) = match pipes {
+        Ok(pipes) => pipes,
+        Err(e) => return Supervised::SpawnFailed(e), // the guard kills it
+    };
+
+    let sink = OutputSink::new(output, limits.max_output_bytes);
+    let (gone_tx, gone_rx) = watch::channel(false);
+    let control = async {
+        let deadline = timeout.map(|t| started + t);
+        let (exit, stopped) = control(waiter, &group, &stopper, deadline, limits, stop).await;
+        let duration = started.elapsed();
+        let _ = gone_tx.send(true);
+        (exit, stopped, duration)
+    };
+    let chunk = limits.chunk_bytes();
+    let ((exit, stopped, duration), (), ()) = tokio::join!(
+        control,
+        pump(stdout, Stream::Stdout, &sink, chunk, gone_rx.clone()),
+        pump(stderr, Stream::Stderr, &sink, chunk, gone_rx),
+    );
+    guard.armed = false;
+    Supervised::Ended {
+        exit,
+        stopped,
+        duration,
+        output_truncated: sink.truncated(),
+    }
+}
+
+/// Waits for the process, a stop request or the deadline; on a stop, stops
+/// the process and escalates to `SIGKILL` after the grace.
+async fn control(
+    mut waiter: JoinHandle<io::Result<Reaped>>,
+    group: &ProcessGroup,
+    stopper: &Stopper,
+    deadline: Option<Instant>,
+    limits: &ExecLimits,
+    mut stop: watch::Receiver<Option<StopReason>>,
+) -> (io::Result<Reaped>, Option<StopReason>) {
+    let reason = tokio::select! {
+        biased; // a process that already ended reports its own exit
+        exit = &mut waiter => return (joined(exit), None),
+        reason = stop_requested(&mut stop) => reason,
+        () = sleep_until(deadline) => StopReason::Timeout,
+    };
+    tracing::debug!(pgid = group.id(), ?reason, "stopping a task's process");
+    match stopper {
+        Stopper::Group => group.signal(Signal::SIGTERM),
+        Stopper::Container { runtime, name } => {
+            container::stop(runtime, name, limits.kill_grace).await;
+        }
+    }
+    let exit = match tokio::time::timeout(limits.kill_grace, &mut waiter).await {
+        Ok(exit) => exit,
+        Err(_) => {
+            tracing::debug!(
+                pgid = group.id(),
+                "grace over: SIGKILL to the process group"
+            );
+            group.signal(Signal::SIGKILL);
+            let exit = waiter.await;
+            if let Stopper::Container { runtime, name } = stopper {
+                // The stop failed or came before the container existed: make
+                // sure the daemon does not keep running it without us.
+                container::remove(runtime, name).await;
+            }
+            exit
+        }
+    };
+    (joined(exit), Some(reason))
+}
+
+/// Resolves with the first stop request; never if none comes.
+async fn stop_requested(rx: &mut watch::Receiver<Option<StopReason>>) -> StopReason {
+    loop {
+        if let Some(reason) = *rx.borrow_and_update() {
+            return reason;
+        }
+        if rx.changed().await.is_err() {
+            // Nobody can ask any more: no stop will come.
+            return std::future::pending().await;
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn joined(r: Result<io::Result<Reaped>, JoinError>) -> io::Result<Reaped> {
+    r.unwrap_or_else(|e| Err(io::Error::other(format!("the reaping thread failed: {e}"))))
+}
+
+fn take_pipes(
+    child: &mut Child,
+) -> io::Result<(tokio::process::ChildStdout, tokio::process::ChildStderr)> {
+    let missing = || io::Error::other("the child's output was not piped");
+    let out = child.stdout.take().ok_or_else(missing)?;
+    let err = child.stderr.take().ok_or_else(missing)?;
+    Ok((
+        tokio::process::ChildStdout::from_std(out)?,
+        tokio::process::ChildStderr::from_std(err)?,
+    ))
+}
+
+/// Kills the group if the attempt's future is dropped before it ended.
+struct KillOnDrop {
+    group: ProcessGroup,
+    stopper: Stopper,
+    armed: bool,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.group.signal(Signal::SIGKILL);
+        if let Stopper::Container { runtime, name } = &self.stopper {
+            container::remove_detached(runtime, name);
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The shell executor: a [`ShellSpec`] checked against the worker's
+//! [`ShellPolicy`], then run as a child process (directly for argv, under
+//! `/bin/sh -c` for a script) with the task's environment added to the
+//! worker's.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::time::Duration;
+
+use taskgrid_core::{Outcome, ShellSpec, StopReason, Stream};
+use tokio::sync::{mpsc, watch};
+
+use super::exit::{self, never};
+use super::policy::Program;
+use super::process::{self, Attempt, Stopper, Supervised};
+use super::{ExecLimits, ExecReport, ShellPolicy};
+
+/// Runs a shell task to its end.
+///
+/// - `timeout`: the attempt is stopped with outcome
+///   [`Outcome::TimedOut`] this long after the spawn.
+/// - `stop`: the coordinator's stop requests. The attempt is stopped as soon
+///   as the value is `Some` (with [`Outcome::Cancelled`] for
+///   [`StopReason::Cancel`], [`Outcome::TimedOut`] for
+///   [`StopReason::Timeout`]); if it already is, nothing is spawned. A
+///   dropped sender means no stop will come.
+/// - `output`: stdout and stderr chunks, in order within each stream. The
+///   executor waits for room in the channel, so a full channel eventually
+///   blocks the child on its pipe; a closed one is ignored and the output
+///   drained.
+///
+/// A stop sends `SIGTERM` to the process group, then `SIGKILL` after
+/// [`ExecLimits::kill_grace`]. When the report is returned the child is
+/// reaped and every process left in its group has been killed.
+///
+/// Exit code 0 is [`Outcome::Succeeded`]; another code or a signal is
+/// [`Outcome::Failed`] under the task's retry policy. A refusal by `policy`,
+/// an invalid spec (NUL bytes, a bad variable name, a missing working
+/// directory) and a program that cannot be found or executed fail with
+/// [`RetryHint::Never`](taskgrid_core::RetryHint::Never) and a message
+/// naming the cause.
+pub async fn run_shell(
+    spec: &ShellSpec,
+    timeout: Option<Duration>,
+    limits: &ExecLimits,
+    policy: &ShellPolicy,
+    stop: watch::Receiver<Option<StopReason>>,
+    output: mpsc::Sender<(Stream, String)>,
+) -> ExecReport {
+    let program = match policy.admit(&spec.command, &spec.env) {
+        Ok(program) => program,
+        Err(message) => return ExecReport::not_started(never(message)),
+    };
+    if let Err(message) = validate(spec, &program) {
+        return ExecReport::not_started(never(message));
+    }
+    let attempt = Attempt {
+        timeout,
+        limits,
+        stop,
+        output,
+    };
+    match process::supervise(command(spec, &program), attempt, Stopper::Group).await {
+        Supervised::NotStarted(reason) => ExecReport::not_started(exit::stopped_outcome(reason)),
+        Supervised::SpawnFailed(e) => ExecReport::not_started(spawn_failure(&program.name, &e)),
+        Supervised::Ended {
+            exit,
+            stopped,
+            duration,
+            output_truncated,
+        } => exit::report(exit, stopped, duration, output_truncated, exit::plain_code),
+    }
+}
+
+fn command(spec: &ShellSpec, program: &Program) -> std::process::Command {
+    let mut cmd = std::process::Command::new(&program.exec);
+    if let Some(arg0) = &program.arg0 {
+        cmd.arg0(arg0);
+    }
+    cmd.args(&program.args);
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+        // Shells trust an inherited $PWD that names the current directory;
+        // the worker's own would be wrong here.
+        if Path::new(cwd).is_absolute() {
+            cmd.env("PWD", cwd);
+        }
+    }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+/// Refuses what `exec` would reject, with a message that says what.
+fn validate(spec: &ShellSpec, program: &Program) -> Result<(), String> {
+    let has_nul = |s: &str| s.contains('\0');
+    if has_nul(&program.name) || program.args.iter().any(|a| has_nul(a)) {
+        return Err("the command contains a NUL byte".into());
+    }
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') || has_nul(k) {
+            return Err(format!("invalid environment variable name {k:?}"));
+        }
+        if has_nul(v) {
+            return Err(format!("environment variable {k} contains a NUL byte"));
+        }
+    }
+    if let Some(cwd) = &spec.cwd {
+        match std::fs::metadata(cwd) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(format!("working directory {cwd:?} is not a directory")),
+            Err(e) => return Err(format!("working directory {cwd:?}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn spawn_failure(name: &str, e: &io::Error) -> Outcome {
+    match e.kind() {
+        io::ErrorKind::NotFound => never(format!("program {name:?} not found")),
+        io::ErrorKind::PermissionDenied => {
+            never(format!("cannot execute {name:?}: permission denied"))
+        }
+        _ if e.raw_os_error() == Some(nix::errno::Errno::ENOEXEC as i32) => {
+            never(format!("cannot execute {name:?}: not an executable format"))
+        }
+        // Out of processes, memory or descriptors: may pass on a retry.
+        _ => Outcome::failed(format!("cannot start {name:?}: {e}")),
+    }
+}

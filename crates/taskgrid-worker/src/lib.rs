@@ -1,0 +1,57 @@
+//! The taskgrid worker: the agent that runs tasks on a machine.
+//!
+//! So far this crate holds the executors ([`exec`]); the connection to the
+//! coordinator builds on them. An executor runs one attempt and returns an
+//! [`ExecReport`]:
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use taskgrid_core::{ShellCommand, ShellSpec, StopReason, Stream};
+//! use taskgrid_worker::{ExecLimits, ShellPolicy, run_shell};
+//! use tokio::sync::{mpsc, watch};
+//!
+//! let spec = ShellSpec {
+//!     command: ShellCommand::Script("echo hello".into()),
+//!     env: vec![],
+//!     cwd: None,
+//! };
+//! let (stop_tx, stop_rx) = watch::channel(None::<StopReason>);
+//! let (out_tx, mut out_rx) = mpsc::channel::<(Stream, String)>(64);
+//! let forward = tokio::spawn(async move {
+//!     while let Some((stream, text)) = out_rx.recv().await {
+//!         println!("{}: {text}", stream.as_str()); // to the coordinator
+//!     }
+//! });
+//! let limits = ExecLimits::default();
+//! let report = run_shell(&spec, None, &limits, &ShellPolicy::Any, stop_rx, out_tx).await;
+//! // A cancel from the coordinator would be `stop_tx.send(Some(StopReason::Cancel))`.
+//! # drop(stop_tx);
+//! forward.await.ok();
+//! println!("{:?} in {:?}", report.outcome, report.duration);
+//! # }
+//! ```
+//!
+//! The public API:
+//!
+//! - [`run_shell`]`(spec, timeout, limits, policy, stop, output)` and
+//!   [`run_container`]`(spec, runtime, timeout, limits, stop, output)`, both
+//!   `async` and returning an [`ExecReport`]: the [`Outcome`] plus exit code,
+//!   signal, duration, CPU seconds, peak RSS and whether output was
+//!   truncated. `stop` is a `watch::Receiver<Option<StopReason>>`
+//!   ([`StopReason`] is the core's); `output` an
+//!   `mpsc::Sender<(Stream, String)>`.
+//! - [`ExecLimits`]: output cap, chunk size and kill grace, with defaults.
+//! - [`ShellPolicy`]: `Any`, `AllowList` or `Disabled`.
+//! - [`ContainerRuntime`]: the `docker`/`podman` CLI to use.
+//!
+//! Executors must run inside a tokio runtime with IO and time enabled, on a
+//! Unix system. See [`exec`] for how processes are grouped, stopped, reaped
+//! and measured.
+//!
+//! [`Outcome`]: taskgrid_core::Outcome
+
+pub mod exec;
+
+pub use exec::{
+    ContainerRuntime, ExecLimits, ExecReport, ShellPolicy, StopReason, run_container, run_shell,
+};
