@@ -163,17 +163,19 @@ impl WorkerGateway for Gateway {
         self.inner.wake.notify_one();
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            loop {
+            let goodbye = loop {
                 match inbound.message().await {
                     Ok(Some(m)) => handle(&inner, &id, &tx, m).await,
-                    Ok(None) => break,
+                    // The worker closed its side cleanly: it is draining or
+                    // stopping and will not come back for what it holds.
+                    Ok(None) => break true,
                     Err(status) => {
                         tracing::warn!(worker = %id, %status, "worker stream failed");
-                        break;
+                        break false;
                     }
                 }
-            }
-            detach(&inner, &id, conn);
+            };
+            detach(&inner, &id, conn, goodbye);
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
@@ -219,13 +221,24 @@ impl Gateway {
     }
 }
 
-/// The stream ended: offer the worker nothing until it comes back or its
-/// heartbeat times out.
-fn detach(inner: &Inner, id: &WorkerId, conn: u64) {
+/// The stream ended. After a clean goodbye the worker is removed and what
+/// it held goes back to the queue at once; after a failure it is offered
+/// nothing until it comes back or its heartbeat times out.
+fn detach(inner: &Inner, id: &WorkerId, conn: u64, goodbye: bool) {
     let mut links = relock(&inner.links);
-    if links.get(id).is_some_and(|l| l.conn == conn) {
-        links.remove(id);
-        drop(links);
+    if links.get(id).is_none_or(|l| l.conn != conn) {
+        return; // a newer session of the same worker owns it now
+    }
+    links.remove(id);
+    drop(links);
+    if goodbye {
+        let now = inner.clock.now();
+        let _ = inner.command(|e, out| {
+            e.remove_worker(id, now, out);
+            Ok::<(), String>(())
+        });
+        tracing::info!(worker = %id, "worker left");
+    } else {
         let _ = inner.lock().set_worker_paused(id, true);
         tracing::info!(worker = %id, "worker disconnected");
     }

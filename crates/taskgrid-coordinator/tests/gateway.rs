@@ -67,6 +67,12 @@ impl FakeWorker {
         let rx = client.session(req).await?.into_inner();
         Ok(FakeWorker { tx, rx })
     }
+    /// The connection breaks (no clean end of stream): the coordinator
+    /// sees an error, as when a network link or the worker process dies.
+    fn vanish(self) {
+        std::mem::forget(self.tx);
+        drop(self.rx);
+    }
     async fn send(&self, msg: In) {
         self.tx
             .send(worker::WorkerMessage { msg: Some(msg) })
@@ -270,8 +276,8 @@ async fn a_reconnecting_worker_keeps_its_attempt_and_a_silent_one_loses_it() {
         attempt: a.attempt.clone(),
     }))
     .await;
-    // The stream drops; the worker comes back still running the attempt.
-    drop(w);
+    // The stream breaks; the worker comes back still running the attempt.
+    w.vanish();
     let reg = worker::Register {
         running: vec![a.attempt.clone().unwrap()],
         ..register("w1", &["job"])
@@ -326,5 +332,32 @@ async fn a_reconnecting_worker_keeps_its_attempt_and_a_silent_one_loses_it() {
         Some(taskgrid_core::AttemptOutcome::Lost)
     );
     let _ = TaskId::from_u128(0);
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_says_goodbye_hands_its_attempts_back_at_once() {
+    let sys = system();
+    let addr = serve(&sys, GatewayConfig::default()).await;
+    let mut w = FakeWorker::connect(addr, None, register("w1", &["job"]))
+        .await
+        .unwrap();
+    w.next().await;
+    let h = sys.submit(Task::handler("job", &())).await.unwrap();
+    let a = w.next_assignment().await;
+    w.send(In::Accept(worker::Accept {
+        attempt: a.attempt.clone(),
+    }))
+    .await;
+    // A clean end of stream (a drained worker): no waiting for heartbeats.
+    drop(w);
+    let mut w2 = FakeWorker::connect(addr, None, register("w2", &["job"]))
+        .await
+        .unwrap();
+    w2.next().await;
+    let again = w2.next_assignment().await;
+    assert_eq!(again.attempt.as_ref().unwrap().task_id, h.id().to_string());
+    assert_eq!(again.attempt.as_ref().unwrap().attempt, 2);
+    sys.cancel(h.id()).unwrap();
     sys.shutdown().await.unwrap();
 }

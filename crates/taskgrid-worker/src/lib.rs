@@ -50,7 +50,10 @@
 //!
 //! [`Outcome`]: taskgrid_core::Outcome
 
+mod agent;
 pub mod exec;
+
+pub use agent::{Worker, WorkerConfig, WorkerError};
 
 pub use exec::{
     ContainerRuntime, ExecLimits, ExecReport, ShellPolicy, StopReason, run_container, run_shell,

@@ -1,0 +1,161 @@
+//! Handlers on a remote worker: their [`TaskContext`] talks to the
+//! coordinator over the worker's stream.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use taskgrid_coordinator::{BoxFuture, ContextBackend, Handler, TaskContext, TaskError};
+use taskgrid_core::{
+    Outcome, Progress, StopReason, Stream, TaskId, TaskSpec, Timestamp, duration_micros,
+};
+use taskgrid_proto::worker::{self, worker_message::Msg as In};
+use tokio::sync::watch;
+
+use super::session::Shared;
+use crate::{ExecLimits, ExecReport};
+
+/// A [`ContextBackend`] over the worker's stream.
+pub(super) struct Remote {
+    shared: Arc<Shared>,
+}
+
+impl Remote {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        Remote { shared }
+    }
+}
+
+impl ContextBackend for Remote {
+    fn progress(&self, id: TaskId, attempt: u32, progress: Progress) {
+        self.shared.emit(In::Progress(worker::Progress {
+            attempt: Some(taskgrid_proto::attempt_ref(id, attempt)),
+            fraction: progress.fraction,
+            message: progress.message.unwrap_or_default(),
+        }));
+    }
+
+    fn output(&self, id: TaskId, attempt: u32, stream: Stream, data: String) {
+        self.shared.emit(In::Output(worker::Output {
+            attempt: Some(taskgrid_proto::attempt_ref(id, attempt)),
+            stream: taskgrid_proto::stream_from_core(stream),
+            data,
+        }));
+    }
+
+    fn checkpoint(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        data: Box<str>,
+    ) -> BoxFuture<Result<(), TaskError>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let ack = shared
+                .request(|request_id| {
+                    In::Checkpoint(worker::Checkpoint {
+                        attempt: Some(taskgrid_proto::attempt_ref(id, attempt)),
+                        data_json: data.into(),
+                        request_id,
+                    })
+                })
+                .await
+                .map_err(TaskError::Failed)?;
+            if ack.error.is_empty() {
+                Ok(())
+            } else {
+                Err(TaskError::Failed(ack.error))
+            }
+        })
+    }
+
+    fn spawn(&self, parent: TaskId, spec: TaskSpec) -> BoxFuture<Result<TaskId, TaskError>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let spec_json = serde_json::to_string(&spec).map_err(TaskError::fatal)?;
+            let ack = shared
+                .request(|request_id| {
+                    In::Spawn(worker::Spawn {
+                        parent: Some(taskgrid_proto::attempt_ref(parent, 1)),
+                        spec_json,
+                        request_id,
+                    })
+                })
+                .await
+                .map_err(TaskError::Failed)?;
+            if !ack.error.is_empty() {
+                return Err(TaskError::Failed(ack.error));
+            }
+            ack.task_id.parse().map_err(TaskError::failed)
+        })
+    }
+
+    fn now(&self) -> Timestamp {
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp::from_micros(duration_micros(d))
+    }
+}
+
+/// Runs a handler attempt: until it returns, or until it is stopped — at
+/// once for a timeout, after the kill grace for an ignored cancel.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run_handler(
+    handler: Arc<dyn Handler>,
+    backend: Arc<Remote>,
+    id: TaskId,
+    attempt: u32,
+    payload: Box<str>,
+    checkpoint: Option<Box<str>>,
+    timeout: Option<Duration>,
+    limits: &ExecLimits,
+    mut stop: watch::Receiver<Option<StopReason>>,
+) -> ExecReport {
+    let started = Instant::now();
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let ctx = TaskContext::new(
+        backend,
+        id,
+        attempt,
+        Arc::from(payload),
+        checkpoint,
+        cancel_rx,
+    );
+    let call = taskgrid_coordinator::catch_unwind(handler.call(ctx));
+    tokio::pin!(call);
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let outcome = tokio::select! {
+        r = &mut call => taskgrid_coordinator::outcome_of(r),
+        _ = &mut deadline => {
+            let _ = cancel_tx.send(true);
+            Outcome::TimedOut
+        }
+        reason = async { stop.wait_for(Option::is_some).await.ok().and_then(|r| *r) } => {
+            let reason = reason.unwrap_or(StopReason::Cancel);
+            let _ = cancel_tx.send(true);
+            match reason {
+                StopReason::Timeout => Outcome::TimedOut,
+                StopReason::Cancel => {
+                    // Give the handler the grace to notice and return.
+                    let _ = tokio::time::timeout(limits.kill_grace, &mut call).await;
+                    Outcome::Cancelled
+                }
+            }
+        }
+    };
+    ExecReport {
+        outcome,
+        exit_code: None,
+        signal: None,
+        duration: started.elapsed(),
+        cpu_seconds: 0.0,
+        peak_rss_bytes: 0,
+        output_truncated: false,
+    }
+}

@@ -1,0 +1,168 @@
+//! The worker agent: connects out to a coordinator (no inbound port), keeps
+//! one gRPC `Session` stream open, and runs what it is assigned with the
+//! executors — shell, container, and Rust handlers registered through
+//! [`Worker::handler`].
+//!
+//! Attempts outlive connections: if the stream breaks they keep running,
+//! their reports wait in a buffer, and on reconnect the worker lists every
+//! attempt it has not finished reporting so the coordinator keeps them (or
+//! says which to stop). On drain it stops taking work, lets running attempts
+//! finish within the grace, stops the rest and closes the stream cleanly,
+//! which hands them back to the queue at once.
+
+mod backend;
+mod run;
+mod session;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use taskgrid_coordinator::{Handler, HandlerResult, TaskContext, handler_fn};
+
+use crate::{ContainerRuntime, ExecLimits, ShellPolicy};
+
+/// Settings of a worker; `WorkerConfig::new(url)` gives working defaults.
+#[derive(Clone)]
+pub struct WorkerConfig {
+    /// The coordinator, e.g. `http://127.0.0.1:7070`.
+    pub server: String,
+    /// The worker token, sent as `Authorization: Bearer`.
+    pub token: Option<String>,
+    /// Stable id (kept across restarts by the caller, e.g. in a state file).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Labels tasks may require (`gpu` has an empty value).
+    pub labels: Vec<(String, String)>,
+    /// Tasks (by slots) run at once.
+    pub slots: u32,
+    /// Queues served; all when empty.
+    pub queues: Vec<String>,
+    /// Which programs shell tasks may run.
+    pub shell: ShellPolicy,
+    /// The container runtime, or `None` for no container tasks.
+    pub container: Option<ContainerRuntime>,
+    /// Output caps and kill grace.
+    pub limits: ExecLimits,
+    /// How long a drain waits for running attempts.
+    pub drain_grace: Duration,
+    /// First reconnect delay; doubles up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
+}
+
+impl WorkerConfig {
+    /// Default drain grace: 30 s.
+    pub const DRAIN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
+
+    /// Defaults for a worker of `server`: id and name from the host name,
+    /// one slot per CPU, shell allowed, no containers.
+    pub fn new(server: impl Into<String>) -> Self {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "worker".to_owned());
+        WorkerConfig {
+            server: server.into(),
+            token: None,
+            id: format!("{host}-{}", std::process::id()),
+            name: host,
+            labels: Vec::new(),
+            slots: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            queues: Vec::new(),
+            shell: ShellPolicy::Any,
+            container: None,
+            limits: ExecLimits::default(),
+            drain_grace: Self::DRAIN_GRACE_DEFAULT,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A worker: configure, register handlers, then [`Worker::run`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), taskgrid_worker::WorkerError> {
+/// use taskgrid_worker::Worker;
+/// Worker::connect("http://127.0.0.1:7070")
+///     .handler("double", |ctx| async move {
+///         let n: u64 = ctx.payload()?;
+///         Ok(serde_json::json!(n * 2))
+///     })
+///     .run()
+///     .await
+/// # }
+/// ```
+pub struct Worker {
+    config: WorkerConfig,
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+/// Why a worker stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The coordinator refused this worker for good (bad token, invalid
+    /// registration): retrying would not help.
+    #[error("refused by the coordinator: {0}")]
+    Refused(String),
+    /// The server address is not a valid URL.
+    #[error("invalid server address {0:?}: {1}")]
+    BadServer(String, String),
+}
+
+impl Worker {
+    /// A worker of the coordinator at `server`, with default settings.
+    pub fn connect(server: impl Into<String>) -> Self {
+        Worker::with_config(WorkerConfig::new(server))
+    }
+
+    /// A worker with these settings.
+    pub fn with_config(config: WorkerConfig) -> Self {
+        Worker {
+            config,
+            handlers: HashMap::new(),
+        }
+    }
+
+    /// Registers an async closure as handler `name`.
+    pub fn handler<F, Fut>(self, name: &str, f: F) -> Self
+    where
+        F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.handler_impl(name, handler_fn(f))
+    }
+
+    /// Registers a [`Handler`] as `name`.
+    pub fn handler_impl(mut self, name: &str, h: impl Handler) -> Self {
+        self.handlers.insert(name.to_owned(), Arc::new(h));
+        self
+    }
+
+    /// Sets the worker token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.config.token = Some(token.into());
+        self
+    }
+
+    /// Runs until the coordinator refuses the worker for good.
+    pub async fn run(self) -> Result<(), WorkerError> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Runs until `drain` resolves (e.g. on SIGTERM), then drains: takes no
+    /// new work, gives running attempts `drain_grace` to finish, stops the
+    /// rest and disconnects, handing them back to the queue.
+    pub async fn run_until(
+        self,
+        drain: impl Future<Output = ()> + Send,
+    ) -> Result<(), WorkerError> {
+        session::run(self.config, self.handlers, drain).await
+    }
+}

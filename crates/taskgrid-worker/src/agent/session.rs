@@ -1,0 +1,324 @@
+//! One worker's life: connect, register, serve the stream, reconnect with
+//! backoff when it breaks, drain on request.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use taskgrid_coordinator::Handler;
+use taskgrid_core::{StopReason, TaskId};
+use taskgrid_proto::worker::{
+    self, coordinator_message::Msg as Out, worker_gateway_client::WorkerGatewayClient,
+    worker_message::Msg as In,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{WorkerConfig, WorkerError};
+
+/// An attempt this worker has accepted and not yet finished reporting.
+pub(super) struct Attempt {
+    stop: watch::Sender<Option<StopReason>>,
+    /// The coordinator gave it away: stop it and report nothing.
+    silenced: bool,
+}
+
+/// State shared by the session loop and the attempts it runs.
+pub(super) struct Shared {
+    pub(super) config: WorkerConfig,
+    pub(super) handlers: HashMap<String, Arc<dyn Handler>>,
+    attempts: Mutex<HashMap<(TaskId, u32), Attempt>>,
+    events: mpsc::UnboundedSender<In>,
+    acks: Mutex<HashMap<u64, oneshot::Sender<worker::Ack>>>,
+    next_request: AtomicU64,
+}
+
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Queues a message for the coordinator; it waits across reconnects.
+    pub(super) fn emit(&self, msg: In) {
+        let _ = self.events.send(msg);
+    }
+
+    /// Sends a request (checkpoint, spawn) and waits for its ack.
+    pub(super) async fn request(
+        &self,
+        make: impl FnOnce(u64) -> In,
+    ) -> Result<worker::Ack, String> {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        relock(&self.acks).insert(id, tx);
+        self.emit(make(id));
+        rx.await
+            .map_err(|_| "the worker stopped before the coordinator answered".to_owned())
+    }
+
+    fn running(&self) -> Vec<worker::AttemptRef> {
+        relock(&self.attempts)
+            .iter()
+            .filter(|(_, a)| !a.silenced)
+            .map(|((t, n), _)| taskgrid_proto::attempt_ref(*t, *n))
+            .collect()
+    }
+
+    fn stop(&self, key: (TaskId, u32), reason: StopReason, silence: bool) {
+        if let Some(a) = relock(&self.attempts).get_mut(&key) {
+            a.silenced |= silence;
+            let _ = a.stop.send(Some(reason));
+        }
+    }
+
+    fn stop_all(&self, reason: StopReason) {
+        for a in relock(&self.attempts).values_mut() {
+            a.silenced = true;
+            let _ = a.stop.send(Some(reason));
+        }
+    }
+
+    /// Whether a result should go out, and forgets the attempt either way.
+    fn finish(&self, key: (TaskId, u32)) -> bool {
+        relock(&self.attempts)
+            .remove(&key)
+            .is_some_and(|a| !a.silenced)
+    }
+
+    fn idle(&self) -> bool {
+        relock(&self.attempts).is_empty()
+    }
+}
+
+enum End {
+    /// Drained: every attempt is finished or handed back.
+    Drained,
+    /// The stream broke; reconnect.
+    Lost(String),
+    /// Refused for good.
+    Refused(String),
+}
+
+pub(super) async fn run(
+    config: WorkerConfig,
+    handlers: HashMap<String, Arc<dyn Handler>>,
+    drain: impl Future<Output = ()> + Send,
+) -> Result<(), WorkerError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(config.server.clone())
+        .map_err(|e| WorkerError::BadServer(config.server.clone(), e.to_string()))?;
+    let (events, mut events_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        config,
+        handlers,
+        attempts: Mutex::new(HashMap::new()),
+        events,
+        acks: Mutex::new(HashMap::new()),
+        next_request: AtomicU64::new(0),
+    });
+    tokio::pin!(drain);
+    let mut draining = None;
+    let mut backoff = shared.config.reconnect_min;
+    loop {
+        let registered_at = tokio::time::Instant::now();
+        match session(
+            &shared,
+            &endpoint,
+            &mut events_rx,
+            &mut drain,
+            &mut draining,
+        )
+        .await
+        {
+            End::Drained => return Ok(()),
+            End::Refused(why) => return Err(WorkerError::Refused(why)),
+            End::Lost(why) => {
+                tracing::warn!(error = %why, ?backoff, "lost the coordinator; reconnecting");
+                if registered_at.elapsed() > shared.config.reconnect_max {
+                    backoff = shared.config.reconnect_min;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = &mut drain, if draining.is_none() => {
+                        // Draining with no coordinator: stop everything; the
+                        // coordinator re-queues it when the heartbeat lapses.
+                        shared.stop_all(StopReason::Cancel);
+                        return Ok(());
+                    }
+                }
+                backoff = (backoff * 2).min(shared.config.reconnect_max);
+            }
+        }
+    }
+}
+
+fn register(shared: &Shared) -> In {
+    let c = &shared.config;
+    In::Register(worker::Register {
+        worker_id: c.id.clone(),
+        name: c.name.clone(),
+        labels: c.labels.iter().cloned().collect(),
+        handlers: shared.handlers.keys().cloned().collect(),
+        shell: !matches!(c.shell, crate::ShellPolicy::Disabled),
+        container: c.container.is_some(),
+        slots: c.slots,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        queues: c.queues.clone(),
+        running: shared.running(),
+    })
+}
+
+async fn session(
+    shared: &Arc<Shared>,
+    endpoint: &tonic::transport::Endpoint,
+    events: &mut mpsc::UnboundedReceiver<In>,
+    drain: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    draining: &mut Option<tokio::time::Instant>,
+) -> End {
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return End::Lost(format!("connect: {e}")),
+    };
+    let mut client = WorkerGatewayClient::new(channel);
+    let (out, out_rx) = mpsc::channel::<worker::WorkerMessage>(1024);
+    let _ = out
+        .send(worker::WorkerMessage {
+            msg: Some(register(shared)),
+        })
+        .await;
+    let mut request = tonic::Request::new(ReceiverStream::new(out_rx));
+    if let Some(token) = &shared.config.token {
+        match format!("Bearer {token}").parse() {
+            Ok(v) => {
+                request.metadata_mut().insert("authorization", v);
+            }
+            Err(_) => {
+                return End::Refused("the token has characters not allowed in a header".into());
+            }
+        }
+    }
+    let mut inbound = match client.session(request).await {
+        Ok(r) => r.into_inner(),
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::Unauthenticated | tonic::Code::InvalidArgument
+            ) =>
+        {
+            return End::Refused(s.message().to_owned());
+        }
+        Err(s) => return End::Lost(s.to_string()),
+    };
+    let heartbeat = match inbound.message().await {
+        Ok(Some(worker::CoordinatorMessage {
+            msg: Some(Out::Registered(r)),
+        })) => {
+            for c in &r.cancel {
+                if let Ok(key) = taskgrid_proto::task_id(Some(c)) {
+                    shared.stop(key, StopReason::Cancel, true);
+                }
+            }
+            tracing::info!(worker = %r.worker_id, "registered");
+            Duration::from_millis(u64::from(r.heartbeat_interval_ms).max(100))
+        }
+        Ok(_) => return End::Lost("the coordinator did not answer register".into()),
+        Err(s) => return End::Lost(s.to_string()),
+    };
+    let mut beat = tokio::time::interval(heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let send = |msg: In| {
+        let out = out.clone();
+        async move {
+            out.send(worker::WorkerMessage { msg: Some(msg) })
+                .await
+                .is_ok()
+        }
+    };
+    loop {
+        if draining.is_some() && shared.idle() && events.is_empty() {
+            // Closing our side of the stream cleanly hands back whatever is left.
+            return End::Drained;
+        }
+        let deadline = *draining;
+        tokio::select! {
+            m = inbound.message() => match m {
+                Ok(Some(m)) => {
+                    if let Some(msg) = m.msg {
+                        handle(shared, msg, draining.is_some());
+                    }
+                }
+                Ok(None) => return End::Lost("the coordinator closed the stream".into()),
+                Err(s) => return End::Lost(s.to_string()),
+            },
+            Some(msg) = events.recv() => {
+                let deliver = match &msg {
+                    In::Result(r) => match taskgrid_proto::task_id(r.attempt.as_ref()) {
+                        Ok(key) => shared.finish(key),
+                        Err(_) => false,
+                    },
+                    _ => true,
+                };
+                if deliver && !send(msg).await {
+                    return End::Lost("the stream closed".into());
+                }
+            }
+            _ = beat.tick() => {
+                let hb = In::Heartbeat(worker::Heartbeat { running: shared.running(), load: 0.0 });
+                if !send(hb).await {
+                    return End::Lost("the stream closed".into());
+                }
+            }
+            _ = &mut *drain, if draining.is_none() => {
+                tracing::info!(grace = ?shared.config.drain_grace, "draining");
+                *draining = Some(tokio::time::Instant::now() + shared.config.drain_grace);
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                // Grace over: stop what is left and hand it back.
+                shared.stop_all(StopReason::Cancel);
+                *draining = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
+            }
+        }
+    }
+}
+
+/// One message from the coordinator.
+fn handle(shared: &Arc<Shared>, msg: Out, draining: bool) {
+    match msg {
+        Out::Assignments(a) => {
+            for a in a.assignments {
+                super::run::start(shared, a, draining);
+            }
+        }
+        Out::Cancel(c) => {
+            if let Ok(key) = taskgrid_proto::task_id(c.attempt.as_ref()) {
+                let reason = match worker::cancel::Reason::try_from(c.reason) {
+                    Ok(worker::cancel::Reason::Timeout) => StopReason::Timeout,
+                    _ => StopReason::Cancel,
+                };
+                shared.stop(key, reason, false);
+            }
+        }
+        Out::Ack(ack) => {
+            if let Some(tx) = relock(&shared.acks).remove(&ack.request_id) {
+                let _ = tx.send(ack);
+            }
+        }
+        Out::Drain(_) | Out::Registered(_) => {}
+    }
+}
+
+impl Shared {
+    /// Records an accepted attempt; returns its stop signal.
+    pub(super) fn track(&self, key: (TaskId, u32)) -> watch::Receiver<Option<StopReason>> {
+        let (stop, rx) = watch::channel(None);
+        relock(&self.attempts).insert(
+            key,
+            Attempt {
+                stop,
+                silenced: false,
+            },
+        );
+        rx
+    }
+}

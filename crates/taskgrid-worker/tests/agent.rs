@@ -1,0 +1,275 @@
+#![allow(clippy::unwrap_used)]
+//! The worker agent against an in-process coordinator over a real socket.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::json;
+use taskgrid_coordinator::{GatewayConfig, SystemConfig, Task, TaskError, TaskSystem, gateway};
+use taskgrid_core::{FailureCode, ShellCommand, ShellSpec, State, TaskKind, TaskSpec};
+use taskgrid_worker::{ShellPolicy, Worker, WorkerConfig};
+use tokio_stream::wrappers::TcpListenerStream;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+async fn coordinator() -> (TaskSystem, SocketAddr) {
+    let config = SystemConfig {
+        check_handlers: false,
+        ..SystemConfig::default()
+    };
+    let sys = TaskSystem::builder().config(config).build().unwrap();
+    sys.start().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = gateway(&sys, GatewayConfig::default());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (sys, addr)
+}
+
+fn config(addr: SocketAddr, id: &str) -> WorkerConfig {
+    let mut c = WorkerConfig::new(format!("http://{addr}"));
+    c.id = id.into();
+    c.slots = 2;
+    c
+}
+
+fn script(s: &str) -> Task {
+    Task::from_spec(TaskSpec::new(TaskKind::Shell(Box::new(ShellSpec {
+        command: ShellCommand::Script(s.into()),
+        env: vec![],
+        cwd: None,
+    }))))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_tasks_run_remotely_with_output_and_exit_codes() {
+    let (sys, addr) = coordinator().await;
+    tokio::spawn(Worker::with_config(config(addr, "w1")).run());
+    let ok = sys
+        .submit(script("echo hello; echo oops >&2"))
+        .await
+        .unwrap();
+    let r = ok.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!(r.state, State::Succeeded);
+    let out: Vec<(taskgrid_core::Stream, String)> = sys
+        .output(ok.id())
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.stream, c.data))
+        .collect();
+    assert!(
+        out.contains(&(taskgrid_core::Stream::Stdout, "hello\n".into())),
+        "{out:?}"
+    );
+    assert!(
+        out.contains(&(taskgrid_core::Stream::Stderr, "oops\n".into())),
+        "{out:?}"
+    );
+    let bad = sys.submit(script("exit 3")).await.unwrap();
+    let r = bad.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!(r.state, State::Failed);
+    assert_eq!(sys.get(bad.id()).unwrap().status.exit_code, Some(3));
+    assert!(r.error.unwrap().message.contains("code 3"));
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_handler_reports_progress_logs_checkpoints_and_spawns() {
+    let (sys, addr) = coordinator().await;
+    let worker = Worker::with_config(config(addr, "w1"))
+        .handler("parent", |ctx| async move {
+            ctx.progress(0.5, "half");
+            ctx.log("about to spawn");
+            ctx.save_checkpoint(&json!({"step": 1})).await?;
+            let child = ctx.spawn(Task::handler("double", &4)).await?;
+            Ok(json!({ "child": child.to_string() }))
+        })
+        .handler("double", |ctx| async move {
+            let n: u64 = ctx.payload()?;
+            if n == 0 {
+                return Err(TaskError::fatal("zero"));
+            }
+            Ok(json!(n * 2))
+        });
+    tokio::spawn(worker.run());
+    let h = sys.submit(Task::handler("parent", &())).await.unwrap();
+    let r = h.wait_timeout(LIMIT).await.unwrap();
+    assert!(r.is_success(), "{r:?}");
+    let rec = sys.get(h.id()).unwrap();
+    assert_eq!(rec.progress.unwrap().message.as_deref(), Some("half"));
+    assert_eq!(rec.checkpoint.as_deref(), Some(r#"{"step":1}"#));
+    assert_eq!(sys.output(h.id()).unwrap()[0].data, "about to spawn");
+    let children = sys.children(h.id()).unwrap();
+    assert_eq!(children.len(), 1);
+    let c = sys
+        .handle(children[0].id)
+        .wait_timeout(LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(c.value::<u64>().unwrap(), Some(8));
+    let f = sys
+        .submit(Task::handler("double", &0).retries(3))
+        .await
+        .unwrap()
+        .wait_timeout(LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        (f.state, f.attempts),
+        (State::Failed, 1),
+        "a fatal error is not retried"
+    );
+    sys.shutdown().await.unwrap();
+}
+
+fn alive(pid: i32) -> bool {
+    // Killed children of a reaper-less PID 1 linger as zombies: dead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_shell_task_kills_its_process_group() {
+    let (sys, addr) = coordinator().await;
+    tokio::spawn(Worker::with_config(config(addr, "w1")).run());
+    let mut events = sys.subscribe();
+    // The script starts a grandchild and prints both pids, then waits.
+    let h = sys
+        .submit(script("sleep 1000 & echo $$ $!; wait"))
+        .await
+        .unwrap();
+    let pids: Vec<i32> = loop {
+        let ev = tokio::time::timeout(LIMIT, events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let taskgrid_coordinator::EventKind::Output { data, .. } = &ev.kind
+            && ev.id == h.id()
+        {
+            break data
+                .split_whitespace()
+                .map(|p| p.parse().unwrap())
+                .collect();
+        }
+    };
+    assert!(pids.iter().all(|p| alive(*p)));
+    h.cancel().unwrap();
+    let r = h.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!(r.state, State::Cancelled);
+    assert!(pids.iter().all(|p| !alive(*p)), "no orphan left: {pids:?}");
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_hands_unfinished_work_back_and_refusals_fail_the_task() {
+    let (sys, addr) = coordinator().await;
+    let mut c = config(addr, "drainer");
+    c.drain_grace = Duration::from_millis(100);
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(Worker::with_config(c).run_until(async move {
+        let _ = drain_rx.await;
+    }));
+    let mut events = sys.subscribe();
+    let long = sys.submit(script("sleep 1000")).await.unwrap();
+    while long.status().unwrap() != State::Running {
+        tokio::task::yield_now().await;
+    }
+    drain_tx.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+    // Handed back at once (not after a heartbeat timeout): queued again.
+    loop {
+        let ev = tokio::time::timeout(LIMIT, events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if ev.id == long.id()
+            && ev.new_state() == Some(State::Queued)
+            && long.record().unwrap().status.attempt == 1
+        {
+            break;
+        }
+    }
+    // Only a worker without a shell is left: it is never offered the task,
+    // which fails "no capable worker" when its dispatch timeout passes.
+    let mut no_shell = config(addr, "no-shell");
+    no_shell.shell = ShellPolicy::Disabled;
+    let ns = sys
+        .submit(script("true").dispatch_timeout(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    long.cancel().unwrap();
+    tokio::spawn(
+        Worker::with_config(no_shell)
+            .handler("x", |_| async { Ok(json!(null)) })
+            .run(),
+    );
+    let r = ns.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!(r.state, State::Failed);
+    assert_eq!(r.error.unwrap().code, FailureCode::NoCapableWorker);
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_outside_the_allow_list_is_refused_and_offered_elsewhere() {
+    let (sys, addr) = coordinator().await;
+    let mut strict = config(addr, "strict");
+    strict.shell = ShellPolicy::AllowList(vec!["echo".into()]);
+    tokio::spawn(Worker::with_config(strict).run());
+    let argv = |args: &[&str]| {
+        Task::from_spec(TaskSpec::new(TaskKind::Shell(Box::new(ShellSpec {
+            command: ShellCommand::Argv(args.iter().map(|a| a.to_string()).collect()),
+            env: vec![],
+            cwd: None,
+        }))))
+    };
+    assert!(
+        sys.submit(argv(&["echo", "ok"]))
+            .await
+            .unwrap()
+            .wait_timeout(LIMIT)
+            .await
+            .unwrap()
+            .is_success()
+    );
+    // The only capable worker refuses `true`: the task fails, naming why.
+    let refused = sys
+        .submit(argv(&["true"]))
+        .await
+        .unwrap()
+        .wait_timeout(LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(refused.state, State::Failed);
+    let err = refused.error.unwrap();
+    assert_eq!(err.code, FailureCode::NoCapableWorker);
+    assert!(err.message.contains("true"), "{}", err.message);
+    // With a permissive worker connected, a refused task runs there instead.
+    let mut open = config(addr, "open");
+    open.slots = 1;
+    tokio::spawn(Worker::with_config(open).run());
+    tokio::time::timeout(LIMIT, async {
+        while sys.workers().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    // The strict worker has more free slots, so it is offered first.
+    let t = sys.submit(argv(&["true"])).await.unwrap();
+    let r = t.wait_timeout(LIMIT).await.unwrap();
+    assert!(r.is_success(), "{r:?}");
+    let attempts = sys.attempts(t.id()).unwrap();
+    assert_eq!(attempts.last().unwrap().worker.as_str(), "open");
+    sys.shutdown().await.unwrap();
+}
