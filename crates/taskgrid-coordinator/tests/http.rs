@@ -9,9 +9,12 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use serde_json::{Value, json};
+use taskgrid_client::{Client, FollowItem, ServerEvent};
 use taskgrid_coordinator::http::{ApiConfig, router, routes};
 use taskgrid_coordinator::{SystemConfig, TaskContext, TaskError, TaskSystem};
-use tokio::sync::Notify;
+use taskgrid_core::State;
+use taskgrid_proto::api::{self, EventFilter, SubmitRequest};
+use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -624,7 +627,7 @@ async fn a_held_task_blocks_nothing() {
     let task_id: taskgrid_core::TaskId = id.parse().expect("id");
     loop {
         let ev = events.recv().await.expect("event");
-        if ev.id == task_id && ev.new_state() == Some(taskgrid_core::State::Running) {
+        if ev.id == task_id && ev.new_state() == Some(State::Running) {
             break;
         }
     }
@@ -633,4 +636,203 @@ async fn a_held_task_blocks_nothing() {
     gate.notify_one();
     let end = sys.handle(task_id).wait_timeout(LIMIT).await.expect("ends");
     assert!(end.state.is_terminal());
+}
+
+/// Serves `sys` on an OS-chosen loopback port; a client for it.
+async fn serve(sys: &Arc<TaskSystem>) -> Client {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = listener.local_addr().expect("has an address");
+    let app = router(sys.clone(), ApiConfig::default());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Client::new(&format!("http://{addr}"), None).expect("client")
+}
+
+/// A system whose `talk` handler logs its payload's lines, then waits
+/// until the test opens `gate`.
+fn gated_system(gate: &Arc<watch::Sender<bool>>, config: SystemConfig) -> Arc<TaskSystem> {
+    let gate = gate.clone();
+    let sys = TaskSystem::builder()
+        .config(config)
+        .handler("talk", move |ctx: TaskContext| {
+            let gate = gate.clone();
+            async move {
+                let lines: Vec<String> = ctx.payload()?;
+                for l in &lines {
+                    ctx.log(l.clone());
+                }
+                let _ = gate.subscribe().wait_for(|open| *open).await;
+                Ok::<_, TaskError>(json!(null))
+            }
+        })
+        .build()
+        .expect("builds");
+    sys.start().expect("starts");
+    Arc::new(sys)
+}
+
+fn talk(lines: &[&str], queue: &str) -> SubmitRequest {
+    let mut r = SubmitRequest::handler("talk", json!(lines));
+    r.queue = queue.to_owned();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_output_delivers_the_lines_then_the_end() {
+    let gate = Arc::new(watch::Sender::new(false));
+    let sys = gated_system(&gate, SystemConfig::default());
+    let client = serve(&sys).await;
+    let task = client
+        .submit(&talk(&["one", "two", "three"], "default"))
+        .await
+        .expect("submits");
+    let mut follow = client.follow_output(task.id, 0).await.expect("follows");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match follow.next().await.expect("an item").expect("ok") {
+            FollowItem::Chunk(c) => seen.push((c.seq, c.data)),
+            FollowItem::End(e) => panic!("ended before the task did: {e:?}"),
+        }
+    }
+    let data: Vec<&str> = seen.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(data, ["one", "two", "three"]);
+    gate.send_replace(true);
+    match follow.next().await.expect("an item").expect("ok") {
+        FollowItem::End(end) => assert_eq!(end.state, State::Succeeded),
+        other => panic!("expected the end, got {other:?}"),
+    }
+    assert!(follow.next().await.is_none());
+
+    // Following a finished task from the middle: the rest, then the end.
+    let mut late = client
+        .follow_output(task.id, seen[0].0)
+        .await
+        .expect("follows");
+    let mut rest = Vec::new();
+    while let FollowItem::Chunk(c) = late.next().await.expect("an item").expect("ok") {
+        rest.push(c.data);
+    }
+    assert_eq!(rest, ["two", "three"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_give_every_state_change_in_order_and_resume_from_last_event_id() {
+    let gate = Arc::new(watch::Sender::new(true));
+    let sys = gated_system(&gate, SystemConfig::default());
+    let client = serve(&sys).await;
+    let filter = EventFilter {
+        queue: Some("watched".to_owned()),
+        ..EventFilter::default()
+    };
+    let mut events = client.events(&filter, None).await.expect("subscribes");
+    client
+        .submit(&talk(&[], "unwatched"))
+        .await
+        .expect("submits");
+    let task = client
+        .submit(&talk(&["line"], "watched"))
+        .await
+        .expect("submits");
+
+    let mut all = Vec::new();
+    while all.last().and_then(|e: &api::TaskEvent| e.new_state()) != Some(State::Succeeded) {
+        match events.next().await.expect("an event").expect("ok") {
+            ServerEvent::Task(ev) => {
+                assert_eq!(ev.id, task.id, "only the watched queue");
+                all.push(ev);
+            }
+            ServerEvent::Reset(r) => panic!("unexpected reset {r:?}"),
+        }
+    }
+    let states: Vec<State> = all.iter().filter_map(api::TaskEvent::new_state).collect();
+    assert_eq!(
+        states,
+        [
+            State::Queued,
+            State::Assigned,
+            State::Running,
+            State::Succeeded
+        ]
+    );
+    assert!(
+        all.iter()
+            .any(|e| matches!(&e.kind, api::EventKind::Output { data, .. } if data == "line"))
+    );
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+
+    // Reconnect after the first event: everything after it, once, in order.
+    let mut resumed = client
+        .events(&filter, Some(all[0].seq))
+        .await
+        .expect("resumes");
+    let mut again = Vec::new();
+    while again.len() < all.len() - 1 {
+        match resumed.next().await.expect("an event").expect("ok") {
+            ServerEvent::Task(ev) => again.push(ev),
+            ServerEvent::Reset(r) => panic!("the buffer reaches back: {r:?}"),
+        }
+    }
+    assert_eq!(again, all[1..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_the_buffer_cannot_serve_starts_with_reset() {
+    let config = SystemConfig {
+        check_handlers: false,
+        replay_capacity: 2,
+        ..SystemConfig::default()
+    };
+    let gate = Arc::new(watch::Sender::new(false));
+    let sys = gated_system(&gate, config);
+    let client = serve(&sys).await;
+    let mut live = client
+        .events(&EventFilter::default(), None)
+        .await
+        .expect("subscribes");
+    // Tasks for a handler nobody has: they wait, one event each.
+    for _ in 0..3 {
+        client
+            .submit(&SubmitRequest::handler("nobody", json!(null)))
+            .await
+            .expect("submits");
+    }
+    // The three submits are seq 1..=3; wait until all are published.
+    let mut last = 0;
+    while last < 3 {
+        if let ServerEvent::Task(ev) = live.next().await.expect("an event").expect("ok") {
+            last = ev.seq;
+        }
+    }
+    // Resuming after 0: seq 1 has left the buffer of 2.
+    let mut s = client
+        .events(&EventFilter::default(), Some(0))
+        .await
+        .expect("resumes");
+    assert_eq!(
+        s.next().await.expect("an item").expect("ok"),
+        ServerEvent::Reset(api::StreamReset { after: 0 })
+    );
+    for want in [2, 3] {
+        match s.next().await.expect("an item").expect("ok") {
+            ServerEvent::Task(ev) => assert_eq!(ev.seq, want),
+            other => panic!("{other:?}"),
+        }
+    }
+    // An id from another process (beyond any sent): reset, then this
+    // process's buffered events.
+    let mut s = client
+        .events(&EventFilter::default(), Some(1_000))
+        .await
+        .expect("resumes");
+    assert_eq!(
+        s.next().await.expect("an item").expect("ok"),
+        ServerEvent::Reset(api::StreamReset { after: 1_000 })
+    );
+    match s.next().await.expect("an item").expect("ok") {
+        ServerEvent::Task(ev) => assert_eq!(ev.seq, 2),
+        other => panic!("{other:?}"),
+    }
 }
