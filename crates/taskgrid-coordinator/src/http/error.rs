@@ -122,6 +122,10 @@ impl From<Error> for ApiError {
             Error::UnknownHandler(_) => {
                 ApiError::new(S::BAD_REQUEST, "unknown_handler", msg).field("kind.name")
             }
+            Error::NotRunnable(_) => {
+                ApiError::new(S::BAD_REQUEST, "not_runnable", msg).field("kind")
+            }
+            Error::StoreFailed => ApiError::new(S::SERVICE_UNAVAILABLE, "store_failed", msg),
             Error::InvalidPayload(_) => {
                 ApiError::new(S::BAD_REQUEST, "invalid_payload", msg).field("kind.payload")
             }
