@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::gateway::token_matches;
 
 /// Refuses a request without the configured bearer token (when one is set),
 /// and a state-changing request sent by a page of another origin.
@@ -18,7 +19,7 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(bearer);
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        if !given.is_some_and(|g| token_matches(g, token)) {
             return ApiError::unauthorized().into_response();
         }
     }
@@ -39,16 +40,6 @@ fn bearer(value: &str) -> Option<&str> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim_start())
-}
-
-/// Compares without stopping at the first difference, so the time taken
-/// does not tell how much of a guess was right (only its length).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 /// A browser sends `Origin` with a cross-site POST; a page elsewhere must
@@ -78,14 +69,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bearer_tokens_are_parsed_and_compared_whole() {
+    fn bearer_tokens_are_parsed() {
         assert_eq!(bearer("Bearer abc"), Some("abc"));
         assert_eq!(bearer("bearer  abc"), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("Bearer"), None);
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
     }
 
     #[test]
