@@ -34,6 +34,7 @@ mod executor;
 mod gateway;
 mod handle;
 mod handler;
+pub mod http;
 mod monitor;
 mod system;
 mod task;

@@ -8,6 +8,7 @@ pub mod worker {
     tonic::include_proto!("taskgrid.worker.v1");
 }
 
+pub mod api;
 mod convert;
 
 pub use convert::{

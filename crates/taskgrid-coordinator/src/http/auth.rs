@@ -1,0 +1,105 @@
+//! Who may call the API: the bearer token check, and a guard against
+//! browsers on other sites posting to a coordinator on the loopback.
+
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::gateway::token_matches;
+
+/// Refuses a request without the configured bearer token (when one is set),
+/// and a state-changing request sent by a page of another origin.
+pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.config.client_token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer);
+        if !given.is_some_and(|g| token_matches(g, token)) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    if is_cross_origin_write(&req) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_origin",
+            "state-changing requests from another origin are refused",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
+/// A browser sends `Origin` with a cross-site POST; a page elsewhere must
+/// not be able to submit shell tasks to an unauthenticated local
+/// coordinator. Requests without `Origin` (curl, the client) pass.
+fn is_cross_origin_write(req: &Request) -> bool {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return false;
+    }
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return false;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    !matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_parsed() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc"), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer"), None);
+    }
+
+    #[test]
+    fn only_cross_origin_writes_are_refused() {
+        let req = |method: Method, origin: Option<&str>| {
+            let mut b = Request::builder()
+                .method(method)
+                .uri("/api/v1/tasks")
+                .header(header::HOST, "127.0.0.1:7070");
+            if let Some(o) = origin {
+                b = b.header(header::ORIGIN, o);
+            }
+            b.body(axum::body::Body::empty()).expect("valid request")
+        };
+        assert!(is_cross_origin_write(&req(
+            Method::POST,
+            Some("https://evil.example")
+        )));
+        assert!(!is_cross_origin_write(&req(
+            Method::POST,
+            Some("http://127.0.0.1:7070")
+        )));
+        assert!(!is_cross_origin_write(&req(Method::POST, None)));
+        assert!(!is_cross_origin_write(&req(
+            Method::GET,
+            Some("https://evil.example")
+        )));
+    }
+}

@@ -1,0 +1,205 @@
+//! The HTTP JSON API of a [`TaskSystem`]: tasks, output, workers, queues,
+//! metrics and a server-sent event stream under `/api/v1`, plus `/healthz`
+//! and `/readyz` at the root.
+//!
+//! [`router`] builds an [`axum::Router`] and listens nowhere: whoever runs
+//! the coordinator serves it (next to the worker gateway), and tests call
+//! it directly with `tower::ServiceExt::oneshot`. Handlers are thin —
+//! decode, one [`TaskSystem`] call, encode — and every failure goes through
+//! one error type, so the answer is always
+//! `{"error":{"code":"…","message":"…"}}` with a fitting status code.
+//! The wire types live in [`taskgrid_proto::api`]; `docs/api.md` and
+//! `GET /api/v1/openapi.json` describe the routes.
+
+mod auth;
+mod error;
+mod events;
+mod extract;
+mod output;
+mod tasks;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{MethodRouter, get, post};
+use taskgrid_proto::api::{API_PREFIX, Health};
+use taskgrid_store::TaskQuery;
+
+use crate::TaskSystem;
+use error::ApiError;
+
+/// Settings of the HTTP API; `Default` works (no token, 2 MiB bodies).
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// When set, every `/api/v1` route requires
+    /// `Authorization: Bearer <token>`.
+    pub client_token: Option<String>,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Largest page of tasks or output chunks one request returns.
+    pub max_page: usize,
+    /// Most tasks one batch submit may hold.
+    pub max_batch: usize,
+}
+
+impl ApiConfig {
+    /// Default body limit: 2 MiB.
+    pub const MAX_BODY_BYTES_DEFAULT: usize = 2 * 1024 * 1024;
+    /// Default page cap: 1,000.
+    pub const MAX_PAGE_DEFAULT: usize = 1000;
+    /// Default batch cap: 10,000 tasks.
+    pub const MAX_BATCH_DEFAULT: usize = 10_000;
+    /// Page size of `GET /tasks` when none is asked for.
+    pub const LIST_LIMIT_DEFAULT: usize = 100;
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            client_token: None,
+            max_body_bytes: Self::MAX_BODY_BYTES_DEFAULT,
+            max_page: Self::MAX_PAGE_DEFAULT,
+            max_batch: Self::MAX_BATCH_DEFAULT,
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("client_token", &self.client_token.as_ref().map(|_| "<set>"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_page", &self.max_page)
+            .field("max_batch", &self.max_batch)
+            .finish()
+    }
+}
+
+/// What every handler gets.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) system: Arc<TaskSystem>,
+    pub(crate) config: Arc<ApiConfig>,
+}
+
+/// The OpenAPI 3.1 description of every route.
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every `/api/v1` route: method, path below the prefix, handler. The
+/// router and [`routes`] are both built from this one table.
+fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    vec![
+        (Method::POST, "/tasks", post(tasks::submit)),
+        (Method::GET, "/tasks", get(tasks::list)),
+        (Method::POST, "/tasks/batch", post(tasks::submit_batch)),
+        (Method::POST, "/tasks/cancel", post(tasks::cancel_tag)),
+        (Method::GET, "/tasks/{id}", get(tasks::detail)),
+        (Method::POST, "/tasks/{id}/cancel", post(tasks::cancel)),
+        (Method::POST, "/tasks/{id}/retry", post(tasks::retry)),
+        (Method::GET, "/tasks/{id}/output", get(output::output)),
+        (Method::GET, "/tasks/{id}/explain", get(tasks::explain)),
+        (Method::GET, "/workers", get(tasks::workers)),
+        (Method::GET, "/queues", get(tasks::queues)),
+        (Method::GET, "/metrics", get(tasks::metrics)),
+        (Method::GET, "/events", get(events::events)),
+        (Method::GET, "/openapi.json", get(openapi)),
+    ]
+}
+
+/// Routes served at the root, without auth.
+const ROOT_ROUTES: [(Method, &str); 2] = [(Method::GET, "/healthz"), (Method::GET, "/readyz")];
+
+/// Every route the router serves, as (method, full path), e.g.
+/// `(POST, "/api/v1/tasks/{id}/cancel")`.
+pub fn routes() -> Vec<(Method, String)> {
+    ROOT_ROUTES
+        .iter()
+        .map(|(m, p)| (m.clone(), (*p).to_owned()))
+        .chain(
+            api_routes()
+                .into_iter()
+                .map(|(m, p, _)| (m, format!("{API_PREFIX}{p}"))),
+        )
+        .collect()
+}
+
+/// The API as a router, ready to be served (or called in tests).
+///
+/// `/api/v1/*` is guarded by the client token when one is configured;
+/// `/healthz` and `/readyz` never are.
+pub fn router(system: Arc<TaskSystem>, config: ApiConfig) -> Router {
+    let state = AppState {
+        system,
+        config: Arc::new(config),
+    };
+    let mut api = Router::new();
+    for (_, path, route) in api_routes() {
+        api = api.route(path, route);
+    }
+    let api = api
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
+        .with_state(state.clone());
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+        .nest(API_PREFIX, api)
+        .fallback(no_route)
+}
+
+async fn no_route() -> ApiError {
+    ApiError::no_route()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+/// 200 whenever the process serves requests.
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+    })
+}
+
+/// 200 when the store answers a read, 503 otherwise.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let probe = TaskQuery {
+        limit: 1,
+        ..TaskQuery::default()
+    };
+    match state.system.list(&probe) {
+        Ok(_) => (
+            StatusCode::OK,
+            Json(Health {
+                status: "ok".to_owned(),
+            }),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "readyz: store does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(Health {
+                    status: "store unavailable".to_owned(),
+                }),
+            )
+        }
+    }
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}

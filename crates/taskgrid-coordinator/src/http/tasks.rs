@@ -1,0 +1,225 @@
+//! Task routes — submit, batch, read, list, cancel, retry, explain — and the
+//! read-only views of workers, queues and metrics.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::Json;
+use serde::Deserialize;
+use taskgrid_core::{CancelOutcome, Explanation, MetricsSnapshot, QueueStats, State as TaskState};
+use taskgrid_core::{TaskId, WorkerId};
+use taskgrid_proto::api::{
+    BatchRequest, BatchResponse, CancelOutcomeKind, CancelResponse, CancelTagRequest,
+    CancelTagResponse, ListQuery, SubmitRequest, SubmitResponse, TaskDetail, TaskPage, TaskView,
+    WorkerView,
+};
+use taskgrid_store::TaskQuery;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiQuery, TaskPath};
+use crate::Task;
+
+/// The engine's task for an API request, relative times still relative.
+fn to_task(req: SubmitRequest) -> Task {
+    let (spec, times) = req.into_spec();
+    let mut task = Task::from_spec(spec);
+    if let Some(d) = times.delay {
+        task = task.delay(d);
+    }
+    if let Some(d) = times.expires_in {
+        task = task.expires_in(d);
+    }
+    task
+}
+
+/// An id minted just before a submit. Task ids are UUIDv7s from one
+/// process-wide ordered generator, so a task created by the submit has a
+/// larger id, and one returned for its unique key (created earlier) has a
+/// smaller one. (Two racing submits of the same new key both read as
+/// created: `TaskSystem::submit` does not say which it was.)
+fn id_mark() -> TaskId {
+    TaskId::from_bytes(*uuid::Uuid::now_v7().as_bytes())
+}
+
+/// `POST /tasks`: 201 when created, 200 when a live task with the same
+/// unique key was returned.
+pub(crate) async fn submit(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<SubmitRequest>,
+) -> ApiResult<(StatusCode, Json<SubmitResponse>)> {
+    let keyed = req.unique_key.is_some();
+    let mark = id_mark();
+    let id = s.system.submit(to_task(req)).await?.id();
+    let created = !keyed || id > mark;
+    let state = s.system.get(id)?.status.state;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(SubmitResponse { id, state, created })))
+}
+
+/// `POST /tasks/batch`: all or none, in one commit.
+pub(crate) async fn submit_batch(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<BatchRequest>,
+) -> ApiResult<(StatusCode, Json<BatchResponse>)> {
+    if req.tasks.len() > s.config.max_batch {
+        return Err(ApiError::invalid(
+            "tasks",
+            format!("a batch holds at most {} tasks", s.config.max_batch),
+        ));
+    }
+    let tasks = req.tasks.into_iter().map(to_task).collect();
+    let handles = s.system.submit_batch(tasks).await?;
+    let ids = handles.iter().map(|h| h.id()).collect();
+    Ok((StatusCode::CREATED, Json(BatchResponse { ids })))
+}
+
+/// `GET /tasks/{id}`: the task and its attempts.
+pub(crate) async fn detail(
+    State(s): State<AppState>,
+    TaskPath(id): TaskPath,
+) -> ApiResult<Json<TaskDetail>> {
+    let task = TaskView::from(s.system.get(id)?);
+    let attempts = s.system.attempts(id)?;
+    Ok(Json(TaskDetail { task, attempts }))
+}
+
+/// `GET /tasks`: filtered, in id order, a page at a time.
+pub(crate) async fn list(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<TaskPage>> {
+    let limit = q
+        .limit
+        .unwrap_or(super::ApiConfig::LIST_LIMIT_DEFAULT)
+        .min(s.config.max_page);
+    if limit == 0 {
+        return Err(ApiError::invalid("limit", "limit must be at least 1"));
+    }
+    let query = TaskQuery {
+        state: q.state,
+        queue: q.queue,
+        tag: q.tag,
+        parent: q.parent,
+        worker: q.worker.map(WorkerId::new),
+        after: q.cursor,
+        limit,
+    };
+    let tasks: Vec<TaskView> = s
+        .system
+        .list(&query)?
+        .into_iter()
+        .map(TaskView::from)
+        .collect();
+    let next_cursor = (tasks.len() == limit)
+        .then(|| tasks.last().map(|t| t.id))
+        .flatten();
+    Ok(Json(TaskPage { tasks, next_cursor }))
+}
+
+/// `POST /tasks/{id}/cancel`.
+pub(crate) async fn cancel(
+    State(s): State<AppState>,
+    TaskPath(id): TaskPath,
+) -> ApiResult<Json<CancelResponse>> {
+    let (outcome, state) = match s.system.cancel(id)? {
+        CancelOutcome::Cancelled => (CancelOutcomeKind::Cancelled, TaskState::Cancelled),
+        CancelOutcome::Requested => (CancelOutcomeKind::Requested, s.system.get(id)?.status.state),
+        CancelOutcome::AlreadyFinished(st) => (CancelOutcomeKind::AlreadyFinished, st),
+    };
+    Ok(Json(CancelResponse { outcome, state }))
+}
+
+/// The tag of `POST /tasks/cancel?tag=T`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TagQuery {
+    tag: Option<String>,
+}
+
+/// `POST /tasks/cancel`: every live task with a tag, given as `?tag=` or
+/// as a body `{"tag": …}`.
+pub(crate) async fn cancel_tag(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<TagQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<CancelTagResponse>> {
+    let body = body?;
+    let tag = match (q.tag, body.is_empty()) {
+        (Some(tag), true) => tag,
+        (None, false) => {
+            serde_json::from_slice::<CancelTagRequest>(&body)
+                .map_err(|e| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+                })?
+                .tag
+        }
+        (Some(_), false) => return Err(ApiError::invalid("tag", "give the tag once")),
+        (None, true) => return Err(ApiError::invalid("tag", "a tag is required")),
+    };
+    if tag.is_empty() {
+        return Err(ApiError::invalid("tag", "the tag must not be empty"));
+    }
+    let cancelled = s.system.cancel_tag(&tag);
+    Ok(Json(CancelTagResponse { cancelled }))
+}
+
+/// `POST /tasks/{id}/retry`: a new task with the same spec; 409 while the
+/// task has not finished.
+pub(crate) async fn retry(
+    State(s): State<AppState>,
+    TaskPath(id): TaskPath,
+) -> ApiResult<(StatusCode, Json<SubmitResponse>)> {
+    let new = s.system.retry(id).await?.id();
+    let state = s.system.get(new)?.status.state;
+    let body = SubmitResponse {
+        id: new,
+        state,
+        created: true,
+    };
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// `GET /tasks/{id}/explain`: why it is not running, or where it stands.
+pub(crate) async fn explain(
+    State(s): State<AppState>,
+    TaskPath(id): TaskPath,
+) -> ApiResult<Json<Explanation>> {
+    Ok(Json(s.system.explain(id)?))
+}
+
+/// `GET /workers`.
+pub(crate) async fn workers(State(s): State<AppState>) -> Json<Vec<WorkerView>> {
+    let views = s
+        .system
+        .workers()
+        .into_iter()
+        .map(|w| WorkerView {
+            id: w.id,
+            labels: w.labels,
+            handlers: w.handlers,
+            shell: w.shell,
+            container: w.container,
+            slots: w.slots,
+            used: w.used,
+            trust: w.trust,
+            running: w.running,
+        })
+        .collect();
+    Json(views)
+}
+
+/// `GET /queues`.
+pub(crate) async fn queues(State(s): State<AppState>) -> Json<Vec<QueueStats>> {
+    Json(s.system.queue_stats())
+}
+
+/// `GET /metrics` (JSON; Prometheus text is served elsewhere at `/metrics`).
+pub(crate) async fn metrics(State(s): State<AppState>) -> Json<MetricsSnapshot> {
+    Json(s.system.metrics())
+}

@@ -1,0 +1,838 @@
+//! The HTTP API, called without a socket through `tower::ServiceExt::oneshot`
+//! (and, for the SSE streams, over 127.0.0.1 with the typed client).
+//! No sleeps: tests synchronise on events, notifications and `wait()`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use serde_json::{Value, json};
+use taskgrid_client::{Client, FollowItem, ServerEvent};
+use taskgrid_coordinator::http::{ApiConfig, router, routes};
+use taskgrid_coordinator::{SystemConfig, TaskContext, TaskError, TaskSystem};
+use taskgrid_core::State;
+use taskgrid_proto::api::{self, EventFilter, SubmitRequest};
+use tokio::sync::{Notify, watch};
+use tower::ServiceExt;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A system whose tasks stay queued: no handler is checked, none runs.
+fn idle_system(queue_limit: Option<(&str, usize)>) -> Arc<TaskSystem> {
+    let config = SystemConfig {
+        check_handlers: false,
+        ..SystemConfig::default()
+    };
+    let mut b = TaskSystem::builder().config(config);
+    if let Some((q, n)) = queue_limit {
+        b = b.queue_limit(q, n);
+    }
+    let sys = b.build().expect("system builds");
+    sys.start().expect("system starts");
+    Arc::new(sys)
+}
+
+/// A system with an `echo` handler that logs each line of its payload.
+fn echo_system() -> Arc<TaskSystem> {
+    let sys = TaskSystem::builder()
+        .handler("echo", |ctx: TaskContext| async move {
+            let lines: Vec<String> = ctx.payload()?;
+            for l in &lines {
+                ctx.log(l.clone());
+            }
+            Ok::<_, TaskError>(json!(lines.len()))
+        })
+        .build()
+        .expect("system builds");
+    sys.start().expect("system starts");
+    Arc::new(sys)
+}
+
+struct Api {
+    app: Router,
+    token: Option<String>,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Api {
+    fn new(sys: &Arc<TaskSystem>) -> Api {
+        Api::with(sys, ApiConfig::default())
+    }
+
+    fn with(sys: &Arc<TaskSystem>, config: ApiConfig) -> Api {
+        Api {
+            token: config.client_token.clone(),
+            app: router(sys.clone(), config),
+        }
+    }
+
+    async fn send(&self, req: Request<Body>) -> Reply {
+        let res = self.app.clone().oneshot(req).await.expect("infallible");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .expect("body reads");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn request(&self, method: Method, uri: &str) -> axum::http::request::Builder {
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(t) = &self.token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        b
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.send(
+            self.request(Method::GET, uri)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+    }
+
+    async fn post(&self, uri: &str, body: Value) -> Reply {
+        self.post_raw(uri, body.to_string()).await
+    }
+
+    async fn post_raw(&self, uri: &str, body: String) -> Reply {
+        let req = self
+            .request(Method::POST, uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .expect("request");
+        self.send(req).await
+    }
+
+    async fn post_empty(&self, uri: &str) -> Reply {
+        self.send(
+            self.request(Method::POST, uri)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// Submits a task and returns its id.
+    async fn submit(&self, body: Value) -> String {
+        let r = self.post("/api/v1/tasks", body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["id"].as_str().expect("an id").to_owned()
+    }
+
+    async fn count(&self) -> usize {
+        let r = self.get("/api/v1/tasks?limit=1000").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.body["tasks"].as_array().map_or(0, Vec::len)
+    }
+}
+
+fn handler_task(queue: &str, tag: &str) -> Value {
+    json!({"kind": {"type": "handler", "name": "remote", "payload": {"n": 1}},
+           "queue": queue, "tags": [tag]})
+}
+
+fn error_code(r: &Reply) -> &str {
+    r.body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn submit_then_get_then_list_filtered_and_paginated() {
+    let sys = idle_system(None);
+    let api = Api::new(&sys);
+    let a1 = api.submit(handler_task("a", "x")).await;
+    let a2 = api.submit(handler_task("a", "y")).await;
+    let b1 = api.submit(handler_task("b", "x")).await;
+
+    let r = api.get(&format!("/api/v1/tasks/{a1}")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["task"]["id"], a1);
+    assert_eq!(r.body["task"]["status"]["state"], "queued");
+    assert_eq!(r.body["task"]["spec"]["kind"]["payload"], json!({"n": 1}));
+    assert_eq!(r.body["attempts"], json!([]));
+
+    let ids = |r: &Reply| -> Vec<String> {
+        r.body["tasks"]
+            .as_array()
+            .map(|ts| {
+                ts.iter()
+                    .map(|t| t["id"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        ids(&api.get("/api/v1/tasks?queue=a").await),
+        [a1.as_str(), a2.as_str()]
+    );
+    assert_eq!(
+        ids(&api.get("/api/v1/tasks?tag=x").await),
+        [a1.as_str(), b1.as_str()]
+    );
+    assert_eq!(
+        ids(&api.get("/api/v1/tasks?state=queued&queue=b").await),
+        [b1.as_str()]
+    );
+    assert!(ids(&api.get("/api/v1/tasks?state=running").await).is_empty());
+
+    // Two pages of two, then none.
+    let p1 = api.get("/api/v1/tasks?limit=2").await;
+    assert_eq!(ids(&p1), [a1.as_str(), a2.as_str()]);
+    let cursor = p1.body["next_cursor"]
+        .as_str()
+        .expect("a cursor")
+        .to_owned();
+    let p2 = api
+        .get(&format!("/api/v1/tasks?limit=2&cursor={cursor}"))
+        .await;
+    assert_eq!(ids(&p2), [b1.as_str()]);
+    assert_eq!(p2.body["next_cursor"], Value::Null);
+
+    let r = api.get("/api/v1/tasks?state=bogus").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&r), "invalid_query");
+}
+
+#[tokio::test]
+async fn relative_times_are_resolved_at_submit() {
+    let sys = idle_system(None);
+    let api = Api::new(&sys);
+    let mut t = handler_task("a", "x");
+    t["delay_ms"] = json!(60_000);
+    t["expires_in_ms"] = json!(1_000);
+    let id = api.submit(t).await;
+    let task = &api.get(&format!("/api/v1/tasks/{id}")).await.body["task"];
+    assert_eq!(task["status"]["state"], "pending");
+    let created = task["created_at"].as_u64().expect("created_at");
+    let run_at = task["spec"]["run_at"].as_u64().expect("run_at");
+    let expires_at = task["spec"]["expires_at"].as_u64().expect("expires_at");
+    assert!(run_at >= created + 60_000_000, "{task}");
+    assert_eq!(expires_at, run_at + 1_000_000);
+    assert!(task["spec"].get("delay_ms").is_none());
+}
+
+#[tokio::test]
+async fn a_batch_is_accepted_all_or_none() {
+    let sys = idle_system(None);
+    let api = Api::new(&sys);
+    // A body the server cannot read: nothing stored, the field named.
+    let bad = json!({"tasks": [handler_task("a", "x"), {"kind": {"type": "handler", "name": "h"}, "prio": 1}]});
+    let r = api.post("/api/v1/tasks/batch", bad).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let msg = r.body["error"]["message"].as_str().unwrap_or("");
+    assert!(msg.contains("prio") && msg.contains("tasks[1]"), "{msg}");
+    // A task the engine refuses: nothing stored either.
+    let bad = json!({"tasks": [handler_task("a", "x"), {"kind": {"type": "handler", "name": "h"}, "slots": 0}]});
+    let r = api.post("/api/v1/tasks/batch", bad).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&r), "invalid_value");
+    assert_eq!(r.body["error"]["field"], "slots");
+    assert_eq!(api.count().await, 0);
+
+    let good =
+        json!({"tasks": [handler_task("a", "1"), handler_task("b", "2"), handler_task("c", "3")]});
+    let r = api.post("/api/v1/tasks/batch", good).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let ids = r.body["ids"].as_array().expect("ids").clone();
+    assert_eq!(ids.len(), 3);
+    for (i, q) in ["a", "b", "c"].iter().enumerate() {
+        let id = ids[i].as_str().expect("id");
+        let t = api.get(&format!("/api/v1/tasks/{id}")).await;
+        assert_eq!(t.body["task"]["spec"]["queue"], *q);
+    }
+}
+
+#[tokio::test]
+async fn a_live_unique_key_returns_the_existing_task() {
+    let sys = idle_system(None);
+    let api = Api::new(&sys);
+    let mut t = handler_task("a", "x");
+    t["unique_key"] = json!("report-42");
+    let first = api.post("/api/v1/tasks", t.clone()).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.body["created"], true);
+    let again = api.post("/api/v1/tasks", t).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body["created"], false);
+    assert_eq!(again.body["id"], first.body["id"]);
+    assert_eq!(api.count().await, 1);
+}
+
+#[tokio::test]
+async fn cancel_by_id_and_by_tag() {
+    let sys = idle_system(None);
+    let api = Api::new(&sys);
+    let one = api.submit(handler_task("a", "solo")).await;
+    let r = api.post_empty(&format!("/api/v1/tasks/{one}/cancel")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.body,
+        json!({"outcome": "cancelled", "state": "cancelled"})
+    );
+    let r = api.post_empty(&format!("/api/v1/tasks/{one}/cancel")).await;
+    assert_eq!(
+        r.body,
+        json!({"outcome": "already_finished", "state": "cancelled"})
+    );
+
+    for _ in 0..2 {
+        api.submit(handler_task("a", "batch")).await;
+    }
+    let keep = api.submit(handler_task("a", "keep")).await;
+    let r = api.post_empty("/api/v1/tasks/cancel?tag=batch").await;
+    assert_eq!(r.body, json!({"cancelled": 2}));
+    let r = api
+        .post("/api/v1/tasks/cancel", json!({"tag": "keep"}))
+        .await;
+    assert_eq!(r.body, json!({"cancelled": 1}));
+    let r = api.get(&format!("/api/v1/tasks/{keep}")).await;
+    assert_eq!(r.body["task"]["status"]["state"], "cancelled");
+    let r = api.post_empty("/api/v1/tasks/cancel").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"]["field"], "tag");
+}
+
+#[tokio::test]
+async fn retry_needs_a_finished_task() {
+    let sys = idle_system(None);
+    let api = Api::new(&sys);
+    let id = api.submit(handler_task("a", "x")).await;
+    let r = api.post_empty(&format!("/api/v1/tasks/{id}/retry")).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(error_code(&r), "not_finished");
+    api.post_empty(&format!("/api/v1/tasks/{id}/cancel")).await;
+    let r = api.post_empty(&format!("/api/v1/tasks/{id}/retry")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_ne!(r.body["id"], json!(id));
+    assert_eq!(r.body["state"], "queued");
+}
+
+#[tokio::test]
+async fn explain_says_why_a_task_waits() {
+    let sys = idle_system(None);
+    let api = Api::new(&sys);
+    let id = api.submit(handler_task("a", "x")).await;
+    let r = api.get(&format!("/api/v1/tasks/{id}/explain")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["state"], "queued");
+    let gates = r.body["gates"].as_array().expect("gates");
+    assert!(
+        gates.iter().any(|g| g["gate"] == "no_capable_worker"),
+        "{}",
+        r.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_is_read_a_page_at_a_time() {
+    let sys = echo_system();
+    let api = Api::new(&sys);
+    let id = api
+        .submit(json!({"kind": {"type": "handler", "name": "echo", "payload": ["a", "b", "c", "d", "e"]}}))
+        .await;
+    let task_id = id.parse().expect("task id");
+    sys.handle(task_id)
+        .wait_timeout(LIMIT)
+        .await
+        .expect("task ends");
+
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let r = api
+            .get(&format!("/api/v1/tasks/{id}/output?after={after}&limit=2"))
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let chunks = r.body["chunks"].as_array().expect("chunks").clone();
+        if chunks.is_empty() {
+            assert_eq!(r.body["next_after"], after);
+            break;
+        }
+        assert!(chunks.len() <= 2);
+        seen.extend(
+            chunks
+                .iter()
+                .map(|c| c["data"].as_str().unwrap_or("").to_owned()),
+        );
+        after = r.body["next_after"].as_u64().expect("next_after");
+    }
+    assert_eq!(seen, ["a", "b", "c", "d", "e"]);
+
+    let r = api.get(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(r.body["task"]["status"]["state"], "succeeded");
+    assert_eq!(r.body["attempts"][0]["outcome"], "succeeded");
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_change_nothing() {
+    let sys = idle_system(None);
+    let api = Api::with(
+        &sys,
+        ApiConfig {
+            max_body_bytes: 1024,
+            ..ApiConfig::default()
+        },
+    );
+    let r = api
+        .post_raw("/api/v1/tasks", "{\"kind\": ".to_owned())
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&r), "malformed_json");
+
+    let r = api
+        .post(
+            "/api/v1/tasks",
+            json!({"kind": {"type": "handler", "name": "h"}, "prio": "high"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&r), "invalid_request");
+    let msg = r.body["error"]["message"].as_str().unwrap_or("");
+    assert!(msg.contains("unknown field `prio`"), "{msg}");
+
+    let big = json!({"kind": {"type": "handler", "name": "h", "payload": "x".repeat(2000)}});
+    let r = api.post("/api/v1/tasks", big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_code(&r), "body_too_large");
+
+    let r = api
+        .send(
+            api.request(Method::POST, "/api/v1/tasks")
+                .body(Body::from(handler_task("a", "x").to_string()))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let r = api
+        .post(
+            "/api/v1/tasks",
+            json!({"kind": {"type": "handler", "name": "h"}, "timeout_ms": 0}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"]["field"], "timeout_ms");
+
+    assert_eq!(api.count().await, 0);
+
+    let r = api
+        .get("/api/v1/tasks/0190a0b0-0000-7000-8000-000000000001")
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&r), "not_found");
+    let r = api.get("/api/v1/tasks/not-an-id").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"]["field"], "id");
+    let r = api.get("/api/v1/nothing/here").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&r), "not_found");
+    let r = api.get("/api/v1/tasks/cancel").await;
+    assert_eq!(
+        r.status,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "cancel by tag is a POST"
+    );
+    let r = api
+        .send(
+            api.request(Method::DELETE, "/api/v1/tasks")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(error_code(&r), "method_not_allowed");
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let sys = idle_system(Some(("tight", 1)));
+    let api = Api::new(&sys);
+    api.submit(handler_task("tight", "x")).await;
+    let r = api.post("/api/v1/tasks", handler_task("tight", "x")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error_code(&r), "queue_full");
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(api.count().await, 1);
+}
+
+#[tokio::test]
+async fn a_shut_down_system_answers_503() {
+    let sys = idle_system(None);
+    let api = Api::new(&sys);
+    sys.shutdown().await.expect("shuts down");
+    let r = api.post("/api/v1/tasks", handler_task("a", "x")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(&r), "shutting_down");
+}
+
+#[tokio::test]
+async fn the_token_guards_every_api_route_but_not_health() {
+    let sys = idle_system(None);
+    let config = ApiConfig {
+        client_token: Some("s3cret".to_owned()),
+        ..ApiConfig::default()
+    };
+    let api = Api::with(&sys, config.clone());
+    let anonymous = Api {
+        app: router(sys.clone(), config.clone()),
+        token: None,
+    };
+    let wrong = Api {
+        app: router(sys.clone(), config),
+        token: Some("guess".to_owned()),
+    };
+    for caller in [&anonymous, &wrong] {
+        let r = caller.post("/api/v1/tasks", handler_task("a", "x")).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(error_code(&r), "unauthorized");
+        assert!(r.headers.contains_key(header::WWW_AUTHENTICATE));
+        let r = caller.post("/api/v1/tasks/cancel?tag=x", json!({})).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        let r = caller.get("/api/v1/tasks").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(caller.get("/healthz").await.status, StatusCode::OK);
+    }
+    assert_eq!(api.count().await, 0);
+    api.submit(handler_task("a", "x")).await;
+    assert_eq!(api.count().await, 1);
+}
+
+#[tokio::test]
+async fn cross_origin_writes_are_refused() {
+    let sys = idle_system(None);
+    let api = Api::new(&sys);
+    let req = api
+        .request(Method::POST, "/api/v1/tasks")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::HOST, "127.0.0.1:7070")
+        .header(header::ORIGIN, "https://elsewhere.example")
+        .body(Body::from(handler_task("a", "x").to_string()))
+        .expect("request");
+    let r = api.send(req).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(api.count().await, 0);
+}
+
+#[tokio::test]
+async fn health_readiness_workers_queues_and_metrics() {
+    let sys = echo_system();
+    let api = Api::new(&sys);
+    assert_eq!(api.get("/healthz").await.body, json!({"status": "ok"}));
+    assert_eq!(api.get("/readyz").await.status, StatusCode::OK);
+    let id = api
+        .submit(json!({"kind": {"type": "handler", "name": "echo", "payload": []}}))
+        .await;
+    sys.handle(id.parse().expect("id"))
+        .wait_timeout(LIMIT)
+        .await
+        .expect("ends");
+    let w = api.get("/api/v1/workers").await;
+    assert_eq!(w.body[0]["id"], "local");
+    assert_eq!(w.body[0]["handlers"], json!(["echo"]));
+    let q = api.get("/api/v1/queues").await;
+    assert_eq!(q.status, StatusCode::OK);
+    assert!(q.body.is_array());
+    let m = api.get("/api/v1/metrics").await;
+    assert_eq!(m.body["submitted"], 1);
+    assert_eq!(m.body["succeeded"], 1);
+}
+
+#[tokio::test]
+async fn openapi_describes_every_route_the_router_serves() {
+    let sys = idle_system(None);
+    let api = Api::new(&sys);
+    let r = api.get("/api/v1/openapi.json").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.body["openapi"].as_str().map(|v| v.starts_with("3.1")),
+        Some(true)
+    );
+    let paths = r.body["paths"].as_object().expect("paths");
+    let served = routes();
+    for (method, path) in &served {
+        let m = method.as_str().to_ascii_lowercase();
+        assert!(
+            paths.get(path).and_then(|p| p.get(&m)).is_some(),
+            "{method} {path} is not in openapi.json"
+        );
+        // The table is what the router serves: no route is a 404 or 405.
+        let uri = path.replace("{id}", "0190a0b0-0000-7000-8000-000000000001");
+        let req = api
+            .request(method.clone(), &uri)
+            .body(Body::empty())
+            .expect("request");
+        // Only the status: an event stream's body never ends.
+        let status = api
+            .app
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("infallible")
+            .status();
+        let known_task_missing = uri.contains("0190a0b0") && status == StatusCode::NOT_FOUND;
+        assert!(
+            known_task_missing
+                || (status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED),
+            "{method} {uri}: {status}"
+        );
+    }
+    for (path, item) in paths {
+        for m in item.as_object().expect("path item").keys() {
+            assert!(
+                served
+                    .iter()
+                    .any(|(sm, sp)| sp == path && sm.as_str().eq_ignore_ascii_case(m)),
+                "openapi.json documents {m} {path}, which is not served"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_held_task_blocks_nothing() {
+    // A handler that waits for the test: the API still answers meanwhile.
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let sys = TaskSystem::builder()
+        .handler("hold", move |_ctx: TaskContext| {
+            let g = g.clone();
+            async move {
+                g.notified().await;
+                Ok::<_, TaskError>(json!(null))
+            }
+        })
+        .build()
+        .expect("builds");
+    sys.start().expect("starts");
+    let sys = Arc::new(sys);
+    let api = Api::new(&sys);
+    let mut events = sys.subscribe();
+    let id = api
+        .submit(json!({"kind": {"type": "handler", "name": "hold"}}))
+        .await;
+    let task_id: taskgrid_core::TaskId = id.parse().expect("id");
+    loop {
+        let ev = events.recv().await.expect("event");
+        if ev.id == task_id && ev.new_state() == Some(State::Running) {
+            break;
+        }
+    }
+    let r = api.post_empty(&format!("/api/v1/tasks/{id}/cancel")).await;
+    assert_eq!(r.body["outcome"], "requested");
+    gate.notify_one();
+    let end = sys.handle(task_id).wait_timeout(LIMIT).await.expect("ends");
+    assert!(end.state.is_terminal());
+}
+
+/// Serves `sys` on an OS-chosen loopback port; a client for it.
+async fn serve(sys: &Arc<TaskSystem>) -> Client {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = listener.local_addr().expect("has an address");
+    let app = router(sys.clone(), ApiConfig::default());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Client::new(&format!("http://{addr}"), None).expect("client")
+}
+
+/// A system whose `talk` handler logs its payload's lines, then waits
+/// until the test opens `gate`.
+fn gated_system(gate: &Arc<watch::Sender<bool>>, config: SystemConfig) -> Arc<TaskSystem> {
+    let gate = gate.clone();
+    let sys = TaskSystem::builder()
+        .config(config)
+        .handler("talk", move |ctx: TaskContext| {
+            let gate = gate.clone();
+            async move {
+                let lines: Vec<String> = ctx.payload()?;
+                for l in &lines {
+                    ctx.log(l.clone());
+                }
+                let _ = gate.subscribe().wait_for(|open| *open).await;
+                Ok::<_, TaskError>(json!(null))
+            }
+        })
+        .build()
+        .expect("builds");
+    sys.start().expect("starts");
+    Arc::new(sys)
+}
+
+fn talk(lines: &[&str], queue: &str) -> SubmitRequest {
+    let mut r = SubmitRequest::handler("talk", json!(lines));
+    r.queue = queue.to_owned();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_output_delivers_the_lines_then_the_end() {
+    let gate = Arc::new(watch::Sender::new(false));
+    let sys = gated_system(&gate, SystemConfig::default());
+    let client = serve(&sys).await;
+    let task = client
+        .submit(&talk(&["one", "two", "three"], "default"))
+        .await
+        .expect("submits");
+    let mut follow = client.follow_output(task.id, 0).await.expect("follows");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match follow.next().await.expect("an item").expect("ok") {
+            FollowItem::Chunk(c) => seen.push((c.seq, c.data)),
+            FollowItem::End(e) => panic!("ended before the task did: {e:?}"),
+        }
+    }
+    let data: Vec<&str> = seen.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(data, ["one", "two", "three"]);
+    gate.send_replace(true);
+    match follow.next().await.expect("an item").expect("ok") {
+        FollowItem::End(end) => assert_eq!(end.state, State::Succeeded),
+        other => panic!("expected the end, got {other:?}"),
+    }
+    assert!(follow.next().await.is_none());
+
+    // Following a finished task from the middle: the rest, then the end.
+    let mut late = client
+        .follow_output(task.id, seen[0].0)
+        .await
+        .expect("follows");
+    let mut rest = Vec::new();
+    while let FollowItem::Chunk(c) = late.next().await.expect("an item").expect("ok") {
+        rest.push(c.data);
+    }
+    assert_eq!(rest, ["two", "three"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_give_every_state_change_in_order_and_resume_from_last_event_id() {
+    let gate = Arc::new(watch::Sender::new(true));
+    let sys = gated_system(&gate, SystemConfig::default());
+    let client = serve(&sys).await;
+    let filter = EventFilter {
+        queue: Some("watched".to_owned()),
+        ..EventFilter::default()
+    };
+    let mut events = client.events(&filter, None).await.expect("subscribes");
+    client
+        .submit(&talk(&[], "unwatched"))
+        .await
+        .expect("submits");
+    let task = client
+        .submit(&talk(&["line"], "watched"))
+        .await
+        .expect("submits");
+
+    let mut all = Vec::new();
+    while all.last().and_then(|e: &api::TaskEvent| e.new_state()) != Some(State::Succeeded) {
+        match events.next().await.expect("an event").expect("ok") {
+            ServerEvent::Task(ev) => {
+                assert_eq!(ev.id, task.id, "only the watched queue");
+                all.push(ev);
+            }
+            ServerEvent::Reset(r) => panic!("unexpected reset {r:?}"),
+        }
+    }
+    let states: Vec<State> = all.iter().filter_map(api::TaskEvent::new_state).collect();
+    assert_eq!(
+        states,
+        [
+            State::Queued,
+            State::Assigned,
+            State::Running,
+            State::Succeeded
+        ]
+    );
+    assert!(
+        all.iter()
+            .any(|e| matches!(&e.kind, api::EventKind::Output { data, .. } if data == "line"))
+    );
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+
+    // Reconnect after the first event: everything after it, once, in order.
+    let mut resumed = client
+        .events(&filter, Some(all[0].seq))
+        .await
+        .expect("resumes");
+    let mut again = Vec::new();
+    while again.len() < all.len() - 1 {
+        match resumed.next().await.expect("an event").expect("ok") {
+            ServerEvent::Task(ev) => again.push(ev),
+            ServerEvent::Reset(r) => panic!("the buffer reaches back: {r:?}"),
+        }
+    }
+    assert_eq!(again, all[1..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_the_buffer_cannot_serve_starts_with_reset() {
+    let config = SystemConfig {
+        check_handlers: false,
+        replay_capacity: 2,
+        ..SystemConfig::default()
+    };
+    let gate = Arc::new(watch::Sender::new(false));
+    let sys = gated_system(&gate, config);
+    let client = serve(&sys).await;
+    let mut live = client
+        .events(&EventFilter::default(), None)
+        .await
+        .expect("subscribes");
+    // Tasks for a handler nobody has: they wait, one event each.
+    for _ in 0..3 {
+        client
+            .submit(&SubmitRequest::handler("nobody", json!(null)))
+            .await
+            .expect("submits");
+    }
+    // The three submits are seq 1..=3; wait until all are published.
+    let mut last = 0;
+    while last < 3 {
+        if let ServerEvent::Task(ev) = live.next().await.expect("an event").expect("ok") {
+            last = ev.seq;
+        }
+    }
+    // Resuming after 0: seq 1 has left the buffer of 2.
+    let mut s = client
+        .events(&EventFilter::default(), Some(0))
+        .await
+        .expect("resumes");
+    assert_eq!(
+        s.next().await.expect("an item").expect("ok"),
+        ServerEvent::Reset(api::StreamReset { after: 0 })
+    );
+    for want in [2, 3] {
+        match s.next().await.expect("an item").expect("ok") {
+            ServerEvent::Task(ev) => assert_eq!(ev.seq, want),
+            other => panic!("{other:?}"),
+        }
+    }
+    // An id from another process (beyond any sent): reset, then this
+    // process's buffered events.
+    let mut s = client
+        .events(&EventFilter::default(), Some(1_000))
+        .await
+        .expect("resumes");
+    assert_eq!(
+        s.next().await.expect("an item").expect("ok"),
+        ServerEvent::Reset(api::StreamReset { after: 1_000 })
+    );
+    match s.next().await.expect("an item").expect("ok") {
+        ServerEvent::Task(ev) => assert_eq!(ev.seq, 2),
+        other => panic!("{other:?}"),
+    }
+}
