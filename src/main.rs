@@ -22,12 +22,36 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a coordinator and a local worker in one process.
+    Up(cmd::up::Args),
+    /// Run a coordinator: the worker gateway and the HTTP API on one port.
+    Server(cmd::server::Args),
+    /// Run a worker that connects to a coordinator.
+    Worker(cmd::worker::Args),
+    /// Submit a task; with --wait, run it like a local command.
+    Submit(cmd::client::SubmitArgs),
+    /// Show a task, its attempts and its result.
+    Status(cmd::client::IdArgs),
+    /// List tasks.
+    List(cmd::client::ListArgs),
+    /// Print a task's output (-f to follow).
+    Logs(cmd::client::LogsArgs),
+    /// Cancel a task, or every task with a tag.
+    Cancel(cmd::client::CancelArgs),
+    /// Run a finished task again.
+    Retry(cmd::client::IdArgs),
+    /// Say why a task is not running yet.
+    Explain(cmd::client::IdArgs),
+    /// List connected workers.
+    Workers(cmd::client::ConnArgs),
+    /// Show queue depths.
+    Queues(cmd::client::ConnArgs),
     /// Run an embedded system on a SQLite file: a few hundred handler tasks
     /// with retries, progress, dependencies and a cancellation.
     Demo(cmd::demo::Args),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -36,10 +60,51 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    match cli.command {
-        Command::Demo(args) => rt.block_on(cmd::demo::run(args)),
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("taskgrid: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<i32> = rt.block_on(async move {
+        use cmd::client;
+        match cli.command {
+            Command::Up(a) => cmd::up::run(a).await.map(|()| 0),
+            Command::Server(a) => cmd::server::run(a).await.map(|()| 0),
+            Command::Worker(a) => cmd::worker::run(a).await.map(|()| 0),
+            Command::Submit(a) => client::submit(a).await,
+            Command::Status(a) => client::status(a).await,
+            Command::List(a) => client::list(a).await,
+            Command::Logs(a) => client::logs(a).await,
+            Command::Cancel(a) => client::cancel(a).await,
+            Command::Retry(a) => client::retry(a).await,
+            Command::Explain(a) => client::explain(a).await,
+            Command::Workers(a) => client::workers(a).await,
+            Command::Queues(a) => client::queues(a).await,
+            Command::Demo(a) => cmd::demo::run(a).await.map(|()| 0),
+        }
+    });
+    // Handlers may still hold the runtime; do not wait for them.
+    rt.shutdown_background();
+    match result {
+        Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("taskgrid: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -40,8 +40,8 @@ impl Default for Priority {
 impl fmt::Display for Priority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.name() {
-            Some(n) => f.write_str(n),
-            None => write!(f, "{}", self.0),
+            Some(n) => f.pad(n),
+            None => f.pad(&self.0.to_string()),
         }
     }
 }

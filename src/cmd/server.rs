@@ -1,0 +1,142 @@
+//! `taskgrid server`: the coordinator — the worker gateway (gRPC) and the
+//! HTTP API on one port, SQLite in the data directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use taskgrid_coordinator::http::{ApiConfig, router};
+use taskgrid_coordinator::{Gateway, GatewayConfig, SystemConfig, TaskSystem, gateway};
+use taskgrid_proto::worker::worker_gateway_server::WorkerGatewayServer;
+use taskgrid_store::{Durability, SqliteOptions};
+
+/// Options of `taskgrid server` (and the coordinator half of `taskgrid up`).
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "coordinator")]
+pub(crate) struct Args {
+    /// Address to listen on (gRPC for workers and HTTP for clients share it).
+    #[arg(long, env = "TASKGRID_LISTEN", default_value = "127.0.0.1:7070")]
+    pub(crate) listen: SocketAddr,
+    /// Where the SQLite database lives.
+    #[arg(long, env = "TASKGRID_DATA_DIR", default_value = "taskgrid-data")]
+    pub(crate) data_dir: PathBuf,
+    /// Token clients must send (`Authorization: Bearer`).
+    #[arg(long, env = "TASKGRID_CLIENT_TOKEN", hide_env_values = true)]
+    pub(crate) client_token: Option<String>,
+    /// Token workers must send.
+    #[arg(long, env = "TASKGRID_WORKER_TOKEN", hide_env_values = true)]
+    pub(crate) worker_token: Option<String>,
+    /// Worker heartbeat interval in milliseconds; three missed and the
+    /// worker is offline.
+    #[arg(long, default_value_t = 5000)]
+    pub(crate) heartbeat_ms: u64,
+    /// Fsync every commit (survive power loss, not only a crash).
+    #[arg(long)]
+    pub(crate) full_sync: bool,
+}
+
+/// A running coordinator.
+pub(crate) struct Coordinator {
+    pub(crate) system: Arc<TaskSystem>,
+    pub(crate) addr: SocketAddr,
+    serve: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Args {
+    fn check(&self) -> anyhow::Result<()> {
+        if !self.listen.ip().is_loopback()
+            && (self.client_token.is_none() || self.worker_token.is_none())
+        {
+            bail!(
+                "refusing to listen on {} without --client-token and --worker-token: anyone who can reach it could run commands on your workers",
+                self.listen
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Opens the store, binds the port and starts serving.
+pub(crate) async fn start(args: &Args) -> anyhow::Result<Coordinator> {
+    args.check()?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+    let db = args.data_dir.join("taskgrid.db");
+    let durability = if args.full_sync {
+        Durability::PowerLoss
+    } else {
+        Durability::Process
+    };
+    let config = SystemConfig {
+        check_handlers: false,
+        ..SystemConfig::default()
+    };
+    let system = TaskSystem::builder()
+        .sqlite(&db, SqliteOptions { durability })
+        .config(config)
+        .build()
+        .with_context(|| format!("opening {}", db.display()))?;
+    system.start()?;
+    let system = Arc::new(system);
+    let gateway = gateway(
+        &system,
+        GatewayConfig {
+            worker_token: args.worker_token.clone(),
+            heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(10)),
+            ..GatewayConfig::default()
+        },
+    );
+    let api = ApiConfig {
+        client_token: args.client_token.clone(),
+        ..ApiConfig::default()
+    };
+    // gRPC is served under its service path; everything else is the API.
+    let grpc_path = format!(
+        "/{}/{{*rpc}}",
+        <WorkerGatewayServer<Gateway> as tonic::server::NamedService>::NAME
+    );
+    let app = router(system.clone(), api).route_service(&grpc_path, gateway);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let serve = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    Ok(Coordinator {
+        system,
+        addr,
+        serve,
+        stop,
+    })
+}
+
+impl Coordinator {
+    /// Stops serving and shuts the task system down gracefully.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.system.shutdown().await?;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.serve).await;
+        Ok(())
+    }
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let c = start(&args).await?;
+    println!(
+        "taskgrid coordinator listening on {} (data in {})",
+        c.addr,
+        args.data_dir.display()
+    );
+    super::signals::terminated().await;
+    eprintln!("shutting down");
+    c.stop().await
+}

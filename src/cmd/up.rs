@@ -1,0 +1,51 @@
+//! `taskgrid up`: a coordinator and a worker in one process — the leader
+//! runs tasks itself, one command to a working grid.
+
+use taskgrid_worker::Worker;
+
+/// Options of `taskgrid up`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    server: super::server::Args,
+    /// Tasks the local worker runs at once (default: number of CPUs).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Label of the local worker; repeatable.
+    #[arg(long = "label", value_name = "KEY[=VALUE]")]
+    labels: Vec<String>,
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let c = super::server::start(&args.server).await?;
+    let worker = super::worker::Args {
+        server: format!("http://{}", c.addr),
+        worker_token: args.server.worker_token.clone(),
+        labels: args.labels.clone(),
+        slots: args.slots,
+        name: Some("local".to_owned()),
+        id: Some("local-worker".to_owned()),
+        allow: Vec::new(),
+        no_shell: false,
+        container_runtime: None,
+        queues: Vec::new(),
+        max_output_bytes: 1 << 20,
+        drain_grace_ms: 10_000,
+    };
+    let config = worker.config()?;
+    println!(
+        "taskgrid up: coordinator on {} with a local worker ({} slots); data in {}",
+        c.addr,
+        config.slots,
+        args.server.data_dir.display()
+    );
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(Worker::with_config(config).run_until(async move {
+        let _ = drain_rx.await;
+    }));
+    super::signals::terminated().await;
+    eprintln!("shutting down");
+    let _ = drain_tx.send(());
+    let _ = agent.await;
+    c.stop().await
+}

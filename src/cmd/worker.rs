@@ -1,0 +1,99 @@
+//! `taskgrid worker`: an agent that connects out to a coordinator and runs
+//! shell and container tasks (SIGTERM or Ctrl-C drains it).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use taskgrid_worker::{ContainerRuntime, ShellPolicy, Worker, WorkerConfig};
+
+/// Options of `taskgrid worker` (and the worker half of `taskgrid up`).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Args {
+    /// The coordinator's address.
+    #[arg(long, env = "TASKGRID_SERVER", default_value = "http://127.0.0.1:7070")]
+    pub(crate) server: String,
+    /// Worker token.
+    #[arg(long, env = "TASKGRID_WORKER_TOKEN", hide_env_values = true)]
+    pub(crate) worker_token: Option<String>,
+    /// Label tasks may require: `key=value` or `key`; repeatable.
+    #[arg(long = "label", value_name = "KEY[=VALUE]")]
+    pub(crate) labels: Vec<String>,
+    /// Tasks run at once (default: number of CPUs).
+    #[arg(long)]
+    pub(crate) slots: Option<u32>,
+    /// Display name (default: host name).
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Stable worker id (default: the name).
+    #[arg(long)]
+    pub(crate) id: Option<String>,
+    /// Only these programs may run as shell tasks; repeatable.
+    #[arg(long = "allow", value_name = "PROGRAM")]
+    pub(crate) allow: Vec<String>,
+    /// Run no shell tasks at all.
+    #[arg(long, conflicts_with = "allow")]
+    pub(crate) no_shell: bool,
+    /// Run container tasks with this runtime CLI (`docker`, `podman` or a path).
+    #[arg(long)]
+    pub(crate) container_runtime: Option<String>,
+    /// Serve only these queues; repeatable (default: all).
+    #[arg(long = "queue")]
+    pub(crate) queues: Vec<String>,
+    /// Most output bytes kept per task.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub(crate) max_output_bytes: usize,
+    /// On SIGTERM, how long running tasks may finish before they are handed back (ms).
+    #[arg(long, default_value_t = 30_000)]
+    pub(crate) drain_grace_ms: u64,
+}
+
+impl Args {
+    pub(crate) fn config(&self) -> anyhow::Result<WorkerConfig> {
+        let mut c = WorkerConfig::new(self.server.clone());
+        c.token = self.worker_token.clone();
+        if let Some(n) = &self.name {
+            c.name = n.clone();
+        }
+        c.id = self.id.clone().unwrap_or_else(|| c.name.clone());
+        if let Some(s) = self.slots {
+            anyhow::ensure!(s > 0, "--slots must be at least 1");
+            c.slots = s;
+        }
+        for l in &self.labels {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            anyhow::ensure!(
+                !k.trim().is_empty(),
+                "invalid --label {l:?}: expected key or key=value"
+            );
+            c.labels.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        c.shell = if self.no_shell {
+            ShellPolicy::Disabled
+        } else if self.allow.is_empty() {
+            ShellPolicy::Any
+        } else {
+            ShellPolicy::AllowList(self.allow.clone())
+        };
+        c.container = self.container_runtime.as_ref().map(|r| match r.as_str() {
+            "docker" => ContainerRuntime::docker(),
+            "podman" => ContainerRuntime::podman(),
+            path => ContainerRuntime::new(path),
+        });
+        c.queues = self.queues.clone();
+        c.limits.max_output_bytes = self.max_output_bytes;
+        c.drain_grace = Duration::from_millis(self.drain_grace_ms);
+        Ok(c)
+    }
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let config = args.config()?;
+    eprintln!(
+        "taskgrid worker {} connecting to {}",
+        config.id, config.server
+    );
+    Worker::with_config(config)
+        .run_until(super::signals::terminated())
+        .await
+        .context("worker stopped")
+}

@@ -1,0 +1,128 @@
+//! Helpers for end-to-end tests: real `taskgrid` processes on 127.0.0.1
+//! ports chosen by the OS, killed when the test ends.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use taskgrid_client::Client;
+use taskgrid_core::{State, TaskId};
+
+/// The `taskgrid` binary.
+pub fn taskgrid() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_taskgrid"))
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A coordinator process.
+pub struct Server {
+    /// The process.
+    pub proc: Proc,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+impl Server {
+    /// `taskgrid server` on `listen` (port 0: the OS picks) with `data`.
+    pub fn start(data: &Path, listen: &str, extra: &[&str]) -> Server {
+        let mut child = taskgrid()
+            .args(["server", "--listen", listen, "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start taskgrid server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let addr = line
+            .split_whitespace()
+            .find(|w| w.starts_with("127.0.0.1:"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        Server {
+            proc: Proc(child),
+            addr,
+        }
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A client of this server.
+    pub fn client(&self, token: Option<&str>) -> Client {
+        Client::new(&self.url(), token.map(str::to_owned)).unwrap()
+    }
+}
+
+/// `taskgrid worker` connected to `server` with id `id` and `extra` flags.
+pub fn worker(server: &str, id: &str, extra: &[&str]) -> Proc {
+    let child = taskgrid()
+        .args(["worker", "--server", server, "--id", id, "--name", id])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start taskgrid worker");
+    Proc(child)
+}
+
+/// Waits until the coordinator lists a worker with this id.
+pub async fn await_worker(client: &Client, id: &str) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if client
+                .workers()
+                .await
+                .map(|ws| ws.iter().any(|w| w.id.as_str() == id))
+                .unwrap_or(false)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("worker {id} never registered"));
+}
+
+/// Waits until the task reaches `state` (or any terminal state when `None`).
+pub async fn await_state(client: &Client, id: TaskId, state: Option<State>) -> State {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Ok(d) = client.get(id).await {
+                let s = d.task.status.state;
+                if state.map_or(s.is_terminal(), |want| s == want) {
+                    return s;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("task {id} never reached {state:?}"))
+}
