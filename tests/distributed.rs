@@ -254,3 +254,83 @@ fn listening_beyond_loopback_without_tokens_is_refused() {
     );
     let _unused: Option<Proc> = None;
 }
+
+fn alive(pid: i32) -> bool {
+    // Killed children of a reaper-less PID 1 linger as zombies: dead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_shell_task_kills_its_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let client = server.client(None);
+    let _w = worker(&server.url(), "w1", &[]);
+    await_worker(&client, "w1").await;
+    let id = client
+        .submit(&script("sleep 1000 & echo $$ $!; wait"))
+        .await
+        .unwrap()
+        .id;
+    let mut out = client.follow_output(id, 0).await.unwrap();
+    let pids: Vec<i32> = match out.next().await {
+        Some(Ok(taskgrid_client::FollowItem::Chunk(c))) => c
+            .data
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect(),
+        other => panic!("expected the pids, got {other:?}"),
+    };
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|p| alive(*p)));
+    let status = taskgrid()
+        .args(["cancel", "--server", &server.url(), &id.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(await_state(&client, id, None).await, State::Cancelled);
+    assert!(
+        pids.iter().all(|p| !alive(*p)),
+        "no orphan may survive: {pids:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_worker_and_hands_its_task_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let client = server.client(None);
+    let mut w = worker(&server.url(), "w1", &["--drain-grace-ms", "100"]);
+    await_worker(&client, "w1").await;
+    let id = client.submit(&script("sleep 1000")).await.unwrap().id;
+    await_state(&client, id, Some(State::Running)).await;
+    let pid = w.0.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = tokio::task::spawn_blocking(move || w.0.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "a drained worker exits cleanly: {exit}");
+    // Handed back at once, not after three missed heartbeats (15 s).
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        await_state(&client, id, Some(State::Queued)).await,
+        State::Queued
+    );
+    assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+    client.cancel(id).await.unwrap();
+}

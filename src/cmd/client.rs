@@ -269,8 +269,18 @@ pub(crate) async fn status(a: IdArgs) -> anyhow::Result<i32> {
             .exit_code
             .map(|c| format!(" exit {c}"))
             .unwrap_or_default();
+        let cost = at
+            .usage
+            .map(|u| {
+                format!(
+                    " (cpu {:.2}s, peak {:.1} MiB)",
+                    u.cpu_seconds,
+                    u.peak_rss_bytes as f64 / 1048576.0
+                )
+            })
+            .unwrap_or_default();
         println!(
-            "attempt   #{} on {}: {outcome}{code}",
+            "attempt   #{} on {}: {outcome}{code}{cost}",
             at.attempt, at.worker
         );
     }

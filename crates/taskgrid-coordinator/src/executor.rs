@@ -24,6 +24,8 @@ pub(crate) struct Completion {
     pub(crate) id: TaskId,
     pub(crate) attempt: u32,
     pub(crate) outcome: Outcome,
+    /// What the attempt cost, when the executor measured it.
+    pub(crate) usage: Option<taskgrid_core::Usage>,
 }
 
 /// A running (or about to run) handler call.
@@ -114,6 +116,7 @@ fn finish_with(inner: &Inner, key: (TaskId, u32), outcome: Outcome) {
             id: key.0,
             attempt: key.1,
             outcome,
+            usage: None,
         });
     }
 }

@@ -313,11 +313,18 @@ async fn apply(
         In::Result(r) => {
             let (id, n) = attempt(r.attempt.as_ref())?;
             let outcome = taskgrid_proto::outcome_from_result(&r).map_err(|e| e.to_string())?;
+            let measured = r.cpu_seconds > 0.0 || r.peak_rss_bytes > 0 || r.signal.is_some();
+            let usage = measured.then_some(taskgrid_core::Usage {
+                cpu_seconds: r.cpu_seconds,
+                peak_rss_bytes: r.peak_rss_bytes,
+                signal: r.signal,
+            });
             let _ = inner.completions.send(Completion {
                 worker: worker.clone(),
                 id,
                 attempt: n,
                 outcome,
+                usage,
             });
             Ok(())
         }

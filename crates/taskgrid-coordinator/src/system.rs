@@ -545,6 +545,9 @@ impl Inner {
         {
             let mut engine = self.lock();
             for c in completions.drain(..) {
+                if let Some(u) = c.usage {
+                    engine.record_usage(c.id, c.attempt, u);
+                }
                 let _ = engine.report(&c.worker, c.id, c.attempt, c.outcome, now, &mut out);
             }
             engine.tick(now, &mut out);

@@ -28,7 +28,7 @@ pub use metrics::{Histogram, HistogramSummary, Metrics, MetricsSnapshot};
 pub use priority::{ParsePriorityError, Priority};
 pub use record::{
     AttemptOutcome, AttemptRecord, FailureCode, Outcome, OutputChunk, Progress, RetryHint, Stream,
-    TaskFailure, TaskRecord, TaskStatus,
+    TaskFailure, TaskRecord, TaskStatus, Usage,
 };
 pub use spec::{
     ContainerSpec, DEFAULT_QUEUE, ExecRequirement, LabelReq, ParseLabelError, RetryPolicy,

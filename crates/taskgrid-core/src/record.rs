@@ -55,6 +55,18 @@ pub struct Progress {
     pub message: Option<String>,
 }
 
+/// What one attempt cost, as its executor measured it.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// User plus system CPU seconds.
+    pub cpu_seconds: f64,
+    /// Peak resident memory in bytes.
+    pub peak_rss_bytes: u64,
+    /// The signal that killed the program, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+}
+
 /// Everything about a task that changes after it is accepted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskStatus {
@@ -84,6 +96,9 @@ pub struct TaskStatus {
     pub error: Option<TaskFailure>,
     /// Exit code of the last attempt, for programs.
     pub exit_code: Option<i32>,
+    /// What the last attempt cost, when its executor measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 impl TaskStatus {
@@ -102,6 +117,7 @@ impl TaskStatus {
             result: None,
             error: None,
             exit_code: None,
+            usage: None,
         }
     }
 }
@@ -232,6 +248,9 @@ pub struct AttemptRecord {
     pub error: Option<String>,
     /// Exit code, for programs.
     pub exit_code: Option<i32>,
+    /// What the attempt cost, when its executor measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// Which stream a chunk of output came from.

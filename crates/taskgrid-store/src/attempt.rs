@@ -2,12 +2,12 @@
 //! attempt history, decided once here so that every backend keeps the same
 //! rows.
 
-use taskgrid_core::{AttemptOutcome, State, TaskId, TaskStatus, Timestamp, WorkerId};
+use taskgrid_core::{AttemptOutcome, State, TaskId, TaskStatus, Timestamp, Usage, WorkerId};
 
 use crate::StoreError;
 
 /// One write to the attempt history implied by a status change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum AttemptOp<'a> {
     /// `queued → assigned`: a new attempt row.
     Assign {
@@ -37,6 +37,8 @@ pub(crate) enum AttemptOp<'a> {
         error: Option<&'a str>,
         /// The exit code the status reports.
         exit_code: Option<i32>,
+        /// What the attempt cost, if measured.
+        usage: Option<Usage>,
     },
 }
 
@@ -77,6 +79,7 @@ pub(crate) fn attempt_ops<'a>(
             _ => None,
         },
         exit_code: status.exit_code,
+        usage: status.usage,
     });
     Ok([first, finish])
 }

@@ -57,6 +57,7 @@ struct Attempt {
     outcome: Option<AttemptOutcome>,
     error: Option<Box<str>>,
     exit_code: Option<i32>,
+    usage: Option<taskgrid_core::Usage>,
 }
 
 /// An [`OutputChunk`] without the task id, with its sequence number.
@@ -291,6 +292,7 @@ impl Task {
                         outcome: None,
                         error: None,
                         exit_code: None,
+                        usage: None,
                     });
                     undo.push(AttemptUndo::Pushed);
                 }
@@ -306,6 +308,7 @@ impl Task {
                     outcome,
                     error,
                     exit_code,
+                    usage,
                 } => {
                     if let Some(i) = self.find_attempt(attempt) {
                         undo.push(AttemptUndo::Replaced(i, Box::new(self.attempts[i].clone())));
@@ -314,6 +317,7 @@ impl Task {
                         a.outcome = Some(outcome);
                         a.error = error.map(Box::from);
                         a.exit_code = exit_code;
+                        a.usage = usage;
                     }
                 }
             }
@@ -385,6 +389,7 @@ impl Store for MemoryStore {
                 outcome: a.outcome,
                 error: a.error.as_deref().map(String::from),
                 exit_code: a.exit_code,
+                usage: a.usage,
             })
             .collect();
         out.sort_by_key(|a| a.attempt);

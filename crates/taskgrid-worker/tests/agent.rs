@@ -73,6 +73,14 @@ async fn shell_tasks_run_remotely_with_output_and_exit_codes() {
     let r = bad.wait_timeout(LIMIT).await.unwrap();
     assert_eq!(r.state, State::Failed);
     assert_eq!(sys.get(bad.id()).unwrap().status.exit_code, Some(3));
+    // Each attempt records what it cost, measured by the worker.
+    let usage = sys.attempts(bad.id()).unwrap()[0]
+        .usage
+        .expect("usage recorded");
+    assert!(
+        usage.peak_rss_bytes > 0 && usage.cpu_seconds >= 0.0,
+        "{usage:?}"
+    );
     assert!(r.error.unwrap().message.contains("code 3"));
     sys.shutdown().await.unwrap();
 }

@@ -456,6 +456,7 @@ impl Engine {
                 status.attempt += 1;
                 status.started_at = None;
                 status.exit_code = None;
+                status.usage = None;
             }
             State::Running => status.started_at = Some(now),
             _ => {}

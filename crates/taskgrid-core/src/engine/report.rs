@@ -159,6 +159,16 @@ impl Engine {
         Ok(ReportAck { state })
     }
 
+    /// Records what the current attempt cost, ahead of its report (which
+    /// persists it with the attempt's end). Ignored for other attempts.
+    pub fn record_usage(&mut self, id: TaskId, attempt: u32, usage: crate::Usage) {
+        if let Some(e) = self.tasks.get_mut(&id)
+            && e.rec.status.attempt == attempt
+        {
+            e.rec.status.usage = Some(usage);
+        }
+    }
+
     /// The running attempt reports progress (`fraction` is clamped to 0–1).
     pub fn progress(
         &mut self,

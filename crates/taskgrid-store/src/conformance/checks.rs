@@ -181,6 +181,11 @@ pub(super) fn attempts_follow_the_lifecycle(store: &dyn Store) {
             s.retries += 1;
             s.error = Some(TaskFailure::new(FailureCode::Error, "exit status 3"));
             s.exit_code = Some(3);
+            s.usage = Some(taskgrid_core::Usage {
+                cpu_seconds: 0.5,
+                peak_rss_bytes: 4096,
+                signal: None,
+            });
         }),
         life.to(State::Queued, 13, None, |s| s.queued_at = Some(ts(13))),
         life.assign("w2", 14),
@@ -194,6 +199,7 @@ pub(super) fn attempts_follow_the_lifecycle(store: &dyn Store) {
             life.to(State::Succeeded, 16, Some(AttemptOutcome::Succeeded), |s| {
                 s.error = None;
                 s.exit_code = Some(0);
+                s.usage = None;
                 s.result = Some("42".into());
                 s.finished_at = Some(ts(16));
             }),
@@ -214,6 +220,16 @@ pub(super) fn attempts_follow_the_lifecycle(store: &dyn Store) {
     assert_eq!(first.outcome, Some(AttemptOutcome::Failed));
     assert_eq!(first.error.as_deref(), Some("exit status 3"));
     assert_eq!(first.exit_code, Some(3));
+    assert_eq!(
+        first.usage,
+        Some(taskgrid_core::Usage {
+            cpu_seconds: 0.5,
+            peak_rss_bytes: 4096,
+            signal: None
+        }),
+        "each attempt keeps what it cost"
+    );
+    assert_eq!(second.usage, None);
     assert_eq!((second.attempt, second.worker.as_str()), (2, "w2"));
     assert_eq!(
         (second.assigned_at, second.started_at, second.finished_at),

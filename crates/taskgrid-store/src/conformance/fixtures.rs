@@ -80,6 +80,11 @@ pub(crate) fn full_record() -> TaskRecord {
             result: Some(r#"{"ok":true}"#.into()),
             error: Some(TaskFailure::new(FailureCode::Timeout, "took too long")),
             exit_code: Some(-9),
+            usage: Some(taskgrid_core::Usage {
+                cpu_seconds: 1.25,
+                peak_rss_bytes: 1 << 30,
+                signal: Some(9),
+            }),
         },
         progress: Some(Progress {
             fraction: 0.625,

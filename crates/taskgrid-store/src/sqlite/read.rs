@@ -85,8 +85,8 @@ pub(super) fn list(conn: &Connection, q: &TaskQuery) -> Result<Vec<TaskRecord>, 
 /// The attempts of a task, in attempt order.
 pub(super) fn attempts(conn: &Connection, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT attempt, worker, assigned_at, started_at, finished_at, outcome, error, exit_code \
-         FROM attempts WHERE task_id = ?1 ORDER BY attempt",
+        "SELECT attempt, worker, assigned_at, started_at, finished_at, outcome, error, exit_code, \
+         cpu_seconds, peak_rss_bytes, signal FROM attempts WHERE task_id = ?1 ORDER BY attempt",
     )?;
     let key = id.to_bytes();
     let mut rows = stmt.query(params![&key[..]])?;
@@ -109,6 +109,15 @@ pub(super) fn attempts(conn: &Connection, id: TaskId) -> Result<Vec<AttemptRecor
             outcome,
             error: col(row, 6)?,
             exit_code: col(row, 7)?,
+            usage: match col::<Option<f64>>(row, 8)? {
+                Some(cpu_seconds) => Some(taskgrid_core::Usage {
+                    cpu_seconds,
+                    peak_rss_bytes: u64::try_from(col::<Option<i64>>(row, 9)?.unwrap_or(0))
+                        .unwrap_or(0),
+                    signal: col(row, 10)?,
+                }),
+                None => None,
+            },
         });
     }
     Ok(out)

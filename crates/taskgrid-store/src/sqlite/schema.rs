@@ -77,6 +77,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX output_task ON output (task_id);
     ",
+    // 2: what each attempt cost (CPU seconds, peak memory, killing signal).
+    "
+    ALTER TABLE attempts ADD COLUMN cpu_seconds REAL;
+    ALTER TABLE attempts ADD COLUMN peak_rss_bytes INTEGER;
+    ALTER TABLE attempts ADD COLUMN signal INTEGER;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -198,3 +198,41 @@ fn corrupt_rows_are_errors_not_panics() {
         "{err:?}"
     );
 }
+
+#[test]
+fn a_version_1_database_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        // A database as the first release left it.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(super::schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+    }
+    let store = open(&path);
+    let conn = Connection::open(&path).unwrap();
+    let v: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, super::schema::MIGRATIONS.len() as i64);
+    let a = task(1);
+    let mut life = Life::of(&a);
+    store
+        .apply(&[
+            submit(a.clone()),
+            life.assign("w1", 10),
+            life.to(State::Running, 11, None, |_| {}),
+            life.to(State::Failed, 12, Some(AttemptOutcome::Failed), |s| {
+                s.usage = Some(taskgrid_core::Usage {
+                    cpu_seconds: 2.0,
+                    peak_rss_bytes: 10,
+                    signal: Some(15),
+                });
+            }),
+        ])
+        .unwrap();
+    assert_eq!(
+        store.attempts(a.id).unwrap()[0].usage.map(|u| u.signal),
+        Some(Some(15))
+    );
+}

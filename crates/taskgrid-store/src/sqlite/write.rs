@@ -20,8 +20,8 @@ const TASK_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM tasks WHERE id = ?1)";
 const INSERT_ATTEMPT: &str = "INSERT OR IGNORE INTO attempts (task_id, attempt, worker, assigned_at) VALUES (?1, ?2, ?3, ?4)";
 const START_ATTEMPT: &str =
     "UPDATE attempts SET started_at = ?3 WHERE task_id = ?1 AND attempt = ?2";
-const FINISH_ATTEMPT: &str = "UPDATE attempts SET finished_at = ?3, outcome = ?4, error = ?5, exit_code = ?6 \
-    WHERE task_id = ?1 AND attempt = ?2";
+const FINISH_ATTEMPT: &str = "UPDATE attempts SET finished_at = ?3, outcome = ?4, error = ?5, exit_code = ?6, \
+    cpu_seconds = ?7, peak_rss_bytes = ?8, signal = ?9 WHERE task_id = ?1 AND attempt = ?2";
 const UPDATE_PROGRESS: &str = "UPDATE tasks SET progress = ?2 WHERE id = ?1";
 const UPDATE_CHECKPOINT: &str = "UPDATE tasks SET checkpoint = ?2 WHERE id = ?1";
 const INSERT_OUTPUT: &str = "INSERT INTO output (task_id, attempt, stream, data) \
@@ -184,6 +184,7 @@ impl<'c> Batch<'c> {
                 outcome,
                 error,
                 exit_code,
+                usage,
             } => {
                 self.finish_attempt.execute(params![
                     &key[..],
@@ -191,7 +192,10 @@ impl<'c> Batch<'c> {
                     micros(at),
                     outcome.as_str(),
                     error,
-                    exit_code
+                    exit_code,
+                    usage.map(|u| u.cpu_seconds),
+                    usage.map(|u| i64::try_from(u.peak_rss_bytes).unwrap_or(i64::MAX)),
+                    usage.and_then(|u| u.signal),
                 ])?;
             }
         }

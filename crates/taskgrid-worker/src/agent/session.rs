@@ -237,7 +237,15 @@ async fn session(
     };
     loop {
         if draining.is_some() && shared.idle() && events.is_empty() {
-            // Closing our side of the stream cleanly hands back whatever is left.
+            // Closing our side of the stream cleanly hands back whatever is
+            // left. Wait (briefly) for the coordinator to close its side, so
+            // the goodbye is delivered before this process may exit.
+            // (`send` only borrows `out`: dropping `out` closes our side.)
+            drop(out);
+            let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                while let Ok(Some(_)) = inbound.message().await {}
+            })
+            .await;
             return End::Drained;
         }
         let deadline = *draining;
