@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use taskgrid_core::{
     CancelOutcome, Change, Engine, EngineConfig, MetricsSnapshot, Outbox, Progress, QueueStats,
-    State, Stream, TaskId, TaskKind, TaskRecord, WorkerId, WorkerInfo,
+    State, Stream, Submitted, TaskId, TaskKind, TaskRecord, WorkerId, WorkerInfo,
 };
 use taskgrid_store::{MemoryStore, SqliteOptions, SqliteStore, Store, TaskQuery, Writer};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
@@ -326,6 +326,17 @@ impl Inner {
     /// Accepts tasks: validated, handed to the engine and committed before
     /// this returns their ids.
     pub(crate) async fn submit(&self, tasks: Vec<Task>) -> Result<Vec<TaskId>, Error> {
+        Ok(self
+            .submit_detailed(tasks)
+            .await?
+            .into_iter()
+            .map(Submitted::id)
+            .collect())
+    }
+
+    /// [`Inner::submit`], saying for each task whether it was created or an
+    /// existing task with its unique key was returned.
+    pub(crate) async fn submit_detailed(&self, tasks: Vec<Task>) -> Result<Vec<Submitted>, Error> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
@@ -352,7 +363,7 @@ impl Inner {
         };
         self.wake.notify_one();
         rx.await.map_err(|_| Error::ShutDown)??;
-        Ok(results.into_iter().map(|r| r.id()).collect())
+        Ok(results)
     }
 
     /// In an embedded system only the local executor runs tasks: refuse
@@ -707,6 +718,17 @@ impl TaskSystem {
     /// Submits a task; returns once it is committed to the store.
     pub async fn submit(&self, task: Task) -> Result<TaskHandle, Error> {
         TaskHandle::submit(&self.inner, task).await
+    }
+
+    /// Submits a task and says whether it was created (`true`) or a live
+    /// task with the same unique key was returned (`false`).
+    pub async fn submit_unique(&self, task: Task) -> Result<(TaskHandle, bool), Error> {
+        let r = self.inner.submit_detailed(vec![task]).await?;
+        let first = *r.first().ok_or(Error::ShutDown)?;
+        Ok((
+            self.handle(first.id()),
+            matches!(first, Submitted::Created(_)),
+        ))
     }
 
     /// Submits tasks all or none, in one commit. Tasks may depend on

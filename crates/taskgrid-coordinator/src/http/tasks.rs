@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::Json;
 use serde::Deserialize;
 use taskgrid_core::{CancelOutcome, Explanation, MetricsSnapshot, QueueStats, State as TaskState};
-use taskgrid_core::{TaskId, WorkerId};
+use taskgrid_core::WorkerId;
 use taskgrid_proto::api::{
     BatchRequest, BatchResponse, CancelOutcomeKind, CancelResponse, CancelTagRequest,
     CancelTagResponse, ListQuery, SubmitRequest, SubmitResponse, TaskDetail, TaskPage, TaskView,
@@ -34,25 +34,14 @@ fn to_task(req: SubmitRequest) -> Task {
     task
 }
 
-/// An id minted just before a submit. Task ids are UUIDv7s from one
-/// process-wide ordered generator, so a task created by the submit has a
-/// larger id, and one returned for its unique key (created earlier) has a
-/// smaller one. (Two racing submits of the same new key both read as
-/// created: `TaskSystem::submit` does not say which it was.)
-fn id_mark() -> TaskId {
-    TaskId::from_bytes(*uuid::Uuid::now_v7().as_bytes())
-}
-
 /// `POST /tasks`: 201 when created, 200 when a live task with the same
 /// unique key was returned.
 pub(crate) async fn submit(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<SubmitRequest>,
 ) -> ApiResult<(StatusCode, Json<SubmitResponse>)> {
-    let keyed = req.unique_key.is_some();
-    let mark = id_mark();
-    let id = s.system.submit(to_task(req)).await?.id();
-    let created = !keyed || id > mark;
+    let (handle, created) = s.system.submit_unique(to_task(req)).await?;
+    let id = handle.id();
     let state = s.system.get(id)?.status.state;
     let status = if created {
         StatusCode::CREATED
