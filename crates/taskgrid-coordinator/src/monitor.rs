@@ -1,34 +1,11 @@
 //! The read side of a [`TaskSystem`]: workers, explain, output paging,
 //! event replay, and retrying a finished task.
 
-use serde::{Deserialize, Serialize};
-use taskgrid_core::{Explanation, OutputChunk, TaskId, WorkerId};
+use taskgrid_core::{Explanation, OutputChunk, TaskId};
+pub use taskgrid_proto::api::WorkerView;
 
 use crate::system::relock;
 use crate::{Error, Task, TaskEvent, TaskHandle, TaskSystem};
-
-/// A worker as the coordinator sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkerView {
-    /// Its id.
-    pub id: WorkerId,
-    /// Its labels.
-    pub labels: Vec<(String, String)>,
-    /// Its handlers.
-    pub handlers: Vec<String>,
-    /// It runs shell tasks.
-    pub shell: bool,
-    /// It runs container tasks.
-    pub container: bool,
-    /// Its slots.
-    pub slots: u32,
-    /// Slots in use.
-    pub used: u32,
-    /// Recent success rate (0.5 for a new worker).
-    pub trust: f64,
-    /// Attempts it runs: (task, attempt).
-    pub running: Vec<(TaskId, u32)>,
-}
 
 impl TaskSystem {
     /// Every registered worker (the local executor is `local`).

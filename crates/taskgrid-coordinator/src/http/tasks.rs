@@ -7,8 +7,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::Json;
 use serde::Deserialize;
-use taskgrid_core::{CancelOutcome, Explanation, MetricsSnapshot, QueueStats, State as TaskState};
 use taskgrid_core::WorkerId;
+use taskgrid_core::{CancelOutcome, Explanation, MetricsSnapshot, QueueStats, State as TaskState};
 use taskgrid_proto::api::{
     BatchRequest, BatchResponse, CancelOutcomeKind, CancelResponse, CancelTagRequest,
     CancelTagResponse, ListQuery, SubmitRequest, SubmitResponse, TaskDetail, TaskPage, TaskView,
@@ -184,23 +184,7 @@ pub(crate) async fn explain(
 
 /// `GET /workers`.
 pub(crate) async fn workers(State(s): State<AppState>) -> Json<Vec<WorkerView>> {
-    let views = s
-        .system
-        .workers()
-        .into_iter()
-        .map(|w| WorkerView {
-            id: w.id,
-            labels: w.labels,
-            handlers: w.handlers,
-            shell: w.shell,
-            container: w.container,
-            slots: w.slots,
-            used: w.used,
-            trust: w.trust,
-            running: w.running,
-        })
-        .collect();
-    Json(views)
+    Json(s.system.workers())
 }
 
 /// `GET /queues`.
