@@ -75,7 +75,7 @@ async fn submit_wait_streams_output_and_mirrors_the_exit_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_task_is_replaced_and_one_result_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), "127.0.0.1:0", &["--heartbeat-ms", "200"]);
+    let server = Server::start(dir.path(), "127.0.0.1:0", &["--heartbeat-ms", "500"]);
     let client = server.client(None);
     let mut w1 = worker(&server.url(), "w1", &[]);
     await_worker(&client, "w1").await;
@@ -114,7 +114,7 @@ async fn a_worker_killed_mid_task_is_replaced_and_one_result_is_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_killed_with_tasks_queued_and_running_loses_none() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), "127.0.0.1:0", &["--heartbeat-ms", "200"]);
+    let mut server = Server::start(dir.path(), "127.0.0.1:0", &["--heartbeat-ms", "500"]);
     let addr = server.addr.clone();
     let client = server.client(None);
     let _w = worker(&server.url(), "w1", &["--slots", "2"]);
@@ -134,7 +134,7 @@ async fn a_coordinator_killed_with_tasks_queued_and_running_loses_none() {
     await_state(&client, ids[0], Some(State::Running)).await;
     server.proc.kill9();
     // Same data, same port: the worker reconnects on its own.
-    let server = Server::start(dir.path(), &addr, &["--heartbeat-ms", "200"]);
+    let server = Server::start(dir.path(), &addr, &["--heartbeat-ms", "500"]);
     let client = server.client(None);
     for id in &ids {
         assert_eq!(

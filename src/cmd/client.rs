@@ -418,7 +418,11 @@ pub(crate) async fn cancel(a: CancelArgs) -> anyhow::Result<i32> {
         }
         (None, Some(tag)) => {
             let n = client.cancel_tag(&tag).await?;
-            println!("{n} task(s) with tag {tag:?} cancelled");
+            if a.conn.json {
+                println!("{}", serde_json::json!({ "tag": tag, "cancelled": n }));
+            } else {
+                println!("{n} task(s) with tag {tag:?} cancelled");
+            }
         }
         (None, None) => bail!("give a task id or --tag"),
     }
@@ -427,7 +431,11 @@ pub(crate) async fn cancel(a: CancelArgs) -> anyhow::Result<i32> {
 
 pub(crate) async fn retry(a: IdArgs) -> anyhow::Result<i32> {
     let r = a.conn.client()?.retry(a.id).await?;
-    println!("{}", r.id);
+    if a.conn.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("{}", r.id);
+    }
     Ok(0)
 }
 

@@ -85,7 +85,7 @@ pub(crate) async fn start(args: &Args) -> anyhow::Result<Coordinator> {
         &system,
         GatewayConfig {
             worker_token: args.worker_token.clone(),
-            heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(10)),
+            heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(100)),
             ..GatewayConfig::default()
         },
     );

@@ -17,6 +17,16 @@ use tokio::task::AbortHandle;
 use crate::handler::{CatchUnwind, TaskContext};
 use crate::system::Inner;
 
+/// What the driver learns from executors, in order.
+#[derive(Debug)]
+pub(crate) enum Report {
+    /// An attempt ended.
+    Attempt(Completion),
+    /// A remote worker said goodbye: after its last results (which come
+    /// first on this channel), hand back whatever it still holds.
+    Left(taskgrid_core::WorkerId),
+}
+
 /// An attempt that ended, for the driver to report.
 #[derive(Debug)]
 pub(crate) struct Completion {
@@ -111,13 +121,13 @@ fn finish_with(inner: &Inner, key: (TaskId, u32), outcome: Outcome) {
         r.is_some()
     };
     if removed {
-        let _ = inner.completions.send(Completion {
+        let _ = inner.completions.send(Report::Attempt(Completion {
             worker: inner.worker.clone(),
             id: key.0,
             attempt: key.1,
             outcome,
             usage: None,
-        });
+        }));
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::executor::Completion;
+use crate::executor::{Completion, Report};
 use crate::system::{Inner, relock};
 use crate::{Task, TaskSystem};
 
@@ -61,6 +61,8 @@ impl Default for GatewayConfig {
 /// A connected worker's outbound stream.
 pub(crate) struct Link {
     conn: u64,
+    /// The worker process's instance id (see `Register.instance`).
+    instance: String,
     pub(crate) tx: mpsc::UnboundedSender<Result<worker::CoordinatorMessage, Status>>,
 }
 
@@ -128,6 +130,20 @@ impl WorkerGateway for Gateway {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::invalid_argument(format!("register.running: {e}")))?;
         let id = info.id.clone();
+        let instance = reg.instance.clone();
+        let registered = self.inner.lock().has_worker(&id);
+        if let Some(old) = relock(&self.inner.links).get(&id) {
+            if registered && old.instance != reg.instance {
+                return Err(Status::already_exists(format!(
+                    "a worker with id {id:?} is connected; give each worker its own --id"
+                )));
+            }
+            // The same process reconnecting (its old stream is dead or about
+            // to be), or a worker already dropped: this session replaces it.
+            let _ = old.tx.send(Err(Status::aborted(
+                "replaced by a new session of this worker",
+            )));
+        }
         let conn = self.conns.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = {
@@ -137,16 +153,24 @@ impl WorkerGateway for Gateway {
             let mut out = Outbox::default();
             engine.register_worker(info, now);
             let stale = engine.reconcile_worker(&id, &running, now, &mut out);
+            // Cancels issued while it was away are sent again.
+            let pending: Vec<(TaskId, u32)> = running
+                .iter()
+                .copied()
+                .filter(|k| !stale.contains(k) && engine.cancel_pending(k.0))
+                .collect();
             inner.persist(&engine, out.changes, None);
             relock(&inner.links).insert(
                 id.clone(),
                 Link {
                     conn,
+                    instance: instance.clone(),
                     tx: tx.clone(),
                 },
             );
-            stale
+            (stale, pending)
         };
+        let (cancel, pending_cancels) = cancel;
         tracing::info!(worker = %id, conn, "worker registered");
         let registered = worker::Registered {
             worker_id: id.to_string(),
@@ -160,6 +184,15 @@ impl WorkerGateway for Gateway {
         let _ = tx.send(Ok(worker::CoordinatorMessage {
             msg: Some(Out::Registered(registered)),
         }));
+        for (task, attempt) in pending_cancels {
+            let stop = taskgrid_core::StopAttempt {
+                id: task,
+                attempt,
+                worker: id.clone(),
+                reason: taskgrid_core::StopReason::Cancel,
+            };
+            let _ = tx.send(Ok(msg::cancel(&stop)));
+        }
         self.inner.wake.notify_one();
         let inner = self.inner.clone();
         tokio::spawn(async move {
@@ -232,11 +265,9 @@ fn detach(inner: &Inner, id: &WorkerId, conn: u64, goodbye: bool) {
     links.remove(id);
     drop(links);
     if goodbye {
-        let now = inner.clock.now();
-        let _ = inner.command(|e, out| {
-            e.remove_worker(id, now, out);
-            Ok::<(), String>(())
-        });
+        // Through the driver's channel, after the results sent before it.
+        let _ = inner.completions.send(Report::Left(id.clone()));
+        inner.wake.notify_one();
         tracing::info!(worker = %id, "worker left");
     } else {
         let _ = inner.lock().set_worker_paused(id, true);
@@ -278,10 +309,21 @@ async fn apply(
         |r: Option<&worker::AttemptRef>| taskgrid_proto::task_id(r).map_err(|e| e.to_string());
     match m.msg.ok_or("empty message")? {
         In::Register(_) => Err("register sent twice on one stream".into()),
-        In::Heartbeat(_) => inner
-            .lock()
-            .heartbeat(worker, now)
-            .map_err(|e| e.to_string()),
+        In::Heartbeat(hb) => {
+            let alive = inner.lock().heartbeat(worker, now).is_ok();
+            if !alive {
+                // Dropped for missed heartbeats: end this stream so the
+                // worker registers again (and reconciles what it runs).
+                let _ = tx.send(Err(Status::not_found(
+                    "this worker was dropped; register again",
+                )));
+                return Err("heartbeat from a dropped worker".into());
+            }
+            if hb.draining {
+                let _ = inner.lock().set_worker_paused(worker, true);
+            }
+            Ok(())
+        }
         In::Accept(a) => {
             let (id, n) = attempt(a.attempt.as_ref())?;
             inner.command(|e, out| e.accept(worker, id, n, now, out))
@@ -319,13 +361,13 @@ async fn apply(
                 peak_rss_bytes: r.peak_rss_bytes,
                 signal: r.signal,
             });
-            let _ = inner.completions.send(Completion {
+            let _ = inner.completions.send(Report::Attempt(Completion {
                 worker: worker.clone(),
                 id,
                 attempt: n,
                 outcome,
                 usage,
-            });
+            }));
             Ok(())
         }
         In::Checkpoint(c) => {
@@ -335,7 +377,17 @@ async fn apply(
             Ok(())
         }
         In::Spawn(s) => {
-            let (parent, _) = attempt(s.parent.as_ref())?;
+            let (parent, n) = attempt(s.parent.as_ref())?;
+            if !inner.lock().attempt_is_live(worker, parent, n) {
+                ack(
+                    tx,
+                    s.request_id,
+                    Err(format!(
+                        "attempt {n} of {parent} is not running on this worker"
+                    )),
+                );
+                return Ok(());
+            }
             let r = match serde_json::from_str::<TaskSpec>(&s.spec_json) {
                 Ok(mut spec) => {
                     spec.parent = Some(parent);
@@ -362,6 +414,28 @@ pub(crate) mod msg {
         worker::CoordinatorMessage {
             msg: Some(Msg::Assignments(worker::Assignments { assignments })),
         }
+    }
+
+    /// Assignments split into messages of at most ~1 MiB of payload each
+    /// (a single larger task still travels alone, under the 4 MiB limit).
+    pub(crate) fn batches(all: Vec<worker::Assignment>) -> Vec<worker::CoordinatorMessage> {
+        const BUDGET: usize = 1 << 20;
+        let mut out = Vec::new();
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for a in all {
+            let n = prost::Message::encoded_len(&a);
+            if !batch.is_empty() && size + n > BUDGET {
+                out.push(assignments(std::mem::take(&mut batch)));
+                size = 0;
+            }
+            size += n;
+            batch.push(a);
+        }
+        if !batch.is_empty() {
+            out.push(assignments(batch));
+        }
+        out
     }
 
     pub(crate) fn cancel(s: &StopAttempt) -> worker::CoordinatorMessage {

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::event::{EventKind, TaskEvent};
-use crate::executor::{Completion, Running};
+use crate::executor::{Report, Running};
 use crate::handler::{Handler, HandlerResult, TaskContext, handler_fn};
 use crate::{Error, Task, TaskHandle, TaskResult};
 
@@ -213,7 +213,7 @@ impl TaskSystemBuilder {
 
 enum Lifecycle {
     Built {
-        completions: mpsc::UnboundedReceiver<Completion>,
+        completions: mpsc::UnboundedReceiver<Report>,
         committed: mpsc::UnboundedReceiver<Vec<TaskEvent>>,
     },
     Started {
@@ -241,7 +241,7 @@ pub(crate) struct Inner {
     pub(crate) running: Mutex<HashMap<(TaskId, u32), Running>>,
     /// Streams of connected remote workers.
     pub(crate) links: Mutex<HashMap<WorkerId, crate::gateway::Link>>,
-    pub(crate) completions: mpsc::UnboundedSender<Completion>,
+    pub(crate) completions: mpsc::UnboundedSender<Report>,
     committed: mpsc::UnboundedSender<Vec<TaskEvent>>,
     pub(crate) wake: Notify,
     pub(crate) idle: Notify,
@@ -550,16 +550,23 @@ impl Inner {
     }
 
     /// One turn of the driver: finished attempts, timers, dispatch.
-    fn step(&self, completions: &mut Vec<Completion>) {
+    fn step(&self, completions: &mut Vec<Report>) {
         let now = self.clock.now();
         let mut out = Outbox::default();
         {
             let mut engine = self.lock();
-            for c in completions.drain(..) {
-                if let Some(u) = c.usage {
-                    engine.record_usage(c.id, c.attempt, u);
+            for r in completions.drain(..) {
+                match r {
+                    Report::Attempt(c) => {
+                        if let Some(u) = c.usage {
+                            engine.record_usage(c.id, c.attempt, u);
+                        }
+                        let _ = engine.report(&c.worker, c.id, c.attempt, c.outcome, now, &mut out);
+                    }
+                    Report::Left(w) => {
+                        engine.remove_worker(&w, now, &mut out);
+                    }
                 }
-                let _ = engine.report(&c.worker, c.id, c.attempt, c.outcome, now, &mut out);
             }
             engine.tick(now, &mut out);
             if !self.draining.load(Ordering::Acquire) && !self.failed.load(Ordering::Acquire) {
@@ -597,9 +604,11 @@ impl Inner {
         }
         for (worker, assignments) in remote {
             // A worker that vanished meanwhile keeps its offers until its
-            // heartbeat times out, which re-queues them.
-            let msg = crate::gateway::msg::assignments(assignments);
-            self.send_to(&worker, msg);
+            // heartbeat times out, which re-queues them. Batches stay well
+            // under the 4 MiB message limit whatever the payloads.
+            for batch in crate::gateway::msg::batches(assignments) {
+                self.send_to(&worker, batch);
+            }
         }
     }
 
@@ -943,7 +952,7 @@ impl Inner {
 
 async fn drive(
     inner: Arc<Inner>,
-    mut completions: mpsc::UnboundedReceiver<Completion>,
+    mut completions: mpsc::UnboundedReceiver<Report>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut batch = Vec::with_capacity(1024);

@@ -73,6 +73,23 @@ impl FakeWorker {
         std::mem::forget(self.tx);
         drop(self.rx);
     }
+    /// Connects like a real worker: an `ALREADY_EXISTS` (the old session of
+    /// the same id not yet torn down) is retried.
+    async fn reconnect(addr: SocketAddr, reg: worker::Register) -> Self {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            match FakeWorker::connect(addr, None, reg.clone()).await {
+                Ok(w) => return w,
+                Err(s)
+                    if s.code() == tonic::Code::AlreadyExists
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::task::yield_now().await;
+                }
+                Err(s) => panic!("reconnect failed: {s}"),
+            }
+        }
+    }
     async fn send(&self, msg: In) {
         self.tx
             .send(worker::WorkerMessage { msg: Some(msg) })
@@ -103,6 +120,7 @@ fn register(id: &str, handlers: &[&str]) -> worker::Register {
         name: id.into(),
         handlers: handlers.iter().map(|h| h.to_string()).collect(),
         slots: 1,
+        instance: format!("{id}-process"),
         ..Default::default()
     }
 }
@@ -262,7 +280,7 @@ async fn every_refusal_fails_the_task_with_no_capable_worker() {
 async fn a_reconnecting_worker_keeps_its_attempt_and_a_silent_one_loses_it() {
     let sys = system();
     let fast = GatewayConfig {
-        heartbeat_interval: Duration::from_millis(100),
+        heartbeat_interval: Duration::from_millis(250),
         ..GatewayConfig::default()
     };
     let addr = serve(&sys, fast).await;
@@ -282,8 +300,13 @@ async fn a_reconnecting_worker_keeps_its_attempt_and_a_silent_one_loses_it() {
         running: vec![a.attempt.clone().unwrap()],
         ..register("w1", &["job"])
     };
-    let mut w = FakeWorker::connect(addr, None, reg).await.unwrap();
-    assert!(matches!(w.next().await, Out::Registered(r) if r.cancel.is_empty()));
+    let mut w = FakeWorker::reconnect(addr, reg).await;
+    let first = w.next().await;
+    assert!(
+        matches!(&first, Out::Registered(r) if r.cancel.is_empty()),
+        "{first:?} {:?}",
+        sys.attempts(h.id())
+    );
     w.send(succeeded(&a, "1")).await;
     assert!(h.wait_timeout(LIMIT).await.unwrap().is_success());
 
@@ -311,7 +334,7 @@ async fn a_reconnecting_worker_keeps_its_attempt_and_a_silent_one_loses_it() {
         running: vec![a1.attempt.clone().unwrap()],
         ..register("w1", &["job"])
     };
-    let mut back = FakeWorker::connect(addr, None, reg).await.unwrap();
+    let mut back = FakeWorker::reconnect(addr, reg).await;
     assert!(
         matches!(back.next().await, Out::Registered(r) if r.cancel == vec![a1.attempt.clone().unwrap()])
     );
@@ -359,5 +382,28 @@ async fn a_worker_that_says_goodbye_hands_its_attempts_back_at_once() {
     assert_eq!(again.attempt.as_ref().unwrap().task_id, h.id().to_string());
     assert_eq!(again.attempt.as_ref().unwrap().attempt, 2);
     sys.cancel(h.id()).unwrap();
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_connected_workers_id_is_refused() {
+    let sys = system();
+    let addr = serve(&sys, GatewayConfig::default()).await;
+    let mut first = FakeWorker::connect(addr, None, register("twin", &["job"]))
+        .await
+        .unwrap();
+    first.next().await;
+    let impostor = worker::Register {
+        instance: "another-process".into(),
+        ..register("twin", &["job"])
+    };
+    let err = FakeWorker::connect(addr, None, impostor)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    // The same process reconnecting replaces its own session at once.
+    let again = FakeWorker::connect(addr, None, register("twin", &["job"])).await;
+    assert!(again.is_ok());
     sys.shutdown().await.unwrap();
 }

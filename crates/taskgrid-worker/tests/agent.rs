@@ -281,3 +281,51 @@ async fn a_program_outside_the_allow_list_is_refused_and_offered_elsewhere() {
     assert_eq!(attempts.last().unwrap().worker.as_str(), "open");
     sys.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_finishes_running_work_and_leaves_queued_work_queued() {
+    let (sys, addr) = coordinator().await;
+    let mut c = config(addr, "drainer");
+    c.slots = 1;
+    c.drain_grace = Duration::from_secs(20);
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(Worker::with_config(c).run_until(async move {
+        let _ = drain_rx.await;
+    }));
+    // One short task runs; two more wait behind it (one slot).
+    let marker = tempfile::NamedTempFile::new().unwrap();
+    let gate = format!(
+        "while [ -s {} ]; do :; done; echo done",
+        marker.path().display()
+    );
+    std::fs::write(marker.path(), "hold").unwrap();
+    let running = sys.submit(script(&gate)).await.unwrap();
+    let queued: Vec<_> = vec![
+        sys.submit(script("echo a")).await.unwrap(),
+        sys.submit(script("echo b")).await.unwrap(),
+    ];
+    while running.status().unwrap() != State::Running {
+        tokio::task::yield_now().await;
+    }
+    drain_tx.send(()).unwrap();
+    // Let the running task finish during the drain.
+    std::fs::write(marker.path(), "").unwrap();
+    agent.await.unwrap().unwrap();
+    let r = running.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!(
+        (r.state, r.attempts),
+        (State::Succeeded, 1),
+        "its result counts; it is not run again"
+    );
+    for q in &queued {
+        let rec = q.record().unwrap();
+        assert_eq!(
+            rec.status.state,
+            State::Queued,
+            "a drain must not fail waiting tasks: {:?}",
+            rec.status.error
+        );
+        q.cancel().unwrap();
+    }
+    sys.shutdown().await.unwrap();
+}

@@ -382,6 +382,19 @@ impl Engine {
         stop
     }
 
+    /// Whether a worker with this id is registered.
+    pub fn has_worker(&self, worker: &WorkerId) -> bool {
+        self.worker_index.contains_key(worker)
+    }
+
+    /// Whether `worker` is paused (draining or disconnected).
+    pub fn worker_paused(&self, worker: &WorkerId) -> bool {
+        self.worker_index
+            .get(worker)
+            .and_then(|&i| self.workers[i].as_ref())
+            .is_some_and(|w| w.paused)
+    }
+
     /// Number of connected workers.
     pub fn worker_count(&self) -> usize {
         self.worker_index.len()

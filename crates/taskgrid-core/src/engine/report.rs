@@ -74,6 +74,20 @@ impl Engine {
         Ok(state)
     }
 
+    /// Whether `(id, attempt)` is the current, running attempt of `worker`
+    /// (for requests a worker makes on behalf of an attempt, like spawning).
+    pub fn attempt_is_live(&self, worker: &WorkerId, id: TaskId, attempt: u32) -> bool {
+        self.current_of(worker, id, attempt, &[State::Running])
+            .is_ok()
+    }
+
+    /// Whether a cancel is pending on task `id`.
+    pub fn cancel_pending(&self, id: TaskId) -> bool {
+        self.tasks
+            .get(&id)
+            .is_some_and(|e| e.rec.status.cancel_requested)
+    }
+
     /// The worker accepted the offer: the task is running.
     pub fn accept(
         &mut self,
@@ -109,6 +123,13 @@ impl Engine {
             self.release_slots(worker, id, attempt);
         }
         self.current_of(worker, id, attempt, &[State::Assigned])?;
+        let outcome = Some(AttemptOutcome::Rejected);
+        if self.worker_paused(worker) {
+            // A draining (or disconnected) worker hands work back: that says
+            // nothing about whether it could run the task.
+            self.apply_event(id, Event::Requeue, now, outcome, out, |_| {})?;
+            return Ok(());
+        }
         if let Some(e) = self.tasks.get_mut(&id)
             && !e.refused(worker)
         {
@@ -116,7 +137,6 @@ impl Engine {
             list.push(worker.clone());
             e.refused_by = Some(list.into_boxed_slice());
         }
-        let outcome = Some(AttemptOutcome::Rejected);
         if self.all_capable_refused(id) {
             let failure = TaskFailure::new(
                 FailureCode::NoCapableWorker,

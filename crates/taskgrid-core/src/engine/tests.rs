@@ -944,3 +944,26 @@ fn restore_ends_a_cancelled_run_and_never_releases_a_task_whose_dependency_faile
         "nothing may be released: {states:?}"
     );
 }
+
+#[test]
+fn a_draining_worker_hands_work_back_without_counting_as_not_capable() {
+    let mut t = Harness::new();
+    let w = t.worker("only", 1, &["x"]);
+    let id = t.submit(h("x"));
+    let a = t.dispatch().remove(0);
+    t.engine.set_worker_paused(&w, true).unwrap();
+    t.engine
+        .reject(&w, id, a.attempt, "draining", t.now, &mut t.out)
+        .unwrap();
+    assert_eq!(
+        t.state(id),
+        State::Queued,
+        "not failed: the only worker is leaving, not incapable"
+    );
+    t.engine.set_worker_paused(&w, false).unwrap();
+    assert_eq!(
+        t.dispatch()[0].id,
+        id,
+        "and it is not remembered as a refusal"
+    );
+}

@@ -17,11 +17,13 @@ use crate::{ExecLimits, ExecReport};
 /// A [`ContextBackend`] over the worker's stream.
 pub(super) struct Remote {
     shared: Arc<Shared>,
+    /// The attempt this context belongs to (spawns name it as the parent).
+    attempt: u32,
 }
 
 impl Remote {
-    pub(super) fn new(shared: Arc<Shared>) -> Self {
-        Remote { shared }
+    pub(super) fn new(shared: Arc<Shared>, attempt: u32) -> Self {
+        Remote { shared, attempt }
     }
 }
 
@@ -70,12 +72,13 @@ impl ContextBackend for Remote {
 
     fn spawn(&self, parent: TaskId, spec: TaskSpec) -> BoxFuture<Result<TaskId, TaskError>> {
         let shared = self.shared.clone();
+        let self_attempt = self.attempt;
         Box::pin(async move {
             let spec_json = serde_json::to_string(&spec).map_err(TaskError::fatal)?;
             let ack = shared
                 .request(|request_id| {
                     In::Spawn(worker::Spawn {
-                        parent: Some(taskgrid_proto::attempt_ref(parent, 1)),
+                        parent: Some(taskgrid_proto::attempt_ref(parent, self_attempt)),
                         spec_json,
                         request_id,
                     })

@@ -104,7 +104,7 @@ async fn execute(
             drop(out_tx);
             match shared.handlers.get(&*name).cloned() {
                 Some(h) => {
-                    let backend = Arc::new(Remote::new(shared.clone()));
+                    let backend = Arc::new(Remote::new(shared.clone(), attempt));
                     let checkpoint =
                         Some(a.checkpoint_json.clone().into_boxed_str()).filter(|c| !c.is_empty());
                     super::backend::run_handler(

@@ -18,6 +18,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{WorkerConfig, WorkerError};
 
+/// How long a checkpoint or spawn waits for the coordinator's answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// An attempt this worker has accepted and not yet finished reporting.
 pub(super) struct Attempt {
     stop: watch::Sender<Option<StopReason>>,
@@ -33,6 +36,8 @@ pub(super) struct Shared {
     events: mpsc::UnboundedSender<In>,
     acks: Mutex<HashMap<u64, oneshot::Sender<worker::Ack>>>,
     next_request: AtomicU64,
+    /// This process's instance id, the same on every reconnect.
+    instance: String,
 }
 
 fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -54,8 +59,16 @@ impl Shared {
         let (tx, rx) = oneshot::channel();
         relock(&self.acks).insert(id, tx);
         self.emit(make(id));
-        rx.await
-            .map_err(|_| "the worker stopped before the coordinator answered".to_owned())
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(ack)) => Ok(ack),
+            Ok(Err(_)) => Err("the worker stopped before the coordinator answered".to_owned()),
+            Err(_) => {
+                relock(&self.acks).remove(&id);
+                Err(format!(
+                    "no answer from the coordinator within {REQUEST_TIMEOUT:?}"
+                ))
+            }
+        }
     }
 
     fn running(&self) -> Vec<worker::AttemptRef> {
@@ -116,6 +129,7 @@ pub(super) async fn run(
         events,
         acks: Mutex::new(HashMap::new()),
         next_request: AtomicU64::new(0),
+        instance: instance_id(),
     });
     tokio::pin!(drain);
     let mut draining = None;
@@ -133,6 +147,13 @@ pub(super) async fn run(
         {
             End::Drained => return Ok(()),
             End::Refused(why) => return Err(WorkerError::Refused(why)),
+            End::Lost(why) if draining.is_some() => {
+                // Draining with no coordinator to hand back to: stop what is
+                // left; the coordinator re-queues it when the heartbeat lapses.
+                tracing::warn!(error = %why, "lost the coordinator while draining; stopping");
+                shared.stop_all(StopReason::Cancel);
+                return Ok(());
+            }
             End::Lost(why) => {
                 tracing::warn!(error = %why, ?backoff, "lost the coordinator; reconnecting");
                 if registered_at.elapsed() > shared.config.reconnect_max {
@@ -166,6 +187,7 @@ fn register(shared: &Shared) -> In {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         queues: c.queues.clone(),
         running: shared.running(),
+        instance: shared.instance.clone(),
     })
 }
 
@@ -180,7 +202,7 @@ async fn session(
         Ok(c) => c,
         Err(e) => return End::Lost(format!("connect: {e}")),
     };
-    let mut client = WorkerGatewayClient::new(channel);
+    let mut client = WorkerGatewayClient::new(channel).max_decoding_message_size(64 << 20);
     let (out, out_rx) = mpsc::channel::<worker::WorkerMessage>(1024);
     let _ = out
         .send(worker::WorkerMessage {
@@ -272,7 +294,11 @@ async fn session(
                 }
             }
             _ = beat.tick() => {
-                let hb = In::Heartbeat(worker::Heartbeat { running: shared.running(), load: 0.0 });
+                let hb = In::Heartbeat(worker::Heartbeat {
+                    running: shared.running(),
+                    load: 0.0,
+                    draining: draining.is_some(),
+                });
                 if !send(hb).await {
                     return End::Lost("the stream closed".into());
                 }
@@ -280,6 +306,11 @@ async fn session(
             _ = &mut *drain, if draining.is_none() => {
                 tracing::info!(grace = ?shared.config.drain_grace, "draining");
                 *draining = Some(tokio::time::Instant::now() + shared.config.drain_grace);
+                // Tell the coordinator at once, so it offers nothing more.
+                let hb = In::Heartbeat(worker::Heartbeat { running: shared.running(), load: 0.0, draining: true });
+                if !send(hb).await {
+                    return End::Lost("the stream closed".into());
+                }
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                 // Grace over: stop what is left and hand it back.
@@ -329,4 +360,13 @@ impl Shared {
         );
         rx
     }
+}
+
+/// A random id for this process: its pid and the start time.
+fn instance_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}-{nanos:x}", std::process::id())
 }
