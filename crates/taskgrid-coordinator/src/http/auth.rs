@@ -22,6 +22,16 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
         if !given.is_some_and(|g| token_matches(g, token)) {
             return ApiError::unauthorized().into_response();
         }
+    } else if !loopback_host(&req) {
+        // With no token the API trusts whoever reaches it, which is only
+        // safe on loopback. A page of a rebound DNS name reaches it with
+        // that name as Host: refuse any Host that is not a loopback one.
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "non_loopback_host",
+            "without a client token only loopback host names are served",
+        )
+        .into_response();
     }
     if is_cross_origin_write(&req) {
         return ApiError::new(
@@ -32,6 +42,28 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
         .into_response();
     }
     next.run(req).await
+}
+
+/// Whether the request's `Host` is a loopback name or address (or absent,
+/// as from HTTP/1.0 clients and tests).
+fn loopback_host(req: &Request) -> bool {
+    let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return true;
+    };
+    // Strip the port; keep IPv6 literals' brackets off.
+    let name = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The token of an `Authorization: Bearer <token>` value.
@@ -74,6 +106,33 @@ mod tests {
         assert_eq!(bearer("bearer  abc"), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("Bearer"), None);
+    }
+
+    #[test]
+    fn only_loopback_host_names_pass_without_a_token() {
+        let with_host = |h: &str| {
+            Request::builder()
+                .uri("/api/v1/tasks")
+                .header(header::HOST, h)
+                .body(axum::body::Body::empty())
+                .expect("valid request")
+        };
+        for ok in [
+            "127.0.0.1:7070",
+            "localhost:7070",
+            "[::1]:7070",
+            "127.0.0.1",
+            "LOCALHOST",
+        ] {
+            assert!(loopback_host(&with_host(ok)), "{ok}");
+        }
+        for bad in [
+            "evil.example:7070",
+            "10.0.0.5:7070",
+            "rebound.attacker.test",
+        ] {
+            assert!(!loopback_host(&with_host(bad)), "{bad}");
+        }
     }
 
     #[test]
