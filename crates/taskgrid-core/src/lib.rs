@@ -24,7 +24,10 @@ pub use engine::{
     QueueStats, ReportAck, StopAttempt, StopReason, SubmitError, Submitted, WorkerInfo,
 };
 pub use id::{ParseIdError, TaskId, WorkerId};
-pub use metrics::{Histogram, HistogramSummary, Metrics, MetricsSnapshot};
+pub use metrics::{
+    Bucket, Histogram, HistogramSummary, LABEL_VALUES_MAX, LE_MICROS, Metrics, MetricsSnapshot,
+    OTHER_LABEL, QueueKindSnapshot, SeriesSnapshot, Throughput, kind_label,
+};
 pub use priority::{ParsePriorityError, Priority};
 pub use record::{
     AttemptOutcome, AttemptRecord, FailureCode, Outcome, OutputChunk, Progress, RetryHint, Stream,

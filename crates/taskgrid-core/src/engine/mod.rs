@@ -465,16 +465,8 @@ impl Engine {
             status.finished_at = Some(now);
         }
         edit(status);
-        if from == State::Running
-            && let Some(started) = entry.rec.status.started_at
-        {
-            self.metrics.run_time.record(now.since(started));
-        }
-        if to == State::Assigned
-            && let Some(q) = entry.rec.status.queued_at
-        {
-            self.metrics.queue_wait.record(now.since(q));
-        }
+        self.metrics
+            .on_transition(entry.class.0 as usize, &entry.rec, from, to, now);
         if to != State::Queued {
             entry.dispatch_deadline = None;
         }
@@ -499,9 +491,6 @@ impl Engine {
         q.ready = q.ready + usize::from(to == State::Queued) - usize::from(from == State::Queued);
         let active = |s: State| matches!(s, State::Assigned | State::Running);
         q.running = q.running + usize::from(active(to)) - usize::from(active(from));
-        if to == State::Retrying {
-            self.metrics.retried += 1;
-        }
         out.changes.push(Change::Status {
             id,
             from,
@@ -543,10 +532,9 @@ impl Engine {
         self.state_counts[i] = self.state_counts[i].wrapping_add_signed(delta);
     }
 
-    /// A task reached a terminal state: release its unique key, settle its
-    /// dependents, count it, and forget the oldest finished tasks.
+    /// A task reached a terminal state (`apply_event` counted it): release
+    /// its unique key, settle its dependents, and queue it for forgetting.
     fn on_finished(&mut self, id: TaskId, state: State, now: Timestamp, out: &mut Outbox) {
-        self.metrics.record_terminal(state);
         if let Some(key) = self
             .tasks
             .get(&id)

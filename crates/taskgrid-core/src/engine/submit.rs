@@ -264,7 +264,7 @@ impl Engine {
                 e.seq = self.seq;
             }
             out.changes.push(Change::Submitted(Box::new(e.rec.clone())));
-            self.metrics.submitted += 1;
+            self.metrics.on_submit(e.class.0 as usize, &e.rec.spec);
             self.index_entry(id, now);
             if let Some((dep, state)) = failed_dep {
                 doomed.push((id, dep, state));

@@ -124,7 +124,7 @@ fn a_task_runs_to_success_and_every_change_is_recorded() {
     );
     assert_eq!(t.engine.free_slots(), 1);
     assert_eq!(t.engine.timer_count(), 0);
-    let m = t.engine.metrics().snapshot();
+    let m = t.engine.metrics().snapshot(t.now);
     assert_eq!(
         (
             m.submitted,
@@ -251,7 +251,7 @@ fn failures_retry_with_capped_jittered_backoff_then_fail() {
     let rec = t.engine.get(id).unwrap();
     assert_eq!((rec.status.retries, rec.status.attempt), (2, 3));
     assert_eq!(rec.status.error.as_ref().unwrap().message, "still broken");
-    assert_eq!(t.engine.metrics().snapshot().retried, 2);
+    assert_eq!(t.engine.metrics().snapshot(t.now).retried, 2);
 }
 
 #[test]
@@ -966,4 +966,55 @@ fn a_draining_worker_hands_work_back_without_counting_as_not_capable() {
         id,
         "and it is not remembered as a refusal"
     );
+}
+
+#[test]
+fn metrics_break_down_by_queue_kind_and_worker() {
+    let mut t = Harness::new();
+    t.worker("w1", 4, &["a"]);
+    t.worker("w2", 4, &["b"]);
+    let in_q2 = |mut s: TaskSpec| {
+        s.queue = "q2".into();
+        s
+    };
+    t.submit(h("a"));
+    t.submit(in_q2(h("a")));
+    let mut slow = in_q2(h("b"));
+    slow.timeout = Some(ms(1000));
+    t.submit(slow);
+    let mut stale = h("nobody");
+    stale.expires_at = Some(t.now.plus(ms(1000)));
+    t.submit(stale);
+    t.advance(ms(10));
+    let mut a = t.start();
+    a.sort_by_key(|x| x.id);
+    assert_eq!(a.len(), 3);
+    t.advance(ms(20));
+    t.report(&a[0], Outcome::ok()).unwrap();
+    t.report(&a[1], Outcome::failed("no")).unwrap();
+    // To the slow task's deadline, past the stale one's expiry.
+    t.advance(ms(980));
+
+    let m = t.engine.metrics().snapshot(t.now);
+    let ends =
+        |s: &crate::SeriesSnapshot| (s.submitted, s.succeeded, s.failed, s.timed_out, s.expired);
+    assert_eq!(
+        (m.submitted, m.succeeded, m.failed, m.timed_out, m.expired),
+        (4, 1, 1, 1, 1)
+    );
+    assert_eq!(ends(&m.queues["default"]), (2, 1, 0, 0, 1));
+    assert_eq!(ends(&m.queues["q2"]), (2, 0, 1, 1, 0));
+    assert_eq!(ends(&m.kinds["handler:a"]), (2, 1, 1, 0, 0));
+    assert_eq!(ends(&m.kinds["handler:b"]), (1, 0, 0, 1, 0));
+    assert_eq!(ends(&m.kinds["handler:nobody"]), (1, 0, 0, 0, 1));
+    assert_eq!(m.queue_kinds.len(), 4);
+    // Workers: `submitted` counts the attempts offered to them.
+    assert_eq!(ends(&m.workers["w1"]), (2, 1, 1, 0, 0));
+    assert_eq!(ends(&m.workers["w2"]), (1, 0, 0, 1, 0));
+    assert_eq!(m.workers["w1"].run_time.max, ms(20));
+    assert_eq!(m.workers["w2"].run_time.max, ms(1000));
+    assert_eq!(m.queue_wait.count, 3);
+    assert_eq!(m.queue_wait.max, ms(10));
+    assert_eq!(m.run_time.count, 3);
+    assert!(m.throughput.last_1m > 0.0);
 }
