@@ -792,9 +792,12 @@ impl TaskSystem {
         self.inner.wake.notify_one();
     }
 
-    /// Counters, rates and latency percentiles since start.
+    /// Counters, rates, latency percentiles and throughput since start, in
+    /// total and by queue, kind and worker.
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.inner.lock().metrics().snapshot()
+        // Copy under the lock; summarise (percentiles, merges) outside it.
+        let metrics = self.inner.lock().metrics().clone();
+        metrics.snapshot(self.inner.clock.now())
     }
 
     /// Tasks matching `query`, from the store.

@@ -1,6 +1,7 @@
 //! The HTTP JSON API of a [`TaskSystem`]: tasks, output, workers, queues,
 //! metrics and a server-sent event stream under `/api/v1`, plus `/healthz`
-//! and `/readyz` at the root.
+//! and `/readyz` at the root, and `/metrics` (Prometheus text) at the root
+//! behind the same guard as the API.
 //!
 //! [`router`] builds an [`axum::Router`] and listens nowhere: whoever runs
 //! the coordinator serves it (next to the worker gateway), and tests call
@@ -15,6 +16,7 @@ mod auth;
 mod error;
 mod events;
 mod extract;
+mod metrics;
 mod output;
 mod tasks;
 
@@ -112,12 +114,22 @@ fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
 /// Routes served at the root, without auth.
 const ROOT_ROUTES: [(Method, &str); 2] = [(Method::GET, "/healthz"), (Method::GET, "/readyz")];
 
+/// Routes served at the root behind the API's guard (token, loopback host).
+fn guarded_root_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    vec![(Method::GET, "/metrics", get(metrics::prometheus))]
+}
+
 /// Every route the router serves, as (method, full path), e.g.
 /// `(POST, "/api/v1/tasks/{id}/cancel")`.
 pub fn routes() -> Vec<(Method, String)> {
     ROOT_ROUTES
         .iter()
         .map(|(m, p)| (m.clone(), (*p).to_owned()))
+        .chain(
+            guarded_root_routes()
+                .into_iter()
+                .map(|(m, p, _)| (m, p.to_owned())),
+        )
         .chain(
             api_routes()
                 .into_iter()
@@ -128,8 +140,8 @@ pub fn routes() -> Vec<(Method, String)> {
 
 /// The API as a router, ready to be served (or called in tests).
 ///
-/// `/api/v1/*` is guarded by the client token when one is configured;
-/// `/healthz` and `/readyz` never are.
+/// `/api/v1/*` and `/metrics` are guarded by the client token when one is
+/// configured; `/healthz` and `/readyz` never are.
 pub fn router(system: Arc<TaskSystem>, config: ApiConfig) -> Router {
     let state = AppState {
         system,
@@ -148,10 +160,22 @@ pub fn router(system: Arc<TaskSystem>, config: ApiConfig) -> Router {
             auth::guard,
         ))
         .with_state(state.clone());
+    let mut guarded = Router::new();
+    for (_, path, route) in guarded_root_routes() {
+        guarded = guarded.route(path, route);
+    }
+    let guarded = guarded
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
+        .with_state(state.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
+        .merge(guarded)
         .nest(API_PREFIX, api)
         .fallback(no_route)
 }

@@ -192,7 +192,9 @@ pub(crate) async fn queues(State(s): State<AppState>) -> Json<Vec<QueueStats>> {
     Json(s.system.queue_stats())
 }
 
-/// `GET /metrics` (JSON; Prometheus text is served elsewhere at `/metrics`).
+/// `GET /metrics`: totals and the breakdowns by queue, kind, (queue, kind)
+/// and worker as JSON (the same figures as Prometheus text at the root's
+/// `/metrics`).
 pub(crate) async fn metrics(State(s): State<AppState>) -> Json<MetricsSnapshot> {
     Json(s.system.metrics())
 }
