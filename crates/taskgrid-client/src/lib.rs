@@ -200,9 +200,22 @@ impl Client {
         call(self.request(Method::GET, "/queues")).await
     }
 
-    /// Counters, rates and latencies since the coordinator started.
+    /// Counters, rates, latencies and throughput since the coordinator
+    /// started, in total and by queue, kind, (queue, kind) and worker.
     pub async fn metrics(&self) -> Result<MetricsSnapshot, ClientError> {
         call(self.request(Method::GET, "/metrics")).await
+    }
+
+    /// The same figures and the queue and worker gauges in the Prometheus
+    /// text exposition format (`/metrics` at the root).
+    pub async fn prometheus(&self) -> Result<String, ClientError> {
+        let req = self.http.get(format!("{}/metrics", self.root));
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let res = checked(req.send().await.map_err(ClientError::Transport)?).await?;
+        res.text().await.map_err(ClientError::Transport)
     }
 
     /// Task events as they are committed, filtered; resumed after
