@@ -46,6 +46,9 @@ enum Command {
     Workers(cmd::client::ConnArgs),
     /// Show queue depths.
     Queues(cmd::client::ConnArgs),
+    /// Show task counts, success rates, latencies and throughput, in total
+    /// and by queue, kind and worker (--prometheus for the text format).
+    Stats(cmd::client::StatsArgs),
     /// Run an embedded system on a SQLite file: a few hundred handler tasks
     /// with retries, progress, dependencies and a cancellation.
     Demo(cmd::demo::Args),
@@ -85,6 +88,7 @@ fn main() -> std::process::ExitCode {
             Command::Explain(a) => client::explain(a).await,
             Command::Workers(a) => client::workers(a).await,
             Command::Queues(a) => client::queues(a).await,
+            Command::Stats(a) => client::stats(a).await,
             Command::Demo(a) => cmd::demo::run(a).await.map(|()| 0),
         }
     });

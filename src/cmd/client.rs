@@ -1,14 +1,16 @@
 //! The client commands: `submit`, `status`, `list`, `logs`, `cancel`,
-//! `retry`, `workers`, `queues`, `explain` — thin wrappers over the HTTP API
-//! with human tables by default and `--json` for scripts.
+//! `retry`, `workers`, `queues`, `explain`, `stats` — thin wrappers over the
+//! HTTP API with human tables by default and `--json` for scripts.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use taskgrid_client::{Client, FollowItem};
 use taskgrid_core::{
-    LabelReq, Priority, RetryPolicy, ShellCommand, ShellSpec, State, Stream, TaskId,
+    LabelReq, MetricsSnapshot, Priority, RetryPolicy, ShellCommand, ShellSpec, State, Stream,
+    TaskId,
 };
 use taskgrid_proto::api::{Kind, ListQuery, SubmitRequest};
 
@@ -566,9 +568,156 @@ pub(crate) async fn queues(a: ConnArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Options of `taskgrid stats`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatsArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Print the Prometheus text exposition (`/metrics`) instead.
+    #[arg(long)]
+    prometheus: bool,
+}
+
+pub(crate) async fn stats(a: StatsArgs) -> anyhow::Result<i32> {
+    let client = a.conn.client()?;
+    if a.prometheus {
+        print!("{}", client.prometheus().await?);
+        return Ok(0);
+    }
+    let m = client.metrics().await?;
+    if a.conn.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(0);
+    }
+    print!("{}", stats_text(&m));
+    Ok(0)
+}
+
+/// A duration in the unit that reads best: `850µs`, `12.3ms`, `4.56s`, `2.0m`.
+fn short(d: Duration) -> String {
+    let us = d.as_micros();
+    if us < 1000 {
+        format!("{us}µs")
+    } else if us < 1_000_000 {
+        format!("{:.1}ms", us as f64 / 1e3)
+    } else if us < 60_000_000 {
+        format!("{:.2}s", d.as_secs_f64())
+    } else {
+        format!("{:.1}m", d.as_secs_f64() / 60.0)
+    }
+}
+
+/// The human form of `taskgrid stats`: totals, latencies, throughput, then
+/// one table per breakdown.
+fn stats_text(m: &MetricsSnapshot) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "tasks       {} submitted, {} succeeded, {} failed, {} timed out, {} cancelled, {} expired; {} retried",
+        m.submitted, m.succeeded, m.failed, m.timed_out, m.cancelled, m.expired, m.retried
+    );
+    let _ = writeln!(
+        out,
+        "success     {:.1}%   throughput {:.2}/s (1m)  {:.2}/s (5m)  {:.2}/s (15m)",
+        m.success_rate * 100.0,
+        m.throughput.last_1m,
+        m.throughput.last_5m,
+        m.throughput.last_15m
+    );
+    for (name, h) in [("run time", &m.run_time), ("queue wait", &m.queue_wait)] {
+        let _ = writeln!(
+            out,
+            "{name:<10}  min {}  avg {}  max {}  p50 {}  p95 {}  p99 {}",
+            short(h.min),
+            short(h.avg),
+            short(h.max),
+            short(h.p50),
+            short(h.p95),
+            short(h.p99)
+        );
+    }
+    for (title, rows) in [
+        ("queue", &m.queues),
+        ("kind", &m.kinds),
+        ("worker", &m.workers),
+    ] {
+        if rows.is_empty() {
+            continue;
+        }
+        let width = rows.keys().map(|k| k.chars().count()).max().unwrap_or(0);
+        let width = width.clamp(title.len(), 40);
+        let _ = writeln!(
+            out,
+            "\n{title:<width$}  {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}  {:>8} {:>8}  {:>8} {:>8}",
+            "submitted",
+            "succeeded",
+            "failed",
+            "timeout",
+            "cancel",
+            "expired",
+            "retried",
+            "success",
+            "run p50",
+            "run p99",
+            "wait p50",
+            "wait p99"
+        );
+        for (name, s) in rows {
+            let _ = writeln!(
+                out,
+                "{name:<width$}  {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6.1}%  {:>8} {:>8}  {:>8} {:>8}",
+                s.submitted,
+                s.succeeded,
+                s.failed,
+                s.timed_out,
+                s.cancelled,
+                s.expired,
+                s.retried,
+                s.success_rate * 100.0,
+                short(s.run_time.p50),
+                short(s.run_time.p99),
+                short(s.queue_wait.p50),
+                short(s.queue_wait.p99)
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_read_as_tables_by_breakdown() {
+        let mut m = MetricsSnapshot {
+            submitted: 7,
+            succeeded: 4,
+            retried: 1,
+            success_rate: 0.5,
+            ..MetricsSnapshot::default()
+        };
+        m.run_time.p99 = Duration::from_micros(1500);
+        let queue = taskgrid_core::SeriesSnapshot {
+            submitted: 3,
+            succeeded: 2,
+            success_rate: 1.0,
+            ..Default::default()
+        };
+        m.queues.insert("emails".to_owned(), queue);
+        let text = stats_text(&m);
+        assert!(
+            text.starts_with("tasks       7 submitted, 4 succeeded"),
+            "{text}"
+        );
+        assert!(text.contains("p99 1.5ms"), "{text}");
+        assert!(text.contains("\nqueue "), "{text}");
+        assert!(text.contains("emails"), "{text}");
+        assert!(!text.contains("\nworker "), "no empty tables: {text}");
+        assert_eq!(short(Duration::from_micros(850)), "850µs");
+        assert_eq!(short(Duration::from_millis(4560)), "4.56s");
+        assert_eq!(short(Duration::from_secs(120)), "2.0m");
+    }
 
     #[test]
     fn durations_parse_with_units_and_refuse_garbage() {
