@@ -24,11 +24,13 @@
 mod detail;
 mod keys;
 mod output;
+mod run;
 mod state;
 mod tasks;
 mod update;
 mod view;
 
+pub use run::{Error, FRAME_INTERVAL, RECONNECT_MAX, RECONNECT_MIN, REFRESH_INTERVAL, run};
 pub use state::{App, Connection, MAX_LOG_LINES, MAX_OUTPUT_LINES, MAX_TASKS, Tab};
 pub use update::{Effect, Key, Msg, update};
 pub use view::draw;
