@@ -46,6 +46,8 @@ enum Command {
     Workers(cmd::client::ConnArgs),
     /// Show queue depths.
     Queues(cmd::client::ConnArgs),
+    /// Watch workers, tasks, queues and events live in a terminal dashboard.
+    Tui(cmd::tui::Args),
     /// Run an embedded system on a SQLite file: a few hundred handler tasks
     /// with retries, progress, dependencies and a cancellation.
     Demo(cmd::demo::Args),
@@ -85,6 +87,7 @@ fn main() -> std::process::ExitCode {
             Command::Explain(a) => client::explain(a).await,
             Command::Workers(a) => client::workers(a).await,
             Command::Queues(a) => client::queues(a).await,
+            Command::Tui(a) => cmd::tui::run(a).await.map(|()| 0),
             Command::Demo(a) => cmd::demo::run(a).await.map(|()| 0),
         }
     });
