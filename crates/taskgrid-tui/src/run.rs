@@ -292,8 +292,7 @@ async fn follow_events(client: Client, tx: mpsc::Sender<Msg>) {
 }
 
 /// Reads workers, queues, metrics and the open task every
-/// [`REFRESH_INTERVAL`] and when `now` is notified. Reports an error once
-/// per run of failures.
+/// [`REFRESH_INTERVAL`] and when `now` is notified.
 async fn refresh_views(
     client: Client,
     tx: mpsc::Sender<Msg>,
@@ -301,7 +300,6 @@ async fn refresh_views(
     open: watch::Receiver<Option<TaskId>>,
 ) {
     let mut every = tokio::time::interval(REFRESH_INTERVAL);
-    let mut failing = false;
     loop {
         tokio::select! {
             _ = every.tick() => {}
@@ -314,29 +312,26 @@ async fn refresh_views(
             Some(id) => Some(client.get(id).await.map(|d| Msg::Detail(Box::new(d)))),
             None => None,
         };
-        let mut msgs = Vec::new();
-        let mut error = None;
         let results = [
             workers.map(Msg::Workers),
             queues.map(Msg::Queues),
             metrics.map(|m| Msg::Metrics(Box::new(m))),
         ];
+        let mut error = None;
         for r in results.into_iter().chain(detail) {
-            match r {
-                Ok(m) => msgs.push(m),
-                Err(e) => error = Some(e.to_string()),
+            let msg = match r {
+                Ok(m) => m,
+                Err(e) => {
+                    error = Some(e.to_string());
+                    continue;
+                }
+            };
+            if tx.send(msg).await.is_err() {
+                return;
             }
         }
         if let Some(e) = error {
-            if !failing {
-                msgs.push(Msg::Error(e));
-            }
-            failing = true;
-        } else {
-            failing = false;
-        }
-        for m in msgs {
-            if tx.send(m).await.is_err() {
+            if tx.send(Msg::RefreshFailed(e)).await.is_err() {
                 return;
             }
         }

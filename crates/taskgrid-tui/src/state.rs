@@ -173,6 +173,8 @@ pub struct App {
     /// What the last action did, for the status line.
     pub(crate) notice: Option<String>,
     pub(crate) last_error: Option<String>,
+    /// `last_error` is a failed refresh: the next good one clears it.
+    pub(crate) refresh_failed: bool,
     /// The `seq` of the last event applied.
     pub(crate) last_seq: u64,
     pub(crate) quit: bool,
@@ -204,6 +206,7 @@ impl App {
             confirm: None,
             notice: None,
             last_error: None,
+            refresh_failed: false,
             last_seq: 0,
             quit: false,
             redraw: true,

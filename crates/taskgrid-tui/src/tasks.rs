@@ -7,8 +7,9 @@
 //! arrives as an event anyway. A row first seen in an event has no spec yet
 //! (its details are *missing*) until a listing brings it.
 //!
-//! The selection follows its task while newer tasks push it down; when its
-//! row goes, the row now at its place is selected.
+//! The selection stays on the newest task until it is moved; then it
+//! follows its task while newer tasks push it down, and when its row goes,
+//! the row now at its place is selected.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -76,6 +77,9 @@ pub(crate) struct TaskList {
     cap: usize,
     sel_index: usize,
     sel_id: Option<TaskId>,
+    /// The selection was moved by hand: it follows its task. Until then it
+    /// stays on the newest.
+    sticky: bool,
 }
 
 impl TaskList {
@@ -85,6 +89,7 @@ impl TaskList {
             cap: cap.max(1),
             sel_index: 0,
             sel_id: None,
+            sticky: false,
         }
     }
 
@@ -181,6 +186,7 @@ impl TaskList {
             return;
         }
         let last = self.rows.len() - 1;
+        self.sticky = true;
         self.sel_index = self.sel_index.saturating_add_signed(delta).min(last);
         self.sel_id = self.rows.values().rev().nth(self.sel_index).map(|r| r.id);
     }
@@ -199,7 +205,10 @@ impl TaskList {
 
     /// Keeps the selection on its task, or on the row now at its place.
     fn fix_selection(&mut self) {
-        if let Some(id) = self.sel_id.filter(|id| self.rows.contains_key(id)) {
+        let kept = self
+            .sel_id
+            .filter(|id| self.sticky && self.rows.contains_key(id));
+        if let Some(id) = kept {
             self.sel_index = self
                 .rows
                 .range((Bound::Excluded(id), Bound::Unbounded))
@@ -248,6 +257,7 @@ mod tests {
         let mut l = TaskList::new(3);
         l.row_for_event(id(1), None, State::Queued);
         l.row_for_event(id(2), None, State::Queued);
+        assert_eq!(l.selected(), Some(id(2)), "the newest until moved");
         l.move_selection(1);
         assert_eq!(l.selected(), Some(id(1)));
         l.row_for_event(id(3), None, State::Queued);

@@ -386,6 +386,37 @@ fn a_burst_of_events_makes_one_redraw() {
 }
 
 #[test]
+fn a_failed_refresh_shows_until_one_works_and_outages_are_logged_once() {
+    let mut app = App::new();
+    update(&mut app, Msg::Connected);
+    update(&mut app, Msg::Disconnected("refused".into()));
+    update(&mut app, Msg::Disconnected("refused".into()));
+    update(&mut app, Msg::Connected);
+    let lines: Vec<&str> = app.logs.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(
+        lines,
+        [
+            "event stream connected",
+            "event stream lost: refused",
+            "event stream connected"
+        ]
+    );
+    update(&mut app, Msg::RefreshFailed("down".into()));
+    assert_eq!(app.last_error(), Some("down"));
+    update(&mut app, Msg::Workers(vec![]));
+    assert_eq!(app.last_error(), None);
+    update(&mut app, Msg::Error("cancel: not found".into()));
+    update(&mut app, Msg::Workers(vec![]));
+    assert_eq!(
+        app.last_error(),
+        Some("cancel: not found"),
+        "kept until Esc"
+    );
+    keys(&mut app, &[Key::Esc]);
+    assert_eq!(app.last_error(), None);
+}
+
+#[test]
 fn keys_switch_tabs_reset_reloads_and_q_quits() {
     let mut app = App::new();
     assert_eq!(app.tab(), Tab::Tasks);
@@ -438,7 +469,7 @@ fn the_tasks_tab_shows_tabs_and_rows() {
         "1 Workers (0)",
         "2 Tasks (1)",
         "3 Queues (0)",
-        "4 Logs (1)",
+        "4 Logs (2)",
         "● live",
     ] {
         assert!(s.contains(want), "{want:?} missing in\n{s}");

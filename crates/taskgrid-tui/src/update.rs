@@ -87,6 +87,9 @@ pub enum Msg {
         /// What the cancel did.
         answer: CancelResponse,
     },
+    /// Reading workers, queues, metrics or the open task failed; cleared
+    /// by the next read that works.
+    RefreshFailed(String),
     /// A call to the coordinator failed.
     Error(String),
     /// The terminal changed size.
@@ -138,10 +141,15 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             vec![load_tasks(app, None), Effect::Refresh]
         }
         Msg::Connected => {
+            app.log(None, "event stream connected".to_owned());
             app.connection = Connection::Live;
             Vec::new()
         }
         Msg::Disconnected(e) => {
+            // Once per outage, not once per retry.
+            if app.connection == Connection::Live {
+                app.log(None, format!("event stream lost: {e}"));
+            }
             app.connection = Connection::Lost(e);
             Vec::new()
         }
@@ -160,6 +168,10 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             Vec::new()
         }
         Msg::Workers(w) => {
+            if app.refresh_failed {
+                app.refresh_failed = false;
+                app.last_error = None;
+            }
             app.workers = w;
             app.clamp_selections();
             Vec::new()
@@ -204,8 +216,14 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             app.notice = Some(cancel_notice(id, answer));
             Vec::new()
         }
+        Msg::RefreshFailed(e) => {
+            app.last_error = Some(e);
+            app.refresh_failed = true;
+            Vec::new()
+        }
         Msg::Error(e) => {
             app.last_error = Some(e);
+            app.refresh_failed = false;
             Vec::new()
         }
         Msg::Resize => Vec::new(),
