@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ratatui::DefaultTerminal;
 use ratatui::crossterm::event::{self as term, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use taskgrid_client::{Client, FollowItem, ServerEvent};
+use taskgrid_client::{Client, ClientError, FollowItem, ServerEvent};
 use taskgrid_core::TaskId;
 use taskgrid_proto::api::{EventFilter, ListQuery};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -159,7 +159,7 @@ impl Shell {
                     self.calls.spawn(async move {
                         let msg = match client.cancel(id).await {
                             Ok(answer) => Msg::Cancelled { id, answer },
-                            Err(e) => Msg::Error(format!("cancel {id}: {e}")),
+                            Err(e) => Msg::Error(format!("cancel {id}: {}", cause(&e))),
                         };
                         let _ = tx.send(msg).await;
                     });
@@ -273,7 +273,7 @@ async fn follow_events(client: Client, tx: mpsc::Sender<Msg>) {
                             Msg::Event(ev)
                         }
                         Some(Ok(ServerEvent::Reset(_))) => Msg::Reset,
-                        Some(Err(e)) => break e.to_string(),
+                        Some(Err(e)) => break cause(&e),
                         None => break "the coordinator closed the stream".to_owned(),
                     };
                     if tx.send(msg).await.is_err() {
@@ -281,7 +281,7 @@ async fn follow_events(client: Client, tx: mpsc::Sender<Msg>) {
                     }
                 }
             }
-            Err(e) => e.to_string(),
+            Err(e) => cause(&e),
         };
         if tx.send(Msg::Disconnected(broke)).await.is_err() {
             return;
@@ -322,7 +322,7 @@ async fn refresh_views(
             let msg = match r {
                 Ok(m) => m,
                 Err(e) => {
-                    error = Some(e.to_string());
+                    error = Some(cause(&e));
                     continue;
                 }
             };
@@ -356,7 +356,7 @@ async fn list_tasks(client: Client, tx: mpsc::Sender<Msg>, after: Option<TaskId>
                     done,
                 }
             }
-            Err(e) => Msg::TasksFailed(e.to_string()),
+            Err(e) => Msg::TasksFailed(cause(&e)),
         };
         let last = !matches!(msg, Msg::Tasks { done: false, .. });
         if tx.send(msg).await.is_err() || last {
@@ -384,7 +384,7 @@ async fn follow_output(client: Client, tx: mpsc::Sender<Msg>, id: TaskId) {
                             let _ = tx.send(Msg::OutputEnd(end)).await;
                             return;
                         }
-                        Some(Err(e)) => Msg::Error(format!("output of {id}: {e}")),
+                        Some(Err(e)) => Msg::Error(format!("output of {id}: {}", cause(&e))),
                         None => break,
                     };
                     let failed = matches!(msg, Msg::Error(_));
@@ -398,7 +398,9 @@ async fn follow_output(client: Client, tx: mpsc::Sender<Msg>, id: TaskId) {
             }
             Err(e) => {
                 let gone = e.status() == Some(404);
-                let _ = tx.send(Msg::Error(format!("output of {id}: {e}"))).await;
+                let _ = tx
+                    .send(Msg::Error(format!("output of {id}: {}", cause(&e))))
+                    .await;
                 if gone {
                     return;
                 }
@@ -409,9 +411,34 @@ async fn follow_output(client: Client, tx: mpsc::Sender<Msg>, id: TaskId) {
     }
 }
 
+/// An error in a few words for the status line: the coordinator's own
+/// message, or the root cause of a transport failure (e.g. "Connection
+/// refused") rather than the request that met it.
+fn cause(e: &ClientError) -> String {
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    match e {
+        ClientError::Transport(_) if !std::ptr::addr_eq(root, e) => format!("transport: {root}"),
+        _ => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_coordinators_own_errors_are_shown_whole() {
+        let e = ClientError::Api {
+            status: 404,
+            code: "not_found".into(),
+            message: "no task 0190".into(),
+            field: None,
+        };
+        assert_eq!(cause(&e), "no task 0190 (not_found, HTTP 404)");
+    }
 
     #[test]
     fn terminal_keys_map_to_dashboard_keys() {

@@ -135,6 +135,8 @@ impl Detail {
 pub(crate) struct Loads {
     pub(crate) in_flight: u32,
     pub(crate) mark: u64,
+    /// A listing failed since the event stream last connected.
+    pub(crate) failed: bool,
 }
 
 impl Loads {
@@ -173,8 +175,8 @@ pub struct App {
     /// What the last action did, for the status line.
     pub(crate) notice: Option<String>,
     pub(crate) last_error: Option<String>,
-    /// `last_error` is a failed refresh: the next good one clears it.
-    pub(crate) refresh_failed: bool,
+    /// `last_error` is a failed read: the next good one clears it.
+    pub(crate) transient_error: bool,
     /// The `seq` of the last event applied.
     pub(crate) last_seq: u64,
     pub(crate) quit: bool,
@@ -206,7 +208,7 @@ impl App {
             confirm: None,
             notice: None,
             last_error: None,
-            refresh_failed: false,
+            transient_error: false,
             last_seq: 0,
             quit: false,
             redraw: true,
@@ -247,6 +249,13 @@ impl App {
     /// only then, so many messages between two frames make one redraw.
     pub fn take_redraw(&mut self) -> bool {
         std::mem::take(&mut self.redraw)
+    }
+
+    /// A read worked: a read's error no longer holds.
+    pub(crate) fn recovered(&mut self) {
+        if std::mem::take(&mut self.transient_error) {
+            self.last_error = None;
+        }
     }
 
     pub(crate) fn changed(&mut self) {

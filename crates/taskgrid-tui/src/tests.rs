@@ -182,6 +182,13 @@ fn rows_seen_only_in_events_get_their_details_by_one_listing() {
     update(&mut app, Msg::TasksFailed("boom".into()));
     assert!(update(&mut app, Msg::Tick).is_empty());
     assert_eq!(app.last_error(), Some("listing tasks: boom"));
+    // A failed listing is done again once the coordinator is back.
+    update(&mut app, Msg::Disconnected("refused".into()));
+    assert_eq!(
+        update(&mut app, Msg::Connected),
+        [Effect::LoadTasks { after: None }]
+    );
+    assert!(update(&mut app, Msg::Connected).is_empty(), "only once");
 }
 
 #[test]
@@ -536,6 +543,31 @@ fn the_detail_view_shows_output_and_a_progress_gauge() {
     assert!(
         s.contains("1 lines back") && !s.contains("second line"),
         "{s}"
+    );
+}
+
+#[test]
+fn the_counters_give_way_to_the_tabs_on_a_narrow_terminal() {
+    let mut app = App::new();
+    update(
+        &mut app,
+        Msg::Metrics(Box::new(taskgrid_core::MetricsSnapshot {
+            submitted: 12,
+            succeeded: 9,
+            failed: 1,
+            success_rate: 0.9,
+            ..Default::default()
+        })),
+    );
+    let wide = screen(&app, 140, 5);
+    assert!(
+        wide.contains("submitted 12 · succeeded 9 · failed 1 · success 90.0%"),
+        "{wide}"
+    );
+    let narrow = screen(&app, 80, 5);
+    assert!(
+        narrow.contains("4 Logs (0)") && !narrow.contains("submitted"),
+        "{narrow}"
     );
 }
 

@@ -87,8 +87,8 @@ pub enum Msg {
         /// What the cancel did.
         answer: CancelResponse,
     },
-    /// Reading workers, queues, metrics or the open task failed; cleared
-    /// by the next read that works.
+    /// Reading workers, queues, metrics or the open task failed; cleared,
+    /// like a failed listing, by the next read that works.
     RefreshFailed(String),
     /// A call to the coordinator failed.
     Error(String),
@@ -143,7 +143,13 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
         Msg::Connected => {
             app.log(None, "event stream connected".to_owned());
             app.connection = Connection::Live;
-            Vec::new()
+            // A listing that failed (the coordinator was down) is retried
+            // once it answers again.
+            if std::mem::take(&mut app.loads.failed) {
+                vec![load_tasks(app, None)]
+            } else {
+                Vec::new()
+            }
         }
         Msg::Disconnected(e) => {
             // Once per outage, not once per retry.
@@ -154,6 +160,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             Vec::new()
         }
         Msg::Tasks { tasks, done } => {
+            app.recovered();
             for t in &tasks {
                 app.tasks.merge_listed(t, app.loads.mark);
             }
@@ -164,14 +171,13 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
         }
         Msg::TasksFailed(e) => {
             app.loads.finished();
+            app.loads.failed = true;
             app.last_error = Some(format!("listing tasks: {e}"));
+            app.transient_error = true;
             Vec::new()
         }
         Msg::Workers(w) => {
-            if app.refresh_failed {
-                app.refresh_failed = false;
-                app.last_error = None;
-            }
+            app.recovered();
             app.workers = w;
             app.clamp_selections();
             Vec::new()
@@ -218,12 +224,12 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
         }
         Msg::RefreshFailed(e) => {
             app.last_error = Some(e);
-            app.refresh_failed = true;
+            app.transient_error = true;
             Vec::new()
         }
         Msg::Error(e) => {
             app.last_error = Some(e);
-            app.refresh_failed = false;
+            app.transient_error = false;
             Vec::new()
         }
         Msg::Resize => Vec::new(),

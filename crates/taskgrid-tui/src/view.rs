@@ -39,6 +39,19 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) {
 }
 
 fn draw_top(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let counts = [
+        app.workers.len(),
+        app.tasks.len(),
+        app.queues.len(),
+        app.logs.len(),
+    ];
+    let titles: Vec<String> = Tab::ALL
+        .iter()
+        .zip(counts)
+        .map(|(t, n)| format!("{} {} ({n})", t.index() + 1, t.title()))
+        .collect();
+    // Titles, their padding and dividers.
+    let tabs_width: usize = titles.iter().map(|t| t.chars().count() + 3).sum();
     let summary = app
         .metrics
         .as_ref()
@@ -51,20 +64,12 @@ fn draw_top(frame: &mut Frame<'_>, area: Rect, app: &App) {
                 m.success_rate * 100.0
             )
         })
+        // The tabs come first: the counters only where they fit beside them.
+        .filter(|s| tabs_width + s.chars().count() <= usize::from(area.width))
         .unwrap_or_default();
     let width = u16::try_from(summary.chars().count()).unwrap_or(u16::MAX);
     let [tabs, right] =
         Layout::horizontal([Constraint::Min(0), Constraint::Length(width)]).areas(area);
-    let counts = [
-        app.workers.len(),
-        app.tasks.len(),
-        app.queues.len(),
-        app.logs.len(),
-    ];
-    let titles = Tab::ALL
-        .iter()
-        .zip(counts)
-        .map(|(t, n)| format!("{} {} ({n})", t.index() + 1, t.title()));
     frame.render_widget(
         Tabs::new(titles)
             .select(app.tab.index())
@@ -151,14 +156,27 @@ pub(crate) fn state_style(s: State) -> Style {
     Style::new().fg(c)
 }
 
+/// Below this width the Tasks tab shows the end of each id (its most
+/// varying part), leaving room for what the task runs.
+const FULL_ID_WIDTH: u16 = 110;
+/// Characters of an id shown on a narrow terminal.
+const SHORT_ID: usize = 12;
+
 fn draw_tasks(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let full = area.width >= FULL_ID_WIDTH;
     let rows = app.tasks.newest_first().map(|t| {
         let progress = t
             .progress
             .map(|p| format!("{:>3.0}%", p.clamp(0.0, 1.0) * 100.0))
             .unwrap_or_default();
+        let id = t.id.to_string();
+        let id = if full {
+            id
+        } else {
+            id[id.len().saturating_sub(SHORT_ID)..].to_owned()
+        };
         Row::new([
-            Span::raw(t.id.to_string()),
+            Span::raw(id),
             Span::styled(t.state.as_str(), state_style(t.state)),
             Span::raw(t.queue.clone()),
             Span::raw(t.priority.map(|p| p.to_string()).unwrap_or_default()),
@@ -167,17 +185,24 @@ fn draw_tasks(frame: &mut Frame<'_>, area: Rect, app: &App) {
             Span::raw(t.what.clone().unwrap_or_default()),
         ])
     });
+    let id_width = if full { 36 } else { SHORT_ID as u16 };
     let widths = [
-        Constraint::Length(36),
+        Constraint::Length(id_width),
         Constraint::Length(9),
         Constraint::Length(10),
         Constraint::Length(8),
-        Constraint::Length(7),
-        Constraint::Length(8),
+        Constraint::Length(3),
+        Constraint::Length(4),
         Constraint::Fill(1),
     ];
     let head = header(&[
-        "id", "state", "queue", "priority", "attempt", "progress", "what",
+        if full { "id" } else { "id (end)" },
+        "state",
+        "queue",
+        "priority",
+        "try",
+        "done",
+        "what",
     ]);
     let mut state = TableState::default().with_selected(app.tasks.selected_index());
     frame.render_stateful_widget(
