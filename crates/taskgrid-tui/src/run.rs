@@ -44,6 +44,8 @@ const PAGE: usize = 1_000;
 const MAX_PAGES: usize = 200;
 /// Messages that may wait for the loop before their senders wait.
 const CHANNEL: usize = 4_096;
+/// Messages applied in one go before the loop looks at the frame timer.
+const BATCH: usize = 1_024;
 
 /// Why the dashboard stopped other than by `q`.
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +90,10 @@ async fn event_loop(terminal: &mut DefaultTerminal, client: Client) -> Result<()
         tokio::select! {
             Some(msg) = rx.recv() => {
                 shell.execute(update(&mut app, msg));
-                // Apply what else is queued before the next frame.
-                while let Ok(msg) = rx.try_recv() {
+                // Apply what else is queued before the next frame, but not
+                // forever: a flood must not keep frames and keys waiting.
+                for _ in 0..BATCH {
+                    let Ok(msg) = rx.try_recv() else { break };
                     shell.execute(update(&mut app, msg));
                     if app.should_quit() {
                         break;
