@@ -49,6 +49,8 @@ enum Command {
     /// Show task counts, success rates, latencies and throughput, in total
     /// and by queue, kind and worker (--prometheus for the text format).
     Stats(cmd::client::StatsArgs),
+    /// Watch workers, tasks, queues and events live in a terminal dashboard.
+    Tui(cmd::tui::Args),
     /// Run an embedded system on a SQLite file: a few hundred handler tasks
     /// with retries, progress, dependencies and a cancellation.
     Demo(cmd::demo::Args),
@@ -89,6 +91,7 @@ fn main() -> std::process::ExitCode {
             Command::Workers(a) => client::workers(a).await,
             Command::Queues(a) => client::queues(a).await,
             Command::Stats(a) => client::stats(a).await,
+            Command::Tui(a) => cmd::tui::run(a).await.map(|()| 0),
             Command::Demo(a) => cmd::demo::run(a).await.map(|()| 0),
         }
     });

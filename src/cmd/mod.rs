@@ -4,5 +4,6 @@ pub(crate) mod client;
 pub(crate) mod demo;
 pub(crate) mod server;
 pub(crate) mod signals;
+pub(crate) mod tui;
 pub(crate) mod up;
 pub(crate) mod worker;

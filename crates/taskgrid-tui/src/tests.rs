@@ -1,0 +1,620 @@
+//! Tests of [`update`] message by message, and of [`draw`] on ratatui's
+//! `TestBackend`: no terminal, no coordinator.
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use taskgrid_core::{
+    FailureCode, Priority, Progress, QueueStats, State, Stream, TaskFailure, TaskId, TaskStatus,
+    Timestamp, WorkerId,
+};
+use taskgrid_proto::api::{
+    CancelOutcomeKind, CancelResponse, EventKind, OutputEnd, OutputEntry, SubmitRequest,
+    TaskDetail, TaskEvent, TaskView, WorkerView,
+};
+
+use crate::{App, Effect, Key, MAX_OUTPUT_LINES, MAX_TASKS, Msg, Tab, draw, update};
+
+fn id(n: u128) -> TaskId {
+    TaskId::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 + n)
+}
+
+fn event(seq: u64, task: TaskId, kind: EventKind) -> Msg {
+    Msg::Event(TaskEvent {
+        seq,
+        id: task,
+        at: Timestamp::from_micros(seq),
+        kind,
+    })
+}
+
+fn submitted(seq: u64, task: TaskId) -> Msg {
+    event(
+        seq,
+        task,
+        EventKind::Submitted {
+            queue: "default".into(),
+            state: State::Queued,
+            parent: None,
+        },
+    )
+}
+
+fn moved(seq: u64, task: TaskId, from: State, to: State, attempt: u32) -> Msg {
+    event(
+        seq,
+        task,
+        EventKind::State {
+            from,
+            to,
+            attempt,
+            error: None,
+            result: None,
+        },
+    )
+}
+
+fn view(task: TaskId, state: State, argv: &[&str]) -> TaskView {
+    let mut spec = SubmitRequest::shell(argv.iter().copied());
+    spec.priority = Priority::HIGH;
+    TaskView {
+        id: task,
+        spec,
+        created_at: Timestamp::from_micros(1),
+        status: TaskStatus::new(state),
+        progress: None,
+        checkpoint: None,
+    }
+}
+
+fn keys(app: &mut App, keys: &[Key]) -> Vec<Effect> {
+    keys.iter()
+        .flat_map(|k| update(app, Msg::Key(*k)))
+        .collect()
+}
+
+fn row_state(app: &App, task: TaskId) -> Option<State> {
+    app.tasks.get(task).map(|r| r.state)
+}
+
+/// The screen as text, one line per terminal row.
+fn screen(app: &App, width: u16, height: u16) -> String {
+    let mut terminal = match Terminal::new(TestBackend::new(width, height)) {
+        Ok(t) => t,
+        Err(e) => match e {},
+    };
+    if let Err(e) = terminal.draw(|f| draw(f, app)) {
+        match e {}
+    }
+    let buf = terminal.backend().buffer();
+    (0..height)
+        .map(|y| (0..width).map(|x| buf[(x, y)].symbol()).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn events_move_a_task_through_its_states() {
+    let mut app = App::new();
+    let t = id(1);
+    assert!(update(&mut app, submitted(1, t)).is_empty());
+    assert_eq!(row_state(&app, t), Some(State::Queued));
+    update(&mut app, moved(2, t, State::Queued, State::Assigned, 1));
+    update(&mut app, moved(3, t, State::Assigned, State::Running, 1));
+    assert_eq!(row_state(&app, t), Some(State::Running));
+    update(
+        &mut app,
+        event(
+            4,
+            t,
+            EventKind::State {
+                from: State::Running,
+                to: State::Failed,
+                attempt: 1,
+                error: Some(TaskFailure::new(FailureCode::Error, "exit 3")),
+                result: None,
+            },
+        ),
+    );
+    let row = app.tasks.get(t).expect("row");
+    assert_eq!((row.state, row.attempt), (State::Failed, 1));
+    assert_eq!(row.error.as_deref(), Some("exit 3"));
+    assert_eq!(app.logs.len(), 4);
+    assert_eq!(app.last_seq, 4);
+}
+
+#[test]
+fn a_listing_fills_in_rows_but_not_over_newer_events() {
+    let mut app = App::new();
+    let (a, b) = (id(1), id(2));
+    update(&mut app, submitted(5, a));
+    // The listing is asked for at seq 5; then an event moves `a` on.
+    assert_eq!(
+        keys(&mut app, &[Key::Char('r')]),
+        [Effect::Refresh, Effect::LoadTasks { after: None }]
+    );
+    update(&mut app, moved(6, a, State::Queued, State::Running, 1));
+    update(
+        &mut app,
+        Msg::Tasks {
+            tasks: vec![
+                view(a, State::Queued, &["make", "a"]),
+                view(b, State::Succeeded, &["make", "b"]),
+            ],
+            done: true,
+        },
+    );
+    let ra = app.tasks.get(a).expect("a");
+    assert_eq!(
+        ra.state,
+        State::Running,
+        "the event is newer than the listing"
+    );
+    assert_eq!(ra.what.as_deref(), Some("make a"));
+    assert_eq!(ra.priority, Some(Priority::HIGH));
+    assert_eq!(row_state(&app, b), Some(State::Succeeded));
+    assert_eq!(app.loads.in_flight, 0);
+}
+
+#[test]
+fn rows_seen_only_in_events_get_their_details_by_one_listing() {
+    let mut app = App::new();
+    update(&mut app, submitted(1, id(7)));
+    update(&mut app, submitted(2, id(8)));
+    let fx = update(&mut app, Msg::Tick);
+    assert_eq!(fx, [Effect::LoadTasks { after: Some(id(6)) }]);
+    update(&mut app, submitted(3, id(9)));
+    assert!(
+        update(&mut app, Msg::Tick).is_empty(),
+        "one listing at a time"
+    );
+    update(
+        &mut app,
+        Msg::Tasks {
+            tasks: vec![view(id(7), State::Queued, &["x"])],
+            done: true,
+        },
+    );
+    assert_eq!(
+        update(&mut app, Msg::Tick),
+        [Effect::LoadTasks { after: Some(id(8)) }]
+    );
+    // Asked for once: a row the listing did not bring is not asked again.
+    update(&mut app, Msg::TasksFailed("boom".into()));
+    assert!(update(&mut app, Msg::Tick).is_empty());
+    assert_eq!(app.last_error(), Some("listing tasks: boom"));
+    // A failed listing is done again once the coordinator is back.
+    update(&mut app, Msg::Disconnected("refused".into()));
+    assert_eq!(
+        update(&mut app, Msg::Connected),
+        [Effect::LoadTasks { after: None }]
+    );
+    assert!(update(&mut app, Msg::Connected).is_empty(), "only once");
+}
+
+#[test]
+fn the_selection_stays_on_a_row_when_rows_disappear() {
+    let mut app = App::new();
+    keys(&mut app, &[Key::Char('2')]);
+    for n in 0..10 {
+        update(&mut app, submitted(n as u64 + 1, id(n)));
+    }
+    keys(&mut app, &[Key::End]);
+    assert_eq!(app.selected_task(), Some(id(0)), "End selects the oldest");
+    // Newer tasks push the oldest out: the selection moves to a live row.
+    for n in 10..(MAX_TASKS as u128 + 20) {
+        update(&mut app, submitted(n as u64 + 1, id(n)));
+    }
+    assert_eq!(app.tasks.len(), MAX_TASKS);
+    let sel = app.selected_task().expect("a selection");
+    assert!(app.tasks.get(sel).is_some());
+    assert_eq!(app.tasks.selected_index(), Some(MAX_TASKS - 1));
+
+    // Workers and queues shrink under their selections.
+    let worker = |n: &str| WorkerView {
+        id: WorkerId::new(n),
+        labels: vec![],
+        handlers: vec![],
+        shell: true,
+        container: false,
+        slots: 4,
+        used: 1,
+        trust: 0.5,
+        running: vec![],
+    };
+    update(
+        &mut app,
+        Msg::Workers(vec![worker("a"), worker("b"), worker("c")]),
+    );
+    keys(&mut app, &[Key::Char('1'), Key::Down, Key::Down, Key::Down]);
+    assert_eq!(app.worker_sel, 2);
+    update(&mut app, Msg::Workers(vec![worker("a")]));
+    assert_eq!(app.worker_sel, 0);
+    update(&mut app, Msg::Workers(vec![]));
+    assert_eq!(app.worker_sel, 0);
+}
+
+#[test]
+fn cancel_asks_for_confirmation_first() {
+    let mut app = App::new();
+    let t = id(1);
+    update(&mut app, submitted(1, t));
+    assert!(keys(&mut app, &[Key::Char('c')]).is_empty());
+    assert_eq!(app.confirm, Some(t));
+    assert!(
+        keys(&mut app, &[Key::Char('n')]).is_empty(),
+        "anything but y declines"
+    );
+    assert_eq!(app.confirm, None);
+    assert_eq!(
+        keys(&mut app, &[Key::Char('c'), Key::Char('y')]),
+        [Effect::Cancel(t)]
+    );
+    update(
+        &mut app,
+        Msg::Cancelled {
+            id: t,
+            answer: CancelResponse {
+                outcome: CancelOutcomeKind::Cancelled,
+                state: State::Cancelled,
+            },
+        },
+    );
+    assert_eq!(app.notice, Some(format!("{t} cancelled")));
+    // A finished task is not offered.
+    update(&mut app, moved(2, t, State::Queued, State::Cancelled, 0));
+    assert!(keys(&mut app, &[Key::Char('c'), Key::Char('y')]).is_empty());
+    assert_eq!(app.confirm, None);
+}
+
+#[test]
+fn the_detail_view_opens_follows_and_cancels_its_task() {
+    let mut app = App::new();
+    let (a, b) = (id(1), id(2));
+    update(&mut app, submitted(1, a));
+    update(&mut app, submitted(2, b));
+    assert_eq!(
+        keys(&mut app, &[Key::Down, Key::Enter]),
+        [Effect::OpenDetail(a)]
+    );
+    assert_eq!(app.open_task(), Some(a));
+    let mut detail = view(a, State::Queued, &["sleep", "9"]);
+    detail.status.attempt = 0;
+    update(
+        &mut app,
+        Msg::Detail(Box::new(TaskDetail {
+            task: detail,
+            attempts: vec![],
+        })),
+    );
+    // An event after opening is newer than the read.
+    update(&mut app, moved(3, a, State::Queued, State::Running, 1));
+    let d = app.detail.as_ref().expect("open");
+    assert_eq!(d.state(), Some((State::Running, 1)));
+    // Output of another task is not shown.
+    let chunk = |seq, data: &str| OutputEntry {
+        seq,
+        attempt: 1,
+        stream: Stream::Stdout,
+        data: data.into(),
+    };
+    update(
+        &mut app,
+        Msg::Output {
+            id: b,
+            chunk: chunk(1, "other\n"),
+        },
+    );
+    update(
+        &mut app,
+        Msg::Output {
+            id: a,
+            chunk: chunk(1, "mine\n"),
+        },
+    );
+    update(
+        &mut app,
+        Msg::Output {
+            id: a,
+            chunk: chunk(1, "mine\n"),
+        },
+    );
+    assert_eq!(
+        app.detail.as_ref().map(|d| d.output.len()),
+        Some(1),
+        "a repeated chunk is skipped"
+    );
+    assert_eq!(
+        keys(&mut app, &[Key::Char('c'), Key::Char('y')]),
+        [Effect::Cancel(a)]
+    );
+    update(
+        &mut app,
+        Msg::OutputEnd(OutputEnd {
+            id: a,
+            state: State::Cancelled,
+            exit_code: None,
+            result: None,
+            error: None,
+        }),
+    );
+    assert_eq!(
+        app.detail.as_ref().and_then(|d| d.state()),
+        Some((State::Cancelled, 1))
+    );
+    assert_eq!(keys(&mut app, &[Key::Esc]), [Effect::CloseDetail]);
+    assert_eq!(app.open_task(), None);
+    // Switching tabs closes it too.
+    keys(&mut app, &[Key::Enter]);
+    assert_eq!(keys(&mut app, &[Key::Tab]), [Effect::CloseDetail]);
+    assert_eq!(app.tab(), Tab::Queues);
+}
+
+#[test]
+fn output_lines_are_bounded_and_scroll_back() {
+    let mut app = App::new();
+    let t = id(1);
+    update(&mut app, submitted(1, t));
+    keys(&mut app, &[Key::Enter]);
+    for seq in 1..=(MAX_OUTPUT_LINES as u64 + 500) {
+        let chunk = OutputEntry {
+            seq,
+            attempt: 1,
+            stream: Stream::Stdout,
+            data: format!("line {seq}\n"),
+        };
+        update(&mut app, Msg::Output { id: t, chunk });
+    }
+    let d = app.detail.as_ref().expect("open");
+    assert_eq!(d.output.len(), MAX_OUTPUT_LINES);
+    assert_eq!(d.output.dropped(), 500);
+    keys(&mut app, &[Key::Up, Key::Up, Key::PageUp]);
+    assert_eq!(app.detail.as_ref().map(|d| d.scroll), Some(12));
+    keys(&mut app, &[Key::End]);
+    assert_eq!(app.detail.as_ref().map(|d| d.scroll), Some(0));
+}
+
+#[test]
+fn a_burst_of_events_makes_one_redraw() {
+    let mut app = App::new();
+    assert!(app.take_redraw(), "the first frame");
+    assert!(!app.take_redraw());
+    for n in 0..5_000u64 {
+        let fx = update(&mut app, submitted(n + 1, id(u128::from(n))));
+        assert!(fx.is_empty(), "events alone cause no effect");
+    }
+    assert!(app.take_redraw());
+    assert!(!app.take_redraw(), "drawn once for the whole burst");
+    update(&mut app, Msg::Tick);
+    assert!(
+        !app.take_redraw(),
+        "a tick that changes nothing draws nothing"
+    );
+    assert_eq!(app.logs.len(), crate::MAX_LOG_LINES);
+}
+
+#[test]
+fn a_failed_refresh_shows_until_one_works_and_outages_are_logged_once() {
+    let mut app = App::new();
+    update(&mut app, Msg::Connected);
+    update(&mut app, Msg::Disconnected("refused".into()));
+    update(&mut app, Msg::Disconnected("refused".into()));
+    update(&mut app, Msg::Connected);
+    let lines: Vec<&str> = app.logs.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(
+        lines,
+        [
+            "event stream connected",
+            "event stream lost: refused",
+            "event stream connected"
+        ]
+    );
+    update(&mut app, Msg::RefreshFailed("down".into()));
+    assert_eq!(app.last_error(), Some("down"));
+    update(&mut app, Msg::Workers(vec![]));
+    assert_eq!(app.last_error(), None);
+    update(&mut app, Msg::Error("cancel: not found".into()));
+    update(&mut app, Msg::Workers(vec![]));
+    assert_eq!(
+        app.last_error(),
+        Some("cancel: not found"),
+        "kept until Esc"
+    );
+    keys(&mut app, &[Key::Esc]);
+    assert_eq!(app.last_error(), None);
+}
+
+#[test]
+fn keys_switch_tabs_reset_reloads_and_q_quits() {
+    let mut app = App::new();
+    assert_eq!(app.tab(), Tab::Tasks);
+    keys(&mut app, &[Key::Tab]);
+    assert_eq!(app.tab(), Tab::Queues);
+    keys(&mut app, &[Key::Tab, Key::Tab]);
+    assert_eq!(app.tab(), Tab::Workers);
+    keys(&mut app, &[Key::BackTab]);
+    assert_eq!(app.tab(), Tab::Logs);
+    keys(&mut app, &[Key::Char('1')]);
+    assert_eq!(app.tab(), Tab::Workers);
+    assert_eq!(
+        update(&mut app, Msg::Reset),
+        [Effect::LoadTasks { after: None }, Effect::Refresh]
+    );
+    assert!(!app.should_quit());
+    assert_eq!(keys(&mut app, &[Key::Char('q')]), [Effect::Quit]);
+    assert!(app.should_quit());
+}
+
+#[test]
+fn enter_on_an_event_opens_its_task() {
+    let mut app = App::new();
+    update(&mut app, submitted(1, id(1)));
+    update(&mut app, submitted(2, id(2)));
+    keys(&mut app, &[Key::Char('4')]);
+    assert_eq!(app.log_sel, None, "following the newest");
+    keys(&mut app, &[Key::Up]);
+    assert_eq!(app.log_sel, Some(0));
+    assert_eq!(keys(&mut app, &[Key::Enter]), [Effect::OpenDetail(id(1))]);
+    keys(&mut app, &[Key::Esc, Key::Down]);
+    assert_eq!(app.log_sel, None, "down at the end follows again");
+}
+
+#[test]
+fn the_tasks_tab_shows_tabs_and_rows() {
+    let mut app = App::new();
+    let t = id(42);
+    update(&mut app, Msg::Connected);
+    update(
+        &mut app,
+        Msg::Tasks {
+            tasks: vec![view(t, State::Queued, &["make", "test"])],
+            done: true,
+        },
+    );
+    update(&mut app, moved(1, t, State::Queued, State::Running, 1));
+    let s = screen(&app, 120, 12);
+    for want in [
+        "1 Workers (0)",
+        "2 Tasks (1)",
+        "3 Queues (0)",
+        "4 Logs (2)",
+        "● live",
+    ] {
+        assert!(s.contains(want), "{want:?} missing in\n{s}");
+    }
+    let line = s
+        .lines()
+        .find(|l| l.contains(&t.to_string()))
+        .expect("the task's row");
+    assert!(line.contains("running"), "{line}");
+    assert!(
+        line.contains("high") && line.contains("make test"),
+        "{line}"
+    );
+}
+
+#[test]
+fn the_detail_view_shows_output_and_a_progress_gauge() {
+    let mut app = App::new();
+    let t = id(3);
+    update(&mut app, submitted(1, t));
+    keys(&mut app, &[Key::Enter]);
+    update(
+        &mut app,
+        Msg::Detail(Box::new(TaskDetail {
+            task: view(t, State::Running, &["convert", "cat.png"]),
+            attempts: vec![],
+        })),
+    );
+    update(
+        &mut app,
+        event(
+            2,
+            t,
+            EventKind::Progress(Progress {
+                fraction: 0.42,
+                message: Some("resizing".into()),
+            }),
+        ),
+    );
+    for (seq, data) in [(1, "hello from a worker\n"), (2, "second line\n")] {
+        let chunk = OutputEntry {
+            seq,
+            attempt: 1,
+            stream: Stream::Stdout,
+            data: data.into(),
+        };
+        update(&mut app, Msg::Output { id: t, chunk });
+    }
+    let s = screen(&app, 100, 20);
+    let title = format!("task {t}");
+    for want in [
+        title.as_str(),
+        "convert cat.png",
+        "42% resizing",
+        "hello from a worker",
+        "second line",
+        "output, following",
+    ] {
+        assert!(s.contains(want), "{want:?} missing in\n{s}");
+    }
+    // Scrolled back, the newest line leaves the view.
+    keys(&mut app, &[Key::Up]);
+    let s = screen(&app, 100, 20);
+    assert!(
+        s.contains("1 lines back") && !s.contains("second line"),
+        "{s}"
+    );
+}
+
+#[test]
+fn the_counters_give_way_to_the_tabs_on_a_narrow_terminal() {
+    let mut app = App::new();
+    update(
+        &mut app,
+        Msg::Metrics(Box::new(taskgrid_core::MetricsSnapshot {
+            submitted: 12,
+            succeeded: 9,
+            failed: 1,
+            success_rate: 0.9,
+            ..Default::default()
+        })),
+    );
+    let wide = screen(&app, 140, 5);
+    assert!(
+        wide.contains("submitted 12 · succeeded 9 · failed 1 · success 90.0%"),
+        "{wide}"
+    );
+    let narrow = screen(&app, 80, 5);
+    assert!(
+        narrow.contains("4 Logs (0)") && !narrow.contains("submitted"),
+        "{narrow}"
+    );
+}
+
+#[test]
+fn workers_queues_and_the_cancel_prompt_render() {
+    let mut app = App::new();
+    update(
+        &mut app,
+        Msg::Workers(vec![WorkerView {
+            id: WorkerId::new("gpu-box"),
+            labels: vec![("gpu".into(), String::new()), ("os".into(), "linux".into())],
+            handlers: vec!["resize".into()],
+            shell: true,
+            container: false,
+            slots: 4,
+            used: 3,
+            trust: 0.9,
+            running: vec![],
+        }]),
+    );
+    update(
+        &mut app,
+        Msg::Queues(vec![QueueStats {
+            name: "emails".into(),
+            waiting: vec![(Priority::HIGH, 3), (Priority::NORMAL, 10)],
+            ready: 13,
+            running: 2,
+            paused: false,
+            limit: Some(10_000),
+        }]),
+    );
+    keys(&mut app, &[Key::Char('1')]);
+    let s = screen(&app, 100, 8);
+    for want in ["gpu-box", "3/4", "0.90", "gpu, os=linux", "shell, resize"] {
+        assert!(s.contains(want), "{want:?} missing in\n{s}");
+    }
+    keys(&mut app, &[Key::Char('3')]);
+    let s = screen(&app, 100, 8);
+    for want in ["emails", "13", "10000", "high 3, normal 10"] {
+        assert!(s.contains(want), "{want:?} missing in\n{s}");
+    }
+    keys(&mut app, &[Key::Char('2')]);
+    update(&mut app, submitted(1, id(5)));
+    keys(&mut app, &[Key::Char('c')]);
+    let s = screen(&app, 120, 8);
+    assert!(s.contains(&format!("cancel {}? y = yes", id(5))), "{s}");
+    update(&mut app, Msg::Disconnected("connection refused".into()));
+    let s = screen(&app, 120, 8);
+    assert!(s.contains("reconnecting (connection refused)"), "{s}");
+}
