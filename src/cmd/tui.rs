@@ -15,7 +15,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
-    let client = Client::new(&a.server, a.token)
-        .with_context(|| format!("coordinator {}", a.server))?;
+    let client =
+        Client::new(&a.server, a.token).with_context(|| format!("coordinator {}", a.server))?;
     taskgrid_tui::run(client).await.context("tui")
 }

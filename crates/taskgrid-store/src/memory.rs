@@ -266,10 +266,10 @@ impl Task {
         ops: [Option<AttemptOp<'_>>; 2],
     ) -> Result<Vec<AttemptUndo>, StoreError> {
         for op in ops.iter().flatten() {
-            if let AttemptOp::Assign { attempt, .. } = op {
-                if self.find_attempt(*attempt).is_some() {
-                    return Err(duplicate_attempt(id, *attempt));
-                }
+            if let AttemptOp::Assign { attempt, .. } = op
+                && self.find_attempt(*attempt).is_some()
+            {
+                return Err(duplicate_attempt(id, *attempt));
             }
         }
         let mut undo = Vec::new();

@@ -64,10 +64,10 @@ impl OutputBuffer {
             }
             rest = &rest[piece.len() + 1..];
         }
-        if stream == Stream::Log {
-            if let Some(last) = self.lines.back_mut() {
-                last.open = false;
-            }
+        if stream == Stream::Log
+            && let Some(last) = self.lines.back_mut()
+        {
+            last.open = false;
         }
         while self.lines.len() > self.cap {
             self.lines.pop_front();

@@ -103,11 +103,10 @@ async fn event_loop(terminal: &mut DefaultTerminal, client: Client) -> Result<()
             _ = frame.tick() => {
                 shell.execute(update(&mut app, Msg::Tick));
                 shell.reap();
-                if app.take_redraw() {
-                    if let Err(e) = terminal.draw(|f| draw(f, &app)) {
+                if app.take_redraw()
+                    && let Err(e) = terminal.draw(|f| draw(f, &app)) {
                         break Err(Error::Terminal(e));
                     }
-                }
             }
             Ok(e) = &mut input_error => break Err(Error::Terminal(e)),
         }
@@ -225,10 +224,10 @@ fn spawn_input(tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>, failed: oneshot::Se
                     return;
                 }
             };
-            if let Some(msg) = msg {
-                if tx.blocking_send(msg).is_err() {
-                    return;
-                }
+            if let Some(msg) = msg
+                && tx.blocking_send(msg).is_err()
+            {
+                return;
             }
         }
     });
@@ -334,10 +333,10 @@ async fn refresh_views(
                 return;
             }
         }
-        if let Some(e) = error {
-            if tx.send(Msg::RefreshFailed(e)).await.is_err() {
-                return;
-            }
+        if let Some(e) = error
+            && tx.send(Msg::RefreshFailed(e)).await.is_err()
+        {
+            return;
         }
     }
 }
