@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::handler::{CatchUnwind, TaskContext};
-use crate::system::Inner;
+use crate::inner::Inner;
 
 /// What the driver learns from executors, in order.
 #[derive(Debug)]

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::executor::{Completion, Report};
-use crate::system::{Inner, relock};
+use crate::inner::{Inner, relock};
 use crate::{Task, TaskSystem};
 
 /// Settings of the worker gateway.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use taskgrid_core::{CancelOutcome, Progress, State, TaskFailure, TaskId, TaskRecord};
 
-use crate::system::Inner;
+use crate::inner::Inner;
 use crate::{Error, Task};
 
 /// How a task ended.

@@ -27,6 +27,7 @@
 //! Handlers are async and run on the tokio runtime: CPU-heavy or blocking
 //! work inside one belongs in `tokio::task::spawn_blocking`.
 
+mod builder;
 mod clock;
 mod error;
 mod event;
@@ -35,10 +36,12 @@ mod gateway;
 mod handle;
 mod handler;
 pub mod http;
+mod inner;
 mod monitor;
 mod system;
 mod task;
 
+pub use builder::{SystemConfig, TaskSystemBuilder};
 pub use error::Error;
 pub use event::{EventKind, TaskEvent};
 pub use gateway::{Gateway, GatewayConfig, gateway};
@@ -48,5 +51,5 @@ pub use handler::{
     catch_unwind, handler_fn, outcome_of,
 };
 pub use monitor::WorkerView;
-pub use system::{SystemConfig, TaskSystem, TaskSystemBuilder};
+pub use system::TaskSystem;
 pub use task::Task;

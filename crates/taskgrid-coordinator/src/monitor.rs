@@ -4,7 +4,7 @@
 use taskgrid_core::{Explanation, OutputChunk, TaskId};
 pub use taskgrid_proto::api::WorkerView;
 
-use crate::system::relock;
+use crate::inner::relock;
 use crate::{Error, Task, TaskEvent, TaskHandle, TaskSystem};
 
 impl TaskSystem {
