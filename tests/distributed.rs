@@ -334,3 +334,110 @@ async fn sigterm_drains_a_worker_and_hands_its_task_back() {
     assert!(t0.elapsed() < std::time::Duration::from_secs(5));
     client.cancel(id).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_tasks_is_followed_to_the_end_with_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let client = server.client(None);
+    let _w = worker(&server.url(), "w1", &["--slots", "4"]);
+    await_worker(&client, "w1").await;
+    let file = dir.path().join("tasks.jsonl");
+    let mut lines = String::new();
+    for i in 0..20 {
+        let s = if i % 10 == 9 { "exit 1" } else { "true" };
+        lines.push_str(&serde_json::to_string(&script(s)).unwrap());
+        lines.push('\n');
+    }
+    std::fs::write(&file, lines).unwrap();
+    let out = taskgrid()
+        .args([
+            "submit",
+            "--server",
+            &server.url(),
+            "--wait",
+            "--json",
+            "--file",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "two failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            summary["tasks"].as_u64(),
+            summary["succeeded"].as_u64(),
+            summary["failed"].as_u64()
+        ),
+        (Some(20), Some(18), Some(2))
+    );
+
+    // A bad line is refused, naming it, and nothing is submitted.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}\n{{\"kind\": 7}}\n",
+            serde_json::to_string(&script("true")).unwrap()
+        ),
+    )
+    .unwrap();
+    let out = taskgrid()
+        .args(["submit", "--server", &server.url(), "--file"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad.jsonl:2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = client
+        .list(&ListQuery {
+            limit: Some(100),
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.tasks.len(), 20, "only the first file's tasks exist");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_wait_shows_the_progress_a_remote_handler_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let client = server.client(None);
+    let mut config = taskgrid::WorkerConfig::new(server.url());
+    config.id = "rust-worker".into();
+    let worker = taskgrid::Worker::with_config(config).handler("resize", |ctx| async move {
+        ctx.progress(0.5, "halfway");
+        ctx.log("resized");
+        Ok(serde_json::json!("done"))
+    });
+    tokio::spawn(worker.run());
+    await_worker(&client, "rust-worker").await;
+    let out = taskgrid()
+        .args([
+            "submit",
+            "--server",
+            &server.url(),
+            "--wait",
+            "--handler",
+            "resize",
+            "--payload",
+            "{\"w\":64}",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("50% halfway"), "{stderr}");
+    assert!(stderr.contains("resized"), "{stderr}");
+}

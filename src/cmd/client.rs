@@ -12,7 +12,7 @@ use taskgrid_core::{
     LabelReq, MetricsSnapshot, Priority, RetryPolicy, ShellCommand, ShellSpec, State, Stream,
     TaskId,
 };
-use taskgrid_proto::api::{Kind, ListQuery, SubmitRequest};
+use taskgrid_proto::api::{EventFilter, EventKind, Kind, ListQuery, SubmitRequest};
 
 /// Where the coordinator is and how to talk to it.
 #[derive(Debug, Clone, clap::Args)]
@@ -119,6 +119,10 @@ pub(crate) struct SubmitArgs {
     /// JSON payload for `--handler`.
     #[arg(long, requires = "handler", default_value = "null")]
     payload: String,
+    /// Submit every task of this file instead: one JSON task per line, in
+    /// the API's submit form. With --wait, a progress bar follows them all.
+    #[arg(long, conflicts_with_all = ["handler", "script"])]
+    file: Option<std::path::PathBuf>,
     /// The command and its arguments (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
@@ -176,7 +180,16 @@ fn exit_code(state: State, code: Option<i32>) -> i32 {
 
 pub(crate) async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
     let client = a.conn.client()?;
+    if let Some(path) = &a.file {
+        return submit_file(&client, path, a.wait, a.conn.json).await;
+    }
     let req = request(&a)?;
+    // Subscribe before submitting: a quick task's progress must not slip by.
+    let events = if a.wait {
+        Some(client.events(&EventFilter::default(), None).await?)
+    } else {
+        None
+    };
     let res = client.submit(&req).await?;
     if !a.wait {
         if a.conn.json {
@@ -187,16 +200,50 @@ pub(crate) async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     eprintln!("taskgrid: task {} {}", res.id, res.state);
-    follow(&client, res.id, true).await
+    follow(&client, res.id, events, true).await
 }
 
 /// Streams a task's output until it ends; returns the exit code to mirror.
-async fn follow(client: &Client, id: TaskId, cancel_on_ctrl_c: bool) -> anyhow::Result<i32> {
+async fn follow(
+    client: &Client,
+    id: TaskId,
+    events: Option<taskgrid_client::SseStream<taskgrid_client::ServerEvent>>,
+    cancel_on_ctrl_c: bool,
+) -> anyhow::Result<i32> {
+    let mut progress = match events {
+        Some(e) => e,
+        None => {
+            client
+                .events(
+                    &EventFilter {
+                        task: Some(id),
+                        ..EventFilter::default()
+                    },
+                    None,
+                )
+                .await?
+        }
+    };
     let mut stream = client.follow_output(id, 0).await?;
     let mut cancelled = false;
+    let mut shown: Option<(u32, Option<String>)> = None;
     loop {
         let item = tokio::select! {
             item = stream.next() => item,
+            Some(Ok(taskgrid_client::ServerEvent::Task(e))) = progress.next() => {
+                if e.id != id {
+                    continue;
+                }
+                if let EventKind::Progress(p) = e.kind {
+                    // Whole percents only, so a chatty task does not flood stderr.
+                    let now = ((p.fraction * 100.0) as u32, p.message);
+                    if shown.as_ref() != Some(&now) {
+                        eprintln!("taskgrid: {}% {}", now.0, now.1.as_deref().unwrap_or(""));
+                        shown = Some(now);
+                    }
+                }
+                continue;
+            }
             _ = tokio::signal::ctrl_c(), if cancel_on_ctrl_c && !cancelled => {
                 cancelled = true;
                 eprintln!("taskgrid: cancelling task {id}");
@@ -375,7 +422,7 @@ pub(crate) struct LogsArgs {
 pub(crate) async fn logs(a: LogsArgs) -> anyhow::Result<i32> {
     let client = a.conn.client()?;
     if a.follow {
-        follow(&client, a.id, false).await?;
+        follow(&client, a.id, None, false).await?;
         return Ok(0);
     }
     let mut after = 0;
@@ -739,4 +786,116 @@ mod tests {
         assert_eq!(exit_code(State::Cancelled, None), 130);
         assert_eq!(exit_code(State::Expired, None), 1);
     }
+}
+
+/// Most tasks sent in one batch (the API's default batch limit).
+const FILE_BATCH: usize = 10_000;
+
+/// The tasks of a JSON-lines file; a bad line is an error naming it, and
+/// then nothing is submitted.
+fn read_tasks(path: &std::path::Path) -> anyhow::Result<Vec<SubmitRequest>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut tasks = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let t: SubmitRequest = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a valid task", path.display(), i + 1))?;
+        tasks.push(t);
+    }
+    if tasks.is_empty() {
+        bail!("{} holds no tasks", path.display());
+    }
+    Ok(tasks)
+}
+
+/// `submit --file`: submits every task of the file; with `wait`, follows
+/// them with a progress bar and exits 0 only if every one succeeded.
+async fn submit_file(
+    client: &Client,
+    path: &std::path::Path,
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<i32> {
+    use std::collections::HashSet;
+    use taskgrid_client::ServerEvent;
+
+    let tasks = read_tasks(path)?;
+    let total = tasks.len();
+    // Subscribe before submitting, so no ending can slip past.
+    let mut events = if wait {
+        Some(client.events(&EventFilter::default(), None).await?)
+    } else {
+        None
+    };
+    let started = std::time::Instant::now();
+    let mut ids = Vec::with_capacity(total);
+    for chunk in tasks.chunks(FILE_BATCH) {
+        ids.extend(client.submit_batch(chunk).await?);
+    }
+    let Some(events) = events.as_mut() else {
+        for id in &ids {
+            println!("{id}");
+        }
+        return Ok(0);
+    };
+    // Events that came before the submit returned wait in the stream.
+    let mut pending: HashSet<TaskId> = ids.iter().copied().collect();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (mut ok, mut bad) = (0usize, 0usize);
+    let mut settle = |id: TaskId, state: State, pending: &mut HashSet<TaskId>| {
+        if pending.remove(&id) {
+            if state == State::Succeeded {
+                ok += 1;
+            } else {
+                bad += 1;
+            }
+            let rate = (ok + bad) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("ok {ok}  failed {bad}  {rate:.0}/s"));
+            bar.inc(1);
+        }
+    };
+    while !pending.is_empty() {
+        match events.next().await {
+            Some(Ok(ServerEvent::Task(e))) => {
+                if let Some(state) = e.new_state().filter(|s| s.is_terminal()) {
+                    settle(e.id, state, &mut pending);
+                }
+            }
+            Some(Ok(ServerEvent::Reset(_))) => {
+                // Events were missed: read the state of what is left.
+                for id in pending.clone() {
+                    let s = client.get(id).await?.task.status.state;
+                    if s.is_terminal() {
+                        settle(id, s, &mut pending);
+                    }
+                }
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!(
+                "the coordinator closed the event stream with {} task(s) unfinished",
+                pending.len()
+            ),
+        }
+    }
+    bar.finish();
+    let secs = started.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "tasks": total, "succeeded": ok, "failed": bad, "seconds": secs })
+        );
+    } else {
+        eprintln!(
+            "{total} tasks: {ok} succeeded, {bad} did not, in {secs:.2}s ({:.0}/s)",
+            total as f64 / secs.max(1e-9)
+        );
+    }
+    Ok(if bad == 0 { 0 } else { 1 })
 }
