@@ -29,7 +29,7 @@ enum Command {
     /// Run a worker that connects to a coordinator.
     Worker(cmd::worker::Args),
     /// Submit a task; with --wait, run it like a local command.
-    Submit(cmd::client::SubmitArgs),
+    Submit(cmd::submit::SubmitArgs),
     /// Show a task, its attempts and its result.
     Status(cmd::client::IdArgs),
     /// List tasks.
@@ -81,7 +81,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(a) => cmd::up::run(a).await.map(|()| 0),
             Command::Server(a) => cmd::server::run(a).await.map(|()| 0),
             Command::Worker(a) => cmd::worker::run(a).await.map(|()| 0),
-            Command::Submit(a) => client::submit(a).await,
+            Command::Submit(a) => cmd::submit::submit(a).await,
             Command::Status(a) => client::status(a).await,
             Command::List(a) => client::list(a).await,
             Command::Logs(a) => client::logs(a).await,

@@ -4,6 +4,7 @@ pub(crate) mod client;
 pub(crate) mod demo;
 pub(crate) mod server;
 pub(crate) mod signals;
+pub(crate) mod submit;
 pub(crate) mod tui;
 pub(crate) mod up;
 pub(crate) mod worker;

@@ -1,0 +1,392 @@
+//! `taskgrid submit`: one task (a program, a script or a handler), or a
+//! JSON-lines file of them; with `--wait`, run like a local command —
+//! output streamed, progress shown, exit code mirrored, Ctrl-C cancels.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use taskgrid_client::{Client, FollowItem};
+use taskgrid_core::{
+    LabelReq, Priority, RetryPolicy, ShellCommand, ShellSpec, State, Stream, TaskId,
+};
+use taskgrid_proto::api::{EventFilter, EventKind, Kind, SubmitRequest};
+
+use super::client::Conn;
+
+/// A duration: `500ms`, `30s`, `5m`, `2h`, or plain seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 30s, 5m"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit {unit:?} in {s:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {
+        return Err(format!("duration {s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Options of `taskgrid submit`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SubmitArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Wait for the task: stream its output and exit with its exit code
+    /// (1 if it failed without one, 124 if it timed out). Ctrl-C cancels it.
+    #[arg(long)]
+    wait: bool,
+    /// Queue.
+    #[arg(long, default_value = "default")]
+    queue: String,
+    /// critical, high, normal, low or 0-255.
+    #[arg(long, default_value = "normal")]
+    priority: Priority,
+    /// Required worker label (`key` or `key=value`); repeatable.
+    #[arg(long = "label")]
+    labels: Vec<LabelReq>,
+    /// Longest the task may run (e.g. 30s, 5m).
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Retries after a failure.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Tag; repeatable.
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Run only after this task succeeded; repeatable.
+    #[arg(long = "after")]
+    after: Vec<TaskId>,
+    /// Start no sooner than this (e.g. 10s).
+    #[arg(long, value_parser = parse_duration)]
+    delay: Option<Duration>,
+    /// Fail "no capable worker" if no connected worker could run it for this long.
+    #[arg(long, value_parser = parse_duration)]
+    dispatch_timeout: Option<Duration>,
+    /// Unique key: while a task with it is live, return that task.
+    #[arg(long)]
+    unique_key: Option<String>,
+    /// Run CMD under `sh -c` (one string) instead of as a program.
+    #[arg(long)]
+    script: bool,
+    /// Run this named handler with `--payload` instead of a command.
+    #[arg(long, conflicts_with = "script")]
+    handler: Option<String>,
+    /// JSON payload for `--handler`.
+    #[arg(long, requires = "handler", default_value = "null")]
+    payload: String,
+    /// Submit every task of this file instead: one JSON task per line, in
+    /// the API's submit form. With --wait, a progress bar follows them all.
+    #[arg(long, conflicts_with_all = ["handler", "script"])]
+    file: Option<std::path::PathBuf>,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn request(a: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
+    let kind = match &a.handler {
+        Some(name) => {
+            let payload =
+                serde_json::from_str(&a.payload).context("--payload is not valid JSON")?;
+            Kind::Handler {
+                name: name.clone(),
+                payload,
+            }
+        }
+        None => {
+            if a.command.is_empty() {
+                bail!("nothing to run: give a command after `--` (or --handler NAME)");
+            }
+            let command = if a.script {
+                ShellCommand::Script(a.command.join(" "))
+            } else {
+                ShellCommand::Argv(a.command.clone())
+            };
+            Kind::Shell(ShellSpec {
+                command,
+                env: vec![],
+                cwd: None,
+            })
+        }
+    };
+    let mut r: SubmitRequest = serde_json::from_value(serde_json::json!({ "kind": kind }))?;
+    r.queue = a.queue.clone();
+    r.priority = a.priority;
+    r.labels = a.labels.clone();
+    r.timeout_ms = a.timeout.map(ms);
+    r.retry = RetryPolicy::retries(a.retries);
+    r.tags = a.tags.clone();
+    r.after = a.after.clone();
+    r.delay_ms = a.delay.map(ms);
+    r.dispatch_timeout_ms = a.dispatch_timeout.map(ms);
+    r.unique_key = a.unique_key.clone();
+    Ok(r)
+}
+
+/// The exit code `submit --wait` mirrors for a finished task.
+fn exit_code(state: State, code: Option<i32>) -> i32 {
+    match state {
+        State::Succeeded => code.unwrap_or(0),
+        State::TimedOut => 124,
+        State::Cancelled => 130,
+        _ => code.filter(|c| *c != 0).unwrap_or(1),
+    }
+}
+
+pub(crate) async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
+    let client = a.conn.client()?;
+    if let Some(path) = &a.file {
+        return submit_file(&client, path, a.wait, a.conn.json).await;
+    }
+    let req = request(&a)?;
+    // Subscribe before submitting: a quick task's progress must not slip by.
+    let events = if a.wait {
+        Some(client.events(&EventFilter::default(), None).await?)
+    } else {
+        None
+    };
+    let res = client.submit(&req).await?;
+    if !a.wait {
+        if a.conn.json {
+            println!("{}", serde_json::to_string(&res)?);
+        } else {
+            println!("{}", res.id);
+        }
+        return Ok(0);
+    }
+    eprintln!("taskgrid: task {} {}", res.id, res.state);
+    follow(&client, res.id, events, true).await
+}
+
+/// Streams a task's output until it ends; returns the exit code to mirror.
+pub(crate) async fn follow(
+    client: &Client,
+    id: TaskId,
+    events: Option<taskgrid_client::SseStream<taskgrid_client::ServerEvent>>,
+    cancel_on_ctrl_c: bool,
+) -> anyhow::Result<i32> {
+    let mut progress = match events {
+        Some(e) => e,
+        None => {
+            client
+                .events(
+                    &EventFilter {
+                        task: Some(id),
+                        ..EventFilter::default()
+                    },
+                    None,
+                )
+                .await?
+        }
+    };
+    let mut stream = client.follow_output(id, 0).await?;
+    let mut cancelled = false;
+    let mut shown: Option<(u32, Option<String>)> = None;
+    loop {
+        let item = tokio::select! {
+            item = stream.next() => item,
+            Some(Ok(taskgrid_client::ServerEvent::Task(e))) = progress.next() => {
+                if e.id != id {
+                    continue;
+                }
+                if let EventKind::Progress(p) = e.kind {
+                    // Whole percents only, so a chatty task does not flood stderr.
+                    let now = ((p.fraction * 100.0) as u32, p.message);
+                    if shown.as_ref() != Some(&now) {
+                        eprintln!("taskgrid: {}% {}", now.0, now.1.as_deref().unwrap_or(""));
+                        shown = Some(now);
+                    }
+                }
+                continue;
+            }
+            _ = tokio::signal::ctrl_c(), if cancel_on_ctrl_c && !cancelled => {
+                cancelled = true;
+                eprintln!("taskgrid: cancelling task {id}");
+                client.cancel(id).await?;
+                continue;
+            }
+        };
+        match item {
+            Some(Ok(FollowItem::Chunk(c))) => match c.stream {
+                Stream::Stdout => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(c.data.as_bytes())?;
+                    out.flush()?;
+                }
+                Stream::Stderr | Stream::Log => {
+                    let mut err = std::io::stderr().lock();
+                    err.write_all(c.data.as_bytes())?;
+                    if c.stream == Stream::Log && !c.data.ends_with('\n') {
+                        err.write_all(b"\n")?;
+                    }
+                }
+            },
+            Some(Ok(FollowItem::End(end))) => {
+                if end.state != State::Succeeded {
+                    let why = end.error.map(|e| e.message).unwrap_or_default();
+                    eprintln!("taskgrid: task {id} {} {why}", end.state);
+                }
+                return Ok(exit_code(end.state, end.exit_code));
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("the coordinator closed the output stream of {id} before it ended"),
+        }
+    }
+}
+
+/// Most tasks sent in one batch (the API's default batch limit).
+const FILE_BATCH: usize = 10_000;
+
+/// The tasks of a JSON-lines file; a bad line is an error naming it, and
+/// then nothing is submitted.
+fn read_tasks(path: &std::path::Path) -> anyhow::Result<Vec<SubmitRequest>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut tasks = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let t: SubmitRequest = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a valid task", path.display(), i + 1))?;
+        tasks.push(t);
+    }
+    if tasks.is_empty() {
+        bail!("{} holds no tasks", path.display());
+    }
+    Ok(tasks)
+}
+
+/// `submit --file`: submits every task of the file; with `wait`, follows
+/// them with a progress bar and exits 0 only if every one succeeded.
+async fn submit_file(
+    client: &Client,
+    path: &std::path::Path,
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<i32> {
+    use std::collections::HashSet;
+    use taskgrid_client::ServerEvent;
+
+    let tasks = read_tasks(path)?;
+    let total = tasks.len();
+    // Subscribe before submitting, so no ending can slip past.
+    let mut events = if wait {
+        Some(client.events(&EventFilter::default(), None).await?)
+    } else {
+        None
+    };
+    let started = std::time::Instant::now();
+    let mut ids = Vec::with_capacity(total);
+    for chunk in tasks.chunks(FILE_BATCH) {
+        ids.extend(client.submit_batch(chunk).await?);
+    }
+    let Some(events) = events.as_mut() else {
+        for id in &ids {
+            println!("{id}");
+        }
+        return Ok(0);
+    };
+    // Events that came before the submit returned wait in the stream.
+    let mut pending: HashSet<TaskId> = ids.iter().copied().collect();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (mut ok, mut bad) = (0usize, 0usize);
+    let mut settle = |id: TaskId, state: State, pending: &mut HashSet<TaskId>| {
+        if pending.remove(&id) {
+            if state == State::Succeeded {
+                ok += 1;
+            } else {
+                bad += 1;
+            }
+            let rate = (ok + bad) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("ok {ok}  failed {bad}  {rate:.0}/s"));
+            bar.inc(1);
+        }
+    };
+    while !pending.is_empty() {
+        match events.next().await {
+            Some(Ok(ServerEvent::Task(e))) => {
+                if let Some(state) = e.new_state().filter(|s| s.is_terminal()) {
+                    settle(e.id, state, &mut pending);
+                }
+            }
+            Some(Ok(ServerEvent::Reset(_))) => {
+                // Events were missed: read the state of what is left.
+                for id in pending.clone() {
+                    let s = client.get(id).await?.task.status.state;
+                    if s.is_terminal() {
+                        settle(id, s, &mut pending);
+                    }
+                }
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!(
+                "the coordinator closed the event stream with {} task(s) unfinished",
+                pending.len()
+            ),
+        }
+    }
+    bar.finish();
+    let secs = started.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "tasks": total, "succeeded": ok, "failed": bad, "seconds": secs })
+        );
+    } else {
+        eprintln!(
+            "{total} tasks: {ok} succeeded, {bad} did not, in {secs:.2}s ({:.0}/s)",
+            total as f64 / secs.max(1e-9)
+        );
+    }
+    Ok(if bad == 0 { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_garbage() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn exit_codes_mirror_the_task() {
+        assert_eq!(exit_code(State::Succeeded, Some(0)), 0);
+        assert_eq!(exit_code(State::Failed, Some(3)), 3);
+        assert_eq!(exit_code(State::Failed, None), 1);
+        assert_eq!(exit_code(State::TimedOut, None), 124);
+        assert_eq!(exit_code(State::Cancelled, None), 130);
+        assert_eq!(exit_code(State::Expired, None), 1);
+    }
+}
