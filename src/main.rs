@@ -49,6 +49,9 @@ enum Command {
     /// Run an embedded system on a SQLite file: a few hundred handler tasks
     /// with retries, progress, dependencies and a cancellation.
     Demo(cmd::demo::Args),
+    /// Measure the whole system: throughput, latency, or idle workers'
+    /// cost, against a coordinator started here or an existing one.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -86,6 +89,7 @@ fn main() -> std::process::ExitCode {
             Command::Workers(a) => client::workers(a).await,
             Command::Queues(a) => client::queues(a).await,
             Command::Demo(a) => cmd::demo::run(a).await.map(|()| 0),
+            Command::Bench(a) => cmd::bench::run(a).await.map(|()| 0),
         }
     });
     // Handlers may still hold the runtime; do not wait for them.
