@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use taskgrid_client::Client;
 use taskgrid_store::MemoryStore;
 
-use super::{Placement, Plan, StoreKind};
+use super::{Placement, Plan, StoreKind, WorkerMode};
 use crate::cmd::server;
 
 /// A directory under the system's temporary directory, removed on drop.
@@ -39,6 +39,7 @@ impl ScratchDir {
 }
 
 impl Drop for ScratchDir {
+    /// Removes the directory and what is in it.
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
@@ -70,6 +71,7 @@ pub(super) struct Target {
     pub(super) token: Option<String>,
     /// The worker token to send.
     pub(super) worker_token: Option<String>,
+    /// How it runs.
     running: Running,
     /// Where its SQLite file lives, when started here on SQLite.
     data: Option<ScratchDir>,
@@ -143,12 +145,16 @@ impl Target {
         }
     }
 
-    /// What that process holds besides the coordinator.
-    pub(super) fn scope(&self) -> &'static str {
+    /// What that process holds besides the coordinator, when the
+    /// workers run as `worker_mode` (idle runs have no such workers).
+    pub(super) fn scope(&self, worker_mode: Option<WorkerMode>) -> &'static str {
         match &self.running {
-            Running::InProcess(_) => {
-                "this process: the coordinator together with the in-process workers and the clients"
-            }
+            Running::InProcess(_) => match worker_mode {
+                Some(WorkerMode::Inprocess) => {
+                    "this process: the coordinator together with the in-process workers and the clients"
+                }
+                _ => "this process: the coordinator together with the clients",
+            },
             Running::Child { .. } => "the coordinator's own process (a child `taskgrid server`)",
             Running::External { pid: Some(_) } => "the coordinator's own process (--server-pid)",
             Running::External { pid: None } => "not measured (--server without --server-pid)",

@@ -29,13 +29,17 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A worker agent running in this process.
 struct Agent {
+    /// Resolving it drains the agent.
     drain: oneshot::Sender<()>,
+    /// The agent's task.
     done: JoinHandle<Result<(), WorkerError>>,
 }
 
 /// The run's workers.
 pub(super) struct Fleet {
+    /// Agents in this process.
     agents: Vec<Agent>,
+    /// `taskgrid worker` child processes.
     children: Vec<Child>,
 }
 

@@ -9,7 +9,7 @@
 //! task uses, so nothing is ever assigned to it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -40,8 +40,12 @@ const IDLE_QUEUE: &str = "taskgrid-bench-idle";
 /// Counters the simulated workers share.
 #[derive(Default)]
 struct Tally {
+    /// Workers that registered.
     registered: AtomicUsize,
+    /// Workers whose session ended in an error.
     dropped: AtomicUsize,
+    /// The heartbeat interval the coordinator gave, in milliseconds.
+    interval_ms: AtomicU64,
 }
 
 /// Connects `workers` idle workers to a coordinator started for the run
@@ -55,6 +59,8 @@ pub(super) async fn run(plan: &Plan, workers: u32) -> anyhow::Result<IdleReport>
     Ok(report)
 }
 
+/// Connects the workers, waits for them all, measures the window, and
+/// disconnects them.
 async fn measure(plan: &Plan, workers: u32, target: &Target) -> anyhow::Result<IdleReport> {
     let Some(pid) = target.pid() else {
         bail!("the coordinator's process id is unknown: give --server-pid");
@@ -129,14 +135,15 @@ async fn measure(plan: &Plan, workers: u32, target: &Target) -> anyhow::Result<I
     let _ = stop.send(true);
     while set.join_next().await.is_some() {}
     let cpu_secs = end.cpu_secs - start.cpu_secs;
+    let heartbeat_ms = tally.interval_ms.load(Ordering::Relaxed);
     Ok(IdleReport {
-        scope: target.scope(),
+        scope: target.scope(None),
         workers,
         connected,
         dropped,
         listed,
-        heartbeat_ms: plan.heartbeat_ms,
-        heartbeats_per_sec: connected as f64 * 1000.0 / plan.heartbeat_ms as f64,
+        heartbeat_ms,
+        heartbeats_per_sec: connected as f64 * 1000.0 / heartbeat_ms.max(1) as f64,
         window_secs,
         cpu_secs,
         cpu_percent: cpu_secs / window_secs * 100.0,
@@ -152,8 +159,11 @@ async fn measure(plan: &Plan, workers: u32, target: &Target) -> anyhow::Result<I
 
 /// One simulated worker.
 struct Simulated {
+    /// The coordinator.
     url: String,
+    /// The worker token to send.
     token: Option<String>,
+    /// Its worker id.
     id: String,
     /// Where in the heartbeat interval its beats fall, from 0 to 1.
     phase: f64,
@@ -175,6 +185,8 @@ impl Simulated {
         r
     }
 
+    /// One session: connect (at most [`CONNECTING`] at once), register,
+    /// beat until `stop`.
     async fn session(
         &self,
         tally: &Tally,
@@ -202,6 +214,8 @@ impl Simulated {
             other => bail!("expected registered, got {other:?}"),
         };
         drop(permit);
+        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        tally.interval_ms.store(ms, Ordering::Relaxed);
         tally.registered.fetch_add(1, Ordering::Relaxed);
         let first = tokio::time::Instant::now() + interval.mul_f64(self.phase);
         let mut beat = tokio::time::interval_at(first, interval);
@@ -221,6 +235,7 @@ impl Simulated {
         }
     }
 
+    /// Its registration: one slot, nothing it can run.
     fn register(&self) -> worker::Register {
         worker::Register {
             worker_id: self.id.clone(),
@@ -237,6 +252,7 @@ impl Simulated {
     }
 }
 
+/// A message to the coordinator.
 fn message(msg: In) -> worker::WorkerMessage {
     worker::WorkerMessage { msg: Some(msg) }
 }

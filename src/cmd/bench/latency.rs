@@ -47,10 +47,13 @@ pub(super) async fn run(plan: &Plan, tasks: u64) -> anyhow::Result<LatencyReport
     Ok(report)
 }
 
+/// A duration in whole microseconds.
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// Opens the event stream, runs the warm-up and the measured tasks one
+/// by one, then reads their records.
 async fn measure(
     plan: &Plan,
     tasks: u64,

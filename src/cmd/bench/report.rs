@@ -64,6 +64,7 @@ impl Setup {
         }
     }
 
+    /// Its rows of the table.
     fn rows(&self, t: &mut Table) {
         let kind = super::kind_name(self.kind);
         let payload = if self.payload_bytes > 0 {
@@ -108,10 +109,14 @@ pub(super) struct Usage {
 }
 
 impl Usage {
-    /// The use between two samples of the target's process.
-    pub(super) fn between(target: &Target, before: Option<Sample>, after: Option<Sample>) -> Usage {
+    /// The use between two samples of the process `scope` describes.
+    pub(super) fn between(
+        scope: &'static str,
+        before: Option<Sample>,
+        after: Option<Sample>,
+    ) -> Usage {
         Usage {
-            scope: target.scope(),
+            scope,
             cpu_secs: before
                 .zip(after)
                 .map(|(b, a)| (a.cpu_secs - b.cpu_secs).max(0.0)),
@@ -119,6 +124,7 @@ impl Usage {
         }
     }
 
+    /// Its rows of the table, per task where that helps.
     fn rows(&self, t: &mut Table, tasks: u64) {
         match self.cpu_secs {
             Some(cpu) => t.row(
@@ -212,7 +218,7 @@ pub(super) struct IdleReport {
     pub(super) dropped: usize,
     /// Workers the coordinator lists at the end of the window.
     pub(super) listed: usize,
-    /// The heartbeat interval the coordinator gave.
+    /// The heartbeat interval the coordinator gave, in milliseconds.
     pub(super) heartbeat_ms: u64,
     /// Heartbeats per second the coordinator received, on average.
     pub(super) heartbeats_per_sec: f64,
@@ -242,10 +248,12 @@ pub(super) struct IdleReport {
 struct Table(String);
 
 impl Table {
+    /// Adds a row.
     fn row(&mut self, label: &str, value: String) {
         let _ = writeln!(self.0, "  {label:<24} {value}");
     }
 
+    /// Adds a row of percentiles.
     fn latency(&mut self, label: &str, p: Option<&Percentiles>) {
         match p {
             Some(p) => self.row(label, p.describe()),

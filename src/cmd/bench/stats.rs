@@ -76,6 +76,7 @@ pub(super) fn thousands(n: f64) -> String {
 
 /// Bytes as people read them: `512 B`, `12.5 MiB`.
 pub(super) fn bytes(n: u64) -> String {
+    /// Bytes in a KiB.
     const KIB: f64 = 1024.0;
     let f = n as f64;
     if f < KIB {

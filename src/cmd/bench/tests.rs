@@ -4,6 +4,7 @@
 
 use clap::Parser;
 
+use super::plan::HANDLER_SLOTS_DEFAULT;
 use super::*;
 
 /// `taskgrid bench` alone, for parsing.

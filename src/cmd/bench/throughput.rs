@@ -56,6 +56,8 @@ fn finished(m: &MetricsSnapshot) -> u64 {
     m.succeeded + m.failed + m.timed_out + m.cancelled + m.expired
 }
 
+/// Submits, waits for the end, samples the coordinator's use, reads the
+/// records back.
 async fn measure(
     plan: &Plan,
     tasks: u64,
@@ -120,7 +122,7 @@ async fn measure(
         wall_secs,
         submit_to_start: timings.to_start,
         submit_to_done: timings.to_done,
-        coordinator: Usage::between(target, before, after),
+        coordinator: Usage::between(target.scope(Some(plan.worker_mode)), before, after),
         store_bytes: target.store_bytes(),
     })
 }
