@@ -252,22 +252,18 @@ async fn spawn_server(
         let n = stdout.read_line(&mut line);
         (stdout, n.map(|_| line))
     });
-    let (stdout, line) = match tokio::time::timeout(Duration::from_secs(30), read).await {
-        Ok(Ok((stdout, Ok(line)))) => (stdout, line),
-        outcome => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("`taskgrid server` did not say where it listens: {outcome:?}");
-        }
+    let why = match tokio::time::timeout(Duration::from_secs(30), read).await {
+        Ok(Ok((stdout, Ok(line)))) => match listening_addr(&line) {
+            Some(addr) => return Ok((child, stdout, addr)),
+            None => format!("it exited or said something unexpected: {line:?}"),
+        },
+        Ok(Ok((_, Err(e)))) => e.to_string(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer within 30 s".to_owned(),
     };
-    match listening_addr(&line) {
-        Some(addr) => Ok((child, stdout, addr)),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("`taskgrid server` exited or said something unexpected: {line:?}");
-        }
-    }
+    let _ = child.kill();
+    let _ = child.wait();
+    bail!("`taskgrid server` did not say where it listens: {why}");
 }
 
 /// The address in `taskgrid coordinator listening on 127.0.0.1:PORT (…)`.

@@ -72,7 +72,7 @@ impl Fleet {
                 },
             }
         }
-        if let Err(e) = registered(&target.client()?, &ids).await {
+        if let Err(e) = fleet.registered(&target.client()?, &ids).await {
             fleet.stop().await;
             return Err(e);
         }
@@ -165,24 +165,50 @@ fn terminate(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Waits until the coordinator lists every worker in `ids`.
-async fn registered(client: &Client, ids: &[String]) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + REGISTER_TIMEOUT;
-    loop {
-        let listed = client.workers().await.context("listing workers")?;
-        let missing = ids
-            .iter()
-            .filter(|id| !listed.iter().any(|w| w.id.as_str() == id.as_str()))
-            .count();
-        if missing == 0 {
-            return Ok(());
+impl Fleet {
+    /// Waits until the coordinator lists every worker in `ids`; fails at
+    /// once if one of them stopped (a refused token, a crash).
+    async fn registered(&mut self, client: &Client, ids: &[String]) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + REGISTER_TIMEOUT;
+        loop {
+            let listed = client.workers().await.context("listing workers")?;
+            let missing = ids
+                .iter()
+                .filter(|id| !listed.iter().any(|w| w.id.as_str() == id.as_str()))
+                .count();
+            if missing == 0 {
+                return Ok(());
+            }
+            self.check_alive().await?;
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{missing} of {} workers did not register within {REGISTER_TIMEOUT:?}",
+                    ids.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "{missing} of {} workers did not register within {REGISTER_TIMEOUT:?}",
-                ids.len()
-            );
+    }
+
+    /// Fails if a worker has stopped, with its reason.
+    async fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(i) = self.agents.iter().position(|a| a.done.is_finished()) {
+            // Taken out: a finished agent is awaited once, here.
+            let a = self.agents.swap_remove(i);
+            return Err(match a.done.await {
+                Ok(Err(e)) => anyhow::Error::new(e).context("a worker stopped"),
+                Ok(Ok(())) => anyhow::anyhow!("a worker stopped"),
+                Err(e) => anyhow::Error::new(e).context("a worker panicked"),
+            });
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        for c in &mut self.children {
+            if let Ok(Some(status)) = c.try_wait() {
+                bail!(
+                    "a `taskgrid worker` exited ({status}); run one by hand with the same \
+                     options to see why"
+                );
+            }
+        }
+        Ok(())
     }
 }

@@ -100,9 +100,17 @@ async fn measure(plan: &Plan, workers: u32, target: &Target) -> anyhow::Result<I
     }
     let connected = tally.registered.load(Ordering::Relaxed);
     if connected < workers as usize {
-        let failed = set.join_next().await;
+        // The registered ones stop too; the failed ones have ended.
+        let _ = stop.send(true);
+        let mut why = String::from("unknown");
+        while let Some(joined) = set.join_next().await {
+            if let Ok(Err(e)) = joined {
+                why = format!("{e:#}");
+                break;
+            }
+        }
         bail!(
-            "{} workers could not register: {failed:?}",
+            "{} workers could not register; the first error: {why}",
             workers as usize - connected
         );
     }
