@@ -54,6 +54,9 @@ enum Command {
     /// Run an embedded system on a SQLite file: a few hundred handler tasks
     /// with retries, progress, dependencies and a cancellation.
     Demo(cmd::demo::Args),
+    /// Measure the whole system: throughput, latency, or idle workers'
+    /// cost, against a coordinator started here or an existing one.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -93,6 +96,7 @@ fn main() -> std::process::ExitCode {
             Command::Stats(a) => client::stats(a).await,
             Command::Tui(a) => cmd::tui::run(a).await.map(|()| 0),
             Command::Demo(a) => cmd::demo::run(a).await.map(|()| 0),
+            Command::Bench(a) => cmd::bench::run(a).await.map(|()| 0),
         }
     });
     // Handlers may still hold the runtime; do not wait for them.

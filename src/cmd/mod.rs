@@ -1,5 +1,6 @@
 //! One module per subcommand: parse → configure → call a crate.
 
+pub(crate) mod bench;
 pub(crate) mod client;
 pub(crate) mod demo;
 pub(crate) mod server;

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use taskgrid_coordinator::http::{ApiConfig, router};
 use taskgrid_coordinator::{Gateway, GatewayConfig, SystemConfig, TaskSystem, gateway};
 use taskgrid_proto::worker::worker_gateway_server::WorkerGatewayServer;
-use taskgrid_store::{Durability, SqliteOptions};
+use taskgrid_store::{Durability, SqliteOptions, Store};
 
 /// Options of `taskgrid server` (and the coordinator half of `taskgrid up`).
 #[derive(Debug, Clone, clap::Args)]
@@ -61,24 +61,38 @@ impl Args {
 
 /// Opens the store, binds the port and starts serving.
 pub(crate) async fn start(args: &Args) -> anyhow::Result<Coordinator> {
+    start_on(args, None).await
+}
+
+/// Like [`start`], but on `store` when given instead of the SQLite file in
+/// the data directory (`taskgrid bench --store memory`).
+pub(crate) async fn start_on(
+    args: &Args,
+    store: Option<Arc<dyn Store>>,
+) -> anyhow::Result<Coordinator> {
     args.check()?;
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
-    let db = args.data_dir.join("taskgrid.db");
-    let durability = if args.full_sync {
-        Durability::PowerLoss
-    } else {
-        Durability::Process
-    };
     let config = SystemConfig {
         check_handlers: false,
         ..SystemConfig::default()
     };
-    let system = TaskSystem::builder()
-        .sqlite(&db, SqliteOptions { durability })
-        .config(config)
-        .build()
-        .with_context(|| format!("opening {}", db.display()))?;
+    let builder = TaskSystem::builder().config(config);
+    let system = match store {
+        Some(store) => builder.store(store).build()?,
+        None => {
+            std::fs::create_dir_all(&args.data_dir)
+                .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+            let db = args.data_dir.join("taskgrid.db");
+            let durability = if args.full_sync {
+                Durability::PowerLoss
+            } else {
+                Durability::Process
+            };
+            builder
+                .sqlite(&db, SqliteOptions { durability })
+                .build()
+                .with_context(|| format!("opening {}", db.display()))?
+        }
+    };
     system.start()?;
     let system = Arc::new(system);
     let gateway = gateway(
