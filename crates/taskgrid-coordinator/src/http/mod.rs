@@ -1,7 +1,8 @@
 //! The HTTP JSON API of a [`TaskSystem`]: tasks, output, workers, queues,
 //! metrics and a server-sent event stream under `/api/v1`, plus `/healthz`
 //! and `/readyz` at the root, and `/metrics` (Prometheus text) at the root
-//! behind the same guard as the API.
+//! behind the same guard as the API. The web dashboard is served at `/`
+//! (its static files need no token; the data it reads does).
 //!
 //! [`router`] builds an [`axum::Router`] and listens nowhere: whoever runs
 //! the coordinator serves it (next to the worker gateway), and tests call
@@ -13,6 +14,7 @@
 //! `GET /api/v1/openapi.json` describe the routes.
 
 mod auth;
+mod dashboard;
 mod error;
 mod events;
 mod extract;
@@ -177,6 +179,7 @@ pub fn router(system: Arc<TaskSystem>, config: ApiConfig) -> Router {
         .with_state(state)
         .merge(guarded)
         .nest(API_PREFIX, api)
+        .merge(dashboard::routes())
         .fallback(no_route)
 }
 
