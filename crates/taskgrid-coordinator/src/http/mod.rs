@@ -20,6 +20,7 @@ mod events;
 mod extract;
 mod metrics;
 mod output;
+mod queues;
 mod tasks;
 
 use std::sync::Arc;
@@ -107,6 +108,8 @@ fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/tasks/{id}/explain", get(tasks::explain)),
         (Method::GET, "/workers", get(tasks::workers)),
         (Method::GET, "/queues", get(tasks::queues)),
+        (Method::POST, "/queues/{name}/pause", post(queues::pause)),
+        (Method::POST, "/queues/{name}/resume", post(queues::resume)),
         (Method::GET, "/metrics", get(tasks::metrics)),
         (Method::GET, "/events", get(events::events)),
         (Method::GET, "/openapi.json", get(openapi)),
