@@ -29,6 +29,11 @@ use util::{Proc, Server, await_state, await_worker, worker};
 const TOKEN: &str = "dashboard-test-token";
 /// The longest any one wait on the page may take.
 const LIMIT: Duration = Duration::from_secs(30);
+/// Tasks of the load test: the most one batch may hold.
+const LOAD: usize = 10_000;
+/// The longest the load test's tasks may take to run (a debug build, two
+/// cores shared with the rest of the test suite).
+const LOAD_LIMIT: Duration = Duration::from_secs(240);
 /// How Debian's chromium and its driver are installed (as in `.ci/run`).
 const INSTALL: &str = "apt-get update -qq && apt-get install -y -qq --no-install-recommends \
                        chromium chromium-driver";
@@ -123,12 +128,21 @@ async fn browser(driver: &str, profile: &Path) -> Client {
 }
 
 /// Polls `probe` until it returns `Some`, for at most [`LIMIT`].
-async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> T
+async fn wait_for<T, F, Fut>(what: &str, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + LIMIT;
+    wait_long(what, LIMIT, probe).await
+}
+
+/// Polls `probe` until it returns `Some`, for at most `limit`.
+async fn wait_long<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(v) = probe().await {
             return v;
@@ -144,6 +158,41 @@ where
 /// The text of the element `css`, once it exists.
 async fn text_of(c: &Client, css: &str) -> Option<String> {
     c.find(Locator::Css(css)).await.ok()?.text().await.ok()
+}
+
+/// Enters the token in the page's prompt and waits for the live stream.
+async fn log_in(c: &Client) {
+    let input = wait_for("the token prompt", || async {
+        let el = c.find(Locator::Css("#token-input")).await.ok()?;
+        el.is_displayed().await.ok()?.then_some(el)
+    })
+    .await;
+    input.send_keys(TOKEN).await.unwrap();
+    c.find(Locator::Css("#token-form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(c, "#live", "live").await;
+}
+
+/// A coordinator with the client token, one worker `w1` with `slots`, and
+/// a chromium session on a fresh profile; the temporary directory holds
+/// the data, the profile and the tasks' files.
+async fn start(slots: &str) -> (tempfile::TempDir, Server, Proc, Proc, Client) {
+    ensure_browser();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &["--client-token", TOKEN],
+    );
+    let w = worker(&server.url(), "w1", &["--slots", slots]);
+    await_worker(&server.client(Some(TOKEN)), "w1").await;
+    let (driver, driver_url) = chromedriver();
+    let c = browser(&driver_url, &dir.path().join("profile")).await;
+    (dir, server, w, driver, c)
 }
 
 /// Waits until the element `css` exists and its text contains `needle`.
@@ -170,34 +219,14 @@ async fn screenshot(c: &Client, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_submits_follows_output_and_cancels_in_chromium() {
-    ensure_browser();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let (dir, server, _w, _driver, c) = start("2").await;
+    let api = server.client(Some(TOKEN));
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let server = Server::start(&data, "127.0.0.1:0", &["--client-token", TOKEN]);
-    let _w = worker(&server.url(), "w1", &[]);
-    let api = server.client(Some(TOKEN));
-    await_worker(&api, "w1").await;
-
-    let (_driver, driver_url) = chromedriver();
-    let c = browser(&driver_url, &dir.path().join("profile")).await;
 
     // The token is asked for once, then every view works with it.
     c.goto(&format!("{}/#/tasks", server.url())).await.unwrap();
-    let input = wait_for("the token prompt", || async {
-        let el = c.find(Locator::Css("#token-input")).await.ok()?;
-        el.is_displayed().await.ok()?.then_some(el)
-    })
-    .await;
-    input.send_keys(TOKEN).await.unwrap();
-    c.find(Locator::Css("#token-form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait_text(&c, "#live", "live").await;
+    log_in(&c).await;
 
     // Submit a task that prints a line, waits for a gate file, prints a
     // second line, then waits for a gate that never opens.
@@ -271,5 +300,94 @@ async fn dashboard_submits_follows_output_and_cancels_in_chromium() {
     wait_text(&c, "main", "workers online").await;
     screenshot(&c, "overview.png").await;
 
+    c.close().await.unwrap();
+}
+
+/// Reads a number the page's live model holds (`model.events`, …).
+async fn page_number(c: &Client, expr: &str) -> u64 {
+    c.execute(&format!("return {expr};"), vec![])
+        .await
+        .ok()
+        .and_then(|v| v.as_u64())
+        .unwrap_or_else(|| panic!("the page has no number {expr}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_keeps_up_with_ten_thousand_tasks() {
+    let (_dir, server, _w, _driver, c) = start("4").await;
+    let api = server.client(Some(TOKEN));
+    c.goto(&format!("{}/#/queues", server.url())).await.unwrap();
+    log_in(&c).await;
+
+    // Hold the queue (with the page's own API call: the typed client has
+    // no pause yet), then submit the load.
+    let paused = c
+        .execute(
+            "return api('/queues/bulk/pause', { method: 'POST' }).then((q) => q.paused);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(paused, serde_json::Value::Bool(true));
+    let task = serde_json::from_value(serde_json::json!({
+        "kind": {"type": "shell", "command": {"argv": ["true"]}},
+        "queue": "bulk", "tags": ["load"]
+    }))
+    .unwrap();
+    // In batches that fit the body limit (each task serialises every field).
+    let batch = vec![task; LOAD / 5];
+    for _ in 0..5 {
+        assert_eq!(api.submit_batch(&batch).await.unwrap().len(), LOAD / 5);
+    }
+
+    // The queues view shows the whole backlog, then Resume lets it run.
+    let row = "tr[data-queue=bulk]";
+    wait_text(&c, row, &format!("normal: {LOAD}")).await;
+    wait_text(&c, row, "paused").await;
+    screenshot(&c, "queue-paused.png").await;
+    c.find(Locator::Css(&format!("{row} button")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, row, "active").await;
+
+    // The overview follows the load to its end, and the page saw every
+    // task finish on its event stream: nothing dropped, nothing reset.
+    // (By the menu: a new page load would start a new stream.)
+    c.find(Locator::Css("nav a[data-view=overview]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let done = "[data-card=succeeded] .n";
+    wait_long("the overview to count every task", LOAD_LIMIT, || async {
+        text_of(&c, done)
+            .await
+            .filter(|t| t.trim() == LOAD.to_string())
+    })
+    .await;
+    let tally = "model.samples.reduce((n, s) => n + s.finished, 0) + model.current.finished";
+    let seen = wait_for("the page to apply every finish event", || async {
+        let n = page_number(&c, tally).await;
+        (n >= LOAD as u64).then_some(n)
+    })
+    .await;
+    assert_eq!(seen, LOAD as u64, "every task finished once");
+    assert_eq!(
+        page_number(&c, "model.resets").await,
+        0,
+        "no event was lost"
+    );
+    let events = page_number(&c, "model.events").await;
+    // Submitted (queued), then assigned, running, succeeded: four a task.
+    assert!(
+        events >= 4 * LOAD as u64,
+        "only {events} events reached the page"
+    );
+    wait_text(&c, "#live", "live").await;
+    screenshot(&c, "overview-after-load.png").await;
     c.close().await.unwrap();
 }

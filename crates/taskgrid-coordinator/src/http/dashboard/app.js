@@ -220,6 +220,9 @@ const model = {
   // One sample per SAMPLE_MS: tasks finished, and of those failed.
   samples: [],
   current: { finished: 0, failed: 0, submitted: 0 },
+  // Since the page was opened: events applied, and resets of the stream
+  // (events missed because the page fell too far behind).
+  events: 0, resets: 0,
 };
 
 let pending = [];
@@ -239,6 +242,7 @@ function flush() {
   flushTimer = null;
   const batch = pending;
   pending = [];
+  model.events += batch.length;
   for (const ev of batch) {
     if (ev.event === "submitted") model.current.submitted++;
     if (ev.event === "state") {
@@ -295,6 +299,7 @@ function startEvents() {
   follow(`${API}/events`, (m) => {
     if (m.event === "reset") {
       // Events were missed: re-read what the views show.
+      model.resets++;
       scheduleRefresh(true);
       if (view.onReset) view.onReset();
       return true;
@@ -362,7 +367,7 @@ const overview = (root) => {
       h("div", { class: "card" }, h("div", { class: "l" }, "Tasks finished per second"), thr),
       h("div", { class: "card" }, h("div", { class: "l" }, "Failure rate"), fail)),
     h("h2", {}, "Queues"), queues);
-  const card = (n, l) => h("div", { class: "card" }, h("div", { class: "n" }, n), h("div", { class: "l" }, l));
+  const card = (n, l) => h("div", { class: "card", "data-card": l }, h("div", { class: "n" }, n), h("div", { class: "l" }, l));
   const draw = () => {
     const m = model.metrics || {};
     const waiting = model.queues.reduce((s, q) => s + q.waiting.reduce((a, [, n]) => a + n, 0), 0);
