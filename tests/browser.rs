@@ -292,10 +292,12 @@ async fn dashboard_submits_follows_output_and_cancels_in_chromium() {
         .await
         .unwrap();
     wait_text(&c, "main", "w1").await;
+    screenshot(&c, "workers.png").await;
     c.goto(&format!("{}/#/tasks?state=cancelled", server.url()))
         .await
         .unwrap();
     wait_text(&c, "#tasks-table", &id.to_string()[24..]).await;
+    screenshot(&c, "tasks.png").await;
     c.goto(&format!("{}/", server.url())).await.unwrap();
     wait_text(&c, "main", "workers online").await;
     screenshot(&c, "overview.png").await;

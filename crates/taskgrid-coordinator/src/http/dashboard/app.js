@@ -223,6 +223,7 @@ const model = {
   // Since the page was opened: events applied, and resets of the stream
   // (events missed because the page fell too far behind).
   events: 0, resets: 0,
+  sampleStart: Date.now(),
 };
 
 let pending = [];
@@ -288,10 +289,24 @@ function showBanner(text) {
 
 /** Closes the current chart sample and starts the next. */
 function takeSample() {
-  model.samples.push({ ...model.current, at: Date.now() });
+  model.samples.push(sampleNow());
   if (model.samples.length > CHART_SAMPLES) model.samples.shift();
   model.current = { finished: 0, failed: 0, submitted: 0 };
+  model.sampleStart = Date.now();
   if (view.onSample) view.onSample();
+}
+
+/** The sample being gathered, as it stands: rates over the time so far. */
+function sampleNow() {
+  const secs = Math.max((Date.now() - model.sampleStart) / 1000, 0.25);
+  const c = model.current;
+  return {
+    rate: c.finished / secs,
+    failure: c.finished ? c.failed / c.finished : 0,
+    finished: c.finished,
+    waiting: model.queues.reduce((s, q) => s + q.waiting.reduce((a, [, n]) => a + n, 0), 0),
+    running: model.queues.reduce((s, q) => s + q.running, 0),
+  };
 }
 
 function startEvents() {
@@ -318,8 +333,11 @@ function startEvents() {
 
 // ----------------------------------------------------------------- charts
 
-/** Draws a line chart of values (one per sample) on a canvas. */
-function drawChart(canvas, values, { max, format }) {
+/**
+ * Draws a line chart on a canvas: series = [{ label, values, color }], one
+ * value per sample, the newest at the right edge.
+ */
+function drawChart(canvas, series, { max, format }) {
   const dpr = window.devicePixelRatio || 1;
   const w = canvas.clientWidth;
   const hgt = canvas.clientHeight;
@@ -328,13 +346,14 @@ function drawChart(canvas, values, { max, format }) {
   const g = canvas.getContext("2d");
   g.scale(dpr, dpr);
   const css = getComputedStyle(document.documentElement);
-  const pad = { l: 44, r: 8, t: 8, b: 18 };
-  const top = Math.max(max ?? 0, ...values, 1e-9);
+  const pad = { l: 48, r: 8, t: 8, b: 18 };
+  const top = Math.max(max ?? 0, ...series.flatMap((s) => s.values), 1e-9);
   const x = (i) => pad.l + (w - pad.l - pad.r) * (i / Math.max(CHART_SAMPLES - 1, 1));
   const y = (v) => hgt - pad.b - (hgt - pad.t - pad.b) * (v / top);
   g.strokeStyle = css.getPropertyValue("--line");
   g.fillStyle = css.getPropertyValue("--muted");
   g.font = "11px system-ui";
+  g.lineWidth = 1;
   for (const f of [0, 0.5, 1]) {
     g.beginPath();
     g.moveTo(pad.l, y(top * f));
@@ -343,12 +362,23 @@ function drawChart(canvas, values, { max, format }) {
     g.fillText(format(top * f), 2, y(top * f) + 4);
   }
   g.fillText(`last ${Math.round((CHART_SAMPLES * SAMPLE_MS) / 60000)} min`, pad.l, hgt - 4);
-  const offset = CHART_SAMPLES - values.length;
-  g.strokeStyle = css.getPropertyValue("--accent");
-  g.lineWidth = 2;
-  g.beginPath();
-  values.forEach((v, i) => (i ? g.lineTo(x(i + offset), y(v)) : g.moveTo(x(i + offset), y(v))));
-  g.stroke();
+  let legendX = w - pad.r;
+  for (const s of [...series].reverse()) {
+    const color = css.getPropertyValue(s.color);
+    const tw = g.measureText(s.label).width;
+    legendX -= tw + 18;
+    g.fillStyle = color;
+    g.fillRect(legendX, hgt - 12, 10, 3);
+    g.fillStyle = css.getPropertyValue("--muted");
+    g.fillText(s.label, legendX + 13, hgt - 4);
+    const offset = CHART_SAMPLES - s.values.length;
+    g.strokeStyle = color;
+    g.lineWidth = 2;
+    g.beginPath();
+    s.values.forEach((v, i) => (i ? g.lineTo(x(i + offset), y(v)) : g.moveTo(x(i + offset), y(v))));
+    if (s.values.length === 1) g.lineTo(x(CHART_SAMPLES - 1) - 2, y(s.values[0]));
+    g.stroke();
+  }
 }
 
 // ------------------------------------------------------------------ views
@@ -360,12 +390,14 @@ const overview = (root) => {
   const cards = h("div", { class: "cards" });
   const thr = h("canvas", { id: "chart-throughput" });
   const fail = h("canvas", { id: "chart-failures" });
+  const depth = h("canvas", { id: "chart-depth" });
   const queues = h("div");
   root.append(
     cards,
     h("div", { class: "charts" },
       h("div", { class: "card" }, h("div", { class: "l" }, "Tasks finished per second"), thr),
-      h("div", { class: "card" }, h("div", { class: "l" }, "Failure rate"), fail)),
+      h("div", { class: "card" }, h("div", { class: "l" }, "Failure rate of finished tasks"), fail),
+      h("div", { class: "card" }, h("div", { class: "l" }, "Tasks waiting and running"), depth)),
     h("h2", {}, "Queues"), queues);
   const card = (n, l) => h("div", { class: "card", "data-card": l }, h("div", { class: "n" }, n), h("div", { class: "l" }, l));
   const draw = () => {
@@ -386,13 +418,22 @@ const overview = (root) => {
     queues.replaceChildren(queueTable(false));
   };
   const charts = () => {
-    const s = model.samples;
-    drawChart(thr, s.map((x) => x.finished / (SAMPLE_MS / 1000)), { format: (v) => v.toFixed(1) });
-    drawChart(fail, s.map((x) => (x.finished ? x.failed / x.finished : 0)), { max: 1, format: pct });
+    const s = [...model.samples, sampleNow()];
+    const num = (v) => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
+    drawChart(thr, [{ label: "per second", values: s.map((x) => x.rate), color: "--accent" }], { format: num });
+    drawChart(fail, [{ label: "failed", values: s.map((x) => x.failure), color: "--bad" }], { max: 1, format: pct });
+    drawChart(depth, [
+      { label: "waiting", values: s.map((x) => x.waiting), color: "--warn" },
+      { label: "running", values: s.map((x) => x.running), color: "--accent" },
+    ], { format: num });
   };
   draw();
   charts();
-  return { onCluster: draw, onSample: charts };
+  return {
+    onCluster: () => { draw(); charts(); },
+    onSample: charts,
+    onEvents: charts,
+  };
 };
 
 /** The queues as a table, with pause/resume buttons when `actions`. */
@@ -670,11 +711,17 @@ const taskView = (root, id) => {
   let queued = [];
   let frame = null;
   let kept = 0;
+  let lastAttempt = null;
   const appendOutput = () => {
     frame = null;
     const stick = output.scrollTop + output.clientHeight >= output.scrollHeight - 4;
     const frag = document.createDocumentFragment();
     for (const c of queued) {
+      if (lastAttempt !== null && c.attempt !== lastAttempt) {
+        const sep = output.textContent.endsWith("\n") || !output.textContent ? "" : "\n";
+        frag.append(h("span", { class: "log" }, `${sep}── attempt ${c.attempt} ──\n`));
+      }
+      lastAttempt = c.attempt;
       frag.append(c.stream === "stdout" ? document.createTextNode(c.data) : h("span", { class: c.stream }, c.data));
       kept += c.data.length;
     }
