@@ -168,12 +168,7 @@ async fn log_in(c: &Client) {
     })
     .await;
     input.send_keys(TOKEN).await.unwrap();
-    c.find(Locator::Css("#token-form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#token-form button[type=submit]").await;
     wait_text(c, "#live", "live").await;
 }
 
@@ -193,6 +188,20 @@ async fn start(slots: &str) -> (tempfile::TempDir, Server, Proc, Proc, Client) {
     let (driver, driver_url) = chromedriver();
     let c = browser(&driver_url, &dir.path().join("profile")).await;
     (dir, server, w, driver, c)
+}
+
+/// Clicks the element `css` once it exists and is enabled. The page may
+/// redraw it between finding and clicking (a live update): then it is
+/// found again, within the usual deadline.
+async fn click(c: &Client, css: &str) {
+    wait_for(&format!("{css} to be clickable"), || async {
+        let el = c.find(Locator::Css(css)).await.ok()?;
+        if !el.is_enabled().await.ok()? {
+            return None;
+        }
+        el.click().await.ok()
+    })
+    .await;
 }
 
 /// Waits until the element `css` exists and its text contains `needle`.
@@ -245,12 +254,7 @@ async fn dashboard_submits_follows_output_and_cancels_in_chromium() {
     .send_keys(&script)
     .await
     .unwrap();
-    c.find(Locator::Css("#submit-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#submit-button").await;
 
     // The page moves to the new task and its output appears as produced.
     let id: TaskId = wait_for("the task page", || async {
@@ -267,12 +271,7 @@ async fn dashboard_submits_follows_output_and_cancels_in_chromium() {
     screenshot(&c, "task-running.png").await;
 
     // Cancel from the page: the page and the API agree.
-    c.find(Locator::Css("#cancel"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#cancel").await;
     wait_text(&c, "#task-state", "cancelled").await;
     assert_eq!(
         await_state(&api, id, None).await,
@@ -347,23 +346,13 @@ async fn dashboard_keeps_up_with_ten_thousand_tasks() {
     wait_text(&c, row, &format!("normal: {LOAD}")).await;
     wait_text(&c, row, "paused").await;
     screenshot(&c, "queue-paused.png").await;
-    c.find(Locator::Css(&format!("{row} button")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{row} button")).await;
     wait_text(&c, row, "active").await;
 
     // The overview follows the load to its end, and the page saw every
     // task finish on its event stream: nothing dropped, nothing reset.
     // (By the menu: a new page load would start a new stream.)
-    c.find(Locator::Css("nav a[data-view=overview]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "nav a[data-view=overview]").await;
     let done = "[data-card=succeeded] .n";
     wait_long("the overview to count every task", LOAD_LIMIT, || async {
         text_of(&c, done)
