@@ -219,6 +219,7 @@ fn shots_dir() -> PathBuf {
     dir
 }
 
+/// Saves a PNG of the page as `name` in [`shots_dir`] and prints its path.
 async fn screenshot(c: &Client, name: &str) {
     let png = c.screenshot().await.expect("take a screenshot");
     let path = shots_dir().join(name);
@@ -226,6 +227,7 @@ async fn screenshot(c: &Client, name: &str) {
     println!("screenshot: {}", path.display());
 }
 
+/// Token prompt, submit from the page, output as produced, Cancel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_submits_follows_output_and_cancels_in_chromium() {
     let (dir, server, _w, _driver, c) = start("2").await;
@@ -313,6 +315,8 @@ async fn page_number(c: &Client, expr: &str) -> u64 {
         .unwrap_or_else(|| panic!("the page has no number {expr}"))
 }
 
+/// 10,000 tasks held, resumed from the page and followed to the end,
+/// with every event applied by the page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_keeps_up_with_ten_thousand_tasks() {
     let (_dir, server, _w, _driver, c) = start("4").await;

@@ -45,10 +45,12 @@ async fn send(app: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, Vec<u
     (status, headers, body.to_vec())
 }
 
+/// A GET request builder (no token).
 fn get(uri: &str) -> axum::http::request::Builder {
     Request::builder().method(Method::GET).uri(uri)
 }
 
+/// An empty POST, with the bearer token when given.
 fn post(uri: &str, token: Option<&str>) -> Request<Body> {
     let mut b = Request::builder().method(Method::POST).uri(uri);
     if let Some(t) = token {
@@ -57,10 +59,12 @@ fn post(uri: &str, token: Option<&str>) -> Request<Body> {
     b.body(Body::empty()).expect("request")
 }
 
+/// The body as JSON (`Null` when it is not).
 fn json_of(body: &[u8]) -> Value {
     serde_json::from_slice(body).unwrap_or(Value::Null)
 }
 
+/// `/` and `/assets/*`: types, validators, headers; the API stays guarded.
 #[tokio::test]
 async fn the_page_and_its_assets_are_served_without_the_token() {
     let (_sys, app) = app();
@@ -102,6 +106,7 @@ async fn the_page_and_its_assets_are_served_without_the_token() {
     assert_eq!(send(&app, req).await.0, StatusCode::UNAUTHORIZED);
 }
 
+/// Pause holds a queue's tasks (others run), resume releases them.
 #[tokio::test]
 async fn a_paused_queue_accepts_but_does_not_dispatch_until_resumed() {
     let (sys, app) = app();

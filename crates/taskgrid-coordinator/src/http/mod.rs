@@ -125,7 +125,8 @@ fn guarded_root_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> 
 }
 
 /// Every route the router serves, as (method, full path), e.g.
-/// `(POST, "/api/v1/tasks/{id}/cancel")`.
+/// `(POST, "/api/v1/tasks/{id}/cancel")` — but for the dashboard's static
+/// files (`GET /`, `GET /assets/{file}`), which are no part of the API.
 pub fn routes() -> Vec<(Method, String)> {
     ROOT_ROUTES
         .iter()

@@ -34,6 +34,7 @@ pub(crate) async fn resume(
     stats(&s, &name)
 }
 
+/// Refuses a name no queue could have (empty, overlong, control chars).
 fn check_name(name: &str) -> ApiResult<()> {
     if name.is_empty() || name.len() > NAME_MAX || name.chars().any(char::is_control) {
         return Err(ApiError::invalid(
