@@ -418,7 +418,9 @@ const overview = (root) => {
     queues.replaceChildren(queueTable(false));
   };
   const charts = () => {
-    const s = [...model.samples, sampleNow()];
+    // The sample being gathered shows once it spans a second.
+    const partial = Date.now() - model.sampleStart >= 1000 ? [sampleNow()] : [];
+    const s = [...model.samples, ...partial];
     const num = (v) => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
     drawChart(thr, [{ label: "per second", values: s.map((x) => x.rate), color: "--accent" }], { format: num });
     drawChart(fail, [{ label: "failed", values: s.map((x) => x.failure), color: "--bad" }], { max: 1, format: pct });
