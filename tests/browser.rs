@@ -92,16 +92,31 @@ fn install_browser() {
     }
 }
 
+/// `chromedriver` and the browsers it starts, in a process group of their
+/// own: all are killed (SIGKILL) when this is dropped, also when a test
+/// fails before it closes its session.
+struct Driver(std::process::Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.0.wait();
+    }
+}
+
 /// `chromedriver` on a port the OS picks; returns the process and its URL.
-fn chromedriver() -> (Proc, String) {
+fn chromedriver() -> (Driver, String) {
+    use std::os::unix::process::CommandExt;
     let mut child = Command::new("chromedriver")
         .arg("--port=0")
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start chromedriver");
     let stdout = child.stdout.take().expect("stdout");
-    let proc = Proc(child);
+    let proc = Driver(child);
     let mut lines = BufReader::new(stdout).lines();
     let port = loop {
         let line = lines
@@ -182,7 +197,7 @@ async fn log_in(c: &Client) {
 /// A coordinator with the client token, one worker `w1` with `slots`, and
 /// a chromium session on a fresh profile; the temporary directory holds
 /// the data, the profile and the tasks' files.
-async fn start(slots: &str) -> (tempfile::TempDir, Server, Proc, Proc, Client) {
+async fn start(slots: &str) -> (tempfile::TempDir, Server, Proc, Driver, Client) {
     ensure_browser();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
