@@ -1,7 +1,8 @@
 //! The HTTP JSON API of a [`TaskSystem`]: tasks, output, workers, queues,
 //! metrics and a server-sent event stream under `/api/v1`, plus `/healthz`
 //! and `/readyz` at the root, and `/metrics` (Prometheus text) at the root
-//! behind the same guard as the API.
+//! behind the same guard as the API. The web dashboard is served at `/`
+//! (its static files need no token; the data it reads does).
 //!
 //! [`router`] builds an [`axum::Router`] and listens nowhere: whoever runs
 //! the coordinator serves it (next to the worker gateway), and tests call
@@ -13,11 +14,13 @@
 //! `GET /api/v1/openapi.json` describe the routes.
 
 mod auth;
+mod dashboard;
 mod error;
 mod events;
 mod extract;
 mod metrics;
 mod output;
+mod queues;
 mod tasks;
 
 use std::sync::Arc;
@@ -105,6 +108,8 @@ fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/tasks/{id}/explain", get(tasks::explain)),
         (Method::GET, "/workers", get(tasks::workers)),
         (Method::GET, "/queues", get(tasks::queues)),
+        (Method::POST, "/queues/{name}/pause", post(queues::pause)),
+        (Method::POST, "/queues/{name}/resume", post(queues::resume)),
         (Method::GET, "/metrics", get(tasks::metrics)),
         (Method::GET, "/events", get(events::events)),
         (Method::GET, "/openapi.json", get(openapi)),
@@ -120,7 +125,8 @@ fn guarded_root_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> 
 }
 
 /// Every route the router serves, as (method, full path), e.g.
-/// `(POST, "/api/v1/tasks/{id}/cancel")`.
+/// `(POST, "/api/v1/tasks/{id}/cancel")` — but for the dashboard's static
+/// files (`GET /`, `GET /assets/{file}`), which are no part of the API.
 pub fn routes() -> Vec<(Method, String)> {
     ROOT_ROUTES
         .iter()
@@ -177,6 +183,7 @@ pub fn router(system: Arc<TaskSystem>, config: ApiConfig) -> Router {
         .with_state(state)
         .merge(guarded)
         .nest(API_PREFIX, api)
+        .merge(dashboard::routes())
         .fallback(no_route)
 }
 

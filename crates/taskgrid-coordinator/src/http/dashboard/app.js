@@ -1,0 +1,805 @@
+// The taskgrid web dashboard: plain JavaScript, no build step.
+//
+// Everything comes from the coordinator's JSON API under /api/v1. Live
+// updates come from its SSE streams, read with fetch() so the client token
+// goes in the Authorization header (EventSource cannot send headers).
+// Events are queued and applied in batches a few times a second, so a
+// burst of thousands of events costs a few redraws, not thousands; the
+// cluster views (workers, queues, metrics) are re-read only when events
+// say something changed, at most every REFRESH_MS.
+"use strict";
+
+const API = "/api/v1";
+const TOKEN_KEY = "taskgrid.token";
+/** Events are applied at most this often (ms). */
+const FLUSH_MS = 250;
+/** Workers, queues and metrics are re-read at most this often (ms). */
+const REFRESH_MS = 2000;
+/** Without any event, workers and queues are re-read this often (ms). */
+const IDLE_REFRESH_MS = 15000;
+/** One chart sample covers this long (ms); charts show CHART_SAMPLES. */
+const SAMPLE_MS = 5000;
+const CHART_SAMPLES = 120;
+/** Output kept on a task page (characters); older text is dropped. */
+const OUTPUT_KEEP = 1 << 20;
+const STATES = ["pending", "queued", "assigned", "running", "retrying", "succeeded",
+  "failed", "timed_out", "cancelled", "expired"];
+const TERMINAL = new Set(["succeeded", "failed", "timed_out", "cancelled", "expired"]);
+
+// ---------------------------------------------------------------- helpers
+
+/** Builds an element: h("td", {class: "num"}, "3", child…). */
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "style") el.style.cssText = v; // CSSOM: allowed by the CSP
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const $ = (sel) => document.querySelector(sel);
+const shortId = (id) => (id ? id.slice(-12) : "");
+const pct = (x) => `${(100 * (x || 0)).toFixed(1)}%`;
+const stateBadge = (s) => h("span", { class: `state ${s}`, "data-state": s }, s);
+const taskLink = (id) => h("a", { href: `#/task/${id}`, class: "mono", title: id }, shortId(id));
+
+/** A timestamp (µs since the epoch) as local date and time. */
+function fmtTime(us) {
+  if (us === null || us === undefined) return "—";
+  return new Date(us / 1000).toLocaleString();
+}
+
+/** The span between two timestamps (µs), e.g. "1.2 s". */
+function fmtSpan(fromUs, toUs) {
+  if (fromUs === null || fromUs === undefined) return "—";
+  const ms = ((toUs ?? Date.now() * 1000) - fromUs) / 1000;
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 120000) return `${(ms / 1000).toFixed(1)} s`;
+  return `${(ms / 60000).toFixed(1)} min`;
+}
+
+/** What a task runs, in one line. */
+function kindText(kind) {
+  if (!kind) return "";
+  if (kind.type === "handler") return `handler ${kind.name}`;
+  if (kind.type === "container") return `container ${kind.image}`;
+  const c = kind.command || {};
+  return c.argv ? c.argv.join(" ") : `sh: ${String(c.script || "").split("\n")[0]}`;
+}
+
+// ------------------------------------------------------------------ auth
+
+let tokenWaiters = null;
+
+/** Shows the token dialog; resolves once the user has entered one. */
+function askToken(message) {
+  $("#token-error").textContent = message || "";
+  if (!tokenWaiters) {
+    tokenWaiters = [];
+    const dialog = $("#token-dialog");
+    if (!dialog.open) dialog.showModal();
+  }
+  return new Promise((resolve) => tokenWaiters.push(resolve));
+}
+
+function setupToken() {
+  $("#token-form").addEventListener("submit", () => {
+    const token = $("#token-input").value.trim();
+    if (!token) return;
+    localStorage.setItem(TOKEN_KEY, token);
+    $("#token-input").value = "";
+    $("#forget-token").hidden = false;
+    const waiters = tokenWaiters || [];
+    tokenWaiters = null;
+    waiters.forEach((w) => w());
+  });
+  $("#forget-token").hidden = !localStorage.getItem(TOKEN_KEY);
+  $("#forget-token").addEventListener("click", () => {
+    localStorage.removeItem(TOKEN_KEY);
+    location.reload();
+  });
+}
+
+function authHeaders() {
+  const token = localStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+/** fetch() with the token; on 401 asks for a token and tries again. */
+async function authedFetch(path, init = {}) {
+  for (;;) {
+    const resp = await fetch(path, { ...init, headers: { ...(init.headers || {}), ...authHeaders() } });
+    if (resp.status !== 401) return resp;
+    const had = localStorage.getItem(TOKEN_KEY);
+    localStorage.removeItem(TOKEN_KEY);
+    await askToken(had ? "That token was refused." : "");
+  }
+}
+
+/** A JSON API call; throws an Error with the API's message on failure. */
+async function api(path, { method = "GET", body } = {}) {
+  const init = { method };
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers = { "Content-Type": "application/json" };
+  }
+  const resp = await authedFetch(API + path, init);
+  const data = await resp.json().catch(() => null);
+  if (!resp.ok) {
+    const err = new Error(data?.error?.message || `${resp.status} ${resp.statusText}`);
+    err.status = resp.status;
+    throw err;
+  }
+  return data;
+}
+
+// ------------------------------------------------------------------- SSE
+
+/** Reads an SSE body, calling onMessage({id, event, data}) per message. */
+async function readSse(resp, onMessage, signal) {
+  const reader = resp.body.getReader();
+  const decoder = new TextDecoder();
+  let buf = "";
+  let msg = { id: null, event: "message", data: [] };
+  while (!signal.aborted) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += decoder.decode(value, { stream: true });
+    let nl;
+    while ((nl = buf.search(/\r?\n/)) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(buf[nl] === "\r" ? nl + 2 : nl + 1);
+      if (line === "") {
+        if (msg.data.length) {
+          if (onMessage({ id: msg.id, event: msg.event, data: msg.data.join("\n") }) === false) return;
+        }
+        msg = { id: msg.id, event: "message", data: [] };
+        continue;
+      }
+      if (line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (field === "data") msg.data.push(val);
+      else if (field === "event") msg.event = val;
+      else if (field === "id") msg.id = val;
+    }
+  }
+}
+
+/**
+ * Follows an SSE route, reconnecting with Last-Event-ID after a break.
+ * onMessage returns false to stop for good. Returns { close() }.
+ */
+function follow(path, onMessage, onStatus = () => {}) {
+  const ctl = new AbortController();
+  let lastId = null;
+  let stopped = false;
+  (async () => {
+    let backoff = 500;
+    while (!ctl.signal.aborted && !stopped) {
+      try {
+        const headers = { Accept: "text/event-stream" };
+        if (lastId !== null) headers["Last-Event-ID"] = lastId;
+        const resp = await authedFetch(path, { headers, signal: ctl.signal });
+        if (!resp.ok) throw new Error(`${resp.status}`);
+        onStatus(true);
+        backoff = 500;
+        await readSse(resp, (m) => {
+          if (m.id !== null) lastId = m.id;
+          if (onMessage(m) === false) {
+            stopped = true;
+            return false;
+          }
+          return true;
+        }, ctl.signal);
+      } catch (e) {
+        if (ctl.signal.aborted) return;
+      }
+      onStatus(false);
+      if (stopped || ctl.signal.aborted) return;
+      await new Promise((r) => setTimeout(r, backoff));
+      backoff = Math.min(backoff * 2, 10000);
+    }
+  })();
+  return { close: () => ctl.abort() };
+}
+
+// ----------------------------------------------------------- live model
+
+/** What the views draw from: the last cluster read and the chart series. */
+const model = {
+  workers: [], queues: [], metrics: null,
+  // One sample per SAMPLE_MS: tasks finished, and of those failed.
+  samples: [],
+  current: { finished: 0, failed: 0, submitted: 0 },
+  // Since the page was opened: events applied, and resets of the stream
+  // (events missed because the page fell too far behind).
+  events: 0, resets: 0,
+  sampleStart: Date.now(),
+};
+
+let pending = [];
+let flushTimer = null;
+let clusterDirty = true;
+let lastRefresh = 0;
+let refreshTimer = null;
+
+/** Queues an event from the stream; applied in the next batch. */
+function enqueue(ev) {
+  pending.push(ev);
+  if (!flushTimer) flushTimer = setTimeout(flush, FLUSH_MS);
+}
+
+/** Applies the queued events at once: counts, then the current view. */
+function flush() {
+  flushTimer = null;
+  const batch = pending;
+  pending = [];
+  model.events += batch.length;
+  for (const ev of batch) {
+    if (ev.event === "submitted") model.current.submitted++;
+    if (ev.event === "state") {
+      clusterDirty = true;
+      if (TERMINAL.has(ev.to)) {
+        model.current.finished++;
+        if (ev.to === "failed" || ev.to === "timed_out") model.current.failed++;
+      }
+    } else if (ev.event === "submitted") clusterDirty = true;
+  }
+  if (batch.length && view.onEvents) view.onEvents(batch);
+  scheduleRefresh();
+}
+
+/** Re-reads workers, queues and metrics when something changed, rate-limited. */
+function scheduleRefresh(force) {
+  if (force) clusterDirty = true;
+  if (!clusterDirty || refreshTimer) return;
+  const wait = Math.max(0, lastRefresh + REFRESH_MS - Date.now());
+  refreshTimer = setTimeout(refreshCluster, wait);
+}
+
+async function refreshCluster() {
+  refreshTimer = null;
+  clusterDirty = false;
+  lastRefresh = Date.now();
+  try {
+    const [workers, queues, metrics] = await Promise.all([
+      api("/workers"), api("/queues"), api("/metrics"),
+    ]);
+    Object.assign(model, { workers, queues, metrics });
+    $("#banner").hidden = true;
+    if (view.onCluster) view.onCluster();
+  } catch (e) {
+    showBanner(`Could not read the coordinator: ${e.message}`);
+  }
+}
+
+function showBanner(text) {
+  $("#banner").textContent = text;
+  $("#banner").hidden = false;
+}
+
+/** Closes the current chart sample and starts the next. */
+function takeSample() {
+  model.samples.push(sampleNow());
+  if (model.samples.length > CHART_SAMPLES) model.samples.shift();
+  model.current = { finished: 0, failed: 0, submitted: 0 };
+  model.sampleStart = Date.now();
+  if (view.onSample) view.onSample();
+}
+
+/** The sample being gathered, as it stands: rates over the time so far. */
+function sampleNow() {
+  const secs = Math.max((Date.now() - model.sampleStart) / 1000, 0.25);
+  const c = model.current;
+  return {
+    rate: c.finished / secs,
+    failure: c.finished ? c.failed / c.finished : 0,
+    finished: c.finished,
+    waiting: model.queues.reduce((s, q) => s + q.waiting.reduce((a, [, n]) => a + n, 0), 0),
+    running: model.queues.reduce((s, q) => s + q.running, 0),
+  };
+}
+
+function startEvents() {
+  const live = $("#live");
+  follow(`${API}/events`, (m) => {
+    if (m.event === "reset") {
+      // Events were missed: re-read what the views show.
+      model.resets++;
+      scheduleRefresh(true);
+      if (view.onReset) view.onReset();
+      return true;
+    }
+    try {
+      enqueue(JSON.parse(m.data));
+    } catch (e) {
+      // A malformed message is skipped; the stream goes on.
+    }
+    return true;
+  }, (on) => {
+    live.className = `live ${on ? "on" : "off"}`;
+    live.textContent = on ? "live" : "reconnecting";
+  });
+}
+
+// ----------------------------------------------------------------- charts
+
+/**
+ * Draws a line chart on a canvas: series = [{ label, values, color }], one
+ * value per sample, the newest at the right edge.
+ */
+function drawChart(canvas, series, { max, format }) {
+  const dpr = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth;
+  const hgt = canvas.clientHeight;
+  canvas.width = w * dpr;
+  canvas.height = hgt * dpr;
+  const g = canvas.getContext("2d");
+  g.scale(dpr, dpr);
+  const css = getComputedStyle(document.documentElement);
+  const pad = { l: 48, r: 8, t: 8, b: 18 };
+  const top = Math.max(max ?? 0, ...series.flatMap((s) => s.values), 1e-9);
+  const x = (i) => pad.l + (w - pad.l - pad.r) * (i / Math.max(CHART_SAMPLES - 1, 1));
+  const y = (v) => hgt - pad.b - (hgt - pad.t - pad.b) * (v / top);
+  g.strokeStyle = css.getPropertyValue("--line");
+  g.fillStyle = css.getPropertyValue("--muted");
+  g.font = "11px system-ui";
+  g.lineWidth = 1;
+  for (const f of [0, 0.5, 1]) {
+    g.beginPath();
+    g.moveTo(pad.l, y(top * f));
+    g.lineTo(w - pad.r, y(top * f));
+    g.stroke();
+    g.fillText(format(top * f), 2, y(top * f) + 4);
+  }
+  g.fillText(`last ${Math.round((CHART_SAMPLES * SAMPLE_MS) / 60000)} min`, pad.l, hgt - 4);
+  let legendX = w - pad.r;
+  for (const s of [...series].reverse()) {
+    const color = css.getPropertyValue(s.color);
+    const tw = g.measureText(s.label).width;
+    legendX -= tw + 18;
+    g.fillStyle = color;
+    g.fillRect(legendX, hgt - 12, 10, 3);
+    g.fillStyle = css.getPropertyValue("--muted");
+    g.fillText(s.label, legendX + 13, hgt - 4);
+    const offset = CHART_SAMPLES - s.values.length;
+    g.strokeStyle = color;
+    g.lineWidth = 2;
+    g.beginPath();
+    s.values.forEach((v, i) => (i ? g.lineTo(x(i + offset), y(v)) : g.moveTo(x(i + offset), y(v))));
+    if (s.values.length === 1) g.lineTo(x(CHART_SAMPLES - 1) - 2, y(s.values[0]));
+    g.stroke();
+  }
+}
+
+// ------------------------------------------------------------------ views
+
+/** The view being shown: { onEvents, onCluster, onSample, onReset, close }. */
+let view = {};
+
+const overview = (root) => {
+  const cards = h("div", { class: "cards" });
+  const thr = h("canvas", { id: "chart-throughput" });
+  const fail = h("canvas", { id: "chart-failures" });
+  const depth = h("canvas", { id: "chart-depth" });
+  const queues = h("div");
+  root.append(
+    cards,
+    h("div", { class: "charts" },
+      h("div", { class: "card" }, h("div", { class: "l" }, "Tasks finished per second"), thr),
+      h("div", { class: "card" }, h("div", { class: "l" }, "Failure rate of finished tasks"), fail),
+      h("div", { class: "card" }, h("div", { class: "l" }, "Tasks waiting and running"), depth)),
+    h("h2", {}, "Queues"), queues);
+  const card = (n, l) => h("div", { class: "card", "data-card": l }, h("div", { class: "n" }, n), h("div", { class: "l" }, l));
+  const draw = () => {
+    const m = model.metrics || {};
+    const waiting = model.queues.reduce((s, q) => s + q.waiting.reduce((a, [, n]) => a + n, 0), 0);
+    const running = model.queues.reduce((s, q) => s + q.running, 0);
+    const slots = model.workers.reduce((s, w) => s + w.slots, 0);
+    const used = model.workers.reduce((s, w) => s + w.used, 0);
+    cards.replaceChildren(
+      card(model.workers.length, "workers online"),
+      card(`${used}/${slots}`, "slots in use"),
+      card(waiting, "waiting"),
+      card(running, "running"),
+      card(m.submitted ?? "—", "submitted"),
+      card(m.succeeded ?? "—", "succeeded"),
+      card((m.failed ?? 0) + (m.timed_out ?? 0), "failed or timed out"),
+      card(m.throughput ? `${m.throughput.last_1m.toFixed(2)}/s` : "—", "throughput, 1 min"));
+    queues.replaceChildren(queueTable(false));
+  };
+  const charts = () => {
+    // The sample being gathered shows once it spans a second.
+    const partial = Date.now() - model.sampleStart >= 1000 ? [sampleNow()] : [];
+    const s = [...model.samples, ...partial];
+    const num = (v) => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
+    drawChart(thr, [{ label: "per second", values: s.map((x) => x.rate), color: "--accent" }], { format: num });
+    drawChart(fail, [{ label: "failed", values: s.map((x) => x.failure), color: "--bad" }], { max: 1, format: pct });
+    drawChart(depth, [
+      { label: "waiting", values: s.map((x) => x.waiting), color: "--warn" },
+      { label: "running", values: s.map((x) => x.running), color: "--accent" },
+    ], { format: num });
+  };
+  draw();
+  charts();
+  return {
+    onCluster: () => { draw(); charts(); },
+    onSample: charts,
+    onEvents: charts,
+  };
+};
+
+/** The queues as a table, with pause/resume buttons when `actions`. */
+function queueTable(actions) {
+  if (!model.queues.length) return h("p", { class: "muted" }, "No queues yet.");
+  const rows = model.queues.map((q) => h("tr", { "data-queue": q.name },
+    h("td", {}, h("a", { href: `#/tasks?queue=${encodeURIComponent(q.name)}` }, q.name)),
+    h("td", {}, q.waiting.length ? q.waiting.map(([p, n]) => `${p}: ${n}`).join(" · ") : "0"),
+    h("td", { class: "num" }, q.ready),
+    h("td", { class: "num" }, q.running),
+    h("td", { class: "num" }, q.limit ?? "—"),
+    h("td", {}, q.paused ? h("span", { class: "state failed" }, "paused") : "active"),
+    actions ? h("td", {}, h("button", {
+      class: "secondary",
+      onclick: (e) => pauseQueue(q, e.target),
+    }, q.paused ? "Resume" : "Pause")) : null));
+  return h("table", {},
+    h("tr", {}, ["queue", "waiting by priority"].map((t) => h("th", {}, t)),
+      ["ready", "running", "limit"].map((t) => h("th", { class: "num" }, t)),
+      h("th", {}, "dispatch"), actions ? h("th", {}) : null),
+    rows);
+}
+
+async function pauseQueue(q, button) {
+  button.disabled = true;
+  try {
+    await api(`/queues/${encodeURIComponent(q.name)}/${q.paused ? "resume" : "pause"}`, { method: "POST" });
+    await refreshCluster();
+  } catch (e) {
+    showBanner(`Could not ${q.paused ? "resume" : "pause"} ${q.name}: ${e.message}`);
+    button.disabled = false;
+  }
+}
+
+const queuesView = (root) => {
+  const box = h("div");
+  root.append(h("h2", {}, "Queues"), box);
+  const draw = () => box.replaceChildren(queueTable(true));
+  draw();
+  return { onCluster: draw };
+};
+
+const workersView = (root) => {
+  const box = h("div");
+  root.append(h("h2", {}, "Workers online"), box);
+  const draw = () => {
+    if (!model.workers.length) return box.replaceChildren(h("p", { class: "muted" }, "No worker is connected."));
+    const per = model.metrics?.workers || {};
+    box.replaceChildren(h("table", {},
+      h("tr", {}, ["worker", "labels", "runs"].map((t) => h("th", {}, t)), h("th", {}, "load"),
+        ["succeeded", "failed", "success rate", "trust"].map((t) => h("th", { class: "num" }, t)),
+        h("th", {}, "current tasks")),
+      model.workers.map((w) => {
+        const m = per[w.id] || {};
+        const runs = [w.shell && "shell", w.container && "container", ...w.handlers.map((x) => `handler:${x}`)];
+        return h("tr", { "data-worker": w.id },
+          h("td", {}, h("a", { href: `#/tasks?worker=${encodeURIComponent(w.id)}` }, w.id)),
+          h("td", {}, w.labels.map(([k, v]) => (v ? `${k}=${v}` : k)).join(", ") || "—"),
+          h("td", {}, runs.filter(Boolean).join(", ")),
+          h("td", {}, `${w.used}/${w.slots}`,
+            h("div", { class: "bar" }, h("div", { style: `width:${(100 * w.used) / Math.max(w.slots, 1)}%` }))),
+          h("td", { class: "num" }, m.succeeded ?? 0),
+          h("td", { class: "num" }, (m.failed ?? 0) + (m.timed_out ?? 0)),
+          h("td", { class: "num" }, m.succeeded || m.failed ? pct(m.success_rate) : "—"),
+          h("td", { class: "num" }, w.trust.toFixed(2)),
+          h("td", {}, w.running.map(([id, a]) => h("div", {}, taskLink(id), a > 1 ? ` (attempt ${a})` : ""))));
+      })));
+  };
+  draw();
+  return { onCluster: draw };
+};
+
+const tasksView = (root, params) => {
+  const filters = {};
+  for (const k of ["state", "queue", "tag", "worker", "cursor"]) if (params.get(k)) filters[k] = params.get(k);
+  const prev = (params.get("prev") || "").split(",").filter(Boolean);
+  const go = (f, back) => {
+    const p = new URLSearchParams(Object.entries(f).filter(([, v]) => v));
+    if (back && back.length) p.set("prev", back.join(","));
+    location.hash = `#/tasks?${p}`;
+  };
+
+  // Submit form.
+  const script = h("textarea", { id: "submit-script", placeholder: "echo hello; sleep 1; echo done", required: true });
+  const queue = h("input", { id: "submit-queue", placeholder: "default", size: 10 });
+  const prio = h("select", { id: "submit-priority" }, ["normal", "critical", "high", "low"].map((p) => h("option", {}, p)));
+  const tags = h("input", { id: "submit-tags", placeholder: "a, b", size: 10 });
+  const submitErr = h("span", { class: "error" });
+  const submit = h("form", {
+    class: "submit",
+    onsubmit: async (e) => {
+      e.preventDefault();
+      submitErr.textContent = "";
+      const body = { kind: { type: "shell", command: { script: script.value } }, priority: prio.value };
+      if (queue.value.trim()) body.queue = queue.value.trim();
+      const t = tags.value.split(",").map((x) => x.trim()).filter(Boolean);
+      if (t.length) body.tags = t;
+      try {
+        const r = await api("/tasks", { method: "POST", body });
+        location.hash = `#/task/${r.id}`;
+      } catch (err) {
+        submitErr.textContent = err.message;
+      }
+    },
+  }, h("label", {}, "shell script", script), h("label", {}, "queue", queue), h("label", {}, "priority", prio),
+  h("label", {}, "tags", tags), h("button", { id: "submit-button", type: "submit" }, "Submit"), submitErr);
+
+  // Filters and search.
+  const field = (name, el) => {
+    el.value = filters[name] || "";
+    el.name = name;
+    return h("label", {}, name, el);
+  };
+  const form = h("form", {
+    class: "filters",
+    onsubmit: (e) => {
+      e.preventDefault();
+      const f = {};
+      for (const el of e.target.elements) if (el.name && el.value) f[el.name] = el.value.trim();
+      go(f);
+    },
+  },
+  field("state", h("select", {}, h("option", { value: "" }, "any"), STATES.map((s) => h("option", {}, s)))),
+  field("queue", h("input", { size: 10 })), field("tag", h("input", { size: 10 })),
+  field("worker", h("input", { size: 10 })), h("button", { type: "submit" }, "Filter"),
+  h("button", { type: "button", class: "secondary", onclick: () => go({}) }, "Clear"));
+  const search = h("form", {
+    class: "filters",
+    onsubmit: (e) => {
+      e.preventDefault();
+      const id = e.target.elements.id.value.trim();
+      if (id) location.hash = `#/task/${encodeURIComponent(id)}`;
+    },
+  }, h("label", {}, "task id", h("input", { name: "id", size: 38, class: "mono" })), h("button", { type: "submit" }, "Open"));
+
+  const table = h("div", {}, h("p", { class: "muted" }, "Loading…"));
+  const note = h("p", { class: "muted" });
+  const pager = h("div", { class: "actions" });
+  root.append(h("h2", {}, "Submit a shell task"), submit, h("h2", {}, "Tasks"), form, search, note, table, pager);
+
+  const rows = new Map();
+  let newCount = 0;
+  const load = async () => {
+    const q = new URLSearchParams({ ...filters, limit: "50" });
+    try {
+      const page = await api(`/tasks?${q}`);
+      rows.clear();
+      newCount = 0;
+      note.textContent = "";
+      table.replaceChildren(h("table", { id: "tasks-table" },
+        h("tr", {}, ["id", "state", "queue", "priority", "what", "worker", "attempt", "created", "ran"].map((t) => h("th", {}, t))),
+        page.tasks.map((t) => {
+          const st = h("td", {}, stateBadge(t.status.state));
+          rows.set(t.id, st);
+          return h("tr", { "data-task": t.id },
+            h("td", {}, taskLink(t.id)), st, h("td", {}, t.spec.queue), h("td", {}, String(t.spec.priority)),
+            h("td", { class: "mono" }, kindText(t.spec.kind)), h("td", {}, t.status.worker || "—"),
+            h("td", { class: "num" }, t.status.attempt), h("td", {}, fmtTime(t.created_at)),
+            h("td", {}, fmtSpan(t.status.started_at, t.status.finished_at)));
+        })));
+      if (!page.tasks.length) table.replaceChildren(h("p", { class: "muted" }, "No tasks match."));
+      pager.replaceChildren(
+        h("button", { class: "secondary", disabled: !prev.length && !filters.cursor, onclick: () => {
+          const back = prev.slice(0, -1);
+          go({ ...filters, cursor: prev[prev.length - 1] || "" }, back);
+        } }, "← Previous"),
+        h("button", { class: "secondary", disabled: !page.next_cursor, onclick: () =>
+          go({ ...filters, cursor: page.next_cursor }, [...prev, filters.cursor || ""]) }, "Next →"));
+    } catch (e) {
+      table.replaceChildren(h("p", { class: "error" }, e.message));
+    }
+  };
+  load();
+  return {
+    onEvents(batch) {
+      for (const ev of batch) {
+        const st = ev.event === "state" ? ev.to : null;
+        if (st && rows.has(ev.id)) rows.get(ev.id).replaceChildren(stateBadge(st));
+        if (ev.event === "submitted" && !filters.cursor) newCount++;
+      }
+      if (newCount) {
+        note.replaceChildren(`${newCount} task(s) submitted since this page was read. `,
+          h("button", { class: "link", onclick: load }, "reload"));
+      }
+    },
+    onReset: load,
+  };
+};
+
+const taskView = (root, id) => {
+  const head = h("div", { class: "actions" });
+  const info = h("dl");
+  const progress = h("div", { id: "progress" });
+  const spec = h("pre");
+  const attempts = h("div");
+  const output = h("pre", { id: "output" });
+  const err = h("p", { class: "error" });
+  root.append(head, err, h("div", { class: "grid2" },
+    h("div", {}, h("h2", {}, "Status"), info, progress),
+    h("div", {}, h("h2", {}, "Spec"), spec)),
+  h("h2", {}, "Attempts"), attempts, h("h2", {}, "Output"), output);
+
+  let task = null;
+  const drawProgress = (p) => {
+    if (!p) return progress.replaceChildren();
+    progress.replaceChildren(h("div", { class: "bar", title: pct(p.fraction) },
+      h("div", { style: `width:${100 * Math.min(Math.max(p.fraction, 0), 1)}%` })),
+    h("span", { class: "muted" }, `${pct(p.fraction)} ${p.message || ""}`));
+  };
+  const draw = (d) => {
+    task = d.task;
+    const s = task.status;
+    const terminal = TERMINAL.has(s.state);
+    head.replaceChildren(h("h2", { class: "mono" }, id), h("span", { id: "task-state" }, stateBadge(s.state)),
+      h("button", { id: "cancel", class: "danger", disabled: terminal || s.cancel_requested, onclick: cancel },
+        s.cancel_requested && !terminal ? "Cancelling…" : "Cancel"),
+      h("button", { id: "retry", class: "secondary", disabled: !terminal, onclick: retry }, "Retry"));
+    const row = (k, v) => [h("dt", {}, k), h("dd", {}, v)];
+    info.replaceChildren(...[
+      row("what", h("span", { class: "mono" }, kindText(task.spec.kind))),
+      row("queue", task.spec.queue), row("priority", String(task.spec.priority)),
+      row("tags", (task.spec.tags || []).join(", ") || "—"),
+      row("worker", s.worker || "—"), row("attempt", `${s.attempt} (retries ${s.retries})`),
+      row("created", fmtTime(task.created_at)), row("queued", fmtTime(s.queued_at)),
+      row("started", fmtTime(s.started_at)), row("finished", fmtTime(s.finished_at)),
+      row("wait", fmtSpan(task.created_at, s.started_at ?? (terminal ? s.finished_at : null))),
+      row("run time", fmtSpan(s.started_at, s.finished_at)),
+      row("exit code", s.exit_code ?? "—"),
+      s.error ? row("error", h("span", { class: "error" }, `${s.error.code}: ${s.error.message}`)) : [],
+      s.result ? row("result", h("code", {}, s.result)) : [],
+      s.usage ? row("usage", `${s.usage.cpu_seconds.toFixed(2)} CPU s, ${(s.usage.peak_rss_bytes / 1048576).toFixed(1)} MiB peak`) : [],
+    ].flat());
+    drawProgress(task.progress);
+    spec.textContent = JSON.stringify(task.spec, null, 2);
+    attempts.replaceChildren(d.attempts.length ? h("table", {},
+      h("tr", {}, ["#", "worker", "outcome", "assigned", "started", "ran", "exit", "error"].map((t) => h("th", {}, t))),
+      d.attempts.map((a) => h("tr", {}, h("td", {}, a.attempt), h("td", {}, a.worker),
+        h("td", {}, a.outcome ? stateBadge(a.outcome) : "running"), h("td", {}, fmtTime(a.assigned_at)),
+        h("td", {}, fmtTime(a.started_at)), h("td", {}, fmtSpan(a.started_at, a.finished_at)),
+        h("td", {}, a.exit_code ?? "—"), h("td", { class: "error" }, a.error || "")))) : h("p", { class: "muted" }, "None yet."));
+  };
+  const reload = async () => {
+    try {
+      draw(await api(`/tasks/${encodeURIComponent(id)}`));
+      err.textContent = "";
+    } catch (e) {
+      err.textContent = e.message;
+    }
+  };
+  let reloadTimer = null;
+  const reloadSoon = () => { if (!reloadTimer) reloadTimer = setTimeout(() => { reloadTimer = null; reload(); }, 200); };
+
+  async function cancel(e) {
+    e.target.disabled = true;
+    try {
+      const r = await api(`/tasks/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+      $("#task-state").replaceChildren(stateBadge(r.state));
+    } catch (x) {
+      err.textContent = x.message;
+    }
+    reloadSoon();
+  }
+  async function retry(e) {
+    e.target.disabled = true;
+    try {
+      const r = await api(`/tasks/${encodeURIComponent(id)}/retry`, { method: "POST" });
+      location.hash = `#/task/${r.id}`;
+    } catch (x) {
+      err.textContent = x.message;
+      e.target.disabled = false;
+    }
+  }
+
+  // Output: chunks are gathered and appended once per animation frame.
+  let queued = [];
+  let frame = null;
+  let kept = 0;
+  let lastAttempt = null;
+  const appendOutput = () => {
+    frame = null;
+    const stick = output.scrollTop + output.clientHeight >= output.scrollHeight - 4;
+    const frag = document.createDocumentFragment();
+    for (const c of queued) {
+      if (lastAttempt !== null && c.attempt !== lastAttempt) {
+        const sep = output.textContent.endsWith("\n") || !output.textContent ? "" : "\n";
+        frag.append(h("span", { class: "log" }, `${sep}── attempt ${c.attempt} ──\n`));
+      }
+      lastAttempt = c.attempt;
+      frag.append(c.stream === "stdout" ? document.createTextNode(c.data) : h("span", { class: c.stream }, c.data));
+      kept += c.data.length;
+    }
+    queued = [];
+    output.append(frag);
+    while (kept > OUTPUT_KEEP && output.firstChild) {
+      kept -= output.firstChild.textContent.length;
+      output.firstChild.remove();
+    }
+    if (stick) output.scrollTop = output.scrollHeight;
+  };
+  const out = follow(`${API}/tasks/${encodeURIComponent(id)}/output?follow=true`, (m) => {
+    if (m.event === "end") {
+      reloadSoon();
+      return false;
+    }
+    try {
+      const c = JSON.parse(m.data);
+      if (c && typeof c.data === "string") queued.push(c);
+    } catch (e) {
+      return true;
+    }
+    if (!frame) frame = requestAnimationFrame(appendOutput);
+    return true;
+  });
+
+  reload();
+  return {
+    onEvents(batch) {
+      for (const ev of batch) {
+        if (ev.id !== id) continue;
+        if (ev.event === "progress") drawProgress(ev);
+        if (ev.event === "state") {
+          $("#task-state")?.replaceChildren(stateBadge(ev.to));
+          reloadSoon();
+        }
+      }
+    },
+    onReset: reload,
+    close: () => out.close(),
+  };
+};
+
+// ----------------------------------------------------------------- router
+
+/** Shows the view the location hash names. */
+function route() {
+  if (view.close) view.close();
+  const [path, query] = location.hash.replace(/^#/, "").split("?");
+  const params = new URLSearchParams(query || "");
+  const root = $("#view");
+  root.replaceChildren();
+  const parts = (path || "/").split("/").filter(Boolean);
+  let name = parts[0] || "overview";
+  if (name === "task" && parts[1]) {
+    view = taskView(root, decodeURIComponent(parts[1]));
+    name = "tasks";
+  } else if (name === "workers") view = workersView(root);
+  else if (name === "queues") view = queuesView(root);
+  else if (name === "tasks") view = tasksView(root, params);
+  else {
+    name = "overview";
+    view = overview(root);
+  }
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.view === name);
+}
+
+function main() {
+  setupToken();
+  window.addEventListener("hashchange", route);
+  route();
+  startEvents();
+  refreshCluster();
+  setInterval(takeSample, SAMPLE_MS);
+  // Workers connecting or leaving send no task event: look now and then.
+  setInterval(() => { if (!document.hidden) scheduleRefresh(true); }, IDLE_REFRESH_MS);
+}
+
+main();

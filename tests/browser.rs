@@ -1,0 +1,410 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The web dashboard in a real browser: Debian's headless `chromium`,
+//! driven over WebDriver (`chromedriver`) with `fantoccini`, against real
+//! `taskgrid server` and `taskgrid worker` processes with a client token.
+//!
+//! The test enters the token in the page's prompt, submits a shell task
+//! from the dashboard, watches its output appear on the task page as the
+//! task produces it, takes a screenshot, clicks Cancel and checks that the
+//! page and the API both say `cancelled`. Every wait is on a DOM (or API)
+//! condition with a deadline, never a fixed sleep.
+//!
+//! Needs `chromium` and `chromedriver` (Debian packages `chromium` and
+//! `chromium-driver`); when they are missing and the test runs as root it
+//! installs them with the same command as `.ci/run`, otherwise it fails
+//! naming that command.
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use taskgrid_core::{State, TaskId};
+use util::{Proc, Server, await_state, await_worker, worker};
+
+/// The client token the coordinator is started with.
+const TOKEN: &str = "dashboard-test-token";
+/// The longest any one wait on the page may take.
+const LIMIT: Duration = Duration::from_secs(30);
+/// Tasks of the load test: the most one batch may hold.
+const LOAD: usize = 10_000;
+/// The longest the load test's tasks may take to run (a debug build, two
+/// cores shared with the rest of the test suite).
+const LOAD_LIMIT: Duration = Duration::from_secs(240);
+/// How Debian's chromium and its driver are installed (as in `.ci/run`).
+const INSTALL: &str = "apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+                       chromium chromium-driver";
+/// Chromium flags for a closed network and a clean, quiet profile.
+const CHROME_ARGS: [&str; 9] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1000",
+];
+
+/// Whether `prog` runs (`prog --version` succeeds).
+fn runs(prog: &str) -> bool {
+    Command::new(prog)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Makes sure chromium and chromedriver are there, installing them when
+/// possible; a missing browser is a failure, never a skip. Tests run in
+/// parallel: one installs while the others wait (apt holds a lock).
+fn ensure_browser() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(install_browser);
+    assert!(
+        runs("chromium") && runs("chromedriver"),
+        "chromium and chromedriver are needed: run `{INSTALL}` as root"
+    );
+}
+
+/// Installs chromium and chromedriver with apt when they are missing and
+/// this runs as root; [`ensure_browser`] says what to do if that fails.
+fn install_browser() {
+    if runs("chromium") && runs("chromedriver") {
+        return;
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if root {
+        eprintln!("installing chromium for the dashboard test: {INSTALL}");
+        let status = Command::new("sh")
+            .args(["-c", INSTALL])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+        eprintln!("apt-get: {status:?}");
+    }
+}
+
+/// `chromedriver` and the browsers it starts, in a process group of their
+/// own: all are killed (SIGKILL) when this is dropped, also when a test
+/// fails before it closes its session.
+struct Driver(std::process::Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// `chromedriver` on a port the OS picks; returns the process and its URL.
+fn chromedriver() -> (Driver, String) {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new("chromedriver")
+        .arg("--port=0")
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let stdout = child.stdout.take().expect("stdout");
+    let proc = Driver(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("chromedriver exited before it listened")
+            .expect("read chromedriver's output");
+        if let Some(rest) = line.split("started successfully on port ").nth(1) {
+            break rest.trim_end_matches('.').to_owned();
+        }
+    };
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (proc, format!("http://127.0.0.1:{port}"))
+}
+
+/// A headless chromium session with a fresh profile in `profile`.
+async fn browser(driver: &str, profile: &Path) -> Client {
+    let mut args: Vec<String> = CHROME_ARGS.iter().map(|a| (*a).to_owned()).collect();
+    args.push(format!("--user-data-dir={}", profile.display()));
+    let caps = serde_json::json!({
+        "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args }
+    });
+    let serde_json::Value::Object(caps) = caps else {
+        unreachable!("a JSON object literal")
+    };
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(driver)
+        .await
+        .expect("open a chromium session")
+}
+
+/// Polls `probe` until it returns `Some`, for at most [`LIMIT`].
+async fn wait_for<T, F, Fut>(what: &str, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    wait_long(what, LIMIT, probe).await
+}
+
+/// Polls `probe` until it returns `Some`, for at most `limit`.
+async fn wait_long<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The text of the element `css`, once it exists.
+async fn text_of(c: &Client, css: &str) -> Option<String> {
+    c.find(Locator::Css(css)).await.ok()?.text().await.ok()
+}
+
+/// Enters the token in the page's prompt and waits for the live stream.
+async fn log_in(c: &Client) {
+    let input = wait_for("the token prompt", || async {
+        let el = c.find(Locator::Css("#token-input")).await.ok()?;
+        el.is_displayed().await.ok()?.then_some(el)
+    })
+    .await;
+    input.send_keys(TOKEN).await.unwrap();
+    click(c, "#token-form button[type=submit]").await;
+    wait_text(c, "#live", "live").await;
+}
+
+/// A coordinator with the client token, one worker `w1` with `slots`, and
+/// a chromium session on a fresh profile; the temporary directory holds
+/// the data, the profile and the tasks' files.
+async fn start(slots: &str) -> (tempfile::TempDir, Server, Proc, Driver, Client) {
+    ensure_browser();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &["--client-token", TOKEN],
+    );
+    let w = worker(&server.url(), "w1", &["--slots", slots]);
+    await_worker(&server.client(Some(TOKEN)), "w1").await;
+    let (driver, driver_url) = chromedriver();
+    let c = browser(&driver_url, &dir.path().join("profile")).await;
+    (dir, server, w, driver, c)
+}
+
+/// Clicks the element `css` once it exists and is enabled. The page may
+/// redraw it between finding and clicking (a live update): then it is
+/// found again, within the usual deadline.
+async fn click(c: &Client, css: &str) {
+    wait_for(&format!("{css} to be clickable"), || async {
+        let el = c.find(Locator::Css(css)).await.ok()?;
+        if !el.is_enabled().await.ok()? {
+            return None;
+        }
+        el.click().await.ok()
+    })
+    .await;
+}
+
+/// Waits until the element `css` exists and its text contains `needle`.
+async fn wait_text(c: &Client, css: &str, needle: &str) -> String {
+    wait_for(&format!("{css} to show {needle:?}"), || async {
+        text_of(c, css).await.filter(|t| t.contains(needle))
+    })
+    .await
+}
+
+/// Where screenshots go: `target/tmp/dashboard-test/`.
+fn shots_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-test");
+    std::fs::create_dir_all(&dir).expect("create the screenshot directory");
+    dir
+}
+
+/// Saves a PNG of the page as `name` in [`shots_dir`] and prints its path.
+async fn screenshot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("take a screenshot");
+    let path = shots_dir().join(name);
+    std::fs::write(&path, png).expect("write the screenshot");
+    println!("screenshot: {}", path.display());
+}
+
+/// Token prompt, submit from the page, output as produced, Cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_submits_follows_output_and_cancels_in_chromium() {
+    let (dir, server, _w, _driver, c) = start("2").await;
+    let api = server.client(Some(TOKEN));
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+
+    // The token is asked for once, then every view works with it.
+    c.goto(&format!("{}/#/tasks", server.url())).await.unwrap();
+    log_in(&c).await;
+
+    // Submit a task that prints a line, waits for a gate file, prints a
+    // second line, then waits for a gate that never opens.
+    let gate1 = work.join("gate1");
+    let gate2 = work.join("gate2");
+    let script = format!(
+        "echo line-one; while [ ! -e {g1} ]; do sleep 0.05; done; echo line-two; \
+         while [ ! -e {g2} ]; do sleep 0.05; done; echo never",
+        g1 = gate1.display(),
+        g2 = gate2.display()
+    );
+    wait_for("the submit form", || async {
+        c.find(Locator::Css("#submit-script")).await.ok()
+    })
+    .await
+    .send_keys(&script)
+    .await
+    .unwrap();
+    click(&c, "#submit-button").await;
+
+    // The page moves to the new task and its output appears as produced.
+    let id: TaskId = wait_for("the task page", || async {
+        let url = c.current_url().await.ok()?;
+        url.fragment()?.strip_prefix("/task/")?.parse().ok()
+    })
+    .await;
+    wait_text(&c, "#output", "line-one").await;
+    let before = text_of(&c, "#output").await.unwrap_or_default();
+    assert!(!before.contains("line-two"), "the gate is still closed");
+    std::fs::write(&gate1, b"").unwrap();
+    wait_text(&c, "#output", "line-two").await;
+    wait_text(&c, "#task-state", "running").await;
+    screenshot(&c, "task-running.png").await;
+
+    // Cancel from the page: the page and the API agree.
+    click(&c, "#cancel").await;
+    wait_text(&c, "#task-state", "cancelled").await;
+    assert_eq!(
+        await_state(&api, id, None).await,
+        State::Cancelled,
+        "the API agrees"
+    );
+    // The page reloads the task once it has ended: Retry is offered.
+    wait_for("the retry button to be enabled", || async {
+        let el = c.find(Locator::Css("#retry")).await.ok()?;
+        el.is_enabled().await.ok()?.then_some(())
+    })
+    .await;
+    screenshot(&c, "task-cancelled.png").await;
+
+    // The other views show the cluster with the same token.
+    c.goto(&format!("{}/#/workers", server.url()))
+        .await
+        .unwrap();
+    wait_text(&c, "main", "w1").await;
+    screenshot(&c, "workers.png").await;
+    c.goto(&format!("{}/#/tasks?state=cancelled", server.url()))
+        .await
+        .unwrap();
+    wait_text(&c, "#tasks-table", &id.to_string()[24..]).await;
+    screenshot(&c, "tasks.png").await;
+    c.goto(&format!("{}/", server.url())).await.unwrap();
+    wait_text(&c, "main", "workers online").await;
+    screenshot(&c, "overview.png").await;
+
+    c.close().await.unwrap();
+}
+
+/// Reads a number the page's live model holds (`model.events`, …).
+async fn page_number(c: &Client, expr: &str) -> u64 {
+    c.execute(&format!("return {expr};"), vec![])
+        .await
+        .ok()
+        .and_then(|v| v.as_u64())
+        .unwrap_or_else(|| panic!("the page has no number {expr}"))
+}
+
+/// 10,000 tasks held, resumed from the page and followed to the end,
+/// with every event applied by the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_keeps_up_with_ten_thousand_tasks() {
+    let (_dir, server, _w, _driver, c) = start("4").await;
+    let api = server.client(Some(TOKEN));
+    c.goto(&format!("{}/#/queues", server.url())).await.unwrap();
+    log_in(&c).await;
+
+    // Hold the queue (with the page's own API call: the typed client has
+    // no pause yet), then submit the load.
+    let paused = c
+        .execute(
+            "return api('/queues/bulk/pause', { method: 'POST' }).then((q) => q.paused);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(paused, serde_json::Value::Bool(true));
+    let task = serde_json::from_value(serde_json::json!({
+        "kind": {"type": "shell", "command": {"argv": ["true"]}},
+        "queue": "bulk", "tags": ["load"]
+    }))
+    .unwrap();
+    // In batches that fit the body limit (each task serialises every field).
+    let batch = vec![task; LOAD / 5];
+    for _ in 0..5 {
+        assert_eq!(api.submit_batch(&batch).await.unwrap().len(), LOAD / 5);
+    }
+
+    // The queues view shows the whole backlog, then Resume lets it run.
+    let row = "tr[data-queue=bulk]";
+    wait_text(&c, row, &format!("normal: {LOAD}")).await;
+    wait_text(&c, row, "paused").await;
+    screenshot(&c, "queue-paused.png").await;
+    click(&c, &format!("{row} button")).await;
+    wait_text(&c, row, "active").await;
+
+    // The overview follows the load to its end, and the page saw every
+    // task finish on its event stream: nothing dropped, nothing reset.
+    // (By the menu: a new page load would start a new stream.)
+    click(&c, "nav a[data-view=overview]").await;
+    let done = "[data-card=succeeded] .n";
+    wait_long("the overview to count every task", LOAD_LIMIT, || async {
+        text_of(&c, done)
+            .await
+            .filter(|t| t.trim() == LOAD.to_string())
+    })
+    .await;
+    let tally = "model.samples.reduce((n, s) => n + s.finished, 0) + model.current.finished";
+    let seen = wait_for("the page to apply every finish event", || async {
+        let n = page_number(&c, tally).await;
+        (n >= LOAD as u64).then_some(n)
+    })
+    .await;
+    assert_eq!(seen, LOAD as u64, "every task finished once");
+    assert_eq!(
+        page_number(&c, "model.resets").await,
+        0,
+        "no event was lost"
+    );
+    let events = page_number(&c, "model.events").await;
+    // Submitted (queued), then assigned, running, succeeded: four a task.
+    assert!(
+        events >= 4 * LOAD as u64,
+        "only {events} events reached the page"
+    );
+    wait_text(&c, "#live", "live").await;
+    screenshot(&c, "overview-after-load.png").await;
+    c.close().await.unwrap();
+}
