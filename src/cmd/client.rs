@@ -495,13 +495,16 @@ mod tests {
     #[test]
     fn stats_read_as_tables_by_breakdown() {
         let mut m = MetricsSnapshot {
-            submitted: 7,
-            succeeded: 4,
-            retried: 1,
-            success_rate: 0.5,
+            total: taskgrid_core::SeriesSnapshot {
+                submitted: 7,
+                succeeded: 4,
+                retried: 1,
+                success_rate: 0.5,
+                ..Default::default()
+            },
             ..MetricsSnapshot::default()
         };
-        m.run_time.p99 = Duration::from_micros(1500);
+        m.total.run_time.p99 = Duration::from_micros(1500);
         let queue = taskgrid_core::SeriesSnapshot {
             submitted: 3,
             succeeded: 2,

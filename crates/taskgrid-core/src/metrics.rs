@@ -333,19 +333,8 @@ impl Metrics {
             .iter()
             .map(|(w, s)| (w.to_string(), s.snapshot()))
             .collect();
-        let t = self.total.snapshot();
         MetricsSnapshot {
-            submitted: t.submitted,
-            succeeded: t.succeeded,
-            failed: t.failed,
-            timed_out: t.timed_out,
-            cancelled: t.cancelled,
-            expired: t.expired,
-            retried: t.retried,
-            success_rate: t.success_rate,
-            failure_rate: t.failure_rate,
-            run_time: t.run_time,
-            queue_wait: t.queue_wait,
+            total: self.total.snapshot(),
             throughput: self.finished.throughput(now),
             queues: named(queues),
             kinds: named(kinds),
@@ -398,28 +387,10 @@ pub struct QueueKindSnapshot {
 /// in total and broken down.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct MetricsSnapshot {
-    /// Tasks accepted.
-    pub submitted: u64,
-    /// Tasks that ended `succeeded`.
-    pub succeeded: u64,
-    /// Tasks that ended `failed`.
-    pub failed: u64,
-    /// Tasks that ended `timed_out`.
-    pub timed_out: u64,
-    /// Tasks that ended `cancelled`.
-    pub cancelled: u64,
-    /// Tasks that ended `expired`.
-    pub expired: u64,
-    /// Attempts that failed and were retried.
-    pub retried: u64,
-    /// succeeded / (succeeded + failed + timed out); 0 before any finished.
-    pub success_rate: f64,
-    /// (failed + timed out) / (succeeded + failed + timed out).
-    pub failure_rate: f64,
-    /// Time from an attempt's start to its end.
-    pub run_time: HistogramSummary,
-    /// Time from entering `queued` to being assigned.
-    pub queue_wait: HistogramSummary,
+    /// The totals over every task; its fields read directly on the
+    /// snapshot (`snapshot.succeeded`), and sit at the top level in JSON.
+    #[serde(flatten)]
+    pub total: SeriesSnapshot,
     /// Tasks finished per second over the last 1, 5 and 15 minutes.
     #[serde(default)]
     pub throughput: Throughput,
@@ -435,6 +406,14 @@ pub struct MetricsSnapshot {
     /// By (queue, kind) pair, sorted.
     #[serde(default)]
     pub queue_kinds: Vec<QueueKindSnapshot>,
+}
+
+impl std::ops::Deref for MetricsSnapshot {
+    type Target = SeriesSnapshot;
+    /// The totals: `snapshot.succeeded` reads `snapshot.total.succeeded`.
+    fn deref(&self) -> &SeriesSnapshot {
+        &self.total
+    }
 }
 
 #[cfg(test)]

@@ -552,10 +552,13 @@ fn the_counters_give_way_to_the_tabs_on_a_narrow_terminal() {
     update(
         &mut app,
         Msg::Metrics(Box::new(taskgrid_core::MetricsSnapshot {
-            submitted: 12,
-            succeeded: 9,
-            failed: 1,
-            success_rate: 0.9,
+            total: taskgrid_core::SeriesSnapshot {
+                submitted: 12,
+                succeeded: 9,
+                failed: 1,
+                success_rate: 0.9,
+                ..Default::default()
+            },
             ..Default::default()
         })),
     );
