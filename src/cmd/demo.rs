@@ -135,10 +135,19 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .priority(taskgrid_core::Priority::CRITICAL)
             .tag(RENDER_TAG)
             .timeout(Duration::from_secs(60));
+        // Subscribed before submitting, so its start cannot slip past.
+        let mut events = system.subscribe();
         let render = system.submit(render).await?;
         // Cancel the render once it is really running.
-        while render.status()? != State::Running {
-            tokio::task::yield_now().await;
+        loop {
+            match events.recv().await {
+                Ok(ev) if ev.id == render.id() && ev.new_state() == Some(State::Running) => break,
+                Ok(_) => {}
+                // Fell behind the bus: read the state instead.
+                Err(_) if render.status()? == State::Running => break,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         render.cancel()?;
 
