@@ -110,17 +110,40 @@ pub async fn await_worker(client: &Client, id: &str) {
     .unwrap_or_else(|_| panic!("worker {id} never registered"));
 }
 
-/// Waits until the task reaches `state` (or any terminal state when `None`).
+/// Waits until the task reaches `state` (or any terminal state when
+/// `None`), on the task's event stream: subscribe first, then read the
+/// state once, then follow the events.
 pub async fn await_state(client: &Client, id: TaskId, state: Option<State>) -> State {
+    use taskgrid_client::ServerEvent;
+    use taskgrid_proto::api::EventFilter;
+    let reached = |s: State| state.map_or(s.is_terminal(), |want| s == want);
     tokio::time::timeout(Duration::from_secs(60), async {
+        let filter = EventFilter {
+            task: Some(id),
+            ..EventFilter::default()
+        };
+        let mut events = client.events(&filter, None).await.expect("event stream");
+        let now = client.get(id).await.expect("task").task.status.state;
+        if reached(now) {
+            return now;
+        }
         loop {
-            if let Ok(d) = client.get(id).await {
-                let s = d.task.status.state;
-                if state.map_or(s.is_terminal(), |want| s == want) {
-                    return s;
+            match events.next().await {
+                Some(Ok(ServerEvent::Task(e))) => {
+                    if let Some(s) = e.new_state().filter(|s| reached(*s)) {
+                        return s;
+                    }
                 }
+                // Events were missed: read the state again.
+                Some(Ok(ServerEvent::Reset(_))) => {
+                    let s = client.get(id).await.expect("task").task.status.state;
+                    if reached(s) {
+                        return s;
+                    }
+                }
+                Some(Err(e)) => panic!("event stream of {id} failed: {e}"),
+                None => panic!("event stream of {id} ended"),
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
