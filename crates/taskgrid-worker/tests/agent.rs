@@ -37,6 +37,25 @@ fn config(addr: SocketAddr, id: &str) -> WorkerConfig {
     c
 }
 
+/// Waits for task `id` to enter `want`, on a subscription taken before it
+/// was submitted.
+async fn reach(
+    events: &mut tokio::sync::broadcast::Receiver<taskgrid_coordinator::TaskEvent>,
+    id: taskgrid_core::TaskId,
+    want: State,
+) {
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let ev = events.recv().await.unwrap();
+            if ev.id == id && ev.new_state() == Some(want) {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("task {id} never reached {want}"));
+}
+
 fn script(s: &str) -> Task {
     Task::from_spec(TaskSpec::new(TaskKind::Shell(Box::new(ShellSpec {
         command: ShellCommand::Script(s.into()),
@@ -190,9 +209,7 @@ async fn a_draining_worker_hands_unfinished_work_back_and_refusals_fail_the_task
     }));
     let mut events = sys.subscribe();
     let long = sys.submit(script("sleep 1000")).await.unwrap();
-    while long.status().unwrap() != State::Running {
-        tokio::task::yield_now().await;
-    }
+    reach(&mut events, long.id(), State::Running).await;
     drain_tx.send(()).unwrap();
     agent.await.unwrap().unwrap();
     // Handed back at once (not after a heartbeat timeout): queued again.
@@ -299,14 +316,13 @@ async fn a_drain_finishes_running_work_and_leaves_queued_work_queued() {
         marker.path().display()
     );
     std::fs::write(marker.path(), "hold").unwrap();
+    let mut events = sys.subscribe();
     let running = sys.submit(script(&gate)).await.unwrap();
     let queued: Vec<_> = vec![
         sys.submit(script("echo a")).await.unwrap(),
         sys.submit(script("echo b")).await.unwrap(),
     ];
-    while running.status().unwrap() != State::Running {
-        tokio::task::yield_now().await;
-    }
+    reach(&mut events, running.id(), State::Running).await;
     drain_tx.send(()).unwrap();
     // Let the running task finish during the drain.
     std::fs::write(marker.path(), "").unwrap();
