@@ -87,10 +87,12 @@ impl Inner {
             }
             return;
         }
+        // One clock read per batch: the changes were decided at one instant.
+        let now = self.clock.now();
         let events: Vec<TaskEvent> = changes
             .iter()
             .map(|c| {
-                TaskEvent::from_change(c, self.clock.now(), || {
+                TaskEvent::from_change(c, now, || {
                     match engine.get(c.task_id()).map(|r| &r.spec.kind) {
                         Some(TaskKind::Handler { name, .. }) => Some(name.clone()),
                         _ => None,
