@@ -60,6 +60,31 @@ fn route(target: &coordinator::Target) -> Option<String> {
     })
 }
 
+/// Starts a coordinator (or attaches to one) and the run's workers,
+/// announces the run with `what`, runs `measure` with the coordinator and
+/// the route label, and stops the workers and the coordinator whatever
+/// `measure` returned.
+async fn with_fleet<R>(
+    plan: &Plan,
+    what: impl FnOnce(&coordinator::Target) -> String,
+    measure: impl AsyncFnOnce(&coordinator::Target, Option<&str>) -> anyhow::Result<R>,
+) -> anyhow::Result<R> {
+    let target = coordinator::Target::start(plan).await?;
+    let route = route(&target);
+    let outcome = async {
+        let fleet = fleet::Fleet::start(plan, &target, route.as_deref()).await?;
+        note(what(&target));
+        let r = measure(&target, route.as_deref()).await;
+        fleet.stop().await;
+        r
+    }
+    .await;
+    let stopped = target.stop().await;
+    let report = outcome?;
+    stopped?;
+    Ok(report)
+}
+
 /// Progress for people, on stderr (stdout carries the report).
 fn note(msg: impl std::fmt::Display) {
     eprintln!("taskgrid bench: {msg}");

@@ -12,12 +12,11 @@ use taskgrid_core::{State, TaskId};
 use taskgrid_proto::api::EventFilter;
 use tokio::sync::mpsc;
 
+use super::Plan;
 use super::coordinator::Target;
-use super::fleet::Fleet;
 use super::records::{self, Timings};
 use super::report::{LatencyReport, Setup};
 use super::stats::Percentiles;
-use super::{Plan, note};
 
 /// Tasks run first and not measured: connections, caches and the
 /// allocator warm up.
@@ -26,25 +25,19 @@ const WARMUP: u64 = 10;
 /// Runs `tasks` tasks one at a time through a coordinator and workers
 /// started for the run, and stops them.
 pub(super) async fn run(plan: &Plan, tasks: u64) -> anyhow::Result<LatencyReport> {
-    let target = Target::start(plan).await?;
-    let route = super::route(&target);
-    let outcome = async {
-        let fleet = Fleet::start(plan, &target, route.as_deref()).await?;
-        note(format_args!(
-            "coordinator {} ({}); running {tasks} {} tasks one at a time",
-            target.url,
-            target.placement(),
-            super::kind_name(plan.kind)
-        ));
-        let r = measure(plan, tasks, &target, route.as_deref()).await;
-        fleet.stop().await;
-        r
-    }
-    .await;
-    let stopped = target.stop().await;
-    let report = outcome?;
-    stopped?;
-    Ok(report)
+    super::with_fleet(
+        plan,
+        |t| {
+            format!(
+                "coordinator {} ({}); running {tasks} {} tasks one at a time",
+                t.url,
+                t.placement(),
+                super::kind_name(plan.kind)
+            )
+        },
+        async |target, route| measure(plan, tasks, target, route).await,
+    )
+    .await
 }
 
 /// A duration in whole microseconds.

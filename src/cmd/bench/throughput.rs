@@ -17,7 +17,6 @@ use taskgrid_proto::api::SubmitRequest;
 use tokio::task::JoinSet;
 
 use super::coordinator::Target;
-use super::fleet::Fleet;
 use super::records::{self, Timings};
 use super::report::{Setup, ThroughputReport, Usage};
 use super::{Plan, note, usage};
@@ -28,27 +27,21 @@ const POLL: Duration = Duration::from_millis(10);
 /// Runs `tasks` tasks through a coordinator and workers started for the
 /// run, and stops them.
 pub(super) async fn run(plan: &Plan, tasks: u64) -> anyhow::Result<ThroughputReport> {
-    let target = Target::start(plan).await?;
-    let route = super::route(&target);
-    let outcome = async {
-        let fleet = Fleet::start(plan, &target, route.as_deref()).await?;
-        note(format_args!(
-            "coordinator {} ({}), {} worker(s) × {} slots; submitting {tasks} {} tasks",
-            target.url,
-            target.placement(),
-            plan.workers,
-            plan.slots,
-            super::kind_name(plan.kind)
-        ));
-        let r = measure(plan, tasks, &target, route.as_deref()).await;
-        fleet.stop().await;
-        r
-    }
-    .await;
-    let stopped = target.stop().await;
-    let report = outcome?;
-    stopped?;
-    Ok(report)
+    super::with_fleet(
+        plan,
+        |t| {
+            format!(
+                "coordinator {} ({}), {} worker(s) × {} slots; submitting {tasks} {} tasks",
+                t.url,
+                t.placement(),
+                plan.workers,
+                plan.slots,
+                super::kind_name(plan.kind)
+            )
+        },
+        async |target, route| measure(plan, tasks, target, route).await,
+    )
+    .await
 }
 
 /// Tasks the coordinator has seen finish since it started.
