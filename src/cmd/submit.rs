@@ -41,10 +41,6 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// Options of `taskgrid submit`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct SubmitArgs {
@@ -132,12 +128,12 @@ fn request(a: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
     r.queue = a.queue.clone();
     r.priority = a.priority;
     r.labels = a.labels.clone();
-    r.timeout_ms = a.timeout.map(ms);
+    r.timeout_ms = a.timeout.map(taskgrid_core::duration_millis);
     r.retry = RetryPolicy::retries(a.retries);
     r.tags = a.tags.clone();
     r.after = a.after.clone();
-    r.delay_ms = a.delay.map(ms);
-    r.dispatch_timeout_ms = a.dispatch_timeout.map(ms);
+    r.delay_ms = a.delay.map(taskgrid_core::duration_millis);
+    r.dispatch_timeout_ms = a.dispatch_timeout.map(taskgrid_core::duration_millis);
     r.unique_key = a.unique_key.clone();
     Ok(r)
 }

@@ -38,4 +38,4 @@ pub use spec::{
     ShellCommand, ShellSpec, TaskKind, TaskSpec,
 };
 pub use state::{Event, ParseStateError, State, TransitionError, transition};
-pub use time::{Timestamp, duration_micros};
+pub use time::{Timestamp, duration_micros, duration_millis};

@@ -45,6 +45,11 @@ impl fmt::Debug for Timestamp {
     }
 }
 
+/// A duration in whole milliseconds, saturating at `u64::MAX`.
+pub fn duration_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A duration in whole microseconds, saturating at `u64::MAX`.
 pub fn duration_micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)

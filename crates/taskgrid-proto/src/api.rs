@@ -230,10 +230,10 @@ impl SubmitRequest {
             tags: spec.tags.clone(),
             labels: spec.labels.clone(),
             slots: spec.slots,
-            timeout_ms: spec.timeout.map(millis),
+            timeout_ms: spec.timeout.map(taskgrid_core::duration_millis),
             run_at: spec.run_at,
             expires_at: spec.expires_at,
-            dispatch_timeout_ms: spec.dispatch_timeout.map(millis),
+            dispatch_timeout_ms: spec.dispatch_timeout.map(taskgrid_core::duration_millis),
             retry: spec.retry,
             after: spec.after.clone(),
             unique_key: spec.unique_key.clone(),
@@ -243,10 +243,6 @@ impl SubmitRequest {
             expires_in_ms: None,
         }
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The answer to a submit (`POST /tasks`, `POST /tasks/{id}/retry`).

@@ -93,9 +93,7 @@ pub fn assignment_from_core(a: &Assignment) -> worker::Assignment {
     worker::Assignment {
         attempt: Some(attempt_ref(a.id, a.attempt)),
         kind: Some(kind),
-        timeout_ms: a
-            .timeout
-            .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        timeout_ms: a.timeout.map_or(0, taskgrid_core::duration_millis),
         checkpoint_json: a.checkpoint.as_deref().unwrap_or_default().to_owned(),
     }
 }
@@ -183,7 +181,7 @@ pub fn result_from_outcome(id: TaskId, attempt: u32, outcome: &Outcome) -> worke
                 RetryHint::Policy => (worker::failed::Retry::Policy, 0),
                 RetryHint::After(d) => (
                     worker::failed::Retry::After,
-                    u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+                    taskgrid_core::duration_millis(*d),
                 ),
                 RetryHint::Never => (worker::failed::Retry::Never, 0),
             };

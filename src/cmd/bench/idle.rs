@@ -222,7 +222,7 @@ impl Simulated {
             other => bail!("expected registered, got {other:?}"),
         };
         drop(permit);
-        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        let ms = taskgrid_core::duration_millis(interval);
         tally.interval_ms.store(ms, Ordering::Relaxed);
         tally.registered.fetch_add(1, Ordering::Relaxed);
         let first = tokio::time::Instant::now() + interval.mul_f64(self.phase);

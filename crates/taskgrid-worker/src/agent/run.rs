@@ -61,7 +61,7 @@ pub(super) fn start(shared: &Arc<Shared>, a: worker::Assignment, draining: bool)
         let mut result = taskgrid_proto::result_from_outcome(id, attempt, &report.outcome);
         result.exit_code = report.exit_code.or(result.exit_code);
         result.signal = report.signal;
-        result.duration_ms = u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX);
+        result.duration_ms = taskgrid_core::duration_millis(report.duration);
         result.cpu_seconds = report.cpu_seconds;
         result.peak_rss_bytes = report.peak_rss_bytes;
         shared.emit(In::Result(result));
