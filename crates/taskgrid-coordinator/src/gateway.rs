@@ -310,7 +310,14 @@ async fn apply(
     match m.msg.ok_or("empty message")? {
         In::Register(_) => Err("register sent twice on one stream".into()),
         In::Heartbeat(hb) => {
-            let alive = inner.lock().heartbeat(worker, now).is_ok();
+            let alive = {
+                let mut engine = inner.lock();
+                let alive = engine.heartbeat(worker, now).is_ok();
+                if alive && hb.draining {
+                    let _ = engine.set_worker_paused(worker, true);
+                }
+                alive
+            };
             if !alive {
                 // Dropped for missed heartbeats: end this stream so the
                 // worker registers again (and reconciles what it runs).
@@ -318,9 +325,6 @@ async fn apply(
                     "this worker was dropped; register again",
                 )));
                 return Err("heartbeat from a dropped worker".into());
-            }
-            if hb.draining {
-                let _ = inner.lock().set_worker_paused(worker, true);
             }
             Ok(())
         }
