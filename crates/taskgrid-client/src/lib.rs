@@ -35,8 +35,8 @@ use taskgrid_core::{Explanation, MetricsSnapshot, QueueStats, TaskId};
 use taskgrid_proto::api::{
     API_PREFIX, BatchRequest, BatchResponse, CancelResponse, CancelTagRequest, CancelTagResponse,
     ErrorBody, EventFilter, ListQuery, OutputEnd, OutputEntry, OutputPage, OutputQuery, SSE_END,
-    SSE_RESET, StreamReset, SubmitRequest, SubmitResponse, TaskDetail, TaskEvent, TaskPage,
-    WorkerView,
+    SSE_RESET, SSE_SUMMARY, StreamReset, SubmitRequest, SubmitResponse, Summary, TaskDetail,
+    TaskEvent, TaskPage, WorkerView,
 };
 
 pub use error::ClientError;
@@ -235,6 +235,21 @@ impl Client {
             "" | "message" => Some(sse::json(&raw).map(ServerEvent::Task)),
             SSE_RESET => Some(sse::json(&raw).map(ServerEvent::Reset)),
             _ => None,
+        }))
+    }
+
+    /// The cluster at a glance, a few times a second while something
+    /// happens (`/events/summary`), with the state of the `watch`ed tasks
+    /// when they change (all of them in the first summary).
+    pub async fn summary(&self, watch: &[TaskId]) -> Result<SseStream<Summary>, ClientError> {
+        let mut req = self.request(Method::GET, "/events/summary");
+        if !watch.is_empty() {
+            let ids: Vec<String> = watch.iter().map(TaskId::to_string).collect();
+            req = req.query(&[("watch", ids.join(","))]);
+        }
+        let res = open_stream(req).await?;
+        Ok(SseStream::spawn(res, |raw| {
+            (raw.event == SSE_SUMMARY).then(|| sse::json(&raw))
         }))
     }
 

@@ -1,7 +1,10 @@
 //! The read side of a [`TaskSystem`]: workers, explain, output paging,
 //! event replay, and retrying a finished task.
 
-use taskgrid_core::{Explanation, OutputChunk, TaskId};
+use std::collections::BTreeMap;
+
+use taskgrid_core::{Explanation, OutputChunk, State, TaskId};
+use taskgrid_proto::api::Summary;
 pub use taskgrid_proto::api::WorkerView;
 
 use crate::inner::relock;
@@ -27,6 +30,36 @@ impl TaskSystem {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    /// The cluster at a glance, cheap enough to take several times a
+    /// second: counters, tasks waiting and running, workers and slots, and
+    /// the last event's seq. Its `tasks` are left empty.
+    pub fn summary(&self) -> Summary {
+        let seq = relock(&self.inner.recent).0;
+        let engine = self.inner.lock();
+        let totals = engine.metrics().totals();
+        let (workers, slots, used) = engine.worker_load();
+        let (mut waiting, mut running) = (0, 0);
+        for (state, n) in engine.state_counts() {
+            match state {
+                State::Pending | State::Queued | State::Retrying => waiting += n as u64,
+                State::Assigned | State::Running => running += n as u64,
+                _ => {}
+            }
+        }
+        drop(engine);
+        Summary {
+            seq,
+            at: self.inner.clock.now(),
+            totals,
+            waiting,
+            running,
+            workers: workers as u64,
+            slots: u64::from(slots),
+            used: u64::from(used),
+            tasks: BTreeMap::new(),
+        }
     }
 
     /// Why a task is not running yet (or where it stands).

@@ -836,3 +836,98 @@ async fn a_resume_the_buffer_cannot_serve_starts_with_reset() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_counts_everything_and_follows_the_watched_tasks() {
+    let gate = Arc::new(watch::Sender::new(false));
+    let sys = gated_system(&gate, SystemConfig::default());
+    let client = serve(&sys).await;
+    let watched = client
+        .submit(&talk(&["x"], "default"))
+        .await
+        .expect("submits")
+        .id;
+    let other = client
+        .submit(&talk(&[], "default"))
+        .await
+        .expect("submits")
+        .id;
+    let mut summaries = client.summary(&[watched]).await.expect("subscribes");
+
+    // The first summary: where the watched task stands, and only it.
+    let first = summaries.next().await.expect("a summary").expect("ok");
+    assert_eq!(first.tasks.keys().copied().collect::<Vec<_>>(), [watched]);
+    assert!(!first.tasks[&watched].state.is_terminal());
+    assert_eq!(first.totals.submitted, 2);
+    assert_eq!(first.waiting + first.running, 2);
+
+    // Then the watched task's changes, until both tasks have succeeded.
+    gate.send_replace(true);
+    let mut last = first.tasks[&watched].state;
+    let end = loop {
+        let s = summaries.next().await.expect("a summary").expect("ok");
+        assert!(!s.tasks.contains_key(&other), "only watched tasks");
+        if let Some(t) = s.tasks.get(&watched) {
+            last = t.state;
+        }
+        if s.totals.succeeded == 2 && last == State::Succeeded {
+            break s;
+        }
+    };
+    assert_eq!((end.waiting, end.running, end.used), (0, 0, 0));
+    assert!(end.workers >= 1 && end.slots >= 1, "the local executor");
+    assert!(end.seq >= first.seq);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_costs_a_few_summaries_not_an_event_each() {
+    let gate = Arc::new(watch::Sender::new(true));
+    let sys = gated_system(&gate, SystemConfig::default());
+    let client = serve(&sys).await;
+    let mut summaries = client.summary(&[]).await.expect("subscribes");
+    let first = summaries.next().await.expect("a summary").expect("ok");
+    assert!(first.tasks.is_empty());
+    let started = std::time::Instant::now();
+    let burst = vec![talk(&[], "default"); 2_000];
+    client.submit_batch(&burst).await.expect("submits");
+    let mut messages = 0u128;
+    loop {
+        let s = summaries.next().await.expect("a summary").expect("ok");
+        messages += 1;
+        if s.totals.succeeded == 2_000 {
+            break;
+        }
+    }
+    // ~8,000 events, but one summary per pulse at most.
+    let pulses = started.elapsed().as_millis() / 500 + 1;
+    assert!(
+        messages <= pulses,
+        "{messages} summaries in {pulses} pulses"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_watch_list_is_refused_by_name() {
+    let sys = idle_system(None);
+    let api = Api::new(&sys);
+    let r = api.get("/api/v1/events/summary?watch=not-an-id").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"]["field"], "watch");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not-an-id")),
+        "{:?}",
+        r.body
+    );
+    let many: Vec<String> = (1..=201)
+        .map(|n| taskgrid_core::TaskId::from_u128(n).to_string())
+        .collect();
+    let r = api
+        .get(&format!("/api/v1/events/summary?watch={}", many.join(",")))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"]["field"], "watch");
+    let r = api.get("/api/v1/events/summary?wach=x").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}

@@ -48,22 +48,30 @@ pub fn kind_label(req: &ExecRequirement) -> String {
     }
 }
 
-/// Task counters of one series.
-#[derive(Debug, Clone, Copy, Default)]
-struct Counts {
-    submitted: u64,
-    succeeded: u64,
-    failed: u64,
-    timed_out: u64,
-    cancelled: u64,
-    expired: u64,
-    retried: u64,
+/// Task counters of one series: how many were submitted, ended in each
+/// terminal state, and were retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TaskCounts {
+    /// Tasks accepted.
+    pub submitted: u64,
+    /// Tasks that succeeded.
+    pub succeeded: u64,
+    /// Tasks that failed for good.
+    pub failed: u64,
+    /// Tasks whose last attempt ran out of time.
+    pub timed_out: u64,
+    /// Tasks cancelled.
+    pub cancelled: u64,
+    /// Tasks that expired before they ran.
+    pub expired: u64,
+    /// Attempts that failed and were scheduled again.
+    pub retried: u64,
 }
 
 /// The counters and histograms of one slice of the tasks.
 #[derive(Debug, Clone, Default)]
 struct Series {
-    counts: Counts,
+    counts: TaskCounts,
     run_time: Histogram,
     queue_wait: Histogram,
 }
@@ -302,6 +310,11 @@ impl Metrics {
             .push((WorkerId::new(OTHER_LABEL), Series::default()));
         self.other_worker = Some(i as u32);
         i
+    }
+
+    /// The counters over every task, without the histograms: cheap to read.
+    pub fn totals(&self) -> TaskCounts {
+        self.total.counts
     }
 
     /// Every figure at `now`: totals, rates, latency summaries, throughput,

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use taskgrid_core::{
     AttemptRecord, ContainerSpec, LabelReq, Priority, Progress, RetryPolicy, ShellCommand,
-    ShellSpec, State, Stream, TaskFailure, TaskId, TaskKind, TaskRecord, TaskSpec, TaskStatus,
-    Timestamp, WorkerId,
+    ShellSpec, State, Stream, TaskCounts, TaskFailure, TaskId, TaskKind, TaskRecord, TaskSpec,
+    TaskStatus, Timestamp, WorkerId,
 };
 
 /// Where the JSON API is mounted.
@@ -29,6 +29,11 @@ pub const SSE_END: &str = "end";
 /// The SSE event name sent first when a resumed event stream could not be
 /// replayed without a gap (its data is a [`StreamReset`]).
 pub const SSE_RESET: &str = "reset";
+/// The SSE event name of each message of `/events/summary` (its data is a
+/// [`Summary`]).
+pub const SSE_SUMMARY: &str = "summary";
+/// How many tasks one `/events/summary` connection may watch.
+pub const SUMMARY_WATCH_MAX: usize = 200;
 
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -477,6 +482,53 @@ pub struct EventFilter {
     /// Only events of tasks with this tag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
+}
+
+/// `GET /events/summary` query.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryQuery {
+    /// Task ids, comma-separated (at most [`SUMMARY_WATCH_MAX`]), whose
+    /// state and progress the summaries carry when they change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<String>,
+}
+
+/// One message of `/events/summary`: the cluster at a glance, sent at most
+/// a few times a second and only when something happened, so that a
+/// dashboard can follow any load for the price of a few small messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The last event (`/events` seq) this summary accounts for.
+    pub seq: u64,
+    /// When it was gathered.
+    pub at: Timestamp,
+    /// Counters since the coordinator started; a client takes differences
+    /// between two summaries for rates.
+    pub totals: TaskCounts,
+    /// Tasks waiting: pending, queued or retrying.
+    pub waiting: u64,
+    /// Tasks assigned to a worker or running.
+    pub running: u64,
+    /// Workers connected (the local executor included).
+    pub workers: u64,
+    /// Their slots in total.
+    pub slots: u64,
+    /// Slots in use.
+    pub used: u64,
+    /// Watched tasks that changed since the previous summary (every watched
+    /// task in the first summary of a connection), by id.
+    pub tasks: std::collections::BTreeMap<TaskId, WatchedTask>,
+}
+
+/// Where a watched task stands, in a [`Summary`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchedTask {
+    /// Its state.
+    pub state: State,
+    /// Its last reported progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
 }
 
 /// Something that happened to a task: the data of an `/events` SSE event,

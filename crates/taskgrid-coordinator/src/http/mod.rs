@@ -21,6 +21,7 @@ mod extract;
 mod metrics;
 mod output;
 mod queues;
+mod summary;
 mod tasks;
 
 use std::sync::Arc;
@@ -88,6 +89,8 @@ impl std::fmt::Debug for ApiConfig {
 pub(crate) struct AppState {
     pub(crate) system: Arc<TaskSystem>,
     pub(crate) config: Arc<ApiConfig>,
+    /// The shared source of `/events/summary`.
+    pub(crate) pulse: Arc<summary::Pulse>,
 }
 
 /// The OpenAPI 3.1 description of every route.
@@ -112,6 +115,7 @@ fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::POST, "/queues/{name}/resume", post(queues::resume)),
         (Method::GET, "/metrics", get(tasks::metrics)),
         (Method::GET, "/events", get(events::events)),
+        (Method::GET, "/events/summary", get(summary::summary)),
         (Method::GET, "/openapi.json", get(openapi)),
     ]
 }
@@ -152,6 +156,7 @@ pub fn router(system: Arc<TaskSystem>, config: ApiConfig) -> Router {
     let state = AppState {
         system,
         config: Arc::new(config),
+        pulse: Arc::default(),
     };
     let mut api = Router::new();
     for (_, path, route) in api_routes() {

@@ -574,6 +574,16 @@ impl Engine {
         })
     }
 
+    /// Connected workers, their slots in total, and the slots in use.
+    pub fn worker_load(&self) -> (usize, u32, u32) {
+        self.workers
+            .iter()
+            .flatten()
+            .fold((0, 0, 0), |(n, slots, used), w| {
+                (n + 1, slots + w.info.slots, used + w.used)
+            })
+    }
+
     /// Workers, with used slots, trust and the attempts they hold (for tests
     /// and stats).
     pub fn workers(&self) -> impl Iterator<Item = (&WorkerInfo, u32, f64, Vec<(TaskId, u32)>)> {

@@ -3,16 +3,15 @@
 // Everything comes from the coordinator's JSON API under /api/v1. Live
 // updates come from its SSE streams, read with fetch() so the client token
 // goes in the Authorization header (EventSource cannot send headers).
-// Events are queued and applied in batches a few times a second, so a
-// burst of thousands of events costs a few redraws, not thousands; the
-// cluster views (workers, queues, metrics) are re-read only when events
-// say something changed, at most every REFRESH_MS.
+// The page follows /events/summary, not every event: at most two small
+// messages a second whatever the load — counters, gauges, and the state of
+// the tasks the current view shows (its "watch" list) when they change.
+// The cluster views (workers, queues, metrics) are re-read only when a
+// summary says something changed, at most every REFRESH_MS.
 "use strict";
 
 const API = "/api/v1";
 const TOKEN_KEY = "taskgrid.token";
-/** Events are applied at most this often (ms). */
-const FLUSH_MS = 250;
 /** Workers, queues and metrics are re-read at most this often (ms). */
 const REFRESH_MS = 2000;
 /** Without any event, workers and queues are re-read this often (ms). */
@@ -220,41 +219,33 @@ const model = {
   // One sample per SAMPLE_MS: tasks finished, and of those failed.
   samples: [],
   current: { finished: 0, failed: 0, submitted: 0 },
-  // Since the page was opened: events applied, and resets of the stream
-  // (events missed because the page fell too far behind).
-  events: 0, resets: 0,
+  // The last summary (counters and gauges), and how many have come.
+  glance: null, summaries: 0,
   sampleStart: Date.now(),
 };
 
-let pending = [];
-let flushTimer = null;
 let clusterDirty = true;
 let lastRefresh = 0;
 let refreshTimer = null;
 
-/** Queues an event from the stream; applied in the next batch. */
-function enqueue(ev) {
-  pending.push(ev);
-  if (!flushTimer) flushTimer = setTimeout(flush, FLUSH_MS);
-}
+const FINISHED = ["succeeded", "failed", "timed_out", "cancelled", "expired"];
 
-/** Applies the queued events at once: counts, then the current view. */
-function flush() {
-  flushTimer = null;
-  const batch = pending;
-  pending = [];
-  model.events += batch.length;
-  for (const ev of batch) {
-    if (ev.event === "submitted") model.current.submitted++;
-    if (ev.event === "state") {
-      clusterDirty = true;
-      if (TERMINAL.has(ev.to)) {
-        model.current.finished++;
-        if (ev.to === "failed" || ev.to === "timed_out") model.current.failed++;
-      }
-    } else if (ev.event === "submitted") clusterDirty = true;
+/** Applies a summary: counter differences to the chart sample, then the view. */
+function applySummary(sum) {
+  model.summaries++;
+  const was = model.glance;
+  // The first summary, or one from a restarted coordinator, is a baseline.
+  const base = was && sum.totals.submitted >= was.totals.submitted ? was.totals : null;
+  if (base) {
+    const t = sum.totals;
+    const finished = FINISHED.reduce((n, k) => n + t[k] - base[k], 0);
+    model.current.finished += finished;
+    model.current.failed += t.failed + t.timed_out - base.failed - base.timed_out;
+    model.current.submitted += t.submitted - base.submitted;
   }
-  if (batch.length && view.onEvents) view.onEvents(batch);
+  if (!was || sum.seq !== was.seq) clusterDirty = true;
+  model.glance = sum;
+  if (view.onSummary) view.onSummary(sum, base);
   scheduleRefresh();
 }
 
@@ -300,27 +291,34 @@ function takeSample() {
 function sampleNow() {
   const secs = Math.max((Date.now() - model.sampleStart) / 1000, 0.25);
   const c = model.current;
+  const g = model.glance || { waiting: 0, running: 0 };
   return {
     rate: c.finished / secs,
     failure: c.finished ? c.failed / c.finished : 0,
     finished: c.finished,
-    waiting: model.queues.reduce((s, q) => s + q.waiting.reduce((a, [, n]) => a + n, 0), 0),
-    running: model.queues.reduce((s, q) => s + q.running, 0),
+    waiting: g.waiting,
+    running: g.running,
   };
 }
 
-function startEvents() {
+/** The summary stream, and the task ids it watches. */
+let summaryStream = null;
+let watching = "";
+let watchCalls = 0;
+
+/** (Re)connects the summary stream watching `ids` (the tasks a view shows). */
+function watch(ids) {
+  watchCalls++;
+  const list = [...new Set(ids)].slice(0, 200).join(",");
+  if (summaryStream && list === watching) return;
+  if (summaryStream) summaryStream.close();
+  watching = list;
   const live = $("#live");
-  follow(`${API}/events`, (m) => {
-    if (m.event === "reset") {
-      // Events were missed: re-read what the views show.
-      model.resets++;
-      scheduleRefresh(true);
-      if (view.onReset) view.onReset();
-      return true;
-    }
+  const q = list ? `?watch=${list}` : "";
+  summaryStream = follow(`${API}/events/summary${q}`, (m) => {
+    if (m.event !== "summary") return true;
     try {
-      enqueue(JSON.parse(m.data));
+      applySummary(JSON.parse(m.data));
     } catch (e) {
       // A malformed message is skipped; the stream goes on.
     }
@@ -383,7 +381,7 @@ function drawChart(canvas, series, { max, format }) {
 
 // ------------------------------------------------------------------ views
 
-/** The view being shown: { onEvents, onCluster, onSample, onReset, close }. */
+/** The view being shown: { onSummary, onCluster, onSample, close }. */
 let view = {};
 
 const overview = (root) => {
@@ -402,18 +400,16 @@ const overview = (root) => {
   const card = (n, l) => h("div", { class: "card", "data-card": l }, h("div", { class: "n" }, n), h("div", { class: "l" }, l));
   const draw = () => {
     const m = model.metrics || {};
-    const waiting = model.queues.reduce((s, q) => s + q.waiting.reduce((a, [, n]) => a + n, 0), 0);
-    const running = model.queues.reduce((s, q) => s + q.running, 0);
-    const slots = model.workers.reduce((s, w) => s + w.slots, 0);
-    const used = model.workers.reduce((s, w) => s + w.used, 0);
+    const g = model.glance;
+    const t = g ? g.totals : m;
     cards.replaceChildren(
-      card(model.workers.length, "workers online"),
-      card(`${used}/${slots}`, "slots in use"),
-      card(waiting, "waiting"),
-      card(running, "running"),
-      card(m.submitted ?? "—", "submitted"),
-      card(m.succeeded ?? "—", "succeeded"),
-      card((m.failed ?? 0) + (m.timed_out ?? 0), "failed or timed out"),
+      card(g ? g.workers : model.workers.length, "workers online"),
+      card(g ? `${g.used}/${g.slots}` : "—", "slots in use"),
+      card(g ? g.waiting : "—", "waiting"),
+      card(g ? g.running : "—", "running"),
+      card(t.submitted ?? "—", "submitted"),
+      card(t.succeeded ?? "—", "succeeded"),
+      card((t.failed ?? 0) + (t.timed_out ?? 0), "failed or timed out"),
       card(m.throughput ? `${m.throughput.last_1m.toFixed(2)}/s` : "—", "throughput, 1 min"));
     queues.replaceChildren(queueTable(false));
   };
@@ -434,7 +430,7 @@ const overview = (root) => {
   return {
     onCluster: () => { draw(); charts(); },
     onSample: charts,
-    onEvents: charts,
+    onSummary: () => { draw(); charts(); },
   };
 };
 
@@ -582,6 +578,7 @@ const tasksView = (root, params) => {
     const q = new URLSearchParams({ ...filters, limit: "50" });
     try {
       const page = await api(`/tasks?${q}`);
+      watch(page.tasks.map((t) => t.id));
       rows.clear();
       newCount = 0;
       note.textContent = "";
@@ -610,18 +607,16 @@ const tasksView = (root, params) => {
   };
   load();
   return {
-    onEvents(batch) {
-      for (const ev of batch) {
-        const st = ev.event === "state" ? ev.to : null;
-        if (st && rows.has(ev.id)) rows.get(ev.id).replaceChildren(stateBadge(st));
-        if (ev.event === "submitted" && !filters.cursor) newCount++;
+    onSummary(sum, base) {
+      for (const [id, t] of Object.entries(sum.tasks)) {
+        if (rows.has(id)) rows.get(id).replaceChildren(stateBadge(t.state));
       }
+      if (base && !filters.cursor) newCount += sum.totals.submitted - base.submitted;
       if (newCount) {
         note.replaceChildren(`${newCount} task(s) submitted since this page was read. `,
           h("button", { class: "link", onclick: load }, "reload"));
       }
     },
-    onReset: load,
   };
 };
 
@@ -751,18 +746,17 @@ const taskView = (root, id) => {
   });
 
   reload();
+  watch([id]);
   return {
-    onEvents(batch) {
-      for (const ev of batch) {
-        if (ev.id !== id) continue;
-        if (ev.event === "progress") drawProgress(ev);
-        if (ev.event === "state") {
-          $("#task-state")?.replaceChildren(stateBadge(ev.to));
-          reloadSoon();
-        }
+    onSummary(sum) {
+      const t = sum.tasks[id];
+      if (!t) return;
+      if (t.progress) drawProgress(t.progress);
+      if (!task || t.state !== task.status.state) {
+        $("#task-state")?.replaceChildren(stateBadge(t.state));
+        reloadSoon();
       }
     },
-    onReset: reload,
     close: () => out.close(),
   };
 };
@@ -778,6 +772,7 @@ function route() {
   root.replaceChildren();
   const parts = (path || "/").split("/").filter(Boolean);
   let name = parts[0] || "overview";
+  const watches = watchCalls;
   if (name === "task" && parts[1]) {
     view = taskView(root, decodeURIComponent(parts[1]));
     name = "tasks";
@@ -789,13 +784,14 @@ function route() {
     view = overview(root);
   }
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.view === name);
+  // Views that show tasks watch them; the others watch none.
+  if (watchCalls === watches) watch([]);
 }
 
 function main() {
   setupToken();
   window.addEventListener("hashchange", route);
   route();
-  startEvents();
   refreshCluster();
   setInterval(takeSample, SAMPLE_MS);
   // Workers connecting or leaving send no task event: look now and then.

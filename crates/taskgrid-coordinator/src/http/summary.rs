@@ -1,0 +1,261 @@
+//! `GET /events/summary`: the cluster at a glance as server-sent events, a
+//! few times a second, for dashboards.
+//!
+//! `/events` sends every change of every task: at tens of thousands of
+//! tasks a second that is more than a browser should draw and costs the
+//! coordinator a serialisation and a socket write per event per client.
+//! Here one shared *pulse* task follows the event bus, keeps only each
+//! task's latest state and progress per interval, and every [`PULSE`]
+//! hands the interval to the connections. Each connection sends one
+//! [`Summary`](taskgrid_proto::api::Summary) per interval in which something happened: counters, gauges,
+//! and the changes of the few tasks it watches (`?watch=ID,ID,…`, the
+//! rows a page shows). The first summary of a connection carries every
+//! watched task, read from the system, so a page that reads its rows and
+//! then connects misses nothing; so does the summary after the pulse fell
+//! behind the bus.
+//!
+//! The pulse starts with the first connection and stops at the first
+//! interval with none left, so a coordinator nobody watches pays nothing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use taskgrid_core::{Progress, TaskId};
+use taskgrid_proto::api::{SSE_SUMMARY, SUMMARY_WATCH_MAX, SummaryQuery, WatchedTask};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::MissedTickBehavior;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::ApiQuery;
+use crate::inner::relock;
+use crate::{EventKind, TaskEvent, TaskSystem};
+
+/// How often summaries are sent, at most.
+pub(crate) const PULSE: Duration = Duration::from_millis(500);
+
+/// What changed in a task during one interval.
+#[derive(Debug, Clone, Default)]
+struct Change {
+    state: Option<taskgrid_core::State>,
+    progress: Option<Progress>,
+}
+
+/// One interval, as the pulse hands it to every connection.
+#[derive(Debug, Default)]
+struct Interval {
+    /// The last event seen (0 before any).
+    seq: u64,
+    /// Each task's latest change in the interval.
+    changes: HashMap<TaskId, Change>,
+    /// False when the pulse fell behind the bus: changes may be missing.
+    complete: bool,
+}
+
+/// The shared pulse, started by the first connection.
+#[derive(Default)]
+pub(crate) struct Pulse {
+    running: Mutex<Option<Arc<watch::Sender<Arc<Interval>>>>>,
+}
+
+impl Pulse {
+    /// A receiver of intervals, starting the pulse if it is not running.
+    fn subscribe(self: &Arc<Self>, system: &Arc<TaskSystem>) -> watch::Receiver<Arc<Interval>> {
+        let mut running = relock(&self.running);
+        if let Some(tx) = &*running {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(Arc::new(Interval {
+            complete: true,
+            ..Interval::default()
+        }));
+        let tx = Arc::new(tx);
+        *running = Some(tx.clone());
+        tokio::spawn(beat(self.clone(), tx, system.subscribe()));
+        rx
+    }
+}
+
+/// Follows the bus and hands out an interval every [`PULSE`], until an
+/// interval ends with no connection left.
+async fn beat(
+    pulse: Arc<Pulse>,
+    tx: Arc<watch::Sender<Arc<Interval>>>,
+    mut bus: broadcast::Receiver<TaskEvent>,
+) {
+    let mut ticks = tokio::time::interval(PULSE);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut now = Interval {
+        complete: true,
+        ..Interval::default()
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = ticks.tick() => {
+                {
+                    let mut running = relock(&pulse.running);
+                    if tx.receiver_count() == 0 {
+                        *running = None;
+                        return;
+                    }
+                }
+                let next = Interval {
+                    seq: now.seq,
+                    complete: true,
+                    changes: HashMap::with_capacity(now.changes.len()),
+                };
+                tx.send_replace(Arc::new(std::mem::replace(&mut now, next)));
+            }
+            ev = bus.recv() => match ev {
+                Ok(ev) => {
+                    now.seq = ev.seq;
+                    let change = match ev.kind {
+                        EventKind::Submitted { state, .. } | EventKind::State { to: state, .. } => {
+                            Change { state: Some(state), progress: None }
+                        }
+                        EventKind::Progress(p) => Change { state: None, progress: Some(p) },
+                        EventKind::Checkpoint | EventKind::Output { .. } => continue,
+                    };
+                    let entry = now.changes.entry(ev.id).or_default();
+                    if change.state.is_some() {
+                        entry.state = change.state;
+                    }
+                    if change.progress.is_some() {
+                        entry.progress = change.progress;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => now.complete = false,
+                Err(RecvError::Closed) => {
+                    *relock(&pulse.running) = None;
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// The stream of summaries.
+pub(crate) async fn summary(
+    State(s): State<AppState>,
+    ApiQuery(query): ApiQuery<SummaryQuery>,
+) -> ApiResult<Response> {
+    let watched = parse_watch(query.watch.as_deref())?;
+    let (tx, rx) = mpsc::channel(4);
+    let intervals = s.pulse.subscribe(&s.system);
+    tokio::spawn(follow(s.system.clone(), watched, intervals, tx));
+    Ok(Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// The ids of `?watch=`: comma-separated, at most [`SUMMARY_WATCH_MAX`].
+fn parse_watch(watch: Option<&str>) -> Result<HashSet<TaskId>, ApiError> {
+    let Some(list) = watch.filter(|w| !w.is_empty()) else {
+        return Ok(HashSet::new());
+    };
+    let ids = list
+        .split(',')
+        .map(|id| {
+            id.trim()
+                .parse::<TaskId>()
+                .map_err(|e| ApiError::invalid("watch", format!("watch: {e} (in {:?})", id.trim())))
+        })
+        .collect::<Result<HashSet<_>, _>>()?;
+    if ids.len() > SUMMARY_WATCH_MAX {
+        return Err(ApiError::invalid(
+            "watch",
+            format!(
+                "watch names {} tasks; at most {SUMMARY_WATCH_MAX}",
+                ids.len()
+            ),
+        ));
+    }
+    Ok(ids)
+}
+
+/// One connection: a summary now, then one per interval in which
+/// something happened, until the client goes.
+async fn follow(
+    system: Arc<TaskSystem>,
+    watched: HashSet<TaskId>,
+    mut intervals: watch::Receiver<Arc<Interval>>,
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+) {
+    // The seq of the last interval sent; None before the first summary.
+    let mut sent: Option<u64> = None;
+    loop {
+        let interval = intervals.borrow_and_update().clone();
+        if sent != Some(interval.seq) {
+            let mut summary = system.summary();
+            summary.seq = interval.seq;
+            summary.tasks = if sent.is_none() || !interval.complete {
+                current(&system, watched.iter().copied())
+            } else {
+                changed(&system, &watched, &interval)
+            };
+            sent = Some(interval.seq);
+            let Ok(ev) = Event::default().event(SSE_SUMMARY).json_data(&summary) else {
+                return;
+            };
+            if tx.send(Ok(ev)).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            changed = intervals.changed() => if changed.is_err() { return },
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// The watched tasks that changed in `interval`.
+fn changed(
+    system: &TaskSystem,
+    watched: &HashSet<TaskId>,
+    interval: &Interval,
+) -> BTreeMap<TaskId, WatchedTask> {
+    watched
+        .iter()
+        .filter_map(|id| {
+            let change = interval.changes.get(id)?;
+            // Only progress moved: the state is the system's.
+            let state = match change.state {
+                Some(state) => state,
+                None => system.get(*id).ok()?.status.state,
+            };
+            Some((
+                *id,
+                WatchedTask {
+                    state,
+                    progress: change.progress.clone(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Where `ids` stand now, read from the system (unknown ids are left out).
+fn current(
+    system: &TaskSystem,
+    ids: impl Iterator<Item = TaskId>,
+) -> BTreeMap<TaskId, WatchedTask> {
+    ids.filter_map(|id| {
+        let r = system.get(id).ok()?;
+        Some((
+            id,
+            WatchedTask {
+                state: r.status.state,
+                progress: r.progress,
+            },
+        ))
+    })
+    .collect()
+}
