@@ -330,7 +330,7 @@ async fn apply(
         }
         In::Accept(a) => {
             let (id, n) = attempt(a.attempt.as_ref())?;
-            inner.command(|e, out| e.accept(worker, id, n, now, out))
+            inner.note(|e, out| e.accept(worker, id, n, now, out))
         }
         In::Reject(r) => {
             let (id, n) = attempt(r.attempt.as_ref())?;
@@ -339,12 +339,12 @@ async fn apply(
         In::Output(o) => {
             let (id, n) = attempt(o.attempt.as_ref())?;
             let stream = taskgrid_proto::stream_to_core(o.stream).map_err(|e| e.to_string())?;
-            inner.command(|e, out| e.output(id, n, stream, o.data, out))
+            inner.note(|e, out| e.output(id, n, stream, o.data, out))
         }
         In::Progress(p) => {
             let (id, n) = attempt(p.attempt.as_ref())?;
             let message = Some(p.message).filter(|m| !m.is_empty());
-            inner.command(|e, out| {
+            inner.note(|e, out| {
                 e.progress(
                     id,
                     n,

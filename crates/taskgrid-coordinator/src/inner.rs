@@ -81,6 +81,24 @@ impl Inner {
         changes: Vec<Change>,
         done: Option<oneshot::Sender<Result<(), Error>>>,
     ) {
+        self.persist_as(engine, changes, done, false);
+    }
+
+    /// Like [`persist`](Inner::persist), for changes nothing waits on and
+    /// no guarantee rests on (a worker's accept, progress, output): the
+    /// writer may hold them a few milliseconds so that they share the next
+    /// commit instead of paying for their own.
+    pub(crate) fn persist_lazily(&self, engine: &Engine, changes: Vec<Change>) {
+        self.persist_as(engine, changes, None, true);
+    }
+
+    fn persist_as(
+        &self,
+        engine: &Engine,
+        changes: Vec<Change>,
+        done: Option<oneshot::Sender<Result<(), Error>>>,
+        lazy: bool,
+    ) {
         if changes.is_empty() {
             if let Some(d) = done {
                 let _ = d.send(Ok(()));
@@ -121,7 +139,12 @@ impl Inner {
                 let _ = d.send(res.map_err(Error::from));
             }
         });
-        if let Err(e) = self.writer.submit(changes, Some(callback)) {
+        let submitted = if lazy {
+            self.writer.submit_lazy(changes, Some(callback))
+        } else {
+            self.writer.submit(changes, Some(callback))
+        };
+        if let Err(e) = submitted {
             tracing::error!(error = %e, "store writer refused changes");
         }
     }
@@ -320,20 +343,30 @@ impl Inner {
         r.map(|_| ()).map_err(|e| e.to_string())
     }
 
-    pub(crate) fn progress(&self, id: TaskId, attempt: u32, p: Progress) {
-        let mut engine = self.lock();
+    /// Runs one engine command that only records what a worker said (an
+    /// accept, progress, output): its changes are persisted lazily and the
+    /// driver is not woken, since nothing it could dispatch has changed.
+    pub(crate) fn note<T, E: std::fmt::Display>(
+        &self,
+        f: impl FnOnce(&mut Engine, &mut Outbox) -> Result<T, E>,
+    ) -> Result<(), String> {
         let mut out = Outbox::default();
-        if engine.progress(id, attempt, p, &mut out).is_ok() {
-            self.persist(&engine, out.changes, None);
-        }
+        let r = {
+            let mut engine = self.lock();
+            let r = f(&mut engine, &mut out);
+            self.persist_lazily(&engine, std::mem::take(&mut out.changes));
+            r
+        };
+        self.handle_stops(out.stops);
+        r.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn progress(&self, id: TaskId, attempt: u32, p: Progress) {
+        let _ = self.note(|e, out| e.progress(id, attempt, p, out));
     }
 
     pub(crate) fn output(&self, id: TaskId, attempt: u32, stream: Stream, data: String) {
-        let mut engine = self.lock();
-        let mut out = Outbox::default();
-        if engine.output(id, attempt, stream, data, &mut out).is_ok() {
-            self.persist(&engine, out.changes, None);
-        }
+        let _ = self.note(|e, out| e.output(id, attempt, stream, data, out));
     }
 
     pub(crate) async fn checkpoint(

@@ -5,6 +5,11 @@
 //! [`Durability::PowerLoss`](crate::Durability::PowerLoss)) is shared by every
 //! batch in it.
 //!
+//! A batch may be submitted *lazily* ([`Writer::submit_lazy`]): for changes
+//! nobody waits on (a worker's accept, progress, output), which may wait up
+//! to [`LAZY_WINDOW`] for company so that they ride in the next commit
+//! instead of paying for one of their own.
+//!
 //! Batches are applied in submission order. Each batch's `done` callback is
 //! called once its changes are committed (or have failed), in submission
 //! order, on the writer thread: keep callbacks short (send on a channel, wake
@@ -14,6 +19,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use taskgrid_core::Change;
 
@@ -26,6 +32,9 @@ pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// The most changes one group commit takes (a single larger batch is still
 /// applied whole, on its own).
 pub const BATCH_CAP: usize = 65_536;
+
+/// How long a commit of nothing but lazy batches waits for another batch.
+pub const LAZY_WINDOW: Duration = Duration::from_millis(10);
 
 /// The group-commit writer: a handle to the background thread.
 ///
@@ -41,6 +50,8 @@ pub struct Writer {
 struct Job {
     changes: Vec<Change>,
     done: Option<Done>,
+    /// May wait up to [`LAZY_WINDOW`] to share a commit.
+    lazy: bool,
 }
 
 impl Writer {
@@ -80,10 +91,28 @@ impl Writer {
     /// after [`shutdown`](Writer::shutdown) (and then `done` is dropped
     /// without being called).
     pub fn submit(&self, changes: Vec<Change>, done: Option<Done>) -> Result<(), StoreError> {
+        self.send(Job {
+            changes,
+            done,
+            lazy: false,
+        })
+    }
+
+    /// Like [`submit`](Writer::submit), for changes nothing waits on: they
+    /// are committed with the next batch submitted within [`LAZY_WINDOW`],
+    /// or on their own when that passes. Order is kept either way.
+    pub fn submit_lazy(&self, changes: Vec<Change>, done: Option<Done>) -> Result<(), StoreError> {
+        self.send(Job {
+            changes,
+            done,
+            lazy: true,
+        })
+    }
+
+    fn send(&self, job: Job) -> Result<(), StoreError> {
         let queue = lock(&self.queue);
         let tx = queue.as_ref().ok_or(StoreError::Closed)?;
-        tx.send(Job { changes, done })
-            .map_err(|_| StoreError::Closed)
+        tx.send(job).map_err(|_| StoreError::Closed)
     }
 
     /// Blocks until everything submitted before this call is committed (or
@@ -132,7 +161,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The writer thread: wait for a batch, take whatever else is queued (up to
-/// [`BATCH_CAP`] changes), commit, report; until every sender is gone.
+/// [`BATCH_CAP`] changes; when all of it is lazy, waiting up to
+/// [`LAZY_WINDOW`] for more), commit, report; until every sender is gone.
 fn run(store: &dyn Store, rx: &Receiver<Job>) {
     let mut carried: Option<Job> = None;
     loop {
@@ -143,10 +173,20 @@ fn run(store: &dyn Store, rx: &Receiver<Job>) {
                 Err(_) => return,
             },
         };
+        let mut deadline = first.lazy.then(|| Instant::now() + LAZY_WINDOW);
         let mut total = first.changes.len();
         let mut jobs = vec![first];
         while total < BATCH_CAP {
-            let Ok(job) = rx.try_recv() else { break };
+            let next = match deadline {
+                None => rx.try_recv().ok(),
+                Some(at) => rx
+                    .recv_timeout(at.saturating_duration_since(Instant::now()))
+                    .ok(),
+            };
+            let Some(job) = next else { break };
+            if !job.lazy {
+                deadline = None;
+            }
             if total + job.changes.len() > BATCH_CAP {
                 carried = Some(job);
                 break;

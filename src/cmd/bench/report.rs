@@ -168,7 +168,8 @@ pub(super) struct ThroughputReport {
     /// Tasks per second end to end.
     pub(super) e2e_per_sec: f64,
     /// First submit sent → the end seen in the coordinator's counters
-    /// (this process's clock, polled every 10 ms).
+    /// (this process's clock; its summary stream reports them every 500 ms,
+    /// so this runs up to half a second long).
     pub(super) wall_secs: f64,
     /// Accepted → started running, per task.
     pub(super) submit_to_start: Option<Percentiles>,

@@ -1,6 +1,8 @@
 //! The throughput run: K clients submit N tasks (in batches, or one by
 //! one) as fast as the coordinator acknowledges them, M workers run them,
-//! and the run ends when the coordinator counts N more finished tasks.
+//! and the run ends when the coordinator counts N more finished tasks (on
+//! its summary stream, which costs it next to nothing, unlike polling its
+//! metrics or following every event).
 //! The figures come from three places: this process's clock (submit rate,
 //! wall time), /proc (the coordinator's CPU and peak memory, read when the
 //! last task is seen finished, before the records are read back), and the
@@ -8,11 +10,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use taskgrid_client::Client;
-use taskgrid_core::{MetricsSnapshot, State, TaskId};
+use taskgrid_core::{State, TaskCounts, TaskId};
 use taskgrid_proto::api::SubmitRequest;
 use tokio::task::JoinSet;
 
@@ -20,9 +22,6 @@ use super::coordinator::Target;
 use super::records::{self, Timings};
 use super::report::{Setup, ThroughputReport, Usage};
 use super::{Plan, note, usage};
-
-/// How often the coordinator's counters are read while waiting for the end.
-const POLL: Duration = Duration::from_millis(10);
 
 /// Runs `tasks` tasks through a coordinator and workers started for the
 /// run, and stops them.
@@ -45,8 +44,8 @@ pub(super) async fn run(plan: &Plan, tasks: u64) -> anyhow::Result<ThroughputRep
 }
 
 /// Tasks the coordinator has seen finish since it started.
-fn finished(m: &MetricsSnapshot) -> u64 {
-    m.succeeded + m.failed + m.timed_out + m.cancelled + m.expired
+fn finished(t: &TaskCounts) -> u64 {
+    t.succeeded + t.failed + t.timed_out + t.cancelled + t.expired
 }
 
 /// Submits, waits for the end, samples the coordinator's use, reads the
@@ -58,7 +57,16 @@ async fn measure(
     route: Option<&str>,
 ) -> anyhow::Result<ThroughputReport> {
     let client = target.client()?;
-    let base = finished(&client.metrics().await.context("reading metrics")?);
+    let mut summaries = client
+        .summary(&[])
+        .await
+        .context("following the coordinator's summary")?;
+    let first = summaries
+        .next()
+        .await
+        .context("the summary stream ended at once")?
+        .context("reading the coordinator's summary")?;
+    let base = finished(&first.totals);
     let before = target.pid().and_then(|p| usage::sample(p).ok());
     let req = plan.request(route);
     let start = Instant::now();
@@ -81,19 +89,18 @@ async fn measure(
         "submitted {} in {submit_secs:.2} s; waiting for them to finish",
         ids.len()
     ));
-    loop {
-        let m = client.metrics().await.context("reading metrics")?;
-        if finished(&m).saturating_sub(base) >= tasks {
-            break;
-        }
-        if tokio::time::Instant::now() >= deadline {
+    let mut done = 0;
+    while done < tasks {
+        let Ok(next) = tokio::time::timeout_at(deadline, summaries.next()).await else {
             bail!(
-                "only {} of {tasks} tasks finished within --timeout {:?}",
-                finished(&m).saturating_sub(base),
+                "only {done} of {tasks} tasks finished within --timeout {:?}",
                 plan.timeout
             );
-        }
-        tokio::time::sleep(POLL).await;
+        };
+        let summary = next
+            .context("the coordinator's summary stream ended")?
+            .context("reading the coordinator's summary")?;
+        done = finished(&summary.totals).saturating_sub(base);
     }
     let wall_secs = start.elapsed().as_secs_f64();
     let after = target.pid().and_then(|p| usage::sample(p).ok());

@@ -204,6 +204,57 @@ fn a_bad_batch_fails_only_its_own_callback() {
 }
 
 #[test]
+fn a_lazy_batch_rides_in_the_next_commit() {
+    let (store, entered, release) = Recording::gated();
+    let writer = Writer::spawn(store.clone());
+    let (tx, rx) = mpsc::channel();
+    writer
+        .submit(vec![submit(task(1))], report_to(&tx, 0))
+        .unwrap();
+    entered.recv().unwrap(); // held inside the first commit
+    let mut life = Life::of(&task(1));
+    writer
+        .submit_lazy(vec![life.assign("w", 1)], report_to(&tx, 1))
+        .unwrap();
+    writer
+        .submit(vec![submit(task(2))], report_to(&tx, 2))
+        .unwrap();
+    release.send(()).unwrap();
+    let tags: Vec<usize> = (0..3).map(|_| rx.recv().unwrap().0).collect();
+    assert_eq!(tags, [0, 1, 2], "callbacks in submission order");
+    let calls: Vec<Vec<TaskId>> = store.calls().into_iter().map(|(ids, _)| ids).collect();
+    assert_eq!(
+        calls,
+        [vec![tid(1)], vec![tid(1), tid(2)]],
+        "the lazy batch and the next one in one commit"
+    );
+}
+
+#[test]
+fn a_lazy_batch_alone_is_committed_after_the_window() {
+    let store = Arc::new(Recording::default());
+    let writer = Writer::spawn(store.clone());
+    writer.submit(vec![submit(task(1))], None).unwrap();
+    writer.flush().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let mut life = Life::of(&task(1));
+    let sent = std::time::Instant::now();
+    writer
+        .submit_lazy(vec![life.assign("w", 1)], report_to(&tx, 0))
+        .unwrap();
+    let (_, result) = rx.recv().unwrap();
+    assert!(result.is_ok());
+    assert!(
+        sent.elapsed() >= super::LAZY_WINDOW,
+        "it waited for company"
+    );
+    assert_eq!(
+        store.get(tid(1)).unwrap().map(|r| r.status.state),
+        Some(State::Assigned)
+    );
+}
+
+#[test]
 fn shutdown_drains_then_refuses() {
     let store = Arc::new(MemoryStore::new());
     let writer = Writer::spawn(store.clone());
