@@ -23,6 +23,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         worker_token: args.server.worker_token.clone(),
         labels: args.labels.clone(),
         slots: args.slots,
+        prefetch: 0,
         name: Some("local".to_owned()),
         id: Some("local-worker".to_owned()),
         allow: Vec::new(),

@@ -21,6 +21,11 @@ pub(crate) struct Args {
     /// Tasks run at once (default: number of CPUs).
     #[arg(long)]
     pub(crate) slots: Option<u32>,
+    /// Tasks held ready beyond the slots, each started the moment a slot
+    /// frees: hides the round trip to the coordinator between short tasks,
+    /// at the price of holding work another free worker could run.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) prefetch: u32,
     /// Display name (default: host name).
     #[arg(long)]
     pub(crate) name: Option<String>,
@@ -59,6 +64,7 @@ impl Args {
             anyhow::ensure!(s > 0, "--slots must be at least 1");
             c.slots = s;
         }
+        c.prefetch = self.prefetch;
         for l in &self.labels {
             let (k, v) = l.split_once('=').unwrap_or((l, ""));
             anyhow::ensure!(

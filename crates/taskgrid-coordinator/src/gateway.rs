@@ -233,6 +233,12 @@ impl Gateway {
                 self.config.max_slots
             )));
         }
+        if reg.prefetch > self.config.max_slots {
+            return Err(Status::invalid_argument(format!(
+                "register.prefetch must be 0-{}",
+                self.config.max_slots
+            )));
+        }
         let mut labels: Vec<(String, String)> = reg
             .labels
             .iter()
@@ -246,6 +252,7 @@ impl Gateway {
             shell: reg.shell,
             container: reg.container,
             slots: reg.slots,
+            prefetch: reg.prefetch,
             queues: reg.queues.clone(),
             heartbeat_timeout: Some(
                 self.config.heartbeat_interval * self.config.missed_heartbeats.max(1),

@@ -23,6 +23,7 @@ impl TaskSystem {
                 shell: info.shell,
                 container: info.container,
                 slots: info.slots,
+                prefetch: info.prefetch,
                 used,
                 trust,
                 running,

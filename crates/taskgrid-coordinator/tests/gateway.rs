@@ -201,6 +201,16 @@ async fn a_wrong_token_is_refused_and_malformed_messages_are_ignored() {
         .err()
         .unwrap();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let greedy = worker::Register {
+        prefetch: u32::MAX,
+        ..register("w1", &["x"])
+    };
+    let err = FakeWorker::connect(addr, Some("s3cret"), greedy)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("register.prefetch"), "{err:?}");
 
     let mut w = FakeWorker::connect(addr, Some("s3cret"), register("w1", &["x"]))
         .await

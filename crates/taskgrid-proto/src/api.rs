@@ -461,7 +461,11 @@ pub struct WorkerView {
     pub container: bool,
     /// Its slots.
     pub slots: u32,
-    /// Slots in use.
+    /// Slots' worth of tasks it holds ready beyond `slots`.
+    #[serde(default)]
+    pub prefetch: u32,
+    /// Slots taken by its assigned and running tasks (at most `slots` +
+    /// `prefetch`).
     pub used: u32,
     /// Recent success rate (0.5 for a new worker).
     pub trust: f64,

@@ -95,6 +95,7 @@ pub fn assignment_from_core(a: &Assignment) -> worker::Assignment {
         kind: Some(kind),
         timeout_ms: a.timeout.map_or(0, taskgrid_core::duration_millis),
         checkpoint_json: a.checkpoint.as_deref().unwrap_or_default().to_owned(),
+        slots: a.slots,
     }
 }
 
@@ -244,10 +245,12 @@ mod tests {
             })),
             timeout: Some(Duration::from_secs(2)),
             checkpoint: Some("{\"n\":1}".into()),
+            slots: 2,
         };
         let wire = assignment_from_core(&a);
         assert_eq!(kind_to_core(&wire).unwrap(), a.kind);
         assert_eq!(timeout_of(&wire), a.timeout);
+        assert_eq!(wire.slots, 2);
         assert_eq!(task_id(wire.attempt.as_ref()).unwrap(), (a.id, 3));
     }
 

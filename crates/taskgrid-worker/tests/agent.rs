@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use taskgrid_coordinator::{GatewayConfig, SystemConfig, Task, TaskError, TaskSystem, gateway};
-use taskgrid_core::{FailureCode, ShellCommand, ShellSpec, State, TaskKind, TaskSpec};
+use taskgrid_core::{FailureCode, ShellCommand, ShellSpec, State, TaskKind, TaskSpec, WorkerId};
 use taskgrid_worker::{ShellPolicy, Worker, WorkerConfig};
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -54,6 +54,22 @@ async fn reach(
     })
     .await
     .unwrap_or_else(|_| panic!("task {id} never reached {want}"));
+}
+
+/// Waits until each `(task, state)` has been entered, in any order.
+async fn reach_all(
+    events: &mut tokio::sync::broadcast::Receiver<taskgrid_coordinator::TaskEvent>,
+    want: &[(taskgrid_core::TaskId, State)],
+) {
+    let mut left: Vec<_> = want.to_vec();
+    tokio::time::timeout(LIMIT, async {
+        while !left.is_empty() {
+            let ev = events.recv().await.unwrap();
+            left.retain(|(id, st)| !(ev.id == *id && ev.new_state() == Some(*st)));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never reached {want:?}"));
 }
 
 fn script(s: &str) -> Task {
@@ -343,5 +359,123 @@ async fn a_drain_finishes_running_work_and_leaves_queued_work_queued() {
         );
         q.cancel().unwrap();
     }
+    sys.shutdown().await.unwrap();
+}
+
+/// A shell task that waits for `gate` to exist.
+fn gated(gate: &std::path::Path) -> Task {
+    script(&format!(
+        "while [ ! -e {g} ]; do sleep 0.02; done",
+        g = gate.display()
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetched_tasks_wait_for_a_slot_and_a_cancelled_one_never_runs() {
+    let (sys, addr) = coordinator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(addr, "prefetcher");
+    c.slots = 1;
+    c.prefetch = 2;
+    tokio::spawn(Worker::with_config(c).run());
+    let mut events = sys.subscribe();
+    let (gate1, gate2) = (dir.path().join("gate1"), dir.path().join("gate2"));
+    let mark = |n: &str| dir.path().join(n);
+    let touch = |n: &str| script(&format!("touch {}", mark(n).display()));
+    let first = sys.submit(gated(&gate1)).await.unwrap();
+    let second = sys
+        .submit(script(&format!(
+            "while [ ! -e {g} ]; do sleep 0.02; done; touch {m}",
+            g = gate2.display(),
+            m = mark("second").display()
+        )))
+        .await
+        .unwrap();
+    let third = sys.submit(touch("third")).await.unwrap();
+    reach_all(
+        &mut events,
+        &[
+            (first.id(), State::Running),
+            (second.id(), State::Assigned),
+            (third.id(), State::Assigned),
+        ],
+    )
+    .await;
+    // One slot, two held: offered and assigned, but not started.
+    for h in [&second, &third] {
+        let rec = h.record().unwrap();
+        assert_eq!(rec.status.state, State::Assigned, "held, not running");
+        assert_eq!(rec.status.worker, Some(WorkerId::new("prefetcher")));
+    }
+    let w = sys
+        .workers()
+        .into_iter()
+        .find(|w| w.id == WorkerId::new("prefetcher"))
+        .unwrap();
+    assert_eq!((w.slots, w.prefetch, w.used), (1, 2, 3));
+
+    // A held task cancelled is dropped by the worker. (Its stop goes out
+    // before the first gate opens: long before the slot could reach it.)
+    third.cancel().unwrap();
+    assert_eq!(
+        third.wait_timeout(LIMIT).await.unwrap().state,
+        State::Cancelled
+    );
+    // The next held task starts once the slot frees, not before.
+    std::fs::write(&gate1, b"").unwrap();
+    reach(&mut events, second.id(), State::Running).await;
+    assert_eq!(
+        first.wait_timeout(LIMIT).await.unwrap().state,
+        State::Succeeded
+    );
+    std::fs::write(&gate2, b"").unwrap();
+    assert_eq!(
+        second.wait_timeout(LIMIT).await.unwrap().state,
+        State::Succeeded
+    );
+    assert!(mark("second").exists());
+    // Held tasks start in the order they came, so a task submitted now
+    // finishes after the cancelled one would have run.
+    let fourth = sys.submit(touch("fourth")).await.unwrap();
+    assert_eq!(
+        fourth.wait_timeout(LIMIT).await.unwrap().state,
+        State::Succeeded
+    );
+    assert!(!mark("third").exists(), "the cancelled task never ran");
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_hands_held_tasks_back_at_once() {
+    let (sys, addr) = coordinator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(addr, "holder");
+    c.slots = 1;
+    c.prefetch = 1;
+    c.drain_grace = LIMIT;
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(Worker::with_config(c).run_until(async move {
+        let _ = drain_rx.await;
+    }));
+    let mut events = sys.subscribe();
+    let gate = dir.path().join("gate");
+    let running = sys.submit(gated(&gate)).await.unwrap();
+    let held = sys.submit(script("true")).await.unwrap();
+    reach_all(
+        &mut events,
+        &[(running.id(), State::Running), (held.id(), State::Assigned)],
+    )
+    .await;
+    drain_tx.send(()).unwrap();
+    // The held task goes back to the queue while the running one still runs.
+    reach(&mut events, held.id(), State::Queued).await;
+    assert_eq!(running.record().unwrap().status.state, State::Running);
+    std::fs::write(&gate, b"").unwrap();
+    agent.await.unwrap().unwrap();
+    assert_eq!(
+        running.wait_timeout(LIMIT).await.unwrap().state,
+        State::Succeeded
+    );
+    assert_eq!(held.record().unwrap().status.state, State::Queued);
     sys.shutdown().await.unwrap();
 }

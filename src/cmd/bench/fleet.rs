@@ -106,6 +106,7 @@ fn agent(plan: &Plan, target: &Target, id: &str, route: Option<&str>) -> Agent {
     config.id = id.to_owned();
     config.name = id.to_owned();
     config.slots = plan.slots;
+    config.prefetch = plan.prefetch;
     config.shell = ShellPolicy::Any;
     if let Some(r) = route {
         config.labels.push((ROUTE_LABEL.to_owned(), r.to_owned()));
@@ -129,7 +130,8 @@ fn child(plan: &Plan, target: &Target, id: &str, route: Option<&str>) -> anyhow:
     let exe = std::env::current_exe().context("finding the taskgrid executable")?;
     let mut cmd = Command::new(exe);
     cmd.args(["worker", "--server", &target.url, "--id", id, "--name", id])
-        .args(["--slots", &plan.slots.to_string()]);
+        .args(["--slots", &plan.slots.to_string()])
+        .args(["--prefetch", &plan.prefetch.to_string()]);
     if let Some(r) = route {
         cmd.args(["--label", &format!("{ROUTE_LABEL}={r}")]);
     }

@@ -253,6 +253,7 @@ impl Simulated {
             shell: false,
             container: false,
             slots: 1,
+            prefetch: 0,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             queues: vec![IDLE_QUEUE.to_owned()],
             running: Vec::new(),

@@ -32,6 +32,10 @@ pub(crate) struct Args {
     /// CPUs for true].
     #[arg(long)]
     pub(super) slots: Option<u32>,
+    /// Tasks each worker holds ready beyond its slots (`taskgrid worker
+    /// --prefetch`).
+    #[arg(long, default_value_t = 0)]
+    pub(super) prefetch: u32,
     /// Clients submitting at once, each over its own HTTP connection pool.
     #[arg(long, default_value_t = 4)]
     pub(super) clients: u32,

@@ -72,6 +72,8 @@ pub(super) struct Plan {
     pub(super) worker_mode: WorkerMode,
     /// Slots per worker.
     pub(super) slots: u32,
+    /// Tasks each worker holds beyond its slots.
+    pub(super) prefetch: u32,
     /// Clients submitting at once.
     pub(super) clients: u32,
     /// Tasks per submit request.
@@ -115,6 +117,9 @@ impl Args {
             if s > MAX_SLOTS {
                 bail!("--slots must be at most {MAX_SLOTS} (the coordinator's limit per worker)");
             }
+        }
+        if self.prefetch > MAX_SLOTS {
+            bail!("--prefetch must be at most {MAX_SLOTS} (the coordinator's limit per worker)");
         }
         if self.batch as usize > ApiConfig::MAX_BATCH_DEFAULT {
             bail!(
@@ -207,6 +212,7 @@ impl Args {
             workers: self.workers,
             worker_mode: self.worker_mode,
             slots,
+            prefetch: self.prefetch,
             clients: self.clients,
             batch: self.batch,
             window: self.window,

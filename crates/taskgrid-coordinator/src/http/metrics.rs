@@ -363,6 +363,7 @@ mod tests {
             shell: true,
             container: false,
             slots: 4,
+            prefetch: 0,
             used: 1,
             trust: 0.5,
             running: Vec::new(),

@@ -113,6 +113,10 @@ pub struct WorkerInfo {
     pub container: bool,
     /// Tasks (by slots) it runs at once.
     pub slots: u32,
+    /// Slots' worth of tasks it may hold beyond `slots`, ready to start the
+    /// moment one finishes (they stay `assigned` until then). Saves a round
+    /// trip per task for short tasks; costs fairness across workers.
+    pub prefetch: u32,
     /// Queues it serves; all queues when empty.
     pub queues: Vec<String>,
     /// It is dropped when no heartbeat arrives for this long; never when `None`.
@@ -134,6 +138,7 @@ impl WorkerInfo {
             shell: false,
             container: false,
             slots,
+            prefetch: 0,
             queues: Vec::new(),
             heartbeat_timeout: None,
         }
@@ -160,7 +165,7 @@ impl Worker {
         if self.paused {
             return 0;
         }
-        self.info.slots.saturating_sub(self.used)
+        (self.info.slots + self.info.prefetch).saturating_sub(self.used)
     }
     /// Recent success rate with a neutral prior: 0.5 for a new worker.
     pub(super) fn trust(&self) -> f64 {
@@ -531,6 +536,7 @@ impl Engine {
             kind: e.rec.spec.kind.clone(),
             timeout: e.rec.spec.timeout,
             checkpoint: e.rec.checkpoint.clone(),
+            slots,
         });
         let w = self.workers[wi].as_mut().expect("checked above");
         let before = w.free();

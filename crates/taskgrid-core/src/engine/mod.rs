@@ -164,6 +164,8 @@ pub struct Assignment {
     pub timeout: Option<Duration>,
     /// The last checkpoint saved by an earlier attempt.
     pub checkpoint: Option<Box<str>>,
+    /// Slots it takes.
+    pub slots: u32,
 }
 
 /// Why an executor must stop an attempt.

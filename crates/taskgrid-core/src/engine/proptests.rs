@@ -38,6 +38,7 @@ enum Cmd {
     Register {
         worker: u8,
         slots: u32,
+        prefetch: u32,
         handlers: u8,
         labels: u8,
         mortal: bool,
@@ -62,8 +63,10 @@ fn cmd() -> impl Strategy<Value = Cmd> {
             .prop_map(|(prio, queue, handler, label, dep, retries, timeout_ms, unique, delay_ms, expire_ms)| {
                 Cmd::Submit { prio, queue, handler, label, dep, retries, timeout_ms, unique, delay_ms, expire_ms }
             }),
-        1 => (0..3u8, 1..4u32, 1..4u8, 0..4u8, any::<bool>())
-            .prop_map(|(worker, slots, handlers, labels, mortal)| Cmd::Register { worker, slots, handlers, labels, mortal }),
+        1 => (0..3u8, 1..4u32, proptest::option::weighted(0.3, 1..3u32), 1..4u8, 0..4u8, any::<bool>())
+            .prop_map(|(worker, slots, prefetch, handlers, labels, mortal)| {
+                Cmd::Register { worker, slots, prefetch: prefetch.unwrap_or(0), handlers, labels, mortal }
+            }),
         1 => (0..3u8).prop_map(Cmd::Remove),
         1 => (0..3u8).prop_map(Cmd::Heartbeat),
         1 => (0..3u8, any::<bool>()).prop_map(|(w, p)| Cmd::Pause(w, p)),
@@ -157,11 +160,13 @@ impl Model {
             Cmd::Register {
                 worker,
                 slots,
+                prefetch,
                 handlers,
                 labels,
                 mortal,
             } => {
                 let mut info = WorkerInfo::local(format!("w{worker}"), slots, Vec::<String>::new());
+                info.prefetch = prefetch;
                 info.handlers = HANDLERS
                     .iter()
                     .enumerate()
@@ -276,7 +281,11 @@ impl Model {
                 .flatten()
                 .find(|w| w.info.id == a.worker)
                 .expect("worker");
-            assert!(w.used <= w.info.slots, "dispatch overfilled {}", w.info.id);
+            assert!(
+                w.used <= w.info.slots + w.info.prefetch,
+                "dispatch overfilled {}",
+                w.info.id
+            );
             for other in e.tasks.values() {
                 let st = &other.rec.status;
                 if st.state != State::Queued || other.rec.spec.queue != got.rec.spec.queue {

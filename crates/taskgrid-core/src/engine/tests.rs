@@ -1018,3 +1018,33 @@ fn metrics_break_down_by_queue_kind_and_worker() {
     assert_eq!(m.run_time.count, 3);
     assert!(m.throughput.last_1m > 0.0);
 }
+
+#[test]
+fn a_worker_with_prefetch_is_offered_that_many_more_tasks() {
+    let mut t = Harness::new();
+    let mut info = WorkerInfo::local("w1", 2, ["echo"]);
+    info.prefetch = 1;
+    let w = info.id.clone();
+    t.engine.register_worker(info, t.now);
+    let ids: Vec<TaskId> = (0..4).map(|_| t.submit(h("echo"))).collect();
+    // Two slots and one held ready: three offers, the fourth waits.
+    let a = t.dispatch();
+    assert_eq!(a.iter().map(|x| x.id).collect::<Vec<_>>(), ids[..3]);
+    assert!(a.iter().all(|x| x.worker == w && x.slots == 1));
+    assert_eq!(t.engine.free_slots(), 0);
+    assert_eq!(t.state(ids[3]), State::Queued);
+    // The held offer stays assigned, with no deadline, until accepted.
+    for x in &a[..2] {
+        t.engine
+            .accept(&x.worker, x.id, x.attempt, t.now, &mut t.out)
+            .unwrap();
+    }
+    assert_eq!(t.state(ids[2]), State::Assigned);
+    t.report(&a[0], Outcome::ok()).unwrap();
+    assert_eq!(
+        t.dispatch().iter().map(|x| x.id).collect::<Vec<_>>(),
+        [ids[3]]
+    );
+    let (_, used, _, held) = t.engine.workers().next().unwrap();
+    assert_eq!((used, held.len()), (3, 3));
+}

@@ -38,6 +38,11 @@ pub struct WorkerConfig {
     pub labels: Vec<(String, String)>,
     /// Tasks (by slots) run at once.
     pub slots: u32,
+    /// Slots' worth of tasks held ready beyond `slots`, each started the
+    /// moment a slot frees (0: none). For many short tasks this hides the
+    /// round trip to the coordinator between one task and the next; the
+    /// price is that a held task waits here even if another worker is free.
+    pub prefetch: u32,
     /// Queues served; all when empty.
     pub queues: Vec<String>,
     /// Which programs shell tasks may run.
@@ -73,6 +78,7 @@ impl WorkerConfig {
             name: host,
             labels: Vec::new(),
             slots: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            prefetch: 0,
             queues: Vec::new(),
             shell: ShellPolicy::Any,
             container: None,

@@ -1,7 +1,8 @@
 //! Running one assignment: accept or refuse it, run it with the right
 //! executor, stream its output, report its result.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use taskgrid_core::{Outcome, StopReason, TaskId, TaskKind};
@@ -51,12 +52,76 @@ pub(super) fn start(shared: &Arc<Shared>, a: worker::Assignment, draining: bool)
     if let Err(reason) = capable {
         return refuse(reason);
     }
+    let need = a.slots.max(1);
     let stop = shared.track((id, attempt));
+    let held = Held {
+        a,
+        id,
+        attempt,
+        kind,
+        need,
+        stop,
+    };
+    let mut slots = relock(&shared.slots);
+    if slots.held.is_empty() && slots.fits(need, shared.config.slots) {
+        slots.busy += need;
+        drop(slots);
+        launch(shared, held);
+    } else {
+        // Offered beyond the slots (the prefetch): it starts, and is
+        // accepted, when a slot frees.
+        slots.held.push_back(held);
+    }
+}
+
+/// The slots in use and the assignments waiting for one.
+#[derive(Default)]
+pub(super) struct Slots {
+    busy: u32,
+    pub(super) held: VecDeque<Held>,
+}
+
+impl Slots {
+    /// Whether `need` more slots fit in `total` (a task bigger than the
+    /// worker, which the coordinator never sends, runs alone).
+    fn fits(&self, need: u32, total: u32) -> bool {
+        self.busy + need <= total || self.busy == 0
+    }
+}
+
+/// An assignment taken but not started yet.
+pub(super) struct Held {
+    a: worker::Assignment,
+    id: TaskId,
+    attempt: u32,
+    kind: TaskKind,
+    need: u32,
+    stop: watch::Receiver<Option<StopReason>>,
+}
+
+impl Held {
+    /// Its task and attempt.
+    pub(super) fn key(&self) -> (TaskId, u32) {
+        (self.id, self.attempt)
+    }
+}
+
+/// Accepts a taken assignment and runs it in the background; when it has
+/// reported, its slots go to the next held assignment.
+fn launch(shared: &Arc<Shared>, h: Held) {
     shared.emit(In::Accept(worker::Accept {
-        attempt: a.attempt.clone(),
+        attempt: h.a.attempt.clone(),
     }));
     let shared = shared.clone();
     tokio::spawn(async move {
+        let Held {
+            a,
+            id,
+            attempt,
+            kind,
+            need,
+            stop,
+        } = h;
         let report = execute(&shared, id, attempt, kind, &a, stop).await;
         let mut result = taskgrid_proto::result_from_outcome(id, attempt, &report.outcome);
         result.exit_code = report.exit_code.or(result.exit_code);
@@ -65,7 +130,41 @@ pub(super) fn start(shared: &Arc<Shared>, a: worker::Assignment, draining: bool)
         result.cpu_seconds = report.cpu_seconds;
         result.peak_rss_bytes = report.peak_rss_bytes;
         shared.emit(In::Result(result));
+        release(&shared, need);
     });
+}
+
+/// Frees `need` slots and starts the held assignments that now fit, in
+/// the order they came; those stopped meanwhile (cancelled, or given to
+/// another worker) are dropped without running.
+fn release(shared: &Arc<Shared>, need: u32) {
+    let mut start = Vec::new();
+    {
+        let mut slots = relock(&shared.slots);
+        slots.busy -= need;
+        while let Some(next) = slots.held.front() {
+            if next.stop.borrow().is_some() {
+                if let Some(h) = slots.held.pop_front() {
+                    shared.forget(h.key());
+                }
+                continue;
+            }
+            if !slots.fits(next.need, shared.config.slots) {
+                break;
+            }
+            if let Some(h) = slots.held.pop_front() {
+                slots.busy += h.need;
+                start.push(h);
+            }
+        }
+    }
+    for h in start {
+        launch(shared, h);
+    }
+}
+
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn execute(

@@ -33,6 +33,8 @@ pub(super) struct Shared {
     pub(super) config: WorkerConfig,
     pub(super) handlers: HashMap<String, Arc<dyn Handler>>,
     attempts: Mutex<HashMap<(TaskId, u32), Attempt>>,
+    /// Slots in use, and the assignments held until one frees.
+    pub(super) slots: Mutex<super::run::Slots>,
     events: mpsc::UnboundedSender<In>,
     acks: Mutex<HashMap<u64, oneshot::Sender<worker::Ack>>>,
     next_request: AtomicU64,
@@ -84,9 +86,24 @@ impl Shared {
             a.silenced |= silence;
             let _ = a.stop.send(Some(reason));
         }
+        // Held, never started: it is simply dropped.
+        let held = {
+            let mut slots = relock(&self.slots);
+            let before = slots.held.len();
+            slots.held.retain(|h| h.key() != key);
+            slots.held.len() != before
+        };
+        if held {
+            self.forget(key);
+        }
     }
 
     fn stop_all(&self, reason: StopReason) {
+        // Held assignments never started: forget them (the coordinator
+        // re-queues them with the rest when it hears no more from us).
+        for h in self.take_held() {
+            self.forget(h.key());
+        }
         for a in relock(&self.attempts).values_mut() {
             a.silenced = true;
             let _ = a.stop.send(Some(reason));
@@ -98,6 +115,27 @@ impl Shared {
         relock(&self.attempts)
             .remove(&key)
             .is_some_and(|a| !a.silenced)
+    }
+
+    /// Forgets an attempt that will report nothing.
+    pub(super) fn forget(&self, key: (TaskId, u32)) {
+        relock(&self.attempts).remove(&key);
+    }
+
+    /// The held assignments, no longer held.
+    fn take_held(&self) -> Vec<super::run::Held> {
+        relock(&self.slots).held.drain(..).collect()
+    }
+
+    /// Hands the held assignments back to the coordinator (on a drain).
+    fn hand_back_held(&self) {
+        for h in self.take_held() {
+            self.forget(h.key());
+            self.emit(In::Reject(worker::Reject {
+                attempt: Some(taskgrid_proto::attempt_ref(h.key().0, h.key().1)),
+                reason: "the worker is draining".into(),
+            }));
+        }
     }
 
     fn idle(&self) -> bool {
@@ -126,6 +164,7 @@ pub(super) async fn run(
         config,
         handlers,
         attempts: Mutex::new(HashMap::new()),
+        slots: Mutex::default(),
         events,
         acks: Mutex::new(HashMap::new()),
         next_request: AtomicU64::new(0),
@@ -184,6 +223,7 @@ fn register(shared: &Shared) -> In {
         shell: !matches!(c.shell, crate::ShellPolicy::Disabled),
         container: c.container.is_some(),
         slots: c.slots,
+        prefetch: c.prefetch,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         queues: c.queues.clone(),
         running: shared.running(),
@@ -306,11 +346,13 @@ async fn session(
             _ = &mut *drain, if draining.is_none() => {
                 tracing::info!(grace = ?shared.config.drain_grace, "draining");
                 *draining = Some(tokio::time::Instant::now() + shared.config.drain_grace);
-                // Tell the coordinator at once, so it offers nothing more.
+                // Tell the coordinator at once, so it offers nothing more,
+                // then hand back what was held but never started.
                 let hb = In::Heartbeat(worker::Heartbeat { running: shared.running(), load: 0.0, draining: true });
                 if !send(hb).await {
                     return End::Lost("the stream closed".into());
                 }
+                shared.hand_back_held();
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                 // Grace over: stop what is left and hand it back.

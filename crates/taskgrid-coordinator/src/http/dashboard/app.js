@@ -491,7 +491,7 @@ const workersView = (root) => {
           h("td", {}, h("a", { href: `#/tasks?worker=${encodeURIComponent(w.id)}` }, w.id)),
           h("td", {}, w.labels.map(([k, v]) => (v ? `${k}=${v}` : k)).join(", ") || "—"),
           h("td", {}, runs.filter(Boolean).join(", ")),
-          h("td", {}, `${w.used}/${w.slots}`,
+          h("td", {}, `${w.used}/${w.slots}${w.prefetch ? ` (+${w.prefetch} prefetch)` : ""}`,
             h("div", { class: "bar" }, h("div", { style: `width:${(100 * w.used) / Math.max(w.slots, 1)}%` }))),
           h("td", { class: "num" }, m.succeeded ?? 0),
           h("td", { class: "num" }, (m.failed ?? 0) + (m.timed_out ?? 0)),
