@@ -344,20 +344,26 @@ impl Inner {
     }
 
     /// Runs one engine command that only records what a worker said (an
-    /// accept, progress, output): its changes are persisted lazily and the
-    /// driver is not woken, since nothing it could dispatch has changed.
+    /// accept, progress, output): its changes are persisted lazily, and the
+    /// driver is woken only if a timer now falls due sooner (an accept arms
+    /// the attempt's timeout), since nothing it could dispatch has changed.
     pub(crate) fn note<T, E: std::fmt::Display>(
         &self,
         f: impl FnOnce(&mut Engine, &mut Outbox) -> Result<T, E>,
     ) -> Result<(), String> {
         let mut out = Outbox::default();
-        let r = {
+        let (r, sooner) = {
             let mut engine = self.lock();
+            let before = engine.next_wake();
             let r = f(&mut engine, &mut out);
+            let after = engine.next_wake();
             self.persist_lazily(&engine, std::mem::take(&mut out.changes));
-            r
+            (r, after.is_some_and(|a| before.is_none_or(|b| a < b)))
         };
         self.handle_stops(out.stops);
+        if sooner {
+            self.wake.notify_one();
+        }
         r.map(|_| ()).map_err(|e| e.to_string())
     }
 

@@ -417,3 +417,44 @@ async fn a_second_process_with_a_connected_workers_id_is_refused() {
     assert!(again.is_ok());
     sys.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_attempt_times_out_on_time_on_a_quiet_coordinator() {
+    let sys = system();
+    // Heartbeats a minute apart: nothing else wakes the coordinator soon.
+    let config = GatewayConfig {
+        heartbeat_interval: Duration::from_secs(60),
+        ..GatewayConfig::default()
+    };
+    let addr = serve(&sys, config).await;
+    let mut w = FakeWorker::connect(addr, None, register("w1", &["slow"]))
+        .await
+        .unwrap();
+    w.next().await; // registered
+    let h = sys
+        .submit(Task::handler("slow", &0).timeout(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    let a = w.next_assignment().await;
+    let accepted = std::time::Instant::now();
+    w.send(In::Accept(worker::Accept {
+        attempt: a.attempt.clone(),
+    }))
+    .await;
+    // The accept arms the attempt's deadline; it is enforced at once, not
+    // at the next unrelated wake-up.
+    let cancel = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Out::Cancel(c) = w.next().await {
+                return c;
+            }
+        }
+    })
+    .await
+    .expect("the timeout is enforced within seconds");
+    assert_eq!(cancel.attempt, a.attempt);
+    assert_eq!(cancel.reason, worker::cancel::Reason::Timeout as i32);
+    assert!(accepted.elapsed() >= Duration::from_millis(100));
+    drop(h);
+    sys.shutdown().await.unwrap();
+}

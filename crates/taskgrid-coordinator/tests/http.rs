@@ -864,16 +864,20 @@ async fn the_summary_counts_everything_and_follows_the_watched_tasks() {
     // Then the watched task's changes, until both tasks have succeeded.
     gate.send_replace(true);
     let mut last = first.tasks[&watched].state;
-    let end = loop {
-        let s = summaries.next().await.expect("a summary").expect("ok");
-        assert!(!s.tasks.contains_key(&other), "only watched tasks");
-        if let Some(t) = s.tasks.get(&watched) {
-            last = t.state;
+    let end = tokio::time::timeout(LIMIT, async {
+        loop {
+            let s = summaries.next().await.expect("a summary").expect("ok");
+            assert!(!s.tasks.contains_key(&other), "only watched tasks");
+            if let Some(t) = s.tasks.get(&watched) {
+                last = t.state;
+            }
+            if s.totals.succeeded == 2 && last == State::Succeeded {
+                return s;
+            }
         }
-        if s.totals.succeeded == 2 && last == State::Succeeded {
-            break s;
-        }
-    };
+    })
+    .await
+    .expect("the watched task's success is summarised");
     assert_eq!((end.waiting, end.running, end.used), (0, 0, 0));
     assert!(end.workers >= 1 && end.slots >= 1, "the local executor");
     assert!(end.seq >= first.seq);
@@ -891,13 +895,17 @@ async fn a_burst_costs_a_few_summaries_not_an_event_each() {
     let burst = vec![talk(&[], "default"); 2_000];
     client.submit_batch(&burst).await.expect("submits");
     let mut messages = 0u128;
-    loop {
-        let s = summaries.next().await.expect("a summary").expect("ok");
-        messages += 1;
-        if s.totals.succeeded == 2_000 {
-            break;
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let s = summaries.next().await.expect("a summary").expect("ok");
+            messages += 1;
+            if s.totals.succeeded == 2_000 {
+                return;
+            }
         }
-    }
+    })
+    .await
+    .expect("the burst is summarised to its end");
     // ~8,000 events, but one summary per pulse at most.
     let pulses = started.elapsed().as_millis() / 500 + 1;
     assert!(

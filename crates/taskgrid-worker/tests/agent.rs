@@ -64,7 +64,7 @@ async fn reach_all(
     let mut left: Vec<_> = want.to_vec();
     tokio::time::timeout(LIMIT, async {
         while !left.is_empty() {
-            let ev = events.recv().await.unwrap();
+            let ev = events.recv().await.expect("the event bus keeps up");
             left.retain(|(id, st)| !(ev.id == *id && ev.new_state() == Some(*st)));
         }
     })

@@ -51,7 +51,9 @@ struct Change {
 /// One interval, as the pulse hands it to every connection.
 #[derive(Debug, Default)]
 struct Interval {
-    /// The last event seen (0 before any).
+    /// The last event seen before the interval began.
+    from: u64,
+    /// The last event seen by its end.
     seq: u64,
     /// Each task's latest change in the interval.
     changes: HashMap<TaskId, Change>,
@@ -72,13 +74,16 @@ impl Pulse {
         if let Some(tx) = &*running {
             return tx.subscribe();
         }
+        let seq = system.summary().seq;
         let (tx, rx) = watch::channel(Arc::new(Interval {
+            from: seq,
+            seq,
             complete: true,
-            ..Interval::default()
+            changes: HashMap::new(),
         }));
         let tx = Arc::new(tx);
         *running = Some(tx.clone());
-        tokio::spawn(beat(self.clone(), tx, system.subscribe()));
+        tokio::spawn(beat(self.clone(), tx, system.subscribe(), seq));
         rx
     }
 }
@@ -89,12 +94,16 @@ async fn beat(
     pulse: Arc<Pulse>,
     tx: Arc<watch::Sender<Arc<Interval>>>,
     mut bus: broadcast::Receiver<TaskEvent>,
+    seq: u64,
 ) {
     let mut ticks = tokio::time::interval(PULSE);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The first tick is immediate: the interval it closes is empty.
     let mut now = Interval {
+        from: seq,
+        seq,
         complete: true,
-        ..Interval::default()
+        changes: HashMap::new(),
     };
     loop {
         tokio::select! {
@@ -108,6 +117,7 @@ async fn beat(
                     }
                 }
                 let next = Interval {
+                    from: now.seq,
                     seq: now.seq,
                     complete: true,
                     changes: HashMap::with_capacity(now.changes.len()),
@@ -193,10 +203,14 @@ async fn follow(
     let mut sent: Option<u64> = None;
     loop {
         let interval = intervals.borrow_and_update().clone();
-        if sent != Some(interval.seq) {
+        if sent != Some(interval.seq) || !interval.complete {
             let mut summary = system.summary();
             summary.seq = interval.seq;
-            summary.tasks = if sent.is_none() || !interval.complete {
+            // The watched tasks are read afresh on connecting, when the
+            // pulse fell behind the bus, and when this connection skipped
+            // an interval (only the latest is kept for it): their changes
+            // in what was skipped are unknown.
+            summary.tasks = if sent != Some(interval.from) || !interval.complete {
                 current(&system, watched.iter().copied())
             } else {
                 changed(&system, &watched, &interval)

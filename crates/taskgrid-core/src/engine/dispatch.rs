@@ -167,6 +167,10 @@ impl Worker {
         }
         (self.info.slots + self.info.prefetch).saturating_sub(self.used)
     }
+    /// Free slots proper: what it could start now, without holding.
+    fn idle(&self) -> u32 {
+        self.info.slots.saturating_sub(self.used)
+    }
     /// Recent success rate with a neutral prior: 0.5 for a new worker.
     pub(super) fn trust(&self) -> f64 {
         (self.ok + 1.0) / (self.ok + self.bad + 2.0)
@@ -490,13 +494,17 @@ impl Engine {
         };
         let need = e.rec.spec.slots;
         let min_trust = e.rec.spec.min_trust.unwrap_or(0.0);
-        let mut best: Option<(u32, f64, usize)> = None;
+        // Idle slots first, so a task goes to a worker that can start it
+        // rather than to one that would hold it (prefetch); then room,
+        // then trust.
+        let mut best: Option<((u32, u32, f64), usize)> = None;
         let mut refused = false;
         for &wi in &self.classes[ci].capable {
             let Some(w) = self.workers[wi].as_ref() else {
                 continue;
             };
             let (free, trust) = (w.free(), w.trust());
+            let rank = (w.idle(), free, trust);
             if free < need || trust < min_trust {
                 continue;
             }
@@ -504,12 +512,12 @@ impl Engine {
                 refused = true;
                 continue;
             }
-            if best.is_none_or(|(bf, bt, _)| (free, trust) > (bf, bt)) {
-                best = Some((free, trust, wi));
+            if best.is_none_or(|(b, _)| rank > b) {
+                best = Some((rank, wi));
             }
         }
         match best {
-            Some((_, _, wi)) => Pick::Worker(wi),
+            Some((_, wi)) => Pick::Worker(wi),
             None if refused => Pick::Skip,
             None => Pick::Blocked,
         }
@@ -580,13 +588,14 @@ impl Engine {
         })
     }
 
-    /// Connected workers, their slots in total, and the slots in use.
+    /// Connected workers, their slots in total, and the slots in use
+    /// (tasks a worker holds beyond its slots, its prefetch, use none).
     pub fn worker_load(&self) -> (usize, u32, u32) {
         self.workers
             .iter()
             .flatten()
             .fold((0, 0, 0), |(n, slots, used), w| {
-                (n + 1, slots + w.info.slots, used + w.used)
+                (n + 1, slots + w.info.slots, used + w.used.min(w.info.slots))
             })
     }
 

@@ -1048,3 +1048,19 @@ fn a_worker_with_prefetch_is_offered_that_many_more_tasks() {
     let (_, used, _, held) = t.engine.workers().next().unwrap();
     assert_eq!((used, held.len()), (3, 3));
 }
+
+#[test]
+fn a_task_goes_to_an_idle_worker_before_one_that_would_hold_it() {
+    let mut t = Harness::new();
+    let mut info = WorkerInfo::local("holder", 1, ["echo"]);
+    info.prefetch = 2;
+    t.engine.register_worker(info, t.now);
+    let busy = t.submit(h("echo"));
+    assert_eq!(t.start().iter().map(|x| x.id).collect::<Vec<_>>(), [busy]);
+    // The holder has more room (2) than the idle worker (1), but could
+    // only hold the task: the idle worker gets it.
+    let idle = t.worker("idle", 1, &["echo"]);
+    let next = t.submit(h("echo"));
+    let a = t.dispatch();
+    assert_eq!((a.len(), a[0].id, &a[0].worker), (1, next, &idle));
+}

@@ -122,6 +122,11 @@ fn launch(shared: &Arc<Shared>, h: Held) {
             need,
             stop,
         } = h;
+        // Gives the slots back however this ends, a panic included.
+        let _slots = SlotsBack {
+            shared: shared.clone(),
+            need,
+        };
         let report = execute(&shared, id, attempt, kind, &a, stop).await;
         let mut result = taskgrid_proto::result_from_outcome(id, attempt, &report.outcome);
         result.exit_code = report.exit_code.or(result.exit_code);
@@ -130,8 +135,19 @@ fn launch(shared: &Arc<Shared>, h: Held) {
         result.cpu_seconds = report.cpu_seconds;
         result.peak_rss_bytes = report.peak_rss_bytes;
         shared.emit(In::Result(result));
-        release(&shared, need);
     });
+}
+
+/// Releases an attempt's slots when dropped.
+struct SlotsBack {
+    shared: Arc<Shared>,
+    need: u32,
+}
+
+impl Drop for SlotsBack {
+    fn drop(&mut self) {
+        release(&self.shared, self.need);
+    }
 }
 
 /// Frees `need` slots and starts the held assignments that now fit, in
@@ -141,7 +157,7 @@ fn release(shared: &Arc<Shared>, need: u32) {
     let mut start = Vec::new();
     {
         let mut slots = relock(&shared.slots);
-        slots.busy -= need;
+        slots.busy = slots.busy.saturating_sub(need);
         while let Some(next) = slots.held.front() {
             if next.stop.borrow().is_some() {
                 if let Some(h) = slots.held.pop_front() {

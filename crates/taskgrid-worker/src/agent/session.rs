@@ -99,11 +99,7 @@ impl Shared {
     }
 
     fn stop_all(&self, reason: StopReason) {
-        // Held assignments never started: forget them (the coordinator
-        // re-queues them with the rest when it hears no more from us).
-        for h in self.take_held() {
-            self.forget(h.key());
-        }
+        self.drop_held();
         for a in relock(&self.attempts).values_mut() {
             a.silenced = true;
             let _ = a.stop.send(Some(reason));
@@ -120,6 +116,14 @@ impl Shared {
     /// Forgets an attempt that will report nothing.
     pub(super) fn forget(&self, key: (TaskId, u32)) {
         relock(&self.attempts).remove(&key);
+    }
+
+    /// Forgets the held assignments, never started: the coordinator
+    /// re-queues them when it hears no more of them.
+    fn drop_held(&self) {
+        for h in self.take_held() {
+            self.forget(h.key());
+        }
     }
 
     /// The held assignments, no longer held.
@@ -195,6 +199,10 @@ pub(super) async fn run(
             }
             End::Lost(why) => {
                 tracing::warn!(error = %why, ?backoff, "lost the coordinator; reconnecting");
+                // Held tasks never started: with no coordinator to accept
+                // them, let it give them out again (it re-queues what the
+                // next register does not list).
+                shared.drop_held();
                 if registered_at.elapsed() > shared.config.reconnect_max {
                     backoff = shared.config.reconnect_min;
                 }

@@ -492,7 +492,7 @@ const workersView = (root) => {
           h("td", {}, w.labels.map(([k, v]) => (v ? `${k}=${v}` : k)).join(", ") || "—"),
           h("td", {}, runs.filter(Boolean).join(", ")),
           h("td", {}, `${w.used}/${w.slots}${w.prefetch ? ` (+${w.prefetch} prefetch)` : ""}`,
-            h("div", { class: "bar" }, h("div", { style: `width:${(100 * w.used) / Math.max(w.slots, 1)}%` }))),
+            h("div", { class: "bar" }, h("div", { style: `width:${(100 * Math.min(w.used, w.slots)) / Math.max(w.slots, 1)}%` }))),
           h("td", { class: "num" }, m.succeeded ?? 0),
           h("td", { class: "num" }, (m.failed ?? 0) + (m.timed_out ?? 0)),
           h("td", { class: "num" }, m.succeeded || m.failed ? pct(m.success_rate) : "—"),
@@ -574,10 +574,13 @@ const tasksView = (root, params) => {
 
   const rows = new Map();
   let newCount = 0;
+  let closed = false;
   const load = async () => {
     const q = new URLSearchParams({ ...filters, limit: "50" });
     try {
       const page = await api(`/tasks?${q}`);
+      // The page was left meanwhile: its rows are not the ones to watch.
+      if (closed) return;
       watch(page.tasks.map((t) => t.id));
       rows.clear();
       newCount = 0;
@@ -617,6 +620,7 @@ const tasksView = (root, params) => {
           h("button", { class: "link", onclick: load }, "reload"));
       }
     },
+    close: () => { closed = true; },
   };
 };
 
