@@ -68,10 +68,15 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A worker's own work is waiting: on its coordinator, its processes'
+    // pipes and exits. One thread does that without handing every message
+    // and every finished process across threads; the commands that serve
+    // or load-test use every core.
+    let mut builder = match cli.command {
+        Command::Worker(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("taskgrid: cannot start the runtime: {e}");
