@@ -68,10 +68,10 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    // A worker's own work is waiting: on its coordinator, its processes'
-    // pipes and exits. One thread does that without handing every message
-    // and every finished process across threads; the commands that serve
-    // or load-test use every core.
+    // A worker's own work is waiting: on its coordinator and its
+    // processes' pipes (their exits are awaited on blocking threads). One
+    // thread does that without handing every message across threads; the
+    // commands that serve or load-test use every core.
     let mut builder = match cli.command {
         Command::Worker(_) => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),

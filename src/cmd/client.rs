@@ -496,9 +496,12 @@ mod tests {
     fn stats_read_as_tables_by_breakdown() {
         let mut m = MetricsSnapshot {
             total: taskgrid_core::SeriesSnapshot {
-                submitted: 7,
-                succeeded: 4,
-                retried: 1,
+                counts: taskgrid_core::TaskCounts {
+                    submitted: 7,
+                    succeeded: 4,
+                    retried: 1,
+                    ..Default::default()
+                },
                 success_rate: 0.5,
                 ..Default::default()
             },
@@ -506,8 +509,11 @@ mod tests {
         };
         m.total.run_time.p99 = Duration::from_micros(1500);
         let queue = taskgrid_core::SeriesSnapshot {
-            submitted: 3,
-            succeeded: 2,
+            counts: taskgrid_core::TaskCounts {
+                submitted: 3,
+                succeeded: 2,
+                ..Default::default()
+            },
             success_rate: 1.0,
             ..Default::default()
         };

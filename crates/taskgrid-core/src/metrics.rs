@@ -113,13 +113,7 @@ impl Series {
             }
         };
         SeriesSnapshot {
-            submitted: c.submitted,
-            succeeded: c.succeeded,
-            failed: c.failed,
-            timed_out: c.timed_out,
-            cancelled: c.cancelled,
-            expired: c.expired,
-            retried: c.retried,
+            counts: *c,
             success_rate: rate(c.succeeded),
             failure_rate: rate(c.failed + c.timed_out),
             run_time: self.run_time.summary(),
@@ -361,20 +355,12 @@ impl Metrics {
 /// queue, a kind, a worker, a (queue, kind) pair).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct SeriesSnapshot {
-    /// Tasks accepted. For a worker: attempts offered to it.
-    pub submitted: u64,
-    /// Tasks that ended `succeeded` (for a worker: on it).
-    pub succeeded: u64,
-    /// Tasks that ended `failed`.
-    pub failed: u64,
-    /// Tasks that ended `timed_out`.
-    pub timed_out: u64,
-    /// Tasks that ended `cancelled`.
-    pub cancelled: u64,
-    /// Tasks that ended `expired` (never for a worker: they did not start).
-    pub expired: u64,
-    /// Attempts that failed and were retried.
-    pub retried: u64,
+    /// The counters, as fields of this object in JSON (`s.submitted` reads
+    /// `s.counts.submitted`). For a worker, `submitted` counts attempts
+    /// offered to it, the terminal counts tasks that ended on it, and
+    /// `expired` stays 0 (they did not start).
+    #[serde(flatten)]
+    pub counts: TaskCounts,
     /// succeeded / (succeeded + failed + timed out); 0 before any finished.
     pub success_rate: f64,
     /// (failed + timed out) / (succeeded + failed + timed out).
@@ -419,6 +405,14 @@ pub struct MetricsSnapshot {
     /// By (queue, kind) pair, sorted.
     #[serde(default)]
     pub queue_kinds: Vec<QueueKindSnapshot>,
+}
+
+impl std::ops::Deref for SeriesSnapshot {
+    type Target = TaskCounts;
+    /// The counters: `series.succeeded` reads `series.counts.succeeded`.
+    fn deref(&self) -> &TaskCounts {
+        &self.counts
+    }
 }
 
 impl std::ops::Deref for MetricsSnapshot {

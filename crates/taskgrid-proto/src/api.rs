@@ -520,8 +520,10 @@ pub struct Summary {
     pub slots: u64,
     /// Slots in use.
     pub used: u64,
-    /// Watched tasks that changed since the previous summary (every watched
-    /// task in the first summary of a connection), by id.
+    /// Watched tasks that changed since the previous summary, by id; every
+    /// watched task, as it stands, in the first summary of a connection and
+    /// whenever changes may have been missed (the connection or the
+    /// coordinator fell behind).
     pub tasks: std::collections::BTreeMap<TaskId, WatchedTask>,
 }
 

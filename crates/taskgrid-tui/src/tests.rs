@@ -554,9 +554,12 @@ fn the_counters_give_way_to_the_tabs_on_a_narrow_terminal() {
         &mut app,
         Msg::Metrics(Box::new(taskgrid_core::MetricsSnapshot {
             total: taskgrid_core::SeriesSnapshot {
-                submitted: 12,
-                succeeded: 9,
-                failed: 1,
+                counts: taskgrid_core::TaskCounts {
+                    submitted: 12,
+                    succeeded: 9,
+                    failed: 1,
+                    ..Default::default()
+                },
                 success_rate: 0.9,
                 ..Default::default()
             },

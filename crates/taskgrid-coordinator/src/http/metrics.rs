@@ -164,7 +164,7 @@ pub(crate) fn render(m: &MetricsSnapshot, queues: &[QueueStats], workers: &[Work
     x.family(
         "taskgrid_worker_slots_used",
         "gauge",
-        "Slots of a worker in use.",
+        "Slots of a worker taken by its assigned and running tasks (with a prefetch, held tasks too: it may exceed the slots).",
     );
     for w in workers {
         x.sample(
@@ -341,9 +341,12 @@ mod tests {
             ..HistogramSummary::default()
         };
         let series = SeriesSnapshot {
-            submitted: 4,
-            succeeded: 2,
-            failed: 1,
+            counts: taskgrid_core::TaskCounts {
+                submitted: 4,
+                succeeded: 2,
+                failed: 1,
+                ..taskgrid_core::TaskCounts::default()
+            },
             run_time,
             ..SeriesSnapshot::default()
         };

@@ -126,7 +126,9 @@ async fn beat(
             }
             ev = bus.recv() => match ev {
                 Ok(ev) => {
-                    now.seq = ev.seq;
+                    // Events are numbered before they are sent: one may
+                    // arrive after a later one.
+                    now.seq = now.seq.max(ev.seq);
                     let change = match ev.kind {
                         EventKind::Submitted { state, .. } | EventKind::State { to: state, .. } => {
                             Change { state: Some(state), progress: None }

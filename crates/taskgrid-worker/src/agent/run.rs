@@ -122,10 +122,13 @@ fn launch(shared: &Arc<Shared>, h: Held) {
             need,
             stop,
         } = h;
-        // Gives the slots back however this ends, a panic included.
-        let _slots = SlotsBack {
+        // Gives the slots back however this ends; after a panic, reports
+        // the attempt failed so that it is not left running.
+        let mut guard = SlotsBack {
             shared: shared.clone(),
             need,
+            attempt: (id, attempt),
+            reported: false,
         };
         let report = execute(&shared, id, attempt, kind, &a, stop).await;
         let mut result = taskgrid_proto::result_from_outcome(id, attempt, &report.outcome);
@@ -135,17 +138,33 @@ fn launch(shared: &Arc<Shared>, h: Held) {
         result.cpu_seconds = report.cpu_seconds;
         result.peak_rss_bytes = report.peak_rss_bytes;
         shared.emit(In::Result(result));
+        guard.reported = true;
     });
 }
 
-/// Releases an attempt's slots when dropped.
+/// Releases an attempt's slots when dropped, first reporting it failed if
+/// no result went out (its executor panicked).
 struct SlotsBack {
     shared: Arc<Shared>,
     need: u32,
+    attempt: (TaskId, u32),
+    reported: bool,
 }
 
 impl Drop for SlotsBack {
     fn drop(&mut self) {
+        if !self.reported {
+            let (id, attempt) = self.attempt;
+            let outcome = Outcome::Failed {
+                message: "the worker's executor panicked".to_owned(),
+                retry: taskgrid_core::RetryHint::Policy,
+                exit_code: None,
+            };
+            self.shared
+                .emit(In::Result(taskgrid_proto::result_from_outcome(
+                    id, attempt, &outcome,
+                )));
+        }
         release(&self.shared, self.need);
     }
 }
