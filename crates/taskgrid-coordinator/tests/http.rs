@@ -939,3 +939,52 @@ async fn a_bad_watch_list_is_refused_by_name() {
     let r = api.get("/api/v1/events/summary?wach=x").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_keeps_up_with_ten_thousand_tasks() {
+    const LOAD: usize = 10_000;
+    // A replay buffer that holds the whole load: a connection that falls
+    // behind the bus refills from it instead of resetting.
+    let config = SystemConfig {
+        replay_capacity: 5 * LOAD,
+        ..SystemConfig::default()
+    };
+    let sys = TaskSystem::builder()
+        .config(config)
+        .handler("noop", |_ctx: TaskContext| async {
+            Ok::<_, TaskError>(json!(null))
+        })
+        .build()
+        .expect("builds");
+    sys.start().expect("starts");
+    let sys = Arc::new(sys);
+    let client = serve(&sys).await;
+    let mut events = client
+        .events(&EventFilter::default(), None)
+        .await
+        .expect("subscribes");
+    let batch = vec![SubmitRequest::handler("noop", json!(null)); LOAD / 5];
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..5 {
+        ids.extend(client.submit_batch(&batch).await.expect("submits"));
+    }
+    let mut finished = std::collections::HashSet::new();
+    let mut last_seq = 0;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while finished.len() < LOAD {
+            match events.next().await.expect("an event").expect("ok") {
+                ServerEvent::Task(ev) => {
+                    assert!(ev.seq > last_seq, "in order, none twice");
+                    last_seq = ev.seq;
+                    if ev.new_state() == Some(State::Succeeded) {
+                        assert!(ids.contains(&ev.id));
+                        assert!(finished.insert(ev.id), "one end per task");
+                    }
+                }
+                ServerEvent::Reset(r) => panic!("the stream fell behind: {r:?}"),
+            }
+        }
+    })
+    .await
+    .expect("every task's end arrives");
+}
