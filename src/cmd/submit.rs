@@ -180,6 +180,8 @@ pub(crate) async fn follow(
     events: Option<taskgrid_client::SseStream<taskgrid_client::ServerEvent>>,
     cancel_on_ctrl_c: bool,
 ) -> anyhow::Result<i32> {
+    // Subscribed before the task was submitted: its end event will come.
+    let from_the_start = events.is_some();
     let mut progress = match events {
         Some(e) => e,
         None => {
@@ -197,20 +199,16 @@ pub(crate) async fn follow(
     let mut stream = client.follow_output(id, 0).await?;
     let mut cancelled = false;
     let mut shown: Option<(u32, Option<String>)> = None;
+    // Whether the event stream has brought this task's end (or never will:
+    // it was opened after the task may have ended).
+    let mut seen_end = !from_the_start;
     loop {
         let item = tokio::select! {
             item = stream.next() => item,
             Some(Ok(taskgrid_client::ServerEvent::Task(e))) = progress.next() => {
-                if e.id != id {
-                    continue;
-                }
-                if let EventKind::Progress(p) = e.kind {
-                    // Whole percents only, so a chatty task does not flood stderr.
-                    let now = ((p.fraction * 100.0) as u32, p.message);
-                    if shown.as_ref() != Some(&now) {
-                        eprintln!("taskgrid: {}% {}", now.0, now.1.as_deref().unwrap_or(""));
-                        shown = Some(now);
-                    }
+                if e.id == id {
+                    seen_end |= e.new_state().is_some_and(State::is_terminal);
+                    show_progress(e.kind, &mut shown);
                 }
                 continue;
             }
@@ -237,6 +235,25 @@ pub(crate) async fn follow(
                 }
             },
             Some(Ok(FollowItem::End(end))) => {
+                // The output stream may end before the event stream has
+                // brought the last progress (a short task's progress and end
+                // are committed together): read events up to this task's
+                // own end, which comes after them.
+                let _ = tokio::time::timeout(END_EVENTS_WAIT, async {
+                    while !seen_end
+                        && let Some(Ok(taskgrid_client::ServerEvent::Task(e))) =
+                            progress.next().await
+                    {
+                        if e.id != id {
+                            continue;
+                        }
+                        if e.new_state().is_some_and(State::is_terminal) {
+                            break;
+                        }
+                        show_progress(e.kind, &mut shown);
+                    }
+                })
+                .await;
                 if end.state != State::Succeeded {
                     let why = end.error.map(|e| e.message).unwrap_or_default();
                     eprintln!("taskgrid: task {id} {} {why}", end.state);
@@ -245,6 +262,21 @@ pub(crate) async fn follow(
             }
             Some(Err(e)) => return Err(e.into()),
             None => bail!("the coordinator closed the output stream of {id} before it ended"),
+        }
+    }
+}
+
+/// How long a finished task's last events are waited for.
+const END_EVENTS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Prints a progress event when it moves by a whole percent or says
+/// something new, so a chatty task does not flood stderr.
+fn show_progress(kind: EventKind, shown: &mut Option<(u32, Option<String>)>) {
+    if let EventKind::Progress(p) = kind {
+        let now = ((p.fraction * 100.0) as u32, p.message);
+        if shown.as_ref() != Some(&now) {
+            eprintln!("taskgrid: {}% {}", now.0, now.1.as_deref().unwrap_or(""));
+            *shown = Some(now);
         }
     }
 }
