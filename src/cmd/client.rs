@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use taskgrid_client::Client;
-use taskgrid_core::{MetricsSnapshot, ShellCommand, State, Stream, TaskId};
-use taskgrid_proto::api::{Kind, ListQuery};
+use taskgrid_core::{MetricsSnapshot, State, Stream, TaskId};
+use taskgrid_proto::api::ListQuery;
 
 /// Where the coordinator is and how to talk to it.
 #[derive(Debug, Clone, clap::Args)]
@@ -55,7 +55,7 @@ pub(crate) async fn status(a: IdArgs) -> anyhow::Result<i32> {
     println!("task      {}", t.id);
     println!("state     {}", t.status.state);
     println!("queue     {} (priority {})", t.spec.queue, t.spec.priority);
-    println!("kind      {}", describe(&t.spec.kind));
+    println!("kind      {}", t.spec.kind.describe());
     if let Some(p) = &t.progress {
         println!(
             "progress  {:.0}% {}",
@@ -91,17 +91,6 @@ pub(crate) async fn status(a: IdArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
-}
-
-fn describe(k: &Kind) -> String {
-    match k {
-        Kind::Handler { name, .. } => format!("handler {name}"),
-        Kind::Shell(s) => match &s.command {
-            ShellCommand::Argv(a) => a.join(" "),
-            ShellCommand::Script(s) => format!("sh -c {s:?}"),
-        },
-        Kind::Container(c) => format!("container {}", c.image),
-    }
 }
 
 /// Options of `taskgrid list`.
@@ -155,7 +144,7 @@ pub(crate) async fn list(a: ListArgs) -> anyhow::Result<i32> {
             t.status.state,
             t.spec.queue,
             t.spec.priority.to_string(),
-            describe(&t.spec.kind)
+            t.spec.kind.describe()
         );
     }
     if let Some(c) = page.next_cursor {
@@ -324,17 +313,7 @@ pub(crate) async fn workers(a: ConnArgs) -> anyhow::Result<i32> {
         "worker", "used", "slots", "trust"
     );
     for w in &ws {
-        let labels: Vec<String> = w
-            .labels
-            .iter()
-            .map(|(k, v)| {
-                if v.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{k}={v}")
-                }
-            })
-            .collect();
+        let labels = w.label_texts();
         println!(
             "{:<24}  {:>5}  {:>5}  {:>5.2}  {} / {}",
             w.id.to_string(),

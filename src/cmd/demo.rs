@@ -14,7 +14,7 @@ use anyhow::Context;
 use serde_json::json;
 use taskgrid_coordinator::{Task, TaskError, TaskSystem};
 use taskgrid_core::{RetryPolicy, State};
-use taskgrid_store::{Durability, SqliteOptions, TaskQuery};
+use taskgrid_store::TaskQuery;
 
 /// Tag of the render task the demo cancels.
 const RENDER_TAG: &str = "demo-render";
@@ -40,16 +40,9 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
-    let db = args.data_dir.join("taskgrid.db");
-    let durability = if args.full_sync {
-        Durability::PowerLoss
-    } else {
-        Durability::Process
-    };
+    let (db, options) = super::server::sqlite_in(&args.data_dir, args.full_sync)?;
     let system = TaskSystem::builder()
-        .sqlite(&db, SqliteOptions { durability })
+        .sqlite(&db, options)
         .concurrency(args.concurrency)
         .handler("thumbnail", |ctx| async move {
             let n: u64 = ctx.payload()?;

@@ -79,16 +79,9 @@ pub(crate) async fn start_on(
     let system = match store {
         Some(store) => builder.store(store).build()?,
         None => {
-            std::fs::create_dir_all(&args.data_dir)
-                .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
-            let db = args.data_dir.join("taskgrid.db");
-            let durability = if args.full_sync {
-                Durability::PowerLoss
-            } else {
-                Durability::Process
-            };
+            let (db, options) = sqlite_in(&args.data_dir, args.full_sync)?;
             builder
-                .sqlite(&db, SqliteOptions { durability })
+                .sqlite(&db, options)
                 .build()
                 .with_context(|| format!("opening {}", db.display()))?
         }
@@ -160,4 +153,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     super::signals::terminated().await;
     eprintln!("shutting down");
     c.stop().await
+}
+
+/// The SQLite file in `data_dir` (created if missing) and its options:
+/// fsync every commit with `full_sync`, else survive a crash of the process.
+pub(crate) fn sqlite_in(
+    data_dir: &std::path::Path,
+    full_sync: bool,
+) -> anyhow::Result<(PathBuf, SqliteOptions)> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let durability = if full_sync {
+        Durability::PowerLoss
+    } else {
+        Durability::Process
+    };
+    Ok((data_dir.join("taskgrid.db"), SqliteOptions { durability }))
 }

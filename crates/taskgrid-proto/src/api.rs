@@ -96,6 +96,19 @@ impl Kind {
             TaskKind::Container(c) => Kind::Container((**c).clone()),
         }
     }
+
+    /// What it runs, in a few words (`handler resize`, `echo hi`,
+    /// `sh -c "…"`, `container alpine`), for listings.
+    pub fn describe(&self) -> String {
+        match self {
+            Kind::Handler { name, .. } => format!("handler {name}"),
+            Kind::Shell(s) => match &s.command {
+                ShellCommand::Argv(a) => a.join(" "),
+                ShellCommand::Script(s) => format!("sh -c {s:?}"),
+            },
+            Kind::Container(c) => format!("container {}", c.image),
+        }
+    }
 }
 
 /// `POST /tasks`: a task to submit. Only `kind` is required.
@@ -471,6 +484,22 @@ pub struct WorkerView {
     pub trust: f64,
     /// Attempts it runs, as `[task, attempt]` pairs.
     pub running: Vec<(TaskId, u32)>,
+}
+
+impl WorkerView {
+    /// Its labels as written on the command line: `gpu`, `os=linux`.
+    pub fn label_texts(&self) -> Vec<String> {
+        self.labels
+            .iter()
+            .map(|(k, v)| {
+                if v.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect()
+    }
 }
 
 /// `GET /events` query: every filter is optional.

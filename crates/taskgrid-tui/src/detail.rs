@@ -10,7 +10,6 @@ use ratatui::widgets::{Block, Gauge, Paragraph};
 use taskgrid_core::Stream;
 
 use crate::state::{App, Detail};
-use crate::tasks::describe;
 use crate::view::state_style;
 
 /// Draws the open task `d` in `area`.
@@ -71,7 +70,7 @@ fn info_lines(app: &App, d: &Detail) -> Vec<Line<'static>> {
         queue.push_str(&format!("   tags {}", t.spec.tags.join(", ")));
     }
     lines.push(field("queue", queue));
-    lines.push(field("what", describe(&t.spec.kind)));
+    lines.push(field("what", t.spec.kind.describe()));
     if !d.attempts.is_empty() {
         let attempts: Vec<String> = d
             .attempts

@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use taskgrid_core::{Priority, ShellCommand, State, TaskId};
-use taskgrid_proto::api::{Kind, TaskView};
+use taskgrid_core::{Priority, State, TaskId};
+use taskgrid_proto::api::TaskView;
 
 /// Whether a row's spec (priority, what) is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,14 +145,14 @@ impl TaskList {
                 }
                 row.queue.clone_from(&v.spec.queue);
                 row.priority = Some(v.spec.priority);
-                row.what = Some(describe(&v.spec.kind));
+                row.what = Some(v.spec.kind.describe());
                 row.details = Details::Known;
             }
             None => {
                 let mut row = TaskRow::from_event(v.id, Some(&v.spec.queue), v.status.state);
                 row.take_status(v);
                 row.priority = Some(v.spec.priority);
-                row.what = Some(describe(&v.spec.kind));
+                row.what = Some(v.spec.kind.describe());
                 row.details = Details::Known;
                 self.insert(row);
             }
@@ -217,18 +217,6 @@ impl TaskList {
         }
         self.sel_index = self.sel_index.min(self.rows.len().saturating_sub(1));
         self.sel_id = self.rows.values().rev().nth(self.sel_index).map(|r| r.id);
-    }
-}
-
-/// What a task runs, in a few words.
-pub(crate) fn describe(k: &Kind) -> String {
-    match k {
-        Kind::Handler { name, .. } => format!("handler {name}"),
-        Kind::Shell(s) => match &s.command {
-            ShellCommand::Argv(a) => a.join(" "),
-            ShellCommand::Script(s) => format!("sh -c {s:?}"),
-        },
-        Kind::Container(c) => format!("container {}", c.image),
     }
 }
 

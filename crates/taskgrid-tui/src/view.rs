@@ -100,17 +100,7 @@ fn table<'a>(
 
 fn draw_workers(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let rows = app.workers.iter().map(|w| {
-        let labels: Vec<String> = w
-            .labels
-            .iter()
-            .map(|(k, v)| {
-                if v.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{k}={v}")
-                }
-            })
-            .collect();
+        let labels = w.label_texts();
         let mut can: Vec<&str> = Vec::new();
         if w.shell {
             can.push("shell");

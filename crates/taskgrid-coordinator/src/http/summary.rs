@@ -15,10 +15,12 @@
 //! behind the bus.
 //!
 //! The pulse starts with the first connection and stops at the first
-//! interval with none left, so a coordinator nobody watches pays nothing.
+//! interval with none left, so a coordinator nobody watches pays nothing;
+//! it keeps per-task changes only while some connection watches tasks.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,6 +67,25 @@ struct Interval {
 #[derive(Default)]
 pub(crate) struct Pulse {
     running: Mutex<Option<Arc<watch::Sender<Arc<Interval>>>>>,
+    /// Connections watching at least one task: with none, the pulse keeps
+    /// no per-task changes (an overview, or the bench, watches nothing).
+    watching: AtomicUsize,
+}
+
+/// Counts a watching connection for as long as it lives.
+struct Watching(Arc<Pulse>);
+
+impl Watching {
+    fn new(pulse: &Arc<Pulse>) -> Self {
+        pulse.watching.fetch_add(1, Ordering::SeqCst);
+        Watching(pulse.clone())
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.watching.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Pulse {
@@ -129,19 +150,17 @@ async fn beat(
                     // Events are numbered before they are sent: one may
                     // arrive after a later one.
                     now.seq = now.seq.max(ev.seq);
-                    let change = match ev.kind {
-                        EventKind::Submitted { state, .. } | EventKind::State { to: state, .. } => {
-                            Change { state: Some(state), progress: None }
-                        }
-                        EventKind::Progress(p) => Change { state: None, progress: Some(p) },
-                        EventKind::Checkpoint | EventKind::Output { .. } => continue,
-                    };
-                    let entry = now.changes.entry(ev.id).or_default();
-                    if change.state.is_some() {
-                        entry.state = change.state;
+                    if pulse.watching.load(Ordering::SeqCst) == 0 {
+                        continue;
                     }
-                    if change.progress.is_some() {
-                        entry.progress = change.progress;
+                    match ev.kind {
+                        EventKind::Submitted { state, .. } | EventKind::State { to: state, .. } => {
+                            now.changes.entry(ev.id).or_default().state = Some(state);
+                        }
+                        EventKind::Progress(p) => {
+                            now.changes.entry(ev.id).or_default().progress = Some(p);
+                        }
+                        EventKind::Checkpoint | EventKind::Output { .. } => {}
                     }
                 }
                 Err(RecvError::Lagged(_)) => now.complete = false,
@@ -162,7 +181,13 @@ pub(crate) async fn summary(
     let watched = parse_watch(query.watch.as_deref())?;
     let (tx, rx) = mpsc::channel(4);
     let intervals = s.pulse.subscribe(&s.system);
-    tokio::spawn(follow(s.system.clone(), watched, intervals, tx));
+    // Counted before the first summary reads the watched tasks, so every
+    // change after that read is kept for the next one.
+    let watching = (!watched.is_empty()).then(|| Watching::new(&s.pulse));
+    tokio::spawn(async move {
+        follow(s.system.clone(), watched, intervals, tx).await;
+        drop(watching);
+    });
     Ok(Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::default())
         .into_response())
