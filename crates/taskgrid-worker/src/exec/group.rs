@@ -11,6 +11,9 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+#[cfg(target_os = "linux")]
+use tokio::io::{Interest, unix::AsyncFd};
+use tokio::task::JoinHandle;
 use wait4::Wait4;
 
 /// After the final `SIGKILL`, how long reaping waits for the rest of the
@@ -67,12 +70,70 @@ fn send(pgid: Pid, sig: Signal) {
     }
 }
 
+/// Starts reaping `child` as a task of its own, so it is reaped even if the
+/// attempt that spawned it is dropped. Where the kernel has pidfds, the
+/// exit wakes the runtime's own event loop; elsewhere (or if `pidfd_open`
+/// fails) a blocking thread waits for it.
+pub(crate) fn spawn_reaper(child: Child, group: ProcessGroup) -> JoinHandle<io::Result<Reaped>> {
+    #[cfg(target_os = "linux")]
+    match exit_notice(&child) {
+        Ok(notice) => return tokio::spawn(reap_on_notice(notice, child, group)),
+        Err(e) => tracing::debug!(error = %e, "no pidfd: reaping on a blocking thread"),
+    }
+    tokio::task::spawn_blocking(move || reap(child, &group))
+}
+
+/// A pidfd for `child` that the runtime's reactor watches: it turns
+/// readable when the child exits.
+#[cfg(target_os = "linux")]
+fn exit_notice(child: &Child) -> io::Result<AsyncFd<std::os::fd::OwnedFd>> {
+    use rustix::process::{Pid as RawPid, PidfdFlags, pidfd_open};
+    let pid = i32::try_from(child.id())
+        .ok()
+        .and_then(RawPid::from_raw)
+        .ok_or_else(|| io::Error::other("the child's pid is not a valid pid"))?;
+    // The child is ours and unreaped, so its pid cannot have been reused.
+    let fd = pidfd_open(pid, PidfdFlags::NONBLOCK)?;
+    // Deprecated because an arbitrary `AsRawFd` may close or swap its fd
+    // under the registration (the replacement is `unsafe`, which the
+    // workspace forbids). An `OwnedFd` moved into the `AsyncFd` cannot: it
+    // stays open, and the same fd, until the `AsyncFd` is dropped.
+    #[allow(deprecated)]
+    AsyncFd::with_interest(fd, Interest::READABLE)
+}
+
+#[cfg(target_os = "linux")]
+async fn reap_on_notice(
+    notice: AsyncFd<std::os::fd::OwnedFd>,
+    child: Child,
+    group: ProcessGroup,
+) -> io::Result<Reaped> {
+    if let Err(e) = notice.readable().await {
+        tracing::debug!(error = %e, "pidfd wait failed: reaping on a blocking thread");
+        return tokio::task::spawn_blocking(move || reap(child, &group))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
+    }
+    drop(notice);
+    // The child has exited: `waitid` and `wait4` return at once.
+    let res = wait_then_reap(child, &group);
+    if group_has_members(group.pgid) {
+        // Only a group that outlived its leader makes anyone wait.
+        let pgid = group.pgid;
+        let _ = tokio::task::spawn_blocking(move || await_group_exit(pgid)).await;
+    }
+    reaped(res?)
+}
+
 /// Blocks until `child` exits, kills the rest of its group, reaps it with
 /// `wait4` and waits (briefly) for the group to die.
 pub(crate) fn reap(child: Child, group: &ProcessGroup) -> io::Result<Reaped> {
     let res = wait_then_reap(child, group);
     await_group_exit(group.pgid);
-    let res = res?;
+    reaped(res?)
+}
+
+fn reaped(res: wait4::ResUse) -> io::Result<Reaped> {
     let cpu = res.rusage.utime + res.rusage.stime;
     Ok(Reaped {
         status: res.status,
@@ -121,7 +182,7 @@ fn wait_then_reap(child: Child, group: &ProcessGroup) -> io::Result<wait4::ResUs
 /// by init, which may take its time, so zombies count as dead.
 fn await_group_exit(pgid: Pid) {
     let deadline = std::time::Instant::now() + GROUP_EXIT_WAIT;
-    while killpg(pgid, None).is_ok() && has_live_member(pgid) {
+    while group_has_members(pgid) {
         if std::time::Instant::now() >= deadline {
             tracing::warn!(pgid = pgid.as_raw(), "a task's processes outlived SIGKILL");
             return;
@@ -129,6 +190,12 @@ fn await_group_exit(pgid: Pid) {
         // Nothing notifies us when a process that is not our child dies.
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// Whether any live process is left in the group (the cheap `killpg` probe
+/// first: an empty group answers `ESRCH`).
+fn group_has_members(pgid: Pid) -> bool {
+    killpg(pgid, None).is_ok() && has_live_member(pgid)
 }
 
 #[cfg(target_os = "linux")]
@@ -177,6 +244,23 @@ mod tests {
         assert_eq!(proc_state_and_pgrp(odd), Some(('S', 40)));
         assert_eq!(proc_state_and_pgrp("7 (sleep) Z 1 7 7"), Some(('Z', 7)));
         assert_eq!(proc_state_and_pgrp("garbage"), None);
+    }
+
+    #[test]
+    fn the_blocking_reaper_returns_the_exit_and_resource_usage() {
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        // The path taken where pidfds are missing.
+        let child = std::process::Command::new("sh")
+            .args(["-c", "exit 3"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = ProcessGroup::new(child.id());
+        let reaped = reap(child, &group).unwrap();
+        assert_eq!(reaped.status.code(), Some(3));
+        assert!(reaped.status.signal().is_none());
+        assert!(reaped.peak_rss_bytes > 0);
+        assert!(*group.lock(), "the group must be marked reaped");
     }
 
     #[test]

@@ -28,16 +28,19 @@
 //! `getrusage(RUSAGE_CHILDREN)` deltas mix up attempts that run at the same
 //! time (and its `ru_maxrss` is a maximum over every child ever, not a
 //! delta). So each child is spawned with `std::process`, its pipes handed to
-//! tokio, and a blocking-pool thread waits for it in three steps: `waitid`
-//! with `WNOWAIT` (the child is dead but not reaped, so its pid — the
-//! process group id — cannot be reused), `killpg(SIGKILL)` for the rest of
-//! the group, then `wait4` on that one pid, which returns its exit status and
-//! its own `rusage` (including the descendants it waited for). Signals from
-//! the async side and the reaping take the same lock, so a signal is never
-//! sent to a process group id after it was released. This costs one blocking
-//! thread per running attempt, which is fine for the tens of slots a worker
-//! has. The workspace forbids `unsafe`, so `wait4` comes from the small
-//! `wait4` crate and `waitid`/`killpg` from `nix`.
+//! tokio, and a reaping task waits for it in three steps: the child's exit
+//! (on Linux through a pidfd that the runtime's own event loop watches;
+//! elsewhere, or without pidfds, on a blocking-pool thread in `waitid` with
+//! `WNOWAIT`), leaving it dead but not reaped, so its pid — the process
+//! group id — cannot be reused; `killpg(SIGKILL)` for the rest of the group;
+//! then `wait4` on that one pid, which returns its exit status and its own
+//! `rusage` (including the descendants it waited for). Signals from the
+//! async side and the reaping take the same lock, so a signal is never sent
+//! to a process group id after it was released. Only a group that outlives
+//! its leader costs a blocking thread, to wait (briefly) for it to die. The
+//! reaping task is spawned, so a child is reaped even if its attempt is
+//! dropped. The workspace forbids `unsafe`, so `wait4` comes from the small
+//! `wait4` crate, `waitid`/`killpg` from `nix` and `pidfd_open` from `rustix`.
 //!
 //! Dropping a `run_*` future before it finishes kills the process group with
 //! `SIGKILL` (a container is removed with `<runtime> rm -f`).

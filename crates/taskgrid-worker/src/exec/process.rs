@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::ExecLimits;
 use super::container;
-use super::group::{ProcessGroup, Reaped, reap};
+use super::group::{ProcessGroup, Reaped, spawn_reaper};
 use super::output::{OutputSink, pump};
 
 /// What one attempt is given besides its command.
@@ -94,10 +94,7 @@ pub(crate) async fn supervise(
         armed: true,
     };
     let pipes = take_pipes(&mut child);
-    let waiter = tokio::task::spawn_blocking({
-        let group = group.clone();
-        move || reap(child, &group)
-    });
+    let waiter = spawn_reaper(child, group.clone());
     let (stdout, stderr) = match pipes {
         Ok(pipes) => pipes,
         Err(e) => return Supervised::SpawnFailed(e), // the guard kills it
@@ -191,7 +188,7 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 fn joined(r: Result<io::Result<Reaped>, JoinError>) -> io::Result<Reaped> {
-    r.unwrap_or_else(|e| Err(io::Error::other(format!("the reaping thread failed: {e}"))))
+    r.unwrap_or_else(|e| Err(io::Error::other(format!("the reaping task failed: {e}"))))
 }
 
 fn take_pipes(

@@ -86,6 +86,16 @@ fn alive(pid: i32) -> bool {
     )
 }
 
+/// Whether `leader`, a process group leader this process spawned, is
+/// reaped: gone, or its pid reused by a process outside its old group.
+fn reaped(leader: i32) -> bool {
+    if kill(Pid::from_raw(leader), None) == Err(Errno::ESRCH) {
+        return true;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{leader}/stat")).unwrap_or_default();
+    proc_state_and_pgrp(&stat).is_some_and(|(_, pgrp)| pgrp != leader)
+}
+
 /// Writes an executable script at `path`. Another process writes the file:
 /// had this one, a child forked by a parallel test at that moment would
 /// hold the write descriptor until its exec, and running the script would

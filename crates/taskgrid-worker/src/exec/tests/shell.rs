@@ -252,6 +252,25 @@ async fn dropping_the_attempt_kills_its_process_group() {
 }
 
 #[tokio::test]
+async fn a_dropped_attempt_still_reaps_its_process() {
+    let mut live = start(
+        script("echo $$; sleep 1000"),
+        None,
+        limits(),
+        ShellPolicy::Any,
+    );
+    let leader: i32 = live.stdout_lines(1).await[0].parse().unwrap();
+    live.task.abort();
+    // The reaping outlives the attempt: no zombie is left behind.
+    super::within("the process to be reaped", async {
+        while !super::reaped(leader) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn output_past_the_cap_is_dropped_but_drained() {
     let dir = tempfile::tempdir().unwrap();
     let done = dir.path().join("done");
