@@ -59,6 +59,16 @@ enum Command {
     Bench(cmd::bench::Args),
 }
 
+/// How many threads run async tasks in a coordinator (or a bench, which
+/// may host one): one per core but one, and at least one. The store's
+/// writer thread, most of a busy coordinator's work, keeps that core, and
+/// fewer async threads hand fewer wake-ups across cores: on two cores one
+/// thread ran no-op tasks ~20 % faster and shell tasks with ~20 % less
+/// coordinator CPU (BENCHMARKS.md). `TOKIO_WORKER_THREADS` overrides it.
+fn async_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -68,13 +78,19 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    // A worker's own work is waiting: on its coordinator and its
-    // processes' pipes (their exits are awaited on blocking threads). One
-    // thread does that without handing every message across threads; the
-    // commands that serve or load-test use every core.
+    // A worker's own work is waiting: on its coordinator, its processes'
+    // pipes and their exits. One thread does that without handing every
+    // message across threads. The other commands get a thread per core but
+    // one (see `async_threads`).
     let mut builder = match cli.command {
         Command::Worker(_) => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+                b.worker_threads(async_threads());
+            }
+            b
+        }
     };
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
