@@ -10,12 +10,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use taskgrid_core::{
     CancelOutcome, Change, Engine, Outbox, Progress, State, Stream, Submitted, TaskId, TaskKind,
     TaskRecord, WorkerId,
 };
-use taskgrid_store::{Store, Writer};
+use taskgrid_store::{LAZY_WINDOW, Store, Writer};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
 use crate::builder::SystemConfig;
@@ -58,6 +59,13 @@ pub(crate) struct Inner {
     pub(crate) rt: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
+/// How long the changes of a driver step (results, timeouts, dispatch) may
+/// wait to share a commit while other attempts are still out. Results of
+/// short tasks arrive close together, and each commit costs the store a WAL
+/// append (or an fsync); this many milliseconds late, nobody notices. With
+/// nothing else out (one task at a time) the commit goes at once.
+const RESULT_WINDOW: Duration = Duration::from_millis(2);
+
 pub(crate) fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave these maps half-changed
     // (every change is one insert/remove), so carry on with the data.
@@ -81,7 +89,7 @@ impl Inner {
         changes: Vec<Change>,
         done: Option<oneshot::Sender<Result<(), Error>>>,
     ) {
-        self.persist_as(engine, changes, done, false);
+        self.persist_within(engine, changes, done, Duration::ZERO);
     }
 
     /// Like [`persist`](Inner::persist), for changes nothing waits on and
@@ -89,15 +97,17 @@ impl Inner {
     /// writer may hold them a few milliseconds so that they share the next
     /// commit instead of paying for their own.
     pub(crate) fn persist_lazily(&self, engine: &Engine, changes: Vec<Change>) {
-        self.persist_as(engine, changes, None, true);
+        self.persist_within(engine, changes, None, LAZY_WINDOW);
     }
 
-    fn persist_as(
+    /// Like [`persist`](Inner::persist), letting the commit wait up to
+    /// `window` for company (see [`Writer::submit_within`]).
+    fn persist_within(
         &self,
         engine: &Engine,
         changes: Vec<Change>,
         done: Option<oneshot::Sender<Result<(), Error>>>,
-        lazy: bool,
+        window: Duration,
     ) {
         if changes.is_empty() {
             if let Some(d) = done {
@@ -139,12 +149,7 @@ impl Inner {
                 let _ = d.send(res.map_err(Error::from));
             }
         });
-        let submitted = if lazy {
-            self.writer.submit_lazy(changes, Some(callback))
-        } else {
-            self.writer.submit(changes, Some(callback))
-        };
-        if let Err(e) = submitted {
+        if let Err(e) = self.writer.submit_within(changes, Some(callback), window) {
             tracing::error!(error = %e, "store writer refused changes");
         }
     }
@@ -427,7 +432,14 @@ impl Inner {
                     }
                 }
             }
-            self.persist(&engine, std::mem::take(&mut out.changes), None);
+            // Other attempts still out will report soon, and usually close
+            // together: let their results share one commit.
+            let window = if engine.attempts_out() > 0 {
+                RESULT_WINDOW
+            } else {
+                Duration::ZERO
+            };
+            self.persist_within(&engine, std::mem::take(&mut out.changes), None, window);
             if engine.live_tasks() == 0 {
                 self.all_done.notify_waiters();
             }

@@ -5,10 +5,13 @@
 //! [`Durability::PowerLoss`](crate::Durability::PowerLoss)) is shared by every
 //! batch in it.
 //!
-//! A batch may be submitted *lazily* ([`Writer::submit_lazy`]): for changes
-//! nobody waits on (a worker's accept, progress, output), which may wait up
-//! to [`LAZY_WINDOW`] for company so that they ride in the next commit
-//! instead of paying for one of their own.
+//! A batch may also be given a *window* ([`Writer::submit_within`]): a
+//! commit starts at once if anything in it was submitted without one, and
+//! otherwise when the earliest window of its batches ends, taking whatever
+//! arrived meanwhile. So changes that may wait (a worker's accept, progress
+//! and output: [`Writer::submit_lazy`], up to [`LAZY_WINDOW`]; or one of
+//! several results expected close together) ride in a shared commit instead
+//! of paying for one of their own.
 //!
 //! Batches are applied in submission order. Each batch's `done` callback is
 //! called once its changes are committed (or have failed), in submission
@@ -50,8 +53,8 @@ pub struct Writer {
 struct Job {
     changes: Vec<Change>,
     done: Option<Done>,
-    /// May wait up to [`LAZY_WINDOW`] to share a commit.
-    lazy: bool,
+    /// The latest its commit may start; `None`: at once.
+    by: Option<Instant>,
 }
 
 impl Writer {
@@ -94,19 +97,32 @@ impl Writer {
         self.send(Job {
             changes,
             done,
-            lazy: false,
+            by: None,
         })
     }
 
-    /// Like [`submit`](Writer::submit), for changes nothing waits on: they
-    /// are committed with the next batch submitted within [`LAZY_WINDOW`],
-    /// or on their own when that passes. Order is kept either way.
-    pub fn submit_lazy(&self, changes: Vec<Change>, done: Option<Done>) -> Result<(), StoreError> {
+    /// Like [`submit`](Writer::submit), for changes that may wait up to
+    /// `window` to share a commit: they are committed with the next batch
+    /// that must go at once, or with everything submitted until the
+    /// earliest pending window ends. Order is kept either way. A zero
+    /// `window` is [`submit`](Writer::submit).
+    pub fn submit_within(
+        &self,
+        changes: Vec<Change>,
+        done: Option<Done>,
+        window: Duration,
+    ) -> Result<(), StoreError> {
         self.send(Job {
             changes,
             done,
-            lazy: true,
+            by: (!window.is_zero()).then(|| Instant::now() + window),
         })
+    }
+
+    /// [`submit_within`](Writer::submit_within) [`LAZY_WINDOW`], for
+    /// changes nothing waits on.
+    pub fn submit_lazy(&self, changes: Vec<Change>, done: Option<Done>) -> Result<(), StoreError> {
+        self.submit_within(changes, done, LAZY_WINDOW)
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
@@ -161,8 +177,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The writer thread: wait for a batch, take whatever else is queued (up to
-/// [`BATCH_CAP`] changes; when all of it is lazy, waiting up to
-/// [`LAZY_WINDOW`] for more), commit, report; until every sender is gone.
+/// [`BATCH_CAP`] changes; when every batch has a window, waiting for more
+/// until the earliest window ends), commit, report; until every sender is
+/// gone.
 fn run(store: &dyn Store, rx: &Receiver<Job>) {
     let mut carried: Option<Job> = None;
     loop {
@@ -173,7 +190,7 @@ fn run(store: &dyn Store, rx: &Receiver<Job>) {
                 Err(_) => return,
             },
         };
-        let mut deadline = first.lazy.then(|| Instant::now() + LAZY_WINDOW);
+        let mut deadline = first.by;
         let mut total = first.changes.len();
         let mut jobs = vec![first];
         while total < BATCH_CAP {
@@ -184,9 +201,7 @@ fn run(store: &dyn Store, rx: &Receiver<Job>) {
                     .ok(),
             };
             let Some(job) = next else { break };
-            if !job.lazy {
-                deadline = None;
-            }
+            deadline = deadline.zip(job.by).map(|(a, b)| a.min(b));
             if total + job.changes.len() > BATCH_CAP {
                 carried = Some(job);
                 break;

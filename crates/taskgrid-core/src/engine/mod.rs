@@ -330,6 +330,11 @@ impl Engine {
         out
     }
 
+    /// Attempts out with an executor: tasks assigned or running.
+    pub fn attempts_out(&self) -> usize {
+        self.state_counts[State::Assigned as usize] + self.state_counts[State::Running as usize]
+    }
+
     /// Tasks that are not terminal.
     pub fn live_tasks(&self) -> usize {
         State::ALL

@@ -349,8 +349,10 @@ impl Model {
             }
         }
         assert_eq!(free, e.free_slots);
+        let mut out = 0;
         for (id, entry) in e.tasks.iter() {
             let active = matches!(entry.rec.status.state, State::Assigned | State::Running);
+            out += usize::from(active);
             assert_eq!(
                 holders.get(id).copied().unwrap_or(0),
                 u32::from(active),
@@ -358,6 +360,7 @@ impl Model {
             );
             assert_eq!(self.log_state.get(id), Some(&entry.rec.status.state));
         }
+        assert_eq!(e.attempts_out(), out, "attempts out");
         let live = e.live_tasks();
         assert!(
             e.timer_count() <= live * 4,

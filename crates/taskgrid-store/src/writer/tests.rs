@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord};
 
@@ -252,6 +253,36 @@ fn a_lazy_batch_alone_is_committed_after_the_window() {
         store.get(tid(1)).unwrap().map(|r| r.status.state),
         Some(State::Assigned)
     );
+}
+
+#[test]
+fn batches_with_windows_share_a_commit_that_starts_when_the_earliest_ends() {
+    let store = Arc::new(Recording::default());
+    let writer = Writer::spawn(store.clone());
+    let (tx, rx) = mpsc::channel();
+    let long = Duration::from_secs(600);
+    writer
+        .submit_within(vec![submit(task(1))], report_to(&tx, 0), long)
+        .unwrap();
+    writer
+        .submit_within(
+            vec![submit(task(2))],
+            report_to(&tx, 1),
+            Duration::from_millis(5),
+        )
+        .unwrap();
+    // Were only the first batch's window counted, this would wait ten minutes.
+    let within = Duration::from_secs(60);
+    let tags: Vec<usize> = (0..2)
+        .map(|_| {
+            rx.recv_timeout(within)
+                .expect("committed within the short window")
+                .0
+        })
+        .collect();
+    assert_eq!(tags, [0, 1]);
+    let calls: Vec<Vec<TaskId>> = store.calls().into_iter().map(|(ids, _)| ids).collect();
+    assert_eq!(calls, [vec![tid(1), tid(2)]], "one commit for both");
 }
 
 #[test]
