@@ -107,11 +107,14 @@ impl Held {
 }
 
 /// Accepts a taken assignment and runs it in the background; when it has
-/// reported, its slots go to the next held assignment.
+/// finished, its slots go to the next held assignment.
+///
+/// Order matters for short tasks: the accept is queued from the task itself,
+/// whose first poll then starts the work before the connection gets to run
+/// (and the accept shares a write with whatever else was queued); and a
+/// finished attempt starts the next held one before its own result goes
+/// out. So a slot never waits for the network.
 fn launch(shared: &Arc<Shared>, h: Held) {
-    shared.emit(In::Accept(worker::Accept {
-        attempt: h.a.attempt.clone(),
-    }));
     let shared = shared.clone();
     tokio::spawn(async move {
         let Held {
@@ -124,12 +127,15 @@ fn launch(shared: &Arc<Shared>, h: Held) {
         } = h;
         // Gives the slots back however this ends; after a panic, reports
         // the attempt failed so that it is not left running.
-        let mut guard = SlotsBack {
+        let guard = SlotsBack {
             shared: shared.clone(),
             need,
             attempt: (id, attempt),
             reported: false,
         };
+        shared.emit(In::Accept(worker::Accept {
+            attempt: a.attempt.clone(),
+        }));
         let report = execute(&shared, id, attempt, kind, &a, stop).await;
         let mut result = taskgrid_proto::result_from_outcome(id, attempt, &report.outcome);
         result.exit_code = report.exit_code.or(result.exit_code);
@@ -137,8 +143,7 @@ fn launch(shared: &Arc<Shared>, h: Held) {
         result.duration_ms = taskgrid_core::duration_millis(report.duration);
         result.cpu_seconds = report.cpu_seconds;
         result.peak_rss_bytes = report.peak_rss_bytes;
-        shared.emit(In::Result(result));
-        guard.reported = true;
+        guard.release_then_report(result);
     });
 }
 
@@ -149,6 +154,16 @@ struct SlotsBack {
     need: u32,
     attempt: (TaskId, u32),
     reported: bool,
+}
+
+impl SlotsBack {
+    /// Frees the slots (starting held work), then sends `result`.
+    fn release_then_report(mut self, result: worker::Result) {
+        self.reported = true;
+        let shared = self.shared.clone();
+        drop(self);
+        shared.emit(In::Result(result));
+    }
 }
 
 impl Drop for SlotsBack {
@@ -212,45 +227,44 @@ async fn execute(
 ) -> ExecReport {
     let timeout = taskgrid_proto::timeout_of(a);
     let (out_tx, mut out_rx) = mpsc::channel::<(taskgrid_core::Stream, String)>(64);
-    let forward = {
-        let shared = shared.clone();
-        let attempt_ref = a.attempt.clone();
-        tokio::spawn(async move {
-            while let Some((stream, data)) = out_rx.recv().await {
-                shared.emit(In::Output(worker::Output {
-                    attempt: attempt_ref.clone(),
-                    stream: taskgrid_proto::stream_from_core(stream),
-                    data,
-                }));
-            }
-        })
+    let forward = async {
+        while let Some((stream, data)) = out_rx.recv().await {
+            shared.emit(In::Output(worker::Output {
+                attempt: a.attempt.clone(),
+                stream: taskgrid_proto::stream_from_core(stream),
+                data,
+            }));
+        }
     };
     let c = &shared.config;
-    let report = match kind {
-        TaskKind::Shell(spec) => {
-            crate::run_shell(&spec, timeout, &c.limits, &c.shell, stop, out_tx).await
-        }
-        TaskKind::Container(spec) => match &c.container {
-            Some(rt) => crate::run_container(&spec, rt, timeout, &c.limits, stop, out_tx).await,
-            None => not_run("no container runtime here"),
-        },
-        TaskKind::Handler { name, payload } => {
-            drop(out_tx);
-            match shared.handlers.get(&*name).cloned() {
-                Some(h) => {
-                    let backend = Arc::new(Remote::new(shared.clone(), attempt));
-                    let checkpoint =
-                        Some(a.checkpoint_json.clone().into_boxed_str()).filter(|c| !c.is_empty());
-                    super::backend::run_handler(
-                        h, backend, id, attempt, payload, checkpoint, timeout, &c.limits, stop,
-                    )
-                    .await
+    let work = async move {
+        match kind {
+            TaskKind::Shell(spec) => {
+                crate::run_shell(&spec, timeout, &c.limits, &c.shell, stop, out_tx).await
+            }
+            TaskKind::Container(spec) => match &c.container {
+                Some(rt) => crate::run_container(&spec, rt, timeout, &c.limits, stop, out_tx).await,
+                None => not_run("no container runtime here"),
+            },
+            TaskKind::Handler { name, payload } => {
+                drop(out_tx);
+                match shared.handlers.get(&*name).cloned() {
+                    Some(h) => {
+                        let backend = Arc::new(Remote::new(shared.clone(), attempt));
+                        let checkpoint = Some(a.checkpoint_json.clone().into_boxed_str())
+                            .filter(|c| !c.is_empty());
+                        super::backend::run_handler(
+                            h, backend, id, attempt, payload, checkpoint, timeout, &c.limits, stop,
+                        )
+                        .await
+                    }
+                    None => not_run("no such handler here"),
                 }
-                None => not_run("no such handler here"),
             }
         }
     };
-    let _ = forward.await;
+    // One task for both: no hand-off between them when the work ends.
+    let (report, ()) = tokio::join!(work, forward);
     report
 }
 
