@@ -18,9 +18,10 @@
 //! order, on the writer thread: keep callbacks short (send on a channel, wake
 //! a task) and never call [`Writer::flush`] from one.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,7 @@ pub const LAZY_WINDOW: Duration = Duration::from_millis(10);
 /// everything already submitted, then stops the thread.
 #[derive(Debug)]
 pub struct Writer {
-    queue: Mutex<Option<Sender<Job>>>,
+    queue: Arc<Queue>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -53,8 +54,52 @@ pub struct Writer {
 struct Job {
     changes: Vec<Change>,
     done: Option<Done>,
-    /// The latest its commit may start; `None`: at once.
-    by: Option<Instant>,
+    /// The latest its commit may start.
+    by: Instant,
+}
+
+/// The batches waiting for the writer thread. A submitter wakes the thread
+/// only when it sleeps and this batch is due before it would wake anyway,
+/// so batches that may wait cost no thread switch each.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<Pending>,
+    wake: Condvar,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = lock(&self.state);
+        f.debug_struct("Queue")
+            .field("batches", &st.jobs.len())
+            .field("changes", &st.changes)
+            .field("closed", &st.closed)
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    jobs: VecDeque<Job>,
+    /// Changes in `jobs`.
+    changes: usize,
+    /// The earliest `by` in `jobs`.
+    due: Option<Instant>,
+    /// No more batches are taken (shut down, or the thread is gone).
+    closed: bool,
+    /// What the writer thread is doing.
+    thread: Thread,
+}
+
+#[derive(Default, Clone, Copy)]
+enum Thread {
+    /// Working (or about to look at the queue): no need to wake it.
+    #[default]
+    Busy,
+    /// Waiting for any batch.
+    Idle,
+    /// Waiting until this instant for more batches.
+    Until(Instant),
 }
 
 impl Writer {
@@ -75,12 +120,15 @@ impl Writer {
     /// Starts the writer thread for `store`, or fails with
     /// [`StoreError::Io`] if the operating system cannot create it.
     pub fn try_spawn(store: Arc<dyn Store>) -> Result<Writer, StoreError> {
-        let (tx, rx) = mpsc::channel();
+        let queue = Arc::new(Queue::default());
         let handle = thread::Builder::new()
             .name("taskgrid-store-writer".into())
-            .spawn(move || run(&*store, &rx))?;
+            .spawn({
+                let queue = queue.clone();
+                move || run(&*store, &queue)
+            })?;
         Ok(Writer {
-            queue: Mutex::new(Some(tx)),
+            queue,
             thread: Mutex::new(Some(handle)),
         })
     }
@@ -94,11 +142,7 @@ impl Writer {
     /// after [`shutdown`](Writer::shutdown) (and then `done` is dropped
     /// without being called).
     pub fn submit(&self, changes: Vec<Change>, done: Option<Done>) -> Result<(), StoreError> {
-        self.send(Job {
-            changes,
-            done,
-            by: None,
-        })
+        self.submit_within(changes, done, Duration::ZERO)
     }
 
     /// Like [`submit`](Writer::submit), for changes that may wait up to
@@ -112,23 +156,31 @@ impl Writer {
         done: Option<Done>,
         window: Duration,
     ) -> Result<(), StoreError> {
-        self.send(Job {
-            changes,
-            done,
-            by: (!window.is_zero()).then(|| Instant::now() + window),
-        })
+        let by = Instant::now() + window;
+        let mut st = lock(&self.queue.state);
+        if st.closed {
+            return Err(StoreError::Closed);
+        }
+        let wake = match st.thread {
+            Thread::Busy => false,
+            Thread::Idle => true,
+            Thread::Until(at) => by < at,
+        };
+        st.changes += changes.len();
+        st.due = Some(st.due.map_or(by, |d| d.min(by)));
+        st.jobs.push_back(Job { changes, done, by });
+        if wake {
+            st.thread = Thread::Busy;
+            drop(st);
+            self.queue.wake.notify_one();
+        }
+        Ok(())
     }
 
     /// [`submit_within`](Writer::submit_within) [`LAZY_WINDOW`], for
     /// changes nothing waits on.
     pub fn submit_lazy(&self, changes: Vec<Change>, done: Option<Done>) -> Result<(), StoreError> {
         self.submit_within(changes, done, LAZY_WINDOW)
-    }
-
-    fn send(&self, job: Job) -> Result<(), StoreError> {
-        let queue = lock(&self.queue);
-        let tx = queue.as_ref().ok_or(StoreError::Closed)?;
-        tx.send(job).map_err(|_| StoreError::Closed)
     }
 
     /// Blocks until everything submitted before this call is committed (or
@@ -150,8 +202,9 @@ impl Writer {
     /// for it. Later submissions fail with [`StoreError::Closed`]. Calling it
     /// again does nothing.
     pub fn shutdown(&self) {
-        // Dropping the sender ends the thread's loop once the queue is empty.
-        drop(lock(&self.queue).take());
+        // The thread commits what is queued, without waiting, then ends.
+        lock(&self.queue.state).closed = true;
+        self.queue.wake.notify_one();
         let Some(handle) = lock(&self.thread).take() else {
             return;
         };
@@ -176,40 +229,63 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The writer thread: wait for a batch, take whatever else is queued (up to
-/// [`BATCH_CAP`] changes; when every batch has a window, waiting for more
-/// until the earliest window ends), commit, report; until every sender is
-/// gone.
-fn run(store: &dyn Store, rx: &Receiver<Job>) {
-    let mut carried: Option<Job> = None;
+/// The writer thread: wait for batches, and once one is due (or the queue
+/// holds [`BATCH_CAP`] changes, or the writer is shutting down) commit what
+/// is queued, up to [`BATCH_CAP`] changes, and report; until shut down.
+fn run(store: &dyn Store, queue: &Queue) {
+    // However the thread ends, submitters must not wait on it any more:
+    // refuse new batches and drop the queued ones, whose `done`s then tell
+    // their waiters (a dropped callback reads as "closed").
+    struct Gone<'a>(&'a Queue);
+    impl Drop for Gone<'_> {
+        fn drop(&mut self) {
+            let mut st = lock(&self.0.state);
+            st.closed = true;
+            st.jobs.clear();
+        }
+    }
+    let _gone = Gone(queue);
+    while let Some((jobs, total)) = take(queue) {
+        commit(store, jobs, total);
+    }
+}
+
+/// Waits until a commit is due and takes its batches; `None` once shut
+/// down with nothing left.
+fn take(queue: &Queue) -> Option<(Vec<Job>, usize)> {
+    let mut st = lock(&queue.state);
     loop {
-        let first = match carried.take() {
-            Some(job) => job,
-            None => match rx.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            },
+        let Some(due) = st.due else {
+            if st.closed {
+                return None;
+            }
+            st.thread = Thread::Idle;
+            st = queue.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+            continue;
         };
-        let mut deadline = first.by;
-        let mut total = first.changes.len();
-        let mut jobs = vec![first];
-        while total < BATCH_CAP {
-            let next = match deadline {
-                None => rx.try_recv().ok(),
-                Some(at) => rx
-                    .recv_timeout(at.saturating_duration_since(Instant::now()))
-                    .ok(),
-            };
-            let Some(job) = next else { break };
-            deadline = deadline.zip(job.by).map(|(a, b)| a.min(b));
-            if total + job.changes.len() > BATCH_CAP {
-                carried = Some(job);
+        let now = Instant::now();
+        if due > now && st.changes < BATCH_CAP && !st.closed {
+            st.thread = Thread::Until(due);
+            st = queue
+                .wake
+                .wait_timeout(st, due - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            continue;
+        }
+        st.thread = Thread::Busy;
+        let mut jobs = Vec::new();
+        let mut total = 0;
+        while let Some(next) = st.jobs.front() {
+            if !jobs.is_empty() && total + next.changes.len() > BATCH_CAP {
                 break;
             }
-            total += job.changes.len();
-            jobs.push(job);
+            total += next.changes.len();
+            jobs.extend(st.jobs.pop_front());
         }
-        commit(store, jobs, total);
+        st.changes -= total;
+        st.due = st.jobs.iter().map(|j| j.by).min();
+        return Some((jobs, total));
     }
 }
 

@@ -1,7 +1,7 @@
 //! Tests of the group-commit writer, against a recording wrapper around
 //! [`MemoryStore`] and against SQLite.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -22,6 +22,8 @@ struct Recording {
     /// Taken by the first `apply`, which signals `entered` and then waits
     /// for a message.
     gate: Mutex<Option<(Sender<()>, Receiver<()>)>>,
+    /// Every `apply` panics.
+    explodes: AtomicBool,
 }
 
 impl Recording {
@@ -42,6 +44,7 @@ impl Recording {
 
 impl Store for Recording {
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        assert!(!self.explodes.load(Ordering::SeqCst), "the store exploded");
         if let Some((entered, release)) = self.gate.lock().unwrap().take() {
             entered.send(()).unwrap();
             release.recv().unwrap();
@@ -283,6 +286,29 @@ fn batches_with_windows_share_a_commit_that_starts_when_the_earliest_ends() {
     assert_eq!(tags, [0, 1]);
     let calls: Vec<Vec<TaskId>> = store.calls().into_iter().map(|(ids, _)| ids).collect();
     assert_eq!(calls, [vec![tid(1), tid(2)]], "one commit for both");
+}
+
+#[test]
+fn a_dead_writer_thread_refuses_batches_instead_of_hanging() {
+    let store = Arc::new(Recording {
+        explodes: AtomicBool::new(true),
+        ..Recording::default()
+    });
+    let writer = Writer::spawn(store);
+    let (tx, rx) = mpsc::channel();
+    writer
+        .submit(vec![submit(task(1))], report_to(&tx, 0))
+        .unwrap();
+    drop(tx);
+    assert!(
+        rx.recv().is_err(),
+        "the batch's callback is dropped, not called"
+    );
+    assert!(matches!(writer.flush(), Err(StoreError::Closed)));
+    assert!(matches!(
+        writer.submit(vec![submit(task(2))], None),
+        Err(StoreError::Closed)
+    ));
 }
 
 #[test]
