@@ -13,6 +13,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 const LIMIT: Duration = Duration::from_secs(30);
 
 async fn coordinator() -> (TaskSystem, SocketAddr) {
+    coordinator_with(GatewayConfig::default()).await
+}
+
+async fn coordinator_with(gateway_config: GatewayConfig) -> (TaskSystem, SocketAddr) {
     let config = SystemConfig {
         check_handlers: false,
         ..SystemConfig::default()
@@ -21,7 +25,7 @@ async fn coordinator() -> (TaskSystem, SocketAddr) {
     sys.start().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let svc = gateway(&sys, GatewayConfig::default());
+    let svc = gateway(&sys, gateway_config);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
@@ -442,6 +446,48 @@ async fn prefetched_tasks_wait_for_a_slot_and_a_cancelled_one_never_runs() {
         State::Succeeded
     );
     assert!(!mark("third").exists(), "the cancelled task never ran");
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_held_back_for_company_still_goes_out_on_its_own() {
+    // Heartbeats so rare that none can carry the result out during the test.
+    let (sys, addr) = coordinator_with(GatewayConfig {
+        heartbeat_interval: Duration::from_secs(3600),
+        ..GatewayConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(addr, "corker");
+    c.slots = 1;
+    c.prefetch = 2;
+    tokio::spawn(Worker::with_config(c).run());
+    let mut events = sys.subscribe();
+    let (gate1, gate2) = (dir.path().join("gate1"), dir.path().join("gate2"));
+    let first = sys.submit(gated(&gate1)).await.unwrap();
+    let second = sys.submit(gated(&gate2)).await.unwrap();
+    let third = sys.submit(script("true")).await.unwrap();
+    reach_all(
+        &mut events,
+        &[
+            (first.id(), State::Running),
+            (second.id(), State::Assigned),
+            (third.id(), State::Assigned),
+        ],
+    )
+    .await;
+    // The first ends while the worker still holds the third: its result
+    // may wait for the second's company, but not for the second to end.
+    std::fs::write(&gate1, b"").unwrap();
+    assert_eq!(
+        first.wait_timeout(LIMIT).await.unwrap().state,
+        State::Succeeded
+    );
+    assert_eq!(second.record().unwrap().status.state, State::Running);
+    std::fs::write(&gate2, b"").unwrap();
+    for h in [&second, &third] {
+        assert_eq!(h.wait_timeout(LIMIT).await.unwrap().state, State::Succeeded);
+    }
     sys.shutdown().await.unwrap();
 }
 

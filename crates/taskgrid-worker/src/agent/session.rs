@@ -145,6 +145,11 @@ impl Shared {
     fn idle(&self) -> bool {
         relock(&self.attempts).is_empty()
     }
+
+    /// Whether prefetched work is held, waiting for a slot.
+    fn holding(&self) -> bool {
+        !relock(&self.slots).held.is_empty()
+    }
 }
 
 enum End {
@@ -176,13 +181,14 @@ pub(super) async fn run(
     });
     tokio::pin!(drain);
     let mut draining = None;
+    let mut corked = Corked::default();
     let mut backoff = shared.config.reconnect_min;
     loop {
         let registered_at = tokio::time::Instant::now();
         match session(
             &shared,
             &endpoint,
-            &mut events_rx,
+            (&mut events_rx, &mut corked),
             &mut drain,
             &mut draining,
         )
@@ -239,10 +245,61 @@ fn register(shared: &Shared) -> In {
     })
 }
 
+/// How long what finished attempts report may wait, while this worker
+/// still holds prefetched work, to share one write (and one turn of the
+/// coordinator) with the next result. The coordinator need not hear at
+/// once: the held work keeps the slots busy meanwhile.
+const CORK: Duration = Duration::from_millis(2);
+
+/// Messages taken from the attempts but not sent yet (see [`CORK`]); they
+/// are kept across a reconnect and sent first on the next stream.
+#[derive(Default)]
+struct Corked {
+    msgs: Vec<In>,
+    /// When they must go at the latest.
+    until: Option<tokio::time::Instant>,
+}
+
+impl Corked {
+    /// Whether everything taken may wait: results, accepts and output,
+    /// nothing that anybody waits on an answer to.
+    fn may_wait(&self) -> bool {
+        self.msgs
+            .iter()
+            .all(|m| matches!(m, In::Result(_) | In::Accept(_) | In::Output(_)))
+    }
+}
+
+/// Sends what is corked, in order, settling each result's attempt as it
+/// goes (a silenced attempt's result is dropped); false if the stream
+/// closed, keeping what was not sent.
+async fn flush<F: Future<Output = bool>>(
+    shared: &Shared,
+    corked: &mut Corked,
+    send: impl Fn(In) -> F,
+) -> bool {
+    corked.until = None;
+    let mut msgs = std::mem::take(&mut corked.msgs).into_iter();
+    while let Some(msg) = msgs.next() {
+        let deliver = match &msg {
+            In::Result(r) => match taskgrid_proto::task_id(r.attempt.as_ref()) {
+                Ok(key) => shared.finish(key),
+                Err(_) => false,
+            },
+            _ => true,
+        };
+        if deliver && !send(msg).await {
+            corked.msgs = msgs.collect();
+            return false;
+        }
+    }
+    true
+}
+
 async fn session(
     shared: &Arc<Shared>,
     endpoint: &tonic::transport::Endpoint,
-    events: &mut mpsc::UnboundedReceiver<In>,
+    (events, corked): (&mut mpsc::UnboundedReceiver<In>, &mut Corked),
     drain: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     draining: &mut Option<tokio::time::Instant>,
 ) -> End {
@@ -305,6 +362,9 @@ async fn session(
                 .is_ok()
         }
     };
+    if !flush(shared, corked, send).await {
+        return End::Lost("the stream closed".into());
+    }
     loop {
         if draining.is_some() && shared.idle() && events.is_empty() {
             // Closing our side of the stream cleanly hands back whatever is
@@ -330,18 +390,26 @@ async fn session(
                 Err(s) => return End::Lost(s.to_string()),
             },
             Some(msg) = events.recv() => {
-                let deliver = match &msg {
-                    In::Result(r) => match taskgrid_proto::task_id(r.attempt.as_ref()) {
-                        Ok(key) => shared.finish(key),
-                        Err(_) => false,
-                    },
-                    _ => true,
-                };
-                if deliver && !send(msg).await {
+                corked.msgs.push(msg);
+                while let Ok(msg) = events.try_recv() {
+                    corked.msgs.push(msg);
+                }
+                if draining.is_none() && shared.holding() && corked.may_wait() {
+                    let at = tokio::time::Instant::now() + CORK;
+                    corked.until.get_or_insert(at);
+                } else if !flush(shared, corked, send).await {
+                    return End::Lost("the stream closed".into());
+                }
+            }
+            _ = tokio::time::sleep_until(corked.until.unwrap_or_else(tokio::time::Instant::now)), if corked.until.is_some() => {
+                if !flush(shared, corked, send).await {
                     return End::Lost("the stream closed".into());
                 }
             }
             _ = beat.tick() => {
+                if !flush(shared, corked, send).await {
+                    return End::Lost("the stream closed".into());
+                }
                 let hb = In::Heartbeat(worker::Heartbeat {
                     running: shared.running(),
                     load: 0.0,
