@@ -146,7 +146,10 @@ pub(crate) fn stop(inner: &Inner, s: StopAttempt) {
             let Some(r) = inner.running().get(&key).map(|r| r.cancel.clone()) else {
                 return;
             };
-            let _ = r.send(true);
+            // `send_replace`, not `send`: between `prepare` and `start` the
+            // channel has no receiver, and `send` would then drop the value,
+            // so a handler started after this cancel would never see it.
+            r.send_replace(true);
             let Some(me) = inner.me.upgrade() else { return };
             let grace = inner.config.cancel_grace;
             inner.runtime().spawn(async move {

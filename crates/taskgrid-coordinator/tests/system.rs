@@ -609,7 +609,14 @@ async fn events_replay_retry_workers_and_explain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_right_after_dispatch_reaches_the_handler() {
+    // No grace would end the task in time: only the handler seeing the
+    // cancel does.
+    let config = SystemConfig {
+        cancel_grace: Duration::from_secs(3600),
+        ..SystemConfig::default()
+    };
     let sys = TaskSystem::builder()
+        .config(config)
         .handler("waits", |ctx| async move {
             ctx.cancelled().await;
             Ok(json!(null))
