@@ -60,10 +60,12 @@ pub(crate) struct Inner {
 }
 
 /// How long the changes of a driver step (results, timeouts, dispatch) may
-/// wait to share a commit while other attempts are still out. Results of
-/// short tasks arrive close together, and each commit costs the store a WAL
-/// append (or an fsync); this many milliseconds late, nobody notices. With
-/// nothing else out (one task at a time) the commit goes at once.
+/// wait to share a commit while other attempts are still out (counted
+/// before the step dispatches more). Results of short tasks arrive close
+/// together, and each commit costs the store a WAL append (or an fsync);
+/// this many milliseconds late, nobody notices. With nothing else out (one
+/// task at a time, or one after another on one slot) the commit goes at
+/// once.
 const RESULT_WINDOW: Duration = Duration::from_millis(2);
 
 pub(crate) fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -416,6 +418,9 @@ impl Inner {
                 }
             }
             engine.tick(now, &mut out);
+            // Attempts still out before this step hands out more: those will
+            // report soon, and usually close together.
+            let others_out = engine.attempts_out() > 0;
             if !self.draining.load(Ordering::Acquire) && !self.failed.load(Ordering::Acquire) {
                 engine.dispatch(now, &mut out);
                 // The local executor accepts at once; remote workers answer.
@@ -432,9 +437,8 @@ impl Inner {
                     }
                 }
             }
-            // Other attempts still out will report soon, and usually close
-            // together: let their results share one commit.
-            let window = if engine.attempts_out() > 0 {
+            // Let their results share one commit with these changes.
+            let window = if others_out {
                 RESULT_WINDOW
             } else {
                 Duration::ZERO

@@ -51,7 +51,7 @@ mod conformance;
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use sqlite::{BUSY_TIMEOUT, Durability, SqliteOptions, SqliteStore};
-pub use writer::{BATCH_CAP, Done, LAZY_WINDOW, Writer};
+pub use writer::{BATCH_CAP, Done, LAZY_WINDOW, MAX_WINDOW, Writer};
 
 use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord, WorkerId};
 

@@ -37,8 +37,12 @@ pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// applied whole, on its own).
 pub const BATCH_CAP: usize = 65_536;
 
-/// How long a commit of nothing but lazy batches waits for another batch.
+/// The window of a lazy batch ([`Writer::submit_lazy`]): how long after
+/// its submission its commit may start at the latest.
 pub const LAZY_WINDOW: Duration = Duration::from_millis(10);
+
+/// The longest window a batch gets; longer ones are cut to it.
+pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
 
 /// The group-commit writer: a handle to the background thread.
 ///
@@ -148,25 +152,26 @@ impl Writer {
     /// Like [`submit`](Writer::submit), for changes that may wait up to
     /// `window` to share a commit: they are committed with the next batch
     /// that must go at once, or with everything submitted until the
-    /// earliest pending window ends. Order is kept either way. A zero
-    /// `window` is [`submit`](Writer::submit).
+    /// earliest pending window ends (or the queue holds [`BATCH_CAP`]
+    /// changes). Order is kept either way. A zero `window` is
+    /// [`submit`](Writer::submit); one over [`MAX_WINDOW`] counts as that.
     pub fn submit_within(
         &self,
         changes: Vec<Change>,
         done: Option<Done>,
         window: Duration,
     ) -> Result<(), StoreError> {
-        let by = Instant::now() + window;
+        let by = Instant::now() + window.min(MAX_WINDOW);
         let mut st = lock(&self.queue.state);
         if st.closed {
             return Err(StoreError::Closed);
         }
+        st.changes += changes.len();
         let wake = match st.thread {
             Thread::Busy => false,
             Thread::Idle => true,
-            Thread::Until(at) => by < at,
+            Thread::Until(at) => by < at || st.changes >= BATCH_CAP,
         };
-        st.changes += changes.len();
         st.due = Some(st.due.map_or(by, |d| d.min(by)));
         st.jobs.push_back(Job { changes, done, by });
         if wake {

@@ -272,7 +272,9 @@ impl Corked {
 
 /// Sends what is corked, in order, settling each result's attempt as it
 /// goes (a silenced attempt's result is dropped); false if the stream
-/// closed, keeping what was not sent.
+/// closed, keeping what was not tried yet (the message whose send failed is
+/// lost, like any message in flight when a stream breaks; a lost result's
+/// attempt is no longer listed at the next register, so it runs again).
 async fn flush<F: Future<Output = bool>>(
     shared: &Shared,
     corked: &mut Corked,
@@ -422,10 +424,11 @@ async fn session(
             _ = &mut *drain, if draining.is_none() => {
                 tracing::info!(grace = ?shared.config.drain_grace, "draining");
                 *draining = Some(tokio::time::Instant::now() + shared.config.drain_grace);
-                // Tell the coordinator at once, so it offers nothing more,
-                // then hand back what was held but never started.
+                // Tell the coordinator at once (after what was held back),
+                // so it offers nothing more, then hand back what was held
+                // but never started.
                 let hb = In::Heartbeat(worker::Heartbeat { running: shared.running(), load: 0.0, draining: true });
-                if !send(hb).await {
+                if !flush(shared, corked, send).await || !send(hb).await {
                     return End::Lost("the stream closed".into());
                 }
                 shared.hand_back_held();

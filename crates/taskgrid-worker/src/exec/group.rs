@@ -93,7 +93,9 @@ fn exit_notice(child: &Child) -> io::Result<AsyncFd<std::os::fd::OwnedFd>> {
         .and_then(RawPid::from_raw)
         .ok_or_else(|| io::Error::other("the child's pid is not a valid pid"))?;
     // The child is ours and unreaped, so its pid cannot have been reused.
-    let fd = pidfd_open(pid, PidfdFlags::NONBLOCK)?;
+    // (The fd is only polled, never read: no `PIDFD_NONBLOCK`, which needs
+    // Linux 5.10 where `pidfd_open` itself needs 5.3.)
+    let fd = pidfd_open(pid, PidfdFlags::empty())?;
     // Deprecated because an arbitrary `AsRawFd` may close or swap its fd
     // under the registration (the replacement is `unsafe`, which the
     // workspace forbids). An `OwnedFd` moved into the `AsyncFd` cannot: it
@@ -108,21 +110,44 @@ async fn reap_on_notice(
     child: Child,
     group: ProcessGroup,
 ) -> io::Result<Reaped> {
-    if let Err(e) = notice.readable().await {
-        tracing::debug!(error = %e, "pidfd wait failed: reaping on a blocking thread");
-        return tokio::task::spawn_blocking(move || reap(child, &group))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)));
+    loop {
+        match notice.readable().await {
+            // Readiness may be spurious: make sure the child has exited.
+            Ok(mut ready) if !has_exited(group.pgid) => ready.clear_ready(),
+            Ok(_) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "pidfd wait failed: reaping on a blocking thread");
+                return tokio::task::spawn_blocking(move || reap(child, &group))
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e)));
+            }
+        }
     }
     drop(notice);
     // The child has exited: `waitid` and `wait4` return at once.
     let res = wait_then_reap(child, &group);
-    if group_has_members(group.pgid) {
-        // Only a group that outlived its leader makes anyone wait.
+    if killpg(group.pgid, None).is_ok() {
+        // Only a group that outlived its leader makes anyone wait (and
+        // the search of `/proc` for its live members runs off this thread).
         let pgid = group.pgid;
         let _ = tokio::task::spawn_blocking(move || await_group_exit(pgid)).await;
     }
     reaped(res?)
+}
+
+/// Whether the child (the group's leader) has exited, without reaping it
+/// or waiting; an error counts as exited, for the reaping to report.
+#[cfg(target_os = "linux")]
+fn has_exited(pgid: Pid) -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+    loop {
+        match waitid(Id::Pid(pgid), flags) {
+            Ok(WaitStatus::StillAlive) => return false,
+            Err(Errno::EINTR) => continue,
+            Ok(_) | Err(_) => return true,
+        }
+    }
 }
 
 /// Blocks until `child` exits, kills the rest of its group, reaps it with
@@ -182,7 +207,7 @@ fn wait_then_reap(child: Child, group: &ProcessGroup) -> io::Result<wait4::ResUs
 /// by init, which may take its time, so zombies count as dead.
 fn await_group_exit(pgid: Pid) {
     let deadline = std::time::Instant::now() + GROUP_EXIT_WAIT;
-    while group_has_members(pgid) {
+    while killpg(pgid, None).is_ok() && has_live_member(pgid) {
         if std::time::Instant::now() >= deadline {
             tracing::warn!(pgid = pgid.as_raw(), "a task's processes outlived SIGKILL");
             return;
@@ -190,12 +215,6 @@ fn await_group_exit(pgid: Pid) {
         // Nothing notifies us when a process that is not our child dies.
         std::thread::sleep(Duration::from_millis(2));
     }
-}
-
-/// Whether any live process is left in the group (the cheap `killpg` probe
-/// first: an empty group answers `ESRCH`).
-fn group_has_members(pgid: Pid) -> bool {
-    killpg(pgid, None).is_ok() && has_live_member(pgid)
 }
 
 #[cfg(target_os = "linux")]

@@ -36,10 +36,12 @@
 //! then `wait4` on that one pid, which returns its exit status and its own
 //! `rusage` (including the descendants it waited for). Signals from the
 //! async side and the reaping take the same lock, so a signal is never sent
-//! to a process group id after it was released. Only a group that outlives
-//! its leader costs a blocking thread, to wait (briefly) for it to die. The
+//! to a process group id after it was released. With a pidfd, only a group
+//! that outlives its leader costs a blocking thread, to wait (briefly) for
+//! it to die; without, every attempt holds one while it runs. The
 //! reaping task is spawned, so a child is reaped even if its attempt is
-//! dropped. The workspace forbids `unsafe`, so `wait4` comes from the small
+//! dropped (though not if the whole runtime shuts down first, as when the
+//! worker process exits). The workspace forbids `unsafe`, so `wait4` comes from the small
 //! `wait4` crate, `waitid`/`killpg` from `nix` and `pidfd_open` from `rustix`.
 //!
 //! Dropping a `run_*` future before it finishes kills the process group with
