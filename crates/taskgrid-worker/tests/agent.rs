@@ -494,6 +494,95 @@ async fn a_result_held_back_for_company_still_goes_out_on_its_own() {
     sys.shutdown().await.unwrap();
 }
 
+/// A TCP proxy to `target` whose open connections can be cut (new ones are
+/// still let through): a broken stream without stopping either side.
+struct Proxy {
+    addr: SocketAddr,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn to(target: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = links.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                held.lock().unwrap().push(link);
+            }
+        });
+        Proxy { addr, links }
+    }
+
+    /// Drops every open connection (both sockets close).
+    fn cut(&self) {
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_loses_its_stream_drops_held_work_which_is_offered_again_and_runs_once() {
+    let (sys, addr) = coordinator().await;
+    let proxy = Proxy::to(addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(proxy.addr, "cut-off");
+    c.slots = 1;
+    c.prefetch = 2;
+    c.reconnect_min = Duration::from_millis(20);
+    tokio::spawn(Worker::with_config(c).run());
+    let mut events = sys.subscribe();
+    let gate = dir.path().join("gate");
+    // Each task appends a line to its own file: a count of its runs.
+    let runs = |n: &str| dir.path().join(n);
+    let counted = |n: &str| script(&format!("echo run >> {}", runs(n).display()));
+    let first = sys
+        .submit(script(&format!(
+            "while [ ! -e {g} ]; do sleep 0.02; done; echo run >> {r}",
+            g = gate.display(),
+            r = runs("first").display()
+        )))
+        .await
+        .unwrap();
+    let second = sys.submit(counted("second")).await.unwrap();
+    let third = sys.submit(counted("third")).await.unwrap();
+    one_runs_two_are_held(&mut events, [&first, &second, &third]).await;
+    let attempt_before = second.record().unwrap().status.attempt;
+
+    proxy.cut();
+    // The worker reconnects and registers what runs: the first only. The
+    // held two were dropped, unrun, so the coordinator offers them again.
+    reach_all(
+        &mut events,
+        &[
+            (second.id(), State::Assigned),
+            (third.id(), State::Assigned),
+        ],
+    )
+    .await;
+    assert_eq!(first.status().unwrap(), State::Running, "kept across");
+    std::fs::write(&gate, b"").unwrap();
+    for h in [&first, &second, &third] {
+        assert_eq!(h.wait_timeout(LIMIT).await.unwrap().state, State::Succeeded);
+    }
+    assert!(
+        second.record().unwrap().status.attempt > attempt_before,
+        "given out again as a new attempt"
+    );
+    for n in ["first", "second", "third"] {
+        let lines = std::fs::read_to_string(runs(n)).unwrap();
+        assert_eq!(lines.lines().count(), 1, "{n} ran once");
+    }
+    sys.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_hands_held_tasks_back_at_once() {
     let (sys, addr) = coordinator().await;
