@@ -384,8 +384,13 @@ async fn one_runs_two_are_held(
 }
 
 fn gated(gate: &std::path::Path) -> Task {
+    gated_then(gate, "true")
+}
+
+/// Waits for `gate` to exist, then runs `then`.
+fn gated_then(gate: &std::path::Path, then: &str) -> Task {
     script(&format!(
-        "while [ ! -e {g} ]; do sleep 0.02; done",
+        "while [ ! -e {g} ]; do sleep 0.02; done; {then}",
         g = gate.display()
     ))
 }
@@ -403,14 +408,8 @@ async fn prefetched_tasks_wait_for_a_slot_and_a_cancelled_one_never_runs() {
     let mark = |n: &str| dir.path().join(n);
     let touch = |n: &str| script(&format!("touch {}", mark(n).display()));
     let first = sys.submit(gated(&gate1)).await.unwrap();
-    let second = sys
-        .submit(script(&format!(
-            "while [ ! -e {g} ]; do sleep 0.02; done; touch {m}",
-            g = gate2.display(),
-            m = mark("second").display()
-        )))
-        .await
-        .unwrap();
+    let touch_second = format!("touch {}", mark("second").display());
+    let second = sys.submit(gated_then(&gate2, &touch_second)).await.unwrap();
     let third = sys.submit(touch("third")).await.unwrap();
     one_runs_two_are_held(&mut events, [&first, &second, &third]).await;
     // One slot, two held: offered and assigned, but not started.
@@ -543,14 +542,8 @@ async fn a_worker_that_loses_its_stream_drops_held_work_which_is_offered_again_a
     // Each task appends a line to its own file: a count of its runs.
     let runs = |n: &str| dir.path().join(n);
     let counted = |n: &str| script(&format!("echo run >> {}", runs(n).display()));
-    let first = sys
-        .submit(script(&format!(
-            "while [ ! -e {g} ]; do sleep 0.02; done; echo run >> {r}",
-            g = gate.display(),
-            r = runs("first").display()
-        )))
-        .await
-        .unwrap();
+    let count_first = format!("echo run >> {}", runs("first").display());
+    let first = sys.submit(gated_then(&gate, &count_first)).await.unwrap();
     let second = sys.submit(counted("second")).await.unwrap();
     let third = sys.submit(counted("third")).await.unwrap();
     one_runs_two_are_held(&mut events, [&first, &second, &third]).await;
