@@ -146,7 +146,7 @@ impl WorkerGateway for Gateway {
         }
         let conn = self.conns.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::unbounded_channel();
-        let cancel = {
+        {
             let inner = &self.inner;
             let now = inner.clock.now();
             let mut engine = inner.lock();
@@ -160,6 +160,31 @@ impl WorkerGateway for Gateway {
                 .filter(|k| !stale.contains(k) && engine.cancel_pending(k.0))
                 .collect();
             inner.persist(&engine, out.changes, None);
+            // The answer, and the cancels it missed, go on the stream before
+            // the link is published: from then on the driver may send it
+            // assignments, which must not overtake `registered` (a worker
+            // whose first message is not the answer starts over).
+            let registered = worker::Registered {
+                worker_id: id.to_string(),
+                heartbeat_interval_ms: u32::try_from(self.config.heartbeat_interval.as_millis())
+                    .unwrap_or(u32::MAX),
+                cancel: stale
+                    .into_iter()
+                    .map(|(t, a)| taskgrid_proto::attempt_ref(t, a))
+                    .collect(),
+            };
+            let _ = tx.send(Ok(worker::CoordinatorMessage {
+                msg: Some(Out::Registered(registered)),
+            }));
+            for (task, attempt) in pending {
+                let stop = taskgrid_core::StopAttempt {
+                    id: task,
+                    attempt,
+                    worker: id.clone(),
+                    reason: taskgrid_core::StopReason::Cancel,
+                };
+                let _ = tx.send(Ok(msg::cancel(&stop)));
+            }
             relock(&inner.links).insert(
                 id.clone(),
                 Link {
@@ -168,31 +193,8 @@ impl WorkerGateway for Gateway {
                     tx: tx.clone(),
                 },
             );
-            (stale, pending)
-        };
-        let (cancel, pending_cancels) = cancel;
-        tracing::info!(worker = %id, conn, "worker registered");
-        let registered = worker::Registered {
-            worker_id: id.to_string(),
-            heartbeat_interval_ms: u32::try_from(self.config.heartbeat_interval.as_millis())
-                .unwrap_or(u32::MAX),
-            cancel: cancel
-                .into_iter()
-                .map(|(t, a)| taskgrid_proto::attempt_ref(t, a))
-                .collect(),
-        };
-        let _ = tx.send(Ok(worker::CoordinatorMessage {
-            msg: Some(Out::Registered(registered)),
-        }));
-        for (task, attempt) in pending_cancels {
-            let stop = taskgrid_core::StopAttempt {
-                id: task,
-                attempt,
-                worker: id.clone(),
-                reason: taskgrid_core::StopReason::Cancel,
-            };
-            let _ = tx.send(Ok(msg::cancel(&stop)));
         }
+        tracing::info!(worker = %id, conn, "worker registered");
         self.inner.wake.notify_one();
         let inner = self.inner.clone();
         tokio::spawn(async move {
