@@ -36,6 +36,14 @@ async fn coordinator_with(gateway_config: GatewayConfig) -> (TaskSystem, SocketA
     (sys, addr)
 }
 
+/// A worker with one slot that holds `prefetch` tasks beyond it.
+fn one_slot_prefetching(addr: SocketAddr, id: &str, prefetch: u32) -> WorkerConfig {
+    let mut c = config(addr, id);
+    c.slots = 1;
+    c.prefetch = prefetch;
+    c
+}
+
 fn config(addr: SocketAddr, id: &str) -> WorkerConfig {
     let mut c = WorkerConfig::new(format!("http://{addr}"));
     c.id = id.into();
@@ -399,9 +407,7 @@ fn gated_then(gate: &std::path::Path, then: &str) -> Task {
 async fn prefetched_tasks_wait_for_a_slot_and_a_cancelled_one_never_runs() {
     let (sys, addr) = coordinator().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(addr, "prefetcher");
-    c.slots = 1;
-    c.prefetch = 2;
+    let c = one_slot_prefetching(addr, "prefetcher", 2);
     tokio::spawn(Worker::with_config(c).run());
     let mut events = sys.subscribe();
     let (gate1, gate2) = (dir.path().join("gate1"), dir.path().join("gate2"));
@@ -465,9 +471,7 @@ async fn a_result_held_back_for_company_still_goes_out_on_its_own() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(addr, "corker");
-    c.slots = 1;
-    c.prefetch = 2;
+    let c = one_slot_prefetching(addr, "corker", 2);
     tokio::spawn(Worker::with_config(c).run());
     let mut events = sys.subscribe();
     let (gate1, gate2) = (dir.path().join("gate1"), dir.path().join("gate2"));
@@ -532,9 +536,7 @@ async fn a_worker_that_loses_its_stream_drops_held_work_which_is_offered_again_a
     let (sys, addr) = coordinator().await;
     let proxy = Proxy::to(addr).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(proxy.addr, "cut-off");
-    c.slots = 1;
-    c.prefetch = 2;
+    let mut c = one_slot_prefetching(proxy.addr, "cut-off", 2);
     c.reconnect_min = Duration::from_millis(20);
     tokio::spawn(Worker::with_config(c).run());
     let mut events = sys.subscribe();
@@ -580,9 +582,7 @@ async fn a_worker_that_loses_its_stream_drops_held_work_which_is_offered_again_a
 async fn a_drain_hands_held_tasks_back_at_once() {
     let (sys, addr) = coordinator().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(addr, "holder");
-    c.slots = 1;
-    c.prefetch = 1;
+    let mut c = one_slot_prefetching(addr, "holder", 1);
     c.drain_grace = LIMIT;
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(Worker::with_config(c).run_until(async move {

@@ -79,6 +79,25 @@ impl Store for Recording {
     }
 }
 
+type Reports = (
+    Sender<(usize, Result<(), StoreError>)>,
+    Receiver<(usize, Result<(), StoreError>)>,
+);
+
+/// A writer held inside its first commit (task 1, reported with tag 0 on
+/// the returned channel) until `release` is sent: what is submitted
+/// meanwhile queues up.
+fn held_in_first_commit() -> (Arc<Recording>, Writer, Sender<()>, Reports) {
+    let (store, entered, release) = Recording::gated();
+    let writer = Writer::spawn(store.clone());
+    let (tx, rx) = mpsc::channel();
+    writer
+        .submit(vec![submit(task(1))], report_to(&tx, 0))
+        .unwrap();
+    entered.recv().unwrap();
+    (store, writer, release, (tx, rx))
+}
+
 /// A `done` that sends `(tag, result)` on `tx`.
 fn report_to(tx: &Sender<(usize, Result<(), StoreError>)>, tag: usize) -> Option<Done> {
     let tx = tx.clone();
@@ -153,14 +172,7 @@ fn concurrent_submitters_all_succeed_in_submission_order() {
 
 #[test]
 fn a_bad_batch_fails_only_its_own_callback() {
-    let (store, entered, release) = Recording::gated();
-    let writer = Writer::spawn(store.clone());
-    let (tx, rx) = mpsc::channel();
-
-    writer
-        .submit(vec![submit(task(1))], report_to(&tx, 0))
-        .unwrap();
-    entered.recv().unwrap(); // the writer is inside apply; the rest queues up
+    let (store, writer, release, (tx, rx)) = held_in_first_commit();
     writer
         .submit(vec![submit(task(2))], report_to(&tx, 1))
         .unwrap();
@@ -209,13 +221,7 @@ fn a_bad_batch_fails_only_its_own_callback() {
 
 #[test]
 fn a_lazy_batch_rides_in_the_next_commit() {
-    let (store, entered, release) = Recording::gated();
-    let writer = Writer::spawn(store.clone());
-    let (tx, rx) = mpsc::channel();
-    writer
-        .submit(vec![submit(task(1))], report_to(&tx, 0))
-        .unwrap();
-    entered.recv().unwrap(); // held inside the first commit
+    let (store, writer, release, (tx, rx)) = held_in_first_commit();
     let mut life = Life::of(&task(1));
     writer
         .submit_lazy(vec![life.assign("w", 1)], report_to(&tx, 1))

@@ -110,11 +110,14 @@ async fn reap_on_notice(
     child: Child,
     group: ProcessGroup,
 ) -> io::Result<Reaped> {
-    loop {
+    let res = loop {
         match notice.readable().await {
             // Readiness may be spurious: make sure the child has exited.
-            Ok(mut ready) if !has_exited(group.pgid) => ready.clear_ready(),
-            Ok(_) => break,
+            Ok(mut ready) => match leader_exited(&group, false) {
+                Ok(false) => ready.clear_ready(),
+                Ok(true) => break kill_then_reap(child, &group),
+                Err(e) => break Err(e),
+            },
             Err(e) => {
                 tracing::debug!(error = %e, "pidfd wait failed: reaping on a blocking thread");
                 return tokio::task::spawn_blocking(move || reap(child, &group))
@@ -122,10 +125,8 @@ async fn reap_on_notice(
                     .unwrap_or_else(|e| Err(io::Error::other(e)));
             }
         }
-    }
+    };
     drop(notice);
-    // The child has exited: `waitid` and `wait4` return at once.
-    let res = wait_then_reap(child, &group);
     if killpg(group.pgid, None).is_ok() {
         // Only a group that outlived its leader makes anyone wait (and
         // the search of `/proc` for its live members runs off this thread).
@@ -133,21 +134,6 @@ async fn reap_on_notice(
         let _ = tokio::task::spawn_blocking(move || await_group_exit(pgid)).await;
     }
     reaped(res?)
-}
-
-/// Whether the child (the group's leader) has exited, without reaping it
-/// or waiting; an error counts as exited, for the reaping to report.
-#[cfg(target_os = "linux")]
-fn has_exited(pgid: Pid) -> bool {
-    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
-    loop {
-        match waitid(Id::Pid(pgid), flags) {
-            Ok(WaitStatus::StillAlive) => return false,
-            Err(Errno::EINTR) => continue,
-            Ok(_) | Err(_) => return true,
-        }
-    }
 }
 
 /// Blocks until `child` exits, kills the rest of its group, reaps it with
@@ -171,11 +157,24 @@ fn reaped(res: wait4::ResUse) -> io::Result<Reaped> {
 /// group is killed, so its pid cannot be reused under the signal.
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
 fn wait_then_reap(child: Child, group: &ProcessGroup) -> io::Result<wait4::ResUse> {
-    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    while !leader_exited(group, true)? {}
+    kill_then_reap(child, group)
+}
+
+/// `waitid(WNOWAIT)` on the group's leader: whether it has exited (it stays
+/// a zombie, so its pid is still ours); `block` waits for that. After an
+/// error nothing may be signalled any more, so the group is marked reaped.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+fn leader_exited(group: &ProcessGroup, block: bool) -> io::Result<bool> {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let mut flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+    if !block {
+        flags |= WaitPidFlag::WNOHANG;
+    }
     loop {
-        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
         match waitid(Id::Pid(group.pgid), flags) {
-            Ok(_) => break,
+            Ok(WaitStatus::StillAlive) => return Ok(false),
+            Ok(_) => return Ok(true),
             Err(Errno::EINTR) => continue,
             Err(e) => {
                 *group.lock() = true;
@@ -183,6 +182,11 @@ fn wait_then_reap(child: Child, group: &ProcessGroup) -> io::Result<wait4::ResUs
             }
         }
     }
+}
+
+/// The leader has exited: kills the rest of its group, then reaps it.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+fn kill_then_reap(child: Child, group: &ProcessGroup) -> io::Result<wait4::ResUse> {
     let mut reaped = group.lock();
     send(group.pgid, Signal::SIGKILL);
     let res = child.wait4();
