@@ -22,7 +22,13 @@ pub(crate) struct Conn {
     )]
     server: String,
     /// Client token.
-    #[arg(long, global = true, env = "TASKGRID_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "TASKGRID_TOKEN",
+        hide_env_values = true,
+        value_parser = super::token
+    )]
     token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]

@@ -79,7 +79,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     // A render left by a killed run would wait for a cancel forever.
-    system.cancel_tag(RENDER_TAG);
+    system.cancel_tag(RENDER_TAG).await?;
     system.start()?;
     let started = Instant::now();
     let mut stdout = std::io::stdout().lock();
@@ -142,7 +142,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 Err(e) => return Err(e.into()),
             }
         }
-        render.cancel()?;
+        render.cancel().await?;
 
         system.wait_idle().await?;
         let elapsed = started.elapsed();

@@ -23,10 +23,10 @@ pub(crate) struct Args {
     #[arg(long, env = "TASKGRID_DATA_DIR", default_value = "taskgrid-data")]
     pub(crate) data_dir: PathBuf,
     /// Token clients must send (`Authorization: Bearer`).
-    #[arg(long, env = "TASKGRID_CLIENT_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TASKGRID_CLIENT_TOKEN", hide_env_values = true, value_parser = super::token)]
     pub(crate) client_token: Option<String>,
     /// Token workers must send.
-    #[arg(long, env = "TASKGRID_WORKER_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TASKGRID_WORKER_TOKEN", hide_env_values = true, value_parser = super::token)]
     pub(crate) worker_token: Option<String>,
     /// Worker heartbeat interval in milliseconds; three missed and the
     /// worker is offline.

@@ -13,7 +13,7 @@ pub(crate) struct Args {
     #[arg(long, env = "TASKGRID_SERVER", default_value = "http://127.0.0.1:7070")]
     pub(crate) server: String,
     /// Worker token.
-    #[arg(long, env = "TASKGRID_WORKER_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TASKGRID_WORKER_TOKEN", hide_env_values = true, value_parser = super::token)]
     pub(crate) worker_token: Option<String>,
     /// Label tasks may require: `key=value` or `key`; repeatable.
     #[arg(long = "label", value_name = "KEY[=VALUE]")]

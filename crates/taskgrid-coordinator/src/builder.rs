@@ -162,6 +162,9 @@ impl TaskSystemBuilder {
         }
         let mut out = Outbox::default();
         engine.restore(records, now, &mut out);
+        for queue in store.paused_queues()? {
+            engine.restore_queue_paused(&queue);
+        }
         let worker = WorkerId::new("local");
         let names: Vec<String> = self.handlers.keys().map(|k| k.to_string()).collect();
         if !names.is_empty() {
@@ -174,6 +177,7 @@ impl TaskSystemBuilder {
         let (completions, completions_rx) = mpsc::unbounded_channel();
         let (committed, committed_rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(self.config.event_capacity.max(1));
+        let event_base = crate::event::seq_base();
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
             engine: Mutex::new(engine),
@@ -182,7 +186,7 @@ impl TaskSystemBuilder {
             handlers: self.handlers,
             events,
             waiters: Mutex::new(HashMap::new()),
-            recent: Mutex::new((0, std::collections::VecDeque::new())),
+            recent: Mutex::new((event_base, std::collections::VecDeque::new())),
             running: Mutex::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
             completions,
@@ -196,6 +200,9 @@ impl TaskSystemBuilder {
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            failure_seen: Notify::new(),
+            event_base,
             rt: std::sync::OnceLock::new(),
         });
         inner.persist(&inner.lock(), std::mem::take(&mut out.changes), None);

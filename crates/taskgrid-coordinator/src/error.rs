@@ -20,7 +20,7 @@ pub enum Error {
     NotRunnable(String),
     /// A commit failed earlier; the system takes no more work until it is
     /// restarted (which rebuilds it from the store).
-    #[error("a store commit failed; restart to recover")]
+    #[error("a store commit failed; the coordinator takes no work until it is restarted")]
     StoreFailed,
     /// The payload could not be serialised as JSON.
     #[error("invalid payload: {0}")]
@@ -28,6 +28,9 @@ pub enum Error {
     /// No such task.
     #[error("no task {0}")]
     NotFound(TaskId),
+    /// The task names a parent that does not exist; nothing was stored.
+    #[error("unknown parent task {0}")]
+    UnknownParent(TaskId),
     /// The task has not finished (so it cannot be retried).
     #[error("task {0} has not finished (it is {1})")]
     NotFinished(TaskId, State),

@@ -9,8 +9,10 @@ use taskgrid_core::{Change, Progress, State, Stream, TaskFailure, TaskId, Timest
 /// Something that happened to a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEvent {
-    /// Position in the event stream: increases by one per event, from 1,
-    /// for the life of the process (the SSE event id).
+    /// Position in the event stream (the SSE event id): increases by one
+    /// per event. A process starts counting from the wall clock's
+    /// microseconds at its start, so an id from an earlier process is
+    /// below every id of this one and a resuming client is told `reset`.
     pub seq: u64,
     /// The task.
     pub id: TaskId,
@@ -63,13 +65,26 @@ pub enum EventKind {
     },
 }
 
+/// Where this process's event seqs start: the wall clock in microseconds
+/// since 1970 (its first event is one more). An earlier process started
+/// earlier and, publishing fewer than a million events a second, never
+/// reached this number, so its ids read as older than all of this one's.
+/// (Should the clock be stepped back across a restart by more than the
+/// downtime, old ids could fall in this process's range; SSE clients then
+/// resume at the wrong place until they reconnect without an id.)
+pub(crate) fn seq_base() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+}
+
 impl TaskEvent {
-    /// The event a committed change produces.
+    /// The event a committed change produces (none for a queue's change).
     pub(crate) fn from_change(
         c: &Change,
         at: Timestamp,
         handler: impl FnOnce() -> Option<Arc<str>>,
-    ) -> Self {
+    ) -> Option<Self> {
         let (id, kind) = match c {
             Change::Submitted(r) => (
                 r.id,
@@ -88,7 +103,7 @@ impl TaskEvent {
             } => {
                 let to = status.state;
                 let notable = to.is_terminal() || to == State::Retrying;
-                return TaskEvent {
+                return Some(TaskEvent {
                     seq: 0,
                     id: *id,
                     at: *at,
@@ -100,7 +115,7 @@ impl TaskEvent {
                         result: status.result.clone().filter(|_| to == State::Succeeded),
                         handler: if notable { handler() } else { None },
                     },
-                };
+                });
             }
             Change::Progress { id, progress } => (*id, EventKind::Progress(progress.clone())),
             Change::Checkpoint { id, .. } => (*id, EventKind::Checkpoint),
@@ -111,13 +126,14 @@ impl TaskEvent {
                     data: o.data.clone(),
                 },
             ),
+            Change::Queue { .. } => return None,
         };
-        TaskEvent {
+        Some(TaskEvent {
             seq: 0,
             id,
             at,
             kind,
-        }
+        })
     }
 
     /// The state this event moved its task into, if any.

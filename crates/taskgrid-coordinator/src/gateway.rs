@@ -20,7 +20,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::executor::{Completion, Report};
-use crate::inner::{Inner, relock};
+use crate::inner::{Effects, Inner, relock};
 use crate::{Task, TaskSystem};
 
 /// Settings of the worker gateway.
@@ -83,10 +83,29 @@ pub fn gateway(system: &TaskSystem, config: GatewayConfig) -> WorkerGatewayServe
     .max_decoding_message_size(4 << 20)
 }
 
-/// Compares secrets in time independent of where they differ.
+/// Compares secrets in time independent of where they differ and of their
+/// lengths: the SHA-256 digests of both are compared, every byte.
 pub(crate) fn token_matches(given: &str, expected: &str) -> bool {
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::Digest;
+    let (a, b) = (sha2::Sha256::digest(given), sha2::Sha256::digest(expected));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn tokens_match_only_when_equal_whatever_their_lengths() {
+        assert!(token_matches("s3cret", "s3cret"));
+        assert!(!token_matches("s3cret", "s3cres"));
+        assert!(!token_matches("s3c", "s3cret"));
+        assert!(!token_matches("s3cret-and-more", "s3cret"));
+        assert!(!token_matches("", "s3cret"));
+    }
 }
 
 type SessionStream =
@@ -146,6 +165,9 @@ impl WorkerGateway for Gateway {
         }
         let conn = self.conns.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::unbounded_channel();
+        // Told once the registration is committed and the link published;
+        // dropped (so the stream ends) if the commit fails.
+        let (linked_tx, linked) = tokio::sync::oneshot::channel::<()>();
         {
             let inner = &self.inner;
             let now = inner.clock.now();
@@ -159,11 +181,12 @@ impl WorkerGateway for Gateway {
                 .copied()
                 .filter(|k| !stale.contains(k) && engine.cancel_pending(k.0))
                 .collect();
-            inner.persist(&engine, out.changes, None);
-            // The answer, and the cancels it missed, go on the stream before
-            // the link is published: from then on the driver may send it
-            // assignments, which must not overtake `registered` (a worker
-            // whose first message is not the answer starts over).
+            // The answer, and the cancels it missed, go on the stream once
+            // the reconciliation is committed, before the link is
+            // published: from then on the driver may send it assignments,
+            // which must not overtake `registered` (a worker whose first
+            // message is not the answer starts over). Assignments to it
+            // are committed after this batch, so they are sent after it.
             let registered = worker::Registered {
                 worker_id: id.to_string(),
                 heartbeat_interval_ms: u32::try_from(self.config.heartbeat_interval.as_millis())
@@ -173,37 +196,64 @@ impl WorkerGateway for Gateway {
                     .map(|(t, a)| taskgrid_proto::attempt_ref(t, a))
                     .collect(),
             };
-            let _ = tx.send(Ok(worker::CoordinatorMessage {
-                msg: Some(Out::Registered(registered)),
-            }));
-            for (task, attempt) in pending {
-                let stop = taskgrid_core::StopAttempt {
-                    id: task,
-                    attempt,
-                    worker: id.clone(),
-                    reason: taskgrid_core::StopReason::Cancel,
-                };
-                let _ = tx.send(Ok(msg::cancel(&stop)));
-            }
-            relock(&inner.links).insert(
-                id.clone(),
-                Link {
-                    conn,
-                    instance: instance.clone(),
-                    tx: tx.clone(),
-                },
-            );
+            let (link_id, link_tx) = (id.clone(), tx.clone());
+            let then = Box::new(move |inner: &Inner| {
+                let _ = link_tx.send(Ok(worker::CoordinatorMessage {
+                    msg: Some(Out::Registered(registered)),
+                }));
+                for (task, attempt) in pending {
+                    let stop = taskgrid_core::StopAttempt {
+                        id: task,
+                        attempt,
+                        worker: link_id.clone(),
+                        reason: taskgrid_core::StopReason::Cancel,
+                    };
+                    let _ = link_tx.send(Ok(msg::cancel(&stop)));
+                }
+                let old = relock(&inner.links).insert(
+                    link_id,
+                    Link {
+                        conn,
+                        instance,
+                        tx: link_tx,
+                    },
+                );
+                if let Some(old) = old.filter(|o| o.conn != conn) {
+                    let _ = old.tx.send(Err(Status::aborted(
+                        "replaced by a new session of this worker",
+                    )));
+                }
+                let _ = linked_tx.send(());
+            });
+            let effects = Effects {
+                stops: out.stops,
+                then: Some(then),
+                ..Effects::default()
+            };
+            inner.persist_then(&engine, out.changes, Duration::ZERO, effects, None);
         }
         tracing::info!(worker = %id, conn, "worker registered");
         self.inner.wake.notify_one();
         let inner = self.inner.clone();
         tokio::spawn(async move {
+            // Nothing it says counts before it is registered; if the
+            // registration was never committed, the stream just ends.
+            if linked.await.is_err() {
+                return;
+            }
             let goodbye = loop {
                 match inbound.message().await {
+                    Ok(Some(worker::WorkerMessage {
+                        msg: Some(In::Goodbye(_)),
+                    })) => break true,
                     Ok(Some(m)) => handle(&inner, &id, &tx, m).await,
-                    // The worker closed its side cleanly: it is draining or
-                    // stopping and will not come back for what it holds.
-                    Ok(None) => break true,
+                    // The stream ended without a goodbye: closed, reset or
+                    // cancelled by the worker's gRPC library, or broken. The
+                    // worker may be back in a moment: keep what it holds.
+                    Ok(None) => {
+                        tracing::info!(worker = %id, "worker stream ended without a goodbye");
+                        break false;
+                    }
                     Err(status) => {
                         tracing::warn!(worker = %id, %status, "worker stream failed");
                         break false;
@@ -263,9 +313,9 @@ impl Gateway {
     }
 }
 
-/// The stream ended. After a clean goodbye the worker is removed and what
-/// it held goes back to the queue at once; after a failure it is offered
-/// nothing until it comes back or its heartbeat times out.
+/// The stream ended. After a goodbye message the worker is removed and
+/// what it held goes back to the queue at once; after anything else it is
+/// offered nothing until it comes back or its heartbeat times out.
 fn detach(inner: &Inner, id: &WorkerId, conn: u64, goodbye: bool) {
     let mut links = relock(&inner.links);
     if links.get(id).is_none_or(|l| l.conn != conn) {
@@ -318,6 +368,7 @@ async fn apply(
         |r: Option<&worker::AttemptRef>| taskgrid_proto::task_id(r).map_err(|e| e.to_string());
     match m.msg.ok_or("empty message")? {
         In::Register(_) => Err("register sent twice on one stream".into()),
+        In::Goodbye(_) => Err("goodbye handled by the session loop".into()),
         In::Heartbeat(hb) => {
             let alive = {
                 let mut engine = inner.lock();
@@ -348,13 +399,14 @@ async fn apply(
         In::Output(o) => {
             let (id, n) = attempt(o.attempt.as_ref())?;
             let stream = taskgrid_proto::stream_to_core(o.stream).map_err(|e| e.to_string())?;
-            inner.note(|e, out| e.output(id, n, stream, o.data, out))
+            inner.note(|e, out| e.output(worker, id, n, stream, o.data, out))
         }
         In::Progress(p) => {
             let (id, n) = attempt(p.attempt.as_ref())?;
             let message = Some(p.message).filter(|m| !m.is_empty());
             inner.note(|e, out| {
                 e.progress(
+                    worker,
                     id,
                     n,
                     Progress {
@@ -385,7 +437,7 @@ async fn apply(
         }
         In::Checkpoint(c) => {
             let (id, n) = attempt(c.attempt.as_ref())?;
-            let r = inner.checkpoint(id, n, c.data_json.into()).await;
+            let r = inner.checkpoint(worker, id, n, c.data_json.into()).await;
             ack(tx, c.request_id, r.map(|_| None).map_err(|e| e.to_string()));
             Ok(())
         }

@@ -75,7 +75,8 @@ impl TaskHandle {
         self.id
     }
 
-    /// The task as it is now.
+    /// The task as the engine holds it now (a change may still be being
+    /// committed).
     pub fn record(&self) -> Result<TaskRecord, Error> {
         self.inner.record(self.id)
     }
@@ -102,9 +103,10 @@ impl TaskHandle {
             .map_err(|_| Error::WaitTimeout(self.id, limit))?
     }
 
-    /// Cancels the task (see [`taskgrid_core::Engine::cancel`]).
-    pub fn cancel(&self) -> Result<CancelOutcome, Error> {
-        self.inner.cancel(self.id)
+    /// Cancels the task (see [`taskgrid_core::Engine::cancel`]); returns
+    /// once the cancel is committed.
+    pub async fn cancel(&self) -> Result<CancelOutcome, Error> {
+        self.inner.cancel(self.id).await
     }
 
     /// Calls `f` with the result once the task has succeeded.

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use taskgrid_core::{
-    CancelOutcome, Change, Engine, Outbox, Progress, State, Stream, Submitted, TaskId, TaskKind,
-    TaskRecord, WorkerId,
+    Assignment, CancelOutcome, Change, Engine, Outbox, Progress, State, StopAttempt, Stream,
+    Submitted, TaskId, TaskKind, TaskRecord, WorkerId,
 };
 use taskgrid_store::{LAZY_WINDOW, Store, Writer};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
@@ -38,7 +38,9 @@ pub(crate) struct Inner {
     pub(crate) handlers: HashMap<Arc<str>, Arc<dyn Handler>>,
     pub(crate) events: broadcast::Sender<TaskEvent>,
     pub(crate) waiters: Mutex<Waiters>,
-    /// The last events published, for resuming subscribers.
+    /// The seq before this process's first event (see `event::seq_base`).
+    pub(crate) event_base: u64,
+    /// The last seq published and the last events, for resuming subscribers.
     pub(crate) recent: Mutex<(u64, std::collections::VecDeque<TaskEvent>)>,
     pub(crate) running: Mutex<HashMap<(TaskId, u32), Running>>,
     /// Streams of connected remote workers.
@@ -55,8 +57,41 @@ pub(crate) struct Inner {
     pub(crate) closed: AtomicBool,
     /// A commit failed: the engine and the store disagree.
     pub(crate) failed: AtomicBool,
+    /// The first failed commit's error, for `/readyz` and the logs.
+    pub(crate) failure: Mutex<Option<String>>,
+    /// Told when a commit fails.
+    pub(crate) failure_seen: Notify,
     /// The runtime the system was started on.
     pub(crate) rt: std::sync::OnceLock<tokio::runtime::Handle>,
+}
+
+/// Work run on the writer thread once a batch is committed.
+pub(crate) type AfterCommit = Box<dyn FnOnce(&Inner) + Send>;
+
+/// What may leave the coordinator only once the batch it comes with is
+/// committed (see [`Inner::persist_then`]).
+#[derive(Default)]
+pub(crate) struct Effects {
+    /// Offers to hand to executors.
+    pub(crate) assignments: Vec<Assignment>,
+    /// Attempts executors must stop.
+    pub(crate) stops: Vec<StopAttempt>,
+    /// Anything else, run on the writer thread (keep it short).
+    pub(crate) then: Option<AfterCommit>,
+}
+
+impl Effects {
+    /// Stops only.
+    pub(crate) fn stops(stops: Vec<StopAttempt>) -> Self {
+        Effects {
+            stops,
+            ..Effects::default()
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.assignments.is_empty() && self.stops.is_empty() && self.then.is_none()
+    }
 }
 
 /// How long the changes of a driver step (results, timeouts, dispatch) may
@@ -91,68 +126,189 @@ impl Inner {
         changes: Vec<Change>,
         done: Option<oneshot::Sender<Result<(), Error>>>,
     ) {
-        self.persist_within(engine, changes, done, Duration::ZERO);
+        self.persist_then(engine, changes, Duration::ZERO, Effects::default(), done);
     }
 
-    /// Like [`persist`](Inner::persist), for changes nothing waits on and
-    /// no guarantee rests on (a worker's accept, progress, output): the
-    /// writer may hold them a few milliseconds so that they share the next
-    /// commit instead of paying for their own.
-    pub(crate) fn persist_lazily(&self, engine: &Engine, changes: Vec<Change>) {
-        self.persist_within(engine, changes, None, LAZY_WINDOW);
-    }
-
-    /// Like [`persist`](Inner::persist), letting the commit wait up to
-    /// `window` for company (see [`Writer::submit_within`]).
-    fn persist_within(
+    /// The one place where the commit discipline (DESIGN §6) is kept:
+    /// `changes` go to the writer (call with the engine locked, so the
+    /// store sees them in engine order), and only once they are committed
+    /// are their events published, `effects` carried out (assignments and
+    /// stops sent to executors) and `done` told. A failed commit publishes
+    /// and sends nothing, answers `done` with [`Error::StoreFailed`], and
+    /// stops the system taking work.
+    ///
+    /// With no changes but something to answer or send, the empty batch is
+    /// a barrier: it is committed after everything submitted before it, so
+    /// whatever the caller read from the engine is durable by then.
+    ///
+    /// The commit may wait up to `window` for company (see
+    /// [`Writer::submit_within`]).
+    pub(crate) fn persist_then(
         &self,
         engine: &Engine,
         changes: Vec<Change>,
-        done: Option<oneshot::Sender<Result<(), Error>>>,
         window: Duration,
+        effects: Effects,
+        done: Option<oneshot::Sender<Result<(), Error>>>,
     ) {
-        if changes.is_empty() {
-            if let Some(d) = done {
-                let _ = d.send(Ok(()));
-            }
+        if changes.is_empty() && effects.is_empty() && done.is_none() {
             return;
         }
-        // One clock read per batch: the changes were decided at one instant.
-        let now = self.clock.now();
-        let events: Vec<TaskEvent> = changes
-            .iter()
-            .map(|c| {
-                TaskEvent::from_change(c, now, || {
-                    match engine.get(c.task_id()).map(|r| &r.spec.kind) {
-                        Some(TaskKind::Handler { name, .. }) => Some(name.clone()),
-                        _ => None,
-                    }
+        let events: Vec<TaskEvent> = if changes.is_empty() {
+            Vec::new()
+        } else {
+            // One clock read per batch: the changes were decided at one instant.
+            let now = self.clock.now();
+            changes
+                .iter()
+                .filter_map(|c| {
+                    TaskEvent::from_change(c, now, || {
+                        match c
+                            .task_id()
+                            .and_then(|id| engine.get(id))
+                            .map(|r| &r.spec.kind)
+                        {
+                            Some(TaskKind::Handler { name, .. }) => Some(name.clone()),
+                            _ => None,
+                        }
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        };
         let committed = self.committed.clone();
         let me = self.me.clone();
         let callback = Box::new(move |res: Result<(), taskgrid_store::StoreError>| {
-            match &res {
+            let inner = me.upgrade();
+            match res {
                 Ok(()) => {
-                    let _ = committed.send(events);
+                    if !events.is_empty() {
+                        let _ = committed.send(events);
+                    }
+                    if let Some(inner) = &inner {
+                        inner.carry_out(effects);
+                    }
+                    if let Some(d) = done {
+                        let _ = d.send(Ok(()));
+                    }
                 }
                 Err(e) => {
                     // The engine moved on but the store did not: from here
-                    // they disagree. Fail-stop: refuse submits and dispatch
-                    // nothing; a restart rebuilds the engine from the store.
+                    // they disagree. Fail-stop: refuse work and send nothing;
+                    // a restart rebuilds the engine from the store.
                     tracing::error!(error = %e, "a commit failed; the task system stops taking work");
-                    if let Some(inner) = me.upgrade() {
-                        inner.failed.store(true, Ordering::Release);
+                    if let Some(inner) = &inner {
+                        inner.fail(&e);
+                    }
+                    if let Some(d) = done {
+                        let _ = d.send(Err(Error::StoreFailed));
                     }
                 }
-            }
-            if let Some(d) = done {
-                let _ = d.send(res.map_err(Error::from));
             }
         });
         if let Err(e) = self.writer.submit_within(changes, Some(callback), window) {
             tracing::error!(error = %e, "store writer refused changes");
+        }
+    }
+
+    /// Marks the system failed (fail-stop), keeping the first reason.
+    fn fail(&self, e: &taskgrid_store::StoreError) {
+        relock(&self.failure).get_or_insert_with(|| e.to_string());
+        self.failed.store(true, Ordering::Release);
+        self.failure_seen.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    /// Why the system stopped taking work after a failed commit, if it did.
+    pub(crate) fn failure(&self) -> Option<String> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            relock(&self.failure)
+                .clone()
+                .unwrap_or_else(|| "a store commit failed".to_owned()),
+        )
+    }
+
+    /// Refuses work once a commit has failed, or after shutdown.
+    fn check_open(&self) -> Result<(), Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::StoreFailed);
+        }
+        Ok(())
+    }
+
+    /// Reads the engine, then waits until everything the read may reflect
+    /// is committed: no answer shows a change a crash could take back.
+    pub(crate) async fn read_committed<T>(
+        &self,
+        read: impl FnOnce(&Engine) -> T,
+    ) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        let value = {
+            let engine = self.lock();
+            let value = read(&engine);
+            self.persist_then(
+                &engine,
+                Vec::new(),
+                Duration::ZERO,
+                Effects::default(),
+                Some(tx),
+            );
+            value
+        };
+        rx.await.map_err(|_| Error::ShutDown)??;
+        if self.failed.load(Ordering::Acquire) {
+            // The engine may hold changes whose commit failed.
+            return Err(Error::StoreFailed);
+        }
+        Ok(value)
+    }
+
+    /// Carries out what a commit released: stops, then assignments (to the
+    /// local executor, or on each remote worker's stream), then the rest.
+    fn carry_out(&self, effects: Effects) {
+        let Effects {
+            assignments,
+            stops,
+            then,
+        } = effects;
+        for s in stops {
+            if s.worker == self.worker {
+                crate::executor::stop(self, s);
+            } else {
+                let msg = crate::gateway::msg::cancel(&s);
+                self.send_to(&s.worker.clone(), msg);
+            }
+        }
+        if !assignments.is_empty() {
+            let mut remote: HashMap<WorkerId, Vec<taskgrid_proto::worker::Assignment>> =
+                HashMap::new();
+            for a in assignments {
+                if a.worker == self.worker {
+                    crate::executor::start(self, a);
+                } else {
+                    remote
+                        .entry(a.worker.clone())
+                        .or_default()
+                        .push(taskgrid_proto::assignment_from_core(&a));
+                }
+            }
+            for (worker, assignments) in remote {
+                // A worker that vanished meanwhile keeps its offers until
+                // its heartbeat times out, which re-queues them. Batches
+                // stay well under the 4 MiB message limit whatever the
+                // payloads.
+                for batch in crate::gateway::msg::batches(assignments) {
+                    self.send_to(&worker, batch);
+                }
+            }
+        }
+        if let Some(then) = then {
+            then(self);
         }
     }
 
@@ -163,19 +319,18 @@ impl Inner {
             .submit_detailed(tasks)
             .await?
             .into_iter()
-            .map(Submitted::id)
+            .map(|(s, _)| s.id())
             .collect())
     }
 
     /// [`Inner::submit`], saying for each task whether it was created or an
-    /// existing task with its unique key was returned.
-    pub(crate) async fn submit_detailed(&self, tasks: Vec<Task>) -> Result<Vec<Submitted>, Error> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::ShutDown);
-        }
-        if self.failed.load(Ordering::Acquire) {
-            return Err(Error::StoreFailed);
-        }
+    /// existing task with its unique key was returned, and the state it had
+    /// when the submit was committed.
+    pub(crate) async fn submit_detailed(
+        &self,
+        tasks: Vec<Task>,
+    ) -> Result<Vec<(Submitted, State)>, Error> {
+        self.check_open()?;
         let now = self.clock.now();
         let mut items = Vec::with_capacity(tasks.len());
         for t in tasks {
@@ -185,12 +340,24 @@ impl Inner {
             }
             items.push((TaskId::from_bytes(*uuid::Uuid::now_v7().as_bytes()), spec));
         }
-        self.resolve_dependencies(&items)?;
+        self.resolve_references(&items)?;
         let (tx, rx) = oneshot::channel();
         let results = {
             let mut engine = self.lock();
             let mut out = Outbox::default();
             let results = engine.submit_batch(items, now, &mut out)?;
+            // Read before the driver can move them on: what the batch
+            // below commits (or, for an existing task, what was submitted
+            // before it).
+            let results: Vec<(Submitted, State)> = results
+                .into_iter()
+                .map(|r| {
+                    let state = engine
+                        .get(r.id())
+                        .map_or(State::Queued, |rec| rec.status.state);
+                    (r, state)
+                })
+                .collect();
             self.persist(&engine, out.changes, Some(tx));
             results
         };
@@ -224,19 +391,28 @@ impl Inner {
         Ok(())
     }
 
-    /// Tells the engine the end state of dependencies it has forgotten.
-    fn resolve_dependencies(
-        &self,
-        items: &[(TaskId, taskgrid_core::TaskSpec)],
-    ) -> Result<(), Error> {
-        let missing: Vec<TaskId> = {
+    /// Tells the engine the end state of dependencies it has forgotten, and
+    /// refuses a parent that names no task.
+    fn resolve_references(&self, items: &[(TaskId, taskgrid_core::TaskSpec)]) -> Result<(), Error> {
+        let (missing, parents): (Vec<TaskId>, Vec<TaskId>) = {
             let engine = self.lock();
-            items
+            let missing = items
                 .iter()
                 .flat_map(|(_, s)| engine.unresolved_dependencies(&s.after).collect::<Vec<_>>())
                 .filter(|d| items.iter().all(|(id, _)| id != d))
-                .collect()
+                .collect();
+            let parents = items
+                .iter()
+                .filter_map(|(_, s)| s.parent)
+                .filter(|p| engine.get(*p).is_none())
+                .collect();
+            (missing, parents)
         };
+        for p in parents {
+            if self.store.get(p)?.is_none() {
+                return Err(Error::UnknownParent(p));
+            }
+        }
         let mut found = Vec::new();
         for d in missing {
             if let Some(rec) = self.store.get(d)? {
@@ -299,16 +475,26 @@ impl Inner {
         }
     }
 
-    pub(crate) fn cancel(&self, id: TaskId) -> Result<CancelOutcome, Error> {
-        let mut out = Outbox::default();
+    /// Cancels a task; answers once the cancel (or the end it found) is
+    /// committed, and only then tells the executor to stop.
+    pub(crate) async fn cancel(&self, id: TaskId) -> Result<CancelOutcome, Error> {
+        self.check_open()?;
+        let (tx, rx) = oneshot::channel();
         let res = {
             let mut engine = self.lock();
+            let mut out = Outbox::default();
             let res = engine.cancel(id, self.clock.now(), &mut out);
-            self.persist(&engine, std::mem::take(&mut out.changes), None);
+            self.persist_then(
+                &engine,
+                out.changes,
+                Duration::ZERO,
+                Effects::stops(out.stops),
+                Some(tx),
+            );
             res
         };
-        self.handle_stops(out.stops);
         self.wake.notify_one();
+        rx.await.map_err(|_| Error::ShutDown)??;
         match res {
             Ok(r) => Ok(r),
             Err(taskgrid_core::CommandError::NotFound(_)) => match self.store.get(id)? {
@@ -319,21 +505,45 @@ impl Inner {
         }
     }
 
-    pub(crate) fn cancel_tag(&self, tag: &str) -> usize {
-        let mut out = Outbox::default();
+    /// Cancels every live task with `tag`; answers once that is committed.
+    pub(crate) async fn cancel_tag(&self, tag: &str) -> Result<usize, Error> {
+        self.check_open()?;
+        let (tx, rx) = oneshot::channel();
         let n = {
             let mut engine = self.lock();
+            let mut out = Outbox::default();
             let n = engine.cancel_tag(tag, self.clock.now(), &mut out);
-            self.persist(&engine, std::mem::take(&mut out.changes), None);
+            self.persist_then(
+                &engine,
+                out.changes,
+                Duration::ZERO,
+                Effects::stops(out.stops),
+                Some(tx),
+            );
             n
         };
-        self.handle_stops(out.stops);
         self.wake.notify_one();
-        n
+        rx.await.map_err(|_| Error::ShutDown)??;
+        Ok(n)
     }
 
-    /// Runs one engine command, persists what it changed and wakes the
-    /// driver (the command may have freed slots or queued work).
+    /// Pauses or resumes dispatch from a queue; answers once that is
+    /// committed (a restart keeps it).
+    pub(crate) async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<(), Error> {
+        self.check_open()?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut engine = self.lock();
+            let mut out = Outbox::default();
+            engine.set_queue_paused(queue, paused, &mut out);
+            self.persist(&engine, out.changes, Some(tx));
+        }
+        self.wake.notify_one();
+        rx.await.map_err(|_| Error::ShutDown)?
+    }
+
+    /// Runs one engine command for a worker, persists what it changed and
+    /// wakes the driver (the command may have freed slots or queued work).
     pub(crate) fn command<T, E: std::fmt::Display>(
         &self,
         f: impl FnOnce(&mut Engine, &mut Outbox) -> Result<T, E>,
@@ -342,10 +552,15 @@ impl Inner {
         let r = {
             let mut engine = self.lock();
             let r = f(&mut engine, &mut out);
-            self.persist(&engine, std::mem::take(&mut out.changes), None);
+            self.persist_then(
+                &engine,
+                out.changes,
+                Duration::ZERO,
+                Effects::stops(out.stops),
+                None,
+            );
             r
         };
-        self.handle_stops(out.stops);
         self.wake.notify_one();
         r.map(|_| ()).map_err(|e| e.to_string())
     }
@@ -364,35 +579,50 @@ impl Inner {
             let before = engine.next_wake();
             let r = f(&mut engine, &mut out);
             let after = engine.next_wake();
-            self.persist_lazily(&engine, std::mem::take(&mut out.changes));
+            self.persist_then(
+                &engine,
+                out.changes,
+                LAZY_WINDOW,
+                Effects::stops(out.stops),
+                None,
+            );
             (r, after.is_some_and(|a| before.is_none_or(|b| a < b)))
         };
-        self.handle_stops(out.stops);
         if sooner {
             self.wake.notify_one();
         }
         r.map(|_| ()).map_err(|e| e.to_string())
     }
 
-    pub(crate) fn progress(&self, id: TaskId, attempt: u32, p: Progress) {
-        let _ = self.note(|e, out| e.progress(id, attempt, p, out));
+    pub(crate) fn progress(&self, worker: &WorkerId, id: TaskId, attempt: u32, p: Progress) {
+        let _ = self.note(|e, out| e.progress(worker, id, attempt, p, out));
     }
 
-    pub(crate) fn output(&self, id: TaskId, attempt: u32, stream: Stream, data: String) {
-        let _ = self.note(|e, out| e.output(id, attempt, stream, data, out));
+    pub(crate) fn output(
+        &self,
+        worker: &WorkerId,
+        id: TaskId,
+        attempt: u32,
+        stream: Stream,
+        data: String,
+    ) {
+        let _ = self.note(|e, out| e.output(worker, id, attempt, stream, data, out));
     }
 
+    /// Saves a checkpoint of `worker`'s attempt; answers once committed.
     pub(crate) async fn checkpoint(
         &self,
+        worker: &WorkerId,
         id: TaskId,
         attempt: u32,
         data: Box<str>,
     ) -> Result<(), Error> {
+        self.check_open()?;
         let (tx, rx) = oneshot::channel();
         {
             let mut engine = self.lock();
             let mut out = Outbox::default();
-            engine.checkpoint(id, attempt, data, &mut out)?;
+            engine.checkpoint(worker, id, attempt, data, &mut out)?;
             self.persist(&engine, out.changes, Some(tx));
         }
         rx.await.map_err(|_| Error::ShutDown)?
@@ -437,35 +667,28 @@ impl Inner {
                     }
                 }
             }
-            // Let their results share one commit with these changes.
-            let window = if others_out {
+            // Let their results share one commit with these changes —
+            // unless it carries offers: a worker waits for those, and they
+            // may leave only once committed.
+            let window = if others_out && out.assignments.is_empty() {
                 RESULT_WINDOW
             } else {
                 Duration::ZERO
             };
-            self.persist_within(&engine, std::mem::take(&mut out.changes), None, window);
+            let effects = Effects {
+                assignments: std::mem::take(&mut out.assignments),
+                stops: std::mem::take(&mut out.stops),
+                then: None,
+            };
+            self.persist_then(
+                &engine,
+                std::mem::take(&mut out.changes),
+                window,
+                effects,
+                None,
+            );
             if engine.live_tasks() == 0 {
                 self.all_done.notify_waiters();
-            }
-        }
-        self.handle_stops(out.stops);
-        let mut remote: HashMap<WorkerId, Vec<taskgrid_proto::worker::Assignment>> = HashMap::new();
-        for a in out.assignments {
-            if a.worker == self.worker {
-                crate::executor::start(self, a);
-            } else {
-                remote
-                    .entry(a.worker.clone())
-                    .or_default()
-                    .push(taskgrid_proto::assignment_from_core(&a));
-            }
-        }
-        for (worker, assignments) in remote {
-            // A worker that vanished meanwhile keeps its offers until its
-            // heartbeat times out, which re-queues them. Batches stay well
-            // under the 4 MiB message limit whatever the payloads.
-            for batch in crate::gateway::msg::batches(assignments) {
-                self.send_to(&worker, batch);
             }
         }
     }
@@ -543,17 +766,6 @@ impl Inner {
         let _ = self.committed.send(Vec::new());
     }
 
-    pub(crate) fn handle_stops(&self, stops: Vec<taskgrid_core::StopAttempt>) {
-        for s in stops {
-            if s.worker == self.worker {
-                crate::executor::stop(self, s);
-            } else {
-                let msg = crate::gateway::msg::cancel(&s);
-                self.send_to(&s.worker.clone(), msg);
-            }
-        }
-    }
-
     /// Sends a message on a remote worker's stream, if it is connected.
     pub(crate) fn send_to(
         &self,
@@ -613,10 +825,10 @@ pub(crate) async fn publish(
 
 impl crate::ContextBackend for Inner {
     fn progress(&self, id: TaskId, attempt: u32, progress: Progress) {
-        Inner::progress(self, id, attempt, progress);
+        Inner::progress(self, &self.worker, id, attempt, progress);
     }
     fn output(&self, id: TaskId, attempt: u32, stream: Stream, data: String) {
-        Inner::output(self, id, attempt, stream, data);
+        Inner::output(self, &self.worker, id, attempt, stream, data);
     }
     fn checkpoint(
         &self,
@@ -627,7 +839,7 @@ impl crate::ContextBackend for Inner {
         let me = self.me.upgrade();
         Box::pin(async move {
             let me = me.ok_or_else(|| crate::TaskError::failed("the task system is gone"))?;
-            Ok(Inner::checkpoint(&me, id, attempt, data).await?)
+            Ok(Inner::checkpoint(&me, &me.worker, id, attempt, data).await?)
         })
     }
     fn spawn(

@@ -13,24 +13,12 @@ use crate::{Error, Task, TaskEvent, TaskHandle, TaskSystem};
 impl TaskSystem {
     /// Every registered worker (the local executor is `local`).
     pub fn workers(&self) -> Vec<WorkerView> {
-        let engine = self.inner.lock();
-        let mut out: Vec<WorkerView> = engine
-            .workers()
-            .map(|(info, used, trust, running)| WorkerView {
-                id: info.id.clone(),
-                labels: info.labels.clone(),
-                handlers: info.handlers.clone(),
-                shell: info.shell,
-                container: info.container,
-                slots: info.slots,
-                prefetch: info.prefetch,
-                used,
-                trust,
-                running,
-            })
-            .collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        out
+        worker_views(&self.inner.lock())
+    }
+
+    /// [`TaskSystem::workers`] once every attempt it lists is committed.
+    pub async fn workers_committed(&self) -> Result<Vec<WorkerView>, Error> {
+        self.inner.read_committed(worker_views).await
     }
 
     /// The cluster at a glance, cheap enough to take several times a
@@ -60,6 +48,15 @@ impl TaskSystem {
             slots: u64::from(slots),
             used: u64::from(used),
             tasks: BTreeMap::new(),
+        }
+    }
+
+    /// [`TaskSystem::explain`] once everything it shows is committed.
+    pub async fn explain_committed(&self, id: TaskId) -> Result<Explanation, Error> {
+        let now = self.inner.clock.now();
+        match self.inner.read_committed(|e| e.explain(id, now)).await? {
+            Some(x) => Ok(x),
+            None => self.explain(id),
         }
     }
 
@@ -93,11 +90,27 @@ impl TaskSystem {
     /// buffer reached back that far (if not, some were missed). To resume
     /// without a gap, [`TaskSystem::subscribe`] first, then replay, then
     /// skip live events with `seq` at or below the last replayed one.
+    ///
+    /// An id from an earlier process (below this process's first seq, or
+    /// above its last one) reaches back to nothing here: the answer is every
+    /// event still buffered, marked incomplete.
     pub fn events_since(&self, seq: u64) -> (Vec<TaskEvent>, bool) {
         let recent = relock(&self.inner.recent);
+        if seq < self.inner.event_base || seq > recent.0 {
+            let events = recent.1.iter().cloned().collect();
+            // Nothing was published yet and the id is this process's zero:
+            // nothing was missed.
+            return (events, seq == self.inner.event_base);
+        }
         let complete = recent.1.front().is_none_or(|first| first.seq <= seq + 1);
         let events = recent.1.iter().filter(|e| e.seq > seq).cloned().collect();
         (events, complete)
+    }
+
+    /// Whether `seq` is an event id this process gave out (or the zero
+    /// it counts from): false for an id from an earlier process.
+    pub fn issued_event(&self, seq: u64) -> bool {
+        seq >= self.inner.event_base && seq <= relock(&self.inner.recent).0
     }
 
     /// Runs a finished task again: a new task with the same spec. A task
@@ -113,4 +126,24 @@ impl TaskSystem {
         spec.expires_at = None;
         self.submit(Task::from_spec(spec)).await
     }
+}
+
+fn worker_views(engine: &taskgrid_core::Engine) -> Vec<WorkerView> {
+    let mut out: Vec<WorkerView> = engine
+        .workers()
+        .map(|(info, used, trust, running)| WorkerView {
+            id: info.id.clone(),
+            labels: info.labels.clone(),
+            handlers: info.handlers.clone(),
+            shell: info.shell,
+            container: info.container,
+            slots: info.slots,
+            prefetch: info.prefetch,
+            used,
+            trust,
+            running,
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
 }

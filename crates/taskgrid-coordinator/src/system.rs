@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use taskgrid_core::{
-    CancelOutcome, MetricsSnapshot, Outbox, QueueStats, State, Submitted, TaskId, TaskRecord,
+    CancelOutcome, Engine, MetricsSnapshot, Outbox, QueueStats, State, Submitted, TaskId,
+    TaskRecord,
 };
 use taskgrid_store::TaskQuery;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -79,11 +80,20 @@ impl TaskSystem {
     /// task with the same unique key was returned (`false`).
     pub async fn submit_unique(&self, task: Task) -> Result<(TaskHandle, bool), Error> {
         let r = self.inner.submit_detailed(vec![task]).await?;
-        let first = *r.first().ok_or(Error::ShutDown)?;
+        let (first, _) = *r.first().ok_or(Error::ShutDown)?;
         Ok((
             self.handle(first.id()),
             matches!(first, Submitted::Created(_)),
         ))
+    }
+
+    /// [`TaskSystem::submit_batch`], saying for each task whether it was
+    /// created and the state it had when the submit was committed.
+    pub async fn submit_detailed(
+        &self,
+        tasks: Vec<Task>,
+    ) -> Result<Vec<(Submitted, State)>, Error> {
+        self.inner.submit_detailed(tasks).await
     }
 
     /// Submits tasks all or none, in one commit. Tasks may depend on
@@ -101,19 +111,33 @@ impl TaskSystem {
         TaskHandle::new(self.inner.clone(), id)
     }
 
-    /// A task's record (from memory, or the store for old ones).
+    /// A task's record as the engine holds it now (from the store for old
+    /// ones). It may show a change whose commit is still under way; for an
+    /// answer that leaves the process, use [`TaskSystem::get_committed`].
     pub fn get(&self, id: TaskId) -> Result<TaskRecord, Error> {
         self.inner.record(id)
     }
 
-    /// Cancels a task.
-    pub fn cancel(&self, id: TaskId) -> Result<CancelOutcome, Error> {
-        self.inner.cancel(id)
+    /// A task's record once everything it shows is committed: nothing in it
+    /// can be taken back by a crash.
+    pub async fn get_committed(&self, id: TaskId) -> Result<TaskRecord, Error> {
+        let live = self.inner.read_committed(|e| e.get(id).cloned()).await?;
+        match live {
+            Some(rec) => Ok(rec),
+            None => self.inner.store.get(id)?.ok_or(Error::NotFound(id)),
+        }
     }
 
-    /// Cancels every live task with `tag`; returns how many.
-    pub fn cancel_tag(&self, tag: &str) -> usize {
-        self.inner.cancel_tag(tag)
+    /// Cancels a task; returns once the cancel is committed (and only then
+    /// tells a running task's executor to stop).
+    pub async fn cancel(&self, id: TaskId) -> Result<CancelOutcome, Error> {
+        self.inner.cancel(id).await
+    }
+
+    /// Cancels every live task with `tag`; returns how many, once that is
+    /// committed.
+    pub async fn cancel_tag(&self, tag: &str) -> Result<usize, Error> {
+        self.inner.cancel_tag(tag).await
     }
 
     /// Every event, after it is committed. A subscriber that falls more than
@@ -127,15 +151,37 @@ impl TaskSystem {
         self.inner.lock().queue_stats()
     }
 
-    /// Stops dispatching from `queue`; its tasks are kept and still accepted.
-    pub fn pause_queue(&self, queue: &str) {
-        self.inner.lock().pause_queue(queue);
+    /// [`TaskSystem::queue_stats`] once everything they count is committed.
+    pub async fn queue_stats_committed(&self) -> Result<Vec<QueueStats>, Error> {
+        self.inner.read_committed(Engine::queue_stats).await
     }
 
-    /// Resumes dispatching from `queue`.
-    pub fn resume_queue(&self, queue: &str) {
-        self.inner.lock().resume_queue(queue);
-        self.inner.wake.notify_one();
+    /// Stops dispatching from `queue`; its tasks are kept and still
+    /// accepted. Returns once the pause is committed: a restart keeps it.
+    pub async fn pause_queue(&self, queue: &str) -> Result<(), Error> {
+        self.inner.set_queue_paused(queue, true).await
+    }
+
+    /// Resumes dispatching from `queue`, once that is committed.
+    pub async fn resume_queue(&self, queue: &str) -> Result<(), Error> {
+        self.inner.set_queue_paused(queue, false).await
+    }
+
+    /// Why the system takes no work, if a commit failed (fail-stop: only a
+    /// restart, which rebuilds the engine from the store, recovers).
+    pub fn failure(&self) -> Option<String> {
+        self.inner.failure()
+    }
+
+    /// Resolves once a commit has failed (at once if one has).
+    pub async fn failed(&self) -> String {
+        loop {
+            let seen = self.inner.failure_seen.notified();
+            if let Some(why) = self.inner.failure() {
+                return why;
+            }
+            seen.await;
+        }
     }
 
     /// Counters, rates, latency percentiles and throughput since start, in

@@ -2,139 +2,14 @@
 //! The worker gateway over a real socket, with a fake worker that speaks the
 //! raw protocol — what a worker written in another language would do.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use taskgrid_coordinator::{GatewayConfig, SystemConfig, Task, TaskSystem, gateway};
+mod support;
+
+use support::{FakeWorker, LIMIT, register, serve, succeeded, system};
+use taskgrid_coordinator::{GatewayConfig, Task};
 use taskgrid_core::{FailureCode, State, TaskId};
-use taskgrid_proto::worker::{
-    self, coordinator_message::Msg as Out, worker_gateway_client::WorkerGatewayClient,
-    worker_message::Msg as In,
-};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::Streaming;
-
-const LIMIT: Duration = Duration::from_secs(20);
-
-fn system() -> TaskSystem {
-    let config = SystemConfig {
-        check_handlers: false,
-        ..SystemConfig::default()
-    };
-    let sys = TaskSystem::builder().config(config).build().unwrap();
-    sys.start().unwrap();
-    sys
-}
-
-async fn serve(sys: &TaskSystem, config: GatewayConfig) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let svc = gateway(sys, config);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    addr
-}
-
-struct FakeWorker {
-    tx: mpsc::Sender<worker::WorkerMessage>,
-    rx: Streaming<worker::CoordinatorMessage>,
-}
-
-impl FakeWorker {
-    async fn connect(
-        addr: SocketAddr,
-        token: Option<&str>,
-        reg: worker::Register,
-    ) -> Result<Self, tonic::Status> {
-        let mut client = WorkerGatewayClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
-        let (tx, rx) = mpsc::channel(64);
-        tx.send(worker::WorkerMessage {
-            msg: Some(In::Register(reg)),
-        })
-        .await
-        .unwrap();
-        let mut req = tonic::Request::new(ReceiverStream::new(rx));
-        if let Some(t) = token {
-            req.metadata_mut()
-                .insert("authorization", format!("Bearer {t}").parse().unwrap());
-        }
-        let rx = client.session(req).await?.into_inner();
-        Ok(FakeWorker { tx, rx })
-    }
-    /// The connection breaks (no clean end of stream): the coordinator
-    /// sees an error, as when a network link or the worker process dies.
-    fn vanish(self) {
-        std::mem::forget(self.tx);
-        drop(self.rx);
-    }
-    /// Connects like a real worker: an `ALREADY_EXISTS` (the old session of
-    /// the same id not yet torn down) is retried.
-    async fn reconnect(addr: SocketAddr, reg: worker::Register) -> Self {
-        let deadline = tokio::time::Instant::now() + LIMIT;
-        loop {
-            match FakeWorker::connect(addr, None, reg.clone()).await {
-                Ok(w) => return w,
-                Err(s)
-                    if s.code() == tonic::Code::AlreadyExists
-                        && tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::task::yield_now().await;
-                }
-                Err(s) => panic!("reconnect failed: {s}"),
-            }
-        }
-    }
-    async fn send(&self, msg: In) {
-        self.tx
-            .send(worker::WorkerMessage { msg: Some(msg) })
-            .await
-            .unwrap();
-    }
-    async fn next(&mut self) -> Out {
-        tokio::time::timeout(LIMIT, self.rx.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-            .msg
-            .unwrap()
-    }
-    async fn next_assignment(&mut self) -> worker::Assignment {
-        loop {
-            if let Out::Assignments(mut a) = self.next().await {
-                return a.assignments.remove(0);
-            }
-        }
-    }
-}
-
-fn register(id: &str, handlers: &[&str]) -> worker::Register {
-    worker::Register {
-        worker_id: id.into(),
-        name: id.into(),
-        handlers: handlers.iter().map(|h| h.to_string()).collect(),
-        slots: 1,
-        instance: format!("{id}-process"),
-        ..Default::default()
-    }
-}
-
-fn succeeded(a: &worker::Assignment, json: &str) -> In {
-    In::Result(worker::Result {
-        attempt: a.attempt.clone(),
-        outcome: Some(worker::result::Outcome::Succeeded(worker::Succeeded {
-            result_json: json.into(),
-        })),
-        exit_code: None,
-        ..Default::default()
-    })
-}
+use taskgrid_proto::worker::{self, coordinator_message::Msg as Out, worker_message::Msg as In};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_worker_runs_a_task_and_its_output_and_result_are_stored() {
@@ -382,7 +257,9 @@ async fn a_worker_that_says_goodbye_hands_its_attempts_back_at_once() {
         attempt: a.attempt.clone(),
     }))
     .await;
-    // A clean end of stream (a drained worker): no waiting for heartbeats.
+    // A goodbye (a drained worker) then the end of the stream: no waiting
+    // for heartbeats.
+    w.send(In::Goodbye(worker::Goodbye {})).await;
     drop(w);
     let mut w2 = FakeWorker::connect(addr, None, register("w2", &["job"]))
         .await
@@ -391,7 +268,7 @@ async fn a_worker_that_says_goodbye_hands_its_attempts_back_at_once() {
     let again = w2.next_assignment().await;
     assert_eq!(again.attempt.as_ref().unwrap().task_id, h.id().to_string());
     assert_eq!(again.attempt.as_ref().unwrap().attempt, 2);
-    sys.cancel(h.id()).unwrap();
+    sys.cancel(h.id()).await.unwrap();
     sys.shutdown().await.unwrap();
 }
 
@@ -456,5 +333,138 @@ async fn an_accepted_attempt_times_out_on_time_on_a_quiet_coordinator() {
     assert_eq!(cancel.reason, worker::cancel::Reason::Timeout as i32);
     assert!(accepted.elapsed() >= Duration::from_millis(100));
     drop(h);
+    sys.shutdown().await.unwrap();
+}
+
+/// A stream that ends without a goodbye — as when the worker's gRPC library
+/// cancels it (HTTP/2 RST_STREAM) or closes it before reconnecting — is a
+/// break: the attempt stays the worker's, and a reconnect keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_ends_without_a_goodbye_keeps_the_workers_attempts() {
+    let sys = system();
+    let addr = serve(&sys, GatewayConfig::default()).await;
+    for how in ["cancelled", "closed"] {
+        let mut w = FakeWorker::connect(addr, None, register("w1", &["job"]))
+            .await
+            .unwrap();
+        w.next().await;
+        let mut events = sys.subscribe();
+        let h = sys.submit(Task::handler("job", &())).await.unwrap();
+        let a = w.next_assignment().await;
+        w.send(In::Accept(worker::Accept {
+            attempt: a.attempt.clone(),
+        }))
+        .await;
+        // Running, and committed (events are published after the commit).
+        loop {
+            let ev = events.recv().await.unwrap();
+            if ev.id == h.id() && ev.new_state() == Some(State::Running) {
+                break;
+            }
+        }
+        match how {
+            // Dropping the response stream resets the HTTP/2 stream with
+            // CANCEL, as a gRPC library does when a call is cancelled.
+            "cancelled" => drop(w.rx),
+            // The request side ends cleanly (END_STREAM), no goodbye.
+            _ => drop(w.tx),
+        }
+        // Another worker connects: it is offered nothing, since the task is
+        // still held by w1 (a goodbye would have handed it back at once).
+        let mut other = FakeWorker::connect(addr, None, register("w2", &["job"]))
+            .await
+            .unwrap();
+        other.next().await;
+        let reg = worker::Register {
+            running: vec![a.attempt.clone().unwrap()],
+            ..register("w1", &["job"])
+        };
+        let mut back = FakeWorker::reconnect(addr, reg).await;
+        assert!(
+            matches!(back.next().await, Out::Registered(r) if r.cancel.is_empty()),
+            "{how}: the attempt is still w1's"
+        );
+        back.send(succeeded(&a, "1")).await;
+        let r = h.wait_timeout(LIMIT).await.unwrap();
+        assert!(r.is_success(), "{how}: {r:?}");
+        assert_eq!(r.attempts, 1, "{how}: it never ran again");
+        let attempts = sys.attempts(h.id()).unwrap();
+        assert_eq!(attempts.len(), 1, "{how}: {attempts:?}");
+        other.send(In::Goodbye(worker::Goodbye {})).await;
+        back.send(In::Goodbye(worker::Goodbye {})).await;
+    }
+    sys.shutdown().await.unwrap();
+}
+
+/// Output, progress and a checkpoint about an attempt are taken only from
+/// the worker that holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_worker_cannot_write_into_an_attempt() {
+    let sys = system();
+    let addr = serve(&sys, GatewayConfig::default()).await;
+    let mut victim = FakeWorker::connect(addr, None, register("victim", &["job"]))
+        .await
+        .unwrap();
+    victim.next().await;
+    let h = sys.submit(Task::handler("job", &())).await.unwrap();
+    let a = victim.next_assignment().await;
+    victim
+        .send(In::Accept(worker::Accept {
+            attempt: a.attempt.clone(),
+        }))
+        .await;
+    let mut rogue = FakeWorker::connect(addr, None, register("rogue", &["other"]))
+        .await
+        .unwrap();
+    rogue.next().await;
+    rogue
+        .send(In::Output(worker::Output {
+            attempt: a.attempt.clone(),
+            stream: worker::Stream::Stdout as i32,
+            data: "forged\n".into(),
+        }))
+        .await;
+    rogue
+        .send(In::Progress(worker::Progress {
+            attempt: a.attempt.clone(),
+            fraction: 0.99,
+            message: "forged".into(),
+        }))
+        .await;
+    rogue
+        .send(In::Checkpoint(worker::Checkpoint {
+            attempt: a.attempt.clone(),
+            data_json: r#"{"forged":true}"#.into(),
+            request_id: 7,
+        }))
+        .await;
+    // The checkpoint is answered with a refusal; what came before it on
+    // the stream has been handled by then.
+    match rogue.next().await {
+        Out::Ack(ack) => {
+            assert_eq!(ack.request_id, 7);
+            assert!(!ack.error.is_empty(), "the rogue's checkpoint is refused");
+        }
+        other => panic!("{other:?}"),
+    }
+    victim
+        .send(In::Output(worker::Output {
+            attempt: a.attempt.clone(),
+            stream: worker::Stream::Stdout as i32,
+            data: "real\n".into(),
+        }))
+        .await;
+    victim.send(succeeded(&a, "1")).await;
+    assert!(h.wait_timeout(LIMIT).await.unwrap().is_success());
+    let rec = sys.get_committed(h.id()).await.unwrap();
+    assert_eq!(rec.progress, None);
+    assert_eq!(rec.checkpoint, None);
+    let output: Vec<String> = sys
+        .output(h.id())
+        .unwrap()
+        .into_iter()
+        .map(|c| c.data)
+        .collect();
+    assert_eq!(output, ["real\n"]);
     sys.shutdown().await.unwrap();
 }

@@ -799,42 +799,102 @@ async fn a_resume_the_buffer_cannot_serve_starts_with_reset() {
             .await
             .expect("submits");
     }
-    // The three submits are seq 1..=3; wait until all are published.
-    let mut last = 0;
-    while last < 3 {
+    // The three submits are three consecutive seqs; wait until all are
+    // published.
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
         if let ServerEvent::Task(ev) = live.next().await.expect("an event").expect("ok") {
-            last = ev.seq;
+            seqs.push(ev.seq);
         }
     }
-    // Resuming after 0: seq 1 has left the buffer of 2.
+    assert_eq!(seqs, [seqs[0], seqs[0] + 1, seqs[0] + 2]);
+    // Resuming from before the first: it has left the buffer of 2.
+    let zero = seqs[0] - 1;
     let mut s = client
-        .events(&EventFilter::default(), Some(0))
+        .events(&EventFilter::default(), Some(zero))
         .await
         .expect("resumes");
     assert_eq!(
         s.next().await.expect("an item").expect("ok"),
-        ServerEvent::Reset(api::StreamReset { after: 0 })
+        ServerEvent::Reset(api::StreamReset { after: zero })
     );
-    for want in [2, 3] {
+    for want in [seqs[1], seqs[2]] {
         match s.next().await.expect("an item").expect("ok") {
             ServerEvent::Task(ev) => assert_eq!(ev.seq, want),
             other => panic!("{other:?}"),
         }
     }
-    // An id from another process (beyond any sent): reset, then this
-    // process's buffered events.
+    // An id this process never gave out (below its first, or beyond any
+    // sent): reset, then this process's buffered events.
+    for foreign in [1_000, seqs[2] + 1_000] {
+        let mut s = client
+            .events(&EventFilter::default(), Some(foreign))
+            .await
+            .expect("resumes");
+        assert_eq!(
+            s.next().await.expect("an item").expect("ok"),
+            ServerEvent::Reset(api::StreamReset { after: foreign })
+        );
+        match s.next().await.expect("an item").expect("ok") {
+            ServerEvent::Task(ev) => assert_eq!(ev.seq, seqs[1]),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Event ids survive a restart: an id the previous process gave out is
+/// never taken for one of the new process's, however many events the new
+/// one has published since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_id_from_before_a_restart_gets_reset() {
+    let open = || {
+        let sys = TaskSystem::builder()
+            .config(SystemConfig {
+                check_handlers: false,
+                ..SystemConfig::default()
+            })
+            .build()
+            .expect("builds");
+        sys.start().expect("starts");
+        Arc::new(sys)
+    };
+    let submit_and_read = |client: Client, n: usize| async move {
+        let mut live = client
+            .events(&EventFilter::default(), None)
+            .await
+            .expect("subscribes");
+        for _ in 0..n {
+            client
+                .submit(&SubmitRequest::handler("nobody", json!(null)))
+                .await
+                .expect("submits");
+        }
+        let mut last = 0;
+        for _ in 0..n {
+            if let ServerEvent::Task(ev) = live.next().await.expect("an event").expect("ok") {
+                last = ev.seq;
+            }
+        }
+        last
+    };
+    let first = open();
+    let old_id = submit_and_read(serve(&first).await, 2).await;
+    first.shutdown().await.expect("shuts down");
+    drop(first);
+    let second = open();
+    let client = serve(&second).await;
+    // More events than the old process published, so counting from 1
+    // again would have reached the old id.
+    let newest = submit_and_read(client.clone(), 5).await;
+    assert!(newest > old_id, "{newest} > {old_id}");
     let mut s = client
-        .events(&EventFilter::default(), Some(1_000))
+        .events(&EventFilter::default(), Some(old_id))
         .await
         .expect("resumes");
     assert_eq!(
         s.next().await.expect("an item").expect("ok"),
-        ServerEvent::Reset(api::StreamReset { after: 1_000 })
+        ServerEvent::Reset(api::StreamReset { after: old_id })
     );
-    match s.next().await.expect("an item").expect("ok") {
-        ServerEvent::Task(ev) => assert_eq!(ev.seq, 2),
-        other => panic!("{other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -220,7 +220,7 @@ async fn counters_in_json_and_prometheus_match_the_tasks_run() {
         0.0
     );
 
-    later.cancel().expect("cancel");
+    later.cancel().await.expect("cancel");
     assert_eq!(
         later.wait_timeout(LIMIT).await.expect("ends").state,
         State::Cancelled

@@ -162,12 +162,12 @@ async fn a_running_task_is_cancelled_when_its_handler_notices() {
     sys.start().unwrap();
     let h = sys.submit(Task::handler("polite", &())).await.unwrap();
     assert_eq!(started.recv().await, Some(h.id()));
-    assert_eq!(h.cancel().unwrap(), CancelOutcome::Requested);
+    assert_eq!(h.cancel().await.unwrap(), CancelOutcome::Requested);
     let r = h.wait_timeout(LIMIT).await.unwrap();
     assert_eq!(r.state, State::Cancelled);
     assert_eq!(r.error.unwrap().code, FailureCode::Cancelled);
     assert_eq!(
-        h.cancel().unwrap(),
+        h.cancel().await.unwrap(),
         CancelOutcome::AlreadyFinished(State::Cancelled)
     );
     sys.shutdown().await.unwrap();
@@ -197,14 +197,14 @@ async fn a_handler_that_ignores_cancel_is_dropped_after_the_grace() {
     sys.start().unwrap();
     let h = sys.submit(Task::handler("stubborn", &())).await.unwrap();
     started.recv().await.unwrap();
-    h.cancel().unwrap();
+    h.cancel().await.unwrap();
     assert_eq!(h.wait_timeout(LIMIT).await.unwrap().state, State::Cancelled);
     // The slot came back: another task runs.
     let h2 = sys.submit(Task::handler("stubborn", &())).await.unwrap();
     started.recv().await.unwrap();
     assert_eq!(h2.status().unwrap(), State::Running);
-    sys.cancel_tag("none");
-    h2.cancel().unwrap();
+    assert_eq!(sys.cancel_tag("none").await.unwrap(), 0);
+    h2.cancel().await.unwrap();
     sys.shutdown().await.unwrap();
 }
 
@@ -522,7 +522,7 @@ async fn queues_can_be_paused_and_the_executor_serves_only_its_queues() {
         .build()
         .unwrap();
     sys.start().unwrap();
-    sys.pause_queue("slow");
+    sys.pause_queue("slow").await.unwrap();
     let held = sys
         .submit(Task::handler("double", &1).queue("slow"))
         .await
@@ -545,10 +545,10 @@ async fn queues_can_be_paused_and_the_executor_serves_only_its_queues() {
     let slow = stats.iter().find(|q| q.name == "slow").unwrap();
     assert!(slow.paused);
     assert_eq!(slow.ready, 1);
-    sys.resume_queue("slow");
+    sys.resume_queue("slow").await.unwrap();
     assert!(held.wait_timeout(LIMIT).await.unwrap().is_success());
     assert_eq!(other.status().unwrap(), State::Queued);
-    other.cancel().unwrap();
+    other.cancel().await.unwrap();
     sys.shutdown().await.unwrap();
 }
 
@@ -562,14 +562,23 @@ async fn events_replay_retry_workers_and_explain() {
     sys.start().unwrap();
     let mut events = sys.subscribe();
     let h = sys.submit(Task::handler("double", &4)).await.unwrap();
-    // Published events are numbered 1, 2, 3… and the replay buffer has them.
+    // Published events are numbered n+1, n+2, n+3… (n: this process's
+    // zero) and the replay buffer has them.
     while events.recv().await.unwrap().new_state() != Some(State::Succeeded) {}
-    let (events, complete) = sys.events_since(0);
+    let (events, _) = sys.events_since(0);
+    let zero = events[0].seq - 1;
+    assert!(sys.issued_event(zero));
+    let (events, complete) = sys.events_since(zero);
     assert!(complete);
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
-    let (tail, _) = sys.events_since(2);
-    assert_eq!(tail.first().map(|e| e.seq), Some(3));
+    assert_eq!(
+        seqs,
+        (zero + 1..=zero + seqs.len() as u64).collect::<Vec<_>>()
+    );
+    let (tail, _) = sys.events_since(zero + 2);
+    assert_eq!(tail.first().map(|e| e.seq), Some(zero + 3));
+    // An id this process never gave out.
+    assert!(!sys.issued_event(zero - 1));
     // Retry makes a new task with the same spec.
     let again = sys.retry(h.id()).await.unwrap();
     assert_ne!(again.id(), h.id());
@@ -603,7 +612,7 @@ async fn events_replay_retry_workers_and_explain() {
         (workers[0].id.as_str(), workers[0].slots, workers[0].used),
         ("local", 3, 0)
     );
-    pending.cancel().unwrap();
+    pending.cancel().await.unwrap();
     sys.shutdown().await.unwrap();
 }
 
@@ -630,7 +639,7 @@ async fn a_cancel_right_after_dispatch_reaches_the_handler() {
         while h.status().unwrap() != State::Running {
             tokio::task::yield_now().await;
         }
-        h.cancel().unwrap();
+        h.cancel().await.unwrap();
         assert_eq!(h.wait_timeout(LIMIT).await.unwrap().state, State::Cancelled);
     }
     sys.shutdown().await.unwrap();
@@ -672,7 +681,7 @@ async fn every_waiter_gets_the_result_and_wait_idle_returns_after_a_cancel() {
         let h = delayed.clone();
         async move { h.wait().await }
     });
-    delayed.cancel().unwrap();
+    delayed.cancel().await.unwrap();
     tokio::time::timeout(LIMIT, sys.wait_idle())
         .await
         .unwrap()

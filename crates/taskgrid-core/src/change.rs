@@ -8,7 +8,7 @@ use crate::{
     AttemptOutcome, OutputChunk, Progress, State, TaskId, TaskRecord, TaskStatus, Timestamp,
 };
 
-/// One durable change to a task.
+/// One durable change to a task (or, for [`Change::Queue`], to a queue).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum Change {
@@ -44,17 +44,25 @@ pub enum Change {
     },
     /// A running task produced output.
     Output(Box<OutputChunk>),
+    /// A queue was paused or resumed: the store keeps it across restarts.
+    Queue {
+        /// The queue.
+        name: String,
+        /// Whether dispatch from it is paused.
+        paused: bool,
+    },
 }
 
 impl Change {
-    /// The task this change is about.
-    pub fn task_id(&self) -> TaskId {
+    /// The task this change is about (`None` for a queue's change).
+    pub fn task_id(&self) -> Option<TaskId> {
         match self {
-            Change::Submitted(r) => r.id,
+            Change::Submitted(r) => Some(r.id),
             Change::Status { id, .. }
             | Change::Progress { id, .. }
-            | Change::Checkpoint { id, .. } => *id,
-            Change::Output(c) => c.task,
+            | Change::Checkpoint { id, .. } => Some(*id),
+            Change::Output(c) => Some(c.task),
+            Change::Queue { .. } => None,
         }
     }
 

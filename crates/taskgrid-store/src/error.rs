@@ -48,6 +48,17 @@ pub enum StoreError {
         /// The newest schema version this build knows.
         supported: u32,
     },
+    /// Another process (or another store in this one) has the database
+    /// open: one writer at a time.
+    #[error("{dir} is in use by another taskgrid coordinator ({}; it holds {lock_file}): stop it, or use another data dir", pid.map_or_else(|| "pid unknown".to_owned(), |p| format!("pid {p}")))]
+    Locked {
+        /// The directory of the database.
+        dir: String,
+        /// The lock file.
+        lock_file: String,
+        /// The holder's process id, when it could be read.
+        pid: Option<u32>,
+    },
     /// The [`Writer`](crate::Writer) has shut down (or its thread died).
     #[error("the store writer is closed")]
     Closed,

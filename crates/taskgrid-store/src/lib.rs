@@ -76,6 +76,8 @@ pub trait Store: Send + Sync + 'static {
     ///   ([`StoreError::NotFound`] for an unknown task).
     /// - [`Change::Output`] appends the chunk under the next sequence number
     ///   ([`StoreError::NotFound`] for an unknown task).
+    /// - [`Change::Queue`] records whether a queue is paused (see
+    ///   [`Store::paused_queues`]).
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError>;
 
     /// Every task not in a terminal state, in id order: what the engine needs
@@ -105,6 +107,9 @@ pub trait Store: Send + Sync + 'static {
     /// The number of tasks in each state: every state of [`State::ALL`], in
     /// that order, zeros included.
     fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError>;
+
+    /// The queues whose last [`Change::Queue`] paused them, in name order.
+    fn paused_queues(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// The default page size of a [`TaskQuery`].

@@ -31,6 +31,8 @@ struct Inner {
     counts: [u64; State::ALL.len()],
     /// The sequence number of the last output chunk.
     last_seq: u64,
+    /// Paused queues.
+    paused: std::collections::BTreeSet<String>,
 }
 
 /// A stored task: a [`TaskRecord`] without the id (it is the map's key) plus
@@ -85,6 +87,8 @@ enum Undo {
     Checkpoint(TaskId, Option<Box<str>>),
     /// Drop the appended chunk.
     Output(TaskId),
+    /// Put back a queue's pause.
+    Queue(String, bool),
 }
 
 enum AttemptUndo {
@@ -173,6 +177,14 @@ impl Inner {
                 self.last_seq = seq;
                 undo.push(Undo::Output(chunk.task));
             }
+            Change::Queue { name, paused } => {
+                let was = if *paused {
+                    !self.paused.insert(name.clone())
+                } else {
+                    self.paused.remove(name)
+                };
+                undo.push(Undo::Queue(name.clone(), was));
+            }
         }
         Ok(())
     }
@@ -217,6 +229,13 @@ impl Inner {
                     t.output.pop();
                 }
                 self.last_seq -= 1;
+            }
+            Undo::Queue(name, was) => {
+                if was {
+                    self.paused.insert(name);
+                } else {
+                    self.paused.remove(&name);
+                }
             }
         }
     }
@@ -424,5 +443,9 @@ impl Store for MemoryStore {
 
     fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
         Ok(counts_in_order(&self.lock().counts))
+    }
+
+    fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.lock().paused.iter().cloned().collect())
     }
 }

@@ -221,7 +221,7 @@ async fn cancelling_a_running_shell_task_kills_its_process_group() {
         }
     };
     assert!(pids.iter().all(|p| alive(*p)));
-    h.cancel().unwrap();
+    h.cancel().await.unwrap();
     let r = h.wait_timeout(LIMIT).await.unwrap();
     assert_eq!(r.state, State::Cancelled);
     assert!(pids.iter().all(|p| !alive(*p)), "no orphan left: {pids:?}");
@@ -263,7 +263,7 @@ async fn a_draining_worker_hands_unfinished_work_back_and_refusals_fail_the_task
         .submit(script("true").dispatch_timeout(Duration::from_millis(300)))
         .await
         .unwrap();
-    long.cancel().unwrap();
+    long.cancel().await.unwrap();
     tokio::spawn(
         Worker::with_config(no_shell)
             .handler("x", |_| async { Ok(json!(null)) })
@@ -371,7 +371,7 @@ async fn a_drain_finishes_running_work_and_leaves_queued_work_queued() {
             "a drain must not fail waiting tasks: {:?}",
             rec.status.error
         );
-        q.cancel().unwrap();
+        q.cancel().await.unwrap();
     }
     sys.shutdown().await.unwrap();
 }
@@ -433,7 +433,7 @@ async fn prefetched_tasks_wait_for_a_slot_and_a_cancelled_one_never_runs() {
 
     // A held task cancelled is dropped by the worker. (Its stop goes out
     // before the first gate opens: long before the slot could reach it.)
-    third.cancel().unwrap();
+    third.cancel().await.unwrap();
     assert_eq!(
         third.wait_timeout(LIMIT).await.unwrap().state,
         State::Cancelled

@@ -33,7 +33,7 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
         )
         .into_response();
     }
-    if is_cross_origin_write(&req) {
+    if is_cross_origin_write(&req, state.config.scheme()) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "cross_origin",
@@ -76,8 +76,10 @@ fn bearer(value: &str) -> Option<&str> {
 
 /// A browser sends `Origin` with a cross-site POST; a page elsewhere must
 /// not be able to submit shell tasks to an unauthenticated local
-/// coordinator. Requests without `Origin` (curl, the client) pass.
-fn is_cross_origin_write(req: &Request) -> bool {
+/// coordinator. Requests without `Origin` (curl, the client) pass. The
+/// origin must match in scheme too: `https://host` is another origin than
+/// the `http://host` this API is served on.
+fn is_cross_origin_write(req: &Request, scheme: &str) -> bool {
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return false;
     }
@@ -92,6 +94,7 @@ fn is_cross_origin_write(req: &Request) -> bool {
         .to_str()
         .ok()
         .and_then(|o| o.split_once("://"))
+        .filter(|(s, _)| s.eq_ignore_ascii_case(scheme))
         .map(|(_, rest)| rest.trim_end_matches('/'));
     !matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
@@ -147,18 +150,17 @@ mod tests {
             }
             b.body(axum::body::Body::empty()).expect("valid request")
         };
-        assert!(is_cross_origin_write(&req(
-            Method::POST,
-            Some("https://evil.example")
-        )));
-        assert!(!is_cross_origin_write(&req(
-            Method::POST,
-            Some("http://127.0.0.1:7070")
-        )));
-        assert!(!is_cross_origin_write(&req(Method::POST, None)));
-        assert!(!is_cross_origin_write(&req(
-            Method::GET,
-            Some("https://evil.example")
-        )));
+        let cross = |r| is_cross_origin_write(&r, "http");
+        assert!(cross(req(Method::POST, Some("https://evil.example"))));
+        assert!(!cross(req(Method::POST, Some("http://127.0.0.1:7070"))));
+        assert!(!cross(req(Method::POST, None)));
+        assert!(!cross(req(Method::GET, Some("https://evil.example"))));
+        // Same host and port, another scheme: another origin.
+        assert!(cross(req(Method::POST, Some("https://127.0.0.1:7070"))));
+        assert!(cross(req(Method::POST, Some("ftp://127.0.0.1:7070"))));
+        assert!(!is_cross_origin_write(
+            &req(Method::POST, Some("https://127.0.0.1:7070")),
+            "https"
+        ));
     }
 }

@@ -133,6 +133,9 @@ impl From<Error> for ApiError {
                 ApiError::new(S::NOT_FOUND, "not_found", msg)
             }
             Error::NotFinished(..) => ApiError::new(S::CONFLICT, "not_finished", msg),
+            Error::UnknownParent(_) => {
+                ApiError::new(S::BAD_REQUEST, "unknown_parent", msg).field("parent")
+            }
             Error::Command(_) => ApiError::new(S::CONFLICT, "conflict", msg),
             Error::ShutDown => ApiError::new(S::SERVICE_UNAVAILABLE, "shutting_down", msg),
             other => ApiError::internal(&other),

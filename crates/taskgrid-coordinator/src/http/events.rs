@@ -138,18 +138,14 @@ impl Connection {
     /// Sends the buffered events after `after`, preceded by `reset` when
     /// some are gone. False once the client has gone.
     async fn replay(&mut self, after: u64) -> bool {
-        let (mut events, mut complete) = self.system.events_since(after);
-        // Nothing newer and not even `after` itself: the id is from an
-        // earlier process (seqs restart at 1), so replay this one's.
-        let restarted =
-            events.is_empty() && after > 0 && self.system.events_since(after - 1).0.is_empty();
-        if restarted {
-            (events, complete) = self.system.events_since(0);
-        }
-        if (!complete || restarted) && !self.reset(after).await {
+        let (events, complete) = self.system.events_since(after);
+        // An id this process never gave out (from an earlier process, or
+        // older than its first event): start over with what is buffered.
+        let foreign = !self.system.issued_event(after);
+        if (!complete || foreign) && !self.reset(after).await {
             return false;
         }
-        self.sent = if restarted { 0 } else { after };
+        self.sent = if foreign { 0 } else { after };
         for ev in events {
             if !self.send(ev).await {
                 return false;

@@ -49,6 +49,9 @@ pub struct ApiConfig {
     pub max_page: usize,
     /// Most tasks one batch submit may hold.
     pub max_batch: usize,
+    /// The API is served over TLS: the origin browsers must send with a
+    /// write is `https://host`, not `http://host`.
+    pub https: bool,
 }
 
 impl ApiConfig {
@@ -62,6 +65,13 @@ impl ApiConfig {
     pub const LIST_LIMIT_DEFAULT: usize = 100;
 }
 
+impl ApiConfig {
+    /// The scheme the API is served on.
+    pub(crate) fn scheme(&self) -> &'static str {
+        if self.https { "https" } else { "http" }
+    }
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
@@ -69,6 +79,7 @@ impl Default for ApiConfig {
             max_body_bytes: Self::MAX_BODY_BYTES_DEFAULT,
             max_page: Self::MAX_PAGE_DEFAULT,
             max_batch: Self::MAX_BATCH_DEFAULT,
+            https: false,
         }
     }
 }
@@ -80,6 +91,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_page", &self.max_page)
             .field("max_batch", &self.max_batch)
+            .field("https", &self.https)
             .finish()
     }
 }
@@ -211,8 +223,17 @@ async fn healthz() -> Json<Health> {
     })
 }
 
-/// 200 when the store answers a read, 503 otherwise.
+/// 200 when this coordinator can take work: no commit has failed and the
+/// store answers a read; 503 with the reason otherwise.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    if let Some(why) = state.system.failure() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: format!("store failed: {why}"),
+            }),
+        );
+    }
     let probe = TaskQuery {
         limit: 1,
         ..TaskQuery::default()

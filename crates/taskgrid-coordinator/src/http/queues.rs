@@ -1,8 +1,8 @@
 //! `POST /queues/{name}/pause` and `/resume`: stop and restart dispatching
 //! from a queue. Tasks keep being accepted into a paused queue; none of
 //! them is handed to a worker until it is resumed. Running tasks go on.
-//! The pause lives in the coordinator's memory: a restart resumes every
-//! queue.
+//! Both answer once the change is committed: a paused queue stays paused
+//! across a restart.
 
 use axum::extract::{Path, State};
 use axum::response::Json;
@@ -20,8 +20,8 @@ pub(crate) async fn pause(
     Path(name): Path<String>,
 ) -> ApiResult<Json<QueueStats>> {
     check_name(&name)?;
-    s.system.pause_queue(&name);
-    stats(&s, &name)
+    s.system.pause_queue(&name).await?;
+    stats(&s, &name).await
 }
 
 /// `POST /queues/{name}/resume`: the queue's stats, dispatching again.
@@ -30,8 +30,8 @@ pub(crate) async fn resume(
     Path(name): Path<String>,
 ) -> ApiResult<Json<QueueStats>> {
     check_name(&name)?;
-    s.system.resume_queue(&name);
-    stats(&s, &name)
+    s.system.resume_queue(&name).await?;
+    stats(&s, &name).await
 }
 
 /// Refuses a name no queue could have (empty, overlong, control chars).
@@ -46,9 +46,10 @@ fn check_name(name: &str) -> ApiResult<()> {
 }
 
 /// The stats of `name` (the engine knows every queue it was told about).
-fn stats(s: &AppState, name: &str) -> ApiResult<Json<QueueStats>> {
+async fn stats(s: &AppState, name: &str) -> ApiResult<Json<QueueStats>> {
     s.system
-        .queue_stats()
+        .queue_stats_committed()
+        .await?
         .into_iter()
         .find(|q| q.name == name)
         .map(Json)

@@ -7,8 +7,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::Json;
 use serde::Deserialize;
-use taskgrid_core::WorkerId;
 use taskgrid_core::{CancelOutcome, Explanation, MetricsSnapshot, QueueStats, State as TaskState};
+use taskgrid_core::{Submitted, WorkerId};
 use taskgrid_proto::api::{
     BatchRequest, BatchResponse, CancelOutcomeKind, CancelResponse, CancelTagRequest,
     CancelTagResponse, ListQuery, SubmitRequest, SubmitResponse, TaskDetail, TaskPage, TaskView,
@@ -40,9 +40,11 @@ pub(crate) async fn submit(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<SubmitRequest>,
 ) -> ApiResult<(StatusCode, Json<SubmitResponse>)> {
-    let (handle, created) = s.system.submit_unique(to_task(req)).await?;
-    let id = handle.id();
-    let state = s.system.get(id)?.status.state;
+    let submitted = s.system.submit_detailed(vec![to_task(req)]).await?;
+    let (first, state) = *submitted
+        .first()
+        .ok_or_else(|| ApiError::from(crate::Error::ShutDown))?;
+    let (id, created) = (first.id(), matches!(first, Submitted::Created(_)));
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -73,7 +75,7 @@ pub(crate) async fn detail(
     State(s): State<AppState>,
     TaskPath(id): TaskPath,
 ) -> ApiResult<Json<TaskDetail>> {
-    let task = TaskView::from(s.system.get(id)?);
+    let task = TaskView::from(s.system.get_committed(id).await?);
     let attempts = s.system.attempts(id)?;
     Ok(Json(TaskDetail { task, attempts }))
 }
@@ -116,9 +118,12 @@ pub(crate) async fn cancel(
     State(s): State<AppState>,
     TaskPath(id): TaskPath,
 ) -> ApiResult<Json<CancelResponse>> {
-    let (outcome, state) = match s.system.cancel(id)? {
+    let (outcome, state) = match s.system.cancel(id).await? {
         CancelOutcome::Cancelled => (CancelOutcomeKind::Cancelled, TaskState::Cancelled),
-        CancelOutcome::Requested => (CancelOutcomeKind::Requested, s.system.get(id)?.status.state),
+        CancelOutcome::Requested => (
+            CancelOutcomeKind::Requested,
+            s.system.get_committed(id).await?.status.state,
+        ),
         CancelOutcome::AlreadyFinished(st) => (CancelOutcomeKind::AlreadyFinished, st),
     };
     Ok(Json(CancelResponse { outcome, state }))
@@ -154,7 +159,7 @@ pub(crate) async fn cancel_tag(
     if tag.is_empty() {
         return Err(ApiError::invalid("tag", "the tag must not be empty"));
     }
-    let cancelled = s.system.cancel_tag(&tag);
+    let cancelled = s.system.cancel_tag(&tag).await?;
     Ok(Json(CancelTagResponse { cancelled }))
 }
 
@@ -165,7 +170,7 @@ pub(crate) async fn retry(
     TaskPath(id): TaskPath,
 ) -> ApiResult<(StatusCode, Json<SubmitResponse>)> {
     let new = s.system.retry(id).await?.id();
-    let state = s.system.get(new)?.status.state;
+    let state = s.system.get_committed(new).await?.status.state;
     let body = SubmitResponse {
         id: new,
         state,
@@ -179,17 +184,17 @@ pub(crate) async fn explain(
     State(s): State<AppState>,
     TaskPath(id): TaskPath,
 ) -> ApiResult<Json<Explanation>> {
-    Ok(Json(s.system.explain(id)?))
+    Ok(Json(s.system.explain_committed(id).await?))
 }
 
 /// `GET /workers`.
-pub(crate) async fn workers(State(s): State<AppState>) -> Json<Vec<WorkerView>> {
-    Json(s.system.workers())
+pub(crate) async fn workers(State(s): State<AppState>) -> ApiResult<Json<Vec<WorkerView>>> {
+    Ok(Json(s.system.workers_committed().await?))
 }
 
 /// `GET /queues`.
-pub(crate) async fn queues(State(s): State<AppState>) -> Json<Vec<QueueStats>> {
-    Json(s.system.queue_stats())
+pub(crate) async fn queues(State(s): State<AppState>) -> ApiResult<Json<Vec<QueueStats>>> {
+    Ok(Json(s.system.queue_stats_committed().await?))
 }
 
 /// `GET /metrics`: totals and the breakdowns by queue, kind, (queue, kind)

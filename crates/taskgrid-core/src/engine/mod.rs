@@ -374,14 +374,20 @@ impl Engine {
         out
     }
 
-    /// Stops dispatching from `queue` (tasks are still accepted).
-    pub fn pause_queue(&mut self, queue: &str) {
-        self.queue_mut(queue).paused = true;
+    /// Stops (or resumes) dispatching from `queue`; tasks are still
+    /// accepted. The change is recorded so that a restart keeps it.
+    pub fn set_queue_paused(&mut self, queue: &str, paused: bool, out: &mut Outbox) {
+        self.queue_mut(queue).paused = paused;
+        out.changes.push(Change::Queue {
+            name: queue.to_owned(),
+            paused,
+        });
     }
 
-    /// Resumes dispatching from `queue`.
-    pub fn resume_queue(&mut self, queue: &str) {
-        self.queue_mut(queue).paused = false;
+    /// Restores a queue's pause from the store after a restart (nothing to
+    /// record: the store has it).
+    pub fn restore_queue_paused(&mut self, queue: &str) {
+        self.queue_mut(queue).paused = true;
     }
 
     /// Tells the engine the final state of a task it no longer holds (read

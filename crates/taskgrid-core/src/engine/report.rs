@@ -190,14 +190,17 @@ impl Engine {
     }
 
     /// The running attempt reports progress (`fraction` is clamped to 0–1).
+    /// Like every report about an attempt, only the worker holding it may
+    /// send it: anyone else's is [`Stale`](CommandError::Stale).
     pub fn progress(
         &mut self,
+        worker: &WorkerId,
         id: TaskId,
         attempt: u32,
         progress: Progress,
         out: &mut Outbox,
     ) -> Result<(), CommandError> {
-        self.current(id, attempt, &[State::Running])?;
+        self.current_of(worker, id, attempt, &[State::Running])?;
         let progress = Progress {
             fraction: if progress.fraction.is_nan() {
                 0.0
@@ -214,14 +217,16 @@ impl Engine {
     }
 
     /// The running attempt saves a checkpoint; later attempts receive it.
+    /// Only the worker holding the attempt may save one.
     pub fn checkpoint(
         &mut self,
+        worker: &WorkerId,
         id: TaskId,
         attempt: u32,
         data: Box<str>,
         out: &mut Outbox,
     ) -> Result<(), CommandError> {
-        self.current(id, attempt, &[State::Running])?;
+        self.current_of(worker, id, attempt, &[State::Running])?;
         if let Some(e) = self.tasks.get_mut(&id) {
             e.rec.checkpoint = Some(data.clone());
         }
@@ -229,16 +234,18 @@ impl Engine {
         Ok(())
     }
 
-    /// The running attempt produced output.
+    /// The running attempt produced output. Only the worker holding the
+    /// attempt may add to it.
     pub fn output(
         &mut self,
+        worker: &WorkerId,
         id: TaskId,
         attempt: u32,
         stream: Stream,
         data: String,
         out: &mut Outbox,
     ) -> Result<(), CommandError> {
-        self.current(id, attempt, &[State::Running])?;
+        self.current_of(worker, id, attempt, &[State::Running])?;
         out.changes.push(Change::Output(Box::new(OutputChunk {
             task: id,
             attempt,

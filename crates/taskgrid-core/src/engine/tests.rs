@@ -627,7 +627,7 @@ fn a_checkpoint_is_handed_to_the_next_attempt() {
     let a = t.start().remove(0);
     assert_eq!(a.checkpoint, None);
     t.engine
-        .checkpoint(id, a.attempt, r#"{"step":3}"#.into(), &mut t.out)
+        .checkpoint(&a.worker, id, a.attempt, r#"{"step":3}"#.into(), &mut t.out)
         .unwrap();
     t.report(&a, Outcome::failed("crash")).unwrap();
     t.advance(ms(1));
@@ -639,9 +639,65 @@ fn a_checkpoint_is_handed_to_the_next_attempt() {
         message: None,
     };
     assert!(matches!(
-        t.engine.progress(id, a.attempt, p, &mut t.out),
+        t.engine.progress(&a.worker, id, a.attempt, p, &mut t.out),
         Err(CommandError::Stale { .. })
     ));
+}
+
+#[test]
+fn only_the_worker_holding_an_attempt_may_write_into_it() {
+    let mut t = Harness::new();
+    t.worker("victim", 1, &["x"]);
+    let id = t.submit(h("x"));
+    let a = t.start().remove(0);
+    t.worker("rogue", 1, &["x"]);
+    let rogue = WorkerId::new("rogue");
+    let before = t.out.changes.len();
+    let p = Progress {
+        fraction: 0.9,
+        message: Some("forged".into()),
+    };
+    assert!(matches!(
+        t.engine.progress(&rogue, id, a.attempt, p, &mut t.out),
+        Err(CommandError::Stale { .. })
+    ));
+    assert!(matches!(
+        t.engine
+            .checkpoint(&rogue, id, a.attempt, r#"{"forged":1}"#.into(), &mut t.out),
+        Err(CommandError::Stale { .. })
+    ));
+    assert!(matches!(
+        t.engine.output(
+            &rogue,
+            id,
+            a.attempt,
+            crate::Stream::Stdout,
+            "forged".into(),
+            &mut t.out
+        ),
+        Err(CommandError::Stale { .. })
+    ));
+    assert_eq!(
+        t.out.changes.len(),
+        before,
+        "a refused write changes nothing"
+    );
+    let rec = t.engine.get(id).unwrap();
+    assert_eq!(
+        (rec.progress.as_ref(), rec.checkpoint.as_ref()),
+        (None, None)
+    );
+    // The holder still may.
+    t.engine
+        .output(
+            &a.worker,
+            id,
+            a.attempt,
+            crate::Stream::Stdout,
+            "ok".into(),
+            &mut t.out,
+        )
+        .unwrap();
 }
 
 #[test]
@@ -667,12 +723,12 @@ fn min_trust_keeps_tasks_off_untrusted_workers() {
 fn a_paused_queue_holds_its_tasks() {
     let mut t = Harness::new();
     t.worker("w", 1, &["x"]);
-    t.engine.pause_queue("default");
+    t.engine.set_queue_paused("default", true, &mut t.out);
     let id = t.submit(h("x"));
     assert!(t.dispatch().is_empty());
     let stats = t.engine.queue_stats();
     assert_eq!((stats[0].ready, stats[0].paused), (1, true));
-    t.engine.resume_queue("default");
+    t.engine.set_queue_paused("default", false, &mut t.out);
     assert_eq!(t.dispatch()[0].id, id);
 }
 
@@ -815,7 +871,7 @@ fn explain_names_every_gate() {
         ),
         (State::Running, Some("w"), 0)
     );
-    t.engine.pause_queue("default");
+    t.engine.set_queue_paused("default", true, &mut t.out);
     assert!(
         t.engine
             .explain(last, t.now)
@@ -928,7 +984,7 @@ fn restore_ends_a_cancelled_run_and_never_releases_a_task_whose_dependency_faile
         .out
         .changes
         .iter()
-        .filter_map(|c| c.new_state().map(|s| (c.task_id(), s)))
+        .filter_map(|c| c.new_state().zip(c.task_id()).map(|(s, id)| (id, s)))
         .collect();
     assert!(states.contains(&(running, State::Cancelled)), "{states:?}");
     assert!(

@@ -554,3 +554,38 @@ pub(super) fn empty_apply_is_a_no_op(store: &dyn Store) {
     assert!(store.load_active().unwrap().is_empty());
     assert!(store.list(&TaskQuery::default()).unwrap().is_empty());
 }
+
+/// A queue's pause is kept until it is resumed; a failed batch takes a
+/// pause back with the rest.
+pub(super) fn queue_pauses_are_kept(store: &dyn Store) {
+    let pause = |name: &str, paused| Change::Queue {
+        name: name.to_owned(),
+        paused,
+    };
+    assert!(store.paused_queues().unwrap().is_empty());
+    store
+        .apply(&[
+            pause("emails", true),
+            pause("batch", true),
+            pause("emails", true),
+        ])
+        .unwrap();
+    assert_eq!(store.paused_queues().unwrap(), ["batch", "emails"]);
+    store
+        .apply(&[pause("batch", false), pause("never", false)])
+        .unwrap();
+    assert_eq!(store.paused_queues().unwrap(), ["emails"]);
+    // All or nothing: the failing checkpoint takes the pauses back.
+    let err = store
+        .apply(&[
+            pause("reports", true),
+            pause("emails", false),
+            Change::Checkpoint {
+                id: tid(9),
+                data: "{}".into(),
+            },
+        ])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert_eq!(store.paused_queues().unwrap(), ["emails"]);
+}

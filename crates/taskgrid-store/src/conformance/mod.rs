@@ -39,6 +39,7 @@ macro_rules! conformance_tests {
                 output_is_ordered_and_paged,
                 count_by_state_counts_every_state,
                 empty_apply_is_a_no_op,
+                queue_pauses_are_kept,
             );
         }
     };
@@ -107,5 +108,8 @@ impl Store for TempSqlite {
     }
     fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
         self.store.count_by_state()
+    }
+    fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
+        self.store.paused_queues()
     }
 }

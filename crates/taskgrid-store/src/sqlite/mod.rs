@@ -6,6 +6,7 @@
 //! never wait for a group commit. The schema and its migrations are in
 //! `schema`, writes in `write`, queries and row decoding in `read`.
 
+mod lock;
 mod read;
 mod schema;
 mod write;
@@ -68,6 +69,8 @@ pub struct SqliteOptions {
 /// A [`Store`] in one SQLite database file.
 #[derive(Debug)]
 pub struct SqliteStore {
+    /// The lock file, held for the store's life: one writer per database.
+    _lock: Option<std::fs::File>,
     writer: Mutex<Connection>,
     /// The read connection; `None` for an in-memory database, whose single
     /// connection does both.
@@ -78,12 +81,18 @@ impl SqliteStore {
     /// Opens (creating if needed, with its parent directories) the database
     /// at `path` and brings its schema up to date.
     ///
+    /// Only one store (in any process) may have a database open at a time:
+    /// opening takes an exclusive lock on `PATH.lock` beside it, held until
+    /// the store is dropped (or the process dies), and fails with
+    /// [`StoreError::Locked`] while another holds it.
+    ///
     /// Fails with [`StoreError::NewerSchema`] if a newer taskgrid wrote it.
     pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
         let path = path.as_ref();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
+        let lock = lock::take(path)?;
         let mut writer = Connection::open(path)?;
         configure(&writer)?;
         // WAL is a property of the file: set once, it stays.
@@ -109,6 +118,7 @@ impl SqliteStore {
         configure(&reader)?;
         reader.pragma_update(None, "query_only", true)?;
         Ok(SqliteStore {
+            _lock: Some(lock),
             writer: Mutex::new(writer),
             reader: Some(Mutex::new(reader)),
         })
@@ -121,6 +131,7 @@ impl SqliteStore {
         configure(&conn)?;
         schema::migrate(&mut conn)?;
         Ok(SqliteStore {
+            _lock: None,
             writer: Mutex::new(conn),
             reader: None,
         })
@@ -191,6 +202,10 @@ impl Store for SqliteStore {
 
     fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
         read::count_by_state(&self.read_conn())
+    }
+
+    fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
+        read::paused_queues(&self.read_conn())
     }
 }
 

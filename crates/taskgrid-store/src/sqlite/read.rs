@@ -217,3 +217,13 @@ fn from_json<T: DeserializeOwned>(id: TaskId, what: &str, text: &str) -> Result<
 fn corrupt(id: TaskId, msg: String) -> StoreError {
     StoreError::Corrupt(format!("task {id}: {msg}"))
 }
+
+pub(super) fn paused_queues(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT name FROM paused_queues ORDER BY name")?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(col(row, 0)?);
+    }
+    Ok(out)
+}

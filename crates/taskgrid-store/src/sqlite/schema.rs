@@ -83,6 +83,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE attempts ADD COLUMN peak_rss_bytes INTEGER;
     ALTER TABLE attempts ADD COLUMN signal INTEGER;
     ",
+    // 3: queues paused by an operator (a restart keeps them paused).
+    "
+    CREATE TABLE paused_queues (
+        name TEXT NOT NULL PRIMARY KEY
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.

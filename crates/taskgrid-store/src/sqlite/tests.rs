@@ -236,3 +236,29 @@ fn a_version_1_database_is_upgraded_in_place() {
         Some(Some(15))
     );
 }
+
+#[test]
+fn a_second_store_on_the_same_file_is_refused_until_the_first_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data").join("taskgrid.db");
+    let first = SqliteStore::open(&db, SqliteOptions::default()).unwrap();
+    let err = SqliteStore::open(&db, SqliteOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, StoreError::Locked { pid: Some(p), .. } if *p == std::process::id()),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains(&dir.path().join("data").display().to_string()),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
+    // The first store goes on working.
+    first.apply(&[submit(task(1))]).unwrap();
+    drop(first);
+    let again = SqliteStore::open(&db, SqliteOptions::default()).unwrap();
+    assert!(again.get(task(1).id).unwrap().is_some());
+}

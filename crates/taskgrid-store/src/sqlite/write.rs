@@ -44,6 +44,7 @@ pub(super) fn micros(t: Timestamp) -> i64 {
 
 /// The prepared statements of one `apply` call.
 struct Batch<'c> {
+    conn: &'c Connection,
     insert_task: CachedStatement<'c>,
     insert_tag: CachedStatement<'c>,
     update_status: CachedStatement<'c>,
@@ -59,6 +60,7 @@ struct Batch<'c> {
 impl<'c> Batch<'c> {
     fn new(conn: &'c Connection) -> Result<Self, StoreError> {
         Ok(Batch {
+            conn,
             insert_task: conn.prepare_cached(INSERT_TASK)?,
             insert_tag: conn.prepare_cached(INSERT_TAG)?,
             update_status: conn.prepare_cached(UPDATE_STATUS)?,
@@ -99,6 +101,14 @@ impl<'c> Batch<'c> {
                     }
                 }
                 Change::Output(chunk) => self.output(chunk)?,
+                Change::Queue { name, paused } => {
+                    let sql = if *paused {
+                        "INSERT OR IGNORE INTO paused_queues (name) VALUES (?1)"
+                    } else {
+                        "DELETE FROM paused_queues WHERE name = ?1"
+                    };
+                    self.conn.prepare_cached(sql)?.execute(params![name])?;
+                }
             }
         }
         Ok(())

@@ -50,7 +50,7 @@ impl Store for Recording {
             release.recv().unwrap();
         }
         let result = self.inner.apply(changes);
-        let ids = changes.iter().map(Change::task_id).collect();
+        let ids = changes.iter().filter_map(Change::task_id).collect();
         self.calls.lock().unwrap().push((ids, result.is_ok()));
         result
     }
@@ -73,6 +73,9 @@ impl Store for Recording {
         limit: usize,
     ) -> Result<Vec<(u64, OutputChunk)>, StoreError> {
         self.inner.output(id, after_seq, limit)
+    }
+    fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.paused_queues()
     }
     fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
         self.inner.count_by_state()

@@ -62,6 +62,12 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     /// Default drain grace: 30 s.
     pub const DRAIN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
+    /// Default first reconnect delay: 100 ms.
+    pub const RECONNECT_MIN_DEFAULT: Duration = Duration::from_millis(100);
+    /// Default longest reconnect delay: 1 s. A restarted coordinator has
+    /// every worker back within a second of listening again; a thousand
+    /// workers retrying once a second cost it nothing to speak of.
+    pub const RECONNECT_MAX_DEFAULT: Duration = Duration::from_secs(1);
 
     /// Defaults for a worker of `server`: id and name from the host name,
     /// one slot per CPU, shell allowed, no containers.
@@ -84,8 +90,8 @@ impl WorkerConfig {
             container: None,
             limits: ExecLimits::default(),
             drain_grace: Self::DRAIN_GRACE_DEFAULT,
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(10),
+            reconnect_min: Self::RECONNECT_MIN_DEFAULT,
+            reconnect_max: Self::RECONNECT_MAX_DEFAULT,
         }
     }
 }

@@ -221,10 +221,15 @@ pub(super) async fn run(
                         return Ok(());
                     }
                 }
-                backoff = (backoff * 2).min(shared.config.reconnect_max);
+                backoff = next_backoff(backoff, &shared.config);
             }
         }
     }
+}
+
+/// The delay before the next reconnect after one of `current` failed.
+fn next_backoff(current: Duration, config: &WorkerConfig) -> Duration {
+    (current * 2).min(config.reconnect_max)
 }
 
 fn register(shared: &Shared) -> In {
@@ -369,10 +374,16 @@ async fn session(
     }
     loop {
         if draining.is_some() && shared.idle() && events.is_empty() {
-            // Closing our side of the stream cleanly hands back whatever is
-            // left. Wait (briefly) for the coordinator to close its side, so
-            // the goodbye is delivered before this process may exit.
+            // A goodbye hands back whatever is left (a stream that merely
+            // ends is a break the coordinator waits out). Then close our
+            // side and wait (briefly) for the coordinator to close its own,
+            // so the goodbye is delivered before this process may exit.
             // (`send` only borrows `out`: dropping `out` closes our side.)
+            let _ = out
+                .send(worker::WorkerMessage {
+                    msg: Some(In::Goodbye(worker::Goodbye {})),
+                })
+                .await;
             drop(out);
             let _ = tokio::time::timeout(Duration::from_secs(3), async {
                 while let Ok(Some(_)) = inbound.message().await {}
@@ -490,4 +501,24 @@ fn instance_id() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!("{}-{nanos:x}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_come_at_least_once_a_second_however_long_the_outage() {
+        let config = WorkerConfig::new("http://127.0.0.1:1");
+        let mut delay = config.reconnect_min;
+        let mut total = Duration::ZERO;
+        for _ in 0..50 {
+            assert!(delay <= Duration::from_secs(1), "{delay:?}");
+            total += delay;
+            delay = next_backoff(delay, &config);
+        }
+        // Within the first 2 s of an outage it has tried 5 times already.
+        assert!(config.reconnect_min * (1 + 2 + 4 + 8) <= Duration::from_secs(2));
+        assert!(total <= Duration::from_secs(50));
+    }
 }
