@@ -134,6 +134,26 @@ pub(crate) async fn start_on(
 }
 
 impl Coordinator {
+    /// Resolves on SIGTERM or Ctrl-C (`Ok`), or when a commit fails (`Err`
+    /// with the reason): the coordinator cannot take work any more, and
+    /// only a restart, which rebuilds it from what was committed, recovers.
+    pub(crate) async fn until_stopped(&self) -> Result<(), String> {
+        tokio::select! {
+            _ = super::signals::terminated() => Ok(()),
+            why = self.system.failed() => Err(why),
+        }
+    }
+
+    /// After a failed commit: serve what is in flight (each gets its 503),
+    /// stop, and say how to recover.
+    pub(crate) async fn fail(self, why: String) -> anyhow::Result<()> {
+        eprintln!("the store failed: {why}");
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.stop()).await;
+        bail!(
+            "stopped after a failed commit ({why}); nothing committed is lost: restart taskgrid once the store is writable again"
+        )
+    }
+
     /// Stops serving and shuts the task system down gracefully.
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
@@ -150,7 +170,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         c.addr,
         args.data_dir.display()
     );
-    super::signals::terminated().await;
+    if let Err(why) = c.until_stopped().await {
+        return c.fail(why).await;
+    }
     eprintln!("shutting down");
     c.stop().await
 }

@@ -44,9 +44,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let agent = tokio::spawn(Worker::with_config(config).run_until(async move {
         let _ = drain_rx.await;
     }));
-    super::signals::terminated().await;
-    eprintln!("shutting down");
+    let stopped = c.until_stopped().await;
     let _ = drain_tx.send(());
+    if let Err(why) = stopped {
+        agent.abort();
+        return c.fail(why).await;
+    }
+    eprintln!("shutting down");
     let _ = agent.await;
     c.stop().await
 }

@@ -46,7 +46,9 @@ pub(crate) struct Inner {
     /// Streams of connected remote workers.
     pub(crate) links: Mutex<HashMap<WorkerId, crate::gateway::Link>>,
     pub(crate) completions: mpsc::UnboundedSender<Report>,
-    pub(crate) committed: mpsc::UnboundedSender<Vec<TaskEvent>>,
+    /// Committed batches' events and effects, for the publisher; `None`
+    /// stops it.
+    pub(crate) committed: mpsc::UnboundedSender<Option<Committed>>,
     pub(crate) wake: Notify,
     pub(crate) idle: Notify,
     pub(crate) all_done: Notify,
@@ -65,7 +67,14 @@ pub(crate) struct Inner {
     pub(crate) rt: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
-/// Work run on the writer thread once a batch is committed.
+/// What a committed batch releases, carried out by the publisher task (off
+/// the writer thread, in commit order).
+pub(crate) struct Committed {
+    pub(crate) events: Vec<TaskEvent>,
+    pub(crate) effects: Effects,
+}
+
+/// Work run by the publisher once a batch is committed.
 pub(crate) type AfterCommit = Box<dyn FnOnce(&Inner) + Send>;
 
 /// What may leave the coordinator only once the batch it comes with is
@@ -76,7 +85,7 @@ pub(crate) struct Effects {
     pub(crate) assignments: Vec<Assignment>,
     /// Attempts executors must stop.
     pub(crate) stops: Vec<StopAttempt>,
-    /// Anything else, run on the writer thread (keep it short).
+    /// Anything else, run once the batch is committed, in commit order.
     pub(crate) then: Option<AfterCommit>,
 }
 
@@ -89,7 +98,7 @@ impl Effects {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.assignments.is_empty() && self.stops.is_empty() && self.then.is_none()
     }
 }
@@ -177,15 +186,13 @@ impl Inner {
         };
         let committed = self.committed.clone();
         let me = self.me.clone();
+        // On the writer thread: keep it short. Sending and publishing are
+        // the publisher task's work, in the same (commit) order.
         let callback = Box::new(move |res: Result<(), taskgrid_store::StoreError>| {
-            let inner = me.upgrade();
             match res {
                 Ok(()) => {
-                    if !events.is_empty() {
-                        let _ = committed.send(events);
-                    }
-                    if let Some(inner) = &inner {
-                        inner.carry_out(effects);
+                    if !events.is_empty() || !effects.is_empty() {
+                        let _ = committed.send(Some(Committed { events, effects }));
                     }
                     if let Some(d) = done {
                         let _ = d.send(Ok(()));
@@ -196,7 +203,7 @@ impl Inner {
                     // they disagree. Fail-stop: refuse work and send nothing;
                     // a restart rebuilds the engine from the store.
                     tracing::error!(error = %e, "a commit failed; the task system stops taking work");
-                    if let Some(inner) = &inner {
+                    if let Some(inner) = me.upgrade() {
                         inner.fail(&e);
                     }
                     if let Some(d) = done {
@@ -268,8 +275,9 @@ impl Inner {
         Ok(value)
     }
 
-    /// Carries out what a commit released: stops, then assignments (to the
-    /// local executor, or on each remote worker's stream), then the rest.
+    /// Carries out what a commit released (on the publisher task): stops,
+    /// then assignments (to the local executor, or on each remote worker's
+    /// stream), then the rest.
     fn carry_out(&self, effects: Effects) {
         let Effects {
             assignments,
@@ -358,7 +366,15 @@ impl Inner {
                     (r, state)
                 })
                 .collect();
-            self.persist(&engine, out.changes, Some(tx));
+            // Offer the new tasks now, in the same commit: one commit, not
+            // two in a row, between a submit and the worker hearing of it.
+            self.dispatch_into(&mut engine, now, &mut out);
+            let effects = Effects {
+                assignments: out.assignments,
+                stops: out.stops,
+                then: None,
+            };
+            self.persist_then(&engine, out.changes, Duration::ZERO, effects, Some(tx));
             results
         };
         self.wake.notify_one();
@@ -628,6 +644,25 @@ impl Inner {
         rx.await.map_err(|_| Error::ShutDown)?
     }
 
+    /// Offers what can run now to the workers (unless draining or failed);
+    /// the local executor accepts its offers at once, remote workers answer.
+    fn dispatch_into(&self, engine: &mut Engine, now: taskgrid_core::Timestamp, out: &mut Outbox) {
+        if self.draining.load(Ordering::Acquire) || self.failed.load(Ordering::Acquire) {
+            return;
+        }
+        let first = out.assignments.len();
+        engine.dispatch(now, out);
+        for i in first..out.assignments.len() {
+            let a = &out.assignments[i];
+            if a.worker == self.worker {
+                let (id, attempt) = (a.id, a.attempt);
+                if engine.accept(&self.worker, id, attempt, now, out).is_ok() {
+                    crate::executor::prepare(self, id, attempt);
+                }
+            }
+        }
+    }
+
     /// One turn of the driver: finished attempts, timers, dispatch.
     fn step(&self, completions: &mut Vec<Report>) {
         let now = self.clock.now();
@@ -651,22 +686,7 @@ impl Inner {
             // Attempts still out before this step hands out more: those will
             // report soon, and usually close together.
             let others_out = engine.attempts_out() > 0;
-            if !self.draining.load(Ordering::Acquire) && !self.failed.load(Ordering::Acquire) {
-                engine.dispatch(now, &mut out);
-                // The local executor accepts at once; remote workers answer.
-                for i in 0..out.assignments.len() {
-                    let a = &out.assignments[i];
-                    if a.worker == self.worker {
-                        let (id, attempt) = (a.id, a.attempt);
-                        if engine
-                            .accept(&self.worker, id, attempt, now, &mut out)
-                            .is_ok()
-                        {
-                            crate::executor::prepare(self, id, attempt);
-                        }
-                    }
-                }
-            }
+            self.dispatch_into(&mut engine, now, &mut out);
             // Let their results share one commit with these changes —
             // unless it carries offers: a worker waits for those, and they
             // may leave only once committed.
@@ -762,8 +782,8 @@ fn run_hook(f: impl FnOnce()) {
 
 impl Inner {
     pub(crate) fn publisher_close(&self) {
-        // The publisher stops on an empty Vec sent after everything else.
-        let _ = self.committed.send(Vec::new());
+        // The publisher stops on `None`, sent after everything else.
+        let _ = self.committed.send(None);
     }
 
     /// Sends a message on a remote worker's stream, if it is connected.
@@ -813,13 +833,14 @@ pub(crate) async fn drive(
 
 pub(crate) async fn publish(
     inner: Arc<Inner>,
-    mut committed: mpsc::UnboundedReceiver<Vec<TaskEvent>>,
+    mut committed: mpsc::UnboundedReceiver<Option<Committed>>,
 ) {
-    while let Some(events) = committed.recv().await {
-        if events.is_empty() {
-            break;
+    while let Some(Some(Committed { events, effects })) = committed.recv().await {
+        // Executors first: a worker waits for its assignments.
+        inner.carry_out(effects);
+        if !events.is_empty() {
+            inner.publish(events);
         }
-        inner.publish(events);
     }
 }
 

@@ -21,7 +21,7 @@ use crate::{Error, Task, TaskHandle};
 pub(crate) enum Lifecycle {
     Built {
         completions: mpsc::UnboundedReceiver<Report>,
-        committed: mpsc::UnboundedReceiver<Vec<TaskEvent>>,
+        committed: mpsc::UnboundedReceiver<Option<crate::inner::Committed>>,
     },
     Started {
         driver: JoinHandle<()>,

@@ -53,7 +53,7 @@
 mod agent;
 pub mod exec;
 
-pub use agent::{Worker, WorkerConfig, WorkerError};
+pub use agent::{ATTEMPT_VAR, TASK_ID_VAR, Worker, WorkerConfig, WorkerError};
 
 pub use exec::{
     ContainerRuntime, ExecLimits, ExecReport, ShellPolicy, StopReason, run_container, run_shell,

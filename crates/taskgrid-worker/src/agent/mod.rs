@@ -7,11 +7,16 @@
 //! their reports wait in a buffer, and on reconnect the worker lists every
 //! attempt it has not finished reporting so the coordinator keeps them (or
 //! says which to stop). On drain it stops taking work, lets running attempts
-//! finish within the grace, stops the rest and closes the stream cleanly,
-//! which hands them back to the queue at once.
+//! finish within the grace, stops the rest, and says goodbye before it
+//! closes the stream, which hands what is left back to the queue at once.
+//!
+//! A shell task finds its task id and attempt number in the environment
+//! variables [`TASK_ID_VAR`] and [`ATTEMPT_VAR`].
 
 mod backend;
 mod run;
+
+pub use run::{ATTEMPT_VAR, TASK_ID_VAR};
 mod session;
 
 use std::collections::HashMap;

@@ -217,6 +217,12 @@ fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The variable that tells a shell task its task id.
+pub const TASK_ID_VAR: &str = "TASKGRID_TASK_ID";
+/// The variable that tells a shell task its attempt number (1 for the
+/// first run; never the same twice for one task).
+pub const ATTEMPT_VAR: &str = "TASKGRID_ATTEMPT";
+
 async fn execute(
     shared: &Arc<Shared>,
     id: TaskId,
@@ -239,7 +245,13 @@ async fn execute(
     let c = &shared.config;
     let work = async move {
         match kind {
-            TaskKind::Shell(spec) => {
+            TaskKind::Shell(mut spec) => {
+                // Who it is, for scripts that record or key on it (set
+                // last: the task's own variables cannot fake them).
+                spec.env
+                    .retain(|(k, _)| k != TASK_ID_VAR && k != ATTEMPT_VAR);
+                spec.env.push((TASK_ID_VAR.to_owned(), id.to_string()));
+                spec.env.push((ATTEMPT_VAR.to_owned(), attempt.to_string()));
                 crate::run_shell(&spec, timeout, &c.limits, &c.shell, stop, out_tx).await
             }
             TaskKind::Container(spec) => match &c.container {

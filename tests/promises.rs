@@ -1,0 +1,250 @@
+#![allow(clippy::unwrap_used)]
+//! The promises of DESIGN §5–6 where they can break, with real `taskgrid`
+//! processes on OS-chosen ports: an acknowledged cancel survives `kill -9`;
+//! a second coordinator cannot open a data dir in use; a full disk stops
+//! the coordinator without losing what it acknowledged; blank tokens and
+//! unknown parents are refused.
+
+mod util;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use taskgrid_core::{ShellCommand, ShellSpec, State, TaskId};
+use taskgrid_proto::api::{CancelOutcomeKind, Kind, SubmitRequest};
+use util::{Server, taskgrid};
+
+/// A shell task on a queue no worker serves: it waits, and never runs.
+fn waiting(queue: &str) -> SubmitRequest {
+    let kind = Kind::Shell(ShellSpec {
+        command: ShellCommand::Script("true".into()),
+        env: vec![],
+        cwd: None,
+    });
+    let mut r: SubmitRequest = serde_json::from_value(serde_json::json!({ "kind": kind })).unwrap();
+    r.queue = queue.to_owned();
+    r
+}
+
+/// Waits (bounded) for a child to exit; its status.
+fn exit_of(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// DESIGN §5: "An acknowledged cancel … survives kill -9 as a submit does."
+/// The cancels are answered, then the coordinator is killed at once; after
+/// a restart every one of them is still cancelled (none queued again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_cancels_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let client = server.client(None);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(client.submit(&waiting("nobody")).await.unwrap().id);
+    }
+    let tagged: Vec<TaskId> = {
+        let mut r = waiting("nobody");
+        r.tags = vec!["batch".into()];
+        let mut out = Vec::new();
+        for _ in 0..10 {
+            out.push(client.submit(&r).await.unwrap().id);
+        }
+        out
+    };
+    for id in &ids {
+        let c = client.cancel(*id).await.unwrap();
+        assert_eq!(c.outcome, CancelOutcomeKind::Cancelled);
+    }
+    assert_eq!(client.cancel_tag("batch").await.unwrap(), tagged.len());
+    // Right after the last answer: no goodbye, no flush.
+    server.proc.kill9();
+
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let client = server.client(None);
+    for id in ids.iter().chain(&tagged) {
+        let state = client.get(*id).await.unwrap().task.status.state;
+        assert_eq!(state, State::Cancelled, "task {id} came back {state}");
+    }
+}
+
+/// One coordinator per data dir: a second one exits at once, naming the
+/// dir and the first one's pid; the first goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_coordinator_on_a_data_dir_in_use_exits_and_names_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let client = first.client(None);
+    let id = client.submit(&waiting("q")).await.unwrap().id;
+    let out = taskgrid()
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the second coordinator must not run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    assert!(err.contains(&format!("pid {}", first.proc.0.id())), "{err}");
+    // The first is untouched: its task is still queued, and it takes more.
+    assert_eq!(
+        client.get(id).await.unwrap().task.status.state,
+        State::Queued
+    );
+    client.submit(&waiting("q")).await.unwrap();
+    client.ready().await.unwrap();
+}
+
+/// A tmpfs of `size` mounted on `path` for the test's life (root only).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(path.to_owned()))
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "remount {}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk: the first commit that fails is answered 503 `store_failed`,
+/// the coordinator stops with a message that says why, and once there is
+/// room again a restart has every task it acknowledged — and nothing of
+/// what it refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_coordinator_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(dir.path(), "1m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, "127.0.0.1:0", &[]);
+    let client = server.client(None);
+    let mut acked = Vec::new();
+    let mut big = waiting("nobody");
+    big.kind = Kind::Shell(ShellSpec {
+        command: ShellCommand::Script(format!("true # {}", "x".repeat(4000))),
+        env: vec![],
+        cwd: None,
+    });
+    let refused = loop {
+        assert!(acked.len() < 100_000, "the disk never filled");
+        match client.submit(&big).await {
+            Ok(r) => acked.push(r.id),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(refused.status(), Some(503), "{refused}");
+    assert_eq!(refused.code(), Some("store_failed"), "{refused}");
+    let status = exit_of(&mut server.proc.0, Duration::from_secs(30));
+    assert!(!status.success(), "it must stop with an error: {status}");
+
+    disk.resize("64m");
+    let server = Server::start(&data, "127.0.0.1:0", &[]);
+    let client = server.client(None);
+    client.ready().await.unwrap();
+    let total = client
+        .list(&taskgrid_proto::api::ListQuery {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .tasks
+        .len();
+    assert!(!acked.is_empty());
+    for id in &acked {
+        assert_eq!(
+            client.get(*id).await.unwrap().task.status.state,
+            State::Queued,
+            "acknowledged task {id}"
+        );
+    }
+    assert_eq!(total, acked.len().min(1000), "nothing refused was kept");
+}
+
+/// A token that is set but blank (`TOKEN=` in a deployment file) stops the
+/// process at start-up instead of letting anyone in.
+#[test]
+fn blank_tokens_are_refused_at_start_up() {
+    for (cmd, var) in [
+        ("server", "TASKGRID_WORKER_TOKEN"),
+        ("server", "TASKGRID_CLIENT_TOKEN"),
+        ("worker", "TASKGRID_WORKER_TOKEN"),
+        ("list", "TASKGRID_TOKEN"),
+    ] {
+        for blank in ["", "   "] {
+            let mut c = taskgrid();
+            c.arg(cmd)
+                .env(var, blank)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            if cmd == "server" {
+                c.args(["--listen", "0.0.0.0:0", "--data-dir"])
+                    .arg(std::env::temp_dir().join("taskgrid-never-created"));
+            }
+            if cmd == "worker" {
+                c.args(["--server", "http://127.0.0.1:9"]);
+            }
+            let out = c.output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{cmd} {var}={blank:?}: {err}");
+            assert!(err.contains("must not be empty or blank"), "{err}");
+        }
+    }
+}
+
+/// A task whose parent names no task is refused, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_parent_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let client = server.client(None);
+    let mut r = waiting("q");
+    r.parent = Some(TaskId::from_u128(42));
+    let err = client.submit(&r).await.unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    assert_eq!(err.code(), Some("unknown_parent"), "{err}");
+    assert!(
+        client
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .tasks
+            .is_empty()
+    );
+    // A real parent is fine.
+    let parent = client.submit(&waiting("q")).await.unwrap().id;
+    r.parent = Some(parent);
+    client.submit(&r).await.unwrap();
+}
