@@ -370,7 +370,7 @@ async fn kill_9_chaos_keeps_every_promise() {
 
     // Let everything end.
     let client = Client::new(&url, None).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_secs(180) + Duration::from_millis(20 * total);
     let tasks = loop {
         let tasks = all_tasks(&client).await;
         let live: Vec<_> = tasks
@@ -382,7 +382,7 @@ async fn kill_9_chaos_keeps_every_promise() {
         }
         assert!(
             Instant::now() < deadline,
-            "seed {seed}: {} tasks never ended, e.g. {:?}",
+            "seed {seed}: {} tasks did not end in time, e.g. {:?}",
             live.len(),
             live.iter()
                 .take(5)
@@ -460,7 +460,13 @@ async fn kill_9_chaos_keeps_every_promise() {
             Plan::Fails => state == State::Failed,
             Plan::SucceedsLater => state == State::Succeeded && t.status.attempt >= 2,
             Plan::TimesOut => state == State::TimedOut,
-            Plan::Cancelled => state == State::Cancelled,
+            // A cancel that came after the task had finished (or was only
+            // requested, and the task finished first) leaves it succeeded.
+            Plan::Cancelled => {
+                state == State::Cancelled
+                    || state == State::Succeeded
+                        && acked.cancels.get(id) != Some(&CancelOutcomeKind::Cancelled)
+            }
             Plan::Dependent => matches!(state, State::Succeeded | State::Cancelled),
         };
         assert!(

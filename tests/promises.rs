@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used)]
-//! The promises of DESIGN §5–6 where they can break, with real `taskgrid`
+//! The promises of docs/engine.md and docs/api.md where they can break, with real `taskgrid`
 //! processes on OS-chosen ports: an acknowledged cancel survives `kill -9`;
 //! a second coordinator cannot open a data dir in use; a full disk stops
 //! the coordinator without losing what it acknowledged; blank tokens and
@@ -42,7 +42,7 @@ fn exit_of(child: &mut std::process::Child, limit: Duration) -> std::process::Ex
     }
 }
 
-/// DESIGN §5: "An acknowledged cancel … survives kill -9 as a submit does."
+/// An acknowledged cancel survives kill -9 as a submit does.
 /// The cancels are answered, then the coordinator is killed at once; after
 /// a restart every one of them is still cancelled (none queued again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

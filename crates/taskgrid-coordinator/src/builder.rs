@@ -173,7 +173,9 @@ impl TaskSystemBuilder {
             engine.register_worker(local, now);
         }
 
-        let writer = Writer::try_spawn(store.clone())?;
+        // Fail-stop: after a failed commit nothing later may be committed
+        // (it could depend on what failed).
+        let writer = Writer::try_spawn_fail_stop(store.clone())?;
         let (completions, completions_rx) = mpsc::unbounded_channel();
         let (committed, committed_rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(self.config.event_capacity.max(1));
@@ -188,6 +190,7 @@ impl TaskSystemBuilder {
             waiters: Mutex::new(HashMap::new()),
             recent: Mutex::new((event_base, std::collections::VecDeque::new())),
             running: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
             completions,
             committed,

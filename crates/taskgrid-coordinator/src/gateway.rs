@@ -58,11 +58,17 @@ impl Default for GatewayConfig {
     }
 }
 
-/// A connected worker's outbound stream.
-pub(crate) struct Link {
+/// A worker's current session, recorded when it registers (before the
+/// registration is committed and its link published).
+pub(crate) struct Session {
     conn: u64,
     /// The worker process's instance id (see `Register.instance`).
     instance: String,
+}
+
+/// A connected worker's outbound stream.
+pub(crate) struct Link {
+    conn: u64,
     pub(crate) tx: mpsc::UnboundedSender<Result<worker::CoordinatorMessage, Status>>,
 }
 
@@ -150,19 +156,6 @@ impl WorkerGateway for Gateway {
             .map_err(|e| Status::invalid_argument(format!("register.running: {e}")))?;
         let id = info.id.clone();
         let instance = reg.instance.clone();
-        let registered = self.inner.lock().has_worker(&id);
-        if let Some(old) = relock(&self.inner.links).get(&id) {
-            if registered && old.instance != reg.instance {
-                return Err(Status::already_exists(format!(
-                    "a worker with id {id:?} is connected; give each worker its own --id"
-                )));
-            }
-            // The same process reconnecting (its old stream is dead or about
-            // to be), or a worker already dropped: this session replaces it.
-            let _ = old.tx.send(Err(Status::aborted(
-                "replaced by a new session of this worker",
-            )));
-        }
         let conn = self.conns.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::unbounded_channel();
         // Told once the registration is committed and the link published;
@@ -172,6 +165,28 @@ impl WorkerGateway for Gateway {
             let inner = &self.inner;
             let now = inner.clock.now();
             let mut engine = inner.lock();
+            {
+                // One session per worker id: the same process reconnecting
+                // (its old stream dead or about to be) replaces its old
+                // session; another process with a connected worker's id is
+                // refused.
+                let mut sessions = relock(&inner.sessions);
+                if let Some(old) = sessions.get(&id)
+                    && engine.has_worker(&id)
+                    && old.instance != instance
+                {
+                    return Err(Status::already_exists(format!(
+                        "a worker with id {id:?} is connected; give each worker its own --id"
+                    )));
+                }
+                sessions.insert(
+                    id.clone(),
+                    Session {
+                        conn,
+                        instance: instance.clone(),
+                    },
+                );
+            }
             let mut out = Outbox::default();
             engine.register_worker(info, now);
             let stale = engine.reconcile_worker(&id, &running, now, &mut out);
@@ -210,19 +225,17 @@ impl WorkerGateway for Gateway {
                     };
                     let _ = link_tx.send(Ok(msg::cancel(&stop)));
                 }
-                let old = relock(&inner.links).insert(
-                    link_id,
-                    Link {
-                        conn,
-                        instance,
-                        tx: link_tx,
-                    },
-                );
+                let old = relock(&inner.links).insert(link_id.clone(), Link { conn, tx: link_tx });
                 if let Some(old) = old.filter(|o| o.conn != conn) {
                     let _ = old.tx.send(Err(Status::aborted(
                         "replaced by a new session of this worker",
                     )));
                 }
+                // The old session of a reconnecting worker may have ended
+                // between this registration and its commit, and paused the
+                // worker as it detached: this session is its link now.
+                let _ = inner.lock().set_worker_paused(&link_id, false);
+                inner.wake.notify_one();
                 let _ = linked_tx.send(());
             });
             let effects = Effects {
@@ -317,19 +330,34 @@ impl Gateway {
 /// what it held goes back to the queue at once; after anything else it is
 /// offered nothing until it comes back or its heartbeat times out.
 fn detach(inner: &Inner, id: &WorkerId, conn: u64, goodbye: bool) {
-    let mut links = relock(&inner.links);
-    if links.get(id).is_none_or(|l| l.conn != conn) {
-        return; // a newer session of the same worker owns it now
+    {
+        // Under the engine lock, like a registration: a newer session of
+        // the same worker either registered before (and owns it now) or
+        // registers after this.
+        let mut engine = inner.lock();
+        let mut sessions = relock(&inner.sessions);
+        if sessions.get(id).is_none_or(|s| s.conn != conn) {
+            return; // a newer session of the same worker owns it now
+        }
+        sessions.remove(id);
+        drop(sessions);
+        if !goodbye {
+            let _ = engine.set_worker_paused(id, true);
+        }
     }
-    links.remove(id);
-    drop(links);
+    {
+        let mut links = relock(&inner.links);
+        if links.get(id).is_some_and(|l| l.conn == conn) {
+            links.remove(id);
+        }
+    }
     if goodbye {
-        // Through the driver's channel, after the results sent before it.
+        // Through the driver's channel, after the results sent before it;
+        // ignored if the worker has registered again by then.
         let _ = inner.completions.send(Report::Left(id.clone()));
         inner.wake.notify_one();
         tracing::info!(worker = %id, "worker left");
     } else {
-        let _ = inner.lock().set_worker_paused(id, true);
         tracing::info!(worker = %id, "worker disconnected");
     }
 }

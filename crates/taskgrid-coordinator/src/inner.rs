@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     /// The last seq published and the last events, for resuming subscribers.
     pub(crate) recent: Mutex<(u64, std::collections::VecDeque<TaskEvent>)>,
     pub(crate) running: Mutex<HashMap<(TaskId, u32), Running>>,
+    /// The current session of each remote worker (see `gateway`).
+    pub(crate) sessions: Mutex<HashMap<WorkerId, crate::gateway::Session>>,
     /// Streams of connected remote workers.
     pub(crate) links: Mutex<HashMap<WorkerId, crate::gateway::Link>>,
     pub(crate) completions: mpsc::UnboundedSender<Report>,
@@ -138,7 +140,7 @@ impl Inner {
         self.persist_then(engine, changes, Duration::ZERO, Effects::default(), done);
     }
 
-    /// The one place where the commit discipline (DESIGN §6) is kept:
+    /// The one place where the commit discipline (docs/engine.md) is kept:
     /// `changes` go to the writer (call with the engine locked, so the
     /// store sees them in engine order), and only once they are committed
     /// are their events published, `effects` carried out (assignments and
@@ -161,6 +163,14 @@ impl Inner {
         done: Option<oneshot::Sender<Result<(), Error>>>,
     ) {
         if changes.is_empty() && effects.is_empty() && done.is_none() {
+            return;
+        }
+        if self.failed.load(Ordering::Acquire) {
+            // The fail-stop writer takes nothing more: say why.
+            self.abandon(effects);
+            if let Some(d) = done {
+                let _ = d.send(Err(Error::StoreFailed));
+            }
             return;
         }
         let events: Vec<TaskEvent> = if changes.is_empty() {
@@ -205,6 +215,7 @@ impl Inner {
                     tracing::error!(error = %e, "a commit failed; the task system stops taking work");
                     if let Some(inner) = me.upgrade() {
                         inner.fail(&e);
+                        inner.abandon(effects);
                     }
                     if let Some(d) = done {
                         let _ = d.send(Err(Error::StoreFailed));
@@ -223,6 +234,23 @@ impl Inner {
         self.failed.store(true, Ordering::Release);
         self.failure_seen.notify_waiters();
         self.wake.notify_one();
+    }
+
+    /// Drops what a failed commit would have released: the local
+    /// executor's prepared attempts are forgotten (never started), so
+    /// nothing waits for them.
+    fn abandon(&self, effects: Effects) {
+        let mut running = self.running();
+        for a in effects
+            .assignments
+            .iter()
+            .filter(|a| a.worker == self.worker)
+        {
+            running.remove(&(a.id, a.attempt));
+        }
+        if running.is_empty() {
+            self.idle.notify_waiters();
+        }
     }
 
     /// Why the system stopped taking work after a failed commit, if it did.
@@ -332,8 +360,9 @@ impl Inner {
     }
 
     /// [`Inner::submit`], saying for each task whether it was created or an
-    /// existing task with its unique key was returned, and the state it had
-    /// when the submit was committed.
+    /// existing task with its unique key was returned, and the state the
+    /// submit put it in (the same commit may already have offered it to a
+    /// worker).
     pub(crate) async fn submit_detailed(
         &self,
         tasks: Vec<Task>,
@@ -491,27 +520,35 @@ impl Inner {
         }
     }
 
-    /// Cancels a task; answers once the cancel (or the end it found) is
-    /// committed, and only then tells the executor to stop.
-    pub(crate) async fn cancel(&self, id: TaskId) -> Result<CancelOutcome, Error> {
+    /// Runs one engine command for a client and answers with its result
+    /// once what it changed (or, with no change, what it read) is
+    /// committed; only then are the attempts it stops told.
+    async fn committed_command<T>(
+        &self,
+        f: impl FnOnce(&mut Engine, taskgrid_core::Timestamp, &mut Outbox) -> T,
+    ) -> Result<T, Error> {
         self.check_open()?;
         let (tx, rx) = oneshot::channel();
-        let res = {
+        let r = {
             let mut engine = self.lock();
             let mut out = Outbox::default();
-            let res = engine.cancel(id, self.clock.now(), &mut out);
-            self.persist_then(
-                &engine,
-                out.changes,
-                Duration::ZERO,
-                Effects::stops(out.stops),
-                Some(tx),
-            );
-            res
+            let r = f(&mut engine, self.clock.now(), &mut out);
+            let effects = Effects::stops(out.stops);
+            self.persist_then(&engine, out.changes, Duration::ZERO, effects, Some(tx));
+            r
         };
         self.wake.notify_one();
         rx.await.map_err(|_| Error::ShutDown)??;
-        match res {
+        Ok(r)
+    }
+
+    /// Cancels a task; answers once the cancel (or the end it found) is
+    /// committed, and only then tells the executor to stop.
+    pub(crate) async fn cancel(&self, id: TaskId) -> Result<CancelOutcome, Error> {
+        match self
+            .committed_command(|e, now, out| e.cancel(id, now, out))
+            .await?
+        {
             Ok(r) => Ok(r),
             Err(taskgrid_core::CommandError::NotFound(_)) => match self.store.get(id)? {
                 Some(rec) => Ok(CancelOutcome::AlreadyFinished(rec.status.state)),
@@ -523,39 +560,15 @@ impl Inner {
 
     /// Cancels every live task with `tag`; answers once that is committed.
     pub(crate) async fn cancel_tag(&self, tag: &str) -> Result<usize, Error> {
-        self.check_open()?;
-        let (tx, rx) = oneshot::channel();
-        let n = {
-            let mut engine = self.lock();
-            let mut out = Outbox::default();
-            let n = engine.cancel_tag(tag, self.clock.now(), &mut out);
-            self.persist_then(
-                &engine,
-                out.changes,
-                Duration::ZERO,
-                Effects::stops(out.stops),
-                Some(tx),
-            );
-            n
-        };
-        self.wake.notify_one();
-        rx.await.map_err(|_| Error::ShutDown)??;
-        Ok(n)
+        self.committed_command(|e, now, out| e.cancel_tag(tag, now, out))
+            .await
     }
 
     /// Pauses or resumes dispatch from a queue; answers once that is
     /// committed (a restart keeps it).
     pub(crate) async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<(), Error> {
-        self.check_open()?;
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut engine = self.lock();
-            let mut out = Outbox::default();
-            engine.set_queue_paused(queue, paused, &mut out);
-            self.persist(&engine, out.changes, Some(tx));
-        }
-        self.wake.notify_one();
-        rx.await.map_err(|_| Error::ShutDown)?
+        self.committed_command(|e, _, out| e.set_queue_paused(queue, paused, out))
+            .await
     }
 
     /// Runs one engine command for a worker, persists what it changed and
@@ -678,7 +691,11 @@ impl Inner {
                         let _ = engine.report(&c.worker, c.id, c.attempt, c.outcome, now, &mut out);
                     }
                     Report::Left(w) => {
-                        engine.remove_worker(&w, now, &mut out);
+                        // A worker that said goodbye and registered again
+                        // since keeps its new registration.
+                        if !relock(&self.sessions).contains_key(&w) {
+                            engine.remove_worker(&w, now, &mut out);
+                        }
                     }
                 }
             }

@@ -88,7 +88,8 @@ impl TaskSystem {
     }
 
     /// [`TaskSystem::submit_batch`], saying for each task whether it was
-    /// created and the state it had when the submit was committed.
+    /// created and the state the submit put it in (the same commit may
+    /// already have offered it to a worker).
     pub async fn submit_detailed(
         &self,
         tasks: Vec<Task>,

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used)]
-//! The commit discipline (DESIGN §6): nothing leaves the coordinator before
+//! The commit discipline (docs/engine.md): nothing leaves the coordinator before
 //! the change it reflects is committed. Each test holds the store's commit
 //! at the door (the `Gated` store) once the change has reached it, checks
 //! that nothing got out meanwhile, then lets the commit through and sees it

@@ -525,6 +525,29 @@ async fn cross_origin_writes_are_refused() {
     let r = api.send(req).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(api.count().await, 0);
+    // The same host in another scheme is another origin…
+    let post = |origin: &str, proto: Option<&str>| {
+        let mut b = api
+            .request(Method::POST, "/api/v1/tasks")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::HOST, "127.0.0.1:7070")
+            .header(header::ORIGIN, origin);
+        if let Some(p) = proto {
+            b = b.header("x-forwarded-proto", p);
+        }
+        b.body(Body::from(handler_task("a", "x").to_string()))
+            .expect("request")
+    };
+    let r = api.send(post("https://127.0.0.1:7070", None)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(api.count().await, 0);
+    // …unless a TLS-terminating proxy says the page was served over https.
+    let r = api
+        .send(post("https://127.0.0.1:7070", Some("https")))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api.send(post("http://127.0.0.1:7070", None)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
 }
 
 #[tokio::test]

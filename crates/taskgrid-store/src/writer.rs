@@ -124,12 +124,27 @@ impl Writer {
     /// Starts the writer thread for `store`, or fails with
     /// [`StoreError::Io`] if the operating system cannot create it.
     pub fn try_spawn(store: Arc<dyn Store>) -> Result<Writer, StoreError> {
+        Self::start(store, false)
+    }
+
+    /// Like [`try_spawn`](Writer::try_spawn), but the writer stops at the
+    /// first failed commit: every batch of that commit gets its error
+    /// (none is retried alone), every batch queued after it gets
+    /// [`StoreError::Closed`] without being applied, and later submissions
+    /// are refused. For a caller whose later batches depend on the earlier
+    /// ones having been committed (the coordinator: a task's dependent must
+    /// not be assigned if the dependency's success was never stored).
+    pub fn try_spawn_fail_stop(store: Arc<dyn Store>) -> Result<Writer, StoreError> {
+        Self::start(store, true)
+    }
+
+    fn start(store: Arc<dyn Store>, fail_stop: bool) -> Result<Writer, StoreError> {
         let queue = Arc::new(Queue::default());
         let handle = thread::Builder::new()
             .name("taskgrid-store-writer".into())
             .spawn({
                 let queue = queue.clone();
-                move || run(&*store, &queue)
+                move || run(&*store, &queue, fail_stop)
             })?;
         Ok(Writer {
             queue,
@@ -237,7 +252,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The writer thread: wait for batches, and once one is due (or the queue
 /// holds [`BATCH_CAP`] changes, or the writer is shutting down) commit what
 /// is queued, up to [`BATCH_CAP`] changes, and report; until shut down.
-fn run(store: &dyn Store, queue: &Queue) {
+fn run(store: &dyn Store, queue: &Queue, fail_stop: bool) {
     // However the thread ends, submitters must not wait on it any more:
     // refuse new batches and drop the queued ones, whose `done`s then tell
     // their waiters (a dropped callback reads as "closed").
@@ -251,7 +266,65 @@ fn run(store: &dyn Store, queue: &Queue) {
     }
     let _gone = Gone(queue);
     while let Some((jobs, total)) = take(queue) {
-        commit(store, jobs, total);
+        if fail_stop {
+            if !commit_or_stop(store, jobs, total) {
+                stop(queue);
+                return;
+            }
+        } else {
+            commit(store, jobs, total);
+        }
+    }
+}
+
+/// Applies `jobs` in one transaction and reports to each: all succeed or
+/// all get the error. False if they failed.
+fn commit_or_stop(store: &dyn Store, jobs: Vec<Job>, total: usize) -> bool {
+    let mut all = Vec::with_capacity(total);
+    let mut dones = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        all.extend(job.changes);
+        dones.push(job.done);
+    }
+    let result = if all.is_empty() {
+        Ok(())
+    } else {
+        store.apply(&all)
+    };
+    match result {
+        Ok(()) => {
+            for done in dones {
+                report(done, Ok(()));
+            }
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, changes = all.len(), "a commit failed; the writer stops");
+            let message = e.to_string();
+            let mut first = Some(e);
+            for done in dones {
+                let err = first
+                    .take()
+                    .unwrap_or_else(|| StoreError::Io(std::io::Error::other(message.clone())));
+                report(done, Err(err));
+            }
+            false
+        }
+    }
+}
+
+/// After a failed commit (fail-stop): refuse new batches, and fail every
+/// queued one without applying it.
+fn stop(queue: &Queue) {
+    let jobs: Vec<Job> = {
+        let mut st = lock(&queue.state);
+        st.closed = true;
+        st.changes = 0;
+        st.due = None;
+        st.jobs.drain(..).collect()
+    };
+    for job in jobs {
+        report(job.done, Err(StoreError::Closed));
     }
 }
 

@@ -33,7 +33,17 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
         )
         .into_response();
     }
-    if is_cross_origin_write(&req, state.config.scheme()) {
+    // Behind a TLS-terminating proxy the page's origin is `https://…`; the
+    // proxy says so. (A browser cannot add this header to a cross-site
+    // request without a CORS preflight, which this API never grants.)
+    let scheme = req
+        .headers()
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| p.eq_ignore_ascii_case("https") || p.eq_ignore_ascii_case("http"))
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_else(|| state.config.scheme().to_owned());
+    if is_cross_origin_write(&req, &scheme) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "cross_origin",

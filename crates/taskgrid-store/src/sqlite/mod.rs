@@ -69,12 +69,13 @@ pub struct SqliteOptions {
 /// A [`Store`] in one SQLite database file.
 #[derive(Debug)]
 pub struct SqliteStore {
-    /// The lock file, held for the store's life: one writer per database.
-    _lock: Option<std::fs::File>,
     writer: Mutex<Connection>,
     /// The read connection; `None` for an in-memory database, whose single
     /// connection does both.
     reader: Option<Mutex<Connection>>,
+    /// The lock file, held for the store's life: one writer per database.
+    /// Last, so that it is released only after both connections closed.
+    _lock: Option<std::fs::File>,
 }
 
 impl SqliteStore {
@@ -118,9 +119,9 @@ impl SqliteStore {
         configure(&reader)?;
         reader.pragma_update(None, "query_only", true)?;
         Ok(SqliteStore {
-            _lock: Some(lock),
             writer: Mutex::new(writer),
             reader: Some(Mutex::new(reader)),
+            _lock: Some(lock),
         })
     }
 
@@ -131,9 +132,9 @@ impl SqliteStore {
         configure(&conn)?;
         schema::migrate(&mut conn)?;
         Ok(SqliteStore {
-            _lock: None,
             writer: Mutex::new(conn),
             reader: None,
+            _lock: None,
         })
     }
 

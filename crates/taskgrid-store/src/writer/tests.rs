@@ -222,6 +222,53 @@ fn a_bad_batch_fails_only_its_own_callback() {
     );
 }
 
+/// Fail-stop: the failed commit's batches all get the error, nothing queued
+/// after it is applied, and the writer refuses later batches.
+#[test]
+fn a_fail_stop_writer_applies_nothing_after_a_failed_commit() {
+    let (store, entered, release) = Recording::gated();
+    let writer = Writer::try_spawn_fail_stop(store.clone()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    writer
+        .submit(vec![submit(task(1))], report_to(&tx, 0))
+        .unwrap();
+    entered.recv().unwrap();
+    // Queued while the first commit is held: one group of three, the middle
+    // one bad.
+    writer
+        .submit(vec![submit(task(2))], report_to(&tx, 1))
+        .unwrap();
+    let mut life = Life::of(&task(1));
+    let mut bad = life.assign("w", 5);
+    if let Change::Status { from, .. } = &mut bad {
+        *from = State::Running; // task 1 is queued: a conflict
+    }
+    writer
+        .submit(vec![submit(task(3)), bad], report_to(&tx, 2))
+        .unwrap();
+    writer
+        .submit(vec![submit(task(4))], report_to(&tx, 3))
+        .unwrap();
+    release.send(()).unwrap();
+    let results: Vec<_> = rx.iter().take(4).collect();
+    let tags: Vec<usize> = results.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, [0, 1, 2, 3], "callbacks in submission order");
+    assert!(results[0].1.is_ok());
+    for (tag, result) in &results[1..] {
+        assert!(result.is_err(), "batch {tag} must fail with its commit");
+    }
+    for (n, present) in [(1, true), (2, false), (3, false), (4, false)] {
+        assert_eq!(store.get(tid(n)).unwrap().is_some(), present, "task {n}");
+    }
+    // Nothing is retried alone, and nothing more is taken.
+    assert_eq!(store.calls().len(), 2);
+    assert!(matches!(
+        writer.submit(vec![submit(task(5))], None),
+        Err(StoreError::Closed)
+    ));
+    assert!(writer.flush().is_err());
+}
+
 #[test]
 fn a_lazy_batch_rides_in_the_next_commit() {
     let (store, writer, release, (tx, rx)) = held_in_first_commit();
