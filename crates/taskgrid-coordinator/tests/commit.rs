@@ -82,7 +82,9 @@ fn job(queue: &str, tags: &[&str]) -> Value {
 }
 
 /// Waits until the engine has decided to move task `id` into `state` (its
-/// commit may still be held).
+/// commit may still be held). Nothing is published before a commit, so
+/// there is no event to wait for: this looks at the engine's live view,
+/// bounded by `LIMIT`.
 async fn decided(sys: &TaskSystem, id: TaskId, state: State) {
     tokio::time::timeout(LIMIT, async {
         while sys.get(id).unwrap().status.state != state {
