@@ -148,7 +148,12 @@ impl Coordinator {
     /// stop, and say how to recover.
     pub(crate) async fn fail(self, why: String) -> anyhow::Result<()> {
         eprintln!("the store failed: {why}");
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.stop()).await;
+        // Stop accepting, and let the requests in flight get their answers
+        // (503 `store_failed`) before the process exits. Workers' streams
+        // never end by themselves: do not wait for them long.
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.serve).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.system.shutdown()).await;
         bail!(
             "stopped after a failed commit ({why}); nothing committed is lost: restart taskgrid once the store is writable again"
         )
