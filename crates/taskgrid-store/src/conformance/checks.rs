@@ -589,3 +589,53 @@ pub(super) fn queue_pauses_are_kept(store: &dyn Store) {
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
     assert_eq!(store.paused_queues().unwrap(), ["emails"]);
 }
+
+/// Several state changes of one task in one batch are applied as if one
+/// by one: the task ends in the last state, every attempt stamp is kept,
+/// and a change that does not follow on from the one before it fails the
+/// whole batch.
+pub(super) fn chained_changes_in_one_batch(store: &dyn Store) {
+    let a = task(1);
+    let mut life = Life::of(&a);
+    store
+        .apply(&[
+            submit(a.clone()),
+            life.assign("w1", 2),
+            life.to(State::Running, 3, None, |s| s.started_at = Some(ts(3))),
+            life.to(State::Succeeded, 4, Some(AttemptOutcome::Succeeded), |s| {
+                s.finished_at = Some(ts(4))
+            }),
+        ])
+        .unwrap();
+    let rec = store.get(a.id).unwrap().unwrap();
+    assert_eq!(rec.status.state, State::Succeeded);
+    let attempts = store.attempts(a.id).unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].started_at, Some(ts(3)));
+    assert_eq!(attempts[0].outcome, Some(AttemptOutcome::Succeeded));
+    assert_eq!(
+        store.count_by_state().unwrap()[state_position(State::Succeeded)].1,
+        1
+    );
+
+    // A chain with a link that does not follow: nothing of it is written.
+    let b = task(2);
+    let mut life = Life::of(&b);
+    store.apply(&[submit(b.clone())]).unwrap();
+    let assign = life.assign("w1", 5);
+    let mut skip = life.to(State::Running, 6, None, |_| {});
+    if let Change::Status { from, .. } = &mut skip {
+        *from = State::Pending; // it is assigned by then
+    }
+    let err = store.apply(&[assign, skip]).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { id, expected: State::Pending } if id == b.id),
+        "{err:?}"
+    );
+    assert_eq!(store.get(b.id).unwrap().unwrap().status.state, State::Queued);
+    assert!(store.attempts(b.id).unwrap().is_empty());
+}
+
+fn state_position(s: State) -> usize {
+    State::ALL.iter().position(|x| *x == s).unwrap()
+}

@@ -40,6 +40,7 @@ macro_rules! conformance_tests {
                 count_by_state_counts_every_state,
                 empty_apply_is_a_no_op,
                 queue_pauses_are_kept,
+                chained_changes_in_one_batch,
             );
         }
     };
