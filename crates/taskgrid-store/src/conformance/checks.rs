@@ -632,7 +632,10 @@ pub(super) fn chained_changes_in_one_batch(store: &dyn Store) {
         matches!(err, StoreError::Conflict { id, expected: State::Pending } if id == b.id),
         "{err:?}"
     );
-    assert_eq!(store.get(b.id).unwrap().unwrap().status.state, State::Queued);
+    assert_eq!(
+        store.get(b.id).unwrap().unwrap().status.state,
+        State::Queued
+    );
     assert!(store.attempts(b.id).unwrap().is_empty());
 }
 
