@@ -91,14 +91,18 @@ async fn a_second_coordinator_on_a_data_dir_in_use_exits_and_names_the_holder() 
     let first = Server::start(dir.path(), "127.0.0.1:0", &[]);
     let client = first.client(None);
     let id = client.submit(&waiting("q")).await.unwrap().id;
-    let out = taskgrid()
+    let mut second = taskgrid()
         .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success(), "the second coordinator must not run");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let status = exit_of(&mut second, Duration::from_secs(20));
+    assert!(!status.success(), "the second coordinator must not run");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.contains(&dir.path().display().to_string()), "{err}");
     assert!(err.contains(&format!("pid {}", first.proc.0.id())), "{err}");
     // The first is untouched: its task is still queued, and it takes more.

@@ -11,9 +11,14 @@ use std::time::Duration;
 use taskgrid_client::Client;
 use taskgrid_core::{State, TaskId};
 
-/// The `taskgrid` binary.
+/// The `taskgrid` binary: this build's, or the one `TASKGRID_TEST_BIN`
+/// names (to run these tests against another build, e.g. to see a test
+/// fail on the build before a fix).
 pub fn taskgrid() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_taskgrid"))
+    match std::env::var_os("TASKGRID_TEST_BIN") {
+        Some(bin) => Command::new(bin),
+        None => Command::new(env!("CARGO_BIN_EXE_taskgrid")),
+    }
 }
 
 /// A child process killed (SIGKILL) when dropped.
