@@ -267,8 +267,7 @@ fn run(store: &dyn Store, queue: &Queue, fail_stop: bool) {
     let _gone = Gone(queue);
     while let Some((jobs, total)) = take(queue) {
         if fail_stop {
-            if !commit_or_stop(store, jobs, total) {
-                stop(queue);
+            if !commit_or_stop(store, queue, jobs, total) {
                 return;
             }
         } else {
@@ -278,8 +277,11 @@ fn run(store: &dyn Store, queue: &Queue, fail_stop: bool) {
 }
 
 /// Applies `jobs` in one transaction and reports to each: all succeed or
-/// all get the error. False if they failed.
-fn commit_or_stop(store: &dyn Store, jobs: Vec<Job>, total: usize) -> bool {
+/// all get the error. If they failed, the writer is closed first (so that
+/// nobody told of the failure can still submit), every batch queued after
+/// them fails with [`StoreError::Closed`] unapplied, and this returns
+/// false.
+fn commit_or_stop(store: &dyn Store, queue: &Queue, jobs: Vec<Job>, total: usize) -> bool {
     let mut all = Vec::with_capacity(total);
     let mut dones = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -300,6 +302,7 @@ fn commit_or_stop(store: &dyn Store, jobs: Vec<Job>, total: usize) -> bool {
         }
         Err(e) => {
             tracing::error!(error = %e, changes = all.len(), "a commit failed; the writer stops");
+            let queued = close(queue);
             let message = e.to_string();
             let mut first = Some(e);
             for done in dones {
@@ -308,24 +311,21 @@ fn commit_or_stop(store: &dyn Store, jobs: Vec<Job>, total: usize) -> bool {
                     .unwrap_or_else(|| StoreError::Io(std::io::Error::other(message.clone())));
                 report(done, Err(err));
             }
+            for job in queued {
+                report(job.done, Err(StoreError::Closed));
+            }
             false
         }
     }
 }
 
-/// After a failed commit (fail-stop): refuse new batches, and fail every
-/// queued one without applying it.
-fn stop(queue: &Queue) {
-    let jobs: Vec<Job> = {
-        let mut st = lock(&queue.state);
-        st.closed = true;
-        st.changes = 0;
-        st.due = None;
-        st.jobs.drain(..).collect()
-    };
-    for job in jobs {
-        report(job.done, Err(StoreError::Closed));
-    }
+/// Refuses new batches and takes the queued ones (fail-stop).
+fn close(queue: &Queue) -> Vec<Job> {
+    let mut st = lock(&queue.state);
+    st.closed = true;
+    st.changes = 0;
+    st.due = None;
+    st.jobs.drain(..).collect()
 }
 
 /// Waits until a commit is due and takes its batches; `None` once shut
