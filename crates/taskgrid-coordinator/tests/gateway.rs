@@ -257,15 +257,24 @@ async fn a_worker_that_says_goodbye_hands_its_attempts_back_at_once() {
         attempt: a.attempt.clone(),
     }))
     .await;
-    // A goodbye (a drained worker) then the end of the stream: no waiting
-    // for heartbeats.
+    // A goodbye (a drained worker), then the end of its side of the stream;
+    // like a real worker it reads on until the coordinator ends its side.
+    let started = std::time::Instant::now();
     w.send(In::Goodbye(worker::Goodbye {})).await;
-    drop(w);
+    let FakeWorker { tx, mut rx } = w;
+    drop(tx);
+    while let Ok(Some(_)) = rx.message().await {}
     let mut w2 = FakeWorker::connect(addr, None, register("w2", &["job"]))
         .await
         .unwrap();
     w2.next().await;
     let again = w2.next_assignment().await;
+    // No waiting for the heartbeat timeout (15 s here).
+    assert!(
+        started.elapsed() < GatewayConfig::HEARTBEAT_INTERVAL_DEFAULT,
+        "handed back after {:?}",
+        started.elapsed()
+    );
     assert_eq!(again.attempt.as_ref().unwrap().task_id, h.id().to_string());
     assert_eq!(again.attempt.as_ref().unwrap().attempt, 2);
     sys.cancel(h.id()).await.unwrap();
