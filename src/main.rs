@@ -77,6 +77,12 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, and never with NO_COLOR
+        // set (https://no-color.org): a log file or a pipe gets plain text.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     // A worker's own work is waiting: on its coordinator, its processes'
     // pipes and their exits. One thread does that without handing every

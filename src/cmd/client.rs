@@ -173,6 +173,20 @@ pub(crate) struct LogsArgs {
 
 pub(crate) async fn logs(a: LogsArgs) -> anyhow::Result<i32> {
     let client = a.conn.client()?;
+    if a.follow && a.conn.json {
+        // One JSON line per chunk as it comes, then the end.
+        let mut stream = client.follow_output(a.id, 0).await?;
+        while let Some(item) = stream.next().await {
+            match item? {
+                taskgrid_client::FollowItem::Chunk(c) => println!("{}", serde_json::to_string(&c)?),
+                taskgrid_client::FollowItem::End(end) => {
+                    println!("{}", serde_json::to_string(&end)?);
+                    break;
+                }
+            }
+        }
+        return Ok(0);
+    }
     if a.follow {
         super::submit::follow(&client, a.id, None, false).await?;
         return Ok(0);
@@ -184,6 +198,11 @@ pub(crate) async fn logs(a: LogsArgs) -> anyhow::Result<i32> {
             return Ok(0);
         }
         for c in &page.chunks {
+            if a.conn.json {
+                // One JSON line per chunk: `{"seq","attempt","stream","data"}`.
+                println!("{}", serde_json::to_string(c)?);
+                continue;
+            }
             match c.stream {
                 Stream::Stdout => print!("{}", c.data),
                 _ => eprint!("{}", c.data),

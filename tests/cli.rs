@@ -1,0 +1,111 @@
+#![allow(clippy::unwrap_used)]
+//! The command line as a person or a script meets it: machine-readable
+//! output where `--json` is asked for, and plain logs where no terminal
+//! reads them.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::Stdio;
+
+use taskgrid_core::TaskId;
+use util::{Server, await_state, await_worker, taskgrid, worker};
+
+/// `taskgrid logs ID --json` prints one JSON object per chunk, with its
+/// stream and attempt, and `--follow --json` ends with the task's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_json_prints_one_object_per_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let _w = worker(&server.url(), "w1", &["--slots", "1"]);
+    await_worker(&server.client(None), "w1").await;
+    let out = taskgrid()
+        .args([
+            "submit",
+            "--server",
+            &server.url(),
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2",
+        ])
+        .output()
+        .unwrap();
+    let id: TaskId = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    await_state(&server.client(None), id, None).await;
+
+    for follow in [false, true] {
+        let mut cmd = taskgrid();
+        cmd.args(["logs", &id.to_string(), "--json", "--server", &server.url()]);
+        if follow {
+            cmd.arg("--follow");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect();
+        let chunks: Vec<(String, String, u64)> = lines
+            .iter()
+            .filter(|v| v.get("data").is_some())
+            .map(|v| {
+                (
+                    v["stream"].as_str().unwrap().to_owned(),
+                    v["data"].as_str().unwrap().to_owned(),
+                    v["attempt"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let mut sorted = chunks.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            [
+                ("stderr".to_owned(), "err\n".to_owned(), 1),
+                ("stdout".to_owned(), "out\n".to_owned(), 1)
+            ],
+            "follow {follow}: {lines:?}"
+        );
+        if follow {
+            let end = lines.last().unwrap();
+            assert_eq!(end["state"], "succeeded", "{end}");
+        }
+    }
+}
+
+/// Logs written to a pipe or a file carry no colour codes.
+#[test]
+fn logs_to_a_pipe_are_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = taskgrid()
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("TASKGRID_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Listening: the start-up's log lines (a new database is migrated) are
+    // written by then.
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("migrated"), "{err:?}");
+    assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
+}
