@@ -29,12 +29,16 @@ enum Command {
     /// Run a worker that connects to a coordinator.
     Worker(cmd::worker::Args),
     /// Submit a task; with --wait, run it like a local command.
+    #[command(visible_alias = "s")]
     Submit(cmd::submit::SubmitArgs),
     /// Show a task, its attempts and its result.
+    #[command(visible_alias = "st")]
     Status(cmd::client::IdArgs),
     /// List tasks.
+    #[command(visible_alias = "ls")]
     List(cmd::client::ListArgs),
     /// Print a task's output (-f to follow).
+    #[command(visible_alias = "log")]
     Logs(cmd::client::LogsArgs),
     /// Cancel a task, or every task with a tag.
     Cancel(cmd::client::CancelArgs),

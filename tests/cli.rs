@@ -109,3 +109,54 @@ fn logs_to_a_pipe_are_plain_text() {
     assert!(err.contains("migrated"), "{err:?}");
     assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
 }
+
+/// A submit deduplicated by its unique key says so (stdout keeps just the
+/// id); the short forms of the common commands work and are listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deduplicated_submit_says_so_and_short_forms_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let submit = || {
+        taskgrid()
+            .args([
+                "s",
+                "--server",
+                &server.url(),
+                "--queue",
+                "nobody",
+                "--unique-key",
+                "nightly",
+                "--",
+                "true",
+            ])
+            .output()
+            .unwrap()
+    };
+    let first = submit();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&first.stderr).contains("exists"));
+    let again = submit();
+    assert!(again.status.success());
+    assert_eq!(again.stdout, first.stdout, "the same id");
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("unique key \"nightly\" exists") && err.contains("instead of creating"),
+        "{err}"
+    );
+    let ls = taskgrid()
+        .args(["ls", "--server", &server.url(), "--queue", "nobody"])
+        .output()
+        .unwrap();
+    assert!(ls.status.success());
+    let id = String::from_utf8_lossy(&first.stdout).trim().to_owned();
+    assert!(String::from_utf8_lossy(&ls.stdout).contains(&id));
+    let help = taskgrid().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for alias in ["[alias: s]", "[alias: ls]", "[alias: st]", "[alias: log]"] {
+        assert!(help.contains(alias), "{alias} in {help}");
+    }
+}

@@ -161,6 +161,15 @@ pub(crate) async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
         None
     };
     let res = client.submit(&req).await?;
+    if !res.created && !a.conn.json {
+        // Said on stderr: stdout keeps just the id, for scripts.
+        eprintln!(
+            "taskgrid: a live task with unique key {:?} exists: returned {} ({}) instead of creating another",
+            req.unique_key.as_deref().unwrap_or_default(),
+            res.id,
+            res.state
+        );
+    }
     if !a.wait {
         if a.conn.json {
             println!("{}", serde_json::to_string(&res)?);
