@@ -160,3 +160,48 @@ async fn a_deduplicated_submit_says_so_and_short_forms_work() {
         assert!(help.contains(alias), "{alias} in {help}");
     }
 }
+
+/// `explain` gives times as a person reads them, and names the worker that
+/// ran a finished task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_reads_like_a_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let _w = worker(&server.url(), "w1", &["--slots", "1"]);
+    await_worker(&server.client(None), "w1").await;
+    let submit = |extra: &[&str]| {
+        let out = taskgrid()
+            .args(["submit", "--server", &server.url()])
+            .args(extra)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let explain = |id: &str, json: bool| {
+        let mut c = taskgrid();
+        c.args(["explain", id, "--server", &server.url()]);
+        if json {
+            c.arg("--json");
+        }
+        String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned()
+    };
+    let later = submit(&["--delay", "1h"]);
+    let text = explain(&later, false);
+    assert!(text.contains("waiting for its start time, 20"), "{text}");
+    assert!(
+        text.contains("Z, in 3599.") || text.contains("Z, in 3600."),
+        "{text}"
+    );
+    assert!(!text.contains("since the epoch"), "{text}");
+
+    let done = submit(&[]);
+    await_state(&server.client(None), done.parse().unwrap(), None).await;
+    let text = explain(&done, false);
+    assert!(
+        text.contains("is succeeded") && text.contains("ran on worker w1"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&explain(&done, true)).unwrap();
+    assert_eq!(json["worker"], "w1", "{json}");
+}

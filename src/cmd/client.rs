@@ -267,7 +267,11 @@ pub(crate) async fn explain(a: IdArgs) -> anyhow::Result<i32> {
     }
     println!("task {} is {}", x.task, x.state);
     if let Some(w) = &x.worker {
-        println!("  on worker {w}");
+        if x.state.is_terminal() {
+            println!("  ran on worker {w}");
+        } else {
+            println!("  on worker {w}");
+        }
     }
     if x.gates.is_empty() && !x.state.is_terminal() && x.worker.is_none() {
         println!("  nothing holds it back: it is about to be dispatched");
@@ -278,21 +282,27 @@ pub(crate) async fn explain(a: IdArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// A moment as a person reads it: UTC to the millisecond, and how far from
+/// now (`2026-12-04T18:25:00.123Z, in 4.2 s`).
+fn when(t: taskgrid_core::Timestamp) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_micros(t.as_micros());
+    let stamp = humantime::format_rfc3339_millis(at);
+    let now = std::time::SystemTime::now();
+    match at.duration_since(now) {
+        Ok(ahead) => format!("{stamp}, in {:.1} s", ahead.as_secs_f64()),
+        Err(e) => format!("{stamp}, {:.1} s ago", e.duration().as_secs_f64()),
+    }
+}
+
 fn gate_text(g: &taskgrid_core::Gate) -> String {
     use taskgrid_core::Gate;
     match g {
-        Gate::RunAt { at } => format!(
-            "waiting for its start time ({} ms since the epoch)",
-            at.as_millis()
-        ),
+        Gate::RunAt { at } => format!("waiting for its start time, {}", when(*at)),
         Gate::Dependency { task, state } => match state {
             Some(s) => format!("waiting for dependency {task} ({s})"),
             None => format!("waiting for dependency {task} (unknown)"),
         },
-        Gate::Backoff { until } => format!(
-            "retry backoff until {} ms since the epoch",
-            until.as_millis()
-        ),
+        Gate::Backoff { until } => format!("retry backoff until {}", when(*until)),
         Gate::QueuePaused { queue } => format!("queue {queue:?} is paused"),
         Gate::NoCapableWorker { detail, .. } => detail.clone(),
         Gate::WorkersBusy { workers, needs } => {

@@ -77,7 +77,8 @@ pub struct Explanation {
     pub task: TaskId,
     /// Its state.
     pub state: State,
-    /// The worker of its current attempt, if assigned or running.
+    /// The worker of its current attempt while assigned or running, or of
+    /// its last attempt once it has finished (none if it never ran).
     pub worker: Option<WorkerId>,
     /// What holds it back (empty when running or finished).
     pub gates: Vec<Gate>,
@@ -91,9 +92,10 @@ impl Engine {
         let st = &e.rec.status;
         let spec = &e.rec.spec;
         let mut gates = Vec::new();
-        let worker = matches!(st.state, State::Assigned | State::Running)
-            .then(|| st.worker.clone())
-            .flatten();
+        let worker = (matches!(st.state, State::Assigned | State::Running)
+            || st.state.is_terminal())
+        .then(|| st.worker.clone())
+        .flatten();
         if st.state.is_waiting() {
             if st.state == State::Pending {
                 if let Some(at) = st.wake_at.filter(|t| *t > now) {

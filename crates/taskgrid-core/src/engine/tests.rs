@@ -881,6 +881,23 @@ fn explain_names_every_gate() {
                 queue: "default".into()
             })
     );
+    // Finished: the worker that ran its last attempt is named.
+    let a = t.engine.get(running).unwrap().status.attempt;
+    let assignment = Assignment {
+        id: running,
+        attempt: a,
+        worker: WorkerId::new("w"),
+        kind: h("x").kind,
+        timeout: None,
+        checkpoint: None,
+        slots: 1,
+    };
+    t.report(&assignment, Outcome::ok()).unwrap();
+    let x = t.engine.explain(running, t.now).unwrap();
+    assert_eq!(
+        (x.state, x.worker.as_ref().map(|w| w.as_str())),
+        (State::Succeeded, Some("w"))
+    );
 }
 
 #[test]
