@@ -205,3 +205,43 @@ async fn explain_reads_like_a_sentence() {
     let json: serde_json::Value = serde_json::from_str(&explain(&done, true)).unwrap();
     assert_eq!(json["worker"], "w1", "{json}");
 }
+
+/// A task killed by a signal exits `submit --wait` as a shell would
+/// (128 + N) and says which signal; `status` names it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_killed_by_a_signal_exits_128_plus_n() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let _w = worker(&server.url(), "w1", &["--slots", "1"]);
+    await_worker(&server.client(None), "w1").await;
+    let out = taskgrid()
+        .args([
+            "submit",
+            "--wait",
+            "--server",
+            &server.url(),
+            "--",
+            "sh",
+            "-c",
+            "kill -9 $$",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(137), "{err}");
+    assert!(err.contains("killed by SIGKILL"), "{err}");
+    let page = server.client(None).list(&Default::default()).await.unwrap();
+    let id = page.tasks[0].id.to_string();
+    let status = taskgrid()
+        .args(["status", &id, "--server", &server.url()])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("killed by SIGKILL"), "{status}");
+    let help = taskgrid().args(["submit", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for code in ["137", "124", "130"] {
+        assert!(help.contains(code), "{code} in {help}");
+    }
+}

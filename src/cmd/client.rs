@@ -81,6 +81,11 @@ pub(crate) async fn status(a: IdArgs) -> anyhow::Result<i32> {
             .exit_code
             .map(|c| format!(" exit {c}"))
             .unwrap_or_default();
+        let killed = at
+            .usage
+            .and_then(|u| u.signal)
+            .map(|n| format!(" killed by {}", super::submit::signal_name(n)))
+            .unwrap_or_default();
         let cost = at
             .usage
             .map(|u| {
@@ -92,7 +97,7 @@ pub(crate) async fn status(a: IdArgs) -> anyhow::Result<i32> {
             })
             .unwrap_or_default();
         println!(
-            "attempt   #{} on {}: {outcome}{code}{cost}",
+            "attempt   #{} on {}: {outcome}{code}{killed}{cost}",
             at.attempt, at.worker
         );
     }

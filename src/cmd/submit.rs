@@ -46,8 +46,10 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 pub(crate) struct SubmitArgs {
     #[command(flatten)]
     conn: Conn,
-    /// Wait for the task: stream its output and exit with its exit code
-    /// (1 if it failed without one, 124 if it timed out). Ctrl-C cancels it.
+    /// Wait for the task: stream its output and exit with its exit code:
+    /// the program's own; 128 + N if signal N killed it (137 for SIGKILL);
+    /// 124 if it timed out; 130 if it was cancelled (the first Ctrl-C
+    /// cancels it); 1 if it failed without a code (a handler, a refusal).
     #[arg(long)]
     wait: bool,
     /// Queue.
@@ -138,14 +140,31 @@ fn request(a: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
     Ok(r)
 }
 
-/// The exit code `submit --wait` mirrors for a finished task.
-fn exit_code(state: State, code: Option<i32>) -> i32 {
+/// The exit code `submit --wait` mirrors for a finished task, as a shell
+/// would: 128 + N for a program killed by signal N.
+fn exit_code(state: State, code: Option<i32>, signal: Option<i32>) -> i32 {
     match state {
         State::Succeeded => code.unwrap_or(0),
         State::TimedOut => 124,
         State::Cancelled => 130,
-        _ => code.filter(|c| *c != 0).unwrap_or(1),
+        _ => match signal {
+            Some(n) if (1..128).contains(&n) => 128 + n,
+            _ => code.filter(|c| *c != 0).unwrap_or(1),
+        },
     }
+}
+
+/// A signal's name, as `kill -l` gives it (`SIGKILL`), or its number.
+pub(crate) fn signal_name(n: i32) -> String {
+    const NAMES: [&str; 16] = [
+        "", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
+        "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM",
+    ];
+    usize::try_from(n)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .filter(|s| !s.is_empty())
+        .map_or_else(|| format!("signal {n}"), |s| (*s).to_owned())
 }
 
 pub(crate) async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
@@ -265,9 +284,13 @@ pub(crate) async fn follow(
                 .await;
                 if end.state != State::Succeeded {
                     let why = end.error.map(|e| e.message).unwrap_or_default();
-                    eprintln!("taskgrid: task {id} {} {why}", end.state);
+                    let killed = end
+                        .signal
+                        .map(|n| format!(" (killed by {})", signal_name(n)))
+                        .unwrap_or_default();
+                    eprintln!("taskgrid: task {id} {} {why}{killed}", end.state);
                 }
-                return Ok(exit_code(end.state, end.exit_code));
+                return Ok(exit_code(end.state, end.exit_code, end.signal));
             }
             Some(Err(e)) => return Err(e.into()),
             None => bail!("the coordinator closed the output stream of {id} before it ended"),
@@ -419,11 +442,15 @@ mod tests {
 
     #[test]
     fn exit_codes_mirror_the_task() {
-        assert_eq!(exit_code(State::Succeeded, Some(0)), 0);
-        assert_eq!(exit_code(State::Failed, Some(3)), 3);
-        assert_eq!(exit_code(State::Failed, None), 1);
-        assert_eq!(exit_code(State::TimedOut, None), 124);
-        assert_eq!(exit_code(State::Cancelled, None), 130);
-        assert_eq!(exit_code(State::Expired, None), 1);
+        assert_eq!(exit_code(State::Succeeded, Some(0), None), 0);
+        assert_eq!(exit_code(State::Failed, Some(3), None), 3);
+        assert_eq!(exit_code(State::Failed, None, None), 1);
+        assert_eq!(exit_code(State::Failed, None, Some(9)), 137);
+        assert_eq!(exit_code(State::Failed, None, Some(15)), 143);
+        assert_eq!(exit_code(State::TimedOut, None, Some(9)), 124);
+        assert_eq!(exit_code(State::Cancelled, None, Some(15)), 130);
+        assert_eq!(exit_code(State::Expired, None, None), 1);
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(64), "signal 64");
     }
 }

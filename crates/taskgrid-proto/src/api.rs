@@ -451,6 +451,9 @@ pub struct OutputEnd {
     /// Exit code of the last attempt, for programs.
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// The signal that killed the last attempt's program, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
     /// The result as JSON text, when it succeeded.
     #[serde(default)]
     pub result: Option<Box<str>>,

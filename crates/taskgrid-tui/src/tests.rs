@@ -334,6 +334,7 @@ fn the_detail_view_opens_follows_and_cancels_its_task() {
             id: a,
             state: State::Cancelled,
             exit_code: None,
+            signal: None,
             result: None,
             error: None,
         }),

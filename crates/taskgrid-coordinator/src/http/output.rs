@@ -160,15 +160,14 @@ impl Follower {
     }
 
     async fn finish(&self, r: TaskResult) {
-        let exit_code = self
-            .system
-            .get(self.id)
-            .ok()
-            .and_then(|rec| rec.status.exit_code);
+        let status = self.system.get(self.id).ok().map(|rec| rec.status);
+        let exit_code = status.as_ref().and_then(|s| s.exit_code);
+        let signal = status.and_then(|s| s.usage).and_then(|u| u.signal);
         let end = OutputEnd {
             id: self.id,
             state: r.state,
             exit_code,
+            signal,
             result: r.result,
             error: r.error,
         };
