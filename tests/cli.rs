@@ -245,3 +245,66 @@ async fn a_task_killed_by_a_signal_exits_128_plus_n() {
         assert!(help.contains(code), "{code} in {help}");
     }
 }
+
+/// The first Ctrl-C cancels the task and waits for its end; a second one
+/// leaves at once, saying the task may still be ending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ctrl_c_detaches_submit_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let _w = worker(&server.url(), "w1", &["--slots", "1"]);
+    await_worker(&server.client(None), "w1").await;
+    // It ignores SIGTERM (and so does its sleep), so a cancel takes the
+    // worker's 5 s kill grace to end it.
+    let mut child = taskgrid()
+        .args([
+            "submit",
+            "--wait",
+            "--server",
+            &server.url(),
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM; echo started; sleep 30",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let interrupt = |pid: u32| {
+        let ok = std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    interrupt(child.id());
+    // Wait until it says it is cancelling.
+    let mut said = String::new();
+    loop {
+        let mut l = String::new();
+        assert!(err.read_line(&mut l).unwrap() > 0, "stderr ended: {said}");
+        said.push_str(&l);
+        if l.contains("cancelling task") {
+            break;
+        }
+    }
+    let second = std::time::Instant::now();
+    interrupt(child.id());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{said}{rest}");
+    assert!(rest.contains("may still be ending"), "{rest}");
+    assert!(
+        second.elapsed() < std::time::Duration::from_secs(4),
+        "it left {:?} after the second Ctrl-C: it waited for the task",
+        second.elapsed()
+    );
+}

@@ -49,7 +49,8 @@ pub(crate) struct SubmitArgs {
     /// Wait for the task: stream its output and exit with its exit code:
     /// the program's own; 128 + N if signal N killed it (137 for SIGKILL);
     /// 124 if it timed out; 130 if it was cancelled (the first Ctrl-C
-    /// cancels it); 1 if it failed without a code (a handler, a refusal).
+    /// cancels it and waits for its end; a second leaves at once); 1 if it
+    /// failed without a code (a handler, a refusal).
     #[arg(long)]
     wait: bool,
     /// Queue.
@@ -201,6 +202,14 @@ pub(crate) async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
     follow(&client, res.id, events, true).await
 }
 
+/// The next Ctrl-C, if there is a listener; never otherwise.
+async fn next_interrupt(listener: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match listener {
+        Some(l) => l.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Streams a task's output until it ends; returns the exit code to mirror.
 pub(crate) async fn follow(
     client: &Client,
@@ -225,6 +234,13 @@ pub(crate) async fn follow(
         }
     };
     let mut stream = client.follow_output(id, 0).await?;
+    // One listener for the whole wait: a Ctrl-C that comes while the first
+    // one's cancel is being sent is kept, not lost.
+    let mut interrupts = if cancel_on_ctrl_c {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok()
+    } else {
+        None
+    };
     let mut cancelled = false;
     let mut shown: Option<(u32, Option<String>)> = None;
     // Whether the event stream has brought this task's end (or never will:
@@ -240,9 +256,16 @@ pub(crate) async fn follow(
                 }
                 continue;
             }
-            _ = tokio::signal::ctrl_c(), if cancel_on_ctrl_c && !cancelled => {
+            Some(()) = next_interrupt(&mut interrupts) => {
+                if cancelled {
+                    // A second Ctrl-C: leave now, whatever the task does.
+                    eprintln!(
+                        "taskgrid: detached; task {id} may still be ending (see `taskgrid status {id}`)"
+                    );
+                    return Ok(130);
+                }
                 cancelled = true;
-                eprintln!("taskgrid: cancelling task {id}");
+                eprintln!("taskgrid: cancelling task {id} (Ctrl-C again to stop waiting)");
                 client.cancel(id).await?;
                 continue;
             }
