@@ -136,6 +136,17 @@ fn main() -> std::process::ExitCode {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("taskgrid: {e:#}");
+            let unreachable = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<taskgrid_client::ClientError>(),
+                    Some(taskgrid_client::ClientError::Transport(_))
+                )
+            });
+            if unreachable {
+                eprintln!(
+                    "taskgrid: is `taskgrid server` running there? Set --server or TASKGRID_SERVER."
+                );
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -308,3 +308,31 @@ async fn a_second_ctrl_c_detaches_submit_wait() {
         second.elapsed()
     );
 }
+
+/// A coordinator that cannot be reached is said once, with what to check.
+#[test]
+fn an_unreachable_coordinator_is_said_once_with_what_to_check() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = taskgrid().args(["ls", "--server", &url]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches(&format!("127.0.0.1:{port}")).count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("cannot connect") && err.contains("Connection refused"),
+        "{err}"
+    );
+    assert!(
+        err.contains("set --server or TASKGRID_SERVER")
+            || err.contains("Set --server or TASKGRID_SERVER"),
+        "{err}"
+    );
+}

@@ -18,8 +18,10 @@ pub enum ClientError {
         field: Option<String>,
     },
     /// The request did not get an answer (connection refused, reset…).
-    #[error("transport: {0}")]
-    Transport(#[source] reqwest::Error),
+    /// Its message says once what failed and why, without repeating the
+    /// HTTP library's chain of causes.
+    #[error("{}", transport_message(.0))]
+    Transport(reqwest::Error),
     /// The answer could not be understood.
     #[error("cannot decode the coordinator's answer: {0}")]
     Decode(String),
@@ -43,5 +45,25 @@ impl ClientError {
             ClientError::Api { code, .. } => Some(code),
             _ => None,
         }
+    }
+}
+
+/// "cannot connect to http://127.0.0.1:7070/: Connection refused (os error
+/// 111)": what failed, where, and the innermost cause.
+fn transport_message(e: &reqwest::Error) -> String {
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let what = if e.is_timeout() {
+        "timed out talking to"
+    } else if e.is_connect() {
+        "cannot connect to"
+    } else {
+        "no answer from"
+    };
+    match e.url() {
+        Some(url) => format!("{what} {}: {root}", url.origin().ascii_serialization()),
+        None => format!("{what} the coordinator: {root}"),
     }
 }
