@@ -415,17 +415,11 @@ async fn follow_output(client: Client, tx: mpsc::Sender<Msg>, id: TaskId) {
 }
 
 /// An error in a few words for the status line: the coordinator's own
-/// message, or the root cause of a transport failure (e.g. "Connection
-/// refused") rather than the request that met it.
+/// message, or what a transport failure met (e.g. "cannot connect to
+/// http://127.0.0.1:7070: Connection refused"), which the client's error
+/// already says once.
 fn cause(e: &ClientError) -> String {
-    let mut root: &dyn std::error::Error = e;
-    while let Some(next) = root.source() {
-        root = next;
-    }
-    match e {
-        ClientError::Transport(_) if !std::ptr::addr_eq(root, e) => format!("transport: {root}"),
-        _ => e.to_string(),
-    }
+    e.to_string()
 }
 
 #[cfg(test)]
