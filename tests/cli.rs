@@ -9,16 +9,23 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 
 use taskgrid_core::TaskId;
-use util::{Server, await_state, await_worker, taskgrid, worker};
+use util::{Proc, Server, await_state, await_worker, taskgrid, worker};
+
+/// A coordinator on a fresh data dir and one worker `w1` with one slot,
+/// registered.
+async fn grid() -> (tempfile::TempDir, Server, Proc) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let w = worker(&server.url(), "w1", &["--slots", "1"]);
+    await_worker(&server.client(None), "w1").await;
+    (dir, server, w)
+}
 
 /// `taskgrid logs ID --json` prints one JSON object per chunk, with its
 /// stream and attempt, and `--follow --json` ends with the task's end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_json_prints_one_object_per_chunk() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
-    let _w = worker(&server.url(), "w1", &["--slots", "1"]);
-    await_worker(&server.client(None), "w1").await;
+    let (_dir, server, _w) = grid().await;
     let out = taskgrid()
         .args([
             "submit",
@@ -165,10 +172,7 @@ async fn a_deduplicated_submit_says_so_and_short_forms_work() {
 /// ran a finished task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_reads_like_a_sentence() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
-    let _w = worker(&server.url(), "w1", &["--slots", "1"]);
-    await_worker(&server.client(None), "w1").await;
+    let (_dir, server, _w) = grid().await;
     let submit = |extra: &[&str]| {
         let out = taskgrid()
             .args(["submit", "--server", &server.url()])
@@ -210,10 +214,7 @@ async fn explain_reads_like_a_sentence() {
 /// (128 + N) and says which signal; `status` names it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_killed_by_a_signal_exits_128_plus_n() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
-    let _w = worker(&server.url(), "w1", &["--slots", "1"]);
-    await_worker(&server.client(None), "w1").await;
+    let (_dir, server, _w) = grid().await;
     let out = taskgrid()
         .args([
             "submit",
@@ -250,10 +251,7 @@ async fn a_task_killed_by_a_signal_exits_128_plus_n() {
 /// leaves at once, saying the task may still be ending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_ctrl_c_detaches_submit_wait() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
-    let _w = worker(&server.url(), "w1", &["--slots", "1"]);
-    await_worker(&server.client(None), "w1").await;
+    let (_dir, server, _w) = grid().await;
     // It ignores SIGTERM (and so does its sleep), so a cancel takes the
     // worker's 5 s kill grace to end it.
     let mut child = taskgrid()

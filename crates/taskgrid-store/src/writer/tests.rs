@@ -91,14 +91,40 @@ type Reports = (
 /// the returned channel) until `release` is sent: what is submitted
 /// meanwhile queues up.
 fn held_in_first_commit() -> (Arc<Recording>, Writer, Sender<()>, Reports) {
+    held_in_first_commit_of(Writer::spawn)
+}
+
+/// [`held_in_first_commit`] with a writer that `spawn` starts.
+fn held_in_first_commit_of(
+    spawn: impl FnOnce(Arc<dyn Store>) -> Writer,
+) -> (Arc<Recording>, Writer, Sender<()>, Reports) {
     let (store, entered, release) = Recording::gated();
-    let writer = Writer::spawn(store.clone());
+    let writer = spawn(store.clone());
     let (tx, rx) = mpsc::channel();
     writer
         .submit(vec![submit(task(1))], report_to(&tx, 0))
         .unwrap();
     entered.recv().unwrap();
     (store, writer, release, (tx, rx))
+}
+
+/// Queues three batches tagged 1–3: task 2; task 3 with a conflicting
+/// change of task 1 (queued, said to be running); task 4.
+fn queue_good_bad_good(writer: &Writer, tx: &Sender<(usize, Result<(), StoreError>)>) {
+    writer
+        .submit(vec![submit(task(2))], report_to(tx, 1))
+        .unwrap();
+    let mut life = Life::of(&task(1));
+    let mut bad = life.assign("w", 5);
+    if let Change::Status { from, .. } = &mut bad {
+        *from = State::Running; // task 1 is queued: a conflict
+    }
+    writer
+        .submit(vec![submit(task(3)), bad], report_to(tx, 2))
+        .unwrap();
+    writer
+        .submit(vec![submit(task(4))], report_to(tx, 3))
+        .unwrap();
 }
 
 /// A `done` that sends `(tag, result)` on `tx`.
@@ -176,20 +202,7 @@ fn concurrent_submitters_all_succeed_in_submission_order() {
 #[test]
 fn a_bad_batch_fails_only_its_own_callback() {
     let (store, writer, release, (tx, rx)) = held_in_first_commit();
-    writer
-        .submit(vec![submit(task(2))], report_to(&tx, 1))
-        .unwrap();
-    let mut life = Life::of(&task(1));
-    let mut bad = life.assign("w", 5);
-    if let Change::Status { from, .. } = &mut bad {
-        *from = State::Running; // task 1 is queued: a conflict
-    }
-    writer
-        .submit(vec![submit(task(3)), bad], report_to(&tx, 2))
-        .unwrap();
-    writer
-        .submit(vec![submit(task(4))], report_to(&tx, 3))
-        .unwrap();
+    queue_good_bad_good(&writer, &tx);
     release.send(()).unwrap();
     writer.flush().unwrap();
     drop(tx);
@@ -226,29 +239,11 @@ fn a_bad_batch_fails_only_its_own_callback() {
 /// after it is applied, and the writer refuses later batches.
 #[test]
 fn a_fail_stop_writer_applies_nothing_after_a_failed_commit() {
-    let (store, entered, release) = Recording::gated();
-    let writer = Writer::try_spawn_fail_stop(store.clone()).unwrap();
-    let (tx, rx) = mpsc::channel();
-    writer
-        .submit(vec![submit(task(1))], report_to(&tx, 0))
-        .unwrap();
-    entered.recv().unwrap();
+    let (store, writer, release, (tx, rx)) =
+        held_in_first_commit_of(|s| Writer::try_spawn_fail_stop(s).unwrap());
     // Queued while the first commit is held: one group of three, the middle
     // one bad.
-    writer
-        .submit(vec![submit(task(2))], report_to(&tx, 1))
-        .unwrap();
-    let mut life = Life::of(&task(1));
-    let mut bad = life.assign("w", 5);
-    if let Change::Status { from, .. } = &mut bad {
-        *from = State::Running; // task 1 is queued: a conflict
-    }
-    writer
-        .submit(vec![submit(task(3)), bad], report_to(&tx, 2))
-        .unwrap();
-    writer
-        .submit(vec![submit(task(4))], report_to(&tx, 3))
-        .unwrap();
+    queue_good_bad_good(&writer, &tx);
     release.send(()).unwrap();
     let results: Vec<_> = rx.iter().take(4).collect();
     let tags: Vec<usize> = results.iter().map(|(t, _)| *t).collect();
