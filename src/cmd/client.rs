@@ -118,7 +118,7 @@ pub(crate) struct ListArgs {
     /// Only this tag.
     #[arg(long)]
     tag: Option<String>,
-    /// Only tasks that ran on this worker.
+    /// Only tasks that ran, or are running, on this worker (not those it refused).
     #[arg(long)]
     worker: Option<String>,
     /// At most this many.

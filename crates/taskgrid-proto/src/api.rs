@@ -344,7 +344,8 @@ pub struct ListQuery {
     /// Only tasks with this tag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
-    /// Only tasks whose current or last attempt is on this worker.
+    /// Only tasks that ran, or are running, on this worker: an attempt was
+    /// assigned to it and it did not refuse it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
     /// Only subtasks of this task.

@@ -127,7 +127,9 @@ pub struct TaskQuery {
     pub tag: Option<String>,
     /// Only subtasks of this task.
     pub parent: Option<TaskId>,
-    /// Only tasks whose current (or last) attempt is on this worker.
+    /// Only tasks that ran, or are running, on this worker: one of their
+    /// attempts was assigned to it and not refused by it. A task that moved
+    /// on to another worker is still listed; one the worker refused is not.
     pub worker: Option<WorkerId>,
     /// Cursor: only ids strictly greater than this one. Pass the last id of
     /// the previous page to read the next.

@@ -272,9 +272,11 @@ impl Task {
                 .as_ref()
                 .is_none_or(|tag| self.spec.tags.contains(tag))
             && q.parent.is_none_or(|p| self.spec.parent == Some(p))
-            && q.worker
-                .as_ref()
-                .is_none_or(|w| self.status.worker.as_ref() == Some(w))
+            && q.worker.as_ref().is_none_or(|w| {
+                self.attempts
+                    .iter()
+                    .any(|a| a.worker == *w && a.outcome != Some(AttemptOutcome::Rejected))
+            })
     }
 
     /// Applies attempt writes, all checked before any is made, and returns how

@@ -329,6 +329,24 @@ pub(super) fn list_filters_and_paginates(store: &dyn Store) {
         if (4..8).contains(&n) {
             changes.push(life.assign(if n < 6 { "w1" } else { "w2" }, 10));
         }
+        if n == 3 {
+            // Refused by w1 and back in its queue.
+            changes.push(life.assign("w1", 10));
+            changes.push(life.to(State::Queued, 11, Some(AttemptOutcome::Rejected), |_| {}));
+        }
+        if n == 8 {
+            // Refused by w1, then assigned to w2: it never ran on w1.
+            changes.push(life.assign("w1", 10));
+            changes.push(life.to(State::Queued, 11, Some(AttemptOutcome::Rejected), |_| {}));
+            changes.push(life.assign("w2", 12));
+        }
+        if n == 9 {
+            // Ran on w1 and was lost with it, then assigned to w2: it ran on both.
+            changes.push(life.assign("w1", 10));
+            changes.push(life.to(State::Running, 11, None, |_| {}));
+            changes.push(life.to(State::Queued, 12, Some(AttemptOutcome::Lost), |_| {}));
+            changes.push(life.assign("w2", 13));
+        }
     }
     store.apply(&changes).unwrap();
     let list = |q: TaskQuery| ids(&store.list(&q).unwrap());
@@ -339,7 +357,7 @@ pub(super) fn list_filters_and_paginates(store: &dyn Store) {
         state: Some(State::Assigned),
         ..TaskQuery::default()
     });
-    assert_eq!(by_state, tids(&[4, 5, 6, 7]));
+    assert_eq!(by_state, tids(&[4, 5, 6, 7, 8, 9]));
     let by_queue = list(TaskQuery {
         queue: Some("a".into()),
         ..TaskQuery::default()
@@ -364,7 +382,12 @@ pub(super) fn list_filters_and_paginates(store: &dyn Store) {
         worker: Some(WorkerId::new("w1")),
         ..TaskQuery::default()
     });
-    assert_eq!(by_worker, tids(&[4, 5]));
+    assert_eq!(by_worker, tids(&[4, 5, 9]), "refused tasks are not listed");
+    let by_w2 = list(TaskQuery {
+        worker: Some(WorkerId::new("w2")),
+        ..TaskQuery::default()
+    });
+    assert_eq!(by_w2, tids(&[6, 7, 8, 9]));
     let combined = list(TaskQuery {
         state: Some(State::Assigned),
         queue: Some("a".into()),
@@ -372,7 +395,7 @@ pub(super) fn list_filters_and_paginates(store: &dyn Store) {
         tag: Some("even".into()),
         ..TaskQuery::default()
     });
-    assert_eq!(combined, tids(&[6]));
+    assert_eq!(combined, tids(&[6, 8]));
     let nothing = list(TaskQuery {
         queue: Some("b".into()),
         ..TaskQuery::default()

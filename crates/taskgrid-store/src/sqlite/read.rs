@@ -59,7 +59,10 @@ pub(super) fn list(conn: &Connection, q: &TaskQuery) -> Result<Vec<TaskRecord>, 
         args.push(Value::Blob(parent.to_bytes().to_vec()));
     }
     if let Some(worker) = &q.worker {
-        sql.push_str(" AND worker = ?");
+        sql.push_str(
+            " AND id IN (SELECT task_id FROM attempts WHERE worker = ? \
+             AND (outcome IS NULL OR outcome <> 'rejected'))",
+        );
         args.push(Value::Text(worker.as_str().to_owned()));
     }
     if let Some(tag) = &q.tag {
