@@ -30,7 +30,7 @@ enum Command {
     Worker(cmd::worker::Args),
     /// Submit a task; with --wait, run it like a local command.
     #[command(visible_alias = "s")]
-    Submit(cmd::submit::SubmitArgs),
+    Submit(Box<cmd::submit::SubmitArgs>),
     /// Show a task, its attempts and its result.
     #[command(visible_alias = "st")]
     Status(cmd::client::IdArgs),
@@ -115,7 +115,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(a) => cmd::up::run(a).await.map(|()| 0),
             Command::Server(a) => cmd::server::run(a).await.map(|()| 0),
             Command::Worker(a) => cmd::worker::run(a).await.map(|()| 0),
-            Command::Submit(a) => cmd::submit::submit(a).await,
+            Command::Submit(a) => cmd::submit::submit(*a).await,
             Command::Status(a) => client::status(a).await,
             Command::List(a) => client::list(a).await,
             Command::Logs(a) => client::logs(a).await,

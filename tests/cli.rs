@@ -334,3 +334,111 @@ fn an_unreachable_coordinator_is_said_once_with_what_to_check() {
         "{err}"
     );
 }
+
+/// Container tasks, environment variables, `min_trust` and the retry
+/// backoff can be submitted from the command line, and bad values are
+/// refused naming the flag, with nothing created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_flags_reach_the_task_and_bad_ones_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let url = server.url();
+    let run = |args: &[&str]| {
+        let mut all = vec!["submit", "--server", url.as_str(), "--queue", "nobody"];
+        all.extend_from_slice(args);
+        taskgrid().args(&all).output().unwrap()
+    };
+    let out = run(&[
+        "--image",
+        "alpine:3",
+        "--env",
+        "A=1",
+        "--env",
+        "B=x=y",
+        "--min-trust",
+        "0.5",
+        "--retries",
+        "2",
+        "--backoff",
+        "2s",
+        "--backoff-factor",
+        "3",
+        "--backoff-max",
+        "1m",
+        "--backoff-jitter",
+        "0",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id: TaskId = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let task = server.client(None).get(id).await.unwrap().task;
+    let spec = serde_json::to_value(&task.spec).unwrap();
+    assert_eq!(
+        spec["kind"],
+        serde_json::json!({
+            "type": "container",
+            "image": "alpine:3",
+            "command": ["echo", "hi"],
+            "env": [["A", "1"], ["B", "x=y"]],
+        }),
+        "{spec}"
+    );
+    assert_eq!(task.spec.min_trust, Some(0.5));
+    let r = &task.spec.retry;
+    assert_eq!(r.max_retries, 2);
+    assert_eq!(r.initial_backoff, std::time::Duration::from_secs(2));
+    assert_eq!(r.multiplier, 3.0);
+    assert_eq!(r.max_backoff, std::time::Duration::from_secs(60));
+    assert_eq!(r.jitter, 0.0);
+
+    // A shell command gets its --env too.
+    let out = run(&[
+        "--env",
+        "GREETING=hello",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING",
+    ]);
+    assert!(out.status.success());
+    let id: TaskId = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let spec = serde_json::to_value(server.client(None).get(id).await.unwrap().task.spec).unwrap();
+    assert_eq!(
+        spec["kind"]["env"],
+        serde_json::json!([["GREETING", "hello"]])
+    );
+
+    for (args, named) in [
+        (&["--env", "NOEQUALS", "--", "true"][..], "--env"),
+        (&["--min-trust", "2", "--", "true"][..], "--min-trust"),
+        (
+            &["--backoff-jitter", "x", "--", "true"][..],
+            "--backoff-jitter",
+        ),
+        (
+            &["--retries", "1", "--backoff-factor", "0.5", "--", "true"][..],
+            "retry.multiplier",
+        ),
+        (
+            &["--image", "alpine", "--script", "--", "true"][..],
+            "--image",
+        ),
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(named), "{args:?}: {err}");
+    }
+    let all = server
+        .client(None)
+        .list(&taskgrid_proto::api::ListQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(all.tasks.len(), 2, "refused submits created nothing");
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use taskgrid_client::{Client, FollowItem};
 use taskgrid_core::{
-    LabelReq, Priority, RetryPolicy, ShellCommand, ShellSpec, State, Stream, TaskId,
+    ContainerSpec, LabelReq, Priority, RetryPolicy, ShellCommand, ShellSpec, State, Stream, TaskId,
 };
 use taskgrid_proto::api::{EventFilter, EventKind, Kind, SubmitRequest};
 
@@ -41,6 +41,28 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A fraction from 0 to 1 (`0.5`).
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "invalid fraction {s:?}: expected a number from 0 to 1"
+        )),
+    }
+}
+
+/// An environment variable `KEY=VALUE` (the value may be empty or hold `=`).
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
+            Ok((k.to_owned(), v.to_owned()))
+        }
+        _ => Err(format!(
+            "invalid environment variable {s:?}: expected KEY=VALUE"
+        )),
+    }
+}
+
 /// Options of `taskgrid submit`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct SubmitArgs {
@@ -68,6 +90,27 @@ pub(crate) struct SubmitArgs {
     /// Retries after a failure.
     #[arg(long, default_value_t = 0)]
     retries: u32,
+    /// Delay before the first retry (default 1s).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    backoff: Option<Duration>,
+    /// Each retry waits this many times longer than the one before (>= 1; default 2).
+    #[arg(long, value_name = "FACTOR")]
+    backoff_factor: Option<f64>,
+    /// The retry delay never grows past this (default 5m).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    backoff_max: Option<Duration>,
+    /// Fraction (0-1) of each retry delay that is randomised (default 0.2).
+    #[arg(long, value_parser = parse_fraction, value_name = "FRACTION")]
+    backoff_jitter: Option<f64>,
+    /// Run only on workers trusted at least this much (0-1).
+    #[arg(long, value_parser = parse_fraction, value_name = "FRACTION")]
+    min_trust: Option<f64>,
+    /// Run CMD (or the image's default command) in a container of this image.
+    #[arg(long, conflicts_with_all = ["script", "handler"])]
+    image: Option<String>,
+    /// Environment variable of the command or container; repeatable.
+    #[arg(long = "env", value_parser = parse_env, value_name = "KEY=VALUE", conflicts_with = "handler")]
+    env: Vec<(String, String)>,
     /// Tag; repeatable.
     #[arg(long = "tag")]
     tags: Vec<String>,
@@ -94,7 +137,7 @@ pub(crate) struct SubmitArgs {
     payload: String,
     /// Submit every task of this file instead: one JSON task per line, in
     /// the API's submit form. With --wait, a progress bar follows them all.
-    #[arg(long, conflicts_with_all = ["handler", "script"])]
+    #[arg(long, conflicts_with_all = ["handler", "script", "image"])]
     file: Option<std::path::PathBuf>,
     /// The command and its arguments (after `--`).
     #[arg(last = true)]
@@ -111,9 +154,16 @@ fn request(a: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
                 payload,
             }
         }
+        None if a.image.is_some() => Kind::Container(ContainerSpec {
+            image: a.image.clone().unwrap_or_default(),
+            command: a.command.clone(),
+            env: a.env.clone(),
+        }),
         None => {
             if a.command.is_empty() {
-                bail!("nothing to run: give a command after `--` (or --handler NAME)");
+                bail!(
+                    "nothing to run: give a command after `--` (or --handler NAME, or --image IMAGE)"
+                );
             }
             let command = if a.script {
                 ShellCommand::Script(a.command.join(" "))
@@ -122,7 +172,7 @@ fn request(a: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
             };
             Kind::Shell(ShellSpec {
                 command,
-                env: vec![],
+                env: a.env.clone(),
                 cwd: None,
             })
         }
@@ -132,7 +182,21 @@ fn request(a: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
     r.priority = a.priority;
     r.labels = a.labels.clone();
     r.timeout_ms = a.timeout.map(taskgrid_core::duration_millis);
-    r.retry = RetryPolicy::retries(a.retries);
+    let mut retry = RetryPolicy::retries(a.retries);
+    if let Some(d) = a.backoff {
+        retry.initial_backoff = d;
+    }
+    if let Some(f) = a.backoff_factor {
+        retry.multiplier = f;
+    }
+    if let Some(d) = a.backoff_max {
+        retry.max_backoff = d;
+    }
+    if let Some(j) = a.backoff_jitter {
+        retry.jitter = j;
+    }
+    r.retry = retry;
+    r.min_trust = a.min_trust;
     r.tags = a.tags.clone();
     r.after = a.after.clone();
     r.delay_ms = a.delay.map(taskgrid_core::duration_millis);
