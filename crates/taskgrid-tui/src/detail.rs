@@ -1,6 +1,9 @@
 //! The open task's view: what it is and where it stands, its attempts, a
 //! progress gauge fed by progress events, and its output as it comes (or
 //! scrolled back).
+//!
+//! What the task runs is shown on its own lines, as many as the output
+//! leaves room for; every other field is one line, its breaks made visible.
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -10,14 +13,26 @@ use ratatui::widgets::{Block, Gauge, Paragraph};
 use taskgrid_core::Stream;
 
 use crate::state::{App, Detail};
+use crate::tasks::describe;
+use crate::text::{self, one_line};
 use crate::view::state_style;
+
+/// The width of a field's name: its value starts after it.
+const NAME_WIDTH: usize = 9;
+/// Rows kept for the output box however long the command: its borders
+/// and two lines.
+const OUTPUT_MIN_ROWS: usize = 4;
+/// Lines of the command shown at most; the rest are counted.
+const COMMAND_LINES_MAX: usize = 12;
+/// Characters of a result or an error shown.
+const MESSAGE_CHARS_MAX: usize = 300;
 
 /// Draws the open task `d` in `area`.
 pub(crate) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, d: &Detail) {
     let block = Block::bordered().title(format!(" task {} ", d.id));
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let info = info_lines(app, d);
+    let info = info_lines(app, d, usize::from(inner.height));
     let height = u16::try_from(info.len()).unwrap_or(u16::MAX);
     let [info_area, gauge_area, output_area] = Layout::vertical([
         Constraint::Length(height),
@@ -30,24 +45,25 @@ pub(crate) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, d: &Detail) {
     draw_output(frame, output_area, d);
 }
 
-fn field(name: &'static str, value: impl Into<String>) -> Line<'static> {
-    Line::from(vec![
-        Span::styled(
-            format!("{name:<9}"),
-            Style::new().add_modifier(Modifier::BOLD),
-        ),
-        Span::raw(value.into()),
-    ])
+fn label(name: &'static str) -> Span<'static> {
+    Span::styled(
+        format!("{name:<NAME_WIDTH$}"),
+        Style::new().add_modifier(Modifier::BOLD),
+    )
 }
 
-fn info_lines(app: &App, d: &Detail) -> Vec<Line<'static>> {
+/// A field on one line.
+fn field(name: &'static str, value: &str) -> Line<'static> {
+    Line::from(vec![label(name), Span::raw(one_line(value))])
+}
+
+/// The lines of the open task's fields, in `height` rows with the gauge and
+/// the output.
+fn info_lines(app: &App, d: &Detail, height: usize) -> Vec<Line<'static>> {
     let row = app.tasks.get(d.id);
     let state = d.state().or_else(|| row.map(|r| (r.state, r.attempt)));
     let mut lines = Vec::new();
-    let mut first = vec![Span::styled(
-        format!("{:<9}", "state"),
-        Style::new().add_modifier(Modifier::BOLD),
-    )];
+    let mut first = vec![label("state")];
     match state {
         Some((s, attempt)) => {
             first.push(Span::styled(s.as_str(), state_style(s)));
@@ -58,7 +74,7 @@ fn info_lines(app: &App, d: &Detail) -> Vec<Line<'static>> {
     if let Some(t) = &d.task {
         first.push(Span::raw(format!("   retries {}", t.status.retries)));
         if let Some(w) = &t.status.worker {
-            first.push(Span::raw(format!("   worker {w}")));
+            first.push(Span::raw(format!("   worker {}", one_line(w.as_str()))));
         }
     }
     lines.push(Line::from(first));
@@ -69,8 +85,8 @@ fn info_lines(app: &App, d: &Detail) -> Vec<Line<'static>> {
     if !t.spec.tags.is_empty() {
         queue.push_str(&format!("   tags {}", t.spec.tags.join(", ")));
     }
-    lines.push(field("queue", queue));
-    lines.push(field("what", t.spec.kind.describe()));
+    lines.push(field("queue", &queue));
+    let what_at = lines.len();
     if !d.attempts.is_empty() {
         let attempts: Vec<String> = d
             .attempts
@@ -84,7 +100,7 @@ fn info_lines(app: &App, d: &Detail) -> Vec<Line<'static>> {
                 format!("#{} {} {outcome}{code}", a.attempt, a.worker)
             })
             .collect();
-        lines.push(field("attempts", attempts.join(" · ")));
+        lines.push(field("attempts", &attempts.join(" · ")));
     }
     let result = d
         .end
@@ -92,7 +108,7 @@ fn info_lines(app: &App, d: &Detail) -> Vec<Line<'static>> {
         .and_then(|e| e.result.as_deref())
         .or(t.status.result.as_deref());
     if let Some(r) = result {
-        lines.push(field("result", one_line(r)));
+        lines.push(field("result", &short(r)));
     }
     let error = d
         .end
@@ -100,16 +116,55 @@ fn info_lines(app: &App, d: &Detail) -> Vec<Line<'static>> {
         .and_then(|e| e.error.as_ref())
         .or(t.status.error.as_ref());
     if let Some(e) = error {
-        lines.push(field("error", one_line(&e.message)));
+        lines.push(field("error", &short(&e.message)));
+    }
+    // The command gets what the other fields, the gauge and the output
+    // leave.
+    let room = height
+        .saturating_sub(lines.len() + 1 + OUTPUT_MIN_ROWS)
+        .clamp(1, COMMAND_LINES_MAX);
+    let what = what_lines(&describe(&t.spec.kind), room);
+    lines.splice(what_at..what_at, what);
+    lines
+}
+
+/// The `what` field: the command on its own lines, at most `room` of them
+/// (two when `room` is one), the last saying how many more there are.
+fn what_lines(what: &str, room: usize) -> Vec<Line<'static>> {
+    let total = text::lines(what).count();
+    let keep = if total <= room {
+        total
+    } else {
+        room.saturating_sub(1).max(1)
+    };
+    let mut lines: Vec<Line<'static>> = text::lines(what)
+        .take(keep)
+        .enumerate()
+        .map(|(i, l)| {
+            let head = if i == 0 {
+                label("what")
+            } else {
+                Span::raw(" ".repeat(NAME_WIDTH))
+            };
+            Line::from(vec![head, Span::raw(text::shown(l))])
+        })
+        .collect();
+    if total > keep {
+        lines.push(Line::from(vec![
+            Span::raw(" ".repeat(NAME_WIDTH)),
+            Span::styled(
+                format!("… {} more lines", total - keep),
+                Style::new().fg(Color::DarkGray),
+            ),
+        ]));
     }
     lines
 }
 
-fn one_line(s: &str) -> String {
-    s.chars()
-        .take(300)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+/// A result or an error message: its start, on one line.
+fn short(s: &str) -> String {
+    let start: String = s.chars().take(MESSAGE_CHARS_MAX).collect();
+    one_line(&start)
 }
 
 fn draw_progress(frame: &mut Frame<'_>, area: Rect, d: &Detail) {

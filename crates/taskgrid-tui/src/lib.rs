@@ -27,6 +27,7 @@ mod output;
 mod run;
 mod state;
 mod tasks;
+mod text;
 mod update;
 mod view;
 

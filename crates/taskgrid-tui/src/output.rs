@@ -6,11 +6,15 @@
 //! past the capacity, and one very long line is cut, so a chatty task cannot
 //! grow the dashboard's memory without bound. Text is cleaned for the
 //! terminal: tabs become spaces, ANSI escape sequences and other control
-//! characters are removed.
+//! characters are removed, and a carriage return starts its line again (a
+//! progress bar that redraws itself shows its last state, not every state
+//! glued together).
 
 use std::collections::VecDeque;
 
 use taskgrid_core::Stream;
+
+use crate::text;
 
 /// Longest line kept, in characters; the rest of it is dropped.
 pub(crate) const MAX_LINE_CHARS: usize = 2_000;
@@ -24,6 +28,9 @@ pub(crate) struct OutputLine {
     pub(crate) text: String,
     /// Its newline has not arrived yet.
     open: bool,
+    /// A carriage return came last: the next text replaces the line's
+    /// (unless a newline comes first, as in `\r\n`).
+    restart: bool,
 }
 
 /// The last lines of a task's output.
@@ -54,7 +61,15 @@ impl OutputBuffer {
             };
             if !piece.is_empty() || newline {
                 let line = self.open_line(stream);
-                append_clean(&mut line.text, piece.strip_suffix('\r').unwrap_or(piece));
+                for (i, part) in piece.split('\r').enumerate() {
+                    if i > 0 {
+                        line.restart = true;
+                    }
+                    if !part.is_empty() && std::mem::take(&mut line.restart) {
+                        line.text.clear();
+                    }
+                    append_clean(&mut line.text, part);
+                }
                 if newline {
                     line.open = false;
                 }
@@ -83,6 +98,7 @@ impl OutputBuffer {
                 stream,
                 text: String::new(),
                 open: true,
+                restart: false,
             });
         }
         // Not empty: a line was pushed, or the last one is reused.
@@ -110,33 +126,17 @@ impl OutputBuffer {
 /// sequences, up to [`MAX_LINE_CHARS`].
 fn append_clean(line: &mut String, piece: &str) {
     let mut room = MAX_LINE_CHARS.saturating_sub(line.chars().count());
-    let mut chars = piece.chars().peekable();
-    while let Some(c) = chars.next() {
+    for c in text::visible(piece) {
         if room == 0 {
             return;
         }
-        match c {
-            '\t' => {
-                let n = room.min(4);
-                line.extend(std::iter::repeat_n(' ', n));
-                room -= n;
-            }
-            '\x1b' => {
-                // CSI: ESC [ parameters… final byte in '@'..='~'.
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    for c in chars.by_ref() {
-                        if ('@'..='~').contains(&c) {
-                            break;
-                        }
-                    }
-                }
-            }
-            c if c.is_control() => {}
-            c => {
-                line.push(c);
-                room -= 1;
-            }
+        if c == '\t' {
+            let n = room.min(text::TAB.len());
+            line.extend(std::iter::repeat_n(' ', n));
+            room -= n;
+        } else {
+            line.push(c);
+            room -= 1;
         }
     }
 }
@@ -169,6 +169,18 @@ mod tests {
         b.push(Stream::Log, "done");
         assert_eq!(texts(&b), ["out ", "err", "resizing", "done"]);
         assert_eq!(b.lines(1..2).next().map(|l| l.stream), Some(Stream::Stderr));
+    }
+
+    #[test]
+    fn a_carriage_return_starts_its_line_again() {
+        // A progress bar redraws its line; Windows ends lines with CR LF.
+        let text = "10%\r20%\r30%\ndone\r\nnext\r";
+        for split in 0..=text.len() {
+            let mut b = OutputBuffer::new(10);
+            b.push(Stream::Stdout, &text[..split]);
+            b.push(Stream::Stdout, &text[split..]);
+            assert_eq!(texts(&b), ["30%", "done", "next"], "split at {split}");
+        }
     }
 
     #[test]

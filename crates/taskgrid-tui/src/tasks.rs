@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use taskgrid_core::{Priority, State, TaskId};
-use taskgrid_proto::api::TaskView;
+use taskgrid_core::{Priority, ShellCommand, State, TaskId};
+use taskgrid_proto::api::{Kind, TaskView};
 
 /// Whether a row's spec (priority, what) is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +35,8 @@ pub(crate) struct TaskRow {
     pub(crate) state: State,
     pub(crate) queue: String,
     pub(crate) priority: Option<Priority>,
-    /// What it runs, e.g. `handler resize` or the command line.
+    /// What it runs, e.g. `handler resize` or the command line, as
+    /// [`describe`] says it: it may hold line breaks.
     pub(crate) what: Option<String>,
     pub(crate) attempt: u32,
     /// Last reported progress, 0 to 1.
@@ -67,6 +68,22 @@ impl TaskRow {
         self.attempt = v.status.attempt;
         self.progress = v.progress.as_ref().map(|p| p.fraction);
         self.error = v.status.error.as_ref().map(|e| e.message.clone());
+    }
+}
+
+/// What `kind` runs, as [`Kind::describe`] says it but with a script's
+/// line breaks and tabs as they are, not escaped, so that the open task can
+/// show its lines as lines (a task row shows them on one line).
+pub(crate) fn describe(kind: &Kind) -> String {
+    match kind {
+        Kind::Shell(s) => match &s.command {
+            ShellCommand::Script(script) => {
+                let quoted = script.replace('\\', "\\\\").replace('"', "\\\"");
+                format!("sh -c \"{quoted}\"")
+            }
+            ShellCommand::Argv(_) => kind.describe(),
+        },
+        Kind::Handler { .. } | Kind::Container(_) => kind.describe(),
     }
 }
 
@@ -145,14 +162,14 @@ impl TaskList {
                 }
                 row.queue.clone_from(&v.spec.queue);
                 row.priority = Some(v.spec.priority);
-                row.what = Some(v.spec.kind.describe());
+                row.what = Some(describe(&v.spec.kind));
                 row.details = Details::Known;
             }
             None => {
                 let mut row = TaskRow::from_event(v.id, Some(&v.spec.queue), v.status.state);
                 row.take_status(v);
                 row.priority = Some(v.spec.priority);
-                row.what = Some(v.spec.kind.describe());
+                row.what = Some(describe(&v.spec.kind));
                 row.details = Details::Known;
                 self.insert(row);
             }
@@ -226,6 +243,21 @@ mod tests {
 
     fn id(n: u128) -> TaskId {
         TaskId::from_u128(n)
+    }
+
+    #[test]
+    fn a_script_keeps_its_lines_and_argv_is_joined() {
+        let shell = |command| {
+            Kind::Shell(taskgrid_core::ShellSpec {
+                command,
+                env: vec![],
+                cwd: None,
+            })
+        };
+        let script = shell(ShellCommand::Script("echo \"a\\b\"\n\tls".into()));
+        assert_eq!(describe(&script), "sh -c \"echo \\\"a\\\\b\\\"\n\tls\"");
+        let argv = shell(ShellCommand::Argv(vec!["make".into(), "test".into()]));
+        assert_eq!(describe(&argv), "make test");
     }
 
     #[test]

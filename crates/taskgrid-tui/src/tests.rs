@@ -4,11 +4,11 @@
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use taskgrid_core::{
-    FailureCode, Priority, Progress, QueueStats, State, Stream, TaskFailure, TaskId, TaskStatus,
-    Timestamp, WorkerId,
+    FailureCode, Priority, Progress, QueueStats, ShellCommand, ShellSpec, State, Stream,
+    TaskFailure, TaskId, TaskStatus, Timestamp, WorkerId,
 };
 use taskgrid_proto::api::{
-    CancelOutcomeKind, CancelResponse, EventKind, OutputEnd, OutputEntry, SubmitRequest,
+    CancelOutcomeKind, CancelResponse, EventKind, Kind, OutputEnd, OutputEntry, SubmitRequest,
     TaskDetail, TaskEvent, TaskView, WorkerView,
 };
 
@@ -626,4 +626,161 @@ fn workers_queues_and_the_cancel_prompt_render() {
     update(&mut app, Msg::Disconnected("connection refused".into()));
     let s = screen(&app, 120, 8);
     assert!(s.contains("reconnecting (connection refused)"), "{s}");
+}
+
+/// A task whose shell command is `command`, as a listing or a read shows it.
+fn view_with(task: TaskId, state: State, command: ShellCommand) -> TaskView {
+    let mut v = view(task, state, &["placeholder"]);
+    v.spec.kind = Kind::Shell(ShellSpec {
+        command,
+        env: vec![],
+        cwd: None,
+    });
+    v
+}
+
+fn python(code: &str) -> ShellCommand {
+    ShellCommand::Argv(vec!["python3".into(), "-c".into(), code.into()])
+}
+
+#[test]
+fn a_multi_line_command_is_one_row_of_the_list_with_its_breaks_shown() {
+    let mut app = App::new();
+    let (a, b) = (id(1), id(2));
+    update(
+        &mut app,
+        Msg::Tasks {
+            tasks: vec![
+                view_with(a, State::Queued, python("import time\nb=bytearray(10)")),
+                view_with(
+                    b,
+                    State::Queued,
+                    ShellCommand::Script("echo one\r\n\techo two".into()),
+                ),
+            ],
+            done: true,
+        },
+    );
+    let s = screen(&app, 140, 12);
+    let row = |t: TaskId| {
+        s.lines()
+            .find(|l| l.contains(&t.to_string()))
+            .unwrap_or_else(|| panic!("no row of {t} in\n{s}"))
+    };
+    assert!(
+        row(a).contains("python3 -c import time ⏎ b=bytearray(10)"),
+        "{s}"
+    );
+    assert!(row(b).contains(r#"sh -c "echo one ⏎  echo two""#), "{s}");
+    assert_eq!(s.matches("bytearray").count(), 1, "one row each\n{s}");
+}
+
+#[test]
+fn an_open_multi_line_command_shows_on_its_own_lines() {
+    let mut app = App::new();
+    let t = id(3);
+    update(&mut app, submitted(1, t));
+    keys(&mut app, &[Key::Enter]);
+    update(
+        &mut app,
+        Msg::Detail(Box::new(TaskDetail {
+            task: view_with(t, State::Running, python("import time\nb=bytearray(10)")),
+            attempts: vec![],
+        })),
+    );
+    let s = screen(&app, 100, 20);
+    let rows: Vec<&str> = s.lines().collect();
+    let at = rows
+        .iter()
+        .position(|l| l.contains("what     python3 -c import time"))
+        .unwrap_or_else(|| panic!("no what line in\n{s}"));
+    let column = rows[at].find("python3").unwrap_or_default();
+    assert_eq!(
+        rows[at + 1].find("b=bytearray(10)"),
+        Some(column),
+        "the second line under the first\n{s}"
+    );
+    assert!(!s.contains('⏎'), "{s}");
+}
+
+#[test]
+fn a_long_command_leaves_room_for_the_output() {
+    let mut app = App::new();
+    let t = id(4);
+    update(&mut app, submitted(1, t));
+    keys(&mut app, &[Key::Enter]);
+    let script: Vec<String> = (1..=40).map(|n| format!("echo {n}")).collect();
+    update(
+        &mut app,
+        Msg::Detail(Box::new(TaskDetail {
+            task: view_with(t, State::Running, ShellCommand::Script(script.join("\n"))),
+            attempts: vec![],
+        })),
+    );
+    let chunk = OutputEntry {
+        seq: 1,
+        attempt: 1,
+        stream: Stream::Stdout,
+        data: "the output\n".into(),
+    };
+    update(&mut app, Msg::Output { id: t, chunk });
+    let s = screen(&app, 100, 24);
+    for want in [r#"sh -c "echo 1"#, "more lines", "the output"] {
+        assert!(s.contains(want), "{want:?} missing in\n{s}");
+    }
+    assert!(!s.contains("echo 40"), "{s}");
+}
+
+#[test]
+fn errors_names_and_messages_keep_their_breaks_visible_on_one_line() {
+    let mut app = App::new();
+    let t = id(5);
+    update(&mut app, submitted(1, t));
+    update(
+        &mut app,
+        event(
+            2,
+            t,
+            EventKind::State {
+                from: State::Running,
+                to: State::Failed,
+                attempt: 1,
+                error: Some(TaskFailure::new(
+                    FailureCode::Error,
+                    "Traceback:\n  KeyError",
+                )),
+                result: None,
+            },
+        ),
+    );
+    update(
+        &mut app,
+        Msg::Error("cancel: refused\nby the server".into()),
+    );
+    keys(&mut app, &[Key::Char('4')]);
+    let s = screen(&app, 120, 8);
+    for want in [
+        "Traceback: ⏎   KeyError",
+        "error: cancel: refused ⏎ by the server",
+    ] {
+        assert!(s.contains(want), "{want:?} missing in\n{s}");
+    }
+    update(
+        &mut app,
+        Msg::Workers(vec![WorkerView {
+            id: WorkerId::new("box"),
+            labels: vec![("zone".into(), "eu\tnorth".into())],
+            handlers: vec![],
+            shell: true,
+            container: false,
+            slots: 1,
+            prefetch: 0,
+            used: 0,
+            trust: 1.0,
+            running: vec![],
+        }]),
+    );
+    keys(&mut app, &[Key::Char('1')]);
+    let s = screen(&app, 120, 8);
+    assert!(s.contains("zone=eu north"), "{s}");
 }

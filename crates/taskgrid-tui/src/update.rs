@@ -326,7 +326,8 @@ fn cancel_notice(id: TaskId, answer: CancelResponse) -> String {
     }
 }
 
-/// One line of the Logs tab.
+/// One line of the Logs tab (the messages in it may hold line breaks,
+/// shown when drawn).
 fn describe_event(ev: &TaskEvent) -> String {
     let what = match &ev.kind {
         EventKind::Submitted { queue, state, .. } => format!("submitted to {queue} ({state})"),
@@ -353,12 +354,9 @@ fn describe_event(ev: &TaskEvent) -> String {
         }
         EventKind::Checkpoint => "checkpoint saved".to_owned(),
         EventKind::Output { stream, data } => {
-            let line: String = data.trim_end().chars().take(200).collect();
-            format!(
-                "{}: {}",
-                stream.as_str(),
-                line.replace(|c: char| c.is_control(), " ")
-            )
+            // Its line breaks are shown when it is drawn.
+            let text: String = data.trim_end().chars().take(200).collect();
+            format!("{}: {text}", stream.as_str())
         }
     };
     format!("#{:<6} {} {what}", ev.seq, ev.id)

@@ -1,6 +1,8 @@
 //! [`draw`]: one frame of the dashboard from an [`App`] — the tab bar with
 //! the coordinator's counters, the tab's table (or the open task), a
 //! status line and the keys that apply. Reads the state, changes nothing.
+//! Text that came from tasks or people is shown on one line, its line
+//! breaks made visible ([`one_line`]).
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -11,6 +13,7 @@ use taskgrid_core::State;
 
 use crate::detail;
 use crate::state::{App, Connection, Tab};
+use crate::text::one_line;
 
 /// Draws `app` on the whole frame.
 pub fn draw(frame: &mut Frame<'_>, app: &App) {
@@ -110,11 +113,11 @@ fn draw_workers(frame: &mut Frame<'_>, area: Rect, app: &App) {
         }
         can.extend(w.handlers.iter().map(String::as_str));
         Row::new([
-            w.id.to_string(),
+            one_line(w.id.as_str()),
             format!("{}/{}", w.used, w.slots),
             format!("{:.2}", w.trust),
-            labels.join(", "),
-            can.join(", "),
+            one_line(&labels.join(", ")),
+            one_line(&can.join(", ")),
         ])
     });
     let widths = [
@@ -168,11 +171,11 @@ fn draw_tasks(frame: &mut Frame<'_>, area: Rect, app: &App) {
         Row::new([
             Span::raw(id),
             Span::styled(t.state.as_str(), state_style(t.state)),
-            Span::raw(t.queue.clone()),
+            Span::raw(one_line(&t.queue)),
             Span::raw(t.priority.map(|p| p.to_string()).unwrap_or_default()),
             Span::raw(t.attempt.to_string()),
             Span::raw(progress),
-            Span::raw(t.what.clone().unwrap_or_default()),
+            Span::raw(t.what.as_deref().map(one_line).unwrap_or_default()),
         ])
     });
     let id_width = if full { 36 } else { SHORT_ID as u16 };
@@ -206,7 +209,7 @@ fn draw_queues(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let rows = app.queues.iter().map(|q| {
         let waiting: Vec<String> = q.waiting.iter().map(|(p, n)| format!("{p} {n}")).collect();
         Row::new([
-            q.name.clone(),
+            one_line(&q.name),
             q.ready.to_string(),
             q.running.to_string(),
             if q.paused { "paused" } else { "" }.to_owned(),
@@ -242,7 +245,7 @@ fn draw_logs(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let items: Vec<ListItem<'_>> = app
         .logs
         .iter()
-        .map(|l| ListItem::new(l.text.as_str()))
+        .map(|l| ListItem::new(one_line(&l.text)))
         .collect();
     let last = app.logs.len().checked_sub(1);
     let mut state = ListState::default().with_selected(app.log_sel.or(last));
@@ -268,6 +271,7 @@ fn status_line(app: &App) -> Paragraph<'_> {
         Connection::Connecting => Span::styled("○ connecting", Style::new().fg(Color::Yellow)),
         Connection::Live => Span::styled("● live", Style::new().fg(Color::Green)),
         Connection::Lost(e) => {
+            let e = one_line(e);
             Span::styled(format!("✕ reconnecting ({e})"), Style::new().fg(Color::Red))
         }
     };
@@ -277,9 +281,12 @@ fn status_line(app: &App) -> Paragraph<'_> {
             Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
         )
     } else if let Some(e) = &app.last_error {
-        Span::styled(format!("error: {e}"), Style::new().fg(Color::Red))
+        Span::styled(
+            format!("error: {}", one_line(e)),
+            Style::new().fg(Color::Red),
+        )
     } else {
-        Span::raw(app.notice.clone().unwrap_or_default())
+        Span::raw(app.notice.as_deref().map(one_line).unwrap_or_default())
     };
     Paragraph::new(Line::from(vec![conn, Span::raw("  "), message]))
 }
