@@ -6,8 +6,10 @@
 //! The test enters the token in the page's prompt, submits a shell task
 //! from the dashboard, watches its output appear on the task page as the
 //! task produces it, takes a screenshot, clicks Cancel and checks that the
-//! page and the API both say `cancelled`. Every wait is on a DOM (or API)
-//! condition with a deadline, never a fixed sleep.
+//! page and the API both say `cancelled`. Another checks the charts' axes
+//! on a fresh coordinator, the task list (newest first, state filters with
+//! live counts) and the timeline of a retried task's attempts. Every wait
+//! is on a DOM (or API) condition with a deadline, never a fixed sleep.
 //!
 //! Needs `chromium` and `chromedriver` (Debian packages `chromium` and
 //! `chromium-driver`); when they are missing and the test runs as root it
@@ -325,6 +327,173 @@ async fn dashboard_submits_follows_output_and_cancels_in_chromium() {
     wait_text(&c, "main", "workers online").await;
     screenshot(&c, "overview.png").await;
 
+    c.close().await.unwrap();
+}
+
+/// The value of the script expression `expr` on the page, as JSON.
+async fn page_json(c: &Client, expr: &str) -> serde_json::Value {
+    c.execute(&format!("return {expr};"), vec![])
+        .await
+        .unwrap_or_else(|e| panic!("the page cannot evaluate {expr}: {e}"))
+}
+
+/// The ids of the task list's rows, top to bottom.
+async fn listed(c: &Client) -> Vec<String> {
+    let rows =
+        "[...document.querySelectorAll('#tasks-table tr[data-task]')].map((r) => r.dataset.task)";
+    serde_json::from_value(page_json(c, rows).await).unwrap_or_default()
+}
+
+/// Submits a shell task running `argv` with `retries` retries 50 ms apart.
+async fn submit_shell(api: &taskgrid_client::Client, argv: &[&str], retries: u32) -> TaskId {
+    let task = serde_json::from_value(serde_json::json!({
+        "kind": {"type": "shell", "command": {"argv": argv}},
+        "retry": {"max_retries": retries, "initial_backoff": 50, "jitter": 0.0}
+    }))
+    .unwrap();
+    api.submit(&task).await.unwrap().id
+}
+
+/// A fresh coordinator's charts have distinct tick labels; the task list is
+/// newest first with state filters that count the whole grid, live; the
+/// page of a task that was retried shows one timeline row per attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_lists_newest_first_filters_by_state_and_shows_attempts() {
+    let (_dir, server, _w, _driver, c) = start("2").await;
+    let api = server.client(Some(TOKEN));
+
+    // Nothing has run yet: every chart's axis has distinct labels (an
+    // all-zero series gets 0 and 1, not "0.0" three times).
+    c.goto(&format!("{}/", server.url())).await.unwrap();
+    log_in(&c).await;
+    let ticks = "[...document.querySelectorAll('canvas[data-ticks]')]\
+                 .map((el) => [el.id, JSON.parse(el.dataset.ticks)])";
+    let charts: Vec<(String, Vec<String>)> = wait_for("the three charts", || async {
+        let v: Vec<(String, Vec<String>)> =
+            serde_json::from_value(page_json(&c, ticks).await).ok()?;
+        (v.len() == 3).then_some(v)
+    })
+    .await;
+    for (chart, labels) in &charts {
+        let distinct: std::collections::HashSet<&String> = labels.iter().collect();
+        assert!(labels.len() >= 2, "{chart}: {labels:?}");
+        assert_eq!(distinct.len(), labels.len(), "{chart}: {labels:?}");
+    }
+    let by_id = |id: &str| charts.iter().find(|(c, _)| c == id).map(|(_, l)| l.clone());
+    assert_eq!(
+        by_id("chart-throughput"),
+        Some(vec!["0".into(), "1".into()])
+    );
+    assert_eq!(by_id("chart-depth"), Some(vec!["0".into(), "1".into()]));
+    assert_eq!(
+        by_id("chart-failures"),
+        Some(vec!["0%".into(), "50%".into(), "100%".into()])
+    );
+    screenshot(&c, "overview-fresh.png").await;
+
+    // Successes and failures, one after the other; one failure retried
+    // twice before it fails for good.
+    let mut submitted = Vec::new();
+    for (argv, retries) in [
+        (&["true"][..], 0),
+        (&["false"][..], 0),
+        (&["true"][..], 0),
+        (&["sh", "-c", "echo try; exit 3"][..], 2),
+        (&["false"][..], 0),
+        (&["true"][..], 0),
+    ] {
+        let id = submit_shell(&api, argv, retries).await;
+        await_state(&api, id, None).await;
+        submitted.push(id.to_string());
+    }
+    let retried: TaskId = submitted[3].parse().unwrap();
+    let failed = vec![
+        submitted[4].clone(),
+        submitted[3].clone(),
+        submitted[1].clone(),
+    ];
+
+    // The list: newest first, and the counts of the whole grid.
+    click(&c, "nav a[data-view=tasks]").await;
+    wait_text(&c, "[data-filter=failed] .count", "3").await;
+    wait_text(&c, "[data-filter=succeeded] .count", "3").await;
+    wait_text(&c, "[data-filter=all] .count", "6").await;
+    wait_text(&c, "[data-filter=running] .count", "0").await;
+    let newest_first: Vec<String> = submitted.iter().rev().cloned().collect();
+    wait_for("the list, newest first", || async {
+        (listed(&c).await == newest_first).then_some(())
+    })
+    .await;
+    screenshot(&c, "tasks-newest-first.png").await;
+
+    // A filter shows only its state's tasks, newest first.
+    click(&c, "[data-filter=failed]").await;
+    wait_for("only the failed tasks", || async {
+        (listed(&c).await == failed).then_some(())
+    })
+    .await;
+    let badges = page_json(
+        &c,
+        "[...document.querySelectorAll('#tasks-table tr[data-task] .state')].map((b) => b.dataset.state)",
+    )
+    .await;
+    assert_eq!(badges, serde_json::json!(["failed", "failed", "failed"]));
+    let active = text_of(&c, "#state-filters .active")
+        .await
+        .unwrap_or_default();
+    assert!(
+        active.starts_with("failed"),
+        "the active filter: {active:?}"
+    );
+
+    // The counts and the filtered list stay live: a new failure shows up
+    // at the top, counted, without a reload.
+    let late = submit_shell(&api, &["false"], 0).await;
+    await_state(&api, late, None).await;
+    wait_text(&c, "[data-filter=failed] .count", "4").await;
+    wait_text(&c, "[data-filter=all] .count", "7").await;
+    wait_for("the new failure at the top", || async {
+        let rows = listed(&c).await;
+        (rows.len() == 4 && rows[0] == late.to_string()).then_some(())
+    })
+    .await;
+    screenshot(&c, "tasks-failed.png").await;
+
+    // The retried task's page: one timeline row per attempt, on w1, each
+    // with its phases and its end.
+    let attempts = api.get(retried).await.unwrap().attempts;
+    assert_eq!(attempts.len(), 3, "two retries: three attempts");
+    c.goto(&format!("{}/#/task/{retried}", server.url()))
+        .await
+        .unwrap();
+    let rows = "[...document.querySelectorAll('#timeline .tl-row')]\
+                .map((r) => [r.dataset.attempt, r.dataset.worker, r.dataset.outcome, r.textContent])";
+    let timeline: Vec<(String, String, String, String)> =
+        wait_for("a timeline row per attempt", || async {
+            let v: Vec<(String, String, String, String)> =
+                serde_json::from_value(page_json(&c, rows).await).ok()?;
+            (v.len() == attempts.len()).then_some(v)
+        })
+        .await;
+    for (i, (attempt, worker, outcome, text)) in timeline.iter().enumerate() {
+        assert_eq!(attempt, &(i + 1).to_string());
+        assert_eq!(worker, "w1");
+        assert_eq!(outcome, "failed", "attempt {attempt}");
+        // The first waited in the queue, the others for their backoff and
+        // then the queue, which the last one tells apart.
+        let waited = match i {
+            0 => "queued",
+            1 => "waiting",
+            _ => "backoff",
+        };
+        for phase in [waited, "assigned", "running", "exit 3"] {
+            assert!(
+                text.contains(phase),
+                "attempt {attempt}: {text:?} lacks {phase:?}"
+            );
+        }
+    }
+    screenshot(&c, "task-timeline.png").await;
     c.close().await.unwrap();
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use taskgrid_client::Client;
 use taskgrid_core::{MetricsSnapshot, State, Stream, TaskId};
-use taskgrid_proto::api::ListQuery;
+use taskgrid_proto::api::{ListOrder, ListQuery};
 
 /// Where the coordinator is and how to talk to it.
 #[derive(Debug, Clone, clap::Args)]
@@ -127,6 +127,9 @@ pub(crate) struct ListArgs {
     /// Start after this task id (the previous page's last).
     #[arg(long)]
     cursor: Option<TaskId>,
+    /// Newest first (the cursor then pages on to older tasks).
+    #[arg(long)]
+    newest: bool,
 }
 
 pub(crate) async fn list(a: ListArgs) -> anyhow::Result<i32> {
@@ -138,6 +141,8 @@ pub(crate) async fn list(a: ListArgs) -> anyhow::Result<i32> {
         parent: None,
         cursor: a.cursor,
         limit: Some(a.limit),
+        order: a.newest.then_some(ListOrder::Newest),
+        counts: false,
     };
     let page = a.conn.client()?.list(&q).await?;
     if a.conn.json {

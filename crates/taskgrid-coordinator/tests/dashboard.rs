@@ -167,3 +167,99 @@ async fn a_paused_queue_accepts_but_does_not_dispatch_until_resumed() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(json_of(&body)["error"]["field"], "name");
 }
+
+/// `GET /tasks?order=newest` pages from the newest task down, and
+/// `counts=true` adds the grid's tasks per state, whatever the filters.
+#[tokio::test]
+async fn the_task_list_reads_newest_first_with_the_grids_counts() {
+    let (sys, app) = app();
+    let (status, _, _) = send(&app, post("/api/v1/queues/held/pause", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::OK);
+    let list = |query: &str| {
+        let req = get(&format!("/api/v1/tasks?{query}"))
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .expect("request");
+        let app = app.clone();
+        async move {
+            let (status, _, body) = send(&app, req).await;
+            (status, json_of(&body))
+        }
+    };
+    let ids = |page: &Value| -> Vec<String> {
+        page["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .map(|t| t["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    // Three that run to the end, five held in a paused queue.
+    for queue in [
+        "default", "held", "default", "held", "held", "default", "held", "held",
+    ] {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/tasks")
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                json!({"kind": {"type": "handler", "name": "noop"}, "queue": queue}).to_string(),
+            ))
+            .expect("request");
+        let (status, _, body) = send(&app, req).await;
+        assert_eq!(status, StatusCode::CREATED);
+        if queue == "default" {
+            let id: TaskId = json_of(&body)["id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("an id");
+            let end = sys.handle(id).wait_timeout(LIMIT).await.expect("it ends");
+            assert_eq!(end.state, State::Succeeded);
+        }
+    }
+
+    let (status, oldest) = list("").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(oldest.get("counts").is_none(), "counts only when asked");
+    let mut newest_first = ids(&oldest);
+    newest_first.reverse();
+    assert_eq!(newest_first.len(), 8);
+
+    // Pages of three from the newest, each cursor going further back.
+    let (mut seen, mut cursor) = (Vec::new(), None::<String>);
+    loop {
+        let q = cursor.map_or(String::new(), |c| format!("&cursor={c}"));
+        let (status, page) = list(&format!("order=newest&limit=3&counts=true{q}")).await;
+        assert_eq!(status, StatusCode::OK);
+        let counts = &page["counts"];
+        assert_eq!(counts.as_object().map(|c| c.len()), Some(10), "{counts}");
+        assert_eq!(
+            (counts["succeeded"].clone(), counts["queued"].clone()),
+            (json!(3), json!(5))
+        );
+        seen.extend(ids(&page));
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, newest_first);
+
+    // A state filter pages the same way; the counts stay the grid's.
+    let (_, queued) = list("order=newest&state=queued&queue=held&counts=true").await;
+    let held: Vec<String> = newest_first
+        .iter()
+        .filter(|id| {
+            let id: TaskId = id.parse().expect("id");
+            sys.get(id).expect("task").status.state == State::Queued
+        })
+        .cloned()
+        .collect();
+    assert_eq!(ids(&queued), held);
+    assert_eq!(queued["counts"]["succeeded"], 3);
+
+    let (status, body) = list("order=sideways").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_query", "{body}");
+}

@@ -330,8 +330,19 @@ pub struct TaskDetail {
     pub attempts: Vec<AttemptRecord>,
 }
 
+/// Which end of the id (submission) order `GET /tasks` starts from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListOrder {
+    /// Oldest first; `cursor` pages on to newer tasks.
+    #[default]
+    Oldest,
+    /// Newest first; `cursor` pages on to older tasks.
+    Newest,
+}
+
 /// `GET /tasks` query: every filter is optional; results are in id
-/// (submission) order.
+/// (submission) order, oldest first unless `order` says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -357,16 +368,26 @@ pub struct ListQuery {
     /// Page size (default 100, capped by the server, e.g. at 1,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// Oldest (default) or newest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<ListOrder>,
+    /// Also return the whole grid's task count per state (`counts`),
+    /// whatever the filters.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub counts: bool,
 }
 
 /// A page of tasks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskPage {
-    /// The tasks, in id order.
+    /// The tasks, in the query's order.
     pub tasks: Vec<TaskView>,
     /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(default)]
     pub next_cursor: Option<TaskId>,
+    /// The whole grid's tasks per state, when the query asked for `counts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<std::collections::BTreeMap<State, u64>>,
 }
 
 /// What a cancel achieved.

@@ -116,7 +116,7 @@ pub trait Store: Send + Sync + 'static {
 pub const QUERY_LIMIT_DEFAULT: usize = 100;
 
 /// Which tasks [`Store::list`] returns. Every filter that is set must match;
-/// results come in ascending id order.
+/// results come in ascending id order, or descending with `newest_first`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskQuery {
     /// Only tasks in this state.
@@ -131,9 +131,13 @@ pub struct TaskQuery {
     /// attempts was assigned to it and not refused by it. A task that moved
     /// on to another worker is still listed; one the worker refused is not.
     pub worker: Option<WorkerId>,
-    /// Cursor: only ids strictly greater than this one. Pass the last id of
-    /// the previous page to read the next.
+    /// Cursor: only ids strictly greater than this one (strictly smaller,
+    /// with `newest_first`). Pass the last id of the previous page to read
+    /// the next.
     pub after: Option<TaskId>,
+    /// Newest first: descending id order, and `after` pages on to older
+    /// tasks.
+    pub newest_first: bool,
     /// At most this many tasks.
     pub limit: usize,
 }
@@ -147,6 +151,7 @@ impl Default for TaskQuery {
             parent: None,
             worker: None,
             after: None,
+            newest_first: false,
             limit: QUERY_LIMIT_DEFAULT,
         }
     }

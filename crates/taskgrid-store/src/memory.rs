@@ -382,14 +382,22 @@ impl Store for MemoryStore {
 
     fn list(&self, q: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
         let inner = self.lock();
-        let start = q.after.map_or(Bound::Unbounded, Bound::Excluded);
-        Ok(inner
-            .tasks
-            .range((start, Bound::Unbounded))
-            .filter(|(_, t)| t.matches(q))
-            .take(q.limit)
-            .map(|(id, t)| t.to_record(*id))
-            .collect())
+        let cursor = q.after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(if q.newest_first {
+            let range = inner.tasks.range((Bound::Unbounded, cursor)).rev();
+            range
+                .filter(|(_, t)| t.matches(q))
+                .take(q.limit)
+                .map(|(id, t)| t.to_record(*id))
+                .collect()
+        } else {
+            let range = inner.tasks.range((cursor, Bound::Unbounded));
+            range
+                .filter(|(_, t)| t.matches(q))
+                .take(q.limit)
+                .map(|(id, t)| t.to_record(*id))
+                .collect()
+        })
     }
 
     fn attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError> {

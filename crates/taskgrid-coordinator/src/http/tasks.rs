@@ -11,8 +11,8 @@ use taskgrid_core::{CancelOutcome, Explanation, MetricsSnapshot, QueueStats, Sta
 use taskgrid_core::{Submitted, WorkerId};
 use taskgrid_proto::api::{
     BatchRequest, BatchResponse, CancelOutcomeKind, CancelResponse, CancelTagRequest,
-    CancelTagResponse, ListQuery, SubmitRequest, SubmitResponse, TaskDetail, TaskPage, TaskView,
-    WorkerView,
+    CancelTagResponse, ListOrder, ListQuery, SubmitRequest, SubmitResponse, TaskDetail, TaskPage,
+    TaskView, WorkerView,
 };
 use taskgrid_store::TaskQuery;
 
@@ -80,7 +80,8 @@ pub(crate) async fn detail(
     Ok(Json(TaskDetail { task, attempts }))
 }
 
-/// `GET /tasks`: filtered, in id order, a page at a time.
+/// `GET /tasks`: filtered, oldest or newest first, a page at a time, with
+/// the grid's tasks per state when asked.
 pub(crate) async fn list(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -99,6 +100,7 @@ pub(crate) async fn list(
         parent: q.parent,
         worker: q.worker.map(WorkerId::new),
         after: q.cursor,
+        newest_first: q.order == Some(ListOrder::Newest),
         limit,
     };
     let tasks: Vec<TaskView> = s
@@ -110,7 +112,16 @@ pub(crate) async fn list(
     let next_cursor = (tasks.len() == limit)
         .then(|| tasks.last().map(|t| t.id))
         .flatten();
-    Ok(Json(TaskPage { tasks, next_cursor }))
+    let counts = if q.counts {
+        Some(s.system.counts()?.into_iter().collect())
+    } else {
+        None
+    };
+    Ok(Json(TaskPage {
+        tasks,
+        next_cursor,
+        counts,
+    }))
 }
 
 /// `POST /tasks/{id}/cancel`.

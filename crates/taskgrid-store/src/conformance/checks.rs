@@ -402,32 +402,45 @@ pub(super) fn list_filters_and_paginates(store: &dyn Store) {
     });
     assert!(nothing.is_empty());
 
-    // Cursor pagination, with and without a filter.
-    for filter in [None, Some("a")] {
-        let mut seen = Vec::new();
-        let mut after = None;
-        loop {
-            let page = list(TaskQuery {
+    // Cursor pagination, with and without a filter, oldest or newest first.
+    for newest_first in [false, true] {
+        for filter in [None, Some("a")] {
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let page = list(TaskQuery {
+                    queue: filter.map(String::from),
+                    after,
+                    newest_first,
+                    limit: 2,
+                    ..TaskQuery::default()
+                });
+                assert!(page.len() <= 2);
+                let Some(last) = page.last().copied() else {
+                    break;
+                };
+                after = Some(last);
+                seen.extend(page);
+            }
+            let mut want = list(TaskQuery {
                 queue: filter.map(String::from),
-                after,
-                limit: 2,
+                limit: 1_000,
                 ..TaskQuery::default()
             });
-            assert!(page.len() <= 2);
-            let Some(last) = page.last().copied() else {
-                break;
-            };
-            after = Some(last);
-            seen.extend(page);
+            if newest_first {
+                want.reverse();
+            }
+            assert_eq!(seen, want, "newest_first {newest_first}, queue {filter:?}");
+            assert!(seen.windows(2).all(|w| (w[0] < w[1]) != newest_first));
         }
-        let want = list(TaskQuery {
-            queue: filter.map(String::from),
-            limit: 1_000,
-            ..TaskQuery::default()
-        });
-        assert_eq!(seen, want);
-        assert!(seen.windows(2).all(|w| w[0] < w[1]));
     }
+    let newest_worker = list(TaskQuery {
+        worker: Some(WorkerId::new("w2")),
+        newest_first: true,
+        limit: 3,
+        ..TaskQuery::default()
+    });
+    assert_eq!(newest_worker, tids(&[9, 8, 7]));
     assert!(
         list(TaskQuery {
             limit: 0,

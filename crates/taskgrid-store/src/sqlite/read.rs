@@ -42,7 +42,7 @@ pub(super) fn get(conn: &Connection, id: TaskId) -> Result<Option<TaskRecord>, S
     rows.next()?.map(task_row).transpose()
 }
 
-/// The tasks matching `q`, in id order.
+/// The tasks matching `q`, in id order (descending with `newest_first`).
 pub(super) fn list(conn: &Connection, q: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
     let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE 1");
     let mut args: Vec<Value> = Vec::new();
@@ -70,10 +70,18 @@ pub(super) fn list(conn: &Connection, q: &TaskQuery) -> Result<Vec<TaskRecord>, 
         args.push(Value::Text(tag.clone()));
     }
     if let Some(after) = q.after {
-        sql.push_str(" AND id > ?");
+        sql.push_str(if q.newest_first {
+            " AND id < ?"
+        } else {
+            " AND id > ?"
+        });
         args.push(Value::Blob(after.to_bytes().to_vec()));
     }
-    sql.push_str(" ORDER BY id LIMIT ?");
+    sql.push_str(if q.newest_first {
+        " ORDER BY id DESC LIMIT ?"
+    } else {
+        " ORDER BY id LIMIT ?"
+    });
     args.push(Value::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
 
     let mut stmt = conn.prepare_cached(&sql)?;

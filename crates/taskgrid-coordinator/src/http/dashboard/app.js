@@ -19,6 +19,8 @@ const IDLE_REFRESH_MS = 15000;
 /** One chart sample covers this long (ms); charts show CHART_SAMPLES. */
 const SAMPLE_MS = 5000;
 const CHART_SAMPLES = 120;
+/** Tasks on one page of the task list. */
+const TASKS_PAGE = 50;
 /** Output kept on a task page (characters); older text is dropped. */
 const OUTPUT_KEEP = 1 << 20;
 const STATES = ["pending", "queued", "assigned", "running", "retrying", "succeeded",
@@ -332,10 +334,36 @@ function watch(ids) {
 // ----------------------------------------------------------------- charts
 
 /**
- * Draws a line chart on a canvas: series = [{ label, values, color }], one
- * value per sample, the newest at the right edge.
+ * The ticks of an axis from 0 to at least `max`: 0, s, 2s… for a step s of
+ * 1, 2 or 5 × 10^k, at most `most` of them, whole numbers when `whole`, and
+ * the decimals their labels need to differ. An empty or all-zero series
+ * gets 0 and 1.
  */
-function drawChart(canvas, series, { max, format }) {
+function niceTicks(max, { whole = false, most = 5 } = {}) {
+  if (!(max > 0)) return { ticks: [0, 1], decimals: 0 };
+  const rough = max / (most - 1);
+  const mag = 10 ** Math.floor(Math.log10(rough));
+  let step = [1, 2, 5, 10].map((m) => m * mag).find((x) => x >= rough * (1 - 1e-9));
+  if (whole) step = Math.max(1, Math.round(step));
+  const n = Math.max(1, Math.ceil(max / step - 1e-9));
+  const ticks = Array.from({ length: n + 1 }, (_, i) => i * step);
+  return { ticks, decimals: Math.max(0, -Math.floor(Math.log10(step) + 1e-9)) };
+}
+
+/** A tick label: a number, or a percentage when `percent` (0–1 → 0–100%). */
+function tickLabel(v, { percent, decimals }) {
+  if (!percent) return v.toFixed(decimals);
+  return `${(100 * v).toFixed(Math.max(0, decimals - 2))}%`;
+}
+
+/**
+ * Draws a line chart on a canvas: series = [{ label, values, color }], one
+ * value per sample, the newest at the right edge. The axis runs from 0 to
+ * the first nice tick at or above `max` and every value; the tick labels
+ * are also put in the canvas's `data-ticks` (a JSON array) and its
+ * `aria-label`, for readers that cannot see the drawing.
+ */
+function drawChart(canvas, series, { max = 0, whole = false, percent = false }) {
   const dpr = window.devicePixelRatio || 1;
   const w = canvas.clientWidth;
   const hgt = canvas.clientHeight;
@@ -345,20 +373,26 @@ function drawChart(canvas, series, { max, format }) {
   g.scale(dpr, dpr);
   const css = getComputedStyle(document.documentElement);
   const pad = { l: 48, r: 8, t: 8, b: 18 };
-  const top = Math.max(max ?? 0, ...series.flatMap((s) => s.values), 1e-9);
+  const { ticks, decimals } = niceTicks(Math.max(max, ...series.flatMap((s) => s.values)), { whole });
+  const top = ticks[ticks.length - 1];
+  const labels = ticks.map((v) => tickLabel(v, { percent, decimals }));
+  canvas.dataset.ticks = JSON.stringify(labels);
+  const latest = series.map((s) => (s.values.length ? `${s.label} ${tickLabel(s.values[s.values.length - 1], { percent, decimals: decimals + 1 })}` : null));
+  canvas.setAttribute("role", "img");
+  canvas.setAttribute("aria-label", `axis ${labels[0]} to ${labels[labels.length - 1]}; now: ${latest.filter(Boolean).join(", ") || "no data"}`);
   const x = (i) => pad.l + (w - pad.l - pad.r) * (i / Math.max(CHART_SAMPLES - 1, 1));
   const y = (v) => hgt - pad.b - (hgt - pad.t - pad.b) * (v / top);
   g.strokeStyle = css.getPropertyValue("--line");
   g.fillStyle = css.getPropertyValue("--muted");
   g.font = "11px system-ui";
   g.lineWidth = 1;
-  for (const f of [0, 0.5, 1]) {
+  ticks.forEach((v, i) => {
     g.beginPath();
-    g.moveTo(pad.l, y(top * f));
-    g.lineTo(w - pad.r, y(top * f));
+    g.moveTo(pad.l, y(v));
+    g.lineTo(w - pad.r, y(v));
     g.stroke();
-    g.fillText(format(top * f), 2, y(top * f) + 4);
-  }
+    g.fillText(labels[i], 2, y(v) + 4);
+  });
   g.fillText(`last ${Math.round((CHART_SAMPLES * SAMPLE_MS) / 60000)} min`, pad.l, hgt - 4);
   let legendX = w - pad.r;
   for (const s of [...series].reverse()) {
@@ -417,13 +451,12 @@ const overview = (root) => {
     // The sample being gathered shows once it spans a second.
     const partial = Date.now() - model.sampleStart >= 1000 ? [sampleNow()] : [];
     const s = [...model.samples, ...partial];
-    const num = (v) => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
-    drawChart(thr, [{ label: "per second", values: s.map((x) => x.rate), color: "--accent" }], { format: num });
-    drawChart(fail, [{ label: "failed", values: s.map((x) => x.failure), color: "--bad" }], { max: 1, format: pct });
+    drawChart(thr, [{ label: "per second", values: s.map((x) => x.rate), color: "--accent" }], {});
+    drawChart(fail, [{ label: "failed", values: s.map((x) => x.failure), color: "--bad" }], { max: 1, percent: true });
     drawChart(depth, [
       { label: "waiting", values: s.map((x) => x.waiting), color: "--warn" },
       { label: "running", values: s.map((x) => x.running), color: "--accent" },
-    ], { format: num });
+    ], { whole: true });
   };
   draw();
   charts();
@@ -504,15 +537,19 @@ const workersView = (root) => {
   return { onCluster: draw };
 };
 
+/** The hash of the task list with filters `f` (and the cursors `back`). */
+function tasksHash(f, back) {
+  const p = new URLSearchParams(Object.entries(f).filter(([, v]) => v));
+  if (back && back.length) p.set("prev", back.join(","));
+  return `#/tasks?${p}`;
+}
+
 const tasksView = (root, params) => {
   const filters = {};
-  for (const k of ["state", "queue", "tag", "worker", "cursor"]) if (params.get(k)) filters[k] = params.get(k);
+  for (const k of ["state", "queue", "tag", "worker", "order", "cursor"]) if (params.get(k)) filters[k] = params.get(k);
+  const order = filters.order === "oldest" ? "oldest" : "newest";
   const prev = (params.get("prev") || "").split(",").filter(Boolean);
-  const go = (f, back) => {
-    const p = new URLSearchParams(Object.entries(f).filter(([, v]) => v));
-    if (back && back.length) p.set("prev", back.join(","));
-    location.hash = `#/tasks?${p}`;
-  };
+  const go = (f, back) => { location.hash = tasksHash(f, back); };
 
   // Submit form.
   const script = h("textarea", { id: "submit-script", placeholder: "echo hello; sleep 1; echo done", required: true });
@@ -539,24 +576,46 @@ const tasksView = (root, params) => {
   }, h("label", {}, "shell script", script), h("label", {}, "queue", queue), h("label", {}, "priority", prio),
   h("label", {}, "tags", tags), h("button", { id: "submit-button", type: "submit" }, "Submit"), submitErr);
 
-  // Filters and search.
+  // State filters with the grid's count in each state, as River UI and
+  // Flower show them; a filter shows its state's first page.
+  const tabs = h("div", { id: "state-filters", class: "tabs", title: "tasks in each state, in the whole grid" });
+  const drawTabs = (counts) => {
+    const total = counts ? STATES.reduce((n, st) => n + (counts[st] || 0), 0) : null;
+    const tab = (st, n) => {
+      const on = (filters.state || "") === st;
+      return h("a", {
+        href: tasksHash({ ...filters, state: st, cursor: "" }),
+        class: `tab${on ? " active" : ""}${n === 0 ? " empty" : ""}`,
+        "data-filter": st || "all",
+        "aria-current": on ? "true" : null,
+      }, st ? st.replace("_", " ") : "all", " ", h("span", { class: "count" }, n ?? "…"));
+    };
+    tabs.replaceChildren(tab("", total), ...STATES.map((st) => tab(st, counts ? counts[st] || 0 : null)));
+  };
+  drawTabs(null);
+
+  // The other filters, the order, and search by id.
   const field = (name, el) => {
     el.value = filters[name] || "";
     el.name = name;
     return h("label", {}, name, el);
   };
+  const orderSelect = h("select", { name: "order", id: "order" },
+    h("option", { value: "newest" }, "newest first"), h("option", { value: "oldest" }, "oldest first"));
+  orderSelect.value = order;
   const form = h("form", {
     class: "filters",
     onsubmit: (e) => {
       e.preventDefault();
-      const f = {};
+      const f = { state: filters.state };
       for (const el of e.target.elements) if (el.name && el.value) f[el.name] = el.value.trim();
+      if (f.order === "newest") delete f.order;
       go(f);
     },
   },
-  field("state", h("select", {}, h("option", { value: "" }, "any"), STATES.map((s) => h("option", {}, s)))),
   field("queue", h("input", { size: 10 })), field("tag", h("input", { size: 10 })),
-  field("worker", h("input", { size: 10 })), h("button", { type: "submit" }, "Filter"),
+  field("worker", h("input", { size: 10 })), h("label", {}, "order", orderSelect),
+  h("button", { type: "submit" }, "Filter"),
   h("button", { type: "button", class: "secondary", onclick: () => go({}) }, "Clear"));
   const search = h("form", {
     class: "filters",
@@ -568,61 +627,159 @@ const tasksView = (root, params) => {
   }, h("label", {}, "task id", h("input", { name: "id", size: 38, class: "mono" })), h("button", { type: "submit" }, "Open"));
 
   const table = h("div", {}, h("p", { class: "muted" }, "Loading…"));
-  const note = h("p", { class: "muted" });
   const pager = h("div", { class: "actions" });
-  root.append(h("h2", {}, "Submit a shell task"), submit, h("h2", {}, "Tasks"), form, search, note, table, pager);
+  root.append(h("h2", {}, "Submit a shell task"), submit,
+    h("h2", {}, `Tasks, ${order} first`), tabs, form, search, table, pager);
 
+  // The page is read again (with the counts) when a summary says something
+  // happened, at most every REFRESH_MS; row states change at once.
   const rows = new Map();
-  let newCount = 0;
   let closed = false;
+  let reads = 0;
+  let lastRead = 0;
+  let readTimer = null;
+  let drawn = null;
+  let seq = null;
   const load = async () => {
-    const q = new URLSearchParams({ ...filters, limit: "50" });
+    const mine = ++reads;
+    lastRead = Date.now();
+    const q = new URLSearchParams({ ...filters, order, limit: String(TASKS_PAGE), counts: "true" });
     try {
       const page = await api(`/tasks?${q}`);
-      // The page was left meanwhile: its rows are not the ones to watch.
-      if (closed) return;
+      // The page was left, or a later read overtook this one.
+      if (closed || mine !== reads) return;
+      drawTabs(page.counts);
       watch(page.tasks.map((t) => t.id));
-      rows.clear();
-      newCount = 0;
-      note.textContent = "";
-      table.replaceChildren(h("table", { id: "tasks-table" },
-        h("tr", {}, ["id", "state", "queue", "priority", "what", "worker", "attempt", "created", "ran"].map((t) => h("th", {}, t))),
-        page.tasks.map((t) => {
-          const st = h("td", {}, stateBadge(t.status.state));
-          rows.set(t.id, st);
-          return h("tr", { "data-task": t.id },
-            h("td", {}, taskLink(t.id)), st, h("td", {}, t.spec.queue), h("td", {}, String(t.spec.priority)),
-            h("td", { class: "mono" }, kindText(t.spec.kind)), h("td", {}, t.status.worker || "—"),
-            h("td", { class: "num" }, t.status.attempt), h("td", {}, fmtTime(t.created_at)),
-            h("td", {}, fmtSpan(t.status.started_at, t.status.finished_at)));
-        })));
-      if (!page.tasks.length) table.replaceChildren(h("p", { class: "muted" }, "No tasks match."));
+      const looks = JSON.stringify(page.tasks.map((t) => [t.id, t.status.state, t.status.worker,
+        t.status.attempt, t.status.started_at, t.status.finished_at]));
+      if (looks !== drawn) {
+        drawn = looks;
+        drawRows(page.tasks);
+      }
+      const [back, on] = order === "newest" ? ["← Newer", "Older →"] : ["← Older", "Newer →"];
       pager.replaceChildren(
-        h("button", { class: "secondary", disabled: !prev.length && !filters.cursor, onclick: () => {
-          const back = prev.slice(0, -1);
-          go({ ...filters, cursor: prev[prev.length - 1] || "" }, back);
-        } }, "← Previous"),
-        h("button", { class: "secondary", disabled: !page.next_cursor, onclick: () =>
-          go({ ...filters, cursor: page.next_cursor }, [...prev, filters.cursor || ""]) }, "Next →"));
+        h("button", { id: "page-back", class: "secondary", disabled: !prev.length && !filters.cursor, onclick: () => {
+          go({ ...filters, cursor: prev[prev.length - 1] || "" }, prev.slice(0, -1));
+        } }, back),
+        h("button", { id: "page-on", class: "secondary", disabled: !page.next_cursor, onclick: () =>
+          go({ ...filters, cursor: page.next_cursor }, [...prev, filters.cursor || ""]) }, on));
     } catch (e) {
-      table.replaceChildren(h("p", { class: "error" }, e.message));
+      if (!closed && mine === reads) {
+        drawn = null;
+        table.replaceChildren(h("p", { class: "error" }, e.message));
+      }
     }
+  };
+  const drawRows = (tasks) => {
+    rows.clear();
+    if (!tasks.length) return table.replaceChildren(h("p", { class: "muted" }, "No tasks match."));
+    table.replaceChildren(h("table", { id: "tasks-table" },
+      h("tr", {}, ["id", "state", "queue", "priority", "what", "worker", "attempt", "created", "ran"].map((t) => h("th", {}, t))),
+      tasks.map((t) => {
+        const st = h("td", {}, stateBadge(t.status.state));
+        rows.set(t.id, st);
+        return h("tr", { "data-task": t.id },
+          h("td", {}, taskLink(t.id)), st, h("td", {}, t.spec.queue), h("td", {}, String(t.spec.priority)),
+          h("td", { class: "mono" }, kindText(t.spec.kind)), h("td", {}, t.status.worker || "—"),
+          h("td", { class: "num" }, t.status.attempt), h("td", {}, fmtTime(t.created_at)),
+          h("td", {}, fmtSpan(t.status.started_at, t.status.finished_at)));
+      })));
+  };
+  const loadSoon = () => {
+    if (readTimer) return;
+    readTimer = setTimeout(() => { readTimer = null; load(); }, Math.max(0, lastRead + REFRESH_MS - Date.now()));
   };
   load();
   return {
-    onSummary(sum, base) {
+    onSummary(sum) {
       for (const [id, t] of Object.entries(sum.tasks)) {
         if (rows.has(id)) rows.get(id).replaceChildren(stateBadge(t.state));
       }
-      if (base && !filters.cursor) newCount += sum.totals.submitted - base.submitted;
-      if (newCount) {
-        note.replaceChildren(`${newCount} task(s) submitted since this page was read. `,
-          h("button", { class: "link", onclick: load }, "reload"));
-      }
+      if (seq !== null && sum.seq !== seq) loadSoon();
+      seq = sum.seq;
     },
-    close: () => { closed = true; },
+    close: () => {
+      closed = true;
+      clearTimeout(readTimer);
+    },
   };
 };
+
+/**
+ * The phases of each attempt of `task`: [{ attempt, phases: [{ name, from,
+ * to }], end }], times in µs (`to` null while the phase lasts). An attempt
+ * waits from the task's creation (the first) or the previous attempt's end
+ * (the others: backoff, then the queue) until it is assigned; the store
+ * keeps when a task last entered the queue, which splits the last wait.
+ */
+function attemptPhases(task, list) {
+  const s = task.status;
+  return list.map((a, i) => {
+    const last = i === list.length - 1;
+    const ready = i === 0 ? task.created_at : (list[i - 1].finished_at ?? list[i - 1].assigned_at);
+    const phases = [];
+    const queued = last && s.queued_at && s.queued_at > ready && s.queued_at <= a.assigned_at ? s.queued_at : null;
+    if (queued) phases.push({ name: i === 0 ? "pending" : "backoff", from: ready, to: queued });
+    // Before a retry, without that split: its backoff and its time queued.
+    phases.push({ name: queued || i === 0 ? "queued" : "waiting", from: queued ?? ready, to: a.assigned_at });
+    const end = a.started_at ?? a.finished_at;
+    phases.push({ name: "assigned", from: a.assigned_at, to: end ?? null });
+    if (a.started_at) phases.push({ name: "running", from: a.started_at, to: a.finished_at ?? null });
+    return { attempt: a, phases };
+  });
+}
+
+/** The phases of an attempt, in order, and what the legend says of each. */
+const PHASES = ["pending", "backoff", "waiting", "queued", "assigned", "running"];
+const PHASE_TEXT = {
+  pending: "pending (run_at, dependencies)", backoff: "retry backoff", waiting: "backoff and queue",
+  queued: "queued", assigned: "assigned, not started", running: "running",
+};
+
+/** What an attempt or phase took, e.g. "1.2 s" (to now while it lasts). */
+const took = (from, to) => fmtSpan(from, to ?? undefined);
+
+/** The task's attempts as a timeline: one row per attempt, on one scale. */
+function timeline(task, list) {
+  const s = task.status;
+  if (!list.length) {
+    return h("p", { class: "muted", id: "timeline" }, TERMINAL.has(s.state) ? "It never ran." : "None yet.");
+  }
+  const rows = attemptPhases(task, list);
+  const now = Date.now() * 1000;
+  const start = task.created_at;
+  const lastEnd = list[list.length - 1].finished_at;
+  const end = Math.max(TERMINAL.has(s.state) ? (s.finished_at ?? lastEnd ?? now) : now, start + 1);
+  const at = (t) => (100 * ((t ?? now) - start)) / (end - start);
+  const segment = (p) => h("span", {
+    class: `tl-seg ${p.name}`,
+    style: `left:${at(p.from).toFixed(2)}%;width:${Math.max(at(p.to) - at(p.from), 0).toFixed(2)}%`,
+    title: `${p.name} ${took(p.from, p.to)}, from ${fmtTime(p.from)}`,
+  });
+  const row = ({ attempt: a, phases }) => {
+    const outcome = a.outcome || (a.started_at ? "running" : "assigned");
+    const exit = a.exit_code !== null && a.exit_code !== undefined ? `exit ${a.exit_code}` : null;
+    return h("div", { class: "tl-row", "data-attempt": a.attempt, "data-worker": a.worker, "data-outcome": outcome },
+      h("div", { class: "tl-who" }, `#${a.attempt} `, h("span", { class: "mono" }, a.worker)),
+      h("div", { class: "tl-track" }, phases.map(segment)),
+      h("div", { class: "tl-text" },
+        phases.map((p) => h("span", { class: `tl-phase ${p.name}`, title: `from ${fmtTime(p.from)}` },
+          `${p.name} ${took(p.from, p.to)}`)),
+        h("span", {}, "→ ", stateBadge(outcome), exit ? ` ${exit}` : null),
+        a.error ? h("span", { class: "error" }, a.error) : null));
+  };
+  // A task waiting for its next attempt says since when, or until when.
+  let next = null;
+  if (s.state === "retrying") next = `retrying: the next attempt may start at ${fmtTime(s.wake_at)}`;
+  else if (s.state === "queued" || s.state === "pending") next = `${s.state} for attempt ${list.length + 1} since ${fmtTime(s.queued_at ?? lastEnd)}`;
+  return h("div", { id: "timeline", class: "timeline" },
+    h("div", { class: "tl-axis muted" }, h("span", {}, `created ${fmtTime(start)}`),
+      h("span", {}, TERMINAL.has(s.state) ? `ended after ${took(start, end)}` : `${took(start, now)} so far`)),
+    rows.map(row),
+    next ? h("div", { class: "tl-next muted" }, next) : null,
+    h("div", { class: "tl-legend muted" }, PHASES.filter((n) => rows.some((r) => r.phases.some((p) => p.name === n)))
+      .map((n) => h("span", {}, h("span", { class: `tl-key ${n}` }), PHASE_TEXT[n]))));
+}
 
 const taskView = (root, id) => {
   const head = h("div", { class: "actions" });
@@ -669,12 +826,7 @@ const taskView = (root, id) => {
     ].flat());
     drawProgress(task.progress);
     spec.textContent = JSON.stringify(task.spec, null, 2);
-    attempts.replaceChildren(d.attempts.length ? h("table", {},
-      h("tr", {}, ["#", "worker", "outcome", "assigned", "started", "ran", "exit", "error"].map((t) => h("th", {}, t))),
-      d.attempts.map((a) => h("tr", {}, h("td", {}, a.attempt), h("td", {}, a.worker),
-        h("td", {}, a.outcome ? stateBadge(a.outcome) : "running"), h("td", {}, fmtTime(a.assigned_at)),
-        h("td", {}, fmtTime(a.started_at)), h("td", {}, fmtSpan(a.started_at, a.finished_at)),
-        h("td", {}, a.exit_code ?? "—"), h("td", { class: "error" }, a.error || "")))) : h("p", { class: "muted" }, "None yet."));
+    attempts.replaceChildren(timeline(task, d.attempts));
   };
   const reload = async () => {
     try {
