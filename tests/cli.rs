@@ -442,3 +442,391 @@ async fn submit_flags_reach_the_task_and_bad_ones_create_nothing() {
         .unwrap();
     assert_eq!(all.tasks.len(), 2, "refused submits created nothing");
 }
+
+/// `--cpus` and `--memory` reach the task; a shell task over its memory
+/// limit, on a real worker, ends failed "out of memory" and `submit --wait`
+/// exits 137 (SIGKILL); bad sizes are refused naming the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_over_its_memory_limit_ends_out_of_memory() {
+    let (_dir, server, _w) = grid().await;
+    let url = server.url();
+    for (flag, value) in [("--memory", "10x"), ("--memory", "512K"), ("--cpus", "0")] {
+        let out = taskgrid()
+            .args(["submit", "--server", &url, flag, value, "--", "true"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(flag),
+            "{flag} {value}: {err}"
+        );
+    }
+    let out = taskgrid()
+        .args([
+            "submit", "--server", &url, "--queue", "nobody", "--cpus", "1.5", "--memory", "512M",
+            "--", "true",
+        ])
+        .output()
+        .unwrap();
+    let id: TaskId = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let spec = server.client(None).get(id).await.unwrap().task.spec;
+    assert_eq!(
+        (spec.resources.cpus, spec.resources.memory_bytes),
+        (Some(1.5), Some(512 << 20))
+    );
+
+    // The worker said how much memory it has: what tasks ask for on it
+    // never adds up to more.
+    let workers = server.client(None).workers().await.unwrap();
+    assert!(
+        workers[0].memory_bytes.is_some_and(|m| m > 64 << 20) && workers[0].cpus.is_some(),
+        "{workers:?}"
+    );
+
+    if let Err(why) = taskgrid_worker::cgroups() {
+        eprintln!("skipped the out-of-memory run: no usable cgroup here ({why})");
+        return;
+    }
+    let out = taskgrid()
+        .args([
+            "submit",
+            "--server",
+            &url,
+            "--wait",
+            "--memory",
+            "64M",
+            "--",
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=256M",
+            "count=1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(137), "{err}");
+    assert!(err.contains("out of memory"), "{err}");
+}
+
+/// `submit --wait` passes a piped standard input to the task, as a local
+/// command would; more than 1 MiB is refused before anything is submitted,
+/// and `--no-stdin` keeps it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_wait_forwards_piped_stdin() {
+    use std::io::Write;
+    let (_dir, server, _w) = grid().await;
+    let url = server.url();
+    let piped = |extra: &[&str], input: Vec<u8>| {
+        let mut args = vec!["submit", "--server", url.as_str(), "--wait"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", "wc -l; cat | head -c 5"]);
+        let mut child = taskgrid()
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        out
+    };
+    let out = piped(&[], b"a\nb\nc\n".to_vec());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+
+    let out = piped(&["--no-stdin"], b"a\nb\n".to_vec());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+
+    let before = server
+        .client(None)
+        .list(&taskgrid_proto::api::ListQuery::default())
+        .await
+        .unwrap()
+        .tasks
+        .len();
+    let out = piped(&[], vec![b'x'; (1 << 20) + 1]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("more than 1 MiB"),
+        "{err}"
+    );
+    let out = piped(&[], vec![0xff, 0xfe, b'\n']);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not UTF-8"), "{err}");
+    let after = server
+        .client(None)
+        .list(&taskgrid_proto::api::ListQuery::default())
+        .await
+        .unwrap()
+        .tasks
+        .len();
+    assert_eq!(before, after, "a refused stdin submits nothing");
+}
+
+/// Lines a child writes to stderr, read on a thread of their own so that a
+/// test can wait for one with a deadline.
+struct StderrLines {
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: String,
+}
+
+impl StderrLines {
+    fn of(child: &mut std::process::Child) -> StderrLines {
+        let err = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        StderrLines {
+            lines,
+            seen: String::new(),
+        }
+    }
+
+    /// The first line (from here on) that contains `text`; panics, showing
+    /// everything read, if none comes within 30 s.
+    fn until(&mut self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push_str(&line);
+                    self.seen.push('\n');
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with {text:?} in:\n{}", self.seen),
+            }
+        }
+    }
+
+    /// Everything written, once stderr is closed (at most 30 s from now).
+    fn rest(mut self) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push_str(&line);
+                    self.seen.push('\n');
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return self.seen,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("stderr still open after 30 s:\n{}", self.seen)
+                }
+            }
+        }
+    }
+}
+
+/// `taskgrid worker` with stderr piped, at the default log level.
+fn logged_worker(server: &str, id: &str, extra: &[&str]) -> (Proc, StderrLines) {
+    let mut child = taskgrid()
+        .args(["worker", "--server", server, "--id", id, "--name", id])
+        .args(extra)
+        .env_remove("TASKGRID_LOG")
+        .env_remove("TASKGRID_WORKER_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = StderrLines::of(&mut child);
+    (Proc(child), lines)
+}
+
+/// Waits (at most 30 s) for the process to end; its exit code and all
+/// it wrote to stderr.
+fn ends_within_30s(mut p: Proc, err: StderrLines) -> (Option<i32>, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = p.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "it did not end within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    (status.code(), err.rest())
+}
+
+/// A worker that cannot reach its coordinator says why in plain words,
+/// with what to check, not "transport error".
+#[test]
+fn a_worker_that_cannot_connect_says_why() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let (_w, mut err) = logged_worker(&url, "lonely", &[]);
+    let line = err.until("connection refused");
+    assert!(
+        line.contains(&format!(
+            "cannot reach the coordinator at {url}: connection refused"
+        )) && line.contains("is `taskgrid server` running there?"),
+        "{line}"
+    );
+    assert!(!line.contains("transport error"), "{line}");
+    assert_eq!(line.matches(&url).count(), 1, "{line}");
+}
+
+/// A wrong or missing worker token stops the worker, saying which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_a_wrong_token_says_so_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &["--worker-token", "s3cret"]);
+    let (w, err) = logged_worker(&server.url(), "w1", &["--worker-token", "guess"]);
+    let (code, err) = ends_within_30s(w, err);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("wrong worker token"), "{err}");
+    assert!(err.contains("--worker-token"), "{err}");
+
+    let (w, err) = logged_worker(&server.url(), "w1", &[]);
+    let (code, err) = ends_within_30s(w, err);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("requires a worker token"), "{err}");
+}
+
+/// A second `taskgrid worker` with the id of a connected one exits
+/// non-zero saying so; the first keeps running tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_with_a_connected_id_exits_and_the_first_keeps_working() {
+    let (_dir, server, mut first) = grid().await;
+    let (second, err) = logged_worker(&server.url(), "w1", &[]);
+    let (code, err) = ends_within_30s(second, err);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(
+            "worker id w1 is already connected to the coordinator \
+             (another `taskgrid worker --id w1` is running)"
+        ),
+        "{err}"
+    );
+    assert!(
+        first.0.try_wait().unwrap().is_none(),
+        "the first one exited"
+    );
+    let out = taskgrid()
+        .args(["submit", "--wait", "--server", &server.url(), "--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = server.client(None).list(&Default::default()).await.unwrap();
+    assert_eq!(page.tasks[0].status.worker.as_ref().unwrap().as_str(), "w1");
+}
+
+/// A container runtime that does not answer `version` is not advertised
+/// (and container tasks go elsewhere, or nowhere); one that does is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_working_container_runtime_is_advertised() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), "127.0.0.1:0", &[]);
+    let client = server.client(None);
+    let missing = dir.path().join("no-such-docker");
+    let (_plain, mut err) = logged_worker(
+        &server.url(),
+        "plain",
+        &["--container-runtime", missing.to_str().unwrap()],
+    );
+    let line = err.until("container tasks disabled");
+    assert!(line.contains("no-such-docker` does not exist"), "{line}");
+    await_worker(&client, "plain").await;
+    let container_of = |id: &'static str| {
+        let client = &client;
+        async move {
+            let workers = client.workers().await.unwrap();
+            workers
+                .iter()
+                .find(|w| w.id.as_str() == id)
+                .unwrap()
+                .container
+        }
+    };
+    assert!(!container_of("plain").await);
+    let submit = |extra: &[&str]| {
+        let out = taskgrid()
+            .args(["submit", "--server", &server.url(), "--image", "alpine:3"])
+            .args(extra)
+            .args(["--", "echo", "hi"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<TaskId>()
+            .unwrap()
+    };
+    let nowhere = submit(&["--dispatch-timeout", "300ms"]);
+    await_state(&client, nowhere, None).await;
+    let status = client.get(nowhere).await.unwrap().task.status;
+    assert_eq!(status.state, taskgrid_core::State::Failed);
+    let error = status.error.unwrap();
+    assert_eq!(
+        error.code,
+        taskgrid_core::FailureCode::NoCapableWorker,
+        "{}",
+        error.message
+    );
+
+    // A stand-in that answers `version` and runs anything.
+    let source = dir.path().join("fake-docker.src");
+    std::fs::write(
+        &source,
+        "#!/bin/sh\ncase \"$1\" in run) echo ran in a container ;; esac\n",
+    )
+    .unwrap();
+    let fake = dir.path().join("fake-docker");
+    let installed = std::process::Command::new("install")
+        .args(["-m", "755"])
+        .arg(&source)
+        .arg(&fake)
+        .status()
+        .unwrap();
+    assert!(installed.success());
+    let _boxed = worker(
+        &server.url(),
+        "boxed",
+        &["--container-runtime", fake.to_str().unwrap()],
+    );
+    await_worker(&client, "boxed").await;
+    assert!(container_of("boxed").await);
+    let ran = submit(&[]);
+    await_state(&client, ran, None).await;
+    let status = client.get(ran).await.unwrap().task.status;
+    assert_eq!(status.state, taskgrid_core::State::Succeeded);
+    assert_eq!(status.worker.unwrap().as_str(), "boxed");
+}

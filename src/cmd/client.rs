@@ -88,12 +88,14 @@ pub(crate) async fn status(a: IdArgs) -> anyhow::Result<i32> {
             .unwrap_or_default();
         let cost = at
             .usage
-            .map(|u| {
-                format!(
+            .map(|u| match u.peak_rss_bytes {
+                // Not measured: a task without limits runs in no cgroup.
+                0 => format!(" (cpu {:.2}s)", u.cpu_seconds),
+                peak => format!(
                     " (cpu {:.2}s, peak {:.1} MiB)",
                     u.cpu_seconds,
-                    u.peak_rss_bytes as f64 / 1048576.0
-                )
+                    peak as f64 / 1048576.0
+                ),
             })
             .unwrap_or_default();
         println!(

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use taskgrid_client::{Client, FollowItem};
 use taskgrid_core::{
-    ContainerSpec, LabelReq, Priority, RetryPolicy, ShellCommand, ShellSpec, State, Stream, TaskId,
+    ContainerSpec, LabelReq, Priority, Resources, RetryPolicy, ShellCommand, ShellSpec, State,
+    Stream, TaskId,
 };
 use taskgrid_proto::api::{EventFilter, EventKind, Kind, SubmitRequest};
 
@@ -51,6 +52,73 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     }
 }
 
+/// This command's standard input, when it is not a terminal: the text a
+/// `--wait` shell task reads, as a local command would. At most
+/// [`TaskSpec::STDIN_MAX`](taskgrid_core::TaskSpec::STDIN_MAX) bytes of
+/// UTF-8; more, or binary data, is refused before anything is submitted.
+fn piped_stdin() -> anyhow::Result<Option<String>> {
+    use std::io::{IsTerminal, Read};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Ok(None);
+    }
+    let max = taskgrid_core::TaskSpec::STDIN_MAX;
+    let mut data = Vec::new();
+    stdin
+        .lock()
+        .take(max as u64 + 1)
+        .read_to_end(&mut data)
+        .context("cannot read standard input")?;
+    if data.len() > max {
+        bail!(
+            "standard input is more than {} MiB, the most a task carries: \
+             put the data in a file the task reads, or pass --no-stdin",
+            max >> 20
+        );
+    }
+    if data.is_empty() {
+        return Ok(None);
+    }
+    String::from_utf8(data)
+        .map(Some)
+        .map_err(|_| anyhow::anyhow!("standard input is not UTF-8 text: pass --no-stdin, or put the data in a file the task reads"))
+}
+
+/// A CPU count above 0 (`1.5`).
+fn parse_cpus(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(c) if c.is_finite() && c > 0.0 && c <= Resources::CPUS_MAX => Ok(c),
+        _ => Err(format!(
+            "invalid CPU count {s:?}: expected a number above 0, e.g. 0.5 or 2"
+        )),
+    }
+}
+
+/// A memory size: bytes, or with a unit K, M, G or T (powers of 1024;
+/// `KiB`, `MB`… read the same), at least 1 MiB.
+pub(crate) fn parse_memory(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("invalid memory size {s:?}: use e.g. 512M or 2G")),
+    };
+    let bytes = num
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("invalid memory size {s:?}: use e.g. 512M or 2G"))?;
+    if bytes < Resources::MEMORY_MIN {
+        return Err(format!("memory size {s:?} is below the least, 1M"));
+    }
+    Ok(bytes)
+}
+
 /// An environment variable `KEY=VALUE` (the value may be empty or hold `=`).
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -75,6 +143,11 @@ pub(crate) struct SubmitArgs {
     /// failed without a code (a handler, a refusal).
     #[arg(long)]
     wait: bool,
+    /// With --wait, do not pass this command's standard input to the task
+    /// (by default a shell task reads it when it is not a terminal, up to
+    /// 1 MiB of UTF-8 text).
+    #[arg(long, requires = "wait")]
+    no_stdin: bool,
     /// Queue.
     #[arg(long, default_value = "default")]
     queue: String,
@@ -105,6 +178,14 @@ pub(crate) struct SubmitArgs {
     /// Run only on workers trusted at least this much (0-1).
     #[arg(long, value_parser = parse_fraction, value_name = "FRACTION")]
     min_trust: Option<f64>,
+    /// CPU limit of each attempt, in CPUs (e.g. 1.5); a shell task runs in
+    /// a cgroup with it on Linux workers.
+    #[arg(long, value_parser = parse_cpus, value_name = "CPUS")]
+    cpus: Option<f64>,
+    /// Memory limit of each attempt (e.g. 512M, 2G); past it the task ends
+    /// failed "out of memory".
+    #[arg(long, value_parser = parse_memory, value_name = "SIZE")]
+    memory: Option<u64>,
     /// Run CMD (or the image's default command) in a container of this image.
     #[arg(long, conflicts_with_all = ["script", "handler"])]
     image: Option<String>,
@@ -197,6 +278,10 @@ fn request(a: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
     }
     r.retry = retry;
     r.min_trust = a.min_trust;
+    r.resources = Resources {
+        cpus: a.cpus,
+        memory_bytes: a.memory,
+    };
     r.tags = a.tags.clone();
     r.after = a.after.clone();
     r.delay_ms = a.delay.map(taskgrid_core::duration_millis);
@@ -237,7 +322,10 @@ pub(crate) async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
     if let Some(path) = &a.file {
         return submit_file(&client, path, a.wait, a.conn.json).await;
     }
-    let req = request(&a)?;
+    let mut req = request(&a)?;
+    if a.wait && !a.no_stdin && matches!(req.kind, Kind::Shell(_)) {
+        req.stdin = piped_stdin()?;
+    }
     // Subscribe before submitting: a quick task's progress must not slip by.
     let events = if a.wait {
         Some(client.events(&EventFilter::default(), None).await?)

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use taskgrid_worker::{ContainerRuntime, ShellPolicy, Worker, WorkerConfig};
+use taskgrid_worker::{ContainerRuntime, ShellPolicy, Worker, WorkerConfig, WorkerError};
 
 /// Options of `taskgrid worker` (and the worker half of `taskgrid up`).
 #[derive(Debug, Clone, clap::Args)]
@@ -29,7 +29,8 @@ pub(crate) struct Args {
     /// Display name (default: host name).
     #[arg(long)]
     pub(crate) name: Option<String>,
-    /// Stable worker id (default: the name).
+    /// Stable worker id (default: the name). A worker whose id another
+    /// connected worker has exits with an error.
     #[arg(long)]
     pub(crate) id: Option<String>,
     /// Only these programs may run as shell tasks; repeatable.
@@ -38,7 +39,8 @@ pub(crate) struct Args {
     /// Run no shell tasks at all.
     #[arg(long, conflicts_with = "allow")]
     pub(crate) no_shell: bool,
-    /// Run container tasks with this runtime CLI (`docker`, `podman` or a path).
+    /// Run container tasks with this runtime CLI (`docker`, `podman` or a
+    /// path), if `RUNTIME version` works at start-up.
     #[arg(long)]
     pub(crate) container_runtime: Option<String>,
     /// Serve only these queues; repeatable (default: all).
@@ -98,8 +100,22 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         "taskgrid worker {} connecting to {}",
         config.id, config.server
     );
-    Worker::with_config(config)
+    let id = config.id.clone();
+    match Worker::with_config(config)
         .run_until(super::signals::terminated())
         .await
-        .context("worker stopped")
+    {
+        Ok(()) => Ok(()),
+        Err(WorkerError::DuplicateId(_)) => Err(anyhow::anyhow!(
+            "worker id {id} is already connected to the coordinator \
+             (another `taskgrid worker --id {id}` is running); give each worker its own --id"
+        )),
+        Err(e @ WorkerError::WrongToken(_)) => Err(anyhow::anyhow!(
+            "{e} (check --worker-token or TASKGRID_WORKER_TOKEN)"
+        )),
+        Err(e @ WorkerError::TokenRequired(_)) => Err(anyhow::anyhow!(
+            "{e} (set one with --worker-token or TASKGRID_WORKER_TOKEN)"
+        )),
+        Err(e) => Err(e).context("worker stopped"),
+    }
 }

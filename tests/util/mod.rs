@@ -15,10 +15,14 @@ use taskgrid_core::{State, TaskId};
 /// names (to run these tests against another build, e.g. to see a test
 /// fail on the build before a fix).
 pub fn taskgrid() -> Command {
-    match std::env::var_os("TASKGRID_TEST_BIN") {
+    let mut cmd = match std::env::var_os("TASKGRID_TEST_BIN") {
         Some(bin) => Command::new(bin),
         None => Command::new(env!("CARGO_BIN_EXE_taskgrid")),
-    }
+    };
+    // `submit --wait` passes a piped stdin on to its task: never the test
+    // runner's.
+    cmd.stdin(std::process::Stdio::null());
+    cmd
 }
 
 /// A child process killed (SIGKILL) when dropped.

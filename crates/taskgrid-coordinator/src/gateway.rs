@@ -322,6 +322,8 @@ impl Gateway {
             heartbeat_timeout: Some(
                 self.config.heartbeat_interval * self.config.missed_heartbeats.max(1),
             ),
+            memory_bytes: (reg.memory_bytes > 0).then_some(reg.memory_bytes),
+            cpus: (reg.cpus.is_finite() && reg.cpus > 0.0).then_some(reg.cpus),
         })
     }
 }

@@ -139,6 +139,8 @@ fn worker_views(engine: &taskgrid_core::Engine) -> Vec<WorkerView> {
             used,
             trust,
             running,
+            memory_bytes: info.memory_bytes,
+            cpus: info.cpus,
         })
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));

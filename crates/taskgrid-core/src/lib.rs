@@ -34,8 +34,8 @@ pub use record::{
     TaskFailure, TaskRecord, TaskStatus, Usage,
 };
 pub use spec::{
-    ContainerSpec, DEFAULT_QUEUE, ExecRequirement, LabelReq, ParseLabelError, RetryPolicy,
-    ShellCommand, ShellSpec, TaskKind, TaskSpec,
+    ContainerSpec, DEFAULT_QUEUE, ExecRequirement, LabelReq, ParseLabelError, Resources,
+    RetryPolicy, ShellCommand, ShellSpec, TaskKind, TaskSpec,
 };
 pub use state::{Event, ParseStateError, State, TransitionError, transition};
 pub use time::{Timestamp, duration_micros, duration_millis};

@@ -292,6 +292,40 @@ pub struct TaskSpec {
     /// The task that spawned this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<TaskId>,
+    /// CPU and memory limits of each attempt (shell tasks run in a cgroup
+    /// with them where the worker has cgroups).
+    /// (Boxed, as `stdin`: most tasks have neither, and the engine holds
+    /// every live task.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Box<Resources>>,
+    /// Text a shell task's program reads on its standard input (at most
+    /// [`TaskSpec::STDIN_MAX`] bytes); `/dev/null` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<Arc<String>>,
+}
+
+/// CPU and memory limits a task asks for; unset means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPUs' worth of time per wall-clock second (`1.5`: one and a half).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory in bytes; a task that needs more ends "out of memory".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+}
+
+impl Resources {
+    /// The least memory a limit may give: 1 MiB.
+    pub const MEMORY_MIN: u64 = 1 << 20;
+    /// The most CPUs a limit may give.
+    pub const CPUS_MAX: f64 = 4096.0;
+
+    /// Whether no limit is set.
+    pub fn is_none(&self) -> bool {
+        self.cpus.is_none() && self.memory_bytes.is_none()
+    }
 }
 
 fn default_queue() -> Arc<str> {
@@ -303,6 +337,9 @@ fn one() -> u32 {
 }
 
 impl TaskSpec {
+    /// The most standard input a task may carry: 1 MiB.
+    pub const STDIN_MAX: usize = 1 << 20;
+
     /// A spec for `kind` with every other field at its default.
     pub fn new(kind: TaskKind) -> Self {
         TaskSpec {
@@ -321,7 +358,19 @@ impl TaskSpec {
             unique_key: None,
             min_trust: None,
             parent: None,
+            resources: None,
+            stdin: None,
         }
+    }
+
+    /// Its CPU and memory limits (none when unset).
+    pub fn resources(&self) -> Resources {
+        self.resources.as_deref().copied().unwrap_or_default()
+    }
+
+    /// Sets its CPU and memory limits.
+    pub fn set_resources(&mut self, r: Resources) {
+        self.resources = (!r.is_none()).then(|| Box::new(r));
     }
 }
 

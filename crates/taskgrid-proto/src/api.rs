@@ -16,9 +16,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use taskgrid_core::{
-    AttemptRecord, ContainerSpec, LabelReq, Priority, Progress, RetryPolicy, ShellCommand,
-    ShellSpec, State, Stream, TaskCounts, TaskFailure, TaskId, TaskKind, TaskRecord, TaskSpec,
-    TaskStatus, Timestamp, WorkerId,
+    AttemptRecord, ContainerSpec, LabelReq, Priority, Progress, Resources, RetryPolicy,
+    ShellCommand, ShellSpec, State, Stream, TaskCounts, TaskFailure, TaskId, TaskKind, TaskRecord,
+    TaskSpec, TaskStatus, Timestamp, WorkerId,
 };
 
 /// Where the JSON API is mounted.
@@ -161,6 +161,12 @@ pub struct SubmitRequest {
     /// Lowest worker trust (0–1) it may run on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_trust: Option<f64>,
+    /// CPU and memory limits of each attempt: `{"cpus":1.5,"memory_bytes":536870912}`.
+    #[serde(default, skip_serializing_if = "Resources::is_none")]
+    pub resources: Resources,
+    /// Text a shell task reads on its standard input (at most 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
     /// The task that spawned this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<TaskId>,
@@ -235,6 +241,8 @@ impl SubmitRequest {
             unique_key: self.unique_key,
             min_trust: self.min_trust,
             parent: self.parent,
+            resources: (!self.resources.is_none()).then(|| Box::new(self.resources)),
+            stdin: self.stdin.map(Arc::new),
         };
         (spec, times)
     }
@@ -256,6 +264,8 @@ impl SubmitRequest {
             after: spec.after.clone(),
             unique_key: spec.unique_key.clone(),
             min_trust: spec.min_trust,
+            resources: spec.resources(),
+            stdin: spec.stdin.as_deref().cloned(),
             parent: spec.parent,
             delay_ms: None,
             expires_in_ms: None,
@@ -509,6 +519,13 @@ pub struct WorkerView {
     pub trust: f64,
     /// Attempts it runs, as `[task, attempt]` pairs.
     pub running: Vec<(TaskId, u32)>,
+    /// Its memory in bytes, as it said: tasks' `resources.memory_bytes`
+    /// placed on it never add up to more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Its CPUs, as it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
 }
 
 impl WorkerView {

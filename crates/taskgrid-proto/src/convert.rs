@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use taskgrid_core::{
-    Assignment, ContainerSpec, Outcome, RetryHint, ShellCommand, ShellSpec, Stream, TaskId,
-    TaskKind,
+    Assignment, ContainerSpec, Outcome, Resources, RetryHint, ShellCommand, ShellSpec, Stream,
+    TaskId, TaskKind,
 };
 
 use crate::worker;
@@ -96,6 +96,9 @@ pub fn assignment_from_core(a: &Assignment) -> worker::Assignment {
         timeout_ms: a.timeout.map_or(0, taskgrid_core::duration_millis),
         checkpoint_json: a.checkpoint.as_deref().unwrap_or_default().to_owned(),
         slots: a.slots,
+        cpus: a.resources.cpus.unwrap_or(0.0),
+        memory_bytes: a.resources.memory_bytes.unwrap_or(0),
+        stdin: a.stdin.as_deref().cloned(),
     }
 }
 
@@ -124,6 +127,14 @@ pub fn kind_to_core(a: &worker::Assignment) -> Result<TaskKind, ConvertError> {
             })),
         },
     )
+}
+
+/// The CPU and memory limits of a wire assignment (0 is none).
+pub fn resources_of(a: &worker::Assignment) -> Resources {
+    Resources {
+        cpus: (a.cpus.is_finite() && a.cpus > 0.0).then_some(a.cpus),
+        memory_bytes: (a.memory_bytes > 0).then_some(a.memory_bytes),
+    }
 }
 
 /// The timeout of a wire assignment.
@@ -246,11 +257,18 @@ mod tests {
             timeout: Some(Duration::from_secs(2)),
             checkpoint: Some("{\"n\":1}".into()),
             slots: 2,
+            resources: Resources {
+                cpus: Some(1.5),
+                memory_bytes: Some(64 << 20),
+            },
+            stdin: Some(std::sync::Arc::new("line\n".into())),
         };
         let wire = assignment_from_core(&a);
         assert_eq!(kind_to_core(&wire).unwrap(), a.kind);
         assert_eq!(timeout_of(&wire), a.timeout);
         assert_eq!(wire.slots, 2);
+        assert_eq!(resources_of(&wire), a.resources);
+        assert_eq!(wire.stdin.as_deref(), Some("line\n"));
         assert_eq!(task_id(wire.attempt.as_ref()).unwrap(), (a.id, 3));
     }
 

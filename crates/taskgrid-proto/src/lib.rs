@@ -13,5 +13,5 @@ mod convert;
 
 pub use convert::{
     ConvertError, assignment_from_core, attempt_ref, kind_to_core, outcome_from_result,
-    result_from_outcome, stream_from_core, stream_to_core, task_id, timeout_of,
+    resources_of, result_from_outcome, stream_from_core, stream_to_core, task_id, timeout_of,
 };

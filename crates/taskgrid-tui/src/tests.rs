@@ -221,6 +221,8 @@ fn the_selection_stays_on_a_row_when_rows_disappear() {
         used: 1,
         trust: 0.5,
         running: vec![],
+        memory_bytes: None,
+        cpus: None,
     };
     update(
         &mut app,
@@ -595,6 +597,8 @@ fn workers_queues_and_the_cancel_prompt_render() {
             used: 3,
             trust: 0.9,
             running: vec![],
+            memory_bytes: None,
+            cpus: None,
         }]),
     );
     update(
@@ -778,6 +782,8 @@ fn errors_names_and_messages_keep_their_breaks_visible_on_one_line() {
             used: 0,
             trust: 1.0,
             running: vec![],
+            memory_bytes: None,
+            cpus: None,
         }]),
     );
     keys(&mut app, &[Key::Char('1')]);

@@ -7,7 +7,7 @@
 //! ```no_run
 //! # async fn demo() {
 //! use taskgrid_core::{ShellCommand, ShellSpec, StopReason, Stream};
-//! use taskgrid_worker::{ExecLimits, ShellPolicy, run_shell};
+//! use taskgrid_worker::{ExecLimits, ShellInput, ShellPolicy, run_shell};
 //! use tokio::sync::{mpsc, watch};
 //!
 //! let spec = ShellSpec {
@@ -23,7 +23,9 @@
 //!     }
 //! });
 //! let limits = ExecLimits::default();
-//! let report = run_shell(&spec, None, &limits, &ShellPolicy::Any, stop_rx, out_tx).await;
+//! // No stdin, no CPU or memory limits (see `ShellInput`).
+//! let input = ShellInput::default();
+//! let report = run_shell(&spec, input, None, &limits, &ShellPolicy::Any, stop_rx, out_tx).await;
 //! // A cancel from the coordinator would be `stop_tx.send(Some(StopReason::Cancel))`.
 //! # drop(stop_tx);
 //! forward.await.ok();
@@ -56,5 +58,6 @@ pub mod exec;
 pub use agent::{ATTEMPT_VAR, TASK_ID_VAR, Worker, WorkerConfig, WorkerError};
 
 pub use exec::{
-    ContainerRuntime, ExecLimits, ExecReport, ShellPolicy, StopReason, run_container, run_shell,
+    ContainerRuntime, ExecLimits, ExecReport, ShellInput, ShellPolicy, StopReason, cgroups,
+    run_container, run_shell,
 };

@@ -9,7 +9,7 @@ use taskgrid_coordinator::{
     GatewayConfig, SystemConfig, Task, TaskError, TaskHandle, TaskSystem, gateway,
 };
 use taskgrid_core::{FailureCode, ShellCommand, ShellSpec, State, TaskKind, TaskSpec, WorkerId};
-use taskgrid_worker::{ShellPolicy, Worker, WorkerConfig};
+use taskgrid_worker::{ShellPolicy, Worker, WorkerConfig, WorkerError};
 use tokio_stream::wrappers::TcpListenerStream;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -126,8 +126,11 @@ async fn shell_tasks_run_remotely_with_output_and_exit_codes() {
     let usage = sys.attempts(bad.id()).unwrap()[0]
         .usage
         .expect("usage recorded");
+    // A task without limits runs in no cgroup: its peak memory is not
+    // measured (0) rather than this process's size, which a forked child's
+    // `ru_maxrss` starts from.
     assert!(
-        usage.peak_rss_bytes > 0 && usage.cpu_seconds >= 0.0,
+        usage.peak_rss_bytes == 0 && usage.cpu_seconds >= 0.0,
         "{usage:?}"
     );
     assert!(r.error.unwrap().message.contains("code 3"));
@@ -523,6 +526,11 @@ impl Proxy {
         Proxy { addr, links }
     }
 
+    /// Connections made through it so far (and not cut).
+    fn connections(&self) -> usize {
+        self.links.lock().unwrap().len()
+    }
+
     /// Drops every open connection (both sockets close).
     fn cut(&self) {
         for link in self.links.lock().unwrap().drain(..) {
@@ -608,5 +616,139 @@ async fn a_drain_hands_held_tasks_back_at_once() {
         State::Succeeded
     );
     assert_eq!(held.record().unwrap().status.state, State::Queued);
+    sys.shutdown().await.unwrap();
+}
+
+/// Waits until the coordinator lists worker `id` with label `gen=value`.
+async fn listed_as(sys: &TaskSystem, id: &str, value: &str) {
+    let want = ("gen".to_owned(), value.to_owned());
+    tokio::time::timeout(LIMIT, async {
+        while !sys
+            .workers()
+            .iter()
+            .any(|w| w.id.as_str() == id && w.labels.contains(&want))
+        {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{id} never listed with gen={value}"));
+}
+
+fn generation(addr: SocketAddr, id: &str, value: &str) -> WorkerConfig {
+    let mut c = config(addr, id);
+    c.labels = vec![("gen".into(), value.into())];
+    c.reconnect_min = Duration::from_millis(20);
+    c.reconnect_max = Duration::from_millis(50);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_connected_id_gives_up_and_the_first_keeps_working() {
+    let (sys, addr) = coordinator().await;
+    let first = tokio::spawn(Worker::with_config(generation(addr, "twin", "a")).run());
+    listed_as(&sys, "twin", "a").await;
+    let mut second = generation(addr, "twin", "b");
+    second.duplicate_id_grace = Duration::from_millis(200);
+    let end = tokio::time::timeout(LIMIT, Worker::with_config(second).run())
+        .await
+        .expect("the second worker gives up");
+    match end {
+        Err(WorkerError::DuplicateId(id)) => assert_eq!(id, "twin"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!first.is_finished());
+    listed_as(&sys, "twin", "a").await;
+    let h = sys.submit(script("true")).await.unwrap();
+    assert_eq!(h.wait_timeout(LIMIT).await.unwrap().state, State::Succeeded);
+    sys.shutdown().await.unwrap();
+}
+
+/// A worker restarted while its predecessor's session is still open (as
+/// when a process is killed and started again at once) is told the id is
+/// connected, tries again, and takes over once the old session is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_waits_out_its_predecessors_session_and_takes_over() {
+    let (sys, addr) = coordinator().await;
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let old = tokio::spawn(
+        Worker::with_config(generation(addr, "phoenix", "old")).run_until(async move {
+            let _ = drain_rx.await;
+        }),
+    );
+    listed_as(&sys, "phoenix", "old").await;
+    let proxy = Proxy::to(addr).await;
+    let mut new = generation(proxy.addr, "phoenix", "new");
+    new.duplicate_id_grace = LIMIT;
+    let successor = tokio::spawn(Worker::with_config(new).run());
+    // A second connection: the first was answered "connected already".
+    tokio::time::timeout(LIMIT, async {
+        while proxy.connections() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the successor tries again");
+    drain_tx.send(()).unwrap();
+    old.await.unwrap().unwrap();
+    listed_as(&sys, "phoenix", "new").await;
+    assert!(!successor.is_finished());
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_or_missing_token_stops_the_worker_saying_which() {
+    let (sys, addr) = coordinator_with(GatewayConfig {
+        worker_token: Some("s3cret".into()),
+        ..GatewayConfig::default()
+    })
+    .await;
+    let server = format!("http://{addr}");
+    let run = |token: Option<&str>| {
+        let mut c = config(addr, "locked-out");
+        c.token = token.map(str::to_owned);
+        tokio::time::timeout(LIMIT, Worker::with_config(c).run())
+    };
+    match run(Some("guess")).await.expect("it stops") {
+        Err(WorkerError::WrongToken(s)) => assert_eq!(s, server),
+        other => panic!("{other:?}"),
+    }
+    match run(None).await.expect("it stops") {
+        Err(e @ WorkerError::TokenRequired(_)) => {
+            assert!(e.to_string().contains("requires a worker token"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_runtime_that_does_not_answer_is_not_advertised() {
+    let (sys, addr) = coordinator().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Answers `version` only. Installed by `install`, whose process
+    // closes it before it runs (no "text file busy" from a fork here).
+    let source = dir.path().join("fake-docker.src");
+    std::fs::write(&source, "#!/bin/sh\n[ \"$1\" = version ]\n").unwrap();
+    let fake = dir.path().join("fake-docker");
+    let status = std::process::Command::new("install")
+        .args(["-m", "755"])
+        .arg(&source)
+        .arg(&fake)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for (id, program, advertised) in [
+        ("no-runtime", dir.path().join("missing"), false),
+        ("fake-runtime", fake.clone(), true),
+    ] {
+        let mut c = generation(addr, id, "1");
+        c.container = Some(taskgrid_worker::ContainerRuntime::new(program));
+        tokio::spawn(Worker::with_config(c).run());
+        listed_as(&sys, id, "1").await;
+        let w = sys.workers().into_iter().find(|w| w.id.as_str() == id);
+        assert_eq!(w.map(|w| w.container), Some(advertised), "{id}");
+    }
     sys.shutdown().await.unwrap();
 }

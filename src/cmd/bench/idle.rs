@@ -259,6 +259,7 @@ impl Simulated {
             running: Vec::new(),
             // One simulated process per id: its reconnects replace itself.
             instance: self.id.clone(),
+            ..Default::default()
         }
     }
 }

@@ -370,6 +370,8 @@ mod tests {
             used: 1,
             trust: 0.5,
             running: Vec::new(),
+            memory_bytes: None,
+            cpus: None,
         };
         let text = render(&m, &[], &[worker]);
         for line in [

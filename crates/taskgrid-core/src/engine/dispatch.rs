@@ -34,6 +34,9 @@ pub(super) struct ClassKey {
     min_trust: u32,
     /// Slots each task needs: a worker with fewer in all cannot run it.
     slots: u32,
+    /// Memory each task asks for (0: none): a worker with less in all
+    /// cannot run it.
+    memory: u64,
 }
 
 impl ClassKey {
@@ -47,6 +50,7 @@ impl ClassKey {
             labels,
             min_trust: (spec.min_trust.unwrap_or(0.0).clamp(0.0, 1.0) * 1e6) as u32,
             slots: spec.slots,
+            memory: spec.resources().memory_bytes.unwrap_or(0),
         }
     }
 
@@ -64,6 +68,12 @@ impl ClassKey {
         parts.push(format!("serving queue {:?}", &*self.queue));
         if self.slots > 1 {
             parts.push(format!("with at least {} slots", self.slots));
+        }
+        if self.memory > 0 {
+            parts.push(format!(
+                "with at least {} MiB of memory",
+                self.memory.div_ceil(1 << 20)
+            ));
         }
         parts.join(" ")
     }
@@ -121,6 +131,11 @@ pub struct WorkerInfo {
     pub queues: Vec<String>,
     /// It is dropped when no heartbeat arrives for this long; never when `None`.
     pub heartbeat_timeout: Option<Duration>,
+    /// Its memory in bytes, when it says: the memory its tasks ask for
+    /// (`resources.memory_bytes`) never adds up to more.
+    pub memory_bytes: Option<u64>,
+    /// Its CPUs, when it says (shown; not used to place tasks).
+    pub cpus: Option<f64>,
 }
 
 impl WorkerInfo {
@@ -141,6 +156,8 @@ impl WorkerInfo {
             prefetch: 0,
             queues: Vec::new(),
             heartbeat_timeout: None,
+            memory_bytes: None,
+            cpus: None,
         }
     }
 }
@@ -154,6 +171,10 @@ pub(super) struct Worker {
     paused: bool,
     /// Attempts it holds slots for: (task, attempt) → slots.
     pub(super) attempts: std::collections::HashMap<(TaskId, u32), u32>,
+    /// Memory asked for by the attempts it holds that ask for some.
+    memory: std::collections::HashMap<(TaskId, u32), u64>,
+    /// The sum of `memory`.
+    memory_used: u64,
     last_seen: Timestamp,
     /// Exponentially decayed counts of recent successes and failures.
     ok: f64,
@@ -166,6 +187,14 @@ impl Worker {
             return 0;
         }
         (self.info.slots + self.info.prefetch).saturating_sub(self.used)
+    }
+    /// Whether `bytes` more of requested memory fit in what it said it has.
+    fn has_memory(&self, bytes: u64) -> bool {
+        bytes == 0
+            || self
+                .info
+                .memory_bytes
+                .is_none_or(|total| self.memory_used.saturating_add(bytes) <= total)
     }
     /// Free slots proper: what it could start now, without holding.
     fn idle(&self) -> u32 {
@@ -186,6 +215,7 @@ impl Worker {
         serves
             && exec
             && self.info.slots >= key.slots
+            && self.info.memory_bytes.is_none_or(|m| m >= key.memory)
             && key.labels.iter().all(|l| l.matches(&self.info.labels))
     }
     pub(super) fn record(&mut self, success: bool) {
@@ -252,6 +282,8 @@ impl Engine {
                     used: 0,
                     paused: false,
                     attempts: Default::default(),
+                    memory: Default::default(),
+                    memory_used: 0,
                     last_seen: now,
                     ok: 0.0,
                     bad: 0.0,
@@ -493,6 +525,7 @@ impl Engine {
             return Pick::Skip;
         };
         let need = e.rec.spec.slots;
+        let memory = e.rec.spec.resources().memory_bytes.unwrap_or(0);
         let min_trust = e.rec.spec.min_trust.unwrap_or(0.0);
         // Idle slots first, so a task goes to a worker that can start it
         // rather than to one that would hold it (prefetch); then room,
@@ -505,7 +538,7 @@ impl Engine {
             };
             let (free, trust) = (w.free(), w.trust());
             let rank = (w.idle(), free, trust);
-            if free < need || trust < min_trust {
+            if free < need || trust < min_trust || !w.has_memory(memory) {
                 continue;
             }
             if e.refused(&w.info.id) {
@@ -537,6 +570,7 @@ impl Engine {
         }
         let e = self.tasks.get(&id).expect("assigned task exists");
         let (attempt, slots) = (e.rec.status.attempt, e.rec.spec.slots);
+        let e_memory = e.rec.spec.resources().memory_bytes;
         out.assignments.push(Assignment {
             id,
             attempt,
@@ -545,11 +579,17 @@ impl Engine {
             timeout: e.rec.spec.timeout,
             checkpoint: e.rec.checkpoint.clone(),
             slots,
+            resources: e.rec.spec.resources(),
+            stdin: e.rec.spec.stdin.clone(),
         });
         let w = self.workers[wi].as_mut().expect("checked above");
         let before = w.free();
         w.used += slots;
         w.attempts.insert((id, attempt), slots);
+        if let Some(m) = e_memory.filter(|m| *m > 0) {
+            w.memory.insert((id, attempt), m);
+            w.memory_used += m;
+        }
         self.free_slots -= u64::from(before - w.free());
     }
 
@@ -567,6 +607,9 @@ impl Engine {
             let before = w.free();
             w.used -= slots;
             self.free_slots += u64::from(w.free() - before);
+        }
+        if let Some(m) = w.memory.remove(&(id, attempt)) {
+            w.memory_used -= m;
         }
     }
 

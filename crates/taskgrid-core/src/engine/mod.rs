@@ -166,6 +166,10 @@ pub struct Assignment {
     pub checkpoint: Option<Box<str>>,
     /// Slots it takes.
     pub slots: u32,
+    /// Its CPU and memory limits.
+    pub resources: crate::Resources,
+    /// What its program reads on standard input.
+    pub stdin: Option<std::sync::Arc<String>>,
 }
 
 /// Why an executor must stop an attempt.

@@ -8,7 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::{
-    Change, ShellCommand, State, TaskId, TaskKind, TaskRecord, TaskSpec, TaskStatus, Timestamp,
+    Change, Resources, ShellCommand, State, TaskId, TaskKind, TaskRecord, TaskSpec, TaskStatus,
+    Timestamp,
 };
 
 use super::{Engine, Entry, Outbox, SubmitError};
@@ -119,6 +120,34 @@ impl Engine {
         }
         if spec.min_trust.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
             return Err(invalid("min_trust", "must be between 0 and 1"));
+        }
+        let res = &spec.resources();
+        if res
+            .cpus
+            .is_some_and(|c| !c.is_finite() || c <= 0.0 || c > Resources::CPUS_MAX)
+        {
+            return Err(invalid(
+                "resources.cpus",
+                format!("must be above 0 and at most {}", Resources::CPUS_MAX),
+            ));
+        }
+        if res.memory_bytes.is_some_and(|m| m < Resources::MEMORY_MIN) {
+            return Err(invalid("resources.memory_bytes", "must be at least 1 MiB"));
+        }
+        if let Some(stdin) = &spec.stdin {
+            if !matches!(spec.kind, TaskKind::Shell(_)) {
+                return Err(invalid("stdin", "only a shell task reads standard input"));
+            }
+            if stdin.len() > TaskSpec::STDIN_MAX {
+                return Err(invalid(
+                    "stdin",
+                    format!(
+                        "is {} bytes; the most is {}",
+                        stdin.len(),
+                        TaskSpec::STDIN_MAX
+                    ),
+                ));
+            }
         }
         if let Some(exp) = spec.expires_at {
             if exp <= now {

@@ -891,6 +891,8 @@ fn explain_names_every_gate() {
         timeout: None,
         checkpoint: None,
         slots: 1,
+        resources: crate::Resources::default(),
+        stdin: None,
     };
     t.report(&assignment, Outcome::ok()).unwrap();
     let x = t.engine.explain(running, t.now).unwrap();
@@ -1136,4 +1138,51 @@ fn a_task_goes_to_an_idle_worker_before_one_that_would_hold_it() {
     let next = t.submit(h("echo"));
     let a = t.dispatch();
     assert_eq!((a.len(), a[0].id, &a[0].worker), (1, next, &idle));
+}
+
+#[test]
+fn requested_memory_never_adds_up_to_more_than_a_worker_has() {
+    let mut t = Harness::new();
+    let mut info = WorkerInfo::local("w1", 8, ["x"]);
+    info.memory_bytes = Some(1 << 30);
+    t.engine.register_worker(info, t.now);
+    let with_memory = |bytes: u64| {
+        let mut s = h("x");
+        s.set_resources(crate::Resources {
+            cpus: None,
+            memory_bytes: Some(bytes),
+        });
+        s
+    };
+    let ids: Vec<TaskId> = (0..3).map(|_| t.submit(with_memory(512 << 20))).collect();
+    // Eight slots, but 1 GiB: two 512 MiB tasks, the third waits.
+    let a = t.start();
+    assert_eq!(a.iter().map(|x| x.id).collect::<Vec<_>>(), ids[..2]);
+    assert_eq!(a[0].resources.memory_bytes, Some(512 << 20));
+    assert_eq!(t.state(ids[2]), State::Queued);
+    // A task that asks for nothing is not held back by them.
+    let free = t.submit(h("x"));
+    assert_eq!(
+        t.dispatch().iter().map(|x| x.id).collect::<Vec<_>>(),
+        [free]
+    );
+    // One ends: its memory is free again.
+    t.report(&a[0], Outcome::ok()).unwrap();
+    assert_eq!(
+        t.dispatch().iter().map(|x| x.id).collect::<Vec<_>>(),
+        [ids[2]]
+    );
+
+    // More than the worker has in all: no capable worker, said so.
+    let mut huge = with_memory(2 << 30);
+    huge.dispatch_timeout = Some(Duration::from_secs(1));
+    let id = t.submit(huge);
+    assert!(t.dispatch().is_empty());
+    let x = t.engine.explain(id, t.now).unwrap();
+    assert!(
+        matches!(&x.gates[0], Gate::NoCapableWorker { detail, .. } if detail.contains("2048 MiB of memory")),
+        "{x:?}"
+    );
+    t.advance(Duration::from_secs(1));
+    assert_eq!(t.error(id).code, FailureCode::NoCapableWorker);
 }

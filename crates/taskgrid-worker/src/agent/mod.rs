@@ -14,6 +14,7 @@
 //! variables [`TASK_ID_VAR`] and [`ATTEMPT_VAR`].
 
 mod backend;
+mod cause;
 mod run;
 
 pub use run::{ATTEMPT_VAR, TASK_ID_VAR};
@@ -52,7 +53,9 @@ pub struct WorkerConfig {
     pub queues: Vec<String>,
     /// Which programs shell tasks may run.
     pub shell: ShellPolicy,
-    /// The container runtime, or `None` for no container tasks.
+    /// The container runtime, or `None` for no container tasks. It is
+    /// probed at start-up (`<runtime> version`): if that fails, the worker
+    /// runs no container tasks and logs why.
     pub container: Option<ContainerRuntime>,
     /// Output caps and kill grace.
     pub limits: ExecLimits,
@@ -62,6 +65,12 @@ pub struct WorkerConfig {
     pub reconnect_min: Duration,
     /// Longest reconnect delay.
     pub reconnect_max: Duration,
+    /// How long the coordinator may keep saying that this worker's id is
+    /// connected from another process before the worker gives up with
+    /// [`WorkerError::DuplicateId`]. The other process may be this one's
+    /// predecessor, just ended, whose stream the coordinator has not seen
+    /// close yet.
+    pub duplicate_id_grace: Duration,
 }
 
 impl WorkerConfig {
@@ -73,6 +82,9 @@ impl WorkerConfig {
     /// every worker back within a second of listening again; a thousand
     /// workers retrying once a second cost it nothing to speak of.
     pub const RECONNECT_MAX_DEFAULT: Duration = Duration::from_secs(1);
+    /// Default duplicate id grace: 3 s. A killed worker's stream is seen
+    /// closed within milliseconds; a restarted one is back after that.
+    pub const DUPLICATE_ID_GRACE_DEFAULT: Duration = Duration::from_secs(3);
 
     /// Defaults for a worker of `server`: id and name from the host name,
     /// one slot per CPU, shell allowed, no containers.
@@ -97,6 +109,7 @@ impl WorkerConfig {
             drain_grace: Self::DRAIN_GRACE_DEFAULT,
             reconnect_min: Self::RECONNECT_MIN_DEFAULT,
             reconnect_max: Self::RECONNECT_MAX_DEFAULT,
+            duplicate_id_grace: Self::DUPLICATE_ID_GRACE_DEFAULT,
         }
     }
 }
@@ -124,10 +137,23 @@ pub struct Worker {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WorkerError {
-    /// The coordinator refused this worker for good (bad token, invalid
+    /// The coordinator refused this worker for good (an invalid
     /// registration): retrying would not help.
     #[error("refused by the coordinator: {0}")]
     Refused(String),
+    /// The coordinator at this address refused the worker's token.
+    #[error("the coordinator at {0} refused this worker: wrong worker token")]
+    WrongToken(String),
+    /// The coordinator at this address requires a worker token and the
+    /// worker has none.
+    #[error("the coordinator at {0} requires a worker token, and this worker has none")]
+    TokenRequired(String),
+    /// Another worker process with this id is connected to the
+    /// coordinator (for longer than [`WorkerConfig::duplicate_id_grace`]).
+    #[error(
+        "worker id {0:?} is already connected to the coordinator (another worker process has this id)"
+    )]
+    DuplicateId(String),
     /// The server address is not a valid URL.
     #[error("invalid server address {0:?}: {1}")]
     BadServer(String, String),
@@ -168,7 +194,9 @@ impl Worker {
         self
     }
 
-    /// Runs until the coordinator refuses the worker for good.
+    /// Runs until the coordinator refuses the worker for good (see
+    /// [`WorkerError`]); a coordinator that cannot be reached is tried
+    /// again and again, and why it cannot is logged.
     pub async fn run(self) -> Result<(), WorkerError> {
         self.run_until(std::future::pending()).await
     }
@@ -180,6 +208,11 @@ impl Worker {
         self,
         drain: impl Future<Output = ()> + Send,
     ) -> Result<(), WorkerError> {
+        if !matches!(self.config.shell, crate::ShellPolicy::Disabled) {
+            // Said once, at start-up: whether tasks' CPU and memory limits
+            // are enforced with cgroups here, or why not.
+            let _ = crate::exec::cgroups();
+        }
         session::run(self.config, self.handlers, drain).await
     }
 }

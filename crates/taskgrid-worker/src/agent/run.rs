@@ -252,7 +252,11 @@ async fn execute(
                     .retain(|(k, _)| k != TASK_ID_VAR && k != ATTEMPT_VAR);
                 spec.env.push((TASK_ID_VAR.to_owned(), id.to_string()));
                 spec.env.push((ATTEMPT_VAR.to_owned(), attempt.to_string()));
-                crate::run_shell(&spec, timeout, &c.limits, &c.shell, stop, out_tx).await
+                let input = crate::ShellInput {
+                    resources: taskgrid_proto::resources_of(a),
+                    stdin: a.stdin.as_deref(),
+                };
+                crate::run_shell(&spec, input, timeout, &c.limits, &c.shell, stop, out_tx).await
             }
             TaskKind::Container(spec) => match &c.container {
                 Some(rt) => crate::run_container(&spec, rt, timeout, &c.limits, stop, out_tx).await,

@@ -16,10 +16,13 @@ use taskgrid_proto::worker::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{WorkerConfig, WorkerError};
+use super::{WorkerConfig, WorkerError, cause};
 
 /// How long a checkpoint or spawn waits for the coordinator's answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long `<runtime> version` may take at start-up.
+const RUNTIME_PROBE_LIMIT: Duration = Duration::from_secs(10);
 
 /// An attempt this worker has accepted and not yet finished reporting.
 pub(super) struct Attempt {
@@ -155,10 +158,16 @@ impl Shared {
 enum End {
     /// Drained: every attempt is finished or handed back.
     Drained,
-    /// The stream broke; reconnect.
+    /// No session came about (cannot connect, or no answer to register),
+    /// for this reason in words; try again.
+    Unreachable(String),
+    /// The coordinator has a session of this worker id from another
+    /// process; try again within the grace, then give up.
+    Duplicate,
+    /// The stream broke after registering, for this reason; reconnect.
     Lost(String),
     /// Refused for good.
-    Refused(String),
+    Refused(WorkerError),
 }
 
 pub(super) async fn run(
@@ -166,8 +175,14 @@ pub(super) async fn run(
     handlers: HashMap<String, Arc<dyn Handler>>,
     drain: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(config.server.clone())
-        .map_err(|e| WorkerError::BadServer(config.server.clone(), e.to_string()))?;
+    let endpoint = cause::endpoint(&config.server)?;
+    let mut config = config;
+    if let Some(rt) = &config.container
+        && let Err(why) = rt.probe(RUNTIME_PROBE_LIMIT).await
+    {
+        tracing::warn!("container tasks disabled: {why}");
+        config.container = None;
+    }
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         config,
@@ -183,47 +198,80 @@ pub(super) async fn run(
     let mut draining = None;
     let mut corked = Corked::default();
     let mut backoff = shared.config.reconnect_min;
+    let mut said = cause::Said::default();
+    // Since when every register has been answered "this id is connected".
+    let mut duplicate_since = None;
+    let server = &shared.config.server;
     loop {
         let registered_at = tokio::time::Instant::now();
-        match session(
+        let end = session(
             &shared,
             &endpoint,
             (&mut events_rx, &mut corked),
             &mut drain,
             &mut draining,
         )
-        .await
-        {
+        .await;
+        if !matches!(end, End::Duplicate) {
+            duplicate_since = None;
+        }
+        let (why, always) = match end {
             End::Drained => return Ok(()),
-            End::Refused(why) => return Err(WorkerError::Refused(why)),
-            End::Lost(why) if draining.is_some() => {
+            End::Refused(e) => return Err(e),
+            End::Unreachable(why) | End::Lost(why) if draining.is_some() => {
                 // Draining with no coordinator to hand back to: stop what is
                 // left; the coordinator re-queues it when the heartbeat lapses.
-                tracing::warn!(error = %why, "lost the coordinator while draining; stopping");
+                tracing::warn!("lost the coordinator at {server} while draining ({why}); stopping");
                 shared.stop_all(StopReason::Cancel);
                 return Ok(());
             }
-            End::Lost(why) => {
-                tracing::warn!(error = %why, ?backoff, "lost the coordinator; reconnecting");
-                // Held tasks never started: with no coordinator to accept
-                // them, let it give them out again (it re-queues what the
-                // next register does not list).
-                shared.drop_held();
-                if registered_at.elapsed() > shared.config.reconnect_max {
-                    backoff = shared.config.reconnect_min;
+            End::Duplicate if draining.is_some() => {
+                shared.stop_all(StopReason::Cancel);
+                return Ok(());
+            }
+            End::Duplicate => {
+                // Another process has this id, or this process's
+                // predecessor, just ended, whose stream the coordinator has
+                // not seen end yet: wait that out, then give up.
+                let grace = shared.config.duplicate_id_grace;
+                let since = *duplicate_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= grace {
+                    shared.stop_all(StopReason::Cancel);
+                    return Err(WorkerError::DuplicateId(shared.config.id.clone()));
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = &mut drain, if draining.is_none() => {
-                        // Draining with no coordinator: stop everything; the
-                        // coordinator re-queues it when the heartbeat lapses.
-                        shared.stop_all(StopReason::Cancel);
-                        return Ok(());
-                    }
-                }
-                backoff = next_backoff(backoff, &shared.config);
+                let why = format!(
+                    "worker id {:?} is connected to the coordinator at {server} already \
+                     (another process, or this worker's previous one not seen gone yet); \
+                     giving up after {grace:?}",
+                    shared.config.id
+                );
+                (why, false)
+            }
+            End::Unreachable(why) => (
+                format!("cannot reach the coordinator at {server}: {why}"),
+                false,
+            ),
+            // Each loss is news, however like the last one it is.
+            End::Lost(why) => (format!("lost the coordinator at {server}: {why}"), true),
+        };
+        // Held tasks never started: with no coordinator to accept them, let
+        // it give them out again (it re-queues what the next register does
+        // not list).
+        shared.drop_held();
+        if registered_at.elapsed() > shared.config.reconnect_max {
+            backoff = shared.config.reconnect_min;
+        }
+        said.say(&why, always, backoff);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = &mut drain, if draining.is_none() => {
+                // Draining with no coordinator: stop everything; the
+                // coordinator re-queues it when the heartbeat lapses.
+                shared.stop_all(StopReason::Cancel);
+                return Ok(());
             }
         }
+        backoff = next_backoff(backoff, &shared.config);
     }
 }
 
@@ -247,6 +295,8 @@ fn register(shared: &Shared) -> In {
         queues: c.queues.clone(),
         running: shared.running(),
         instance: shared.instance.clone(),
+        memory_bytes: crate::exec::machine_memory().unwrap_or(0),
+        cpus: std::thread::available_parallelism().map_or(0.0, |n| n.get() as f64),
     })
 }
 
@@ -310,9 +360,10 @@ async fn session(
     drain: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     draining: &mut Option<tokio::time::Instant>,
 ) -> End {
+    let host = endpoint.uri().host().unwrap_or_default();
     let channel = match endpoint.connect().await {
         Ok(c) => c,
-        Err(e) => return End::Lost(format!("connect: {e}")),
+        Err(e) => return End::Unreachable(cause::of_error(&e, host)),
     };
     let mut client = WorkerGatewayClient::new(channel).max_decoding_message_size(64 << 20);
     let (out, out_rx) = mpsc::channel::<worker::WorkerMessage>(1024);
@@ -328,21 +379,15 @@ async fn session(
                 request.metadata_mut().insert("authorization", v);
             }
             Err(_) => {
-                return End::Refused("the token has characters not allowed in a header".into());
+                return End::Refused(WorkerError::Refused(
+                    "the token has characters not allowed in a header".into(),
+                ));
             }
         }
     }
     let mut inbound = match client.session(request).await {
         Ok(r) => r.into_inner(),
-        Err(s)
-            if matches!(
-                s.code(),
-                tonic::Code::Unauthenticated | tonic::Code::InvalidArgument
-            ) =>
-        {
-            return End::Refused(s.message().to_owned());
-        }
-        Err(s) => return End::Lost(s.to_string()),
+        Err(s) => return refused(shared, &s, host),
     };
     let heartbeat = match inbound.message().await {
         Ok(Some(worker::CoordinatorMessage {
@@ -356,8 +401,8 @@ async fn session(
             tracing::info!(worker = %r.worker_id, "registered");
             Duration::from_millis(u64::from(r.heartbeat_interval_ms).max(100))
         }
-        Ok(_) => return End::Lost("the coordinator did not answer register".into()),
-        Err(s) => return End::Lost(s.to_string()),
+        Ok(_) => return End::Unreachable("the coordinator did not answer register".into()),
+        Err(s) => return refused(shared, &s, host),
     };
     let mut beat = tokio::time::interval(heartbeat);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -400,7 +445,7 @@ async fn session(
                     }
                 }
                 Ok(None) => return End::Lost("the coordinator closed the stream".into()),
-                Err(s) => return End::Lost(s.to_string()),
+                Err(s) => return End::Lost(cause::of_status(&s, host)),
             },
             Some(msg) = events.recv() => {
                 corked.msgs.push(msg);
@@ -450,6 +495,22 @@ async fn session(
                 *draining = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
             }
         }
+    }
+}
+
+/// What the coordinator's answer `s` to a register means.
+fn refused(shared: &Shared, s: &tonic::Status, host: &str) -> End {
+    let server = shared.config.server.clone();
+    match s.code() {
+        tonic::Code::Unauthenticated if shared.config.token.is_some() => {
+            End::Refused(WorkerError::WrongToken(server))
+        }
+        tonic::Code::Unauthenticated => End::Refused(WorkerError::TokenRequired(server)),
+        tonic::Code::InvalidArgument => End::Refused(WorkerError::Refused(s.message().to_owned())),
+        // Sent only to another instance than the one that holds the id
+        // (the same process reconnecting replaces its old session).
+        tonic::Code::AlreadyExists => End::Duplicate,
+        _ => End::Unreachable(cause::of_status(s, host)),
     }
 }
 

@@ -49,6 +49,51 @@ impl ContainerRuntime {
     pub fn podman() -> Self {
         Self::new("podman")
     }
+
+    /// Whether this runtime can run containers here: runs `<runtime>
+    /// version`, which talks to the daemon (docker) or checks the set-up
+    /// (podman), for at most `limit`. The error says why not in words, e.g.
+    /// "`docker` not found on PATH" or "`docker version` failed (exit
+    /// status: 1): Cannot connect to the Docker daemon…".
+    pub async fn probe(&self, limit: Duration) -> Result<(), String> {
+        let shown = self.program.display();
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.arg("version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let out = match tokio::time::timeout(limit, cmd.output()).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A bare name is looked up on PATH; anything with a slash
+                // is a path.
+                let bare = !self.program.as_os_str().as_encoded_bytes().contains(&b'/');
+                return Err(if bare {
+                    format!("`{shown}` not found on PATH")
+                } else {
+                    format!("`{shown}` does not exist")
+                });
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(format!("`{shown}` cannot be run: permission denied"));
+            }
+            Ok(Err(e)) => return Err(format!("`{shown}` cannot be run: {e}")),
+            Err(_) => {
+                return Err(format!("`{shown} version` did not answer within {limit:?}"));
+            }
+        };
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // The first line says it ("Cannot connect to the Docker daemon…").
+        match stderr.lines().map(str::trim).find(|l| !l.is_empty()) {
+            Some(line) => Err(format!("`{shown} version` failed ({}): {line}", out.status)),
+            None => Err(format!("`{shown} version` failed ({})", out.status)),
+        }
+    }
 }
 
 impl Default for ContainerRuntime {
@@ -94,6 +139,8 @@ pub async fn run_container(
         limits,
         stop,
         output,
+        cgroup: None,
+        stdin: None,
     };
     match process::supervise(cmd, attempt, stopper).await {
         Supervised::NotStarted(reason) => ExecReport::not_started(exit::stopped_outcome(reason)),

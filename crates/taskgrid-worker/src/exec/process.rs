@@ -15,6 +15,7 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
 use super::ExecLimits;
+use super::cgroup::AttemptGroup;
 use super::container;
 use super::group::{ProcessGroup, Reaped, spawn_reaper};
 use super::output::{OutputSink, pump};
@@ -25,6 +26,10 @@ pub(crate) struct Attempt<'a> {
     pub(crate) limits: &'a ExecLimits,
     pub(crate) stop: watch::Receiver<Option<StopReason>>,
     pub(crate) output: mpsc::Sender<(Stream, String)>,
+    /// The attempt's cgroup, which the child is spawned into.
+    pub(crate) cgroup: Option<&'a AttemptGroup>,
+    /// What the child reads on standard input (`/dev/null` when absent).
+    pub(crate) stdin: Option<&'a str>,
 }
 
 /// How a stop request reaches the process.
@@ -74,16 +79,26 @@ pub(crate) async fn supervise(
         limits,
         stop,
         output,
+        cgroup,
+        stdin,
     } = attempt;
     if let Some(reason) = *stop.borrow() {
         return Supervised::NotStarted(reason);
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
     let started = Instant::now();
-    let mut child = match cmd.spawn() {
+    let spawned = match cgroup {
+        Some(group) => group.spawn(&mut cmd),
+        None => cmd.spawn(),
+    };
+    let mut child = match spawned {
         Ok(child) => child,
         Err(e) => return Supervised::SpawnFailed(e),
     };
@@ -93,6 +108,7 @@ pub(crate) async fn supervise(
         stopper: stopper.clone(),
         armed: true,
     };
+    let input = child.stdin.take();
     let pipes = take_pipes(&mut child);
     let waiter = spawn_reaper(child, group.clone());
     let (stdout, stderr) = match pipes {
@@ -110,10 +126,12 @@ pub(crate) async fn supervise(
         (exit, stopped, duration)
     };
     let chunk = limits.chunk_bytes();
-    let ((exit, stopped, duration), (), ()) = tokio::join!(
+    let feed = feed(input, stdin.unwrap_or_default());
+    let ((exit, stopped, duration), (), (), ()) = tokio::join!(
         control,
         pump(stdout, Stream::Stdout, &sink, chunk, gone_rx.clone()),
         pump(stderr, Stream::Stderr, &sink, chunk, gone_rx),
+        feed,
     );
     guard.armed = false;
     Supervised::Ended {
@@ -189,6 +207,28 @@ async fn sleep_until(at: Option<Instant>) {
 
 fn joined(r: Result<io::Result<Reaped>, JoinError>) -> io::Result<Reaped> {
     r.unwrap_or_else(|e| Err(io::Error::other(format!("the reaping task failed: {e}"))))
+}
+
+/// Writes `data` to the child's standard input and closes it. A child that
+/// ends (or closes its input) before reading it all is not an error.
+async fn feed(pipe: Option<std::process::ChildStdin>, data: &str) {
+    use tokio::io::AsyncWriteExt;
+    let Some(pipe) = pipe else {
+        return;
+    };
+    let mut pipe = match tokio::process::ChildStdin::from_std(pipe) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("cannot write the task's standard input: {e}");
+            return;
+        }
+    };
+    if let Err(e) = pipe.write_all(data.as_bytes()).await
+        && e.kind() != io::ErrorKind::BrokenPipe
+    {
+        tracing::debug!("the task's standard input was cut short: {e}");
+    }
+    // Dropping the pipe closes it: the program reads its end of file.
 }
 
 fn take_pipes(

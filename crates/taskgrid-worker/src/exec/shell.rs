@@ -8,16 +8,34 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
 
-use taskgrid_core::{Outcome, ShellSpec, StopReason, Stream};
+use taskgrid_core::{Outcome, Resources, RetryHint, ShellSpec, StopReason, Stream};
 use tokio::sync::{mpsc, watch};
 
+use super::cgroup::AttemptGroup;
 use super::exit::{self, never};
 use super::policy::Program;
 use super::process::{self, Attempt, Stopper, Supervised};
 use super::{ExecLimits, ExecReport, ShellPolicy};
 
+/// What a shell attempt is given besides its spec.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShellInput<'a> {
+    /// CPU and memory limits.
+    pub resources: Resources,
+    /// Standard input.
+    pub stdin: Option<&'a str>,
+}
+
 /// Runs a shell task to its end.
 ///
+/// - `input.stdin`: what the program reads on standard input, written to
+///   a pipe that is closed at its end (`/dev/null` when absent); a program
+///   that exits without reading it all is not an error.
+/// - `input.resources`: on Linux the attempt runs in its own cgroup with these
+///   CPU and memory limits, and its CPU seconds and peak memory are the
+///   group's; a process of it killed for exceeding the memory limit fails
+///   the attempt with "out of memory". Without cgroups a memory limit is an
+///   `RLIMIT_AS` (see [`cgroups`](super::cgroups)).
 /// - `timeout`: the attempt is stopped with outcome
 ///   [`Outcome::TimedOut`] this long after the spawn.
 /// - `stop`: the coordinator's stop requests. The attempt is stopped as soon
@@ -42,6 +60,7 @@ use super::{ExecLimits, ExecReport, ShellPolicy};
 /// naming the cause.
 pub async fn run_shell(
     spec: &ShellSpec,
+    input: ShellInput<'_>,
     timeout: Option<Duration>,
     limits: &ExecLimits,
     policy: &ShellPolicy,
@@ -55,13 +74,31 @@ pub async fn run_shell(
     if let Err(message) = validate(spec, &program) {
         return ExecReport::not_started(never(message));
     }
+    let mut cmd = command(spec, &program);
+    let resources = input.resources;
+    // A group costs about a millisecond of kernel work per attempt (making,
+    // joining and removing it), as much as a short task itself: only an
+    // attempt with limits gets one.
+    let cgroup = match (!resources.is_none())
+        .then(|| AttemptGroup::create(&mut cmd, resources))
+        .transpose()
+    {
+        Ok(group) => group.flatten(),
+        Err(e) => {
+            return ExecReport::not_started(Outcome::failed(format!(
+                "cannot make the attempt's cgroup: {e}"
+            )));
+        }
+    };
     let attempt = Attempt {
         timeout,
         limits,
         stop,
         output,
+        cgroup: cgroup.as_ref(),
+        stdin: input.stdin,
     };
-    match process::supervise(command(spec, &program), attempt, Stopper::Group).await {
+    match process::supervise(cmd, attempt, Stopper::Group).await {
         Supervised::NotStarted(reason) => ExecReport::not_started(exit::stopped_outcome(reason)),
         Supervised::SpawnFailed(e) => ExecReport::not_started(spawn_failure(&program.name, &e)),
         Supervised::Ended {
@@ -69,7 +106,65 @@ pub async fn run_shell(
             stopped,
             duration,
             output_truncated,
-        } => exit::report(exit, stopped, duration, output_truncated, exit::plain_code),
+        } => {
+            let mut report =
+                exit::report(exit, stopped, duration, output_truncated, exit::plain_code);
+            if cgroup.is_none() && report.peak_rss_bytes <= own_peak_rss() {
+                // A child starts as a copy of the worker, and the kernel
+                // counts that copy's size in its peak (`ru_maxrss`): a
+                // figure no larger than the worker's own says nothing of
+                // the program. Not measured, rather than wrong.
+                report.peak_rss_bytes = 0;
+            }
+            if let Some(group) = &cgroup {
+                let m = group.measure();
+                if let Some(cpu) = m.cpu_seconds {
+                    report.cpu_seconds = cpu;
+                }
+                report.peak_rss_bytes = m.peak_bytes;
+                let killed = report.signal == Some(nix::sys::signal::Signal::SIGKILL as i32);
+                if m.oom_killed && !matches!(report.outcome, Outcome::Succeeded { .. }) {
+                    let limit = resources
+                        .memory_bytes
+                        .map(|b| format!(": it exceeded its memory limit of {}", bytes(b)))
+                        .unwrap_or_default();
+                    let how = if killed {
+                        "killed"
+                    } else {
+                        "a process was killed"
+                    };
+                    report.outcome = Outcome::Failed {
+                        message: format!("out of memory ({how}{limit})"),
+                        retry: RetryHint::Policy,
+                        exit_code: report.exit_code,
+                    };
+                }
+            }
+            report
+        }
+    }
+}
+
+/// This process's own peak resident memory (`VmHWM`), in bytes.
+fn own_peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// `bytes` as a person reads it: `64 MiB`.
+fn bytes(b: u64) -> String {
+    if b.is_multiple_of(1 << 30) {
+        format!("{} GiB", b >> 30)
+    } else if b.is_multiple_of(1 << 20) {
+        format!("{} MiB", b >> 20)
+    } else {
+        format!("{b} bytes")
     }
 }
 

@@ -822,7 +822,7 @@ const taskView = (root, id) => {
       row("exit code", s.exit_code ?? "—"),
       s.error ? row("error", h("span", { class: "error" }, `${s.error.code}: ${s.error.message}`)) : [],
       s.result ? row("result", h("code", {}, s.result)) : [],
-      s.usage ? row("usage", `${s.usage.cpu_seconds.toFixed(2)} CPU s, ${(s.usage.peak_rss_bytes / 1048576).toFixed(1)} MiB peak`) : [],
+      s.usage ? row("usage", `${s.usage.cpu_seconds.toFixed(2)} CPU s` + (s.usage.peak_rss_bytes ? `, ${(s.usage.peak_rss_bytes / 1048576).toFixed(1)} MiB peak` : "")) : [],
     ].flat());
     drawProgress(task.progress);
     spec.textContent = JSON.stringify(task.spec, null, 2);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use taskgrid_core::{ContainerSpec, Outcome, RetryHint, StopReason, Stream};
 use tempfile::TempDir;
 
-use super::{Live, alive, install_script, limits, run_to_end, text};
+use super::{LIMIT, Live, alive, install_script, limits, run_to_end, text};
 use crate::exec::{ContainerRuntime, ExecLimits, run_container};
 
 /// Records its arguments (one per line, then `--`) in `calls` beside it.
@@ -270,4 +270,49 @@ async fn a_missing_runtime_fails_naming_it() {
         message.contains("/nonexistent/taskgrid-docker"),
         "{message}"
     );
+}
+
+/// A runtime answers the probe when `<runtime> version` exits 0.
+#[tokio::test]
+async fn a_runtime_that_answers_version_passes_the_probe() {
+    let rt = StandIn::new();
+    assert_eq!(rt.runtime.probe(LIMIT).await, Ok(()));
+    assert_eq!(rt.calls(), [strings(&["version"])]);
+}
+
+/// A runtime that is missing, fails or hangs is unusable, and says why.
+#[tokio::test]
+async fn a_missing_failing_or_hanging_runtime_fails_the_probe_saying_why() {
+    let missing = ContainerRuntime::new("/nonexistent/taskgrid-docker");
+    let why = missing.probe(LIMIT).await.unwrap_err();
+    assert_eq!(why, "`/nonexistent/taskgrid-docker` does not exist");
+
+    let not_on_path = ContainerRuntime::new("taskgrid-no-such-runtime");
+    let why = not_on_path.probe(LIMIT).await.unwrap_err();
+    assert_eq!(why, "`taskgrid-no-such-runtime` not found on PATH");
+
+    let dir = tempfile::tempdir().unwrap();
+    let failing = dir.path().join("failing");
+    install_script(
+        &failing,
+        "#!/bin/sh\necho 'Cannot connect to the Docker daemon. Is it running?' >&2\nexit 1\n",
+    );
+    let why = ContainerRuntime::new(&failing)
+        .probe(LIMIT)
+        .await
+        .unwrap_err();
+    assert!(
+        why.contains("version` failed (exit status: 1): Cannot connect to the Docker daemon"),
+        "{why}"
+    );
+
+    let hanging = dir.path().join("hanging");
+    install_script(&hanging, "#!/bin/sh\nexec sleep 1000\n");
+    let started = std::time::Instant::now();
+    let why = ContainerRuntime::new(&hanging)
+        .probe(Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(why.contains("did not answer within 200ms"), "{why}");
+    assert!(started.elapsed() < LIMIT);
 }

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use taskgrid_core::{Outcome, RetryHint, ShellSpec, StopReason, Stream};
+use taskgrid_core::{Outcome, Resources, RetryHint, ShellSpec, StopReason, Stream};
 
 use super::{Live, alive, argv, limits, pids, script, text};
-use crate::exec::{ExecLimits, ShellPolicy, run_shell};
+use crate::exec::{ExecLimits, ShellInput, ShellPolicy, run_shell};
 
 fn start(
     spec: ShellSpec,
@@ -13,8 +13,22 @@ fn start(
     limits: ExecLimits,
     policy: ShellPolicy,
 ) -> Live {
+    start_limited(spec, Resources::default(), timeout, limits, policy)
+}
+
+fn start_limited(
+    spec: ShellSpec,
+    resources: Resources,
+    timeout: Option<Duration>,
+    limits: ExecLimits,
+    policy: ShellPolicy,
+) -> Live {
     Live::start(move |stop, out| async move {
-        run_shell(&spec, timeout, &limits, &policy, stop, out).await
+        let input = ShellInput {
+            resources,
+            stdin: None,
+        };
+        run_shell(&spec, input, timeout, &limits, &policy, stop, out).await
     })
 }
 
@@ -312,7 +326,6 @@ async fn cpu_time_and_peak_rss_are_measured() {
     assert_eq!(report.outcome, succeeded());
     assert!(report.cpu_seconds > 0.05, "{report:?}");
     assert!(report.cpu_seconds < 60.0, "{report:?}");
-    assert!(report.peak_rss_bytes > 0, "{report:?}");
     assert!(report.duration > Duration::ZERO);
 }
 
@@ -379,4 +392,181 @@ async fn a_bad_working_directory_is_not_reported_as_a_missing_program() {
     let (report, _) = run(spec).await;
     let message = refusal(&report.outcome);
     assert!(message.contains("working directory"), "{message}");
+}
+
+/// Where this machine cannot make cgroups, says why and returns false.
+fn cgroups_here() -> bool {
+    match crate::exec::cgroups() {
+        Ok(_) => true,
+        Err(why) => {
+            eprintln!("skipped: no usable cgroup here ({why})");
+            false
+        }
+    }
+}
+
+/// A memory hog under a 64 MiB limit ends failed "out of memory", killed
+/// by the kernel, and its peak memory is the group's, near the limit.
+#[tokio::test]
+async fn a_memory_hog_over_its_limit_ends_out_of_memory() {
+    if !cgroups_here() {
+        return;
+    }
+    // dd fills a 256 MiB buffer from /dev/zero, touching every page.
+    let hog = script("exec dd if=/dev/zero of=/dev/null bs=256M count=1");
+    let limits_64 = Resources {
+        cpus: None,
+        memory_bytes: Some(64 << 20),
+    };
+    let (report, chunks) = start_limited(hog, limits_64, None, limits(), ShellPolicy::Any)
+        .finish()
+        .await;
+    match &report.outcome {
+        Outcome::Failed { message, .. } => {
+            assert!(message.starts_with("out of memory"), "{message}");
+            assert!(
+                message.contains("killed") && message.contains("64 MiB"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}, output {:?}", text(&chunks, Stream::Stdout)),
+    }
+    assert!(
+        report.peak_rss_bytes > 32 << 20 && report.peak_rss_bytes <= 64 << 20,
+        "peak {}",
+        report.peak_rss_bytes
+    );
+
+    // The same under no limit succeeds: the limit, not the machine, killed it.
+    let small = script("exec dd if=/dev/zero of=/dev/null bs=1M count=1");
+    let (report, _) = start_limited(small, limits_64, None, limits(), ShellPolicy::Any)
+        .finish()
+        .await;
+    assert!(
+        matches!(report.outcome, Outcome::Succeeded { .. }),
+        "{:?}",
+        report.outcome
+    );
+}
+
+/// A tiny program's peak memory is its own (a few MiB at most) when it
+/// runs in a cgroup (a task with limits), and not the worker's size when
+/// it does not: there it is "not measured" (0), since a child's
+/// `ru_maxrss` starts at the size of the process it was forked from.
+#[tokio::test]
+async fn a_tiny_task_never_reports_the_workers_size_as_its_peak() {
+    // Make this process big first: a forked child's maxrss would start here.
+    let ballast = vec![1u8; 64 << 20];
+    std::hint::black_box(&ballast);
+    let (report, _) = run(argv(&["echo", "hi"])).await;
+    assert!(matches!(report.outcome, Outcome::Succeeded { .. }));
+    assert_eq!(
+        report.peak_rss_bytes, 0,
+        "not measured, rather than the worker's size"
+    );
+
+    if cgroups_here() {
+        let limited = Resources {
+            cpus: None,
+            memory_bytes: Some(1 << 30),
+        };
+        let (report, _) = start_limited(
+            argv(&["echo", "hi"]),
+            limited,
+            None,
+            limits(),
+            ShellPolicy::Any,
+        )
+        .finish()
+        .await;
+        assert!(matches!(report.outcome, Outcome::Succeeded { .. }));
+        assert!(
+            report.peak_rss_bytes > 0 && report.peak_rss_bytes < 16 << 20,
+            "peak {} bytes",
+            report.peak_rss_bytes
+        );
+        // CPU seconds come from the group too.
+        assert!(report.cpu_seconds < 1.0, "{report:?}");
+    }
+    drop(ballast);
+}
+
+/// A CPU limit of a quarter CPU holds a busy loop to about a quarter of
+/// the wall time it runs.
+#[tokio::test]
+async fn a_cpu_limit_throttles_a_busy_loop() {
+    if !cgroups_here() {
+        return;
+    }
+    let quarter = Resources {
+        cpus: Some(0.25),
+        memory_bytes: None,
+    };
+    let spin = script("end=$(( $(date +%s) + 1 )); while [ $(date +%s) -le $end ]; do :; done");
+    let (report, _) = start_limited(spin, quarter, None, limits(), ShellPolicy::Any)
+        .finish()
+        .await;
+    assert!(
+        matches!(report.outcome, Outcome::Succeeded { .. }),
+        "{:?}",
+        report.outcome
+    );
+    let share = report.cpu_seconds / report.duration.as_secs_f64();
+    assert!(share < 0.5, "used {share:.2} of a CPU under a 0.25 limit");
+}
+
+/// Standard input given with the task reaches the program and ends with
+/// end of file; a program that ignores it still succeeds.
+#[tokio::test]
+async fn stdin_reaches_the_program_and_ends() {
+    let data = "one\ntwo\n".repeat(20_000); // more than a pipe holds
+    let want = data.len();
+    let (report, chunks) = Live::start(move |stop, out| async move {
+        let input = ShellInput {
+            resources: Resources::default(),
+            stdin: Some(&data),
+        };
+        run_shell(
+            &argv(&["wc", "-c"]),
+            input,
+            None,
+            &limits(),
+            &ShellPolicy::Any,
+            stop,
+            out,
+        )
+        .await
+    })
+    .finish()
+    .await;
+    assert!(
+        matches!(report.outcome, Outcome::Succeeded { .. }),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(text(&chunks, Stream::Stdout).trim(), want.to_string());
+
+    let (report, _) = Live::start(|stop, out| async move {
+        let input = ShellInput {
+            resources: Resources::default(),
+            stdin: Some("ignored"),
+        };
+        run_shell(
+            &argv(&["true"]),
+            input,
+            None,
+            &limits(),
+            &ShellPolicy::Any,
+            stop,
+            out,
+        )
+        .await
+    })
+    .finish()
+    .await;
+    assert!(
+        matches!(report.outcome, Outcome::Succeeded { .. }),
+        "{:?}",
+        report.outcome
+    );
 }
