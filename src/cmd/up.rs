@@ -24,6 +24,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         labels: args.labels.clone(),
         slots: args.slots,
         prefetch: 0,
+        cgroup_every_task: false,
         name: Some("local".to_owned()),
         id: Some("local-worker".to_owned()),
         allow: Vec::new(),

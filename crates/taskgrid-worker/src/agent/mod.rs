@@ -49,6 +49,10 @@ pub struct WorkerConfig {
     /// round trip to the coordinator between one task and the next; the
     /// price is that a held task waits here even if another worker is free.
     pub prefetch: u32,
+    /// Run every shell attempt in a cgroup of its own, not only those with
+    /// limits: exact peak memory and CPU seconds for every task, at about a
+    /// millisecond of kernel work per attempt.
+    pub cgroup_every_task: bool,
     /// Queues served; all when empty.
     pub queues: Vec<String>,
     /// Which programs shell tasks may run.
@@ -102,6 +106,7 @@ impl WorkerConfig {
             labels: Vec::new(),
             slots: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             prefetch: 0,
+            cgroup_every_task: false,
             queues: Vec::new(),
             shell: ShellPolicy::Any,
             container: None,

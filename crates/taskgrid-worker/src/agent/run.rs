@@ -255,6 +255,7 @@ async fn execute(
                 let input = crate::ShellInput {
                     resources: taskgrid_proto::resources_of(a),
                     stdin: a.stdin.as_deref(),
+                    own_cgroup: c.cgroup_every_task,
                 };
                 crate::run_shell(&spec, input, timeout, &c.limits, &c.shell, stop, out_tx).await
             }

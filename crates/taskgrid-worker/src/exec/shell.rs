@@ -24,6 +24,9 @@ pub struct ShellInput<'a> {
     pub resources: Resources,
     /// Standard input.
     pub stdin: Option<&'a str>,
+    /// Run in a cgroup of its own even without limits (exact peak memory
+    /// and CPU seconds, for about a millisecond of kernel work).
+    pub own_cgroup: bool,
 }
 
 /// Runs a shell task to its end.
@@ -31,6 +34,7 @@ pub struct ShellInput<'a> {
 /// - `input.stdin`: what the program reads on standard input, written to
 ///   a pipe that is closed at its end (`/dev/null` when absent); a program
 ///   that exits without reading it all is not an error.
+/// - `input.own_cgroup`: a group even without limits (see below).
 /// - `input.resources`: on Linux the attempt runs in its own cgroup with these
 ///   CPU and memory limits, and its CPU seconds and peak memory are the
 ///   group's; a process of it killed for exceeding the memory limit fails
@@ -79,7 +83,7 @@ pub async fn run_shell(
     // A group costs about a millisecond of kernel work per attempt (making,
     // joining and removing it), as much as a short task itself: only an
     // attempt with limits gets one.
-    let cgroup = match (!resources.is_none())
+    let cgroup = match (input.own_cgroup || !resources.is_none())
         .then(|| AttemptGroup::create(&mut cmd, resources))
         .transpose()
     {

@@ -26,7 +26,7 @@ fn start_limited(
     Live::start(move |stop, out| async move {
         let input = ShellInput {
             resources,
-            stdin: None,
+            ..ShellInput::default()
         };
         run_shell(&spec, input, timeout, &limits, &policy, stop, out).await
     })
@@ -487,6 +487,31 @@ async fn a_tiny_task_never_reports_the_workers_size_as_its_peak() {
         );
         // CPU seconds come from the group too.
         assert!(report.cpu_seconds < 1.0, "{report:?}");
+
+        // A worker may put every task in a group: measured without limits.
+        let (report, _) = Live::start(|stop, out| async move {
+            let input = ShellInput {
+                own_cgroup: true,
+                ..ShellInput::default()
+            };
+            run_shell(
+                &argv(&["echo", "hi"]),
+                input,
+                None,
+                &limits(),
+                &ShellPolicy::Any,
+                stop,
+                out,
+            )
+            .await
+        })
+        .finish()
+        .await;
+        assert!(
+            report.peak_rss_bytes > 0 && report.peak_rss_bytes < 16 << 20,
+            "peak {} bytes",
+            report.peak_rss_bytes
+        );
     }
     drop(ballast);
 }
@@ -525,6 +550,7 @@ async fn stdin_reaches_the_program_and_ends() {
         let input = ShellInput {
             resources: Resources::default(),
             stdin: Some(&data),
+            own_cgroup: false,
         };
         run_shell(
             &argv(&["wc", "-c"]),
@@ -550,6 +576,7 @@ async fn stdin_reaches_the_program_and_ends() {
         let input = ShellInput {
             resources: Resources::default(),
             stdin: Some("ignored"),
+            own_cgroup: false,
         };
         run_shell(
             &argv(&["true"]),
