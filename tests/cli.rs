@@ -552,13 +552,12 @@ async fn submit_wait_forwards_piped_stdin() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
 
-    let before = server
-        .client(None)
-        .list(&taskgrid_proto::api::ListQuery::default())
-        .await
-        .unwrap()
-        .tasks
-        .len();
+    let client = server.client(None);
+    let tasks = || async {
+        let all = taskgrid_proto::api::ListQuery::default();
+        client.list(&all).await.unwrap().tasks.len()
+    };
+    let before = tasks().await;
     let out = piped(&[], vec![b'x'; (1 << 20) + 1]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -568,14 +567,7 @@ async fn submit_wait_forwards_piped_stdin() {
     let out = piped(&[], vec![0xff, 0xfe, b'\n']);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("not UTF-8"), "{err}");
-    let after = server
-        .client(None)
-        .list(&taskgrid_proto::api::ListQuery::default())
-        .await
-        .unwrap()
-        .tasks
-        .len();
-    assert_eq!(before, after, "a refused stdin submits nothing");
+    assert_eq!(before, tasks().await, "a refused stdin submits nothing");
 }
 
 /// Lines a child writes to stderr, read on a thread of their own so that a

@@ -107,6 +107,7 @@ fn agent(plan: &Plan, target: &Target, id: &str, route: Option<&str>) -> Agent {
     config.name = id.to_owned();
     config.slots = plan.slots;
     config.prefetch = plan.prefetch;
+    config.cgroup_every_task = plan.cgroup_every_task;
     config.shell = ShellPolicy::Any;
     if let Some(r) = route {
         config.labels.push((ROUTE_LABEL.to_owned(), r.to_owned()));
@@ -132,6 +133,9 @@ fn child(plan: &Plan, target: &Target, id: &str, route: Option<&str>) -> anyhow:
     cmd.args(["worker", "--server", &target.url, "--id", id, "--name", id])
         .args(["--slots", &plan.slots.to_string()])
         .args(["--prefetch", &plan.prefetch.to_string()]);
+    if plan.cgroup_every_task {
+        cmd.arg("--cgroup-every-task");
+    }
     if let Some(r) = route {
         cmd.args(["--label", &format!("{ROUTE_LABEL}={r}")]);
     }

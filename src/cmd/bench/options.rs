@@ -36,6 +36,10 @@ pub(crate) struct Args {
     /// --prefetch`).
     #[arg(long, default_value_t = 0)]
     pub(super) prefetch: u32,
+    /// Workers run every shell task in a cgroup of its own (`taskgrid
+    /// worker --cgroup-every-task`), to measure what that costs.
+    #[arg(long)]
+    pub(super) cgroup_every_task: bool,
     /// Clients submitting at once, each over its own HTTP connection pool.
     #[arg(long, default_value_t = 4)]
     pub(super) clients: u32,

@@ -74,6 +74,8 @@ pub(super) struct Plan {
     pub(super) slots: u32,
     /// Tasks each worker holds beyond its slots.
     pub(super) prefetch: u32,
+    /// Every shell task in a cgroup of its own.
+    pub(super) cgroup_every_task: bool,
     /// Clients submitting at once.
     pub(super) clients: u32,
     /// Tasks per submit request.
@@ -213,6 +215,7 @@ impl Args {
             worker_mode: self.worker_mode,
             slots,
             prefetch: self.prefetch,
+            cgroup_every_task: self.cgroup_every_task,
             clients: self.clients,
             batch: self.batch,
             window: self.window,

@@ -32,6 +32,25 @@ fn start_limited(
     })
 }
 
+/// Runs `spec` to its end with this input (stdin, limits, own group).
+async fn run_input(
+    spec: ShellSpec,
+    resources: Resources,
+    stdin: Option<String>,
+    own_cgroup: bool,
+) -> (crate::exec::ExecReport, super::Chunks) {
+    Live::start(move |stop, out| async move {
+        let input = ShellInput {
+            resources,
+            stdin: stdin.as_deref(),
+            own_cgroup,
+        };
+        run_shell(&spec, input, None, &limits(), &ShellPolicy::Any, stop, out).await
+    })
+    .finish()
+    .await
+}
+
 async fn run(spec: ShellSpec) -> (crate::exec::ExecReport, super::Chunks) {
     start(spec, None, limits(), ShellPolicy::Any).finish().await
 }
@@ -489,24 +508,7 @@ async fn a_tiny_task_never_reports_the_workers_size_as_its_peak() {
         assert!(report.cpu_seconds < 1.0, "{report:?}");
 
         // A worker may put every task in a group: measured without limits.
-        let (report, _) = Live::start(|stop, out| async move {
-            let input = ShellInput {
-                own_cgroup: true,
-                ..ShellInput::default()
-            };
-            run_shell(
-                &argv(&["echo", "hi"]),
-                input,
-                None,
-                &limits(),
-                &ShellPolicy::Any,
-                stop,
-                out,
-            )
-            .await
-        })
-        .finish()
-        .await;
+        let (report, _) = run_input(argv(&["echo", "hi"]), Resources::default(), None, true).await;
         assert!(
             report.peak_rss_bytes > 0 && report.peak_rss_bytes < 16 << 20,
             "peak {} bytes",
@@ -545,55 +547,13 @@ async fn a_cpu_limit_throttles_a_busy_loop() {
 #[tokio::test]
 async fn stdin_reaches_the_program_and_ends() {
     let data = "one\ntwo\n".repeat(20_000); // more than a pipe holds
-    let want = data.len();
-    let (report, chunks) = Live::start(move |stop, out| async move {
-        let input = ShellInput {
-            resources: Resources::default(),
-            stdin: Some(&data),
-            own_cgroup: false,
-        };
-        run_shell(
-            &argv(&["wc", "-c"]),
-            input,
-            None,
-            &limits(),
-            &ShellPolicy::Any,
-            stop,
-            out,
-        )
-        .await
-    })
-    .finish()
-    .await;
-    assert!(
-        matches!(report.outcome, Outcome::Succeeded { .. }),
-        "{:?}",
-        report.outcome
-    );
-    assert_eq!(text(&chunks, Stream::Stdout).trim(), want.to_string());
+    let want = data.len().to_string();
+    let none = Resources::default();
+    let (report, chunks) = run_input(argv(&["wc", "-c"]), none, Some(data), false).await;
+    assert_eq!(report.outcome, succeeded());
+    assert_eq!(text(&chunks, Stream::Stdout).trim(), want);
 
-    let (report, _) = Live::start(|stop, out| async move {
-        let input = ShellInput {
-            resources: Resources::default(),
-            stdin: Some("ignored"),
-            own_cgroup: false,
-        };
-        run_shell(
-            &argv(&["true"]),
-            input,
-            None,
-            &limits(),
-            &ShellPolicy::Any,
-            stop,
-            out,
-        )
-        .await
-    })
-    .finish()
-    .await;
-    assert!(
-        matches!(report.outcome, Outcome::Succeeded { .. }),
-        "{:?}",
-        report.outcome
-    );
+    let ignored = Some("ignored".to_owned());
+    let (report, _) = run_input(argv(&["true"]), none, ignored, false).await;
+    assert_eq!(report.outcome, succeeded());
 }
