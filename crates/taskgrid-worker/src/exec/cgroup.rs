@@ -9,7 +9,7 @@
 //! is charged elsewhere and the worker's own memory is never counted (the
 //! `ru_maxrss` of a forked child starts at the worker's size). With v1 the
 //! spawning thread joins the attempt's group, forks (a child starts in its
-//! parent thread's groups) and goes back; v2 keeps a process's threads
+//! parent thread's groups) and ends (a thread of its own, so no worker thread is ever left in a group); v2 keeps a process's threads
 //! together, so there `/bin/sh` joins the group and then `exec`s the
 //! program (the workspace forbids the unsafe `pre_exec`).
 //!
@@ -39,9 +39,6 @@ enum Hierarchy {
         memory: PathBuf,
         cpu: Option<PathBuf>,
         cpuacct: Option<PathBuf>,
-        /// The worker's own groups, per controller, that a spawning thread
-        /// goes back to.
-        home: Vec<PathBuf>,
     },
 }
 
@@ -165,25 +162,21 @@ fn find_v1() -> Result<Hierarchy, String> {
             .map(|n| Path::new("/sys/fs/cgroup").join(n))
             .find(|p| p.join("cgroup.procs").exists())
     };
-    let home_of = |m: &Path, controller: &str| m.join(own_path(controller).unwrap_or_default());
     let memory_mount = mount(&["memory"])
         .filter(|p| p.join("memory.limit_in_bytes").exists())
         .ok_or_else(|| "no cgroup v1 memory hierarchy".to_owned())?;
     let memory = make_base(&memory_mount, own_path("memory"))?;
-    let mut home = vec![home_of(&memory_mount, "memory")];
     let mut cpu = None;
     let mut cpuacct = None;
     if let Some(m) = mount(&["cpu", "cpu,cpuacct"]).filter(|p| p.join("cpu.cfs_quota_us").exists())
         && let Ok(base) = make_base(&m, own_path("cpu"))
     {
-        home.push(home_of(&m, "cpu"));
         cpu = Some(base);
     }
     if let Some(m) = mount(&["cpuacct", "cpu,cpuacct"]).filter(|p| p.join("cpuacct.usage").exists())
         && let Ok(base) = make_base(&m, own_path("cpuacct"))
         && Some(&base) != cpu.as_ref()
     {
-        home.push(home_of(&m, "cpuacct"));
         cpuacct = Some(base);
     } else if cpu
         .as_ref()
@@ -195,7 +188,6 @@ fn find_v1() -> Result<Hierarchy, String> {
         memory,
         cpu,
         cpuacct,
-        home,
     })
 }
 
@@ -257,8 +249,6 @@ pub(crate) struct Measured {
 pub(crate) struct AttemptGroup {
     /// Its directory in each hierarchy it is in.
     dirs: Vec<PathBuf>,
-    /// v1: the worker's own groups, where the spawning thread goes back.
-    home: Vec<PathBuf>,
     v2: bool,
     memory: PathBuf,
     cpuacct: Option<PathBuf>,
@@ -285,18 +275,16 @@ impl AttemptGroup {
                 fs::create_dir(&dir)?;
                 AttemptGroup {
                     dirs: vec![dir.clone()],
-                    home: Vec::new(),
                     v2: true,
                     memory: dir.clone(),
                     cpuacct: Some(dir),
                 }
             }
-            Hierarchy::V1 { memory, home, .. } => {
+            Hierarchy::V1 { memory, .. } => {
                 let dir = memory.join(&name);
                 fs::create_dir(&dir)?;
                 AttemptGroup {
                     dirs: vec![dir.clone()],
-                    home: home.clone(),
                     v2: false,
                     memory: dir,
                     cpuacct: None,
@@ -352,23 +340,24 @@ impl AttemptGroup {
         Ok(Some(group))
     }
 
-    /// Spawns `cmd` in the group: for v1, from this thread moved into the
-    /// group for the fork and back right after.
+    /// Spawns `cmd` in the group: for v1, from a short-lived
+    /// thread of its own that joins the group, forks and ends.
     pub(crate) fn spawn(&self, cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
         if self.v2 {
             return cmd.spawn();
         }
-        let moved = self
-            .dirs
-            .iter()
-            .try_for_each(|d| write(&d.join("tasks"), "0"));
-        let child = moved.and_then(|()| cmd.spawn());
-        for home in &self.home {
-            if let Err(e) = write(&home.join("tasks"), "0") {
-                tracing::warn!(home = %home.display(), "cannot move the spawning thread back: {e}");
-            }
-        }
-        child
+        // A thread of its own joins the group, forks and ends: no thread
+        // of the worker is ever left in an attempt's group.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.dirs
+                    .iter()
+                    .try_for_each(|d| write(&d.join("tasks"), "0"))?;
+                cmd.spawn()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the spawning thread panicked")))
+        })
     }
 
     /// What the attempt cost, read once its processes are gone.
@@ -382,9 +371,10 @@ impl AttemptGroup {
                     .is_some_and(|n| n > 0),
             }
         } else {
-            let oom = keyed(&self.memory.join("memory.oom_control"), "oom_kill")
-                .or_else(|| read_u64(&self.memory.join("memory.failcnt")))
-                .is_some_and(|n| n > 0);
+            // `oom_kill` counts the kernel's kills (Linux 4.13 and later;
+            // `failcnt` would count every time the limit was reached).
+            let oom =
+                keyed(&self.memory.join("memory.oom_control"), "oom_kill").is_some_and(|n| n > 0);
             Measured {
                 cpu_seconds: self
                     .cpuacct
@@ -400,20 +390,34 @@ impl AttemptGroup {
 
 impl Drop for AttemptGroup {
     fn drop(&mut self) {
-        for dir in &self.dirs {
-            // The processes are reaped; a group may take a moment to empty.
-            let mut tries = 0;
-            while let Err(e) = fs::remove_dir(dir) {
-                tries += 1;
-                if tries >= 50 || e.kind() == io::ErrorKind::NotFound {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        tracing::warn!(dir = %dir.display(), "cannot remove an attempt's cgroup: {e}");
-                    }
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
+        // The processes are reaped: usually the groups go at once. One that
+        // is still emptying (or holds a process that left the task's
+        // process group) is retried off the async threads for a while.
+        let left: Vec<PathBuf> = self
+            .dirs
+            .drain(..)
+            .filter(|d| fs::remove_dir(d).is_err_and(|e| e.kind() != io::ErrorKind::NotFound))
+            .collect();
+        if left.is_empty() {
+            return;
         }
+        let _ = std::thread::Builder::new()
+            .name("taskgrid-cgroup-rm".into())
+            .spawn(move || {
+                for dir in left {
+                    let mut tries = 0;
+                    while let Err(e) = fs::remove_dir(&dir) {
+                        tries += 1;
+                        if tries >= 500 || e.kind() == io::ErrorKind::NotFound {
+                            if e.kind() != io::ErrorKind::NotFound {
+                                tracing::warn!(dir = %dir.display(), "cannot remove an attempt's cgroup: {e}");
+                            }
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            });
     }
 }
 

@@ -126,7 +126,7 @@ pub(crate) async fn supervise(
         (exit, stopped, duration)
     };
     let chunk = limits.chunk_bytes();
-    let feed = feed(input, stdin.unwrap_or_default());
+    let feed = feed(input, stdin.unwrap_or_default(), gone_rx.clone());
     let ((exit, stopped, duration), (), (), ()) = tokio::join!(
         control,
         pump(stdout, Stream::Stdout, &sink, chunk, gone_rx.clone()),
@@ -211,7 +211,9 @@ fn joined(r: Result<io::Result<Reaped>, JoinError>) -> io::Result<Reaped> {
 
 /// Writes `data` to the child's standard input and closes it. A child that
 /// ends (or closes its input) before reading it all is not an error.
-async fn feed(pipe: Option<std::process::ChildStdin>, data: &str) {
+/// Gives up when the main process is gone: what is left of its group may
+/// hold the pipe open without reading it.
+async fn feed(pipe: Option<std::process::ChildStdin>, data: &str, mut gone: watch::Receiver<bool>) {
     use tokio::io::AsyncWriteExt;
     let Some(pipe) = pipe else {
         return;
@@ -223,10 +225,22 @@ async fn feed(pipe: Option<std::process::ChildStdin>, data: &str) {
             return;
         }
     };
-    if let Err(e) = pipe.write_all(data.as_bytes()).await
-        && e.kind() != io::ErrorKind::BrokenPipe
-    {
-        tracing::debug!("the task's standard input was cut short: {e}");
+    let gone = async move {
+        while !*gone.borrow_and_update() {
+            if gone.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        written = pipe.write_all(data.as_bytes()) => {
+            if let Err(e) = written
+                && e.kind() != io::ErrorKind::BrokenPipe
+            {
+                tracing::debug!("the task's standard input was cut short: {e}");
+            }
+        }
+        () = gone => tracing::debug!("the task ended before reading all its standard input"),
     }
     // Dropping the pipe closes it: the program reads its end of file.
 }

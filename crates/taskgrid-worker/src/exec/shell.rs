@@ -127,7 +127,9 @@ pub async fn run_shell(
                 }
                 report.peak_rss_bytes = m.peak_bytes;
                 let killed = report.signal == Some(nix::sys::signal::Signal::SIGKILL as i32);
-                if m.oom_killed && !matches!(report.outcome, Outcome::Succeeded { .. }) {
+                // Only a failure is explained by memory: a success stays one,
+                // and a cancel or timeout is what was asked for.
+                if m.oom_killed && matches!(report.outcome, Outcome::Failed { .. }) {
                     let limit = resources
                         .memory_bytes
                         .map(|b| format!(": it exceeded its memory limit of {}", bytes(b)))

@@ -557,3 +557,31 @@ async fn stdin_reaches_the_program_and_ends() {
     let (report, _) = run_input(argv(&["true"]), none, ignored, false).await;
     assert_eq!(report.outcome, succeeded());
 }
+
+/// A program that exits without reading its input while a process it
+/// started in a session of its own keeps the pipe open: the attempt still
+/// ends when the program does (the rest of the input is dropped).
+#[tokio::test]
+async fn unread_stdin_held_by_an_escaped_process_does_not_hold_the_attempt() {
+    let data = "x".repeat(1 << 20); // far more than a pipe holds
+    // The escaped process says it is in its own session (through a fifo)
+    // before the program exits, so the process group's kill cannot reach it.
+    let spec = script(
+        "f=$(mktemp -u); mkfifo \"$f\"; exec 3<&0; \
+         setsid sh -c 'echo $$ > \"$0\"; exec sleep 1000' \"$f\" <&3 >/dev/null 2>&1 & \
+         read pid < \"$f\"; rm \"$f\"; echo \"$pid\"",
+    );
+    let ended = tokio::time::timeout(
+        Duration::from_secs(60),
+        run_input(spec, Resources::default(), Some(data), false),
+    )
+    .await;
+    let (report, chunks) = ended.expect("the attempt ended with its program");
+    assert_eq!(report.outcome, succeeded());
+    if let Ok(pid) = text(&chunks, Stream::Stdout).trim().parse::<i32>() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
