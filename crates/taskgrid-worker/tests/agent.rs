@@ -505,6 +505,8 @@ async fn a_result_held_back_for_company_still_goes_out_on_its_own() {
 struct Proxy {
     addr: SocketAddr,
     links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Connections accepted so far, cut or not.
+    accepted: tokio::sync::watch::Receiver<usize>,
 }
 
 impl Proxy {
@@ -513,8 +515,10 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let held = links.clone();
+        let (count, accepted) = tokio::sync::watch::channel(0);
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                count.send_modify(|n| *n += 1);
                 let link = tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -523,12 +527,20 @@ impl Proxy {
                 held.lock().unwrap().push(link);
             }
         });
-        Proxy { addr, links }
+        Proxy {
+            addr,
+            links,
+            accepted,
+        }
     }
 
-    /// Connections made through it so far (and not cut).
-    fn connections(&self) -> usize {
-        self.links.lock().unwrap().len()
+    /// Waits until `n` connections in all have been accepted.
+    async fn accepted(&self, n: usize) {
+        let mut rx = self.accepted.clone();
+        tokio::time::timeout(LIMIT, rx.wait_for(|c| *c >= n))
+            .await
+            .unwrap_or_else(|_| panic!("fewer than {n} connections"))
+            .unwrap();
     }
 
     /// Drops every open connection (both sockets close).
@@ -619,21 +631,24 @@ async fn a_drain_hands_held_tasks_back_at_once() {
     sys.shutdown().await.unwrap();
 }
 
-/// Waits until the coordinator lists worker `id` with label `gen=value`.
+/// Waits until worker `id`, the only one labelled `gen=value`, is
+/// registered and serving: a task that needs that label runs to success.
 async fn listed_as(sys: &TaskSystem, id: &str, value: &str) {
-    let want = ("gen".to_owned(), value.to_owned());
-    tokio::time::timeout(LIMIT, async {
-        while !sys
-            .workers()
-            .iter()
-            .any(|w| w.id.as_str() == id && w.labels.contains(&want))
-        {
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{id} never listed with gen={value}"));
+    let mut spec = TaskSpec::new(TaskKind::Shell(Box::new(ShellSpec {
+        command: ShellCommand::Argv(vec!["true".into()]),
+        env: vec![],
+        cwd: None,
+    })));
+    spec.labels = vec![format!("gen={value}").parse().unwrap()];
+    let h = sys.submit(Task::from_spec(spec)).await.unwrap();
+    let end = h.wait_timeout(LIMIT).await;
+    assert_eq!(
+        end.map(|r| r.state).ok(),
+        Some(State::Succeeded),
+        "{id} never served gen={value}"
+    );
+    let listed = sys.workers();
+    assert!(listed.iter().any(|w| w.id.as_str() == id), "{listed:?}");
 }
 
 fn generation(addr: SocketAddr, id: &str, value: &str) -> WorkerConfig {
@@ -682,14 +697,8 @@ async fn a_successor_waits_out_its_predecessors_session_and_takes_over() {
     let mut new = generation(proxy.addr, "phoenix", "new");
     new.duplicate_id_grace = LIMIT;
     let successor = tokio::spawn(Worker::with_config(new).run());
-    // A second connection: the first was answered "connected already".
-    tokio::time::timeout(LIMIT, async {
-        while proxy.connections() < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the successor tries again");
+    // The first was answered "connected already": the successor tries again.
+    proxy.accepted(2).await;
     drain_tx.send(()).unwrap();
     old.await.unwrap().unwrap();
     listed_as(&sys, "phoenix", "new").await;
@@ -743,10 +752,10 @@ async fn a_container_runtime_that_does_not_answer_is_not_advertised() {
         ("no-runtime", dir.path().join("missing"), false),
         ("fake-runtime", fake.clone(), true),
     ] {
-        let mut c = generation(addr, id, "1");
+        let mut c = generation(addr, id, id);
         c.container = Some(taskgrid_worker::ContainerRuntime::new(program));
         tokio::spawn(Worker::with_config(c).run());
-        listed_as(&sys, id, "1").await;
+        listed_as(&sys, id, id).await;
         let w = sys.workers().into_iter().find(|w| w.id.as_str() == id);
         assert_eq!(w.map(|w| w.container), Some(advertised), "{id}");
     }
