@@ -226,7 +226,6 @@ async fn a_task_killed_by_a_signal_exits_128_plus_n() {
             "-c",
             "kill -9 $$",
         ])
-        .stdin(Stdio::null())
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -265,7 +264,6 @@ async fn a_second_ctrl_c_detaches_submit_wait() {
             "-c",
             "trap '' TERM; echo started; sleep 30",
         ])
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -727,7 +725,6 @@ async fn a_second_worker_with_a_connected_id_exits_and_the_first_keeps_working()
     );
     let out = taskgrid()
         .args(["submit", "--wait", "--server", &server.url(), "--", "true"])
-        .stdin(Stdio::null())
         .output()
         .unwrap();
     assert!(

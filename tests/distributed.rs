@@ -37,7 +37,6 @@ async fn submit_wait_streams_output_and_mirrors_the_exit_code() {
             "-c",
             "echo out; echo err >&2; exit 7",
         ])
-        .stdin(Stdio::null())
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");

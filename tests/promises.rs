@@ -94,7 +94,6 @@ async fn a_second_coordinator_on_a_data_dir_in_use_exits_and_names_the_holder() 
     let mut second = taskgrid()
         .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -215,7 +214,6 @@ fn blank_tokens_are_refused_at_start_up() {
             let mut c = taskgrid();
             c.arg(cmd)
                 .env(var, blank)
-                .stdin(Stdio::null())
                 .stdout(Stdio::null());
             if cmd == "server" {
                 c.args(["--listen", "0.0.0.0:0", "--data-dir"])

@@ -13,21 +13,8 @@ fn start(
     limits: ExecLimits,
     policy: ShellPolicy,
 ) -> Live {
-    start_limited(spec, Resources::default(), timeout, limits, policy)
-}
-
-fn start_limited(
-    spec: ShellSpec,
-    resources: Resources,
-    timeout: Option<Duration>,
-    limits: ExecLimits,
-    policy: ShellPolicy,
-) -> Live {
     Live::start(move |stop, out| async move {
-        let input = ShellInput {
-            resources,
-            ..ShellInput::default()
-        };
+        let input = ShellInput::default();
         run_shell(&spec, input, timeout, &limits, &policy, stop, out).await
     })
 }
@@ -437,9 +424,7 @@ async fn a_memory_hog_over_its_limit_ends_out_of_memory() {
         cpus: None,
         memory_bytes: Some(64 << 20),
     };
-    let (report, chunks) = start_limited(hog, limits_64, None, limits(), ShellPolicy::Any)
-        .finish()
-        .await;
+    let (report, chunks) = run_input(hog, limits_64, None, false).await;
     match &report.outcome {
         Outcome::Failed { message, .. } => {
             assert!(message.starts_with("out of memory"), "{message}");
@@ -458,14 +443,8 @@ async fn a_memory_hog_over_its_limit_ends_out_of_memory() {
 
     // The same under no limit succeeds: the limit, not the machine, killed it.
     let small = script("exec dd if=/dev/zero of=/dev/null bs=1M count=1");
-    let (report, _) = start_limited(small, limits_64, None, limits(), ShellPolicy::Any)
-        .finish()
-        .await;
-    assert!(
-        matches!(report.outcome, Outcome::Succeeded { .. }),
-        "{:?}",
-        report.outcome
-    );
+    let (report, _) = run_input(small, limits_64, None, false).await;
+    assert_eq!(report.outcome, succeeded());
 }
 
 /// A tiny program's peak memory is its own (a few MiB at most) when it
@@ -478,7 +457,7 @@ async fn a_tiny_task_never_reports_the_workers_size_as_its_peak() {
     let ballast = vec![1u8; 64 << 20];
     std::hint::black_box(&ballast);
     let (report, _) = run(argv(&["echo", "hi"])).await;
-    assert!(matches!(report.outcome, Outcome::Succeeded { .. }));
+    assert_eq!(report.outcome, succeeded());
     assert_eq!(
         report.peak_rss_bytes, 0,
         "not measured, rather than the worker's size"
@@ -489,16 +468,8 @@ async fn a_tiny_task_never_reports_the_workers_size_as_its_peak() {
             cpus: None,
             memory_bytes: Some(1 << 30),
         };
-        let (report, _) = start_limited(
-            argv(&["echo", "hi"]),
-            limited,
-            None,
-            limits(),
-            ShellPolicy::Any,
-        )
-        .finish()
-        .await;
-        assert!(matches!(report.outcome, Outcome::Succeeded { .. }));
+        let (report, _) = run_input(argv(&["echo", "hi"]), limited, None, false).await;
+        assert_eq!(report.outcome, succeeded());
         assert!(
             report.peak_rss_bytes > 0 && report.peak_rss_bytes < 16 << 20,
             "peak {} bytes",
@@ -530,14 +501,8 @@ async fn a_cpu_limit_throttles_a_busy_loop() {
         memory_bytes: None,
     };
     let spin = script("end=$(( $(date +%s) + 1 )); while [ $(date +%s) -le $end ]; do :; done");
-    let (report, _) = start_limited(spin, quarter, None, limits(), ShellPolicy::Any)
-        .finish()
-        .await;
-    assert!(
-        matches!(report.outcome, Outcome::Succeeded { .. }),
-        "{:?}",
-        report.outcome
-    );
+    let (report, _) = run_input(spin, quarter, None, false).await;
+    assert_eq!(report.outcome, succeeded());
     let share = report.cpu_seconds / report.duration.as_secs_f64();
     assert!(share < 0.5, "used {share:.2} of a CPU under a 0.25 limit");
 }
