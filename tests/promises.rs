@@ -212,9 +212,7 @@ fn blank_tokens_are_refused_at_start_up() {
     ] {
         for blank in ["", "   "] {
             let mut c = taskgrid();
-            c.arg(cmd)
-                .env(var, blank)
-                .stdout(Stdio::null());
+            c.arg(cmd).env(var, blank).stdout(Stdio::null());
             if cmd == "server" {
                 c.args(["--listen", "0.0.0.0:0", "--data-dir"])
                     .arg(std::env::temp_dir().join("taskgrid-never-created"));
