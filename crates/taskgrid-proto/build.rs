@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto}");
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
-    tonic_prost_build::configure().compile_with_config(config, &[proto], &["proto"])?;
+    tonic_prost_build::configure()
+        // no `connect` helper on the client: it would need tonic's transport
+        .build_transport(false)
+        .compile_with_config(config, &[proto], &["proto"])?;
     Ok(())
 }

@@ -12,10 +12,10 @@ use taskgrid_store::{MemoryStore, SqliteOptions, SqliteStore, Store, Writer};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::clock::Clock;
-use crate::handler::{Handler, HandlerResult, TaskContext, handler_fn};
 use crate::inner::Inner;
 use crate::system::Lifecycle;
 use crate::{Error, TaskSystem};
+use taskgrid_sdk::{Handler, HandlerResult, TaskContext, handler_fn};
 
 /// Settings of a [`TaskSystem`]; `Default` works.
 #[derive(Debug, Clone)]

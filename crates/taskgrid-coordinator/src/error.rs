@@ -50,3 +50,15 @@ pub enum Error {
     #[error("task {0} did not finish within {1:?}")]
     WaitTimeout(TaskId, Duration),
 }
+
+impl From<taskgrid_sdk::InvalidPayload> for Error {
+    fn from(e: taskgrid_sdk::InvalidPayload) -> Self {
+        Error::InvalidPayload(e.0)
+    }
+}
+
+impl From<Error> for taskgrid_sdk::TaskError {
+    fn from(e: Error) -> Self {
+        taskgrid_sdk::TaskError::Failed(e.to_string())
+    }
+}

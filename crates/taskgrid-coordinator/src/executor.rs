@@ -14,8 +14,8 @@ use taskgrid_core::{Assignment, Outcome, StopAttempt, StopReason, TaskId, TaskKi
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use crate::handler::{CatchUnwind, TaskContext};
 use crate::inner::Inner;
+use taskgrid_sdk::{TaskContext, catch_unwind, outcome_of};
 
 /// What the driver learns from executors, in order.
 #[derive(Debug)]
@@ -101,9 +101,9 @@ pub(crate) fn start(inner: &Inner, a: Assignment) {
         a.checkpoint,
         entry.cancel.subscribe(),
     );
-    let fut = CatchUnwind(handler.call(ctx));
+    let fut = catch_unwind(handler.call(ctx));
     let task = inner.runtime().spawn(async move {
-        let outcome = crate::handler::outcome_of(fut.await);
+        let outcome = outcome_of(fut.await);
         finish_with(&me, key, outcome);
     });
     entry.abort = Some(task.abort_handle());

@@ -23,8 +23,8 @@ use crate::builder::SystemConfig;
 use crate::clock::Clock;
 use crate::event::{EventKind, TaskEvent};
 use crate::executor::{Report, Running};
-use crate::handler::Handler;
 use crate::{Error, Task, TaskResult};
+use taskgrid_sdk::Handler;
 
 /// Waiters for a task's end, answered after the end is committed.
 type Waiters = HashMap<TaskId, Vec<oneshot::Sender<TaskResult>>>;

@@ -34,22 +34,19 @@ mod event;
 mod executor;
 mod gateway;
 mod handle;
-mod handler;
 pub mod http;
 mod inner;
 mod monitor;
 mod system;
-mod task;
 
 pub use builder::{SystemConfig, TaskSystemBuilder};
 pub use error::Error;
 pub use event::{EventKind, TaskEvent};
 pub use gateway::{Gateway, GatewayConfig, gateway};
 pub use handle::{TaskHandle, TaskResult};
-pub use handler::{
-    BoxFuture, ContextBackend, FnHandler, Handler, HandlerResult, TaskContext, TaskError,
-    catch_unwind, handler_fn, outcome_of,
-};
 pub use monitor::WorkerView;
 pub use system::TaskSystem;
-pub use task::Task;
+pub use taskgrid_sdk::{
+    BoxFuture, ContextBackend, FnHandler, Handler, HandlerResult, InvalidPayload, Task,
+    TaskContext, TaskError, catch_unwind, handler_fn, outcome_of,
+};

@@ -202,9 +202,12 @@ impl Simulated {
         stop: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let permit = gate.acquire().await?;
-        let mut client = WorkerGatewayClient::connect(self.url.clone())
+        let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
+            .with_context(|| format!("bad coordinator url {}", self.url))?
+            .connect()
             .await
             .with_context(|| format!("connecting to {}", self.url))?;
+        let mut client = WorkerGatewayClient::new(channel);
         let (out, out_rx) = mpsc::channel::<worker::WorkerMessage>(4);
         out.send(message(In::Register(self.register()))).await?;
         let mut request = tonic::Request::new(ReceiverStream::new(out_rx));

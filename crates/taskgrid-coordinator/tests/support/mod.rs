@@ -55,9 +55,12 @@ impl FakeWorker {
         token: Option<&str>,
         reg: worker::Register,
     ) -> Result<Self, tonic::Status> {
-        let mut client = WorkerGatewayClient::connect(format!("http://{addr}"))
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
             .await
             .unwrap();
+        let mut client = WorkerGatewayClient::new(channel);
         let (tx, rx) = mpsc::channel(64);
         tx.send(worker::WorkerMessage {
             msg: Some(In::Register(reg)),

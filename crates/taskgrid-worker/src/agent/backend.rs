@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use taskgrid_coordinator::{BoxFuture, ContextBackend, Handler, TaskContext, TaskError};
 use taskgrid_core::{
     Outcome, Progress, StopReason, Stream, TaskId, TaskSpec, Timestamp, duration_micros,
 };
 use taskgrid_proto::worker::{self, worker_message::Msg as In};
+use taskgrid_sdk::{BoxFuture, ContextBackend, Handler, TaskContext, TaskError};
 use tokio::sync::watch;
 
 use super::session::Shared;
@@ -124,7 +124,7 @@ pub(super) async fn run_handler(
         checkpoint,
         cancel_rx,
     );
-    let call = taskgrid_coordinator::catch_unwind(handler.call(ctx));
+    let call = taskgrid_sdk::catch_unwind(handler.call(ctx));
     tokio::pin!(call);
     let deadline = async {
         match timeout {
@@ -134,7 +134,7 @@ pub(super) async fn run_handler(
     };
     tokio::pin!(deadline);
     let outcome = tokio::select! {
-        r = &mut call => taskgrid_coordinator::outcome_of(r),
+        r = &mut call => taskgrid_sdk::outcome_of(r),
         _ = &mut deadline => {
             let _ = cancel_tx.send(true);
             Outcome::TimedOut

@@ -25,7 +25,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use taskgrid_coordinator::{Handler, HandlerResult, TaskContext, handler_fn};
+use taskgrid_sdk::{Handler, HandlerResult, TaskContext, handler_fn};
 
 use crate::{ContainerRuntime, ExecLimits, ShellPolicy};
 

@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use taskgrid_coordinator::Handler;
 use taskgrid_core::{StopReason, TaskId};
 use taskgrid_proto::worker::{
     self, coordinator_message::Msg as Out, worker_gateway_client::WorkerGatewayClient,
     worker_message::Msg as In,
 };
+use taskgrid_sdk::Handler;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 

@@ -47,7 +47,8 @@ impl TaskError {
         TaskError::Fatal(e.to_string())
     }
 
-    pub(crate) fn into_outcome(self) -> Outcome {
+    /// The outcome an executor reports for this failure.
+    pub fn into_outcome(self) -> Outcome {
         let (message, retry) = match self {
             TaskError::Failed(m) => (m, RetryHint::Policy),
             TaskError::RetryAfter(d, m) => (m, RetryHint::After(d)),
@@ -64,12 +65,6 @@ impl TaskError {
 impl From<serde_json::Error> for TaskError {
     fn from(e: serde_json::Error) -> Self {
         TaskError::Fatal(format!("bad payload: {e}"))
-    }
-}
-
-impl From<crate::Error> for TaskError {
-    fn from(e: crate::Error) -> Self {
-        TaskError::Failed(e.to_string())
     }
 }
 
@@ -126,7 +121,7 @@ pub fn outcome_of(result: HandlerResult) -> Outcome {
 }
 
 /// Turns a panic inside a handler into an error instead of a lost task.
-pub(crate) struct CatchUnwind(pub(crate) BoxFuture<HandlerResult>);
+struct CatchUnwind(BoxFuture<HandlerResult>);
 
 impl Future for CatchUnwind {
     type Output = HandlerResult;

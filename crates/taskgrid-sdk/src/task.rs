@@ -11,7 +11,7 @@ use taskgrid_core::{
 /// A task to submit: a handler name, its payload, and how to run it.
 ///
 /// ```
-/// # use taskgrid_coordinator::Task;
+/// # use taskgrid_sdk::Task;
 /// # use std::time::Duration;
 /// let task = Task::handler("resize", &serde_json::json!({"image": "cat.png"}))
 ///     .priority("high".parse().unwrap())
@@ -21,11 +21,16 @@ use taskgrid_core::{
 /// ```
 #[derive(Debug, Clone)]
 pub struct Task {
-    pub(crate) spec: TaskSpec,
-    pub(crate) delay: Option<Duration>,
-    pub(crate) expires_in: Option<Duration>,
-    pub(crate) payload_error: Option<String>,
+    spec: TaskSpec,
+    delay: Option<Duration>,
+    expires_in: Option<Duration>,
+    payload_error: Option<String>,
 }
+
+/// A task's payload could not be serialised as JSON; nothing was submitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid payload: {0}")]
+pub struct InvalidPayload(pub String);
 
 impl Task {
     /// A task for handler `name` with `payload` serialised as JSON.
@@ -138,9 +143,9 @@ impl Task {
     }
 
     /// The final spec, with relative times resolved against `now`.
-    pub fn resolve(mut self, now: Timestamp) -> Result<TaskSpec, crate::Error> {
+    pub fn resolve(mut self, now: Timestamp) -> Result<TaskSpec, InvalidPayload> {
         if let Some(e) = self.payload_error {
-            return Err(crate::Error::InvalidPayload(e));
+            return Err(InvalidPayload(e));
         }
         if let Some(d) = self.delay {
             self.spec.run_at = Some(now.plus(d));
