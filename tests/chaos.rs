@@ -28,9 +28,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use taskgrid_api::{CancelOutcomeKind, Kind, ListQuery, SubmitRequest};
 use taskgrid_client::Client;
 use taskgrid_core::{RetryPolicy, ShellCommand, ShellSpec, State, TaskId};
-use taskgrid_proto::api::{CancelOutcomeKind, Kind, ListQuery, SubmitRequest};
 use util::{Proc, taskgrid};
 
 /// A small deterministic generator (splitmix64), seeded per run.
@@ -287,7 +287,7 @@ async fn submit_all(url: String, total: u64, seed: u64, marks: PathBuf, acked: A
 }
 
 /// Every task the coordinator holds, page by page.
-async fn all_tasks(client: &Client) -> Vec<taskgrid_proto::api::TaskView> {
+async fn all_tasks(client: &Client) -> Vec<taskgrid_api::TaskView> {
     let mut out = Vec::new();
     let mut cursor = None;
     loop {
@@ -398,8 +398,7 @@ async fn kill_9_chaos_keeps_every_promise() {
     );
 
     let acked = std::mem::take(&mut *acked.lock().unwrap());
-    let by_id: HashMap<TaskId, &taskgrid_proto::api::TaskView> =
-        tasks.iter().map(|t| (t.id, t)).collect();
+    let by_id: HashMap<TaskId, &taskgrid_api::TaskView> = tasks.iter().map(|t| (t.id, t)).collect();
     // Every acknowledged submit is there.
     let missing: Vec<_> = acked
         .tasks

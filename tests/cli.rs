@@ -435,7 +435,7 @@ async fn submit_flags_reach_the_task_and_bad_ones_create_nothing() {
     }
     let all = server
         .client(None)
-        .list(&taskgrid_proto::api::ListQuery::default())
+        .list(&taskgrid_api::ListQuery::default())
         .await
         .unwrap();
     assert_eq!(all.tasks.len(), 2, "refused submits created nothing");
@@ -552,7 +552,7 @@ async fn submit_wait_forwards_piped_stdin() {
 
     let client = server.client(None);
     let tasks = || async {
-        let all = taskgrid_proto::api::ListQuery::default();
+        let all = taskgrid_api::ListQuery::default();
         client.list(&all).await.unwrap().tasks.len()
     };
     let before = tasks().await;

@@ -7,8 +7,8 @@ mod util;
 
 use std::process::Stdio;
 
+use taskgrid_api::{Kind, ListQuery, SubmitRequest};
 use taskgrid_core::{AttemptOutcome, FailureCode, ShellCommand, ShellSpec, State};
-use taskgrid_proto::api::{Kind, ListQuery, SubmitRequest};
 use util::{Proc, Server, await_state, await_worker, taskgrid, worker};
 
 fn script(s: &str) -> SubmitRequest {

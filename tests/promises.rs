@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use taskgrid_api::{CancelOutcomeKind, Kind, SubmitRequest};
 use taskgrid_core::{ShellCommand, ShellSpec, State, TaskId};
-use taskgrid_proto::api::{CancelOutcomeKind, Kind, SubmitRequest};
 use util::{Server, taskgrid};
 
 /// A shell task on a queue no worker serves: it waits, and never runs.
@@ -181,7 +181,7 @@ async fn a_full_disk_stops_the_coordinator_and_loses_nothing_acknowledged() {
     let client = server.client(None);
     client.ready().await.unwrap();
     let total = client
-        .list(&taskgrid_proto::api::ListQuery {
+        .list(&taskgrid_api::ListQuery {
             limit: Some(1000),
             ..Default::default()
         })

@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use taskgrid_api::{ListOrder, ListQuery};
 use taskgrid_client::Client;
 use taskgrid_core::{MetricsSnapshot, State, Stream, TaskId};
-use taskgrid_proto::api::{ListOrder, ListQuery};
 
 /// Where the coordinator is and how to talk to it.
 #[derive(Debug, Clone, clap::Args)]

@@ -6,12 +6,12 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use taskgrid_api::{EventFilter, EventKind, Kind, SubmitRequest};
 use taskgrid_client::{Client, FollowItem};
 use taskgrid_core::{
     ContainerSpec, LabelReq, Priority, Resources, RetryPolicy, ShellCommand, ShellSpec, State,
     Stream, TaskId,
 };
-use taskgrid_proto::api::{EventFilter, EventKind, Kind, SubmitRequest};
 
 use super::client::Conn;
 

@@ -123,8 +123,8 @@ pub async fn await_worker(client: &Client, id: &str) {
 /// `None`), on the task's event stream: subscribe first, then read the
 /// state once, then follow the events.
 pub async fn await_state(client: &Client, id: TaskId, state: Option<State>) -> State {
+    use taskgrid_api::EventFilter;
     use taskgrid_client::ServerEvent;
-    use taskgrid_proto::api::EventFilter;
     let reached = |s: State| state.map_or(s.is_terminal(), |want| s == want);
     tokio::time::timeout(Duration::from_secs(60), async {
         let filter = EventFilter {

@@ -2,7 +2,7 @@
 //! (`/api/v1`), used by the CLI, the TUI and tests.
 //!
 //! Every route has a method taking and returning the wire types of
-//! [`taskgrid_proto::api`]; the two streaming routes return an
+//! [`taskgrid_api`]; the two streaming routes return an
 //! [`SseStream`]. Errors keep the server's status, `code` and `message`
 //! ([`ClientError::Api`]), so a caller can act on `queue_full` or
 //! `not_found` without parsing text.
@@ -10,7 +10,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), taskgrid_client::ClientError> {
 //! use taskgrid_client::{Client, FollowItem};
-//! use taskgrid_proto::api::SubmitRequest;
+//! use taskgrid_api::SubmitRequest;
 //!
 //! let client = Client::new("http://127.0.0.1:7070", None)?;
 //! let task = client.submit(&SubmitRequest::shell(["echo", "hello"])).await?;
@@ -31,13 +31,13 @@ use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, Response, header};
 use serde::de::DeserializeOwned;
-use taskgrid_core::{Explanation, MetricsSnapshot, QueueStats, TaskId};
-use taskgrid_proto::api::{
+use taskgrid_api::{
     API_PREFIX, BatchRequest, BatchResponse, CancelResponse, CancelTagRequest, CancelTagResponse,
     ErrorBody, EventFilter, ListQuery, OutputEnd, OutputEntry, OutputPage, OutputQuery, SSE_END,
     SSE_RESET, SSE_SUMMARY, StreamReset, SubmitRequest, SubmitResponse, Summary, TaskDetail,
     TaskEvent, TaskPage, WorkerView,
 };
+use taskgrid_core::{Explanation, MetricsSnapshot, QueueStats, TaskId};
 
 pub use error::ClientError;
 pub use sse::SseStream;

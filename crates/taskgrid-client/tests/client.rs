@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use taskgrid_api::{CancelOutcomeKind, EventFilter, ListQuery, SubmitRequest};
 use taskgrid_client::{Client, ClientError, FollowItem, ServerEvent};
 use taskgrid_coordinator::http::{ApiConfig, router};
 use taskgrid_coordinator::{SystemConfig, TaskContext, TaskError, TaskSystem};
 use taskgrid_core::{State, TaskId};
-use taskgrid_proto::api::{CancelOutcomeKind, EventFilter, ListQuery, SubmitRequest};
 use tokio::sync::watch;
 
 const LIMIT: Duration = Duration::from_secs(20);

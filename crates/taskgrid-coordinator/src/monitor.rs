@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use taskgrid_api::Summary;
+pub use taskgrid_api::WorkerView;
 use taskgrid_core::{Explanation, OutputChunk, State, TaskId};
-use taskgrid_proto::api::Summary;
-pub use taskgrid_proto::api::WorkerView;
 
 use crate::inner::relock;
 use crate::{Error, Task, TaskEvent, TaskHandle, TaskSystem};

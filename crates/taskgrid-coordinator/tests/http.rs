@@ -9,11 +9,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use serde_json::{Value, json};
+use taskgrid_api::{self as api, EventFilter, SubmitRequest};
 use taskgrid_client::{Client, FollowItem, ServerEvent};
 use taskgrid_coordinator::http::{ApiConfig, router, routes};
 use taskgrid_coordinator::{SystemConfig, TaskContext, TaskError, TaskSystem};
 use taskgrid_core::State;
-use taskgrid_proto::api::{self, EventFilter, SubmitRequest};
 use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 

@@ -8,7 +8,6 @@ pub mod worker {
     tonic::include_proto!("taskgrid.worker.v1");
 }
 
-pub mod api;
 mod convert;
 
 pub use convert::{

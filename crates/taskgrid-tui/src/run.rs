@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use ratatui::DefaultTerminal;
 use ratatui::crossterm::event::{self as term, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use taskgrid_api::{EventFilter, ListQuery};
 use taskgrid_client::{Client, ClientError, FollowItem, ServerEvent};
 use taskgrid_core::TaskId;
-use taskgrid_proto::api::{EventFilter, ListQuery};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 

@@ -7,8 +7,8 @@
 
 use std::collections::VecDeque;
 
+use taskgrid_api::{OutputEnd, TaskView, WorkerView};
 use taskgrid_core::{AttemptRecord, MetricsSnapshot, Progress, QueueStats, State, TaskId};
-use taskgrid_proto::api::{OutputEnd, TaskView, WorkerView};
 
 use crate::output::OutputBuffer;
 use crate::tasks::TaskList;

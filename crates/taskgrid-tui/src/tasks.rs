@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use taskgrid_api::{Kind, TaskView};
 use taskgrid_core::{Priority, ShellCommand, State, TaskId};
-use taskgrid_proto::api::{Kind, TaskView};
 
 /// Whether a row's spec (priority, what) is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,13 +3,13 @@
 
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
+use taskgrid_api::{
+    CancelOutcomeKind, CancelResponse, EventKind, Kind, OutputEnd, OutputEntry, SubmitRequest,
+    TaskDetail, TaskEvent, TaskView, WorkerView,
+};
 use taskgrid_core::{
     FailureCode, Priority, Progress, QueueStats, ShellCommand, ShellSpec, State, Stream,
     TaskFailure, TaskId, TaskStatus, Timestamp, WorkerId,
-};
-use taskgrid_proto::api::{
-    CancelOutcomeKind, CancelResponse, EventKind, Kind, OutputEnd, OutputEntry, SubmitRequest,
-    TaskDetail, TaskEvent, TaskView, WorkerView,
 };
 
 use crate::{App, Effect, Key, MAX_OUTPUT_LINES, MAX_TASKS, Msg, Tab, draw, update};

@@ -3,11 +3,11 @@
 //! answer of the coordinator — and returns the [`Effect`]s for the event
 //! loop to carry out. No IO, no clock: tests drive it message by message.
 
-use taskgrid_core::{MetricsSnapshot, QueueStats, State, TaskId};
-use taskgrid_proto::api::{
+use taskgrid_api::{
     CancelOutcomeKind, CancelResponse, EventKind, OutputEnd, OutputEntry, TaskDetail, TaskEvent,
     TaskView, WorkerView,
 };
+use taskgrid_core::{MetricsSnapshot, QueueStats, State, TaskId};
 
 use crate::keys;
 use crate::state::{App, Connection, Detail};

@@ -7,9 +7,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use taskgrid_api::EventFilter;
 use taskgrid_client::ServerEvent;
 use taskgrid_core::{State, TaskId};
-use taskgrid_proto::api::EventFilter;
 use tokio::sync::mpsc;
 
 use super::Plan;

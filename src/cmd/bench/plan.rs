@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use anyhow::bail;
+use taskgrid_api::SubmitRequest;
 use taskgrid_coordinator::http::ApiConfig;
 use taskgrid_core::LabelReq;
-use taskgrid_proto::api::SubmitRequest;
 
 use super::fleet;
 use super::options::{Args, BenchKind, StoreKind, WorkerMode};

@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use taskgrid_api::{ListQuery, TaskView};
 use taskgrid_client::Client;
 use taskgrid_core::{State, TaskId};
-use taskgrid_proto::api::{ListQuery, TaskView};
 
 use super::stats::Percentiles;
 

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use taskgrid_api::SubmitRequest;
 use taskgrid_client::Client;
 use taskgrid_core::{State, TaskCounts, TaskId};
-use taskgrid_proto::api::SubmitRequest;
 use tokio::task::JoinSet;
 
 use super::coordinator::Target;

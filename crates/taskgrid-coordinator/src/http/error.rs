@@ -7,8 +7,8 @@ use axum::Json;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use taskgrid_api::{ErrorBody, ErrorDetail};
 use taskgrid_core::{CommandError, SubmitError};
-use taskgrid_proto::api::{ErrorBody, ErrorDetail};
 
 use crate::Error;
 

@@ -14,8 +14,8 @@ use std::fmt::{Display, Write as _};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use taskgrid_api::WorkerView;
 use taskgrid_core::{HistogramSummary, MetricsSnapshot, QueueStats, SeriesSnapshot};
-use taskgrid_proto::api::WorkerView;
 
 use super::AppState;
 

@@ -10,7 +10,7 @@
 //! decode, one [`TaskSystem`] call, encode — and every failure goes through
 //! one error type, so the answer is always
 //! `{"error":{"code":"…","message":"…"}}` with a fitting status code.
-//! The wire types live in [`taskgrid_proto::api`]; `docs/api.md` and
+//! The wire types live in [`taskgrid_api`]; `docs/api.md` and
 //! `GET /api/v1/openapi.json` describe the routes.
 
 mod auth;
@@ -31,7 +31,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{MethodRouter, get, post};
-use taskgrid_proto::api::{API_PREFIX, Health};
+use taskgrid_api::{API_PREFIX, Health};
 use taskgrid_store::TaskQuery;
 
 use crate::TaskSystem;

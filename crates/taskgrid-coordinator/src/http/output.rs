@@ -13,8 +13,8 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Json, Response};
+use taskgrid_api::{OutputEnd, OutputEntry, OutputPage, OutputQuery, SSE_END};
 use taskgrid_core::{OutputChunk, TaskId};
-use taskgrid_proto::api::{OutputEnd, OutputEntry, OutputPage, OutputQuery, SSE_END};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 

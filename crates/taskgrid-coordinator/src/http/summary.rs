@@ -7,7 +7,7 @@
 //! Here one shared *pulse* task follows the event bus, keeps only each
 //! task's latest state and progress per interval, and every [`PULSE`]
 //! hands the interval to the connections. Each connection sends one
-//! [`Summary`](taskgrid_proto::api::Summary) per interval in which something happened: counters, gauges,
+//! [`Summary`](taskgrid_api::Summary) per interval in which something happened: counters, gauges,
 //! and the changes of the few tasks it watches (`?watch=ID,ID,…`, the
 //! rows a page shows). The first summary of a connection carries every
 //! watched task, read from the system, so a page that reads its rows and
@@ -27,8 +27,8 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use taskgrid_api::{SSE_SUMMARY, SUMMARY_WATCH_MAX, SummaryQuery, WatchedTask};
 use taskgrid_core::{Progress, TaskId};
-use taskgrid_proto::api::{SSE_SUMMARY, SUMMARY_WATCH_MAX, SummaryQuery, WatchedTask};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::MissedTickBehavior;

@@ -7,13 +7,13 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::Json;
 use serde::Deserialize;
-use taskgrid_core::{CancelOutcome, Explanation, MetricsSnapshot, QueueStats, State as TaskState};
-use taskgrid_core::{Submitted, WorkerId};
-use taskgrid_proto::api::{
+use taskgrid_api::{
     BatchRequest, BatchResponse, CancelOutcomeKind, CancelResponse, CancelTagRequest,
     CancelTagResponse, ListOrder, ListQuery, SubmitRequest, SubmitResponse, TaskDetail, TaskPage,
     TaskView, WorkerView,
 };
+use taskgrid_core::{CancelOutcome, Explanation, MetricsSnapshot, QueueStats, State as TaskState};
+use taskgrid_core::{Submitted, WorkerId};
 use taskgrid_store::TaskQuery;
 
 use super::AppState;

@@ -1,0 +1,140 @@
+//! The crate boundaries that keep users from paying for what they do not
+//! run: a remote worker compiles no SQLite, axum or HTTP server; a handler
+//! author compiles no gRPC; the HTTP client and the TUI compile no gRPC
+//! and no protoc. Checked on the resolved dependency graph (`cargo tree`,
+//! normal and build dependencies, features as that crate alone selects
+//! them), so a new dependency that breaks a boundary fails here.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+/// Each package `crate` compiles, by name, with the features enabled on it.
+fn graph(krate: &str) -> BTreeMap<String, Vec<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = Command::new(cargo)
+        .args(["tree", "--offline", "-p", krate, "-e", "normal,build"])
+        .args(["--prefix", "none", "-f", "{p}|{f}"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        out.status.success(),
+        "cargo tree -p {krate} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut packages: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((package, features)) = line.split_once('|') else {
+            continue;
+        };
+        let Some(name) = package.split_whitespace().next() else {
+            continue;
+        };
+        let entry = packages.entry(name.to_owned()).or_default();
+        for f in features.trim_end_matches(" (*)").split(',') {
+            let f = f.trim();
+            if !f.is_empty() && !entry.iter().any(|e| e == f) {
+                entry.push(f.to_owned());
+            }
+        }
+    }
+    assert!(
+        packages.contains_key(krate),
+        "cargo tree -p {krate} did not list {krate} itself: {packages:?}"
+    );
+    packages
+}
+
+fn assert_absent(krate: &str, graph: &BTreeMap<String, Vec<String>>, forbidden: &[&str]) {
+    for name in forbidden {
+        assert!(
+            !graph.contains_key(*name),
+            "{krate} must not compile {name}, but its dependency graph holds it"
+        );
+    }
+}
+
+fn assert_feature_off(
+    krate: &str,
+    graph: &BTreeMap<String, Vec<String>>,
+    package: &str,
+    feature: &str,
+) {
+    if let Some(features) = graph.get(package) {
+        assert!(
+            !features.iter().any(|f| f == feature),
+            "{krate} must not enable {package}'s {feature:?} feature, but it does: {features:?}"
+        );
+    }
+}
+
+#[test]
+fn a_remote_worker_compiles_no_store_and_no_server() {
+    let g = graph("taskgrid-worker");
+    assert_absent(
+        "taskgrid-worker",
+        &g,
+        &[
+            "taskgrid-coordinator",
+            "taskgrid-store",
+            "taskgrid-api",
+            "rusqlite",
+            "libsqlite3-sys",
+            "axum",
+        ],
+    );
+    for (package, feature) in [
+        ("hyper", "server"),
+        ("tonic", "server"),
+        ("tonic", "router"),
+    ] {
+        assert_feature_off("taskgrid-worker", &g, package, feature);
+    }
+    // the worker does speak gRPC: the check above is about the server half
+    assert!(
+        g.contains_key("tonic"),
+        "the worker should use tonic's client"
+    );
+    assert!(g.contains_key("taskgrid-sdk"));
+}
+
+#[test]
+fn a_handler_author_compiles_serde_and_tokio_sync_only() {
+    let g = graph("taskgrid-sdk");
+    assert_absent(
+        "taskgrid-sdk",
+        &g,
+        &[
+            "taskgrid-proto",
+            "taskgrid-store",
+            "tonic",
+            "prost",
+            "hyper",
+            "axum",
+            "rusqlite",
+        ],
+    );
+    assert_feature_off("taskgrid-sdk", &g, "tokio", "rt");
+    assert_feature_off("taskgrid-sdk", &g, "tokio", "net");
+}
+
+#[test]
+fn the_http_client_and_the_tui_compile_no_grpc() {
+    for krate in ["taskgrid-api", "taskgrid-client", "taskgrid-tui"] {
+        let g = graph(krate);
+        assert_absent(
+            krate,
+            &g,
+            &[
+                "taskgrid-proto",
+                "taskgrid-coordinator",
+                "taskgrid-store",
+                "tonic",
+                "prost",
+                "protoc-bin-vendored",
+                "axum",
+                "rusqlite",
+            ],
+        );
+    }
+}
