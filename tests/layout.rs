@@ -10,10 +10,16 @@ use std::process::Command;
 
 /// Each package `crate` compiles, by name, with the features enabled on it.
 fn graph(krate: &str) -> BTreeMap<String, Vec<String>> {
+    graph_with(krate, &[])
+}
+
+/// [`graph`] with extra `cargo tree` flags (`--no-default-features`).
+fn graph_with(krate: &str, extra: &[&str]) -> BTreeMap<String, Vec<String>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let out = Command::new(cargo)
         .args(["tree", "--offline", "-p", krate, "-e", "normal,build"])
         .args(["--prefix", "none", "-f", "{p}|{f}"])
+        .args(extra)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo tree runs");
@@ -135,6 +141,19 @@ fn the_http_client_and_the_tui_compile_no_grpc() {
                 "axum",
                 "rusqlite",
             ],
+        );
+    }
+}
+
+#[test]
+fn sqlite_is_a_feature_of_the_store_and_the_runtime() {
+    for krate in ["taskgrid-store", "taskgrid-coordinator"] {
+        let g = graph_with(krate, &["--no-default-features"]);
+        assert_absent(krate, &g, &["rusqlite", "libsqlite3-sys"]);
+        let g = graph(krate);
+        assert!(
+            g.contains_key("rusqlite"),
+            "{krate} with default features should have SQLite"
         );
     }
 }

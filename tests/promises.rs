@@ -252,3 +252,77 @@ async fn an_unknown_parent_is_refused() {
     r.parent = Some(parent);
     client.submit(&r).await.unwrap();
 }
+
+/// `--store` chooses the backend: an acknowledged task survives a `kill -9`
+/// on `sqlite:PATH` (kept at PATH, not in the data dir) and is gone on
+/// `memory`; a store that cannot be opened as given is refused at start-up,
+/// naming what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_flag_chooses_the_backend() {
+    let data = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let db = elsewhere.path().join("nested").join("grid.db");
+    let store = format!("sqlite:{}", db.display());
+
+    let mut server = Server::start(data.path(), "127.0.0.1:0", &["--store", &store]);
+    let id = server
+        .client(None)
+        .submit(&waiting("nobody"))
+        .await
+        .unwrap()
+        .id;
+    server.proc.kill9();
+    assert!(db.exists(), "the SQLite file is where --store says");
+    assert!(
+        !data.path().join("taskgrid.db").exists(),
+        "nothing is written to the data dir"
+    );
+    let server = Server::start(data.path(), "127.0.0.1:0", &["--store", &store]);
+    assert_eq!(
+        server.client(None).get(id).await.unwrap().task.status.state,
+        State::Queued,
+        "an acknowledged task survives kill -9 on sqlite:PATH"
+    );
+    drop(server);
+
+    let mut server = Server::start(data.path(), "127.0.0.1:0", &["--store", "memory"]);
+    let id = server
+        .client(None)
+        .submit(&waiting("nobody"))
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(
+        server.client(None).get(id).await.unwrap().task.status.state,
+        State::Queued
+    );
+    server.proc.kill9();
+    let server = Server::start(data.path(), "127.0.0.1:0", &["--store", "memory"]);
+    let err = server.client(None).get(id).await.unwrap_err().to_string();
+    assert!(err.contains("not_found"), "memory keeps nothing: {err}");
+    assert!(!data.path().join("taskgrid.db").exists());
+    drop(server);
+
+    for (flags, expected) in [
+        (
+            &["--store", "postgress://x"][..],
+            "unknown store `postgress://x`",
+        ),
+        (&["--store", "sqlite:"][..], "names no file"),
+        (
+            &["--store", "memory", "--full-sync"][..],
+            "--full-sync applies to a SQLite store",
+        ),
+    ] {
+        let out = taskgrid()
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .args(flags)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} was accepted");
+        assert!(stderr.contains(expected), "{flags:?}: {stderr}");
+    }
+}

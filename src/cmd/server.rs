@@ -1,5 +1,6 @@
 //! `taskgrid server`: the coordinator — the worker gateway (gRPC) and the
-//! HTTP API on one port, SQLite in the data directory.
+//! HTTP API on one port, on the store `--store` names (default: SQLite in
+//! the data directory).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use anyhow::{Context, bail};
 use taskgrid_coordinator::http::{ApiConfig, router};
 use taskgrid_coordinator::{Gateway, GatewayConfig, SystemConfig, TaskSystem, gateway};
 use taskgrid_proto::worker::worker_gateway_server::WorkerGatewayServer;
-use taskgrid_store::{Durability, SqliteOptions, Store};
+use taskgrid_store::{Durability, SqliteOptions, StoreConfig};
 
 /// Options of `taskgrid server` (and the coordinator half of `taskgrid up`).
 #[derive(Debug, Clone, clap::Args)]
@@ -19,9 +20,13 @@ pub(crate) struct Args {
     /// Address to listen on (gRPC for workers and HTTP for clients share it).
     #[arg(long, env = "TASKGRID_LISTEN", default_value = "127.0.0.1:7070")]
     pub(crate) listen: SocketAddr,
-    /// Where the SQLite database lives.
+    /// Where the SQLite database lives (unless --store names another place).
     #[arg(long, env = "TASKGRID_DATA_DIR", default_value = "taskgrid-data")]
     pub(crate) data_dir: PathBuf,
+    /// The store: `sqlite:PATH` (default: taskgrid.db in --data-dir) or
+    /// `memory` (nothing survives the process: for trials and benchmarks).
+    #[arg(long, env = "TASKGRID_STORE")]
+    pub(crate) store: Option<StoreConfig>,
     /// Token clients must send (`Authorization: Bearer`).
     #[arg(long, env = "TASKGRID_CLIENT_TOKEN", hide_env_values = true, value_parser = super::token)]
     pub(crate) client_token: Option<String>,
@@ -32,7 +37,7 @@ pub(crate) struct Args {
     /// worker is offline.
     #[arg(long, default_value_t = 5000)]
     pub(crate) heartbeat_ms: u64,
-    /// Fsync every commit (survive power loss, not only a crash).
+    /// Fsync every commit (survive power loss, not only a crash; SQLite).
     #[arg(long)]
     pub(crate) full_sync: bool,
 }
@@ -57,35 +62,49 @@ impl Args {
         }
         Ok(())
     }
+
+    /// The store to open: `--store`, else SQLite in the data directory;
+    /// `--full-sync` sets SQLite's durability.
+    pub(crate) fn store_config(&self) -> anyhow::Result<StoreConfig> {
+        let durability = if self.full_sync {
+            Durability::PowerLoss
+        } else {
+            Durability::Process
+        };
+        Ok(match &self.store {
+            None => {
+                let (path, options) = sqlite_in(&self.data_dir, self.full_sync)?;
+                StoreConfig::Sqlite { path, options }
+            }
+            Some(StoreConfig::Sqlite { path, options }) => {
+                let mut options = *options;
+                options.durability = durability;
+                StoreConfig::Sqlite {
+                    path: path.clone(),
+                    options,
+                }
+            }
+            Some(StoreConfig::Memory) if self.full_sync => {
+                bail!("--full-sync applies to a SQLite store; --store memory keeps nothing on disk")
+            }
+            Some(other) => other.clone(),
+        })
+    }
 }
 
 /// Opens the store, binds the port and starts serving.
 pub(crate) async fn start(args: &Args) -> anyhow::Result<Coordinator> {
-    start_on(args, None).await
-}
-
-/// Like [`start`], but on `store` when given instead of the SQLite file in
-/// the data directory (`taskgrid bench --store memory`).
-pub(crate) async fn start_on(
-    args: &Args,
-    store: Option<Arc<dyn Store>>,
-) -> anyhow::Result<Coordinator> {
     args.check()?;
     let config = SystemConfig {
         check_handlers: false,
         ..SystemConfig::default()
     };
-    let builder = TaskSystem::builder().config(config);
-    let system = match store {
-        Some(store) => builder.store(store).build()?,
-        None => {
-            let (db, options) = sqlite_in(&args.data_dir, args.full_sync)?;
-            builder
-                .sqlite(&db, options)
-                .build()
-                .with_context(|| format!("opening {}", db.display()))?
-        }
-    };
+    let store = args.store_config()?;
+    let system = TaskSystem::builder()
+        .config(config)
+        .store_config(store.clone())
+        .build()
+        .with_context(|| format!("opening the store {store}"))?;
     system.start()?;
     let system = Arc::new(system);
     let gateway = gateway(
@@ -171,9 +190,9 @@ impl Coordinator {
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let c = start(&args).await?;
     println!(
-        "taskgrid coordinator listening on {} (data in {})",
+        "taskgrid coordinator listening on {} (store {})",
         c.addr,
-        args.data_dir.display()
+        args.store_config()?
     );
     if let Err(why) = c.until_stopped().await {
         return c.fail(why).await;

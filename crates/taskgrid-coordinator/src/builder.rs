@@ -2,13 +2,16 @@
 //! configured, opened on its store, and rebuilt from it.
 
 use std::collections::HashMap;
+#[cfg(feature = "sqlite")]
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use taskgrid_core::{Engine, EngineConfig, Outbox, TaskId, WorkerId, WorkerInfo};
-use taskgrid_store::{MemoryStore, SqliteOptions, SqliteStore, Store, Writer};
+#[cfg(feature = "sqlite")]
+use taskgrid_store::SqliteOptions;
+use taskgrid_store::{MemoryStore, Store, StoreConfig, Writer};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::clock::Clock;
@@ -72,7 +75,7 @@ impl Default for SystemConfig {
 pub struct TaskSystemBuilder {
     config: SystemConfig,
     store: Option<Arc<dyn Store>>,
-    sqlite: Option<(std::path::PathBuf, SqliteOptions)>,
+    config_store: Option<StoreConfig>,
     handlers: HashMap<Arc<str>, Arc<dyn Handler>>,
 }
 
@@ -81,7 +84,7 @@ impl TaskSystemBuilder {
         TaskSystemBuilder {
             config: SystemConfig::default(),
             store: None,
-            sqlite: None,
+            config_store: None,
             handlers: HashMap::new(),
         }
     }
@@ -91,10 +94,19 @@ impl TaskSystemBuilder {
         self.store = Some(store);
         self
     }
-    /// Uses a SQLite database file, created if missing.
-    pub fn sqlite(mut self, path: impl AsRef<Path>, options: SqliteOptions) -> Self {
-        self.sqlite = Some((path.as_ref().to_owned(), options));
+    /// Opens the store `config` names when the system is built (unless
+    /// [`store`](Self::store) gave one already).
+    pub fn store_config(mut self, config: StoreConfig) -> Self {
+        self.config_store = Some(config);
         self
+    }
+    /// Uses a SQLite database file, created if missing.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(self, path: impl AsRef<Path>, options: SqliteOptions) -> Self {
+        self.store_config(StoreConfig::Sqlite {
+            path: path.as_ref().to_owned(),
+            options,
+        })
     }
     /// Handler calls run at once.
     pub fn concurrency(mut self, n: u32) -> Self {
@@ -138,9 +150,9 @@ impl TaskSystemBuilder {
     /// running when the last process died go back to their queue as a new
     /// attempt. Call [`TaskSystem::start`] to begin running them.
     pub fn build(self) -> Result<TaskSystem, Error> {
-        let store: Arc<dyn Store> = match (self.store, self.sqlite) {
+        let store: Arc<dyn Store> = match (self.store, self.config_store) {
             (Some(s), _) => s,
-            (None, Some((path, opts))) => Arc::new(SqliteStore::open(path, opts)?),
+            (None, Some(config)) => config.open()?,
             (None, None) => Arc::new(MemoryStore::new()),
         };
         let clock = Clock::system();

@@ -85,6 +85,7 @@ pub(crate) fn attempt_ops<'a>(
 }
 
 /// The outcome named `s` in the store.
+#[cfg(feature = "sqlite")]
 pub(crate) fn parse_outcome(s: &str) -> Option<AttemptOutcome> {
     use AttemptOutcome as O;
     [

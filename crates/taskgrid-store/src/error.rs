@@ -10,9 +10,11 @@ use taskgrid_core::{State, TaskId};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// SQLite reported an error (IO, a full disk, a locked database…).
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The backend reported an error (IO, a full disk, a locked database,
+    /// a lost connection…). Which backend it was is in the message: the
+    /// SQLite backend's errors read `sqlite: …`.
+    #[error("{0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// Compare-and-set failed: the stored task is no longer in the state the
     /// change expected to move it out of. Someone else wrote it, or the
     /// engine's view and the store's have diverged.
@@ -69,6 +71,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A [`Backend`](Self::Backend) error from any error a backend reports.
+    pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
+
     /// Whether the store refused the change because it disagrees with the
     /// caller about a task ([`Conflict`](Self::Conflict) or
     /// [`Duplicate`](Self::Duplicate)): the store is fine, the caller's view

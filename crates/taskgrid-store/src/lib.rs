@@ -5,10 +5,19 @@
 //! all-or-nothing, with compare-and-set on every state change, and answers the
 //! queries the API and the start-up path need. Two backends implement it:
 //!
-//! - [`SqliteStore`] — the durable one: SQLite in WAL mode, versioned
-//!   migrations, a separate read connection.
+//! - `SqliteStore` — the durable one: SQLite in WAL mode, versioned
+//!   migrations, a separate read connection (feature `sqlite`, on by
+//!   default).
 //! - [`MemoryStore`] — everything in one process's memory, for tests,
 //!   benchmarks and embedding without persistence.
+//!
+//! [`StoreConfig`] names a backend as text (`memory`, `sqlite:PATH`) and
+//! opens it: the one factory a coordinator chooses its store through.
+//! Another backend implements [`Store`] in its own crate and proves itself
+//! with the conformance suite (`conformance`, feature `testing`).
+//!
+//! This crate must never depend on the coordinator, the server or the
+//! network: it is the record, not the service.
 //!
 //! A [`Writer`] sits in front of a store and group-commits: one background
 //! thread applies whatever batches are queued in one transaction and then
@@ -41,15 +50,18 @@
 mod attempt;
 mod error;
 mod memory;
+mod open;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 mod writer;
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may panic on anything
-mod conformance;
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
 
 pub use error::StoreError;
 pub use memory::MemoryStore;
+pub use open::{BadStoreConfig, StoreConfig};
+#[cfg(feature = "sqlite")]
 pub use sqlite::{BUSY_TIMEOUT, Durability, SqliteOptions, SqliteStore};
 pub use writer::{BATCH_CAP, Done, LAZY_WINDOW, MAX_WINDOW, Writer};
 

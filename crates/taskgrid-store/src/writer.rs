@@ -422,6 +422,6 @@ fn report(done: Option<Done>, result: Result<(), StoreError>) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))] // some of its tests need a file on disk
 #[allow(clippy::unwrap_used)] // tests may panic on anything
 mod tests;

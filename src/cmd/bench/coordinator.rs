@@ -7,12 +7,11 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use taskgrid_client::Client;
-use taskgrid_store::MemoryStore;
+use taskgrid_store::StoreConfig;
 
 use super::{Placement, Plan, StoreKind, WorkerMode};
 use crate::cmd::server;
@@ -92,13 +91,7 @@ impl Target {
             Placement::InProcess => {
                 let data = ScratchDir::new()?;
                 let args = server_args(plan, data.path());
-                let store = match plan.store {
-                    StoreKind::Memory => {
-                        Some(Arc::new(MemoryStore::new()) as Arc<dyn taskgrid_store::Store>)
-                    }
-                    StoreKind::Sqlite => None,
-                };
-                let c = server::start_on(&args, store).await?;
+                let c = server::start(&args).await?;
                 Target {
                     url: format!("http://{}", c.addr),
                     token: None,
@@ -209,6 +202,7 @@ fn server_args(plan: &Plan, data_dir: &Path) -> server::Args {
         worker_token: None,
         heartbeat_ms: plan.heartbeat_ms,
         full_sync: plan.full_sync,
+        store: (plan.store == StoreKind::Memory).then_some(StoreConfig::Memory),
     }
 }
 
@@ -225,6 +219,9 @@ async fn spawn_server(
         .args(["--heartbeat-ms", &plan.heartbeat_ms.to_string()]);
     if plan.full_sync {
         cmd.arg("--full-sync");
+    }
+    if plan.store == StoreKind::Memory {
+        cmd.args(["--store", "memory"]);
     }
     // Tokens meant for other coordinators must not lock this one.
     for var in [

@@ -63,7 +63,7 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 5000)]
     pub(super) heartbeat_ms: u64,
     /// Store of a coordinator started here: `sqlite` (a file in a temporary
-    /// directory) or `memory` (in-process coordinator only).
+    /// directory) or `memory`.
     #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
     pub(super) store: StoreKind,
     /// Fsync every commit (`taskgrid server --full-sync`).

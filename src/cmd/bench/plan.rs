@@ -190,12 +190,6 @@ impl Args {
                     );
                 }
                 let child = self.coordinator_process || matches!(mode, Mode::IdleWorkers { .. });
-                if child && self.store == StoreKind::Memory {
-                    bail!(
-                        "--store memory needs the in-process coordinator (`taskgrid server` always \
-                         uses SQLite); drop --coordinator-process (not possible with --idle-workers)"
-                    );
-                }
                 if child {
                     Placement::Child
                 } else {

@@ -8,7 +8,8 @@ use taskgrid_core::{
 use super::fixtures::{Life, full_record, ids, output, state_of, submit, task, tid, ts};
 use crate::{Store, StoreError, TaskQuery};
 
-pub(super) fn round_trip_every_field(store: &dyn Store) {
+/// A task with every field set reads back exactly as written, from `get`, `list` and `load_active`.
+pub fn round_trip_every_field(store: &dyn Store) {
     let rec = full_record();
     store.apply(&[submit(rec.clone())]).unwrap();
     assert_eq!(store.get(rec.id).unwrap(), Some(rec.clone()));
@@ -20,7 +21,8 @@ pub(super) fn round_trip_every_field(store: &dyn Store) {
     assert_eq!(store.load_active().unwrap(), vec![rec]);
 }
 
-pub(super) fn duplicate_submit_is_refused(store: &dyn Store) {
+/// Submitting an id already stored fails with `Duplicate` and changes nothing.
+pub fn duplicate_submit_is_refused(store: &dyn Store) {
     store.apply(&[submit(task(1))]).unwrap();
     let mut again = task(1);
     again.spec.queue = "other".into();
@@ -38,7 +40,8 @@ pub(super) fn duplicate_submit_is_refused(store: &dyn Store) {
     );
 }
 
-pub(super) fn conflict_rolls_back_the_whole_batch(store: &dyn Store) {
+/// A compare-and-set that fails (`Conflict`) undoes every change of its batch.
+pub fn conflict_rolls_back_the_whole_batch(store: &dyn Store) {
     let a = task(1);
     store.apply(&[submit(a.clone())]).unwrap();
     let mut life = Life::of(&a);
@@ -91,7 +94,8 @@ pub(super) fn conflict_rolls_back_the_whole_batch(store: &dyn Store) {
     assert_eq!(state_of(store, a.id), State::Assigned);
 }
 
-pub(super) fn status_of_unknown_task_is_not_found(store: &dyn Store) {
+/// A status change for an unknown task fails with `NotFound`.
+pub fn status_of_unknown_task_is_not_found(store: &dyn Store) {
     let mut life = Life::of(&task(1));
     let err = store
         .apply(&[submit(task(2)), life.assign("w", 1)])
@@ -105,7 +109,7 @@ pub(super) fn status_of_unknown_task_is_not_found(store: &dyn Store) {
 
 /// A batch that touches every kind of data and then fails leaves each of
 /// them exactly as before.
-pub(super) fn failed_batch_leaves_no_trace(store: &dyn Store) {
+pub fn failed_batch_leaves_no_trace(store: &dyn Store) {
     let a = task(1);
     let mut life = Life::of(&a);
     store
@@ -170,7 +174,8 @@ pub(super) fn failed_batch_leaves_no_trace(store: &dyn Store) {
     assert_eq!(data, ["before", "after"]);
 }
 
-pub(super) fn attempts_follow_the_lifecycle(store: &dyn Store) {
+/// Assignments record attempts; start and end stamps, outcomes, errors and exit codes land on the right one.
+pub fn attempts_follow_the_lifecycle(store: &dyn Store) {
     let a = task(1);
     let mut life = Life::of(&a);
     let changes = [
@@ -247,7 +252,8 @@ pub(super) fn attempts_follow_the_lifecycle(store: &dyn Store) {
     assert!(store.attempts(tid(2)).unwrap().is_empty());
 }
 
-pub(super) fn bad_assignments_are_invalid(store: &dyn Store) {
+/// An assignment without a worker, or reusing an attempt number, is `Invalid`.
+pub fn bad_assignments_are_invalid(store: &dyn Store) {
     let a = task(1);
     let mut life = Life::of(&a);
     store
@@ -281,7 +287,8 @@ pub(super) fn bad_assignments_are_invalid(store: &dyn Store) {
     assert_eq!(got[0].error, None);
 }
 
-pub(super) fn load_active_returns_exactly_the_live_tasks(store: &dyn Store) {
+/// `load_active` returns every non-terminal task and no terminal one, in id order.
+pub fn load_active_returns_exactly_the_live_tasks(store: &dyn Store) {
     let mut changes = Vec::new();
     let mut live = Vec::new();
     // Submit in reverse id order: results must still come in id order.
@@ -311,7 +318,8 @@ pub(super) fn load_active_returns_exactly_the_live_tasks(store: &dyn Store) {
     assert_eq!(pending, &store.get(pending.id).unwrap().unwrap());
 }
 
-pub(super) fn list_filters_and_paginates(store: &dyn Store) {
+/// `list` applies every filter, pages with `after` both ways, and honours `limit`.
+pub fn list_filters_and_paginates(store: &dyn Store) {
     // Ten tasks: even ones in queue "a" with tag "even", the first three the
     // children of task 100, tasks 4..7 assigned to w1 or w2.
     let mut changes = vec![submit(task(100))];
@@ -450,7 +458,8 @@ pub(super) fn list_filters_and_paginates(store: &dyn Store) {
     );
 }
 
-pub(super) fn progress_and_checkpoint_overwrite(store: &dyn Store) {
+/// Progress and checkpoint changes overwrite; unknown tasks are `NotFound`.
+pub fn progress_and_checkpoint_overwrite(store: &dyn Store) {
     let a = task(1);
     store.apply(&[submit(a.clone())]).unwrap();
     let progress = |f: f32| Change::Progress {
@@ -505,7 +514,8 @@ pub(super) fn progress_and_checkpoint_overwrite(store: &dyn Store) {
     );
 }
 
-pub(super) fn output_is_ordered_and_paged(store: &dyn Store) {
+/// Output chunks come back in order with their sequence numbers, paged by `after_seq`.
+pub fn output_is_ordered_and_paged(store: &dyn Store) {
     store.apply(&[submit(task(1)), submit(task(2))]).unwrap();
     store
         .apply(&[output(1, 1, "a"), output(2, 1, "x"), output(1, 1, "err b")])
@@ -556,7 +566,8 @@ pub(super) fn output_is_ordered_and_paged(store: &dyn Store) {
     assert_eq!(store.output(tid(1), 0, 100).unwrap(), all);
 }
 
-pub(super) fn count_by_state_counts_every_state(store: &dyn Store) {
+/// `count_by_state` lists every state in `State::ALL` order, zeros included.
+pub fn count_by_state_counts_every_state(store: &dyn Store) {
     let zeros: Vec<(State, u64)> = State::ALL.into_iter().map(|s| (s, 0)).collect();
     assert_eq!(store.count_by_state().unwrap(), zeros);
 
@@ -585,7 +596,8 @@ pub(super) fn count_by_state_counts_every_state(store: &dyn Store) {
     assert_eq!(store.count_by_state().unwrap(), want);
 }
 
-pub(super) fn empty_apply_is_a_no_op(store: &dyn Store) {
+/// Applying no changes succeeds and changes nothing.
+pub fn empty_apply_is_a_no_op(store: &dyn Store) {
     store.apply(&[]).unwrap();
     assert!(store.load_active().unwrap().is_empty());
     assert!(store.list(&TaskQuery::default()).unwrap().is_empty());
@@ -593,7 +605,7 @@ pub(super) fn empty_apply_is_a_no_op(store: &dyn Store) {
 
 /// A queue's pause is kept until it is resumed; a failed batch takes a
 /// pause back with the rest.
-pub(super) fn queue_pauses_are_kept(store: &dyn Store) {
+pub fn queue_pauses_are_kept(store: &dyn Store) {
     let pause = |name: &str, paused| Change::Queue {
         name: name.to_owned(),
         paused,
@@ -630,7 +642,7 @@ pub(super) fn queue_pauses_are_kept(store: &dyn Store) {
 /// by one: the task ends in the last state, every attempt stamp is kept,
 /// and a change that does not follow on from the one before it fails the
 /// whole batch.
-pub(super) fn chained_changes_in_one_batch(store: &dyn Store) {
+pub fn chained_changes_in_one_batch(store: &dyn Store) {
     let a = task(1);
     let mut life = Life::of(&a);
     store

@@ -1,31 +1,50 @@
 //! The store conformance suite: one set of behaviours every backend must
-//! show, run against each of them by [`conformance_tests!`].
+//! show. Public behind the `testing` feature, so a backend in another crate
+//! runs the same suite:
 //!
-//! Each check in `checks` is a plain function over `&dyn Store` that starts
-//! from an empty store. A new backend gets the whole suite with one line:
-//! `conformance_tests!(postgres, || -> Box<dyn Store> { … });`
+//! ```toml
+//! [dev-dependencies]
+//! taskgrid-store = { version = "…", features = ["testing"] }
+//! ```
+//!
+//! ```ignore
+//! // one #[test] per check, each on a fresh, empty store
+//! taskgrid_store::conformance_tests!(postgres, || -> Box<dyn Store> { … });
+//! ```
+//!
+//! Each check in [`checks`] is a plain function over an empty `&dyn Store`
+//! that panics (it asserts) when the backend misbehaves.
+#![allow(clippy::unwrap_used)] // a test suite: a failed call is a failed check
 
-mod checks;
+pub mod checks;
 mod fixtures;
 
+#[cfg(all(test, feature = "sqlite"))]
 use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord};
 
+#[cfg(all(test, feature = "sqlite"))]
 pub(crate) use fixtures::{Life, output, submit, task, tid};
 
-use crate::{MemoryStore, SqliteOptions, SqliteStore, Store, StoreError, TaskQuery};
+#[cfg(test)]
+use crate::{MemoryStore, Store};
+#[cfg(all(test, feature = "sqlite"))]
+use crate::{SqliteOptions, SqliteStore, StoreError, TaskQuery};
 
-/// Generates one `#[test]` per conformance check in module `$name`, each on a
-/// fresh store from `$make`.
+/// Generates one `#[test]` per conformance check in a module `$name`, each
+/// on a fresh store from `$make` (a closure returning `Box<dyn Store>`; the
+/// module sees the caller's items through `use super::*`).
+#[macro_export]
 macro_rules! conformance_tests {
     ($name:ident, $make:expr) => {
         mod $name {
+            #[allow(unused_imports)]
             use super::*;
 
-            fn store() -> Box<dyn Store> {
+            fn store() -> Box<dyn $crate::Store> {
                 ($make)()
             }
 
-            conformance_tests!(@tests
+            $crate::conformance_tests!(@tests
                 round_trip_every_field,
                 duplicate_submit_is_refused,
                 conflict_rolls_back_the_whole_batch,
@@ -48,22 +67,26 @@ macro_rules! conformance_tests {
         $(
             #[test]
             fn $check() {
-                super::checks::$check(&*store());
+                $crate::conformance::checks::$check(&*store());
             }
         )*
     };
 }
 
+#[cfg(test)]
 conformance_tests!(memory, || -> Box<dyn Store> {
     Box::new(MemoryStore::new())
 });
+#[cfg(all(test, feature = "sqlite"))]
 conformance_tests!(sqlite_file, || -> Box<dyn Store> {
     Box::new(TempSqlite::new())
 });
+#[cfg(all(test, feature = "sqlite"))]
 conformance_tests!(sqlite_in_memory, || -> Box<dyn Store> {
     Box::new(SqliteStore::open_in_memory().unwrap())
 });
 
+#[cfg(all(test, feature = "sqlite"))]
 /// A [`SqliteStore`] on a file in a temporary directory removed on drop.
 pub(crate) struct TempSqlite {
     // Fields drop in order: the database closes before its directory goes.
@@ -71,6 +94,7 @@ pub(crate) struct TempSqlite {
     _dir: tempfile::TempDir,
 }
 
+#[cfg(all(test, feature = "sqlite"))]
 impl TempSqlite {
     pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -83,6 +107,7 @@ impl TempSqlite {
     }
 }
 
+#[cfg(all(test, feature = "sqlite"))]
 impl Store for TempSqlite {
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
         self.store.apply(changes)

@@ -20,6 +20,18 @@ use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecor
 
 use crate::{Store, StoreError, TaskQuery};
 
+/// An error from SQLite, as a [`StoreError::Backend`] whose message says it
+/// came from SQLite.
+#[derive(Debug, thiserror::Error)]
+#[error("sqlite: {0}")]
+struct SqliteError(rusqlite::Error);
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::backend(SqliteError(e))
+    }
+}
+
 /// How long a connection waits for another process's lock before failing
 /// with "database is locked".
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -212,7 +212,7 @@ fn col<T: FromSql>(row: &Row<'_>, i: usize) -> Result<T, StoreError> {
         rusqlite::Error::InvalidColumnType(..)
         | rusqlite::Error::FromSqlConversionFailure(..)
         | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(e.to_string()),
-        e => StoreError::Sqlite(e),
+        e => StoreError::from(e),
     })
 }
 
