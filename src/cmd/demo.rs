@@ -137,7 +137,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 Ok(ev) if ev.id == render.id() && ev.new_state() == Some(State::Running) => break,
                 Ok(_) => {}
                 // Fell behind the bus: read the state instead.
-                Err(_) if render.status()? == State::Running => break,
+                Err(_) if render.status().await? == State::Running => break,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -188,18 +188,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         system.wait_idle().await?;
     }
-    let counts = system.counts()?;
+    let counts = system.counts().await?;
     let shown: Vec<String> = counts
         .iter()
         .filter(|(_, n)| *n > 0)
         .map(|(s, n)| format!("{s}={n}"))
         .collect();
     writeln!(stdout, "store {}: {}", db.display(), shown.join(" "))?;
-    let failed = system.list(&TaskQuery {
-        state: Some(State::Failed),
-        limit: 5,
-        ..TaskQuery::default()
-    })?;
+    let failed = system
+        .list(&TaskQuery {
+            state: Some(State::Failed),
+            limit: 5,
+            ..TaskQuery::default()
+        })
+        .await?;
     for f in failed {
         writeln!(stdout, "  failed {}: {:?}", f.id, f.status.error)?;
     }

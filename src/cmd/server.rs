@@ -100,10 +100,14 @@ pub(crate) async fn start(args: &Args) -> anyhow::Result<Coordinator> {
         ..SystemConfig::default()
     };
     let store = args.store_config()?;
-    let system = TaskSystem::builder()
+    let builder = TaskSystem::builder()
         .config(config)
-        .store_config(store.clone())
-        .build()
+        .store_config(store.clone());
+    // Opening the store and reading it back is blocking IO: off the async
+    // threads.
+    let system = tokio::task::spawn_blocking(move || builder.build())
+        .await
+        .context("opening the store")?
         .with_context(|| format!("opening the store {store}"))?;
     system.start()?;
     let system = Arc::new(system);

@@ -149,6 +149,10 @@ impl TaskSystemBuilder {
     /// Opens the store and rebuilds the engine from it: tasks that were
     /// running when the last process died go back to their queue as a new
     /// attempt. Call [`TaskSystem::start`] to begin running them.
+    ///
+    /// Blocking: it opens and reads the store. From async code, call it
+    /// through `tokio::task::spawn_blocking` (as `taskgrid server` does)
+    /// when the store may be slow (a network database, a large file).
     pub fn build(self) -> Result<TaskSystem, Error> {
         let store: Arc<dyn Store> = match (self.store, self.config_store) {
             (Some(s), _) => s,

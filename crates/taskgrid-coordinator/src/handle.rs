@@ -77,18 +77,18 @@ impl TaskHandle {
 
     /// The task as the engine holds it now (a change may still be being
     /// committed).
-    pub fn record(&self) -> Result<TaskRecord, Error> {
-        self.inner.record(self.id)
+    pub async fn record(&self) -> Result<TaskRecord, Error> {
+        self.inner.record(self.id).await
     }
 
     /// The task's current state.
-    pub fn status(&self) -> Result<State, Error> {
-        Ok(self.record()?.status.state)
+    pub async fn status(&self) -> Result<State, Error> {
+        Ok(self.record().await?.status.state)
     }
 
     /// The last progress it reported.
-    pub fn progress(&self) -> Result<Option<Progress>, Error> {
-        Ok(self.record()?.progress)
+    pub async fn progress(&self) -> Result<Option<Progress>, Error> {
+        Ok(self.record().await?.progress)
     }
 
     /// Waits until the task has finished and its end is stored.

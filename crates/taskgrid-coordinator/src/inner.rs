@@ -377,7 +377,7 @@ impl Inner {
             }
             items.push((TaskId::from_bytes(*uuid::Uuid::now_v7().as_bytes()), spec));
         }
-        self.resolve_references(&items)?;
+        self.resolve_references(&items).await?;
         let (tx, rx) = oneshot::channel();
         let results = {
             let mut engine = self.lock();
@@ -436,9 +436,29 @@ impl Inner {
         Ok(())
     }
 
+    /// The one door through which async code reads the store: the call runs
+    /// on tokio's blocking pool, never on an async worker thread. A store
+    /// call is blocking IO (a SQLite page read, or a round trip to a
+    /// network database) and would stall every task sharing that thread.
+    /// Writes go through the [`Writer`]'s own thread.
+    pub(crate) async fn read_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, taskgrid_store::StoreError> + Send + 'static,
+    ) -> Result<T, Error> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(&*store)).await {
+            Ok(r) => Ok(r?),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(Error::ShutDown),
+        }
+    }
+
     /// Tells the engine the end state of dependencies it has forgotten, and
     /// refuses a parent that names no task.
-    fn resolve_references(&self, items: &[(TaskId, taskgrid_core::TaskSpec)]) -> Result<(), Error> {
+    async fn resolve_references(
+        &self,
+        items: &[(TaskId, taskgrid_core::TaskSpec)],
+    ) -> Result<(), Error> {
         let (missing, parents): (Vec<TaskId>, Vec<TaskId>) = {
             let engine = self.lock();
             let missing = items
@@ -453,16 +473,27 @@ impl Inner {
                 .collect();
             (missing, parents)
         };
-        for p in parents {
-            if self.store.get(p)?.is_none() {
-                return Err(Error::UnknownParent(p));
-            }
+        if parents.is_empty() && missing.is_empty() {
+            return Ok(());
         }
-        let mut found = Vec::new();
-        for d in missing {
-            if let Some(rec) = self.store.get(d)? {
-                found.push((d, rec.status.state));
-            }
+        let (unknown_parent, found) = self
+            .read_store(move |store| {
+                for p in parents {
+                    if store.get(p)?.is_none() {
+                        return Ok((Some(p), Vec::new()));
+                    }
+                }
+                let mut found = Vec::new();
+                for d in missing {
+                    if let Some(rec) = store.get(d)? {
+                        found.push((d, rec.status.state));
+                    }
+                }
+                Ok((None, found))
+            })
+            .await?;
+        if let Some(p) = unknown_parent {
+            return Err(Error::UnknownParent(p));
         }
         let mut engine = self.lock();
         for (d, s) in found {
@@ -472,11 +503,19 @@ impl Inner {
     }
 
     /// The task from the engine, or from the store if the engine forgot it.
-    pub(crate) fn record(&self, id: TaskId) -> Result<TaskRecord, Error> {
-        if let Some(r) = self.lock().get(id) {
-            return Ok(r.clone());
+    pub(crate) async fn record(&self, id: TaskId) -> Result<TaskRecord, Error> {
+        let live = self.lock().get(id).cloned();
+        match live {
+            Some(r) => Ok(r),
+            None => self.stored(id).await,
         }
-        self.store.get(id)?.ok_or(Error::NotFound(id))
+    }
+
+    /// The task as the store holds it.
+    pub(crate) async fn stored(&self, id: TaskId) -> Result<TaskRecord, Error> {
+        self.read_store(move |s| s.get(id))
+            .await?
+            .ok_or(Error::NotFound(id))
     }
 
     pub(crate) async fn wait(&self, id: TaskId) -> Result<TaskResult, Error> {
@@ -484,7 +523,7 @@ impl Inner {
         relock(&self.waiters).entry(id).or_default().push(tx);
         // Registered first, then read what is committed: if the end is not
         // committed yet, the publisher will find the waiter.
-        match self.store.get(id)? {
+        match self.read_store(move |s| s.get(id)).await? {
             Some(rec) if rec.status.state.is_terminal() => {
                 self.drop_waiter(id, rx);
                 return Ok(TaskResult::of(&rec));
@@ -550,10 +589,9 @@ impl Inner {
             .await?
         {
             Ok(r) => Ok(r),
-            Err(taskgrid_core::CommandError::NotFound(_)) => match self.store.get(id)? {
-                Some(rec) => Ok(CancelOutcome::AlreadyFinished(rec.status.state)),
-                None => Err(Error::NotFound(id)),
-            },
+            Err(taskgrid_core::CommandError::NotFound(_)) => Ok(CancelOutcome::AlreadyFinished(
+                self.stored(id).await?.status.state,
+            )),
             Err(e) => Err(e.into()),
         }
     }

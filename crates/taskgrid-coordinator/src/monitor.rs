@@ -56,17 +56,18 @@ impl TaskSystem {
         let now = self.inner.clock.now();
         match self.inner.read_committed(|e| e.explain(id, now)).await? {
             Some(x) => Ok(x),
-            None => self.explain(id),
+            None => self.explain(id).await,
         }
     }
 
     /// Why a task is not running yet (or where it stands).
-    pub fn explain(&self, id: TaskId) -> Result<Explanation, Error> {
+    pub async fn explain(&self, id: TaskId) -> Result<Explanation, Error> {
         let now = self.inner.clock.now();
-        if let Some(x) = self.inner.lock().explain(id, now) {
+        let live = self.inner.lock().explain(id, now);
+        if let Some(x) = live {
             return Ok(x);
         }
-        let rec = self.inner.store.get(id)?.ok_or(Error::NotFound(id))?;
+        let rec = self.inner.stored(id).await?;
         Ok(Explanation {
             task: id,
             state: rec.status.state,
@@ -77,13 +78,15 @@ impl TaskSystem {
 
     /// Output chunks of a task after sequence number `after` (0: from the
     /// start), at most `limit`, with their sequence numbers.
-    pub fn output_since(
+    pub async fn output_since(
         &self,
         id: TaskId,
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, OutputChunk)>, Error> {
-        Ok(self.inner.store.output(id, after, limit)?)
+        self.inner
+            .read_store(move |s| s.output(id, after, limit))
+            .await
     }
 
     /// Events after `seq` still in the replay buffer, and whether the
@@ -113,7 +116,7 @@ impl TaskSystem {
     /// Runs a finished task again: a new task with the same spec. A task
     /// that has not finished cannot be retried.
     pub async fn retry(&self, id: TaskId) -> Result<TaskHandle, Error> {
-        let rec = self.get(id)?;
+        let rec = self.get(id).await?;
         if !rec.status.state.is_terminal() {
             return Err(Error::NotFinished(id, rec.status.state));
         }

@@ -115,8 +115,8 @@ impl TaskSystem {
     /// A task's record as the engine holds it now (from the store for old
     /// ones). It may show a change whose commit is still under way; for an
     /// answer that leaves the process, use [`TaskSystem::get_committed`].
-    pub fn get(&self, id: TaskId) -> Result<TaskRecord, Error> {
-        self.inner.record(id)
+    pub async fn get(&self, id: TaskId) -> Result<TaskRecord, Error> {
+        self.inner.record(id).await
     }
 
     /// A task's record once everything it shows is committed: nothing in it
@@ -125,7 +125,7 @@ impl TaskSystem {
         let live = self.inner.read_committed(|e| e.get(id).cloned()).await?;
         match live {
             Some(rec) => Ok(rec),
-            None => self.inner.store.get(id)?.ok_or(Error::NotFound(id)),
+            None => self.inner.stored(id).await,
         }
     }
 
@@ -194,39 +194,38 @@ impl TaskSystem {
     }
 
     /// Tasks matching `query`, from the store.
-    pub fn list(&self, query: &TaskQuery) -> Result<Vec<TaskRecord>, Error> {
-        Ok(self.inner.store.list(query)?)
+    pub async fn list(&self, query: &TaskQuery) -> Result<Vec<TaskRecord>, Error> {
+        let query = query.clone();
+        self.inner.read_store(move |s| s.list(&query)).await
     }
 
     /// Subtasks spawned by `id`.
-    pub fn children(&self, id: TaskId) -> Result<Vec<TaskRecord>, Error> {
+    pub async fn children(&self, id: TaskId) -> Result<Vec<TaskRecord>, Error> {
         let q = TaskQuery {
             parent: Some(id),
             limit: usize::MAX,
             ..TaskQuery::default()
         };
-        self.list(&q)
+        self.list(&q).await
     }
 
     /// The attempts of a task.
-    pub fn attempts(&self, id: TaskId) -> Result<Vec<taskgrid_core::AttemptRecord>, Error> {
-        Ok(self.inner.store.attempts(id)?)
+    pub async fn attempts(&self, id: TaskId) -> Result<Vec<taskgrid_core::AttemptRecord>, Error> {
+        self.inner.read_store(move |s| s.attempts(id)).await
     }
 
     /// The output and log lines of a task.
-    pub fn output(&self, id: TaskId) -> Result<Vec<taskgrid_core::OutputChunk>, Error> {
-        Ok(self
+    pub async fn output(&self, id: TaskId) -> Result<Vec<taskgrid_core::OutputChunk>, Error> {
+        let chunks = self
             .inner
-            .store
-            .output(id, 0, usize::MAX)?
-            .into_iter()
-            .map(|(_, c)| c)
-            .collect())
+            .read_store(move |s| s.output(id, 0, usize::MAX))
+            .await?;
+        Ok(chunks.into_iter().map(|(_, c)| c).collect())
     }
 
     /// Tasks per state, counted in the store.
-    pub fn counts(&self) -> Result<Vec<(State, u64)>, Error> {
-        Ok(self.inner.store.count_by_state()?)
+    pub async fn counts(&self) -> Result<Vec<(State, u64)>, Error> {
+        self.inner.read_store(|s| s.count_by_state()).await
     }
 
     /// Tasks that have not finished (pending, queued, running, retrying…).

@@ -87,7 +87,7 @@ fn job(queue: &str, tags: &[&str]) -> Value {
 /// bounded by `LIMIT`.
 async fn decided(sys: &TaskSystem, id: TaskId, state: State) {
     tokio::time::timeout(LIMIT, async {
-        while sys.get(id).unwrap().status.state != state {
+        while sys.get(id).await.unwrap().status.state != state {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     })
@@ -195,7 +195,7 @@ async fn an_assignment_reaches_a_worker_only_once_committed() {
     finish(resume).await.unwrap();
     let a = w.next_assignment().await;
     assert_eq!(a.attempt.as_ref().unwrap().attempt, 1);
-    let stored = sys.attempts(id).unwrap();
+    let stored = sys.attempts(id).await.unwrap();
     assert_eq!(stored.len(), 1, "the attempt was stored before it was sent");
     sys.shutdown().await.unwrap();
 }
@@ -271,6 +271,6 @@ async fn a_failed_commit_answers_503_and_readyz_says_why() {
         assert_eq!(body["error"]["code"], "store_failed", "{uri}: {body}");
     }
     // …and what was committed before is still there.
-    assert_eq!(sys.list(&Default::default()).unwrap().len(), 1);
+    assert_eq!(sys.list(&Default::default()).await.unwrap().len(), 1);
     assert!(sys.failure().is_some());
 }

@@ -148,7 +148,7 @@ async fn a_paused_queue_accepts_but_does_not_dispatch_until_resumed() {
         .expect("the other queue runs");
     assert_eq!(other.state, State::Succeeded);
     assert_eq!(
-        sys.get(held).expect("held task").status.state,
+        sys.get(held).await.expect("held task").status.state,
         State::Queued
     );
 
@@ -248,14 +248,13 @@ async fn the_task_list_reads_newest_first_with_the_grids_counts() {
 
     // A state filter pages the same way; the counts stay the grid's.
     let (_, queued) = list("order=newest&state=queued&queue=held&counts=true").await;
-    let held: Vec<String> = newest_first
-        .iter()
-        .filter(|id| {
-            let id: TaskId = id.parse().expect("id");
-            sys.get(id).expect("task").status.state == State::Queued
-        })
-        .cloned()
-        .collect();
+    let mut held: Vec<String> = Vec::new();
+    for id in &newest_first {
+        let task: TaskId = id.parse().expect("id");
+        if sys.get(task).await.expect("task").status.state == State::Queued {
+            held.push(id.clone());
+        }
+    }
     assert_eq!(ids(&queued), held);
     assert_eq!(queued["counts"]["succeeded"], 3);
 

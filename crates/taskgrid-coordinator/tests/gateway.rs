@@ -43,8 +43,8 @@ async fn a_remote_worker_runs_a_task_and_its_output_and_result_are_stored() {
         (r.state, r.value::<u64>().unwrap()),
         (State::Succeeded, Some(42))
     );
-    assert_eq!(sys.output(h.id()).unwrap()[0].data, "working\n");
-    assert_eq!(sys.attempts(h.id()).unwrap()[0].worker.as_str(), "w1");
+    assert_eq!(sys.output(h.id()).await.unwrap()[0].data, "working\n");
+    assert_eq!(sys.attempts(h.id()).await.unwrap()[0].worker.as_str(), "w1");
     sys.shutdown().await.unwrap();
 }
 
@@ -187,10 +187,10 @@ async fn a_reconnecting_worker_keeps_its_attempt_and_a_silent_one_loses_it() {
     };
     let mut w = FakeWorker::reconnect(addr, reg).await;
     let first = w.next().await;
+    let attempts = sys.attempts(h.id()).await;
     assert!(
         matches!(&first, Out::Registered(r) if r.cancel.is_empty()),
-        "{first:?} {:?}",
-        sys.attempts(h.id())
+        "{first:?} {attempts:?}"
     );
     w.send(succeeded(&a, "1")).await;
     assert!(h.wait_timeout(LIMIT).await.unwrap().is_success());
@@ -233,7 +233,7 @@ async fn a_reconnecting_worker_keeps_its_attempt_and_a_silent_one_loses_it() {
     other.send(succeeded(&a2, "\"fresh\"")).await;
     let r = h2.wait_timeout(LIMIT).await.unwrap();
     assert_eq!(r.value::<String>().unwrap().as_deref(), Some("fresh"));
-    let attempts = sys.attempts(h2.id()).unwrap();
+    let attempts = sys.attempts(h2.id()).await.unwrap();
     assert_eq!(attempts.len(), 2);
     assert_eq!(
         attempts[0].outcome,
@@ -397,7 +397,7 @@ async fn a_stream_that_ends_without_a_goodbye_keeps_the_workers_attempts() {
         let r = h.wait_timeout(LIMIT).await.unwrap();
         assert!(r.is_success(), "{how}: {r:?}");
         assert_eq!(r.attempts, 1, "{how}: it never ran again");
-        let attempts = sys.attempts(h.id()).unwrap();
+        let attempts = sys.attempts(h.id()).await.unwrap();
         assert_eq!(attempts.len(), 1, "{how}: {attempts:?}");
         other.send(In::Goodbye(worker::Goodbye {})).await;
         back.send(In::Goodbye(worker::Goodbye {})).await;
@@ -470,6 +470,7 @@ async fn another_worker_cannot_write_into_an_attempt() {
     assert_eq!(rec.checkpoint, None);
     let output: Vec<String> = sys
         .output(h.id())
+        .await
         .unwrap()
         .into_iter()
         .map(|c| c.data)

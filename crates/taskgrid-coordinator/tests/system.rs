@@ -50,7 +50,7 @@ async fn handler_tasks_run_and_their_results_come_back() {
     let r = h.wait_timeout(LIMIT).await.unwrap();
     assert_eq!(r.state, State::Succeeded);
     assert_eq!(r.value::<u64>().unwrap(), Some(42));
-    assert_eq!(h.status().unwrap(), State::Succeeded);
+    assert_eq!(h.status().await.unwrap(), State::Succeeded);
     // Every state change, in order, only after it was committed.
     let mut seen = Vec::new();
     while seen.last() != Some(&State::Succeeded) {
@@ -70,7 +70,7 @@ async fn handler_tasks_run_and_their_results_come_back() {
             State::Succeeded
         ]
     );
-    let attempts = sys.attempts(h.id()).unwrap();
+    let attempts = sys.attempts(h.id()).await.unwrap();
     assert_eq!(attempts.len(), 1);
     let m = sys.metrics();
     assert_eq!((m.submitted, m.succeeded), (1, 1));
@@ -202,7 +202,7 @@ async fn a_handler_that_ignores_cancel_is_dropped_after_the_grace() {
     // The slot came back: another task runs.
     let h2 = sys.submit(Task::handler("stubborn", &())).await.unwrap();
     started.recv().await.unwrap();
-    assert_eq!(h2.status().unwrap(), State::Running);
+    assert_eq!(h2.status().await.unwrap(), State::Running);
     assert_eq!(sys.cancel_tag("none").await.unwrap(), 0);
     h2.cancel().await.unwrap();
     sys.shutdown().await.unwrap();
@@ -279,7 +279,7 @@ async fn progress_logs_and_subtasks_are_recorded() {
     sys.start().unwrap();
     let h = sys.submit(Task::handler("parent", &())).await.unwrap();
     let child = reported.recv().await.unwrap();
-    let p = h.progress().unwrap().unwrap();
+    let p = h.progress().await.unwrap().unwrap();
     assert_eq!((p.fraction, p.message.as_deref()), (0.5, Some("halfway")));
     go_tx.send(true).unwrap();
     let r = h.wait_timeout(LIMIT).await.unwrap();
@@ -289,10 +289,10 @@ async fn progress_logs_and_subtasks_are_recorded() {
     );
     let c = sys.handle(child).wait_timeout(LIMIT).await.unwrap();
     assert_eq!(c.value::<u64>().unwrap(), Some(10));
-    let children = sys.children(h.id()).unwrap();
+    let children = sys.children(h.id()).await.unwrap();
     assert_eq!(children.iter().map(|c| c.id).collect::<Vec<_>>(), [child]);
     assert_eq!(children[0].spec.parent, Some(h.id()));
-    let out = sys.output(h.id()).unwrap();
+    let out = sys.output(h.id()).await.unwrap();
     assert_eq!(
         out.iter().map(|o| o.data.as_str()).collect::<Vec<_>>(),
         ["spawning a child"]
@@ -311,7 +311,7 @@ async fn dependencies_unique_keys_and_callbacks() {
         .submit(Task::handler("double", &2).after(a.id()))
         .await
         .unwrap();
-    assert_eq!(b.status().unwrap(), State::Pending);
+    assert_eq!(b.status().await.unwrap(), State::Pending);
     let u1 = sys
         .submit(Task::handler("double", &3).unique_key("k"))
         .await
@@ -440,7 +440,7 @@ async fn bad_submits_are_refused_and_store_nothing() {
     let err = sys.submit(Task::handler("double", &map)).await.unwrap_err();
     assert!(matches!(err, Error::InvalidPayload(_)), "{err}");
     sys.flush().unwrap();
-    assert_eq!(sys.list(&TaskQuery::default()).unwrap().len(), 0);
+    assert_eq!(sys.list(&TaskQuery::default()).await.unwrap().len(), 0);
     // Backpressure: a paused-by-nature full queue refuses the next one.
     sys.submit(
         Task::handler("double", &1)
@@ -538,7 +538,7 @@ async fn queues_can_be_paused_and_the_executor_serves_only_its_queues() {
     assert!(runs.wait_timeout(LIMIT).await.unwrap().is_success());
     // The driver has dispatched everything it could: the others wait.
     assert_eq!(
-        (held.status().unwrap(), other.status().unwrap()),
+        (held.status().await.unwrap(), other.status().await.unwrap()),
         (State::Queued, State::Queued)
     );
     let stats = sys.queue_stats();
@@ -547,7 +547,7 @@ async fn queues_can_be_paused_and_the_executor_serves_only_its_queues() {
     assert_eq!(slow.ready, 1);
     sys.resume_queue("slow").await.unwrap();
     assert!(held.wait_timeout(LIMIT).await.unwrap().is_success());
-    assert_eq!(other.status().unwrap(), State::Queued);
+    assert_eq!(other.status().await.unwrap(), State::Queued);
     other.cancel().await.unwrap();
     sys.shutdown().await.unwrap();
 }
@@ -600,12 +600,12 @@ async fn events_replay_retry_workers_and_explain() {
         Err(Error::NotFinished(_, State::Pending))
     ));
     // Explain: a delayed task names its run_at; a finished one has no gates.
-    let x = sys.explain(pending.id()).unwrap();
+    let x = sys.explain(pending.id()).await.unwrap();
     assert!(
         matches!(x.gates[0], taskgrid_core::Gate::RunAt { .. }),
         "{x:?}"
     );
-    assert!(sys.explain(h.id()).unwrap().gates.is_empty());
+    assert!(sys.explain(h.id()).await.unwrap().gates.is_empty());
     let workers = sys.workers();
     assert_eq!(workers.len(), 1);
     assert_eq!(
@@ -636,7 +636,7 @@ async fn a_cancel_right_after_dispatch_reaches_the_handler() {
     // The cancel races the handler's start; it must never be lost.
     for _ in 0..50 {
         let h = sys.submit(Task::handler("waits", &())).await.unwrap();
-        while h.status().unwrap() != State::Running {
+        while h.status().await.unwrap() != State::Running {
             tokio::task::yield_now().await;
         }
         h.cancel().await.unwrap();

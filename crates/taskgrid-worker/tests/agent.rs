@@ -106,6 +106,7 @@ async fn shell_tasks_run_remotely_with_output_and_exit_codes() {
     assert_eq!(r.state, State::Succeeded);
     let out: Vec<(taskgrid_core::Stream, String)> = sys
         .output(ok.id())
+        .await
         .unwrap()
         .into_iter()
         .map(|c| (c.stream, c.data))
@@ -121,9 +122,9 @@ async fn shell_tasks_run_remotely_with_output_and_exit_codes() {
     let bad = sys.submit(script("exit 3")).await.unwrap();
     let r = bad.wait_timeout(LIMIT).await.unwrap();
     assert_eq!(r.state, State::Failed);
-    assert_eq!(sys.get(bad.id()).unwrap().status.exit_code, Some(3));
+    assert_eq!(sys.get(bad.id()).await.unwrap().status.exit_code, Some(3));
     // Each attempt records what it cost, measured by the worker.
-    let usage = sys.attempts(bad.id()).unwrap()[0]
+    let usage = sys.attempts(bad.id()).await.unwrap()[0]
         .usage
         .expect("usage recorded");
     // A task without limits runs in no cgroup: its peak memory is not
@@ -159,11 +160,11 @@ async fn a_remote_handler_reports_progress_logs_checkpoints_and_spawns() {
     let h = sys.submit(Task::handler("parent", &())).await.unwrap();
     let r = h.wait_timeout(LIMIT).await.unwrap();
     assert!(r.is_success(), "{r:?}");
-    let rec = sys.get(h.id()).unwrap();
+    let rec = sys.get(h.id()).await.unwrap();
     assert_eq!(rec.progress.unwrap().message.as_deref(), Some("half"));
     assert_eq!(rec.checkpoint.as_deref(), Some(r#"{"step":1}"#));
-    assert_eq!(sys.output(h.id()).unwrap()[0].data, "about to spawn");
-    let children = sys.children(h.id()).unwrap();
+    assert_eq!(sys.output(h.id()).await.unwrap()[0].data, "about to spawn");
+    let children = sys.children(h.id()).await.unwrap();
     assert_eq!(children.len(), 1);
     let c = sys
         .handle(children[0].id)
@@ -253,7 +254,7 @@ async fn a_draining_worker_hands_unfinished_work_back_and_refusals_fail_the_task
             .unwrap();
         if ev.id == long.id()
             && ev.new_state() == Some(State::Queued)
-            && long.record().unwrap().status.attempt == 1
+            && long.record().await.unwrap().status.attempt == 1
         {
             break;
         }
@@ -327,7 +328,7 @@ async fn a_program_outside_the_allow_list_is_refused_and_offered_elsewhere() {
     let t = sys.submit(argv(&["true"])).await.unwrap();
     let r = t.wait_timeout(LIMIT).await.unwrap();
     assert!(r.is_success(), "{r:?}");
-    let attempts = sys.attempts(t.id()).unwrap();
+    let attempts = sys.attempts(t.id()).await.unwrap();
     assert_eq!(attempts.last().unwrap().worker.as_str(), "open");
     sys.shutdown().await.unwrap();
 }
@@ -367,7 +368,7 @@ async fn a_drain_finishes_running_work_and_leaves_queued_work_queued() {
         "its result counts; it is not run again"
     );
     for q in &queued {
-        let rec = q.record().unwrap();
+        let rec = q.record().await.unwrap();
         assert_eq!(
             rec.status.state,
             State::Queued,
@@ -423,7 +424,7 @@ async fn prefetched_tasks_wait_for_a_slot_and_a_cancelled_one_never_runs() {
     one_runs_two_are_held(&mut events, [&first, &second, &third]).await;
     // One slot, two held: offered and assigned, but not started.
     for h in [&second, &third] {
-        let rec = h.record().unwrap();
+        let rec = h.record().await.unwrap();
         assert_eq!(rec.status.state, State::Assigned, "held, not running");
         assert_eq!(rec.status.worker, Some(WorkerId::new("prefetcher")));
     }
@@ -490,7 +491,7 @@ async fn a_result_held_back_for_company_still_goes_out_on_its_own() {
         State::Succeeded
     );
     assert!(
-        !second.status().unwrap().is_terminal(),
+        !second.status().await.unwrap().is_terminal(),
         "the second is still gated"
     );
     std::fs::write(&gate2, b"").unwrap();
@@ -569,7 +570,7 @@ async fn a_worker_that_loses_its_stream_drops_held_work_which_is_offered_again_a
     let second = sys.submit(counted("second")).await.unwrap();
     let third = sys.submit(counted("third")).await.unwrap();
     one_runs_two_are_held(&mut events, [&first, &second, &third]).await;
-    let attempt_before = second.record().unwrap().status.attempt;
+    let attempt_before = second.record().await.unwrap().status.attempt;
 
     proxy.cut();
     // The worker reconnects and registers what runs: the first only. The
@@ -582,13 +583,13 @@ async fn a_worker_that_loses_its_stream_drops_held_work_which_is_offered_again_a
         ],
     )
     .await;
-    assert_eq!(first.status().unwrap(), State::Running, "kept across");
+    assert_eq!(first.status().await.unwrap(), State::Running, "kept across");
     std::fs::write(&gate, b"").unwrap();
     for h in [&first, &second, &third] {
         assert_eq!(h.wait_timeout(LIMIT).await.unwrap().state, State::Succeeded);
     }
     assert!(
-        second.record().unwrap().status.attempt > attempt_before,
+        second.record().await.unwrap().status.attempt > attempt_before,
         "given out again as a new attempt"
     );
     for n in ["first", "second", "third"] {
@@ -620,14 +621,14 @@ async fn a_drain_hands_held_tasks_back_at_once() {
     drain_tx.send(()).unwrap();
     // The held task goes back to the queue while the running one still runs.
     reach(&mut events, held.id(), State::Queued).await;
-    assert_eq!(running.record().unwrap().status.state, State::Running);
+    assert_eq!(running.record().await.unwrap().status.state, State::Running);
     std::fs::write(&gate, b"").unwrap();
     agent.await.unwrap().unwrap();
     assert_eq!(
         running.wait_timeout(LIMIT).await.unwrap().state,
         State::Succeeded
     );
-    assert_eq!(held.record().unwrap().status.state, State::Queued);
+    assert_eq!(held.record().await.unwrap().status.state, State::Queued);
     sys.shutdown().await.unwrap();
 }
 

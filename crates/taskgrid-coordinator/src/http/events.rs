@@ -169,7 +169,7 @@ impl Connection {
     /// gone.
     async fn send(&mut self, ev: TaskEvent) -> bool {
         self.sent = ev.seq;
-        if !self.matcher.wants(&self.system, &ev) {
+        if !self.matcher.wants(&self.system, &ev).await {
             return true;
         }
         let seq = ev.seq;
@@ -188,7 +188,7 @@ struct Matcher {
 }
 
 impl Matcher {
-    fn wants(&mut self, system: &TaskSystem, ev: &TaskEvent) -> bool {
+    async fn wants(&mut self, system: &TaskSystem, ev: &TaskEvent) -> bool {
         let f = &self.filter;
         if f.task.is_some_and(|t| t != ev.id) {
             return false;
@@ -202,12 +202,15 @@ impl Matcher {
         if self.known.len() >= CACHE_CAP {
             self.known.clear();
         }
-        let facts = self.known.entry(ev.id).or_insert_with(|| {
-            system
+        if let std::collections::hash_map::Entry::Vacant(e) = self.known.entry(ev.id) {
+            let facts = system
                 .get(ev.id)
+                .await
                 .ok()
-                .map(|r| (r.spec.queue.to_string(), r.spec.tags))
-        });
+                .map(|r| (r.spec.queue.to_string(), r.spec.tags));
+            e.insert(facts);
+        }
+        let facts = self.known.get(&ev.id).unwrap_or(&None);
         let wanted = facts.as_ref().is_some_and(|(queue, tags)| {
             f.queue.as_ref().is_none_or(|q| q == queue)
                 && f.tag.as_ref().is_none_or(|t| tags.contains(t))

@@ -238,7 +238,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
         limit: 1,
         ..TaskQuery::default()
     };
-    match state.system.list(&probe) {
+    match state.system.list(&probe).await {
         Ok(_) => (
             StatusCode::OK,
             Json(Health {

@@ -44,7 +44,7 @@ pub(crate) async fn output(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     // 404 for an unknown task, rather than an empty page.
-    s.system.get(id)?;
+    s.system.get(id).await?;
     let limit = q
         .limit
         .unwrap_or(s.config.max_page)
@@ -56,7 +56,8 @@ pub(crate) async fn output(
     }
     let chunks: Vec<OutputEntry> = s
         .system
-        .output_since(id, after, limit)?
+        .output_since(id, after, limit)
+        .await?
         .into_iter()
         .map(|(seq, c)| entry(seq, c))
         .collect();
@@ -133,7 +134,11 @@ impl Follower {
     /// has gone (or the store fails).
     async fn drain(&mut self) -> bool {
         loop {
-            let chunks = match self.system.output_since(self.id, self.after, self.page) {
+            let chunks = match self
+                .system
+                .output_since(self.id, self.after, self.page)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(task = %self.id, error = %e, "output follower cannot read");
@@ -160,7 +165,7 @@ impl Follower {
     }
 
     async fn finish(&self, r: TaskResult) {
-        let status = self.system.get(self.id).ok().map(|rec| rec.status);
+        let status = self.system.get(self.id).await.ok().map(|rec| rec.status);
         let exit_code = status.as_ref().and_then(|s| s.exit_code);
         let signal = status.and_then(|s| s.usage).and_then(|u| u.signal);
         let end = OutputEnd {

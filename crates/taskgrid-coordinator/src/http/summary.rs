@@ -238,9 +238,9 @@ async fn follow(
             // an interval (only the latest is kept for it): their changes
             // in what was skipped are unknown.
             summary.tasks = if sent != Some(interval.from) || !interval.complete {
-                current(&system, watched.iter().copied())
+                current(&system, watched.iter().copied()).await
             } else {
-                changed(&system, &watched, &interval)
+                changed(&system, &watched, &interval).await
             };
             sent = Some(interval.seq);
             let Ok(ev) = Event::default().event(SSE_SUMMARY).json_data(&summary) else {
@@ -258,45 +258,51 @@ async fn follow(
 }
 
 /// The watched tasks that changed in `interval`.
-fn changed(
+async fn changed(
     system: &TaskSystem,
     watched: &HashSet<TaskId>,
     interval: &Interval,
 ) -> BTreeMap<TaskId, WatchedTask> {
-    watched
-        .iter()
-        .filter_map(|id| {
-            let change = interval.changes.get(id)?;
-            // Only progress moved: the state is the system's.
-            let state = match change.state {
-                Some(state) => state,
-                None => system.get(*id).ok()?.status.state,
-            };
-            Some((
-                *id,
-                WatchedTask {
-                    state,
-                    progress: change.progress.clone(),
-                },
-            ))
-        })
-        .collect()
+    let mut changed = BTreeMap::new();
+    for id in watched {
+        let Some(change) = interval.changes.get(id) else {
+            continue;
+        };
+        // Only progress moved: the state is the system's.
+        let state = match change.state {
+            Some(state) => state,
+            None => match system.get(*id).await {
+                Ok(r) => r.status.state,
+                Err(_) => continue,
+            },
+        };
+        changed.insert(
+            *id,
+            WatchedTask {
+                state,
+                progress: change.progress.clone(),
+            },
+        );
+    }
+    changed
 }
 
 /// Where `ids` stand now, read from the system (unknown ids are left out).
-fn current(
+async fn current(
     system: &TaskSystem,
     ids: impl Iterator<Item = TaskId>,
 ) -> BTreeMap<TaskId, WatchedTask> {
-    ids.filter_map(|id| {
-        let r = system.get(id).ok()?;
-        Some((
-            id,
-            WatchedTask {
-                state: r.status.state,
-                progress: r.progress,
-            },
-        ))
-    })
-    .collect()
+    let mut current = BTreeMap::new();
+    for id in ids {
+        if let Ok(r) = system.get(id).await {
+            current.insert(
+                id,
+                WatchedTask {
+                    state: r.status.state,
+                    progress: r.progress,
+                },
+            );
+        }
+    }
+    current
 }

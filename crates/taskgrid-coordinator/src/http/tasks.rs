@@ -76,7 +76,7 @@ pub(crate) async fn detail(
     TaskPath(id): TaskPath,
 ) -> ApiResult<Json<TaskDetail>> {
     let task = TaskView::from(s.system.get_committed(id).await?);
-    let attempts = s.system.attempts(id)?;
+    let attempts = s.system.attempts(id).await?;
     Ok(Json(TaskDetail { task, attempts }))
 }
 
@@ -105,7 +105,8 @@ pub(crate) async fn list(
     };
     let tasks: Vec<TaskView> = s
         .system
-        .list(&query)?
+        .list(&query)
+        .await?
         .into_iter()
         .map(TaskView::from)
         .collect();
@@ -113,7 +114,7 @@ pub(crate) async fn list(
         .then(|| tasks.last().map(|t| t.id))
         .flatten();
     let counts = if q.counts {
-        Some(s.system.counts()?.into_iter().collect())
+        Some(s.system.counts().await?.into_iter().collect())
     } else {
         None
     };

@@ -1,0 +1,181 @@
+//! The runtime never calls the store from an async thread: a store read is
+//! blocking IO (a SQLite page, or a round trip to a network database) and
+//! would stall every task sharing that thread. On a current-thread runtime
+//! every async task runs on the test's own thread, so a store that notes
+//! the thread of each call shows any read made from async code.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
+use std::time::Duration;
+
+use serde_json::json;
+use taskgrid_coordinator::{Task, TaskSystem};
+use taskgrid_core::{
+    AttemptRecord, Change, OutputChunk, State, TaskId, TaskKind, TaskRecord, TaskSpec,
+};
+use taskgrid_store::{MemoryStore, Store, StoreError, TaskQuery};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A [`MemoryStore`] that records, once armed, every read made on the
+/// thread it was told to watch.
+struct Watched {
+    store: MemoryStore,
+    armed: AtomicBool,
+    watched: Mutex<Option<ThreadId>>,
+    reads: AtomicUsize,
+    on_watched: Mutex<Vec<&'static str>>,
+}
+
+impl Watched {
+    fn read(&self, what: &'static str) {
+        if !self.armed.load(Ordering::SeqCst) {
+            return;
+        }
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let watched = *self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        if watched == Some(std::thread::current().id()) {
+            self.on_watched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(what);
+        }
+    }
+}
+
+impl Store for Watched {
+    fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        self.store.apply(changes)
+    }
+    fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        self.read("load_active");
+        self.store.load_active()
+    }
+    fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.read("get");
+        self.store.get(id)
+    }
+    fn list(&self, q: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
+        self.read("list");
+        self.store.list(q)
+    }
+    fn attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError> {
+        self.read("attempts");
+        self.store.attempts(id)
+    }
+    fn output(
+        &self,
+        id: TaskId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutputChunk)>, StoreError> {
+        self.read("output");
+        self.store.output(id, after_seq, limit)
+    }
+    fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
+        self.read("count_by_state");
+        self.store.count_by_state()
+    }
+    fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
+        self.read("paused_queues");
+        self.store.paused_queues()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn no_store_read_runs_on_an_async_thread() {
+    let store = Arc::new(Watched {
+        store: MemoryStore::new(),
+        armed: AtomicBool::new(false),
+        watched: Mutex::new(Some(std::thread::current().id())),
+        reads: AtomicUsize::new(0),
+        on_watched: Mutex::new(Vec::new()),
+    });
+    let sys = TaskSystem::builder()
+        .store(store.clone())
+        .handler("echo", |ctx| async move {
+            ctx.log("hello");
+            ctx.payload::<serde_json::Value>()
+        })
+        .build()
+        .expect("build");
+    sys.start().expect("start");
+    // Start-up reads the store before anything runs; from here on, every
+    // read is made while the runtime serves tasks.
+    store.armed.store(true, Ordering::SeqCst);
+
+    let first = sys
+        .submit(Task::handler("echo", &json!(1)))
+        .await
+        .expect("submit");
+    assert!(first.wait_timeout(LIMIT).await.expect("wait").is_success());
+    // A dependency and a parent the engine may have forgotten are looked
+    // up in the store.
+    let mut spec = TaskSpec::new(TaskKind::handler("echo", "2"));
+    spec.parent = Some(first.id());
+    let second = sys
+        .submit(Task::from_spec(spec).after(first.id()))
+        .await
+        .expect("submit after");
+    assert!(second.wait_timeout(LIMIT).await.expect("wait").is_success());
+
+    for id in [first.id(), second.id()] {
+        assert_eq!(
+            sys.get(id).await.expect("get").status.state,
+            State::Succeeded
+        );
+        assert_eq!(
+            sys.get_committed(id).await.expect("get").status.state,
+            State::Succeeded
+        );
+        assert_eq!(sys.attempts(id).await.expect("attempts").len(), 1);
+        assert!(!sys.output(id).await.expect("output").is_empty());
+        assert!(
+            !sys.output_since(id, 0, 10)
+                .await
+                .expect("output")
+                .is_empty()
+        );
+        assert_eq!(
+            sys.explain(id).await.expect("explain").state,
+            State::Succeeded
+        );
+        assert_eq!(
+            sys.handle(id).status().await.expect("status"),
+            State::Succeeded
+        );
+        assert!(sys.handle(id).wait().await.expect("wait").is_success());
+        assert!(matches!(
+            sys.cancel(id).await.expect("cancel"),
+            taskgrid_core::CancelOutcome::AlreadyFinished(State::Succeeded)
+        ));
+    }
+    assert_eq!(sys.children(first.id()).await.expect("children").len(), 1);
+    assert_eq!(
+        sys.list(&TaskQuery::default()).await.expect("list").len(),
+        2
+    );
+    let counts = sys.counts().await.expect("counts");
+    assert!(counts.contains(&(State::Succeeded, 2)), "{counts:?}");
+    assert!(sys.get(TaskId::from_u128(7)).await.is_err());
+
+    sys.shutdown().await.expect("shutdown");
+    // At least: list and children (2), attempts, output and output_since
+    // for each task (6), counts (1), and each wait's check of the stored
+    // end (4).
+    assert!(
+        store.reads.load(Ordering::SeqCst) >= 13,
+        "the store was read while serving: {} reads",
+        store.reads.load(Ordering::SeqCst)
+    );
+    let on_async = store
+        .on_watched
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    assert!(
+        on_async.is_empty(),
+        "store reads on the async thread: {on_async:?}"
+    );
+}
