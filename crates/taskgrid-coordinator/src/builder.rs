@@ -15,7 +15,9 @@ use taskgrid_store::{MemoryStore, Store, StoreConfig, Writer};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::clock::Clock;
+use crate::executor::Local;
 use crate::inner::Inner;
+use crate::link::Links;
 use crate::system::Lifecycle;
 use crate::{Error, TaskSystem};
 use taskgrid_sdk::{Handler, HandlerResult, TaskContext, handler_fn};
@@ -207,7 +209,11 @@ impl TaskSystemBuilder {
             recent: Mutex::new((event_base, std::collections::VecDeque::new())),
             running: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
-            links: Mutex::new(HashMap::new()),
+            links: Mutex::new({
+                let mut links = Links::default();
+                links.attach(worker.clone(), Arc::new(Local { inner: me.clone() }));
+                links
+            }),
             completions,
             committed,
             wake: Notify::new(),

@@ -8,13 +8,14 @@
 //! timeout or an ignored cancel makes it drop the handler — so every attempt
 //! is reported exactly once and its slot is always freed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use taskgrid_core::{Assignment, Outcome, StopAttempt, StopReason, TaskId, TaskKind};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::inner::Inner;
+use crate::link::WorkerLink;
 use taskgrid_sdk::{TaskContext, catch_unwind, outcome_of};
 
 /// What the driver learns from executors, in order.
@@ -53,8 +54,56 @@ impl Running {
     }
 }
 
+/// The local executor as the driver sees it: a [`WorkerLink`] that
+/// accepts its offers at once and runs them as tokio tasks.
+pub(crate) struct Local {
+    pub(crate) inner: Weak<Inner>,
+}
+
+impl WorkerLink for Local {
+    fn accepts_at_once(&self) -> bool {
+        true
+    }
+
+    fn accepted(&self, id: TaskId, attempt: u32) {
+        if let Some(inner) = self.inner.upgrade() {
+            prepare(&inner, id, attempt);
+        }
+    }
+
+    fn offer(&self, assignments: Vec<Assignment>) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        for a in assignments {
+            start(&inner, a);
+        }
+    }
+
+    fn stop(&self, s: StopAttempt) {
+        if let Some(inner) = self.inner.upgrade() {
+            stop(&inner, s);
+        }
+    }
+
+    /// The prepared attempts are forgotten (never started), so nothing
+    /// waits for them.
+    fn abandon(&self, assignments: &[Assignment]) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let mut running = inner.running();
+        for a in assignments {
+            running.remove(&(a.id, a.attempt));
+        }
+        if running.is_empty() {
+            inner.idle.notify_waiters();
+        }
+    }
+}
+
 /// Registers an accepted attempt (call with the engine locked).
-pub(crate) fn prepare(inner: &Inner, id: TaskId, attempt: u32) {
+fn prepare(inner: &Inner, id: TaskId, attempt: u32) {
     let (cancel, _) = watch::channel(false);
     inner.running().insert(
         (id, attempt),
@@ -67,7 +116,7 @@ pub(crate) fn prepare(inner: &Inner, id: TaskId, attempt: u32) {
 
 /// Runs a prepared assignment on the tokio runtime. An attempt stopped
 /// before it started (its entry is gone) has been reported already.
-pub(crate) fn start(inner: &Inner, a: Assignment) {
+fn start(inner: &Inner, a: Assignment) {
     let key = (a.id, a.attempt);
     let TaskKind::Handler { name, payload } = a.kind else {
         finish_with(
@@ -133,7 +182,7 @@ fn finish_with(inner: &Inner, key: (TaskId, u32), outcome: Outcome) {
 
 /// Stops an attempt: at once for a timeout; for a cancel, the handler is
 /// told and dropped only if it has not returned within the cancel grace.
-pub(crate) fn stop(inner: &Inner, s: StopAttempt) {
+fn stop(inner: &Inner, s: StopAttempt) {
     let key = (s.id, s.attempt);
     match s.reason {
         StopReason::Timeout => {

@@ -9,19 +9,18 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use taskgrid_core::{Outbox, Progress, TaskId, TaskSpec, WorkerId, WorkerInfo};
+use taskgrid_core::{Assignment, Progress, StopAttempt, TaskId, TaskSpec, WorkerId, WorkerInfo};
 use taskgrid_proto::worker::worker_gateway_server::{WorkerGateway, WorkerGatewayServer};
 use taskgrid_proto::worker::{self, coordinator_message::Msg as Out, worker_message::Msg as In};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::executor::{Completion, Report};
-use crate::inner::{Effects, Inner, relock};
-use crate::{Task, TaskSystem};
+use crate::TaskSystem;
+use crate::link::WorkerLink;
+use crate::workers::{Registration, WorkerError, WorkerService};
 
 /// Settings of the worker gateway.
 #[derive(Debug, Clone)]
@@ -58,33 +57,61 @@ impl Default for GatewayConfig {
     }
 }
 
-/// A worker's current session, recorded when it registers (before the
-/// registration is committed and its link published).
-pub(crate) struct Session {
-    conn: u64,
-    /// The worker process's instance id (see `Register.instance`).
-    instance: String,
+/// A connected worker's outbound stream: its [`WorkerLink`].
+struct Remote {
+    tx: Tx,
+    worker_id: String,
+    heartbeat_interval_ms: u32,
 }
 
-/// A connected worker's outbound stream.
-pub(crate) struct Link {
-    conn: u64,
-    pub(crate) tx: mpsc::UnboundedSender<Result<worker::CoordinatorMessage, Status>>,
+impl WorkerLink for Remote {
+    fn registered(&self, cancel: &[(TaskId, u32)]) {
+        let _ = self.tx.send(Ok(worker::CoordinatorMessage {
+            msg: Some(Out::Registered(worker::Registered {
+                worker_id: self.worker_id.clone(),
+                heartbeat_interval_ms: self.heartbeat_interval_ms,
+                cancel: cancel
+                    .iter()
+                    .map(|&(t, a)| taskgrid_proto::attempt_ref(t, a))
+                    .collect(),
+            })),
+        }));
+    }
+
+    fn offer(&self, assignments: Vec<Assignment>) {
+        let assignments = assignments
+            .iter()
+            .map(taskgrid_proto::assignment_from_core)
+            .collect();
+        // Batches stay well under the 4 MiB message limit whatever the
+        // payloads.
+        for batch in msg::batches(assignments) {
+            let _ = self.tx.send(Ok(batch));
+        }
+    }
+
+    fn stop(&self, stop: StopAttempt) {
+        let _ = self.tx.send(Ok(msg::cancel(&stop)));
+    }
+
+    fn replaced(&self) {
+        let _ = self.tx.send(Err(Status::aborted(
+            "replaced by a new session of this worker",
+        )));
+    }
 }
 
 /// The gRPC service; serve it with [`gateway`].
 pub struct Gateway {
-    inner: Arc<Inner>,
+    service: WorkerService,
     config: GatewayConfig,
-    conns: AtomicU64,
 }
 
 /// The worker gateway of `system`, ready to add to a tonic server.
 pub fn gateway(system: &TaskSystem, config: GatewayConfig) -> WorkerGatewayServer<Gateway> {
     WorkerGatewayServer::new(Gateway {
-        inner: system.inner.clone(),
+        service: system.worker_service(),
         config,
-        conns: AtomicU64::new(0),
     })
     .max_decoding_message_size(4 << 20)
 }
@@ -155,103 +182,29 @@ impl WorkerGateway for Gateway {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::invalid_argument(format!("register.running: {e}")))?;
         let id = info.id.clone();
-        let instance = reg.instance.clone();
-        let conn = self.conns.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::unbounded_channel();
-        // Told once the registration is committed and the link published;
-        // dropped (so the stream ends) if the commit fails.
-        let (linked_tx, linked) = tokio::sync::oneshot::channel::<()>();
-        {
-            let inner = &self.inner;
-            let now = inner.clock.now();
-            let mut engine = inner.lock();
-            {
-                // One session per worker id: the same process reconnecting
-                // (its old stream dead or about to be) replaces its old
-                // session; another process with a connected worker's id is
-                // refused.
-                let mut sessions = relock(&inner.sessions);
-                if let Some(old) = sessions.get(&id)
-                    && engine.has_worker(&id)
-                    && old.instance != instance
-                {
-                    return Err(Status::already_exists(format!(
-                        "a worker with id {id:?} is connected; give each worker its own --id"
-                    )));
-                }
-                sessions.insert(
-                    id.clone(),
-                    Session {
-                        conn,
-                        instance: instance.clone(),
-                    },
-                );
-            }
-            let mut out = Outbox::default();
-            engine.register_worker(info, now);
-            let stale = engine.reconcile_worker(&id, &running, now, &mut out);
-            // Cancels issued while it was away are sent again.
-            let pending: Vec<(TaskId, u32)> = running
-                .iter()
-                .copied()
-                .filter(|k| !stale.contains(k) && engine.cancel_pending(k.0))
-                .collect();
-            // The answer, and the cancels it missed, go on the stream once
-            // the reconciliation is committed, before the link is
-            // published: from then on the driver may send it assignments,
-            // which must not overtake `registered` (a worker whose first
-            // message is not the answer starts over). Assignments to it
-            // are committed after this batch, so they are sent after it.
-            let registered = worker::Registered {
-                worker_id: id.to_string(),
-                heartbeat_interval_ms: u32::try_from(self.config.heartbeat_interval.as_millis())
-                    .unwrap_or(u32::MAX),
-                cancel: stale
-                    .into_iter()
-                    .map(|(t, a)| taskgrid_proto::attempt_ref(t, a))
-                    .collect(),
-            };
-            let (link_id, link_tx) = (id.clone(), tx.clone());
-            let then = Box::new(move |inner: &Inner| {
-                let _ = link_tx.send(Ok(worker::CoordinatorMessage {
-                    msg: Some(Out::Registered(registered)),
-                }));
-                for (task, attempt) in pending {
-                    let stop = taskgrid_core::StopAttempt {
-                        id: task,
-                        attempt,
-                        worker: link_id.clone(),
-                        reason: taskgrid_core::StopReason::Cancel,
-                    };
-                    let _ = link_tx.send(Ok(msg::cancel(&stop)));
-                }
-                let old = relock(&inner.links).insert(link_id.clone(), Link { conn, tx: link_tx });
-                if let Some(old) = old.filter(|o| o.conn != conn) {
-                    let _ = old.tx.send(Err(Status::aborted(
-                        "replaced by a new session of this worker",
-                    )));
-                }
-                // The old session of a reconnecting worker may have ended
-                // between this registration and its commit, and paused the
-                // worker as it detached: this session is its link now.
-                let _ = inner.lock().set_worker_paused(&link_id, false);
-                inner.wake.notify_one();
-                let _ = linked_tx.send(());
-            });
-            let effects = Effects {
-                stops: out.stops,
-                then: Some(then),
-                ..Effects::default()
-            };
-            inner.persist_then(&engine, out.changes, Duration::ZERO, effects, None);
-        }
-        tracing::info!(worker = %id, conn, "worker registered");
-        self.inner.wake.notify_one();
-        let inner = self.inner.clone();
+        let link = Arc::new(Remote {
+            tx: tx.clone(),
+            worker_id: id.to_string(),
+            heartbeat_interval_ms: u32::try_from(self.config.heartbeat_interval.as_millis())
+                .unwrap_or(u32::MAX),
+        });
+        let registration = Registration {
+            info,
+            instance: reg.instance.clone(),
+            running,
+        };
+        let mut session = match self.service.register(registration, link) {
+            Ok(s) => s,
+            Err(e @ WorkerError::IdInUse(_)) => return Err(Status::already_exists(e.to_string())),
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        };
+        tracing::info!(worker = %id, conn = session.conn(), "worker registered");
+        let service = self.service.clone();
         tokio::spawn(async move {
             // Nothing it says counts before it is registered; if the
             // registration was never committed, the stream just ends.
-            if linked.await.is_err() {
+            if !session.linked().await {
                 return;
             }
             let goodbye = loop {
@@ -259,7 +212,7 @@ impl WorkerGateway for Gateway {
                     Ok(Some(worker::WorkerMessage {
                         msg: Some(In::Goodbye(_)),
                     })) => break true,
-                    Ok(Some(m)) => handle(&inner, &id, &tx, m).await,
+                    Ok(Some(m)) => handle(&service, &id, &tx, m).await,
                     // The stream ended without a goodbye: closed, reset or
                     // cancelled by the worker's gRPC library, or broken. The
                     // worker may be back in a moment: keep what it holds.
@@ -273,7 +226,12 @@ impl WorkerGateway for Gateway {
                     }
                 }
             };
-            detach(&inner, &id, conn, goodbye);
+            service.detach(session, goodbye);
+            if goodbye {
+                tracing::info!(worker = %id, "worker left");
+            } else {
+                tracing::info!(worker = %id, "worker disconnected");
+            }
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
@@ -328,42 +286,6 @@ impl Gateway {
     }
 }
 
-/// The stream ended. After a goodbye message the worker is removed and
-/// what it held goes back to the queue at once; after anything else it is
-/// offered nothing until it comes back or its heartbeat times out.
-fn detach(inner: &Inner, id: &WorkerId, conn: u64, goodbye: bool) {
-    {
-        // Under the engine lock, like a registration: a newer session of
-        // the same worker either registered before (and owns it now) or
-        // registers after this.
-        let mut engine = inner.lock();
-        let mut sessions = relock(&inner.sessions);
-        if sessions.get(id).is_none_or(|s| s.conn != conn) {
-            return; // a newer session of the same worker owns it now
-        }
-        sessions.remove(id);
-        drop(sessions);
-        if !goodbye {
-            let _ = engine.set_worker_paused(id, true);
-        }
-    }
-    {
-        let mut links = relock(&inner.links);
-        if links.get(id).is_some_and(|l| l.conn == conn) {
-            links.remove(id);
-        }
-    }
-    if goodbye {
-        // Through the driver's channel, after the results sent before it;
-        // ignored if the worker has registered again by then.
-        let _ = inner.completions.send(Report::Left(id.clone()));
-        inner.wake.notify_one();
-        tracing::info!(worker = %id, "worker left");
-    } else {
-        tracing::info!(worker = %id, "worker disconnected");
-    }
-}
-
 type Tx = mpsc::UnboundedSender<Result<worker::CoordinatorMessage, Status>>;
 
 fn ack(tx: &Tx, request_id: u64, result: Result<Option<TaskId>, String>) {
@@ -381,117 +303,103 @@ fn ack(tx: &Tx, request_id: u64, result: Result<Option<TaskId>, String>) {
 }
 
 /// One message from a worker; a bad one is logged and dropped.
-async fn handle(inner: &Arc<Inner>, worker: &WorkerId, tx: &Tx, m: worker::WorkerMessage) {
-    if let Err(e) = apply(inner, worker, tx, m).await {
+async fn handle(service: &WorkerService, worker: &WorkerId, tx: &Tx, m: worker::WorkerMessage) {
+    if let Err(e) = apply(service, worker, tx, m).await {
         tracing::warn!(worker = %worker, error = %e, "ignored a worker message");
     }
 }
 
+/// Why a worker's message was dropped.
+#[derive(Debug, thiserror::Error)]
+enum Ignored {
+    /// It could not be decoded, or came at the wrong time.
+    #[error("{0}")]
+    Malformed(String),
+    /// The service refused it.
+    #[error(transparent)]
+    Refused(#[from] WorkerError),
+}
+
+impl From<taskgrid_proto::ConvertError> for Ignored {
+    fn from(e: taskgrid_proto::ConvertError) -> Self {
+        Ignored::Malformed(e.to_string())
+    }
+}
+
 async fn apply(
-    inner: &Arc<Inner>,
+    service: &WorkerService,
     worker: &WorkerId,
     tx: &Tx,
     m: worker::WorkerMessage,
-) -> Result<(), String> {
-    let now = inner.clock.now();
-    let attempt =
-        |r: Option<&worker::AttemptRef>| taskgrid_proto::task_id(r).map_err(|e| e.to_string());
-    match m.msg.ok_or("empty message")? {
-        In::Register(_) => Err("register sent twice on one stream".into()),
-        In::Goodbye(_) => Err("goodbye handled by the session loop".into()),
-        In::Heartbeat(hb) => {
-            let alive = {
-                let mut engine = inner.lock();
-                let alive = engine.heartbeat(worker, now).is_ok();
-                if alive && hb.draining {
-                    let _ = engine.set_worker_paused(worker, true);
-                }
-                alive
-            };
-            if !alive {
+) -> Result<(), Ignored> {
+    let attempt = |r: Option<&worker::AttemptRef>| taskgrid_proto::task_id(r);
+    let malformed = |what: &str| Ignored::Malformed(what.to_owned());
+    match m.msg.ok_or_else(|| malformed("empty message"))? {
+        In::Register(_) => Err(malformed("register sent twice on one stream")),
+        In::Goodbye(_) => Err(malformed("goodbye handled by the session loop")),
+        In::Heartbeat(hb) => match service.heartbeat(worker, hb.draining) {
+            Err(WorkerError::Dropped) => {
                 // Dropped for missed heartbeats: end this stream so the
                 // worker registers again (and reconciles what it runs).
                 let _ = tx.send(Err(Status::not_found(
                     "this worker was dropped; register again",
                 )));
-                return Err("heartbeat from a dropped worker".into());
+                Err(WorkerError::Dropped.into())
             }
-            Ok(())
-        }
+            r => Ok(r?),
+        },
         In::Accept(a) => {
             let (id, n) = attempt(a.attempt.as_ref())?;
-            inner.note(|e, out| e.accept(worker, id, n, now, out))
+            Ok(service.accept(worker, id, n)?)
         }
         In::Reject(r) => {
             let (id, n) = attempt(r.attempt.as_ref())?;
-            inner.command(|e, out| e.reject(worker, id, n, &r.reason, now, out))
+            Ok(service.reject(worker, id, n, &r.reason)?)
         }
         In::Output(o) => {
             let (id, n) = attempt(o.attempt.as_ref())?;
-            let stream = taskgrid_proto::stream_to_core(o.stream).map_err(|e| e.to_string())?;
-            inner.note(|e, out| e.output(worker, id, n, stream, o.data, out))
+            let stream = taskgrid_proto::stream_to_core(o.stream)?;
+            Ok(service.output(worker, id, n, stream, o.data)?)
         }
         In::Progress(p) => {
             let (id, n) = attempt(p.attempt.as_ref())?;
             let message = Some(p.message).filter(|m| !m.is_empty());
-            inner.note(|e, out| {
-                e.progress(
-                    worker,
-                    id,
-                    n,
-                    Progress {
-                        fraction: p.fraction,
-                        message,
-                    },
-                    out,
-                )
-            })
+            let progress = Progress {
+                fraction: p.fraction,
+                message,
+            };
+            Ok(service.progress(worker, id, n, progress)?)
         }
         In::Result(r) => {
             let (id, n) = attempt(r.attempt.as_ref())?;
-            let outcome = taskgrid_proto::outcome_from_result(&r).map_err(|e| e.to_string())?;
+            let outcome = taskgrid_proto::outcome_from_result(&r)?;
             let measured = r.cpu_seconds > 0.0 || r.peak_rss_bytes > 0 || r.signal.is_some();
             let usage = measured.then_some(taskgrid_core::Usage {
                 cpu_seconds: r.cpu_seconds,
                 peak_rss_bytes: r.peak_rss_bytes,
                 signal: r.signal,
             });
-            let _ = inner.completions.send(Report::Attempt(Completion {
-                worker: worker.clone(),
-                id,
-                attempt: n,
-                outcome,
-                usage,
-            }));
+            service.report(worker, id, n, outcome, usage);
             Ok(())
         }
         In::Checkpoint(c) => {
             let (id, n) = attempt(c.attempt.as_ref())?;
-            let r = inner.checkpoint(worker, id, n, c.data_json.into()).await;
-            ack(tx, c.request_id, r.map(|_| None).map_err(|e| e.to_string()));
+            let r = service
+                .checkpoint(worker, id, n, c.data_json.into())
+                .await
+                .map(|()| None)
+                .map_err(|e| e.to_string());
+            ack(tx, c.request_id, r);
             Ok(())
         }
         In::Spawn(s) => {
             let (parent, n) = attempt(s.parent.as_ref())?;
-            if !inner.lock().attempt_is_live(worker, parent, n) {
-                ack(
-                    tx,
-                    s.request_id,
-                    Err(format!(
-                        "attempt {n} of {parent} is not running on this worker"
-                    )),
-                );
-                return Ok(());
-            }
             let r = match serde_json::from_str::<TaskSpec>(&s.spec_json) {
-                Ok(mut spec) => {
-                    spec.parent = Some(parent);
-                    inner
-                        .submit(vec![Task::from_spec(spec)])
-                        .await
-                        .map(|ids| ids.first().copied())
-                        .map_err(|e| e.to_string())
-                }
+                Ok(spec) => service
+                    .spawn(worker, parent, n, spec)
+                    .await
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(format!("invalid task spec: {e}")),
             };
             ack(tx, s.request_id, r);

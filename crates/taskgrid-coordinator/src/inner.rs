@@ -23,6 +23,7 @@ use crate::builder::SystemConfig;
 use crate::clock::Clock;
 use crate::event::{EventKind, TaskEvent};
 use crate::executor::{Report, Running};
+use crate::link::Links;
 use crate::{Error, Task, TaskResult};
 use taskgrid_sdk::Handler;
 
@@ -44,9 +45,10 @@ pub(crate) struct Inner {
     pub(crate) recent: Mutex<(u64, std::collections::VecDeque<TaskEvent>)>,
     pub(crate) running: Mutex<HashMap<(TaskId, u32), Running>>,
     /// The current session of each remote worker (see `gateway`).
-    pub(crate) sessions: Mutex<HashMap<WorkerId, crate::gateway::Session>>,
-    /// Streams of connected remote workers.
-    pub(crate) links: Mutex<HashMap<WorkerId, crate::gateway::Link>>,
+    pub(crate) sessions: Mutex<HashMap<WorkerId, crate::workers::SessionRecord>>,
+    /// How to reach each worker: the local executor, and the stream of
+    /// each connected remote worker.
+    pub(crate) links: Mutex<Links>,
     pub(crate) completions: mpsc::UnboundedSender<Report>,
     /// Committed batches' events and effects, for the publisher; `None`
     /// stops it.
@@ -240,16 +242,9 @@ impl Inner {
     /// executor's prepared attempts are forgotten (never started), so
     /// nothing waits for them.
     fn abandon(&self, effects: Effects) {
-        let mut running = self.running();
-        for a in effects
-            .assignments
-            .iter()
-            .filter(|a| a.worker == self.worker)
-        {
-            running.remove(&(a.id, a.attempt));
-        }
-        if running.is_empty() {
-            self.idle.notify_waiters();
+        let groups = relock(&self.links).group(effects.assignments, |a| &a.worker);
+        for (link, assignments) in groups {
+            link.abandon(&assignments);
         }
     }
 
@@ -304,43 +299,28 @@ impl Inner {
     }
 
     /// Carries out what a commit released (on the publisher task): stops,
-    /// then assignments (to the local executor, or on each remote worker's
-    /// stream), then the rest.
+    /// then assignments, each through its worker's link, then the rest.
     fn carry_out(&self, effects: Effects) {
         let Effects {
             assignments,
             stops,
             then,
         } = effects;
-        for s in stops {
-            if s.worker == self.worker {
-                crate::executor::stop(self, s);
-            } else {
-                let msg = crate::gateway::msg::cancel(&s);
-                self.send_to(&s.worker.clone(), msg);
-            }
-        }
-        if !assignments.is_empty() {
-            let mut remote: HashMap<WorkerId, Vec<taskgrid_proto::worker::Assignment>> =
-                HashMap::new();
-            for a in assignments {
-                if a.worker == self.worker {
-                    crate::executor::start(self, a);
-                } else {
-                    remote
-                        .entry(a.worker.clone())
-                        .or_default()
-                        .push(taskgrid_proto::assignment_from_core(&a));
+        if !stops.is_empty() || !assignments.is_empty() {
+            let (stops, offers) = {
+                let links = relock(&self.links);
+                (
+                    links.group(stops, |s| &s.worker),
+                    links.group(assignments, |a| &a.worker),
+                )
+            };
+            for (link, stops) in stops {
+                for s in stops {
+                    link.stop(s);
                 }
             }
-            for (worker, assignments) in remote {
-                // A worker that vanished meanwhile keeps its offers until
-                // its heartbeat times out, which re-queues them. Batches
-                // stay well under the 4 MiB message limit whatever the
-                // payloads.
-                for batch in crate::gateway::msg::batches(assignments) {
-                    self.send_to(&worker, batch);
-                }
+            for (link, assignments) in offers {
+                link.offer(assignments);
             }
         }
         if let Some(then) = then {
@@ -611,10 +591,10 @@ impl Inner {
 
     /// Runs one engine command for a worker, persists what it changed and
     /// wakes the driver (the command may have freed slots or queued work).
-    pub(crate) fn command<T, E: std::fmt::Display>(
+    pub(crate) fn command<T, E>(
         &self,
         f: impl FnOnce(&mut Engine, &mut Outbox) -> Result<T, E>,
-    ) -> Result<(), String> {
+    ) -> Result<(), E> {
         let mut out = Outbox::default();
         let r = {
             let mut engine = self.lock();
@@ -629,17 +609,17 @@ impl Inner {
             r
         };
         self.wake.notify_one();
-        r.map(|_| ()).map_err(|e| e.to_string())
+        r.map(|_| ())
     }
 
     /// Runs one engine command that only records what a worker said (an
     /// accept, progress, output): its changes are persisted lazily, and the
     /// driver is woken only if a timer now falls due sooner (an accept arms
     /// the attempt's timeout), since nothing it could dispatch has changed.
-    pub(crate) fn note<T, E: std::fmt::Display>(
+    pub(crate) fn note<T, E>(
         &self,
         f: impl FnOnce(&mut Engine, &mut Outbox) -> Result<T, E>,
-    ) -> Result<(), String> {
+    ) -> Result<(), E> {
         let mut out = Outbox::default();
         let (r, sooner) = {
             let mut engine = self.lock();
@@ -658,7 +638,7 @@ impl Inner {
         if sooner {
             self.wake.notify_one();
         }
-        r.map(|_| ()).map_err(|e| e.to_string())
+        r.map(|_| ())
     }
 
     pub(crate) fn progress(&self, worker: &WorkerId, id: TaskId, attempt: u32, p: Progress) {
@@ -703,13 +683,21 @@ impl Inner {
         }
         let first = out.assignments.len();
         engine.dispatch(now, out);
+        if out.assignments.len() == first {
+            return;
+        }
+        // Lock order: engine, then links, then the local executor's table.
+        let links = relock(&self.links);
         for i in first..out.assignments.len() {
-            let a = &out.assignments[i];
-            if a.worker == self.worker {
-                let (id, attempt) = (a.id, a.attempt);
-                if engine.accept(&self.worker, id, attempt, now, out).is_ok() {
-                    crate::executor::prepare(self, id, attempt);
-                }
+            let (worker, id, attempt) = {
+                let a = &out.assignments[i];
+                (a.worker.clone(), a.id, a.attempt)
+            };
+            if let Some(link) = links.get(&worker)
+                && link.accepts_at_once()
+                && engine.accept(&worker, id, attempt, now, out).is_ok()
+            {
+                link.accepted(id, attempt);
             }
         }
     }
@@ -839,17 +827,6 @@ impl Inner {
     pub(crate) fn publisher_close(&self) {
         // The publisher stops on `None`, sent after everything else.
         let _ = self.committed.send(None);
-    }
-
-    /// Sends a message on a remote worker's stream, if it is connected.
-    pub(crate) fn send_to(
-        &self,
-        worker: &WorkerId,
-        msg: taskgrid_proto::worker::CoordinatorMessage,
-    ) {
-        if let Some(link) = relock(&self.links).get(worker) {
-            let _ = link.tx.send(Ok(msg));
-        }
     }
 }
 

@@ -36,17 +36,21 @@ mod gateway;
 mod handle;
 pub mod http;
 mod inner;
+mod link;
 mod monitor;
 mod system;
+mod workers;
 
 pub use builder::{SystemConfig, TaskSystemBuilder};
 pub use error::Error;
 pub use event::{EventKind, TaskEvent};
 pub use gateway::{Gateway, GatewayConfig, gateway};
 pub use handle::{TaskHandle, TaskResult};
+pub use link::WorkerLink;
 pub use monitor::WorkerView;
 pub use system::TaskSystem;
 pub use taskgrid_sdk::{
     BoxFuture, ContextBackend, FnHandler, Handler, HandlerResult, InvalidPayload, Task,
     TaskContext, TaskError, catch_unwind, handler_fn, outcome_of,
 };
+pub use workers::{Registration, Session, WorkerError, WorkerService};
