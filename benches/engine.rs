@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use taskgrid_coordinator::{SystemConfig, Task, TaskSystem};
 use taskgrid_core::{
     Engine, EngineConfig, Outbox, Outcome, TaskId, TaskKind, TaskSpec, Timestamp, WorkerInfo,
 };
+use taskgrid_runtime::{SystemConfig, Task, TaskSystem};
 use taskgrid_store::{MemoryStore, SqliteOptions, SqliteStore, Store};
 
 /// The allocator the `taskgrid` binary uses too (remove these two lines to

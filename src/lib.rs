@@ -20,7 +20,7 @@
 //! - the task model: [`model`].
 
 pub use taskgrid_client::{Client, ClientError};
-pub use taskgrid_coordinator::{
+pub use taskgrid_runtime::{
     Error, EventKind, Handler, HandlerResult, SystemConfig, Task, TaskContext, TaskError,
     TaskEvent, TaskHandle, TaskResult, TaskSystem, handler_fn,
 };

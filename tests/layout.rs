@@ -1,7 +1,7 @@
 //! The crate boundaries that keep users from paying for what they do not
 //! run: a remote worker compiles no SQLite, axum or HTTP server; a handler
 //! author compiles no gRPC; the HTTP client and the TUI compile no gRPC
-//! and no protoc. Checked on the resolved dependency graph (`cargo tree`,
+//! and no protoc; an embedded runtime compiles no HTTP or gRPC server. Checked on the resolved dependency graph (`cargo tree`,
 //! normal and build dependencies, features as that crate alone selects
 //! them), so a new dependency that breaks a boundary fails here.
 
@@ -81,7 +81,7 @@ fn a_remote_worker_compiles_no_store_and_no_server() {
         "taskgrid-worker",
         &g,
         &[
-            "taskgrid-coordinator",
+            "taskgrid-runtime",
             "taskgrid-store",
             "taskgrid-api",
             "rusqlite",
@@ -133,7 +133,7 @@ fn the_http_client_and_the_tui_compile_no_grpc() {
             &g,
             &[
                 "taskgrid-proto",
-                "taskgrid-coordinator",
+                "taskgrid-runtime",
                 "taskgrid-store",
                 "tonic",
                 "prost",
@@ -147,7 +147,7 @@ fn the_http_client_and_the_tui_compile_no_grpc() {
 
 #[test]
 fn sqlite_is_a_feature_of_the_store_and_the_runtime() {
-    for krate in ["taskgrid-store", "taskgrid-coordinator"] {
+    for krate in ["taskgrid-store", "taskgrid-runtime"] {
         let g = graph_with(krate, &["--no-default-features"]);
         assert_absent(krate, &g, &["rusqlite", "libsqlite3-sys"]);
         let g = graph(krate);
@@ -156,4 +156,29 @@ fn sqlite_is_a_feature_of_the_store_and_the_runtime() {
             "{krate} with default features should have SQLite"
         );
     }
+}
+
+#[test]
+fn an_embedded_system_on_the_memory_store_compiles_no_server() {
+    let g = graph_with("taskgrid-runtime", &["--no-default-features"]);
+    assert_absent(
+        "taskgrid-runtime (no default features)",
+        &g,
+        &[
+            "taskgrid-server",
+            "taskgrid-proto",
+            "axum",
+            "tonic",
+            "hyper",
+            "prost",
+            "rusqlite",
+        ],
+    );
+    // with its default features it adds SQLite, still no server
+    let g = graph("taskgrid-runtime");
+    assert_absent(
+        "taskgrid-runtime",
+        &g,
+        &["taskgrid-server", "axum", "tonic", "hyper"],
+    );
 }

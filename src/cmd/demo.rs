@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::json;
-use taskgrid_coordinator::{Task, TaskError, TaskSystem};
 use taskgrid_core::{RetryPolicy, State};
+use taskgrid_runtime::{Task, TaskError, TaskSystem};
 use taskgrid_store::TaskQuery;
 
 /// Tag of the render task the demo cancels.

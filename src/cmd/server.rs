@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use taskgrid_coordinator::http::{ApiConfig, router};
-use taskgrid_coordinator::{Gateway, GatewayConfig, SystemConfig, TaskSystem, gateway};
 use taskgrid_proto::worker::worker_gateway_server::WorkerGatewayServer;
+use taskgrid_runtime::{SystemConfig, TaskSystem};
+use taskgrid_server::http::{ApiConfig, router};
+use taskgrid_server::{Gateway, GatewayConfig, gateway};
 use taskgrid_store::{Durability, SqliteOptions, StoreConfig};
 
 /// Options of `taskgrid server` (and the coordinator half of `taskgrid up`).

@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde_json::json;
 use taskgrid_api::{CancelOutcomeKind, EventFilter, ListQuery, SubmitRequest};
 use taskgrid_client::{Client, ClientError, FollowItem, ServerEvent};
-use taskgrid_coordinator::http::{ApiConfig, router};
-use taskgrid_coordinator::{SystemConfig, TaskContext, TaskError, TaskSystem};
 use taskgrid_core::{State, TaskId};
+use taskgrid_runtime::{SystemConfig, TaskContext, TaskError, TaskSystem};
+use taskgrid_server::http::{ApiConfig, router};
 use tokio::sync::watch;
 
 const LIMIT: Duration = Duration::from_secs(20);

@@ -6,7 +6,7 @@
 //! and never reads a clock: every command takes `now` and records what it
 //! decided in an [`Outbox`] — durable [`Change`]s for the store, assignments
 //! and stop requests for executors. The async shell around it lives in
-//! `taskgrid-coordinator`.
+//! `taskgrid-runtime`.
 
 mod change;
 mod engine;

@@ -5,10 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use taskgrid_coordinator::{
-    GatewayConfig, SystemConfig, Task, TaskError, TaskHandle, TaskSystem, gateway,
-};
 use taskgrid_core::{FailureCode, ShellCommand, ShellSpec, State, TaskKind, TaskSpec, WorkerId};
+use taskgrid_runtime::{SystemConfig, Task, TaskError, TaskHandle, TaskSystem};
+use taskgrid_server::{GatewayConfig, gateway};
 use taskgrid_worker::{ShellPolicy, Worker, WorkerConfig, WorkerError};
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -54,7 +53,7 @@ fn config(addr: SocketAddr, id: &str) -> WorkerConfig {
 /// Waits for task `id` to enter `want`, on a subscription taken before it
 /// was submitted.
 async fn reach(
-    events: &mut tokio::sync::broadcast::Receiver<taskgrid_coordinator::TaskEvent>,
+    events: &mut tokio::sync::broadcast::Receiver<taskgrid_runtime::TaskEvent>,
     id: taskgrid_core::TaskId,
     want: State,
 ) {
@@ -72,7 +71,7 @@ async fn reach(
 
 /// Waits until each `(task, state)` has been entered, in any order.
 async fn reach_all(
-    events: &mut tokio::sync::broadcast::Receiver<taskgrid_coordinator::TaskEvent>,
+    events: &mut tokio::sync::broadcast::Receiver<taskgrid_runtime::TaskEvent>,
     want: &[(taskgrid_core::TaskId, State)],
 ) {
     let mut left: Vec<_> = want.to_vec();
@@ -215,7 +214,7 @@ async fn cancelling_a_running_shell_task_kills_its_process_group() {
             .await
             .unwrap()
             .unwrap();
-        if let taskgrid_coordinator::EventKind::Output { data, .. } = &ev.kind
+        if let taskgrid_runtime::EventKind::Output { data, .. } = &ev.kind
             && ev.id == h.id()
         {
             break data
@@ -384,7 +383,7 @@ async fn a_drain_finishes_running_work_and_leaves_queued_work_queued() {
 /// Waits until, of three tasks given to a one-slot worker with a prefetch of
 /// two, the first runs and the other two are held.
 async fn one_runs_two_are_held(
-    events: &mut tokio::sync::broadcast::Receiver<taskgrid_coordinator::TaskEvent>,
+    events: &mut tokio::sync::broadcast::Receiver<taskgrid_runtime::TaskEvent>,
     [first, second, third]: [&TaskHandle; 3],
 ) {
     let want = [

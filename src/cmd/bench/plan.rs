@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::bail;
 use taskgrid_api::SubmitRequest;
-use taskgrid_coordinator::http::ApiConfig;
 use taskgrid_core::LabelReq;
+use taskgrid_server::http::ApiConfig;
 
 use super::fleet;
 use super::options::{Args, BenchKind, StoreKind, WorkerMode};

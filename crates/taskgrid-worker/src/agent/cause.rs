@@ -183,9 +183,9 @@ mod tests {
     #[tokio::test]
     async fn a_host_name_that_does_not_resolve_is_named() {
         // `.invalid` never resolves (RFC 2606).
-        let why = connect_error("http://taskgrid-coordinator.invalid:7070").await;
+        let why = connect_error("http://taskgrid-runtime.invalid:7070").await;
         assert!(
-            why.starts_with("the host name \"taskgrid-coordinator.invalid\" does not resolve ("),
+            why.starts_with("the host name \"taskgrid-runtime.invalid\" does not resolve ("),
             "{why}"
         );
         assert!(!why.contains("os error"), "{why}");

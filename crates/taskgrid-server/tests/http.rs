@@ -11,9 +11,9 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use serde_json::{Value, json};
 use taskgrid_api::{self as api, EventFilter, SubmitRequest};
 use taskgrid_client::{Client, FollowItem, ServerEvent};
-use taskgrid_coordinator::http::{ApiConfig, router, routes};
-use taskgrid_coordinator::{SystemConfig, TaskContext, TaskError, TaskSystem};
 use taskgrid_core::State;
+use taskgrid_runtime::{SystemConfig, TaskContext, TaskError, TaskSystem};
+use taskgrid_server::http::{ApiConfig, router, routes};
 use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 

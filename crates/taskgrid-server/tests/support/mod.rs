@@ -9,12 +9,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use taskgrid_coordinator::{GatewayConfig, SystemConfig, TaskSystem, gateway};
 use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord};
 use taskgrid_proto::worker::{
     self, coordinator_message::Msg as Out, worker_gateway_client::WorkerGatewayClient,
     worker_message::Msg as In,
 };
+use taskgrid_runtime::{SystemConfig, TaskSystem};
+use taskgrid_server::{GatewayConfig, gateway};
 use taskgrid_store::{MemoryStore, Store, StoreError, TaskQuery};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};

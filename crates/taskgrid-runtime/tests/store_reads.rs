@@ -10,10 +10,10 @@ use std::thread::ThreadId;
 use std::time::Duration;
 
 use serde_json::json;
-use taskgrid_coordinator::{Task, TaskSystem};
 use taskgrid_core::{
     AttemptRecord, Change, OutputChunk, State, TaskId, TaskKind, TaskRecord, TaskSpec,
 };
+use taskgrid_runtime::{Task, TaskSystem};
 use taskgrid_store::{MemoryStore, Store, StoreError, TaskQuery};
 
 const LIMIT: Duration = Duration::from_secs(20);

@@ -19,7 +19,7 @@ use taskgrid_store::TaskQuery;
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, TaskPath};
-use crate::Task;
+use taskgrid_runtime::Task;
 
 /// The engine's task for an API request, relative times still relative.
 fn to_task(req: SubmitRequest) -> Task {
@@ -43,7 +43,7 @@ pub(crate) async fn submit(
     let submitted = s.system.submit_detailed(vec![to_task(req)]).await?;
     let (first, state) = *submitted
         .first()
-        .ok_or_else(|| ApiError::from(crate::Error::ShutDown))?;
+        .ok_or_else(|| ApiError::from(taskgrid_runtime::Error::ShutDown))?;
     let (id, created) = (first.id(), matches!(first, Submitted::Created(_)));
     let status = if created {
         StatusCode::CREATED

@@ -1,4 +1,4 @@
-//! `GET /events`: every committed [`crate::TaskEvent`] as server-sent
+//! `GET /events`: every committed [`taskgrid_runtime::TaskEvent`] as server-sent
 //! events, optionally filtered by task, queue or tag, with the event's
 //! `seq` as SSE id.
 //!
@@ -26,7 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::AppState;
 use super::error::ApiResult;
 use super::extract::{ApiQuery, last_event_id};
-use crate::{EventKind, TaskEvent, TaskSystem};
+use taskgrid_runtime::{EventKind, TaskEvent, TaskSystem};
 
 /// Events a slow client may have queued before its connection is paused.
 const CLIENT_BUFFER: usize = 256;

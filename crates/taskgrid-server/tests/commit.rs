@@ -17,10 +17,11 @@ use axum::http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 use support::{FakeWorker, Gated, LIMIT, moves, register, serve, system_on};
 use taskgrid_api::SubmitRequest;
-use taskgrid_coordinator::http::{ApiConfig, router};
-use taskgrid_coordinator::{GatewayConfig, Task, TaskContext, TaskError, TaskSystem};
 use taskgrid_core::{Change, State, TaskId};
 use taskgrid_proto::worker::coordinator_message::Msg as Out;
+use taskgrid_runtime::{Task, TaskContext, TaskError, TaskSystem};
+use taskgrid_server::GatewayConfig;
+use taskgrid_server::http::{ApiConfig, router};
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 

@@ -14,9 +14,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use prometheus_parse::{Scrape, Value};
 use taskgrid_client::Client;
-use taskgrid_coordinator::http::{ApiConfig, router};
-use taskgrid_coordinator::{Task, TaskContext, TaskError, TaskSystem};
 use taskgrid_core::{MetricsSnapshot, RetryPolicy, State};
+use taskgrid_runtime::{Task, TaskContext, TaskError, TaskSystem};
+use taskgrid_server::http::{ApiConfig, router};
 use tower::ServiceExt;
 
 const LIMIT: Duration = Duration::from_secs(20);

@@ -34,8 +34,8 @@ use axum::routing::{MethodRouter, get, post};
 use taskgrid_api::{API_PREFIX, Health};
 use taskgrid_store::TaskQuery;
 
-use crate::TaskSystem;
 use error::ApiError;
+use taskgrid_runtime::TaskSystem;
 
 /// Settings of the HTTP API; `Default` works (no token, 2 MiB bodies).
 #[derive(Clone)]

@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
-use taskgrid_coordinator::{
-    Error, EventKind, Handler, HandlerResult, SystemConfig, Task, TaskContext, TaskError,
-    TaskSystem,
-};
 use taskgrid_core::{
     CancelOutcome, FailureCode, RetryPolicy, State, SubmitError, TaskFailure, TaskId,
+};
+use taskgrid_runtime::{
+    Error, EventKind, Handler, HandlerResult, SystemConfig, Task, TaskContext, TaskError,
+    TaskSystem,
 };
 use taskgrid_store::{SqliteOptions, TaskQuery};
 use tokio::sync::mpsc;
@@ -342,7 +342,7 @@ struct Hooked {
 struct HookedHandler(Arc<Hooked>);
 
 impl Handler for HookedHandler {
-    fn call(&self, ctx: TaskContext) -> taskgrid_coordinator::BoxFuture<HandlerResult> {
+    fn call(&self, ctx: TaskContext) -> taskgrid_runtime::BoxFuture<HandlerResult> {
         let n = self.0.calls.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             let succeed_on: u32 = ctx.payload()?;

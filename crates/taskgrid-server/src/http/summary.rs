@@ -37,8 +37,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiQuery;
-use crate::inner::relock;
-use crate::{EventKind, TaskEvent, TaskSystem};
+use taskgrid_runtime::{EventKind, TaskEvent, TaskSystem};
 
 /// How often summaries are sent, at most.
 pub(crate) const PULSE: Duration = Duration::from_millis(500);
@@ -86,6 +85,12 @@ impl Drop for Watching {
     fn drop(&mut self) {
         self.0.watching.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// The data behind a lock, even if a holder panicked: every change to it
+/// is one assignment, so it is never half-changed.
+fn relock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Pulse {

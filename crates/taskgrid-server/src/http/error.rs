@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use taskgrid_api::{ErrorBody, ErrorDetail};
 use taskgrid_core::{CommandError, SubmitError};
 
-use crate::Error;
+use taskgrid_runtime::Error;
 
 /// An error answer: status, stable code, message, and the field at fault.
 #[derive(Debug)]

@@ -1,12 +1,20 @@
-//! The async shell around the taskgrid engine, and the embedded
-//! [`TaskSystem`]: the same engine, store and guarantees as the coordinator,
-//! inside your Rust program.
+//! The taskgrid runtime: the embedded [`TaskSystem`] around the pure engine
+//! — the driver that alone owns the engine, the group-committed store, the
+//! publisher, the local executor, and the [`WorkerService`] remote workers
+//! are served through. The same engine, store and guarantees as the
+//! coordinator, inside your Rust program.
+//!
+//! It owns every decision and every commit, and must never depend on a
+//! transport: no axum, no tonic, no HTTP types (the coordinator's network
+//! face is `taskgrid-server`, built on this crate's public API). SQLite is
+//! its `sqlite` feature (on by default); without it an embedded system runs
+//! on the memory store or any [`Store`](taskgrid_store::Store) you give it.
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use taskgrid_coordinator::{Task, TaskSystem, TaskError};
+//! use taskgrid_runtime::{Task, TaskSystem, TaskError};
 //!
-//! # async fn demo() -> Result<(), taskgrid_coordinator::Error> {
+//! # async fn demo() -> Result<(), taskgrid_runtime::Error> {
 //! let system = TaskSystem::builder()
 //!     .sqlite("taskgrid.db", Default::default())
 //!     .concurrency(4)
@@ -32,9 +40,7 @@ mod clock;
 mod error;
 mod event;
 mod executor;
-mod gateway;
 mod handle;
-pub mod http;
 mod inner;
 mod link;
 mod monitor;
@@ -44,7 +50,6 @@ mod workers;
 pub use builder::{SystemConfig, TaskSystemBuilder};
 pub use error::Error;
 pub use event::{EventKind, TaskEvent};
-pub use gateway::{Gateway, GatewayConfig, gateway};
 pub use handle::{TaskHandle, TaskResult};
 pub use link::WorkerLink;
 pub use monitor::WorkerView;

@@ -9,9 +9,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use serde_json::{Value, json};
-use taskgrid_coordinator::http::{ApiConfig, router};
-use taskgrid_coordinator::{TaskContext, TaskError, TaskSystem};
 use taskgrid_core::{State, TaskId};
+use taskgrid_runtime::{TaskContext, TaskError, TaskSystem};
+use taskgrid_server::http::{ApiConfig, router};
 use tower::ServiceExt;
 
 const TOKEN: &str = "secret";

@@ -18,9 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::TaskSystem;
-use crate::link::WorkerLink;
-use crate::workers::{Registration, WorkerError, WorkerService};
+use taskgrid_runtime::{Registration, TaskSystem, WorkerError, WorkerLink, WorkerService};
 
 /// Settings of the worker gateway.
 #[derive(Debug, Clone)]

@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::AppState;
 use super::error::ApiResult;
 use super::extract::{ApiQuery, TaskPath, last_event_id};
-use crate::{TaskResult, TaskSystem};
+use taskgrid_runtime::{TaskResult, TaskSystem};
 
 /// Events a slow follower may have queued before it is paused.
 const FOLLOW_BUFFER: usize = 64;
@@ -93,7 +93,7 @@ struct Follower {
 }
 
 impl Follower {
-    async fn run(mut self, mut events: broadcast::Receiver<crate::TaskEvent>) {
+    async fn run(mut self, mut events: broadcast::Receiver<taskgrid_runtime::TaskEvent>) {
         let handle = self.system.handle(self.id);
         let done = handle.wait();
         tokio::pin!(done);

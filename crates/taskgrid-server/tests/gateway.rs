@@ -7,9 +7,10 @@ use std::time::Duration;
 mod support;
 
 use support::{FakeWorker, LIMIT, register, serve, succeeded, system};
-use taskgrid_coordinator::{GatewayConfig, Task};
 use taskgrid_core::{FailureCode, State, TaskId};
 use taskgrid_proto::worker::{self, coordinator_message::Msg as Out, worker_message::Msg as In};
+use taskgrid_runtime::Task;
+use taskgrid_server::GatewayConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_worker_runs_a_task_and_its_output_and_result_are_stored() {
