@@ -182,3 +182,103 @@ fn an_embedded_system_on_the_memory_store_compiles_no_server() {
         &["taskgrid-server", "axum", "tonic", "hyper"],
     );
 }
+
+/// The files (modules) of the runtime import one another in no circle:
+/// each part can be read, and changed, knowing only what it builds on.
+#[test]
+fn the_runtime_modules_import_each_other_in_no_circle() {
+    use std::collections::{BTreeSet, HashMap};
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/taskgrid-runtime/src");
+    let read = |name: &str| std::fs::read_to_string(src.join(name)).expect("a runtime source file");
+    let mut modules = BTreeSet::new();
+    for entry in std::fs::read_dir(&src).expect("the runtime's src") {
+        let name = entry
+            .expect("an entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if let Some(m) = name.strip_suffix(".rs")
+            && m != "lib"
+        {
+            modules.insert(m.to_owned());
+        }
+    }
+    // What lib.rs re-exports, by name: `crate::TaskSystem` means `system`.
+    let mut exported: HashMap<String, String> = HashMap::new();
+    for line in read("lib.rs").lines() {
+        let Some(rest) = line.trim().strip_prefix("pub use ") else {
+            continue;
+        };
+        let Some((module, names)) = rest.split_once("::") else {
+            continue;
+        };
+        for n in names.split(|c: char| !c.is_alphanumeric() && c != '_') {
+            if !n.is_empty() {
+                exported.insert(n.to_owned(), module.to_owned());
+            }
+        }
+    }
+    let words = |s: &str| -> Vec<String> {
+        s.split(|c: char| !c.is_alphanumeric() && c != '_')
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut edges: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for m in &modules {
+        let code: String = read(&format!("{m}.rs"))
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut deps = BTreeSet::new();
+        for part in code.split("crate::").skip(1) {
+            let named = match part.strip_prefix('{') {
+                Some(group) => words(group.split('}').next().unwrap_or("")),
+                None => words(part).into_iter().take(1).collect(),
+            };
+            for n in named {
+                let target = if modules.contains(&n) {
+                    Some(n)
+                } else {
+                    exported.get(&n).cloned()
+                };
+                if let Some(t) = target.filter(|t| t != m && modules.contains(t)) {
+                    deps.insert(t);
+                }
+            }
+        }
+        edges.insert(m.clone(), deps);
+    }
+    // Depth-first search for a back edge.
+    fn visit(
+        m: &str,
+        edges: &HashMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) {
+        if done.contains(m) {
+            return;
+        }
+        if let Some(at) = path.iter().position(|p| p == m) {
+            panic!(
+                "the runtime's modules import each other in a circle: {} -> {m}",
+                path[at..].join(" -> ")
+            );
+        }
+        path.push(m.to_owned());
+        for d in edges.get(m).into_iter().flatten() {
+            visit(d, edges, path, done);
+        }
+        path.pop();
+        done.insert(m.to_owned());
+    }
+    let mut done = BTreeSet::new();
+    for m in &modules {
+        visit(m, &edges, &mut Vec::new(), &mut done);
+    }
+    assert!(
+        edges.get("inner").is_some_and(|d| d.contains("publisher")),
+        "the parser should see inner's imports: {edges:?}"
+    );
+}

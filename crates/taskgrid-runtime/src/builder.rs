@@ -1,75 +1,33 @@
-//! [`SystemConfig`] and [`TaskSystemBuilder`]: how a [`TaskSystem`] is
-//! configured, opened on its store, and rebuilt from it.
+//! [`TaskSystemBuilder`]: how a [`TaskSystem`] is configured, opened on its
+//! store, and rebuilt from it.
 
 use std::collections::HashMap;
 #[cfg(feature = "sqlite")]
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use taskgrid_core::{Engine, EngineConfig, Outbox, TaskId, WorkerId, WorkerInfo};
+use taskgrid_core::{Engine, Outbox, TaskId, WorkerId, WorkerInfo};
 #[cfg(feature = "sqlite")]
 use taskgrid_store::SqliteOptions;
 use taskgrid_store::{MemoryStore, Store, StoreConfig, Writer};
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, mpsc};
 
 use crate::clock::Clock;
+use crate::config::SystemConfig;
 use crate::executor::Local;
+use crate::failstop::FailStop;
 use crate::inner::Inner;
 use crate::link::Links;
+use crate::publisher::Publisher;
 use crate::system::Lifecycle;
 use crate::{Error, TaskSystem};
 use taskgrid_sdk::{Handler, HandlerResult, TaskContext, handler_fn};
 
-/// Settings of a [`TaskSystem`]; `Default` works.
-#[derive(Debug, Clone)]
-pub struct SystemConfig {
-    /// Handler calls run at once by the local executor.
-    pub concurrency: u32,
-    /// Engine limits and tuning.
-    pub engine: EngineConfig,
-    /// How long a cancelled handler may take to notice before it is dropped.
-    pub cancel_grace: Duration,
-    /// How long shutdown waits for running handlers before handing their
-    /// tasks back to the queue.
-    pub shutdown_grace: Duration,
-    /// Events buffered per subscriber before a slow one starts missing them.
-    pub event_capacity: usize,
-    /// Queues the local executor serves; every queue when empty.
-    pub queues: Vec<String>,
-    /// Refuse handler tasks no local handler is registered for. Off in a
-    /// coordinator, where remote workers bring their own handlers.
-    pub check_handlers: bool,
-    /// Recent events kept for subscribers that resume (SSE `Last-Event-ID`).
-    pub replay_capacity: usize,
-}
-
-impl SystemConfig {
-    /// Default concurrency: 8.
-    pub const CONCURRENCY_DEFAULT: u32 = 8;
-    /// Default cancel grace: 10 s.
-    pub const CANCEL_GRACE_DEFAULT: Duration = Duration::from_secs(10);
-    /// Default shutdown grace: 30 s.
-    pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
-    /// Default event buffer: 4,096.
-    pub const EVENT_CAPACITY_DEFAULT: usize = 4096;
-    /// Default replay buffer: 10,000 events.
-    pub const REPLAY_CAPACITY_DEFAULT: usize = 10_000;
-}
-
-impl Default for SystemConfig {
-    fn default() -> Self {
-        SystemConfig {
-            concurrency: Self::CONCURRENCY_DEFAULT,
-            engine: EngineConfig::default(),
-            cancel_grace: Self::CANCEL_GRACE_DEFAULT,
-            shutdown_grace: Self::SHUTDOWN_GRACE_DEFAULT,
-            event_capacity: Self::EVENT_CAPACITY_DEFAULT,
-            queues: Vec::new(),
-            check_handlers: true,
-            replay_capacity: Self::REPLAY_CAPACITY_DEFAULT,
-        }
+impl TaskSystem {
+    /// Starts building a system.
+    pub fn builder() -> TaskSystemBuilder {
+        TaskSystemBuilder::new()
     }
 }
 
@@ -196,43 +154,41 @@ impl TaskSystemBuilder {
         let writer = Writer::try_spawn_fail_stop(store.clone())?;
         let (completions, completions_rx) = mpsc::unbounded_channel();
         let (committed, committed_rx) = mpsc::unbounded_channel();
-        let (events, _) = broadcast::channel(self.config.event_capacity.max(1));
-        let event_base = crate::event::seq_base();
+        let publisher = Publisher::new(self.config.event_capacity, self.config.replay_capacity);
+        let mut local = None;
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
             engine: Mutex::new(engine),
             store,
             writer,
             handlers: self.handlers,
-            events,
-            waiters: Mutex::new(HashMap::new()),
-            recent: Mutex::new((event_base, std::collections::VecDeque::new())),
-            running: Mutex::new(HashMap::new()),
+            publisher,
             sessions: Mutex::new(HashMap::new()),
             links: Mutex::new({
                 let mut links = Links::default();
-                links.attach(worker.clone(), Arc::new(Local { inner: me.clone() }));
+                let executor = Local::new(me.clone());
+                links.attach(worker.clone(), executor.clone());
+                local = Some(executor);
                 links
             }),
             completions,
             committed,
             wake: Notify::new(),
-            idle: Notify::new(),
             all_done: Notify::new(),
             clock,
             worker,
             config: self.config,
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
-            failure: Mutex::new(None),
-            failure_seen: Notify::new(),
-            event_base,
+            fail_stop: FailStop::default(),
             rt: std::sync::OnceLock::new(),
         });
         inner.persist(&inner.lock(), std::mem::take(&mut out.changes), None);
+        // `new_cyclic` ran its closure, which made the executor.
+        let local = local.ok_or(Error::ShutDown)?;
         Ok(TaskSystem {
             inner,
+            local,
             tasks: Mutex::new(Lifecycle::Built {
                 completions: completions_rx,
                 committed: committed_rx,

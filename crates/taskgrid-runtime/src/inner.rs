@@ -1,11 +1,8 @@
 //! The state a [`TaskSystem`](crate::TaskSystem) shares with its handles,
-//! contexts, gateway and loops ([`Inner`]), and the two loops that drive it:
-//!
-//! One driver task owns the rhythm: it takes finished attempts, fires the
-//! engine's timers, dispatches, and accepts every assignment for the local
-//! executor, all under one engine lock; the resulting changes go to the
-//! group-commit writer in order, and subscribers, waiters and hooks hear of
-//! them only after they are committed (the publisher loop).
+//! contexts, worker service and loops ([`Inner`]), and the commit
+//! discipline every change goes through ([`Inner::persist_then`]). The
+//! loops are in `driver`; what is published after a commit, in
+//! `publisher`; the local executor, in `executor`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,18 +14,18 @@ use taskgrid_core::{
     Submitted, TaskId, TaskKind, TaskRecord, WorkerId,
 };
 use taskgrid_store::{LAZY_WINDOW, Store, Writer};
-use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::builder::SystemConfig;
 use crate::clock::Clock;
-use crate::event::{EventKind, TaskEvent};
-use crate::executor::{Report, Running};
-use crate::link::Links;
+use crate::config::SystemConfig;
+use crate::event::TaskEvent;
+use crate::failstop::FailStop;
+use crate::link::{Links, SessionRecord};
+use crate::publisher::Publisher;
+use crate::report::Report;
+pub(crate) use crate::sync::relock;
 use crate::{Error, Task, TaskResult};
 use taskgrid_sdk::Handler;
-
-/// Waiters for a task's end, answered after the end is committed.
-type Waiters = HashMap<TaskId, Vec<oneshot::Sender<TaskResult>>>;
 
 /// State shared by the system, its handles, contexts and loops.
 pub(crate) struct Inner {
@@ -37,15 +34,10 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) writer: Writer,
     pub(crate) handlers: HashMap<Arc<str>, Arc<dyn Handler>>,
-    pub(crate) events: broadcast::Sender<TaskEvent>,
-    pub(crate) waiters: Mutex<Waiters>,
-    /// The seq before this process's first event (see `event::seq_base`).
-    pub(crate) event_base: u64,
-    /// The last seq published and the last events, for resuming subscribers.
-    pub(crate) recent: Mutex<(u64, std::collections::VecDeque<TaskEvent>)>,
-    pub(crate) running: Mutex<HashMap<(TaskId, u32), Running>>,
+    /// Subscribers, waiters and hooks, told after each commit.
+    pub(crate) publisher: Publisher,
     /// The current session of each remote worker (see `gateway`).
-    pub(crate) sessions: Mutex<HashMap<WorkerId, crate::workers::SessionRecord>>,
+    pub(crate) sessions: Mutex<HashMap<WorkerId, SessionRecord>>,
     /// How to reach each worker: the local executor, and the stream of
     /// each connected remote worker.
     pub(crate) links: Mutex<Links>,
@@ -54,19 +46,14 @@ pub(crate) struct Inner {
     /// stops it.
     pub(crate) committed: mpsc::UnboundedSender<Option<Committed>>,
     pub(crate) wake: Notify,
-    pub(crate) idle: Notify,
     pub(crate) all_done: Notify,
     pub(crate) clock: Clock,
     pub(crate) worker: WorkerId,
     pub(crate) config: SystemConfig,
     pub(crate) draining: AtomicBool,
     pub(crate) closed: AtomicBool,
-    /// A commit failed: the engine and the store disagree.
-    pub(crate) failed: AtomicBool,
-    /// The first failed commit's error, for `/readyz` and the logs.
-    pub(crate) failure: Mutex<Option<String>>,
-    /// Told when a commit fails.
-    pub(crate) failure_seen: Notify,
+    /// Whether a commit failed (the engine and the store disagree).
+    pub(crate) fail_stop: FailStop,
     /// The runtime the system was started on.
     pub(crate) rt: std::sync::OnceLock<tokio::runtime::Handle>,
 }
@@ -107,27 +94,9 @@ impl Effects {
     }
 }
 
-/// How long the changes of a driver step (results, timeouts, dispatch) may
-/// wait to share a commit while other attempts are still out (counted
-/// before the step dispatches more). Results of short tasks arrive close
-/// together, and each commit costs the store a WAL append (or an fsync);
-/// this many milliseconds late, nobody notices. With nothing else out (one
-/// task at a time, or one after another on one slot) the commit goes at
-/// once.
-const RESULT_WINDOW: Duration = Duration::from_millis(2);
-
-pub(crate) fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave these maps half-changed
-    // (every change is one insert/remove), so carry on with the data.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Inner {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Engine> {
         relock(&self.engine)
-    }
-    pub(crate) fn running(&self) -> MutexGuard<'_, HashMap<(TaskId, u32), Running>> {
-        relock(&self.running)
     }
 
     /// Sends changes to the writer (call with the engine locked, so the
@@ -167,7 +136,7 @@ impl Inner {
         if changes.is_empty() && effects.is_empty() && done.is_none() {
             return;
         }
-        if self.failed.load(Ordering::Acquire) {
+        if self.fail_stop.is_failed() {
             // The fail-stop writer takes nothing more: say why.
             self.abandon(effects);
             if let Some(d) = done {
@@ -232,9 +201,7 @@ impl Inner {
 
     /// Marks the system failed (fail-stop), keeping the first reason.
     fn fail(&self, e: &taskgrid_store::StoreError) {
-        relock(&self.failure).get_or_insert_with(|| e.to_string());
-        self.failed.store(true, Ordering::Release);
-        self.failure_seen.notify_waiters();
+        self.fail_stop.fail(e.to_string());
         self.wake.notify_one();
     }
 
@@ -248,24 +215,12 @@ impl Inner {
         }
     }
 
-    /// Why the system stopped taking work after a failed commit, if it did.
-    pub(crate) fn failure(&self) -> Option<String> {
-        if !self.failed.load(Ordering::Acquire) {
-            return None;
-        }
-        Some(
-            relock(&self.failure)
-                .clone()
-                .unwrap_or_else(|| "a store commit failed".to_owned()),
-        )
-    }
-
     /// Refuses work once a commit has failed, or after shutdown.
     fn check_open(&self) -> Result<(), Error> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
-        if self.failed.load(Ordering::Acquire) {
+        if self.fail_stop.is_failed() {
             return Err(Error::StoreFailed);
         }
         Ok(())
@@ -291,7 +246,7 @@ impl Inner {
             value
         };
         rx.await.map_err(|_| Error::ShutDown)??;
-        if self.failed.load(Ordering::Acquire) {
+        if self.fail_stop.is_failed() {
             // The engine may hold changes whose commit failed.
             return Err(Error::StoreFailed);
         }
@@ -300,7 +255,7 @@ impl Inner {
 
     /// Carries out what a commit released (on the publisher task): stops,
     /// then assignments, each through its worker's link, then the rest.
-    fn carry_out(&self, effects: Effects) {
+    pub(crate) fn carry_out(&self, effects: Effects) {
         let Effects {
             assignments,
             stops,
@@ -499,35 +454,22 @@ impl Inner {
     }
 
     pub(crate) async fn wait(&self, id: TaskId) -> Result<TaskResult, Error> {
-        let (tx, rx) = oneshot::channel();
-        relock(&self.waiters).entry(id).or_default().push(tx);
+        let rx = self.publisher.waiter(id);
         // Registered first, then read what is committed: if the end is not
         // committed yet, the publisher will find the waiter.
         match self.read_store(move |s| s.get(id)).await? {
             Some(rec) if rec.status.state.is_terminal() => {
-                self.drop_waiter(id, rx);
+                self.publisher.drop_waiter(id, rx);
                 return Ok(TaskResult::of(&rec));
             }
             Some(_) => {}
             None if self.lock().get(id).is_none() => {
-                self.drop_waiter(id, rx);
+                self.publisher.drop_waiter(id, rx);
                 return Err(Error::NotFound(id));
             }
             None => {}
         }
         rx.await.map_err(|_| Error::ShutDown)
-    }
-
-    /// Removes one waiter (and only that one) that is no longer needed.
-    fn drop_waiter(&self, id: TaskId, rx: oneshot::Receiver<TaskResult>) {
-        drop(rx);
-        let mut waiters = relock(&self.waiters);
-        if let Some(ws) = waiters.get_mut(&id) {
-            ws.retain(|w| !w.is_closed());
-            if ws.is_empty() {
-                waiters.remove(&id);
-            }
-        }
     }
 
     /// The runtime to spawn on: the one the system was started on.
@@ -677,8 +619,13 @@ impl Inner {
 
     /// Offers what can run now to the workers (unless draining or failed);
     /// the local executor accepts its offers at once, remote workers answer.
-    fn dispatch_into(&self, engine: &mut Engine, now: taskgrid_core::Timestamp, out: &mut Outbox) {
-        if self.draining.load(Ordering::Acquire) || self.failed.load(Ordering::Acquire) {
+    pub(crate) fn dispatch_into(
+        &self,
+        engine: &mut Engine,
+        now: taskgrid_core::Timestamp,
+        out: &mut Outbox,
+    ) {
+        if self.draining.load(Ordering::Acquire) || self.fail_stop.is_failed() {
             return;
         }
         let first = out.assignments.len();
@@ -701,178 +648,12 @@ impl Inner {
             }
         }
     }
-
-    /// One turn of the driver: finished attempts, timers, dispatch.
-    fn step(&self, completions: &mut Vec<Report>) {
-        let now = self.clock.now();
-        let mut out = Outbox::default();
-        {
-            let mut engine = self.lock();
-            for r in completions.drain(..) {
-                match r {
-                    Report::Attempt(c) => {
-                        if let Some(u) = c.usage {
-                            engine.record_usage(c.id, c.attempt, u);
-                        }
-                        let _ = engine.report(&c.worker, c.id, c.attempt, c.outcome, now, &mut out);
-                    }
-                    Report::Left(w) => {
-                        // A worker that said goodbye and registered again
-                        // since keeps its new registration.
-                        if !relock(&self.sessions).contains_key(&w) {
-                            engine.remove_worker(&w, now, &mut out);
-                        }
-                    }
-                }
-            }
-            engine.tick(now, &mut out);
-            // Attempts still out before this step hands out more: those will
-            // report soon, and usually close together.
-            let others_out = engine.attempts_out() > 0;
-            self.dispatch_into(&mut engine, now, &mut out);
-            // Let their results share one commit with these changes —
-            // unless it carries offers: a worker waits for those, and they
-            // may leave only once committed.
-            let window = if others_out && out.assignments.is_empty() {
-                RESULT_WINDOW
-            } else {
-                Duration::ZERO
-            };
-            let effects = Effects {
-                assignments: std::mem::take(&mut out.assignments),
-                stops: std::mem::take(&mut out.stops),
-                then: None,
-            };
-            self.persist_then(
-                &engine,
-                std::mem::take(&mut out.changes),
-                window,
-                effects,
-                None,
-            );
-            if engine.live_tasks() == 0 {
-                self.all_done.notify_waiters();
-            }
-        }
-    }
-
-    fn next_wake(&self) -> Option<tokio::time::Instant> {
-        self.lock().next_wake().map(|t| self.clock.instant_at(t))
-    }
-
-    /// Publishes committed events: to subscribers, waiters and hooks.
-    fn publish(&self, mut events: Vec<TaskEvent>) {
-        {
-            let mut recent = relock(&self.recent);
-            let cap = self.config.replay_capacity;
-            for ev in &mut events {
-                recent.0 += 1;
-                ev.seq = recent.0;
-                if cap > 0 {
-                    if recent.1.len() == cap {
-                        recent.1.pop_front();
-                    }
-                    recent.1.push_back(ev.clone());
-                }
-            }
-        }
-        for ev in events {
-            if let EventKind::State {
-                to,
-                attempt,
-                error,
-                result,
-                handler,
-                ..
-            } = &ev.kind
-            {
-                if to.is_terminal() {
-                    let waiters = relock(&self.waiters).remove(&ev.id);
-                    if let Some(ws) = waiters {
-                        let r = TaskResult {
-                            id: ev.id,
-                            state: *to,
-                            result: result.clone(),
-                            error: error.clone(),
-                            attempts: *attempt,
-                        };
-                        for w in ws {
-                            let _ = w.send(r.clone());
-                        }
-                    }
-                }
-                if let Some(h) = handler.as_ref().and_then(|h| self.handlers.get(h)) {
-                    run_hook(|| match (to, error) {
-                        (State::Succeeded, _) => h.on_success(ev.id, result.as_deref()),
-                        (State::Retrying, Some(e)) => h.on_retry(ev.id, *attempt, e),
-                        (_, Some(e)) => h.on_failure(ev.id, e),
-                        _ => {}
-                    });
-                }
-            }
-            if self.events.receiver_count() > 0 {
-                let _ = self.events.send(ev);
-            }
-        }
-    }
-}
-
-fn run_hook(f: impl FnOnce()) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
-        tracing::warn!("a handler hook panicked");
-    }
 }
 
 impl Inner {
     pub(crate) fn publisher_close(&self) {
         // The publisher stops on `None`, sent after everything else.
         let _ = self.committed.send(None);
-    }
-}
-
-pub(crate) async fn drive(
-    inner: Arc<Inner>,
-    mut completions: mpsc::UnboundedReceiver<Report>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let mut batch = Vec::with_capacity(1024);
-    inner.step(&mut batch);
-    loop {
-        let wake_at = inner.next_wake();
-        let sleep = async {
-            match wake_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            n = completions.recv_many(&mut batch, 4096) => {
-                if n == 0 { break; }
-            }
-            _ = inner.wake.notified() => {}
-            _ = sleep => {}
-        }
-        inner.step(&mut batch);
-    }
-    // Record what finished while stopping.
-    while let Ok(c) = completions.try_recv() {
-        batch.push(c);
-    }
-    inner.step(&mut batch);
-}
-
-pub(crate) async fn publish(
-    inner: Arc<Inner>,
-    mut committed: mpsc::UnboundedReceiver<Option<Committed>>,
-) {
-    while let Some(Some(Committed { events, effects })) = committed.recv().await {
-        // Executors first: a worker waits for its assignments.
-        inner.carry_out(effects);
-        if !events.is_empty() {
-            inner.publish(events);
-        }
     }
 }
 

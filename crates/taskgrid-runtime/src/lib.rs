@@ -37,22 +37,31 @@
 
 mod builder;
 mod clock;
+mod config;
+mod driver;
 mod error;
 mod event;
 mod executor;
+mod failstop;
 mod handle;
 mod inner;
 mod link;
 mod monitor;
+mod publisher;
+mod report;
+mod result;
+mod sync;
 mod system;
 mod workers;
 
-pub use builder::{SystemConfig, TaskSystemBuilder};
+pub use builder::TaskSystemBuilder;
+pub use config::SystemConfig;
 pub use error::Error;
 pub use event::{EventKind, TaskEvent};
-pub use handle::{TaskHandle, TaskResult};
+pub use handle::TaskHandle;
 pub use link::WorkerLink;
 pub use monitor::WorkerView;
+pub use result::TaskResult;
 pub use system::TaskSystem;
 pub use taskgrid_sdk::{
     BoxFuture, ContextBackend, FnHandler, Handler, HandlerResult, InvalidPayload, Task,

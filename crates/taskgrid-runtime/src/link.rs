@@ -106,3 +106,11 @@ impl Links {
         groups
     }
 }
+
+/// A worker's current session, recorded when it registers (before the
+/// registration is committed and its link published).
+pub(crate) struct SessionRecord {
+    pub(crate) conn: u64,
+    /// The worker process's instance id (see `Register.instance`).
+    pub(crate) instance: String,
+}

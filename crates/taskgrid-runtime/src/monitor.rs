@@ -7,7 +7,6 @@ use taskgrid_api::Summary;
 pub use taskgrid_api::WorkerView;
 use taskgrid_core::{Explanation, OutputChunk, State, TaskId};
 
-use crate::inner::relock;
 use crate::{Error, Task, TaskEvent, TaskHandle, TaskSystem};
 
 impl TaskSystem {
@@ -25,7 +24,7 @@ impl TaskSystem {
     /// second: counters, tasks waiting and running, workers and slots, and
     /// the last event's seq. Its `tasks` are left empty.
     pub fn summary(&self) -> Summary {
-        let seq = relock(&self.inner.recent).0;
+        let seq = self.inner.publisher.last_seq();
         let engine = self.inner.lock();
         let totals = engine.metrics().totals();
         let (workers, slots, used) = engine.worker_load();
@@ -98,19 +97,13 @@ impl TaskSystem {
     /// above its last one) reaches back to nothing here: the answer is every
     /// event still buffered, marked incomplete.
     pub fn events_since(&self, seq: u64) -> (Vec<TaskEvent>, bool) {
-        let recent = relock(&self.inner.recent);
-        if seq < self.inner.event_base || seq > recent.0 {
-            return (recent.1.iter().cloned().collect(), false);
-        }
-        let complete = recent.1.front().is_none_or(|first| first.seq <= seq + 1);
-        let events = recent.1.iter().filter(|e| e.seq > seq).cloned().collect();
-        (events, complete)
+        self.inner.publisher.events_since(seq)
     }
 
     /// Whether `seq` is an event id this process gave out (or the zero
     /// it counts from): false for an id from an earlier process.
     pub fn issued_event(&self, seq: u64) -> bool {
-        seq >= self.inner.event_base && seq <= relock(&self.inner.recent).0
+        self.inner.publisher.issued(seq)
     }
 
     /// Runs a finished task again: a new task with the same spec. A task

@@ -12,10 +12,11 @@ use taskgrid_store::TaskQuery;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::builder::TaskSystemBuilder;
+use crate::driver::{drive, publish};
 use crate::event::TaskEvent;
-use crate::executor::{Report, Running};
-use crate::inner::{Inner, drive, publish, relock};
+use crate::executor::Local;
+use crate::inner::{Inner, relock};
+use crate::report::Report;
 use crate::{Error, Task, TaskHandle};
 
 pub(crate) enum Lifecycle {
@@ -34,16 +35,13 @@ pub(crate) enum Lifecycle {
 /// An embedded task system. See the crate docs for an example.
 pub struct TaskSystem {
     pub(crate) inner: Arc<Inner>,
+    /// The local executor, to wait for and stop at shutdown.
+    pub(crate) local: Arc<Local>,
     pub(crate) tasks: Mutex<Lifecycle>,
     pub(crate) shut_down: tokio::sync::Mutex<bool>,
 }
 
 impl TaskSystem {
-    /// Starts building a system.
-    pub fn builder() -> TaskSystemBuilder {
-        TaskSystemBuilder::new()
-    }
-
     /// Starts the driver and publisher loops on the current tokio runtime.
     /// Calling it again does nothing.
     pub fn start(&self) -> Result<(), Error> {
@@ -144,7 +142,7 @@ impl TaskSystem {
     /// Every event, after it is committed. A subscriber that falls more than
     /// `event_capacity` behind misses the oldest (and is told it lagged).
     pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
-        self.inner.events.subscribe()
+        self.inner.publisher.subscribe()
     }
 
     /// Depth by priority and running count of every queue.
@@ -171,18 +169,12 @@ impl TaskSystem {
     /// Why the system takes no work, if a commit failed (fail-stop: only a
     /// restart, which rebuilds the engine from the store, recovers).
     pub fn failure(&self) -> Option<String> {
-        self.inner.failure()
+        self.inner.fail_stop.failure()
     }
 
     /// Resolves once a commit has failed (at once if one has).
     pub async fn failed(&self) -> String {
-        loop {
-            let seen = self.inner.failure_seen.notified();
-            if let Some(why) = self.inner.failure() {
-                return why;
-            }
-            seen.await;
-        }
+        self.inner.fail_stop.failed().await
     }
 
     /// Counters, rates, latency percentiles and throughput since start, in
@@ -271,15 +263,9 @@ impl TaskSystem {
         inner.draining.store(true, Ordering::Release);
         let grace = tokio::time::sleep(inner.config.shutdown_grace);
         tokio::pin!(grace);
-        loop {
-            let idle = inner.idle.notified();
-            if inner.running().is_empty() {
-                break;
-            }
-            tokio::select! {
-                _ = idle => {}
-                _ = &mut grace => break,
-            }
+        tokio::select! {
+            _ = self.local.until_idle() => {}
+            _ = &mut grace => {}
         }
         let state = std::mem::replace(&mut *relock(&self.tasks), Lifecycle::Stopped);
         if let Lifecycle::Started {
@@ -291,10 +277,7 @@ impl TaskSystem {
             let _ = stop.send(());
             let _ = driver.await;
             // Whatever still runs is handed back to the queue.
-            let abandoned: Vec<Running> = inner.running().drain().map(|(_, r)| r).collect();
-            for r in &abandoned {
-                r.abort();
-            }
+            self.local.abort_all();
             {
                 let mut engine = inner.lock();
                 let mut out = Outbox::default();
@@ -330,8 +313,6 @@ impl Drop for TaskSystem {
             driver.abort();
             publisher.abort();
         }
-        for (_, r) in self.inner.running().drain() {
-            r.abort();
-        }
+        self.local.abort_all();
     }
 }

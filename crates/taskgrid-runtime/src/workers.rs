@@ -18,18 +18,10 @@ use taskgrid_core::{
 };
 use tokio::sync::oneshot;
 
-use crate::executor::{Completion, Report};
 use crate::inner::{Effects, Inner, relock};
-use crate::link::WorkerLink;
+use crate::link::{SessionRecord, WorkerLink};
+use crate::report::{Completion, Report};
 use crate::{Error, Task, TaskSystem};
-
-/// A worker's current session, recorded when it registers (before the
-/// registration is committed and its link published).
-pub(crate) struct SessionRecord {
-    conn: u64,
-    /// The worker process's instance id (see `Register.instance`).
-    instance: String,
-}
 
 /// What a worker says about itself when it connects.
 #[derive(Debug, Clone)]
