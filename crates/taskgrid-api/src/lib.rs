@@ -1,5 +1,8 @@
 //! The JSON types of the HTTP API under [`API_PREFIX`], shared by the
 //! coordinator's server and the typed client so the two cannot drift.
+//! It must never depend on a transport (no HTTP client or server, no
+//! gRPC): serde and the core model only, so the client and the TUI compile
+//! neither protoc nor tonic.
 //!
 //! Requests are strict (`deny_unknown_fields`): a misspelt field is an error,
 //! never silently ignored. Timestamps are microseconds since the Unix epoch;

@@ -1,5 +1,7 @@
 //! A typed async client for the taskgrid coordinator's HTTP API
 //! (`/api/v1`), used by the CLI, the TUI and tests.
+//! It must never depend on gRPC, the runtime or the server: HTTP (reqwest)
+//! and the JSON types of `taskgrid-api` only.
 //!
 //! Every route has a method taking and returning the wire types of
 //! [`taskgrid_api`]; the two streaming routes return an

@@ -7,6 +7,10 @@
 //! decided in an [`Outbox`] — durable [`Change`]s for the store, assignments
 //! and stop requests for executors. The async shell around it lives in
 //! `taskgrid-runtime`.
+//!
+//! It must never depend on IO, an async runtime, the store or any
+//! transport: everything else builds on it, and it builds on nothing of
+//! taskgrid's.
 
 mod change;
 mod engine;

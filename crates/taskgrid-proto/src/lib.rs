@@ -1,6 +1,11 @@
 //! taskgrid's wire types: the gRPC worker protocol generated from
 //! `proto/taskgrid/worker/v1/worker.proto`, and conversions between its
 //! messages and the core model.
+//!
+//! It owns the gRPC wire format only. The generated code uses tonic's
+//! `codegen` without a transport: the server (`taskgrid-server`) adds
+//! tonic's server, a worker its channel, so neither compiles the other's
+//! half. It must never depend on the runtime, the store or the HTTP types.
 
 /// The generated worker protocol (`taskgrid.worker.v1`).
 #[allow(missing_docs, unreachable_pub, clippy::all)]

@@ -29,6 +29,16 @@ struct Watched {
 }
 
 impl Watched {
+    fn new() -> Self {
+        Watched {
+            store: MemoryStore::new(),
+            armed: AtomicBool::new(false),
+            watched: Mutex::new(None),
+            reads: AtomicUsize::new(0),
+            on_watched: Mutex::new(Vec::new()),
+        }
+    }
+
     fn read(&self, what: &'static str) {
         if !self.armed.load(Ordering::SeqCst) {
             return;
@@ -83,15 +93,17 @@ impl Store for Watched {
     }
 }
 
+// A backend written outside the store crate runs the store's own
+// conformance suite (feature `testing`): this wrapper must behave as a
+// store in every respect the runtime relies on.
+taskgrid_store::conformance_tests!(watched_store_conforms, || -> Box<dyn Store> {
+    Box::new(Watched::new())
+});
+
 #[tokio::test(flavor = "current_thread")]
 async fn no_store_read_runs_on_an_async_thread() {
-    let store = Arc::new(Watched {
-        store: MemoryStore::new(),
-        armed: AtomicBool::new(false),
-        watched: Mutex::new(Some(std::thread::current().id())),
-        reads: AtomicUsize::new(0),
-        on_watched: Mutex::new(Vec::new()),
-    });
+    let store = Arc::new(Watched::new());
+    *store.watched.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::thread::current().id());
     let sys = TaskSystem::builder()
         .store(store.clone())
         .handler("echo", |ctx| async move {

@@ -2,6 +2,8 @@
 //! queues and the event log of one coordinator, live from its event
 //! stream, with a detail view that follows a task's output and cancel from
 //! the keyboard.
+//! It talks to a coordinator through `taskgrid-client` only, and must
+//! never depend on gRPC, the runtime or the server.
 //!
 //! It is built the Elm way so that everything but the terminal is testable
 //! without one:

@@ -1,8 +1,13 @@
 //! The taskgrid worker: the agent that runs tasks on a machine.
 //!
-//! So far this crate holds the executors ([`exec`]); the connection to the
-//! coordinator builds on them. An executor runs one attempt and returns an
-//! [`ExecReport`]:
+//! It owns the connection to a coordinator (gRPC client, reconnects,
+//! drains) and the executors. It depends on the handler API
+//! (`taskgrid-sdk`) and the wire format (`taskgrid-proto`) only, and must
+//! never depend on the runtime, the server or the store: a program that
+//! embeds a worker compiles no SQLite, axum or HTTP server
+//! (`tests/layout.rs` checks it).
+//!
+//! An executor ([`exec`]) runs one attempt and returns an [`ExecReport`]:
 //!
 //! ```no_run
 //! # async fn demo() {
