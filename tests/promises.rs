@@ -326,3 +326,100 @@ async fn the_store_flag_chooses_the_backend() {
         assert!(stderr.contains(expected), "{flags:?}: {stderr}");
     }
 }
+
+/// Runs `statement` on the database at `url`, on a thread of its own: the
+/// blocking client must not run on an async test's thread.
+fn sql(url: &str, statement: &str) -> Result<(), postgres::Error> {
+    let (url, statement) = (url.to_owned(), statement.to_owned());
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
+        c.batch_execute(&statement)
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// A database of this test's own on the PostgreSQL this machine runs
+/// (`TASKGRID_TEST_DATABASE_URL` names the server, default
+/// `postgres://postgres@127.0.0.1:5432/postgres`), dropped at the end.
+struct TempDatabase {
+    admin: String,
+    name: String,
+}
+
+impl TempDatabase {
+    fn new() -> TempDatabase {
+        let admin = std::env::var("TASKGRID_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!("tg_e2e_{}_{nanos}", std::process::id());
+        sql(&admin, &format!("CREATE DATABASE {name}")).unwrap();
+        TempDatabase { admin, name }
+    }
+
+    /// The URL of this database.
+    fn url(&self) -> String {
+        match self.admin.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{}", self.name),
+            None => panic!("no database in {}", self.admin),
+        }
+    }
+}
+
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        let _ = sql(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+/// `--store postgres://…`: an acknowledged task survives a `kill -9` of
+/// the coordinator, and a second coordinator on the same database exits at
+/// once, naming who holds it, while the first keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_store_keeps_what_it_acknowledged_and_takes_one_writer() {
+    let db = TempDatabase::new();
+    let url = db.url();
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start(data.path(), "127.0.0.1:0", &["--store", &url]);
+    let id = server
+        .client(None)
+        .submit(&waiting("nobody"))
+        .await
+        .unwrap()
+        .id;
+
+    let out = taskgrid()
+        .args(["server", "--listen", "127.0.0.1:0", "--store", &url])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second writer started");
+    assert!(
+        stderr.contains("in use") && stderr.contains("pid"),
+        "the refusal names the holder: {stderr}"
+    );
+    assert_eq!(
+        server.client(None).get(id).await.unwrap().task.status.state,
+        State::Queued,
+        "the first coordinator keeps serving"
+    );
+
+    server.proc.kill9();
+    let server = Server::start(data.path(), "127.0.0.1:0", &["--store", &url]);
+    assert_eq!(
+        server.client(None).get(id).await.unwrap().task.status.state,
+        State::Queued,
+        "an acknowledged task survives kill -9 on PostgreSQL"
+    );
+    assert!(
+        !data.path().join("taskgrid.db").exists(),
+        "nothing is written to the data dir"
+    );
+    drop(server);
+}

@@ -88,6 +88,11 @@ impl Args {
             Some(StoreConfig::Memory) if self.full_sync => {
                 bail!("--full-sync applies to a SQLite store; --store memory keeps nothing on disk")
             }
+            Some(other) if self.full_sync => {
+                bail!(
+                    "--full-sync applies to a SQLite store; {other} commits as the database server is configured (synchronous_commit)"
+                )
+            }
             Some(other) => other.clone(),
         })
     }

@@ -85,7 +85,7 @@ pub(crate) fn attempt_ops<'a>(
 }
 
 /// The outcome named `s` in the store.
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn parse_outcome(s: &str) -> Option<AttemptOutcome> {
     use AttemptOutcome as O;
     [

@@ -8,6 +8,8 @@
 //! - `SqliteStore` — the durable one: SQLite in WAL mode, versioned
 //!   migrations, a separate read connection (feature `sqlite`, on by
 //!   default).
+//! - `PostgresStore` — the same on a PostgreSQL database (feature
+//!   `postgres`), for coordinators that outgrow one machine's disk.
 //! - [`MemoryStore`] — everything in one process's memory, for tests,
 //!   benchmarks and embedding without persistence.
 //!
@@ -51,6 +53,8 @@ mod attempt;
 mod error;
 mod memory;
 mod open;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod writer;
@@ -61,6 +65,8 @@ pub mod conformance;
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use open::{BadStoreConfig, StoreConfig};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{BUSY_TIMEOUT, Durability, SqliteOptions, SqliteStore};
 pub use writer::{BATCH_CAP, Done, LAZY_WINDOW, MAX_WINDOW, Writer};

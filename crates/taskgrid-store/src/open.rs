@@ -12,8 +12,9 @@ use crate::{SqliteOptions, SqliteStore};
 
 /// A store backend and where it keeps its data.
 ///
-/// Parsed from text by [`FromStr`]: `memory`, or `sqlite:PATH` (the SQLite
-/// file, created with its directory if missing).
+/// Parsed from text by [`FromStr`]: `memory`, `sqlite:PATH` (the SQLite
+/// file, created with its directory if missing), or a PostgreSQL URL
+/// (`postgres://user@host:port/db`, feature `postgres`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StoreConfig {
@@ -27,15 +28,22 @@ pub enum StoreConfig {
         /// Its durability and tuning.
         options: SqliteOptions,
     },
+    /// [`PostgresStore`](crate::PostgresStore) on the database at this URL.
+    #[cfg(feature = "postgres")]
+    Postgres {
+        /// `postgres://…` or `postgresql://…`.
+        url: String,
+    },
 }
 
 impl StoreConfig {
     /// What the text form of each backend looks like, for error messages
     /// and help text.
-    pub const FORMS: &'static str = if cfg!(feature = "sqlite") {
-        "`memory` or `sqlite:PATH`"
-    } else {
-        "`memory` (this build has no SQLite)"
+    pub const FORMS: &'static str = match (cfg!(feature = "sqlite"), cfg!(feature = "postgres")) {
+        (true, true) => "`memory`, `sqlite:PATH` or `postgres://USER@HOST:PORT/DB`",
+        (true, false) => "`memory` or `sqlite:PATH` (this build has no PostgreSQL)",
+        (false, true) => "`memory` or `postgres://USER@HOST:PORT/DB` (this build has no SQLite)",
+        (false, false) => "`memory` (this build has no SQLite and no PostgreSQL)",
     };
 
     /// Opens the backend this names.
@@ -44,6 +52,8 @@ impl StoreConfig {
             StoreConfig::Memory => Arc::new(MemoryStore::new()),
             #[cfg(feature = "sqlite")]
             StoreConfig::Sqlite { path, options } => Arc::new(SqliteStore::open(path, *options)?),
+            #[cfg(feature = "postgres")]
+            StoreConfig::Postgres { url } => Arc::new(crate::PostgresStore::open(url)?),
         })
     }
 }
@@ -54,6 +64,8 @@ impl std::fmt::Display for StoreConfig {
             StoreConfig::Memory => f.write_str("memory"),
             #[cfg(feature = "sqlite")]
             StoreConfig::Sqlite { path, .. } => write!(f, "sqlite:{}", path.display()),
+            #[cfg(feature = "postgres")]
+            StoreConfig::Postgres { url } => f.write_str(&crate::postgres::redact(url)),
         }
     }
 }
@@ -73,6 +85,8 @@ impl FromStr for StoreConfig {
         #[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
         let (scheme, rest) = s.split_once(':').unwrap_or((s, ""));
         match scheme {
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => Ok(StoreConfig::Postgres { url: s.to_owned() }),
             #[cfg(feature = "sqlite")]
             "sqlite" if rest.trim().is_empty() => Err(BadStoreConfig(format!(
                 "store `{s}` names no file: write `sqlite:PATH`, e.g. `sqlite:taskgrid-data/taskgrid.db`"
@@ -111,6 +125,23 @@ mod tests {
         assert!(e.contains("sqlite:PATH"), "{e}");
         let e = "Memory".parse::<StoreConfig>().unwrap_err().to_string();
         assert!(e.contains("unknown store"), "{e}");
+        #[cfg(feature = "postgres")]
+        {
+            let url = "postgres://tg:s3cret@db.example:5432/grid";
+            let config: StoreConfig = url.parse().unwrap();
+            assert_eq!(
+                config,
+                StoreConfig::Postgres {
+                    url: url.to_owned()
+                }
+            );
+            // Shown without its password.
+            assert_eq!(config.to_string(), "postgres://tg:***@db.example:5432/grid");
+            assert!(matches!(
+                "postgresql://h/db".parse(),
+                Ok(StoreConfig::Postgres { .. })
+            ));
+        }
     }
 
     #[test]

@@ -202,7 +202,11 @@ fn server_args(plan: &Plan, data_dir: &Path) -> server::Args {
         worker_token: None,
         heartbeat_ms: plan.heartbeat_ms,
         full_sync: plan.full_sync,
-        store: (plan.store == StoreKind::Memory).then_some(StoreConfig::Memory),
+        store: match &plan.store {
+            StoreKind::Sqlite => None,
+            StoreKind::Memory => Some(StoreConfig::Memory),
+            StoreKind::Postgres(url) => Some(StoreConfig::Postgres { url: url.clone() }),
+        },
     }
 }
 
@@ -220,8 +224,14 @@ async fn spawn_server(
     if plan.full_sync {
         cmd.arg("--full-sync");
     }
-    if plan.store == StoreKind::Memory {
-        cmd.args(["--store", "memory"]);
+    match &plan.store {
+        StoreKind::Sqlite => {}
+        StoreKind::Memory => {
+            cmd.args(["--store", "memory"]);
+        }
+        StoreKind::Postgres(url) => {
+            cmd.args(["--store", url]);
+        }
     }
     // Tokens meant for other coordinators must not lock this one.
     for var in [

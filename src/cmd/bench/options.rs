@@ -63,8 +63,9 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 5000)]
     pub(super) heartbeat_ms: u64,
     /// Store of a coordinator started here: `sqlite` (a file in a temporary
-    /// directory) or `memory`.
-    #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
+    /// directory), `memory`, or a PostgreSQL URL (`postgres://…`; give it an
+    /// empty database: what is there is loaded at start).
+    #[arg(long, value_parser = parse_store, default_value = "sqlite")]
     pub(super) store: StoreKind,
     /// Fsync every commit (`taskgrid server --full-sync`).
     #[arg(long)]
@@ -118,11 +119,26 @@ pub(crate) enum WorkerMode {
 }
 
 /// The store of a coordinator started here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum StoreKind {
     /// A SQLite file in a temporary directory.
     Sqlite,
     /// The in-memory store.
     Memory,
+    /// The PostgreSQL database at this URL.
+    Postgres(String),
+}
+
+/// `--store`: `sqlite`, `memory` or a PostgreSQL URL.
+fn parse_store(s: &str) -> Result<StoreKind, String> {
+    match s {
+        "sqlite" => Ok(StoreKind::Sqlite),
+        "memory" => Ok(StoreKind::Memory),
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(StoreKind::Postgres(url.to_owned()))
+        }
+        other => Err(format!(
+            "unknown store `{other}`: expected `sqlite`, `memory` or `postgres://USER@HOST:PORT/DB`"
+        )),
+    }
 }

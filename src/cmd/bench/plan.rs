@@ -214,7 +214,7 @@ impl Args {
             batch: self.batch,
             window: self.window,
             heartbeat_ms: self.heartbeat_ms,
-            store: self.store,
+            store: self.store.clone(),
             full_sync: self.full_sync,
             placement,
             token: self.token.clone(),

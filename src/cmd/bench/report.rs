@@ -47,10 +47,11 @@ pub(super) struct Setup {
 impl Setup {
     /// The setup of `plan` against `target`.
     pub(super) fn of(plan: &Plan, target: &Target) -> Setup {
-        let store = match plan.store {
+        let store = match &plan.store {
             _ if target.is_external() => "unknown",
             StoreKind::Sqlite => "sqlite",
             StoreKind::Memory => "memory",
+            StoreKind::Postgres(_) => "postgres",
         };
         Setup {
             kind: plan.kind,

@@ -58,6 +58,16 @@ fn combinations_that_cannot_work_are_refused() {
         "{r}"
     );
     assert!(plan(&["--worker-mode", "process", "--kind", "true"]).is_ok());
+    let p = plan(&["--store", "postgres://postgres@127.0.0.1:5432/bench"]).unwrap();
+    assert_eq!(
+        p.store,
+        StoreKind::Postgres("postgres://postgres@127.0.0.1:5432/bench".to_owned())
+    );
+    let bad = format!(
+        "{:#}",
+        Cli::try_parse_from(["bench", "--store", "mysql://x"]).expect_err("refused")
+    );
+    assert!(bad.contains("unknown store `mysql://x`"), "{bad}");
     // `taskgrid server --store memory` exists: a child coordinator may use it.
     let p = plan(&["--store", "memory", "--coordinator-process"]).unwrap();
     assert_eq!(

@@ -1,0 +1,784 @@
+//! [`PostgresStore`]: the [`Store`] on a PostgreSQL database, for
+//! coordinators that outgrow one machine's disk.
+//!
+//! One connection writes (`apply`, normally called only by the
+//! [`Writer`](crate::Writer) thread), one reads; with PostgreSQL's MVCC a
+//! read never waits for a group commit. Each `apply` is one transaction;
+//! status changes are compare-and-set (`UPDATE … WHERE state = $from`), as
+//! on SQLite. Commits are durable as the server is configured
+//! (`synchronous_commit=on` by default: a commit survives a crash of the
+//! database host).
+//!
+//! One writer at a time: opening takes a session-level advisory lock keyed
+//! by the schema, held by the write connection for the store's life (the
+//! server releases it when the connection ends, however the process died).
+//! A second store on the same schema fails with [`StoreError::Locked`]
+//! naming the holder's backend pid.
+//!
+//! Tables live in one schema (`public` unless the URL or
+//! [`PostgresStore::open_in_schema`] names another), with versioned
+//! migrations in `taskgrid_schema`, applied at open under a transaction-level
+//! advisory lock.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement, Transaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use taskgrid_core::{
+    AttemptRecord, Change, OutputChunk, Progress, State, Stream, TaskId, TaskRecord, TaskStatus,
+    Timestamp, WorkerId,
+};
+
+use crate::attempt::{AttemptOp, attempt_ops, duplicate_attempt, parse_outcome};
+use crate::{Store, StoreError, TaskQuery, counts_in_order, state_index};
+
+/// An error from PostgreSQL, as a [`StoreError::Backend`] whose message says
+/// where it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("postgres: {0}")]
+struct PostgresError(postgres::Error);
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        StoreError::backend(PostgresError(e))
+    }
+}
+
+/// The migration steps, oldest first. Never edit a released step; add one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema (the same tables as SQLite's, in PostgreSQL's
+    // types; ids are the 16 big-endian bytes of the UUID, so bytea order is
+    // id order).
+    "
+    CREATE TABLE tasks (
+        id          bytea   NOT NULL PRIMARY KEY,
+        queue       text    NOT NULL,
+        state       text    NOT NULL,
+        worker      text,
+        parent      bytea,
+        created_at  bigint  NOT NULL,
+        spec        text    NOT NULL,
+        status      text    NOT NULL,
+        progress    text,
+        checkpoint  text
+    );
+    CREATE INDEX tasks_state ON tasks (state);
+    CREATE INDEX tasks_queue ON tasks (queue);
+    CREATE INDEX tasks_parent ON tasks (parent) WHERE parent IS NOT NULL;
+
+    CREATE TABLE task_tags (
+        tag      text  NOT NULL,
+        task_id  bytea NOT NULL,
+        PRIMARY KEY (tag, task_id)
+    );
+
+    CREATE TABLE attempts (
+        task_id         bytea   NOT NULL,
+        attempt         bigint  NOT NULL,
+        worker          text    NOT NULL,
+        assigned_at     bigint  NOT NULL,
+        started_at      bigint,
+        finished_at     bigint,
+        outcome         text,
+        error           text,
+        exit_code       integer,
+        cpu_seconds     double precision,
+        peak_rss_bytes  bigint,
+        signal          integer,
+        PRIMARY KEY (task_id, attempt)
+    );
+
+    CREATE TABLE output (
+        seq      bigserial PRIMARY KEY,
+        task_id  bytea     NOT NULL,
+        attempt  bigint    NOT NULL,
+        stream   text      NOT NULL,
+        data     text      NOT NULL
+    );
+    CREATE INDEX output_task ON output (task_id, seq);
+
+    CREATE TABLE paused_queues (
+        name text NOT NULL PRIMARY KEY
+    );
+    ",
+];
+
+/// The advisory lock class of taskgrid's locks (the first key of the
+/// two-key form; the second is the schema's hash).
+const LOCK_CLASS: i32 = 0x7467; // "tg"
+
+/// The durable store on PostgreSQL.
+pub struct PostgresStore {
+    /// `None` only while dropping.
+    conns: Option<Conns>,
+    schema: String,
+}
+
+/// The two connections: one writes, one reads.
+struct Conns {
+    writer: Mutex<Client>,
+    reader: Mutex<Client>,
+}
+
+impl Drop for PostgresStore {
+    /// Closing a connection blocks on the client's own runtime, which must
+    /// not happen on a thread that drives async tasks: the connections are
+    /// closed on a thread of their own (and waited for, so the one-writer
+    /// lock is released when this returns).
+    fn drop(&mut self) {
+        if let Some(conns) = self.conns.take()
+            && let Ok(closing) = std::thread::Builder::new()
+                .name("taskgrid-pg-close".to_owned())
+                .spawn(move || drop(conns))
+        {
+            let _ = closing.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user@host:port/db`),
+    /// takes the one-writer lock and brings the schema up to date, in the
+    /// URL's schema (`options=-csearch_path=…`) or `public`.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_in_schema(url, "public")
+    }
+
+    /// Like [`open`](Self::open), in schema `schema` (created if missing).
+    pub fn open_in_schema(url: &str, schema: &str) -> Result<Self, StoreError> {
+        if schema.is_empty()
+            || !schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(StoreError::Invalid(format!(
+                "schema name {schema:?}: use letters, digits and underscores"
+            )));
+        }
+        let mut writer = connect(url, schema)?;
+        writer.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
+        lock(&mut writer, url, schema)?;
+        migrate(&mut writer)?;
+        let reader = connect(url, schema)?;
+        Ok(PostgresStore {
+            conns: Some(Conns {
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+            }),
+            schema: schema.to_owned(),
+        })
+    }
+
+    /// The schema version this build writes.
+    pub fn schema_version() -> u32 {
+        u32::try_from(MIGRATIONS.len()).unwrap_or(u32::MAX)
+    }
+
+    fn conns(&self) -> Result<&Conns, StoreError> {
+        self.conns.as_ref().ok_or(StoreError::Closed)
+    }
+
+    fn write_conn(&self) -> Result<MutexGuard<'_, Client>, StoreError> {
+        // A panic mid-transaction drops the transaction, which rolls back.
+        Ok(self
+            .conns()?
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn read_conn(&self) -> Result<MutexGuard<'_, Client>, StoreError> {
+        Ok(self
+            .conns()?
+            .reader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// A connection whose `search_path` is `schema`.
+fn connect(url: &str, schema: &str) -> Result<Client, StoreError> {
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Invalid(format!("database URL: {e}")))?;
+    config.application_name("taskgrid");
+    let mut client = config.connect(NoTls)?;
+    client.batch_execute(&format!("SET search_path TO {schema}"))?;
+    Ok(client)
+}
+
+/// The second key of the schema's advisory locks.
+fn schema_key(schema: &str) -> i32 {
+    // FNV-1a: stable across builds, unlike the std hasher.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in schema.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h as i32
+}
+
+/// Takes the session-level one-writer lock of `schema`, or says who holds it.
+fn lock(client: &mut Client, url: &str, schema: &str) -> Result<(), StoreError> {
+    let key = schema_key(schema);
+    let row = client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_CLASS, &key])?;
+    if row.get::<_, bool>(0) {
+        return Ok(());
+    }
+    let holder = client.query_opt(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2",
+        &[&LOCK_CLASS, &key],
+    )?;
+    let pid = holder
+        .and_then(|r| r.get::<_, Option<i32>>(0))
+        .and_then(|p| u32::try_from(p).ok());
+    Err(StoreError::Locked {
+        dir: format!("{} (schema {schema})", redact(url)),
+        lock_file: "an advisory lock held by its database session".to_owned(),
+        pid,
+    })
+}
+
+/// The URL without its password.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Brings the schema up to date under a transaction-level advisory lock, or
+/// refuses a newer one.
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let supported = PostgresStore::schema_version();
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&(LOCK_CLASS + 1)])?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS taskgrid_schema (version integer NOT NULL)")?;
+    let found = tx
+        .query_opt("SELECT version FROM taskgrid_schema", &[])?
+        .map_or(0, |r| r.get::<_, i32>(0));
+    let found = u32::try_from(found)
+        .map_err(|_| StoreError::Corrupt(format!("negative schema version {found}")))?;
+    if found > supported {
+        return Err(StoreError::NewerSchema { found, supported });
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.batch_execute(step)?;
+        tracing::info!(version = i + 1, "migrated the PostgreSQL store's schema");
+    }
+    let v = i32::try_from(supported).unwrap_or(i32::MAX);
+    if found == 0 {
+        tx.execute("INSERT INTO taskgrid_schema (version) VALUES ($1)", &[&v])?;
+    } else {
+        tx.execute("UPDATE taskgrid_schema SET version = $1", &[&v])?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn micros(t: Timestamp) -> i64 {
+    t.as_micros() as i64
+}
+
+fn timestamp(v: i64) -> Timestamp {
+    Timestamp::from_micros(v as u64)
+}
+
+fn json<T: Serialize>(id: TaskId, what: &str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Invalid(format!("task {id}: cannot encode {what}: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(id: TaskId, what: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Corrupt(format!("task {id}: bad {what} JSON: {e}")))
+}
+
+/// Column `i` of `row`; a value of the wrong type is corrupt data.
+fn col<'a, T: postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, StoreError> {
+    row.try_get(i)
+        .map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
+}
+
+/// The statements of the write path, prepared once per `apply`.
+struct Batch<'t, 'c> {
+    tx: &'t mut Transaction<'c>,
+    insert_task: Statement,
+    insert_tag: Statement,
+    update_status: Statement,
+    task_exists: Statement,
+    insert_attempt: Statement,
+    start_attempt: Statement,
+    finish_attempt: Statement,
+    insert_output: Statement,
+}
+
+impl<'t, 'c> Batch<'t, 'c> {
+    fn new(tx: &'t mut Transaction<'c>) -> Result<Self, StoreError> {
+        Ok(Batch {
+            insert_task: tx.prepare(
+                "INSERT INTO tasks (id, queue, state, worker, parent, created_at, spec, status, \
+                 progress, checkpoint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT DO NOTHING",
+            )?,
+            insert_tag: tx.prepare(
+                "INSERT INTO task_tags (tag, task_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )?,
+            update_status: tx.prepare(
+                "UPDATE tasks SET state = $3, worker = $4, status = $5 WHERE id = $1 AND state = $2",
+            )?,
+            task_exists: tx.prepare("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1)")?,
+            insert_attempt: tx.prepare(
+                "INSERT INTO attempts (task_id, attempt, worker, assigned_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )?,
+            start_attempt: tx.prepare(
+                "UPDATE attempts SET started_at = $3 WHERE task_id = $1 AND attempt = $2",
+            )?,
+            finish_attempt: tx.prepare(
+                "UPDATE attempts SET finished_at = $3, outcome = $4, error = $5, exit_code = $6, \
+                 cpu_seconds = $7, peak_rss_bytes = $8, signal = $9 \
+                 WHERE task_id = $1 AND attempt = $2",
+            )?,
+            insert_output: tx.prepare(
+                "INSERT INTO output (task_id, attempt, stream, data) \
+                 SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1)",
+            )?,
+            tx,
+        })
+    }
+
+    fn exec(
+        &mut self,
+        stmt: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        Ok(self.tx.execute(stmt, params)?)
+    }
+
+    fn apply_all(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        for change in changes {
+            match change {
+                Change::Submitted(rec) => self.submitted(rec)?,
+                Change::Status {
+                    id,
+                    from,
+                    at,
+                    status,
+                    attempt_outcome,
+                } => {
+                    self.status(*id, *from, status)?;
+                    for op in attempt_ops(*id, *from, *at, status, *attempt_outcome)?
+                        .into_iter()
+                        .flatten()
+                    {
+                        self.attempt(*id, op)?;
+                    }
+                }
+                Change::Progress { id, progress } => self.progress(*id, progress)?,
+                Change::Checkpoint { id, data } => {
+                    let key = id.to_bytes().to_vec();
+                    let n = self.tx.execute(
+                        "UPDATE tasks SET checkpoint = $2 WHERE id = $1",
+                        &[&key, &&**data],
+                    )?;
+                    if n == 0 {
+                        return Err(StoreError::NotFound(*id));
+                    }
+                }
+                Change::Output(chunk) => self.output(chunk)?,
+                Change::Queue { name, paused } => {
+                    let sql = if *paused {
+                        "INSERT INTO paused_queues (name) VALUES ($1) ON CONFLICT DO NOTHING"
+                    } else {
+                        "DELETE FROM paused_queues WHERE name = $1"
+                    };
+                    self.tx.execute(sql, &[name])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn submitted(&mut self, rec: &TaskRecord) -> Result<(), StoreError> {
+        let key = rec.id.to_bytes().to_vec();
+        let parent = rec.spec.parent.map(|p| p.to_bytes().to_vec());
+        let progress = rec
+            .progress
+            .as_ref()
+            .map(|p| json(rec.id, "progress", p))
+            .transpose()?;
+        let stmt = self.insert_task.clone();
+        let inserted = self.exec(
+            &stmt,
+            &[
+                &key,
+                &&*rec.spec.queue,
+                &rec.status.state.as_str(),
+                &rec.status.worker.as_ref().map(|w| w.as_str()),
+                &parent,
+                &micros(rec.created_at),
+                &json(rec.id, "spec", &rec.spec)?,
+                &json(rec.id, "status", &rec.status)?,
+                &progress,
+                &rec.checkpoint.as_deref(),
+            ],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::Duplicate(rec.id));
+        }
+        let stmt = self.insert_tag.clone();
+        for tag in &rec.spec.tags {
+            self.exec(&stmt, &[tag, &key])?;
+        }
+        Ok(())
+    }
+
+    /// Compare-and-set of the task's status.
+    fn status(&mut self, id: TaskId, from: State, status: &TaskStatus) -> Result<(), StoreError> {
+        let key = id.to_bytes().to_vec();
+        let stmt = self.update_status.clone();
+        let updated = self.exec(
+            &stmt,
+            &[
+                &key,
+                &from.as_str(),
+                &status.state.as_str(),
+                &status.worker.as_ref().map(|w| w.as_str()),
+                &json(id, "status", status)?,
+            ],
+        )?;
+        if updated == 0 {
+            let exists: bool = self.tx.query_one(&self.task_exists, &[&key])?.get(0);
+            return Err(if exists {
+                StoreError::Conflict { id, expected: from }
+            } else {
+                StoreError::NotFound(id)
+            });
+        }
+        Ok(())
+    }
+
+    fn attempt(&mut self, id: TaskId, op: AttemptOp<'_>) -> Result<(), StoreError> {
+        let key = id.to_bytes().to_vec();
+        match op {
+            AttemptOp::Assign {
+                attempt,
+                worker,
+                at,
+            } => {
+                let stmt = self.insert_attempt.clone();
+                let n = self.exec(
+                    &stmt,
+                    &[&key, &i64::from(attempt), &worker.as_str(), &micros(at)],
+                )?;
+                if n == 0 {
+                    return Err(duplicate_attempt(id, attempt));
+                }
+            }
+            AttemptOp::Start { attempt, at } => {
+                let stmt = self.start_attempt.clone();
+                self.exec(&stmt, &[&key, &i64::from(attempt), &micros(at)])?;
+            }
+            AttemptOp::Finish {
+                attempt,
+                at,
+                outcome,
+                error,
+                exit_code,
+                usage,
+            } => {
+                let stmt = self.finish_attempt.clone();
+                self.exec(
+                    &stmt,
+                    &[
+                        &key,
+                        &i64::from(attempt),
+                        &micros(at),
+                        &outcome.as_str(),
+                        &error,
+                        &exit_code,
+                        &usage.map(|u| u.cpu_seconds),
+                        &usage.map(|u| i64::try_from(u.peak_rss_bytes).unwrap_or(i64::MAX)),
+                        &usage.and_then(|u| u.signal),
+                    ],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn progress(&mut self, id: TaskId, progress: &Progress) -> Result<(), StoreError> {
+        let key = id.to_bytes().to_vec();
+        let n = self.tx.execute(
+            "UPDATE tasks SET progress = $2 WHERE id = $1",
+            &[&key, &json(id, "progress", progress)?],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        Ok(())
+    }
+
+    fn output(&mut self, chunk: &OutputChunk) -> Result<(), StoreError> {
+        let key = chunk.task.to_bytes().to_vec();
+        let stmt = self.insert_output.clone();
+        let n = self.exec(
+            &stmt,
+            &[
+                &key,
+                &i64::from(chunk.attempt),
+                &chunk.stream.as_str(),
+                &chunk.data,
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(chunk.task));
+        }
+        Ok(())
+    }
+}
+
+const TASK_COLUMNS: &str = "id, created_at, spec, status, progress, checkpoint";
+
+/// A row of [`TASK_COLUMNS`] as a record.
+fn task_row(row: &Row) -> Result<TaskRecord, StoreError> {
+    let key: Vec<u8> = col(row, 0)?;
+    let key: [u8; 16] = key.try_into().map_err(|k: Vec<u8>| {
+        StoreError::Corrupt(format!("task id of {} bytes, not 16", k.len()))
+    })?;
+    let id = TaskId::from_bytes(key);
+    Ok(TaskRecord {
+        id,
+        created_at: timestamp(col(row, 1)?),
+        spec: from_json(id, "spec", col::<&str>(row, 2)?)?,
+        status: from_json(id, "status", col::<&str>(row, 3)?)?,
+        progress: col::<Option<&str>>(row, 4)?
+            .map(|p| from_json(id, "progress", p))
+            .transpose()?,
+        checkpoint: col::<Option<String>>(row, 5)?.map(String::into_boxed_str),
+    })
+}
+
+fn attempt_number(id: TaskId, v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("task {id}: attempt number {v}")))
+}
+
+impl Store for PostgresStore {
+    fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.write_conn()?;
+        let mut tx = client.transaction()?;
+        Batch::new(&mut tx)?.apply_all(changes)?;
+        // Dropping `tx` on the error path above rolls back.
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        let live: Vec<&str> = State::ALL
+            .iter()
+            .filter(|s| !s.is_terminal())
+            .map(|s| s.as_str())
+            .collect();
+        let rows = self.read_conn()?.query(
+            &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE state = ANY($1) ORDER BY id"),
+            &[&live],
+        )?;
+        rows.iter().map(task_row).collect()
+    }
+
+    fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        let key = id.to_bytes().to_vec();
+        let row = self.read_conn()?.query_opt(
+            &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"),
+            &[&key],
+        )?;
+        row.as_ref().map(task_row).transpose()
+    }
+
+    fn list(&self, q: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE true");
+        let mut args: Vec<Box<dyn ToSql + Sync>> = Vec::new();
+        let mut arg = |sql: &mut String, clause: &str, v: Box<dyn ToSql + Sync>| {
+            args.push(v);
+            sql.push_str(&clause.replace('?', &format!("${}", args.len())));
+        };
+        if let Some(s) = q.state {
+            arg(&mut sql, " AND state = ?", Box::new(s.as_str().to_owned()));
+        }
+        if let Some(queue) = &q.queue {
+            arg(&mut sql, " AND queue = ?", Box::new(queue.clone()));
+        }
+        if let Some(parent) = q.parent {
+            arg(
+                &mut sql,
+                " AND parent = ?",
+                Box::new(parent.to_bytes().to_vec()),
+            );
+        }
+        if let Some(worker) = &q.worker {
+            arg(
+                &mut sql,
+                " AND id IN (SELECT task_id FROM attempts WHERE worker = ? \
+                 AND (outcome IS NULL OR outcome <> 'rejected'))",
+                Box::new(worker.as_str().to_owned()),
+            );
+        }
+        if let Some(tag) = &q.tag {
+            arg(
+                &mut sql,
+                " AND id IN (SELECT task_id FROM task_tags WHERE tag = ?)",
+                Box::new(tag.clone()),
+            );
+        }
+        if let Some(after) = q.after {
+            let clause = if q.newest_first {
+                " AND id < ?"
+            } else {
+                " AND id > ?"
+            };
+            arg(&mut sql, clause, Box::new(after.to_bytes().to_vec()));
+        }
+        let order = if q.newest_first {
+            " ORDER BY id DESC LIMIT ?"
+        } else {
+            " ORDER BY id LIMIT ?"
+        };
+        arg(
+            &mut sql,
+            order,
+            Box::new(i64::try_from(q.limit).unwrap_or(i64::MAX)),
+        );
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| &**a).collect();
+        let rows = self.read_conn()?.query(&sql, &params)?;
+        rows.iter().map(task_row).collect()
+    }
+
+    fn attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError> {
+        let key = id.to_bytes().to_vec();
+        let rows = self.read_conn()?.query(
+            "SELECT attempt, worker, assigned_at, started_at, finished_at, outcome, error, \
+             exit_code, cpu_seconds, peak_rss_bytes, signal FROM attempts WHERE task_id = $1 \
+             ORDER BY attempt",
+            &[&key],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let outcome = match col::<Option<&str>>(row, 5)? {
+                None => None,
+                Some(s) => Some(parse_outcome(s).ok_or_else(|| {
+                    StoreError::Corrupt(format!("task {id}: unknown attempt outcome {s:?}"))
+                })?),
+            };
+            out.push(AttemptRecord {
+                task: id,
+                attempt: attempt_number(id, col(row, 0)?)?,
+                worker: WorkerId::new(col::<&str>(row, 1)?),
+                assigned_at: timestamp(col(row, 2)?),
+                started_at: col::<Option<i64>>(row, 3)?.map(timestamp),
+                finished_at: col::<Option<i64>>(row, 4)?.map(timestamp),
+                outcome,
+                error: col(row, 6)?,
+                exit_code: col(row, 7)?,
+                usage: match col::<Option<f64>>(row, 8)? {
+                    Some(cpu_seconds) => Some(taskgrid_core::Usage {
+                        cpu_seconds,
+                        peak_rss_bytes: u64::try_from(col::<Option<i64>>(row, 9)?.unwrap_or(0))
+                            .unwrap_or(0),
+                        signal: col(row, 10)?,
+                    }),
+                    None => None,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    fn output(
+        &self,
+        id: TaskId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutputChunk)>, StoreError> {
+        let key = id.to_bytes().to_vec();
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.read_conn()?.query(
+            "SELECT seq, attempt, stream, data FROM output WHERE task_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3",
+            &[&key, &after, &limit],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq: i64 = col(row, 0)?;
+            let seq = u64::try_from(seq)
+                .map_err(|_| StoreError::Corrupt(format!("task {id}: output sequence {seq}")))?;
+            let stream = match col::<&str>(row, 2)? {
+                "stdout" => Stream::Stdout,
+                "stderr" => Stream::Stderr,
+                "log" => Stream::Log,
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "task {id}: unknown output stream {other:?}"
+                    )));
+                }
+            };
+            let chunk = OutputChunk {
+                task: id,
+                attempt: attempt_number(id, col(row, 1)?)?,
+                stream,
+                data: col(row, 3)?,
+            };
+            out.push((seq, chunk));
+        }
+        Ok(out)
+    }
+
+    fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
+        let rows = self
+            .read_conn()?
+            .query("SELECT state, COUNT(*) FROM tasks GROUP BY state", &[])?;
+        let mut counts = [0u64; State::ALL.len()];
+        for row in &rows {
+            let name: &str = col(row, 0)?;
+            let state: State = name
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("unknown task state {name:?}")))?;
+            let n: i64 = col(row, 1)?;
+            counts[state_index(state)] = u64::try_from(n).unwrap_or(0);
+        }
+        Ok(counts_in_order(&counts))
+    }
+
+    fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self.read_conn()?.query(
+            "SELECT name FROM paused_queues ORDER BY name COLLATE \"C\"",
+            &[],
+        )?;
+        rows.iter().map(|r| col(r, 0)).collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on anything
+mod tests;

@@ -1,0 +1,145 @@
+//! The PostgreSQL store against the PostgreSQL this machine runs (CI
+//! included): `TASKGRID_TEST_DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`. Every test works in a
+//! schema of its own, dropped at the end, so tests run in parallel.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord};
+
+use super::PostgresStore;
+use crate::conformance::{submit, task, tid};
+use crate::{Store, StoreError, TaskQuery};
+
+fn url() -> String {
+    std::env::var("TASKGRID_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A schema name no other test (or test run) uses.
+fn fresh_schema() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "tg_test_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A [`PostgresStore`] in a schema of its own, dropped with it.
+pub(crate) struct TempPg {
+    // Fields drop in order: the store's connections close before the
+    // schema goes.
+    store: Option<PostgresStore>,
+    schema: String,
+}
+
+impl TempPg {
+    pub(crate) fn new() -> Self {
+        let schema = fresh_schema();
+        let store = PostgresStore::open_in_schema(&url(), &schema).unwrap();
+        TempPg {
+            store: Some(store),
+            schema,
+        }
+    }
+
+    fn store(&self) -> &PostgresStore {
+        self.store.as_ref().unwrap()
+    }
+}
+
+impl Drop for TempPg {
+    fn drop(&mut self) {
+        drop(self.store.take());
+        if let Ok(mut c) = postgres::Client::connect(&url(), postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
+        }
+    }
+}
+
+impl Store for TempPg {
+    fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        self.store().apply(changes)
+    }
+    fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        self.store().load_active()
+    }
+    fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.store().get(id)
+    }
+    fn list(&self, q: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
+        self.store().list(q)
+    }
+    fn attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError> {
+        self.store().attempts(id)
+    }
+    fn output(
+        &self,
+        id: TaskId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutputChunk)>, StoreError> {
+        self.store().output(id, after_seq, limit)
+    }
+    fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
+        self.store().count_by_state()
+    }
+    fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
+        self.store().paused_queues()
+    }
+}
+
+crate::conformance_tests!(postgres_conformance, || -> Box<dyn Store> {
+    Box::new(TempPg::new())
+});
+
+#[test]
+fn one_writer_per_schema_and_the_holder_is_named() {
+    let first = TempPg::new();
+    let err = PostgresStore::open_in_schema(&url(), &first.schema).unwrap_err();
+    match &err {
+        StoreError::Locked { dir, pid, .. } => {
+            assert!(dir.contains(&first.schema), "{err}");
+            assert!(pid.is_some(), "the holder's backend pid is named: {err}");
+        }
+        other => panic!("expected Locked, got {other}"),
+    }
+    // Another schema on the same database is another store.
+    let _second = TempPg::new();
+    // Once the first is closed, its schema opens again, with its data.
+    first.apply(&[submit(task(1))]).unwrap();
+    let schema = first.schema.clone();
+    let mut first = first;
+    drop(first.store.take());
+    let again = PostgresStore::open_in_schema(&url(), &schema).unwrap();
+    assert_eq!(again.get(tid(1)).unwrap().map(|t| t.id), Some(tid(1)));
+    drop(again);
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_bad_input_is_named() {
+    let store = TempPg::new();
+    let schema = store.schema.clone();
+    let mut store = store;
+    drop(store.store.take());
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    c.batch_execute(&format!(
+        "UPDATE {schema}.taskgrid_schema SET version = 999"
+    ))
+    .unwrap();
+    let err = PostgresStore::open_in_schema(&url(), &schema).unwrap_err();
+    assert!(
+        matches!(err, StoreError::NewerSchema { found: 999, .. }),
+        "{err}"
+    );
+    let err = PostgresStore::open_in_schema(&url(), "bad; DROP TABLE x").unwrap_err();
+    assert!(err.to_string().contains("schema name"), "{err}");
+    let err = PostgresStore::open("not a url").unwrap_err();
+    assert!(err.to_string().contains("database URL"), "{err}");
+    let err = PostgresStore::open("postgres://nobody@127.0.0.1:1/none").unwrap_err();
+    assert!(err.to_string().starts_with("postgres: "), "{err}");
+}
