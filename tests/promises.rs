@@ -377,49 +377,100 @@ impl Drop for TempDatabase {
     }
 }
 
-/// `--store postgres://…`: an acknowledged task survives a `kill -9` of
-/// the coordinator, and a second coordinator on the same database exits at
-/// once, naming who holds it, while the first keeps serving.
+/// Sends `signal` (`-STOP`, `-CONT`) to a process.
+fn signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {signal} {pid}");
+}
+
+/// Starts a coordinator on a thread: it prints its listening line (which
+/// `Server::start` waits for) only once it leads, so a standby's start
+/// returns at its promotion.
+fn start_standby(data: &Path, url: &str) -> std::thread::JoinHandle<(Server, std::time::Instant)> {
+    let (data, url) = (data.to_owned(), url.to_owned());
+    std::thread::spawn(move || {
+        let server = Server::start(
+            &data,
+            "127.0.0.1:0",
+            &["--store", &url, "--lease-ms", "1000"],
+        );
+        (server, std::time::Instant::now())
+    })
+}
+
+/// `--store postgres://…` with standbys: any number of coordinators on one
+/// database, one leads. A paused leader (SIGSTOP past its lease) is
+/// replaced by a standby, and once it resumes it commits nothing (its
+/// submit is refused and it stops); a killed leader (kill -9) is replaced
+/// too; every acknowledged task is in the store afterwards, and nothing
+/// else. The failover times are printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_store_keeps_what_it_acknowledged_and_takes_one_writer() {
+async fn postgres_standbys_take_over_and_a_paused_leader_commits_nothing() {
     let db = TempDatabase::new();
     let url = db.url();
     let data = tempfile::tempdir().unwrap();
-    let mut server = Server::start(data.path(), "127.0.0.1:0", &["--store", &url]);
-    let id = server
+    let mut first = Server::start(
+        data.path(),
+        "127.0.0.1:0",
+        &["--store", &url, "--lease-ms", "1000"],
+    );
+    let t1 = first
         .client(None)
         .submit(&waiting("nobody"))
         .await
         .unwrap()
         .id;
 
-    let out = taskgrid()
-        .args(["server", "--listen", "127.0.0.1:0", "--store", &url])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a second writer started");
-    assert!(
-        stderr.contains("in use") && stderr.contains("pid"),
-        "the refusal names the holder: {stderr}"
+    // A standby waits; pausing the leader past its lease promotes it.
+    let standby = start_standby(data.path(), &url);
+    let paused_at = std::time::Instant::now();
+    signal(first.proc.0.id(), "-STOP");
+    let (mut second, promoted_at) = standby.join().unwrap();
+    eprintln!(
+        "failover after SIGSTOP of the leader: {:?} (lease 1 s)",
+        promoted_at - paused_at
     );
+    let client = second.client(None);
     assert_eq!(
-        server.client(None).get(id).await.unwrap().task.status.state,
+        client.get(t1).await.unwrap().task.status.state,
         State::Queued,
-        "the first coordinator keeps serving"
+        "the new leader has what the old one acknowledged"
     );
+    let t2 = client.submit(&waiting("nobody")).await.unwrap().id;
 
-    server.proc.kill9();
-    let server = Server::start(data.path(), "127.0.0.1:0", &["--store", &url]);
+    // The old leader wakes up: it may commit nothing, so it acknowledges
+    // nothing, and stops.
+    signal(first.proc.0.id(), "-CONT");
+    let refused = first.client(None).submit(&waiting("nobody")).await;
+    assert!(refused.is_err(), "a fenced leader acknowledged a submit");
+    let status = exit_of(&mut first.proc.0, Duration::from_secs(30));
+    assert!(!status.success(), "a fenced leader stops non-zero");
+
+    // kill -9 of the leader: a standby takes over when the lease lapses.
+    let standby = start_standby(data.path(), &url);
+    let killed_at = std::time::Instant::now();
+    second.proc.kill9();
+    let (third, promoted_at) = standby.join().unwrap();
+    eprintln!(
+        "failover after kill -9 of the leader: {:?} (lease 1 s)",
+        promoted_at - killed_at
+    );
+    let page = third
+        .client(None)
+        .list(&taskgrid_api::ListQuery::default())
+        .await
+        .unwrap();
+    let mut ids: Vec<_> = page.tasks.iter().map(|t| t.id).collect();
+    ids.sort();
+    let mut expected = vec![t1, t2];
+    expected.sort();
     assert_eq!(
-        server.client(None).get(id).await.unwrap().task.status.state,
-        State::Queued,
-        "an acknowledged task survives kill -9 on PostgreSQL"
+        ids, expected,
+        "exactly the acknowledged tasks, nothing else"
     );
-    assert!(
-        !data.path().join("taskgrid.db").exists(),
-        "nothing is written to the data dir"
-    );
-    drop(server);
+    drop(third);
 }

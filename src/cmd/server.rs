@@ -12,7 +12,7 @@ use taskgrid_proto::worker::worker_gateway_server::WorkerGatewayServer;
 use taskgrid_runtime::{SystemConfig, TaskSystem};
 use taskgrid_server::http::{ApiConfig, router};
 use taskgrid_server::{Gateway, GatewayConfig, gateway};
-use taskgrid_store::{Durability, SqliteOptions, StoreConfig};
+use taskgrid_store::{Durability, PostgresOptions, SqliteOptions, StoreConfig};
 
 /// Options of `taskgrid server` (and the coordinator half of `taskgrid up`).
 #[derive(Debug, Clone, clap::Args)]
@@ -41,6 +41,10 @@ pub(crate) struct Args {
     /// Fsync every commit (survive power loss, not only a crash; SQLite).
     #[arg(long)]
     pub(crate) full_sync: bool,
+    /// On PostgreSQL, how long the leader's lease lasts, in milliseconds: a
+    /// standby takes over this long after the leader stops renewing it.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub(crate) lease_ms: u64,
 }
 
 /// A running coordinator.
@@ -88,10 +92,25 @@ impl Args {
             Some(StoreConfig::Memory) if self.full_sync => {
                 bail!("--full-sync applies to a SQLite store; --store memory keeps nothing on disk")
             }
+            #[allow(unreachable_patterns)] // every store but SQLite
             Some(other) if self.full_sync => {
                 bail!(
                     "--full-sync applies to a SQLite store; {other} commits as the database server is configured (synchronous_commit)"
                 )
+            }
+            Some(StoreConfig::Postgres { url, .. }) => {
+                // Any number of coordinators on one database: one leads,
+                // the others wait as standbys and take over when its lease
+                // lapses.
+                let lease = Duration::from_millis(self.lease_ms);
+                StoreConfig::Postgres {
+                    url: url.clone(),
+                    options: PostgresOptions {
+                        lease,
+                        renew_every: lease / 3,
+                        wait: true,
+                    },
+                }
             }
             Some(other) => other.clone(),
         })
@@ -183,6 +202,12 @@ impl Coordinator {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), self.serve).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), self.system.shutdown()).await;
+        if why.contains("another coordinator took over") {
+            // Fenced: a standby leads now (PostgreSQL).
+            bail!(
+                "stopped: {why}; nothing committed is lost: restart this coordinator to stand by for the new leader"
+            )
+        }
         bail!(
             "stopped after a failed commit ({why}); nothing committed is lost: restart taskgrid once the store is writable again"
         )

@@ -61,6 +61,15 @@ pub enum StoreError {
         /// The holder's process id, when it could be read.
         pid: Option<u32>,
     },
+    /// Another coordinator took over the store (a PostgreSQL store's lease
+    /// passed to a newer term): this one may write nothing more.
+    #[error(
+        "another coordinator took over the store (this one's term {term} ended): it writes nothing more"
+    )]
+    Fenced {
+        /// The term this store held.
+        term: u64,
+    },
     /// The [`Writer`](crate::Writer) has shut down (or its thread died).
     #[error("the store writer is closed")]
     Closed,

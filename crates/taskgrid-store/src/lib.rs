@@ -66,7 +66,7 @@ pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use open::{BadStoreConfig, StoreConfig};
 #[cfg(feature = "postgres")]
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{BUSY_TIMEOUT, Durability, SqliteOptions, SqliteStore};
 pub use writer::{BATCH_CAP, Done, LAZY_WINDOW, MAX_WINDOW, Writer};

@@ -33,6 +33,8 @@ pub enum StoreConfig {
     Postgres {
         /// `postgres://…` or `postgresql://…`.
         url: String,
+        /// How it takes and keeps the leader's lease.
+        options: crate::PostgresOptions,
     },
 }
 
@@ -53,7 +55,9 @@ impl StoreConfig {
             #[cfg(feature = "sqlite")]
             StoreConfig::Sqlite { path, options } => Arc::new(SqliteStore::open(path, *options)?),
             #[cfg(feature = "postgres")]
-            StoreConfig::Postgres { url } => Arc::new(crate::PostgresStore::open(url)?),
+            StoreConfig::Postgres { url, options } => {
+                Arc::new(crate::PostgresStore::open_with(url, "public", *options)?)
+            }
         })
     }
 }
@@ -65,7 +69,7 @@ impl std::fmt::Display for StoreConfig {
             #[cfg(feature = "sqlite")]
             StoreConfig::Sqlite { path, .. } => write!(f, "sqlite:{}", path.display()),
             #[cfg(feature = "postgres")]
-            StoreConfig::Postgres { url } => f.write_str(&crate::postgres::redact(url)),
+            StoreConfig::Postgres { url, .. } => f.write_str(&crate::postgres::redact(url)),
         }
     }
 }
@@ -86,7 +90,10 @@ impl FromStr for StoreConfig {
         let (scheme, rest) = s.split_once(':').unwrap_or((s, ""));
         match scheme {
             #[cfg(feature = "postgres")]
-            "postgres" | "postgresql" => Ok(StoreConfig::Postgres { url: s.to_owned() }),
+            "postgres" | "postgresql" => Ok(StoreConfig::Postgres {
+                url: s.to_owned(),
+                options: crate::PostgresOptions::default(),
+            }),
             #[cfg(feature = "sqlite")]
             "sqlite" if rest.trim().is_empty() => Err(BadStoreConfig(format!(
                 "store `{s}` names no file: write `sqlite:PATH`, e.g. `sqlite:taskgrid-data/taskgrid.db`"
@@ -129,12 +136,7 @@ mod tests {
         {
             let url = "postgres://tg:s3cret@db.example:5432/grid";
             let config: StoreConfig = url.parse().unwrap();
-            assert_eq!(
-                config,
-                StoreConfig::Postgres {
-                    url: url.to_owned()
-                }
-            );
+            assert!(matches!(&config, StoreConfig::Postgres { url: u, .. } if u == url));
             // Shown without its password.
             assert_eq!(config.to_string(), "postgres://tg:***@db.example:5432/grid");
             assert!(matches!(

@@ -202,10 +202,14 @@ fn server_args(plan: &Plan, data_dir: &Path) -> server::Args {
         worker_token: None,
         heartbeat_ms: plan.heartbeat_ms,
         full_sync: plan.full_sync,
+        lease_ms: 3000,
         store: match &plan.store {
             StoreKind::Sqlite => None,
             StoreKind::Memory => Some(StoreConfig::Memory),
-            StoreKind::Postgres(url) => Some(StoreConfig::Postgres { url: url.clone() }),
+            StoreKind::Postgres(url) => Some(StoreConfig::Postgres {
+                url: url.clone(),
+                options: taskgrid_store::PostgresOptions::default(),
+            }),
         },
     }
 }

@@ -9,11 +9,14 @@
 //! (`synchronous_commit=on` by default: a commit survives a crash of the
 //! database host).
 //!
-//! One writer at a time: opening takes a session-level advisory lock keyed
-//! by the schema, held by the write connection for the store's life (the
-//! server releases it when the connection ends, however the process died).
-//! A second store on the same schema fails with [`StoreError::Locked`]
-//! naming the holder's backend pid.
+//! One writer at a time, and standbys: opening takes the schema's lease
+//! (`lease`): a term number that rises at every change of leader, renewed
+//! about every second and lost when not renewed for its length (3 s by
+//! default). Every transaction first checks, holding a share lock on the
+//! lease row, that the term is still this store's: an old leader that wakes
+//! up after a pause can commit nothing once a standby took over. A second
+//! store on the same schema fails with [`StoreError::Locked`] naming the
+//! holder, or, with [`PostgresOptions::wait`], waits as a standby.
 //!
 //! Tables live in one schema (`public` unless the URL or
 //! [`PostgresStore::open_in_schema`] names another), with versioned
@@ -103,16 +106,27 @@ const MIGRATIONS: &[&str] = &[
         name text NOT NULL PRIMARY KEY
     );
     ",
+    // 2: the leader's lease (see `lease`).
+    "
+    CREATE TABLE taskgrid_lease (
+        id          integer     NOT NULL PRIMARY KEY CHECK (id = 1),
+        term        bigint      NOT NULL,
+        holder      text        NOT NULL,
+        holder_pid  integer     NOT NULL,
+        expires_at  timestamptz NOT NULL
+    );
+    ",
 ];
 
-/// The advisory lock class of taskgrid's locks (the first key of the
-/// two-key form; the second is the schema's hash).
-const LOCK_CLASS: i32 = 0x7467; // "tg"
+/// The advisory lock that serialises migrations ("th").
+const MIGRATION_LOCK: i32 = 0x7468;
 
 /// The durable store on PostgreSQL.
 pub struct PostgresStore {
     /// `None` only while dropping.
     conns: Option<Conns>,
+    /// The leadership this store writes under; released on drop.
+    lease: Option<Lease>,
     schema: String,
 }
 
@@ -128,10 +142,18 @@ impl Drop for PostgresStore {
     /// closed on a thread of their own (and waited for, so the one-writer
     /// lock is released when this returns).
     fn drop(&mut self) {
+        let lease = self.lease.take();
         if let Some(conns) = self.conns.take()
             && let Ok(closing) = std::thread::Builder::new()
                 .name("taskgrid-pg-close".to_owned())
-                .spawn(move || drop(conns))
+                .spawn(move || {
+                    // Hand over at once: a standby takes the lease at its
+                    // next try instead of waiting for it to expire.
+                    if let Some(lease) = lease {
+                        lease.release();
+                    }
+                    drop(conns);
+                })
         {
             let _ = closing.join();
         }
@@ -148,14 +170,26 @@ impl std::fmt::Debug for PostgresStore {
 
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user@host:port/db`),
-    /// takes the one-writer lock and brings the schema up to date, in the
-    /// URL's schema (`options=-csearch_path=…`) or `public`.
+    /// brings the schema up to date and takes the leader's lease, in schema
+    /// `public`, with the default [`PostgresOptions`] (failing with
+    /// [`StoreError::Locked`] while another store leads).
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        Self::open_in_schema(url, "public")
+        Self::open_with(url, "public", PostgresOptions::default())
     }
 
     /// Like [`open`](Self::open), in schema `schema` (created if missing).
     pub fn open_in_schema(url: &str, schema: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, schema, PostgresOptions::default())
+    }
+
+    /// Like [`open`](Self::open), in schema `schema`, with `options`: with
+    /// `options.wait` a second store waits as a standby until it can take
+    /// the lease, instead of failing.
+    pub fn open_with(
+        url: &str,
+        schema: &str,
+        options: PostgresOptions,
+    ) -> Result<Self, StoreError> {
         if schema.is_empty()
             || !schema
                 .chars()
@@ -167,16 +201,32 @@ impl PostgresStore {
         }
         let mut writer = connect(url, schema)?;
         writer.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
-        lock(&mut writer, url, schema)?;
         migrate(&mut writer)?;
+        let lease = Lease::take(&mut writer, url, schema, options)?;
         let reader = connect(url, schema)?;
         Ok(PostgresStore {
             conns: Some(Conns {
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
             }),
+            lease: Some(lease),
             schema: schema.to_owned(),
         })
+    }
+
+    /// Stops renewing the lease without letting go: as if this process were
+    /// paused.
+    #[cfg(test)]
+    fn stop_renewing(&mut self) {
+        if let Some(lease) = &mut self.lease {
+            lease.stop_renewing();
+        }
+    }
+
+    /// The term of this store's lease: it rises by one at every change of
+    /// leader.
+    pub fn term(&self) -> u64 {
+        self.lease.as_ref().map_or(0, Lease::term)
     }
 
     /// The schema version this build writes.
@@ -207,7 +257,7 @@ impl PostgresStore {
 }
 
 /// A connection whose `search_path` is `schema`.
-fn connect(url: &str, schema: &str) -> Result<Client, StoreError> {
+pub(super) fn connect(url: &str, schema: &str) -> Result<Client, StoreError> {
     let mut config: postgres::Config = url
         .parse()
         .map_err(|e| StoreError::Invalid(format!("database URL: {e}")))?;
@@ -215,39 +265,6 @@ fn connect(url: &str, schema: &str) -> Result<Client, StoreError> {
     let mut client = config.connect(NoTls)?;
     client.batch_execute(&format!("SET search_path TO {schema}"))?;
     Ok(client)
-}
-
-/// The second key of the schema's advisory locks.
-fn schema_key(schema: &str) -> i32 {
-    // FNV-1a: stable across builds, unlike the std hasher.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in schema.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h as i32
-}
-
-/// Takes the session-level one-writer lock of `schema`, or says who holds it.
-fn lock(client: &mut Client, url: &str, schema: &str) -> Result<(), StoreError> {
-    let key = schema_key(schema);
-    let row = client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_CLASS, &key])?;
-    if row.get::<_, bool>(0) {
-        return Ok(());
-    }
-    let holder = client.query_opt(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
-         AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2",
-        &[&LOCK_CLASS, &key],
-    )?;
-    let pid = holder
-        .and_then(|r| r.get::<_, Option<i32>>(0))
-        .and_then(|p| u32::try_from(p).ok());
-    Err(StoreError::Locked {
-        dir: format!("{} (schema {schema})", redact(url)),
-        lock_file: "an advisory lock held by its database session".to_owned(),
-        pid,
-    })
 }
 
 /// The URL without its password.
@@ -269,7 +286,7 @@ pub(crate) fn redact(url: &str) -> String {
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let supported = PostgresStore::schema_version();
     let mut tx = client.transaction()?;
-    tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&(LOCK_CLASS + 1)])?;
+    tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&MIGRATION_LOCK])?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS taskgrid_schema (version integer NOT NULL)")?;
     let found = tx
         .query_opt("SELECT version FROM taskgrid_schema", &[])?
@@ -588,6 +605,9 @@ impl Store for PostgresStore {
         }
         let mut client = self.write_conn()?;
         let mut tx = client.transaction()?;
+        if let Some(lease) = &self.lease {
+            lease.fence(&mut tx)?;
+        }
         Batch::new(&mut tx)?.apply_all(changes)?;
         // Dropping `tx` on the error path above rolls back.
         tx.commit()?;
@@ -778,6 +798,11 @@ impl Store for PostgresStore {
         rows.iter().map(|r| col(r, 0)).collect()
     }
 }
+
+mod lease;
+
+use lease::Lease;
+pub use lease::PostgresOptions;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may panic on anything

@@ -143,3 +143,79 @@ fn a_newer_schema_is_refused_and_bad_input_is_named() {
     let err = PostgresStore::open("postgres://nobody@127.0.0.1:1/none").unwrap_err();
     assert!(err.to_string().starts_with("postgres: "), "{err}");
 }
+
+/// A leader that stops renewing (paused) loses the lease to a waiting
+/// standby after the lease's length, and from then on commits nothing: its
+/// writes fail `Fenced`, and the store holds only what the leaders wrote in
+/// their terms.
+#[test]
+fn a_paused_leader_is_fenced_once_a_standby_takes_over() {
+    let schema = fresh_schema();
+    let options = super::PostgresOptions {
+        lease: std::time::Duration::from_millis(300),
+        renew_every: std::time::Duration::from_millis(100),
+        wait: true,
+    };
+    let mut leader = PostgresStore::open_with(&url(), &schema, options).unwrap();
+    leader.apply(&[submit(task(1))]).unwrap();
+    let first_term = leader.term();
+
+    let standby = {
+        let (url, schema) = (url(), schema.clone());
+        std::thread::spawn(move || PostgresStore::open_with(&url, &schema, options))
+    };
+    leader.stop_renewing();
+    let standby = standby.join().unwrap().unwrap();
+    assert_eq!(standby.term(), first_term + 1, "a takeover raises the term");
+
+    let err = leader.apply(&[submit(task(2))]).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Fenced { term } if term == first_term),
+        "{err}"
+    );
+    standby.apply(&[submit(task(3))]).unwrap();
+    assert!(standby.get(tid(1)).unwrap().is_some());
+    assert_eq!(
+        standby.get(tid(2)).unwrap(),
+        None,
+        "the old leader wrote nothing"
+    );
+    assert!(standby.get(tid(3)).unwrap().is_some());
+
+    drop(leader);
+    drop(standby);
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .unwrap();
+}
+
+/// A leader that closes hands over at once: a standby waiting on a lease
+/// far longer than the test takes over as soon as the leader is dropped.
+#[test]
+fn a_clean_close_hands_the_lease_over() {
+    let schema = fresh_schema();
+    let options = super::PostgresOptions {
+        lease: std::time::Duration::from_secs(600),
+        renew_every: std::time::Duration::from_millis(100),
+        wait: true,
+    };
+    let leader = PostgresStore::open_with(&url(), &schema, options).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let standby = {
+        let (url, schema) = (url(), schema.clone());
+        std::thread::spawn(move || {
+            let s = PostgresStore::open_with(&url, &schema, options);
+            let _ = tx.send(());
+            s
+        })
+    };
+    // Still the leader's: the standby has not taken it.
+    assert!(rx.try_recv().is_err());
+    drop(leader);
+    let standby = standby.join().unwrap().unwrap();
+    assert_eq!(standby.term(), 2);
+    drop(standby);
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .unwrap();
+}

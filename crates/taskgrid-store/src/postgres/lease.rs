@@ -1,0 +1,236 @@
+//! The leader's lease: which store may write a schema, and for how long.
+//!
+//! One row, `taskgrid_lease (term, holder, holder_pid, expires_at)`. A store
+//! takes it when it is free or expired, raising the term by one; a thread
+//! with a connection of its own renews it every
+//! [`PostgresOptions::renew_every`]; a store that closes cleanly makes it
+//! expire at once. Every write transaction first reads the row `FOR SHARE`
+//! and aborts unless the term is still its own: a standby's takeover needs
+//! the row's update lock, so it waits for a write in flight to commit, and
+//! every write after it sees the new term. An old leader that wakes up
+//! after a pause (SIGSTOP, a long GC, a network partition) commits nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use postgres::{Client, Transaction};
+
+use crate::StoreError;
+
+/// How a [`PostgresStore`](super::PostgresStore) takes and keeps the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostgresOptions {
+    /// How long the lease lasts unless renewed: a standby takes over this
+    /// long after the leader stopped renewing (died, paused, cut off).
+    pub lease: Duration,
+    /// How often the leader renews it, and a standby tries to take it.
+    pub renew_every: Duration,
+    /// Wait as a standby while another store holds the lease, instead of
+    /// failing with [`StoreError::Locked`].
+    pub wait: bool,
+}
+
+impl PostgresOptions {
+    /// Default lease: 3 s.
+    pub const LEASE_DEFAULT: Duration = Duration::from_secs(3);
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            lease: Self::LEASE_DEFAULT,
+            renew_every: Self::LEASE_DEFAULT / 3,
+            wait: false,
+        }
+    }
+}
+
+/// A held lease.
+pub(super) struct Lease {
+    term: i64,
+    /// Set when a renewal found the term moved on: every write fails.
+    lost: Arc<AtomicBool>,
+    /// Dropping it stops the renewing thread.
+    stop: Option<mpsc::Sender<()>>,
+    renewer: Option<JoinHandle<()>>,
+    url: String,
+    schema: String,
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl Lease {
+    /// Takes the lease of the schema `client` works in, waiting as a
+    /// standby with `options.wait`.
+    pub(super) fn take(
+        client: &mut Client,
+        url: &str,
+        schema: &str,
+        options: PostgresOptions,
+    ) -> Result<Lease, StoreError> {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default();
+        let pid = std::process::id();
+        let holder = if host.is_empty() {
+            format!("pid {pid}")
+        } else {
+            format!("pid {pid} on {host}")
+        };
+        let pid = i32::try_from(pid).unwrap_or(i32::MAX);
+        let mut waiting = false;
+        let term = loop {
+            let row = client.query_opt(
+                "INSERT INTO taskgrid_lease (id, term, holder, holder_pid, expires_at) \
+                 VALUES (1, 1, $1, $2, now() + $3 * interval '1 millisecond') \
+                 ON CONFLICT (id) DO UPDATE SET term = taskgrid_lease.term + 1, \
+                 holder = EXCLUDED.holder, holder_pid = EXCLUDED.holder_pid, \
+                 expires_at = EXCLUDED.expires_at \
+                 WHERE taskgrid_lease.expires_at < now() \
+                 RETURNING term",
+                &[&holder, &pid, &millis(options.lease)],
+            )?;
+            if let Some(row) = row {
+                break row.get::<_, i64>(0);
+            }
+            let current = client.query_opt(
+                "SELECT term, holder, holder_pid FROM taskgrid_lease WHERE id = 1",
+                &[],
+            )?;
+            let (term, who, their_pid) = current.map_or((0, String::new(), 0), |r| {
+                (
+                    r.get::<_, i64>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, i32>(2),
+                )
+            });
+            if !options.wait {
+                return Err(StoreError::Locked {
+                    dir: format!("{} (schema {schema})", super::redact(url)),
+                    lock_file: format!("the leader's lease, term {term}, held by {who}"),
+                    pid: u32::try_from(their_pid).ok(),
+                });
+            }
+            if !waiting {
+                waiting = true;
+                tracing::warn!(term, holder = %who, "standby: another coordinator leads; waiting for its lease");
+                eprintln!(
+                    "standby: {} (schema {schema}) is led by {who} (term {term}); taking over when its lease lapses",
+                    super::redact(url)
+                );
+            }
+            // A standby's only way to learn the lease lapsed is to try it.
+            std::thread::sleep(options.renew_every / 2);
+        };
+        tracing::info!(term, "took the leader's lease");
+        let lost = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let mut renewal = super::connect(url, schema)?;
+        let renewer = {
+            let lost = lost.clone();
+            std::thread::Builder::new()
+                .name("taskgrid-pg-lease".to_owned())
+                .spawn(move || renew(&mut renewal, term, options, &lost, &stopped))?
+        };
+        Ok(Lease {
+            term,
+            lost,
+            stop: Some(stop),
+            renewer: Some(renewer),
+            url: url.to_owned(),
+            schema: schema.to_owned(),
+        })
+    }
+
+    /// Stops renewing without letting go: as if this process were paused.
+    #[cfg(test)]
+    pub(super) fn stop_renewing(&mut self) {
+        drop(self.stop.take());
+        if let Some(r) = self.renewer.take() {
+            let _ = r.join();
+        }
+    }
+
+    pub(super) fn term(&self) -> u64 {
+        u64::try_from(self.term).unwrap_or(0)
+    }
+
+    /// Fails the transaction unless this lease's term is still current;
+    /// holds a share lock on the lease row until it ends.
+    pub(super) fn fence(&self, tx: &mut Transaction<'_>) -> Result<(), StoreError> {
+        let fenced = StoreError::Fenced { term: self.term() };
+        if self.lost.load(Ordering::Acquire) {
+            return Err(fenced);
+        }
+        let current = tx.query_opt(
+            "SELECT 1 FROM taskgrid_lease WHERE id = 1 AND term = $1 FOR SHARE",
+            &[&self.term],
+        )?;
+        if current.is_none() {
+            self.lost.store(true, Ordering::Release);
+            return Err(fenced);
+        }
+        Ok(())
+    }
+
+    /// Stops renewing and lets the lease lapse at once.
+    pub(super) fn release(mut self) {
+        drop(self.stop.take());
+        if let Some(r) = self.renewer.take() {
+            let _ = r.join();
+        }
+        if let Ok(mut c) = super::connect(&self.url, &self.schema) {
+            let _ = c.execute(
+                "UPDATE taskgrid_lease SET expires_at = now() WHERE id = 1 AND term = $1",
+                &[&self.term],
+            );
+        }
+    }
+}
+
+/// The renewing thread: renews every `renew_every` until told to stop, and
+/// marks the lease lost when the term moved on (or a renewal failed for
+/// longer than the lease).
+fn renew(
+    client: &mut Client,
+    term: i64,
+    options: PostgresOptions,
+    lost: &AtomicBool,
+    stop: &mpsc::Receiver<()>,
+) {
+    let mut last_ok = std::time::Instant::now();
+    loop {
+        match stop.recv_timeout(options.renew_every) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        match client.execute(
+            "UPDATE taskgrid_lease SET expires_at = now() + $2 * interval '1 millisecond' \
+             WHERE id = 1 AND term = $1",
+            &[&term, &millis(options.lease)],
+        ) {
+            Ok(1) => last_ok = std::time::Instant::now(),
+            Ok(_) => {
+                tracing::error!(
+                    term,
+                    "lost the leader's lease: another coordinator took over"
+                );
+                lost.store(true, Ordering::Release);
+                return;
+            }
+            Err(e) if last_ok.elapsed() > options.lease => {
+                tracing::error!(term, error = %e, "could not renew the leader's lease in time");
+                lost.store(true, Ordering::Release);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(term, error = %e, "renewing the leader's lease failed; retrying")
+            }
+        }
+    }
+}
