@@ -310,6 +310,10 @@ async fn the_store_flag_chooses_the_backend() {
         ),
         (&["--store", "sqlite:"][..], "names no file"),
         (
+            &["--database-url", "mysql://x"][..],
+            "--database-url: unknown store `mysql://x`",
+        ),
+        (
             &["--store", "memory", "--full-sync"][..],
             "--full-sync applies to a SQLite store",
         ),

@@ -28,6 +28,10 @@ pub(crate) struct Args {
     /// `memory` (nothing survives the process: for trials and benchmarks).
     #[arg(long, env = "TASKGRID_STORE")]
     pub(crate) store: Option<StoreConfig>,
+    /// A PostgreSQL URL to store in, as `--store postgres://…` (the usual
+    /// variable of hosted PostgreSQL; `--store` wins when both are set).
+    #[arg(long, env = "TASKGRID_DATABASE_URL", hide_env_values = true)]
+    pub(crate) database_url: Option<String>,
     /// Token clients must send (`Authorization: Bearer`).
     #[arg(long, env = "TASKGRID_CLIENT_TOKEN", hide_env_values = true, value_parser = super::token)]
     pub(crate) client_token: Option<String>,
@@ -76,7 +80,14 @@ impl Args {
         } else {
             Durability::Process
         };
-        Ok(match &self.store {
+        let from_url = match (&self.store, &self.database_url) {
+            (None, Some(url)) => Some(
+                url.parse::<StoreConfig>()
+                    .map_err(|e| anyhow::anyhow!("--database-url: {e}"))?,
+            ),
+            _ => None,
+        };
+        Ok(match self.store.as_ref().or(from_url.as_ref()) {
             None => {
                 let (path, options) = sqlite_in(&self.data_dir, self.full_sync)?;
                 StoreConfig::Sqlite { path, options }

@@ -203,6 +203,7 @@ fn server_args(plan: &Plan, data_dir: &Path) -> server::Args {
         heartbeat_ms: plan.heartbeat_ms,
         full_sync: plan.full_sync,
         lease_ms: 3000,
+        database_url: None,
         store: match &plan.store {
             StoreKind::Sqlite => None,
             StoreKind::Memory => Some(StoreConfig::Memory),
