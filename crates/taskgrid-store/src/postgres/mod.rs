@@ -26,15 +26,14 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row, Statement, Transaction};
+use postgres::{Client, NoTls, Row};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use taskgrid_core::{
-    AttemptRecord, Change, OutputChunk, Progress, State, Stream, TaskId, TaskRecord, TaskStatus,
-    Timestamp, WorkerId,
+    AttemptRecord, Change, OutputChunk, State, Stream, TaskId, TaskRecord, Timestamp, WorkerId,
 };
 
-use crate::attempt::{AttemptOp, attempt_ops, duplicate_attempt, parse_outcome};
+use crate::attempt::parse_outcome;
 use crate::{Store, StoreError, TaskQuery, counts_in_order, state_index};
 
 /// An error from PostgreSQL, as a [`StoreError::Backend`] whose message says
@@ -310,7 +309,7 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn micros(t: Timestamp) -> i64 {
+pub(super) fn micros(t: Timestamp) -> i64 {
     t.as_micros() as i64
 }
 
@@ -318,7 +317,7 @@ fn timestamp(v: i64) -> Timestamp {
     Timestamp::from_micros(v as u64)
 }
 
-fn json<T: Serialize>(id: TaskId, what: &str, value: &T) -> Result<String, StoreError> {
+pub(super) fn json<T: Serialize>(id: TaskId, what: &str, value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value)
         .map_err(|e| StoreError::Invalid(format!("task {id}: cannot encode {what}: {e}")))
 }
@@ -332,245 +331,6 @@ fn from_json<T: DeserializeOwned>(id: TaskId, what: &str, text: &str) -> Result<
 fn col<'a, T: postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, StoreError> {
     row.try_get(i)
         .map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
-}
-
-/// The statements of the write path, prepared once per `apply`.
-struct Batch<'t, 'c> {
-    tx: &'t mut Transaction<'c>,
-    insert_task: Statement,
-    insert_tag: Statement,
-    update_status: Statement,
-    task_exists: Statement,
-    insert_attempt: Statement,
-    start_attempt: Statement,
-    finish_attempt: Statement,
-    insert_output: Statement,
-}
-
-impl<'t, 'c> Batch<'t, 'c> {
-    fn new(tx: &'t mut Transaction<'c>) -> Result<Self, StoreError> {
-        Ok(Batch {
-            insert_task: tx.prepare(
-                "INSERT INTO tasks (id, queue, state, worker, parent, created_at, spec, status, \
-                 progress, checkpoint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                 ON CONFLICT DO NOTHING",
-            )?,
-            insert_tag: tx.prepare(
-                "INSERT INTO task_tags (tag, task_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            )?,
-            update_status: tx.prepare(
-                "UPDATE tasks SET state = $3, worker = $4, status = $5 WHERE id = $1 AND state = $2",
-            )?,
-            task_exists: tx.prepare("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1)")?,
-            insert_attempt: tx.prepare(
-                "INSERT INTO attempts (task_id, attempt, worker, assigned_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            )?,
-            start_attempt: tx.prepare(
-                "UPDATE attempts SET started_at = $3 WHERE task_id = $1 AND attempt = $2",
-            )?,
-            finish_attempt: tx.prepare(
-                "UPDATE attempts SET finished_at = $3, outcome = $4, error = $5, exit_code = $6, \
-                 cpu_seconds = $7, peak_rss_bytes = $8, signal = $9 \
-                 WHERE task_id = $1 AND attempt = $2",
-            )?,
-            insert_output: tx.prepare(
-                "INSERT INTO output (task_id, attempt, stream, data) \
-                 SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1)",
-            )?,
-            tx,
-        })
-    }
-
-    fn exec(
-        &mut self,
-        stmt: &Statement,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, StoreError> {
-        Ok(self.tx.execute(stmt, params)?)
-    }
-
-    fn apply_all(&mut self, changes: &[Change]) -> Result<(), StoreError> {
-        for change in changes {
-            match change {
-                Change::Submitted(rec) => self.submitted(rec)?,
-                Change::Status {
-                    id,
-                    from,
-                    at,
-                    status,
-                    attempt_outcome,
-                } => {
-                    self.status(*id, *from, status)?;
-                    for op in attempt_ops(*id, *from, *at, status, *attempt_outcome)?
-                        .into_iter()
-                        .flatten()
-                    {
-                        self.attempt(*id, op)?;
-                    }
-                }
-                Change::Progress { id, progress } => self.progress(*id, progress)?,
-                Change::Checkpoint { id, data } => {
-                    let key = id.to_bytes().to_vec();
-                    let n = self.tx.execute(
-                        "UPDATE tasks SET checkpoint = $2 WHERE id = $1",
-                        &[&key, &&**data],
-                    )?;
-                    if n == 0 {
-                        return Err(StoreError::NotFound(*id));
-                    }
-                }
-                Change::Output(chunk) => self.output(chunk)?,
-                Change::Queue { name, paused } => {
-                    let sql = if *paused {
-                        "INSERT INTO paused_queues (name) VALUES ($1) ON CONFLICT DO NOTHING"
-                    } else {
-                        "DELETE FROM paused_queues WHERE name = $1"
-                    };
-                    self.tx.execute(sql, &[name])?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn submitted(&mut self, rec: &TaskRecord) -> Result<(), StoreError> {
-        let key = rec.id.to_bytes().to_vec();
-        let parent = rec.spec.parent.map(|p| p.to_bytes().to_vec());
-        let progress = rec
-            .progress
-            .as_ref()
-            .map(|p| json(rec.id, "progress", p))
-            .transpose()?;
-        let stmt = self.insert_task.clone();
-        let inserted = self.exec(
-            &stmt,
-            &[
-                &key,
-                &&*rec.spec.queue,
-                &rec.status.state.as_str(),
-                &rec.status.worker.as_ref().map(|w| w.as_str()),
-                &parent,
-                &micros(rec.created_at),
-                &json(rec.id, "spec", &rec.spec)?,
-                &json(rec.id, "status", &rec.status)?,
-                &progress,
-                &rec.checkpoint.as_deref(),
-            ],
-        )?;
-        if inserted == 0 {
-            return Err(StoreError::Duplicate(rec.id));
-        }
-        let stmt = self.insert_tag.clone();
-        for tag in &rec.spec.tags {
-            self.exec(&stmt, &[tag, &key])?;
-        }
-        Ok(())
-    }
-
-    /// Compare-and-set of the task's status.
-    fn status(&mut self, id: TaskId, from: State, status: &TaskStatus) -> Result<(), StoreError> {
-        let key = id.to_bytes().to_vec();
-        let stmt = self.update_status.clone();
-        let updated = self.exec(
-            &stmt,
-            &[
-                &key,
-                &from.as_str(),
-                &status.state.as_str(),
-                &status.worker.as_ref().map(|w| w.as_str()),
-                &json(id, "status", status)?,
-            ],
-        )?;
-        if updated == 0 {
-            let exists: bool = self.tx.query_one(&self.task_exists, &[&key])?.get(0);
-            return Err(if exists {
-                StoreError::Conflict { id, expected: from }
-            } else {
-                StoreError::NotFound(id)
-            });
-        }
-        Ok(())
-    }
-
-    fn attempt(&mut self, id: TaskId, op: AttemptOp<'_>) -> Result<(), StoreError> {
-        let key = id.to_bytes().to_vec();
-        match op {
-            AttemptOp::Assign {
-                attempt,
-                worker,
-                at,
-            } => {
-                let stmt = self.insert_attempt.clone();
-                let n = self.exec(
-                    &stmt,
-                    &[&key, &i64::from(attempt), &worker.as_str(), &micros(at)],
-                )?;
-                if n == 0 {
-                    return Err(duplicate_attempt(id, attempt));
-                }
-            }
-            AttemptOp::Start { attempt, at } => {
-                let stmt = self.start_attempt.clone();
-                self.exec(&stmt, &[&key, &i64::from(attempt), &micros(at)])?;
-            }
-            AttemptOp::Finish {
-                attempt,
-                at,
-                outcome,
-                error,
-                exit_code,
-                usage,
-            } => {
-                let stmt = self.finish_attempt.clone();
-                self.exec(
-                    &stmt,
-                    &[
-                        &key,
-                        &i64::from(attempt),
-                        &micros(at),
-                        &outcome.as_str(),
-                        &error,
-                        &exit_code,
-                        &usage.map(|u| u.cpu_seconds),
-                        &usage.map(|u| i64::try_from(u.peak_rss_bytes).unwrap_or(i64::MAX)),
-                        &usage.and_then(|u| u.signal),
-                    ],
-                )?;
-            }
-        }
-        Ok(())
-    }
-
-    fn progress(&mut self, id: TaskId, progress: &Progress) -> Result<(), StoreError> {
-        let key = id.to_bytes().to_vec();
-        let n = self.tx.execute(
-            "UPDATE tasks SET progress = $2 WHERE id = $1",
-            &[&key, &json(id, "progress", progress)?],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(id));
-        }
-        Ok(())
-    }
-
-    fn output(&mut self, chunk: &OutputChunk) -> Result<(), StoreError> {
-        let key = chunk.task.to_bytes().to_vec();
-        let stmt = self.insert_output.clone();
-        let n = self.exec(
-            &stmt,
-            &[
-                &key,
-                &i64::from(chunk.attempt),
-                &chunk.stream.as_str(),
-                &chunk.data,
-            ],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(chunk.task));
-        }
-        Ok(())
-    }
 }
 
 const TASK_COLUMNS: &str = "id, created_at, spec, status, progress, checkpoint";
@@ -608,7 +368,7 @@ impl Store for PostgresStore {
         if let Some(lease) = &self.lease {
             lease.fence(&mut tx)?;
         }
-        Batch::new(&mut tx)?.apply_all(changes)?;
+        bulk::apply(&mut tx, changes)?;
         // Dropping `tx` on the error path above rolls back.
         tx.commit()?;
         Ok(())
@@ -799,6 +559,7 @@ impl Store for PostgresStore {
     }
 }
 
+mod bulk;
 mod lease;
 
 use lease::Lease;

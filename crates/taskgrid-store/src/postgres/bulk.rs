@@ -1,0 +1,463 @@
+//! The PostgreSQL write path: one statement per kind of change per commit,
+//! never one round trip per task. A batch's changes are grouped (tasks to
+//! insert, status compare-and-sets, attempt rows, progress, checkpoints,
+//! output) and each group is written with one statement over `UNNEST`ed
+//! arrays; the rows each statement touched are checked against the group,
+//! so a duplicate, a stale `from` state or an unknown task fails the whole
+//! transaction exactly as the one-by-one path would.
+//!
+//! Several status changes of one task in one batch (a task submitted,
+//! assigned, started and finished between two commits) are folded into
+//! one compare-and-set from the first `from` to the last status; a chain
+//! whose links do not follow is a conflict, as it is on SQLite.
+
+use std::collections::HashMap;
+
+use postgres::Transaction;
+use postgres::types::ToSql;
+use taskgrid_core::{Change, State, TaskId, TaskRecord, TaskStatus};
+
+use crate::StoreError;
+use crate::attempt::{AttemptOp, attempt_ops, duplicate_attempt};
+
+use super::{json, micros};
+
+/// Applies `changes` inside `tx`.
+pub(super) fn apply(tx: &mut Transaction<'_>, changes: &[Change]) -> Result<(), StoreError> {
+    let mut b = Groups::default();
+    for change in changes {
+        b.add(change)?;
+    }
+    b.write(tx)
+}
+
+/// A status compare-and-set, folded over a task's changes in the batch.
+struct Cas<'a> {
+    id: TaskId,
+    from: State,
+    status: &'a TaskStatus,
+}
+
+#[derive(Default)]
+struct Groups<'a> {
+    inserts: Vec<&'a TaskRecord>,
+    cas: Vec<Cas<'a>>,
+    cas_index: HashMap<TaskId, usize>,
+    /// A chain in the batch whose link did not follow: the conflict to
+    /// report (after the inserts, as the one-by-one path would).
+    broken: Option<StoreError>,
+    assigns: Vec<(TaskId, u32, String, i64)>,
+    starts: Vec<(TaskId, u32, i64)>,
+    finishes: Vec<Finish>,
+    progress: Vec<(TaskId, String)>,
+    checkpoints: Vec<(TaskId, &'a str)>,
+    output: Vec<(TaskId, u32, &'static str, &'a str)>,
+    queues: Vec<(&'a str, bool)>,
+}
+
+struct Finish {
+    id: TaskId,
+    attempt: u32,
+    at: i64,
+    outcome: &'static str,
+    error: Option<String>,
+    exit_code: Option<i32>,
+    cpu_seconds: Option<f64>,
+    peak_rss_bytes: Option<i64>,
+    signal: Option<i32>,
+}
+
+impl<'a> Groups<'a> {
+    fn add(&mut self, change: &'a Change) -> Result<(), StoreError> {
+        match change {
+            Change::Submitted(rec) => self.inserts.push(rec),
+            Change::Status {
+                id,
+                from,
+                at,
+                status,
+                attempt_outcome,
+            } => {
+                match self.cas_index.get(id) {
+                    Some(&i) => {
+                        let fold = &mut self.cas[i];
+                        if fold.status.state != *from && self.broken.is_none() {
+                            self.broken = Some(StoreError::Conflict {
+                                id: *id,
+                                expected: *from,
+                            });
+                        }
+                        fold.status = status;
+                    }
+                    None => {
+                        self.cas_index.insert(*id, self.cas.len());
+                        self.cas.push(Cas {
+                            id: *id,
+                            from: *from,
+                            status,
+                        });
+                    }
+                }
+                for op in attempt_ops(*id, *from, *at, status, *attempt_outcome)?
+                    .into_iter()
+                    .flatten()
+                {
+                    match op {
+                        AttemptOp::Assign {
+                            attempt,
+                            worker,
+                            at,
+                        } => self.assigns.push((
+                            *id,
+                            attempt,
+                            worker.as_str().to_owned(),
+                            micros(at),
+                        )),
+                        AttemptOp::Start { attempt, at } => {
+                            self.starts.push((*id, attempt, micros(at)));
+                        }
+                        AttemptOp::Finish {
+                            attempt,
+                            at,
+                            outcome,
+                            error,
+                            exit_code,
+                            usage,
+                        } => self.finishes.push(Finish {
+                            id: *id,
+                            attempt,
+                            at: micros(at),
+                            outcome: outcome.as_str(),
+                            error: error.map(str::to_owned),
+                            exit_code,
+                            cpu_seconds: usage.map(|u| u.cpu_seconds),
+                            peak_rss_bytes: usage
+                                .map(|u| i64::try_from(u.peak_rss_bytes).unwrap_or(i64::MAX)),
+                            signal: usage.and_then(|u| u.signal),
+                        }),
+                    }
+                }
+            }
+            Change::Progress { id, progress } => {
+                self.progress.push((*id, json(*id, "progress", progress)?));
+            }
+            Change::Checkpoint { id, data } => self.checkpoints.push((*id, data)),
+            Change::Output(chunk) => self.output.push((
+                chunk.task,
+                chunk.attempt,
+                chunk.stream.as_str(),
+                &chunk.data,
+            )),
+            Change::Queue { name, paused } => self.queues.push((name, *paused)),
+        }
+        Ok(())
+    }
+
+    fn write(self, tx: &mut Transaction<'_>) -> Result<(), StoreError> {
+        self.write_inserts(tx)?;
+        if let Some(conflict) = self.broken {
+            return Err(conflict);
+        }
+        write_cas(tx, &self.cas)?;
+        write_attempts(tx, &self.assigns, &self.starts, &self.finishes)?;
+        write_fields(tx, "progress", &self.progress)?;
+        let checkpoints: Vec<(TaskId, String)> = self
+            .checkpoints
+            .iter()
+            .map(|(id, d)| (*id, (*d).to_owned()))
+            .collect();
+        write_fields(tx, "checkpoint", &checkpoints)?;
+        write_output(tx, &self.output)?;
+        for (name, paused) in self.queues {
+            let sql = if paused {
+                "INSERT INTO paused_queues (name) VALUES ($1) ON CONFLICT DO NOTHING"
+            } else {
+                "DELETE FROM paused_queues WHERE name = $1"
+            };
+            tx.execute(sql, &[&name])?;
+        }
+        Ok(())
+    }
+
+    fn write_inserts(&self, tx: &mut Transaction<'_>) -> Result<(), StoreError> {
+        if self.inserts.is_empty() {
+            return Ok(());
+        }
+        let n = self.inserts.len();
+        let (mut ids, mut queues, mut states, mut workers, mut parents) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut created, mut specs, mut statuses, mut progress, mut checkpoints) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut tags, mut tag_ids) = (Vec::new(), Vec::new());
+        for rec in &self.inserts {
+            let key = rec.id.to_bytes().to_vec();
+            for tag in &rec.spec.tags {
+                tags.push(tag.clone());
+                tag_ids.push(key.clone());
+            }
+            ids.push(key);
+            queues.push(rec.spec.queue.to_string());
+            states.push(rec.status.state.as_str());
+            workers.push(rec.status.worker.as_ref().map(|w| w.as_str().to_owned()));
+            parents.push(rec.spec.parent.map(|p| p.to_bytes().to_vec()));
+            created.push(micros(rec.created_at));
+            specs.push(json(rec.id, "spec", &rec.spec)?);
+            statuses.push(json(rec.id, "status", &rec.status)?);
+            progress.push(
+                rec.progress
+                    .as_ref()
+                    .map(|p| json(rec.id, "progress", p))
+                    .transpose()?,
+            );
+            checkpoints.push(rec.checkpoint.as_deref().map(str::to_owned));
+        }
+        let rows = tx.query(
+            "INSERT INTO tasks (id, queue, state, worker, parent, created_at, spec, status, \
+             progress, checkpoint) \
+             SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bytea[], \
+             $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[]) \
+             ON CONFLICT DO NOTHING RETURNING id",
+            &[
+                &ids,
+                &queues,
+                &states,
+                &workers,
+                &parents,
+                &created,
+                &specs,
+                &statuses,
+                &progress,
+                &checkpoints,
+            ],
+        )?;
+        if rows.len() != n {
+            let mut inserted: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+            inserted.sort();
+            // The first task of the batch that was not inserted: its id was
+            // stored already, or came twice in the batch.
+            let mut seen = std::collections::HashSet::new();
+            for rec in &self.inserts {
+                let key = rec.id.to_bytes().to_vec();
+                if inserted.binary_search(&key).is_err() || !seen.insert(key) {
+                    return Err(StoreError::Duplicate(rec.id));
+                }
+            }
+        }
+        if !tags.is_empty() {
+            tx.execute(
+                "INSERT INTO task_tags (tag, task_id) \
+                 SELECT * FROM UNNEST($1::text[], $2::bytea[]) ON CONFLICT DO NOTHING",
+                &[&tags, &tag_ids],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The keys of `ids` not among `touched`, first one first: the rows a bulk
+/// statement missed.
+fn first_missing(ids: &[TaskId], touched: &[Vec<u8>]) -> Option<TaskId> {
+    let mut touched: Vec<&Vec<u8>> = touched.iter().collect();
+    touched.sort();
+    ids.iter()
+        .copied()
+        .find(|id| touched.binary_search(&&id.to_bytes().to_vec()).is_err())
+}
+
+fn write_cas(tx: &mut Transaction<'_>, cas: &[Cas<'_>]) -> Result<(), StoreError> {
+    if cas.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Vec<u8>> = cas.iter().map(|c| c.id.to_bytes().to_vec()).collect();
+    let from: Vec<&str> = cas.iter().map(|c| c.from.as_str()).collect();
+    let to: Vec<&str> = cas.iter().map(|c| c.status.state.as_str()).collect();
+    let workers: Vec<Option<&str>> = cas
+        .iter()
+        .map(|c| c.status.worker.as_ref().map(|w| w.as_str()))
+        .collect();
+    let statuses = cas
+        .iter()
+        .map(|c| json(c.id, "status", c.status))
+        .collect::<Result<Vec<String>, _>>()?;
+    let rows = tx.query(
+        "UPDATE tasks AS t SET state = v.to_state, worker = v.worker, status = v.status \
+         FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+         AS v(id, from_state, to_state, worker, status) \
+         WHERE t.id = v.id AND t.state = v.from_state RETURNING t.id",
+        &[&ids, &from, &to, &workers, &statuses],
+    )?;
+    if rows.len() == cas.len() {
+        return Ok(());
+    }
+    let touched: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+    let all: Vec<TaskId> = cas.iter().map(|c| c.id).collect();
+    let Some(id) = first_missing(&all, &touched) else {
+        return Ok(());
+    };
+    let key = id.to_bytes().to_vec();
+    let exists: bool = tx
+        .query_one("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1)", &[&key])?
+        .get(0);
+    let expected = cas
+        .iter()
+        .find(|c| c.id == id)
+        .map_or(State::Queued, |c| c.from);
+    Err(if exists {
+        StoreError::Conflict { id, expected }
+    } else {
+        StoreError::NotFound(id)
+    })
+}
+
+fn write_attempts(
+    tx: &mut Transaction<'_>,
+    assigns: &[(TaskId, u32, String, i64)],
+    starts: &[(TaskId, u32, i64)],
+    finishes: &[Finish],
+) -> Result<(), StoreError> {
+    if !assigns.is_empty() {
+        let ids: Vec<Vec<u8>> = assigns.iter().map(|a| a.0.to_bytes().to_vec()).collect();
+        let attempts: Vec<i64> = assigns.iter().map(|a| i64::from(a.1)).collect();
+        let workers: Vec<&str> = assigns.iter().map(|a| a.2.as_str()).collect();
+        let at: Vec<i64> = assigns.iter().map(|a| a.3).collect();
+        let rows = tx.query(
+            "INSERT INTO attempts (task_id, attempt, worker, assigned_at) \
+             SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::text[], $4::bigint[]) \
+             ON CONFLICT DO NOTHING RETURNING task_id, attempt",
+            &[&ids, &attempts, &workers, &at],
+        )?;
+        if rows.len() != assigns.len() {
+            let mut done: Vec<(Vec<u8>, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            done.sort();
+            let mut seen = std::collections::HashSet::new();
+            for (id, attempt, _, _) in assigns {
+                let key = (id.to_bytes().to_vec(), i64::from(*attempt));
+                if done.binary_search(&key).is_err() || !seen.insert(key) {
+                    return Err(duplicate_attempt(*id, *attempt));
+                }
+            }
+        }
+    }
+    if !starts.is_empty() {
+        // A later stamp of the same attempt wins, as applied in order.
+        let mut last: HashMap<(TaskId, u32), i64> = HashMap::new();
+        for (id, attempt, at) in starts {
+            last.insert((*id, *attempt), *at);
+        }
+        let ids: Vec<Vec<u8>> = last.keys().map(|k| k.0.to_bytes().to_vec()).collect();
+        let attempts: Vec<i64> = last.keys().map(|k| i64::from(k.1)).collect();
+        let at: Vec<i64> = last.values().copied().collect();
+        tx.execute(
+            "UPDATE attempts AS a SET started_at = v.at \
+             FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[]) AS v(task_id, attempt, at) \
+             WHERE a.task_id = v.task_id AND a.attempt = v.attempt",
+            &[&ids, &attempts, &at],
+        )?;
+    }
+    if !finishes.is_empty() {
+        let mut last: HashMap<(TaskId, u32), &Finish> = HashMap::new();
+        for f in finishes {
+            last.insert((f.id, f.attempt), f);
+        }
+        let fs: Vec<&Finish> = last.into_values().collect();
+        let ids: Vec<Vec<u8>> = fs.iter().map(|f| f.id.to_bytes().to_vec()).collect();
+        let attempts: Vec<i64> = fs.iter().map(|f| i64::from(f.attempt)).collect();
+        let at: Vec<i64> = fs.iter().map(|f| f.at).collect();
+        let outcomes: Vec<&str> = fs.iter().map(|f| f.outcome).collect();
+        let errors: Vec<Option<&str>> = fs.iter().map(|f| f.error.as_deref()).collect();
+        let codes: Vec<Option<i32>> = fs.iter().map(|f| f.exit_code).collect();
+        let cpu: Vec<Option<f64>> = fs.iter().map(|f| f.cpu_seconds).collect();
+        let rss: Vec<Option<i64>> = fs.iter().map(|f| f.peak_rss_bytes).collect();
+        let signals: Vec<Option<i32>> = fs.iter().map(|f| f.signal).collect();
+        let params: [&(dyn ToSql + Sync); 9] = [
+            &ids, &attempts, &at, &outcomes, &errors, &codes, &cpu, &rss, &signals,
+        ];
+        tx.execute(
+            "UPDATE attempts AS a SET finished_at = v.at, outcome = v.outcome, error = v.error, \
+             exit_code = v.exit_code, cpu_seconds = v.cpu, peak_rss_bytes = v.rss, \
+             signal = v.signal \
+             FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], \
+             $6::integer[], $7::float8[], $8::bigint[], $9::integer[]) \
+             AS v(task_id, attempt, at, outcome, error, exit_code, cpu, rss, signal) \
+             WHERE a.task_id = v.task_id AND a.attempt = v.attempt",
+            &params,
+        )?;
+    }
+    Ok(())
+}
+
+/// Overwrites column `column` (`progress` or `checkpoint`) of each task; the
+/// last value of a task in the batch wins. An unknown task is `NotFound`.
+fn write_fields(
+    tx: &mut Transaction<'_>,
+    column: &str,
+    values: &[(TaskId, String)],
+) -> Result<(), StoreError> {
+    if values.is_empty() {
+        return Ok(());
+    }
+    let mut last: HashMap<TaskId, &str> = HashMap::new();
+    let mut order = Vec::new();
+    for (id, v) in values {
+        if last.insert(*id, v).is_none() {
+            order.push(*id);
+        }
+    }
+    let ids: Vec<Vec<u8>> = order.iter().map(|id| id.to_bytes().to_vec()).collect();
+    let vals: Vec<&str> = order.iter().map(|id| last[id]).collect();
+    let rows = tx.query(
+        &format!(
+            "UPDATE tasks AS t SET {column} = v.val \
+             FROM UNNEST($1::bytea[], $2::text[]) AS v(id, val) WHERE t.id = v.id RETURNING t.id"
+        ),
+        &[&ids, &vals],
+    )?;
+    if rows.len() != order.len() {
+        let touched: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+        if let Some(id) = first_missing(&order, &touched) {
+            return Err(StoreError::NotFound(id));
+        }
+    }
+    Ok(())
+}
+
+/// Appends output chunks in batch order (their sequence numbers follow it).
+fn write_output(
+    tx: &mut Transaction<'_>,
+    output: &[(TaskId, u32, &str, &str)],
+) -> Result<(), StoreError> {
+    if output.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Vec<u8>> = output.iter().map(|o| o.0.to_bytes().to_vec()).collect();
+    let attempts: Vec<i64> = output.iter().map(|o| i64::from(o.1)).collect();
+    let streams: Vec<&str> = output.iter().map(|o| o.2).collect();
+    let data: Vec<&str> = output.iter().map(|o| o.3).collect();
+    let rows = tx.query(
+        "INSERT INTO output (task_id, attempt, stream, data) \
+         SELECT v.task_id, v.attempt, v.stream, v.data \
+         FROM UNNEST($1::bytea[], $2::bigint[], $3::text[], $4::text[]) \
+         WITH ORDINALITY AS v(task_id, attempt, stream, data, n) \
+         WHERE EXISTS (SELECT 1 FROM tasks WHERE id = v.task_id) ORDER BY v.n \
+         RETURNING task_id",
+        &[&ids, &attempts, &streams, &data],
+    )?;
+    if rows.len() != output.len() {
+        let touched: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+        let all: Vec<TaskId> = output.iter().map(|o| o.0).collect();
+        if let Some(id) = first_missing(&all, &touched) {
+            return Err(StoreError::NotFound(id));
+        }
+    }
+    Ok(())
+}
