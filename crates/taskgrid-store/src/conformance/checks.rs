@@ -690,3 +690,34 @@ pub fn chained_changes_in_one_batch(store: &dyn Store) {
 fn state_position(s: State) -> usize {
     State::ALL.iter().position(|x| *x == s).unwrap()
 }
+
+/// Free text from programs — output, checkpoints, an attempt's error — can
+/// hold any character, a NUL included, and reads back exactly.
+pub fn any_text_round_trips(store: &dyn Store) {
+    let odd = "nul:\0 tab:\t newline:\n emoji:\u{1f980} high:\u{10ffff}";
+    let a = task(1);
+    let mut life = Life::of(&a);
+    store
+        .apply(&[
+            submit(a.clone()),
+            life.assign("w1", 10),
+            life.to(State::Running, 11, None, |s| s.started_at = Some(ts(11))),
+            output(1, 1, odd),
+            Change::Checkpoint {
+                id: a.id,
+                data: odd.into(),
+            },
+            life.to(State::Failed, 12, Some(AttemptOutcome::Failed), |s| {
+                s.error = Some(TaskFailure::new(FailureCode::Error, odd));
+            }),
+        ])
+        .unwrap();
+    let out = store.output(a.id, 0, 10).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.data, odd);
+    let rec = store.get(a.id).unwrap().unwrap();
+    assert_eq!(rec.checkpoint.as_deref(), Some(odd));
+    assert_eq!(rec.status.error.map(|e| e.message), Some(odd.to_owned()));
+    let attempts = store.attempts(a.id).unwrap();
+    assert_eq!(attempts[0].error.as_deref(), Some(odd));
+}

@@ -60,6 +60,7 @@ macro_rules! conformance_tests {
                 empty_apply_is_a_no_op,
                 queue_pauses_are_kept,
                 chained_changes_in_one_batch,
+                any_text_round_trips,
             );
         }
     };

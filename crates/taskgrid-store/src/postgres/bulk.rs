@@ -6,6 +6,11 @@
 //! so a duplicate, a stale `from` state or an unknown task fails the whole
 //! transaction exactly as the one-by-one path would.
 //!
+//! Where several problems are in one batch, the error reported may differ
+//! from the one-by-one path's (inserts are checked first, then the status
+//! changes, then the attempt rows): the batch fails and writes nothing
+//! either way.
+//!
 //! Several status changes of one task in one batch (a task submitted,
 //! assigned, started and finished between two commits) are folded into
 //! one compare-and-set from the first `from` to the last status; a chain
@@ -24,6 +29,33 @@ use super::{json, micros};
 
 /// Applies `changes` inside `tx`.
 pub(super) fn apply(tx: &mut Transaction<'_>, changes: &[Change]) -> Result<(), StoreError> {
+    // Grouping writes every insert first. A change to a task that comes
+    // before the task's own `Submitted` in the batch would fail one by one
+    // (the task is unknown, or, if it exists, its submit is a duplicate):
+    // fail the same way rather than apply it.
+    let mut first_submit: HashMap<TaskId, usize> = HashMap::new();
+    for (i, c) in changes.iter().enumerate() {
+        if let Change::Submitted(rec) = c {
+            first_submit.entry(rec.id).or_insert(i);
+        }
+    }
+    if !first_submit.is_empty() {
+        for (i, c) in changes.iter().enumerate() {
+            let Some(id) = c.task_id() else { continue };
+            if matches!(c, Change::Submitted(_)) || first_submit.get(&id).is_none_or(|&s| s < i) {
+                continue;
+            }
+            let key = id.to_bytes().to_vec();
+            let exists: bool = tx
+                .query_one("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1)", &[&key])?
+                .try_get(0)?;
+            return Err(if exists {
+                StoreError::Duplicate(id)
+            } else {
+                StoreError::NotFound(id)
+            });
+        }
+    }
     let mut b = Groups::default();
     for change in changes {
         b.add(change)?;
@@ -44,7 +76,7 @@ struct Groups<'a> {
     cas: Vec<Cas<'a>>,
     cas_index: HashMap<TaskId, usize>,
     /// A chain in the batch whose link did not follow: the conflict to
-    /// report (after the inserts, as the one-by-one path would).
+    /// report (once the inserts are checked).
     broken: Option<StoreError>,
     assigns: Vec<(TaskId, u32, String, i64)>,
     starts: Vec<(TaskId, u32, i64)>,
@@ -160,13 +192,15 @@ impl<'a> Groups<'a> {
         }
         write_cas(tx, &self.cas)?;
         write_attempts(tx, &self.assigns, &self.starts, &self.finishes)?;
-        write_fields(tx, "progress", &self.progress)?;
+        write_fields(tx, "progress", "text", &self.progress, |v| v.to_owned())?;
         let checkpoints: Vec<(TaskId, String)> = self
             .checkpoints
             .iter()
             .map(|(id, d)| (*id, (*d).to_owned()))
             .collect();
-        write_fields(tx, "checkpoint", &checkpoints)?;
+        write_fields(tx, "checkpoint", "bytea", &checkpoints, |v| {
+            v.as_bytes().to_vec()
+        })?;
         write_output(tx, &self.output)?;
         for (name, paused) in self.queues {
             let sql = if paused {
@@ -219,13 +253,13 @@ impl<'a> Groups<'a> {
                     .map(|p| json(rec.id, "progress", p))
                     .transpose()?,
             );
-            checkpoints.push(rec.checkpoint.as_deref().map(str::to_owned));
+            checkpoints.push(rec.checkpoint.as_deref().map(|c| c.as_bytes().to_vec()));
         }
         let rows = tx.query(
             "INSERT INTO tasks (id, queue, state, worker, parent, created_at, spec, status, \
              progress, checkpoint) \
              SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bytea[], \
-             $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[]) \
+             $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bytea[]) \
              ON CONFLICT DO NOTHING RETURNING id",
             &[
                 &ids,
@@ -241,7 +275,10 @@ impl<'a> Groups<'a> {
             ],
         )?;
         if rows.len() != n {
-            let mut inserted: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+            let mut inserted: Vec<Vec<u8>> = rows
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
             inserted.sort();
             // The first task of the batch that was not inserted: its id was
             // stored already, or came twice in the batch.
@@ -299,7 +336,10 @@ fn write_cas(tx: &mut Transaction<'_>, cas: &[Cas<'_>]) -> Result<(), StoreError
     if rows.len() == cas.len() {
         return Ok(());
     }
-    let touched: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+    let touched: Vec<Vec<u8>> = rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
     let all: Vec<TaskId> = cas.iter().map(|c| c.id).collect();
     let Some(id) = first_missing(&all, &touched) else {
         return Ok(());
@@ -307,7 +347,7 @@ fn write_cas(tx: &mut Transaction<'_>, cas: &[Cas<'_>]) -> Result<(), StoreError
     let key = id.to_bytes().to_vec();
     let exists: bool = tx
         .query_one("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1)", &[&key])?
-        .get(0);
+        .try_get(0)?;
     let expected = cas
         .iter()
         .find(|c| c.id == id)
@@ -337,7 +377,10 @@ fn write_attempts(
             &[&ids, &attempts, &workers, &at],
         )?;
         if rows.len() != assigns.len() {
-            let mut done: Vec<(Vec<u8>, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            let mut done: Vec<(Vec<u8>, i64)> = rows
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<_, postgres::Error>>()?;
             done.sort();
             let mut seen = std::collections::HashSet::new();
             for (id, attempt, _, _) in assigns {
@@ -374,7 +417,10 @@ fn write_attempts(
         let attempts: Vec<i64> = fs.iter().map(|f| i64::from(f.attempt)).collect();
         let at: Vec<i64> = fs.iter().map(|f| f.at).collect();
         let outcomes: Vec<&str> = fs.iter().map(|f| f.outcome).collect();
-        let errors: Vec<Option<&str>> = fs.iter().map(|f| f.error.as_deref()).collect();
+        let errors: Vec<Option<&[u8]>> = fs
+            .iter()
+            .map(|f| f.error.as_deref().map(str::as_bytes))
+            .collect();
         let codes: Vec<Option<i32>> = fs.iter().map(|f| f.exit_code).collect();
         let cpu: Vec<Option<f64>> = fs.iter().map(|f| f.cpu_seconds).collect();
         let rss: Vec<Option<i64>> = fs.iter().map(|f| f.peak_rss_bytes).collect();
@@ -386,7 +432,7 @@ fn write_attempts(
             "UPDATE attempts AS a SET finished_at = v.at, outcome = v.outcome, error = v.error, \
              exit_code = v.exit_code, cpu_seconds = v.cpu, peak_rss_bytes = v.rss, \
              signal = v.signal \
-             FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], \
+             FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[], $4::text[], $5::bytea[], \
              $6::integer[], $7::float8[], $8::bigint[], $9::integer[]) \
              AS v(task_id, attempt, at, outcome, error, exit_code, cpu, rss, signal) \
              WHERE a.task_id = v.task_id AND a.attempt = v.attempt",
@@ -398,10 +444,12 @@ fn write_attempts(
 
 /// Overwrites column `column` (`progress` or `checkpoint`) of each task; the
 /// last value of a task in the batch wins. An unknown task is `NotFound`.
-fn write_fields(
+fn write_fields<T: ToSql + Sync>(
     tx: &mut Transaction<'_>,
     column: &str,
+    sql_type: &str,
     values: &[(TaskId, String)],
+    encode: impl Fn(&str) -> T,
 ) -> Result<(), StoreError> {
     if values.is_empty() {
         return Ok(());
@@ -414,16 +462,22 @@ fn write_fields(
         }
     }
     let ids: Vec<Vec<u8>> = order.iter().map(|id| id.to_bytes().to_vec()).collect();
-    let vals: Vec<&str> = order.iter().map(|id| last[id]).collect();
+    let vals: Vec<T> = order
+        .iter()
+        .map(|id| encode(last.get(id).copied().unwrap_or_default()))
+        .collect();
     let rows = tx.query(
         &format!(
             "UPDATE tasks AS t SET {column} = v.val \
-             FROM UNNEST($1::bytea[], $2::text[]) AS v(id, val) WHERE t.id = v.id RETURNING t.id"
+             FROM UNNEST($1::bytea[], $2::{sql_type}[]) AS v(id, val) WHERE t.id = v.id RETURNING t.id"
         ),
         &[&ids, &vals],
     )?;
     if rows.len() != order.len() {
-        let touched: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+        let touched: Vec<Vec<u8>> = rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
         if let Some(id) = first_missing(&order, &touched) {
             return Err(StoreError::NotFound(id));
         }
@@ -442,18 +496,21 @@ fn write_output(
     let ids: Vec<Vec<u8>> = output.iter().map(|o| o.0.to_bytes().to_vec()).collect();
     let attempts: Vec<i64> = output.iter().map(|o| i64::from(o.1)).collect();
     let streams: Vec<&str> = output.iter().map(|o| o.2).collect();
-    let data: Vec<&str> = output.iter().map(|o| o.3).collect();
+    let data: Vec<&[u8]> = output.iter().map(|o| o.3.as_bytes()).collect();
     let rows = tx.query(
         "INSERT INTO output (task_id, attempt, stream, data) \
          SELECT v.task_id, v.attempt, v.stream, v.data \
-         FROM UNNEST($1::bytea[], $2::bigint[], $3::text[], $4::text[]) \
+         FROM UNNEST($1::bytea[], $2::bigint[], $3::text[], $4::bytea[]) \
          WITH ORDINALITY AS v(task_id, attempt, stream, data, n) \
          WHERE EXISTS (SELECT 1 FROM tasks WHERE id = v.task_id) ORDER BY v.n \
          RETURNING task_id",
         &[&ids, &attempts, &streams, &data],
     )?;
     if rows.len() != output.len() {
-        let touched: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+        let touched: Vec<Vec<u8>> = rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
         let all: Vec<TaskId> = output.iter().map(|o| o.0).collect();
         if let Some(id) = first_missing(&all, &touched) {
             return Err(StoreError::NotFound(id));

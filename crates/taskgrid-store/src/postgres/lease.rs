@@ -60,6 +60,15 @@ pub(super) struct Lease {
     schema: String,
 }
 
+/// Column `i` of a lease row; a value of the wrong type is corrupt data.
+fn get<'a, T: postgres::types::FromSql<'a>>(
+    row: &'a postgres::Row,
+    i: usize,
+) -> Result<T, StoreError> {
+    row.try_get(i)
+        .map_err(|e| StoreError::Corrupt(format!("the lease row, column {i}: {e}")))
+}
+
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -83,6 +92,15 @@ impl Lease {
             format!("pid {pid} on {host}")
         };
         let pid = i32::try_from(pid).unwrap_or(i32::MAX);
+        client.batch_execute(
+            "CREATE TABLE IF NOT EXISTS taskgrid_lease (
+                id          integer     NOT NULL PRIMARY KEY CHECK (id = 1),
+                term        bigint      NOT NULL,
+                holder      text        NOT NULL,
+                holder_pid  integer     NOT NULL,
+                expires_at  timestamptz NOT NULL
+            )",
+        )?;
         let mut waiting = false;
         let term = loop {
             let row = client.query_opt(
@@ -96,19 +114,20 @@ impl Lease {
                 &[&holder, &pid, &millis(options.lease)],
             )?;
             if let Some(row) = row {
-                break row.get::<_, i64>(0);
+                break get::<i64>(&row, 0)?;
             }
             let current = client.query_opt(
                 "SELECT term, holder, holder_pid FROM taskgrid_lease WHERE id = 1",
                 &[],
             )?;
-            let (term, who, their_pid) = current.map_or((0, String::new(), 0), |r| {
-                (
-                    r.get::<_, i64>(0),
-                    r.get::<_, String>(1),
-                    r.get::<_, i32>(2),
-                )
-            });
+            let (term, who, their_pid) = match current {
+                Some(r) => (
+                    get::<i64>(&r, 0)?,
+                    get::<String>(&r, 1)?,
+                    get::<i32>(&r, 2)?,
+                ),
+                None => (0, String::new(), 0),
+            };
             if !options.wait {
                 return Err(StoreError::Locked {
                     dir: format!("{} (schema {schema})", super::redact(url)),

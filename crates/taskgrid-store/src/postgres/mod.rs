@@ -52,7 +52,9 @@ impl From<postgres::Error> for StoreError {
 const MIGRATIONS: &[&str] = &[
     // 1: the initial schema (the same tables as SQLite's, in PostgreSQL's
     // types; ids are the 16 big-endian bytes of the UUID, so bytea order is
-    // id order).
+    // id order). Free text from programs (output, checkpoints, error
+    // messages) is UTF-8 in bytea: PostgreSQL's text refuses a NUL, which
+    // a program may well print.
     "
     CREATE TABLE tasks (
         id          bytea   NOT NULL PRIMARY KEY,
@@ -64,7 +66,7 @@ const MIGRATIONS: &[&str] = &[
         spec        text    NOT NULL,
         status      text    NOT NULL,
         progress    text,
-        checkpoint  text
+        checkpoint  bytea
     );
     CREATE INDEX tasks_state ON tasks (state);
     CREATE INDEX tasks_queue ON tasks (queue);
@@ -84,7 +86,7 @@ const MIGRATIONS: &[&str] = &[
         started_at      bigint,
         finished_at     bigint,
         outcome         text,
-        error           text,
+        error           bytea,
         exit_code       integer,
         cpu_seconds     double precision,
         peak_rss_bytes  bigint,
@@ -97,22 +99,12 @@ const MIGRATIONS: &[&str] = &[
         task_id  bytea     NOT NULL,
         attempt  bigint    NOT NULL,
         stream   text      NOT NULL,
-        data     text      NOT NULL
+        data     bytea     NOT NULL
     );
     CREATE INDEX output_task ON output (task_id, seq);
 
     CREATE TABLE paused_queues (
         name text NOT NULL PRIMARY KEY
-    );
-    ",
-    // 2: the leader's lease (see `lease`).
-    "
-    CREATE TABLE taskgrid_lease (
-        id          integer     NOT NULL PRIMARY KEY CHECK (id = 1),
-        term        bigint      NOT NULL,
-        holder      text        NOT NULL,
-        holder_pid  integer     NOT NULL,
-        expires_at  timestamptz NOT NULL
     );
     ",
 ];
@@ -200,8 +192,10 @@ impl PostgresStore {
         }
         let mut writer = connect(url, schema)?;
         writer.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
-        migrate(&mut writer)?;
+        // Lead first, then migrate under the lease: a standby running a
+        // newer build must not change the schema under a live leader.
         let lease = Lease::take(&mut writer, url, schema, options)?;
+        migrate(&mut writer, &lease)?;
         let reader = connect(url, schema)?;
         Ok(PostgresStore {
             conns: Some(Conns {
@@ -261,14 +255,20 @@ pub(super) fn connect(url: &str, schema: &str) -> Result<Client, StoreError> {
         .parse()
         .map_err(|e| StoreError::Invalid(format!("database URL: {e}")))?;
     config.application_name("taskgrid");
+    // A dead server or a cut network must fail calls, not hang them: the
+    // lease's renewals and a standby's tries depend on it.
+    config.connect_timeout(std::time::Duration::from_secs(5));
+    config.keepalives(true);
+    config.keepalives_idle(std::time::Duration::from_secs(5));
     let mut client = config.connect(NoTls)?;
     client.batch_execute(&format!("SET search_path TO {schema}"))?;
     Ok(client)
 }
 
-/// The URL without its password.
+/// The URL without its password
+/// (`user:password@` and any `password=` parameter).
 pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let url = match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
             match creds.split_once(':') {
@@ -277,19 +277,33 @@ pub(crate) fn redact(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    };
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url.as_str();
+    while let Some(i) = rest.find("password=") {
+        let (head, tail) = rest.split_at(i + "password=".len());
+        out.push_str(head);
+        out.push_str("***");
+        rest = tail
+            .find(|c: char| c == '&' || c.is_whitespace())
+            .map_or("", |end| &tail[end..]);
     }
+    out.push_str(rest);
+    out
 }
 
 /// Brings the schema up to date under a transaction-level advisory lock, or
 /// refuses a newer one.
-fn migrate(client: &mut Client) -> Result<(), StoreError> {
+fn migrate(client: &mut Client, lease: &Lease) -> Result<(), StoreError> {
     let supported = PostgresStore::schema_version();
     let mut tx = client.transaction()?;
+    lease.fence(&mut tx)?;
     tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&MIGRATION_LOCK])?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS taskgrid_schema (version integer NOT NULL)")?;
-    let found = tx
-        .query_opt("SELECT version FROM taskgrid_schema", &[])?
-        .map_or(0, |r| r.get::<_, i32>(0));
+    let found = match tx.query_opt("SELECT version FROM taskgrid_schema", &[])? {
+        Some(r) => col::<i32>(&r, 0)?,
+        None => 0,
+    };
     let found = u32::try_from(found)
         .map_err(|_| StoreError::Corrupt(format!("negative schema version {found}")))?;
     if found > supported {
@@ -350,8 +364,16 @@ fn task_row(row: &Row) -> Result<TaskRecord, StoreError> {
         progress: col::<Option<&str>>(row, 4)?
             .map(|p| from_json(id, "progress", p))
             .transpose()?,
-        checkpoint: col::<Option<String>>(row, 5)?.map(String::into_boxed_str),
+        checkpoint: col::<Option<Vec<u8>>>(row, 5)?
+            .map(|b| text(id, "checkpoint", b).map(String::into_boxed_str))
+            .transpose()?,
     })
+}
+
+/// UTF-8 text stored as bytea.
+fn text(id: TaskId, what: &str, bytes: Vec<u8>) -> Result<String, StoreError> {
+    String::from_utf8(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("task {id}: {what} is not UTF-8: {e}")))
 }
 
 fn attempt_number(id: TaskId, v: i64) -> Result<u32, StoreError> {
@@ -478,7 +500,9 @@ impl Store for PostgresStore {
                 started_at: col::<Option<i64>>(row, 3)?.map(timestamp),
                 finished_at: col::<Option<i64>>(row, 4)?.map(timestamp),
                 outcome,
-                error: col(row, 6)?,
+                error: col::<Option<Vec<u8>>>(row, 6)?
+                    .map(|b| text(id, "attempt error", b))
+                    .transpose()?,
                 exit_code: col(row, 7)?,
                 usage: match col::<Option<f64>>(row, 8)? {
                     Some(cpu_seconds) => Some(taskgrid_core::Usage {
@@ -527,7 +551,7 @@ impl Store for PostgresStore {
                 task: id,
                 attempt: attempt_number(id, col(row, 1)?)?,
                 stream,
-                data: col(row, 3)?,
+                data: text(id, "output", col(row, 3)?)?,
             };
             out.push((seq, chunk));
         }

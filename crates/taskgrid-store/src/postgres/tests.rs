@@ -219,3 +219,51 @@ fn a_clean_close_hands_the_lease_over() {
     c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .unwrap();
 }
+
+/// A change to a task placed before the task's own submit in one batch
+/// fails as it would one change at a time, and writes nothing.
+#[test]
+fn a_change_before_its_tasks_submit_fails_the_batch() {
+    let store = TempPg::new();
+    let a = task(1);
+    let progress = Change::Progress {
+        id: a.id,
+        progress: taskgrid_core::Progress {
+            fraction: 0.5,
+            message: None,
+        },
+    };
+    let err = store
+        .apply(&[progress.clone(), submit(a.clone())])
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound(id) if id == a.id),
+        "{err}"
+    );
+    assert_eq!(store.get(a.id).unwrap(), None);
+    store.apply(&[submit(a.clone())]).unwrap();
+    let err = store.apply(&[progress, submit(a.clone())]).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Duplicate(id) if id == a.id),
+        "{err}"
+    );
+    assert_eq!(store.get(a.id).unwrap().unwrap().progress, None);
+}
+
+#[test]
+fn passwords_never_reach_a_message() {
+    use super::redact;
+    assert_eq!(
+        redact("postgres://tg:s3cret@db:5432/grid"),
+        "postgres://tg:***@db:5432/grid"
+    );
+    assert_eq!(
+        redact("postgres://db/grid?user=tg&password=s3cret&sslmode=disable"),
+        "postgres://db/grid?user=tg&password=***&sslmode=disable"
+    );
+    assert_eq!(
+        redact("host=db user=tg password=s3cret dbname=grid"),
+        "host=db user=tg password=*** dbname=grid"
+    );
+    assert_eq!(redact("postgres://db/grid"), "postgres://db/grid");
+}
