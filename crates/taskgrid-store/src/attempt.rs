@@ -84,6 +84,21 @@ pub(crate) fn attempt_ops<'a>(
     Ok([first, finish])
 }
 
+/// What an attempt cost, from its stored columns: `None` unless CPU
+/// seconds were recorded (a negative peak reads as 0).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn usage_of(
+    cpu_seconds: Option<f64>,
+    peak_rss_bytes: Option<i64>,
+    signal: Option<i32>,
+) -> Option<Usage> {
+    cpu_seconds.map(|cpu_seconds| Usage {
+        cpu_seconds,
+        peak_rss_bytes: u64::try_from(peak_rss_bytes.unwrap_or(0)).unwrap_or(0),
+        signal,
+    })
+}
+
 /// The outcome named `s` in the store.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn parse_outcome(s: &str) -> Option<AttemptOutcome> {

@@ -33,7 +33,7 @@ use taskgrid_core::{
     AttemptRecord, Change, OutputChunk, State, Stream, TaskId, TaskRecord, Timestamp, WorkerId,
 };
 
-use crate::attempt::parse_outcome;
+use crate::attempt::{parse_outcome, usage_of};
 use crate::{Store, StoreError, TaskQuery, counts_in_order, state_index};
 
 /// An error from PostgreSQL, as a [`StoreError::Backend`] whose message says
@@ -504,15 +504,7 @@ impl Store for PostgresStore {
                     .map(|b| text(id, "attempt error", b))
                     .transpose()?,
                 exit_code: col(row, 7)?,
-                usage: match col::<Option<f64>>(row, 8)? {
-                    Some(cpu_seconds) => Some(taskgrid_core::Usage {
-                        cpu_seconds,
-                        peak_rss_bytes: u64::try_from(col::<Option<i64>>(row, 9)?.unwrap_or(0))
-                            .unwrap_or(0),
-                        signal: col(row, 10)?,
-                    }),
-                    None => None,
-                },
+                usage: usage_of(col(row, 8)?, col(row, 9)?, col(row, 10)?),
             });
         }
         Ok(out)

@@ -11,7 +11,7 @@ use taskgrid_core::{
     AttemptRecord, OutputChunk, State, Stream, TaskId, TaskRecord, Timestamp, WorkerId,
 };
 
-use crate::attempt::parse_outcome;
+use crate::attempt::{parse_outcome, usage_of};
 use crate::{StoreError, TaskQuery, counts_in_order, state_index};
 
 const TASK_COLUMNS: &str = "id, created_at, spec, status, progress, checkpoint";
@@ -120,15 +120,7 @@ pub(super) fn attempts(conn: &Connection, id: TaskId) -> Result<Vec<AttemptRecor
             outcome,
             error: col(row, 6)?,
             exit_code: col(row, 7)?,
-            usage: match col::<Option<f64>>(row, 8)? {
-                Some(cpu_seconds) => Some(taskgrid_core::Usage {
-                    cpu_seconds,
-                    peak_rss_bytes: u64::try_from(col::<Option<i64>>(row, 9)?.unwrap_or(0))
-                        .unwrap_or(0),
-                    signal: col(row, 10)?,
-                }),
-                None => None,
-            },
+            usage: usage_of(col(row, 8)?, col(row, 9)?, col(row, 10)?),
         });
     }
     Ok(out)
