@@ -195,8 +195,15 @@ impl PostgresStore {
         // Lead first, then migrate under the lease: a standby running a
         // newer build must not change the schema under a live leader.
         let lease = Lease::take(&mut writer, url, schema, options)?;
-        migrate(&mut writer, &lease)?;
-        let reader = connect(url, schema)?;
+        let reader = match migrate(&mut writer, &lease).and_then(|()| connect(url, schema)) {
+            Ok(reader) => reader,
+            Err(e) => {
+                // A standby need not wait out the lease of a store that
+                // never opened.
+                lease.release();
+                return Err(e);
+            }
+        };
         Ok(PostgresStore {
             conns: Some(Conns {
                 writer: Mutex::new(writer),
