@@ -1,14 +1,16 @@
 //! The leader's lease: which store may write a schema, and for how long.
 //!
-//! One row, `taskgrid_lease (term, holder, holder_pid, expires_at)`. A store
-//! takes it when it is free or expired, raising the term by one; a thread
-//! with a connection of its own renews it every
-//! [`PostgresOptions::renew_every`]; a store that closes cleanly makes it
-//! expire at once. Every write transaction first reads the row `FOR SHARE`
-//! and aborts unless the term is still its own: a standby's takeover needs
-//! the row's update lock, so it waits for a write in flight to commit, and
-//! every write after it sees the new term. An old leader that wakes up
-//! after a pause (SIGSTOP, a long GC, a network partition) commits nothing.
+//! Two rows: `taskgrid_lease (term, holder, holder_pid)` and
+//! `taskgrid_lease_expiry (term, expires_at)`. A store takes the lease when
+//! it has lapsed, raising the term by one; a thread with a connection of
+//! its own renews the expiry every [`PostgresOptions::renew_every`]; a
+//! store that closes cleanly makes it lapse at once. Every write
+//! transaction first reads the term row `FOR SHARE` and aborts unless the
+//! term is still its own: a standby's takeover needs the row's update lock,
+//! so it waits for a write in flight to commit, and every write after it
+//! sees the new term. An old leader that wakes up after a pause (SIGSTOP, a
+//! long GC, a network partition) commits nothing. The expiry lives apart
+//! from the term so that renewals never wait behind the leader's writes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +62,42 @@ pub(super) struct Lease {
     schema: String,
 }
 
+/// One try at the lease: its new term, or `None` while it is held.
+///
+/// The expiry row is locked first (`FOR UPDATE`), which orders this try
+/// against the holder's renewals: a renewal that lands first makes the
+/// lease current again, and one that comes after finds the term moved on.
+/// Raising the term then needs the term row's update lock, so it waits for
+/// the old holder's write in flight, and every write after it is fenced.
+fn try_take(
+    client: &mut Client,
+    holder: &str,
+    pid: i32,
+    options: PostgresOptions,
+) -> Result<Option<i64>, StoreError> {
+    let mut tx = client.transaction()?;
+    let lapsed = tx.query_opt(
+        "SELECT term FROM taskgrid_lease_expiry WHERE id = 1 AND expires_at < now() FOR UPDATE",
+        &[],
+    )?;
+    if lapsed.is_none() {
+        return Ok(None);
+    }
+    let row = tx.query_one(
+        "UPDATE taskgrid_lease SET term = term + 1, holder = $1, holder_pid = $2 \
+         WHERE id = 1 RETURNING term",
+        &[&holder, &pid],
+    )?;
+    let term = get::<i64>(&row, 0)?;
+    tx.execute(
+        "UPDATE taskgrid_lease_expiry SET term = $1, \
+         expires_at = now() + $2 * interval '1 millisecond' WHERE id = 1",
+        &[&term, &millis(options.lease)],
+    )?;
+    tx.commit()?;
+    Ok(Some(term))
+}
+
 /// Column `i` of a lease row; a value of the wrong type is corrupt data.
 fn get<'a, T: postgres::types::FromSql<'a>>(
     row: &'a postgres::Row,
@@ -92,29 +130,29 @@ impl Lease {
             format!("pid {pid} on {host}")
         };
         let pid = i32::try_from(pid).unwrap_or(i32::MAX);
+        // Two rows: the term, which every write reads FOR SHARE (so a
+        // takeover waits for a write in flight), and its expiry, which the
+        // renewals update — apart, so that a renewal never waits behind
+        // its own leader's writes.
         client.batch_execute(
             "CREATE TABLE IF NOT EXISTS taskgrid_lease (
                 id          integer     NOT NULL PRIMARY KEY CHECK (id = 1),
                 term        bigint      NOT NULL,
                 holder      text        NOT NULL,
-                holder_pid  integer     NOT NULL,
+                holder_pid  integer     NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS taskgrid_lease_expiry (
+                id          integer     NOT NULL PRIMARY KEY CHECK (id = 1),
+                term        bigint      NOT NULL,
                 expires_at  timestamptz NOT NULL
-            )",
+            );
+            INSERT INTO taskgrid_lease VALUES (1, 0, '', 0) ON CONFLICT DO NOTHING;
+            INSERT INTO taskgrid_lease_expiry VALUES (1, 0, '-infinity') ON CONFLICT DO NOTHING;",
         )?;
         let mut waiting = false;
         let term = loop {
-            let row = client.query_opt(
-                "INSERT INTO taskgrid_lease (id, term, holder, holder_pid, expires_at) \
-                 VALUES (1, 1, $1, $2, now() + $3 * interval '1 millisecond') \
-                 ON CONFLICT (id) DO UPDATE SET term = taskgrid_lease.term + 1, \
-                 holder = EXCLUDED.holder, holder_pid = EXCLUDED.holder_pid, \
-                 expires_at = EXCLUDED.expires_at \
-                 WHERE taskgrid_lease.expires_at < now() \
-                 RETURNING term",
-                &[&holder, &pid, &millis(options.lease)],
-            )?;
-            if let Some(row) = row {
-                break get::<i64>(&row, 0)?;
+            if let Some(term) = try_take(client, &holder, pid, options)? {
+                break term;
             }
             let current = client.query_opt(
                 "SELECT term, holder, holder_pid FROM taskgrid_lease WHERE id = 1",
@@ -205,7 +243,8 @@ impl Lease {
         }
         if let Ok(mut c) = super::connect(&self.url, &self.schema) {
             let _ = c.execute(
-                "UPDATE taskgrid_lease SET expires_at = now() WHERE id = 1 AND term = $1",
+                "UPDATE taskgrid_lease_expiry SET expires_at = '-infinity' \
+                 WHERE id = 1 AND term = $1",
                 &[&self.term],
             );
         }
@@ -229,7 +268,8 @@ fn renew(
             _ => return,
         }
         match client.execute(
-            "UPDATE taskgrid_lease SET expires_at = now() + $2 * interval '1 millisecond' \
+            "UPDATE taskgrid_lease_expiry \
+             SET expires_at = now() + $2 * interval '1 millisecond' \
              WHERE id = 1 AND term = $1",
             &[&term, &millis(options.lease)],
         ) {

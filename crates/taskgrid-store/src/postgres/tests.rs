@@ -267,3 +267,55 @@ fn passwords_never_reach_a_message() {
     );
     assert_eq!(redact("postgres://db/grid"), "postgres://db/grid");
 }
+
+/// A leader's renewals do not wait behind a write in flight: with the term
+/// row held `FOR SHARE` (as a write holds it) for several lease lengths, a
+/// waiting standby does not take over, neither during the write nor when
+/// it ends (the lease never lapsed); once the leader closes, it does.
+#[test]
+fn a_long_write_does_not_let_the_lease_lapse() {
+    let schema = fresh_schema();
+    let options = super::PostgresOptions {
+        lease: std::time::Duration::from_millis(300),
+        renew_every: std::time::Duration::from_millis(100),
+        wait: true,
+    };
+    let leader = PostgresStore::open_with(&url(), &schema, options).unwrap();
+    let mut holder = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    let mut write = holder.transaction().unwrap();
+    write
+        .execute(
+            &format!("SELECT 1 FROM {schema}.taskgrid_lease WHERE id = 1 FOR SHARE"),
+            &[],
+        )
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let standby = {
+        let (url, schema) = (url(), schema.clone());
+        std::thread::spawn(move || {
+            let s = PostgresStore::open_with(&url, &schema, options);
+            let _ = tx.send(());
+            s
+        })
+    };
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_millis(1200))
+            .is_err(),
+        "the standby took over while the leader renewed"
+    );
+    write.commit().unwrap();
+    // Renewed all along, the lease has not lapsed: the write's end lets
+    // no takeover through.
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_millis(600))
+            .is_err(),
+        "the lease lapsed behind a write"
+    );
+    drop(leader);
+    let standby = standby.join().unwrap().unwrap();
+    assert_eq!(standby.term(), 2);
+    drop(standby);
+    holder
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .unwrap();
+}
