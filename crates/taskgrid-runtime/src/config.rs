@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use taskgrid_core::EngineConfig;
 
-/// Settings of a [`TaskSystem`]; `Default` works.
+/// Settings of a [`TaskSystem`](crate::TaskSystem); `Default` works.
 #[derive(Debug, Clone)]
 pub struct SystemConfig {
     /// Handler calls run at once by the local executor.

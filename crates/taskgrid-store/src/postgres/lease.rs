@@ -188,6 +188,12 @@ impl Lease {
         let lost = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = mpsc::channel::<()>();
         let mut renewal = super::connect(url, schema)?;
+        // A renewal that cannot finish within the lease is no renewal: fail
+        // it (and, past the lease, give the lease up) rather than hang.
+        renewal.batch_execute(&format!(
+            "SET statement_timeout = {}",
+            options.lease.as_millis().max(1)
+        ))?;
         let renewer = {
             let lost = lost.clone();
             std::thread::Builder::new()
