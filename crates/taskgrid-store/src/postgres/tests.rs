@@ -269,14 +269,16 @@ fn passwords_never_reach_a_message() {
 }
 
 /// A leader's renewals do not wait behind a write in flight: with the term
-/// row held `FOR SHARE` (as a write holds it) for several lease lengths, a
+/// row held `FOR SHARE` (as a write holds it) for over two lease lengths, a
 /// waiting standby does not take over, neither during the write nor when
 /// it ends (the lease never lapsed); once the leader closes, it does.
 #[test]
 fn a_long_write_does_not_let_the_lease_lapse() {
     let schema = fresh_schema();
     let options = super::PostgresOptions {
-        lease: std::time::Duration::from_millis(300),
+        // Renewed every 100 ms, a 1 s lease lapses only if renewals stall
+        // for 900 ms: a wide margin on a loaded 2-core machine.
+        lease: std::time::Duration::from_millis(1000),
         renew_every: std::time::Duration::from_millis(100),
         wait: true,
     };
@@ -299,7 +301,7 @@ fn a_long_write_does_not_let_the_lease_lapse() {
         })
     };
     assert!(
-        rx.recv_timeout(std::time::Duration::from_millis(1200))
+        rx.recv_timeout(std::time::Duration::from_millis(2500))
             .is_err(),
         "the standby took over while the leader renewed"
     );
@@ -307,7 +309,7 @@ fn a_long_write_does_not_let_the_lease_lapse() {
     // Renewed all along, the lease has not lapsed: the write's end lets
     // no takeover through.
     assert!(
-        rx.recv_timeout(std::time::Duration::from_millis(600))
+        rx.recv_timeout(std::time::Duration::from_millis(1500))
             .is_err(),
         "the lease lapsed behind a write"
     );
