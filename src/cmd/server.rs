@@ -14,6 +14,9 @@ use taskgrid_server::http::{ApiConfig, router};
 use taskgrid_server::{Gateway, GatewayConfig, gateway};
 use taskgrid_store::{Durability, PostgresOptions, SqliteOptions, StoreConfig};
 
+/// `--lease-ms` by default: the PostgreSQL store's own default lease.
+pub(crate) const LEASE_MS_DEFAULT: u64 = PostgresOptions::LEASE_DEFAULT.as_millis() as u64;
+
 /// Options of `taskgrid server` (and the coordinator half of `taskgrid up`).
 #[derive(Debug, Clone, clap::Args)]
 #[group(id = "coordinator")]
@@ -47,7 +50,7 @@ pub(crate) struct Args {
     pub(crate) full_sync: bool,
     /// On PostgreSQL, how long the leader's lease lasts, in milliseconds: a
     /// standby takes over this long after the leader stops renewing it.
-    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    #[arg(long, default_value_t = LEASE_MS_DEFAULT, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub(crate) lease_ms: u64,
 }
 
@@ -55,6 +58,8 @@ pub(crate) struct Args {
 pub(crate) struct Coordinator {
     pub(crate) system: Arc<TaskSystem>,
     pub(crate) addr: SocketAddr,
+    /// The store it opened (`sqlite:PATH`, `memory`, a redacted URL).
+    pub(crate) store: String,
     serve: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -145,6 +150,7 @@ pub(crate) async fn start(args: &Args) -> anyhow::Result<Coordinator> {
         .await
         .context("opening the store")?
         .with_context(|| format!("opening the store {store}"))?;
+    let store_name = store.to_string();
     system.start()?;
     let system = Arc::new(system);
     let gateway = gateway(
@@ -187,6 +193,7 @@ pub(crate) async fn start(args: &Args) -> anyhow::Result<Coordinator> {
     Ok(Coordinator {
         system,
         addr,
+        store: store_name,
         serve,
         stop,
     })
@@ -213,8 +220,7 @@ impl Coordinator {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), self.serve).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), self.system.shutdown()).await;
-        if why.contains("another coordinator took over") {
-            // Fenced: a standby leads now (PostgreSQL).
+        if self.system.superseded() {
             bail!(
                 "stopped: {why}; nothing committed is lost: restart this coordinator to stand by for the new leader"
             )
@@ -237,8 +243,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let c = start(&args).await?;
     println!(
         "taskgrid coordinator listening on {} (store {})",
-        c.addr,
-        args.store_config()?
+        c.addr, c.store
     );
     if let Err(why) = c.until_stopped().await {
         return c.fail(why).await;

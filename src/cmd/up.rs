@@ -36,10 +36,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     };
     let config = worker.config()?;
     println!(
-        "taskgrid up: coordinator on {} with a local worker ({} slots); data in {}",
-        c.addr,
-        config.slots,
-        args.server.data_dir.display()
+        "taskgrid up: coordinator on {} with a local worker ({} slots); store {}",
+        c.addr, config.slots, c.store
     );
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(Worker::with_config(config).run_until(async move {

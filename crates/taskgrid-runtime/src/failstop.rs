@@ -6,6 +6,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use taskgrid_store::StoreError;
 use tokio::sync::Notify;
 
 use crate::sync::relock;
@@ -14,6 +15,8 @@ use crate::sync::relock;
 #[derive(Default)]
 pub(crate) struct FailStop {
     failed: AtomicBool,
+    /// The commit failed because another coordinator took the store over.
+    superseded: AtomicBool,
     /// The first failed commit's error, for `/readyz` and the logs.
     reason: Mutex<Option<String>>,
     /// Told when a commit fails.
@@ -21,9 +24,12 @@ pub(crate) struct FailStop {
 }
 
 impl FailStop {
-    /// Marks the system failed, keeping the first reason.
-    pub(crate) fn fail(&self, why: String) {
-        relock(&self.reason).get_or_insert(why);
+    /// Marks the system failed by `e`, keeping the first reason.
+    pub(crate) fn fail(&self, e: &StoreError) {
+        if matches!(e, StoreError::Fenced { .. }) {
+            self.superseded.store(true, Ordering::Release);
+        }
+        relock(&self.reason).get_or_insert_with(|| e.to_string());
         self.failed.store(true, Ordering::Release);
         self.seen.notify_waiters();
     }
@@ -31,6 +37,11 @@ impl FailStop {
     /// Whether a commit has failed.
     pub(crate) fn is_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
+    }
+
+    /// Whether a commit failed because another coordinator took over.
+    pub(crate) fn superseded(&self) -> bool {
+        self.superseded.load(Ordering::Acquire)
     }
 
     /// Why the system stopped taking work, if it did.

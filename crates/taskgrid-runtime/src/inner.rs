@@ -36,7 +36,7 @@ pub(crate) struct Inner {
     pub(crate) handlers: HashMap<Arc<str>, Arc<dyn Handler>>,
     /// Subscribers, waiters and hooks, told after each commit.
     pub(crate) publisher: Publisher,
-    /// The current session of each remote worker (see `gateway`).
+    /// The current session of each remote worker (see `workers`).
     pub(crate) sessions: Mutex<HashMap<WorkerId, SessionRecord>>,
     /// How to reach each worker: the local executor, and the stream of
     /// each connected remote worker.
@@ -201,7 +201,7 @@ impl Inner {
 
     /// Marks the system failed (fail-stop), keeping the first reason.
     fn fail(&self, e: &taskgrid_store::StoreError) {
-        self.fail_stop.fail(e.to_string());
+        self.fail_stop.fail(e);
         self.wake.notify_one();
     }
 

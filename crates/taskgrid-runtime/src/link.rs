@@ -1,7 +1,7 @@
 //! [`WorkerLink`]: the one interface through which the driver hands work to
 //! a worker and stops it. Two implementations: the local executor
 //! ([`crate::executor::Local`]), which runs handlers on this runtime, and a
-//! remote worker's gRPC stream (`gateway::Remote`). The driver looks a
+//! remote worker's gRPC stream (`Remote` in `taskgrid-server`'s gateway). The driver looks a
 //! worker's link up by id and knows no other difference between them.
 
 use std::collections::HashMap;

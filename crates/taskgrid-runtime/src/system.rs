@@ -172,6 +172,13 @@ impl TaskSystem {
         self.inner.fail_stop.failure()
     }
 
+    /// Whether the system stopped because another coordinator took its
+    /// store over (a PostgreSQL store's lease passed to a standby): this
+    /// one may only stand by now.
+    pub fn superseded(&self) -> bool {
+        self.inner.fail_stop.superseded()
+    }
+
     /// Resolves once a commit has failed (at once if one has).
     pub async fn failed(&self) -> String {
         self.inner.fail_stop.failed().await

@@ -202,7 +202,7 @@ fn server_args(plan: &Plan, data_dir: &Path) -> server::Args {
         worker_token: None,
         heartbeat_ms: plan.heartbeat_ms,
         full_sync: plan.full_sync,
-        lease_ms: 3000,
+        lease_ms: server::LEASE_MS_DEFAULT,
         database_url: None,
         store: match &plan.store {
             StoreKind::Sqlite => None,

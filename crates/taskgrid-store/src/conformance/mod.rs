@@ -31,8 +31,10 @@ use crate::{MemoryStore, Store};
 use crate::{SqliteOptions, SqliteStore, StoreError, TaskQuery};
 
 /// Generates one `#[test]` per conformance check in a module `$name`, each
-/// on a fresh store from `$make` (a closure returning `Box<dyn Store>`; the
-/// module sees the caller's items through `use super::*`).
+/// on a fresh store from `$make`: a closure returning a store, a
+/// `Box<dyn Store>`, or anything that dereferences to a store (a guard that
+/// cleans up after it). The module sees the caller's items through
+/// `use super::*`.
 #[macro_export]
 macro_rules! conformance_tests {
     ($name:ident, $make:expr) => {
@@ -40,11 +42,7 @@ macro_rules! conformance_tests {
             #[allow(unused_imports)]
             use super::*;
 
-            fn store() -> Box<dyn $crate::Store> {
-                ($make)()
-            }
-
-            $crate::conformance_tests!(@tests
+            $crate::conformance_tests!(@tests ($make);
                 round_trip_every_field,
                 duplicate_submit_is_refused,
                 conflict_rolls_back_the_whole_batch,
@@ -64,11 +62,12 @@ macro_rules! conformance_tests {
             );
         }
     };
-    (@tests $($check:ident),* $(,)?) => {
+    (@tests ($make:expr); $($check:ident),* $(,)?) => {
         $(
             #[test]
             fn $check() {
-                $crate::conformance::checks::$check(&*store());
+                let store = ($make)();
+                $crate::conformance::checks::$check(&*store);
             }
         )*
     };

@@ -5,11 +5,11 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord};
+use taskgrid_core::Change;
 
 use super::PostgresStore;
 use crate::conformance::{submit, task, tid};
-use crate::{Store, StoreError, TaskQuery};
+use crate::{Store, StoreError};
 
 fn url() -> String {
     std::env::var("TASKGRID_TEST_DATABASE_URL")
@@ -55,47 +55,35 @@ impl TempPg {
 impl Drop for TempPg {
     fn drop(&mut self) {
         drop(self.store.take());
-        if let Ok(mut c) = postgres::Client::connect(&url(), postgres::NoTls) {
-            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
-        }
+        drop_schema(&self.schema);
     }
 }
 
-impl Store for TempPg {
-    fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
-        self.store().apply(changes)
-    }
-    fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError> {
-        self.store().load_active()
-    }
-    fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        self.store().get(id)
-    }
-    fn list(&self, q: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
-        self.store().list(q)
-    }
-    fn attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError> {
-        self.store().attempts(id)
-    }
-    fn output(
-        &self,
-        id: TaskId,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, OutputChunk)>, StoreError> {
-        self.store().output(id, after_seq, limit)
-    }
-    fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
-        self.store().count_by_state()
-    }
-    fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
-        self.store().paused_queues()
+/// Removes a test's schema and everything in it.
+fn drop_schema(schema: &str) {
+    if let Ok(mut c) = postgres::Client::connect(&url(), postgres::NoTls) {
+        let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
     }
 }
 
-crate::conformance_tests!(postgres_conformance, || -> Box<dyn Store> {
-    Box::new(TempPg::new())
-});
+/// Standby options with a short lease, renewed every 100 ms.
+fn waiting(lease_ms: u64) -> super::PostgresOptions {
+    super::PostgresOptions {
+        lease: std::time::Duration::from_millis(lease_ms),
+        renew_every: std::time::Duration::from_millis(100),
+        wait: true,
+    }
+}
+
+impl std::ops::Deref for TempPg {
+    type Target = PostgresStore;
+
+    fn deref(&self) -> &PostgresStore {
+        self.store()
+    }
+}
+
+crate::conformance_tests!(postgres_conformance, TempPg::new);
 
 #[test]
 fn one_writer_per_schema_and_the_holder_is_named() {
@@ -151,11 +139,7 @@ fn a_newer_schema_is_refused_and_bad_input_is_named() {
 #[test]
 fn a_paused_leader_is_fenced_once_a_standby_takes_over() {
     let schema = fresh_schema();
-    let options = super::PostgresOptions {
-        lease: std::time::Duration::from_millis(300),
-        renew_every: std::time::Duration::from_millis(100),
-        wait: true,
-    };
+    let options = waiting(300);
     let mut leader = PostgresStore::open_with(&url(), &schema, options).unwrap();
     leader.apply(&[submit(task(1))]).unwrap();
     let first_term = leader.term();
@@ -184,9 +168,7 @@ fn a_paused_leader_is_fenced_once_a_standby_takes_over() {
 
     drop(leader);
     drop(standby);
-    let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
-    c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .unwrap();
+    drop_schema(&schema);
 }
 
 /// A leader that closes hands over at once: a standby waiting on a lease
@@ -194,30 +176,26 @@ fn a_paused_leader_is_fenced_once_a_standby_takes_over() {
 #[test]
 fn a_clean_close_hands_the_lease_over() {
     let schema = fresh_schema();
-    let options = super::PostgresOptions {
-        lease: std::time::Duration::from_secs(600),
-        renew_every: std::time::Duration::from_millis(100),
-        wait: true,
-    };
+    let options = waiting(600_000);
     let leader = PostgresStore::open_with(&url(), &schema, options).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    let standby = {
+    {
         let (url, schema) = (url(), schema.clone());
         std::thread::spawn(move || {
-            let s = PostgresStore::open_with(&url, &schema, options);
-            let _ = tx.send(());
-            s
-        })
-    };
+            let _ = tx.send(PostgresStore::open_with(&url, &schema, options));
+        });
+    }
     // Still the leader's: the standby has not taken it.
     assert!(rx.try_recv().is_err());
     drop(leader);
-    let standby = standby.join().unwrap().unwrap();
+    // Only the hand-over can let it in within the 10-minute lease.
+    let standby = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the closed leader handed the lease over")
+        .unwrap();
     assert_eq!(standby.term(), 2);
     drop(standby);
-    let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
-    c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .unwrap();
+    drop_schema(&schema);
 }
 
 /// A change to a task placed before the task's own submit in one batch
@@ -275,13 +253,9 @@ fn passwords_never_reach_a_message() {
 #[test]
 fn a_long_write_does_not_let_the_lease_lapse() {
     let schema = fresh_schema();
-    let options = super::PostgresOptions {
-        // Renewed every 100 ms, a 1 s lease lapses only if renewals stall
-        // for 900 ms: a wide margin on a loaded 2-core machine.
-        lease: std::time::Duration::from_millis(1000),
-        renew_every: std::time::Duration::from_millis(100),
-        wait: true,
-    };
+    // Renewed every 100 ms, a 1 s lease lapses only if renewals stall for
+    // 900 ms: a wide margin on a loaded 2-core machine.
+    let options = waiting(1000);
     let leader = PostgresStore::open_with(&url(), &schema, options).unwrap();
     let mut holder = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
     let mut write = holder.transaction().unwrap();
@@ -317,7 +291,6 @@ fn a_long_write_does_not_let_the_lease_lapse() {
     let standby = standby.join().unwrap().unwrap();
     assert_eq!(standby.term(), 2);
     drop(standby);
-    holder
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .unwrap();
+    drop(holder);
+    drop_schema(&schema);
 }
