@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use taskgrid_api::{CancelOutcomeKind, Kind, SubmitRequest};
 use taskgrid_core::{ShellCommand, ShellSpec, State, TaskId};
-use util::{Server, taskgrid};
+use util::{Server, TempDatabase, signal, taskgrid};
 
 /// A shell task on a queue no worker serves: it waits, and never runs.
 fn waiting(queue: &str) -> SubmitRequest {
@@ -331,77 +331,17 @@ async fn the_store_flag_chooses_the_backend() {
     }
 }
 
-/// Runs `statement` on the database at `url`, on a thread of its own: the
-/// blocking client must not run on an async test's thread.
-fn sql(url: &str, statement: &str) -> Result<(), postgres::Error> {
-    let (url, statement) = (url.to_owned(), statement.to_owned());
-    std::thread::spawn(move || {
-        let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
-        c.batch_execute(&statement)
-    })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p))
-}
-
-/// A database of this test's own on the PostgreSQL this machine runs
-/// (`TASKGRID_TEST_DATABASE_URL` names the server, default
-/// `postgres://postgres@127.0.0.1:5432/postgres`), dropped at the end.
-struct TempDatabase {
-    admin: String,
-    name: String,
-}
-
-impl TempDatabase {
-    fn new() -> TempDatabase {
-        let admin = std::env::var("TASKGRID_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!("tg_e2e_{}_{nanos}", std::process::id());
-        sql(&admin, &format!("CREATE DATABASE {name}")).unwrap();
-        TempDatabase { admin, name }
-    }
-
-    /// The URL of this database.
-    fn url(&self) -> String {
-        match self.admin.rsplit_once('/') {
-            Some((server, _)) => format!("{server}/{}", self.name),
-            None => panic!("no database in {}", self.admin),
-        }
-    }
-}
-
-impl Drop for TempDatabase {
-    fn drop(&mut self) {
-        let _ = sql(
-            &self.admin,
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-    }
-}
-
-/// Sends `signal` (`-STOP`, `-CONT`) to a process.
-fn signal(pid: u32, signal: &str) {
-    let ok = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {signal} {pid}");
-}
-
-/// Starts a coordinator on a thread: it prints its listening line (which
-/// `Server::start` waits for) only once it leads, so a standby's start
-/// returns at its promotion.
+/// Starts a coordinator on a thread, and waits there until it says it
+/// leads: a standby's thread ends at its promotion.
 fn start_standby(data: &Path, url: &str) -> std::thread::JoinHandle<(Server, std::time::Instant)> {
     let (data, url) = (data.to_owned(), url.to_owned());
     std::thread::spawn(move || {
-        let server = Server::start(
+        let mut server = Server::start(
             &data,
             "127.0.0.1:0",
             &["--store", &url, "--lease-ms", "1000"],
         );
+        server.await_leading();
         (server, std::time::Instant::now())
     })
 }
@@ -422,6 +362,7 @@ async fn postgres_standbys_take_over_and_a_paused_leader_commits_nothing() {
         "127.0.0.1:0",
         &["--store", &url, "--lease-ms", "1000"],
     );
+    assert_eq!(first.await_leading(), 1, "the first coordinator leads");
     let t1 = first
         .client(None)
         .submit(&waiting("nobody"))

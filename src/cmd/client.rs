@@ -13,7 +13,8 @@ use taskgrid_core::{MetricsSnapshot, State, Stream, TaskId};
 /// Where the coordinator is and how to talk to it.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Conn {
-    /// The coordinator's address.
+    /// The coordinator's address, or a comma-separated list of the
+    /// coordinators of a grid on PostgreSQL (calls find the leader).
     #[arg(
         long,
         global = true,
@@ -350,10 +351,30 @@ pub(crate) struct ConnArgs {
 }
 
 pub(crate) async fn workers(a: ConnArgs) -> anyhow::Result<i32> {
-    let ws = a.conn.client()?.workers().await?;
+    let client = a.conn.client()?;
+    let ws = client.workers().await?;
     if a.conn.json {
         println!("{}", serde_json::to_string_pretty(&ws)?);
         return Ok(0);
+    }
+    // Which coordinator answered, on a grid with standbys.
+    if let Ok(c) = client.coordinators().await
+        && c.shared
+    {
+        let leader = c.leader.map_or_else(
+            || "none right now".to_owned(),
+            |l| format!("{} ({})", l.address, l.name),
+        );
+        let standbys: Vec<String> = c.standbys.iter().map(|s| s.address.clone()).collect();
+        println!(
+            "leader {leader}, term {}; standbys: {}",
+            c.term,
+            if standbys.is_empty() {
+                "none".to_owned()
+            } else {
+                standbys.join(", ")
+            }
+        );
     }
     println!(
         "{:<24}  {:>5}  {:>5}  {:>5}  labels / handlers",

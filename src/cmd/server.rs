@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use taskgrid_proto::worker::worker_gateway_server::WorkerGatewayServer;
 use taskgrid_runtime::{SystemConfig, TaskSystem};
 use taskgrid_server::http::{ApiConfig, router};
-use taskgrid_server::{Gateway, GatewayConfig, gateway};
+use taskgrid_server::{Front, Gateway, GatewayConfig, gateway};
 use taskgrid_store::{Durability, PostgresOptions, SqliteOptions, StoreConfig};
 
 /// `--lease-ms` by default: the PostgreSQL store's own default lease.
@@ -52,6 +52,37 @@ pub(crate) struct Args {
     /// standby takes over this long after the leader stops renewing it.
     #[arg(long, default_value_t = LEASE_MS_DEFAULT, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub(crate) lease_ms: u64,
+    /// The URL clients and workers reach this coordinator at, which its
+    /// standbys point them to (default: `http://` and the address it
+    /// listens on, the host name for 0.0.0.0).
+    #[arg(long, env = "TASKGRID_ADVERTISE", value_parser = advertised)]
+    pub(crate) advertise: Option<String>,
+}
+
+/// `--advertise`: an `http://HOST:PORT` URL.
+fn advertised(s: &str) -> Result<String, String> {
+    let url = s.trim_end_matches('/');
+    match url.split_once("://") {
+        Some(("http" | "https", rest)) if !rest.is_empty() && !rest.contains('/') => {
+            Ok(url.to_owned())
+        }
+        _ => Err(format!(
+            "{s:?} is no URL of a coordinator; write it as http://HOST:PORT"
+        )),
+    }
+}
+
+/// A coordinator that listens but may not lead yet: its [`Front`] answers
+/// 503 `not_leader` (naming the leader) until [`Bound::lead`] returns.
+pub(crate) struct Bound {
+    pub(crate) addr: SocketAddr,
+    /// Where clients and workers reach it.
+    pub(crate) address: String,
+    store: StoreConfig,
+    front: Front,
+    serve: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    args: Args,
 }
 
 /// A running coordinator.
@@ -79,7 +110,7 @@ impl Args {
 
     /// The store to open: `--store`, else SQLite in the data directory;
     /// `--full-sync` sets SQLite's durability.
-    pub(crate) fn store_config(&self) -> anyhow::Result<StoreConfig> {
+    pub(crate) fn store_config(&self, address: &str) -> anyhow::Result<StoreConfig> {
         let durability = if self.full_sync {
             Durability::PowerLoss
         } else {
@@ -125,6 +156,7 @@ impl Args {
                         lease,
                         renew_every: lease / 3,
                         wait: true,
+                        address: address.to_owned(),
                     },
                 }
             }
@@ -133,48 +165,37 @@ impl Args {
     }
 }
 
-/// Opens the store, binds the port and starts serving.
+/// Binds the port, opens the store and serves: [`bind`], then
+/// [`Bound::lead`].
 pub(crate) async fn start(args: &Args) -> anyhow::Result<Coordinator> {
+    bind(args).await?.lead().await
+}
+
+/// Binds the port and serves the [`Front`]: until this coordinator leads,
+/// every request is answered 503 (`not_leader`, naming the leader where
+/// one is known), `/healthz` 200.
+pub(crate) async fn bind(args: &Args) -> anyhow::Result<Bound> {
     args.check()?;
-    let config = SystemConfig {
-        check_handlers: false,
-        ..SystemConfig::default()
-    };
-    let store = args.store_config()?;
-    let builder = TaskSystem::builder()
-        .config(config)
-        .store_config(store.clone());
-    // Opening the store and reading it back is blocking IO: off the async
-    // threads.
-    let system = tokio::task::spawn_blocking(move || builder.build())
-        .await
-        .context("opening the store")?
-        .with_context(|| format!("opening the store {store}"))?;
-    let store_name = store.to_string();
-    system.start()?;
-    let system = Arc::new(system);
-    let gateway = gateway(
-        &system,
-        GatewayConfig {
-            worker_token: args.worker_token.clone(),
-            heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(100)),
-            ..GatewayConfig::default()
-        },
-    );
-    let api = ApiConfig {
-        client_token: args.client_token.clone(),
-        ..ApiConfig::default()
-    };
-    // gRPC is served under its service path; everything else is the API.
-    let grpc_path = format!(
-        "/{}/{{*rpc}}",
-        <WorkerGatewayServer<Gateway> as tonic::server::NamedService>::NAME
-    );
-    let app = router(system.clone(), api).route_service(&grpc_path, gateway);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let address = match &args.advertise {
+        Some(a) => a.clone(),
+        None if addr.ip().is_unspecified() => {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default();
+            if host.is_empty() {
+                format!("http://{addr}")
+            } else {
+                format!("http://{host}:{}", addr.port())
+            }
+        }
+        None => format!("http://{addr}"),
+    };
+    let store = args.store_config(&address)?;
+    let front = Front::new(args.client_token.clone());
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     // Small messages (an accept, a result) must not wait for Nagle's
     // algorithm: with it on, results came back in waves every ~50 ms.
@@ -183,6 +204,7 @@ pub(crate) async fn start(args: &Args) -> anyhow::Result<Coordinator> {
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
     });
+    let app = front.router();
     let serve = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -190,13 +212,114 @@ pub(crate) async fn start(args: &Args) -> anyhow::Result<Coordinator> {
             })
             .await
     });
-    Ok(Coordinator {
-        system,
+    Ok(Bound {
         addr,
-        store: store_name,
+        address,
+        store,
+        front,
         serve,
         stop,
+        args: args.clone(),
     })
+}
+
+impl Bound {
+    /// Whether several coordinators may share its store (PostgreSQL).
+    pub(crate) fn shared(&self) -> bool {
+        matches!(self.store, StoreConfig::Postgres { .. })
+    }
+
+    /// The store it opens (`sqlite:PATH`, `memory`, a redacted URL).
+    pub(crate) fn store(&self) -> String {
+        self.store.to_string()
+    }
+
+    /// Opens the store — on a shared one, waiting as a standby until this
+    /// coordinator takes the lease, telling its front who leads meanwhile —
+    /// and serves the API and the worker gateway.
+    pub(crate) async fn lead(self) -> anyhow::Result<Coordinator> {
+        let args = &self.args;
+        let config = SystemConfig {
+            check_handlers: false,
+            ..SystemConfig::default()
+        };
+        let store = self.store.clone();
+        let watching = self.watch_leader();
+        let builder = TaskSystem::builder()
+            .config(config)
+            .store_config(store.clone());
+        // Opening the store and reading it back is blocking IO: off the
+        // async threads.
+        let built = tokio::task::spawn_blocking(move || builder.build()).await;
+        drop(watching);
+        let system = built
+            .context("opening the store")?
+            .with_context(|| format!("opening the store {store}"))?;
+        system.start()?;
+        let system = Arc::new(system);
+        let gateway = gateway(
+            &system,
+            GatewayConfig {
+                worker_token: args.worker_token.clone(),
+                heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(100)),
+                ..GatewayConfig::default()
+            },
+        );
+        let api = ApiConfig {
+            client_token: args.client_token.clone(),
+            address: self.address.clone(),
+            ..ApiConfig::default()
+        };
+        // gRPC is served under its service path; everything else is the API.
+        let grpc_path = format!(
+            "/{}/{{*rpc}}",
+            <WorkerGatewayServer<Gateway> as tonic::server::NamedService>::NAME
+        );
+        self.front
+            .promote(router(system.clone(), api).route_service(&grpc_path, gateway));
+        Ok(Coordinator {
+            system,
+            addr: self.addr,
+            store: store.to_string(),
+            serve: self.serve,
+            stop: self.stop,
+        })
+    }
+
+    /// On a shared store, reads who leads every 250 ms for the front to
+    /// name, until the returned guard is dropped.
+    fn watch_leader(&self) -> Option<WatchGuard> {
+        #[allow(irrefutable_let_patterns)] // a build without PostgreSQL
+        let StoreConfig::Postgres { url, .. } = &self.store else {
+            return None;
+        };
+        let (url, front) = (url.clone(), self.front.clone());
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = done.clone();
+        std::thread::Builder::new()
+            .name("taskgrid-standby".to_owned())
+            .spawn(move || {
+                let mut probe = taskgrid_store::ClusterProbe::new(&url, "public");
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    match probe.read() {
+                        Ok(c) => front.set_cluster(c),
+                        Err(e) => tracing::debug!(error = %e, "cannot read who leads"),
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            })
+            .ok()?;
+        Some(WatchGuard(done))
+    }
+}
+
+/// Stops the leader watch of [`Bound::lead`] when dropped.
+struct WatchGuard(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl Coordinator {
@@ -240,11 +363,33 @@ impl Coordinator {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let c = start(&args).await?;
-    println!(
+    let bound = bind(&args).await?;
+    let listening = format!(
         "taskgrid coordinator listening on {} (store {})",
-        c.addr, c.store
+        bound.addr,
+        bound.store()
     );
+    // On a shared store it may stand by for long: say it listens at once
+    // (it answers, pointing to the leader). Else once it serves.
+    let shared = bound.shared();
+    if shared {
+        println!("{listening}");
+    }
+    // A standby may wait for the lease for ever: a signal stops it.
+    let leading = bound.lead();
+    tokio::pin!(leading);
+    let c = tokio::select! {
+        c = &mut leading => c?,
+        _ = super::signals::terminated() => {
+            eprintln!("shutting down (never led)");
+            return Ok(());
+        }
+    };
+    if !shared {
+        println!("{listening}");
+    } else if let Ok(Some(cluster)) = c.system.cluster().await {
+        println!("leading {} (term {})", c.store, cluster.term);
+    }
     if let Err(why) = c.until_stopped().await {
         return c.fail(why).await;
     }

@@ -9,7 +9,8 @@ use taskgrid_worker::{ContainerRuntime, ShellPolicy, Worker, WorkerConfig, Worke
 /// Options of `taskgrid worker` (and the worker half of `taskgrid up`).
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Args {
-    /// The coordinator's address.
+    /// The coordinator's address, or a comma-separated list of the
+    /// coordinators of a grid on PostgreSQL (the worker finds the leader).
     #[arg(long, env = "TASKGRID_SERVER", default_value = "http://127.0.0.1:7070")]
     pub(crate) server: String,
     /// Worker token.

@@ -48,6 +48,9 @@ pub struct Server {
     pub proc: Proc,
     /// `127.0.0.1:PORT`.
     pub addr: String,
+    /// The rest of its stdout (kept open: a closed pipe would fail its
+    /// next line).
+    pub stdout: BufReader<std::process::ChildStdout>,
 }
 
 impl Server {
@@ -61,9 +64,9 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start taskgrid server");
-        let stdout = child.stdout.take().expect("stdout");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
-        BufReader::new(stdout)
+        stdout
             .read_line(&mut line)
             .expect("read the listening line");
         let addr = line
@@ -74,6 +77,28 @@ impl Server {
         Server {
             proc: Proc(child),
             addr,
+            stdout,
+        }
+    }
+
+    /// Waits for the line a coordinator on a shared store prints when it
+    /// leads (`leading … (term N)`); its term.
+    pub fn await_leading(&mut self) -> u64 {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.stdout.read_line(&mut line).expect("read stdout");
+            assert!(
+                n > 0,
+                "the coordinator at {} exited before it led",
+                self.addr
+            );
+            if let Some(rest) = line.strip_prefix("leading ") {
+                return rest
+                    .rsplit_once("(term ")
+                    .and_then(|(_, t)| t.trim().trim_end_matches(')').parse().ok())
+                    .unwrap_or_else(|| panic!("no term in {line:?}"));
+            }
         }
     }
 
@@ -157,4 +182,64 @@ pub async fn await_state(client: &Client, id: TaskId, state: Option<State>) -> S
     })
     .await
     .unwrap_or_else(|_| panic!("task {id} never reached {state:?}"))
+}
+
+/// Runs `statement` on the database at `url`, on a thread of its own: the
+/// blocking client must not run on an async test's thread.
+pub fn sql(url: &str, statement: &str) -> Result<(), postgres::Error> {
+    let (url, statement) = (url.to_owned(), statement.to_owned());
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
+        c.batch_execute(&statement)
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// A database of this test's own on the PostgreSQL this machine runs
+/// (`TASKGRID_TEST_DATABASE_URL` names the server, default
+/// `postgres://postgres@127.0.0.1:5432/postgres`), dropped at the end.
+pub struct TempDatabase {
+    admin: String,
+    name: String,
+}
+
+impl TempDatabase {
+    pub fn new() -> TempDatabase {
+        let admin = std::env::var("TASKGRID_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!("tg_e2e_{}_{nanos}", std::process::id());
+        sql(&admin, &format!("CREATE DATABASE {name}")).unwrap();
+        TempDatabase { admin, name }
+    }
+
+    /// The URL of this database.
+    pub fn url(&self) -> String {
+        match self.admin.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{}", self.name),
+            None => panic!("no database in {}", self.admin),
+        }
+    }
+}
+
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        let _ = sql(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to a process.
+pub fn signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {signal} {pid}");
 }

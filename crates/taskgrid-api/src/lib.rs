@@ -55,6 +55,38 @@ pub struct ErrorDetail {
     /// The request field at fault, when one is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// With `not_leader`: where the leading coordinator is
+    /// (`http://HOST:PORT`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+}
+
+/// The header a standby coordinator names the leader in, on every answer
+/// it refuses with `not_leader` (HTTP) or `UNAVAILABLE` (gRPC metadata).
+pub const LEADER_HEADER: &str = "taskgrid-leader";
+
+/// `GET /api/v1/coordinators`: the coordinators serving this grid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coordinators {
+    /// Whether several coordinators share the store (PostgreSQL): then one
+    /// leads and the others stand by; else this one is all there is.
+    pub shared: bool,
+    /// The leader's term: it rises by one at every change of leader (0 for
+    /// a store that is not shared).
+    pub term: u64,
+    /// The leading coordinator, if one holds a current lease.
+    pub leader: Option<CoordinatorView>,
+    /// The coordinators standing by to take over.
+    pub standbys: Vec<CoordinatorView>,
+}
+
+/// One coordinator of [`Coordinators`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorView {
+    /// Which process: `pid N on HOST`.
+    pub name: String,
+    /// Where clients and workers reach it; empty if unknown.
+    pub address: String,
 }
 
 /// The work a task does, as the API shows it: like [`TaskKind`], but a

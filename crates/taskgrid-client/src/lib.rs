@@ -29,15 +29,16 @@
 mod error;
 mod sse;
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use reqwest::{Method, RequestBuilder, Response, header};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
 use serde::de::DeserializeOwned;
 use taskgrid_api::{
     API_PREFIX, BatchRequest, BatchResponse, CancelResponse, CancelTagRequest, CancelTagResponse,
-    ErrorBody, EventFilter, ListQuery, OutputEnd, OutputEntry, OutputPage, OutputQuery, SSE_END,
-    SSE_RESET, SSE_SUMMARY, StreamReset, SubmitRequest, SubmitResponse, Summary, TaskDetail,
-    TaskEvent, TaskPage, WorkerView,
+    Coordinators, ErrorBody, EventFilter, LEADER_HEADER, ListQuery, OutputEnd, OutputEntry,
+    OutputPage, OutputQuery, SSE_END, SSE_RESET, SSE_SUMMARY, StreamReset, SubmitRequest,
+    SubmitResponse, Summary, TaskDetail, TaskEvent, TaskPage, WorkerView,
 };
 use taskgrid_core::{Explanation, MetricsSnapshot, QueueStats, TaskId};
 
@@ -66,45 +67,156 @@ pub enum ServerEvent {
     Reset(StreamReset),
 }
 
-/// A connection to one coordinator. Cheap to clone.
+/// How long a call keeps looking for the leading coordinator (through a
+/// failover) before it gives up with the last answer.
+pub const FAILOVER_WAIT_DEFAULT: Duration = Duration::from_secs(15);
+
+/// Requests are built against this base and sent to the coordinator of the
+/// moment: only their path and query are theirs.
+const PLACEHOLDER: &str = "http://coordinator.invalid";
+
+/// A connection to a grid's coordinators: one, or the leader and standbys
+/// of a grid on PostgreSQL. Cheap to clone; clones share which
+/// coordinator they talk to.
+///
+/// With several URLs, a call that cannot connect tries the next; a standby
+/// answers `not_leader` naming the leader, and the call goes there. Only
+/// answers that changed nothing are retried so (a refused connection, a
+/// standby's refusal), for up to [`FAILOVER_WAIT_DEFAULT`].
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
-    api: String,
-    root: String,
+    /// The coordinators given, in order.
+    servers: Arc<[String]>,
+    /// The one calls go to now: one of `servers`, or the leader one of
+    /// them named.
+    current: Arc<Mutex<String>>,
     token: Option<String>,
+    failover_wait: Duration,
 }
 
 impl Client {
     /// A client for the coordinator at `base_url` (e.g.
-    /// `http://127.0.0.1:7070`), sending `token` as a bearer token.
+    /// `http://127.0.0.1:7070`), or the coordinators of a comma-separated
+    /// list of them, sending `token` as a bearer token.
     pub fn new(base_url: &str, token: Option<String>) -> Result<Client, ClientError> {
-        let root = base_url.trim_end_matches('/').to_owned();
-        reqwest::Url::parse(&root).map_err(|_| ClientError::InvalidUrl(base_url.to_owned()))?;
+        let mut servers = Vec::new();
+        for url in base_url.split(',').map(str::trim) {
+            let root = url.trim_end_matches('/').to_owned();
+            let parsed = reqwest::Url::parse(&root)
+                .map_err(|_| ClientError::InvalidUrl(base_url.to_owned()))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() {
+                return Err(ClientError::InvalidUrl(base_url.to_owned()));
+            }
+            servers.push(root);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT_DEFAULT)
             .build()
             .map_err(ClientError::Transport)?;
         Ok(Client {
             http,
-            api: format!("{root}{API_PREFIX}"),
-            root,
+            current: Arc::new(Mutex::new(servers[0].clone())),
+            servers: servers.into(),
             token,
+            failover_wait: FAILOVER_WAIT_DEFAULT,
         })
     }
 
+    /// How long a call looks for the leader through a failover.
+    #[must_use]
+    pub fn with_failover_wait(mut self, wait: Duration) -> Client {
+        self.failover_wait = wait;
+        self
+    }
+
+    /// The coordinator calls go to now (`http://HOST:PORT`).
+    pub fn server(&self) -> String {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let b = self.http.request(method, format!("{}{path}", self.api));
+        self.at(method, &format!("{API_PREFIX}{path}"))
+    }
+
+    /// A request of `path` below the root, with the token.
+    fn at(&self, method: Method, path: &str) -> RequestBuilder {
+        let b = self.http.request(method, format!("{PLACEHOLDER}{path}"));
         match &self.token {
             Some(t) => b.bearer_auth(t),
             None => b,
         }
     }
 
+    /// Sends a request to the coordinator of the moment, following a
+    /// standby to its leader and, with several coordinators, past one that
+    /// does not answer; the response, whatever its status.
+    async fn send(&self, req: RequestBuilder) -> Result<Response, ClientError> {
+        let req = req.build().map_err(ClientError::Transport)?;
+        let deadline = tokio::time::Instant::now() + self.failover_wait;
+        let mut delay = Duration::from_millis(25);
+        loop {
+            let root = self.server();
+            let mut attempt = req.try_clone().ok_or_else(|| {
+                ClientError::Decode("a streaming request body cannot be sent".into())
+            })?;
+            *attempt.url_mut() = rebased(req.url(), &root)?;
+            let res = self.http.execute(attempt).await;
+            let redirect = match &res {
+                Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    r.headers().get(LEADER_HEADER).map(|v| {
+                        v.to_str()
+                            .unwrap_or_default()
+                            .trim_end_matches('/')
+                            .to_owned()
+                    })
+                }
+                Err(e) if e.is_connect() && self.servers.len() > 1 => Some(String::new()),
+                _ => None,
+            };
+            let Some(leader) = redirect else {
+                return res.map_err(ClientError::Transport);
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return res.map_err(ClientError::Transport);
+            }
+            let next = if !leader.is_empty() && leader != root && valid_root(&leader) {
+                leader
+            } else {
+                // No leader named (none right now, or it is the one that
+                // does not answer): the next coordinator given, after a
+                // pause.
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+                let at = self.servers.iter().position(|s| *s == root);
+                self.servers[at.map_or(0, |i| (i + 1) % self.servers.len())].clone()
+            };
+            *self.current.lock().unwrap_or_else(PoisonError::into_inner) = next;
+        }
+    }
+
+    /// Sends a request and decodes a success as `T`, an error body as
+    /// [`ClientError::Api`].
+    async fn call<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
+        let res = checked(self.send(req).await?).await?;
+        let bytes = res.bytes().await.map_err(ClientError::Transport)?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Opens an event stream.
+    async fn open_stream(&self, req: RequestBuilder) -> Result<Response, ClientError> {
+        let req = req.header(header::ACCEPT, "text/event-stream");
+        checked(self.send(req).await?).await
+    }
+
     /// Submits a task. `created` is false when a live task with the same
     /// unique key was returned instead.
     pub async fn submit(&self, task: &SubmitRequest) -> Result<SubmitResponse, ClientError> {
-        call(self.request(Method::POST, "/tasks").json(task)).await
+        self.call(self.request(Method::POST, "/tasks").json(task))
+            .await
     }
 
     /// Submits tasks all or none; their ids, in order.
@@ -112,23 +224,28 @@ impl Client {
         let body = BatchRequest {
             tasks: tasks.to_vec(),
         };
-        let r: BatchResponse = call(self.request(Method::POST, "/tasks/batch").json(&body)).await?;
+        let r: BatchResponse = self
+            .call(self.request(Method::POST, "/tasks/batch").json(&body))
+            .await?;
         Ok(r.ids)
     }
 
     /// A task and its attempts.
     pub async fn get(&self, id: TaskId) -> Result<TaskDetail, ClientError> {
-        call(self.request(Method::GET, &format!("/tasks/{id}"))).await
+        self.call(self.request(Method::GET, &format!("/tasks/{id}")))
+            .await
     }
 
     /// A page of tasks; pass `next_cursor` back as `cursor` for the next.
     pub async fn list(&self, query: &ListQuery) -> Result<TaskPage, ClientError> {
-        call(self.request(Method::GET, "/tasks").query(query)).await
+        self.call(self.request(Method::GET, "/tasks").query(query))
+            .await
     }
 
     /// Cancels a task.
     pub async fn cancel(&self, id: TaskId) -> Result<CancelResponse, ClientError> {
-        call(self.request(Method::POST, &format!("/tasks/{id}/cancel"))).await
+        self.call(self.request(Method::POST, &format!("/tasks/{id}/cancel")))
+            .await
     }
 
     /// Cancels every live task with `tag`; how many.
@@ -136,14 +253,16 @@ impl Client {
         let body = CancelTagRequest {
             tag: tag.to_owned(),
         };
-        let r: CancelTagResponse =
-            call(self.request(Method::POST, "/tasks/cancel").json(&body)).await?;
+        let r: CancelTagResponse = self
+            .call(self.request(Method::POST, "/tasks/cancel").json(&body))
+            .await?;
         Ok(r.cancelled)
     }
 
     /// Runs a finished task again as a new task.
     pub async fn retry(&self, id: TaskId) -> Result<SubmitResponse, ClientError> {
-        call(self.request(Method::POST, &format!("/tasks/{id}/retry"))).await
+        self.call(self.request(Method::POST, &format!("/tasks/{id}/retry")))
+            .await
     }
 
     /// A page of a task's output after sequence number `after`.
@@ -158,7 +277,7 @@ impl Client {
             limit,
             follow: None,
         };
-        call(
+        self.call(
             self.request(Method::GET, &format!("/tasks/{id}/output"))
                 .query(&q),
         )
@@ -179,7 +298,7 @@ impl Client {
         let req = self
             .request(Method::GET, &format!("/tasks/{id}/output"))
             .query(&q);
-        let res = open_stream(req).await?;
+        let res = self.open_stream(req).await?;
         Ok(SseStream::spawn(res, |raw| match raw.event.as_str() {
             "" | "message" => Some(sse::json(&raw).map(FollowItem::Chunk)),
             SSE_END => Some(sse::json(&raw).map(FollowItem::End)),
@@ -189,34 +308,30 @@ impl Client {
 
     /// Why a task is not running, or where it stands.
     pub async fn explain(&self, id: TaskId) -> Result<Explanation, ClientError> {
-        call(self.request(Method::GET, &format!("/tasks/{id}/explain"))).await
+        self.call(self.request(Method::GET, &format!("/tasks/{id}/explain")))
+            .await
     }
 
     /// Registered workers.
     pub async fn workers(&self) -> Result<Vec<WorkerView>, ClientError> {
-        call(self.request(Method::GET, "/workers")).await
+        self.call(self.request(Method::GET, "/workers")).await
     }
 
     /// Every queue's depth and activity.
     pub async fn queues(&self) -> Result<Vec<QueueStats>, ClientError> {
-        call(self.request(Method::GET, "/queues")).await
+        self.call(self.request(Method::GET, "/queues")).await
     }
 
     /// Counters, rates, latencies and throughput since the coordinator
     /// started, in total and by queue, kind, (queue, kind) and worker.
     pub async fn metrics(&self) -> Result<MetricsSnapshot, ClientError> {
-        call(self.request(Method::GET, "/metrics")).await
+        self.call(self.request(Method::GET, "/metrics")).await
     }
 
     /// The same figures and the queue and worker gauges in the Prometheus
     /// text exposition format (`/metrics` at the root).
     pub async fn prometheus(&self) -> Result<String, ClientError> {
-        let req = self.http.get(format!("{}/metrics", self.root));
-        let req = match &self.token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        };
-        let res = checked(req.send().await.map_err(ClientError::Transport)?).await?;
+        let res = checked(self.send(self.at(Method::GET, "/metrics")).await?).await?;
         res.text().await.map_err(ClientError::Transport)
     }
 
@@ -232,7 +347,7 @@ impl Client {
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
-        let res = open_stream(req).await?;
+        let res = self.open_stream(req).await?;
         Ok(SseStream::spawn(res, |raw| match raw.event.as_str() {
             "" | "message" => Some(sse::json(&raw).map(ServerEvent::Task)),
             SSE_RESET => Some(sse::json(&raw).map(ServerEvent::Reset)),
@@ -249,10 +364,15 @@ impl Client {
             let ids: Vec<String> = watch.iter().map(TaskId::to_string).collect();
             req = req.query(&[("watch", ids.join(","))]);
         }
-        let res = open_stream(req).await?;
+        let res = self.open_stream(req).await?;
         Ok(SseStream::spawn(res, |raw| {
             (raw.event == SSE_SUMMARY).then(|| sse::json(&raw))
         }))
+    }
+
+    /// Who leads the grid and who stands by.
+    pub async fn coordinators(&self) -> Result<Coordinators, ClientError> {
+        self.call(self.request(Method::GET, "/coordinators")).await
     }
 
     /// Whether the process serves (`/healthz`).
@@ -265,25 +385,31 @@ impl Client {
         self.probe("/readyz").await
     }
 
+    /// Asks the coordinator of the moment itself, following nobody: a
+    /// standby is alive but not ready.
     async fn probe(&self, path: &str) -> Result<(), ClientError> {
-        let req = self.http.get(format!("{}{path}", self.root));
-        let _: serde_json::Value = call(req).await?;
+        let req = self.http.get(format!("{}{path}", self.server()));
+        let res = checked(req.send().await.map_err(ClientError::Transport)?).await?;
+        let bytes = res.bytes().await.map_err(ClientError::Transport)?;
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
         Ok(())
     }
 }
 
-/// Sends a request and decodes a success as `T`, an error body as
-/// [`ClientError::Api`].
-async fn call<T: DeserializeOwned>(req: RequestBuilder) -> Result<T, ClientError> {
-    let res = checked(req.send().await.map_err(ClientError::Transport)?).await?;
-    let bytes = res.bytes().await.map_err(ClientError::Transport)?;
-    serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+/// `url` (built on [`PLACEHOLDER`]) on the coordinator at `root`.
+fn rebased(url: &reqwest::Url, root: &str) -> Result<reqwest::Url, ClientError> {
+    let rest = url
+        .as_str()
+        .strip_prefix(PLACEHOLDER)
+        .unwrap_or_else(|| url.path());
+    reqwest::Url::parse(&format!("{root}{rest}"))
+        .map_err(|_| ClientError::InvalidUrl(root.to_owned()))
 }
 
-/// Opens an event stream.
-async fn open_stream(req: RequestBuilder) -> Result<Response, ClientError> {
-    let req = req.header(header::ACCEPT, "text/event-stream");
-    checked(req.send().await.map_err(ClientError::Transport)?).await
+/// Whether a leader's address is one to send requests to.
+fn valid_root(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
 }
 
 /// The response if it is a success, else its error.

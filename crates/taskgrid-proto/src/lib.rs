@@ -15,6 +15,11 @@ pub mod worker {
 
 mod convert;
 
+/// The metadata key a standby coordinator names the leader in when it
+/// refuses a worker's session with `UNAVAILABLE` (`http://HOST:PORT`,
+/// empty while no leader is known). The HTTP API uses the same header.
+pub const LEADER_METADATA: &str = "taskgrid-leader";
+
 pub use convert::{
     ConvertError, assignment_from_core, attempt_ref, kind_to_core, outcome_from_result,
     resources_of, result_from_outcome, stream_from_core, stream_to_core, task_id, timeout_of,

@@ -227,6 +227,12 @@ impl TaskSystem {
         self.inner.read_store(|s| s.count_by_state()).await
     }
 
+    /// Who leads the store and who stands by, where several coordinators
+    /// share it (PostgreSQL); `None` for a store of this process alone.
+    pub async fn cluster(&self) -> Result<Option<taskgrid_store::Cluster>, Error> {
+        self.inner.read_store(|s| s.cluster()).await
+    }
+
     /// Tasks that have not finished (pending, queued, running, retrying…).
     pub fn live_tasks(&self) -> usize {
         self.inner.lock().live_tasks()

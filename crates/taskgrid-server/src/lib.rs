@@ -28,7 +28,9 @@
 //!
 //! [`TaskSystem`]: taskgrid_runtime::TaskSystem
 
+mod front;
 mod gateway;
 pub mod http;
 
+pub use front::Front;
 pub use gateway::{Gateway, GatewayConfig, gateway};

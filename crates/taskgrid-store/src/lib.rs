@@ -66,7 +66,7 @@ pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use open::{BadStoreConfig, StoreConfig};
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresOptions, PostgresStore};
+pub use postgres::{ClusterProbe, PostgresOptions, PostgresStore, read_cluster};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{BUSY_TIMEOUT, Durability, SqliteOptions, SqliteStore};
 pub use writer::{BATCH_CAP, Done, LAZY_WINDOW, MAX_WINDOW, Writer};
@@ -128,6 +128,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// The queues whose last [`Change::Queue`] paused them, in name order.
     fn paused_queues(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Who leads this store and who stands by, for a store that several
+    /// coordinators share (PostgreSQL); `None` for one that only its own
+    /// process opens (memory, SQLite).
+    fn cluster(&self) -> Result<Option<Cluster>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// The default page size of a [`TaskQuery`].
@@ -184,4 +191,27 @@ pub(crate) fn counts_in_order(counts: &[u64; State::ALL.len()]) -> Vec<(State, u
 /// The position of `s` in [`State::ALL`].
 pub(crate) fn state_index(s: State) -> usize {
     State::ALL.iter().position(|x| *x == s).unwrap_or(0)
+}
+
+/// The coordinators on one shared store: the leader, which holds the lease
+/// and alone writes, and the standbys waiting to take it over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cluster {
+    /// The lease's term: it rises by one at every change of leader.
+    pub term: u64,
+    /// The holder of a current lease; `None` between a leader's end and its
+    /// successor's start.
+    pub leader: Option<Member>,
+    /// The coordinators waiting for the lease, in name order.
+    pub standbys: Vec<Member>,
+}
+
+/// One coordinator of a [`Cluster`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Which process: `pid N on HOST`.
+    pub holder: String,
+    /// Where clients and workers reach it (`http://HOST:PORT`); empty if it
+    /// did not say.
+    pub address: String,
 }

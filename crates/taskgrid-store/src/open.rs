@@ -55,9 +55,11 @@ impl StoreConfig {
             #[cfg(feature = "sqlite")]
             StoreConfig::Sqlite { path, options } => Arc::new(SqliteStore::open(path, *options)?),
             #[cfg(feature = "postgres")]
-            StoreConfig::Postgres { url, options } => {
-                Arc::new(crate::PostgresStore::open_with(url, "public", *options)?)
-            }
+            StoreConfig::Postgres { url, options } => Arc::new(crate::PostgresStore::open_with(
+                url,
+                "public",
+                options.clone(),
+            )?),
         })
     }
 }

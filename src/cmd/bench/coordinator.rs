@@ -204,6 +204,7 @@ fn server_args(plan: &Plan, data_dir: &Path) -> server::Args {
         full_sync: plan.full_sync,
         lease_ms: server::LEASE_MS_DEFAULT,
         database_url: None,
+        advertise: None,
         store: match &plan.store {
             StoreKind::Sqlite => None,
             StoreKind::Memory => Some(StoreConfig::Memory),

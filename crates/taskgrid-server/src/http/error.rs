@@ -20,6 +20,7 @@ pub(crate) struct ApiError {
     message: String,
     field: Option<String>,
     retry_after_secs: Option<u64>,
+    leader: Option<String>,
 }
 
 /// What handlers return.
@@ -33,6 +34,16 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after_secs: None,
+            leader: None,
+        }
+    }
+
+    /// 503 from a coordinator that does not lead: `why`, and where the
+    /// leader is when known.
+    pub(crate) fn not_leader(why: String, leader: Option<String>) -> Self {
+        ApiError {
+            leader,
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", why)
         }
     }
 
@@ -78,6 +89,7 @@ impl IntoResponse for ApiError {
                 code: self.code.to_owned(),
                 message: self.message,
                 field: self.field,
+                leader: self.leader,
             },
         };
         let mut res = (self.status, Json(body)).into_response();

@@ -15,7 +15,7 @@
 
 mod auth;
 mod dashboard;
-mod error;
+pub(crate) mod error;
 mod events;
 mod extract;
 mod metrics;
@@ -31,7 +31,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{MethodRouter, get, post};
-use taskgrid_api::{API_PREFIX, Health};
+use taskgrid_api::{API_PREFIX, CoordinatorView, Coordinators, Health};
 use taskgrid_store::TaskQuery;
 
 use error::ApiError;
@@ -52,6 +52,9 @@ pub struct ApiConfig {
     /// The API is served over TLS: the origin browsers must send with a
     /// write is `https://host`, not `http://host`.
     pub https: bool,
+    /// Where clients and workers reach this coordinator
+    /// (`http://HOST:PORT`), as `/api/v1/coordinators` names it.
+    pub address: String,
 }
 
 impl ApiConfig {
@@ -80,6 +83,7 @@ impl Default for ApiConfig {
             max_page: Self::MAX_PAGE_DEFAULT,
             max_batch: Self::MAX_BATCH_DEFAULT,
             https: false,
+            address: String::new(),
         }
     }
 }
@@ -92,6 +96,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("max_page", &self.max_page)
             .field("max_batch", &self.max_batch)
             .field("https", &self.https)
+            .field("address", &self.address)
             .finish()
     }
 }
@@ -123,6 +128,7 @@ fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/tasks/{id}/explain", get(tasks::explain)),
         (Method::GET, "/workers", get(tasks::workers)),
         (Method::GET, "/queues", get(tasks::queues)),
+        (Method::GET, "/coordinators", get(coordinators)),
         (Method::POST, "/queues/{name}/pause", post(queues::pause)),
         (Method::POST, "/queues/{name}/resume", post(queues::resume)),
         (Method::GET, "/metrics", get(tasks::metrics)),
@@ -217,6 +223,23 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// 200 whenever the process serves requests.
+/// Who leads and who stands by: the store's roster where several
+/// coordinators share it, else this coordinator alone.
+async fn coordinators(State(state): State<AppState>) -> Result<Json<Coordinators>, ApiError> {
+    Ok(Json(match state.system.cluster().await? {
+        Some(c) => crate::front::view(&c),
+        None => Coordinators {
+            shared: false,
+            term: 0,
+            leader: Some(CoordinatorView {
+                name: format!("pid {}", std::process::id()),
+                address: state.config.address.clone(),
+            }),
+            standbys: Vec::new(),
+        },
+    }))
+}
+
 async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".to_owned(),

@@ -18,12 +18,13 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, Transaction};
 
-use crate::StoreError;
+use crate::{Cluster, Member, StoreError};
 
 /// How a [`PostgresStore`](super::PostgresStore) takes and keeps the lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresOptions {
     /// How long the lease lasts unless renewed: a standby takes over this
     /// long after the leader stopped renewing (died, paused, cut off).
@@ -33,6 +34,10 @@ pub struct PostgresOptions {
     /// Wait as a standby while another store holds the lease, instead of
     /// failing with [`StoreError::Locked`].
     pub wait: bool,
+    /// Where clients and workers reach this coordinator
+    /// (`http://HOST:PORT`): recorded with the lease and in the roster, so
+    /// that standbys can point them to the leader. Empty: not reachable.
+    pub address: String,
 }
 
 impl PostgresOptions {
@@ -46,6 +51,7 @@ impl Default for PostgresOptions {
             lease: Self::LEASE_DEFAULT,
             renew_every: Self::LEASE_DEFAULT / 3,
             wait: false,
+            address: String::new(),
         }
     }
 }
@@ -60,6 +66,8 @@ pub(super) struct Lease {
     renewer: Option<JoinHandle<()>>,
     url: String,
     schema: String,
+    /// This process, as the lease and the roster name it.
+    holder: String,
 }
 
 /// One try at the lease: its new term, or `None` while it is held.
@@ -73,7 +81,7 @@ fn try_take(
     client: &mut Client,
     holder: &str,
     pid: i32,
-    options: PostgresOptions,
+    options: &PostgresOptions,
 ) -> Result<Option<i64>, StoreError> {
     let mut tx = client.transaction()?;
     let lapsed = tx.query_opt(
@@ -84,9 +92,9 @@ fn try_take(
         return Ok(None);
     }
     let row = tx.query_one(
-        "UPDATE taskgrid_lease SET term = term + 1, holder = $1, holder_pid = $2 \
+        "UPDATE taskgrid_lease SET term = term + 1, holder = $1, holder_pid = $2, address = $3 \
          WHERE id = 1 RETURNING term",
-        &[&holder, &pid],
+        &[&holder, &pid, &options.address],
     )?;
     let term = get::<i64>(&row, 0)?;
     tx.execute(
@@ -118,17 +126,23 @@ impl Lease {
         client: &mut Client,
         url: &str,
         schema: &str,
-        options: PostgresOptions,
+        options: &PostgresOptions,
     ) -> Result<Lease, StoreError> {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_default();
         let pid = std::process::id();
-        let holder = if host.is_empty() {
+        let mut holder = if host.is_empty() {
             format!("pid {pid}")
         } else {
             format!("pid {pid} on {host}")
         };
+        // Stores of one process (tests, embedders) are each a holder.
+        static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nth = OPENED.fetch_add(1, Ordering::Relaxed);
+        if nth > 0 {
+            holder = format!("{holder} (store {})", nth + 1);
+        }
         let pid = i32::try_from(pid).unwrap_or(i32::MAX);
         // Two rows: the term, which every write reads FOR SHARE (so a
         // takeover waits for a write in flight), and its expiry, which the
@@ -146,9 +160,21 @@ impl Lease {
                 term        bigint      NOT NULL,
                 expires_at  timestamptz NOT NULL
             );
+            ALTER TABLE taskgrid_lease ADD COLUMN IF NOT EXISTS address text NOT NULL DEFAULT '';
             INSERT INTO taskgrid_lease VALUES (1, 0, '', 0) ON CONFLICT DO NOTHING;
-            INSERT INTO taskgrid_lease_expiry VALUES (1, 0, '-infinity') ON CONFLICT DO NOTHING;",
+            INSERT INTO taskgrid_lease_expiry VALUES (1, 0, '-infinity') ON CONFLICT DO NOTHING;
+            CREATE TABLE IF NOT EXISTS taskgrid_coordinators (
+                holder      text        NOT NULL PRIMARY KEY,
+                address     text        NOT NULL,
+                expires_at  timestamptz NOT NULL
+            );",
         )?;
+        // A leader that steps down says so on this channel: a standby takes
+        // over at once instead of at its next try.
+        let channel = format!("taskgrid_lease_{schema}");
+        if options.wait {
+            client.batch_execute(&format!("LISTEN {channel}"))?;
+        }
         let mut waiting = false;
         let term = loop {
             if let Some(term) = try_take(client, &holder, pid, options)? {
@@ -166,6 +192,10 @@ impl Lease {
                 ),
                 None => (0, String::new(), 0),
             };
+            if options.wait {
+                // In the roster: the leader lists its standbys.
+                present(client, &holder, options)?;
+            }
             if !options.wait {
                 return Err(StoreError::Locked {
                     dir: format!("{} (schema {schema})", super::redact(url)),
@@ -181,9 +211,19 @@ impl Lease {
                     super::redact(url)
                 );
             }
-            // A standby's only way to learn the lease lapsed is to try it.
-            std::thread::sleep(options.renew_every / 2);
+            // Try again when the leader steps down, or its lease may have
+            // lapsed (a leader that died says nothing).
+            let _ = client
+                .notifications()
+                .timeout_iter(options.renew_every / 2)
+                .next();
         };
+        if options.wait {
+            client.batch_execute(&format!("UNLISTEN {channel}"))?;
+        }
+        if let Err(e) = present(client, &holder, options) {
+            tracing::debug!(error = %e, "could not update the coordinators' roster");
+        }
         tracing::info!(term, "took the leader's lease");
         let lost = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = mpsc::channel::<()>();
@@ -196,9 +236,10 @@ impl Lease {
         ))?;
         let renewer = {
             let lost = lost.clone();
+            let (holder, options) = (holder.clone(), options.clone());
             std::thread::Builder::new()
                 .name("taskgrid-pg-lease".to_owned())
-                .spawn(move || renew(&mut renewal, term, options, &lost, &stopped))?
+                .spawn(move || renew(&mut renewal, term, &holder, &options, &lost, &stopped))?
         };
         Ok(Lease {
             term,
@@ -207,6 +248,7 @@ impl Lease {
             renewer: Some(renewer),
             url: url.to_owned(),
             schema: schema.to_owned(),
+            holder,
         })
     }
 
@@ -253,6 +295,11 @@ impl Lease {
                  WHERE id = 1 AND term = $1",
                 &[&self.term],
             );
+            let _ = c.execute(
+                "DELETE FROM taskgrid_coordinators WHERE holder = $1",
+                &[&self.holder],
+            );
+            let _ = c.batch_execute(&format!("NOTIFY taskgrid_lease_{}", self.schema));
         }
     }
 }
@@ -263,7 +310,8 @@ impl Lease {
 fn renew(
     client: &mut Client,
     term: i64,
-    options: PostgresOptions,
+    holder: &str,
+    options: &PostgresOptions,
     lost: &AtomicBool,
     stop: &mpsc::Receiver<()>,
 ) {
@@ -279,7 +327,13 @@ fn renew(
              WHERE id = 1 AND term = $1",
             &[&term, &millis(options.lease)],
         ) {
-            Ok(1) => last_ok = std::time::Instant::now(),
+            Ok(1) => {
+                last_ok = std::time::Instant::now();
+                // The roster is for people: a failure here is no lost lease.
+                if let Err(e) = present(client, holder, options) {
+                    tracing::debug!(error = %e, "could not update the coordinators' roster");
+                }
+            }
             Ok(_) => {
                 tracing::error!(
                     term,
@@ -298,4 +352,55 @@ fn renew(
             }
         }
     }
+}
+
+/// Says in the roster that `holder` is alive at `options.address` for
+/// another lease, and forgets those that have not said so for a minute.
+fn present(client: &mut Client, holder: &str, options: &PostgresOptions) -> Result<(), StoreError> {
+    client.execute(
+        "INSERT INTO taskgrid_coordinators (holder, address, expires_at) \
+         VALUES ($1, $2, now() + $3 * interval '1 millisecond') \
+         ON CONFLICT (holder) DO UPDATE SET address = EXCLUDED.address, expires_at = EXCLUDED.expires_at",
+        &[&holder, &options.address, &millis(options.lease)],
+    )?;
+    client.execute(
+        "DELETE FROM taskgrid_coordinators WHERE expires_at < now() - interval '1 minute'",
+        &[],
+    )?;
+    Ok(())
+}
+
+/// Who leads the store `client` works in and who stands by, from the lease
+/// and the roster.
+pub(super) fn cluster(client: &mut Client) -> Result<Cluster, StoreError> {
+    let lease = client.query_opt(
+        "SELECT l.term, l.holder, l.address, e.expires_at > now() \
+         FROM taskgrid_lease l JOIN taskgrid_lease_expiry e ON e.id = l.id WHERE l.id = 1",
+        &[],
+    )?;
+    let Some(lease) = lease else {
+        return Ok(Cluster::default());
+    };
+    let term = u64::try_from(get::<i64>(&lease, 0)?).unwrap_or(0);
+    let holder = get::<String>(&lease, 1)?;
+    let leader = get::<bool>(&lease, 3)?.then(|| Member {
+        holder: holder.clone(),
+        address: get::<String>(&lease, 2).unwrap_or_default(),
+    });
+    let mut standbys = Vec::new();
+    for r in client.query(
+        "SELECT holder, address FROM taskgrid_coordinators \
+         WHERE expires_at > now() AND holder <> $1 ORDER BY holder",
+        &[&holder],
+    )? {
+        standbys.push(Member {
+            holder: get::<String>(&r, 0)?,
+            address: get::<String>(&r, 1)?,
+        });
+    }
+    Ok(Cluster {
+        term,
+        leader,
+        standbys,
+    })
 }

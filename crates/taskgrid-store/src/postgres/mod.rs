@@ -194,7 +194,7 @@ impl PostgresStore {
         writer.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
         // Lead first, then migrate under the lease: a standby running a
         // newer build must not change the schema under a live leader.
-        let lease = Lease::take(&mut writer, url, schema, options)?;
+        let lease = Lease::take(&mut writer, url, schema, &options)?;
         let reader = match migrate(&mut writer, &lease).and_then(|()| connect(url, schema)) {
             Ok(reader) => reader,
             Err(e) => {
@@ -580,6 +580,63 @@ impl Store for PostgresStore {
         )?;
         rows.iter().map(|r| col(r, 0)).collect()
     }
+
+    fn cluster(&self) -> Result<Option<Cluster>, StoreError> {
+        lease::cluster(&mut *self.read_conn()?).map(Some)
+    }
+}
+
+/// Reads who leads the taskgrid store in `schema` of the database at
+/// `url`, and who stands by, on a connection of its own (made at the first
+/// read, made again after a failure): what a standby, which has no store
+/// open yet, tells its clients. Blocking; not for async threads.
+pub struct ClusterProbe {
+    url: String,
+    schema: String,
+    client: Option<Client>,
+}
+
+impl ClusterProbe {
+    /// A probe of `schema` in the database at `url`; connects at the
+    /// first [`read`](Self::read).
+    pub fn new(url: &str, schema: &str) -> ClusterProbe {
+        ClusterProbe {
+            url: url.to_owned(),
+            schema: schema.to_owned(),
+            client: None,
+        }
+    }
+
+    /// The coordinators now; an empty [`Cluster`] if no store was ever
+    /// opened there.
+    pub fn read(&mut self) -> Result<Cluster, StoreError> {
+        let client = match &mut self.client {
+            Some(c) => c,
+            None => self.client.insert(connect(&self.url, &self.schema)?),
+        };
+        let read = (|| {
+            let has_lease = client
+                .query_opt(
+                    "SELECT 1 FROM information_schema.tables \
+                     WHERE table_schema = $1 AND table_name = 'taskgrid_lease_expiry'",
+                    &[&self.schema],
+                )?
+                .is_some();
+            if !has_lease {
+                return Ok(Cluster::default());
+            }
+            lease::cluster(client)
+        })();
+        if read.is_err() {
+            self.client = None;
+        }
+        read
+    }
+}
+
+/// [`ClusterProbe::read`] once.
+pub fn read_cluster(url: &str, schema: &str) -> Result<Cluster, StoreError> {
+    ClusterProbe::new(url, schema).read()
 }
 
 mod bulk;
@@ -587,6 +644,8 @@ mod lease;
 
 use lease::Lease;
 pub use lease::PostgresOptions;
+
+use crate::Cluster;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may panic on anything

@@ -72,6 +72,7 @@ fn waiting(lease_ms: u64) -> super::PostgresOptions {
         lease: std::time::Duration::from_millis(lease_ms),
         renew_every: std::time::Duration::from_millis(100),
         wait: true,
+        address: String::new(),
     }
 }
 
@@ -140,7 +141,7 @@ fn a_newer_schema_is_refused_and_bad_input_is_named() {
 fn a_paused_leader_is_fenced_once_a_standby_takes_over() {
     let schema = fresh_schema();
     let options = waiting(300);
-    let mut leader = PostgresStore::open_with(&url(), &schema, options).unwrap();
+    let mut leader = PostgresStore::open_with(&url(), &schema, options.clone()).unwrap();
     leader.apply(&[submit(task(1))]).unwrap();
     let first_term = leader.term();
 
@@ -172,12 +173,16 @@ fn a_paused_leader_is_fenced_once_a_standby_takes_over() {
 }
 
 /// A leader that closes hands over at once: a standby waiting on a lease
-/// far longer than the test takes over as soon as the leader is dropped.
+/// far longer than the test, and trying it only that often, takes over as
+/// soon as the leader is dropped (it is told).
 #[test]
 fn a_clean_close_hands_the_lease_over() {
     let schema = fresh_schema();
-    let options = waiting(600_000);
-    let leader = PostgresStore::open_with(&url(), &schema, options).unwrap();
+    let options = super::PostgresOptions {
+        renew_every: std::time::Duration::from_secs(600),
+        ..waiting(600_000)
+    };
+    let leader = PostgresStore::open_with(&url(), &schema, options.clone()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     {
         let (url, schema) = (url(), schema.clone());
@@ -256,7 +261,7 @@ fn a_long_write_does_not_let_the_lease_lapse() {
     // Renewed every 100 ms, a 1 s lease lapses only if renewals stall for
     // 900 ms: a wide margin on a loaded 2-core machine.
     let options = waiting(1000);
-    let leader = PostgresStore::open_with(&url(), &schema, options).unwrap();
+    let leader = PostgresStore::open_with(&url(), &schema, options.clone()).unwrap();
     let mut holder = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
     let mut write = holder.transaction().unwrap();
     write
@@ -292,5 +297,59 @@ fn a_long_write_does_not_let_the_lease_lapse() {
     assert_eq!(standby.term(), 2);
     drop(standby);
     drop(holder);
+    drop_schema(&schema);
+}
+
+/// The lease and the roster say who leads, at which address, and who
+/// stands by; a standby that takes over leads at its own address, and the
+/// old leader leaves the roster.
+#[test]
+fn the_cluster_names_the_leader_and_its_standbys() {
+    let schema = fresh_schema();
+    let at = |address: &str| super::PostgresOptions {
+        address: address.to_owned(),
+        ..waiting(600_000)
+    };
+    assert_eq!(
+        super::read_cluster(&url(), &schema).unwrap(),
+        crate::Cluster::default(),
+        "nobody leads a store never opened"
+    );
+    let leader = PostgresStore::open_with(&url(), &schema, at("http://a:1")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let (url, schema, options) = (url(), schema.clone(), at("http://b:2"));
+        std::thread::spawn(move || {
+            let _ = tx.send(PostgresStore::open_with(&url, &schema, options));
+        });
+    }
+    // The standby enters the roster before its first wait.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let seen = loop {
+        let c = leader.cluster().unwrap().unwrap();
+        if !c.standbys.is_empty() || std::time::Instant::now() > deadline {
+            break c;
+        }
+        std::thread::yield_now();
+    };
+    assert_eq!(seen.term, 1);
+    assert_eq!(
+        seen.leader.as_ref().map(|m| m.address.as_str()),
+        Some("http://a:1")
+    );
+    let standbys: Vec<_> = seen.standbys.iter().map(|m| m.address.as_str()).collect();
+    assert_eq!(standbys, ["http://b:2"]);
+    assert_eq!(super::read_cluster(&url(), &schema).unwrap(), seen);
+
+    drop(leader);
+    let standby = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the standby took over")
+        .unwrap();
+    let now = standby.cluster().unwrap().unwrap();
+    assert_eq!(now.term, 2);
+    assert_eq!(now.leader.map(|m| m.address), Some("http://b:2".to_owned()));
+    assert_eq!(now.standbys, [], "the old leader left the roster");
+    drop(standby);
     drop_schema(&schema);
 }

@@ -166,6 +166,9 @@ enum End {
     Duplicate,
     /// The stream broke after registering, for this reason; reconnect.
     Lost(String),
+    /// A standby refused the session, naming the leader (`None` while it
+    /// knows none): go there.
+    NotLeader(Option<String>, String),
     /// Refused for good.
     Refused(WorkerError),
 }
@@ -175,7 +178,7 @@ pub(super) async fn run(
     handlers: HashMap<String, Arc<dyn Handler>>,
     drain: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
-    let endpoint = cause::endpoint(&config.server)?;
+    let mut servers = Servers::new(&config.server)?;
     let mut config = config;
     if let Some(rt) = &config.container
         && let Err(why) = rt.probe(RUNTIME_PROBE_LIMIT).await
@@ -201,12 +204,15 @@ pub(super) async fn run(
     let mut said = cause::Said::default();
     // Since when every register has been answered "this id is connected".
     let mut duplicate_since = None;
-    let server = &shared.config.server;
     loop {
         let registered_at = tokio::time::Instant::now();
+        let server = servers.url().to_owned();
+        // Whether to try again soon: some coordinator of the list is still
+        // untried this round, or a standby said a leader is coming.
+        let mut calm = false;
         let end = session(
             &shared,
-            &endpoint,
+            servers.endpoint(),
             (&mut events_rx, &mut corked),
             &mut drain,
             &mut draining,
@@ -217,6 +223,28 @@ pub(super) async fn run(
         }
         let (why, always) = match end {
             End::Drained => return Ok(()),
+            End::NotLeader(Some(leader), why) if servers.follow(&leader) => {
+                // Straight to the leader: no pause.
+                tracing::info!("{server} stands by ({why}); following the leader at {leader}");
+                continue;
+            }
+            End::NotLeader(_, why) if draining.is_some() => {
+                tracing::warn!(
+                    "the coordinator at {server} stands by while draining ({why}); stopping"
+                );
+                shared.stop_all(StopReason::Cancel);
+                return Ok(());
+            }
+            End::NotLeader(_, why) => {
+                // A standby answers: a leader is being elected; try again
+                // soon, without backing off.
+                servers.next();
+                calm = true;
+                (
+                    format!("the coordinator at {server} does not lead: {why}"),
+                    false,
+                )
+            }
             End::Refused(e) => return Err(e),
             End::Unreachable(why) | End::Lost(why) if draining.is_some() => {
                 // Draining with no coordinator to hand back to: stop what is
@@ -247,12 +275,18 @@ pub(super) async fn run(
                 );
                 (why, false)
             }
-            End::Unreachable(why) => (
-                format!("cannot reach the coordinator at {server}: {why}"),
-                false,
-            ),
+            End::Unreachable(why) => {
+                calm = !servers.next();
+                (
+                    format!("cannot reach the coordinator at {server}: {why}"),
+                    false,
+                )
+            }
             // Each loss is news, however like the last one it is.
-            End::Lost(why) => (format!("lost the coordinator at {server}: {why}"), true),
+            End::Lost(why) => {
+                calm = !servers.next();
+                (format!("lost the coordinator at {server}: {why}"), true)
+            }
         };
         // Held tasks never started: with no coordinator to accept them, let
         // it give them out again (it re-queues what the next register does
@@ -261,9 +295,14 @@ pub(super) async fn run(
         if registered_at.elapsed() > shared.config.reconnect_max {
             backoff = shared.config.reconnect_min;
         }
-        said.say(&why, always, backoff);
+        let pause = if calm {
+            shared.config.reconnect_min
+        } else {
+            backoff
+        };
+        said.say(&why, always, pause);
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = &mut drain, if draining.is_none() => {
                 // Draining with no coordinator: stop everything; the
                 // coordinator re-queues it when the heartbeat lapses.
@@ -271,7 +310,9 @@ pub(super) async fn run(
                 return Ok(());
             }
         }
-        backoff = next_backoff(backoff, &shared.config);
+        if !calm {
+            backoff = next_backoff(backoff, &shared.config);
+        }
     }
 }
 
@@ -501,6 +542,11 @@ async fn session(
 /// What the coordinator's answer `s` to a register means.
 fn refused(shared: &Shared, s: &tonic::Status, host: &str) -> End {
     let server = shared.config.server.clone();
+    if let Some(leader) = s.metadata().get(taskgrid_proto::LEADER_METADATA) {
+        let leader = leader.to_str().unwrap_or_default().trim_end_matches('/');
+        let leader = (!leader.is_empty()).then(|| leader.to_owned());
+        return End::NotLeader(leader, s.message().to_owned());
+    }
     match s.code() {
         tonic::Code::Unauthenticated if shared.config.token.is_some() => {
             End::Refused(WorkerError::WrongToken(server))
@@ -587,5 +633,79 @@ mod tests {
             delay = next_backoff(delay, &config);
         }
         assert!(waited <= Duration::from_secs(2), "{waited:?}");
+    }
+}
+
+/// The coordinators a worker may reach: those given (`--server`, a
+/// comma-separated list) and a leader one of them named. A worker talks to
+/// one at a time; it moves on to the next given one when that one cannot
+/// be reached or does not lead, and to a leader when a standby names it.
+struct Servers {
+    given: Vec<(String, tonic::transport::Endpoint)>,
+    /// Which given one is current, unless `leader` is set.
+    at: usize,
+    /// A leader a standby named that is not among those given.
+    leader: Option<(String, tonic::transport::Endpoint)>,
+}
+
+impl Servers {
+    fn new(list: &str) -> Result<Servers, WorkerError> {
+        let mut given = Vec::new();
+        for url in list.split(',').map(str::trim) {
+            let url = url.trim_end_matches('/').to_owned();
+            let endpoint = cause::endpoint(&url)?;
+            given.push((url, endpoint));
+        }
+        Ok(Servers {
+            given,
+            at: 0,
+            leader: None,
+        })
+    }
+
+    fn current(&self) -> &(String, tonic::transport::Endpoint) {
+        self.leader.as_ref().unwrap_or(&self.given[self.at])
+    }
+
+    fn url(&self) -> &str {
+        &self.current().0
+    }
+
+    fn endpoint(&self) -> &tonic::transport::Endpoint {
+        &self.current().1
+    }
+
+    /// The next given coordinator (after a leader that failed: the first
+    /// one after the last given one tried); true when every given one has
+    /// been tried since the list was last started over.
+    fn next(&mut self) -> bool {
+        if self.leader.take().is_none() {
+            self.at = (self.at + 1) % self.given.len();
+        }
+        self.at == 0
+    }
+
+    /// Goes to `leader`; false if it is the current one already or no
+    /// address a worker can use (then the caller moves on as from a
+    /// failure).
+    fn follow(&mut self, leader: &str) -> bool {
+        if leader == self.url() {
+            return false;
+        }
+        if let Some(i) = self.given.iter().position(|(u, _)| u == leader) {
+            self.at = i;
+            self.leader = None;
+            return true;
+        }
+        match cause::endpoint(leader) {
+            Ok(e) => {
+                self.leader = Some((leader.to_owned(), e));
+                true
+            }
+            Err(e) => {
+                tracing::warn!("the leader named is no address to connect to: {e}");
+                false
+            }
+        }
     }
 }
