@@ -610,32 +610,6 @@ fn instance_id() -> String {
     format!("{}-{nanos:x}", std::process::id())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reconnects_come_at_least_once_a_second_however_long_the_outage() {
-        let config = WorkerConfig::new("http://127.0.0.1:1");
-        let mut delay = config.reconnect_min;
-        let mut total = Duration::ZERO;
-        for _ in 0..50 {
-            assert!(delay <= Duration::from_secs(1), "{delay:?}");
-            total += delay;
-            delay = next_backoff(delay, &config);
-        }
-        assert!(total <= Duration::from_secs(50));
-        // Within the first 2 s of an outage it has tried 5 times already.
-        let mut delay = config.reconnect_min;
-        let mut waited = Duration::ZERO;
-        for _ in 0..4 {
-            waited += delay;
-            delay = next_backoff(delay, &config);
-        }
-        assert!(waited <= Duration::from_secs(2), "{waited:?}");
-    }
-}
-
 /// The coordinators a worker may reach: those given (`--server`, a
 /// comma-separated list) and a leader one of them named. A worker talks to
 /// one at a time; it moves on to the next given one when that one cannot
@@ -707,5 +681,55 @@ impl Servers {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_come_at_least_once_a_second_however_long_the_outage() {
+        let config = WorkerConfig::new("http://127.0.0.1:1");
+        let mut delay = config.reconnect_min;
+        let mut total = Duration::ZERO;
+        for _ in 0..50 {
+            assert!(delay <= Duration::from_secs(1), "{delay:?}");
+            total += delay;
+            delay = next_backoff(delay, &config);
+        }
+        assert!(total <= Duration::from_secs(50));
+        // Within the first 2 s of an outage it has tried 5 times already.
+        let mut delay = config.reconnect_min;
+        let mut waited = Duration::ZERO;
+        for _ in 0..4 {
+            waited += delay;
+            delay = next_backoff(delay, &config);
+        }
+        assert!(waited <= Duration::from_secs(2), "{waited:?}");
+    }
+
+    /// A list is walked in order and round again; a leader named is
+    /// followed, one of the list by its place in it; losing a followed
+    /// leader goes on with the list; an address that cannot work is not
+    /// followed.
+    #[test]
+    fn servers_walk_the_list_and_follow_a_named_leader() {
+        let mut s = super::Servers::new("http://a:1, http://b:2/,http://c:3").unwrap();
+        assert_eq!(s.url(), "http://a:1");
+        assert!(!s.next());
+        assert_eq!(s.url(), "http://b:2");
+        assert!(!s.next());
+        assert!(s.next(), "a whole round tried");
+        assert_eq!(s.url(), "http://a:1");
+        assert!(s.follow("http://c:3"));
+        assert_eq!(s.url(), "http://c:3");
+        assert!(!s.follow("http://c:3"), "already there");
+        assert!(s.follow("http://elsewhere:9"));
+        assert_eq!(s.url(), "http://elsewhere:9");
+        s.next();
+        assert_eq!(s.url(), "http://c:3", "back to the list where it was");
+        assert!(!s.follow("ftp://x"));
+        assert!(super::Servers::new("http://a:1,nonsense").is_err());
     }
 }
