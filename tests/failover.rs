@@ -6,6 +6,7 @@
 //! state, none is lost or stuck, and none has two recorded results. Each
 //! failover (kill → the first task assigned by the new leader) is timed and
 //! printed; `TASKGRID_FAILOVER_KILLS` sets how many kills (default 10),
+//! `TASKGRID_FAILOVER_TASKS` how many tasks (default 10,000),
 //! `TASKGRID_FAILOVER_LEASE_MS` the lease (default 1000; the product's
 //! default is 3000).
 
@@ -20,7 +21,14 @@ use taskgrid_api::SubmitRequest;
 use taskgrid_client::Client;
 use util::{Server, TempDatabase, worker};
 
-const TASKS: usize = 10_000;
+/// Tasks submitted: `TASKGRID_FAILOVER_TASKS`, default 10,000 (more for
+/// many kills with a long lease, so that work is left at every kill).
+fn tasks() -> usize {
+    std::env::var("TASKGRID_FAILOVER_TASKS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000)
+}
 const BATCH: usize = 250;
 
 /// One query on a thread of its own (the blocking client must not run on
@@ -158,7 +166,7 @@ async fn three_coordinators_survive_repeated_kills_of_the_leader() {
         tokio::spawn(async move {
             let mut acked = Vec::new();
             let mut refused = 0usize;
-            for _ in 0..TASKS / BATCH {
+            for _ in 0..tasks() / BATCH {
                 let batch = vec![SubmitRequest::shell(["sleep", "0.05"]); BATCH];
                 match client.submit_batch(&batch).await {
                     Ok(ids) => acked.extend(ids),
@@ -267,9 +275,10 @@ async fn three_coordinators_survive_repeated_kills_of_the_leader() {
         }
     }
     assert!(
-        acked.len() >= TASKS - BATCH * refused,
-        "only {} of {TASKS} acknowledged",
-        acked.len()
+        acked.len() >= tasks() - BATCH * refused,
+        "only {} of {} acknowledged",
+        acked.len(),
+        tasks()
     );
     // No task has two recorded results.
     let doubled = query(
