@@ -317,6 +317,8 @@ async fn dashboard_submits_follows_output_and_cancels_in_chromium() {
         .await
         .unwrap();
     wait_text(&c, "main", "w1").await;
+    // Which coordinator serves: one, on a store of its own.
+    wait_text(&c, "#coordinators", "One coordinator: http://127.0.0.1:").await;
     screenshot(&c, "workers.png").await;
     c.goto(&format!("{}/#/tasks?state=cancelled", server.url()))
         .await

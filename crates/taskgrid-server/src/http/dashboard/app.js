@@ -217,7 +217,7 @@ function follow(path, onMessage, onStatus = () => {}) {
 
 /** What the views draw from: the last cluster read and the chart series. */
 const model = {
-  workers: [], queues: [], metrics: null,
+  workers: [], queues: [], metrics: null, coordinators: null,
   // One sample per SAMPLE_MS: tasks finished, and of those failed.
   samples: [],
   current: { finished: 0, failed: 0, submitted: 0 },
@@ -264,10 +264,10 @@ async function refreshCluster() {
   clusterDirty = false;
   lastRefresh = Date.now();
   try {
-    const [workers, queues, metrics] = await Promise.all([
-      api("/workers"), api("/queues"), api("/metrics"),
+    const [workers, queues, metrics, coordinators] = await Promise.all([
+      api("/workers"), api("/queues"), api("/metrics"), api("/coordinators"),
     ]);
-    Object.assign(model, { workers, queues, metrics });
+    Object.assign(model, { workers, queues, metrics, coordinators });
     $("#banner").hidden = true;
     if (view.onCluster) view.onCluster();
   } catch (e) {
@@ -507,10 +507,22 @@ const queuesView = (root) => {
   return { onCluster: draw };
 };
 
+/** Which coordinator leads, its term and the standbys (a shared store). */
+function coordinatorLine() {
+  const c = model.coordinators;
+  if (!c) return "";
+  const who = (m) => `${m.address || "(no address)"} (${m.name})`;
+  if (!c.shared) return `One coordinator${c.leader ? `: ${who(c.leader)}` : ""}; its store is not shared.`;
+  const standbys = c.standbys.length ? c.standbys.map(who).join(", ") : "none";
+  return `Leader ${c.leader ? who(c.leader) : "none right now"}, term ${c.term}; standbys: ${standbys}.`;
+}
+
 const workersView = (root) => {
   const box = h("div");
-  root.append(h("h2", {}, "Workers online"), box);
+  const coordinators = h("p", { id: "coordinators", class: "muted" });
+  root.append(h("h2", {}, "Coordinators"), coordinators, h("h2", {}, "Workers online"), box);
   const draw = () => {
+    coordinators.textContent = coordinatorLine();
     if (!model.workers.length) return box.replaceChildren(h("p", { class: "muted" }, "No worker is connected."));
     const per = model.metrics?.workers || {};
     box.replaceChildren(h("table", {},
