@@ -115,11 +115,17 @@ impl Target {
                 }
             }
         };
-        target
-            .client()?
-            .ready()
-            .await
-            .with_context(|| format!("the coordinator at {} is not ready", target.url))?;
+        // A coordinator on PostgreSQL listens before it leads (it answers
+        // 503 while it opens the store or stands by): wait for it to lead.
+        let client = target.client()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while let Err(e) = client.ready().await {
+            if e.status() != Some(503) || tokio::time::Instant::now() >= deadline {
+                return Err(e)
+                    .with_context(|| format!("the coordinator at {} is not ready", target.url));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Ok(target)
     }
 
