@@ -594,6 +594,8 @@ pub struct ClusterProbe {
     url: String,
     schema: String,
     client: Option<Client>,
+    /// The lease tables were seen: no need to look for them again.
+    found: bool,
 }
 
 impl ClusterProbe {
@@ -604,6 +606,7 @@ impl ClusterProbe {
             url: url.to_owned(),
             schema: schema.to_owned(),
             client: None,
+            found: false,
         }
     }
 
@@ -614,17 +617,20 @@ impl ClusterProbe {
             Some(c) => c,
             None => self.client.insert(connect(&self.url, &self.schema)?),
         };
+        let found = &mut self.found;
         let read = (|| {
-            let has_lease = client
-                .query_opt(
-                    "SELECT 1 FROM information_schema.tables \
+            let has_lease = *found
+                || client
+                    .query_opt(
+                        "SELECT 1 FROM information_schema.tables \
                      WHERE table_schema = $1 AND table_name = 'taskgrid_lease_expiry'",
-                    &[&self.schema],
-                )?
-                .is_some();
+                        &[&self.schema],
+                    )?
+                    .is_some();
             if !has_lease {
                 return Ok(Cluster::default());
             }
+            *found = true;
             lease::cluster(client)
         })();
         if read.is_err() {
