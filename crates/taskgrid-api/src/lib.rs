@@ -24,6 +24,13 @@ use taskgrid_core::{
     TaskSpec, TaskStatus, Timestamp, WorkerId,
 };
 
+mod schedule;
+
+pub use schedule::{
+    BackfillRequest, BadScheduleRequest, FireList, PauseRequest, ScheduleDetail, ScheduleInfo,
+    ScheduleList, ScheduleRequest,
+};
+
 /// Where the JSON API is mounted.
 pub const API_PREFIX: &str = "/api/v1";
 /// The SSE event name of the last event of a followed output stream

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AttemptOutcome, OutputChunk, Progress, State, TaskId, TaskRecord, TaskStatus, Timestamp,
+    AttemptOutcome, FireRecord, OutputChunk, Progress, ScheduleRecord, State, TaskId, TaskRecord,
+    TaskStatus, Timestamp,
 };
 
 /// One durable change to a task (or, for [`Change::Queue`], to a queue).
@@ -51,6 +52,18 @@ pub enum Change {
         /// Whether dispatch from it is paused.
         paused: bool,
     },
+    /// A schedule was created, edited, paused, resumed, or fired: store the
+    /// whole record (insert or replace, by name).
+    Schedule(Box<ScheduleRecord>),
+    /// A schedule was deleted, with its fire history.
+    ScheduleDeleted {
+        /// The schedule.
+        name: String,
+    },
+    /// A schedule fired (or skipped, or missed, a fire): insert the record.
+    /// (schedule, scheduled time) is unique: a second record of one fire
+    /// fails the commit.
+    Fire(Box<FireRecord>),
 }
 
 impl Change {
@@ -62,7 +75,10 @@ impl Change {
             | Change::Progress { id, .. }
             | Change::Checkpoint { id, .. } => Some(*id),
             Change::Output(c) => Some(c.task),
-            Change::Queue { .. } => None,
+            Change::Queue { .. }
+            | Change::Schedule(_)
+            | Change::ScheduleDeleted { .. }
+            | Change::Fire(_) => None,
         }
     }
 

@@ -18,14 +18,16 @@ mod id;
 mod metrics;
 mod priority;
 mod record;
+mod schedule;
 mod spec;
 mod state;
 mod time;
 
 pub use change::Change;
 pub use engine::{
-    Assignment, CancelOutcome, CommandError, Engine, EngineConfig, Explanation, Gate, Outbox,
-    QueueStats, ReportAck, StopAttempt, StopReason, SubmitError, Submitted, WorkerInfo,
+    Assignment, BACKFILL_MAX, BUFFER_MAX, CancelOutcome, CommandError, Engine, EngineConfig,
+    Explanation, Gate, Outbox, QueueStats, ReportAck, ScheduleError, ScheduleGate, ScheduleView,
+    StopAttempt, StopReason, SubmitError, Submitted, WorkerInfo,
 };
 pub use id::{ParseIdError, TaskId, WorkerId};
 pub use metrics::{
@@ -36,6 +38,10 @@ pub use priority::{ParsePriorityError, Priority};
 pub use record::{
     AttemptOutcome, AttemptRecord, FailureCode, Outcome, OutputChunk, Progress, RetryHint, Stream,
     TaskFailure, TaskRecord, TaskStatus, Usage,
+};
+pub use schedule::{
+    BadSchedule, FireOutcome, FireRecord, Overlap, Recurrence, SCHEDULE_NAME_MAX, ScheduleRecord,
+    ScheduleSpec, ScheduleState, check_schedule_name,
 };
 pub use spec::{
     ContainerSpec, DEFAULT_QUEUE, ExecRequirement, LabelReq, ParseLabelError, Resources,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use taskgrid_core::{Engine, Outbox, TaskId, WorkerId, WorkerInfo};
+use taskgrid_core::{Engine, Outbox, ScheduleSpec, TaskId, TaskSpec, WorkerId, WorkerInfo};
 #[cfg(feature = "sqlite")]
 use taskgrid_store::SqliteOptions;
 use taskgrid_store::{MemoryStore, Store, StoreConfig, Writer};
@@ -37,6 +37,7 @@ pub struct TaskSystemBuilder {
     store: Option<Arc<dyn Store>>,
     config_store: Option<StoreConfig>,
     handlers: HashMap<Arc<str>, Arc<dyn Handler>>,
+    schedules: Vec<(String, ScheduleSpec, TaskSpec)>,
 }
 
 impl TaskSystemBuilder {
@@ -46,7 +47,18 @@ impl TaskSystemBuilder {
             store: None,
             config_store: None,
             handlers: HashMap::new(),
+            schedules: Vec::new(),
         }
+    }
+
+    /// Declares a schedule in code: [`build`](Self::build) creates it, or
+    /// brings the stored one with this name to this spec and template
+    /// (keeping its history); one already equal is left alone. So a
+    /// program that declares its schedules at every start-up changes
+    /// nothing on the second start.
+    pub fn schedule(mut self, name: &str, spec: ScheduleSpec, template: TaskSpec) -> Self {
+        self.schedules.push((name.to_owned(), spec, template));
+        self
     }
 
     /// Uses this store (default: in memory, lost at exit).
@@ -140,6 +152,16 @@ impl TaskSystemBuilder {
         engine.restore(records, now, &mut out);
         for queue in store.paused_queues()? {
             engine.restore_queue_paused(&queue);
+        }
+        // After the tasks: a fire may find its schedule's last task live.
+        engine.restore_schedules(store.schedules()?, now, &mut out);
+        for (name, spec, template) in self.schedules {
+            let same = engine
+                .schedule(&name)
+                .is_some_and(|v| v.record.spec == spec && v.record.template == template);
+            if !same {
+                engine.put_schedule(&name, spec, template, now, &mut out)?;
+            }
         }
         let worker = WorkerId::new("local");
         let names: Vec<String> = self.handlers.keys().map(|k| k.to_string()).collect();

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use taskgrid_core::{CommandError, State, SubmitError, TaskId};
+use taskgrid_core::{CommandError, ScheduleError, State, SubmitError, TaskId};
 use taskgrid_store::StoreError;
 
 /// What went wrong with a [`crate::TaskSystem`] call.
@@ -37,6 +37,9 @@ pub enum Error {
     /// The engine refused the command.
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// The engine refused a schedule command; nothing was changed.
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),

@@ -126,7 +126,10 @@ impl TaskEvent {
                     data: o.data.clone(),
                 },
             ),
-            Change::Queue { .. } => return None,
+            Change::Queue { .. }
+            | Change::Schedule(_)
+            | Change::ScheduleDeleted { .. }
+            | Change::Fire(_) => return None,
         };
         Some(TaskEvent {
             seq: 0,

@@ -346,6 +346,17 @@ impl Inner {
         Ok(results)
     }
 
+    /// A schedule's template, checked as a submit would check its task.
+    pub(crate) fn check_runnable_template(
+        &self,
+        spec: &taskgrid_core::TaskSpec,
+    ) -> Result<(), Error> {
+        if self.config.check_handlers {
+            self.check_runnable(spec)?;
+        }
+        Ok(())
+    }
+
     /// In an embedded system only the local executor runs tasks: refuse
     /// what it could never run instead of letting it wait forever.
     fn check_runnable(&self, spec: &taskgrid_core::TaskSpec) -> Result<(), Error> {
@@ -484,7 +495,7 @@ impl Inner {
     /// Runs one engine command for a client and answers with its result
     /// once what it changed (or, with no change, what it read) is
     /// committed; only then are the attempts it stops told.
-    async fn committed_command<T>(
+    pub(crate) async fn committed_command<T>(
         &self,
         f: impl FnOnce(&mut Engine, taskgrid_core::Timestamp, &mut Outbox) -> T,
     ) -> Result<T, Error> {

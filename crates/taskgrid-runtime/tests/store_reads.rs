@@ -91,6 +91,20 @@ impl Store for Watched {
         self.read("paused_queues");
         self.store.paused_queues()
     }
+    fn schedules(&self) -> Result<Vec<taskgrid_core::ScheduleRecord>, StoreError> {
+        self.read("schedules");
+        self.store.schedules()
+    }
+    fn fires(
+        &self,
+        schedule: &str,
+        from: Option<taskgrid_core::Timestamp>,
+        to: Option<taskgrid_core::Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<taskgrid_core::FireRecord>, StoreError> {
+        self.read("fires");
+        self.store.fires(schedule, from, to, limit)
+    }
 }
 
 // A backend written outside the store crate runs the store's own

@@ -1071,3 +1071,132 @@ async fn the_event_stream_keeps_up_with_ten_thousand_tasks() {
     .await
     .expect("every task's end arrives");
 }
+
+#[tokio::test]
+async fn schedules_are_created_read_fired_paused_and_deleted() {
+    let sys = idle_system(None);
+    let api = Api::new(&sys);
+    let mut events = sys.subscribe();
+    let def = json!({
+        "name": "tick",
+        "every_ms": 1000,
+        "overlap": "allow-all",
+        "task": {"kind": {"type": "handler", "name": "job"}, "queue": "cron", "tags": ["mine"]}
+    });
+    let r = api.post("/api/v1/schedules", def.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["definition"]["every_ms"], 1000);
+    assert_eq!(r.body["upcoming"].as_array().map(Vec::len), Some(5));
+    let r = api.post("/api/v1/schedules", def).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], "schedule_exists");
+
+    // The first fire, a second later: its task is committed and announced.
+    let id = tokio::time::timeout(LIMIT, async {
+        loop {
+            let e = events.recv().await.expect("events");
+            if matches!(e.kind, taskgrid_runtime::EventKind::Submitted { .. }) {
+                return e.id;
+            }
+        }
+    })
+    .await
+    .expect("the schedule fired");
+    let task = api.get(&format!("/api/v1/tasks/{id}")).await;
+    let tags = task.body["task"]["spec"]["tags"].to_string();
+    assert!(
+        tags.contains("schedule:tick") && tags.contains("mine"),
+        "{tags}"
+    );
+    let by_tag = api.get("/api/v1/tasks?tag=schedule:tick").await;
+    assert!(!by_tag.body["tasks"].as_array().expect("tasks").is_empty());
+
+    let r = api.post("/api/v1/schedules/tick/trigger", json!({})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["fires"][0]["manual"], true);
+    assert_eq!(r.body["fires"][0]["outcome"], "submitted");
+
+    let r = api
+        .post(
+            "/api/v1/schedules/tick/pause",
+            json!({"note": "maintenance"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["paused"], true);
+    assert!(r.body.get("next").is_none(), "{}", r.body);
+    let d = api.get("/api/v1/schedules/tick").await;
+    assert_eq!(d.status, StatusCode::OK, "{}", d.body);
+    assert_eq!(d.body["gates"][0]["reason"], "paused");
+    assert_eq!(d.body["gates"][0]["note"], "maintenance");
+    let fires = d.body["fires"].as_array().expect("fires");
+    assert!(fires.iter().any(|f| f["task"] == json!(id)), "{}", d.body);
+    let r = api.post_empty("/api/v1/schedules/tick/resume").await;
+    assert_eq!(
+        (r.status, &r.body["paused"]),
+        (StatusCode::OK, &json!(false))
+    );
+
+    let list = api.get("/api/v1/schedules").await;
+    assert_eq!(list.body["schedules"][0]["name"], "tick");
+    let r = api
+        .send(
+            api.request(Method::DELETE, "/api/v1/schedules/tick")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = api.get("/api/v1/schedules/tick").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_bad_schedule_is_refused_naming_the_field_and_changes_nothing() {
+    let sys = idle_system(None);
+    let api = Api::new(&sys);
+    let task = json!({"kind": {"type": "handler", "name": "job"}});
+    for (body, field) in [
+        (
+            json!({"name": "a", "cron": "0 25 * * *", "task": task}),
+            "cron",
+        ),
+        (
+            json!({"name": "a", "cron": "0 * * * *", "tz": "Mars/Base", "task": task}),
+            "tz",
+        ),
+        (
+            json!({"name": "a", "every_ms": 10, "task": task}),
+            "every_ms",
+        ),
+        (json!({"name": "a", "task": task}), "cron"),
+        (
+            json!({"name": "a b", "cron": "0 * * * *", "task": task}),
+            "name",
+        ),
+        (
+            json!({"name": "a", "cron": "0 * * * *", "task": {"kind": {"type": "handler", "name": "job"}, "delay_ms": 5}}),
+            "task.delay_ms",
+        ),
+        (
+            json!({"name": "a", "cron": "0 * * * *", "task": {"kind": {"type": "handler", "name": "job"}, "slots": 0}}),
+            "task.slots",
+        ),
+    ] {
+        let r = api.post("/api/v1/schedules", body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.body);
+        assert_eq!(r.body["error"]["field"], field, "{body}: {}", r.body);
+    }
+    let r = api
+        .post(
+            "/api/v1/schedules",
+            json!({"name": "a", "cron": "0 * * * *", "crn": "x", "task": task}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body["error"]["message"].to_string().contains("crn"));
+    let r = api.post_empty("/api/v1/schedules/none/trigger").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let list = api.get("/api/v1/schedules").await;
+    assert_eq!(list.body["schedules"], json!([]));
+}

@@ -1,5 +1,6 @@
 //! Durable storage for taskgrid: the record of every task, attempt and output
-//! chunk, from which the engine is rebuilt at start-up.
+//! chunk, of paused queues, and of every schedule and its fires, from which
+//! the engine is rebuilt at start-up.
 //!
 //! The engine emits an ordered list of [`Change`]s; a [`Store`] applies them
 //! all-or-nothing, with compare-and-set on every state change, and answers the
@@ -55,6 +56,7 @@ mod memory;
 mod open;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod schedule;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod writer;
@@ -71,7 +73,10 @@ pub use postgres::{ClusterProbe, PostgresOptions, PostgresStore, read_cluster};
 pub use sqlite::{BUSY_TIMEOUT, Durability, SqliteOptions, SqliteStore};
 pub use writer::{BATCH_CAP, Done, LAZY_WINDOW, MAX_WINDOW, Writer};
 
-use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord, WorkerId};
+use taskgrid_core::{
+    AttemptRecord, Change, FireRecord, OutputChunk, ScheduleRecord, State, TaskId, TaskRecord,
+    Timestamp, WorkerId,
+};
 
 /// The durable record of tasks. Every method takes `&self`; implementations
 /// synchronise internally, so one store is shared between the [`Writer`]
@@ -96,6 +101,12 @@ pub trait Store: Send + Sync + 'static {
     ///   ([`StoreError::NotFound`] for an unknown task).
     /// - [`Change::Queue`] records whether a queue is paused (see
     ///   [`Store::paused_queues`]).
+    /// - [`Change::Schedule`] inserts or replaces a schedule by name;
+    ///   [`Change::ScheduleDeleted`] removes one (and its fires; an unknown
+    ///   name is no error); [`Change::Fire`] records a fire, and a second
+    ///   record with the same (schedule, `at`) fails with
+    ///   [`StoreError::Invalid`] (a fire needs no stored schedule). Schedule
+    ///   changes apply in batch order.
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError>;
 
     /// Every task not in a terminal state, in id order: what the engine needs
@@ -128,6 +139,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// The queues whose last [`Change::Queue`] paused them, in name order.
     fn paused_queues(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Every schedule ([`Change::Schedule`] inserts or replaces one by
+    /// name, [`Change::ScheduleDeleted`] removes it), in name order.
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError>;
+
+    /// The fires of `schedule` ([`Change::Fire`]) whose scheduled time `at`
+    /// is within `from..=to` (an absent bound does not limit), newest
+    /// (greatest `at`) first, at most `limit` of them.
+    fn fires(
+        &self,
+        schedule: &str,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<FireRecord>, StoreError>;
 
     /// Who leads this store and who stands by, for a store that several
     /// coordinators share (PostgreSQL); `None` for one that only its own

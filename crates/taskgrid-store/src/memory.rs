@@ -1,21 +1,24 @@
-//! [`MemoryStore`]: every task, attempt and output chunk in one process's
-//! memory — for tests, benchmarks and embedding without persistence.
+//! [`MemoryStore`]: every task, attempt and output chunk, paused queue,
+//! schedule and fire in one process's memory — for tests, benchmarks and
+//! embedding without persistence.
 //!
 //! Tasks live in one ordered map keyed by id (so listing in id order and
 //! cursors need no sorting), each boxed so the map's nodes stay small. There
-//! are no secondary indexes: filters scan. `apply` is all-or-nothing through an
-//! undo log that is replayed backwards when a change fails.
+//! are no secondary indexes: filters scan. Schedules are a map by name, and
+//! each schedule's fires a map by scheduled time. `apply` is all-or-nothing
+//! through an undo log that is replayed backwards when a change fails.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use taskgrid_core::{
-    AttemptOutcome, AttemptRecord, Change, OutputChunk, Progress, State, Stream, TaskId,
-    TaskRecord, TaskSpec, TaskStatus, Timestamp, WorkerId,
+    AttemptOutcome, AttemptRecord, Change, FireRecord, OutputChunk, Progress, ScheduleRecord,
+    State, Stream, TaskId, TaskRecord, TaskSpec, TaskStatus, Timestamp, WorkerId,
 };
 
 use crate::attempt::{AttemptOp, attempt_ops, duplicate_attempt};
+use crate::schedule::duplicate_fire;
 use crate::{Store, StoreError, TaskQuery, counts_in_order, state_index};
 
 /// A [`Store`] that keeps everything in memory and loses it when dropped.
@@ -32,8 +35,16 @@ struct Inner {
     /// The sequence number of the last output chunk.
     last_seq: u64,
     /// Paused queues.
-    paused: std::collections::BTreeSet<String>,
+    paused: BTreeSet<String>,
+    /// Schedules by name.
+    schedules: BTreeMap<String, Box<ScheduleRecord>>,
+    /// The fires of each schedule (the schedule's name, even if it was
+    /// deleted since), by scheduled time; no schedule has an empty map.
+    fires: BTreeMap<String, Fires>,
 }
+
+/// A schedule's fires by (scheduled time, manual).
+type Fires = BTreeMap<(Timestamp, bool), Box<FireRecord>>;
 
 /// A stored task: a [`TaskRecord`] without the id (it is the map's key) plus
 /// its history.
@@ -89,6 +100,12 @@ enum Undo {
     Output(TaskId),
     /// Put back a queue's pause.
     Queue(String, bool),
+    /// Put back the schedule this name had (remove it if none).
+    Schedule(String, Option<Box<ScheduleRecord>>),
+    /// Put back a deleted schedule and its fires.
+    ScheduleDeleted(String, Option<Box<ScheduleRecord>>, Option<Fires>),
+    /// Remove the inserted fire.
+    Fire(String, (Timestamp, bool)),
 }
 
 enum AttemptUndo {
@@ -185,6 +202,24 @@ impl Inner {
                 };
                 undo.push(Undo::Queue(name.clone(), was));
             }
+            Change::Schedule(rec) => {
+                let old = self.schedules.insert(rec.name.clone(), rec.clone());
+                undo.push(Undo::Schedule(rec.name.clone(), old));
+            }
+            Change::ScheduleDeleted { name } => {
+                let old = self.schedules.remove(name);
+                let fires = self.fires.remove(name);
+                undo.push(Undo::ScheduleDeleted(name.clone(), old, fires));
+            }
+            Change::Fire(fire) => {
+                let fires = self.fires.entry(fire.schedule.clone()).or_default();
+                let key = (fire.at, fire.manual);
+                if fires.contains_key(&key) {
+                    return Err(duplicate_fire(&fire.schedule, fire.at));
+                }
+                fires.insert(key, fire.clone());
+                undo.push(Undo::Fire(fire.schedule.clone(), key));
+            }
         }
         Ok(())
     }
@@ -235,6 +270,30 @@ impl Inner {
                     self.paused.insert(name);
                 } else {
                     self.paused.remove(&name);
+                }
+            }
+            Undo::Schedule(name, old) => match old {
+                Some(rec) => {
+                    self.schedules.insert(name, rec);
+                }
+                None => {
+                    self.schedules.remove(&name);
+                }
+            },
+            Undo::ScheduleDeleted(name, old, fires) => {
+                if let Some(rec) = old {
+                    self.schedules.insert(name.clone(), rec);
+                }
+                if let Some(fires) = fires {
+                    self.fires.insert(name, fires);
+                }
+            }
+            Undo::Fire(name, at) => {
+                if let Some(fires) = self.fires.get_mut(&name) {
+                    fires.remove(&at);
+                    if fires.is_empty() {
+                        self.fires.remove(&name);
+                    }
                 }
             }
         }
@@ -457,5 +516,41 @@ impl Store for MemoryStore {
 
     fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
         Ok(self.lock().paused.iter().cloned().collect())
+    }
+
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .schedules
+            .values()
+            .map(|r| ScheduleRecord::clone(r))
+            .collect())
+    }
+
+    fn fires(
+        &self,
+        schedule: &str,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<FireRecord>, StoreError> {
+        let inner = self.lock();
+        let Some(fires) = inner.fires.get(schedule) else {
+            return Ok(Vec::new());
+        };
+        if let (Some(from), Some(to)) = (from, to)
+            && from > to
+        {
+            // An empty range (`BTreeMap::range` refuses a reversed one).
+            return Ok(Vec::new());
+        }
+        let lower = from.map_or(Bound::Unbounded, |t| Bound::Included((t, false)));
+        let upper = to.map_or(Bound::Unbounded, |t| Bound::Included((t, true)));
+        Ok(fires
+            .range((lower, upper))
+            .rev()
+            .take(limit)
+            .map(|(_, f)| FireRecord::clone(f))
+            .collect())
     }
 }

@@ -10,6 +10,7 @@
 mod dispatch;
 mod explain;
 mod report;
+mod schedules;
 mod submit;
 mod table;
 mod timers;
@@ -26,6 +27,7 @@ use crate::{
 pub use dispatch::WorkerInfo;
 pub use explain::{Explanation, Gate};
 pub use report::{CancelOutcome, ReportAck};
+pub use schedules::{BACKFILL_MAX, BUFFER_MAX, ScheduleError, ScheduleGate, ScheduleView};
 pub use submit::Submitted;
 
 use dispatch::{ClassId, Worker};
@@ -277,6 +279,10 @@ pub struct Engine {
     worker_index: HashMap<WorkerId, usize>,
     free_slots: u64,
     timers: BTreeSet<(Timestamp, TimerKind, TaskId)>,
+    schedules: BTreeMap<String, schedules::Sched>,
+    schedule_timers: BTreeSet<(Timestamp, String)>,
+    /// Live tasks a schedule submitted → the schedule.
+    schedule_of: HashMap<TaskId, String>,
     next_liveness_check: Option<Timestamp>,
     unique: HashMap<String, TaskId>,
     dependents: table::IdMap<Vec<TaskId>>,
@@ -303,6 +309,9 @@ impl Engine {
             worker_index: HashMap::new(),
             free_slots: 0,
             timers: BTreeSet::new(),
+            schedules: BTreeMap::new(),
+            schedule_timers: BTreeSet::new(),
+            schedule_of: HashMap::new(),
             next_liveness_check: None,
             unique: HashMap::new(),
             dependents: Default::default(),
@@ -564,6 +573,9 @@ impl Engine {
             self.settle_dependency(dep, id, state, now, out);
         }
         self.finished.push_back(id);
+        if !self.schedule_of.is_empty() {
+            self.on_schedule_task_finished(id, now, out);
+        }
     }
 
     /// Forgets the oldest finished tasks beyond `retain_finished`. Runs at
@@ -656,3 +668,6 @@ mod tests;
 
 #[cfg(test)]
 mod proptests;
+
+#[cfg(test)]
+mod schedule_tests;

@@ -33,7 +33,7 @@ impl Submitted {
 }
 
 const MAX_NAME: usize = 256;
-const MAX_TAGS: usize = 64;
+pub(super) const MAX_TAGS: usize = 64;
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> SubmitError {
     SubmitError::Invalid {
@@ -71,7 +71,7 @@ fn check_duration(
 }
 
 impl Engine {
-    fn validate(&self, spec: &TaskSpec, now: Timestamp) -> Result<(), SubmitError> {
+    pub(super) fn validate(&self, spec: &TaskSpec, now: Timestamp) -> Result<(), SubmitError> {
         let cfg = &self.config;
         check_name("queue", &spec.queue)?;
         match &spec.kind {

@@ -69,11 +69,14 @@ impl Engine {
 
     /// When [`Engine::tick`] next has something to do, if ever.
     pub fn next_wake(&self) -> Option<Timestamp> {
-        let timer = self.timers.first().map(|(t, _, _)| *t);
-        match (timer, self.next_liveness_check) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.timers.first().map(|(t, _, _)| *t),
+            self.next_liveness_check,
+            self.next_schedule_wake(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Number of armed task timers (for tests and stats).
@@ -108,6 +111,7 @@ impl Engine {
                 TimerKind::Dispatch => self.on_dispatch_deadline(id, now, out),
             }
         }
+        self.tick_schedules(now, out);
     }
 
     fn on_wake(&mut self, id: TaskId, now: Timestamp, out: &mut Outbox) {

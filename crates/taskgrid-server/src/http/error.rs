@@ -8,7 +8,7 @@ use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, Que
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use taskgrid_api::{ErrorBody, ErrorDetail};
-use taskgrid_core::{CommandError, SubmitError};
+use taskgrid_core::{CommandError, ScheduleError, SubmitError};
 
 use taskgrid_runtime::Error;
 
@@ -150,8 +150,34 @@ impl From<Error> for ApiError {
             }
             Error::Command(_) => ApiError::new(S::CONFLICT, "conflict", msg),
             Error::ShutDown => ApiError::new(S::SERVICE_UNAVAILABLE, "shutting_down", msg),
+            Error::Schedule(e) => match e {
+                ScheduleError::NotFound(_) => ApiError::new(S::NOT_FOUND, "not_found", msg),
+                ScheduleError::Exists(_) => ApiError::new(S::CONFLICT, "schedule_exists", msg),
+                ScheduleError::Bad(b) => ApiError::invalid(schedule_field(b.field), msg),
+                ScheduleError::Template(SubmitError::Invalid { field, .. }) => {
+                    ApiError::invalid(&format!("task.{}", api_field(field)), msg)
+                }
+                ScheduleError::Template(_) => ApiError::invalid("task", msg),
+                _ => ApiError::new(S::BAD_REQUEST, "invalid_schedule", msg),
+            },
             other => ApiError::internal(&other),
         }
+    }
+}
+
+/// The request field behind a schedule spec's field name.
+fn schedule_field(core: &str) -> &str {
+    match core {
+        "every" => "every_ms",
+        "phase" => "phase_ms",
+        "jitter" => "jitter_ms",
+        "catch_up" => "catch_up_ms",
+        "template.run_at" => "task.run_at",
+        "template.expires_at" => "task.expires_at",
+        "template.after" => "task.after",
+        "template.parent" => "task.parent",
+        "template.tags" => "task.tags",
+        other => other,
     }
 }
 

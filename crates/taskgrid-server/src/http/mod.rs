@@ -21,6 +21,7 @@ mod extract;
 mod metrics;
 mod output;
 mod queues;
+mod schedules;
 mod summary;
 mod tasks;
 
@@ -30,7 +31,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use taskgrid_api::{API_PREFIX, CoordinatorView, Coordinators, Health};
 use taskgrid_store::TaskQuery;
 
@@ -131,6 +132,40 @@ fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/coordinators", get(coordinators)),
         (Method::POST, "/queues/{name}/pause", post(queues::pause)),
         (Method::POST, "/queues/{name}/resume", post(queues::resume)),
+        (Method::GET, "/schedules", get(schedules::list)),
+        (Method::POST, "/schedules", post(schedules::create)),
+        (Method::GET, "/schedules/{name}", get(schedules::detail)),
+        (Method::PUT, "/schedules/{name}", put(schedules::put)),
+        (
+            Method::DELETE,
+            "/schedules/{name}",
+            delete(schedules::delete),
+        ),
+        (
+            Method::GET,
+            "/schedules/{name}/fires",
+            get(schedules::fires),
+        ),
+        (
+            Method::POST,
+            "/schedules/{name}/pause",
+            post(schedules::pause),
+        ),
+        (
+            Method::POST,
+            "/schedules/{name}/resume",
+            post(schedules::resume),
+        ),
+        (
+            Method::POST,
+            "/schedules/{name}/trigger",
+            post(schedules::trigger),
+        ),
+        (
+            Method::POST,
+            "/schedules/{name}/backfill",
+            post(schedules::backfill),
+        ),
         (Method::GET, "/metrics", get(tasks::metrics)),
         (Method::GET, "/events", get(events::events)),
         (Method::GET, "/events/summary", get(summary::summary)),

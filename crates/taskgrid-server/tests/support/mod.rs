@@ -242,6 +242,18 @@ impl Store for Gated {
     fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
         self.inner.paused_queues()
     }
+    fn schedules(&self) -> Result<Vec<taskgrid_core::ScheduleRecord>, StoreError> {
+        self.inner.schedules()
+    }
+    fn fires(
+        &self,
+        schedule: &str,
+        from: Option<taskgrid_core::Timestamp>,
+        to: Option<taskgrid_core::Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<taskgrid_core::FireRecord>, StoreError> {
+        self.inner.fires(schedule, from, to, limit)
+    }
 }
 
 /// A started system (no handler checks) on `store`.

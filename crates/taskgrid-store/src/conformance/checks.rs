@@ -8,6 +8,15 @@ use taskgrid_core::{
 use super::fixtures::{Life, full_record, ids, output, state_of, submit, task, tid, ts};
 use crate::{Store, StoreError, TaskQuery};
 
+mod schedules;
+
+pub use schedules::{
+    a_duplicate_fire_fails_the_whole_batch, a_fire_commits_with_its_tasks_submit,
+    deleting_a_schedule_removes_its_fires, failed_batch_keeps_schedules_and_fires,
+    fires_are_newest_first_within_bounds, schedules_round_trip_in_name_order,
+    schedules_survive_reopening,
+};
+
 /// A task with every field set reads back exactly as written, from `get`, `list` and `load_active`.
 pub fn round_trip_every_field(store: &dyn Store) {
     let rec = full_record();

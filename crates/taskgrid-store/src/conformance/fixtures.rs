@@ -1,11 +1,12 @@
 //! Test data for the conformance suite and the backends' own tests: ids,
-//! task records, and [`Life`], which drives a task through its states the
-//! way the engine would.
+//! task records, schedules and fires, and [`Life`], which drives a task
+//! through its states the way the engine would.
 
 use std::time::Duration;
 
 use taskgrid_core::{
-    AttemptOutcome, Change, FailureCode, LabelReq, OutputChunk, Priority, Progress, RetryPolicy,
+    AttemptOutcome, Change, FailureCode, FireOutcome, FireRecord, LabelReq, OutputChunk, Overlap,
+    Priority, Progress, Recurrence, RetryPolicy, ScheduleRecord, ScheduleSpec, ScheduleState,
     State, Stream, TaskFailure, TaskId, TaskKind, TaskRecord, TaskSpec, TaskStatus, Timestamp,
     WorkerId,
 };
@@ -156,4 +157,83 @@ pub(crate) fn output(task: u128, attempt: u32, data: &str) -> Change {
         },
         data: data.into(),
     }))
+}
+
+/// A schedule named `name` with every field set, its template the task of
+/// [`full_record`] (floats included).
+pub(crate) fn schedule(name: &str) -> ScheduleRecord {
+    let mut template = full_record().spec;
+    template.parent = None;
+    template.run_at = None;
+    ScheduleRecord {
+        name: name.to_owned(),
+        spec: ScheduleSpec {
+            recurrence: Recurrence::Cron("30 2 * * MON-FRI".into()),
+            tz: Some("Europe/Berlin".into()),
+            jitter: Duration::from_millis(1_500),
+            start: Some(ts(1_000_000)),
+            end: Some(ts(9_000_000_000_000)),
+            max_runs: Some(12),
+            overlap: Overlap::BufferAll,
+            catch_up: Duration::from_secs(300),
+        },
+        template,
+        created_at: ts(1_700_000_000_000_000),
+        updated_at: ts(1_700_000_000_000_001),
+        paused: true,
+        note: Some("paused for the \"migration\" — é".into()),
+        state: ScheduleState {
+            cursor: ts(1_700_000_100_000_000),
+            runs: 3,
+            buffered: vec![ts(1_700_000_050_000_000), ts(1_700_000_060_000_000)],
+            active: vec![tid(7), tid(8)],
+            last_task: Some(tid(8)),
+        },
+    }
+}
+
+/// A schedule named `name` with every default: a fixed interval, UTC.
+pub(crate) fn plain_schedule(name: &str) -> ScheduleRecord {
+    ScheduleRecord {
+        name: name.to_owned(),
+        spec: ScheduleSpec::new(Recurrence::Every {
+            every: Duration::from_secs(300),
+            phase: Duration::from_secs(30),
+        }),
+        template: TaskSpec::new(TaskKind::handler("tick", "{}")),
+        created_at: ts(10),
+        updated_at: ts(10),
+        paused: false,
+        note: None,
+        state: ScheduleState::default(),
+    }
+}
+
+pub(crate) fn upsert(rec: ScheduleRecord) -> Change {
+    Change::Schedule(Box::new(rec))
+}
+
+pub(crate) fn delete_schedule(name: &str) -> Change {
+    Change::ScheduleDeleted {
+        name: name.to_owned(),
+    }
+}
+
+/// A skipped fire of `schedule` scheduled at `at`, acted on a little later.
+pub(crate) fn fire(schedule: &str, at: u64) -> FireRecord {
+    FireRecord {
+        schedule: schedule.to_owned(),
+        at: ts(at),
+        fired_at: ts(at + 7),
+        outcome: FireOutcome::Skipped,
+        task: None,
+        reason: Some(format!("the previous task is still live ({at})")),
+        until: None,
+        count: 1,
+        manual: false,
+    }
+}
+
+pub(crate) fn fired(rec: FireRecord) -> Change {
+    Change::Fire(Box::new(rec))
 }

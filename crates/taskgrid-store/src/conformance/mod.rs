@@ -13,7 +13,9 @@
 //! ```
 //!
 //! Each check in [`checks`] is a plain function over an empty `&dyn Store`
-//! that panics (it asserts) when the backend misbehaves.
+//! that panics (it asserts) when the backend misbehaves. A durable backend
+//! also runs [`checks::schedules_survive_reopening`], which opens its store
+//! twice.
 #![allow(clippy::unwrap_used)] // a test suite: a failed call is a failed check
 
 pub mod checks;
@@ -23,7 +25,7 @@ mod fixtures;
 use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord};
 
 #[cfg(all(test, feature = "sqlite"))]
-pub(crate) use fixtures::{Life, output, submit, task, tid};
+pub(crate) use fixtures::{Life, fire, output, schedule, submit, task, tid};
 
 #[cfg(test)]
 use crate::{MemoryStore, Store};
@@ -59,6 +61,12 @@ macro_rules! conformance_tests {
                 queue_pauses_are_kept,
                 chained_changes_in_one_batch,
                 any_text_round_trips,
+                schedules_round_trip_in_name_order,
+                deleting_a_schedule_removes_its_fires,
+                fires_are_newest_first_within_bounds,
+                a_duplicate_fire_fails_the_whole_batch,
+                failed_batch_keeps_schedules_and_fires,
+                a_fire_commits_with_its_tasks_submit,
             );
         }
     };
@@ -137,5 +145,17 @@ impl Store for TempSqlite {
     }
     fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
         self.store.paused_queues()
+    }
+    fn schedules(&self) -> Result<Vec<taskgrid_core::ScheduleRecord>, StoreError> {
+        self.store.schedules()
+    }
+    fn fires(
+        &self,
+        schedule: &str,
+        from: Option<taskgrid_core::Timestamp>,
+        to: Option<taskgrid_core::Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<taskgrid_core::FireRecord>, StoreError> {
+        self.store.fires(schedule, from, to, limit)
     }
 }

@@ -15,15 +15,20 @@
 //! assigned, started and finished between two commits) are folded into
 //! one compare-and-set from the first `from` to the last status; a chain
 //! whose links do not follow is a conflict, as it is on SQLite.
+//!
+//! Schedule changes are rare (a few per fire, not per task): they are kept
+//! in batch order and written one statement each, in that order, after
+//! the task groups. A duplicate fire fails the batch with `Invalid`.
 
 use std::collections::HashMap;
 
 use postgres::Transaction;
 use postgres::types::ToSql;
-use taskgrid_core::{Change, State, TaskId, TaskRecord, TaskStatus};
+use taskgrid_core::{Change, FireRecord, ScheduleRecord, State, TaskId, TaskRecord, TaskStatus};
 
 use crate::StoreError;
 use crate::attempt::{AttemptOp, attempt_ops, duplicate_attempt};
+use crate::schedule::{duplicate_fire, to_json};
 
 use super::{json, micros};
 
@@ -85,6 +90,18 @@ struct Groups<'a> {
     checkpoints: Vec<(TaskId, &'a str)>,
     output: Vec<(TaskId, u32, &'static str, &'a str)>,
     queues: Vec<(&'a str, bool)>,
+    /// Schedule changes, in batch order.
+    schedules: Vec<ScheduleWrite<'a>>,
+}
+
+/// One schedule change, written by a statement of its own.
+enum ScheduleWrite<'a> {
+    /// Insert or replace a schedule.
+    Upsert(&'a ScheduleRecord),
+    /// Delete a schedule and its fires.
+    Delete(&'a str),
+    /// Record a fire.
+    Fire(&'a FireRecord),
 }
 
 struct Finish {
@@ -181,6 +198,9 @@ impl<'a> Groups<'a> {
                 &chunk.data,
             )),
             Change::Queue { name, paused } => self.queues.push((name, *paused)),
+            Change::Schedule(rec) => self.schedules.push(ScheduleWrite::Upsert(rec)),
+            Change::ScheduleDeleted { name } => self.schedules.push(ScheduleWrite::Delete(name)),
+            Change::Fire(fire) => self.schedules.push(ScheduleWrite::Fire(fire)),
         }
         Ok(())
     }
@@ -210,7 +230,7 @@ impl<'a> Groups<'a> {
             };
             tx.execute(sql, &[&name])?;
         }
-        Ok(())
+        write_schedules(tx, &self.schedules)
     }
 
     fn write_inserts(&self, tx: &mut Transaction<'_>) -> Result<(), StoreError> {
@@ -514,6 +534,52 @@ fn write_output(
         let all: Vec<TaskId> = output.iter().map(|o| o.0).collect();
         if let Some(id) = first_missing(&all, &touched) {
             return Err(StoreError::NotFound(id));
+        }
+    }
+    Ok(())
+}
+
+/// Writes schedule changes one by one, in batch order; a second fire of a
+/// schedule at one time is `Invalid` (and the caller's transaction rolls
+/// back).
+fn write_schedules(
+    tx: &mut Transaction<'_>,
+    writes: &[ScheduleWrite<'_>],
+) -> Result<(), StoreError> {
+    for w in writes {
+        match w {
+            ScheduleWrite::Upsert(rec) => {
+                let record = to_json(&rec.name, "schedule", rec)?;
+                tx.execute(
+                    "INSERT INTO schedules (name, record) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
+                    &[&rec.name, &record],
+                )?;
+            }
+            ScheduleWrite::Delete(name) => {
+                tx.execute("DELETE FROM schedule_fires WHERE schedule = $1", &[name])?;
+                tx.execute("DELETE FROM schedules WHERE name = $1", &[name])?;
+            }
+            ScheduleWrite::Fire(fire) => {
+                let record = to_json(&fire.schedule, "fire", fire)?;
+                let task = fire.task.map(|t| t.to_bytes().to_vec());
+                let inserted = tx.execute(
+                    "INSERT INTO schedule_fires (schedule, at, fired_at, outcome, task, record, manual) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                    &[
+                        &fire.schedule,
+                        &micros(fire.at),
+                        &micros(fire.fired_at),
+                        &fire.outcome.as_str(),
+                        &task,
+                        &record,
+                        &fire.manual,
+                    ],
+                )?;
+                if inserted == 0 {
+                    return Err(duplicate_fire(&fire.schedule, fire.at));
+                }
+            }
         }
     }
     Ok(())

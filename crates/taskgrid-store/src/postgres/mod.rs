@@ -30,10 +30,12 @@ use postgres::{Client, NoTls, Row};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use taskgrid_core::{
-    AttemptRecord, Change, OutputChunk, State, Stream, TaskId, TaskRecord, Timestamp, WorkerId,
+    AttemptRecord, Change, FireRecord, OutputChunk, ScheduleRecord, State, Stream, TaskId,
+    TaskRecord, Timestamp, WorkerId,
 };
 
 use crate::attempt::{parse_outcome, usage_of};
+use crate::schedule;
 use crate::{Store, StoreError, TaskQuery, counts_in_order, state_index};
 
 /// An error from PostgreSQL, as a [`StoreError::Backend`] whose message says
@@ -105,6 +107,25 @@ const MIGRATIONS: &[&str] = &[
 
     CREATE TABLE paused_queues (
         name text NOT NULL PRIMARY KEY
+    );
+    ",
+    // 2: schedules and the record of their fires (as on SQLite: the whole
+    // record as JSON, keyed by name, and fires keyed by (schedule, at)).
+    "
+    CREATE TABLE schedules (
+        name    text NOT NULL PRIMARY KEY,
+        record  text NOT NULL
+    );
+
+    CREATE TABLE schedule_fires (
+        schedule  text   NOT NULL,
+        at        bigint NOT NULL,
+        fired_at  bigint NOT NULL,
+        outcome   text   NOT NULL,
+        task      bytea,
+        record    text   NOT NULL,
+        manual    boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (schedule, at, manual)
     );
     ",
 ];
@@ -579,6 +600,47 @@ impl Store for PostgresStore {
             &[],
         )?;
         rows.iter().map(|r| col(r, 0)).collect()
+    }
+
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        let rows = self.read_conn()?.query(
+            "SELECT name, record FROM schedules ORDER BY name COLLATE \"C\"",
+            &[],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let name: &str = col(row, 0)?;
+            let rec: ScheduleRecord = schedule::from_json(name, "schedule", col(row, 1)?)?;
+            if rec.name != name {
+                return Err(StoreError::Corrupt(format!(
+                    "schedule {name:?}: its record is named {:?}",
+                    rec.name
+                )));
+            }
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    fn fires(
+        &self,
+        schedule: &str,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<FireRecord>, StoreError> {
+        // The bounds as the column stores times (`micros`).
+        let from = from.map_or(i64::MIN, micros);
+        let to = to.map_or(i64::MAX, micros);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.read_conn()?.query(
+            "SELECT record FROM schedule_fires WHERE schedule = $1 AND at >= $2 AND at <= $3 \
+             ORDER BY at DESC, manual DESC LIMIT $4",
+            &[&schedule, &from, &to, &limit],
+        )?;
+        rows.iter()
+            .map(|row| schedule::from_json(schedule, "fire", col(row, 0)?))
+            .collect()
     }
 
     fn cluster(&self) -> Result<Option<Cluster>, StoreError> {

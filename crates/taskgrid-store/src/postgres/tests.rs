@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use taskgrid_core::Change;
 
 use super::PostgresStore;
-use crate::conformance::{submit, task, tid};
+use crate::conformance::{fire, schedule, submit, task, tid};
 use crate::{Store, StoreError};
 
 fn url() -> String {
@@ -352,4 +352,81 @@ fn the_cluster_names_the_leader_and_its_standbys() {
     assert_eq!(now.standbys, [], "the old leader left the roster");
     drop(standby);
     drop_schema(&schema);
+}
+
+#[test]
+fn schedules_survive_reopening() {
+    let schema = fresh_schema();
+    crate::conformance::checks::schedules_survive_reopening(&mut || {
+        Box::new(PostgresStore::open_in_schema(&url(), &schema).unwrap())
+    });
+    drop_schema(&schema);
+}
+
+/// A schema at version 1 (before schedules) is upgraded in place: its
+/// tasks stay, and schedules and fires work.
+#[test]
+fn a_version_1_schema_gains_schedules_and_keeps_its_tasks() {
+    let store = TempPg::new();
+    let schema = store.schema.clone();
+    store.apply(&[submit(task(1))]).unwrap();
+    let mut store = store;
+    drop(store.store.take());
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    c.batch_execute(&format!(
+        "DROP TABLE {schema}.schedules; DROP TABLE {schema}.schedule_fires; \
+         UPDATE {schema}.taskgrid_schema SET version = 1"
+    ))
+    .unwrap();
+    store.store = Some(PostgresStore::open_in_schema(&url(), &schema).unwrap());
+    let version: i32 = c
+        .query_one(
+            &format!("SELECT version FROM {schema}.taskgrid_schema"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 2);
+    assert_eq!(store.get(tid(1)).unwrap(), Some(task(1)));
+    let rec = schedule("nightly");
+    store
+        .apply(&[
+            Change::Schedule(Box::new(rec.clone())),
+            Change::Fire(Box::new(fire("nightly", 5))),
+        ])
+        .unwrap();
+    assert_eq!(store.schedules().unwrap(), [rec]);
+    assert_eq!(
+        store.fires("nightly", None, None, 10).unwrap(),
+        [fire("nightly", 5)]
+    );
+}
+
+#[test]
+fn corrupt_schedule_rows_are_errors_not_panics() {
+    let store = TempPg::new();
+    store
+        .apply(&[
+            Change::Schedule(Box::new(schedule("nightly"))),
+            Change::Fire(Box::new(fire("nightly", 5))),
+        ])
+        .unwrap();
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    let schema = store.schema.clone();
+    let mut exec = |sql: &str| c.batch_execute(&sql.replace("{s}", &schema)).unwrap();
+
+    exec("UPDATE {s}.schedule_fires SET record = '{\"schedule\":'");
+    let err = store.fires("nightly", None, None, 10).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("nightly") && m.contains("fire")),
+        "{err:?}"
+    );
+    exec("UPDATE {s}.schedules SET name = 'renamed'");
+    let err = store.schedules().unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("renamed") && m.contains("nightly")),
+        "{err:?}"
+    );
+    exec("UPDATE {s}.schedules SET record = '[]'");
+    assert!(matches!(store.schedules(), Err(StoreError::Corrupt(_))));
 }

@@ -16,7 +16,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
-use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord};
+use taskgrid_core::{
+    AttemptRecord, Change, FireRecord, OutputChunk, ScheduleRecord, State, TaskId, TaskRecord,
+    Timestamp,
+};
 
 use crate::{Store, StoreError, TaskQuery};
 
@@ -219,6 +222,20 @@ impl Store for SqliteStore {
 
     fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
         read::paused_queues(&self.read_conn())
+    }
+
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        read::schedules(&self.read_conn())
+    }
+
+    fn fires(
+        &self,
+        schedule: &str,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<FireRecord>, StoreError> {
+        read::fires(&self.read_conn(), schedule, from, to, limit)
     }
 }
 

@@ -8,10 +8,12 @@ use rusqlite::types::{FromSql, Value};
 use rusqlite::{Connection, Row, params, params_from_iter};
 use serde::de::DeserializeOwned;
 use taskgrid_core::{
-    AttemptRecord, OutputChunk, State, Stream, TaskId, TaskRecord, Timestamp, WorkerId,
+    AttemptRecord, FireRecord, OutputChunk, ScheduleRecord, State, Stream, TaskId, TaskRecord,
+    Timestamp, WorkerId,
 };
 
 use crate::attempt::{parse_outcome, usage_of};
+use crate::schedule;
 use crate::{StoreError, TaskQuery, counts_in_order, state_index};
 
 const TASK_COLUMNS: &str = "id, created_at, spec, status, progress, checkpoint";
@@ -227,6 +229,54 @@ pub(super) fn paused_queues(conn: &Connection) -> Result<Vec<String>, StoreError
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push(col(row, 0)?);
+    }
+    Ok(out)
+}
+
+/// Every schedule, in name order.
+pub(super) fn schedules(conn: &Connection) -> Result<Vec<ScheduleRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT name, record FROM schedules ORDER BY name")?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let name: String = col(row, 0)?;
+        let rec: ScheduleRecord = schedule::from_json(&name, "schedule", &col::<String>(row, 1)?)?;
+        if rec.name != name {
+            return Err(StoreError::Corrupt(format!(
+                "schedule {name:?}: its record is named {:?}",
+                rec.name
+            )));
+        }
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+/// The fires of `schedule` scheduled within `from..=to`, newest first.
+pub(super) fn fires(
+    conn: &Connection,
+    schedule: &str,
+    from: Option<Timestamp>,
+    to: Option<Timestamp>,
+    limit: usize,
+) -> Result<Vec<FireRecord>, StoreError> {
+    // The bounds as the column stores times (`write::micros`); a range
+    // on the key's second column, read backwards.
+    let mut stmt = conn.prepare_cached(
+        "SELECT record FROM schedule_fires WHERE schedule = ?1 AND at >= ?2 AND at <= ?3 \
+         ORDER BY at DESC, manual DESC LIMIT ?4",
+    )?;
+    let from = from.map_or(i64::MIN, super::write::micros);
+    let to = to.map_or(i64::MAX, super::write::micros);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = stmt.query(params![schedule, from, to, limit])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(schedule::from_json(
+            schedule,
+            "fire",
+            &col::<String>(row, 0)?,
+        )?);
     }
     Ok(out)
 }

@@ -24,6 +24,14 @@
 //! - `attempts` — one row per attempt, keyed by `(task_id, attempt)`.
 //! - `output` — chunks under an `AUTOINCREMENT` sequence (never reused, so
 //!   readers can follow it), indexed by task.
+//! - `paused_queues` — the names of the paused queues.
+//! - `schedules` — one row per schedule, keyed by name, `record` the JSON of
+//!   its `ScheduleRecord`.
+//! - `schedule_fires` — one row per fire, keyed by `(schedule, at, manual)` (so a
+//!   second record of one fire is refused, and a schedule's fires are read
+//!   newest first off the key), `record` the JSON of its `FireRecord`;
+//!   `fired_at`, `outcome` and `task` are copies for ad-hoc queries. No
+//!   foreign key: deleting a schedule deletes its fires explicitly.
 
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -87,6 +95,24 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "
     CREATE TABLE paused_queues (
         name TEXT NOT NULL PRIMARY KEY
+    ) WITHOUT ROWID;
+    ",
+    // 4: schedules and the record of their fires.
+    "
+    CREATE TABLE schedules (
+        name    TEXT NOT NULL PRIMARY KEY,
+        record  TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE schedule_fires (
+        schedule  TEXT    NOT NULL,
+        at        INTEGER NOT NULL,
+        fired_at  INTEGER NOT NULL,
+        outcome   TEXT    NOT NULL,
+        task      BLOB,
+        record    TEXT    NOT NULL,
+        manual    INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (schedule, at, manual)
     ) WITHOUT ROWID;
     ",
 ];

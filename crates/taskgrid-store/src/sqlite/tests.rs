@@ -3,10 +3,10 @@
 //! conformance suite.
 
 use rusqlite::Connection;
-use taskgrid_core::{AttemptOutcome, State};
+use taskgrid_core::{AttemptOutcome, Change, State};
 
 use super::{Durability, SqliteOptions, SqliteStore};
-use crate::conformance::{Life, output, submit, task, tid};
+use crate::conformance::{Life, fire, output, schedule, submit, task, tid};
 use crate::{Store, StoreError, TaskQuery};
 
 fn open(path: &std::path::Path) -> SqliteStore {
@@ -261,4 +261,84 @@ fn a_second_store_on_the_same_file_is_refused_until_the_first_is_gone() {
     drop(first);
     let again = SqliteStore::open(&db, SqliteOptions::default()).unwrap();
     assert!(again.get(task(1).id).unwrap().is_some());
+}
+
+#[test]
+fn schedules_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    crate::conformance::checks::schedules_survive_reopening(&mut || Box::new(open(&path)));
+}
+
+#[test]
+fn a_version_3_database_gains_schedules_and_keeps_its_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        // Back to the release before schedules (step 4 only adds tables),
+        // with a task in it.
+        open(&path).apply(&[submit(task(1))]).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP TABLE schedules; DROP TABLE schedule_fires; PRAGMA user_version = 3;",
+        )
+        .unwrap();
+    }
+    let store = open(&path);
+    assert_eq!(
+        super::schema::user_version(&store.read_conn()).unwrap(),
+        SqliteStore::schema_version()
+    );
+    assert_eq!(store.get(tid(1)).unwrap(), Some(task(1)));
+    let rec = schedule("nightly");
+    store
+        .apply(&[
+            Change::Schedule(Box::new(rec.clone())),
+            Change::Fire(Box::new(fire("nightly", 5))),
+        ])
+        .unwrap();
+    assert_eq!(store.schedules().unwrap(), [rec]);
+    assert_eq!(
+        store.fires("nightly", None, None, 10).unwrap(),
+        [fire("nightly", 5)]
+    );
+}
+
+#[test]
+fn corrupt_schedule_rows_are_errors_not_panics() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    store
+        .apply(&[
+            Change::Schedule(Box::new(schedule("nightly"))),
+            Change::Fire(Box::new(fire("nightly", 5))),
+        ])
+        .unwrap();
+    let exec = |sql: &str| {
+        store.write_conn().execute(sql, []).unwrap();
+    };
+
+    exec("UPDATE schedule_fires SET record = '{\"schedule\":'");
+    let err = store.fires("nightly", None, None, 10).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("nightly") && m.contains("fire")),
+        "{err:?}"
+    );
+    exec("UPDATE schedule_fires SET record = 42");
+    assert!(matches!(
+        store.fires("nightly", None, None, 10),
+        Err(StoreError::Corrupt(_))
+    ));
+
+    exec("UPDATE schedules SET name = 'renamed'");
+    let err = store.schedules().unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("renamed") && m.contains("nightly")),
+        "{err:?}"
+    );
+    exec("UPDATE schedules SET record = '[]'");
+    let err = store.schedules().unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("renamed")),
+        "{err:?}"
+    );
 }

@@ -4,11 +4,13 @@
 use rusqlite::{CachedStatement, Connection, TransactionBehavior, params};
 use serde::Serialize;
 use taskgrid_core::{
-    Change, OutputChunk, Progress, State, TaskId, TaskRecord, TaskStatus, Timestamp,
+    Change, FireRecord, OutputChunk, Progress, ScheduleRecord, State, TaskId, TaskRecord,
+    TaskStatus, Timestamp,
 };
 
 use crate::StoreError;
 use crate::attempt::{AttemptOp, attempt_ops, duplicate_attempt};
+use crate::schedule::{duplicate_fire, to_json};
 
 const INSERT_TASK: &str = "INSERT OR IGNORE INTO tasks \
     (id, queue, state, worker, parent, created_at, spec, status, progress, checkpoint) \
@@ -26,6 +28,14 @@ const UPDATE_PROGRESS: &str = "UPDATE tasks SET progress = ?2 WHERE id = ?1";
 const UPDATE_CHECKPOINT: &str = "UPDATE tasks SET checkpoint = ?2 WHERE id = ?1";
 const INSERT_OUTPUT: &str = "INSERT INTO output (task_id, attempt, stream, data) \
     SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ?1)";
+const UPSERT_SCHEDULE: &str = "INSERT INTO schedules (name, record) VALUES (?1, ?2) \
+    ON CONFLICT (name) DO UPDATE SET record = excluded.record";
+const DELETE_SCHEDULE_FIRES: &str = "DELETE FROM schedule_fires WHERE schedule = ?1";
+const DELETE_SCHEDULE: &str = "DELETE FROM schedules WHERE name = ?1";
+// The key refuses a second fire at the same time: ignored here, then
+// reported as `Invalid` from the row count.
+const INSERT_FIRE: &str = "INSERT OR IGNORE INTO schedule_fires \
+    (schedule, at, fired_at, outcome, task, record, manual) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 /// Applies `changes` in one transaction; on any error nothing is written.
 pub(super) fn apply(conn: &mut Connection, changes: &[Change]) -> Result<(), StoreError> {
@@ -109,7 +119,46 @@ impl<'c> Batch<'c> {
                     };
                     self.conn.prepare_cached(sql)?.execute(params![name])?;
                 }
+                Change::Schedule(rec) => self.schedule(rec)?,
+                Change::ScheduleDeleted { name } => {
+                    self.conn
+                        .prepare_cached(DELETE_SCHEDULE_FIRES)?
+                        .execute(params![name])?;
+                    self.conn
+                        .prepare_cached(DELETE_SCHEDULE)?
+                        .execute(params![name])?;
+                }
+                Change::Fire(fire) => self.fire(fire)?,
             }
+        }
+        Ok(())
+    }
+
+    /// Inserts or replaces a schedule (schedule changes are rare: their
+    /// statements are prepared when first needed).
+    fn schedule(&mut self, rec: &ScheduleRecord) -> Result<(), StoreError> {
+        let record = to_json(&rec.name, "schedule", rec)?;
+        self.conn
+            .prepare_cached(UPSERT_SCHEDULE)?
+            .execute(params![rec.name, record])?;
+        Ok(())
+    }
+
+    /// Records a fire; a second one at the same time is `Invalid`.
+    fn fire(&mut self, fire: &FireRecord) -> Result<(), StoreError> {
+        let record = to_json(&fire.schedule, "fire", fire)?;
+        let task = fire.task.map(TaskId::to_bytes);
+        let inserted = self.conn.prepare_cached(INSERT_FIRE)?.execute(params![
+            fire.schedule,
+            micros(fire.at),
+            micros(fire.fired_at),
+            fire.outcome.as_str(),
+            task.as_ref().map(|t| &t[..]),
+            record,
+            fire.manual,
+        ])?;
+        if inserted == 0 {
+            return Err(duplicate_fire(&fire.schedule, fire.at));
         }
         Ok(())
     }

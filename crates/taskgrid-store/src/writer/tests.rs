@@ -80,6 +80,18 @@ impl Store for Recording {
     fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
         self.inner.count_by_state()
     }
+    fn schedules(&self) -> Result<Vec<taskgrid_core::ScheduleRecord>, StoreError> {
+        self.inner.schedules()
+    }
+    fn fires(
+        &self,
+        schedule: &str,
+        from: Option<taskgrid_core::Timestamp>,
+        to: Option<taskgrid_core::Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<taskgrid_core::FireRecord>, StoreError> {
+        self.inner.fires(schedule, from, to, limit)
+    }
 }
 
 type Reports = (
