@@ -53,6 +53,10 @@ enum Command {
     /// Show task counts, success rates, latencies and throughput, in total
     /// and by queue, kind and worker (--prometheus for the text format).
     Stats(cmd::client::StatsArgs),
+    /// Cron and periodic tasks: add, list, show, pause, resume, trigger,
+    /// backfill, edit, delete.
+    #[command(visible_alias = "sched")]
+    Schedule(cmd::schedule::Args),
     /// Watch workers, tasks, queues and events live in a terminal dashboard.
     Tui(cmd::tui::Args),
     /// Run an embedded system on a SQLite file: a few hundred handler tasks
@@ -125,6 +129,7 @@ fn main() -> std::process::ExitCode {
             Command::Workers(a) => client::workers(a).await,
             Command::Queues(a) => client::queues(a).await,
             Command::Stats(a) => client::stats(a).await,
+            Command::Schedule(a) => cmd::schedule::run(a).await,
             Command::Tui(a) => cmd::tui::run(a).await.map(|()| 0),
             Command::Demo(a) => cmd::demo::run(a).await.map(|()| 0),
             Command::Bench(a) => cmd::bench::run(a).await.map(|()| 0),

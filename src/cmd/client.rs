@@ -297,7 +297,7 @@ pub(crate) async fn explain(a: IdArgs) -> anyhow::Result<i32> {
 
 /// A moment as a person reads it: UTC to the millisecond, and how far from
 /// now (`2026-12-04T18:25:00.123Z, in 4.2 s`).
-fn when(t: taskgrid_core::Timestamp) -> String {
+pub(crate) fn when(t: taskgrid_core::Timestamp) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_micros(t.as_micros());
     let stamp = humantime::format_rfc3339_millis(at);
     let now = std::time::SystemTime::now();

@@ -3,6 +3,7 @@
 pub(crate) mod bench;
 pub(crate) mod client;
 pub(crate) mod demo;
+pub(crate) mod schedule;
 pub(crate) mod server;
 pub(crate) mod signals;
 pub(crate) mod submit;

@@ -148,6 +148,17 @@ pub(crate) struct SubmitArgs {
     /// 1 MiB of UTF-8 text).
     #[arg(long, requires = "wait")]
     no_stdin: bool,
+    #[command(flatten)]
+    pub(crate) task: TaskFlags,
+    /// Submit every task of this file instead: one JSON task per line, in
+    /// the API's submit form. With --wait, a progress bar follows them all.
+    #[arg(long, conflicts_with_all = ["handler", "script", "image"])]
+    file: Option<std::path::PathBuf>,
+}
+
+/// What a task runs and how: the flags `submit` and `schedule add` share.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TaskFlags {
     /// Queue.
     #[arg(long, default_value = "default")]
     queue: String,
@@ -216,16 +227,13 @@ pub(crate) struct SubmitArgs {
     /// JSON payload for `--handler`.
     #[arg(long, requires = "handler", default_value = "null")]
     payload: String,
-    /// Submit every task of this file instead: one JSON task per line, in
-    /// the API's submit form. With --wait, a progress bar follows them all.
-    #[arg(long, conflicts_with_all = ["handler", "script", "image"])]
-    file: Option<std::path::PathBuf>,
     /// The command and its arguments (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
 }
 
-fn request(a: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
+/// The API form of the task the flags describe.
+pub(crate) fn request(a: &TaskFlags) -> anyhow::Result<SubmitRequest> {
     let kind = match &a.handler {
         Some(name) => {
             let payload =
@@ -322,7 +330,7 @@ pub(crate) async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
     if let Some(path) = &a.file {
         return submit_file(&client, path, a.wait, a.conn.json).await;
     }
-    let mut req = request(&a)?;
+    let mut req = request(&a.task)?;
     if a.wait && !a.no_stdin && matches!(req.kind, Kind::Shell(_)) {
         req.stdin = piped_stdin()?;
     }

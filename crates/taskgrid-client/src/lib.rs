@@ -27,6 +27,7 @@
 //! ```
 
 mod error;
+mod schedules;
 mod sse;
 
 use std::sync::{Arc, Mutex, PoisonError};
