@@ -279,8 +279,11 @@ pub struct Engine {
     worker_index: HashMap<WorkerId, usize>,
     free_slots: u64,
     timers: BTreeSet<(Timestamp, TimerKind, TaskId)>,
-    schedules: BTreeMap<String, schedules::Sched>,
+    /// Boxed: a map node holds many entries, most of them empty slots.
+    schedules: BTreeMap<String, Box<schedules::Sched>>,
     schedule_timers: BTreeSet<(Timestamp, String)>,
+    /// Manual-fire bookkeeping of the schedules that had one.
+    schedule_manual: HashMap<String, schedules::Manual>,
     /// Live tasks a schedule submitted → the schedule.
     schedule_of: HashMap<TaskId, String>,
     next_liveness_check: Option<Timestamp>,
@@ -311,6 +314,7 @@ impl Engine {
             timers: BTreeSet::new(),
             schedules: BTreeMap::new(),
             schedule_timers: BTreeSet::new(),
+            schedule_manual: HashMap::new(),
             schedule_of: HashMap::new(),
             next_liveness_check: None,
             unique: HashMap::new(),

@@ -101,8 +101,14 @@ pub(super) struct Sched {
     rec: ScheduleRecord,
     /// The armed timer: (due, scheduled time).
     timer: Option<(Timestamp, Timestamp)>,
+}
+
+/// What a schedule's manual fires need remembered: kept apart from
+/// [`Sched`], since most schedules never have one.
+#[derive(Debug, Default)]
+pub(super) struct Manual {
     /// The last manual fire's time (manual fires are keyed by it).
-    last_manual: Timestamp,
+    last: Timestamp,
     /// Times backfilled since this engine started (the store has older ones).
     backfilled: BTreeSet<Timestamp>,
 }
@@ -174,12 +180,7 @@ impl Engine {
                 rec.template = template;
                 rec.updated_at = now;
                 rec.state.cursor = rec.state.cursor.max(now);
-                Sched {
-                    rec,
-                    timer: None,
-                    last_manual: old.last_manual,
-                    backfilled: old.backfilled,
-                }
+                Sched { rec, timer: None }
             }
             None => Sched {
                 rec: ScheduleRecord {
@@ -196,13 +197,11 @@ impl Engine {
                     },
                 },
                 timer: None,
-                last_manual: Timestamp::ZERO,
-                backfilled: BTreeSet::new(),
             },
         };
         out.changes
             .push(Change::Schedule(Box::new(rec.rec.clone())));
-        self.schedules.insert(name.to_owned(), rec);
+        self.schedules.insert(name.to_owned(), Box::new(rec));
         self.arm(name);
         Ok(created)
     }
@@ -247,6 +246,7 @@ impl Engine {
             .ok_or_else(|| ScheduleError::NotFound(name.to_owned()))?;
         self.disarm(&s);
         self.schedule_of.retain(|_, n| n != name);
+        self.schedule_manual.remove(name);
         out.changes.push(Change::ScheduleDeleted {
             name: name.to_owned(),
         });
@@ -309,13 +309,13 @@ impl Engine {
         now: Timestamp,
         out: &mut Outbox,
     ) -> Result<FireRecord, ScheduleError> {
-        let s = self
-            .schedules
-            .get_mut(name)
-            .ok_or_else(|| ScheduleError::NotFound(name.to_owned()))?;
+        if !self.schedules.contains_key(name) {
+            return Err(ScheduleError::NotFound(name.to_owned()));
+        }
+        let m = self.schedule_manual.entry(name.to_owned()).or_default();
         // Manual fires are keyed by their time: never two at one instant.
-        let at = now.max(Timestamp::from_micros(s.last_manual.as_micros() + 1));
-        s.last_manual = at;
+        let at = now.max(Timestamp::from_micros(m.last.as_micros() + 1));
+        m.last = at;
         let fire = self.submit_fire(name, at, now, true, out);
         self.push_state(name, out);
         Ok(fire)
@@ -355,7 +355,11 @@ impl Engine {
             if next > to {
                 break;
             }
-            if !done.contains(&next) && !s.backfilled.contains(&next) {
+            let mine = self
+                .schedule_manual
+                .get(name)
+                .is_some_and(|m| m.backfilled.contains(&next));
+            if !done.contains(&next) && !mine {
                 if times.len() == BACKFILL_MAX {
                     return Err(ScheduleError::Bad(BadSchedule {
                         field: "to",
@@ -381,14 +385,14 @@ impl Engine {
         now: Timestamp,
         out: &mut Outbox,
     ) -> Result<Vec<FireRecord>, ScheduleError> {
-        let s = self
-            .schedules
-            .get_mut(name)
-            .ok_or_else(|| ScheduleError::NotFound(name.to_owned()))?;
+        if !self.schedules.contains_key(name) {
+            return Err(ScheduleError::NotFound(name.to_owned()));
+        }
+        let m = self.schedule_manual.entry(name.to_owned()).or_default();
         let fresh: Vec<Timestamp> = times
             .iter()
             .copied()
-            .filter(|t| s.backfilled.insert(*t))
+            .filter(|t| m.backfilled.insert(*t))
             .collect();
         let fires = fresh
             .into_iter()
@@ -457,15 +461,8 @@ impl Engine {
                 self.schedule_of.insert(*id, rec.name.clone());
             }
             let name = rec.name.clone();
-            self.schedules.insert(
-                name.clone(),
-                Sched {
-                    rec,
-                    timer: None,
-                    last_manual: Timestamp::ZERO,
-                    backfilled: BTreeSet::new(),
-                },
-            );
+            self.schedules
+                .insert(name.clone(), Box::new(Sched { rec, timer: None }));
             if self.schedules.get(&name).is_some_and(|s| !s.rec.paused) {
                 self.fire_due(&name, now, out);
                 self.release_buffered(&name, now, out);
