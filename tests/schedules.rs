@@ -177,7 +177,9 @@ async fn an_every_second_schedule_fires_once_per_second_through_kill_9() {
         std::thread::sleep(kill_delay(&mut rng, i));
         server.proc.kill9();
         if i == KILLS / 2 {
-            // A long outage: longer than the catch-up window.
+            // A long outage: longer than the catch-up window. Not a wait
+            // for anything (the coordinator is dead; no signal can come):
+            // the outage itself is what is tested.
             std::thread::sleep(Duration::from_millis(CATCH_UP_MS + 2_500));
         }
         server = Server::start(data.path(), "127.0.0.1:0", &[]);
@@ -214,6 +216,8 @@ async fn a_standby_taking_over_fires_each_second_once() {
     let deadline = Instant::now() + Duration::from_secs(300);
     for i in 0..KILLS {
         next_fire(&client).await;
+        // The chaos, not a synchronisation: the kill's moment in the
+        // second (the fire itself was waited for above, on its event).
         std::thread::sleep(kill_delay(&mut rng, i));
         let addr = leader.addr.clone();
         leader.proc.kill9();

@@ -91,6 +91,10 @@ impl TaskSystem {
             .read_committed(|e| e.schedule(name).map(|v| v.record.state.cursor))
             .await?
             .ok_or_else(|| ScheduleError::NotFound(name.to_owned()))?;
+        if to >= from && to.min(cursor) < from {
+            // The whole range is still to come: nothing past to run.
+            return Ok(Vec::new());
+        }
         let to = to.min(cursor);
         let owned = name.to_owned();
         let done: HashSet<Timestamp> = if from <= to {

@@ -1200,3 +1200,34 @@ async fn a_bad_schedule_is_refused_naming_the_field_and_changes_nothing() {
     let list = api.get("/api/v1/schedules").await;
     assert_eq!(list.body["schedules"], json!([]));
 }
+
+#[tokio::test]
+async fn a_backfill_of_a_range_still_to_come_runs_nothing() {
+    let sys = idle_system(None);
+    let api = Api::new(&sys);
+    let r = api
+        .post(
+            "/api/v1/schedules",
+            json!({"name": "later", "cron": "0 3 * * *", "task": {"kind": {"type": "handler", "name": "job"}}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let cursor = r.body["cursor"].as_u64().expect("a cursor");
+    let day = 86_400_000_000u64;
+    let r = api
+        .post(
+            "/api/v1/schedules/later/backfill",
+            json!({"from": cursor + day, "to": cursor + 3 * day}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["fires"], json!([]));
+    let r = api
+        .post(
+            "/api/v1/schedules/later/backfill",
+            json!({"from": cursor, "to": cursor - day}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(r.body["error"]["field"], "to");
+}
