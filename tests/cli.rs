@@ -821,3 +821,149 @@ async fn only_a_working_container_runtime_is_advertised() {
     assert_eq!(status.state, taskgrid_core::State::Succeeded);
     assert_eq!(status.worker.unwrap().as_str(), "boxed");
 }
+
+/// `taskgrid schedule`: add (cron with a zone, and an interval), list,
+/// show, trigger (its task runs on the worker), pause with a note,
+/// explain, resume, backfill (once per range), delete; a bad definition
+/// names its field, exits non-zero and creates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_commands_define_fire_pause_explain_and_backfill() {
+    let (_dir, server, _w) = grid().await;
+    let url = server.url();
+    let tg = |args: &[&str]| {
+        let out = taskgrid()
+            .args(["schedule", args[0], "--server", &url])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ok = |args: &[&str]| {
+        let (code, out, err) = tg(args);
+        assert_eq!(code, Some(0), "schedule {args:?}: {out}{err}");
+        out
+    };
+
+    let out = ok(&[
+        "add",
+        "nightly",
+        "--cron",
+        "0 3 * * *",
+        "--tz",
+        "Europe/Berlin",
+        "--overlap",
+        "buffer-one",
+        "--tag",
+        "ops",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    assert!(
+        out.contains("created schedule nightly (cron '0 3 * * *' Europe/Berlin)"),
+        "{out}"
+    );
+    // 03:00 in Berlin is 01:00 or 02:00 UTC, by the season.
+    assert!(
+        out.contains("T02:00:00.000Z") || out.contains("T01:00:00.000Z"),
+        "{out}"
+    );
+
+    // Bad input: the field is named, nothing is created.
+    let (code, _, err) = tg(&["add", "broken", "--cron", "61 * * * *", "--", "true"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("cron"), "{err}");
+    let (code, _, err) = tg(&[
+        "add",
+        "zoned",
+        "--every",
+        "5m",
+        "--tz",
+        "Mars/Olympus",
+        "--",
+        "true",
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("tz"), "{err}");
+    let out = ok(&["list"]);
+    assert!(
+        out.contains("nightly") && out.contains("buffer-one"),
+        "{out}"
+    );
+    assert!(!out.contains("broken") && !out.contains("zoned"), "{out}");
+
+    let out = ok(&["show", "nightly"]);
+    let next: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("next fires:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert_eq!(next.len(), 5, "{out}");
+    assert!(out.contains("no fires yet"), "{out}");
+
+    // Trigger: the task runs on the worker and carries the schedule's tags.
+    let fires: serde_json::Value =
+        serde_json::from_str(&ok(&["trigger", "nightly", "--json"])).unwrap();
+    assert_eq!(fires[0]["outcome"], "submitted", "{fires}");
+    let id: TaskId = fires[0]["task"].as_str().unwrap().parse().unwrap();
+    let client = server.client(None);
+    let state = await_state(&client, id, None).await;
+    assert_eq!(state, taskgrid_core::State::Succeeded);
+    let task = client.get(id).await.unwrap();
+    let tags = &task.task.spec.tags;
+    assert!(tags.iter().any(|t| t == "schedule:nightly"), "{tags:?}");
+    assert!(tags.iter().any(|t| t == "ops"), "{tags:?}");
+    let out = ok(&["show", "nightly"]);
+    assert!(out.contains(&format!("submitted {id}")), "{out}");
+
+    // Pause with a note: list, explain and show say so; resume clears it.
+    let out = ok(&["pause", "nightly", "--note", "db upgrade"]);
+    assert!(out.contains("paused schedule nightly"), "{out}");
+    let out = ok(&["explain", "nightly"]);
+    assert!(out.contains("paused: db upgrade"), "{out}");
+    assert!(out.contains("no next fire"), "{out}");
+    assert!(ok(&["list"]).contains("paused"));
+    ok(&["resume", "nightly"]);
+    let out = ok(&["explain", "nightly"]);
+    assert!(
+        out.contains("fires as planned") && out.contains("next fire 20"),
+        "{out}"
+    );
+
+    // Backfill the last three hours of an hourly schedule: one task per
+    // hour boundary; the same range again runs nothing more.
+    ok(&["add", "hourly", "--every", "1h", "--", "true"]);
+    let now = std::time::SystemTime::now();
+    let from =
+        humantime::format_rfc3339(now - std::time::Duration::from_secs(3 * 3600)).to_string();
+    let to = humantime::format_rfc3339(now).to_string();
+    let backfill = || -> serde_json::Value {
+        serde_json::from_str(&ok(&[
+            "backfill", "hourly", "--from", &from, "--to", &to, "--json",
+        ]))
+        .unwrap()
+    };
+    let first = backfill();
+    let first = first.as_array().unwrap();
+    assert!((3..=4).contains(&first.len()), "{first:?}");
+    assert!(
+        first
+            .iter()
+            .all(|f| f["outcome"] == "submitted" && f["manual"] == true)
+    );
+    assert_eq!(
+        backfill(),
+        serde_json::json!([]),
+        "a range is backfilled once"
+    );
+
+    ok(&["delete", "hourly"]);
+    let (code, _, err) = tg(&["show", "hourly"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("hourly"), "{err}");
+}

@@ -32,6 +32,10 @@ enum Sub {
     /// Show a schedule: its definition, next fires, what holds it back and
     /// its last fires with their tasks.
     Show(NameArgs),
+    /// Say why a schedule is not firing, or what holds its next fire back
+    /// (paused, ended, max runs reached, not started, a live previous
+    /// task, buffered fires, times missed beyond the catch-up window).
+    Explain(NameArgs),
     /// Stop a schedule firing (fires due while paused are not run later).
     Pause(PauseArgs),
     /// Let a paused schedule fire again, from its next scheduled time.
@@ -160,6 +164,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<i32> {
         Sub::Edit(d) => define(*d, true).await,
         Sub::List(l) => list(l).await,
         Sub::Show(n) => show(n).await,
+        Sub::Explain(n) => explain(n).await,
         Sub::Pause(p) => {
             let s = p.conn.client()?.pause_schedule(&p.name, p.note).await?;
             print_info(&p.conn, &s, "paused")
@@ -347,7 +352,39 @@ fn gate_text(g: &ScheduleGate) -> String {
             }
         ),
         ScheduleGate::Buffered { count } => format!("{count} fire(s) waiting for it"),
+        ScheduleGate::Missed { at, until, .. } if at == until => format!(
+            "missed {}: due longer ago than the catch-up window (the coordinator was down)",
+            when(*at)
+        ),
+        ScheduleGate::Missed { at, until, count } => format!(
+            "missed {count} fires from {} to {}: due longer ago than the catch-up window (the coordinator was down)",
+            when(*at),
+            when(*until)
+        ),
     }
+}
+
+async fn explain(a: NameArgs) -> anyhow::Result<i32> {
+    let d = a.conn.client()?.schedule(&a.name).await?;
+    if a.conn.json {
+        println!("{}", serde_json::to_string_pretty(&d.gates)?);
+        return Ok(0);
+    }
+    let s = &d.schedule;
+    match (s.next, s.next_due) {
+        (Some(next), Some(due)) if due != next => {
+            println!("{}: next fire {} (due {})", s.name, when(next), when(due));
+        }
+        (Some(next), _) => println!("{}: next fire {}", s.name, when(next)),
+        (None, _) => println!("{}: no next fire", s.name),
+    }
+    if d.gates.is_empty() {
+        println!("  nothing holds it back: it fires as planned");
+    }
+    for g in &d.gates {
+        println!("  {}", gate_text(g));
+    }
+    Ok(0)
 }
 
 fn fire_text(f: &FireRecord) -> String {

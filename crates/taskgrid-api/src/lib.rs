@@ -27,8 +27,8 @@ use taskgrid_core::{
 mod schedule;
 
 pub use schedule::{
-    BackfillRequest, BadScheduleRequest, FireList, PauseRequest, ScheduleDetail, ScheduleInfo,
-    ScheduleList, ScheduleRequest,
+    BackfillRequest, BadScheduleRequest, FireList, PauseRequest, ScheduleDetail, ScheduleEvent,
+    ScheduleEventFilter, ScheduleEventKind, ScheduleInfo, ScheduleList, ScheduleRequest,
 };
 
 /// Where the JSON API is mounted.

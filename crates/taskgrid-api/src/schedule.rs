@@ -253,3 +253,54 @@ pub struct FireList {
     /// The fires, newest first for the history.
     pub fires: Vec<FireRecord>,
 }
+
+/// One message of `GET /schedules/events` (the SSE id is its `seq`):
+/// something committed about a schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleEvent {
+    /// Position in this coordinator's schedule stream: increases by one per
+    /// event (counted from the wall clock's microseconds at its start, like
+    /// the task stream's).
+    pub seq: u64,
+    /// When it was committed (engine time).
+    pub at: Timestamp,
+    /// The schedule.
+    pub schedule: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: ScheduleEventKind,
+}
+
+/// The kinds of [`ScheduleEvent`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ScheduleEventKind {
+    /// Created, edited, paused, resumed, or its bookkeeping moved on (a
+    /// fire, a buffered time released): re-read it for the details.
+    Changed {
+        /// Whether it is paused now.
+        paused: bool,
+        /// The pause's note.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+        /// Fires that ran a task so far.
+        runs: u64,
+    },
+    /// Deleted, with its history.
+    Deleted,
+    /// A fire was recorded: a task submitted, or a time skipped, missed or
+    /// failed.
+    Fire {
+        /// The fire.
+        fire: FireRecord,
+    },
+}
+
+/// `GET /schedules/events?schedule=NAME`: only that schedule's events.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleEventFilter {
+    /// The schedule's name.
+    #[serde(default)]
+    pub schedule: Option<String>,
+}

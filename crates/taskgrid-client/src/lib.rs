@@ -44,6 +44,7 @@ use taskgrid_api::{
 use taskgrid_core::{Explanation, MetricsSnapshot, QueueStats, TaskId};
 
 pub use error::ClientError;
+pub use schedules::ScheduleStreamItem;
 pub use sse::SseStream;
 
 /// How long connecting may take before the call fails.

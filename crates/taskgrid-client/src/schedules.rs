@@ -2,11 +2,12 @@
 
 use reqwest::Method;
 use taskgrid_api::{
-    BackfillRequest, FireList, PauseRequest, ScheduleDetail, ScheduleInfo, ScheduleList,
-    ScheduleRequest,
+    BackfillRequest, FireList, PauseRequest, SSE_RESET, ScheduleDetail, ScheduleEvent,
+    ScheduleInfo, ScheduleList, ScheduleRequest, StreamReset,
 };
 use taskgrid_core::{FireRecord, Timestamp};
 
+use crate::sse::{self, SseStream};
 use crate::{Client, ClientError, checked};
 
 impl Client {
@@ -102,4 +103,38 @@ impl Client {
         .await?;
         Ok(())
     }
+
+    /// What is committed about schedules (`/events/schedules`), only
+    /// `schedule`'s when given. Pass the last `seq` received as
+    /// `last_event_id` when reconnecting: a [`ScheduleStreamItem::Reset`]
+    /// comes first when events were missed (this stream has no replay), so
+    /// re-read [`Client::schedules`] then.
+    pub async fn schedule_events(
+        &self,
+        schedule: Option<&str>,
+        last_event_id: Option<u64>,
+    ) -> Result<SseStream<ScheduleStreamItem>, ClientError> {
+        let mut req = self.request(Method::GET, "/events/schedules");
+        if let Some(name) = schedule {
+            req = req.query(&[("schedule", name)]);
+        }
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let res = self.open_stream(req).await?;
+        Ok(SseStream::spawn(res, |raw| match raw.event.as_str() {
+            "" | "message" => Some(sse::json(&raw).map(ScheduleStreamItem::Event)),
+            SSE_RESET => Some(sse::json(&raw).map(ScheduleStreamItem::Reset)),
+            _ => None,
+        }))
+    }
+}
+
+/// An item of [`Client::schedule_events`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScheduleStreamItem {
+    /// Something committed about a schedule.
+    Event(ScheduleEvent),
+    /// Events after `after` may have been missed: re-read the schedules.
+    Reset(StreamReset),
 }

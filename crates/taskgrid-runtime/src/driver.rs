@@ -122,11 +122,19 @@ pub(crate) async fn publish(
     inner: Arc<Inner>,
     mut committed: mpsc::UnboundedReceiver<Option<Committed>>,
 ) {
-    while let Some(Some(Committed { events, effects })) = committed.recv().await {
+    while let Some(Some(Committed {
+        events,
+        schedules,
+        effects,
+    })) = committed.recv().await
+    {
         // Executors first: a worker waits for its assignments.
         inner.carry_out(effects);
         if !events.is_empty() {
             inner.publisher.publish(events, &inner.handlers);
+        }
+        if !schedules.is_empty() {
+            inner.publisher.publish_schedules(schedules);
         }
     }
 }

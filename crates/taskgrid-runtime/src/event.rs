@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use taskgrid_api::{ScheduleEvent, ScheduleEventKind};
 use taskgrid_core::{Change, Progress, State, Stream, TaskFailure, TaskId, Timestamp};
 
 /// Something that happened to a task.
@@ -76,6 +77,40 @@ pub(crate) fn seq_base() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+}
+
+/// The schedule events of a batch of changes (seq 0: the publisher numbers
+/// them), committed at `at`.
+pub(crate) fn schedule_events(changes: &[Change], at: Timestamp) -> Vec<ScheduleEvent> {
+    changes
+        .iter()
+        .filter_map(|c| {
+            let (schedule, kind) = match c {
+                Change::Schedule(r) => (
+                    r.name.clone(),
+                    ScheduleEventKind::Changed {
+                        paused: r.paused,
+                        note: r.note.clone(),
+                        runs: r.state.runs,
+                    },
+                ),
+                Change::ScheduleDeleted { name } => (name.clone(), ScheduleEventKind::Deleted),
+                Change::Fire(f) => (
+                    f.schedule.clone(),
+                    ScheduleEventKind::Fire {
+                        fire: (**f).clone(),
+                    },
+                ),
+                _ => return None,
+            };
+            Some(ScheduleEvent {
+                seq: 0,
+                at,
+                schedule,
+                kind,
+            })
+        })
+        .collect()
 }
 
 impl TaskEvent {

@@ -62,6 +62,8 @@ pub(crate) struct Inner {
 /// the writer thread, in commit order).
 pub(crate) struct Committed {
     pub(crate) events: Vec<TaskEvent>,
+    /// What happened to schedules in the batch (their own stream).
+    pub(crate) schedules: Vec<taskgrid_api::ScheduleEvent>,
     pub(crate) effects: Effects,
 }
 
@@ -165,6 +167,7 @@ impl Inner {
                 })
                 .collect()
         };
+        let schedules = crate::event::schedule_events(&changes, self.clock.now());
         let committed = self.committed.clone();
         let me = self.me.clone();
         // On the writer thread: keep it short. Sending and publishing are
@@ -172,8 +175,12 @@ impl Inner {
         let callback = Box::new(move |res: Result<(), taskgrid_store::StoreError>| {
             match res {
                 Ok(()) => {
-                    if !events.is_empty() || !effects.is_empty() {
-                        let _ = committed.send(Some(Committed { events, effects }));
+                    if !events.is_empty() || !effects.is_empty() || !schedules.is_empty() {
+                        let _ = committed.send(Some(Committed {
+                            events,
+                            schedules,
+                            effects,
+                        }));
                     }
                     if let Some(d) = done {
                         let _ = d.send(Ok(()));

@@ -63,7 +63,7 @@ pub use handle::TaskHandle;
 pub use link::WorkerLink;
 pub use monitor::WorkerView;
 pub use result::TaskResult;
-pub use schedules::FIRES_LIMIT_MAX;
+pub use schedules::{EXPLAIN_FIRES, FIRES_LIMIT_MAX};
 pub use system::TaskSystem;
 pub use taskgrid_sdk::{
     BoxFuture, ContextBackend, FnHandler, Handler, HandlerResult, InvalidPayload, Task,

@@ -3,8 +3,10 @@
 //! subscriber reads from.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use taskgrid_api::ScheduleEvent;
 use taskgrid_core::{State, TaskId};
 use taskgrid_sdk::Handler;
 use tokio::sync::{broadcast, oneshot};
@@ -15,6 +17,10 @@ use crate::sync::relock;
 
 /// The handlers whose hooks hear of their tasks' ends.
 pub(crate) type Handlers = HashMap<Arc<str>, Arc<dyn Handler>>;
+
+/// Schedule events a subscriber may fall behind by before it is told it
+/// lagged.
+const SCHEDULE_CAPACITY: usize = 1_024;
 
 /// Waiters for a task's end, answered after the end is committed.
 type Waiters = HashMap<TaskId, Vec<oneshot::Sender<TaskResult>>>;
@@ -29,6 +35,10 @@ pub(crate) struct Publisher {
     /// The last seq published and the last events, for resuming subscribers.
     recent: Mutex<(u64, VecDeque<TaskEvent>)>,
     replay_capacity: usize,
+    /// Schedule events: their own stream, numbered from the same base.
+    schedules: broadcast::Sender<ScheduleEvent>,
+    /// The seq of the last schedule event published.
+    schedule_seq: AtomicU64,
 }
 
 impl Publisher {
@@ -41,12 +51,33 @@ impl Publisher {
             event_base,
             recent: Mutex::new((event_base, VecDeque::new())),
             replay_capacity,
+            schedules: broadcast::channel(SCHEDULE_CAPACITY).0,
+            schedule_seq: AtomicU64::new(event_base),
         }
     }
 
     /// A receiver of every event published from now on.
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
         self.events.subscribe()
+    }
+
+    /// A receiver of every schedule event published from now on, and the
+    /// seq of the last one published before it (read after subscribing:
+    /// every later event reaches the receiver).
+    pub(crate) fn subscribe_schedules(&self) -> (broadcast::Receiver<ScheduleEvent>, u64) {
+        let rx = self.schedules.subscribe();
+        (rx, self.schedule_seq.load(Ordering::SeqCst))
+    }
+
+    /// Publishes committed schedule events (from the publisher task only,
+    /// in commit order).
+    pub(crate) fn publish_schedules(&self, events: Vec<ScheduleEvent>) {
+        for mut ev in events {
+            ev.seq = self.schedule_seq.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.schedules.receiver_count() > 0 {
+                let _ = self.schedules.send(ev);
+            }
+        }
     }
 
     /// The seq of the last event published.

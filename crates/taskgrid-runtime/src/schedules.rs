@@ -6,13 +6,17 @@
 use std::collections::HashSet;
 
 use taskgrid_core::{
-    FireRecord, ScheduleError, ScheduleGate, ScheduleSpec, ScheduleView, TaskSpec, Timestamp,
+    FireOutcome, FireRecord, ScheduleError, ScheduleGate, ScheduleSpec, ScheduleView, TaskSpec,
+    Timestamp,
 };
 
 use crate::{Error, TaskSystem};
 
 /// Most fire records [`TaskSystem::schedule_fires`] returns at once.
 pub const FIRES_LIMIT_MAX: usize = 1000;
+/// Fires [`TaskSystem::explain_schedule`] looks back through for a missed
+/// range.
+pub const EXPLAIN_FIRES: usize = 100;
 
 impl TaskSystem {
     /// Creates the schedule `name`, or replaces its spec and template
@@ -130,13 +134,28 @@ impl TaskSystem {
         self.inner.read_committed(|e| e.schedules()).await
     }
 
-    /// Why a schedule is not firing, or what holds its next fire back.
+    /// Why a schedule is not firing, or what holds its next fire back; and
+    /// the newest range of scheduled times missed (beyond the catch-up
+    /// window) among its last [`EXPLAIN_FIRES`] fires.
     pub async fn explain_schedule(&self, name: &str) -> Result<Vec<ScheduleGate>, Error> {
         let now = self.inner.clock.now();
-        self.inner
+        let mut gates = self
+            .inner
             .read_committed(|e| e.explain_schedule(name, now))
             .await?
-            .ok_or_else(|| ScheduleError::NotFound(name.to_owned()).into())
+            .ok_or_else(|| Error::from(ScheduleError::NotFound(name.to_owned())))?;
+        let recent = self.schedule_fires(name, EXPLAIN_FIRES).await?;
+        if let Some(m) = recent
+            .iter()
+            .find(|f| f.outcome == FireOutcome::Missed && !f.manual)
+        {
+            gates.push(ScheduleGate::Missed {
+                at: m.at,
+                until: m.until.unwrap_or(m.at),
+                count: m.count,
+            });
+        }
+        Ok(gates)
     }
 
     /// The schedule's last fires (at most `limit`, up to

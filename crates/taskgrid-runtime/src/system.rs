@@ -145,6 +145,14 @@ impl TaskSystem {
         self.inner.publisher.subscribe()
     }
 
+    /// Every schedule event (a schedule created, changed, deleted, or a
+    /// fire recorded), after it is committed, with the seq of the last one
+    /// published before the receiver was made. A subscriber that falls
+    /// more than 1,024 behind misses the oldest (and is told it lagged).
+    pub fn subscribe_schedules(&self) -> (broadcast::Receiver<taskgrid_api::ScheduleEvent>, u64) {
+        self.inner.publisher.subscribe_schedules()
+    }
+
     /// Depth by priority and running count of every queue.
     pub fn queue_stats(&self) -> Vec<QueueStats> {
         self.inner.lock().queue_stats()

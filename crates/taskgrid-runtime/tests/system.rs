@@ -722,3 +722,70 @@ async fn the_embedded_system_refuses_what_it_could_never_run() {
     assert_eq!(sys.live_tasks(), 0);
     sys.shutdown().await.unwrap();
 }
+
+/// A schedule whose last fire was long before the coordinator started:
+/// the fires within the catch-up window run, the older ones are recorded
+/// as one missed range, and `explain_schedule` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_behind_its_catch_up_window_records_and_explains_the_missed_range() {
+    use taskgrid_core::{
+        Change, FireOutcome, ScheduleGate, ScheduleRecord, ScheduleSpec, ScheduleState, TaskKind,
+        TaskSpec, Timestamp,
+    };
+    use taskgrid_store::{MemoryStore, Store};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    // Whole minutes, so the counts below do not depend on the second.
+    let minute = now.as_secs() / 60 * 60;
+    let ten_ago = Timestamp::from_micros((minute - 600) * 1_000_000);
+    let mut spec = ScheduleSpec::every(Duration::from_secs(60));
+    spec.catch_up = Duration::from_secs(150);
+    spec.overlap = taskgrid_core::Overlap::AllowAll;
+    let store = Arc::new(MemoryStore::new());
+    store
+        .apply(&[Change::Schedule(Box::new(ScheduleRecord {
+            name: "minutely".into(),
+            spec,
+            template: TaskSpec::new(TaskKind::handler("double", "1")),
+            created_at: ten_ago,
+            updated_at: ten_ago,
+            paused: false,
+            note: None,
+            state: ScheduleState {
+                cursor: ten_ago,
+                ..ScheduleState::default()
+            },
+        }))])
+        .unwrap();
+    let sys = TaskSystem::builder()
+        .store(store)
+        .handler("double", double())
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let fires = sys.schedule_fires("minutely", 100).await.unwrap();
+    let missed: Vec<_> = fires
+        .iter()
+        .filter(|f| f.outcome == FireOutcome::Missed)
+        .collect();
+    assert_eq!(missed.len(), 1, "{fires:?}");
+    let ran = fires
+        .iter()
+        .filter(|f| f.outcome == FireOutcome::Submitted)
+        .count();
+    // Minutes -9..=0 are due: those at most 150 s old run (2 or 3 of
+    // them, by where in the minute `now` is), the rest are one range.
+    assert!((2..=3).contains(&ran), "{fires:?}");
+    assert_eq!(missed[0].count as usize + ran, 10, "{fires:?}");
+    let gates = sys.explain_schedule("minutely").await.unwrap();
+    assert!(
+        gates.contains(&ScheduleGate::Missed {
+            at: missed[0].at,
+            until: missed[0].until.unwrap(),
+            count: missed[0].count,
+        }),
+        "{gates:?}"
+    );
+    assert_eq!(missed[0].at, ten_ago.plus(Duration::from_secs(60)));
+}

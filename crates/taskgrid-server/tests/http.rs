@@ -1231,3 +1231,148 @@ async fn a_backfill_of_a_range_still_to_come_runs_nothing() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
     assert_eq!(r.body["error"]["field"], "to");
 }
+
+/// `/events/schedules`: creation, a fire with its task, a pause with its
+/// note and a deletion arrive after they are committed, in commit order,
+/// filtered by schedule; a resume from anything but the last id starts
+/// with `reset`.
+#[tokio::test]
+async fn schedule_events_announce_changes_and_fires() {
+    use taskgrid_api::ScheduleEventKind as K;
+    use taskgrid_client::ScheduleStreamItem as Item;
+    let sys = idle_system(None);
+    let client = serve(&sys).await;
+    let mut all = client.schedule_events(None, None).await.expect("stream");
+    let mut only_b = client
+        .schedule_events(Some("b"), None)
+        .await
+        .expect("stream");
+    let def = |name: &str| {
+        serde_json::from_value::<api::ScheduleRequest>(json!({
+            "cron": "0 0 1 1 *",
+            "task": {"kind": {"type": "handler", "name": "job"}, "queue": "cron"}
+        }))
+        .map(|mut r| {
+            r.name = Some(name.to_owned());
+            r
+        })
+        .expect("request")
+    };
+    async fn next(s: &mut taskgrid_client::SseStream<Item>) -> taskgrid_api::ScheduleEvent {
+        match tokio::time::timeout(LIMIT, s.next()).await {
+            Ok(Some(Ok(Item::Event(e)))) => e,
+            other => panic!("expected a schedule event, got {other:?}"),
+        }
+    }
+    client.put_schedule("a", &def("a"), false).await.expect("a");
+    client.put_schedule("b", &def("b"), false).await.expect("b");
+    let fire = client.trigger_schedule("a").await.expect("trigger");
+    let task = fire[0].task.expect("the fire's task");
+    client
+        .pause_schedule("a", Some("window".into()))
+        .await
+        .expect("pause");
+    client.delete_schedule("a").await.expect("delete");
+
+    let e = next(&mut all).await;
+    assert_eq!(
+        (e.schedule.as_str(), &e.kind),
+        (
+            "a",
+            &K::Changed {
+                paused: false,
+                note: None,
+                runs: 0
+            }
+        )
+    );
+    let first = e.seq;
+    let e = next(&mut all).await;
+    assert_eq!(e.schedule, "b");
+    assert_eq!(e.seq, first + 1, "seq counts one per event");
+    // The fire, and its task is committed by the time it is announced.
+    let mut seen_fire = false;
+    let mut last;
+    loop {
+        let e = next(&mut all).await;
+        last = e.seq;
+        assert_eq!(e.schedule, "a");
+        match e.kind {
+            K::Fire { fire } => {
+                assert_eq!(fire.task, Some(task));
+                assert!(fire.manual);
+                sys.get(task).await.expect("the fire's task is there");
+                seen_fire = true;
+            }
+            K::Changed {
+                paused: true, note, ..
+            } => {
+                assert!(seen_fire, "the fire comes before the pause");
+                assert_eq!(note.as_deref(), Some("window"));
+            }
+            K::Changed { .. } => {}
+            K::Deleted => break,
+        }
+    }
+    assert!(seen_fire);
+    // The filtered stream saw b only.
+    let e = next(&mut only_b).await;
+    assert_eq!(e.schedule, "b");
+    client
+        .put_schedule("b", &def("b"), true)
+        .await
+        .expect("b again");
+    let e = next(&mut only_b).await;
+    assert_eq!(e.schedule, "b");
+
+    // Resuming from the last id: live, no reset; from an older one: reset.
+    let last = last + 1; // the second put of b
+    let mut live = client
+        .schedule_events(None, Some(last))
+        .await
+        .expect("stream");
+    let mut stale = client
+        .schedule_events(None, Some(last - 1))
+        .await
+        .expect("stream");
+    match tokio::time::timeout(LIMIT, stale.next()).await {
+        Ok(Some(Ok(Item::Reset(r)))) => assert_eq!(r.after, last - 1),
+        other => panic!("expected reset, got {other:?}"),
+    }
+    client.pause_schedule("b", None).await.expect("pause b");
+    let e = next(&mut live).await;
+    assert_eq!((e.seq, e.schedule.as_str()), (last + 1, "b"));
+    let e = next(&mut stale).await;
+    assert_eq!(e.seq, last + 1);
+}
+
+/// `pause` takes an empty body as "no note"; a body that is there must be
+/// the JSON of a pause.
+#[tokio::test]
+async fn pause_takes_an_empty_body_and_refuses_a_bad_one() {
+    let sys = idle_system(None);
+    let api = Api::new(&sys);
+    let r = api
+        .post(
+            "/api/v1/schedules",
+            json!({"name": "p", "every_ms": 60000,
+                   "task": {"kind": {"type": "handler", "name": "job"}}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api.post_empty("/api/v1/schedules/p/pause").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["paused"], true);
+    assert!(r.body.get("note").is_none(), "{}", r.body);
+    let r = api.post_empty("/api/v1/schedules/p/resume").await;
+    assert_eq!(r.body["paused"], false);
+    let r = api
+        .post("/api/v1/schedules/p/pause", json!({"nope": 1}))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let d = api.get("/api/v1/schedules/p").await;
+    assert_eq!(
+        d.body["schedule"]["paused"], false,
+        "a refused pause changes nothing"
+    );
+}

@@ -1,12 +1,17 @@
 //! What each key does, as part of [`crate::update`].
 //!
-//! Tab/Shift-Tab or `1`–`4` switch tabs, ↑/↓ (`k`/`j`), PgUp/PgDn and
+//! Tab/Shift-Tab or `1`–`5` switch tabs, ↑/↓ (`k`/`j`), PgUp/PgDn and
 //! Home/End (`g`/`G`) move the selection (or scroll the open task's
 //! output), Enter opens a task, Esc closes it, `c` then `y` cancels, `r`
 //! reloads, `q` quits.
+//!
+//! On the Schedules tab Enter opens the selected schedule's panel (which
+//! then follows the selection) and Esc closes it; `p` pauses the selected
+//! schedule, or resumes it when paused, and `t` triggers it now.
 
 use crate::state::{App, Tab};
-use crate::update::{Effect, Key, cancellable, load_tasks, open_detail};
+use crate::text::one_line;
+use crate::update::{Effect, Key, cancellable, load_tasks, open_detail, open_schedule};
 
 /// Rows moved by PgUp/PgDn.
 const PAGE: isize = 10;
@@ -31,24 +36,32 @@ pub(crate) fn on_key(app: &mut App, key: Key) -> Vec<Effect> {
         Key::Char('q') | Key::CtrlC => quit(app),
         Key::Tab => switch(app, app.tab.next()),
         Key::BackTab => switch(app, app.tab.prev()),
-        Key::Char(c @ '1'..='4') => {
+        Key::Char(c @ '1'..='9') => {
             let i = usize::from(c as u8 - b'1');
-            switch(app, Tab::ALL[i])
+            match Tab::ALL.get(i) {
+                Some(tab) => switch(app, *tab),
+                None => Vec::new(),
+            }
         }
         Key::Char('r') => {
             app.notice = Some("reloading".to_owned());
             vec![Effect::Refresh, load_tasks(app, None)]
         }
-        Key::Esc => match app.detail.take() {
-            Some(_) => vec![Effect::CloseDetail],
-            None => {
+        Key::Esc => {
+            if app.detail.take().is_some() {
+                vec![Effect::CloseDetail]
+            } else if app.schedule_panel.take().is_some() {
+                vec![Effect::CloseSchedule]
+            } else {
                 app.last_error = None;
                 app.notice = None;
                 Vec::new()
             }
-        },
+        }
         Key::Enter => enter(app),
         Key::Char('c') => ask_cancel(app),
+        Key::Char('p') => pause_or_resume(app),
+        Key::Char('t') => trigger(app),
         Key::Up | Key::Char('k') => move_by(app, -1),
         Key::Down | Key::Char('j') => move_by(app, 1),
         Key::PageUp => move_by(app, -PAGE),
@@ -64,20 +77,70 @@ fn quit(app: &mut App) -> Vec<Effect> {
     vec![Effect::Quit]
 }
 
-/// Shows `tab`, closing the open task.
+/// Shows `tab`, closing the open task and the open schedule.
 fn switch(app: &mut App, tab: Tab) -> Vec<Effect> {
     app.tab = tab;
-    match app.detail.take() {
-        Some(_) => vec![Effect::CloseDetail],
+    let mut effects = Vec::new();
+    if app.detail.take().is_some() {
+        effects.push(Effect::CloseDetail);
+    }
+    if app.schedule_panel.take().is_some() {
+        effects.push(Effect::CloseSchedule);
+    }
+    effects
+}
+
+/// The schedule `p` and `t` act on: the selected one of the Schedules
+/// tab (the open panel's, which follows the selection).
+fn target_schedule(app: &App) -> Option<(String, bool)> {
+    if app.tab != Tab::Schedules || app.detail.is_some() {
+        return None;
+    }
+    app.schedules
+        .get(app.schedule_sel)
+        .map(|s| (s.name.clone(), s.paused))
+}
+
+/// Pauses the selected schedule, or resumes it when paused.
+fn pause_or_resume(app: &mut App) -> Vec<Effect> {
+    match target_schedule(app) {
+        Some((name, true)) => {
+            app.notice = Some(format!("resuming {}…", one_line(&name)));
+            vec![Effect::ResumeSchedule(name)]
+        }
+        Some((name, false)) => {
+            app.notice = Some(format!("pausing {}…", one_line(&name)));
+            vec![Effect::PauseSchedule(name)]
+        }
         None => Vec::new(),
     }
 }
 
-/// Opens the selected task of the Tasks tab, or the task of the selected
-/// event in the Logs tab.
+/// Triggers the selected schedule now.
+fn trigger(app: &mut App) -> Vec<Effect> {
+    match target_schedule(app) {
+        Some((name, _)) => {
+            app.notice = Some(format!("triggering {}…", one_line(&name)));
+            vec![Effect::TriggerSchedule(name)]
+        }
+        None => Vec::new(),
+    }
+}
+
+/// Opens the selected task of the Tasks tab, the task of the selected
+/// event in the Logs tab, or the selected schedule's panel.
 fn enter(app: &mut App) -> Vec<Effect> {
     if app.detail.is_some() {
         return Vec::new();
+    }
+    if app.tab == Tab::Schedules {
+        return match app.selected_schedule() {
+            Some(name) if app.open_schedule() != Some(name) => {
+                let name = name.to_owned();
+                open_schedule(app, name)
+            }
+            _ => Vec::new(),
+        };
     }
     let target = match app.tab {
         Tab::Tasks => app.tasks.selected(),
@@ -85,7 +148,7 @@ fn enter(app: &mut App) -> Vec<Effect> {
             let i = app.log_sel.unwrap_or(app.logs.len().saturating_sub(1));
             app.logs.get(i).and_then(|l| l.task)
         }
-        Tab::Workers | Tab::Queues => None,
+        Tab::Workers | Tab::Queues | Tab::Schedules => None,
     };
     match target {
         Some(id) => open_detail(app, id),
@@ -114,7 +177,8 @@ fn ask_cancel(app: &mut App) -> Vec<Effect> {
 }
 
 /// Moves the selection of the tab shown, or scrolls the open task's
-/// output (up is back in time; the far end down follows it again).
+/// output (up is back in time; the far end down follows it again). An
+/// open schedule's panel follows the selection.
 fn move_by(app: &mut App, delta: isize) -> Vec<Effect> {
     if let Some(d) = app.detail.as_mut() {
         let max = d.output.len().saturating_sub(1);
@@ -124,6 +188,15 @@ fn move_by(app: &mut App, delta: isize) -> Vec<Effect> {
     match app.tab {
         Tab::Workers => app.worker_sel = step(app.worker_sel, delta, app.workers.len()),
         Tab::Queues => app.queue_sel = step(app.queue_sel, delta, app.queues.len()),
+        Tab::Schedules => {
+            app.schedule_sel = step(app.schedule_sel, delta, app.schedules.len());
+            if let (Some(open), Some(sel)) = (app.open_schedule(), app.selected_schedule())
+                && open != sel
+            {
+                let sel = sel.to_owned();
+                return open_schedule(app, sel);
+            }
+        }
         Tab::Tasks => app.tasks.move_selection(delta),
         Tab::Logs => {
             let last = app.logs.len().saturating_sub(1);

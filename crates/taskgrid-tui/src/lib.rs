@@ -1,7 +1,8 @@
 //! The taskgrid terminal dashboard (`taskgrid tui`): workers, tasks,
-//! queues and the event log of one coordinator, live from its event
-//! stream, with a detail view that follows a task's output and cancel from
-//! the keyboard.
+//! queues, the event log and the schedules of one coordinator, live from
+//! its event stream and periodic reads, with a detail view that follows a
+//! task's output, cancel from the keyboard, and a schedule panel (last
+//! fires, next times, what holds it back) with pause/resume and trigger.
 //! It talks to a coordinator through `taskgrid-client` only, and must
 //! never depend on gRPC, the runtime or the server.
 //!
@@ -27,9 +28,11 @@ mod detail;
 mod keys;
 mod output;
 mod run;
+mod schedules;
 mod state;
 mod tasks;
 mod text;
+mod time;
 mod update;
 mod view;
 

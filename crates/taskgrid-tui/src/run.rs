@@ -2,24 +2,28 @@
 //!
 //! Messages come from four sources over one channel: a thread reading the
 //! keyboard, a task following the coordinator's event stream (reconnecting
-//! with `Last-Event-ID`), a task reading workers, queues and metrics every
-//! [`REFRESH_INTERVAL`] (they are not in the event stream), and the tasks
-//! that carry out [`Effect`]s with the client. The loop applies every
-//! message queued and draws at most once per [`FRAME_INTERVAL`], and only
-//! when something changed: a burst of events costs one frame.
+//! with `Last-Event-ID`), a task reading workers, queues, metrics and
+//! schedules (and the open task and the open schedule) every
+//! [`REFRESH_INTERVAL`] and right after an action succeeds (they are not
+//! in the event stream), with the wall clock that times are shown
+//! relative to, and the tasks that carry out [`Effect`]s with the client:
+//! cancel, the task listings, pausing, resuming and triggering a schedule.
+//! The loop applies every message queued and draws at most once per
+//! [`FRAME_INTERVAL`], and only when something changed: a burst of events
+//! costs one frame.
 //!
 //! The terminal is restored when the loop ends, on error, and on panic.
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ratatui::DefaultTerminal;
 use ratatui::crossterm::event::{self as term, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use taskgrid_api::{EventFilter, ListQuery};
 use taskgrid_client::{Client, ClientError, FollowItem, ServerEvent};
-use taskgrid_core::TaskId;
+use taskgrid_core::{TaskId, Timestamp, duration_micros};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -29,7 +33,7 @@ use crate::view::draw;
 
 /// Shortest time between two frames (at most 20 a second).
 pub const FRAME_INTERVAL: Duration = Duration::from_millis(50);
-/// How often workers, queues and metrics are read.
+/// How often workers, queues, metrics and schedules are read.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 /// First wait before reconnecting a broken stream; it doubles up to
 /// [`RECONNECT_MAX`].
@@ -125,6 +129,8 @@ struct Shell {
     tx: mpsc::Sender<Msg>,
     refresh: Arc<Notify>,
     open: watch::Sender<Option<TaskId>>,
+    /// The schedule whose panel is open: read with every refresh.
+    open_schedule: watch::Sender<Option<String>>,
     events: JoinHandle<()>,
     refresher: JoinHandle<()>,
     follow: Option<JoinHandle<()>>,
@@ -135,18 +141,21 @@ impl Shell {
     fn start(client: Client, tx: mpsc::Sender<Msg>) -> Self {
         let refresh = Arc::new(Notify::new());
         let (open, open_rx) = watch::channel(None);
+        let (open_schedule, schedule_rx) = watch::channel(None);
         let events = tokio::spawn(follow_events(client.clone(), tx.clone()));
         let refresher = tokio::spawn(refresh_views(
             client.clone(),
             tx.clone(),
             Arc::clone(&refresh),
             open_rx,
+            schedule_rx,
         ));
         Shell {
             client,
             tx,
             refresh,
             open,
+            open_schedule,
             events,
             refresher,
             follow: None,
@@ -180,9 +189,53 @@ impl Shell {
                     let (client, tx) = (self.client.clone(), self.tx.clone());
                     self.calls.spawn(list_tasks(client, tx, after));
                 }
+                Effect::OpenSchedule(name) => {
+                    self.open_schedule.send_replace(Some(name));
+                    self.refresh.notify_one();
+                }
+                Effect::CloseSchedule => {
+                    self.open_schedule.send_replace(None);
+                }
+                Effect::PauseSchedule(name) => {
+                    self.call(
+                        async move |client| match client.pause_schedule(&name, None).await {
+                            Ok(info) => Msg::ScheduleChanged(Box::new(info)),
+                            Err(e) => Msg::Error(format!("pause {name}: {}", cause(&e))),
+                        },
+                    )
+                }
+                Effect::ResumeSchedule(name) => {
+                    self.call(
+                        async move |client| match client.resume_schedule(&name).await {
+                            Ok(info) => Msg::ScheduleChanged(Box::new(info)),
+                            Err(e) => Msg::Error(format!("resume {name}: {}", cause(&e))),
+                        },
+                    )
+                }
+                Effect::TriggerSchedule(name) => {
+                    self.call(
+                        async move |client| match client.trigger_schedule(&name).await {
+                            Ok(fires) => Msg::Triggered { name, fires },
+                            Err(e) => Msg::Error(format!("trigger {name}: {}", cause(&e))),
+                        },
+                    )
+                }
                 Effect::Quit => {}
             }
         }
+    }
+
+    /// Makes one call with the client in the background and sends its
+    /// answer (or its error) to the loop.
+    fn call<F>(&mut self, call: impl FnOnce(Client) -> F)
+    where
+        F: Future<Output = Msg> + Send + 'static,
+    {
+        let answer = call(self.client.clone());
+        let tx = self.tx.clone();
+        self.calls.spawn(async move {
+            let _ = tx.send(answer.await).await;
+        });
     }
 
     fn close_detail(&mut self) {
@@ -294,13 +347,15 @@ async fn follow_events(client: Client, tx: mpsc::Sender<Msg>) {
     }
 }
 
-/// Reads workers, queues, metrics and the open task every
-/// [`REFRESH_INTERVAL`] and when `now` is notified.
+/// Reads workers, queues, metrics, schedules, the open task and the open
+/// schedule every [`REFRESH_INTERVAL`] and when `now` is notified, and
+/// sends the wall clock first.
 async fn refresh_views(
     client: Client,
     tx: mpsc::Sender<Msg>,
     now: Arc<Notify>,
     open: watch::Receiver<Option<TaskId>>,
+    open_schedule: watch::Receiver<Option<String>>,
 ) {
     let mut every = tokio::time::interval(REFRESH_INTERVAL);
     loop {
@@ -308,24 +363,53 @@ async fn refresh_views(
             _ = every.tick() => {}
             () = now.notified() => {}
         }
-        let (workers, queues, metrics) =
-            tokio::join!(client.workers(), client.queues(), client.metrics());
+        let (workers, queues, metrics, schedules) = tokio::join!(
+            client.workers(),
+            client.queues(),
+            client.metrics(),
+            client.schedules()
+        );
         let id = *open.borrow();
         let detail = match id {
-            Some(id) => Some(client.get(id).await.map(|d| Msg::Detail(Box::new(d)))),
+            Some(id) => Some(
+                client
+                    .get(id)
+                    .await
+                    .map(|d| Msg::Detail(Box::new(d)))
+                    .map_err(|e| cause(&e)),
+            ),
             None => None,
         };
+        let name = open_schedule.borrow().clone();
+        let schedule = match name {
+            Some(name) => Some(
+                client
+                    .schedule(&name)
+                    .await
+                    .map(|d| Msg::Schedule(Box::new(d)))
+                    .map_err(|e| format!("schedule {name}: {}", cause(&e))),
+            ),
+            None => None,
+        };
+        if tx.send(Msg::Now(wall_clock())).await.is_err() {
+            return;
+        }
         let results = [
-            workers.map(Msg::Workers),
-            queues.map(Msg::Queues),
-            metrics.map(|m| Msg::Metrics(Box::new(m))),
+            workers.map(Msg::Workers).map_err(|e| cause(&e)),
+            queues.map(Msg::Queues).map_err(|e| cause(&e)),
+            metrics
+                .map(|m| Msg::Metrics(Box::new(m)))
+                .map_err(|e| cause(&e)),
+            schedules
+                .map(Msg::Schedules)
+                .map_err(|e| format!("reading schedules: {}", cause(&e))),
         ];
         let mut error = None;
-        for r in results.into_iter().chain(detail) {
+        for r in results.into_iter().chain(detail).chain(schedule) {
             let msg = match r {
                 Ok(m) => m,
                 Err(e) => {
-                    error = Some(cause(&e));
+                    error = Some(e);
                     continue;
                 }
             };
@@ -339,6 +423,14 @@ async fn refresh_views(
             return;
         }
     }
+}
+
+/// The wall clock (the epoch if it is set before it).
+fn wall_clock() -> Timestamp {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::from_micros(duration_micros(since))
 }
 
 /// Lists the tasks after `after`, page by page.

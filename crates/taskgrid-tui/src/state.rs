@@ -1,14 +1,17 @@
 //! The dashboard's state, [`App`]: everything a frame shows, changed only
 //! by [`crate::update`] and read by [`crate::draw`].
 //!
-//! Every collection is bounded: the newest [`MAX_TASKS`] tasks, the last
-//! [`MAX_LOG_LINES`] events and the last [`MAX_OUTPUT_LINES`] lines of the
-//! open task's output.
+//! Every collection of the live streams is bounded: the newest
+//! [`MAX_TASKS`] tasks, the last [`MAX_LOG_LINES`] events and the last
+//! [`MAX_OUTPUT_LINES`] lines of the open task's output. Workers, queues
+//! and schedules are the coordinator's lists as last read.
 
 use std::collections::VecDeque;
 
-use taskgrid_api::{OutputEnd, TaskView, WorkerView};
-use taskgrid_core::{AttemptRecord, MetricsSnapshot, Progress, QueueStats, State, TaskId};
+use taskgrid_api::{OutputEnd, ScheduleDetail, ScheduleInfo, TaskView, WorkerView};
+use taskgrid_core::{
+    AttemptRecord, MetricsSnapshot, Progress, QueueStats, State, TaskId, Timestamp,
+};
 
 use crate::output::OutputBuffer;
 use crate::tasks::TaskList;
@@ -31,11 +34,19 @@ pub enum Tab {
     Queues,
     /// The last events, one a line.
     Logs,
+    /// The coordinator's schedules.
+    Schedules,
 }
 
 impl Tab {
-    /// Every tab, in the order of the tab bar (keys `1`–`4`).
-    pub const ALL: [Tab; 4] = [Tab::Workers, Tab::Tasks, Tab::Queues, Tab::Logs];
+    /// Every tab, in the order of the tab bar (keys `1`–`5`).
+    pub const ALL: [Tab; 5] = [
+        Tab::Workers,
+        Tab::Tasks,
+        Tab::Queues,
+        Tab::Logs,
+        Tab::Schedules,
+    ];
 
     /// Its title in the tab bar.
     pub fn title(self) -> &'static str {
@@ -44,6 +55,7 @@ impl Tab {
             Tab::Tasks => "Tasks",
             Tab::Queues => "Queues",
             Tab::Logs => "Logs",
+            Tab::Schedules => "Schedules",
         }
     }
 
@@ -129,6 +141,15 @@ impl Detail {
     }
 }
 
+/// The open schedule: what the Schedules tab's panel shows.
+#[derive(Debug, Clone)]
+pub(crate) struct SchedulePanel {
+    pub(crate) name: String,
+    /// The schedule, its last fires and gates, as last read (`None` until
+    /// the first read answers).
+    pub(crate) detail: Option<ScheduleDetail>,
+}
+
 /// Task listings in flight, and the `seq` before the first of them
 /// started: rows changed by later events keep their state.
 #[derive(Debug, Clone, Copy, Default)]
@@ -161,13 +182,20 @@ pub struct App {
     pub(crate) loads: Loads,
     pub(crate) workers: Vec<WorkerView>,
     pub(crate) queues: Vec<QueueStats>,
+    /// The schedules, in name order.
+    pub(crate) schedules: Vec<ScheduleInfo>,
+    /// The open schedule's panel.
+    pub(crate) schedule_panel: Option<SchedulePanel>,
+    /// The wall clock at the last refresh: relative times count from it.
+    pub(crate) now: Option<Timestamp>,
     pub(crate) metrics: Option<MetricsSnapshot>,
     pub(crate) logs: VecDeque<LogLine>,
     pub(crate) detail: Option<Detail>,
     pub(crate) connection: Connection,
-    /// Row selected in the Workers and Queues tabs.
+    /// Row selected in the Workers, Queues and Schedules tabs.
     pub(crate) worker_sel: usize,
     pub(crate) queue_sel: usize,
+    pub(crate) schedule_sel: usize,
     /// Line selected in the Logs tab; `None` follows the newest.
     pub(crate) log_sel: Option<usize>,
     /// A cancel waiting for `y`.
@@ -198,12 +226,16 @@ impl App {
             loads: Loads::default(),
             workers: Vec::new(),
             queues: Vec::new(),
+            schedules: Vec::new(),
+            schedule_panel: None,
+            now: None,
             metrics: None,
             logs: VecDeque::new(),
             detail: None,
             connection: Connection::Connecting,
             worker_sel: 0,
             queue_sel: 0,
+            schedule_sel: 0,
             log_sel: None,
             confirm: None,
             notice: None,
@@ -228,6 +260,18 @@ impl App {
     /// The task whose detail view is open.
     pub fn open_task(&self) -> Option<TaskId> {
         self.detail.as_ref().map(|d| d.id)
+    }
+
+    /// The name of the schedule selected in the Schedules tab.
+    pub fn selected_schedule(&self) -> Option<&str> {
+        self.schedules
+            .get(self.schedule_sel)
+            .map(|s| s.name.as_str())
+    }
+
+    /// The schedule whose panel is open.
+    pub fn open_schedule(&self) -> Option<&str> {
+        self.schedule_panel.as_ref().map(|p| p.name.as_str())
     }
 
     /// The state of the event stream.
@@ -272,10 +316,13 @@ impl App {
         }
     }
 
-    /// Keeps the Workers and Queues selections on a row.
+    /// Keeps the Workers, Queues and Schedules selections on a row.
     pub(crate) fn clamp_selections(&mut self) {
         self.worker_sel = self.worker_sel.min(self.workers.len().saturating_sub(1));
         self.queue_sel = self.queue_sel.min(self.queues.len().saturating_sub(1));
+        self.schedule_sel = self
+            .schedule_sel
+            .min(self.schedules.len().saturating_sub(1));
         if let Some(i) = self.log_sel {
             self.log_sel = (i < self.logs.len()).then_some(i);
         }

@@ -4,12 +4,12 @@
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use taskgrid_api::{
-    CancelOutcomeKind, CancelResponse, EventKind, Kind, OutputEnd, OutputEntry, SubmitRequest,
-    TaskDetail, TaskEvent, TaskView, WorkerView,
+    CancelOutcomeKind, CancelResponse, EventKind, Kind, OutputEnd, OutputEntry, ScheduleDetail,
+    ScheduleInfo, ScheduleRequest, SubmitRequest, TaskDetail, TaskEvent, TaskView, WorkerView,
 };
 use taskgrid_core::{
-    FailureCode, Priority, Progress, QueueStats, ShellCommand, ShellSpec, State, Stream,
-    TaskFailure, TaskId, TaskStatus, Timestamp, WorkerId,
+    FailureCode, FireOutcome, FireRecord, Overlap, Priority, Progress, QueueStats, ScheduleGate,
+    ShellCommand, ShellSpec, State, Stream, TaskFailure, TaskId, TaskStatus, Timestamp, WorkerId,
 };
 
 use crate::{App, Effect, Key, MAX_OUTPUT_LINES, MAX_TASKS, Msg, Tab, draw, update};
@@ -434,11 +434,17 @@ fn keys_switch_tabs_reset_reloads_and_q_quits() {
     keys(&mut app, &[Key::Tab]);
     assert_eq!(app.tab(), Tab::Queues);
     keys(&mut app, &[Key::Tab, Key::Tab]);
+    assert_eq!(app.tab(), Tab::Schedules);
+    keys(&mut app, &[Key::Tab]);
     assert_eq!(app.tab(), Tab::Workers);
     keys(&mut app, &[Key::BackTab]);
-    assert_eq!(app.tab(), Tab::Logs);
+    assert_eq!(app.tab(), Tab::Schedules);
     keys(&mut app, &[Key::Char('1')]);
     assert_eq!(app.tab(), Tab::Workers);
+    keys(&mut app, &[Key::Char('5')]);
+    assert_eq!(app.tab(), Tab::Schedules);
+    keys(&mut app, &[Key::Char('4'), Key::Char('6')]);
+    assert_eq!(app.tab(), Tab::Logs, "no sixth tab");
     assert_eq!(
         update(&mut app, Msg::Reset),
         [Effect::LoadTasks { after: None }, Effect::Refresh]
@@ -789,4 +795,361 @@ fn errors_names_and_messages_keep_their_breaks_visible_on_one_line() {
     keys(&mut app, &[Key::Char('1')]);
     let s = screen(&app, 120, 8);
     assert!(s.contains("zone=eu north"), "{s}");
+}
+
+/// The clock of the schedule tests: 2023-11-14 22:13:20Z.
+const NOW_S: u64 = 1_700_000_000;
+
+fn at_s(secs: u64) -> Timestamp {
+    Timestamp::from_micros(secs * 1_000_000)
+}
+
+/// An active schedule `name`: a cron expression, or an interval.
+fn schedule(name: &str, cron: Option<&str>, every_ms: Option<u64>) -> ScheduleInfo {
+    ScheduleInfo {
+        name: name.into(),
+        definition: ScheduleRequest {
+            name: Some(name.into()),
+            cron: cron.map(Into::into),
+            every_ms,
+            phase_ms: None,
+            tz: None,
+            jitter_ms: None,
+            start: None,
+            end: None,
+            max_runs: None,
+            overlap: Overlap::Skip,
+            catch_up_ms: Some(60_000),
+            task: SubmitRequest::shell(["backup.sh", "--all"]),
+        },
+        created_at: at_s(NOW_S - 86_400),
+        updated_at: at_s(NOW_S - 86_400),
+        paused: false,
+        note: None,
+        runs: 0,
+        cursor: at_s(NOW_S),
+        buffered: vec![],
+        live: vec![],
+        last_task: None,
+        next: Some(at_s(NOW_S + 300)),
+        next_due: Some(at_s(NOW_S + 300)),
+        upcoming: vec![at_s(NOW_S + 300), at_s(NOW_S + 86_700)],
+    }
+}
+
+/// `backup` (cron, active, a live task) and `heartbeat` (every 5m,
+/// paused with a note), in name order.
+fn two_schedules() -> Vec<ScheduleInfo> {
+    let mut backup = schedule("backup", Some("0 3 * * *"), None);
+    backup.definition.tz = Some("Europe/Paris".into());
+    backup.runs = 3;
+    backup.live = vec![id(9)];
+    backup.last_task = Some(id(9));
+    let mut heartbeat = schedule("heartbeat", None, Some(300_000));
+    heartbeat.paused = true;
+    heartbeat.note = Some("maintenance".into());
+    heartbeat.runs = 12;
+    heartbeat.next = None;
+    heartbeat.next_due = None;
+    heartbeat.upcoming = vec![];
+    vec![backup, heartbeat]
+}
+
+fn fire(at: u64, outcome: FireOutcome) -> FireRecord {
+    FireRecord {
+        schedule: "backup".into(),
+        at: at_s(at),
+        fired_at: at_s(at),
+        outcome,
+        task: None,
+        reason: None,
+        until: None,
+        count: 1,
+        manual: false,
+    }
+}
+
+/// The row of the screen that holds `text`.
+fn row_of<'a>(s: &'a str, text: &str) -> &'a str {
+    s.lines()
+        .find(|l| l.contains(text))
+        .unwrap_or_else(|| panic!("no row with {text:?} in\n{s}"))
+}
+
+#[test]
+fn the_schedules_tab_lists_schedules_with_spec_state_and_next_fire() {
+    let mut app = App::new();
+    update(&mut app, Msg::Now(at_s(NOW_S)));
+    assert!(update(&mut app, Msg::Schedules(two_schedules())).is_empty());
+    keys(&mut app, &[Key::Char('5')]);
+    assert_eq!(app.tab(), Tab::Schedules);
+    let s = screen(&app, 120, 10);
+    for want in [
+        "5 Schedules (2)",
+        "next fire",
+        "last task",
+        "p pause/resume",
+    ] {
+        assert!(s.contains(want), "{want:?} missing in\n{s}");
+    }
+    let backup = row_of(&s, "backup");
+    let last = id(9).to_string();
+    for want in [
+        "0 3 * * * Europe/Paris",
+        "active",
+        "in 5m",
+        " 3 ",
+        " 1 ",
+        &last[last.len() - 12..],
+    ] {
+        assert!(backup.contains(want), "{want:?} missing in {backup:?}");
+    }
+    assert!(
+        !backup.contains(&last),
+        "the end of the id only: {backup:?}"
+    );
+    let heartbeat = row_of(&s, "heartbeat");
+    for want in ["every 5m", "paused: maintenance", " - ", " 12 ", " 0 "] {
+        assert!(
+            heartbeat.contains(want),
+            "{want:?} missing in {heartbeat:?}"
+        );
+    }
+    assert!(!heartbeat.contains("in "), "no next fire: {heartbeat:?}");
+    // The clock moves on: the same schedule's next fire comes closer.
+    update(&mut app, Msg::Now(at_s(NOW_S + 250)));
+    let s = screen(&app, 120, 10);
+    assert!(row_of(&s, "backup").contains("in 50s"), "{s}");
+    // A failed read of the schedules shows like the other refresh errors.
+    update(
+        &mut app,
+        Msg::RefreshFailed("reading schedules: not found".into()),
+    );
+    assert!(
+        screen(&app, 120, 10).contains("error: reading schedules: not found"),
+        "{s}"
+    );
+    update(&mut app, Msg::Workers(vec![]));
+    assert_eq!(app.last_error(), None, "cleared by the next good read");
+}
+
+#[test]
+fn p_pauses_an_active_schedule_and_resumes_a_paused_one() {
+    let mut app = App::new();
+    update(&mut app, Msg::Schedules(two_schedules()));
+    assert!(
+        keys(&mut app, &[Key::Char('p'), Key::Char('t')]).is_empty(),
+        "only on the Schedules tab"
+    );
+    keys(&mut app, &[Key::Char('5')]);
+    assert_eq!(app.selected_schedule(), Some("backup"));
+    assert_eq!(
+        keys(&mut app, &[Key::Char('p')]),
+        [Effect::PauseSchedule("backup".into())]
+    );
+    assert_eq!(app.notice.as_deref(), Some("pausing backup…"));
+    assert_eq!(
+        keys(&mut app, &[Key::Down, Key::Char('p')]),
+        [Effect::ResumeSchedule("heartbeat".into())]
+    );
+    // The answer updates the row at once and refreshes.
+    let mut paused = two_schedules().remove(0);
+    paused.paused = true;
+    paused.next = None;
+    paused.next_due = None;
+    assert_eq!(
+        update(&mut app, Msg::ScheduleChanged(Box::new(paused))),
+        [Effect::Refresh]
+    );
+    assert_eq!(app.notice.as_deref(), Some("paused backup"));
+    assert!(app.schedules[0].paused);
+    assert_eq!(
+        keys(&mut app, &[Key::Up, Key::Char('p')]),
+        [Effect::ResumeSchedule("backup".into())],
+        "paused now: p resumes it"
+    );
+    // A failed action shows in the status line until Esc.
+    update(
+        &mut app,
+        Msg::Error("resume backup: no schedule backup (not_found, HTTP 404)".into()),
+    );
+    let s = screen(&app, 120, 10);
+    assert!(
+        s.contains("error: resume backup: no schedule backup"),
+        "{s}"
+    );
+    update(&mut app, Msg::Schedules(two_schedules()));
+    assert!(app.last_error().is_some(), "kept until Esc");
+    keys(&mut app, &[Key::Esc]);
+    assert_eq!(app.last_error(), None);
+}
+
+#[test]
+fn t_triggers_the_selected_schedule_and_its_answer_refreshes() {
+    let mut app = App::new();
+    update(&mut app, Msg::Schedules(two_schedules()));
+    keys(&mut app, &[Key::Char('5'), Key::Down]);
+    assert_eq!(
+        keys(&mut app, &[Key::Char('t')]),
+        [Effect::TriggerSchedule("heartbeat".into())]
+    );
+    let mut f = fire(NOW_S, FireOutcome::Submitted);
+    f.schedule = "heartbeat".into();
+    f.task = Some(id(7));
+    f.manual = true;
+    assert_eq!(
+        update(
+            &mut app,
+            Msg::Triggered {
+                name: "heartbeat".into(),
+                fires: vec![f],
+            }
+        ),
+        [Effect::Refresh]
+    );
+    let s = screen(&app, 120, 10);
+    assert!(
+        s.contains(&format!("triggered heartbeat: submitted {}", id(7))),
+        "{s}"
+    );
+    // A fire that ran nothing says why.
+    let mut skipped = fire(NOW_S, FireOutcome::Skipped);
+    skipped.reason = Some("task still live".into());
+    update(
+        &mut app,
+        Msg::Triggered {
+            name: "backup".into(),
+            fires: vec![skipped],
+        },
+    );
+    assert_eq!(
+        app.notice.as_deref(),
+        Some("triggered backup: skipped: task still live")
+    );
+}
+
+#[test]
+fn enter_opens_the_schedule_panel_and_its_read_renders_fires_and_gates() {
+    let mut app = App::new();
+    update(&mut app, Msg::Now(at_s(NOW_S)));
+    update(&mut app, Msg::Schedules(two_schedules()));
+    keys(&mut app, &[Key::Char('5')]);
+    assert_eq!(
+        keys(&mut app, &[Key::Enter]),
+        [Effect::OpenSchedule("backup".into())]
+    );
+    assert_eq!(app.open_schedule(), Some("backup"));
+    assert!(keys(&mut app, &[Key::Enter]).is_empty(), "already open");
+    // Until it is read, the panel shows what the list knows.
+    let s = screen(&app, 140, 30);
+    assert!(s.contains("schedule backup"), "{s}");
+    assert!(
+        row_of(&s, "fires").contains("loading…"),
+        "fires not read yet\n{s}"
+    );
+    assert!(s.contains("2023-11-14 22:18:20Z, in 5m"), "{s}");
+
+    let info = two_schedules().remove(0);
+    let mut submitted = fire(NOW_S - 3_600, FireOutcome::Submitted);
+    submitted.task = Some(id(9));
+    submitted.manual = true;
+    let mut skipped = fire(NOW_S - 7_200, FireOutcome::Skipped);
+    skipped.reason = Some("previous task still live".into());
+    let mut missed = fire(NOW_S - 90_000, FireOutcome::Missed);
+    missed.count = 3;
+    missed.until = Some(at_s(NOW_S - 86_400));
+    missed.reason = Some("coordinator down".into());
+    let detail = ScheduleDetail {
+        schedule: info,
+        fires: vec![submitted, skipped, missed],
+        gates: vec![ScheduleGate::Overlap {
+            policy: Overlap::Skip,
+            task: id(9),
+        }],
+    };
+    // A late read of another schedule is not shown.
+    let mut other = detail.clone();
+    other.schedule = two_schedules().remove(1);
+    update(&mut app, Msg::Schedule(Box::new(other)));
+    assert!(
+        app.schedule_panel
+            .as_ref()
+            .is_some_and(|p| p.detail.is_none())
+    );
+    update(&mut app, Msg::Schedule(Box::new(detail)));
+    let s = screen(&app, 140, 30);
+    let task = id(9).to_string();
+    let submitted = row_of(&s, "submitted");
+    assert!(
+        submitted.contains("2023-11-14 21:13:20Z, 1h ago")
+            && submitted.contains("(manual)")
+            && submitted.contains(&task),
+        "{submitted:?}"
+    );
+    assert!(
+        row_of(&s, "2h ago  skipped").contains("previous task still live"),
+        "{s}"
+    );
+    let missed = row_of(&s, "missed 3");
+    assert!(
+        missed.contains("until 2023-11-13 22:13:20Z") && missed.contains("coordinator down"),
+        "{missed:?}"
+    );
+    assert!(
+        row_of(&s, "held back").contains(&format!(
+            "task {task} is still live: the next fire will be skipped"
+        )),
+        "{s}"
+    );
+    for want in [
+        "0 3 * * * Europe/Paris · overlap skip · runs 3",
+        "default: backup.sh --all",
+        "2023-11-15 22:18:20Z, in 1d",
+        "Esc close",
+    ] {
+        assert!(s.contains(want), "{want:?} missing in\n{s}");
+    }
+    // The panel follows the selection; Esc closes it, and so does a tab.
+    assert_eq!(
+        keys(&mut app, &[Key::Down]),
+        [Effect::OpenSchedule("heartbeat".into())]
+    );
+    assert_eq!(keys(&mut app, &[Key::Esc]), [Effect::CloseSchedule]);
+    assert_eq!(app.open_schedule(), None);
+    assert!(!screen(&app, 140, 30).contains("schedule heartbeat"));
+    keys(&mut app, &[Key::Enter]);
+    assert_eq!(keys(&mut app, &[Key::Char('2')]), [Effect::CloseSchedule]);
+    assert_eq!(app.open_schedule(), None);
+}
+
+#[test]
+fn the_selection_stays_on_its_schedule_and_a_gone_one_closes_its_panel() {
+    let mut app = App::new();
+    let named = |names: &[&str]| -> Vec<ScheduleInfo> {
+        names
+            .iter()
+            .map(|n| schedule(n, Some("* * * * *"), None))
+            .collect()
+    };
+    update(&mut app, Msg::Schedules(named(&["b", "c"])));
+    keys(&mut app, &[Key::Char('5'), Key::Down, Key::Enter]);
+    assert_eq!(app.open_schedule(), Some("c"));
+    // A schedule added before it does not move an action onto another.
+    update(&mut app, Msg::Schedules(named(&["a", "b", "c"])));
+    assert_eq!(app.selected_schedule(), Some("c"));
+    assert_eq!(
+        keys(&mut app, &[Key::Char('t')]),
+        [Effect::TriggerSchedule("c".into())]
+    );
+    // Deleted elsewhere: its panel closes.
+    assert_eq!(
+        update(&mut app, Msg::Schedules(named(&["a", "b"]))),
+        [Effect::CloseSchedule]
+    );
+    assert_eq!(app.open_schedule(), None);
+    assert_eq!(app.selected_schedule(), Some("b"));
+    assert_eq!(app.notice.as_deref(), Some("schedule c is gone"));
+    update(&mut app, Msg::Schedules(vec![]));
+    assert_eq!(app.selected_schedule(), None);
+    assert!(keys(&mut app, &[Key::Char('p'), Key::Enter]).is_empty());
 }

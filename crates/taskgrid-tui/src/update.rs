@@ -4,13 +4,16 @@
 //! loop to carry out. No IO, no clock: tests drive it message by message.
 
 use taskgrid_api::{
-    CancelOutcomeKind, CancelResponse, EventKind, OutputEnd, OutputEntry, TaskDetail, TaskEvent,
-    TaskView, WorkerView,
+    CancelOutcomeKind, CancelResponse, EventKind, OutputEnd, OutputEntry, ScheduleDetail,
+    ScheduleInfo, TaskDetail, TaskEvent, TaskView, WorkerView,
 };
-use taskgrid_core::{MetricsSnapshot, QueueStats, State, TaskId};
+use taskgrid_core::{
+    FireOutcome, FireRecord, MetricsSnapshot, QueueStats, State, TaskId, Timestamp,
+};
 
 use crate::keys;
-use crate::state::{App, Connection, Detail};
+use crate::state::{App, Connection, Detail, SchedulePanel};
+use crate::text::one_line;
 
 /// A key press, independent of the terminal library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +72,22 @@ pub enum Msg {
     Queues(Vec<QueueStats>),
     /// The coordinator's counters.
     Metrics(Box<MetricsSnapshot>),
+    /// Every schedule, in name order.
+    Schedules(Vec<ScheduleInfo>),
+    /// The open schedule as read: its last fires and what holds it back.
+    Schedule(Box<ScheduleDetail>),
+    /// A schedule was paused or resumed: how it stands now.
+    ScheduleChanged(Box<ScheduleInfo>),
+    /// A schedule was triggered.
+    Triggered {
+        /// The schedule.
+        name: String,
+        /// The fires it made.
+        fires: Vec<FireRecord>,
+    },
+    /// The wall clock, read with each refresh: relative times ("in 5m")
+    /// count from it.
+    Now(Timestamp),
     /// The open task as read.
     Detail(Box<TaskDetail>),
     /// A chunk of a followed task's output.
@@ -87,7 +106,8 @@ pub enum Msg {
         /// What the cancel did.
         answer: CancelResponse,
     },
-    /// Reading workers, queues, metrics or the open task failed; cleared,
+    /// Reading workers, queues, metrics, schedules, the open task or the
+    /// open schedule failed; cleared,
     /// like a failed listing, by the next read that works.
     RefreshFailed(String),
     /// A call to the coordinator failed.
@@ -99,7 +119,7 @@ pub enum Msg {
 }
 
 /// What the event loop must do after an [`update`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// Cancel the task.
     Cancel(TaskId),
@@ -108,8 +128,20 @@ pub enum Effect {
     OpenDetail(TaskId),
     /// Stop following the open task.
     CloseDetail,
-    /// Read workers, queues and metrics now (and the open task).
+    /// Read workers, queues, metrics and schedules now (and the open task
+    /// and the open schedule).
     Refresh,
+    /// Read the schedule (as [`Msg::Schedule`]) now and with every refresh
+    /// until [`Effect::CloseSchedule`].
+    OpenSchedule(String),
+    /// Stop reading the open schedule.
+    CloseSchedule,
+    /// Pause the schedule (no note); answered by [`Msg::ScheduleChanged`].
+    PauseSchedule(String),
+    /// Resume the paused schedule; answered by [`Msg::ScheduleChanged`].
+    ResumeSchedule(String),
+    /// Run the schedule's task now; answered by [`Msg::Triggered`].
+    TriggerSchedule(String),
     /// List the tasks after `after` (all when `None`), page by page as
     /// [`Msg::Tasks`].
     LoadTasks {
@@ -189,6 +221,40 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
         }
         Msg::Metrics(m) => {
             app.metrics = Some(*m);
+            Vec::new()
+        }
+        Msg::Schedules(list) => on_schedules(app, list),
+        Msg::Schedule(d) => {
+            if let Some(p) = app
+                .schedule_panel
+                .as_mut()
+                .filter(|p| p.name == d.schedule.name)
+            {
+                p.detail = Some(*d);
+            }
+            Vec::new()
+        }
+        Msg::ScheduleChanged(info) => {
+            app.notice = Some(match (info.paused, info.next_due.or(info.next)) {
+                (true, _) => format!("paused {}", one_line(&info.name)),
+                (false, Some(next)) => format!(
+                    "resumed {}: next fire {}",
+                    one_line(&info.name),
+                    crate::time::when(next, app.now)
+                ),
+                (false, None) => format!("resumed {}: no further fire", one_line(&info.name)),
+            });
+            if let Some(row) = app.schedules.iter_mut().find(|s| s.name == info.name) {
+                *row = *info;
+            }
+            vec![Effect::Refresh]
+        }
+        Msg::Triggered { name, fires } => {
+            app.notice = Some(trigger_notice(&name, &fires));
+            vec![Effect::Refresh]
+        }
+        Msg::Now(t) => {
+            app.now = Some(t);
             Vec::new()
         }
         Msg::Detail(d) => {
@@ -308,6 +374,59 @@ fn on_detail(app: &mut App, detail: TaskDetail) {
     }
     d.task = Some(detail.task);
     d.attempts = detail.attempts;
+}
+
+/// Takes a new list of schedules. The selection stays on its schedule
+/// while others come and go (an action key must not land on a neighbour);
+/// the open schedule's panel closes when its schedule is gone.
+fn on_schedules(app: &mut App, list: Vec<ScheduleInfo>) -> Vec<Effect> {
+    let selected = app.selected_schedule().map(str::to_owned);
+    app.schedules = list;
+    if let Some(i) = selected.and_then(|n| app.schedules.iter().position(|s| s.name == n)) {
+        app.schedule_sel = i;
+    }
+    app.clamp_selections();
+    let gone = app
+        .schedule_panel
+        .as_ref()
+        .filter(|p| !app.schedules.iter().any(|s| s.name == p.name))
+        .map(|p| p.name.clone());
+    match gone {
+        Some(name) => {
+            app.schedule_panel = None;
+            app.notice = Some(format!("schedule {} is gone", one_line(&name)));
+            vec![Effect::CloseSchedule]
+        }
+        None => Vec::new(),
+    }
+}
+
+/// Opens the panel of schedule `name`.
+pub(crate) fn open_schedule(app: &mut App, name: String) -> Vec<Effect> {
+    app.schedule_panel = Some(SchedulePanel {
+        name: name.clone(),
+        detail: None,
+    });
+    vec![Effect::OpenSchedule(name)]
+}
+
+/// What a trigger did, for the status line.
+fn trigger_notice(name: &str, fires: &[FireRecord]) -> String {
+    let name = one_line(name);
+    let Some(f) = fires.first() else {
+        return format!("triggered {name}");
+    };
+    match (f.outcome, f.task, &f.reason) {
+        (FireOutcome::Submitted, Some(task), _) => format!("triggered {name}: submitted {task}"),
+        (outcome, _, Some(reason)) => {
+            format!(
+                "triggered {name}: {}: {}",
+                outcome.as_str(),
+                one_line(reason)
+            )
+        }
+        (outcome, _, None) => format!("triggered {name}: {}", outcome.as_str()),
+    }
 }
 
 /// Opens the detail view of `id`.

@@ -1,6 +1,7 @@
 //! [`draw`]: one frame of the dashboard from an [`App`] — the tab bar with
-//! the coordinator's counters, the tab's table (or the open task), a
-//! status line and the keys that apply. Reads the state, changes nothing.
+//! the coordinator's counters, the tab's table (or the open task; the
+//! Schedules tab's with the open schedule's panel under it), a status line
+//! and the keys that apply. Reads the state, changes nothing.
 //! Text that came from tasks or people is shown on one line, its line
 //! breaks made visible ([`one_line`]).
 
@@ -12,6 +13,7 @@ use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph, Row, Table, 
 use taskgrid_core::State;
 
 use crate::detail;
+use crate::schedules;
 use crate::state::{App, Connection, Tab};
 use crate::text::one_line;
 
@@ -32,6 +34,7 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) {
             Tab::Tasks => draw_tasks(frame, body, app),
             Tab::Queues => draw_queues(frame, body, app),
             Tab::Logs => draw_logs(frame, body, app),
+            Tab::Schedules => schedules::draw(frame, body, app),
         },
     }
     frame.render_widget(status_line(app), status);
@@ -47,6 +50,7 @@ fn draw_top(frame: &mut Frame<'_>, area: Rect, app: &App) {
         app.tasks.len(),
         app.queues.len(),
         app.logs.len(),
+        app.schedules.len(),
     ];
     let titles: Vec<String> = Tab::ALL
         .iter()
@@ -85,11 +89,11 @@ fn draw_top(frame: &mut Frame<'_>, area: Rect, app: &App) {
     );
 }
 
-fn header(cells: &[&'static str]) -> Row<'static> {
+pub(crate) fn header(cells: &[&'static str]) -> Row<'static> {
     Row::new(cells.iter().copied()).style(Style::new().add_modifier(Modifier::BOLD))
 }
 
-fn table<'a>(
+pub(crate) fn table<'a>(
     rows: Vec<Row<'a>>,
     widths: &[Constraint],
     head: Row<'a>,
@@ -153,7 +157,7 @@ pub(crate) fn state_style(s: State) -> Style {
 /// varying part), leaving room for what the task runs.
 const FULL_ID_WIDTH: u16 = 110;
 /// Characters of an id shown on a narrow terminal.
-const SHORT_ID: usize = 12;
+pub(crate) const SHORT_ID: usize = 12;
 
 fn draw_tasks(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let full = area.width >= FULL_ID_WIDTH;
@@ -293,13 +297,19 @@ fn status_line(app: &App) -> Paragraph<'_> {
 
 fn help_line(app: &App) -> &'static str {
     if app.detail.is_some() {
-        return "Esc close · ↑↓ PgUp PgDn scroll · End follow · c cancel · Tab/1-4 tabs · q quit";
+        return "Esc close · ↑↓ PgUp PgDn scroll · End follow · c cancel · Tab/1-5 tabs · q quit";
     }
     match app.tab {
         Tab::Tasks => {
-            "Tab/1-4 tabs · ↑↓ move · Enter open · c cancel · r reload · Esc clear · q quit"
+            "Tab/1-5 tabs · ↑↓ move · Enter open · c cancel · r reload · Esc clear · q quit"
         }
-        Tab::Logs => "Tab/1-4 tabs · ↑↓ move · End follow · Enter open task · r reload · q quit",
-        Tab::Workers | Tab::Queues => "Tab/1-4 tabs · ↑↓ move · r reload · Esc clear · q quit",
+        Tab::Logs => "Tab/1-5 tabs · ↑↓ move · End follow · Enter open task · r reload · q quit",
+        Tab::Workers | Tab::Queues => "Tab/1-5 tabs · ↑↓ move · r reload · Esc clear · q quit",
+        Tab::Schedules if app.schedule_panel.is_some() => {
+            "Esc close · ↑↓ move · p pause/resume · t trigger now · r reload · Tab/1-5 tabs · q quit"
+        }
+        Tab::Schedules => {
+            "Tab/1-5 tabs · ↑↓ move · Enter details · p pause/resume · t trigger now · r reload · q quit"
+        }
     }
 }

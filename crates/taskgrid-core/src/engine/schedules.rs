@@ -94,6 +94,19 @@ pub enum ScheduleGate {
         /// How many.
         count: usize,
     },
+    /// Among its recent fires, scheduled times that were due longer ago
+    /// than the catch-up window when the coordinator could act on them
+    /// (it was down or paused): they were recorded as missed, not run.
+    /// (Read from the fire history in the store: the engine's own
+    /// explain leaves it out, the task system's adds it.)
+    Missed {
+        /// The first missed scheduled time of the newest missed range.
+        at: Timestamp,
+        /// Its last.
+        until: Timestamp,
+        /// How many scheduled times it holds.
+        count: u64,
+    },
 }
 
 #[derive(Debug)]

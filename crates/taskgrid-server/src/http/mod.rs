@@ -169,6 +169,7 @@ fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/metrics", get(tasks::metrics)),
         (Method::GET, "/events", get(events::events)),
         (Method::GET, "/events/summary", get(summary::summary)),
+        (Method::GET, "/events/schedules", get(schedules::events)),
         (Method::GET, "/openapi.json", get(openapi)),
     ]
 }

@@ -2,23 +2,31 @@
 //! (read with its last fires and gates, create or replace, delete), and
 //! the actions `pause`, `resume`, `trigger`, `backfill`, plus the fire
 //! history. Every change answers once it is committed, a fire's task with
-//! it.
+//! it. `/events/schedules` streams what is committed about schedules.
+
+use std::convert::Infallible;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::Json;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Json, Response};
 use taskgrid_api::{
-    BackfillRequest, FireList, PauseRequest, ScheduleDetail, ScheduleInfo, ScheduleList,
-    ScheduleRequest,
+    BackfillRequest, FireList, PauseRequest, SSE_RESET, ScheduleDetail, ScheduleEventFilter,
+    ScheduleInfo, ScheduleList, ScheduleRequest, StreamReset,
 };
 use taskgrid_core::check_schedule_name;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiQuery, OptionalJson, last_event_id};
 
 /// Fires shown with a schedule.
 const DETAIL_FIRES: usize = 20;
+/// Schedule events a slow client may have queued before its stream waits.
+const EVENTS_BUFFER: usize = 256;
 /// Longest pause note (bytes).
 const NOTE_MAX: usize = 1024;
 
@@ -125,11 +133,12 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /schedules/{name}/pause` with an optional `{"note"}`.
+/// `POST /schedules/{name}/pause` with an optional `{"note"}` (an empty
+/// body pauses without one).
 pub(crate) async fn pause(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    ApiJson(req): ApiJson<PauseRequest>,
+    OptionalJson(req): OptionalJson<PauseRequest>,
 ) -> ApiResult<Json<ScheduleInfo>> {
     check_name(&name)?;
     if let Some(n) = &req.note
@@ -174,4 +183,64 @@ pub(crate) async fn backfill(
     check_name(&name)?;
     let fires = s.system.backfill_schedule(&name, req.from, req.to).await?;
     Ok(Json(FireList { fires }))
+}
+
+/// `GET /events/schedules[?schedule=NAME]`: every committed
+/// [`taskgrid_api::ScheduleEvent`] as server-sent events (SSE id: its `seq`).
+///
+/// There is no replay: a client that reconnects with the `Last-Event-ID`
+/// of the last event published gets the live stream; with any other id
+/// (it missed some, or the coordinator restarted) a `reset` comes first,
+/// and it should re-read `/schedules`. A client that falls 1,024 events
+/// behind is sent a `reset` and goes on live.
+pub(crate) async fn events(
+    State(s): State<AppState>,
+    ApiQuery(filter): ApiQuery<ScheduleEventFilter>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let resume = last_event_id(&headers)?;
+    if let Some(name) = &filter.schedule {
+        check_name(name)?;
+    }
+    let (mut bus, last) = s.system.subscribe_schedules();
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(EVENTS_BUFFER);
+    tokio::spawn(async move {
+        let reset = |after: u64| {
+            Event::default()
+                .event(SSE_RESET)
+                .json_data(StreamReset { after })
+                .ok()
+        };
+        if let Some(after) = resume
+            && after != last
+            && let Some(ev) = reset(after)
+            && tx.send(Ok(ev)).await.is_err()
+        {
+            return;
+        }
+        loop {
+            let ev = tokio::select! {
+                ev = bus.recv() => ev,
+                _ = tx.closed() => return,
+            };
+            let sse = match ev {
+                Ok(ev) => {
+                    if filter.schedule.as_ref().is_some_and(|n| *n != ev.schedule) {
+                        continue;
+                    }
+                    Event::default().id(ev.seq.to_string()).json_data(&ev).ok()
+                }
+                Err(RecvError::Lagged(_)) => reset(0),
+                Err(RecvError::Closed) => return,
+            };
+            if let Some(sse) = sse
+                && tx.send(Ok(sse)).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
