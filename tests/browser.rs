@@ -583,3 +583,147 @@ async fn dashboard_keeps_up_with_ten_thousand_tasks() {
     screenshot(&c, "overview-after-load.png").await;
     c.close().await.unwrap();
 }
+
+/// The schedules page lists a yearly schedule with its next fire; its own
+/// page shows the definition, the next fires and what holds it back, runs
+/// it now (a `submitted` fire with its task in the fires table), pauses it
+/// with a note and resumes it; the list pauses and resumes too, and shows
+/// a pause made through the API without a reload. The API agrees at each
+/// step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_triggers_pauses_and_resumes_a_schedule() {
+    let (_dir, server, _w, _driver, c) = start("2").await;
+    let api = server.client(Some(TOKEN));
+    let name = "new-year";
+    // Midnight on the first of January: it never fires during the test.
+    let def = serde_json::from_value(serde_json::json!({
+        "cron": "0 0 1 1 *",
+        "task": {"kind": {"type": "shell", "command": {"argv": ["echo", "happy new year"]}},
+                 "queue": "yearly"}
+    }))
+    .unwrap();
+    let info = api.put_schedule(name, &def, false).await.unwrap();
+    let next = info.next.expect("a yearly schedule fires next year");
+    assert_eq!(info.upcoming.len(), 5);
+
+    // The list: its spec, its state and its next fire.
+    c.goto(&format!("{}/#/schedules", server.url()))
+        .await
+        .unwrap();
+    log_in(&c).await;
+    let row = format!("#schedules-table tr[data-schedule={name}]");
+    wait_text(&c, &row, "cron 0 0 1 1 * (UTC)").await;
+    wait_text(&c, &row, "active").await;
+    let shown = page_json(
+        &c,
+        &format!("document.querySelector('{row} td.next').dataset.next"),
+    )
+    .await;
+    assert_eq!(shown, serde_json::json!(next.as_micros().to_string()));
+    let due = page_json(
+        &c,
+        &format!("document.querySelector('{row} td.next time').textContent"),
+    )
+    .await;
+    assert!(
+        due.as_str().is_some_and(|t| t.contains("(in ")),
+        "next fire: {due}"
+    );
+    assert!(
+        c.find(Locator::Css("nav a[data-view=schedules].active"))
+            .await
+            .is_ok(),
+        "the menu says where the page is"
+    );
+    screenshot(&c, "schedules.png").await;
+
+    // Its page: the definition, five next fires, nothing holding it back.
+    click(&c, &format!("{row} a[href='#/schedule/{name}']")).await;
+    wait_text(&c, "#schedule-definition", "echo happy new year").await;
+    let detail = wait_text(&c, "#schedule-detail", "yearly").await;
+    assert!(detail.contains("cron 0 0 1 1 *"), "{detail}");
+    wait_text(&c, "#schedule-gates", "fires as planned").await;
+    wait_text(&c, "#schedule-state", "active").await;
+    let upcoming = page_json(
+        &c,
+        "[...document.querySelectorAll('#schedule-upcoming li[data-us]')].map((li) => li.dataset.us)",
+    )
+    .await;
+    let expected: Vec<String> = info
+        .upcoming
+        .iter()
+        .map(|t| t.as_micros().to_string())
+        .collect();
+    assert_eq!(upcoming, serde_json::json!(expected));
+    wait_text(&c, "#schedule-fires", "No fires yet").await;
+
+    // Trigger: a manual fire that submitted a task, linked from the table.
+    click(&c, "#schedule-trigger").await;
+    wait_text(&c, "#fires-table", "submitted").await;
+    let fired = page_json(
+        &c,
+        "[...document.querySelectorAll('#fires-table tr[data-outcome]')]\
+         .map((r) => [r.dataset.outcome, r.dataset.manual, r.querySelector('a[href^=\"#/task/\"]')?.title])",
+    )
+    .await;
+    let fires = api.schedule_fires(name).await.unwrap();
+    assert_eq!(fires.len(), 1, "one fire: {fires:?}");
+    assert_eq!(fires[0].outcome, taskgrid_core::FireOutcome::Submitted);
+    assert!(fires[0].manual);
+    let task = fires[0].task.expect("a submitted fire has its task");
+    assert_eq!(
+        fired,
+        serde_json::json!([["submitted", "true", task.to_string()]])
+    );
+    let said = wait_text(&c, "#schedule-said", &task.to_string()[24..]).await;
+    assert!(
+        said.starts_with("Triggered at ") && said.contains("submitted") && !said.contains("null"),
+        "{said}"
+    );
+    assert_eq!(await_state(&api, task, None).await, State::Succeeded);
+    screenshot(&c, "schedule-triggered.png").await;
+
+    // Pause with a note: the page and the API say paused, and why.
+    wait_for("the note field", || async {
+        c.find(Locator::Css("#schedule-note")).await.ok()
+    })
+    .await
+    .send_keys("db migration")
+    .await
+    .unwrap();
+    click(&c, "#schedule-pause").await;
+    wait_text(&c, "#schedule-state", "paused").await;
+    wait_text(&c, "#schedule-gates", "db migration").await;
+    wait_text(&c, "#schedule-upcoming", "paused").await;
+    let d = api.schedule(name).await.unwrap();
+    assert!(d.schedule.paused, "the API agrees");
+    assert_eq!(d.schedule.note.as_deref(), Some("db migration"));
+    assert_eq!(d.schedule.next, None);
+    screenshot(&c, "schedule-paused.png").await;
+
+    // Resume: active again, with its next fire back.
+    click(&c, "#schedule-resume").await;
+    wait_text(&c, "#schedule-state", "active").await;
+    wait_text(&c, "#schedule-gates", "fires as planned").await;
+    let d = api.schedule(name).await.unwrap();
+    assert!(!d.schedule.paused, "the API agrees");
+    assert_eq!(d.schedule.next, Some(next));
+
+    // The list: the fire's task, a pause made elsewhere (here the API)
+    // shown without a reload, and its Resume and Pause buttons.
+    click(&c, "nav a[data-view=schedules]").await;
+    wait_text(&c, &row, &task.to_string()[24..]).await;
+    api.pause_schedule(name, Some("from the API".into()))
+        .await
+        .unwrap();
+    wait_text(&c, &row, "from the API").await;
+    wait_text(&c, &row, "paused").await;
+    screenshot(&c, "schedules-paused.png").await;
+    click(&c, &format!("{row} button[data-action=resume]")).await;
+    wait_text(&c, &row, "active").await;
+    assert!(!api.schedule(name).await.unwrap().schedule.paused);
+    click(&c, &format!("{row} button[data-action=pause]")).await;
+    wait_text(&c, &row, "paused").await;
+    assert!(api.schedule(name).await.unwrap().schedule.paused);
+    c.close().await.unwrap();
+}

@@ -177,9 +177,11 @@ async function readSse(resp, onMessage, signal) {
 
 /**
  * Follows an SSE route, reconnecting with Last-Event-ID after a break.
- * onMessage returns false to stop for good. Returns { close() }.
+ * onMessage returns false to stop for good. With `optional`, a route the
+ * coordinator does not have (404, or an answer that is not a stream) is
+ * given up for good: onStatus(null). Returns { close() }.
  */
-function follow(path, onMessage, onStatus = () => {}) {
+function follow(path, onMessage, onStatus = () => {}, { optional = false } = {}) {
   const ctl = new AbortController();
   let lastId = null;
   let stopped = false;
@@ -190,6 +192,12 @@ function follow(path, onMessage, onStatus = () => {}) {
         const headers = { Accept: "text/event-stream" };
         if (lastId !== null) headers["Last-Event-ID"] = lastId;
         const resp = await authedFetch(path, { headers, signal: ctl.signal });
+        const sse = (resp.headers.get("Content-Type") || "").startsWith("text/event-stream");
+        if (optional && (resp.status === 404 || (resp.ok && !sse))) {
+          resp.body?.cancel().catch(() => {});
+          onStatus(null);
+          return;
+        }
         if (!resp.ok) throw new Error(`${resp.status}`);
         onStatus(true);
         backoff = 500;
@@ -929,6 +937,361 @@ const taskView = (root, id) => {
   };
 };
 
+// -------------------------------------------------------------- schedules
+
+/** The schedule views are re-read at least this often (ms), stream or not. */
+const SCHEDULE_REFRESH_MS = 5000;
+/** Schedule events are gathered this long before a re-read (ms). */
+const SCHEDULE_DEBOUNCE_MS = 250;
+/** What an overlap policy does with a fire while the previous task is live. */
+const OVERLAP_TEXT = {
+  skip: "is skipped", "buffer-one": "waits (one at most)", "buffer-all": "waits",
+  "cancel-previous": "cancels it", "allow-all": "runs alongside it",
+};
+
+/** A time from the API (µs since the epoch, or an RFC 3339 string) in µs. */
+function toUs(t) {
+  if (t === null || t === undefined) return null;
+  if (typeof t === "number") return t;
+  const ms = Date.parse(t);
+  return Number.isNaN(ms) ? null : ms * 1000;
+}
+
+/** A span in ms as the CLI writes it: "500ms", "90s" → "1m30s", "1h", "2d". */
+function fmtMs(ms) {
+  if (ms === null || ms === undefined) return "—";
+  if (ms < 1000) return `${ms}ms`;
+  let rest = ms;
+  let out = "";
+  for (const [unit, n] of [["d", 86400000], ["h", 3600000], ["m", 60000], ["s", 1000]]) {
+    if (rest >= n) {
+      out += `${Math.floor(rest / n)}${unit}`;
+      rest %= n;
+    }
+  }
+  return rest ? `${out}${rest}ms` : out;
+}
+
+/** How far a time (µs) is from now: "in 3 min", "12 s ago". */
+function fmtRelative(us) {
+  const ms = us / 1000 - Date.now();
+  const a = Math.abs(ms);
+  if (a < 1000) return "now";
+  let s;
+  if (a < 90000) s = `${Math.round(a / 1000)} s`;
+  else if (a < 90 * 60000) s = `${Math.round(a / 60000)} min`;
+  else if (a < 48 * 3600000) s = `${(a / 3600000).toFixed(1)} h`;
+  else s = `${Math.round(a / 86400000)} d`;
+  return ms > 0 ? `in ${s}` : `${s} ago`;
+}
+
+/** A time from the API as local time and how far it is: a <time> element. */
+function when(t) {
+  const us = toUs(t);
+  if (us === null) return "—";
+  return h("time", { datetime: new Date(us / 1000).toISOString(), "data-us": us, title: new Date(us / 1000).toISOString() },
+    `${fmtTime(us)} (${fmtRelative(us)})`);
+}
+
+/** When a schedule fires, in one line: "cron 0 3 * * * (Europe/Berlin)", "every 5m". */
+function specText(d) {
+  if (!d) return "";
+  let s = d.cron !== null && d.cron !== undefined
+    ? `cron ${d.cron} (${d.tz || "UTC"})`
+    : `every ${fmtMs(d.every_ms)}${d.phase_ms ? ` + ${fmtMs(d.phase_ms)}` : ""}`;
+  if (d.jitter_ms) s += `, jitter ${fmtMs(d.jitter_ms)}`;
+  return s;
+}
+
+const scheduleHref = (name) => `#/schedule/${encodeURIComponent(name)}`;
+
+/** "active", or "paused" and its note. */
+function scheduleState(s) {
+  if (!s.paused) return stateBadge("active");
+  return [stateBadge("paused"), s.note ? h("span", { class: "note" }, ` ${s.note}`) : null];
+}
+
+/** What holds a schedule back (a gate of GET /schedules/{name}), in words. */
+function gateText(g) {
+  switch (g.reason) {
+    case "paused": return [h("strong", {}, "paused"), g.note ? `: ${g.note}` : " (no note)"];
+    case "ended": return [h("strong", {}, "ended"), ": past its end, or its recurrence has no further fire"];
+    case "max_runs_reached": return [h("strong", {}, "max runs reached"), `: it has run its ${g.max_runs} task(s)`];
+    case "not_started": return [h("strong", {}, "not started"), ": it may not fire before ", when(g.start)];
+    case "overlap": return [h("strong", {}, "overlap"), ": its previous task ", taskLink(g.task),
+      ` is live, so the next fire ${OVERLAP_TEXT[g.policy] || "is held"} (${g.policy})`];
+    case "buffered": return [h("strong", {}, "buffered"), `: ${g.count} fire(s) waiting for the previous task to end`];
+    default: return JSON.stringify(g);
+  }
+}
+
+/** POST /schedules/{name}/{what}: pause (with an optional note), resume, trigger. */
+function scheduleAction(name, what, note) {
+  const body = what === "pause" ? (note ? { note } : {}) : undefined;
+  return api(`/schedules/${encodeURIComponent(name)}/${what}`, { method: "POST", body });
+}
+
+/**
+ * The routes that may stream schedule events, tried in turn: a coordinator
+ * without one answers 404 and the next is tried.
+ */
+const SCHEDULE_STREAM = `${API}/events/schedules`;
+
+/**
+ * Calls `reload` when the schedule stream says something changed (events
+ * `mine` accepts, gathered for SCHEDULE_DEBOUNCE_MS), on each (re)connect,
+ * and every SCHEDULE_REFRESH_MS anyway: the views work on a coordinator
+ * without a schedule stream. Returns { close() }.
+ */
+function scheduleFeed(reload, mine = () => true) {
+  let timer = null;
+  let closed = false;
+  let stream = null;
+  const soon = () => {
+    if (!timer && !closed) timer = setTimeout(() => { timer = null; reload(); }, SCHEDULE_DEBOUNCE_MS);
+  };
+  const onMessage = (m) => {
+    let ev = null;
+    try {
+      ev = JSON.parse(m.data);
+    } catch (e) {
+      // Not JSON: re-read to be safe.
+    }
+    if (m.event === "reset" || !ev || mine(ev)) soon();
+    return true;
+  };
+  const open = () => {
+    if (closed) return;
+    // A coordinator without the stream (404): the timer below does.
+    stream = follow(SCHEDULE_STREAM, onMessage, (on) => {
+      if (on) soon();
+    }, { optional: true });
+  };
+  open();
+  const every = setInterval(() => { if (!document.hidden) reload(); }, SCHEDULE_REFRESH_MS);
+  return {
+    close() {
+      closed = true;
+      if (stream) stream.close();
+      clearInterval(every);
+      clearTimeout(timer);
+    },
+  };
+}
+
+const schedulesView = (root) => {
+  const err = h("p", { class: "error", id: "schedules-error" });
+  const box = h("div", {}, h("p", { class: "muted" }, "Loading…"));
+  root.append(h("h2", {}, "Schedules"), err, box);
+  let closed = false;
+  let reads = 0;
+  let failed = "";
+  let acted = "";
+  const showErr = () => { err.textContent = [acted, failed].filter(Boolean).join(" · "); };
+  const load = async () => {
+    const mine = ++reads;
+    try {
+      const { schedules } = await api("/schedules");
+      if (closed || mine !== reads) return;
+      failed = "";
+      draw(schedules);
+    } catch (e) {
+      if (closed || mine !== reads) return;
+      failed = `Could not read the schedules: ${e.message}`;
+    }
+    showErr();
+  };
+  const act = async (s, what, button) => {
+    button.disabled = true;
+    acted = "";
+    try {
+      await scheduleAction(s.name, what);
+    } catch (e) {
+      acted = `Could not ${what} ${s.name}: ${e.message}`;
+      button.disabled = false;
+    }
+    showErr();
+    if (!closed) await load();
+  };
+  const draw = (list) => {
+    if (!list.length) {
+      return box.replaceChildren(h("p", { class: "muted" },
+        "No schedules yet: add one with ", h("code", {}, "taskgrid schedule add"), " or ",
+        h("code", {}, "PUT /api/v1/schedules/{name}"), "."));
+    }
+    box.replaceChildren(h("table", { id: "schedules-table" },
+      h("tr", {}, ["schedule", "when", "state", "next fire"].map((t) => h("th", {}, t)),
+        ["runs", "live tasks"].map((t) => h("th", { class: "num" }, t)), h("th", {}, "last task"), h("th", {})),
+      list.map((s) => {
+        const next = s.next_due ?? s.next;
+        return h("tr", { "data-schedule": s.name, "data-paused": String(s.paused) },
+          h("td", {}, h("a", { href: scheduleHref(s.name) }, s.name)),
+          h("td", { class: "mono" }, specText(s.definition)),
+          h("td", {}, scheduleState(s)),
+          h("td", { class: "next", "data-next": s.next ?? null }, next !== null && next !== undefined
+            ? when(next) : h("span", { class: "muted" }, s.paused ? "— (paused)" : "— (ended)")),
+          h("td", { class: "num" }, s.runs),
+          h("td", { class: "num" }, (s.live || []).length),
+          h("td", {}, s.last_task ? taskLink(s.last_task) : "—"),
+          h("td", { class: "row-actions" },
+            h("button", { class: "secondary", "data-action": s.paused ? "resume" : "pause",
+              onclick: (e) => act(s, s.paused ? "resume" : "pause", e.target) }, s.paused ? "Resume" : "Pause"),
+            h("button", { class: "secondary", "data-action": "trigger", title: "submit its task now",
+              onclick: (e) => act(s, "trigger", e.target) }, "Trigger")));
+      })));
+  };
+  const feed = scheduleFeed(load);
+  load();
+  return {
+    close: () => {
+      closed = true;
+      feed.close();
+    },
+  };
+};
+
+const scheduleView = (root, name) => {
+  const head = h("div", { class: "actions" });
+  const err = h("p", { class: "error", id: "schedule-error" });
+  const said = h("p", { class: "muted", id: "schedule-said" });
+  const note = h("input", { id: "schedule-note", placeholder: "why (optional)", size: 28, maxlength: 1024 });
+  const pause = h("button", { id: "schedule-pause", type: "submit", disabled: true }, "Pause");
+  const resume = h("button", { id: "schedule-resume", type: "button", class: "secondary", disabled: true,
+    onclick: () => act("resume") }, "Resume");
+  const trigger = h("button", { id: "schedule-trigger", type: "button", class: "secondary", disabled: true,
+    title: "submit its task now, whatever the overlap policy, even while paused", onclick: () => act("trigger") }, "Trigger now");
+  const controls = h("form", {
+    class: "actions",
+    onsubmit: (e) => {
+      e.preventDefault();
+      act("pause");
+    },
+  }, h("label", {}, "pause note", note), pause, resume, trigger);
+  const info = h("dl", { id: "schedule-definition" });
+  const upcoming = h("ol", { id: "schedule-upcoming", class: "plain" });
+  const gates = h("ul", { id: "schedule-gates", class: "plain" });
+  const fires = h("div", { id: "schedule-fires" });
+  root.append(h("div", { id: "schedule-detail" },
+    head, err, controls, said,
+    h("div", { class: "grid2" },
+      h("div", {}, h("h2", {}, "Definition"), info),
+      h("div", {}, h("h2", {}, "Next fires"), upcoming, h("h2", {}, "Why it is not firing"), gates)),
+    h("h2", {}, "Last fires"), fires));
+
+  let closed = false;
+  let reads = 0;
+  let sched = null;
+  let busy = false;
+  const setButtons = () => {
+    pause.disabled = busy || !sched || sched.paused;
+    resume.disabled = busy || !sched || !sched.paused;
+    trigger.disabled = busy || !sched;
+  };
+  const draw = (d) => {
+    const s = d.schedule;
+    sched = s;
+    const def = s.definition || {};
+    const t = def.task || {};
+    head.replaceChildren(h("h2", { class: "mono" }, s.name),
+      h("span", { id: "schedule-state" }, scheduleState(s)),
+      h("a", { href: `#/tasks?tag=${encodeURIComponent(`schedule:${s.name}`)}` }, "its tasks"),
+      h("a", { href: "#/schedules" }, "all schedules"));
+    const row = (k, v) => [h("dt", {}, k), h("dd", {}, v)];
+    const bounds = def.start || def.end ? [def.start ? when(def.start) : "any time", " → ", def.end ? when(def.end) : "no end"] : null;
+    info.replaceChildren(...[
+      row("when", h("span", { class: "mono" }, def.cron !== null && def.cron !== undefined ? `cron ${def.cron}` : `every ${fmtMs(def.every_ms)}`)),
+      def.cron !== null && def.cron !== undefined ? row("time zone", def.tz || "UTC") : [],
+      def.phase_ms ? row("phase", fmtMs(def.phase_ms)) : [],
+      row("jitter", def.jitter_ms ? `up to ${fmtMs(def.jitter_ms)}` : "none"),
+      bounds ? row("window", bounds) : [],
+      row("runs", def.max_runs ? `${s.runs} of at most ${def.max_runs}` : String(s.runs)),
+      row("overlap", def.overlap || "skip"),
+      row("catch-up", def.catch_up_ms !== null && def.catch_up_ms !== undefined ? fmtMs(def.catch_up_ms) : "—"),
+      row("command", h("span", { class: "mono" }, kindText(t.kind))),
+      row("queue", t.queue || "default"),
+      row("priority", t.priority || "normal"),
+      t.tags && t.tags.length ? row("tags", t.tags.join(", ")) : [],
+      t.timeout_ms ? row("timeout", fmtMs(t.timeout_ms)) : [],
+      row("live tasks", s.live && s.live.length ? s.live.map((id) => h("div", {}, taskLink(id))) : "none"),
+      row("last task", s.last_task ? taskLink(s.last_task) : "—"),
+      s.buffered && s.buffered.length ? row("waiting fires", String(s.buffered.length)) : [],
+      row("dealt with up to", when(s.cursor)),
+      row("created", fmtTime(toUs(s.created_at))),
+      row("changed", fmtTime(toUs(s.updated_at))),
+    ].flat());
+    const due = toUs(s.next_due);
+    const next = s.upcoming || [];
+    upcoming.replaceChildren(...(next.length
+      ? next.map((at, i) => h("li", { "data-us": toUs(at) }, when(at),
+        i === 0 && due !== null && due !== toUs(at) ? h("span", { class: "muted" }, " — fires at ", when(due), " with its jitter") : null))
+      : [h("li", { class: "muted" }, s.paused ? "None while it is paused." : "None: it has ended.")]));
+    gates.replaceChildren(...(d.gates.length
+      ? d.gates.map((g) => h("li", { "data-reason": g.reason }, gateText(g)))
+      : [h("li", { class: "muted" }, "Nothing holds it back: it fires as planned.")]));
+    if (!d.fires.length) {
+      fires.replaceChildren(h("p", { class: "muted" }, "No fires yet."));
+    } else {
+      fires.replaceChildren(h("table", { id: "fires-table" },
+        h("tr", {}, ["scheduled", "fired", "outcome", "task", "reason", ""].map((x) => h("th", {}, x))),
+        d.fires.map((f) => h("tr", { "data-outcome": f.outcome, "data-task": f.task ?? null, "data-manual": f.manual ? "true" : "false" },
+          h("td", {}, fmtTime(toUs(f.at)),
+            f.until !== null && f.until !== undefined ? ` → ${fmtTime(toUs(f.until))}` : null,
+            f.count && f.count !== 1 ? ` (${f.count} fires)` : null),
+          h("td", {}, fmtTime(toUs(f.fired_at))),
+          h("td", {}, stateBadge(f.outcome)),
+          h("td", {}, f.task ? taskLink(f.task) : "—"),
+          h("td", {}, f.reason || ""),
+          h("td", {}, f.manual ? h("span", { class: "tag" }, "manual") : "")))));
+    }
+    setButtons();
+  };
+  const load = async () => {
+    const mine = ++reads;
+    try {
+      const d = await api(`/schedules/${encodeURIComponent(name)}`);
+      if (closed || mine !== reads) return;
+      draw(d);
+      if (err.dataset.from === "load") err.textContent = "";
+    } catch (e) {
+      if (closed || mine !== reads) return;
+      if (e.status === 404) {
+        sched = null;
+        setButtons();
+      }
+      err.textContent = `Could not read ${name}: ${e.message}`;
+      err.dataset.from = "load";
+    }
+  };
+  async function act(what) {
+    busy = true;
+    setButtons();
+    err.textContent = "";
+    try {
+      const r = await scheduleAction(name, what, note.value.trim());
+      if (what === "pause") note.value = "";
+      if (what === "trigger") {
+        const f = r.fires[0];
+        said.replaceChildren(h("span", {}, `Triggered at ${fmtTime(toUs(f.fired_at))}: `, stateBadge(f.outcome),
+          f.task ? [" task ", taskLink(f.task)] : null, f.reason ? ` (${f.reason})` : null));
+      }
+    } catch (e) {
+      err.textContent = `Could not ${what} ${name}: ${e.message}`;
+      err.dataset.from = "action";
+    }
+    busy = false;
+    if (!closed) await load();
+    setButtons();
+  }
+  const feed = scheduleFeed(load, (ev) => ev.schedule === name);
+  load();
+  return {
+    close: () => {
+      closed = true;
+      feed.close();
+    },
+  };
+};
+
 // ----------------------------------------------------------------- router
 
 /** Shows the view the location hash names. */
@@ -944,7 +1307,11 @@ function route() {
   if (name === "task" && parts[1]) {
     view = taskView(root, decodeURIComponent(parts[1]));
     name = "tasks";
-  } else if (name === "workers") view = workersView(root);
+  } else if (name === "schedule" && parts[1]) {
+    view = scheduleView(root, decodeURIComponent(parts[1]));
+    name = "schedules";
+  } else if (name === "schedules") view = schedulesView(root);
+  else if (name === "workers") view = workersView(root);
   else if (name === "queues") view = queuesView(root);
   else if (name === "tasks") view = tasksView(root, params);
   else {
