@@ -280,7 +280,7 @@ pub struct Engine {
     free_slots: u64,
     timers: BTreeSet<(Timestamp, TimerKind, TaskId)>,
     /// Boxed: a map node holds many entries, most of them empty slots.
-    schedules: BTreeMap<String, Box<schedules::Sched>>,
+    schedules: BTreeMap<String, schedules::Sched>,
     schedule_timers: BTreeSet<(Timestamp, String)>,
     /// Manual-fire bookkeeping of the schedules that had one.
     schedule_manual: HashMap<String, schedules::Manual>,

@@ -504,3 +504,12 @@ fn an_edit_keeps_the_history_and_never_makes_a_past_fire_due() {
         Some(Change::ScheduleDeleted { .. })
     ));
 }
+
+#[test]
+fn a_kept_schedule_fits_the_640_byte_size_class() {
+    // 100,000 schedules must cost under 1 KiB each (see BENCHMARKS.md,
+    // schedule-rss-core): the boxed entry is most of it, and one byte more
+    // than 640 puts it in the allocator's 768-byte class.
+    let size = std::mem::size_of::<schedules::Kept>();
+    assert!(size <= 640, "a kept schedule grew to {size} bytes");
+}

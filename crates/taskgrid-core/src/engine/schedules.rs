@@ -109,11 +109,60 @@ pub enum ScheduleGate {
     },
 }
 
+/// A schedule in the engine: boxed, so the map's nodes stay small.
 #[derive(Debug)]
 pub(super) struct Sched {
-    rec: ScheduleRecord,
+    rec: Box<Kept>,
+}
+
+/// A [`ScheduleRecord`] as the engine keeps it, with its timer: no name
+/// (the map's key has it) and the note as a `Box<str>`, so that the whole
+/// fits an allocator size class of 640 bytes (the record with a timer
+/// beside it would take 768). [`Kept::record`] gives the record back.
+#[derive(Debug)]
+pub(super) struct Kept {
+    spec: ScheduleSpec,
+    template: TaskSpec,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    paused: bool,
+    note: Option<Box<str>>,
+    state: ScheduleState,
     /// The armed timer: (due, scheduled time).
     timer: Option<(Timestamp, Timestamp)>,
+}
+
+impl Sched {
+    fn from_record(rec: ScheduleRecord) -> Sched {
+        Sched {
+            rec: Box::new(Kept {
+                spec: rec.spec,
+                template: rec.template,
+                created_at: rec.created_at,
+                updated_at: rec.updated_at,
+                paused: rec.paused,
+                note: rec.note.map(String::into_boxed_str),
+                state: rec.state,
+                timer: None,
+            }),
+        }
+    }
+}
+
+impl Kept {
+    /// The stored form of schedule `name`.
+    fn record(&self, name: &str) -> ScheduleRecord {
+        ScheduleRecord {
+            name: name.to_owned(),
+            spec: self.spec.clone(),
+            template: self.template.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            paused: self.paused,
+            note: self.note.as_deref().map(str::to_owned),
+            state: self.state.clone(),
+        }
+    }
 }
 
 /// What a schedule's manual fires need remembered: kept apart from
@@ -139,19 +188,22 @@ impl Engine {
 
     /// One schedule, with its next fire and live tasks.
     pub fn schedule(&self, name: &str) -> Option<ScheduleView> {
-        self.schedules.get(name).map(|s| self.view(s))
+        self.schedules.get(name).map(|s| self.view(name, s))
     }
 
     /// Every schedule, in name order.
     pub fn schedules(&self) -> Vec<ScheduleView> {
-        self.schedules.values().map(|s| self.view(s)).collect()
+        self.schedules
+            .iter()
+            .map(|(name, s)| self.view(name, s))
+            .collect()
     }
 
-    fn view(&self, s: &Sched) -> ScheduleView {
+    fn view(&self, name: &str, s: &Sched) -> ScheduleView {
         ScheduleView {
-            record: s.rec.clone(),
-            next: s.timer.map(|(_, at)| at),
-            next_due: s.timer.map(|(due, _)| due),
+            record: s.rec.record(name),
+            next: s.rec.timer.map(|(_, at)| at),
+            next_due: s.rec.timer.map(|(due, _)| due),
             live: self.live_of(&s.rec.state),
         }
     }
@@ -186,35 +238,33 @@ impl Engine {
         self.check_template(&template, now)?;
         let created = !self.schedules.contains_key(name);
         let rec = match self.schedules.remove(name) {
-            Some(old) => {
-                self.disarm(&old);
-                let mut rec = old.rec;
+            Some(mut old) => {
+                self.disarm(name, &old);
+                let rec = &mut old.rec;
                 rec.spec = spec;
                 rec.template = template;
                 rec.updated_at = now;
                 rec.state.cursor = rec.state.cursor.max(now);
-                Sched { rec, timer: None }
+                rec.timer = None;
+                old
             }
-            None => Sched {
-                rec: ScheduleRecord {
-                    name: name.to_owned(),
-                    spec,
-                    template,
-                    created_at: now,
-                    updated_at: now,
-                    paused: false,
-                    note: None,
-                    state: ScheduleState {
-                        cursor: now,
-                        ..ScheduleState::default()
-                    },
+            None => Sched::from_record(ScheduleRecord {
+                name: name.to_owned(),
+                spec,
+                template,
+                created_at: now,
+                updated_at: now,
+                paused: false,
+                note: None,
+                state: ScheduleState {
+                    cursor: now,
+                    ..ScheduleState::default()
                 },
-                timer: None,
-            },
+            }),
         };
         out.changes
-            .push(Change::Schedule(Box::new(rec.rec.clone())));
-        self.schedules.insert(name.to_owned(), Box::new(rec));
+            .push(Change::Schedule(Box::new(rec.rec.record(name))));
+        self.schedules.insert(name.to_owned(), rec);
         self.arm(name);
         Ok(created)
     }
@@ -257,7 +307,7 @@ impl Engine {
             .schedules
             .remove(name)
             .ok_or_else(|| ScheduleError::NotFound(name.to_owned()))?;
-        self.disarm(&s);
+        self.disarm(name, &s);
         self.schedule_of.retain(|_, n| n != name);
         self.schedule_manual.remove(name);
         out.changes.push(Change::ScheduleDeleted {
@@ -279,10 +329,11 @@ impl Engine {
             .get_mut(name)
             .ok_or_else(|| ScheduleError::NotFound(name.to_owned()))?;
         s.rec.paused = true;
-        s.rec.note = note;
+        s.rec.note = note.map(String::into_boxed_str);
         s.rec.updated_at = now;
-        out.changes.push(Change::Schedule(Box::new(s.rec.clone())));
-        let timer = s.timer.take();
+        out.changes
+            .push(Change::Schedule(Box::new(s.rec.record(name))));
+        let timer = s.rec.timer.take();
         if let Some((due, _)) = timer {
             self.schedule_timers.remove(&(due, name.to_owned()));
         }
@@ -306,7 +357,8 @@ impl Engine {
             s.rec.note = None;
             s.rec.updated_at = now;
             s.rec.state.cursor = s.rec.state.cursor.max(now);
-            out.changes.push(Change::Schedule(Box::new(s.rec.clone())));
+            out.changes
+                .push(Change::Schedule(Box::new(s.rec.record(name))));
             self.arm(name);
             self.release_buffered(name, now, out);
         }
@@ -422,7 +474,7 @@ impl Engine {
         let mut gates = Vec::new();
         if rec.paused {
             gates.push(ScheduleGate::Paused {
-                note: rec.note.clone(),
+                note: rec.note.as_deref().map(str::to_owned),
             });
         }
         if let Some(max) = rec.spec.max_runs
@@ -474,8 +526,7 @@ impl Engine {
                 self.schedule_of.insert(*id, rec.name.clone());
             }
             let name = rec.name.clone();
-            self.schedules
-                .insert(name.clone(), Box::new(Sched { rec, timer: None }));
+            self.schedules.insert(name.clone(), Sched::from_record(rec));
             if self.schedules.get(&name).is_some_and(|s| !s.rec.paused) {
                 self.fire_due(&name, now, out);
                 self.release_buffered(&name, now, out);
@@ -492,7 +543,7 @@ impl Engine {
             }
             self.schedule_timers.pop_first();
             if let Some(s) = self.schedules.get_mut(&name) {
-                s.timer = None;
+                s.rec.timer = None;
             }
             self.fire_due(&name, now, out);
         }
@@ -706,7 +757,8 @@ impl Engine {
         let live = self.schedules.get(name).map(|s| self.live_of(&s.rec.state));
         if let (Some(s), Some(live)) = (self.schedules.get_mut(name), live) {
             s.rec.state.active = live;
-            out.changes.push(Change::Schedule(Box::new(s.rec.clone())));
+            out.changes
+                .push(Change::Schedule(Box::new(s.rec.record(name))));
         }
     }
 
@@ -756,7 +808,7 @@ impl Engine {
         let Some(s) = self.schedules.get(name) else {
             return;
         };
-        if let Some((due, _)) = s.timer {
+        if let Some((due, _)) = s.rec.timer {
             self.schedule_timers.remove(&(due, name.to_owned()));
         }
         let next = if s.rec.paused || self.max_runs_reached(name) {
@@ -771,13 +823,13 @@ impl Engine {
             self.schedule_timers.insert((due, name.to_owned()));
         }
         if let Some(s) = self.schedules.get_mut(name) {
-            s.timer = next;
+            s.rec.timer = next;
         }
     }
 
-    fn disarm(&mut self, s: &Sched) {
-        if let Some((due, _)) = s.timer {
-            self.schedule_timers.remove(&(due, s.rec.name.clone()));
+    fn disarm(&mut self, name: &str, s: &Sched) {
+        if let Some((due, _)) = s.rec.timer {
+            self.schedule_timers.remove(&(due, name.to_owned()));
         }
     }
 
