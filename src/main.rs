@@ -44,6 +44,9 @@ enum Command {
     Cancel(cmd::client::CancelArgs),
     /// Run a finished task again.
     Retry(cmd::client::IdArgs),
+    /// Delete finished tasks with their attempts and output (retention
+    /// does it by itself after --retain, 7 days by default).
+    Delete(cmd::client::DeleteArgs),
     /// Say why a task is not running yet.
     Explain(cmd::client::IdArgs),
     /// List connected workers.
@@ -125,6 +128,7 @@ fn main() -> std::process::ExitCode {
             Command::Logs(a) => client::logs(a).await,
             Command::Cancel(a) => client::cancel(a).await,
             Command::Retry(a) => client::retry(a).await,
+            Command::Delete(a) => client::delete(a).await,
             Command::Explain(a) => client::explain(a).await,
             Command::Workers(a) => client::workers(a).await,
             Command::Queues(a) => client::queues(a).await,

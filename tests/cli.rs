@@ -967,3 +967,66 @@ async fn schedule_commands_define_fire_pause_explain_and_backfill() {
     assert_ne!(code, Some(0));
     assert!(err.contains("hourly"), "{err}");
 }
+
+/// `taskgrid delete`: a finished task goes, a live one is refused (and
+/// stays) with exit 1; a coordinator with `--retain 1s` deletes finished
+/// tasks by itself and keeps the live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_and_retention_remove_finished_tasks_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &["--retain", "1s"]);
+    let _w = worker(&server.url(), "w1", &["--slots", "1"]);
+    let client = server.client(None);
+    await_worker(&client, "w1").await;
+    let url = server.url();
+    let submit = |extra: &[&str]| -> TaskId {
+        let out = taskgrid()
+            .args(["submit", "--server", &url])
+            .args(extra)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let done = submit(&[]);
+    let live = submit(&["--delay", "1h"]);
+    await_state(&client, done, None).await;
+    let out = taskgrid()
+        .args([
+            "delete",
+            "--server",
+            &url,
+            &done.to_string(),
+            &live.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("{done}: deleted")), "{stdout}");
+    assert!(
+        stderr.contains(&live.to_string()) && stderr.contains("not finished"),
+        "{stderr}"
+    );
+    assert!(client.get(done).await.is_err());
+    assert!(client.get(live).await.is_ok());
+
+    // Retention: a second task is gone about a second after it ends (the
+    // sweep runs every 100 ms); the live one stays.
+    let second = submit(&[]);
+    await_state(&client, second, None).await;
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while client.get(second).await.is_ok() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("retention deletes the finished task");
+    assert!(
+        client.get(live).await.is_ok(),
+        "a live task is never deleted"
+    );
+}

@@ -272,6 +272,43 @@ pub(crate) async fn retry(a: IdArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Options of `delete`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DeleteArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The tasks (finished ones only).
+    #[arg(required = true)]
+    ids: Vec<TaskId>,
+}
+
+/// Deletes each task; a live or unknown one is reported and the rest are
+/// still deleted; exits 1 if any was not.
+pub(crate) async fn delete(a: DeleteArgs) -> anyhow::Result<i32> {
+    let client = a.conn.client()?;
+    let mut refused = 0;
+    for id in &a.ids {
+        match client.delete(*id).await {
+            Ok(()) if a.conn.json => {
+                println!("{}", serde_json::json!({ "id": id, "deleted": true }));
+            }
+            Ok(()) => println!("{id}: deleted"),
+            Err(e) => {
+                refused += 1;
+                if a.conn.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "id": id, "deleted": false, "error": e.to_string() })
+                    );
+                } else {
+                    eprintln!("taskgrid: {id}: {e}");
+                }
+            }
+        }
+    }
+    Ok(i32::from(refused > 0))
+}
+
 pub(crate) async fn explain(a: IdArgs) -> anyhow::Result<i32> {
     let x = a.conn.client()?.explain(a.id).await?;
     if a.conn.json {

@@ -57,6 +57,28 @@ pub(crate) struct Args {
     /// listens on, the host name for 0.0.0.0).
     #[arg(long, env = "TASKGRID_ADVERTISE", value_parser = advertised)]
     pub(crate) advertise: Option<String>,
+    /// Finished tasks, with their attempts and output, are deleted once
+    /// they ended longer ago than this (e.g. 7d, 12h, 30m); `forever`
+    /// keeps them.
+    #[arg(long, env = "TASKGRID_RETAIN", default_value = "7d", value_parser = retention, value_name = "DURATION|forever")]
+    pub(crate) retain: Retain,
+}
+
+/// `--retain`: how long finished tasks are kept, or forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Retain(pub(crate) Option<Duration>);
+
+fn retention(s: &str) -> Result<Retain, String> {
+    match s.trim() {
+        "forever" | "off" | "never" => Ok(Retain(None)),
+        d => humantime::parse_duration(d)
+            .map(|d| Retain(Some(d)))
+            .map_err(|e| {
+                format!(
+                    "{s:?} is no retention: {e} (write a duration like 7d, 12h, 30m, or forever)"
+                )
+            }),
+    }
 }
 
 /// `--advertise`: an `http://HOST:PORT` URL.
@@ -241,6 +263,18 @@ impl Bound {
         let args = &self.args;
         let config = SystemConfig {
             check_handlers: false,
+            retention: args.retain.0,
+            // A tenth of the retention, between 100 ms and a minute: a task
+            // outlives its retention by at most ~10 %, or a minute.
+            retention_every: args
+                .retain
+                .0
+                .map_or(SystemConfig::RETENTION_EVERY_DEFAULT, |r| {
+                    (r / 10).clamp(
+                        Duration::from_millis(100),
+                        SystemConfig::RETENTION_EVERY_DEFAULT,
+                    )
+                }),
             ..SystemConfig::default()
         };
         let store = self.store.clone();

@@ -267,6 +267,17 @@ impl Client {
             .await
     }
 
+    /// Deletes a finished task with its attempts and output (a live one
+    /// is refused with `not_finished`).
+    pub async fn delete(&self, id: TaskId) -> Result<(), ClientError> {
+        checked(
+            self.send(self.request(Method::DELETE, &format!("/tasks/{id}")))
+                .await?,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// A page of a task's output after sequence number `after`.
     pub async fn output(
         &self,

@@ -64,6 +64,13 @@ pub enum Change {
     /// (schedule, scheduled time) is unique: a second record of one fire
     /// fails the commit.
     Fire(Box<FireRecord>),
+    /// A finished task was deleted (by an operator, or by retention): the
+    /// store removes it with its tags, attempts and output. An unknown id
+    /// is no error.
+    Deleted {
+        /// The task.
+        id: TaskId,
+    },
 }
 
 impl Change {
@@ -73,7 +80,8 @@ impl Change {
             Change::Submitted(r) => Some(r.id),
             Change::Status { id, .. }
             | Change::Progress { id, .. }
-            | Change::Checkpoint { id, .. } => Some(*id),
+            | Change::Checkpoint { id, .. }
+            | Change::Deleted { id } => Some(*id),
             Change::Output(c) => Some(c.task),
             Change::Queue { .. }
             | Change::Schedule(_)

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::Timestamp;
+
 /// A task's id: 128 bits, shown in the hyphenated UUID form.
 ///
 /// Ids minted as UUIDv7 sort by creation time, which keeps store indexes and
@@ -38,6 +40,11 @@ impl TaskId {
     /// Big-endian bytes, the order in which ids sort.
     pub const fn to_bytes(self) -> [u8; 16] {
         self.as_u128().to_be_bytes()
+    }
+    /// The smallest UUIDv7 of the millisecond of `at`: every v7 id minted
+    /// before that millisecond is below it (ids sort by creation time).
+    pub const fn created_before(at: Timestamp) -> Self {
+        Self::from_u128(((at.as_millis() as u128) & ((1 << 48) - 1)) << 80)
     }
     /// Builds an id from big-endian bytes.
     pub const fn from_bytes(b: [u8; 16]) -> Self {

@@ -25,6 +25,11 @@ pub struct SystemConfig {
     pub check_handlers: bool,
     /// Recent events kept for subscribers that resume (SSE `Last-Event-ID`).
     pub replay_capacity: usize,
+    /// Finished tasks are deleted from the store, with their attempts and
+    /// output, once they ended longer ago than this (`None`: kept forever).
+    pub retention: Option<Duration>,
+    /// How often retention looks for tasks to delete.
+    pub retention_every: Duration,
 }
 
 impl SystemConfig {
@@ -38,6 +43,10 @@ impl SystemConfig {
     pub const EVENT_CAPACITY_DEFAULT: usize = 4096;
     /// Default replay buffer: 10,000 events.
     pub const REPLAY_CAPACITY_DEFAULT: usize = 10_000;
+    /// Default retention of finished tasks: 7 days.
+    pub const RETENTION_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// Default retention interval: a minute.
+    pub const RETENTION_EVERY_DEFAULT: Duration = Duration::from_secs(60);
 }
 
 impl Default for SystemConfig {
@@ -51,6 +60,8 @@ impl Default for SystemConfig {
             queues: Vec::new(),
             check_handlers: true,
             replay_capacity: Self::REPLAY_CAPACITY_DEFAULT,
+            retention: Some(Self::RETENTION_DEFAULT),
+            retention_every: Self::RETENTION_EVERY_DEFAULT,
         }
     }
 }

@@ -164,7 +164,8 @@ impl TaskEvent {
             Change::Queue { .. }
             | Change::Schedule(_)
             | Change::ScheduleDeleted { .. }
-            | Change::Fire(_) => return None,
+            | Change::Fire(_)
+            | Change::Deleted { .. } => return None,
         };
         Some(TaskEvent {
             seq: 0,

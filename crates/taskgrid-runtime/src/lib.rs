@@ -50,6 +50,7 @@ mod monitor;
 mod publisher;
 mod report;
 mod result;
+mod retention;
 mod schedules;
 mod sync;
 mod system;
@@ -63,6 +64,7 @@ pub use handle::TaskHandle;
 pub use link::WorkerLink;
 pub use monitor::WorkerView;
 pub use result::TaskResult;
+pub use retention::DELETE_BATCH;
 pub use schedules::{EXPLAIN_FIRES, FIRES_LIMIT_MAX};
 pub use system::TaskSystem;
 pub use taskgrid_sdk::{

@@ -28,6 +28,8 @@ pub(crate) enum Lifecycle {
         driver: JoinHandle<()>,
         publisher: JoinHandle<()>,
         stop: oneshot::Sender<()>,
+        /// Background retention, when configured.
+        retention: Option<JoinHandle<()>>,
     },
     Stopped,
 }
@@ -61,10 +63,20 @@ impl TaskSystem {
         let (stop, stop_rx) = oneshot::channel();
         let driver = rt.spawn(drive(self.inner.clone(), completions, stop_rx));
         let publisher = rt.spawn(publish(self.inner.clone(), committed));
+        let retention = self.inner.config.retention.map(|keep| {
+            let every =
+                (self.inner.config.retention_every).max(std::time::Duration::from_millis(1));
+            rt.spawn(crate::retention::run(
+                Arc::downgrade(&self.inner),
+                keep,
+                every,
+            ))
+        });
         *state = Lifecycle::Started {
             driver,
             publisher,
             stop,
+            retention,
         };
         Ok(())
     }
@@ -293,8 +305,12 @@ impl TaskSystem {
             driver,
             publisher,
             stop,
+            retention,
         } = state
         {
+            if let Some(r) = retention {
+                r.abort();
+            }
             let _ = stop.send(());
             let _ = driver.await;
             // Whatever still runs is handed back to the queue.
@@ -328,11 +344,17 @@ impl Drop for TaskSystem {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.draining.store(true, Ordering::Release);
         if let Lifecycle::Started {
-            driver, publisher, ..
+            driver,
+            publisher,
+            retention,
+            ..
         } = &*relock(&self.tasks)
         {
             driver.abort();
             publisher.abort();
+            if let Some(r) = retention {
+                r.abort();
+            }
         }
         self.local.abort_all();
     }

@@ -87,6 +87,15 @@ impl Store for Watched {
         self.read("count_by_state");
         self.store.count_by_state()
     }
+    fn finished_before(
+        &self,
+        cutoff: taskgrid_core::Timestamp,
+        after: Option<taskgrid_core::TaskId>,
+        limit: usize,
+    ) -> Result<taskgrid_store::FinishedScan, StoreError> {
+        self.read("finished_before");
+        self.store.finished_before(cutoff, after, limit)
+    }
     fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
         self.read("paused_queues");
         self.store.paused_queues()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use taskgrid_core::{
-    CancelOutcome, FailureCode, RetryPolicy, State, SubmitError, TaskFailure, TaskId,
+    CancelOutcome, FailureCode, RetryPolicy, State, SubmitError, TaskFailure, TaskId, Timestamp,
 };
 use taskgrid_runtime::{
     Error, EventKind, Handler, HandlerResult, SystemConfig, Task, TaskContext, TaskError,
@@ -788,4 +788,99 @@ async fn a_schedule_behind_its_catch_up_window_records_and_explains_the_missed_r
         "{gates:?}"
     );
     assert_eq!(missed[0].at, ten_ago.plus(Duration::from_secs(60)));
+}
+
+/// `delete` removes a finished task with its attempts and refuses a live
+/// one; `prune` deletes what finished before its cutoff and leaves the
+/// rest; the background retention does the same on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_tasks_are_deleted_on_demand_and_by_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SystemConfig {
+        retention: None,
+        ..SystemConfig::default()
+    };
+    let sys = TaskSystem::builder()
+        .sqlite(dir.path().join("tg.db"), SqliteOptions::default())
+        .config(config)
+        .handler("double", double())
+        .queues(["work"])
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let mut done = Vec::new();
+    for n in 0..5u64 {
+        let h = sys
+            .submit(Task::handler("double", &n).queue("work"))
+            .await
+            .unwrap();
+        let r = tokio::time::timeout(LIMIT, h.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.state, State::Succeeded);
+        done.push(h.id());
+    }
+    // Nobody serves "idle": this one stays queued.
+    let live = sys
+        .submit(Task::handler("double", &9).queue("idle"))
+        .await
+        .unwrap()
+        .id();
+
+    assert!(matches!(
+        sys.delete(live).await,
+        Err(Error::NotFinished(_, State::Queued))
+    ));
+    sys.delete(done[0]).await.unwrap();
+    assert!(matches!(sys.get(done[0]).await, Err(Error::NotFound(_))));
+    assert!(sys.attempts(done[0]).await.unwrap().is_empty());
+    assert!(matches!(sys.delete(done[0]).await, Err(Error::NotFound(_))));
+
+    // A cutoff before they ended deletes nothing; one after, all of them.
+    let first_end = sys.get(done[1]).await.unwrap().status.finished_at.unwrap();
+    assert_eq!(sys.prune(first_end).await.unwrap(), 0);
+    let later = Timestamp::from_micros(first_end.as_micros() + 3_600_000_000);
+    assert_eq!(sys.prune(later).await.unwrap(), 4);
+    for id in &done {
+        assert!(matches!(sys.get(*id).await, Err(Error::NotFound(_))));
+    }
+    assert_eq!(sys.get(live).await.unwrap().status.state, State::Queued);
+    assert_eq!(sys.prune(later).await.unwrap(), 0);
+    sys.shutdown().await.unwrap();
+    drop(sys);
+
+    // Reopened with a retention of zero, checked every 10 ms: a task that
+    // finishes is deleted by the background sweep, the queued one stays.
+    let config = SystemConfig {
+        retention: Some(Duration::ZERO),
+        retention_every: Duration::from_millis(10),
+        ..SystemConfig::default()
+    };
+    let sys = TaskSystem::builder()
+        .sqlite(dir.path().join("tg.db"), SqliteOptions::default())
+        .config(config)
+        .handler("double", double())
+        .queues(["work"])
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let h = sys
+        .submit(Task::handler("double", &1).queue("work"))
+        .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, h.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    // Wait (bounded) for the sweep that runs every 10 ms to take it.
+    tokio::time::timeout(LIMIT, async {
+        while sys.get(h.id()).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("retention deletes the finished task");
+    assert_eq!(sys.get(live).await.unwrap().status.state, State::Queued);
+    sys.shutdown().await.unwrap();
 }

@@ -1376,3 +1376,51 @@ async fn pause_takes_an_empty_body_and_refuses_a_bad_one() {
         "a refused pause changes nothing"
     );
 }
+
+/// `DELETE /tasks/{id}`: a finished task goes with its attempts and
+/// output (204); a live one is refused (409 `not_finished`) and stays; an
+/// unknown id is 404, a malformed one 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_task_is_deleted_and_a_live_one_is_refused() {
+    let sys = echo_system();
+    let api = Api::new(&sys);
+    let done = api
+        .submit(json!({"kind": {"type": "handler", "name": "echo", "payload": ["a"]}}))
+        .await;
+    sys.handle(done.parse().expect("task id"))
+        .wait_timeout(LIMIT)
+        .await
+        .expect("task ends");
+    let live = api
+        .submit(
+            json!({"kind": {"type": "handler", "name": "echo", "payload": ["b"]},
+                       "queue": "nobody-serves-this", "delay_ms": 3_600_000}),
+        )
+        .await;
+    let del = |id: String| {
+        let api = &api;
+        async move {
+            api.send(
+                api.request(Method::DELETE, &format!("/api/v1/tasks/{id}"))
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+        }
+    };
+    let r = del(live.clone()).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(error_code(&r), "not_finished");
+    assert_eq!(
+        api.get(&format!("/api/v1/tasks/{live}")).await.status,
+        StatusCode::OK
+    );
+    let r = del(done.clone()).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    for path in ["", "/output"] {
+        let r = api.get(&format!("/api/v1/tasks/{done}{path}")).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.body);
+    }
+    assert_eq!(del(done).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(del("nope".into()).await.status, StatusCode::BAD_REQUEST);
+}

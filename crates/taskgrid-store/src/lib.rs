@@ -75,7 +75,7 @@ pub use writer::{BATCH_CAP, Done, LAZY_WINDOW, MAX_WINDOW, Writer};
 
 use taskgrid_core::{
     AttemptRecord, Change, FireRecord, OutputChunk, ScheduleRecord, State, TaskId, TaskRecord,
-    Timestamp, WorkerId,
+    TaskStatus, Timestamp, WorkerId,
 };
 
 /// The durable record of tasks. Every method takes `&self`; implementations
@@ -155,12 +155,39 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<FireRecord>, StoreError>;
 
+    /// One step of a sweep for finished tasks that ended before `cutoff`
+    /// (what retention deletes): reads up to `limit` tasks created before
+    /// `cutoff` (ids are UUIDv7, so by id), in id order after `after`, and
+    /// returns those that are terminal with `finished_at < cutoff`, and the
+    /// last id read (`None` once there is nothing more to read). Pass that
+    /// id as `after` to read on.
+    fn finished_before(
+        &self,
+        cutoff: Timestamp,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> Result<FinishedScan, StoreError>;
+
     /// Who leads this store and who stands by, for a store that several
     /// coordinators share (PostgreSQL); `None` for one that only its own
     /// process opens (memory, SQLite).
     fn cluster(&self) -> Result<Option<Cluster>, StoreError> {
         Ok(None)
     }
+}
+
+/// What one step of [`Store::finished_before`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinishedScan {
+    /// The tasks that finished before the cutoff, in id order.
+    pub finished: Vec<TaskId>,
+    /// The last id read; `None` when nothing was left to read.
+    pub last: Option<TaskId>,
+}
+
+/// Whether a task with this status finished before `cutoff`.
+pub(crate) fn is_finished_before(status: &TaskStatus, cutoff: Timestamp) -> bool {
+    status.state.is_terminal() && status.finished_at.is_some_and(|f| f < cutoff)
 }
 
 /// The default page size of a [`TaskQuery`].

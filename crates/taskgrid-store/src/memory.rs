@@ -19,7 +19,9 @@ use taskgrid_core::{
 
 use crate::attempt::{AttemptOp, attempt_ops, duplicate_attempt};
 use crate::schedule::duplicate_fire;
-use crate::{Store, StoreError, TaskQuery, counts_in_order, state_index};
+use crate::{
+    FinishedScan, Store, StoreError, TaskQuery, counts_in_order, is_finished_before, state_index,
+};
 
 /// A [`Store`] that keeps everything in memory and loses it when dropped.
 #[derive(Debug, Default)]
@@ -106,6 +108,8 @@ enum Undo {
     ScheduleDeleted(String, Option<Box<ScheduleRecord>>, Option<Fires>),
     /// Remove the inserted fire.
     Fire(String, (Timestamp, bool)),
+    /// Put back a deleted task.
+    Deleted(TaskId, Box<Task>),
 }
 
 enum AttemptUndo {
@@ -220,6 +224,12 @@ impl Inner {
                 fires.insert(key, fire.clone());
                 undo.push(Undo::Fire(fire.schedule.clone(), key));
             }
+            Change::Deleted { id } => {
+                if let Some(t) = self.tasks.remove(id) {
+                    self.counts[state_index(t.status.state)] -= 1;
+                    undo.push(Undo::Deleted(*id, t));
+                }
+            }
         }
         Ok(())
     }
@@ -232,6 +242,10 @@ impl Inner {
                 if let Some(t) = self.tasks.remove(&id) {
                     self.counts[state_index(t.status.state)] -= 1;
                 }
+            }
+            Undo::Deleted(id, t) => {
+                self.counts[state_index(t.status.state)] += 1;
+                self.tasks.insert(id, t);
             }
             Undo::Status { id, old, attempts } => {
                 let Some(task) = self.tasks.get_mut(&id) else {
@@ -512,6 +526,29 @@ impl Store for MemoryStore {
 
     fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
         Ok(counts_in_order(&self.lock().counts))
+    }
+
+    fn finished_before(
+        &self,
+        cutoff: Timestamp,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> Result<FinishedScan, StoreError> {
+        let inner = self.lock();
+        let bound = TaskId::created_before(cutoff);
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut scan = FinishedScan::default();
+        for (id, t) in inner
+            .tasks
+            .range((lower, Bound::Excluded(bound)))
+            .take(limit)
+        {
+            scan.last = Some(*id);
+            if is_finished_before(&t.status, cutoff) {
+                scan.finished.push(*id);
+            }
+        }
+        Ok(scan)
     }
 
     fn paused_queues(&self) -> Result<Vec<String>, StoreError> {

@@ -211,6 +211,7 @@ fn server_args(plan: &Plan, data_dir: &Path) -> server::Args {
         lease_ms: server::LEASE_MS_DEFAULT,
         database_url: None,
         advertise: None,
+        retain: server::Retain(Some(taskgrid_runtime::SystemConfig::RETENTION_DEFAULT)),
         store: match &plan.store {
             StoreKind::Sqlite => None,
             StoreKind::Memory => Some(StoreConfig::Memory),

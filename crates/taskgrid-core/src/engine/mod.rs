@@ -582,6 +582,30 @@ impl Engine {
         }
     }
 
+    /// Deletes finished tasks: forgets those the engine still holds and
+    /// has the store delete each (with its attempts and output). A task the
+    /// engine holds live is left alone; one it does not hold is finished
+    /// or unknown (the engine holds every live task), and its deletion is
+    /// no error. Returns the ids it deleted, in the order given.
+    pub fn delete_finished(&mut self, ids: &[TaskId], out: &mut Outbox) -> Vec<TaskId> {
+        let mut deleted = Vec::with_capacity(ids.len());
+        for &id in ids {
+            match self.tasks.get(&id).map(|e| e.rec.status.state) {
+                Some(state) if !state.is_terminal() => continue,
+                Some(state) => {
+                    // `finished` still lists it: trim_finished skips ids
+                    // that are gone.
+                    self.tasks.remove(&id);
+                    self.count(state, -1);
+                }
+                None => {}
+            }
+            out.changes.push(Change::Deleted { id });
+            deleted.push(id);
+        }
+        deleted
+    }
+
     /// Forgets the oldest finished tasks beyond `retain_finished`. Runs at
     /// the start of [`Engine::tick`], so a shell can still look up a task
     /// that finished during its current step.

@@ -1186,3 +1186,36 @@ fn requested_memory_never_adds_up_to_more_than_a_worker_has() {
     t.advance(Duration::from_secs(1));
     assert_eq!(t.error(id).code, FailureCode::NoCapableWorker);
 }
+
+#[test]
+fn only_finished_tasks_are_deleted() {
+    let mut t = Harness::new();
+    let live = t.submit(h("x"));
+    let done = t.submit(h("x"));
+    t.engine.cancel(done, t.now, &mut t.out).unwrap();
+    t.out.changes.clear();
+    let unknown = TaskId::from_u128(7);
+    let deleted = t.engine.delete_finished(&[live, done, unknown], &mut t.out);
+    assert_eq!(deleted, [done, unknown], "the live task is left");
+    assert_eq!(
+        t.out.changes,
+        [
+            Change::Deleted { id: done },
+            Change::Deleted { id: unknown }
+        ]
+    );
+    assert!(t.engine.get(done).is_none());
+    assert_eq!(
+        t.engine.get(live).map(|r| r.status.state),
+        Some(State::Queued)
+    );
+    // Forgetting it later (retain_finished) does not count it twice.
+    t.advance(Duration::ZERO);
+    let counts = t.engine.state_counts();
+    assert!(
+        counts
+            .iter()
+            .all(|&(s, n)| n == usize::from(s == State::Queued)),
+        "{counts:?}"
+    );
+}

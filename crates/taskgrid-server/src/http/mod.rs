@@ -123,6 +123,7 @@ fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::POST, "/tasks/batch", post(tasks::submit_batch)),
         (Method::POST, "/tasks/cancel", post(tasks::cancel_tag)),
         (Method::GET, "/tasks/{id}", get(tasks::detail)),
+        (Method::DELETE, "/tasks/{id}", delete(tasks::delete)),
         (Method::POST, "/tasks/{id}/cancel", post(tasks::cancel)),
         (Method::POST, "/tasks/{id}/retry", post(tasks::retry)),
         (Method::GET, "/tasks/{id}/output", get(output::output)),

@@ -191,6 +191,16 @@ pub(crate) async fn retry(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
+/// `DELETE /tasks/{id}`: deletes a finished task with its attempts and
+/// output (204, once committed); 409 `not_finished` for a live one.
+pub(crate) async fn delete(
+    State(s): State<AppState>,
+    TaskPath(id): TaskPath,
+) -> ApiResult<StatusCode> {
+    s.system.delete(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `GET /tasks/{id}/explain`: why it is not running, or where it stands.
 pub(crate) async fn explain(
     State(s): State<AppState>,

@@ -239,6 +239,14 @@ impl Store for Gated {
     fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
         self.inner.count_by_state()
     }
+    fn finished_before(
+        &self,
+        cutoff: taskgrid_core::Timestamp,
+        after: Option<taskgrid_core::TaskId>,
+        limit: usize,
+    ) -> Result<taskgrid_store::FinishedScan, StoreError> {
+        self.inner.finished_before(cutoff, after, limit)
+    }
     fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
         self.inner.paused_queues()
     }

@@ -67,6 +67,8 @@ macro_rules! conformance_tests {
                 a_duplicate_fire_fails_the_whole_batch,
                 failed_batch_keeps_schedules_and_fires,
                 a_fire_commits_with_its_tasks_submit,
+                finished_tasks_are_found_by_their_end,
+                a_deleted_task_leaves_nothing_behind,
             );
         }
     };
@@ -142,6 +144,14 @@ impl Store for TempSqlite {
     }
     fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
         self.store.count_by_state()
+    }
+    fn finished_before(
+        &self,
+        cutoff: taskgrid_core::Timestamp,
+        after: Option<taskgrid_core::TaskId>,
+        limit: usize,
+    ) -> Result<crate::FinishedScan, StoreError> {
+        self.store.finished_before(cutoff, after, limit)
     }
     fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
         self.store.paused_queues()

@@ -92,6 +92,9 @@ struct Groups<'a> {
     queues: Vec<(&'a str, bool)>,
     /// Schedule changes, in batch order.
     schedules: Vec<ScheduleWrite<'a>>,
+    /// Finished tasks to delete (last: no other change of the batch can
+    /// follow a task's deletion).
+    deleted: Vec<Vec<u8>>,
 }
 
 /// One schedule change, written by a statement of its own.
@@ -201,6 +204,7 @@ impl<'a> Groups<'a> {
             Change::Schedule(rec) => self.schedules.push(ScheduleWrite::Upsert(rec)),
             Change::ScheduleDeleted { name } => self.schedules.push(ScheduleWrite::Delete(name)),
             Change::Fire(fire) => self.schedules.push(ScheduleWrite::Fire(fire)),
+            Change::Deleted { id } => self.deleted.push(id.to_bytes().to_vec()),
         }
         Ok(())
     }
@@ -230,7 +234,8 @@ impl<'a> Groups<'a> {
             };
             tx.execute(sql, &[&name])?;
         }
-        write_schedules(tx, &self.schedules)
+        write_schedules(tx, &self.schedules)?;
+        write_deleted(tx, &self.deleted)
     }
 
     fn write_inserts(&self, tx: &mut Transaction<'_>) -> Result<(), StoreError> {
@@ -542,6 +547,28 @@ fn write_output(
 /// Writes schedule changes one by one, in batch order; a second fire of a
 /// schedule at one time is `Invalid` (and the caller's transaction rolls
 /// back).
+/// Deletes tasks with their tags (read from their specs: the tag table is
+/// keyed by tag), attempts and output.
+fn write_deleted(tx: &mut Transaction<'_>, ids: &[Vec<u8>]) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "DELETE FROM task_tags WHERE (tag, task_id) IN (\
+           SELECT jsonb_array_elements_text(spec::jsonb -> 'tags'), id \
+           FROM tasks WHERE id = ANY($1))",
+        &[&ids],
+    )?;
+    for sql in [
+        "DELETE FROM output WHERE task_id = ANY($1)",
+        "DELETE FROM attempts WHERE task_id = ANY($1)",
+        "DELETE FROM tasks WHERE id = ANY($1)",
+    ] {
+        tx.execute(sql, &[&ids])?;
+    }
+    Ok(())
+}
+
 fn write_schedules(
     tx: &mut Transaction<'_>,
     writes: &[ScheduleWrite<'_>],

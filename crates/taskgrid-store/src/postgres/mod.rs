@@ -424,6 +424,37 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    fn finished_before(
+        &self,
+        cutoff: Timestamp,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> Result<crate::FinishedScan, StoreError> {
+        let from = after.map_or([0u8; 16], TaskId::to_bytes).to_vec();
+        let bound = TaskId::created_before(cutoff).to_bytes().to_vec();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.read_conn()?.query(
+            "SELECT id, status FROM tasks WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3",
+            &[&from, &bound, &limit],
+        )?;
+        let mut scan = crate::FinishedScan::default();
+        for row in &rows {
+            let key: Vec<u8> = row.try_get(0)?;
+            let key: [u8; 16] = key.try_into().map_err(|k: Vec<u8>| {
+                StoreError::Corrupt(format!("task id of {} bytes, not 16", k.len()))
+            })?;
+            let id = TaskId::from_bytes(key);
+            let status: String = row.try_get(1)?;
+            let status: taskgrid_core::TaskStatus = serde_json::from_str(&status)
+                .map_err(|e| StoreError::Corrupt(format!("task {id}: status: {e}")))?;
+            scan.last = Some(id);
+            if crate::is_finished_before(&status, cutoff) {
+                scan.finished.push(id);
+            }
+        }
+        Ok(scan)
+    }
+
     fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError> {
         let live: Vec<&str> = State::ALL
             .iter()

@@ -21,7 +21,7 @@ use taskgrid_core::{
     Timestamp,
 };
 
-use crate::{Store, StoreError, TaskQuery};
+use crate::{FinishedScan, Store, StoreError, TaskQuery};
 
 /// An error from SQLite, as a [`StoreError::Backend`] whose message says it
 /// came from SQLite.
@@ -222,6 +222,15 @@ impl Store for SqliteStore {
 
     fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
         read::paused_queues(&self.read_conn())
+    }
+
+    fn finished_before(
+        &self,
+        cutoff: Timestamp,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> Result<FinishedScan, StoreError> {
+        read::finished_before(&self.read_conn(), cutoff, after, limit)
     }
 
     fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {

@@ -9,12 +9,14 @@ use rusqlite::{Connection, Row, params, params_from_iter};
 use serde::de::DeserializeOwned;
 use taskgrid_core::{
     AttemptRecord, FireRecord, OutputChunk, ScheduleRecord, State, Stream, TaskId, TaskRecord,
-    Timestamp, WorkerId,
+    TaskStatus, Timestamp, WorkerId,
 };
 
 use crate::attempt::{parse_outcome, usage_of};
 use crate::schedule;
-use crate::{StoreError, TaskQuery, counts_in_order, state_index};
+use crate::{
+    FinishedScan, StoreError, TaskQuery, counts_in_order, is_finished_before, state_index,
+};
 
 const TASK_COLUMNS: &str = "id, created_at, spec, status, progress, checkpoint";
 
@@ -179,6 +181,37 @@ pub(super) fn count_by_state(conn: &Connection) -> Result<Vec<(State, u64)>, Sto
         counts[state_index(state)] = u64::try_from(n).unwrap_or(0);
     }
     Ok(counts_in_order(&counts))
+}
+
+/// See [`crate::Store::finished_before`]: the status of each task read
+/// tells whether it finished before the cutoff.
+pub(super) fn finished_before(
+    conn: &Connection,
+    cutoff: Timestamp,
+    after: Option<TaskId>,
+    limit: usize,
+) -> Result<FinishedScan, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, status FROM tasks WHERE id > ?1 AND id < ?2 ORDER BY id LIMIT ?3",
+    )?;
+    let from = after.map_or([0u8; 16], TaskId::to_bytes);
+    let bound = TaskId::created_before(cutoff).to_bytes();
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = stmt.query(params![&from[..], &bound[..], limit])?;
+    let mut scan = FinishedScan::default();
+    while let Some(row) = rows.next()? {
+        let key: Vec<u8> = col(row, 0)?;
+        let key: [u8; 16] = key.try_into().map_err(|k: Vec<u8>| {
+            StoreError::Corrupt(format!("task id of {} bytes, not 16", k.len()))
+        })?;
+        let id = TaskId::from_bytes(key);
+        let status: TaskStatus = from_json(id, "status", &col::<String>(row, 1)?)?;
+        scan.last = Some(id);
+        if is_finished_before(&status, cutoff) {
+            scan.finished.push(id);
+        }
+    }
+    Ok(scan)
 }
 
 /// A row of [`TASK_COLUMNS`] as a record.

@@ -1,10 +1,10 @@
 //! The SQLite write path: one `apply` = one `BEGIN IMMEDIATE … COMMIT`, every
 //! statement prepared once per call and reused for the whole batch.
 
-use rusqlite::{CachedStatement, Connection, TransactionBehavior, params};
+use rusqlite::{CachedStatement, Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use taskgrid_core::{
-    Change, FireRecord, OutputChunk, Progress, ScheduleRecord, State, TaskId, TaskRecord,
+    Change, FireRecord, OutputChunk, Progress, ScheduleRecord, State, TaskId, TaskRecord, TaskSpec,
     TaskStatus, Timestamp,
 };
 
@@ -129,7 +129,38 @@ impl<'c> Batch<'c> {
                         .execute(params![name])?;
                 }
                 Change::Fire(fire) => self.fire(fire)?,
+                Change::Deleted { id } => self.delete(*id)?,
             }
+        }
+        Ok(())
+    }
+
+    /// Deletes a task with its tags (read from its spec: the tag table is
+    /// keyed by tag), attempts and output.
+    fn delete(&mut self, id: TaskId) -> Result<(), StoreError> {
+        let key = id.to_bytes();
+        let spec: Option<String> = self
+            .conn
+            .prepare_cached("SELECT spec FROM tasks WHERE id = ?1")?
+            .query_row(params![&key[..]], |r| r.get(0))
+            .optional()?;
+        let Some(spec) = spec else {
+            return Ok(());
+        };
+        let spec: TaskSpec = serde_json::from_str(&spec)
+            .map_err(|e| StoreError::Corrupt(format!("task {id}: spec: {e}")))?;
+        let mut untag = self
+            .conn
+            .prepare_cached("DELETE FROM task_tags WHERE tag = ?1 AND task_id = ?2")?;
+        for tag in &spec.tags {
+            untag.execute(params![tag, &key[..]])?;
+        }
+        for sql in [
+            "DELETE FROM output WHERE task_id = ?1",
+            "DELETE FROM attempts WHERE task_id = ?1",
+            "DELETE FROM tasks WHERE id = ?1",
+        ] {
+            self.conn.prepare_cached(sql)?.execute(params![&key[..]])?;
         }
         Ok(())
     }

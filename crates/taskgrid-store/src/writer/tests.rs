@@ -74,6 +74,14 @@ impl Store for Recording {
     ) -> Result<Vec<(u64, OutputChunk)>, StoreError> {
         self.inner.output(id, after_seq, limit)
     }
+    fn finished_before(
+        &self,
+        cutoff: taskgrid_core::Timestamp,
+        after: Option<taskgrid_core::TaskId>,
+        limit: usize,
+    ) -> Result<crate::FinishedScan, StoreError> {
+        self.inner.finished_before(cutoff, after, limit)
+    }
     fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
         self.inner.paused_queues()
     }

@@ -1,0 +1,94 @@
+//! Retention: finished tasks are deleted from the store, with their
+//! attempts and output, once they ended longer ago than
+//! [`SystemConfig::retention`](crate::SystemConfig::retention) — in the
+//! background, a bounded batch per commit — and on demand
+//! ([`TaskSystem::delete`]).
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use taskgrid_core::{TaskId, Timestamp};
+
+use crate::inner::Inner;
+use crate::{Error, TaskSystem};
+
+/// Tasks read per step of a sweep.
+const SCAN_BATCH: usize = 1_000;
+/// Tasks deleted per commit: small, so that no commit keeps the store's
+/// writer busy for more than a few milliseconds.
+pub const DELETE_BATCH: usize = 100;
+
+impl TaskSystem {
+    /// Deletes a finished task with its attempts and output; returns once
+    /// that is committed. [`Error::NotFound`] for an unknown task,
+    /// [`Error::NotFinished`] for one that has not finished (nothing is
+    /// changed).
+    pub async fn delete(&self, id: TaskId) -> Result<(), Error> {
+        let rec = self.get_committed(id).await?;
+        if !rec.status.state.is_terminal() {
+            return Err(Error::NotFinished(id, rec.status.state));
+        }
+        let deleted = self
+            .inner
+            .committed_command(|e, _, out| e.delete_finished(&[id], out))
+            .await?;
+        if deleted.is_empty() {
+            // Live again since it was read (it cannot be: a retry makes a
+            // new task), so say what it is now.
+            let rec = self.get(id).await?;
+            return Err(Error::NotFinished(id, rec.status.state));
+        }
+        Ok(())
+    }
+
+    /// Deletes every task that finished before `cutoff` (with its attempts
+    /// and output), [`DELETE_BATCH`] per commit; returns how many. What
+    /// the background retention runs with `cutoff` = now − retention.
+    pub async fn prune(&self, cutoff: Timestamp) -> Result<usize, Error> {
+        prune(&self.inner, cutoff).await
+    }
+}
+
+async fn prune(inner: &Inner, cutoff: Timestamp) -> Result<usize, Error> {
+    let mut after = None;
+    let mut total = 0;
+    loop {
+        let scan = inner
+            .read_store(move |s| s.finished_before(cutoff, after, SCAN_BATCH))
+            .await?;
+        for chunk in scan.finished.chunks(DELETE_BATCH) {
+            let ids = chunk.to_vec();
+            total += inner
+                .committed_command(move |e, _, out| e.delete_finished(&ids, out).len())
+                .await?;
+        }
+        match scan.last {
+            Some(last) => after = Some(last),
+            None => return Ok(total),
+        }
+    }
+}
+
+/// Every `every`, deletes the tasks that finished more than `keep` ago,
+/// until the system is gone or shut down.
+pub(crate) async fn run(inner: Weak<Inner>, keep: Duration, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let now = inner.clock.now();
+        let cutoff = Timestamp::from_micros(
+            now.as_micros()
+                .saturating_sub(u64::try_from(keep.as_micros()).unwrap_or(u64::MAX)),
+        );
+        match prune(&inner, cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "retention: deleted finished tasks"),
+            Err(Error::ShutDown) => return,
+            Err(e) => tracing::warn!(error = %e, "retention: could not delete finished tasks"),
+        }
+    }
+}

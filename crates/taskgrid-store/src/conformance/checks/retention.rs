@@ -1,0 +1,109 @@
+//! Checks of what retention relies on: finding finished tasks by when they
+//! ended, and deleting a task with everything it left behind.
+
+use taskgrid_core::{AttemptOutcome, Change, State, TaskId, Timestamp};
+
+use super::super::fixtures::{Life, output, state_of, submit, task, tid, ts};
+use crate::{FinishedScan, Store, TaskQuery};
+
+/// Past the creation time of every fixture id (their UUIDv7 milliseconds
+/// are 0x0192_0000_0000).
+fn cutoff() -> Timestamp {
+    ts(0x0192_0000_0001 * 1000)
+}
+
+/// Submits 1 (succeeded at 10, tagged, with an attempt and output), 2
+/// (queued) and 3 (cancelled just after the cutoff).
+fn three_tasks(store: &dyn Store) {
+    let mut a = task(1);
+    a.spec.tags = vec!["keep".into(), "x".into()];
+    let mut la = Life::of(&a);
+    let c = task(3);
+    let mut lc = Life::of(&c);
+    let late = cutoff().plus(std::time::Duration::from_micros(1));
+    store
+        .apply(&[
+            submit(a),
+            submit(task(2)),
+            submit(c),
+            la.assign("w", 5),
+            la.to(State::Running, 6, None, |s| s.started_at = Some(ts(6))),
+            output(1, 1, "hi"),
+            la.to(State::Succeeded, 10, Some(AttemptOutcome::Succeeded), |s| {
+                s.finished_at = Some(ts(10));
+            }),
+            lc.to(State::Cancelled, late.as_micros(), None, |s| {
+                s.finished_at = Some(late);
+            }),
+        ])
+        .unwrap();
+}
+
+/// `finished_before` reports the terminal tasks that ended before the
+/// cutoff among those created before it, in id order, paged by `after`.
+pub fn finished_tasks_are_found_by_their_end(store: &dyn Store) {
+    three_tasks(store);
+    assert_eq!(
+        store.finished_before(cutoff(), None, 10).unwrap(),
+        FinishedScan {
+            finished: vec![tid(1)],
+            last: Some(tid(3)),
+        }
+    );
+    // Page by page: one task read at a time.
+    let mut after: Option<TaskId> = None;
+    let mut found = Vec::new();
+    let mut reads = 0;
+    loop {
+        let scan = store.finished_before(cutoff(), after, 1).unwrap();
+        let Some(last) = scan.last else { break };
+        found.extend(scan.finished);
+        after = Some(last);
+        reads += 1;
+    }
+    assert_eq!((found, reads), (vec![tid(1)], 3));
+    // Nothing was created before an early cutoff.
+    assert_eq!(
+        store.finished_before(ts(1_000), None, 10).unwrap(),
+        FinishedScan::default()
+    );
+}
+
+/// A deleted task is gone with its tags, attempts and output; the others
+/// stay; an unknown id is no error; a deletion in a failed batch is rolled
+/// back.
+pub fn a_deleted_task_leaves_nothing_behind(store: &dyn Store) {
+    three_tasks(store);
+    store
+        .apply(&[
+            Change::Deleted { id: tid(1) },
+            Change::Deleted { id: tid(99) },
+        ])
+        .unwrap();
+    assert!(store.get(tid(1)).unwrap().is_none());
+    assert!(store.attempts(tid(1)).unwrap().is_empty());
+    assert!(store.output(tid(1), 0, 10).unwrap().is_empty());
+    for tag in ["keep", "x"] {
+        let q = TaskQuery {
+            tag: Some(tag.into()),
+            ..TaskQuery::default()
+        };
+        assert!(store.list(&q).unwrap().is_empty(), "tag {tag}");
+    }
+    let counts = store.count_by_state().unwrap();
+    assert!(counts.contains(&(State::Succeeded, 0)), "{counts:?}");
+    assert!(counts.contains(&(State::Queued, 1)), "{counts:?}");
+    assert_eq!(state_of(store, tid(3)), State::Cancelled);
+
+    // Deleting 3 in a batch that fails (2 exists) changes nothing.
+    let err = store.apply(&[Change::Deleted { id: tid(3) }, submit(task(2))]);
+    assert!(err.is_err());
+    assert_eq!(state_of(store, tid(3)), State::Cancelled);
+    assert_eq!(
+        store
+            .finished_before(ts(u64::MAX / 2), None, 10)
+            .unwrap()
+            .finished,
+        [tid(3)]
+    );
+}
