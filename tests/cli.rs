@@ -1030,3 +1030,57 @@ async fn delete_and_retention_remove_finished_tasks_only() {
         "a live task is never deleted"
     );
 }
+
+/// `taskgrid delete --tag/--state [--older-than]` deletes the finished
+/// tasks that match and nothing else; a state that is not finished is
+/// refused before anything is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_by_tag_and_state_takes_only_finished_matching_tasks() {
+    let (_dir, server, _w) = grid().await;
+    let url = server.url();
+    let client = server.client(None);
+    let submit = |extra: &[&str]| -> TaskId {
+        let out = taskgrid()
+            .args(["submit", "--server", &url])
+            .args(extra)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let tagged: Vec<TaskId> = (0..2).map(|_| submit(&["--tag", "batch-7"])).collect();
+    let other = submit(&["--tag", "other"]);
+    let live = submit(&["--tag", "batch-7", "--delay", "1h"]);
+    for id in tagged.iter().chain([&other]) {
+        await_state(&client, *id, None).await;
+    }
+    let delete = |args: &[&str]| {
+        let out = taskgrid()
+            .args(["delete", "--server", &url])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = delete(&["--state", "queued"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not a finished state"), "{err}");
+    // None of them ended an hour ago.
+    let (code, out, _) = delete(&["--tag", "batch-7", "--older-than", "1h"]);
+    assert_eq!((code, out.trim()), (Some(0), "0 finished task(s) deleted"));
+    let (code, out, _) = delete(&["--tag", "batch-7"]);
+    assert_eq!((code, out.trim()), (Some(0), "2 finished task(s) deleted"));
+    for id in &tagged {
+        assert!(client.get(*id).await.is_err(), "{id} is deleted");
+    }
+    assert!(client.get(live).await.is_ok(), "the live task stays");
+    assert!(client.get(other).await.is_ok(), "another tag stays");
+    let (code, out, _) = delete(&["--state", "succeeded", "--json"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(out.trim(), r#"{"deleted":1}"#);
+    assert!(client.get(other).await.is_err());
+}

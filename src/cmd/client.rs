@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use taskgrid_api::{ListOrder, ListQuery};
 use taskgrid_client::Client;
-use taskgrid_core::{MetricsSnapshot, State, Stream, TaskId};
+use taskgrid_core::{MetricsSnapshot, State, Stream, TaskId, Timestamp};
 
 /// Where the coordinator is and how to talk to it.
 #[derive(Debug, Clone, clap::Args)]
@@ -278,14 +278,74 @@ pub(crate) struct DeleteArgs {
     #[command(flatten)]
     conn: Conn,
     /// The tasks (finished ones only).
-    #[arg(required = true)]
+    #[arg(required_unless_present_any = ["tag", "state"])]
     ids: Vec<TaskId>,
+    /// Instead of ids: every finished task with this tag.
+    #[arg(long, conflicts_with = "ids")]
+    tag: Option<String>,
+    /// Instead of ids: every task in this finished state (succeeded,
+    /// failed, timed_out, cancelled, expired).
+    #[arg(long, conflicts_with = "ids", value_parser = finished_state)]
+    state: Option<State>,
+    /// With --tag or --state: only tasks that ended longer ago than this.
+    #[arg(long, value_parser = super::submit::parse_duration, value_name = "DURATION")]
+    older_than: Option<Duration>,
 }
 
-/// Deletes each task; a live or unknown one is reported and the rest are
-/// still deleted; exits 1 if any was not.
+fn finished_state(s: &str) -> Result<State, String> {
+    let state: State = s.parse().map_err(|_| format!("unknown state {s:?}"))?;
+    if state.is_terminal() {
+        Ok(state)
+    } else {
+        Err(format!(
+            "{s} is not a finished state: only finished tasks are deleted"
+        ))
+    }
+}
+
+/// Deletes each task given, or every finished task matching --tag/--state
+/// (and --older-than); a live or unknown id is reported and the rest are
+/// still deleted; exits 1 if any named task was not deleted.
 pub(crate) async fn delete(a: DeleteArgs) -> anyhow::Result<i32> {
     let client = a.conn.client()?;
+    if a.tag.is_some() || a.state.is_some() {
+        let cutoff = a.older_than.map(|d| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            Timestamp::from_micros(
+                u64::try_from(now.saturating_sub(d).as_micros()).unwrap_or(u64::MAX),
+            )
+        });
+        let mut query = ListQuery {
+            tag: a.tag.clone(),
+            state: a.state,
+            limit: Some(1000),
+            ..ListQuery::default()
+        };
+        let mut deleted = 0usize;
+        loop {
+            let page = client.list(&query).await?;
+            for t in &page.tasks {
+                let ended = t.status.finished_at;
+                let old_enough = cutoff.is_none_or(|c| ended.is_some_and(|e| e < c));
+                if t.status.state.is_terminal() && old_enough {
+                    client.delete(t.id).await?;
+                    deleted += 1;
+                }
+            }
+            match page.next_cursor {
+                Some(c) => query.cursor = Some(c),
+                None => break,
+            }
+        }
+        if a.conn.json {
+            println!("{}", serde_json::json!({ "deleted": deleted }));
+        } else {
+            println!("{deleted} finished task(s) deleted");
+        }
+        return Ok(0);
+    }
     let mut refused = 0;
     for id in &a.ids {
         match client.delete(*id).await {
