@@ -53,6 +53,8 @@ enum Command {
     Workers(cmd::client::ConnArgs),
     /// Show queue depths.
     Queues(cmd::client::ConnArgs),
+    /// Pause or resume a queue.
+    Queue(cmd::client::QueueArgs),
     /// Show task counts, success rates, latencies and throughput, in total
     /// and by queue, kind and worker (--prometheus for the text format).
     Stats(cmd::client::StatsArgs),
@@ -132,6 +134,7 @@ fn main() -> std::process::ExitCode {
             Command::Explain(a) => client::explain(a).await,
             Command::Workers(a) => client::workers(a).await,
             Command::Queues(a) => client::queues(a).await,
+            Command::Queue(a) => client::queue(a).await,
             Command::Stats(a) => client::stats(a).await,
             Command::Schedule(a) => cmd::schedule::run(a).await,
             Command::Tui(a) => cmd::tui::run(a).await.map(|()| 0),

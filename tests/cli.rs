@@ -1084,3 +1084,64 @@ async fn delete_by_tag_and_state_takes_only_finished_matching_tasks() {
     assert_eq!(out.trim(), r#"{"deleted":1}"#);
     assert!(client.get(other).await.is_err());
 }
+
+/// `taskgrid server --queue-limit Q=N` refuses the submit beyond N waiting
+/// tasks with `queue_full`; `taskgrid queue pause|resume` stop and restart
+/// dispatch, and `queues` shows the limit and the pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_limits_and_pause_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &["--queue-limit", "capped=1"]);
+    let url = server.url();
+    let run = |args: &[&str]| {
+        let out = taskgrid().args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let submit = [
+        "submit", "--server", &url, "--queue", "capped", "--", "true",
+    ];
+    let (code, first, err) = run(&submit);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = run(&submit);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("queue_full") || err.contains("full"), "{err}");
+
+    let (code, out, err) = run(&["queue", "pause", "--server", &url, "capped"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("queue capped: paused (1 ready"), "{out}");
+    let (_, out, _) = run(&["queues", "--server", &url]);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("capped"))
+        .unwrap_or_default();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols.get(3..5), Some(&["true", "1"][..]), "{out}");
+
+    // A worker joins: nothing is dispatched while paused; resume runs it.
+    let _w = worker(&url, "w1", &["--slots", "1", "--queue", "capped"]);
+    let client = server.client(None);
+    await_worker(&client, "w1").await;
+    let id: TaskId = first.trim().parse().unwrap();
+    assert_eq!(
+        client.get(id).await.unwrap().task.status.state,
+        taskgrid_core::State::Queued
+    );
+    // It waits because of the pause, as explain says.
+    let why = client.explain(id).await.unwrap();
+    let why = serde_json::to_string(&why.gates).unwrap();
+    assert!(why.contains("queue_paused"), "{why}");
+    let (code, out, _) = run(&["queue", "resume", "--server", &url, "capped"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("dispatching"), "{out}");
+    assert_eq!(
+        await_state(&client, id, None).await,
+        taskgrid_core::State::Succeeded
+    );
+    let (code, _, err) = run(&["server", "--queue-limit", "nolimit", "--data-dir", "x"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("QUEUE=N"), "{err}");
+}

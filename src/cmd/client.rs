@@ -499,18 +499,69 @@ pub(crate) async fn queues(a: ConnArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<16}  {:>7}  {:>7}  {:>7}  waiting by priority",
-        "queue", "ready", "running", "paused"
+        "{:<16}  {:>7}  {:>7}  {:>7}  {:>9}  waiting by priority",
+        "queue", "ready", "running", "paused", "limit"
     );
     for q in &qs {
         let by: Vec<String> = q.waiting.iter().map(|(p, n)| format!("{p}:{n}")).collect();
+        let limit = q.limit.map_or_else(|| "-".to_owned(), |l| l.to_string());
         println!(
-            "{:<16}  {:>7}  {:>7}  {:>7}  {}",
+            "{:<16}  {:>7}  {:>7}  {:>7}  {:>9}  {}",
             q.name,
             q.ready,
             q.running,
             q.paused,
+            limit,
             by.join(" ")
+        );
+    }
+    Ok(0)
+}
+
+/// Options of `taskgrid queue`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct QueueArgs {
+    #[command(subcommand)]
+    action: QueueAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum QueueAction {
+    /// Stop dispatching from a queue (its tasks are kept, submits still
+    /// accepted; a restart keeps it paused).
+    Pause(QueueName),
+    /// Let a paused queue dispatch again.
+    Resume(QueueName),
+}
+
+#[derive(Debug, clap::Args)]
+struct QueueName {
+    #[command(flatten)]
+    conn: Conn,
+    /// The queue.
+    name: String,
+}
+
+pub(crate) async fn queue(a: QueueArgs) -> anyhow::Result<i32> {
+    let (q, what) = match a.action {
+        QueueAction::Pause(q) => {
+            let s = q.conn.client()?.pause_queue(&q.name).await?;
+            (q, s)
+        }
+        QueueAction::Resume(q) => {
+            let s = q.conn.client()?.resume_queue(&q.name).await?;
+            (q, s)
+        }
+    };
+    if q.conn.json {
+        println!("{}", serde_json::to_string(&what)?);
+    } else {
+        println!(
+            "queue {}: {} ({} ready, {} running)",
+            what.name,
+            if what.paused { "paused" } else { "dispatching" },
+            what.ready,
+            what.running
         );
     }
     Ok(0)

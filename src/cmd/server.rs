@@ -62,6 +62,24 @@ pub(crate) struct Args {
     /// keeps them.
     #[arg(long, env = "TASKGRID_RETAIN", default_value = "7d", value_parser = retention, value_name = "DURATION|forever")]
     pub(crate) retain: Retain,
+    /// Most tasks waiting in a queue, as QUEUE=N (repeat for more queues):
+    /// a submit beyond it is refused with 429 `queue_full`.
+    #[arg(long = "queue-limit", value_parser = queue_limit, value_name = "QUEUE=N")]
+    pub(crate) queue_limits: Vec<(String, usize)>,
+}
+
+/// `--queue-limit QUEUE=N`.
+fn queue_limit(s: &str) -> Result<(String, usize), String> {
+    let (q, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: write a queue limit as QUEUE=N (e.g. emails=10000)"))?;
+    if q.is_empty() {
+        return Err(format!("{s:?}: the queue name is empty"));
+    }
+    let n: usize = n
+        .parse()
+        .map_err(|_| format!("{s:?}: {n:?} is not a number of tasks"))?;
+    Ok((q.to_owned(), n))
 }
 
 /// `--retain`: how long finished tasks are kept, or forever.
@@ -264,6 +282,10 @@ impl Bound {
         let config = SystemConfig {
             check_handlers: false,
             retention: args.retain.0,
+            engine: taskgrid_core::EngineConfig {
+                queue_limits: args.queue_limits.iter().cloned().collect(),
+                ..taskgrid_core::EngineConfig::default()
+            },
             // A tenth of the retention, between 100 ms and a minute: a task
             // outlives its retention by at most ~10 %, or a minute.
             retention_every: args

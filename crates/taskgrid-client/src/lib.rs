@@ -335,6 +335,19 @@ impl Client {
         self.call(self.request(Method::GET, "/queues")).await
     }
 
+    /// Stops dispatching from `queue` (its tasks are kept and still
+    /// accepted); a restart keeps it paused.
+    pub async fn pause_queue(&self, queue: &str) -> Result<QueueStats, ClientError> {
+        self.call(self.request(Method::POST, &format!("/queues/{queue}/pause")))
+            .await
+    }
+
+    /// Lets a paused queue dispatch again.
+    pub async fn resume_queue(&self, queue: &str) -> Result<QueueStats, ClientError> {
+        self.call(self.request(Method::POST, &format!("/queues/{queue}/resume")))
+            .await
+    }
+
     /// Counters, rates, latencies and throughput since the coordinator
     /// started, in total and by queue, kind, (queue, kind) and worker.
     pub async fn metrics(&self) -> Result<MetricsSnapshot, ClientError> {

@@ -212,6 +212,7 @@ fn server_args(plan: &Plan, data_dir: &Path) -> server::Args {
         database_url: None,
         advertise: None,
         retain: server::Retain(Some(taskgrid_runtime::SystemConfig::RETENTION_DEFAULT)),
+        queue_limits: Vec::new(),
         store: match &plan.store {
             StoreKind::Sqlite => None,
             StoreKind::Memory => Some(StoreConfig::Memory),
