@@ -1069,6 +1069,10 @@ async fn delete_by_tag_and_state_takes_only_finished_matching_tasks() {
     let (code, _, err) = delete(&["--state", "queued"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("not a finished state"), "{err}");
+    // --older-than filters --tag/--state only: with an id it is refused.
+    let (code, _, err) = delete(&["--older-than", "1h", &other.to_string()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(client.get(other).await.is_ok());
     // None of them ended an hour ago.
     let (code, out, _) = delete(&["--tag", "batch-7", "--older-than", "1h"]);
     assert_eq!((code, out.trim()), (Some(0), "0 finished task(s) deleted"));

@@ -274,6 +274,7 @@ pub(crate) async fn retry(a: IdArgs) -> anyhow::Result<i32> {
 
 /// Options of `delete`.
 #[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("filter").args(["tag", "state"]).multiple(true))]
 pub(crate) struct DeleteArgs {
     #[command(flatten)]
     conn: Conn,
@@ -287,8 +288,9 @@ pub(crate) struct DeleteArgs {
     /// failed, timed_out, cancelled, expired).
     #[arg(long, conflicts_with = "ids", value_parser = finished_state)]
     state: Option<State>,
-    /// With --tag or --state: only tasks that ended longer ago than this.
-    #[arg(long, value_parser = super::submit::parse_duration, value_name = "DURATION")]
+    /// With --tag or --state: only tasks that ended longer ago than this
+    /// (by this machine's clock).
+    #[arg(long, value_parser = super::submit::parse_duration, value_name = "DURATION", requires = "filter")]
     older_than: Option<Duration>,
 }
 
@@ -330,8 +332,12 @@ pub(crate) async fn delete(a: DeleteArgs) -> anyhow::Result<i32> {
                 let ended = t.status.finished_at;
                 let old_enough = cutoff.is_none_or(|c| ended.is_some_and(|e| e < c));
                 if t.status.state.is_terminal() && old_enough {
-                    client.delete(t.id).await?;
-                    deleted += 1;
+                    match client.delete(t.id).await {
+                        Ok(()) => deleted += 1,
+                        // Gone meanwhile (retention, another delete): fine.
+                        Err(e) if e.code() == Some("not_found") => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             }
             match page.next_cursor {

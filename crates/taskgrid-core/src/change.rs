@@ -64,6 +64,14 @@ pub enum Change {
     /// (schedule, scheduled time) is unique: a second record of one fire
     /// fails the commit.
     Fire(Box<FireRecord>),
+    /// A coordinator's own state that outlives it (its metrics): stored
+    /// under `key`, replacing what was there.
+    Meta {
+        /// What it is (`metrics`).
+        key: String,
+        /// Its JSON.
+        value: String,
+    },
     /// A finished task was deleted (by an operator, or by retention): the
     /// store removes it with its tags, attempts and output. An unknown id
     /// is no error.
@@ -84,6 +92,7 @@ impl Change {
             | Change::Deleted { id } => Some(*id),
             Change::Output(c) => Some(c.task),
             Change::Queue { .. }
+            | Change::Meta { .. }
             | Change::Schedule(_)
             | Change::ScheduleDeleted { .. }
             | Change::Fire(_) => None,

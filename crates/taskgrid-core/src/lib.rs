@@ -32,7 +32,8 @@ pub use engine::{
 pub use id::{ParseIdError, TaskId, WorkerId};
 pub use metrics::{
     Bucket, Histogram, HistogramSummary, LABEL_VALUES_MAX, LE_MICROS, Metrics, MetricsSnapshot,
-    OTHER_LABEL, QueueKindSnapshot, SeriesSnapshot, TaskCounts, Throughput, kind_label,
+    OTHER_LABEL, QueueKindSnapshot, SavedMetrics, SeriesSnapshot, TaskCounts, Throughput,
+    kind_label,
 };
 pub use priority::{ParsePriorityError, Priority};
 pub use record::{

@@ -69,7 +69,7 @@ pub struct TaskCounts {
 }
 
 /// The counters and histograms of one slice of the tasks.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Series {
     counts: TaskCounts,
     run_time: Histogram,
@@ -102,6 +102,10 @@ impl Series {
         self.queue_wait.merge(&o.queue_wait);
     }
 
+    fn is_sane(&self) -> bool {
+        self.run_time.is_sane() && self.queue_wait.is_sane()
+    }
+
     fn snapshot(&self) -> SeriesSnapshot {
         let c = &self.counts;
         let done = c.succeeded + c.failed + c.timed_out;
@@ -128,6 +132,15 @@ struct Pair {
     queue: Arc<str>,
     kind: Arc<str>,
     series: Series,
+}
+
+/// What [`Metrics::saved`] gives: the counters and histograms in total,
+/// per (queue, kind) and per worker, as JSON for the store.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SavedMetrics {
+    total: Series,
+    pairs: Vec<(String, String, Series)>,
+    workers: Vec<(WorkerId, Series)>,
 }
 
 /// Task counters, latency histograms and throughput since the engine
@@ -304,6 +317,49 @@ impl Metrics {
             .push((WorkerId::new(OTHER_LABEL), Series::default()));
         self.other_worker = Some(i as u32);
         i
+    }
+
+    /// The counters and histograms, to store and give back to
+    /// [`Metrics::restore`] after a restart (throughput windows excepted).
+    pub fn saved(&self) -> SavedMetrics {
+        SavedMetrics {
+            total: self.total.clone(),
+            pairs: self
+                .pairs
+                .iter()
+                .map(|p| (p.queue.to_string(), p.kind.to_string(), p.series.clone()))
+                .collect(),
+            workers: self.workers.clone(),
+        }
+    }
+
+    /// Adds what [`Metrics::saved`] gave (before a restart) to these
+    /// metrics. Series whose histograms could not have been recorded are
+    /// left out; returns whether all were taken.
+    pub fn restore(&mut self, saved: &SavedMetrics) -> bool {
+        let mut all = true;
+        if saved.total.is_sane() {
+            self.total.merge(&saved.total);
+        } else {
+            all = false;
+        }
+        for (queue, kind, series) in &saved.pairs {
+            if series.is_sane() {
+                let p = self.resolve_pair(queue, kind);
+                self.pairs[p].series.merge(series);
+            } else {
+                all = false;
+            }
+        }
+        for (worker, series) in &saved.workers {
+            if series.is_sane() {
+                let w = self.worker_of(worker);
+                self.workers[w].1.merge(series);
+            } else {
+                all = false;
+            }
+        }
+        all
     }
 
     /// The counters over every task, without the histograms: cheap to read.

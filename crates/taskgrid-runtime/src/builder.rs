@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use taskgrid_core::{Engine, Outbox, ScheduleSpec, TaskId, TaskSpec, WorkerId, WorkerInfo};
+use taskgrid_core::{Engine, Outbox, ScheduleSpec, State, TaskId, TaskSpec, WorkerId, WorkerInfo};
 #[cfg(feature = "sqlite")]
 use taskgrid_store::SqliteOptions;
 use taskgrid_store::{MemoryStore, Store, StoreConfig, Writer};
@@ -141,11 +141,15 @@ impl TaskSystemBuilder {
                 .unresolved_dependencies(&rec.spec.after)
                 .collect::<Vec<_>>()
             {
-                if !live.contains(&dep)
-                    && let Some(d) = store.get(dep)?
-                {
-                    engine.note_finished(dep, d.status.state);
+                if live.contains(&dep) {
+                    continue;
                 }
+                // Gone from the store: deleted by retention or an operator,
+                // which only takes finished tasks; and a dependency that
+                // ended otherwise would have settled this task already
+                // (it would not be live). So it succeeded.
+                let state = store.get(dep)?.map_or(State::Succeeded, |d| d.status.state);
+                engine.note_finished(dep, state);
             }
         }
         let mut out = Outbox::default();
@@ -155,6 +159,7 @@ impl TaskSystemBuilder {
         }
         // After the tasks: a fire may find its schedule's last task live.
         engine.restore_schedules(store.schedules()?, now, &mut out);
+        crate::retention::restore_metrics(&mut engine, store.meta(crate::retention::METRICS_KEY)?);
         for (name, spec, template) in self.schedules {
             let same = engine
                 .schedule(&name)

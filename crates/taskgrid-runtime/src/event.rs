@@ -165,7 +165,8 @@ impl TaskEvent {
             | Change::Schedule(_)
             | Change::ScheduleDeleted { .. }
             | Change::Fire(_)
-            | Change::Deleted { .. } => return None,
+            | Change::Deleted { .. }
+            | Change::Meta { .. } => return None,
         };
         Some(TaskEvent {
             seq: 0,

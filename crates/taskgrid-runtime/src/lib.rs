@@ -64,7 +64,7 @@ pub use handle::TaskHandle;
 pub use link::WorkerLink;
 pub use monitor::WorkerView;
 pub use result::TaskResult;
-pub use retention::DELETE_BATCH;
+pub use retention::{DELETE_BATCH, METRICS_SAVE_EVERY};
 pub use schedules::{EXPLAIN_FIRES, FIRES_LIMIT_MAX};
 pub use system::TaskSystem;
 pub use taskgrid_sdk::{

@@ -1,16 +1,24 @@
-//! Retention: finished tasks are deleted from the store, with their
-//! attempts and output, once they ended longer ago than
+//! What outlives rows and restarts: finished tasks are deleted from the
+//! store, with their attempts and output, once they ended longer ago than
 //! [`SystemConfig::retention`](crate::SystemConfig::retention) — in the
 //! background, a bounded batch per commit — and on demand
-//! ([`TaskSystem::delete`]).
+//! ([`TaskSystem::delete`]); the metrics, which count what happened and
+//! not the rows left, are saved in the store every
+//! [`METRICS_SAVE_EVERY`] and at shutdown, and read back at start-up.
 
 use std::sync::Weak;
 use std::time::Duration;
 
-use taskgrid_core::{TaskId, Timestamp};
+use taskgrid_core::{Change, Engine, SavedMetrics, TaskCounts, TaskId, Timestamp};
 
 use crate::inner::Inner;
 use crate::{Error, TaskSystem};
+
+/// The [`Change::Meta`] key of the saved metrics.
+pub(crate) const METRICS_KEY: &str = "metrics";
+/// How often the metrics are saved (when they changed): a crash loses at
+/// most this much of them; a shutdown loses nothing.
+pub const METRICS_SAVE_EVERY: Duration = Duration::from_secs(10);
 
 /// Tasks read per step of a sweep.
 const SCAN_BATCH: usize = 1_000;
@@ -87,8 +95,69 @@ pub(crate) async fn run(inner: Weak<Inner>, keep: Duration, every: Duration) {
         match prune(&inner, cutoff).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "retention: deleted finished tasks"),
-            Err(Error::ShutDown) => return,
+            // Nothing more can be committed: stop sweeping.
+            Err(Error::ShutDown | Error::StoreFailed) => return,
             Err(e) => tracing::warn!(error = %e, "retention: could not delete finished tasks"),
+        }
+    }
+}
+
+/// Adds the metrics saved before a restart to `engine`'s; unreadable ones
+/// are reported and left out.
+pub(crate) fn restore_metrics(engine: &mut Engine, saved: Option<String>) {
+    let Some(json) = saved else { return };
+    match serde_json::from_str::<SavedMetrics>(&json) {
+        Ok(saved) => {
+            if !engine.restore_metrics(&saved) {
+                tracing::warn!("some saved metrics were inconsistent and are left out");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the saved metrics cannot be read; counting from zero")
+        }
+    }
+}
+
+/// The change that saves `engine`'s metrics.
+pub(crate) fn metrics_change(engine: &Engine) -> Option<Change> {
+    match serde_json::to_string(&engine.metrics().saved()) {
+        Ok(value) => Some(Change::Meta {
+            key: METRICS_KEY.to_owned(),
+            value,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "the metrics cannot be saved");
+            None
+        }
+    }
+}
+
+/// Every [`METRICS_SAVE_EVERY`], saves the metrics if they changed, until
+/// the system is gone or shut down.
+pub(crate) async fn save_metrics(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(METRICS_SAVE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut saved: Option<TaskCounts> = None;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let r = inner
+            .committed_command(|e, _, out| {
+                let now = e.metrics().totals();
+                if saved == Some(now) {
+                    return None;
+                }
+                out.changes.extend(metrics_change(e));
+                Some(now)
+            })
+            .await;
+        match r {
+            Ok(Some(now)) => saved = Some(now),
+            Ok(None) => {}
+            Err(Error::ShutDown | Error::StoreFailed) => return,
+            Err(e) => tracing::warn!(error = %e, "the metrics could not be saved"),
         }
     }
 }

@@ -30,6 +30,8 @@ pub(crate) enum Lifecycle {
         stop: oneshot::Sender<()>,
         /// Background retention, when configured.
         retention: Option<JoinHandle<()>>,
+        /// Saves the metrics now and then.
+        metrics: JoinHandle<()>,
     },
     Stopped,
 }
@@ -72,11 +74,13 @@ impl TaskSystem {
                 every,
             ))
         });
+        let metrics = rt.spawn(crate::retention::save_metrics(Arc::downgrade(&self.inner)));
         *state = Lifecycle::Started {
             driver,
             publisher,
             stop,
             retention,
+            metrics,
         };
         Ok(())
     }
@@ -306,11 +310,13 @@ impl TaskSystem {
             publisher,
             stop,
             retention,
+            metrics,
         } = state
         {
             if let Some(r) = retention {
                 r.abort();
             }
+            metrics.abort();
             let _ = stop.send(());
             let _ = driver.await;
             // Whatever still runs is handed back to the queue.
@@ -319,6 +325,9 @@ impl TaskSystem {
                 let mut engine = inner.lock();
                 let mut out = Outbox::default();
                 engine.remove_worker(&inner.worker, inner.clock.now(), &mut out);
+                // The metrics as they end: the next start counts on.
+                out.changes
+                    .extend(crate::retention::metrics_change(&engine));
                 inner.persist(&engine, out.changes, None);
             }
             let writer_done = {
@@ -347,11 +356,13 @@ impl Drop for TaskSystem {
             driver,
             publisher,
             retention,
+            metrics,
             ..
         } = &*relock(&self.tasks)
         {
             driver.abort();
             publisher.abort();
+            metrics.abort();
             if let Some(r) = retention {
                 r.abort();
             }

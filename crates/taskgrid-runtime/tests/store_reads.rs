@@ -87,6 +87,9 @@ impl Store for Watched {
         self.read("count_by_state");
         self.store.count_by_state()
     }
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.store.meta(key)
+    }
     fn finished_before(
         &self,
         cutoff: taskgrid_core::Timestamp,

@@ -884,3 +884,112 @@ async fn finished_tasks_are_deleted_on_demand_and_by_retention() {
     assert_eq!(sys.get(live).await.unwrap().status.state, State::Queued);
     sys.shutdown().await.unwrap();
 }
+
+/// The metrics count on across a restart (saved at shutdown, read back at
+/// start-up), and deleting tasks does not lower them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_survive_a_restart_and_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let sys = TaskSystem::builder()
+            .sqlite(dir.path().join("tg.db"), SqliteOptions::default())
+            .handler("double", double())
+            .build()
+            .unwrap();
+        sys.start().unwrap();
+        sys
+    };
+    let sys = open();
+    let first = run_double(&sys, 1).await;
+    run_double(&sys, 2).await;
+    let before = sys.metrics();
+    assert_eq!(
+        (before.total.counts.submitted, before.total.counts.succeeded),
+        (2, 2)
+    );
+    sys.shutdown().await.unwrap();
+    drop(sys);
+
+    let sys = open();
+    let after = sys.metrics();
+    assert_eq!(
+        after.total.counts, before.total.counts,
+        "counted on from where it was"
+    );
+    assert_eq!(after.total.run_time.count, 2, "{:?}", after.total.run_time);
+    run_double(&sys, 3).await;
+    sys.delete(first).await.unwrap();
+    let now = sys.metrics();
+    assert_eq!(
+        (now.total.counts.submitted, now.total.counts.succeeded),
+        (3, 3)
+    );
+    assert_eq!(now.queues["default"].counts.succeeded, 3);
+    sys.shutdown().await.unwrap();
+}
+
+/// Runs one `double` task to its end; its id.
+async fn run_double(sys: &TaskSystem, n: u64) -> TaskId {
+    let h = sys.submit(Task::handler("double", &n)).await.expect("submit");
+    tokio::time::timeout(LIMIT, h.wait())
+        .await
+        .expect("the task ends in time")
+        .expect("its result");
+    h.id()
+}
+
+/// A pending task whose dependency succeeded and was then deleted is not
+/// cancelled by a restart: a dependency missing from the store succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_dependency_does_not_cancel_its_dependent_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let sys = TaskSystem::builder()
+            .sqlite(dir.path().join("tg.db"), SqliteOptions::default())
+            .handler("double", double())
+            .queues(["work"])
+            .build()
+            .unwrap();
+        sys.start().unwrap();
+        sys
+    };
+    let sys = open();
+    let a = sys
+        .submit(Task::handler("double", &1).queue("work"))
+        .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, a.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    // Nobody serves "idle": c stays queued, so b stays pending.
+    let c = sys
+        .submit(Task::handler("double", &2).queue("idle"))
+        .await
+        .unwrap();
+    let b = sys
+        .submit(
+            Task::handler("double", &3)
+                .queue("work")
+                .after(a.id())
+                .after(c.id()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sys.get(b.id()).await.unwrap().status.state, State::Pending);
+    sys.delete(a.id()).await.unwrap();
+    // A new task can no longer name the deleted one.
+    let err = sys
+        .submit(Task::handler("double", &4).after(a.id()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("dependency"), "{err}");
+    let b_id = b.id();
+    sys.shutdown().await.unwrap();
+    // The handles hold the system (and its store) too.
+    drop((a, b, c, sys));
+
+    let sys = open();
+    assert_eq!(sys.get(b_id).await.unwrap().status.state, State::Pending);
+    sys.shutdown().await.unwrap();
+}

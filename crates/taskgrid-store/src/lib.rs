@@ -107,6 +107,9 @@ pub trait Store: Send + Sync + 'static {
     ///   record with the same (schedule, `at`) fails with
     ///   [`StoreError::Invalid`] (a fire needs no stored schedule). Schedule
     ///   changes apply in batch order.
+    /// - [`Change::Meta`] stores a value under its key, replacing the last.
+    /// - [`Change::Deleted`] deletes a task with its tags, attempts and
+    ///   output (an unknown id is no error).
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError>;
 
     /// Every task not in a terminal state, in id order: what the engine needs
@@ -155,6 +158,9 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<FireRecord>, StoreError>;
 
+    /// The value last stored under `key` by [`Change::Meta`], if any.
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
+
     /// One step of a sweep for finished tasks that ended before `cutoff`
     /// (what retention deletes): reads up to `limit` tasks created before
     /// `cutoff` (ids are UUIDv7, so by id), in id order after `after`, and
@@ -183,6 +189,19 @@ pub struct FinishedScan {
     pub finished: Vec<TaskId>,
     /// The last id read; `None` when nothing was left to read.
     pub last: Option<TaskId>,
+}
+
+/// The tags of a stored spec (JSON), read leniently: only `tags` is
+/// looked at, so a spec an older or newer build wrote still gives them;
+/// one that is not JSON at all gives none (its tag rows are then left
+/// behind, which no query sees without the task).
+pub(crate) fn tags_of(spec: &str) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Tags {
+        #[serde(default)]
+        tags: Vec<String>,
+    }
+    serde_json::from_str::<Tags>(spec).map_or_else(|_| Vec::new(), |t| t.tags)
 }
 
 /// Whether a task with this status finished before `cutoff`.

@@ -38,6 +38,8 @@ struct Inner {
     last_seq: u64,
     /// Paused queues.
     paused: BTreeSet<String>,
+    /// Meta entries.
+    meta: BTreeMap<String, String>,
     /// Schedules by name.
     schedules: BTreeMap<String, Box<ScheduleRecord>>,
     /// The fires of each schedule (the schedule's name, even if it was
@@ -110,6 +112,8 @@ enum Undo {
     Fire(String, (Timestamp, bool)),
     /// Put back a deleted task.
     Deleted(TaskId, Box<Task>),
+    /// Put back a meta entry (remove it if none).
+    Meta(String, Option<String>),
 }
 
 enum AttemptUndo {
@@ -224,6 +228,10 @@ impl Inner {
                 fires.insert(key, fire.clone());
                 undo.push(Undo::Fire(fire.schedule.clone(), key));
             }
+            Change::Meta { key, value } => {
+                let old = self.meta.insert(key.clone(), value.clone());
+                undo.push(Undo::Meta(key.clone(), old));
+            }
             Change::Deleted { id } => {
                 if let Some(t) = self.tasks.remove(id) {
                     self.counts[state_index(t.status.state)] -= 1;
@@ -243,6 +251,14 @@ impl Inner {
                     self.counts[state_index(t.status.state)] -= 1;
                 }
             }
+            Undo::Meta(key, old) => match old {
+                Some(v) => {
+                    self.meta.insert(key, v);
+                }
+                None => {
+                    self.meta.remove(&key);
+                }
+            },
             Undo::Deleted(id, t) => {
                 self.counts[state_index(t.status.state)] += 1;
                 self.tasks.insert(id, t);
@@ -526,6 +542,10 @@ impl Store for MemoryStore {
 
     fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
         Ok(counts_in_order(&self.lock().counts))
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.lock().meta.get(key).cloned())
     }
 
     fn finished_before(

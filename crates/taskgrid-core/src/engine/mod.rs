@@ -50,7 +50,8 @@ pub struct EngineConfig {
     pub max_queue_depth: Option<usize>,
     /// Per-queue depth limits, overriding `max_queue_depth`.
     pub queue_limits: HashMap<String, usize>,
-    /// Finished tasks kept in memory (the store keeps all of them).
+    /// Finished tasks kept in memory (the store keeps them until its
+    /// retention deletes them).
     pub retain_finished: usize,
     /// Seed of the generator behind retry jitter.
     pub seed: u64,
@@ -367,6 +368,12 @@ impl Engine {
         &self.metrics
     }
 
+    /// Adds the metrics saved before a restart (see [`Metrics::saved`]);
+    /// returns whether every series was taken.
+    pub fn restore_metrics(&mut self, saved: &crate::SavedMetrics) -> bool {
+        self.metrics.restore(saved)
+    }
+
     /// Depth and activity of every queue that has held a task.
     pub fn queue_stats(&self) -> Vec<QueueStats> {
         let mut out: Vec<QueueStats> = self
@@ -582,7 +589,8 @@ impl Engine {
         }
     }
 
-    /// Deletes finished tasks: forgets those the engine still holds and
+    /// Deletes finished tasks: forgets those the engine still holds (or
+    /// was told of through [`Engine::note_finished`]) and
     /// has the store delete each (with its attempts and output). A task the
     /// engine holds live is left alone; one it does not hold is finished
     /// or unknown (the engine holds every live task), and its deletion is
@@ -600,6 +608,8 @@ impl Engine {
                 }
                 None => {}
             }
+            // No longer a dependency a new task may name.
+            self.external.remove(&id);
             out.changes.push(Change::Deleted { id });
             deleted.push(id);
         }

@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 const SUB_BITS: u32 = 4;
 const SUB: usize = 1 << SUB_BITS;
 /// Buckets covering every `u64`: the most a histogram grows to.
-#[cfg(test)]
 const BUCKETS: usize = SUB + (64 - SUB_BITS as usize) * SUB;
 
 /// Upper bounds, in microseconds, of the cumulative buckets reported as a
@@ -39,7 +38,7 @@ pub const LE_MICROS: [u64; 15] = [
 ];
 
 /// A log-linear histogram of durations in microseconds.
-#[derive(Clone)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Histogram {
     /// Per log-linear bucket; grown to the largest bucket seen.
     counts: Vec<u64>,
@@ -125,6 +124,14 @@ impl Histogram {
         self.sum += other.sum;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
+    }
+
+    /// Whether this histogram could have been built by [`Histogram::record`]
+    /// (one read back from a store is checked before it is used).
+    pub fn is_sane(&self) -> bool {
+        self.counts.len() <= BUCKETS
+            && self.counts.iter().sum::<u64>() == self.count
+            && (self.count == 0 || self.min <= self.max)
     }
 
     /// Number of samples.

@@ -239,6 +239,9 @@ impl Store for Gated {
     fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
         self.inner.count_by_state()
     }
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.meta(key)
+    }
     fn finished_before(
         &self,
         cutoff: taskgrid_core::Timestamp,

@@ -145,6 +145,9 @@ impl Store for TempSqlite {
     fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
         self.store.count_by_state()
     }
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.store.meta(key)
+    }
     fn finished_before(
         &self,
         cutoff: taskgrid_core::Timestamp,

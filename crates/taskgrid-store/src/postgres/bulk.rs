@@ -95,6 +95,8 @@ struct Groups<'a> {
     /// Finished tasks to delete (last: no other change of the batch can
     /// follow a task's deletion).
     deleted: Vec<Vec<u8>>,
+    /// Meta entries, the last of each key winning.
+    meta: Vec<(&'a str, &'a str)>,
 }
 
 /// One schedule change, written by a statement of its own.
@@ -205,6 +207,7 @@ impl<'a> Groups<'a> {
             Change::ScheduleDeleted { name } => self.schedules.push(ScheduleWrite::Delete(name)),
             Change::Fire(fire) => self.schedules.push(ScheduleWrite::Fire(fire)),
             Change::Deleted { id } => self.deleted.push(id.to_bytes().to_vec()),
+            Change::Meta { key, value } => self.meta.push((key, value)),
         }
         Ok(())
     }
@@ -235,6 +238,13 @@ impl<'a> Groups<'a> {
             tx.execute(sql, &[&name])?;
         }
         write_schedules(tx, &self.schedules)?;
+        for (key, value) in &self.meta {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[key, value],
+            )?;
+        }
         write_deleted(tx, &self.deleted)
     }
 
@@ -547,18 +557,33 @@ fn write_output(
 /// Writes schedule changes one by one, in batch order; a second fire of a
 /// schedule at one time is `Invalid` (and the caller's transaction rolls
 /// back).
-/// Deletes tasks with their tags (read from their specs: the tag table is
-/// keyed by tag), attempts and output.
+/// Deletes tasks with their tags (read from their specs in Rust: the tag
+/// table is keyed by tag, and a spec need not be valid `jsonb`), attempts
+/// and output.
 fn write_deleted(tx: &mut Transaction<'_>, ids: &[Vec<u8>]) -> Result<(), StoreError> {
     if ids.is_empty() {
         return Ok(());
     }
-    tx.execute(
-        "DELETE FROM task_tags WHERE (tag, task_id) IN (\
-           SELECT jsonb_array_elements_text(spec::jsonb -> 'tags'), id \
-           FROM tasks WHERE id = ANY($1))",
-        &[&ids],
-    )?;
+    let mut tags: Vec<String> = Vec::new();
+    let mut owners: Vec<&[u8]> = Vec::new();
+    let rows = tx.query("SELECT id, spec FROM tasks WHERE id = ANY($1)", &[&ids])?;
+    let specs: Vec<(Vec<u8>, String)> = rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, postgres::Error>>()?;
+    for (id, spec) in &specs {
+        for tag in crate::tags_of(spec) {
+            tags.push(tag);
+            owners.push(id);
+        }
+    }
+    if !tags.is_empty() {
+        tx.execute(
+            "DELETE FROM task_tags WHERE (tag, task_id) IN \
+             (SELECT * FROM unnest($1::text[], $2::bytea[]))",
+            &[&tags, &owners],
+        )?;
+    }
     for sql in [
         "DELETE FROM output WHERE task_id = ANY($1)",
         "DELETE FROM attempts WHERE task_id = ANY($1)",

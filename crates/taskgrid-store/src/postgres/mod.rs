@@ -128,6 +128,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (schedule, at, manual)
     );
     ",
+    // 3: the coordinator's own state that outlives it (its metrics).
+    "
+    CREATE TABLE meta (
+        key    text NOT NULL PRIMARY KEY,
+        value  text NOT NULL
+    );
+    ",
 ];
 
 /// The advisory lock that serialises migrations ("th").
@@ -453,6 +460,13 @@ impl Store for PostgresStore {
             }
         }
         Ok(scan)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let row = self
+            .read_conn()?
+            .query_opt("SELECT value FROM meta WHERE key = $1", &[&key])?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
     fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError> {

@@ -224,6 +224,10 @@ impl Store for SqliteStore {
         read::paused_queues(&self.read_conn())
     }
 
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        read::meta(&self.read_conn(), key)
+    }
+
     fn finished_before(
         &self,
         cutoff: Timestamp,

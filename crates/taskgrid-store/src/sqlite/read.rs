@@ -183,6 +183,16 @@ pub(super) fn count_by_state(conn: &Connection) -> Result<Vec<(State, u64)>, Sto
     Ok(counts_in_order(&counts))
 }
 
+/// See [`crate::Store::meta`].
+pub(super) fn meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?;
+    let mut rows = stmt.query(params![key])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(col(row, 0)?)),
+        None => Ok(None),
+    }
+}
+
 /// See [`crate::Store::finished_before`]: the status of each task read
 /// tells whether it finished before the cutoff.
 pub(super) fn finished_before(

@@ -115,6 +115,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (schedule, at, manual)
     ) WITHOUT ROWID;
     ",
+    // 5: the coordinator's own state that outlives it (its metrics).
+    "
+    CREATE TABLE meta (
+        key    TEXT NOT NULL PRIMARY KEY,
+        value  TEXT NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.

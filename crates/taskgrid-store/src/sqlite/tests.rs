@@ -275,12 +275,13 @@ fn a_version_3_database_gains_schedules_and_keeps_its_tasks() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
     {
-        // Back to the release before schedules (step 4 only adds tables),
-        // with a task in it.
+        // Back to the release before schedules (steps 4 and 5 only add
+        // tables), with a task in it.
         open(&path).apply(&[submit(task(1))]).unwrap();
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
-            "DROP TABLE schedules; DROP TABLE schedule_fires; PRAGMA user_version = 3;",
+            "DROP TABLE schedules; DROP TABLE schedule_fires; DROP TABLE meta; \
+             PRAGMA user_version = 3;",
         )
         .unwrap();
     }
@@ -302,6 +303,13 @@ fn a_version_3_database_gains_schedules_and_keeps_its_tasks() {
         store.fires("nightly", None, None, 10).unwrap(),
         [fire("nightly", 5)]
     );
+    store
+        .apply(&[Change::Meta {
+            key: "metrics".into(),
+            value: "{}".into(),
+        }])
+        .unwrap();
+    assert_eq!(store.meta("metrics").unwrap().as_deref(), Some("{}"));
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use rusqlite::{CachedStatement, Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use taskgrid_core::{
-    Change, FireRecord, OutputChunk, Progress, ScheduleRecord, State, TaskId, TaskRecord, TaskSpec,
+    Change, FireRecord, OutputChunk, Progress, ScheduleRecord, State, TaskId, TaskRecord,
     TaskStatus, Timestamp,
 };
 
@@ -130,6 +130,11 @@ impl<'c> Batch<'c> {
                 }
                 Change::Fire(fire) => self.fire(fire)?,
                 Change::Deleted { id } => self.delete(*id)?,
+                Change::Meta { key, value } => {
+                    self.conn
+                        .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+                        .execute(params![key, value])?;
+                }
             }
         }
         Ok(())
@@ -147,12 +152,10 @@ impl<'c> Batch<'c> {
         let Some(spec) = spec else {
             return Ok(());
         };
-        let spec: TaskSpec = serde_json::from_str(&spec)
-            .map_err(|e| StoreError::Corrupt(format!("task {id}: spec: {e}")))?;
         let mut untag = self
             .conn
             .prepare_cached("DELETE FROM task_tags WHERE tag = ?1 AND task_id = ?2")?;
-        for tag in &spec.tags {
+        for tag in &crate::tags_of(&spec) {
             untag.execute(params![tag, &key[..]])?;
         }
         for sql in [

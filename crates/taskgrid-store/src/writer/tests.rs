@@ -74,6 +74,9 @@ impl Store for Recording {
     ) -> Result<Vec<(u64, OutputChunk)>, StoreError> {
         self.inner.output(id, after_seq, limit)
     }
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.meta(key)
+    }
     fn finished_before(
         &self,
         cutoff: taskgrid_core::Timestamp,

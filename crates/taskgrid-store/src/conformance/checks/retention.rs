@@ -17,6 +17,8 @@ fn cutoff() -> Timestamp {
 fn three_tasks(store: &dyn Store) {
     let mut a = task(1);
     a.spec.tags = vec!["keep".into(), "x".into()];
+    // A NUL in the payload: valid JSON text, but not valid PostgreSQL jsonb.
+    a.spec.kind = taskgrid_core::TaskKind::handler("echo", r#"{"s":"a\u0000b"}"#);
     let mut la = Life::of(&a);
     let c = task(3);
     let mut lc = Life::of(&c);
