@@ -27,7 +27,7 @@ pub use change::Change;
 pub use engine::{
     Assignment, BACKFILL_MAX, BUFFER_MAX, CancelOutcome, CommandError, Engine, EngineConfig,
     Explanation, Gate, Outbox, QueueStats, ReportAck, ScheduleError, ScheduleGate, ScheduleView,
-    StopAttempt, StopReason, SubmitError, Submitted, WorkerInfo,
+    StopAttempt, StopReason, SubmitError, Submitted, TRUST_REMEMBERED_MAX, WorkerInfo,
 };
 pub use id::{ParseIdError, TaskId, WorkerId};
 pub use metrics::{

@@ -9,13 +9,15 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use taskgrid_core::{Change, Engine, SavedMetrics, TaskCounts, TaskId, Timestamp};
+use taskgrid_core::{Change, Engine, SavedMetrics, TaskCounts, TaskId, Timestamp, WorkerId};
 
 use crate::inner::Inner;
 use crate::{Error, TaskSystem};
 
 /// The [`Change::Meta`] key of the saved metrics.
 pub(crate) const METRICS_KEY: &str = "metrics";
+/// The [`Change::Meta`] key of the saved worker trust.
+pub(crate) const TRUST_KEY: &str = "trust";
 /// How often the metrics are saved (when they changed): a crash loses at
 /// most this much of them; a shutdown loses nothing.
 pub const METRICS_SAVE_EVERY: Duration = Duration::from_secs(10);
@@ -102,34 +104,44 @@ pub(crate) async fn run(inner: Weak<Inner>, keep: Duration, every: Duration) {
     }
 }
 
-/// Adds the metrics saved before a restart to `engine`'s; unreadable ones
-/// are reported and left out.
-pub(crate) fn restore_metrics(engine: &mut Engine, saved: Option<String>) {
-    let Some(json) = saved else { return };
-    match serde_json::from_str::<SavedMetrics>(&json) {
-        Ok(saved) => {
-            if !engine.restore_metrics(&saved) {
-                tracing::warn!("some saved metrics were inconsistent and are left out");
+/// Adds the metrics and worker trust saved before a restart to
+/// `engine`'s; unreadable ones are reported and left out.
+pub(crate) fn restore_metrics(engine: &mut Engine, metrics: Option<String>, trust: Option<String>) {
+    if let Some(json) = metrics {
+        match serde_json::from_str::<SavedMetrics>(&json) {
+            Ok(saved) => {
+                if !engine.restore_metrics(&saved) {
+                    tracing::warn!("some saved metrics were inconsistent and are left out");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the saved metrics cannot be read; counting from zero");
             }
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "the saved metrics cannot be read; counting from zero")
+    }
+    if let Some(json) = trust {
+        match serde_json::from_str::<Vec<(WorkerId, f64, f64)>>(&json) {
+            Ok(saved) => engine.restore_trust(&saved),
+            Err(e) => tracing::warn!(error = %e, "the saved worker trust cannot be read"),
         }
     }
 }
 
-/// The change that saves `engine`'s metrics.
-pub(crate) fn metrics_change(engine: &Engine) -> Option<Change> {
-    match serde_json::to_string(&engine.metrics().saved()) {
-        Ok(value) => Some(Change::Meta {
-            key: METRICS_KEY.to_owned(),
-            value,
-        }),
-        Err(e) => {
-            tracing::warn!(error = %e, "the metrics cannot be saved");
-            None
+/// The changes that save `engine`'s metrics and worker trust.
+pub(crate) fn metrics_change(engine: &Engine) -> Vec<Change> {
+    let metrics = serde_json::to_string(&engine.metrics().saved());
+    let trust = serde_json::to_string(&engine.worker_trust());
+    let mut changes = Vec::with_capacity(2);
+    for (key, value) in [(METRICS_KEY, metrics), (TRUST_KEY, trust)] {
+        match value {
+            Ok(value) => changes.push(Change::Meta {
+                key: key.to_owned(),
+                value,
+            }),
+            Err(e) => tracing::warn!(error = %e, key, "cannot be saved"),
         }
     }
+    changes
 }
 
 /// Every [`METRICS_SAVE_EVERY`], saves the metrics if they changed, until

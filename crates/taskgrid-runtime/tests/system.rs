@@ -907,6 +907,14 @@ async fn metrics_survive_a_restart_and_deletion() {
         (before.total.counts.submitted, before.total.counts.succeeded),
         (2, 2)
     );
+    let trust_of = |sys: &TaskSystem| {
+        sys.workers()
+            .into_iter()
+            .find(|w| w.id.as_str() == "local")
+            .map(|w| w.trust)
+    };
+    let trust = trust_of(&sys).expect("the local worker");
+    assert!(trust > 0.7, "two successes: {trust}");
     sys.shutdown().await.unwrap();
     drop(sys);
 
@@ -916,6 +924,7 @@ async fn metrics_survive_a_restart_and_deletion() {
         after.total.counts, before.total.counts,
         "counted on from where it was"
     );
+    assert_eq!(trust_of(&sys), Some(trust), "trust is kept");
     assert_eq!(after.total.run_time.count, 2, "{:?}", after.total.run_time);
     run_double(&sys, 3).await;
     sys.delete(first).await.unwrap();
@@ -930,7 +939,10 @@ async fn metrics_survive_a_restart_and_deletion() {
 
 /// Runs one `double` task to its end; its id.
 async fn run_double(sys: &TaskSystem, n: u64) -> TaskId {
-    let h = sys.submit(Task::handler("double", &n)).await.expect("submit");
+    let h = sys
+        .submit(Task::handler("double", &n))
+        .await
+        .expect("submit");
     tokio::time::timeout(LIMIT, h.wait())
         .await
         .expect("the task ends in time")

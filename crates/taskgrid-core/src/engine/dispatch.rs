@@ -177,8 +177,8 @@ pub(super) struct Worker {
     memory_used: u64,
     last_seen: Timestamp,
     /// Exponentially decayed counts of recent successes and failures.
-    ok: f64,
-    bad: f64,
+    pub(super) ok: f64,
+    pub(super) bad: f64,
 }
 
 impl Worker {
@@ -288,6 +288,10 @@ impl Engine {
                     ok: 0.0,
                     bad: 0.0,
                 };
+                let mut w = w;
+                if let Some((ok, bad)) = self.trust_seen.remove(&w.info.id) {
+                    (w.ok, w.bad) = (ok, bad);
+                }
                 self.free_slots += u64::from(w.free());
                 let i = match self.workers.iter().position(Option::is_none) {
                     Some(i) => i,
@@ -336,6 +340,9 @@ impl Engine {
         let Some(w) = self.workers[idx].take() else {
             return false;
         };
+        if self.trust_seen.len() < super::TRUST_REMEMBERED_MAX {
+            self.trust_seen.insert(worker.clone(), (w.ok, w.bad));
+        }
         self.free_slots -= u64::from(w.free());
         for c in &mut self.classes {
             c.capable.retain(|&i| i != idx);

@@ -152,6 +152,9 @@ pub enum CommandError {
     Transition(#[from] TransitionError),
 }
 
+/// Workers whose trust the engine remembers after they went away.
+pub const TRUST_REMEMBERED_MAX: usize = 10_000;
+
 /// A task offered to a worker: everything the executor needs to run it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Assignment {
@@ -278,6 +281,11 @@ pub struct Engine {
     class_index: HashMap<dispatch::ClassKey, ClassId>,
     workers: Vec<Option<Worker>>,
     worker_index: HashMap<WorkerId, usize>,
+    /// The recent successes and failures of workers that went away (or
+    /// were saved before a restart), given back when they register again:
+    /// trust survives a reconnect and a restart. At most
+    /// [`TRUST_REMEMBERED_MAX`] are kept.
+    trust_seen: HashMap<WorkerId, (f64, f64)>,
     free_slots: u64,
     timers: BTreeSet<(Timestamp, TimerKind, TaskId)>,
     /// Boxed: a map node holds many entries, most of them empty slots.
@@ -311,6 +319,7 @@ impl Engine {
             class_index: HashMap::new(),
             workers: Vec::new(),
             worker_index: HashMap::new(),
+            trust_seen: HashMap::new(),
             free_slots: 0,
             timers: BTreeSet::new(),
             schedules: BTreeMap::new(),
@@ -366,6 +375,38 @@ impl Engine {
     /// Counters and latency histograms since start.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Every worker's recent successes and failures (decayed counts, the
+    /// basis of its trust): the connected ones and those remembered, for
+    /// [`Engine::restore_trust`] after a restart.
+    pub fn worker_trust(&self) -> Vec<(WorkerId, f64, f64)> {
+        let mut all: Vec<(WorkerId, f64, f64)> = self
+            .trust_seen
+            .iter()
+            .filter(|(id, _)| !self.worker_index.contains_key(*id))
+            .map(|(id, &(ok, bad))| (id.clone(), ok, bad))
+            .collect();
+        all.extend(
+            self.workers
+                .iter()
+                .flatten()
+                .map(|w| (w.info.id.clone(), w.ok, w.bad)),
+        );
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Remembers trust saved before a restart ([`Engine::worker_trust`]):
+    /// a worker that registers again starts from it. Values that are not
+    /// finite non-negative counts are ignored.
+    pub fn restore_trust(&mut self, saved: &[(WorkerId, f64, f64)]) {
+        for (id, ok, bad) in saved {
+            let sane = |v: f64| v.is_finite() && v >= 0.0;
+            if sane(*ok) && sane(*bad) && self.trust_seen.len() < TRUST_REMEMBERED_MAX {
+                self.trust_seen.insert(id.clone(), (*ok, *bad));
+            }
+        }
     }
 
     /// Adds the metrics saved before a restart (see [`Metrics::saved`]);

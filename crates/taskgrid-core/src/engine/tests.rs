@@ -1219,3 +1219,37 @@ fn only_finished_tasks_are_deleted() {
         "{counts:?}"
     );
 }
+
+#[test]
+fn trust_survives_a_reconnect_and_a_restart() {
+    let trust_of = |e: &Engine, id: &str| {
+        e.workers()
+            .find(|(w, ..)| w.id.as_str() == id)
+            .map(|(_, _, trust, _)| trust)
+    };
+    let mut t = Harness::new();
+    let w = t.worker("w", 1, &["x"]);
+    for _ in 0..3 {
+        t.submit(h("x"));
+        let a = t.start().remove(0);
+        t.report(&a, Outcome::ok()).unwrap();
+    }
+    let earned = trust_of(&t.engine, "w").unwrap();
+    assert!(earned > 0.79, "{earned}");
+    // It goes away and comes back: the same trust.
+    t.engine.remove_worker(&w, t.now, &mut t.out);
+    t.worker("w", 1, &["x"]);
+    assert_eq!(trust_of(&t.engine, "w"), Some(earned));
+    // Saved, and given to a new engine: the worker registering there
+    // starts from it; an unknown one from 0.5; nonsense is ignored.
+    let saved = t.engine.worker_trust();
+    assert_eq!(saved.len(), 1);
+    let mut t2 = Harness::new();
+    let mut bad = saved.clone();
+    bad.push((WorkerId::new("odd"), f64::NAN, -1.0));
+    t2.engine.restore_trust(&bad);
+    t2.worker("w", 1, &["x"]);
+    t2.worker("odd", 1, &["x"]);
+    assert_eq!(trust_of(&t2.engine, "w"), Some(earned));
+    assert_eq!(trust_of(&t2.engine, "odd"), Some(0.5));
+}
