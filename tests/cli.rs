@@ -1149,3 +1149,54 @@ async fn queue_limits_and_pause_from_the_command_line() {
     assert_eq!(code, Some(2));
     assert!(err.contains("QUEUE=N"), "{err}");
 }
+
+/// `taskgrid stats` counts on across a restart of the coordinator (SIGTERM,
+/// then a new process on the same data dir), and so does a worker's trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_trust_count_on_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let url = server.url();
+    let mut w = worker(&url, "w1", &["--slots", "1"]);
+    let client = server.client(None);
+    await_worker(&client, "w1").await;
+    for _ in 0..3 {
+        let out = taskgrid()
+            .args(["submit", "--wait", "--server", &url, "--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+    }
+    let stats = |url: &str| -> serde_json::Value {
+        let out = taskgrid()
+            .args(["stats", "--json", "--server", url])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let before = stats(&url);
+    assert_eq!(
+        (&before["submitted"], &before["succeeded"]),
+        (&serde_json::json!(3), &serde_json::json!(3)),
+        "{before}"
+    );
+    let trust = client.workers().await.unwrap()[0].trust;
+    assert!(trust > 0.75, "{trust}");
+
+    // A graceful stop: the metrics are saved on the way out.
+    w.kill9();
+    util::signal(server.proc.0.id(), "-TERM");
+    let status = server.proc.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let server = Server::start(dir.path(), "127.0.0.1:0", &[]);
+    let after = stats(&server.url());
+    for field in ["submitted", "succeeded", "failed", "retried"] {
+        assert_eq!(after[field], before[field], "{field}: {after}");
+    }
+    assert_eq!(after["run_time"]["count"], 3, "{after}");
+    assert_eq!(after["workers"]["w1"]["succeeded"], 3, "{after}");
+    let _w = worker(&server.url(), "w1", &["--slots", "1"]);
+    let client = server.client(None);
+    await_worker(&client, "w1").await;
+    assert_eq!(client.workers().await.unwrap()[0].trust, trust);
+}
