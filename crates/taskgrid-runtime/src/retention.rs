@@ -129,8 +129,13 @@ pub(crate) fn restore_metrics(engine: &mut Engine, metrics: Option<String>, trus
 
 /// The changes that save `engine`'s metrics and worker trust.
 pub(crate) fn metrics_change(engine: &Engine) -> Vec<Change> {
-    let metrics = serde_json::to_string(&engine.metrics().saved());
-    let trust = serde_json::to_string(&engine.worker_trust());
+    saving(&engine.metrics().saved(), &engine.worker_trust())
+}
+
+/// The changes that store these metrics and this worker trust.
+fn saving(metrics: &SavedMetrics, trust: &[(WorkerId, f64, f64)]) -> Vec<Change> {
+    let metrics = serde_json::to_string(metrics);
+    let trust = serde_json::to_string(trust);
     let mut changes = Vec::with_capacity(2);
     for (key, value) in [(METRICS_KEY, metrics), (TRUST_KEY, trust)] {
         match value {
@@ -155,19 +160,24 @@ pub(crate) async fn save_metrics(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
+        // Copied under the engine's lock, written as JSON outside it.
+        let (totals, metrics, trust) = {
+            let engine = inner.lock();
+            let m = engine.metrics();
+            if saved == Some(m.totals()) {
+                continue;
+            }
+            (m.totals(), m.saved(), engine.worker_trust())
+        };
+        let changes = saving(&metrics, &trust);
         let r = inner
-            .committed_command(|e, _, out| {
-                let now = e.metrics().totals();
-                if saved == Some(now) {
-                    return None;
-                }
-                out.changes.extend(metrics_change(e));
-                Some(now)
+            .committed_command(move |_, _, out| {
+                out.changes.extend(changes);
+                totals
             })
             .await;
         match r {
-            Ok(Some(now)) => saved = Some(now),
-            Ok(None) => {}
+            Ok(now) => saved = Some(now),
             Err(Error::ShutDown | Error::StoreFailed) => return,
             Err(e) => tracing::warn!(error = %e, "the metrics could not be saved"),
         }
