@@ -62,6 +62,11 @@ pub(crate) struct Args {
     /// keeps them.
     #[arg(long, env = "TASKGRID_RETAIN", default_value = "7d", value_parser = retention, value_name = "DURATION|forever")]
     pub(crate) retain: Retain,
+    /// The output of finished tasks is deleted sooner, once they ended
+    /// longer ago than this (the task itself stays until --retain);
+    /// output of a task that lived longer than this stays until --retain.
+    #[arg(long, env = "TASKGRID_RETAIN_OUTPUT", value_parser = super::submit::parse_duration, value_name = "DURATION")]
+    pub(crate) retain_output: Option<Duration>,
     /// Most tasks waiting in a queue, as QUEUE=N (repeat for more queues):
     /// a submit beyond it is refused with 429 `queue_full`.
     #[arg(long = "queue-limit", value_parser = queue_limit, value_name = "QUEUE=N")]

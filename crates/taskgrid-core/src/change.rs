@@ -72,6 +72,12 @@ pub enum Change {
         /// Its JSON.
         value: String,
     },
+    /// A finished task's output was deleted (output retention): the store
+    /// removes its chunks and keeps the rest of the task.
+    OutputDeleted {
+        /// The task.
+        id: TaskId,
+    },
     /// A finished task was deleted (by an operator, or by retention): the
     /// store removes it with its tags, attempts and output. An unknown id
     /// is no error.
@@ -89,7 +95,8 @@ impl Change {
             Change::Status { id, .. }
             | Change::Progress { id, .. }
             | Change::Checkpoint { id, .. }
-            | Change::Deleted { id } => Some(*id),
+            | Change::Deleted { id }
+            | Change::OutputDeleted { id } => Some(*id),
             Change::Output(c) => Some(c.task),
             Change::Queue { .. }
             | Change::Meta { .. }

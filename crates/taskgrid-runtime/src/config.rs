@@ -28,6 +28,11 @@ pub struct SystemConfig {
     /// Finished tasks are deleted from the store, with their attempts and
     /// output, once they ended longer ago than this (`None`: kept forever).
     pub retention: Option<Duration>,
+    /// The output of finished tasks is deleted sooner, once they ended
+    /// longer ago than this (`None`: it goes with its task). Output of a
+    /// task that lived (from its creation to its end) longer than this is
+    /// kept until `retention`.
+    pub output_retention: Option<Duration>,
     /// How often retention looks for tasks to delete.
     pub retention_every: Duration,
 }
@@ -61,6 +66,7 @@ impl Default for SystemConfig {
             check_handlers: true,
             replay_capacity: Self::REPLAY_CAPACITY_DEFAULT,
             retention: Some(Self::RETENTION_DEFAULT),
+            output_retention: None,
             retention_every: Self::RETENTION_EVERY_DEFAULT,
         }
     }

@@ -166,7 +166,8 @@ impl TaskEvent {
             | Change::ScheduleDeleted { .. }
             | Change::Fire(_)
             | Change::Deleted { .. }
-            | Change::Meta { .. } => return None,
+            | Change::Meta { .. }
+            | Change::OutputDeleted { .. } => return None,
         };
         Some(TaskEvent {
             seq: 0,

@@ -79,22 +79,82 @@ async fn prune(inner: &Inner, cutoff: Timestamp) -> Result<usize, Error> {
     }
 }
 
-/// Every `every`, deletes the tasks that finished more than `keep` ago,
-/// until the system is gone or shut down.
-pub(crate) async fn run(inner: Weak<Inner>, keep: Duration, every: Duration) {
+/// Deletes the output of the tasks that finished before `cutoff`, reading
+/// on from `cursor` (the last task id a sweep read: output sweeps never go
+/// back, so each reads only tasks it has not read before); moves `cursor`
+/// on; returns how many tasks lost their output.
+async fn prune_output(
+    inner: &Inner,
+    cutoff: Timestamp,
+    cursor: &mut Option<TaskId>,
+) -> Result<usize, Error> {
+    let mut total = 0;
+    loop {
+        let after = *cursor;
+        let scan = inner
+            .read_store(move |s| s.finished_before(cutoff, after, SCAN_BATCH))
+            .await?;
+        for chunk in scan.finished.chunks(DELETE_BATCH) {
+            let ids = chunk.to_vec();
+            total += inner
+                .committed_command(move |e, _, out| {
+                    let mut n = 0;
+                    for id in ids {
+                        // Never the output of a task the engine holds live.
+                        if e.get(id).is_none_or(|r| r.status.state.is_terminal()) {
+                            out.changes.push(Change::OutputDeleted { id });
+                            n += 1;
+                        }
+                    }
+                    n
+                })
+                .await?;
+        }
+        match scan.last {
+            Some(last) => *cursor = Some(last),
+            None => return Ok(total),
+        }
+    }
+}
+
+/// `now` less `keep`.
+fn before(now: Timestamp, keep: Duration) -> Timestamp {
+    Timestamp::from_micros(
+        now.as_micros()
+            .saturating_sub(u64::try_from(keep.as_micros()).unwrap_or(u64::MAX)),
+    )
+}
+
+/// Every `every`, deletes the tasks that finished more than `keep` ago
+/// (none when `None`), and the output of those that finished more than
+/// `keep_output` ago, until the system is gone or shut down.
+pub(crate) async fn run(
+    inner: Weak<Inner>,
+    keep: Option<Duration>,
+    keep_output: Option<Duration>,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut output_cursor = None;
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
         let now = inner.clock.now();
-        let cutoff = Timestamp::from_micros(
-            now.as_micros()
-                .saturating_sub(u64::try_from(keep.as_micros()).unwrap_or(u64::MAX)),
-        );
-        match prune(&inner, cutoff).await {
+        if let Some(keep_output) = keep_output {
+            match prune_output(&inner, before(now, keep_output), &mut output_cursor).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(tasks = n, "retention: deleted the output of finished tasks")
+                }
+                Err(Error::ShutDown | Error::StoreFailed) => return,
+                Err(e) => tracing::warn!(error = %e, "retention: could not delete output"),
+            }
+        }
+        let Some(keep) = keep else { continue };
+        match prune(&inner, before(now, keep)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "retention: deleted finished tasks"),
             // Nothing more can be committed: stop sweeping.

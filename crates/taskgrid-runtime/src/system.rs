@@ -65,15 +65,19 @@ impl TaskSystem {
         let (stop, stop_rx) = oneshot::channel();
         let driver = rt.spawn(drive(self.inner.clone(), completions, stop_rx));
         let publisher = rt.spawn(publish(self.inner.clone(), committed));
-        let retention = self.inner.config.retention.map(|keep| {
-            let every =
-                (self.inner.config.retention_every).max(std::time::Duration::from_millis(1));
-            rt.spawn(crate::retention::run(
-                Arc::downgrade(&self.inner),
-                keep,
-                every,
-            ))
-        });
+        let config = &self.inner.config;
+        let retention =
+            (config.retention.is_some() || config.output_retention.is_some()).then(|| {
+                let every = config
+                    .retention_every
+                    .max(std::time::Duration::from_millis(1));
+                rt.spawn(crate::retention::run(
+                    Arc::downgrade(&self.inner),
+                    config.retention,
+                    config.output_retention,
+                    every,
+                ))
+            });
         let metrics = rt.spawn(crate::retention::save_metrics(Arc::downgrade(&self.inner)));
         *state = Lifecycle::Started {
             driver,

@@ -1005,3 +1005,64 @@ async fn a_deleted_dependency_does_not_cancel_its_dependent_after_a_restart() {
     assert_eq!(sys.get(b_id).await.unwrap().status.state, State::Pending);
     sys.shutdown().await.unwrap();
 }
+
+/// With an output retention shorter than the task's, a finished task's
+/// output goes and the task (and its attempts) stays; the output of a
+/// task that lived longer than the output retention is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_retention_deletes_output_and_keeps_the_task() {
+    let config = SystemConfig {
+        retention: None,
+        // Long enough for `done` to have finished when a sweep first reads
+        // it (a task still live then lived longer than this: its output
+        // is kept until the task's own retention).
+        output_retention: Some(Duration::from_secs(1)),
+        retention_every: Duration::from_millis(10),
+        ..SystemConfig::default()
+    };
+    let (release, gate) = tokio::sync::watch::channel(false);
+    let sys = TaskSystem::builder()
+        .config(config)
+        .handler("talk", move |ctx: TaskContext| {
+            let mut gate = gate.clone();
+            async move {
+                ctx.log("hello");
+                let wait: bool = ctx.payload()?;
+                if wait {
+                    let _ = gate.wait_for(|open| *open).await;
+                }
+                Ok(json!(null))
+            }
+        })
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let running = sys.submit(Task::handler("talk", &true)).await.unwrap();
+    let done = sys.submit(Task::handler("talk", &false)).await.unwrap();
+    tokio::time::timeout(LIMIT, done.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    // Wait (bounded) for the sweep that runs every 10 ms to take it.
+    tokio::time::timeout(LIMIT, async {
+        while !sys.output(done.id()).await.unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the finished task's output is deleted");
+    assert_eq!(
+        sys.get(done.id()).await.unwrap().status.state,
+        State::Succeeded
+    );
+    assert_eq!(sys.attempts(done.id()).await.unwrap().len(), 1);
+    // The running one was live when the sweep read it: its output stays.
+    let out = sys.output(running.id()).await.unwrap();
+    assert_eq!(out.len(), 1, "{out:?}");
+    release.send(true).unwrap();
+    tokio::time::timeout(LIMIT, running.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    sys.shutdown().await.unwrap();
+}

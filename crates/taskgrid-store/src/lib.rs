@@ -109,7 +109,8 @@ pub trait Store: Send + Sync + 'static {
     ///   changes apply in batch order.
     /// - [`Change::Meta`] stores a value under its key, replacing the last.
     /// - [`Change::Deleted`] deletes a task with its tags, attempts and
-    ///   output (an unknown id is no error).
+    ///   output (an unknown id is no error); [`Change::OutputDeleted`] only
+    ///   its output.
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError>;
 
     /// Every task not in a terminal state, in id order: what the engine needs

@@ -112,6 +112,8 @@ enum Undo {
     Fire(String, (Timestamp, bool)),
     /// Put back a deleted task.
     Deleted(TaskId, Box<Task>),
+    /// Put back a task's deleted output.
+    OutputDeleted(TaskId, Vec<Chunk>),
     /// Put back a meta entry (remove it if none).
     Meta(String, Option<String>),
 }
@@ -228,6 +230,12 @@ impl Inner {
                 fires.insert(key, fire.clone());
                 undo.push(Undo::Fire(fire.schedule.clone(), key));
             }
+            Change::OutputDeleted { id } => {
+                if let Some(t) = self.tasks.get_mut(id) {
+                    let old = std::mem::take(&mut t.output);
+                    undo.push(Undo::OutputDeleted(*id, old));
+                }
+            }
             Change::Meta { key, value } => {
                 let old = self.meta.insert(key.clone(), value.clone());
                 undo.push(Undo::Meta(key.clone(), old));
@@ -249,6 +257,11 @@ impl Inner {
             Undo::Insert(id) => {
                 if let Some(t) = self.tasks.remove(&id) {
                     self.counts[state_index(t.status.state)] -= 1;
+                }
+            }
+            Undo::OutputDeleted(id, chunks) => {
+                if let Some(t) = self.tasks.get_mut(&id) {
+                    t.output = chunks;
                 }
             }
             Undo::Meta(key, old) => match old {

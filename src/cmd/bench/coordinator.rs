@@ -213,6 +213,7 @@ fn server_args(plan: &Plan, data_dir: &Path) -> server::Args {
         advertise: None,
         retain: server::Retain(Some(taskgrid_runtime::SystemConfig::RETENTION_DEFAULT)),
         queue_limits: Vec::new(),
+        retain_output: None,
         store: match &plan.store {
             StoreKind::Sqlite => None,
             StoreKind::Memory => Some(StoreConfig::Memory),

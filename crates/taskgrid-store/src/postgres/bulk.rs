@@ -95,6 +95,8 @@ struct Groups<'a> {
     /// Finished tasks to delete (last: no other change of the batch can
     /// follow a task's deletion).
     deleted: Vec<Vec<u8>>,
+    /// Tasks whose output to delete (after this batch's output).
+    output_deleted: Vec<Vec<u8>>,
     /// Meta entries, the last of each key winning.
     meta: Vec<(&'a str, &'a str)>,
 }
@@ -208,6 +210,7 @@ impl<'a> Groups<'a> {
             Change::Fire(fire) => self.schedules.push(ScheduleWrite::Fire(fire)),
             Change::Deleted { id } => self.deleted.push(id.to_bytes().to_vec()),
             Change::Meta { key, value } => self.meta.push((key, value)),
+            Change::OutputDeleted { id } => self.output_deleted.push(id.to_bytes().to_vec()),
         }
         Ok(())
     }
@@ -243,6 +246,12 @@ impl<'a> Groups<'a> {
                 "INSERT INTO meta (key, value) VALUES ($1, $2) \
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                 &[key, value],
+            )?;
+        }
+        if !self.output_deleted.is_empty() {
+            tx.execute(
+                "DELETE FROM output WHERE task_id = ANY($1)",
+                &[&self.output_deleted],
             )?;
         }
         write_deleted(tx, &self.deleted)

@@ -130,6 +130,12 @@ impl<'c> Batch<'c> {
                 }
                 Change::Fire(fire) => self.fire(fire)?,
                 Change::Deleted { id } => self.delete(*id)?,
+                Change::OutputDeleted { id } => {
+                    let key = id.to_bytes();
+                    self.conn
+                        .prepare_cached("DELETE FROM output WHERE task_id = ?1")?
+                        .execute(params![&key[..]])?;
+                }
                 Change::Meta { key, value } => {
                     self.conn
                         .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?

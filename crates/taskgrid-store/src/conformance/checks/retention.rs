@@ -71,11 +71,20 @@ pub fn finished_tasks_are_found_by_their_end(store: &dyn Store) {
     );
 }
 
-/// A deleted task is gone with its tags, attempts and output; the others
+/// A task's output can be deleted alone. A deleted task is gone with its
+/// tags, attempts and output; the others
 /// stay; an unknown id is no error; a deletion in a failed batch is rolled
 /// back.
 pub fn a_deleted_task_leaves_nothing_behind(store: &dyn Store) {
     three_tasks(store);
+    // Output retention first: the chunks go, the task and attempts stay.
+    assert_eq!(store.output(tid(1), 0, 10).unwrap().len(), 1);
+    store
+        .apply(&[Change::OutputDeleted { id: tid(1) }])
+        .unwrap();
+    assert!(store.output(tid(1), 0, 10).unwrap().is_empty());
+    assert!(store.get(tid(1)).unwrap().is_some());
+    assert_eq!(store.attempts(tid(1)).unwrap().len(), 1);
     store
         .apply(&[
             Change::Deleted { id: tid(1) },
