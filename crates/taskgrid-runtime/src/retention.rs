@@ -134,7 +134,8 @@ pub(crate) async fn run(
     keep_output: Option<Duration>,
     every: Duration,
 ) {
-    let mut tick = tokio::time::interval(every);
+    // The first sweep one period after the start.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut output_cursor = None;
     loop {
@@ -212,9 +213,14 @@ fn saving(metrics: &SavedMetrics, trust: &[(WorkerId, f64, f64)]) -> Vec<Change>
 /// Every [`METRICS_SAVE_EVERY`], saves the metrics if they changed, until
 /// the system is gone or shut down.
 pub(crate) async fn save_metrics(inner: Weak<Inner>) {
-    let mut tick = tokio::time::interval(METRICS_SAVE_EVERY);
+    // The first save one period after the start (what was read back at
+    // start-up is in the store already).
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + METRICS_SAVE_EVERY,
+        METRICS_SAVE_EVERY,
+    );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut saved: Option<TaskCounts> = None;
+    let mut saved: Option<TaskCounts> = inner.upgrade().map(|i| i.lock().metrics().totals());
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else {
