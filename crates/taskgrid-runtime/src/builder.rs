@@ -159,10 +159,10 @@ impl TaskSystemBuilder {
         }
         // After the tasks: a fire may find its schedule's last task live.
         engine.restore_schedules(store.schedules()?, now, &mut out);
-        crate::retention::restore_metrics(
+        crate::upkeep::restore_metrics(
             &mut engine,
-            store.meta(crate::retention::METRICS_KEY)?,
-            store.meta(crate::retention::TRUST_KEY)?,
+            store.meta(crate::upkeep::METRICS_KEY)?,
+            store.meta(crate::upkeep::TRUST_KEY)?,
         );
         for (name, spec, template) in self.schedules {
             let same = engine

@@ -54,6 +54,7 @@ mod retention;
 mod schedules;
 mod sync;
 mod system;
+mod upkeep;
 mod workers;
 
 pub use builder::TaskSystemBuilder;
@@ -64,11 +65,11 @@ pub use handle::TaskHandle;
 pub use link::WorkerLink;
 pub use monitor::WorkerView;
 pub use result::TaskResult;
-pub use retention::{DELETE_BATCH, METRICS_SAVE_EVERY};
 pub use schedules::{EXPLAIN_FIRES, FIRES_LIMIT_MAX};
 pub use system::TaskSystem;
 pub use taskgrid_sdk::{
     BoxFuture, ContextBackend, FnHandler, Handler, HandlerResult, InvalidPayload, Task,
     TaskContext, TaskError, catch_unwind, handler_fn, outcome_of,
 };
+pub use upkeep::{DELETE_BATCH, METRICS_SAVE_EVERY};
 pub use workers::{Registration, Session, WorkerError, WorkerService};

@@ -71,14 +71,14 @@ impl TaskSystem {
                 let every = config
                     .retention_every
                     .max(std::time::Duration::from_millis(1));
-                rt.spawn(crate::retention::run(
+                rt.spawn(crate::upkeep::run(
                     Arc::downgrade(&self.inner),
                     config.retention,
                     config.output_retention,
                     every,
                 ))
             });
-        let metrics = rt.spawn(crate::retention::save_metrics(Arc::downgrade(&self.inner)));
+        let metrics = rt.spawn(crate::upkeep::save_metrics(Arc::downgrade(&self.inner)));
         *state = Lifecycle::Started {
             driver,
             publisher,
@@ -330,8 +330,7 @@ impl TaskSystem {
                 let mut out = Outbox::default();
                 engine.remove_worker(&inner.worker, inner.clock.now(), &mut out);
                 // The metrics as they end: the next start counts on.
-                out.changes
-                    .extend(crate::retention::metrics_change(&engine));
+                out.changes.extend(crate::upkeep::metrics_change(&engine));
                 inner.persist(&engine, out.changes, None);
             }
             let writer_done = {

@@ -1,0 +1,221 @@
+//! Upkeep in the background: finished tasks are deleted from the store,
+//! with their attempts and output, once they ended longer ago than
+//! [`SystemConfig::retention`](crate::SystemConfig::retention) (their
+//! output sooner with `output_retention`), a bounded batch per commit;
+//! and the metrics and worker trust, which count what happened and not
+//! the rows left, are saved in the store every [`METRICS_SAVE_EVERY`] and
+//! at shutdown, and read back at start-up. (Deleting on demand is
+//! `TaskSystem::delete` and `TaskSystem::prune`.)
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use taskgrid_core::{Change, Engine, SavedMetrics, TaskCounts, TaskId, Timestamp, WorkerId};
+
+use crate::Error;
+use crate::inner::Inner;
+
+/// The [`Change::Meta`] key of the saved metrics.
+pub(crate) const METRICS_KEY: &str = "metrics";
+/// The [`Change::Meta`] key of the saved worker trust.
+pub(crate) const TRUST_KEY: &str = "trust";
+/// How often the metrics are saved (when they changed): a crash loses at
+/// most this much of them; a shutdown loses nothing.
+pub const METRICS_SAVE_EVERY: Duration = Duration::from_secs(10);
+
+/// Tasks read per step of a sweep.
+const SCAN_BATCH: usize = 1_000;
+/// Tasks deleted per commit: small, so that no commit keeps the store's
+/// writer busy for more than a few milliseconds.
+pub const DELETE_BATCH: usize = 100;
+
+pub(crate) async fn prune(inner: &Inner, cutoff: Timestamp) -> Result<usize, Error> {
+    let mut after = None;
+    let mut total = 0;
+    loop {
+        let scan = inner
+            .read_store(move |s| s.finished_before(cutoff, after, SCAN_BATCH))
+            .await?;
+        for chunk in scan.finished.chunks(DELETE_BATCH) {
+            let ids = chunk.to_vec();
+            total += inner
+                .committed_command(move |e, _, out| e.delete_finished(&ids, out).len())
+                .await?;
+        }
+        match scan.last {
+            Some(last) => after = Some(last),
+            None => return Ok(total),
+        }
+    }
+}
+
+/// Deletes the output of the tasks that finished before `cutoff`, reading
+/// on from `cursor` (the last task id a sweep read: output sweeps never go
+/// back, so each reads only tasks it has not read before); moves `cursor`
+/// on; returns how many tasks lost their output.
+async fn prune_output(
+    inner: &Inner,
+    cutoff: Timestamp,
+    cursor: &mut Option<TaskId>,
+) -> Result<usize, Error> {
+    let mut total = 0;
+    loop {
+        let after = *cursor;
+        let scan = inner
+            .read_store(move |s| s.finished_before(cutoff, after, SCAN_BATCH))
+            .await?;
+        for chunk in scan.finished.chunks(DELETE_BATCH) {
+            let ids = chunk.to_vec();
+            total += inner
+                .committed_command(move |e, _, out| {
+                    let mut n = 0;
+                    for id in ids {
+                        // Never the output of a task the engine holds live.
+                        if e.get(id).is_none_or(|r| r.status.state.is_terminal()) {
+                            out.changes.push(Change::OutputDeleted { id });
+                            n += 1;
+                        }
+                    }
+                    n
+                })
+                .await?;
+        }
+        match scan.last {
+            Some(last) => *cursor = Some(last),
+            None => return Ok(total),
+        }
+    }
+}
+
+/// `now` less `keep`.
+fn before(now: Timestamp, keep: Duration) -> Timestamp {
+    Timestamp::from_micros(
+        now.as_micros()
+            .saturating_sub(u64::try_from(keep.as_micros()).unwrap_or(u64::MAX)),
+    )
+}
+
+/// Every `every`, deletes the tasks that finished more than `keep` ago
+/// (none when `None`), and the output of those that finished more than
+/// `keep_output` ago, until the system is gone or shut down.
+pub(crate) async fn run(
+    inner: Weak<Inner>,
+    keep: Option<Duration>,
+    keep_output: Option<Duration>,
+    every: Duration,
+) {
+    // The first sweep one period after the start.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut output_cursor = None;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let now = inner.clock.now();
+        if let Some(keep_output) = keep_output {
+            match prune_output(&inner, before(now, keep_output), &mut output_cursor).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(tasks = n, "retention: deleted the output of finished tasks")
+                }
+                Err(Error::ShutDown | Error::StoreFailed) => return,
+                Err(e) => tracing::warn!(error = %e, "retention: could not delete output"),
+            }
+        }
+        let Some(keep) = keep else { continue };
+        match prune(&inner, before(now, keep)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "retention: deleted finished tasks"),
+            // Nothing more can be committed: stop sweeping.
+            Err(Error::ShutDown | Error::StoreFailed) => return,
+            Err(e) => tracing::warn!(error = %e, "retention: could not delete finished tasks"),
+        }
+    }
+}
+
+/// Adds the metrics and worker trust saved before a restart to
+/// `engine`'s; unreadable ones are reported and left out.
+pub(crate) fn restore_metrics(engine: &mut Engine, metrics: Option<String>, trust: Option<String>) {
+    if let Some(json) = metrics {
+        match serde_json::from_str::<SavedMetrics>(&json) {
+            Ok(saved) => {
+                if !engine.restore_metrics(&saved) {
+                    tracing::warn!("some saved metrics were inconsistent and are left out");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the saved metrics cannot be read; counting from zero");
+            }
+        }
+    }
+    if let Some(json) = trust {
+        match serde_json::from_str::<Vec<(WorkerId, f64, f64)>>(&json) {
+            Ok(saved) => engine.restore_trust(&saved),
+            Err(e) => tracing::warn!(error = %e, "the saved worker trust cannot be read"),
+        }
+    }
+}
+
+/// The changes that save `engine`'s metrics and worker trust.
+pub(crate) fn metrics_change(engine: &Engine) -> Vec<Change> {
+    saving(&engine.metrics().saved(), &engine.worker_trust())
+}
+
+/// The changes that store these metrics and this worker trust.
+fn saving(metrics: &SavedMetrics, trust: &[(WorkerId, f64, f64)]) -> Vec<Change> {
+    let metrics = serde_json::to_string(metrics);
+    let trust = serde_json::to_string(trust);
+    let mut changes = Vec::with_capacity(2);
+    for (key, value) in [(METRICS_KEY, metrics), (TRUST_KEY, trust)] {
+        match value {
+            Ok(value) => changes.push(Change::Meta {
+                key: key.to_owned(),
+                value,
+            }),
+            Err(e) => tracing::warn!(error = %e, key, "cannot be saved"),
+        }
+    }
+    changes
+}
+
+/// Every [`METRICS_SAVE_EVERY`], saves the metrics if they changed, until
+/// the system is gone or shut down.
+pub(crate) async fn save_metrics(inner: Weak<Inner>) {
+    // The first save one period after the start (what was read back at
+    // start-up is in the store already).
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + METRICS_SAVE_EVERY,
+        METRICS_SAVE_EVERY,
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut saved: Option<TaskCounts> = inner.upgrade().map(|i| i.lock().metrics().totals());
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        // Copied under the engine's lock, written as JSON outside it.
+        let (totals, metrics, trust) = {
+            let engine = inner.lock();
+            let m = engine.metrics();
+            if saved == Some(m.totals()) {
+                continue;
+            }
+            (m.totals(), m.saved(), engine.worker_trust())
+        };
+        let changes = saving(&metrics, &trust);
+        let r = inner
+            .committed_command(move |_, _, out| {
+                out.changes.extend(changes);
+                totals
+            })
+            .await;
+        match r {
+            Ok(now) => saved = Some(now),
+            Err(Error::ShutDown | Error::StoreFailed) => return,
+            Err(e) => tracing::warn!(error = %e, "the metrics could not be saved"),
+        }
+    }
+}
