@@ -4,7 +4,9 @@
 # `taskgrid bench` against it, for MINUTES minutes (default 30); prints,
 # once a minute, the size of the database files and the tasks in them.
 # With PG=1, the store is a fresh database on the local PostgreSQL
-# (postgres@127.0.0.1:5432), and the size that of its tables and indexes.
+# (postgres@127.0.0.1:5432), and the size that of its tables and indexes;
+# with VACUUM=1 as well, the script runs VACUUM on the task tables once a
+# minute, as autovacuum would (for a server where autovacuum is off).
 #
 #   cargo build --release && [PG=1] scripts/retention-soak.sh [MINUTES] [TASKS_PER_MINUTE]
 set -euo pipefail
@@ -41,6 +43,9 @@ for m in $(seq 1 "$minutes"); do
   now=$(date +%s)
   [ "$now" -lt "$next" ] && sleep $((next - now))
   if [ -n "${PG:-}" ]; then
+    if [ -n "${VACUUM:-}" ]; then
+      $pg -d "$db_name" -c "VACUUM tasks, task_tags, attempts, output"
+    fi
     size=$($pg -d "$db_name" -c "SELECT sum(pg_total_relation_size(c)) FROM unnest(ARRAY['tasks','task_tags','attempts','output']) AS c")
     tasks=$($pg -d "$db_name" -c 'SELECT count(*) FROM tasks')
     printf '%-7s %12s %12s %10s\n' "$m" "$size" - "$tasks"
