@@ -10,7 +10,9 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use taskgrid_core::{Change, Engine, SavedMetrics, TaskCounts, TaskId, Timestamp, WorkerId};
+use taskgrid_core::{
+    Change, Engine, Outbox, SavedMetrics, TaskCounts, TaskId, Timestamp, WorkerId,
+};
 
 use crate::Error;
 use crate::inner::Inner;
@@ -29,24 +31,12 @@ const SCAN_BATCH: usize = 1_000;
 /// writer busy for more than a few milliseconds.
 pub const DELETE_BATCH: usize = 100;
 
+/// Deletes every task that finished before `cutoff`; returns how many.
 pub(crate) async fn prune(inner: &Inner, cutoff: Timestamp) -> Result<usize, Error> {
-    let mut after = None;
-    let mut total = 0;
-    loop {
-        let scan = inner
-            .read_store(move |s| s.finished_before(cutoff, after, SCAN_BATCH))
-            .await?;
-        for chunk in scan.finished.chunks(DELETE_BATCH) {
-            let ids = chunk.to_vec();
-            total += inner
-                .committed_command(move |e, _, out| e.delete_finished(&ids, out).len())
-                .await?;
-        }
-        match scan.last {
-            Some(last) => after = Some(last),
-            None => return Ok(total),
-        }
-    }
+    sweep(inner, cutoff, &mut None, |e, ids, out| {
+        e.delete_finished(&ids, out).len()
+    })
+    .await
 }
 
 /// Deletes the output of the tasks that finished before `cutoff`, reading
@@ -58,6 +48,29 @@ async fn prune_output(
     cutoff: Timestamp,
     cursor: &mut Option<TaskId>,
 ) -> Result<usize, Error> {
+    sweep(inner, cutoff, cursor, |e, ids, out| {
+        let mut n = 0;
+        for id in ids {
+            // Never the output of a task the engine holds live.
+            if e.get(id).is_none_or(|r| r.status.state.is_terminal()) {
+                out.changes.push(Change::OutputDeleted { id });
+                n += 1;
+            }
+        }
+        n
+    })
+    .await
+}
+
+/// Reads the tasks that finished before `cutoff`, after `cursor` (moved
+/// on as it reads), and commits `act` on them [`DELETE_BATCH`] at a time;
+/// the sum of what `act` returned.
+async fn sweep(
+    inner: &Inner,
+    cutoff: Timestamp,
+    cursor: &mut Option<TaskId>,
+    act: fn(&mut Engine, Vec<TaskId>, &mut Outbox) -> usize,
+) -> Result<usize, Error> {
     let mut total = 0;
     loop {
         let after = *cursor;
@@ -67,17 +80,7 @@ async fn prune_output(
         for chunk in scan.finished.chunks(DELETE_BATCH) {
             let ids = chunk.to_vec();
             total += inner
-                .committed_command(move |e, _, out| {
-                    let mut n = 0;
-                    for id in ids {
-                        // Never the output of a task the engine holds live.
-                        if e.get(id).is_none_or(|r| r.status.state.is_terminal()) {
-                            out.changes.push(Change::OutputDeleted { id });
-                            n += 1;
-                        }
-                    }
-                    n
-                })
+                .committed_command(move |e, _, out| act(e, ids, out))
                 .await?;
         }
         match scan.last {
