@@ -35,7 +35,7 @@ use taskgrid_store::{MemoryStore, SqliteOptions, SqliteStore, Store};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "core",
     "noop-memory",
     "noop-sqlite",
@@ -47,6 +47,7 @@ const SCENARIOS: [&str; 11] = [
     "schedule-lag",
     "schedule-rss",
     "schedule-rss-core",
+    "schedule-rss-sqlite",
 ];
 
 fn rss_bytes() -> u64 {
@@ -167,6 +168,8 @@ fn run_scenario(name: &str) {
         "schedule-lag" => schedule_lag(sqlite(&dir)),
         "schedule-rss" => schedule_rss(),
         "schedule-rss-core" => schedule_rss_core(),
+        "schedule-rss-sqlite" => schedule_rss_sqlite(),
+        "schedule-write" => schedule_write(),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -475,6 +478,89 @@ fn schedule_rss() {
             "bytes/sched",
             format!(
                 "RSS growth with {N} daily cron schedules (engine + memory store + the declarations); CPU over 5 s with none due: {idle_cpu:.2} s"
+            ),
+        );
+        sys.shutdown().await.expect("shutdown");
+    });
+}
+
+/// The schedules of the `schedule-rss*` scenarios: daily cron in Berlin.
+fn daily(i: usize) -> ScheduleSpec {
+    ScheduleSpec {
+        tz: Some("Europe/Berlin".into()),
+        ..ScheduleSpec::cron(format!("{} {} * * *", i % 60, (i / 60) % 24))
+    }
+}
+
+/// Writes 100,000 schedules into the SQLite file `TG_BENCH_DB` (a child
+/// process of `schedule-rss-sqlite`, so that its allocations are not in
+/// the measured process).
+fn schedule_write() {
+    const N: usize = 100_000;
+    let path = std::env::var("TG_BENCH_DB").expect("TG_BENCH_DB");
+    let store = SqliteStore::open(&path, SqliteOptions::default()).expect("open sqlite");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    let now = Timestamp::from_micros(u64::try_from(now.as_micros()).expect("micros"));
+    let mut engine = Engine::new(EngineConfig::default());
+    let mut out = Outbox::default();
+    for i in 0..N {
+        engine
+            .put_schedule(
+                &format!("daily-{i}"),
+                daily(i),
+                TaskSpec::new(TaskKind::handler("noop", "null")),
+                now,
+                &mut out,
+            )
+            .expect("a valid schedule");
+        if out.changes.len() >= 1_000 {
+            store.apply(&out.changes).expect("apply");
+            out.changes.clear();
+        }
+    }
+    store.apply(&out.changes).expect("apply");
+}
+
+/// What a coordinator costs with 100,000 schedules defined: a system
+/// started on a SQLite file that holds them (written by a child process),
+/// RSS growth from before the build to after the start.
+fn schedule_rss_sqlite() {
+    const N: usize = 100_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("schedules.db");
+    let ok = Command::new(std::env::current_exe().expect("own path"))
+        .args(["--scenario", "schedule-write"])
+        .env("TG_BENCH_DB", &path)
+        .status()
+        .expect("run the writer")
+        .success();
+    assert!(ok, "the writer failed");
+    let rt = runtime();
+    rt.block_on(async move {
+        let before = rss_bytes();
+        let sys = TaskSystem::builder()
+            .sqlite(&path, SqliteOptions::default())
+            .handler("noop", |_ctx| async move { Ok(serde_json::Value::Null) })
+            .build()
+            .expect("build");
+        sys.start().expect("start");
+        sys.flush().expect("flush");
+        let grown = rss_bytes().saturating_sub(before);
+        // Again after 5 s idle: what the allocator gave back of what the
+        // restore freed.
+        std::thread::sleep(Duration::from_secs(5));
+        let settled = rss_bytes().saturating_sub(before);
+        let n = sys.schedules().await.expect("schedules").len();
+        assert_eq!(n, N);
+        report(
+            "schedule-rss-sqlite",
+            grown as f64 / N as f64,
+            "bytes/sched",
+            format!(
+                "RSS growth of a system started on a SQLite file with {n} daily cron schedules, right after the start ({:.0} B/sched 5 s later)",
+                settled as f64 / N as f64
             ),
         );
         sys.shutdown().await.expect("shutdown");
