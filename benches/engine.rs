@@ -35,7 +35,7 @@ use taskgrid_store::{MemoryStore, SqliteOptions, SqliteStore, Store};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "core",
     "noop-memory",
     "noop-sqlite",
@@ -48,6 +48,7 @@ const SCENARIOS: [&str; 12] = [
     "schedule-rss",
     "schedule-rss-core",
     "schedule-rss-sqlite",
+    "schedule-rss-restore",
 ];
 
 fn rss_bytes() -> u64 {
@@ -170,6 +171,7 @@ fn run_scenario(name: &str) {
         "schedule-rss-core" => schedule_rss_core(),
         "schedule-rss-sqlite" => schedule_rss_sqlite(),
         "schedule-write" => schedule_write(),
+        "schedule-rss-restore" => schedule_rss_restore(),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -565,6 +567,45 @@ fn schedule_rss_sqlite() {
         );
         sys.shutdown().await.expect("shutdown");
     });
+}
+
+/// The engine alone, its 100,000 schedules restored from a SQLite file
+/// (written by a child process), as a coordinator's start-up does: the
+/// difference to `schedule-rss-core` is what the restore path leaves.
+fn schedule_rss_restore() {
+    const N: usize = 100_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("schedules.db");
+    let ok = Command::new(std::env::current_exe().expect("own path"))
+        .args(["--scenario", "schedule-write"])
+        .env("TG_BENCH_DB", &path)
+        .status()
+        .expect("run the writer")
+        .success();
+    assert!(ok, "the writer failed");
+    let store = SqliteStore::open(&path, SqliteOptions::default()).expect("open sqlite");
+    let before = rss_bytes();
+    let records = store.schedules().expect("schedules");
+    let read = rss_bytes().saturating_sub(before);
+    let mut engine = Engine::new(EngineConfig::default());
+    let mut out = Outbox::default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    let now = Timestamp::from_micros(u64::try_from(now.as_micros()).expect("micros"));
+    engine.restore_schedules(records, now, &mut out);
+    out.changes.clear();
+    let grown = rss_bytes().saturating_sub(before);
+    report(
+        "schedule-rss-restore",
+        grown as f64 / N as f64,
+        "bytes/sched",
+        format!(
+            "engine restored from SQLite: {} schedules ({:.0} B/sched with the records read, before the restore)",
+            engine.schedule_count(),
+            read as f64 / N as f64
+        ),
+    );
 }
 
 /// The engine alone with 100,000 schedules.
