@@ -1014,9 +1014,10 @@ async fn output_retention_deletes_output_and_keeps_the_task() {
     let config = SystemConfig {
         retention: None,
         // Long enough for `done` to have finished when a sweep first reads
-        // it (a task still live then lived longer than this: its output
-        // is kept until the task's own retention).
-        output_retention: Some(Duration::from_secs(1)),
+        // it, even on a loaded machine (a task still live then lived
+        // longer than this: its output is kept until the task's own
+        // retention; 1 s was once too short under a parallel test run).
+        output_retention: Some(Duration::from_secs(5)),
         retention_every: Duration::from_millis(10),
         ..SystemConfig::default()
     };
