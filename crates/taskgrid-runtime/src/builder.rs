@@ -11,6 +11,9 @@ use taskgrid_core::{Engine, Outbox, ScheduleSpec, State, TaskId, TaskSpec, Worke
 #[cfg(feature = "sqlite")]
 use taskgrid_store::SqliteOptions;
 use taskgrid_store::{MemoryStore, Store, StoreConfig, Writer};
+
+/// Schedules read from the store per page at start-up.
+const RESTORE_PAGE: usize = 1_000;
 use tokio::sync::{Notify, mpsc};
 
 use crate::clock::Clock;
@@ -158,7 +161,18 @@ impl TaskSystemBuilder {
             engine.restore_queue_paused(&queue);
         }
         // After the tasks: a fire may find its schedule's last task live.
-        engine.restore_schedules(store.schedules()?, now, &mut out);
+        // A page at a time: a hundred thousand schedules are never all
+        // decoded at once (their memory would stay with the allocator).
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.schedules_after(after.as_deref(), RESTORE_PAGE)?;
+            let full = page.len() == RESTORE_PAGE;
+            after = page.last().map(|r| r.name.clone());
+            engine.restore_schedules(page, now, &mut out);
+            if !full {
+                break;
+            }
+        }
         crate::upkeep::restore_metrics(
             &mut engine,
             store.meta(crate::upkeep::METRICS_KEY)?,

@@ -148,6 +148,23 @@ pub trait Store: Send + Sync + 'static {
     /// name, [`Change::ScheduleDeleted`] removes it), in name order.
     fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError>;
 
+    /// [`Store::schedules`] a page at a time: those whose names come after
+    /// `after` (all when `None`), in name order, at most `limit` — what a
+    /// restart reads, so that a hundred thousand schedules are never all
+    /// decoded at once. The default reads them all and pages in memory.
+    fn schedules_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ScheduleRecord>, StoreError> {
+        Ok(self
+            .schedules()?
+            .into_iter()
+            .filter(|r| after.is_none_or(|a| r.name.as_str() > a))
+            .take(limit)
+            .collect())
+    }
+
     /// The fires of `schedule` ([`Change::Fire`]) whose scheduled time `at`
     /// is within `from..=to` (an absent bound does not limit), newest
     /// (greatest `at`) first, at most `limit` of them.

@@ -597,6 +597,21 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    fn schedules_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ScheduleRecord>, StoreError> {
+        let inner = self.lock();
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(inner
+            .schedules
+            .range::<str, _>((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, r)| ScheduleRecord::clone(r))
+            .collect())
+    }
+
     fn fires(
         &self,
         schedule: &str,

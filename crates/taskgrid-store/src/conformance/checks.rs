@@ -15,8 +15,8 @@ pub use retention::{a_deleted_task_leaves_nothing_behind, finished_tasks_are_fou
 pub use schedules::{
     a_duplicate_fire_fails_the_whole_batch, a_fire_commits_with_its_tasks_submit,
     deleting_a_schedule_removes_its_fires, failed_batch_keeps_schedules_and_fires,
-    fires_are_newest_first_within_bounds, schedules_round_trip_in_name_order,
-    schedules_survive_reopening,
+    fires_are_newest_first_within_bounds, schedules_are_read_a_page_at_a_time,
+    schedules_round_trip_in_name_order, schedules_survive_reopening,
 };
 
 /// A task with every field set reads back exactly as written, from `get`, `list` and `load_active`.

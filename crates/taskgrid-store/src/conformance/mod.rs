@@ -69,6 +69,7 @@ macro_rules! conformance_tests {
                 a_fire_commits_with_its_tasks_submit,
                 finished_tasks_are_found_by_their_end,
                 a_deleted_task_leaves_nothing_behind,
+                schedules_are_read_a_page_at_a_time,
             );
         }
     };

@@ -648,9 +648,19 @@ impl Store for PostgresStore {
     }
 
     fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        self.schedules_after(None, usize::MAX)
+    }
+
+    fn schedules_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ScheduleRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self.read_conn()?.query(
-            "SELECT name, record FROM schedules ORDER BY name COLLATE \"C\"",
-            &[],
+            "SELECT name, record FROM schedules WHERE name COLLATE \"C\" > $1 \
+             ORDER BY name COLLATE \"C\" LIMIT $2",
+            &[&after.unwrap_or(""), &limit],
         )?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {

@@ -238,7 +238,15 @@ impl Store for SqliteStore {
     }
 
     fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
-        read::schedules(&self.read_conn())
+        read::schedules(&self.read_conn(), None, usize::MAX)
+    }
+
+    fn schedules_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ScheduleRecord>, StoreError> {
+        read::schedules(&self.read_conn(), after, limit)
     }
 
     fn fires(

@@ -277,9 +277,16 @@ pub(super) fn paused_queues(conn: &Connection) -> Result<Vec<String>, StoreError
 }
 
 /// Every schedule, in name order.
-pub(super) fn schedules(conn: &Connection) -> Result<Vec<ScheduleRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT name, record FROM schedules ORDER BY name")?;
-    let mut rows = stmt.query([])?;
+pub(super) fn schedules(
+    conn: &Connection,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<ScheduleRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, record FROM schedules WHERE name > ?1 ORDER BY name LIMIT ?2",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = stmt.query(params![after.unwrap_or(""), limit])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         let name: String = col(row, 0)?;

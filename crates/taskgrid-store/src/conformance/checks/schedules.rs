@@ -428,3 +428,29 @@ pub fn schedules_survive_reopening(open: &mut dyn FnMut() -> Box<dyn Store>) {
     store.apply(&[fired(fire("nightly", T0 + 300))]).unwrap();
     assert_eq!(all_fires(&*store, "nightly").len(), 3);
 }
+
+/// `schedules_after` pages through the schedules in name order (byte
+/// order), after a name that need not exist.
+pub fn schedules_are_read_a_page_at_a_time(store: &dyn Store) {
+    for name in ["d", "b", "a", "c", "B"] {
+        store.apply(&[upsert(plain_schedule(name))]).unwrap();
+    }
+    let names = |after: Option<&str>, limit: usize| -> Vec<String> {
+        store
+            .schedules_after(after, limit)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    };
+    assert_eq!(names(None, 2), ["B", "a"]);
+    assert_eq!(names(Some("a"), 2), ["b", "c"]);
+    assert_eq!(names(Some("c"), 2), ["d"]);
+    assert!(names(Some("d"), 2).is_empty());
+    assert_eq!(names(Some("bb"), 10), ["c", "d"]);
+    assert_eq!(names(None, 100).len(), 5);
+    assert_eq!(
+        store.schedules_after(None, 100).unwrap(),
+        store.schedules().unwrap()
+    );
+}
