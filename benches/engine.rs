@@ -458,10 +458,7 @@ fn schedule_rss() {
         for i in 0..N {
             b = b.schedule(
                 &format!("daily-{i}"),
-                ScheduleSpec {
-                    tz: Some("Europe/Berlin".into()),
-                    ..ScheduleSpec::cron(format!("{} {} * * *", i % 60, (i / 60) % 24))
-                },
+                daily(i),
                 TaskSpec::new(TaskKind::handler("noop", "null")),
             );
         }
@@ -525,11 +522,9 @@ fn schedule_write() {
     store.apply(&out.changes).expect("apply");
 }
 
-/// What a coordinator costs with 100,000 schedules defined: a system
-/// started on a SQLite file that holds them (written by a child process),
-/// RSS growth from before the build to after the start.
-fn schedule_rss_sqlite() {
-    const N: usize = 100_000;
+/// A SQLite file holding 100,000 schedules, written by a child process
+/// (`schedule-write`) so that its allocations are not in this one's RSS.
+fn schedules_file() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("schedules.db");
     let ok = Command::new(std::env::current_exe().expect("own path"))
@@ -539,6 +534,15 @@ fn schedule_rss_sqlite() {
         .expect("run the writer")
         .success();
     assert!(ok, "the writer failed");
+    (dir, path)
+}
+
+/// What a coordinator costs with 100,000 schedules defined: a system
+/// started on a SQLite file that holds them (written by a child process),
+/// RSS growth from before the build to after the start.
+fn schedule_rss_sqlite() {
+    const N: usize = 100_000;
+    let (_dir, path) = schedules_file();
     let rt = runtime();
     rt.block_on(async move {
         let before = rss_bytes();
@@ -575,15 +579,7 @@ fn schedule_rss_sqlite() {
 /// restore path leaves.
 fn schedule_rss_restore() {
     const N: usize = 100_000;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("schedules.db");
-    let ok = Command::new(std::env::current_exe().expect("own path"))
-        .args(["--scenario", "schedule-write"])
-        .env("TG_BENCH_DB", &path)
-        .status()
-        .expect("run the writer")
-        .success();
-    assert!(ok, "the writer failed");
+    let (_dir, path) = schedules_file();
     let store = SqliteStore::open(&path, SqliteOptions::default()).expect("open sqlite");
     let before = rss_bytes();
     let now = std::time::SystemTime::now()
@@ -632,10 +628,7 @@ fn schedule_rss_core() {
         engine
             .put_schedule(
                 &format!("daily-{i}"),
-                ScheduleSpec {
-                    tz: Some("Europe/Berlin".into()),
-                    ..ScheduleSpec::cron(format!("{} {} * * *", i % 60, (i / 60) % 24))
-                },
+                daily(i),
                 TaskSpec::new(TaskKind::handler("noop", "null")),
                 now,
                 &mut out,

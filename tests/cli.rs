@@ -968,26 +968,58 @@ async fn schedule_commands_define_fire_pause_explain_and_backfill() {
     assert!(err.contains("hourly"), "{err}");
 }
 
+/// `taskgrid submit --server URL [EXTRA] -- true`: the new task's id.
+fn submit_true(url: &str, extra: &[&str]) -> TaskId {
+    let out = taskgrid()
+        .args(["submit", "--server", url])
+        .args(extra)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A coordinator as `Server::start` starts one, with its log (the
+/// runtime's at info level) readable line by line.
+fn logged_server(data: &std::path::Path, extra: &[&str]) -> (Server, StderrLines) {
+    let mut child = taskgrid()
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .env("TASKGRID_LOG", "warn,taskgrid_runtime=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = StderrLines::of(&mut child);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .split_whitespace()
+        .find(|w| w.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    let server = Server {
+        proc: Proc(child),
+        addr,
+        stdout,
+    };
+    (server, log)
+}
+
 /// `taskgrid delete`: a finished task goes, a live one is refused (and
-/// stays) with exit 1; a coordinator with `--retain 1s` deletes finished
+/// stays) with exit 1; a coordinator with `--retain 3s` deletes finished
 /// tasks by itself and keeps the live ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_and_retention_remove_finished_tasks_only() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), "127.0.0.1:0", &["--retain", "1s"]);
+    let (server, mut log) = logged_server(dir.path(), &["--retain", "3s"]);
     let _w = worker(&server.url(), "w1", &["--slots", "1"]);
     let client = server.client(None);
     await_worker(&client, "w1").await;
     let url = server.url();
-    let submit = |extra: &[&str]| -> TaskId {
-        let out = taskgrid()
-            .args(["submit", "--server", &url])
-            .args(extra)
-            .args(["--", "true"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
+    let submit = |extra: &[&str]| submit_true(&url, extra);
     let done = submit(&[]);
     let live = submit(&["--delay", "1h"]);
     await_state(&client, done, None).await;
@@ -1014,17 +1046,12 @@ async fn delete_and_retention_remove_finished_tasks_only() {
     assert!(client.get(done).await.is_err());
     assert!(client.get(live).await.is_ok());
 
-    // Retention: a second task is gone about a second after it ends (the
-    // sweep runs every 100 ms); the live one stays.
+    // Retention: a second task is gone about 3 s after it ends (the sweep
+    // runs every 300 ms and logs what it deleted); the live one stays.
     let second = submit(&[]);
     await_state(&client, second, None).await;
-    tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        while client.get(second).await.is_ok() {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("retention deletes the finished task");
+    log.until("retention: deleted finished tasks");
+    assert!(client.get(second).await.is_err(), "retention deleted it");
     assert!(
         client.get(live).await.is_ok(),
         "a live task is never deleted"
@@ -1039,15 +1066,7 @@ async fn delete_by_tag_and_state_takes_only_finished_matching_tasks() {
     let (_dir, server, _w) = grid().await;
     let url = server.url();
     let client = server.client(None);
-    let submit = |extra: &[&str]| -> TaskId {
-        let out = taskgrid()
-            .args(["submit", "--server", &url])
-            .args(extra)
-            .args(["--", "true"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
+    let submit = |extra: &[&str]| submit_true(&url, extra);
     let tagged: Vec<TaskId> = (0..2).map(|_| submit(&["--tag", "batch-7"])).collect();
     let other = submit(&["--tag", "other"]);
     let live = submit(&["--tag", "batch-7", "--delay", "1h"]);

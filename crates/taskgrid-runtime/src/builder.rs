@@ -203,6 +203,7 @@ impl TaskSystemBuilder {
         let mut local = None;
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
+            retention: tokio::sync::watch::Sender::new(crate::RetentionStats::default()),
             engine: Mutex::new(engine),
             store,
             writer,

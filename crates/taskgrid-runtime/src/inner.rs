@@ -47,6 +47,8 @@ pub(crate) struct Inner {
     pub(crate) committed: mpsc::UnboundedSender<Option<Committed>>,
     pub(crate) wake: Notify,
     pub(crate) all_done: Notify,
+    /// What the retention sweeps have done so far.
+    pub(crate) retention: tokio::sync::watch::Sender<crate::RetentionStats>,
     pub(crate) clock: Clock,
     pub(crate) worker: WorkerId,
     pub(crate) config: SystemConfig,

@@ -71,5 +71,5 @@ pub use taskgrid_sdk::{
     BoxFuture, ContextBackend, FnHandler, Handler, HandlerResult, InvalidPayload, Task,
     TaskContext, TaskError, catch_unwind, handler_fn, outcome_of,
 };
-pub use upkeep::{DELETE_BATCH, METRICS_SAVE_EVERY};
+pub use upkeep::{DELETE_BATCH, METRICS_SAVE_EVERY, RetentionStats};
 pub use workers::{Registration, Session, WorkerError, WorkerService};

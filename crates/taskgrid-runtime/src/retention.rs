@@ -30,6 +30,12 @@ impl TaskSystem {
         Ok(())
     }
 
+    /// What the background retention sweeps have done so far; the
+    /// receiver sees each sweep as it ends (wait with `wait_for`).
+    pub fn retention_stats(&self) -> tokio::sync::watch::Receiver<crate::RetentionStats> {
+        self.inner.retention.subscribe()
+    }
+
     /// Deletes every task that finished before `cutoff` (with its attempts
     /// and output), [`DELETE_BATCH`](crate::DELETE_BATCH) per commit; returns how many. What
     /// the background retention runs with `cutoff` = now − retention.

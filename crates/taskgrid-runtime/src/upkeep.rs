@@ -25,6 +25,18 @@ pub(crate) const TRUST_KEY: &str = "trust";
 /// most this much of them; a shutdown loses nothing.
 pub const METRICS_SAVE_EVERY: Duration = Duration::from_secs(10);
 
+/// What the background retention sweeps have done since the system
+/// started ([`TaskSystem::retention_stats`](crate::TaskSystem::retention_stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionStats {
+    /// Sweeps finished.
+    pub sweeps: u64,
+    /// Finished tasks deleted.
+    pub tasks_deleted: u64,
+    /// Finished tasks whose output was deleted (output retention).
+    pub outputs_deleted: u64,
+}
+
 /// Tasks read per step of a sweep.
 const SCAN_BATCH: usize = 1_000;
 /// Tasks deleted per commit: small, so that no commit keeps the store's
@@ -117,24 +129,34 @@ pub(crate) async fn run(
             return;
         };
         let now = inner.clock.now();
+        let mut done = RetentionStats::default();
         if let Some(keep_output) = keep_output {
             match prune_output(&inner, before(now, keep_output), &mut output_cursor).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(tasks = n, "retention: deleted the output of finished tasks")
-                }
+                Ok(n) => done.outputs_deleted = n as u64,
                 Err(Error::ShutDown | Error::StoreFailed) => return,
                 Err(e) => tracing::warn!(error = %e, "retention: could not delete output"),
             }
         }
-        let Some(keep) = keep else { continue };
-        match prune(&inner, before(now, keep)).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "retention: deleted finished tasks"),
-            // Nothing more can be committed: stop sweeping.
-            Err(Error::ShutDown | Error::StoreFailed) => return,
-            Err(e) => tracing::warn!(error = %e, "retention: could not delete finished tasks"),
+        if let Some(keep) = keep {
+            match prune(&inner, before(now, keep)).await {
+                Ok(n) => done.tasks_deleted = n as u64,
+                // Nothing more can be committed: stop sweeping.
+                Err(Error::ShutDown | Error::StoreFailed) => return,
+                Err(e) => tracing::warn!(error = %e, "retention: could not delete finished tasks"),
+            }
         }
+        if done.tasks_deleted + done.outputs_deleted > 0 {
+            tracing::info!(
+                tasks = done.tasks_deleted,
+                outputs = done.outputs_deleted,
+                "retention: deleted finished tasks and output"
+            );
+        }
+        inner.retention.send_modify(|s| {
+            s.sweeps += 1;
+            s.tasks_deleted += done.tasks_deleted;
+            s.outputs_deleted += done.outputs_deleted;
+        });
     }
 }
 

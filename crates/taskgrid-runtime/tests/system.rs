@@ -873,14 +873,13 @@ async fn finished_tasks_are_deleted_on_demand_and_by_retention() {
         .await
         .unwrap()
         .unwrap();
-    // Wait (bounded) for the sweep that runs every 10 ms to take it.
-    tokio::time::timeout(LIMIT, async {
-        while sys.get(h.id()).await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("retention deletes the finished task");
+    // The sweep (every 10 ms) says when it has deleted it.
+    let mut swept = sys.retention_stats();
+    tokio::time::timeout(LIMIT, swept.wait_for(|s| s.tasks_deleted >= 1))
+        .await
+        .expect("retention deletes the finished task")
+        .unwrap();
+    assert!(matches!(sys.get(h.id()).await, Err(Error::NotFound(_))));
     assert_eq!(sys.get(live).await.unwrap().status.state, State::Queued);
     sys.shutdown().await.unwrap();
 }
@@ -1044,14 +1043,13 @@ async fn output_retention_deletes_output_and_keeps_the_task() {
         .await
         .unwrap()
         .unwrap();
-    // Wait (bounded) for the sweep that runs every 10 ms to take it.
-    tokio::time::timeout(LIMIT, async {
-        while !sys.output(done.id()).await.unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the finished task's output is deleted");
+    // The sweep (every 10 ms) says when it has deleted its output.
+    let mut swept = sys.retention_stats();
+    tokio::time::timeout(LIMIT, swept.wait_for(|s| s.outputs_deleted >= 1))
+        .await
+        .expect("the finished task's output is deleted")
+        .unwrap();
+    assert!(sys.output(done.id()).await.unwrap().is_empty());
     assert_eq!(
         sys.get(done.id()).await.unwrap().status.state,
         State::Succeeded
