@@ -71,3 +71,15 @@ impl Default for SystemConfig {
         }
     }
 }
+
+/// What the background retention sweeps have done since the system
+/// started ([`TaskSystem::retention_stats`](crate::TaskSystem::retention_stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionStats {
+    /// Sweeps finished.
+    pub sweeps: u64,
+    /// Finished tasks deleted.
+    pub tasks_deleted: u64,
+    /// Finished tasks whose output was deleted (output retention).
+    pub outputs_deleted: u64,
+}

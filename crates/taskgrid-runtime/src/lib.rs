@@ -58,7 +58,7 @@ mod upkeep;
 mod workers;
 
 pub use builder::TaskSystemBuilder;
-pub use config::SystemConfig;
+pub use config::{RetentionStats, SystemConfig};
 pub use error::Error;
 pub use event::{EventKind, TaskEvent};
 pub use handle::TaskHandle;
@@ -71,5 +71,5 @@ pub use taskgrid_sdk::{
     BoxFuture, ContextBackend, FnHandler, Handler, HandlerResult, InvalidPayload, Task,
     TaskContext, TaskError, catch_unwind, handler_fn, outcome_of,
 };
-pub use upkeep::{DELETE_BATCH, METRICS_SAVE_EVERY, RetentionStats};
+pub use upkeep::{DELETE_BATCH, METRICS_SAVE_EVERY};
 pub use workers::{Registration, Session, WorkerError, WorkerService};

@@ -15,6 +15,7 @@ use taskgrid_core::{
 };
 
 use crate::Error;
+use crate::config::RetentionStats;
 use crate::inner::Inner;
 
 /// The [`Change::Meta`] key of the saved metrics.
@@ -24,18 +25,6 @@ pub(crate) const TRUST_KEY: &str = "trust";
 /// How often the metrics are saved (when they changed): a crash loses at
 /// most this much of them; a shutdown loses nothing.
 pub const METRICS_SAVE_EVERY: Duration = Duration::from_secs(10);
-
-/// What the background retention sweeps have done since the system
-/// started ([`TaskSystem::retention_stats`](crate::TaskSystem::retention_stats)).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RetentionStats {
-    /// Sweeps finished.
-    pub sweeps: u64,
-    /// Finished tasks deleted.
-    pub tasks_deleted: u64,
-    /// Finished tasks whose output was deleted (output retention).
-    pub outputs_deleted: u64,
-}
 
 /// Tasks read per step of a sweep.
 const SCAN_BATCH: usize = 1_000;
