@@ -64,7 +64,8 @@ pub(crate) struct Args {
     pub(crate) retain: Retain,
     /// The output of finished tasks is deleted sooner, once they ended
     /// longer ago than this (the task itself stays until --retain);
-    /// output of a task that lived longer than this stays until --retain.
+    /// output of a task that ran longer than this (or than a minute)
+    /// stays until --retain.
     #[arg(long, env = "TASKGRID_RETAIN_OUTPUT", value_parser = super::submit::parse_duration, value_name = "DURATION")]
     pub(crate) retain_output: Option<Duration>,
     /// Most tasks waiting in a queue, as QUEUE=N (repeat for more queues):

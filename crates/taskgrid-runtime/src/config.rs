@@ -30,8 +30,8 @@ pub struct SystemConfig {
     pub retention: Option<Duration>,
     /// The output of finished tasks is deleted sooner, once they ended
     /// longer ago than this (`None`: it goes with its task). Output of a
-    /// task that lived (from its creation to its end) longer than this is
-    /// kept until `retention`.
+    /// task that ran (from its creation to its end) longer than the shorter
+    /// of this and a minute is kept until `retention`.
     pub output_retention: Option<Duration>,
     /// How often retention looks for tasks to delete.
     pub retention_every: Duration,

@@ -26,6 +26,10 @@ pub(crate) const TRUST_KEY: &str = "trust";
 /// most this much of them; a shutdown loses nothing.
 pub const METRICS_SAVE_EVERY: Duration = Duration::from_secs(10);
 
+/// How long after the output cutoff a task may still be re-read by the
+/// output sweep (see `prune_output`).
+const OUTPUT_SETTLE: Duration = Duration::from_secs(60);
+
 /// Tasks read per step of a sweep.
 const SCAN_BATCH: usize = 1_000;
 /// Tasks deleted per commit: small, so that no commit keeps the store's
@@ -40,16 +44,19 @@ pub(crate) async fn prune(inner: &Inner, cutoff: Timestamp) -> Result<usize, Err
     .await
 }
 
-/// Deletes the output of the tasks that finished before `cutoff`, reading
-/// on from `cursor` (the last task id a sweep read: output sweeps never go
-/// back, so each reads only tasks it has not read before); moves `cursor`
-/// on; returns how many tasks lost their output.
+/// Deletes the output of the tasks that finished before `cutoff`; returns
+/// how many tasks lost theirs. Reads on from `cursor`, and moves it on
+/// only over the tasks created more than `settle` before the cutoff: a
+/// task read while still running, or that ended just after this sweep's
+/// cutoff, is read again by later sweeps until it is that old (a task that
+/// ran longer keeps its output until the task's own retention).
 async fn prune_output(
     inner: &Inner,
     cutoff: Timestamp,
+    settle: Duration,
     cursor: &mut Option<TaskId>,
 ) -> Result<usize, Error> {
-    sweep(inner, cutoff, cursor, |e, ids, out| {
+    let n = sweep(inner, cutoff, &mut cursor.clone(), |e, ids, out| {
         let mut n = 0;
         for id in ids {
             // Never the output of a task the engine holds live.
@@ -60,7 +67,11 @@ async fn prune_output(
         }
         n
     })
-    .await
+    .await?;
+    let settled = TaskId::created_before(before(cutoff, settle)).as_u128();
+    let settled = TaskId::from_u128(settled.saturating_sub(1));
+    *cursor = Some(cursor.map_or(settled, |c| c.max(settled)));
+    Ok(n)
 }
 
 /// Reads the tasks that finished before `cutoff`, after `cursor` (moved
@@ -120,7 +131,14 @@ pub(crate) async fn run(
         let now = inner.clock.now();
         let mut done = RetentionStats::default();
         if let Some(keep_output) = keep_output {
-            match prune_output(&inner, before(now, keep_output), &mut output_cursor).await {
+            match prune_output(
+                &inner,
+                before(now, keep_output),
+                keep_output.min(OUTPUT_SETTLE),
+                &mut output_cursor,
+            )
+            .await
+            {
                 Ok(n) => done.outputs_deleted = n as u64,
                 Err(Error::ShutDown | Error::StoreFailed) => return,
                 Err(e) => tracing::warn!(error = %e, "retention: could not delete output"),
