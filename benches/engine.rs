@@ -16,7 +16,10 @@
 //! - `schedule-rss`: 100,000 cron schedules (daily) in a started system on
 //!   the memory store: resident memory per schedule, and the process's CPU
 //!   time over 5 s in which none is due; `schedule-rss-core`: the engine
-//!   alone with 100,000.
+//!   alone with 100,000; `schedule-rss-sqlite`: a system started on a
+//!   SQLite file holding 100,000 schedules against one holding none, per
+//!   schedule (and from 100,000 to 200,000);
+//!   `schedule-rss-restore`: the engine alone restored from such a file.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -170,6 +173,7 @@ fn run_scenario(name: &str) {
         "schedule-rss" => schedule_rss(),
         "schedule-rss-core" => schedule_rss_core(),
         "schedule-rss-sqlite" => schedule_rss_sqlite(),
+        "schedule-rss-sqlite-at" => schedule_rss_sqlite_at(),
         "schedule-write" => schedule_write(),
         "schedule-rss-restore" => schedule_rss_restore(),
         other => panic!("unknown scenario {other}"),
@@ -491,11 +495,11 @@ fn daily(i: usize) -> ScheduleSpec {
     }
 }
 
-/// Writes 100,000 schedules into the SQLite file `TG_BENCH_DB` (a child
+/// Writes [`schedule_count`] schedules into the SQLite file `TG_BENCH_DB` (a child
 /// process of `schedule-rss-sqlite`, so that its allocations are not in
 /// the measured process).
 fn schedule_write() {
-    const N: usize = 100_000;
+    let n = schedule_count();
     let path = std::env::var("TG_BENCH_DB").expect("TG_BENCH_DB");
     let store = SqliteStore::open(&path, SqliteOptions::default()).expect("open sqlite");
     let now = std::time::SystemTime::now()
@@ -504,7 +508,7 @@ fn schedule_write() {
     let now = Timestamp::from_micros(u64::try_from(now.as_micros()).expect("micros"));
     let mut engine = Engine::new(EngineConfig::default());
     let mut out = Outbox::default();
-    for i in 0..N {
+    for i in 0..n {
         engine
             .put_schedule(
                 &format!("daily-{i}"),
@@ -522,8 +526,18 @@ fn schedule_write() {
     store.apply(&out.changes).expect("apply");
 }
 
-/// A SQLite file holding 100,000 schedules, written by a child process
-/// (`schedule-write`) so that its allocations are not in this one's RSS.
+/// How many schedules `schedule-write` writes and the RSS scenarios
+/// expect: `TG_BENCH_N`, 100,000 when unset.
+fn schedule_count() -> usize {
+    std::env::var("TG_BENCH_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000)
+}
+
+/// A SQLite file holding [`schedule_count`] schedules, written by a child
+/// process (`schedule-write`) so that its allocations are not in this
+/// one's RSS.
 fn schedules_file() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("schedules.db");
@@ -537,11 +551,53 @@ fn schedules_file() -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
-/// What a coordinator costs with 100,000 schedules defined: a system
-/// started on a SQLite file that holds them (written by a child process),
-/// RSS growth from before the build to after the start.
+/// What a coordinator costs per schedule: a system started on a SQLite
+/// file that holds no schedules, 100,000, then 200,000 daily cron
+/// schedules (each size in its own child process,
+/// `schedule-rss-sqlite-at`), its RSS growth from before the build to
+/// after the start. The cost of 100,000 schedules is what the system with
+/// them takes beyond the same system without any, per schedule; the
+/// marginal cost is the same from 100,000 to 200,000; the whole growth per
+/// schedule (which counts what any started system takes) is in the detail.
 fn schedule_rss_sqlite() {
-    const N: usize = 100_000;
+    let at = |n: usize| -> (f64, f64) {
+        let out = Command::new(std::env::current_exe().expect("own path"))
+            .args(["--scenario", "schedule-rss-sqlite-at"])
+            .env("TG_BENCH_N", n.to_string())
+            .output()
+            .expect("run the measurement");
+        assert!(out.status.success(), "schedule-rss-sqlite-at {n} failed");
+        let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+        (
+            line["grown"].as_f64().expect("grown"),
+            line["settled"].as_f64().expect("settled"),
+        )
+    };
+    let (small, large) = (100_000usize, 200_000usize);
+    let (g0, s0) = at(0);
+    let (g1, s1) = at(small);
+    let (g2, s2) = at(large);
+    let per = |bytes: f64, n: usize| bytes / n as f64;
+    report(
+        "schedule-rss-sqlite",
+        per(g1 - g0, small),
+        "bytes/sched",
+        format!(
+            "a system started on SQLite with {small} daily cron schedules against one with none, per schedule ({:.0} B 5 s later); from {small} to {large}: {:.0} B ({:.0} B 5 s later); whole growth / count: {:.0} B at {small}, {:.0} B at {large} (none: {:.1} MB)",
+            per(s1 - s0, small),
+            per(g2 - g1, large - small),
+            per(s2 - s1, large - small),
+            per(g1, small),
+            per(g2, large),
+            g0 / 1e6,
+        ),
+    );
+}
+
+/// One size of [`schedule_rss_sqlite`] ([`schedule_count`] schedules):
+/// prints the RSS growth right after the start and 5 s later, in bytes.
+fn schedule_rss_sqlite_at() {
+    let n = schedule_count();
     let (_dir, path) = schedules_file();
     let rt = runtime();
     rt.block_on(async move {
@@ -558,17 +614,9 @@ fn schedule_rss_sqlite() {
         // restore freed.
         std::thread::sleep(Duration::from_secs(5));
         let settled = rss_bytes().saturating_sub(before);
-        let n = sys.schedules().await.expect("schedules").len();
-        assert_eq!(n, N);
-        report(
-            "schedule-rss-sqlite",
-            grown as f64 / N as f64,
-            "bytes/sched",
-            format!(
-                "RSS growth of a system started on a SQLite file with {n} daily cron schedules, right after the start ({:.0} B/sched 5 s later)",
-                settled as f64 / N as f64
-            ),
-        );
+        let count = sys.schedules().await.expect("schedules").len();
+        assert_eq!(count, n);
+        println!("{}", json!({ "grown": grown, "settled": settled }));
         sys.shutdown().await.expect("shutdown");
     });
 }
@@ -604,6 +652,7 @@ fn schedule_rss_restore() {
             break;
         }
     }
+    store.release_memory();
     let grown = rss_bytes().saturating_sub(before);
     report(
         "schedule-rss-restore",

@@ -173,6 +173,7 @@ impl TaskSystemBuilder {
                 break;
             }
         }
+        store.release_memory();
         crate::upkeep::restore_metrics(
             &mut engine,
             store.meta(crate::upkeep::METRICS_KEY)?,

@@ -179,6 +179,12 @@ pub trait Store: Send + Sync + 'static {
     /// The value last stored under `key` by [`Change::Meta`], if any.
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
 
+    /// Gives back memory the store holds only to be faster (caches of
+    /// pages read), after a bulk read that will not be repeated soon: the
+    /// start-up calls it once the engine is restored. The default does
+    /// nothing.
+    fn release_memory(&self) {}
+
     /// One step of a sweep for finished tasks that ended before `cutoff`
     /// (what retention deletes): reads up to `limit` tasks created before
     /// `cutoff` (ids are UUIDv7, so by id), in id order after `after`, and

@@ -15,7 +15,7 @@ mod submit;
 mod table;
 mod timers;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -295,6 +295,9 @@ pub struct Engine {
     schedule_manual: HashMap<String, schedules::Manual>,
     /// Live tasks a schedule submitted → the schedule.
     schedule_of: HashMap<TaskId, String>,
+    /// One copy of each queue and handler name that schedule templates
+    /// use, shared by all of them (see `Engine::intern_template`).
+    template_names: HashSet<Arc<str>>,
     next_liveness_check: Option<Timestamp>,
     unique: HashMap<String, TaskId>,
     dependents: table::IdMap<Vec<TaskId>>,
@@ -326,6 +329,7 @@ impl Engine {
             schedule_timers: BTreeSet::new(),
             schedule_manual: HashMap::new(),
             schedule_of: HashMap::new(),
+            template_names: HashSet::new(),
             next_liveness_check: None,
             unique: HashMap::new(),
             dependents: Default::default(),

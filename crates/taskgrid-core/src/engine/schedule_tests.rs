@@ -513,3 +513,43 @@ fn a_kept_schedule_fits_the_640_byte_size_class() {
     let size = std::mem::size_of::<schedules::Kept>();
     assert!(size <= 640, "a kept schedule grew to {size} bytes");
 }
+
+#[test]
+fn schedule_templates_share_one_copy_of_their_queue_and_handler_names() {
+    let names = |t: &Harness, name: &str| {
+        let v = t.engine.schedule(name).expect("defined");
+        let handler = match &v.record.template.kind {
+            crate::TaskKind::Handler { name, .. } => name.clone(),
+            other => panic!("a handler template, not {other:?}"),
+        };
+        (v.record.template.queue.clone(), handler)
+    };
+    let mut t = harness();
+    // Each template built on its own: equal strings, separate allocations.
+    put(&mut t, "a", every(60, Overlap::Skip));
+    put(&mut t, "b", every(60, Overlap::Skip));
+    let (qa, ha) = names(&t, "a");
+    let (qb, hb) = names(&t, "b");
+    assert!(Arc::ptr_eq(&qa, &qb), "one queue name for both");
+    assert!(Arc::ptr_eq(&ha, &hb), "one handler name for both");
+
+    // A restart's records are decoded one by one (each with its own
+    // strings, as a store's JSON gives them): shared as well.
+    let decoded = |name: &str| -> ScheduleRecord {
+        let json = serde_json::to_string(&stored(&t, name)).expect("encode");
+        serde_json::from_str(&json).expect("decode")
+    };
+    let recs = vec![decoded("a"), decoded("b")];
+    assert!(!Arc::ptr_eq(
+        &recs[0].template.queue,
+        &recs[1].template.queue
+    ));
+    let mut r = harness();
+    r.engine.restore_schedules(recs, r.now, &mut r.out);
+    let (qa, ha) = names(&r, "a");
+    let (qb, hb) = names(&r, "b");
+    assert!(Arc::ptr_eq(&qa, &qb) && Arc::ptr_eq(&ha, &hb));
+    // Shared, and still what the template said.
+    assert_eq!(&*qa, crate::DEFAULT_QUEUE);
+    assert_eq!(&*ha, "job");
+}

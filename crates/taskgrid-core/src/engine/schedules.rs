@@ -9,13 +9,14 @@
 //! or recorded as missed.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     BadSchedule, Change, FireOutcome, FireRecord, Overlap, ScheduleRecord, ScheduleSpec,
-    ScheduleState, SubmitError, TaskId, TaskSpec, Timestamp, check_schedule_name,
+    ScheduleState, SubmitError, TaskId, TaskKind, TaskSpec, Timestamp, check_schedule_name,
 };
 
 use super::{Engine, Outbox, Submitted};
@@ -108,6 +109,10 @@ pub enum ScheduleGate {
         count: u64,
     },
 }
+
+/// How many distinct queue and handler names schedule templates share
+/// (see `Engine::intern_template`).
+const TEMPLATE_NAMES_MAX: usize = 4096;
 
 /// A schedule in the engine: boxed, so the map's nodes stay small.
 #[derive(Debug)]
@@ -236,6 +241,8 @@ impl Engine {
         check_schedule_name(name)?;
         spec.validate()?;
         self.check_template(&template, now)?;
+        let mut template = template;
+        self.intern_template(&mut template);
         let created = !self.schedules.contains_key(name);
         let rec = match self.schedules.remove(name) {
             Some(mut old) => {
@@ -267,6 +274,26 @@ impl Engine {
         self.schedules.insert(name.to_owned(), rec);
         self.arm(name);
         Ok(created)
+    }
+
+    /// Makes `t` share the engine's copy of its queue and handler names:
+    /// a hundred thousand schedules of one handler on one queue hold two
+    /// strings, not two hundred thousand. At most
+    /// [`TEMPLATE_NAMES_MAX`] distinct names are kept; past that a template
+    /// keeps its own.
+    fn intern_template(&mut self, t: &mut TaskSpec) {
+        let names = &mut self.template_names;
+        let mut intern = |s: &mut Arc<str>| {
+            if let Some(shared) = names.get(&**s) {
+                *s = shared.clone();
+            } else if names.len() < TEMPLATE_NAMES_MAX {
+                names.insert(s.clone());
+            }
+        };
+        intern(&mut t.queue);
+        if let TaskKind::Handler { name, .. } = &mut t.kind {
+            intern(name);
+        }
     }
 
     fn check_template(&self, t: &TaskSpec, now: Timestamp) -> Result<(), ScheduleError> {
@@ -520,6 +547,7 @@ impl Engine {
         out: &mut Outbox,
     ) {
         for mut rec in records {
+            self.intern_template(&mut rec.template);
             let live = self.live_of(&rec.state);
             rec.state.active = live;
             for id in &rec.state.active {

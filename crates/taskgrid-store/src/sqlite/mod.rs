@@ -47,6 +47,10 @@ const STATEMENT_CACHE: usize = 128;
 /// numbers as KiB).
 const CACHE_KIB: i64 = 16 * 1024;
 
+/// Page cache of a connection while it reads what it reads once (the
+/// opening's migrations and statistics, a start-up's schedules), in KiB.
+const SCAN_CACHE_KIB: i64 = 1024;
+
 /// What a commit survives.
 ///
 /// Both modes use SQLite's write-ahead log; they differ in when it is
@@ -122,10 +126,15 @@ impl SqliteStore {
             ))));
         }
         writer.pragma_update(None, "synchronous", options.durability.synchronous())?;
+        // The opening's one-off work (migrations, statistics) reads pages
+        // once: through a small cache, or it would leave up to 16 MiB of
+        // them behind (20 MB measured with 100,000 schedules in the file).
+        writer.pragma_update(None, "cache_size", -SCAN_CACHE_KIB)?;
         schema::migrate(&mut writer)?;
         // Refresh the planner's statistics where they are stale, within a
         // bounded amount of work (SQLite's advice for long-lived connections).
         writer.execute_batch("PRAGMA analysis_limit = 1000; PRAGMA optimize = 0x10002;")?;
+        writer.pragma_update(None, "cache_size", -CACHE_KIB)?;
 
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -228,6 +237,20 @@ impl Store for SqliteStore {
         read::meta(&self.read_conn(), key)
     }
 
+    fn release_memory(&self) {
+        // `shrink_memory` frees the connection's unused cache pages; it
+        // cannot fail in a way that matters (the cache just stays).
+        for conn in [Some(&self.writer), self.reader.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            let conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(e) = conn.execute_batch("PRAGMA shrink_memory") {
+                tracing::debug!(error = %e, "shrink_memory failed");
+            }
+        }
+    }
+
     fn finished_before(
         &self,
         cutoff: Timestamp,
@@ -246,7 +269,16 @@ impl Store for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ScheduleRecord>, StoreError> {
-        read::schedules(&self.read_conn(), after, limit)
+        // What a start-up reads once, page after page, and does not read
+        // again: through a small cache, so the scan neither fills the
+        // connection's 16 MiB with pages nobody reads again nor leaves
+        // that memory to the allocator (a hundred thousand schedules are
+        // 60 MB of rows). The usual size is back for the next read.
+        let conn = self.read_conn();
+        conn.pragma_update(None, "cache_size", -SCAN_CACHE_KIB)?;
+        let page = read::schedules(&conn, after, limit);
+        conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+        page
     }
 
     fn fires(
