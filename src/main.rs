@@ -3,7 +3,7 @@
 
 mod cmd;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// mimalloc: tasks are allocated on one thread and freed on another (the
 /// store writer). Measured against glibc malloc it holds resident memory per
@@ -18,6 +18,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The configuration file of `server`, `worker` and `up` (default:
+    /// ./taskgrid.toml, else $XDG_CONFIG_HOME/taskgrid/taskgrid.toml).
+    #[arg(long, global = true, env = "TASKGRID_CONFIG", value_name = "PATH")]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +74,9 @@ enum Command {
     /// Measure the whole system: throughput, latency, or idle workers'
     /// cost, against a coordinator started here or an existing one.
     Bench(cmd::bench::Args),
+    /// Check the configuration file (taskgrid.toml) and print the
+    /// effective settings, or an example file with every key.
+    Config(cmd::config::Args),
 }
 
 /// How many threads run async tasks in a coordinator (or a bench, which
@@ -83,7 +90,21 @@ fn async_threads() -> usize {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // The configuration file's values become the defaults of the flags
+    // (below their environment variables), then clap parses as usual.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let file = match cmd::config::for_command_line(&Cli::command(), &argv) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("taskgrid: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let command = match &file {
+        Some(f) => f.apply(Cli::command()),
+        None => Cli::command(),
+    };
+    let cli = Cli::from_arg_matches(&command.get_matches_from(&argv)).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TASKGRID_LOG")
@@ -140,6 +161,7 @@ fn main() -> std::process::ExitCode {
             Command::Tui(a) => cmd::tui::run(a).await.map(|()| 0),
             Command::Demo(a) => cmd::demo::run(a).await.map(|()| 0),
             Command::Bench(a) => cmd::bench::run(a).await.map(|()| 0),
+            Command::Config(a) => cmd::config::run(a, &Cli::command(), file.as_ref()),
         }
     });
     // Handlers may still hold the runtime; do not wait for them.

@@ -1219,3 +1219,147 @@ async fn stats_and_trust_count_on_across_a_restart() {
     await_worker(&client, "w1").await;
     assert_eq!(client.workers().await.unwrap()[0].trust, trust);
 }
+
+/// `taskgrid.toml` in the current directory configures `server` and
+/// `worker`; the environment wins over it (as `config check` shows, with
+/// each value's origin); a bad key or value stops the process before it
+/// starts anything, naming the file, the line and the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_file_sets_server_and_worker_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = format!(
+        "# a grid's settings\n[server]\ndata-dir = {:?}\nqueue-limit = {{ capped = 1 }}\nretain = \"forever\"\n\n[worker]\nid = \"from-the-file\"\nslots = 1\nqueue = [\"capped\"]\n",
+        data.display().to_string()
+    );
+    std::fs::write(dir.path().join("taskgrid.toml"), &file).unwrap();
+    let in_dir = || {
+        let mut c = taskgrid();
+        c.current_dir(dir.path());
+        c
+    };
+    let mut child = in_dir()
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .split_whitespace()
+        .find(|w| w.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    let server = util::Server {
+        proc: Proc(child),
+        addr,
+        stdout,
+    };
+    let url = server.url();
+    // The file's data-dir and queue limit.
+    assert!(
+        data.join("taskgrid.db").is_file(),
+        "the store is in the file's data-dir"
+    );
+    let submit = |c: &mut std::process::Command| {
+        c.args([
+            "submit", "--server", &url, "--queue", "capped", "--", "true",
+        ])
+        .output()
+        .unwrap()
+    };
+    let first = submit(&mut taskgrid());
+    assert!(first.status.success());
+    let first: TaskId = String::from_utf8_lossy(&first.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let over = submit(&mut taskgrid());
+    assert!(!over.status.success());
+    assert!(
+        String::from_utf8_lossy(&over.stderr).contains("full"),
+        "the file's queue limit holds"
+    );
+    // The worker's id, slots and queue from the file, its server from a flag.
+    let _w = Proc(
+        in_dir()
+            .args(["worker", "--server", &url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = server.client(None);
+    await_worker(&client, "from-the-file").await;
+    let workers = client.workers().await.unwrap();
+    let w = workers
+        .iter()
+        .find(|w| w.id.as_str() == "from-the-file")
+        .unwrap();
+    assert_eq!(w.slots, 1);
+    assert_eq!(
+        await_state(&client, first, None).await,
+        taskgrid_core::State::Succeeded
+    );
+
+    // `config check`: each value with its origin; the environment wins.
+    let out = in_dir()
+        .args(["config", "check"])
+        .env("TASKGRID_RETAIN", "3d")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("retain = \"3d\"  # environment TASKGRID_RETAIN"),
+        "{text}"
+    );
+    assert!(
+        text.contains("queue-limit = [\"capped=1\"]  # taskgrid.toml:4 (queue-limit)"),
+        "{text}"
+    );
+    assert!(text.contains("heartbeat-ms = 5000  # default"), "{text}");
+    assert!(
+        text.contains("id = \"from-the-file\"  # taskgrid.toml:8 (id)"),
+        "{text}"
+    );
+
+    // A bad key, then a bad value: exit 2 naming file, line and key, and
+    // nothing started (no data dir).
+    let bad = dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    let fresh = bad.join("data");
+    for (text, says) in [
+        (
+            "[server]\nretian = \"1d\"\n",
+            "taskgrid.toml:2: unknown key `retian` in [server]",
+        ),
+        (
+            "[server]\n\nretain = \"soon\"\n",
+            "taskgrid.toml:3: `retain`: ",
+        ),
+    ] {
+        std::fs::write(
+            bad.join("taskgrid.toml"),
+            format!("{text}data-dir = {:?}\n", fresh.display().to_string()),
+        )
+        .unwrap();
+        let out = taskgrid()
+            .current_dir(&bad)
+            .args(["server", "--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(says), "{err}");
+        assert!(!fresh.exists(), "nothing was started");
+    }
+    // `--config PATH` must exist.
+    let out = taskgrid()
+        .args(["server", "--config", "/nonexistent/taskgrid.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such configuration file"));
+}
