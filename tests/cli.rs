@@ -1363,3 +1363,166 @@ async fn a_configuration_file_sets_server_and_worker_flags() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such configuration file"));
 }
+
+/// Certificates made for one test: a CA, the coordinator's certificate
+/// for 127.0.0.1 signed by it, a worker's client certificate signed by
+/// it, and a client certificate of another CA; each as PEM files in `dir`.
+struct Certs {
+    ca: std::path::PathBuf,
+    ca_pem: Vec<u8>,
+    server_cert: std::path::PathBuf,
+    server_key: std::path::PathBuf,
+    worker_cert: std::path::PathBuf,
+    worker_key: std::path::PathBuf,
+    rogue_cert: std::path::PathBuf,
+    rogue_key: std::path::PathBuf,
+}
+
+fn certs(dir: &std::path::Path) -> Certs {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), Issuer::new(params, key))
+    };
+    let leaf = |issuer: &Issuer<'_, KeyPair>, name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let cert = params.signed_by(&key, issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let write = |name: &str, pem: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let (ca_pem, issuer) = ca("taskgrid test CA");
+    let (rogue_ca, rogue) = ca("another CA");
+    let _ = rogue_ca;
+    let (server_cert, server_key) = leaf(&issuer, "localhost");
+    let (worker_cert, worker_key) = leaf(&issuer, "worker-1");
+    let (rogue_cert, rogue_key) = leaf(&rogue, "rogue");
+    Certs {
+        ca: write("ca.pem", &ca_pem),
+        ca_pem: ca_pem.into_bytes(),
+        server_cert: write("server.pem", &server_cert),
+        server_key: write("server.key", &server_key),
+        worker_cert: write("worker.pem", &worker_cert),
+        worker_key: write("worker.key", &worker_key),
+        rogue_cert: write("rogue.pem", &rogue_cert),
+        rogue_key: write("rogue.key", &rogue_key),
+    }
+}
+
+/// A coordinator with `--tls-cert/--tls-key --worker-ca` serves the CLI
+/// over HTTPS and a worker with a client certificate over gRPC with TLS;
+/// everything set up wrong ends at once with a message saying what to
+/// change: a client without the CA, plain http:// to it (client and
+/// worker), a worker without a client certificate or with one of another
+/// CA, a worker that does not trust its certificate, and an https://
+/// worker at a plain coordinator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_clients_and_workers_and_says_what_is_set_up_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = certs(dir.path());
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let server = Server::start(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            &path(&c.server_cert),
+            "--tls-key",
+            &path(&c.server_key),
+            "--worker-ca",
+            &path(&c.ca),
+        ],
+    );
+    let https = format!("https://{}", server.addr);
+    let http = format!("http://{}", server.addr);
+    let run = |args: &[&str]| {
+        let out = taskgrid()
+            .args(args)
+            .env_remove("TASKGRID_CA")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ca = path(&c.ca);
+    let (code, out, err) = run(&["submit", "--server", &https, "--ca", &ca, "--", "true"]);
+    assert_eq!(code, Some(0), "{err}");
+    let id: TaskId = out.trim().parse().unwrap();
+    let (code, _, err) = run(&["list", "--server", &https]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("give --ca FILE"), "no CA: {err}");
+    let (code, _, err) = run(&["list", "--server", &http]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("serves TLS only: use an https:// URL"),
+        "http://: {err}"
+    );
+
+    // A worker with the CA and a client certificate runs the task.
+    let client = taskgrid_client::Client::new(&https, None)
+        .unwrap()
+        .with_ca_pem(&c.ca_pem)
+        .unwrap();
+    let _w = worker(
+        &https,
+        "w-tls",
+        &[
+            "--ca",
+            &ca,
+            "--tls-cert",
+            &path(&c.worker_cert),
+            "--tls-key",
+            &path(&c.worker_key),
+        ],
+    );
+    await_worker(&client, "w-tls").await;
+    assert_eq!(
+        await_state(&client, id, None).await,
+        taskgrid_core::State::Succeeded
+    );
+
+    // Each worker set up wrong ends with what to change.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = Server::start(plain_dir.path(), "127.0.0.1:0", &[]);
+    let at_plain = format!("https://{}", plain.addr);
+    let rogue = [
+        "--ca",
+        &ca,
+        "--tls-cert",
+        &path(&c.rogue_cert),
+        "--tls-key",
+        &path(&c.rogue_key),
+    ];
+    for (server, extra, says) in [
+        (&https, &["--ca", &ca][..], "client certificate"),
+        (&https, &rogue[..], "client certificate"),
+        (&https, &[][..], "is not trusted"),
+        (&http, &[][..], "serves TLS only: use https://"),
+        (
+            &at_plain,
+            &["--ca", &ca][..],
+            "does not serve TLS: use http://",
+        ),
+    ] {
+        let (p, err) = logged_worker(server, "w-wrong", extra);
+        let (code, err) = ends_within_30s(p, err);
+        assert_eq!(code, Some(1), "{server} {extra:?}: {err}");
+        assert!(err.contains(says), "{server} {extra:?}: {err}");
+    }
+}

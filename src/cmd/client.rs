@@ -31,6 +31,10 @@ pub(crate) struct Conn {
         value_parser = super::token
     )]
     token: Option<String>,
+    /// CA certificate (PEM) that signed an https:// coordinator's
+    /// certificate, trusted besides the system's roots.
+    #[arg(long, global = true, env = "TASKGRID_CA", value_name = "PEM")]
+    ca: Option<std::path::PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -38,8 +42,27 @@ pub(crate) struct Conn {
 
 impl Conn {
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
-        Client::new(&self.server, self.token.clone())
-            .with_context(|| format!("coordinator {}", self.server))
+        client_for(&self.server, self.token.clone(), self.ca.as_deref())
+    }
+}
+
+/// A client of the coordinator(s) at `server`, trusting the CA
+/// certificates of the PEM file `ca` too.
+pub(crate) fn client_for(
+    server: &str,
+    token: Option<String>,
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<Client> {
+    let client = Client::new(server, token).with_context(|| format!("coordinator {server}"))?;
+    match ca {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("--ca {}: cannot read it", path.display()))?;
+            client
+                .with_ca_pem(&pem)
+                .with_context(|| format!("--ca {}", path.display()))
+        }
+        None => Ok(client),
     }
 }
 

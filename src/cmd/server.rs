@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use taskgrid_proto::worker::worker_gateway_server::WorkerGatewayServer;
 use taskgrid_runtime::{SystemConfig, TaskSystem};
 use taskgrid_server::http::{ApiConfig, router};
+use taskgrid_server::tls::{self, Peer, ServerTls, TlsListener};
 use taskgrid_server::{Front, Gateway, GatewayConfig, gateway};
 use taskgrid_store::{Durability, PostgresOptions, SqliteOptions, StoreConfig};
 
@@ -72,6 +73,32 @@ pub(crate) struct Args {
     /// a submit beyond it is refused with 429 `queue_full`.
     #[arg(long = "queue-limit", value_parser = queue_limit, value_name = "QUEUE=N")]
     pub(crate) queue_limits: Vec<(String, usize)>,
+    /// Serve HTTPS and gRPC over TLS with this certificate chain (PEM);
+    /// needs --tls-key. Clients and workers then use https:// URLs.
+    #[arg(
+        long,
+        env = "TASKGRID_TLS_CERT",
+        requires = "tls_key",
+        value_name = "PEM"
+    )]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "TASKGRID_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Workers must present a client certificate signed by this CA (PEM)
+    /// (mutual TLS; needs --tls-cert). Clients of the HTTP API need none.
+    #[arg(
+        long,
+        env = "TASKGRID_WORKER_CA",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    pub(crate) worker_ca: Option<PathBuf>,
 }
 
 /// `--queue-limit QUEUE=N`.
@@ -129,6 +156,7 @@ pub(crate) struct Bound {
     serve: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::watch::Sender<bool>,
     args: Args,
+    tls: Option<ServerTls>,
 }
 
 /// A running coordinator.
@@ -222,10 +250,20 @@ pub(crate) async fn start(args: &Args) -> anyhow::Result<Coordinator> {
 /// one is known), `/healthz` 200.
 pub(crate) async fn bind(args: &Args) -> anyhow::Result<Bound> {
     args.check()?;
+    // Certificates first: a bad file stops the start before the port is
+    // taken.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            ServerTls::load(cert, key, args.worker_ca.as_deref())
+                .context("--tls-cert/--tls-key")?,
+        ),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let address = match &args.advertise {
         Some(a) => a.clone(),
         None if addr.ip().is_unspecified() => {
@@ -233,31 +271,48 @@ pub(crate) async fn bind(args: &Args) -> anyhow::Result<Bound> {
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_default();
             if host.is_empty() {
-                format!("http://{addr}")
+                format!("{scheme}://{addr}")
             } else {
-                format!("http://{host}:{}", addr.port())
+                format!("{scheme}://{host}:{}", addr.port())
             }
         }
-        None => format!("http://{addr}"),
+        None => format!("{scheme}://{addr}"),
     };
     let store = args.store_config(&address)?;
     let front = Front::new(args.client_token.clone());
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    // Small messages (an accept, a result) must not wait for Nagle's
-    // algorithm: with it on, results came back in waves every ~50 ms.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
     let app = front.router();
-    let serve = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
+    let stopping = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let serve = match &tls {
+        Some(tls) => {
+            // Each request carries its connection's `Peer` (for the worker
+            // gateway's client-certificate check).
+            let listener = TlsListener::new(listener, tls);
+            let app = app.into_make_service_with_connect_info::<Peer>();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopping)
+                    .await
             })
-            .await
-    });
+        }
+        None => {
+            // Small messages (an accept, a result) must not wait for
+            // Nagle's algorithm: with it on, results came back in waves
+            // every ~50 ms.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopping)
+                    .await
+            })
+        }
+    };
     Ok(Bound {
         addr,
         address,
@@ -266,6 +321,7 @@ pub(crate) async fn bind(args: &Args) -> anyhow::Result<Bound> {
         serve,
         stop,
         args: args.clone(),
+        tls,
     })
 }
 
@@ -337,8 +393,18 @@ impl Bound {
             "/{}/{{*rpc}}",
             <WorkerGatewayServer<Gateway> as tonic::server::NamedService>::NAME
         );
+        let workers = axum::Router::new().route_service(&grpc_path, gateway);
+        let workers = if self
+            .tls
+            .as_ref()
+            .is_some_and(ServerTls::workers_need_certificate)
+        {
+            workers.layer(axum::middleware::from_fn(tls::require_worker_certificate))
+        } else {
+            workers
+        };
         self.front
-            .promote(router(system.clone(), api).route_service(&grpc_path, gateway));
+            .promote(router(system.clone(), api).merge(workers));
         Ok(Coordinator {
             system,
             addr: self.addr,

@@ -1,7 +1,6 @@
 //! `taskgrid tui`: the terminal dashboard of one coordinator.
 
 use anyhow::Context;
-use taskgrid_client::Client;
 
 /// Options of `taskgrid tui`.
 #[derive(Debug, clap::Args)]
@@ -12,10 +11,13 @@ pub(crate) struct Args {
     /// Client token.
     #[arg(long, env = "TASKGRID_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate (PEM) that signed an https:// coordinator's
+    /// certificate, trusted besides the system's roots.
+    #[arg(long, env = "TASKGRID_CA", value_name = "PEM")]
+    ca: Option<std::path::PathBuf>,
 }
 
 pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
-    let client =
-        Client::new(&a.server, a.token).with_context(|| format!("coordinator {}", a.server))?;
+    let client = super::client::client_for(&a.server, a.token, a.ca.as_deref())?;
     taskgrid_tui::run(client).await.context("tui")
 }

@@ -17,9 +17,28 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.server.worker_ca.is_none(),
+        "--worker-ca is for `taskgrid server`: the local worker of `taskgrid up` has no client certificate"
+    );
     let c = super::server::start(&args.server).await?;
+    // Over TLS the local worker trusts the coordinator's own certificate
+    // (it must name 127.0.0.1, or the --advertise host).
+    let (server, ca) = match &args.server.tls_cert {
+        Some(cert) => (
+            args.server
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("https://{}", c.addr)),
+            Some(cert.clone()),
+        ),
+        None => (format!("http://{}", c.addr), None),
+    };
     let worker = super::worker::Args {
-        server: format!("http://{}", c.addr),
+        server,
+        ca,
+        tls_cert: None,
+        tls_key: None,
         worker_token: args.server.worker_token.clone(),
         labels: args.labels.clone(),
         slots: args.slots,

@@ -1,10 +1,13 @@
 //! `taskgrid worker`: an agent that connects out to a coordinator and runs
 //! shell and container tasks (SIGTERM or Ctrl-C drains it).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use taskgrid_worker::{ContainerRuntime, ShellPolicy, Worker, WorkerConfig, WorkerError};
+use taskgrid_worker::{
+    ContainerRuntime, ShellPolicy, Worker, WorkerConfig, WorkerError, WorkerTls,
+};
 
 /// Options of `taskgrid worker` (and the worker half of `taskgrid up`).
 #[derive(Debug, Clone, clap::Args)]
@@ -58,6 +61,27 @@ pub(crate) struct Args {
     /// On SIGTERM, how long running tasks may finish before they are handed back (ms).
     #[arg(long, default_value_t = 30_000)]
     pub(crate) drain_grace_ms: u64,
+    /// CA certificate (PEM) that signed an https:// coordinator's
+    /// certificate, trusted besides the system's roots.
+    #[arg(long, env = "TASKGRID_CA", value_name = "PEM")]
+    pub(crate) ca: Option<PathBuf>,
+    /// This worker's client certificate (PEM), for a coordinator started
+    /// with --worker-ca; needs --tls-key.
+    #[arg(
+        long,
+        env = "TASKGRID_TLS_CERT",
+        requires = "tls_key",
+        value_name = "PEM"
+    )]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "TASKGRID_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    pub(crate) tls_key: Option<PathBuf>,
 }
 
 impl Args {
@@ -97,6 +121,19 @@ impl Args {
         c.queues = self.queues.clone();
         c.limits.max_output_bytes = self.max_output_bytes;
         c.drain_grace = Duration::from_millis(self.drain_grace_ms);
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path)
+                .with_context(|| format!("{flag} {}: cannot read it", path.display()))
+        };
+        c.tls = WorkerTls {
+            ca_pem: self.ca.as_ref().map(|p| read("--ca", p)).transpose()?,
+            identity_pem: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => {
+                    Some((read("--tls-cert", cert)?, read("--tls-key", key)?))
+                }
+                _ => None,
+            },
+        };
         Ok(c)
     }
 }

@@ -28,6 +28,10 @@ pub enum ClientError {
     /// The base URL given to [`crate::Client::new`] is not a URL.
     #[error("invalid base url {0:?}")]
     InvalidUrl(String),
+    /// A CA certificate given to [`crate::Client::with_ca_pem`] cannot be
+    /// used.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -62,8 +66,24 @@ fn transport_message(e: &reqwest::Error) -> String {
     } else {
         "no answer from"
     };
+    let text = root.to_string();
+    // rustls's words, said as what to change.
+    let hint = if text.contains("InvalidContentType") || text.contains("corrupt message") {
+        " (the coordinator does not serve TLS there: use an http:// URL)"
+    } else if text.contains("UnknownIssuer") {
+        " (its certificate is not signed by a CA this client trusts: give --ca FILE with the CA that signed it)"
+    } else if text.contains("NotValidForName") {
+        " (its certificate does not name the host in the URL: use a name or address it lists)"
+    } else if text.contains("CaUsedAsEndEntity") {
+        " (its certificate is a CA certificate; the coordinator needs one with CA:FALSE)"
+    } else {
+        ""
+    };
     match e.url() {
-        Some(url) => format!("{what} {}: {root}", url.origin().ascii_serialization()),
-        None => format!("{what} the coordinator: {root}"),
+        Some(url) => format!(
+            "{what} {}: {root}{hint}",
+            url.origin().ascii_serialization()
+        ),
+        None => format!("{what} the coordinator: {root}{hint}"),
     }
 }

@@ -112,10 +112,8 @@ impl Client {
             }
             servers.push(root);
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT_DEFAULT)
-            .build()
-            .map_err(ClientError::Transport)?;
+        let https = servers.iter().any(|s| s.starts_with("https://"));
+        let http = http_client(https, None)?;
         Ok(Client {
             http,
             current: Arc::new(Mutex::new(servers[0].clone())),
@@ -123,6 +121,14 @@ impl Client {
             token,
             failover_wait: FAILOVER_WAIT_DEFAULT,
         })
+    }
+
+    /// Trusts the CA certificates in `pem` (besides the system's roots)
+    /// for `https://` coordinators: for a coordinator whose certificate a
+    /// private CA signed.
+    pub fn with_ca_pem(mut self, pem: &[u8]) -> Result<Client, ClientError> {
+        self.http = http_client(true, Some(pem))?;
+        Ok(self)
     }
 
     /// How long a call looks for the leader through a failover.
@@ -439,6 +445,49 @@ fn valid_root(url: &str) -> bool {
 }
 
 /// The response if it is a success, else its error.
+/// The HTTP client: over TLS with rustls on ring, trusting the system's
+/// roots (read only when a coordinator is at an `https://` URL) and the CA
+/// certificates of `ca_pem`.
+fn http_client(https: bool, ca_pem: Option<&[u8]>) -> Result<reqwest::Client, ClientError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    if https {
+        let native = rustls_native_certs::load_native_certs();
+        // Unreadable system certificates leave the others (and --ca).
+        roots.add_parsable_certificates(native.certs);
+    }
+    if let Some(pem) = ca_pem {
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::Tls(format!("not a PEM certificate file ({e})")))?;
+        if certs.is_empty() {
+            return Err(ClientError::Tls(
+                "no certificate in the CA file (expected -----BEGIN CERTIFICATE-----)".into(),
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::Tls(format!("not a usable CA certificate: {e}")))?;
+        }
+    }
+    // ring, as everywhere in taskgrid (rustls deprecates it for want of
+    // post-quantum key exchange; aws-lc-rs needs cmake to build).
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT_DEFAULT)
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(ClientError::Transport)
+}
+
 async fn checked(res: Response) -> Result<Response, ClientError> {
     let status = res.status();
     if status.is_success() {

@@ -1,7 +1,7 @@
 //! The coordinator's network face, on a [`TaskSystem`]: the HTTP API and
 //! its server-sent events ([`http`]), the web dashboard, and the gRPC
 //! worker gateway ([`gateway()`]). `taskgrid server` serves both on one
-//! port.
+//! port, in plain text or over TLS ([`tls`]).
 //!
 //! This crate owns transports only: every decision is the runtime's
 //! (`taskgrid-runtime`), reached through its public API — the
@@ -31,6 +31,7 @@
 mod front;
 mod gateway;
 pub mod http;
+pub mod tls;
 
 pub use front::Front;
 pub use gateway::{Gateway, GatewayConfig, gateway};

@@ -60,7 +60,7 @@
 mod agent;
 pub mod exec;
 
-pub use agent::{ATTEMPT_VAR, TASK_ID_VAR, Worker, WorkerConfig, WorkerError};
+pub use agent::{ATTEMPT_VAR, TASK_ID_VAR, Worker, WorkerConfig, WorkerError, WorkerTls};
 
 pub use exec::{
     ContainerRuntime, ExecLimits, ExecReport, ShellInput, ShellPolicy, StopReason, cgroups,

@@ -214,6 +214,9 @@ fn server_args(plan: &Plan, data_dir: &Path) -> server::Args {
         retain: server::Retain(Some(taskgrid_runtime::SystemConfig::RETENTION_DEFAULT)),
         queue_limits: Vec::new(),
         retain_output: None,
+        tls_cert: None,
+        tls_key: None,
+        worker_ca: None,
         store: match &plan.store {
             StoreKind::Sqlite => None,
             StoreKind::Memory => Some(StoreConfig::Memory),

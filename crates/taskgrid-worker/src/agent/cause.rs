@@ -5,14 +5,16 @@
 //! error). A person needs that reason said once, with what to check:
 //! "connection refused (is `taskgrid server` running there?)", or which
 //! host name does not resolve; and said again when it changes, not at
-//! every try. An address that cannot work (`https://`, no scheme) is
-//! refused before any try.
+//! every try. An address that cannot work (no scheme, no host) is refused
+//! before any try, and TLS set up wrong (plain text to a TLS coordinator or
+//! the reverse, an untrusted certificate) ends the worker with a message
+//! saying what to change.
 
 use std::error::Error;
 use std::io;
 use std::time::Duration;
 
-use super::WorkerError;
+use super::{WorkerError, WorkerTls};
 
 /// How long a TCP connect to the coordinator may take: a host that drops
 /// the packets is said to time out after this, not after the system's
@@ -95,31 +97,130 @@ fn without_os_code(text: &str) -> String {
     }
 }
 
-/// The coordinator's endpoint: `server` must be an `http://` URL with a
-/// host (this worker has no TLS).
-pub(super) fn endpoint(server: &str) -> Result<tonic::transport::Endpoint, WorkerError> {
+/// The coordinator's endpoint: `server` must be an `http://` or
+/// `https://` URL with a host; `https://` speaks TLS with `tls`.
+pub(super) fn endpoint(
+    server: &str,
+    tls: &WorkerTls,
+) -> Result<tonic::transport::Endpoint, WorkerError> {
     let bad = |why: &str| WorkerError::BadServer(server.to_owned(), why.to_owned());
     let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
         .map_err(|e| bad(&e.to_string()))?;
     let uri = endpoint.uri();
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(bad(
-                "this worker speaks plain http:// only (no TLS); use http://HOST:PORT",
-            ));
-        }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
         Some(other) => {
             return Err(bad(&format!(
-                "unknown scheme {other:?}; use http://HOST:PORT"
+                "unknown scheme {other:?}; use http://HOST:PORT or https://HOST:PORT"
             )));
         }
         None => return Err(bad("no scheme; write it as http://HOST:PORT")),
-    }
+    };
     if uri.host().is_none_or(str::is_empty) {
         return Err(bad("no host; write it as http://HOST:PORT"));
     }
-    Ok(endpoint.connect_timeout(CONNECT_TIMEOUT))
+    let endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT);
+    if !https {
+        return Ok(endpoint);
+    }
+    let mut config = tonic::transport::ClientTlsConfig::new().with_native_roots();
+    if let Some(ca) = &tls.ca_pem {
+        config = config.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    }
+    if let Some((cert, key)) = &tls.identity_pem {
+        config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    endpoint
+        .tls_config(config)
+        .map_err(|e| WorkerError::Tls(format!("TLS for {server}: {}", of_error(&e, ""))))
+}
+
+/// Whether `why` (a failure talking to `server`) is TLS set up wrong —
+/// which no retry mends — and if so, what to do about it. A plain
+/// `http://` worker whose coordinator's answer was no HTTP/2 asks it over
+/// HTTP/1.1 whether it serves TLS only (a TLS coordinator says so in a
+/// header to anyone who speaks plain HTTP to it).
+pub(super) async fn tls_mismatch(server: &str, why: &str) -> Option<WorkerError> {
+    if server.starts_with("https://") {
+        if why.contains("InvalidContentType") || why.contains("corrupt message") {
+            return Some(WorkerError::Tls(format!(
+                "the coordinator at {server} does not serve TLS: use {}",
+                server.replacen("https://", "http://", 1)
+            )));
+        }
+        if why.contains("invalid peer certificate") {
+            return Some(WorkerError::Tls(format!(
+                "the certificate of the coordinator at {server} is not trusted ({why}){}",
+                certificate_hint(why)
+            )));
+        }
+        if why.contains("CertificateRequired")
+            || why.contains("UnknownCA")
+            || why.contains("BadCertificate")
+        {
+            return Some(WorkerError::Tls(format!(
+                "the coordinator at {server} refused this worker's client certificate ({why}): give --tls-cert and --tls-key signed by its --worker-ca"
+            )));
+        }
+        return None;
+    }
+    // A TLS coordinator answers the HTTP/2 preface in plain HTTP/1.1 and
+    // closes: h2 calls that a bad frame or a closed connection, by timing.
+    // Only where something answered is it worth asking.
+    let answered =
+        !(why.contains("refused") || why.contains("timed out") || why.contains("resolve"));
+    if answered && serves_tls_only(server).await {
+        return Some(WorkerError::Tls(format!(
+            "the coordinator at {server} serves TLS only: use {}",
+            server.replacen("http://", "https://", 1)
+        )));
+    }
+    None
+}
+
+/// What to do about a coordinator's certificate refused for `why`.
+pub(super) fn certificate_hint(why: &str) -> &'static str {
+    if why.contains("UnknownIssuer") {
+        ": give the worker --ca FILE with the CA that signed it"
+    } else if why.contains("NotValidForName") {
+        ": it does not name the host in the URL (use a name or address it lists)"
+    } else if why.contains("CaUsedAsEndEntity") {
+        ": it is a CA certificate; the coordinator needs one with CA:FALSE"
+    } else {
+        ""
+    }
+}
+
+/// Asks `server` (`http://HOST:PORT`) over plain HTTP/1.1 whether it is a
+/// TLS coordinator: its answer then carries the `x-taskgrid-tls` header.
+async fn serves_tls_only(server: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(authority) = server
+        .strip_prefix("http://")
+        .map(|r| r.split('/').next().unwrap_or(r))
+    else {
+        return false;
+    };
+    let probe = async {
+        let mut tcp = tokio::net::TcpStream::connect(authority).await.ok()?;
+        let request =
+            format!("GET /healthz HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while answer.len() < 4096 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        Some(String::from_utf8_lossy(&answer).to_ascii_lowercase())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), probe).await {
+        Ok(Some(answer)) => answer.contains("\r\nx-taskgrid-tls: required"),
+        _ => false,
+    }
 }
 
 /// What the reconnect loop said last: a reason that does not change is
@@ -207,15 +308,17 @@ mod tests {
 
     #[test]
     fn addresses_that_cannot_work_are_refused_before_any_try() {
+        let tls = WorkerTls::default();
         for (url, says) in [
-            ("https://coordinator:7070", "no TLS"),
             ("127.0.0.1:7070", "no scheme"),
             ("ftp://coordinator:7070", "unknown scheme"),
+            ("http://:7070", "no host"),
         ] {
-            let e = endpoint(url).unwrap_err().to_string();
+            let e = endpoint(url, &tls).unwrap_err().to_string();
             assert!(e.contains(says) && e.contains(url), "{url}: {e}");
         }
-        assert!(endpoint("http://127.0.0.1:7070").is_ok());
+        assert!(endpoint("http://127.0.0.1:7070", &tls).is_ok());
+        assert!(endpoint("https://coordinator:7070", &tls).is_ok());
     }
 
     #[test]

@@ -75,6 +75,30 @@ pub struct WorkerConfig {
     /// predecessor, just ended, whose stream the coordinator has not seen
     /// close yet.
     pub duplicate_id_grace: Duration,
+    /// TLS for an `https://` coordinator.
+    pub tls: WorkerTls,
+}
+
+/// TLS settings of a worker, used with `https://` coordinators: the
+/// system's root certificates are always trusted.
+#[derive(Clone, Default)]
+pub struct WorkerTls {
+    /// CA certificates (PEM) trusted besides the system's roots: for a
+    /// coordinator whose certificate a private CA signed.
+    pub ca_pem: Option<Vec<u8>>,
+    /// This worker's client certificate chain and private key (PEM), for a
+    /// coordinator that takes only workers with one (`--worker-ca`).
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for WorkerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("WorkerTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("identity", &self.identity_pem.is_some())
+            .finish()
+    }
 }
 
 impl WorkerConfig {
@@ -115,6 +139,7 @@ impl WorkerConfig {
             reconnect_min: Self::RECONNECT_MIN_DEFAULT,
             reconnect_max: Self::RECONNECT_MAX_DEFAULT,
             duplicate_id_grace: Self::DUPLICATE_ID_GRACE_DEFAULT,
+            tls: WorkerTls::default(),
         }
     }
 }
@@ -162,6 +187,11 @@ pub enum WorkerError {
     /// The server address is not a valid URL.
     #[error("invalid server address {0:?}: {1}")]
     BadServer(String, String),
+    /// TLS cannot work as set up: plain http:// to a coordinator that
+    /// serves TLS or the reverse, a certificate not trusted, a client
+    /// certificate missing or refused. Retrying would not help.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl Worker {

@@ -16,7 +16,7 @@ use taskgrid_sdk::Handler;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{WorkerConfig, WorkerError, cause};
+use super::{WorkerConfig, WorkerError, WorkerTls, cause};
 
 /// How long a checkpoint or spawn waits for the coordinator's answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -178,7 +178,7 @@ pub(super) async fn run(
     handlers: HashMap<String, Arc<dyn Handler>>,
     drain: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
-    let mut servers = Servers::new(&config.server)?;
+    let mut servers = Servers::new(&config.server, &config.tls)?;
     let mut config = config;
     if let Some(rt) = &config.container
         && let Err(why) = rt.probe(RUNTIME_PROBE_LIMIT).await
@@ -402,9 +402,11 @@ async fn session(
     draining: &mut Option<tokio::time::Instant>,
 ) -> End {
     let host = endpoint.uri().host().unwrap_or_default();
+    let url = endpoint.uri().to_string();
+    let url = url.trim_end_matches('/');
     let channel = match endpoint.connect().await {
         Ok(c) => c,
-        Err(e) => return End::Unreachable(cause::of_error(&e, host)),
+        Err(e) => return unreachable(url, cause::of_error(&e, host)).await,
     };
     let mut client = WorkerGatewayClient::new(channel).max_decoding_message_size(64 << 20);
     let (out, out_rx) = mpsc::channel::<worker::WorkerMessage>(1024);
@@ -428,7 +430,7 @@ async fn session(
     }
     let mut inbound = match client.session(request).await {
         Ok(r) => r.into_inner(),
-        Err(s) => return refused(shared, &s, host),
+        Err(s) => return tls_checked(url, refused(shared, &s, host)).await,
     };
     let heartbeat = match inbound.message().await {
         Ok(Some(worker::CoordinatorMessage {
@@ -443,7 +445,7 @@ async fn session(
             Duration::from_millis(u64::from(r.heartbeat_interval_ms).max(100))
         }
         Ok(_) => return End::Unreachable("the coordinator did not answer register".into()),
-        Err(s) => return refused(shared, &s, host),
+        Err(s) => return tls_checked(url, refused(shared, &s, host)).await,
     };
     let mut beat = tokio::time::interval(heartbeat);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -539,9 +541,33 @@ async fn session(
     }
 }
 
+/// [`End::Unreachable`] for `why`, unless TLS is set up wrong for `url`:
+/// then refused for good, saying what to change.
+async fn unreachable(url: &str, why: String) -> End {
+    match cause::tls_mismatch(url, &why).await {
+        Some(e) => End::Refused(e),
+        None => End::Unreachable(why),
+    }
+}
+
+/// `end`, or refused for good if its reason says that TLS is set up wrong
+/// for `url`.
+async fn tls_checked(url: &str, end: End) -> End {
+    match end {
+        End::Unreachable(why) => unreachable(url, why).await,
+        other => other,
+    }
+}
+
 /// What the coordinator's answer `s` to a register means.
 fn refused(shared: &Shared, s: &tonic::Status, host: &str) -> End {
     let server = shared.config.server.clone();
+    if s.code() == tonic::Code::Unauthenticated && s.message().contains("client certificate") {
+        return End::Refused(WorkerError::Tls(format!(
+            "the coordinator at {server} refused this worker: {}",
+            s.message()
+        )));
+    }
     if let Some(leader) = s.metadata().get(taskgrid_proto::LEADER_METADATA) {
         let leader = leader.to_str().unwrap_or_default().trim_end_matches('/');
         let leader = (!leader.is_empty()).then(|| leader.to_owned());
@@ -615,6 +641,7 @@ fn instance_id() -> String {
 /// one at a time; it moves on to the next given one when that one cannot
 /// be reached or does not lead, and to a leader when a standby names it.
 struct Servers {
+    tls: WorkerTls,
     given: Vec<(String, tonic::transport::Endpoint)>,
     /// Which given one is current, unless `leader` is set.
     at: usize,
@@ -623,14 +650,15 @@ struct Servers {
 }
 
 impl Servers {
-    fn new(list: &str) -> Result<Servers, WorkerError> {
+    fn new(list: &str, tls: &WorkerTls) -> Result<Servers, WorkerError> {
         let mut given = Vec::new();
         for url in list.split(',').map(str::trim) {
             let url = url.trim_end_matches('/').to_owned();
-            let endpoint = cause::endpoint(&url)?;
+            let endpoint = cause::endpoint(&url, tls)?;
             given.push((url, endpoint));
         }
         Ok(Servers {
+            tls: tls.clone(),
             given,
             at: 0,
             leader: None,
@@ -671,7 +699,7 @@ impl Servers {
             self.leader = None;
             return true;
         }
-        match cause::endpoint(leader) {
+        match cause::endpoint(leader, &self.tls) {
             Ok(e) => {
                 self.leader = Some((leader.to_owned(), e));
                 true
@@ -715,7 +743,9 @@ mod tests {
     /// followed.
     #[test]
     fn servers_walk_the_list_and_follow_a_named_leader() {
-        let mut s = super::Servers::new("http://a:1, http://b:2/,http://c:3").unwrap();
+        let mut s =
+            super::Servers::new("http://a:1, http://b:2/,http://c:3", &WorkerTls::default())
+                .unwrap();
         assert_eq!(s.url(), "http://a:1");
         assert!(!s.next());
         assert_eq!(s.url(), "http://b:2");
@@ -730,6 +760,6 @@ mod tests {
         s.next();
         assert_eq!(s.url(), "http://c:3", "back to the list where it was");
         assert!(!s.follow("ftp://x"));
-        assert!(super::Servers::new("http://a:1,nonsense").is_err());
+        assert!(super::Servers::new("http://a:1,nonsense", &WorkerTls::default()).is_err());
     }
 }
