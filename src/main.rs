@@ -74,6 +74,9 @@ enum Command {
     /// Measure the whole system: throughput, latency, or idle workers'
     /// cost, against a coordinator started here or an existing one.
     Bench(cmd::bench::Args),
+    /// The audit log: every state-changing call and worker registration,
+    /// who made it, from where, and how it ended (newest first).
+    Audit(cmd::client::AuditArgs),
     /// Check the configuration file (taskgrid.toml) and print the
     /// effective settings, or an example file with every key.
     Config(cmd::config::Args),
@@ -161,6 +164,7 @@ fn main() -> std::process::ExitCode {
             Command::Tui(a) => cmd::tui::run(a).await.map(|()| 0),
             Command::Demo(a) => cmd::demo::run(a).await.map(|()| 0),
             Command::Bench(a) => cmd::bench::run(a).await.map(|()| 0),
+            Command::Audit(a) => client::audit(a).await,
             Command::Config(a) => cmd::config::run(a, &Cli::command(), file.as_ref()),
         }
     });

@@ -1526,3 +1526,102 @@ async fn tls_serves_clients_and_workers_and_says_what_is_set_up_wrong() {
         assert!(err.contains(says), "{server} {extra:?}: {err}");
     }
 }
+
+/// Every state-changing call and worker registration is in the audit log
+/// — who (client, unauthenticated, worker:ID), from where, what, how it
+/// ended — committed before the call is answered: a kill -9 right after
+/// the last answer loses none of them. `taskgrid audit` reads it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_records_calls_and_registrations_through_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = ["--client-token", "ct", "--worker-token", "wt"];
+    let mut server = Server::start(dir.path(), "127.0.0.1:0", &tokens);
+    let url = server.url();
+    let run = |args: &[&str]| {
+        let out = taskgrid()
+            .args(args)
+            .env_remove("TASKGRID_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&[
+        "submit", "--server", &url, "--token", "ct", "--queue", "idle", "--", "true",
+    ]);
+    assert_eq!(code, Some(0));
+    let id = out.trim().to_owned();
+    let (code, _) = run(&["cancel", "--server", &url, "--token", "wrong", &id]);
+    assert_eq!(code, Some(1));
+    let (code, _) = run(&["queue", "pause", "--server", &url, "--token", "ct", "idle"]);
+    assert_eq!(code, Some(0));
+    // A worker with the token registers; one with a wrong token is refused.
+    let client = server.client(Some("ct"));
+    let _w = worker(&url, "w-audit", &["--worker-token", "wt"]);
+    await_worker(&client, "w-audit").await;
+    let (p, err) = logged_worker(&url, "w-bad", &["--worker-token", "nope"]);
+    let (code, _) = ends_within_30s(p, err);
+    assert_eq!(code, Some(1));
+    let (code, _) = run(&["queue", "resume", "--server", &url, "--token", "ct", "idle"]);
+    assert_eq!(code, Some(0));
+
+    // The last call was answered: nothing after that may be needed.
+    server.proc.kill9();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &tokens);
+    let url = server.url();
+    let (code, out) = run(&["audit", "--server", &url, "--token", "ct", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let entries: Vec<taskgrid_core::AuditEntry> = serde_json::from_str(&out).unwrap();
+    let seen: Vec<(String, String, u16, Option<String>)> = entries
+        .iter()
+        .rev()
+        .map(|e| {
+            let r = &e.record;
+            (r.actor.clone(), r.action.clone(), r.status, r.error.clone())
+        })
+        .collect();
+    let expected = vec![
+        ("client".into(), "POST /api/v1/tasks".into(), 201, None),
+        (
+            "unauthenticated".into(),
+            format!("POST /api/v1/tasks/{id}/cancel"),
+            401,
+            Some("unauthorized".into()),
+        ),
+        (
+            "client".into(),
+            "POST /api/v1/queues/idle/pause".into(),
+            200,
+            None,
+        ),
+        ("worker:w-audit".into(), "worker register".into(), 200, None),
+        (
+            "worker".into(),
+            "worker register".into(),
+            401,
+            Some("Unauthenticated".into()),
+        ),
+        (
+            "client".into(),
+            "POST /api/v1/queues/idle/resume".into(),
+            200,
+            None,
+        ),
+    ];
+    assert_eq!(seen, expected, "{out}");
+    assert!(
+        entries.iter().all(|e| e
+            .record
+            .remote
+            .as_deref()
+            .is_some_and(|r| r.starts_with("127.0.0.1:"))),
+        "{out}"
+    );
+    // The table names them too.
+    let (code, table) = run(&["audit", "--server", &url, "--token", "ct", "--limit", "2"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(table.lines().count(), 3, "a header and two rows: {table}");
+    assert!(table.contains("POST /api/v1/queues/idle/resume"), "{table}");
+}

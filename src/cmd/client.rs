@@ -756,3 +756,53 @@ mod tests {
         assert_eq!(short(Duration::from_secs(120)), "2.0m");
     }
 }
+
+/// Options of `taskgrid audit`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AuditArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Most entries shown (newest first).
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// Only entries numbered below this (to page back).
+    #[arg(long)]
+    before: Option<u64>,
+}
+
+/// `taskgrid audit`: who changed what, when, from where, and how it ended.
+pub(crate) async fn audit(a: AuditArgs) -> anyhow::Result<i32> {
+    let client = a.conn.client()?;
+    let entries = client
+        .audit(&taskgrid_api::AuditQuery {
+            before: a.before,
+            limit: Some(a.limit),
+        })
+        .await?;
+    if a.conn.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(0);
+    }
+    println!(
+        "{:>6}  {:<24}  {:<22}  {:<21}  {:>6}  action",
+        "seq", "at (UTC)", "who", "from", "status"
+    );
+    for e in &entries {
+        let r = &e.record;
+        let at = std::time::UNIX_EPOCH + Duration::from_micros(r.at.as_micros());
+        let status = match &r.error {
+            Some(code) => format!("{} {code}", r.status),
+            None => r.status.to_string(),
+        };
+        println!(
+            "{:>6}  {:<24}  {:<22}  {:<21}  {:>6}  {}",
+            e.seq,
+            humantime::format_rfc3339_millis(at).to_string(),
+            r.actor,
+            r.remote.as_deref().unwrap_or("-"),
+            status,
+            r.action
+        );
+    }
+    Ok(0)
+}

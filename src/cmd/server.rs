@@ -306,6 +306,8 @@ pub(crate) async fn bind(args: &Args) -> anyhow::Result<Bound> {
                     tracing::warn!(error = %e, "cannot set TCP_NODELAY");
                 }
             });
+            // Each request carries its remote address (for the audit log).
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             tokio::spawn(async move {
                 axum::serve(listener, app)
                     .with_graceful_shutdown(stopping)

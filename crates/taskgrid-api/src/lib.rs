@@ -394,6 +394,19 @@ pub enum ListOrder {
 }
 
 /// `GET /tasks` query: every filter is optional; results are in id
+/// `GET /api/v1/audit`: a page of the audit log, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only entries numbered below this (the last `seq` of the previous
+    /// page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+    /// Most entries returned (default 100, at most 1,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
 /// (submission) order, oldest first unless `order` says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -331,6 +331,15 @@ impl Client {
             .await
     }
 
+    /// A page of the audit log, newest first.
+    pub async fn audit(
+        &self,
+        query: &taskgrid_api::AuditQuery,
+    ) -> Result<Vec<taskgrid_core::AuditEntry>, ClientError> {
+        self.call(self.request(Method::GET, "/audit").query(query))
+            .await
+    }
+
     /// Registered workers.
     pub async fn workers(&self) -> Result<Vec<WorkerView>, ClientError> {
         self.call(self.request(Method::GET, "/workers")).await

@@ -85,6 +85,13 @@ pub enum Change {
         /// The task.
         id: TaskId,
     },
+    /// A mutating call was answered: append it to the audit log.
+    Audit(Box<crate::AuditRecord>),
+    /// Audit entries older than `before` are deleted (retention).
+    AuditPruned {
+        /// Entries with `at` before this go.
+        before: crate::Timestamp,
+    },
 }
 
 impl Change {
@@ -100,6 +107,8 @@ impl Change {
             Change::Output(c) => Some(c.task),
             Change::Queue { .. }
             | Change::Meta { .. }
+            | Change::Audit(_)
+            | Change::AuditPruned { .. }
             | Change::Schedule(_)
             | Change::ScheduleDeleted { .. }
             | Change::Fire(_) => None,

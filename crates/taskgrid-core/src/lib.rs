@@ -12,6 +12,7 @@
 //! transport: everything else builds on it, and it builds on nothing of
 //! taskgrid's.
 
+mod audit;
 mod change;
 mod engine;
 mod id;
@@ -23,6 +24,7 @@ mod spec;
 mod state;
 mod time;
 
+pub use audit::{AuditEntry, AuditRecord};
 pub use change::Change;
 pub use engine::{
     Assignment, BACKFILL_MAX, BUFFER_MAX, CancelOutcome, CommandError, Engine, EngineConfig,

@@ -167,6 +167,8 @@ impl TaskEvent {
             | Change::Fire(_)
             | Change::Deleted { .. }
             | Change::Meta { .. }
+            | Change::Audit(_)
+            | Change::AuditPruned { .. }
             | Change::OutputDeleted { .. } => return None,
         };
         Some(TaskEvent {

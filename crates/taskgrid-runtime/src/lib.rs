@@ -35,6 +35,7 @@
 //! Handlers are async and run on the tokio runtime: CPU-heavy or blocking
 //! work inside one belongs in `tokio::task::spawn_blocking`.
 
+mod audit;
 mod builder;
 mod clock;
 mod config;
@@ -57,6 +58,7 @@ mod system;
 mod upkeep;
 mod workers;
 
+pub use audit::AUDIT_PAGE_MAX;
 pub use builder::TaskSystemBuilder;
 pub use config::{RetentionStats, SystemConfig};
 pub use error::Error;

@@ -151,6 +151,18 @@ pub(crate) async fn run(
                 Err(Error::ShutDown | Error::StoreFailed) => return,
                 Err(e) => tracing::warn!(error = %e, "retention: could not delete finished tasks"),
             }
+            // The audit log is kept as long as the tasks.
+            let cutoff = before(now, keep);
+            let pruned = inner
+                .committed_command(move |_, _, out| {
+                    out.changes.push(Change::AuditPruned { before: cutoff });
+                })
+                .await;
+            match pruned {
+                Ok(()) => {}
+                Err(Error::ShutDown | Error::StoreFailed) => return,
+                Err(e) => tracing::warn!(error = %e, "retention: could not delete audit entries"),
+            }
         }
         if done.tasks_deleted + done.outputs_deleted > 0 {
             tracing::info!(

@@ -103,6 +103,14 @@ pub struct WorkerService {
     inner: Arc<Inner>,
 }
 
+impl WorkerService {
+    /// Appends a worker's registration (or its refusal) to the audit log;
+    /// returns once it is committed. See [`TaskSystem::record_audit`].
+    pub async fn record_audit(&self, record: taskgrid_core::AuditRecord) -> Result<(), Error> {
+        crate::audit::record_in(&self.inner, record).await
+    }
+}
+
 impl TaskSystem {
     /// The service a worker gateway (gRPC, or any other transport) calls.
     pub fn worker_service(&self) -> WorkerService {

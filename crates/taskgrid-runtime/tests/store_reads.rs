@@ -90,6 +90,13 @@ impl Store for Watched {
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.store.meta(key)
     }
+    fn audit(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<taskgrid_core::AuditEntry>, StoreError> {
+        self.store.audit(before, limit)
+    }
     fn finished_before(
         &self,
         cutoff: taskgrid_core::Timestamp,

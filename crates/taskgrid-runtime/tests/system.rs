@@ -847,6 +847,22 @@ async fn finished_tasks_are_deleted_on_demand_and_by_retention() {
     }
     assert_eq!(sys.get(live).await.unwrap().status.state, State::Queued);
     assert_eq!(sys.prune(later).await.unwrap(), 0);
+    // Audit entries: stamped by the system, read newest first.
+    for action in ["first", "second"] {
+        let record = taskgrid_core::AuditRecord {
+            at: Timestamp::from_micros(0),
+            actor: "client".into(),
+            remote: None,
+            action: action.into(),
+            status: 200,
+            error: None,
+        };
+        sys.record_audit(record).await.unwrap();
+    }
+    let log = sys.audit_log(None, 10).await.unwrap();
+    let actions: Vec<&str> = log.iter().map(|e| e.record.action.as_str()).collect();
+    assert_eq!(actions, ["second", "first"]);
+    assert!(log[1].record.at >= first_end, "stamped at commit: {log:?}");
     sys.shutdown().await.unwrap();
     drop(sys);
 
@@ -881,6 +897,9 @@ async fn finished_tasks_are_deleted_on_demand_and_by_retention() {
         .unwrap();
     assert!(matches!(sys.get(h.id()).await, Err(Error::NotFound(_))));
     assert_eq!(sys.get(live).await.unwrap().status.state, State::Queued);
+    // The audit log goes with the tasks: the entries recorded before are
+    // older than this sweep's cutoff.
+    assert_eq!(sys.audit_log(None, 10).await.unwrap(), Vec::new());
     sys.shutdown().await.unwrap();
 }
 

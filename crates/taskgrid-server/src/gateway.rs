@@ -11,7 +11,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use taskgrid_core::{Assignment, Progress, StopAttempt, TaskId, TaskSpec, WorkerId, WorkerInfo};
+use taskgrid_core::{
+    Assignment, AuditRecord, Progress, StopAttempt, TaskId, TaskSpec, WorkerId, WorkerInfo,
+};
 use taskgrid_proto::worker::worker_gateway_server::{WorkerGateway, WorkerGatewayServer};
 use taskgrid_proto::worker::{self, coordinator_message::Msg as Out, worker_message::Msg as In};
 use tokio::sync::mpsc;
@@ -146,9 +148,61 @@ type SessionStream =
 impl WorkerGateway for Gateway {
     type SessionStream = SessionStream;
 
+    /// Opens a worker's session, and records in the audit log who
+    /// registered (or was refused), from where, before answering.
     async fn session(
         &self,
         request: Request<Streaming<worker::WorkerMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let remote = remote_of(&request);
+        let mut worker = None;
+        let result = self.open_session(request, &mut worker).await;
+        let status = match &result {
+            Ok(_) => 200,
+            Err(s) => match s.code() {
+                tonic::Code::Unauthenticated => 401,
+                tonic::Code::InvalidArgument => 400,
+                tonic::Code::AlreadyExists => 409,
+                tonic::Code::DeadlineExceeded => 408,
+                _ => 503,
+            },
+        };
+        let record = AuditRecord {
+            at: taskgrid_core::Timestamp::from_micros(0),
+            actor: worker.map_or_else(|| "worker".to_owned(), |id| format!("worker:{id}")),
+            remote: remote.map(|a| a.to_string()),
+            action: "worker register".to_owned(),
+            status,
+            error: result.as_ref().err().map(|s| format!("{:?}", s.code())),
+        };
+        if let Err(e) = self.service.record_audit(record).await {
+            tracing::error!(error = %e, "the audit log could not record a registration");
+        }
+        result
+    }
+}
+
+/// Where a worker's stream comes from: its connection's remote address, as
+/// axum's server gives it (plain or TLS).
+fn remote_of<T>(request: &Request<T>) -> Option<std::net::SocketAddr> {
+    use axum::extract::connect_info::ConnectInfo;
+    request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0)
+        .or_else(|| {
+            request
+                .extensions()
+                .get::<ConnectInfo<crate::tls::Peer>>()
+                .map(|c| c.0.addr)
+        })
+}
+
+impl Gateway {
+    async fn open_session(
+        &self,
+        request: Request<Streaming<worker::WorkerMessage>>,
+        worker: &mut Option<String>,
     ) -> Result<Response<SessionStream>, Status> {
         if let Some(expected) = &self.config.worker_token {
             let given = request
@@ -172,6 +226,7 @@ impl WorkerGateway for Gateway {
                 "the first message must be register",
             ));
         };
+        *worker = Some(reg.worker_id.clone());
         let info = self.worker_info(&reg)?;
         let running = reg
             .running

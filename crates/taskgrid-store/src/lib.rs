@@ -74,8 +74,8 @@ pub use sqlite::{BUSY_TIMEOUT, Durability, SqliteOptions, SqliteStore};
 pub use writer::{BATCH_CAP, Done, LAZY_WINDOW, MAX_WINDOW, Writer};
 
 use taskgrid_core::{
-    AttemptRecord, Change, FireRecord, OutputChunk, ScheduleRecord, State, TaskId, TaskRecord,
-    TaskStatus, Timestamp, WorkerId,
+    AttemptRecord, AuditEntry, Change, FireRecord, OutputChunk, ScheduleRecord, State, TaskId,
+    TaskRecord, TaskStatus, Timestamp, WorkerId,
 };
 
 /// The durable record of tasks. Every method takes `&self`; implementations
@@ -108,6 +108,9 @@ pub trait Store: Send + Sync + 'static {
     ///   [`StoreError::Invalid`] (a fire needs no stored schedule). Schedule
     ///   changes apply in batch order.
     /// - [`Change::Meta`] stores a value under its key, replacing the last.
+    /// - [`Change::Audit`] appends an entry to the audit log under the next
+    ///   number; [`Change::AuditPruned`] deletes the entries older than its
+    ///   time.
     /// - [`Change::Deleted`] deletes a task with its tags, attempts and
     ///   output (an unknown id is no error); [`Change::OutputDeleted`] only
     ///   its output.
@@ -178,6 +181,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The value last stored under `key` by [`Change::Meta`], if any.
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// Audit log entries ([`Change::Audit`]) numbered below `before` (all
+    /// when `None`), newest first, at most `limit`.
+    fn audit(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Gives back memory the store holds only to be faster (caches of
     /// pages read), after a bulk read that will not be repeated soon: the

@@ -13,8 +13,9 @@ use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use taskgrid_core::{
-    AttemptOutcome, AttemptRecord, Change, FireRecord, OutputChunk, Progress, ScheduleRecord,
-    State, Stream, TaskId, TaskRecord, TaskSpec, TaskStatus, Timestamp, WorkerId,
+    AttemptOutcome, AttemptRecord, AuditEntry, AuditRecord, Change, FireRecord, OutputChunk,
+    Progress, ScheduleRecord, State, Stream, TaskId, TaskRecord, TaskSpec, TaskStatus, Timestamp,
+    WorkerId,
 };
 
 use crate::attempt::{AttemptOp, attempt_ops, duplicate_attempt};
@@ -40,6 +41,10 @@ struct Inner {
     paused: BTreeSet<String>,
     /// Meta entries.
     meta: BTreeMap<String, String>,
+    /// The audit log, by number.
+    audit: BTreeMap<u64, AuditRecord>,
+    /// The last audit number given.
+    audit_seq: u64,
     /// Schedules by name.
     schedules: BTreeMap<String, Box<ScheduleRecord>>,
     /// The fires of each schedule (the schedule's name, even if it was
@@ -116,6 +121,10 @@ enum Undo {
     OutputDeleted(TaskId, Vec<Chunk>),
     /// Put back a meta entry (remove it if none).
     Meta(String, Option<String>),
+    /// Remove the appended audit entry.
+    Audit(u64),
+    /// Put back pruned audit entries.
+    AuditPruned(BTreeMap<u64, AuditRecord>),
 }
 
 enum AttemptUndo {
@@ -240,6 +249,18 @@ impl Inner {
                 let old = self.meta.insert(key.clone(), value.clone());
                 undo.push(Undo::Meta(key.clone(), old));
             }
+            Change::Audit(rec) => {
+                self.audit_seq += 1;
+                self.audit.insert(self.audit_seq, (**rec).clone());
+                undo.push(Undo::Audit(self.audit_seq));
+            }
+            Change::AuditPruned { before } => {
+                let (old, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.audit)
+                    .into_iter()
+                    .partition(|(_, r)| r.at < *before);
+                self.audit = kept;
+                undo.push(Undo::AuditPruned(old));
+            }
             Change::Deleted { id } => {
                 if let Some(t) = self.tasks.remove(id) {
                     self.counts[state_index(t.status.state)] -= 1;
@@ -264,6 +285,11 @@ impl Inner {
                     t.output = chunks;
                 }
             }
+            Undo::Audit(seq) => {
+                // The number stays used: a number is never given twice.
+                self.audit.remove(&seq);
+            }
+            Undo::AuditPruned(old) => self.audit.extend(old),
             Undo::Meta(key, old) => match old {
                 Some(v) => {
                     self.meta.insert(key, v);
@@ -559,6 +585,20 @@ impl Store for MemoryStore {
 
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self.lock().meta.get(key).cloned())
+    }
+
+    fn audit(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .audit
+            .range(..before.unwrap_or(u64::MAX))
+            .rev()
+            .take(limit)
+            .map(|(seq, record)| AuditEntry {
+                seq: *seq,
+                record: record.clone(),
+            })
+            .collect())
     }
 
     fn finished_before(

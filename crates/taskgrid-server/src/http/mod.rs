@@ -13,6 +13,7 @@
 //! The wire types live in [`taskgrid_api`]; `docs/api.md` and
 //! `GET /api/v1/openapi.json` describe the routes.
 
+mod audit;
 mod auth;
 mod dashboard;
 pub(crate) mod error;
@@ -172,6 +173,7 @@ fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/events/summary", get(summary::summary)),
         (Method::GET, "/events/schedules", get(schedules::events)),
         (Method::GET, "/openapi.json", get(openapi)),
+        (Method::GET, "/audit", get(audit::list)),
     ]
 }
 
@@ -224,6 +226,11 @@ pub fn router(system: Arc<TaskSystem>, config: ApiConfig) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::guard,
+        ))
+        // Outside the guard: refused calls are recorded too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
         ))
         .with_state(state.clone());
     let mut guarded = Router::new();

@@ -11,7 +11,10 @@ use crate::{Store, StoreError, TaskQuery};
 mod retention;
 mod schedules;
 
-pub use retention::{a_deleted_task_leaves_nothing_behind, finished_tasks_are_found_by_their_end};
+pub use retention::{
+    a_deleted_task_leaves_nothing_behind, audit_entries_are_numbered_paged_and_pruned,
+    finished_tasks_are_found_by_their_end,
+};
 pub use schedules::{
     a_duplicate_fire_fails_the_whole_batch, a_fire_commits_with_its_tasks_submit,
     deleting_a_schedule_removes_its_fires, failed_batch_keeps_schedules_and_fires,

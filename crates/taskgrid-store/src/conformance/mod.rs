@@ -70,6 +70,7 @@ macro_rules! conformance_tests {
                 finished_tasks_are_found_by_their_end,
                 a_deleted_task_leaves_nothing_behind,
                 schedules_are_read_a_page_at_a_time,
+                audit_entries_are_numbered_paged_and_pruned,
             );
         }
     };
@@ -148,6 +149,13 @@ impl Store for TempSqlite {
     }
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.store.meta(key)
+    }
+    fn audit(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<taskgrid_core::AuditEntry>, StoreError> {
+        self.store.audit(before, limit)
     }
     fn finished_before(
         &self,

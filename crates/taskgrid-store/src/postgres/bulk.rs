@@ -99,6 +99,10 @@ struct Groups<'a> {
     output_deleted: Vec<Vec<u8>>,
     /// Meta entries, the last of each key winning.
     meta: Vec<(&'a str, &'a str)>,
+    /// Audit entries (time, JSON), in batch order.
+    audit: Vec<(i64, String)>,
+    /// Audit entries older than this go (the latest prune of the batch).
+    audit_pruned: Option<i64>,
 }
 
 /// One schedule change, written by a statement of its own.
@@ -210,6 +214,15 @@ impl<'a> Groups<'a> {
             Change::Fire(fire) => self.schedules.push(ScheduleWrite::Fire(fire)),
             Change::Deleted { id } => self.deleted.push(id.to_bytes().to_vec()),
             Change::Meta { key, value } => self.meta.push((key, value)),
+            Change::Audit(rec) => {
+                let json = serde_json::to_string(&**rec)
+                    .map_err(|e| StoreError::Invalid(format!("audit record: {e}")))?;
+                self.audit.push((micros(rec.at), json));
+            }
+            Change::AuditPruned { before } => {
+                let before = micros(*before);
+                self.audit_pruned = Some(self.audit_pruned.map_or(before, |b| b.max(before)));
+            }
             Change::OutputDeleted { id } => self.output_deleted.push(id.to_bytes().to_vec()),
         }
         Ok(())
@@ -252,6 +265,19 @@ impl<'a> Groups<'a> {
             tx.execute(
                 "DELETE FROM output WHERE task_id = ANY($1)",
                 &[&self.output_deleted],
+            )?;
+        }
+        if let Some(before) = self.audit_pruned {
+            tx.execute("DELETE FROM audit WHERE at < $1", &[&before])?;
+        }
+        if !self.audit.is_empty() {
+            let (at, records): (Vec<i64>, Vec<&str>) =
+                self.audit.iter().map(|(a, r)| (*a, r.as_str())).unzip();
+            // In batch order: the numbers follow it.
+            tx.execute(
+                "INSERT INTO audit (at, record) \
+                 SELECT a, r FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS t(a, r, n) ORDER BY n",
+                &[&at, &records],
             )?;
         }
         write_deleted(tx, &self.deleted)

@@ -30,8 +30,8 @@ use postgres::{Client, NoTls, Row};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use taskgrid_core::{
-    AttemptRecord, Change, FireRecord, OutputChunk, ScheduleRecord, State, Stream, TaskId,
-    TaskRecord, Timestamp, WorkerId,
+    AttemptRecord, AuditEntry, Change, FireRecord, OutputChunk, ScheduleRecord, State, Stream,
+    TaskId, TaskRecord, Timestamp, WorkerId,
 };
 
 use crate::attempt::{parse_outcome, usage_of};
@@ -134,6 +134,15 @@ const MIGRATIONS: &[&str] = &[
         key    text NOT NULL PRIMARY KEY,
         value  text NOT NULL
     );
+    ",
+    // 4: the audit log (who changed what, when, how it ended).
+    "
+    CREATE TABLE audit (
+        seq     bigserial PRIMARY KEY,
+        at      bigint NOT NULL,
+        record  text   NOT NULL
+    );
+    CREATE INDEX audit_at ON audit (at);
     ",
 ];
 
@@ -467,6 +476,27 @@ impl Store for PostgresStore {
             .read_conn()?
             .query_opt("SELECT value FROM meta WHERE key = $1", &[&key])?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    fn audit(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.read_conn()?.query(
+            "SELECT seq, record FROM audit WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+            &[&before, &limit],
+        )?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get(0)?;
+                let json: String = row.try_get(1)?;
+                let record = serde_json::from_str(&json)
+                    .map_err(|e| StoreError::Corrupt(format!("audit entry {seq}: {e}")))?;
+                Ok(AuditEntry {
+                    seq: seq as u64,
+                    record,
+                })
+            })
+            .collect()
     }
 
     fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError> {

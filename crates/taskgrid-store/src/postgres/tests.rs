@@ -375,7 +375,8 @@ fn a_version_1_schema_gains_schedules_and_keeps_its_tasks() {
     let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
     c.batch_execute(&format!(
         "DROP TABLE {schema}.schedules; DROP TABLE {schema}.schedule_fires; \
-         DROP TABLE {schema}.meta; UPDATE {schema}.taskgrid_schema SET version = 1"
+         DROP TABLE {schema}.meta; DROP TABLE {schema}.audit; \
+         UPDATE {schema}.taskgrid_schema SET version = 1"
     ))
     .unwrap();
     store.store = Some(PostgresStore::open_in_schema(&url(), &schema).unwrap());

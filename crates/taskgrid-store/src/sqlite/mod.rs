@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 use taskgrid_core::{
-    AttemptRecord, Change, FireRecord, OutputChunk, ScheduleRecord, State, TaskId, TaskRecord,
-    Timestamp,
+    AttemptRecord, AuditEntry, Change, FireRecord, OutputChunk, ScheduleRecord, State, TaskId,
+    TaskRecord, Timestamp,
 };
 
 use crate::{FinishedScan, Store, StoreError, TaskQuery};
@@ -235,6 +235,10 @@ impl Store for SqliteStore {
 
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         read::meta(&self.read_conn(), key)
+    }
+
+    fn audit(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        read::audit(&self.read_conn(), before, limit)
     }
 
     fn release_memory(&self) {

@@ -8,8 +8,8 @@ use rusqlite::types::{FromSql, Value};
 use rusqlite::{Connection, Row, params, params_from_iter};
 use serde::de::DeserializeOwned;
 use taskgrid_core::{
-    AttemptRecord, FireRecord, OutputChunk, ScheduleRecord, State, Stream, TaskId, TaskRecord,
-    TaskStatus, Timestamp, WorkerId,
+    AttemptRecord, AuditEntry, FireRecord, OutputChunk, ScheduleRecord, State, Stream, TaskId,
+    TaskRecord, TaskStatus, Timestamp, WorkerId,
 };
 
 use crate::attempt::{parse_outcome, usage_of};
@@ -191,6 +191,32 @@ pub(super) fn meta(conn: &Connection, key: &str) -> Result<Option<String>, Store
         Some(row) => Ok(Some(col(row, 0)?)),
         None => Ok(None),
     }
+}
+
+/// See [`crate::Store::audit`].
+pub(super) fn audit(
+    conn: &Connection,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, record FROM audit WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(params![before, limit])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let seq: i64 = col(row, 0)?;
+        let json: String = col(row, 1)?;
+        let record = serde_json::from_str(&json)
+            .map_err(|e| StoreError::Corrupt(format!("audit entry {seq}: {e}")))?;
+        out.push(AuditEntry {
+            seq: seq as u64,
+            record,
+        });
+    }
+    Ok(out)
 }
 
 /// See [`crate::Store::finished_before`]: the status of each task read

@@ -122,6 +122,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         value  TEXT NOT NULL
     ) WITHOUT ROWID;
     ",
+    // 6: the audit log (who changed what, when, how it ended).
+    "
+    CREATE TABLE audit (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        at      INTEGER NOT NULL,
+        record  TEXT    NOT NULL
+    );
+    CREATE INDEX audit_at ON audit (at);
+    ",
 ];
 
 /// The schema version this build writes.

@@ -275,13 +275,13 @@ fn a_version_3_database_gains_schedules_and_keeps_its_tasks() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
     {
-        // Back to the release before schedules (steps 4 and 5 only add
+        // Back to the release before schedules (steps 4 to 6 only add
         // tables), with a task in it.
         open(&path).apply(&[submit(task(1))]).unwrap();
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
             "DROP TABLE schedules; DROP TABLE schedule_fires; DROP TABLE meta; \
-             PRAGMA user_version = 3;",
+             DROP TABLE audit; PRAGMA user_version = 3;",
         )
         .unwrap();
     }

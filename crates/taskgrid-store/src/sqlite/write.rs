@@ -141,6 +141,18 @@ impl<'c> Batch<'c> {
                         .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
                         .execute(params![key, value])?;
                 }
+                Change::Audit(rec) => {
+                    let json = serde_json::to_string(&**rec)
+                        .map_err(|e| StoreError::Invalid(format!("audit record: {e}")))?;
+                    self.conn
+                        .prepare_cached("INSERT INTO audit (at, record) VALUES (?1, ?2)")?
+                        .execute(params![micros(rec.at), json])?;
+                }
+                Change::AuditPruned { before } => {
+                    self.conn
+                        .prepare_cached("DELETE FROM audit WHERE at < ?1")?
+                        .execute(params![micros(*before)])?;
+                }
             }
         }
         Ok(())

@@ -77,6 +77,13 @@ impl Store for Recording {
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.inner.meta(key)
     }
+    fn audit(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<taskgrid_core::AuditEntry>, StoreError> {
+        self.inner.audit(before, limit)
+    }
     fn finished_before(
         &self,
         cutoff: taskgrid_core::Timestamp,

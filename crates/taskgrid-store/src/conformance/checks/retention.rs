@@ -118,3 +118,69 @@ pub fn a_deleted_task_leaves_nothing_behind(store: &dyn Store) {
         [tid(3)]
     );
 }
+
+/// Audit entries get increasing numbers in commit order, are read newest
+/// first a page at a time, leave with a failed batch, and retention
+/// deletes those older than its cutoff only.
+pub fn audit_entries_are_numbered_paged_and_pruned(store: &dyn Store) {
+    let entry = |at: u64, action: &str| {
+        Change::Audit(Box::new(taskgrid_core::AuditRecord {
+            at: ts(at),
+            actor: "client".into(),
+            remote: Some("127.0.0.1:5000".into()),
+            action: action.into(),
+            status: 200,
+            error: None,
+        }))
+    };
+    assert!(store.audit(None, 10).unwrap().is_empty());
+    store
+        .apply(&[entry(10, "POST /api/v1/tasks"), entry(20, "DELETE /x")])
+        .unwrap();
+    let mut refused = entry(30, "POST /api/v1/queues/q/pause");
+    if let Change::Audit(r) = &mut refused {
+        r.status = 404;
+        r.error = Some("not_found".into());
+    }
+    store.apply(&[refused.clone()]).unwrap();
+    // A failed batch leaves no entry behind.
+    assert!(
+        store
+            .apply(&[entry(35, "lost"), output(99, 1, "x")])
+            .is_err()
+    );
+    let all = store.audit(None, 10).unwrap();
+    let actions: Vec<&str> = all.iter().map(|e| e.record.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "POST /api/v1/queues/q/pause",
+            "DELETE /x",
+            "POST /api/v1/tasks"
+        ]
+    );
+    assert!(all.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+    assert_eq!(all[0].record.error.as_deref(), Some("not_found"));
+    assert_eq!(all[0].record.status, 404);
+    assert_eq!(all[2].record.remote.as_deref(), Some("127.0.0.1:5000"));
+    let page = store.audit(Some(all[0].seq), 1).unwrap();
+    assert_eq!(page, vec![all[1].clone()]);
+
+    store
+        .apply(&[Change::AuditPruned { before: ts(20) }])
+        .unwrap();
+    let left: Vec<u64> = store
+        .audit(None, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(
+        left,
+        vec![all[0].seq, all[1].seq],
+        "only the entry before 20 went"
+    );
+    // Numbers are never given twice.
+    store.apply(&[entry(40, "later")]).unwrap();
+    assert!(store.audit(None, 1).unwrap()[0].seq > all[0].seq);
+}
