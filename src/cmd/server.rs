@@ -73,6 +73,10 @@ pub(crate) struct Args {
     /// a submit beyond it is refused with 429 `queue_full`.
     #[arg(long = "queue-limit", value_parser = queue_limit, value_name = "QUEUE=N")]
     pub(crate) queue_limits: Vec<(String, usize)>,
+    /// The retention of one queue's finished tasks, in place of --retain,
+    /// as QUEUE=DURATION or QUEUE=forever (repeat for more queues).
+    #[arg(long = "retain-queue", value_parser = queue_retention, value_name = "QUEUE=DURATION|forever")]
+    pub(crate) queue_retention: Vec<(String, Retain)>,
     /// Serve HTTPS and gRPC over TLS with this certificate chain (PEM);
     /// needs --tls-key. Clients and workers then use https:// URLs.
     #[arg(
@@ -113,6 +117,19 @@ fn queue_limit(s: &str) -> Result<(String, usize), String> {
         .parse()
         .map_err(|_| format!("{s:?}: {n:?} is not a number of tasks"))?;
     Ok((q.to_owned(), n))
+}
+
+/// `--retain-queue QUEUE=DURATION|forever`.
+fn queue_retention(s: &str) -> Result<(String, Retain), String> {
+    let (q, d) = s.split_once('=').ok_or_else(|| {
+        format!(
+            "{s:?}: write a queue's retention as QUEUE=DURATION or QUEUE=forever (e.g. emails=30d)"
+        )
+    })?;
+    if q.is_empty() {
+        return Err(format!("{s:?}: the queue name is empty"));
+    }
+    Ok((q.to_owned(), retention(d)?))
 }
 
 /// `--retain`: how long finished tasks are kept, or forever.
@@ -346,15 +363,22 @@ impl Bound {
         let config = SystemConfig {
             check_handlers: false,
             retention: args.retain.0,
+            queue_retention: args
+                .queue_retention
+                .iter()
+                .map(|(q, r)| (q.clone(), r.0))
+                .collect(),
             engine: taskgrid_core::EngineConfig {
                 queue_limits: args.queue_limits.iter().cloned().collect(),
                 ..taskgrid_core::EngineConfig::default()
             },
-            // A tenth of the retention, between 100 ms and a minute: a task
-            // outlives its retention by at most ~10 %, or a minute.
-            retention_every: args
-                .retain
-                .0
+            // A tenth of the shortest retention, between 100 ms and a
+            // minute: a task outlives its retention by at most ~10 %, or a
+            // minute.
+            retention_every: std::iter::once(args.retain.0)
+                .chain(args.queue_retention.iter().map(|(_, r)| r.0))
+                .flatten()
+                .min()
                 .map_or(SystemConfig::RETENTION_EVERY_DEFAULT, |r| {
                     (r / 10).clamp(
                         Duration::from_millis(100),

@@ -1,5 +1,6 @@
 //! [`SystemConfig`]: how a [`TaskSystem`](crate::TaskSystem) behaves.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use taskgrid_core::EngineConfig;
@@ -35,6 +36,9 @@ pub struct SystemConfig {
     pub output_retention: Option<Duration>,
     /// How often retention looks for tasks to delete.
     pub retention_every: Duration,
+    /// A retention per queue, in place of `retention` for the tasks of
+    /// that queue (`None`: kept forever).
+    pub queue_retention: HashMap<String, Option<Duration>>,
 }
 
 impl SystemConfig {
@@ -68,6 +72,7 @@ impl Default for SystemConfig {
             retention: Some(Self::RETENTION_DEFAULT),
             output_retention: None,
             retention_every: Self::RETENTION_EVERY_DEFAULT,
+            queue_retention: HashMap::new(),
         }
     }
 }

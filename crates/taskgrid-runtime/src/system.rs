@@ -66,18 +66,21 @@ impl TaskSystem {
         let driver = rt.spawn(drive(self.inner.clone(), completions, stop_rx));
         let publisher = rt.spawn(publish(self.inner.clone(), committed));
         let config = &self.inner.config;
-        let retention =
-            (config.retention.is_some() || config.output_retention.is_some()).then(|| {
-                let every = config
-                    .retention_every
-                    .max(std::time::Duration::from_millis(1));
-                rt.spawn(crate::upkeep::run(
-                    Arc::downgrade(&self.inner),
-                    config.retention,
-                    config.output_retention,
-                    every,
-                ))
-            });
+        let keep = crate::upkeep::Keep {
+            default: config.retention,
+            queues: config.queue_retention.clone(),
+        };
+        let retention = (keep.any() || config.output_retention.is_some()).then(|| {
+            let every = config
+                .retention_every
+                .max(std::time::Duration::from_millis(1));
+            rt.spawn(crate::upkeep::run(
+                Arc::downgrade(&self.inner),
+                keep,
+                config.output_retention,
+                every,
+            ))
+        });
         let metrics = rt.spawn(crate::upkeep::save_metrics(Arc::downgrade(&self.inner)));
         *state = Lifecycle::Started {
             driver,

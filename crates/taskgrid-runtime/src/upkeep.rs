@@ -7,6 +7,7 @@
 //! at shutdown, and read back at start-up. (Deleting on demand is
 //! `TaskSystem::delete` and `TaskSystem::prune`.)
 
+use std::collections::HashMap;
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use taskgrid_core::{
 use crate::Error;
 use crate::config::RetentionStats;
 use crate::inner::Inner;
+use taskgrid_store::FinishedTask;
 
 /// The [`Change::Meta`] key of the saved metrics.
 pub(crate) const METRICS_KEY: &str = "metrics";
@@ -36,11 +38,63 @@ const SCAN_BATCH: usize = 1_000;
 /// writer busy for more than a few milliseconds.
 pub const DELETE_BATCH: usize = 100;
 
+/// How long finished tasks are kept: `default`, or their queue's own.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Keep {
+    /// For the tasks of every queue not in `queues` (`None`: forever).
+    pub(crate) default: Option<Duration>,
+    /// Per queue (`None`: forever).
+    pub(crate) queues: HashMap<String, Option<Duration>>,
+}
+
+impl Keep {
+    /// Whether any task is ever deleted.
+    pub(crate) fn any(&self) -> bool {
+        self.default.is_some() || self.queues.values().any(Option::is_some)
+    }
+
+    /// The shortest retention of all: the sweep reads what finished before
+    /// now less this.
+    fn shortest(&self) -> Option<Duration> {
+        self.queues
+            .values()
+            .flatten()
+            .chain(&self.default)
+            .min()
+            .copied()
+    }
+
+    /// The retention of the tasks of `queue`.
+    fn of(&self, queue: &str) -> Option<Duration> {
+        self.queues.get(queue).copied().unwrap_or(self.default)
+    }
+}
+
 /// Deletes every task that finished before `cutoff`; returns how many.
 pub(crate) async fn prune(inner: &Inner, cutoff: Timestamp) -> Result<usize, Error> {
-    sweep(inner, cutoff, &mut None, |e, ids, out| {
+    sweep(inner, cutoff, &mut None, &|_| true, |e, ids, out| {
         e.delete_finished(&ids, out).len()
     })
+    .await
+}
+
+/// Deletes every task that finished longer ago than its queue's retention
+/// in `keep`; returns how many.
+async fn prune_kept(inner: &Inner, now: Timestamp, keep: &Keep) -> Result<usize, Error> {
+    let Some(shortest) = keep.shortest() else {
+        return Ok(0);
+    };
+    let select = |f: &FinishedTask| {
+        keep.of(&f.queue)
+            .is_some_and(|k| f.finished_at < before(now, k))
+    };
+    sweep(
+        inner,
+        before(now, shortest),
+        &mut None,
+        &select,
+        |e, ids, out| e.delete_finished(&ids, out).len(),
+    )
     .await
 }
 
@@ -56,17 +110,23 @@ async fn prune_output(
     settle: Duration,
     cursor: &mut Option<TaskId>,
 ) -> Result<usize, Error> {
-    let n = sweep(inner, cutoff, &mut cursor.clone(), |e, ids, out| {
-        let mut n = 0;
-        for id in ids {
-            // Never the output of a task the engine holds live.
-            if e.get(id).is_none_or(|r| r.status.state.is_terminal()) {
-                out.changes.push(Change::OutputDeleted { id });
-                n += 1;
+    let n = sweep(
+        inner,
+        cutoff,
+        &mut cursor.clone(),
+        &|_| true,
+        |e, ids, out| {
+            let mut n = 0;
+            for id in ids {
+                // Never the output of a task the engine holds live.
+                if e.get(id).is_none_or(|r| r.status.state.is_terminal()) {
+                    out.changes.push(Change::OutputDeleted { id });
+                    n += 1;
+                }
             }
-        }
-        n
-    })
+            n
+        },
+    )
     .await?;
     let settled = TaskId::created_before(before(cutoff, settle)).as_u128();
     let settled = TaskId::from_u128(settled.saturating_sub(1));
@@ -75,12 +135,13 @@ async fn prune_output(
 }
 
 /// Reads the tasks that finished before `cutoff`, after `cursor` (moved
-/// on as it reads), and commits `act` on them [`DELETE_BATCH`] at a time;
-/// the sum of what `act` returned.
+/// on as it reads), and commits `act` on those `select` takes,
+/// [`DELETE_BATCH`] at a time; the sum of what `act` returned.
 async fn sweep(
     inner: &Inner,
     cutoff: Timestamp,
     cursor: &mut Option<TaskId>,
+    select: &(dyn Fn(&FinishedTask) -> bool + Sync),
     act: fn(&mut Engine, Vec<TaskId>, &mut Outbox) -> usize,
 ) -> Result<usize, Error> {
     let mut total = 0;
@@ -89,7 +150,13 @@ async fn sweep(
         let scan = inner
             .read_store(move |s| s.finished_before(cutoff, after, SCAN_BATCH))
             .await?;
-        for chunk in scan.finished.chunks(DELETE_BATCH) {
+        let chosen: Vec<TaskId> = scan
+            .finished
+            .iter()
+            .filter(|f| select(f))
+            .map(|f| f.id)
+            .collect();
+        for chunk in chosen.chunks(DELETE_BATCH) {
             let ids = chunk.to_vec();
             total += inner
                 .committed_command(move |e, _, out| act(e, ids, out))
@@ -110,12 +177,13 @@ fn before(now: Timestamp, keep: Duration) -> Timestamp {
     )
 }
 
-/// Every `every`, deletes the tasks that finished more than `keep` ago
-/// (none when `None`), and the output of those that finished more than
+/// Every `every`, deletes the tasks that finished longer ago than their
+/// queue's retention in `keep` (and the audit entries older than its
+/// default), and the output of those that finished more than
 /// `keep_output` ago, until the system is gone or shut down.
 pub(crate) async fn run(
     inner: Weak<Inner>,
-    keep: Option<Duration>,
+    keep: Keep,
     keep_output: Option<Duration>,
     every: Duration,
 ) {
@@ -144,15 +212,18 @@ pub(crate) async fn run(
                 Err(e) => tracing::warn!(error = %e, "retention: could not delete output"),
             }
         }
-        if let Some(keep) = keep {
-            match prune(&inner, before(now, keep)).await {
+        if keep.any() {
+            match prune_kept(&inner, now, &keep).await {
                 Ok(n) => done.tasks_deleted = n as u64,
                 // Nothing more can be committed: stop sweeping.
                 Err(Error::ShutDown | Error::StoreFailed) => return,
                 Err(e) => tracing::warn!(error = %e, "retention: could not delete finished tasks"),
             }
-            // The audit log is kept as long as the tasks.
-            let cutoff = before(now, keep);
+        }
+        // The audit log is kept as long as the tasks of the default
+        // retention.
+        if let Some(default) = keep.default {
+            let cutoff = before(now, default);
             let pruned = inner
                 .committed_command(move |_, _, out| {
                     out.changes.push(Change::AuditPruned { before: cutoff });

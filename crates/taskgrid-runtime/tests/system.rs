@@ -903,6 +903,73 @@ async fn finished_tasks_are_deleted_on_demand_and_by_retention() {
     sys.shutdown().await.unwrap();
 }
 
+/// A queue's own retention replaces the default for its tasks: with the
+/// default forever and "short" kept for zero, the sweep deletes the
+/// finished task of "short" and keeps the one of "long" (and the audit
+/// log, kept as long as the default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_retention_replaces_the_default_for_its_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SystemConfig {
+        retention: None,
+        queue_retention: [("short".to_owned(), Some(Duration::ZERO))].into(),
+        retention_every: Duration::from_millis(10),
+        ..SystemConfig::default()
+    };
+    let sys = TaskSystem::builder()
+        .sqlite(dir.path().join("tg.db"), SqliteOptions::default())
+        .config(config)
+        .handler("double", double())
+        .build()
+        .unwrap();
+    sys.start().unwrap();
+    let record = taskgrid_core::AuditRecord {
+        at: Timestamp::from_micros(0),
+        actor: "client".into(),
+        remote: None,
+        action: "kept".into(),
+        status: 200,
+        error: None,
+    };
+    sys.record_audit(record).await.unwrap();
+    let mut ids = Vec::new();
+    for queue in ["long", "short"] {
+        let h = sys
+            .submit(Task::handler("double", &1).queue(queue))
+            .await
+            .unwrap();
+        let r = tokio::time::timeout(LIMIT, h.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.state, State::Succeeded);
+        ids.push(h.id());
+    }
+    let mut swept = sys.retention_stats();
+    tokio::time::timeout(LIMIT, swept.wait_for(|s| s.tasks_deleted >= 1))
+        .await
+        .expect("retention deletes the task of the short queue")
+        .unwrap();
+    assert!(matches!(sys.get(ids[1]).await, Err(Error::NotFound(_))));
+    assert_eq!(
+        sys.get(ids[0]).await.unwrap().status.state,
+        State::Succeeded
+    );
+    // Later sweeps keep it too.
+    let seen = swept.borrow().sweeps;
+    tokio::time::timeout(LIMIT, swept.wait_for(|s| s.sweeps >= seen + 2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        sys.get(ids[0]).await.unwrap().status.state,
+        State::Succeeded
+    );
+    assert_eq!(swept.borrow().tasks_deleted, 1);
+    assert_eq!(sys.audit_log(None, 10).await.unwrap().len(), 1);
+    sys.shutdown().await.unwrap();
+}
+
 /// The metrics count on across a restart (saved at shutdown, read back at
 /// start-up), and deleting tasks does not lower them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

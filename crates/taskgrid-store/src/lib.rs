@@ -217,9 +217,21 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FinishedScan {
     /// The tasks that finished before the cutoff, in id order.
-    pub finished: Vec<TaskId>,
+    pub finished: Vec<FinishedTask>,
     /// The last id read; `None` when nothing was left to read.
     pub last: Option<TaskId>,
+}
+
+/// A task [`Store::finished_before`] found: enough to apply a retention
+/// per queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedTask {
+    /// The task.
+    pub id: TaskId,
+    /// Its queue.
+    pub queue: String,
+    /// When it finished.
+    pub finished_at: Timestamp,
 }
 
 /// The tags of a stored spec (JSON), read leniently: only `tags` is
@@ -235,9 +247,12 @@ pub(crate) fn tags_of(spec: &str) -> Vec<String> {
     serde_json::from_str::<Tags>(spec).map_or_else(|_| Vec::new(), |t| t.tags)
 }
 
-/// Whether a task with this status finished before `cutoff`.
-pub(crate) fn is_finished_before(status: &TaskStatus, cutoff: Timestamp) -> bool {
-    status.state.is_terminal() && status.finished_at.is_some_and(|f| f < cutoff)
+/// When the task of `status` finished, if it is terminal and did so
+/// before `cutoff`.
+pub(crate) fn finished_before_at(status: &TaskStatus, cutoff: Timestamp) -> Option<Timestamp> {
+    status
+        .finished_at
+        .filter(|f| status.state.is_terminal() && *f < cutoff)
 }
 
 /// The default page size of a [`TaskQuery`].

@@ -21,7 +21,8 @@ use taskgrid_core::{
 use crate::attempt::{AttemptOp, attempt_ops, duplicate_attempt};
 use crate::schedule::duplicate_fire;
 use crate::{
-    FinishedScan, Store, StoreError, TaskQuery, counts_in_order, is_finished_before, state_index,
+    FinishedScan, FinishedTask, Store, StoreError, TaskQuery, counts_in_order, finished_before_at,
+    state_index,
 };
 
 /// A [`Store`] that keeps everything in memory and loses it when dropped.
@@ -617,8 +618,12 @@ impl Store for MemoryStore {
             .take(limit)
         {
             scan.last = Some(*id);
-            if is_finished_before(&t.status, cutoff) {
-                scan.finished.push(*id);
+            if let Some(finished_at) = finished_before_at(&t.status, cutoff) {
+                scan.finished.push(FinishedTask {
+                    id: *id,
+                    queue: t.spec.queue.to_string(),
+                    finished_at,
+                });
             }
         }
         Ok(scan)

@@ -213,6 +213,7 @@ fn server_args(plan: &Plan, data_dir: &Path) -> server::Args {
         advertise: None,
         retain: server::Retain(Some(taskgrid_runtime::SystemConfig::RETENTION_DEFAULT)),
         queue_limits: Vec::new(),
+        queue_retention: Vec::new(),
         retain_output: None,
         tls_cert: None,
         tls_key: None,

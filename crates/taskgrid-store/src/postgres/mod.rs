@@ -450,7 +450,7 @@ impl Store for PostgresStore {
         let bound = TaskId::created_before(cutoff).to_bytes().to_vec();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self.read_conn()?.query(
-            "SELECT id, status FROM tasks WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3",
+            "SELECT id, status, queue FROM tasks WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3",
             &[&from, &bound, &limit],
         )?;
         let mut scan = crate::FinishedScan::default();
@@ -464,8 +464,12 @@ impl Store for PostgresStore {
             let status: taskgrid_core::TaskStatus = serde_json::from_str(&status)
                 .map_err(|e| StoreError::Corrupt(format!("task {id}: status: {e}")))?;
             scan.last = Some(id);
-            if crate::is_finished_before(&status, cutoff) {
-                scan.finished.push(id);
+            if let Some(finished_at) = crate::finished_before_at(&status, cutoff) {
+                scan.finished.push(crate::FinishedTask {
+                    id,
+                    queue: row.try_get(2)?,
+                    finished_at,
+                });
             }
         }
         Ok(scan)

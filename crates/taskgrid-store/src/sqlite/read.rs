@@ -15,7 +15,8 @@ use taskgrid_core::{
 use crate::attempt::{parse_outcome, usage_of};
 use crate::schedule;
 use crate::{
-    FinishedScan, StoreError, TaskQuery, counts_in_order, is_finished_before, state_index,
+    FinishedScan, FinishedTask, StoreError, TaskQuery, counts_in_order, finished_before_at,
+    state_index,
 };
 
 const TASK_COLUMNS: &str = "id, created_at, spec, status, progress, checkpoint";
@@ -228,7 +229,7 @@ pub(super) fn finished_before(
     limit: usize,
 ) -> Result<FinishedScan, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, status FROM tasks WHERE id > ?1 AND id < ?2 ORDER BY id LIMIT ?3",
+        "SELECT id, status, queue FROM tasks WHERE id > ?1 AND id < ?2 ORDER BY id LIMIT ?3",
     )?;
     let from = after.map_or([0u8; 16], TaskId::to_bytes);
     let bound = TaskId::created_before(cutoff).to_bytes();
@@ -243,8 +244,12 @@ pub(super) fn finished_before(
         let id = TaskId::from_bytes(key);
         let status: TaskStatus = from_json(id, "status", &col::<String>(row, 1)?)?;
         scan.last = Some(id);
-        if is_finished_before(&status, cutoff) {
-            scan.finished.push(id);
+        if let Some(finished_at) = finished_before_at(&status, cutoff) {
+            scan.finished.push(FinishedTask {
+                id,
+                queue: col(row, 2)?,
+                finished_at,
+            });
         }
     }
     Ok(scan)

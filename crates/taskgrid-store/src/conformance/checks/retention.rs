@@ -4,7 +4,7 @@
 use taskgrid_core::{AttemptOutcome, Change, State, TaskId, Timestamp};
 
 use super::super::fixtures::{Life, output, state_of, submit, task, tid, ts};
-use crate::{FinishedScan, Store, TaskQuery};
+use crate::{FinishedScan, FinishedTask, Store, TaskQuery};
 
 /// Past the creation time of every fixture id (their UUIDv7 milliseconds
 /// are 0x0192_0000_0000).
@@ -48,7 +48,11 @@ pub fn finished_tasks_are_found_by_their_end(store: &dyn Store) {
     assert_eq!(
         store.finished_before(cutoff(), None, 10).unwrap(),
         FinishedScan {
-            finished: vec![tid(1)],
+            finished: vec![FinishedTask {
+                id: tid(1),
+                queue: taskgrid_core::DEFAULT_QUEUE.into(),
+                finished_at: ts(10),
+            }],
             last: Some(tid(3)),
         }
     );
@@ -59,7 +63,7 @@ pub fn finished_tasks_are_found_by_their_end(store: &dyn Store) {
     loop {
         let scan = store.finished_before(cutoff(), after, 1).unwrap();
         let Some(last) = scan.last else { break };
-        found.extend(scan.finished);
+        found.extend(scan.finished.into_iter().map(|f| f.id));
         after = Some(last);
         reads += 1;
     }
@@ -114,7 +118,10 @@ pub fn a_deleted_task_leaves_nothing_behind(store: &dyn Store) {
         store
             .finished_before(ts(u64::MAX / 2), None, 10)
             .unwrap()
-            .finished,
+            .finished
+            .into_iter()
+            .map(|f| f.id)
+            .collect::<Vec<_>>(),
         [tid(3)]
     );
 }
