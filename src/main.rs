@@ -77,6 +77,9 @@ enum Command {
     /// The audit log: every state-changing call and worker registration,
     /// who made it, from where, and how it ended (newest first).
     Audit(cmd::client::AuditArgs),
+    /// List the coordinators that advertise themselves on this network
+    /// (mDNS, `_taskgrid._tcp`).
+    Discover(cmd::discover::Args),
     /// Check the configuration file (taskgrid.toml) and print the
     /// effective settings, or an example file with every key.
     Config(cmd::config::Args),
@@ -165,6 +168,7 @@ fn main() -> std::process::ExitCode {
             Command::Demo(a) => cmd::demo::run(a).await.map(|()| 0),
             Command::Bench(a) => cmd::bench::run(a).await.map(|()| 0),
             Command::Audit(a) => client::audit(a).await,
+            Command::Discover(a) => cmd::discover::run(a).await,
             Command::Config(a) => cmd::config::run(a, &Cli::command(), file.as_ref()),
         }
     });

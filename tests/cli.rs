@@ -1625,3 +1625,74 @@ async fn the_audit_log_records_calls_and_registrations_through_kill_9() {
     assert_eq!(table.lines().count(), 3, "a header and two rows: {table}");
     assert!(table.contains("POST /api/v1/queues/idle/resume"), "{table}");
 }
+
+/// A coordinator advertises itself over mDNS (on the loopback, where it
+/// listens): `taskgrid discover` lists it with its URL, version and what
+/// it requires; the CLI and a worker given `--server auto:NAME` find it.
+/// One started with `--no-mdns` is not found, and saying so takes a
+/// clear error, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_are_found_over_mdns() {
+    let dir = tempfile::tempdir().unwrap();
+    // Names of their own: other tests' coordinators advertise too.
+    let name = format!("tg-test-{}", std::process::id());
+    let server = Server::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--mdns-name", &name, "--worker-token", "wt"],
+    );
+    let url = server.url();
+    let out = taskgrid()
+        .args(["discover", "--wait", "3s", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let me = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("{name} not among {found}"));
+    assert_eq!(me["url"], url.as_str());
+    assert_eq!(me["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        (me["tls"].as_bool(), me["worker_token"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert_eq!(me["client_token"].as_bool(), Some(false));
+
+    let auto = format!("auto:{name}");
+    let out = taskgrid()
+        .args(["submit", "--server", &auto, "--", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id: TaskId = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let _w = worker(&auto, "w-mdns", &["--worker-token", "wt"]);
+    let client = server.client(None);
+    await_worker(&client, "w-mdns").await;
+    assert_eq!(
+        await_state(&client, id, None).await,
+        taskgrid_core::State::Succeeded
+    );
+
+    let quiet_dir = tempfile::tempdir().unwrap();
+    let quiet = format!("{name}-quiet");
+    let _quiet = Server::start(
+        quiet_dir.path(),
+        "127.0.0.1:0",
+        &["--mdns-name", &quiet, "--no-mdns"],
+    );
+    let out = taskgrid()
+        .args(["list", "--server", &format!("auto:{quiet}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no coordinator named"), "{err}");
+}

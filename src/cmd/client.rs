@@ -14,7 +14,8 @@ use taskgrid_core::{MetricsSnapshot, State, Stream, TaskId, Timestamp};
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Conn {
     /// The coordinator's address, or a comma-separated list of the
-    /// coordinators of a grid on PostgreSQL (calls find the leader).
+    /// coordinators of a grid on PostgreSQL (calls find the leader), or
+    /// `auto` / `auto:NAME` (found over mDNS; see `taskgrid discover`).
     #[arg(
         long,
         global = true,
@@ -53,6 +54,8 @@ pub(crate) fn client_for(
     token: Option<String>,
     ca: Option<&std::path::Path>,
 ) -> anyhow::Result<Client> {
+    // `auto`: the coordinator advertised over mDNS.
+    let server = &super::discover::resolve(server)?;
     let client = Client::new(server, token).with_context(|| format!("coordinator {server}"))?;
     match ca {
         Some(path) => {

@@ -4,6 +4,7 @@ pub(crate) mod bench;
 pub(crate) mod client;
 pub(crate) mod config;
 pub(crate) mod demo;
+pub(crate) mod discover;
 pub(crate) mod schedule;
 pub(crate) mod server;
 pub(crate) mod signals;

@@ -103,6 +103,13 @@ pub(crate) struct Args {
         value_name = "PEM"
     )]
     pub(crate) worker_ca: Option<PathBuf>,
+    /// Do not advertise this coordinator over mDNS (`_taskgrid._tcp`, for
+    /// `taskgrid discover` and `--server auto`).
+    #[arg(long)]
+    pub(crate) no_mdns: bool,
+    /// The name it advertises over mDNS (default: taskgrid-HOST-PORT).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) mdns_name: Option<String>,
 }
 
 /// `--queue-limit QUEUE=N`.
@@ -174,6 +181,7 @@ pub(crate) struct Bound {
     stop: tokio::sync::watch::Sender<bool>,
     args: Args,
     tls: Option<ServerTls>,
+    advert: Option<super::discover::Advert>,
 }
 
 /// A running coordinator.
@@ -184,6 +192,8 @@ pub(crate) struct Coordinator {
     pub(crate) store: String,
     serve: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Advertised over mDNS while it lives.
+    _advert: Option<super::discover::Advert>,
 }
 
 impl Args {
@@ -296,6 +306,36 @@ pub(crate) async fn bind(args: &Args) -> anyhow::Result<Bound> {
         None => format!("{scheme}://{addr}"),
     };
     let store = args.store_config(&address)?;
+    let advert = if args.no_mdns {
+        None
+    } else {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "host".to_owned());
+        let name = args
+            .mdns_name
+            .clone()
+            .unwrap_or_else(|| format!("taskgrid-{host}-{}", addr.port()));
+        let offer = super::discover::Offer {
+            name: &name,
+            addr,
+            url: &address,
+            tls: tls.is_some(),
+            client_token: args.client_token.is_some(),
+            worker_token: args.worker_token.is_some(),
+        };
+        // Discovery is a convenience: without it the coordinator still
+        // serves whoever is given its address.
+        match super::discover::advertise(&offer) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!("not advertised over mDNS: {e:#}");
+                None
+            }
+        }
+    };
     let front = Front::new(args.client_token.clone());
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let app = front.router();
@@ -341,6 +381,7 @@ pub(crate) async fn bind(args: &Args) -> anyhow::Result<Bound> {
         stop,
         args: args.clone(),
         tls,
+        advert,
     })
 }
 
@@ -437,6 +478,7 @@ impl Bound {
             store: store.to_string(),
             serve: self.serve,
             stop: self.stop,
+            _advert: self.advert,
         })
     }
 

@@ -13,7 +13,9 @@ use taskgrid_worker::{
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Args {
     /// The coordinator's address, or a comma-separated list of the
-    /// coordinators of a grid on PostgreSQL (the worker finds the leader).
+    /// coordinators of a grid on PostgreSQL (the worker finds the leader),
+    /// or `auto` (the first coordinator found over mDNS) or `auto:NAME`
+    /// (the one advertised as NAME).
     #[arg(long, env = "TASKGRID_SERVER", default_value = "http://127.0.0.1:7070")]
     pub(crate) server: String,
     /// Worker token.
@@ -138,7 +140,12 @@ impl Args {
     }
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(mut args: Args) -> anyhow::Result<()> {
+    // `auto`: the coordinator advertised over mDNS.
+    let given = args.server.clone();
+    args.server = tokio::task::spawn_blocking(move || super::discover::resolve(&given))
+        .await
+        .context("discovery")??;
     let config = args.config()?;
     eprintln!(
         "taskgrid worker {} connecting to {}",

@@ -218,6 +218,9 @@ fn server_args(plan: &Plan, data_dir: &Path) -> server::Args {
         tls_cert: None,
         tls_key: None,
         worker_ca: None,
+        // A benchmark's coordinator is nobody else's.
+        no_mdns: true,
+        mdns_name: None,
         store: match &plan.store {
             StoreKind::Sqlite => None,
             StoreKind::Memory => Some(StoreConfig::Memory),
