@@ -319,6 +319,19 @@ async fn dashboard_submits_follows_output_and_cancels_in_chromium() {
     wait_text(&c, "main", "w1").await;
     // Which coordinator serves: one, on a store of its own.
     wait_text(&c, "#coordinators", "One coordinator: http://127.0.0.1:").await;
+    // Its host, as its heartbeats say: load per CPU, memory, disk.
+    wait_text(&c, "main", "host load/cpu").await;
+    wait_for("the worker's host load", || async {
+        let load = page_json(
+            &c,
+            "document.querySelector('tr[data-worker=\"w1\"] td[data-load]')?.textContent",
+        )
+        .await;
+        load.as_str()
+            .is_some_and(|t| t.chars().any(|ch| ch.is_ascii_digit()))
+            .then_some(())
+    })
+    .await;
     screenshot(&c, "workers.png").await;
     c.goto(&format!("{}/#/tasks?state=cancelled", server.url()))
         .await

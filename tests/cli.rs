@@ -1696,3 +1696,50 @@ async fn coordinators_are_found_over_mdns() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no coordinator named"), "{err}");
 }
+
+/// A worker reports its host in every heartbeat — load per CPU, memory
+/// available, free disk — and `taskgrid workers` shows them with its
+/// `--max-load`; a load that is no positive number is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_report_their_host_load_memory_and_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0", &["--heartbeat-ms", "100"]);
+    let url = server.url();
+    let _w = worker(&url, "w-host", &["--max-load", "1000"]);
+    let client = server.client(None);
+    util::await_worker_where(&client, "w-host", |w| w.health.is_some()).await;
+    let ws = client.workers().await.unwrap();
+    let w = ws.iter().find(|w| w.id.as_str() == "w-host").unwrap();
+    let health = w.health.unwrap();
+    assert!(health.load.is_some_and(|l| l >= 0.0), "{health:?}");
+    assert!(
+        health.memory_available_bytes.is_some_and(|m| m > 0),
+        "{health:?}"
+    );
+    assert!(health.disk_free_bytes.is_some_and(|d| d > 0), "{health:?}");
+    assert_eq!(w.max_load, Some(1000.0));
+    // Under its (high) threshold, it runs work.
+    let id = submit_true(&url, &[]);
+    assert_eq!(
+        await_state(&client, id, None).await,
+        taskgrid_core::State::Succeeded
+    );
+    let out = taskgrid()
+        .args(["workers", "--server", &url])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("load/cpu") && table.contains("disk free"),
+        "{table}"
+    );
+    let row = table.lines().find(|l| l.starts_with("w-host")).unwrap();
+    assert!(!row.contains(" - "), "every figure is known: {row}");
+
+    let out = taskgrid()
+        .args(["worker", "--server", &url, "--max-load", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is no load"));
+}

@@ -457,6 +457,16 @@ fn gate_text(g: &taskgrid_core::Gate) -> String {
                 list.join(", ")
             )
         }
+        Gate::Overloaded { workers } => {
+            let list: Vec<String> = workers
+                .iter()
+                .map(|(w, load, max)| format!("{w} {load:.2} > {max}"))
+                .collect();
+            format!(
+                "capable workers take no new work over their max load (per CPU): {}",
+                list.join(", ")
+            )
+        }
         Gate::Position {
             queue,
             priority,
@@ -506,17 +516,27 @@ pub(crate) async fn workers(a: ConnArgs) -> anyhow::Result<i32> {
         );
     }
     println!(
-        "{:<24}  {:>5}  {:>5}  {:>5}  labels / handlers",
-        "worker", "used", "slots", "trust"
+        "{:<24}  {:>5}  {:>5}  {:>5}  {:>9}  {:>9}  {:>9}  labels / handlers",
+        "worker", "used", "slots", "trust", "load/cpu", "mem free", "disk free"
     );
     for w in &ws {
         let labels = w.label_texts();
+        let health = w.health;
+        let load = match (health.and_then(|h| h.load), w.max_load) {
+            (Some(l), Some(m)) if l > m => format!("{l:.2}>{m}"),
+            (Some(l), _) => format!("{l:.2}"),
+            (None, _) => "-".into(),
+        };
+        let bytes = |b: Option<u64>| b.map_or_else(|| "-".to_owned(), human_bytes);
         println!(
-            "{:<24}  {:>5}  {:>5}  {:>5.2}  {} / {}",
+            "{:<24}  {:>5}  {:>5}  {:>5.2}  {:>9}  {:>9}  {:>9}  {} / {}",
             w.id.to_string(),
             w.used,
             w.slots,
             w.trust,
+            load,
+            bytes(health.and_then(|h| h.memory_available_bytes)),
+            bytes(health.and_then(|h| h.disk_free_bytes)),
             labels.join(","),
             w.handlers.join(",")
         );
@@ -808,4 +828,20 @@ pub(crate) async fn audit(a: AuditArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// Bytes as a person reads them: `812M`, `3.4G`.
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = b as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if v >= 10.0 || unit == 0 {
+        format!("{v:.0}{}", UNITS[unit])
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
 }

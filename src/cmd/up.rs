@@ -39,6 +39,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         ca,
         tls_cert: None,
         tls_key: None,
+        max_load: None,
         worker_token: args.server.worker_token.clone(),
         labels: args.labels.clone(),
         slots: args.slots,

@@ -63,6 +63,11 @@ pub(crate) struct Args {
     /// On SIGTERM, how long running tasks may finish before they are handed back (ms).
     #[arg(long, default_value_t = 30_000)]
     pub(crate) drain_grace_ms: u64,
+    /// Take no new work while the host's 1-minute load average per CPU is
+    /// above this (e.g. 1.5); the coordinator offers it none until the
+    /// load is under again.
+    #[arg(long, value_name = "LOAD", value_parser = max_load)]
+    pub(crate) max_load: Option<f64>,
     /// CA certificate (PEM) that signed an https:// coordinator's
     /// certificate, trusted besides the system's roots.
     #[arg(long, env = "TASKGRID_CA", value_name = "PEM")]
@@ -84,6 +89,16 @@ pub(crate) struct Args {
         value_name = "PEM"
     )]
     pub(crate) tls_key: Option<PathBuf>,
+}
+
+/// `--max-load`: a positive load per CPU.
+fn max_load(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is no load: give the 1-minute load average per CPU above which to take no work, e.g. 1.5"
+        )),
+    }
 }
 
 impl Args {
@@ -123,6 +138,7 @@ impl Args {
         c.queues = self.queues.clone();
         c.limits.max_output_bytes = self.max_output_bytes;
         c.drain_grace = Duration::from_millis(self.drain_grace_ms);
+        c.max_load = self.max_load;
         let read = |flag: &str, path: &PathBuf| {
             std::fs::read(path)
                 .with_context(|| format!("{flag} {}: cannot read it", path.display()))

@@ -127,12 +127,22 @@ pub fn worker(server: &str, id: &str, extra: &[&str]) -> Proc {
 
 /// Waits until the coordinator lists a worker with this id.
 pub async fn await_worker(client: &Client, id: &str) {
+    await_worker_where(client, id, |_| true).await;
+}
+
+/// Waits until the coordinator lists a worker with this id of which
+/// `ready` holds.
+pub async fn await_worker_where(
+    client: &Client,
+    id: &str,
+    ready: impl Fn(&taskgrid_api::WorkerView) -> bool,
+) {
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             if client
                 .workers()
                 .await
-                .map(|ws| ws.iter().any(|w| w.id.as_str() == id))
+                .map(|ws| ws.iter().any(|w| w.id.as_str() == id && ready(w)))
                 .unwrap_or(false)
             {
                 return;

@@ -581,6 +581,13 @@ pub struct WorkerView {
     /// Its CPUs, as it said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
+    /// Above this load per CPU of its host it is offered no new work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_load: Option<f64>,
+    /// What its last heartbeat said of its host: load per CPU, memory
+    /// available, free disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<taskgrid_core::WorkerHealth>,
 }
 
 impl WorkerView {

@@ -29,7 +29,8 @@ pub use change::Change;
 pub use engine::{
     Assignment, BACKFILL_MAX, BUFFER_MAX, CancelOutcome, CommandError, Engine, EngineConfig,
     Explanation, Gate, Outbox, QueueStats, ReportAck, ScheduleError, ScheduleGate, ScheduleView,
-    StopAttempt, StopReason, SubmitError, Submitted, TRUST_REMEMBERED_MAX, WorkerInfo,
+    StopAttempt, StopReason, SubmitError, Submitted, TRUST_REMEMBERED_MAX, WorkerHealth,
+    WorkerInfo,
 };
 pub use id::{ParseIdError, TaskId, WorkerId};
 pub use metrics::{

@@ -137,6 +137,8 @@ fn worker_views(engine: &taskgrid_core::Engine) -> Vec<WorkerView> {
             running,
             memory_bytes: info.memory_bytes,
             cpus: info.cpus,
+            max_load: info.max_load,
+            health: info.health,
         })
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));

@@ -242,6 +242,25 @@ impl WorkerService {
         Ok(())
     }
 
+    /// Records what a worker's heartbeat said of its host (`at` is set to
+    /// now); a worker over the `max_load` it registered with is offered
+    /// nothing until it reports a load under it.
+    pub fn report_health(
+        &self,
+        worker: &WorkerId,
+        mut health: taskgrid_core::WorkerHealth,
+    ) -> Result<(), WorkerError> {
+        health.at = self.inner.clock.now();
+        let mut engine = self.inner.lock();
+        if engine.set_worker_health(worker, health).is_err() {
+            return Err(WorkerError::Dropped);
+        }
+        // Under its threshold again: what waited may go to it now.
+        drop(engine);
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
     /// The worker took an offered attempt.
     pub fn accept(&self, worker: &WorkerId, id: TaskId, attempt: u32) -> Result<(), WorkerError> {
         let now = self.inner.clock.now();

@@ -335,6 +335,8 @@ impl Gateway {
             ),
             memory_bytes: (reg.memory_bytes > 0).then_some(reg.memory_bytes),
             cpus: (reg.cpus.is_finite() && reg.cpus > 0.0).then_some(reg.cpus),
+            max_load: (reg.max_load.is_finite() && reg.max_load > 0.0).then_some(reg.max_load),
+            health: None,
         })
     }
 }
@@ -390,7 +392,16 @@ async fn apply(
     match m.msg.ok_or_else(|| malformed("empty message"))? {
         In::Register(_) => Err(malformed("register sent twice on one stream")),
         In::Goodbye(_) => Err(malformed("goodbye handled by the session loop")),
-        In::Heartbeat(hb) => match service.heartbeat(worker, hb.draining) {
+        In::Heartbeat(hb) => match service.heartbeat(worker, hb.draining).and_then(|()| {
+            let known = |n: u64| (n > 0).then_some(n);
+            let health = taskgrid_core::WorkerHealth {
+                load: (hb.load.is_finite() && hb.load >= 0.0).then_some(hb.load),
+                memory_available_bytes: known(hb.memory_available_bytes),
+                disk_free_bytes: known(hb.disk_free_bytes),
+                at: taskgrid_core::Timestamp::from_micros(0),
+            };
+            service.report_health(worker, health)
+        }) {
             Err(WorkerError::Dropped) => {
                 // Dropped for missed heartbeats: end this stream so the
                 // worker registers again (and reconciles what it runs).

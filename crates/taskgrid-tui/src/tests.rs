@@ -223,6 +223,8 @@ fn the_selection_stays_on_a_row_when_rows_disappear() {
         running: vec![],
         memory_bytes: None,
         cpus: None,
+        max_load: None,
+        health: None,
     };
     update(
         &mut app,
@@ -605,6 +607,13 @@ fn workers_queues_and_the_cancel_prompt_render() {
             running: vec![],
             memory_bytes: None,
             cpus: None,
+            max_load: Some(1.5),
+            health: Some(taskgrid_core::WorkerHealth {
+                load: Some(2.25),
+                memory_available_bytes: Some(3 << 30),
+                disk_free_bytes: Some(40 << 30),
+                at: taskgrid_core::Timestamp::from_micros(1),
+            }),
         }]),
     );
     update(
@@ -619,8 +628,17 @@ fn workers_queues_and_the_cancel_prompt_render() {
         }]),
     );
     keys(&mut app, &[Key::Char('1')]);
-    let s = screen(&app, 100, 8);
-    for want in ["gpu-box", "3/4", "0.90", "gpu, os=linux", "shell, resize"] {
+    let s = screen(&app, 130, 8);
+    for want in [
+        "gpu-box",
+        "3/4",
+        "0.90",
+        "2.25>1.5",
+        "3.0G",
+        "40.0G",
+        "gpu, os=linux",
+        "shell, resize",
+    ] {
         assert!(s.contains(want), "{want:?} missing in\n{s}");
     }
     keys(&mut app, &[Key::Char('3')]);
@@ -790,6 +808,8 @@ fn errors_names_and_messages_keep_their_breaks_visible_on_one_line() {
             running: vec![],
             memory_bytes: None,
             cpus: None,
+            max_load: None,
+            health: None,
         }]),
     );
     keys(&mut app, &[Key::Char('1')]);

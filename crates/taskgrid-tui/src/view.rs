@@ -116,10 +116,25 @@ fn draw_workers(frame: &mut Frame<'_>, area: Rect, app: &App) {
             can.push("container");
         }
         can.extend(w.handlers.iter().map(String::as_str));
+        let health = w.health;
+        let load = match (health.and_then(|h| h.load), w.max_load) {
+            (Some(l), Some(m)) if l > m => format!("{l:.2}>{m}"),
+            (Some(l), _) => format!("{l:.2}"),
+            (None, _) => "-".to_owned(),
+        };
+        let gib = |b: Option<u64>| {
+            b.map_or_else(
+                || "-".to_owned(),
+                |b| format!("{:.1}G", b as f64 / f64::from(1u32 << 30)),
+            )
+        };
         Row::new([
             one_line(w.id.as_str()),
             format!("{}/{}", w.used, w.slots),
             format!("{:.2}", w.trust),
+            load,
+            gib(health.and_then(|h| h.memory_available_bytes)),
+            gib(health.and_then(|h| h.disk_free_bytes)),
             one_line(&labels.join(", ")),
             one_line(&can.join(", ")),
         ])
@@ -128,10 +143,15 @@ fn draw_workers(frame: &mut Frame<'_>, area: Rect, app: &App) {
         Constraint::Length(24),
         Constraint::Length(7),
         Constraint::Length(5),
+        Constraint::Length(9),
+        Constraint::Length(7),
+        Constraint::Length(7),
         Constraint::Fill(1),
         Constraint::Fill(2),
     ];
-    let head = header(&["id", "slots", "trust", "labels", "handlers"]);
+    let head = header(&[
+        "id", "slots", "trust", "load/cpu", "mem", "disk", "labels", "handlers",
+    ]);
     let mut state = TableState::default().with_selected(Some(app.worker_sel));
     frame.render_stateful_widget(
         table(rows.collect(), &widths, head, " workers "),

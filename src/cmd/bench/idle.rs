@@ -234,7 +234,7 @@ impl Simulated {
         loop {
             tokio::select! {
                 _ = beat.tick() => {
-                    let hb = worker::Heartbeat { running: Vec::new(), load: 0.0, draining: false };
+                    let hb = worker::Heartbeat { running: Vec::new(), load: 0.0, draining: false, ..Default::default() };
                     out.send(message(In::Heartbeat(hb))).await?;
                 }
                 m = inbound.message() => match m? {

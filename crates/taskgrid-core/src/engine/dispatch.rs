@@ -136,6 +136,11 @@ pub struct WorkerInfo {
     pub memory_bytes: Option<u64>,
     /// Its CPUs, when it says (shown; not used to place tasks).
     pub cpus: Option<f64>,
+    /// Above this load per CPU of its host it is offered no new work.
+    pub max_load: Option<f64>,
+    /// What its last heartbeat said of its host (set by
+    /// [`Engine::set_worker_health`]).
+    pub health: Option<WorkerHealth>,
 }
 
 impl WorkerInfo {
@@ -158,8 +163,26 @@ impl WorkerInfo {
             heartbeat_timeout: None,
             memory_bytes: None,
             cpus: None,
+            max_load: None,
+            health: None,
         }
     }
+}
+
+/// What a worker said of its host in its last heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerHealth {
+    /// The host's 1-minute load average per CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<f64>,
+    /// Memory available on the host, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_available_bytes: Option<u64>,
+    /// Free disk where the worker runs tasks, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_free_bytes: Option<u64>,
+    /// When it said so.
+    pub at: Timestamp,
 }
 
 #[derive(Debug)]
@@ -183,12 +206,23 @@ pub(super) struct Worker {
 
 impl Worker {
     pub(super) fn free(&self) -> u32 {
-        if self.paused {
+        if self.paused || self.overloaded() {
             return 0;
         }
         (self.info.slots + self.info.prefetch).saturating_sub(self.used)
     }
     /// Whether `bytes` more of requested memory fit in what it said it has.
+    /// Whether its host's load is over the threshold it declared.
+    pub(super) fn overloaded(&self) -> bool {
+        match (self.info.max_load, self.info.health.and_then(|h| h.load)) {
+            (Some(max), Some(load)) => load > max,
+            _ => false,
+        }
+    }
+    /// Its host's load per CPU, 0 when unknown (for ranking).
+    fn load(&self) -> f64 {
+        self.info.health.and_then(|h| h.load).unwrap_or(0.0)
+    }
     fn has_memory(&self, bytes: u64) -> bool {
         bytes == 0
             || self
@@ -389,6 +423,27 @@ impl Engine {
         Ok(())
     }
 
+    /// Records what a worker's heartbeat said of its host. Of equally free
+    /// capable workers, dispatch prefers the least loaded; a worker whose
+    /// load is over its `max_load` is offered nothing until it is under
+    /// again.
+    pub fn set_worker_health(
+        &mut self,
+        worker: &WorkerId,
+        health: WorkerHealth,
+    ) -> Result<(), super::CommandError> {
+        let i = *self
+            .worker_index
+            .get(worker)
+            .ok_or_else(|| super::CommandError::UnknownWorker(worker.clone()))?;
+        let w = self.workers[i].as_mut().expect("indexed workers exist");
+        let before = w.free();
+        w.info.health = Some(health);
+        let after = w.free();
+        self.free_slots = self.free_slots + u64::from(after) - u64::from(before);
+        Ok(())
+    }
+
     /// Reconciles what a (re)connecting worker says it runs with what the
     /// engine thinks it holds. Attempts it runs that are still current stay
     /// its own; the others are returned for the worker to stop. Attempts the
@@ -536,15 +591,15 @@ impl Engine {
         let min_trust = e.rec.spec.min_trust.unwrap_or(0.0);
         // Idle slots first, so a task goes to a worker that can start it
         // rather than to one that would hold it (prefetch); then room,
-        // then trust.
-        let mut best: Option<((u32, u32, f64), usize)> = None;
+        // then the less loaded host, then trust.
+        let mut best: Option<((u32, u32, f64, f64), usize)> = None;
         let mut refused = false;
         for &wi in &self.classes[ci].capable {
             let Some(w) = self.workers[wi].as_ref() else {
                 continue;
             };
             let (free, trust) = (w.free(), w.trust());
-            let rank = (w.idle(), free, trust);
+            let rank = (w.idle(), free, -w.load(), trust);
             if free < need || trust < min_trust || !w.has_memory(memory) {
                 continue;
             }

@@ -52,6 +52,12 @@ pub enum Gate {
         /// Slots the task needs.
         needs: u32,
     },
+    /// Capable workers that take no new work while their host's load is
+    /// over the `--max-load` they declared.
+    Overloaded {
+        /// (worker, its host's load per CPU, its max load).
+        workers: Vec<(WorkerId, f64, f64)>,
+    },
     /// Tasks ahead of it in its queue.
     Position {
         /// Its queue.
@@ -165,6 +171,17 @@ impl Engine {
             gates.push(Gate::Trust { min_trust, best });
         }
         let needs = e.rec.spec.slots;
+        let over: Vec<(WorkerId, f64, f64)> = capable
+            .iter()
+            .filter(|w| w.overloaded())
+            .filter_map(|w| {
+                let load = w.info.health.and_then(|h| h.load)?;
+                Some((w.info.id.clone(), load, w.info.max_load?))
+            })
+            .collect();
+        if !over.is_empty() && capable.iter().all(|w| w.free() < needs) {
+            gates.push(Gate::Overloaded { workers: over });
+        }
         if capable.iter().all(|w| w.free() < needs) {
             gates.push(Gate::WorkersBusy {
                 workers: capable

@@ -24,7 +24,7 @@ use crate::{
     TaskKind, TaskRecord, TaskStatus, Timestamp, TransitionError, WorkerId, transition,
 };
 
-pub use dispatch::WorkerInfo;
+pub use dispatch::{WorkerHealth, WorkerInfo};
 pub use explain::{Explanation, Gate};
 pub use report::{CancelOutcome, ReportAck};
 pub use schedules::{BACKFILL_MAX, BUFFER_MAX, ScheduleError, ScheduleGate, ScheduleView};

@@ -1253,3 +1253,88 @@ fn trust_survives_a_reconnect_and_a_restart() {
     assert_eq!(trust_of(&t2.engine, "w"), Some(earned));
     assert_eq!(trust_of(&t2.engine, "odd"), Some(0.5));
 }
+
+fn health(load: f64, at: Timestamp) -> crate::WorkerHealth {
+    crate::WorkerHealth {
+        load: Some(load),
+        memory_available_bytes: Some(1 << 30),
+        disk_free_bytes: Some(1 << 34),
+        at,
+    }
+}
+
+#[test]
+fn of_equally_free_workers_the_least_loaded_host_gets_the_task() {
+    let mut t = Harness::new();
+    let busy = t.worker("busy", 1, &["x"]);
+    let calm = t.worker("calm", 1, &["x"]);
+    t.engine
+        .set_worker_health(&busy, health(0.9, t.now))
+        .unwrap();
+    t.engine
+        .set_worker_health(&calm, health(0.1, t.now))
+        .unwrap();
+    t.submit(h("x"));
+    assert_eq!(t.dispatch()[0].worker, calm);
+    // Loads change: the next goes to the other (both have a free slot).
+    let mut t = Harness::new();
+    let busy = t.worker("busy", 1, &["x"]);
+    let calm = t.worker("calm", 1, &["x"]);
+    t.engine
+        .set_worker_health(&busy, health(0.05, t.now))
+        .unwrap();
+    t.engine
+        .set_worker_health(&calm, health(0.5, t.now))
+        .unwrap();
+    t.submit(h("x"));
+    assert_eq!(t.dispatch()[0].worker, busy);
+    // Free slots still come first: load only breaks ties.
+    let mut t = Harness::new();
+    let big = t.worker("big", 4, &["x"]);
+    let small = t.worker("small", 1, &["x"]);
+    t.engine
+        .set_worker_health(&big, health(0.8, t.now))
+        .unwrap();
+    t.engine
+        .set_worker_health(&small, health(0.0, t.now))
+        .unwrap();
+    t.submit(h("x"));
+    assert_eq!(t.dispatch()[0].worker, big);
+}
+
+#[test]
+fn a_worker_over_its_max_load_is_offered_nothing_until_it_is_under() {
+    let mut t = Harness::new();
+    let mut info = WorkerInfo::local("w", 2, ["x"]);
+    info.max_load = Some(0.75);
+    let w = info.id.clone();
+    t.engine.register_worker(info, t.now);
+    t.engine.set_worker_health(&w, health(1.5, t.now)).unwrap();
+    let id = t.submit(h("x"));
+    assert!(t.dispatch().is_empty(), "over its max load");
+    assert_eq!(t.state(id), State::Queued);
+    // Explain names the worker, its load and its threshold.
+    let why = t.engine.explain(id, t.now).expect("explained");
+    assert!(
+        why.gates.iter().any(
+            |g| matches!(g, Gate::Overloaded { workers } if workers == &vec![(w.clone(), 1.5, 0.75)])
+        ),
+        "{:?}",
+        why.gates
+    );
+    // Exactly at the threshold is not over it.
+    t.engine.set_worker_health(&w, health(0.75, t.now)).unwrap();
+    assert_eq!(t.dispatch()[0].id, id);
+    // Over again: the second task waits; under: it goes.
+    t.engine.set_worker_health(&w, health(2.0, t.now)).unwrap();
+    let second = t.submit(h("x"));
+    assert!(t.dispatch().is_empty());
+    t.engine.set_worker_health(&w, health(0.2, t.now)).unwrap();
+    assert_eq!(t.dispatch()[0].id, second);
+    // Health of an unknown worker is an error, not a panic.
+    assert!(
+        t.engine
+            .set_worker_health(&WorkerId::new("ghost"), health(0.1, t.now))
+            .is_err()
+    );
+}

@@ -372,6 +372,8 @@ mod tests {
             running: Vec::new(),
             memory_bytes: None,
             cpus: None,
+            max_load: None,
+            health: None,
         };
         let text = render(&m, &[], &[worker]);
         for line in [

@@ -15,6 +15,7 @@
 
 mod backend;
 mod cause;
+mod host;
 mod run;
 
 pub use run::{ATTEMPT_VAR, TASK_ID_VAR};
@@ -77,6 +78,10 @@ pub struct WorkerConfig {
     pub duplicate_id_grace: Duration,
     /// TLS for an `https://` coordinator.
     pub tls: WorkerTls,
+    /// Above this 1-minute load average per CPU of its host the worker
+    /// takes no new work (the coordinator offers it none until the load
+    /// its heartbeats report is under it again).
+    pub max_load: Option<f64>,
 }
 
 /// TLS settings of a worker, used with `https://` coordinators: the
@@ -140,6 +145,7 @@ impl WorkerConfig {
             reconnect_max: Self::RECONNECT_MAX_DEFAULT,
             duplicate_id_grace: Self::DUPLICATE_ID_GRACE_DEFAULT,
             tls: WorkerTls::default(),
+            max_load: None,
         }
     }
 }

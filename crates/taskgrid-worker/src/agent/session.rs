@@ -338,6 +338,7 @@ fn register(shared: &Shared) -> In {
         instance: shared.instance.clone(),
         memory_bytes: crate::exec::machine_memory().unwrap_or(0),
         cpus: std::thread::available_parallelism().map_or(0.0, |n| n.get() as f64),
+        max_load: c.max_load.unwrap_or(0.0),
     })
 }
 
@@ -511,11 +512,7 @@ async fn session(
                 if !flush(shared, corked, send).await {
                     return End::Lost("the stream closed".into());
                 }
-                let hb = In::Heartbeat(worker::Heartbeat {
-                    running: shared.running(),
-                    load: 0.0,
-                    draining: draining.is_some(),
-                });
+                let hb = In::Heartbeat(beat_of(shared, draining.is_some()));
                 if !send(hb).await {
                     return End::Lost("the stream closed".into());
                 }
@@ -526,7 +523,7 @@ async fn session(
                 // Tell the coordinator at once (after what was held back),
                 // so it offers nothing more, then hand back what was held
                 // but never started.
-                let hb = In::Heartbeat(worker::Heartbeat { running: shared.running(), load: 0.0, draining: true });
+                let hb = In::Heartbeat(beat_of(shared, true));
                 if !flush(shared, corked, send).await || !send(hb).await {
                     return End::Lost("the stream closed".into());
                 }
@@ -556,6 +553,18 @@ async fn tls_checked(url: &str, end: End) -> End {
     match end {
         End::Unreachable(why) => unreachable(url, why).await,
         other => other,
+    }
+}
+
+/// A heartbeat: what runs here, and what the host is like now.
+fn beat_of(shared: &Shared, draining: bool) -> worker::Heartbeat {
+    let host = super::host::sample();
+    worker::Heartbeat {
+        running: shared.running(),
+        load: host.load.unwrap_or(-1.0),
+        draining,
+        memory_available_bytes: host.memory_available_bytes.unwrap_or(0),
+        disk_free_bytes: host.disk_free_bytes.unwrap_or(0),
     }
 }
 

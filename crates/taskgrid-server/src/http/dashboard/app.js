@@ -525,6 +525,22 @@ function coordinatorLine() {
   return `Leader ${c.leader ? who(c.leader) : "none right now"}, term ${c.term}; standbys: ${standbys}.`;
 }
 
+/** A worker's host load per CPU, and its threshold when it is over it. */
+function hostLoad(w) {
+  const load = w.health?.load;
+  if (load == null) return "—";
+  return w.max_load != null && load > w.max_load ? `${load.toFixed(2)} > ${w.max_load} (paused)` : load.toFixed(2);
+}
+
+/** Bytes as a person reads them (1.5 GiB), or a dash when unknown. */
+function bytesText(b) {
+  if (b == null) return "—";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = b, u = 0;
+  while (v >= 1024 && u < units.length - 1) { v /= 1024; u++; }
+  return `${v >= 10 || u === 0 ? v.toFixed(0) : v.toFixed(1)} ${units[u]}`;
+}
+
 const workersView = (root) => {
   const box = h("div");
   const coordinators = h("p", { id: "coordinators", class: "muted" });
@@ -535,7 +551,7 @@ const workersView = (root) => {
     const per = model.metrics?.workers || {};
     box.replaceChildren(h("table", {},
       h("tr", {}, ["worker", "labels", "runs"].map((t) => h("th", {}, t)), h("th", {}, "load"),
-        ["succeeded", "failed", "success rate", "trust"].map((t) => h("th", { class: "num" }, t)),
+        ["succeeded", "failed", "success rate", "trust", "host load/cpu", "mem free", "disk free"].map((t) => h("th", { class: "num" }, t)),
         h("th", {}, "current tasks")),
       model.workers.map((w) => {
         const m = per[w.id] || {};
@@ -550,6 +566,9 @@ const workersView = (root) => {
           h("td", { class: "num" }, (m.failed ?? 0) + (m.timed_out ?? 0)),
           h("td", { class: "num" }, m.succeeded || m.failed ? pct(m.success_rate) : "—"),
           h("td", { class: "num" }, w.trust.toFixed(2)),
+          h("td", { class: "num", "data-load": "" }, hostLoad(w)),
+          h("td", { class: "num" }, bytesText(w.health?.memory_available_bytes)),
+          h("td", { class: "num" }, bytesText(w.health?.disk_free_bytes)),
           h("td", {}, w.running.map(([id, a]) => h("div", {}, taskLink(id), a > 1 ? ` (attempt ${a})` : ""))));
       })));
   };
