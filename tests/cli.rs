@@ -992,20 +992,7 @@ fn logged_server(data: &std::path::Path, extra: &[&str]) -> (Server, StderrLines
         .spawn()
         .unwrap();
     let log = StderrLines::of(&mut child);
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr = line
-        .split_whitespace()
-        .find(|w| w.starts_with("127.0.0.1:"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
-    let server = Server {
-        proc: Proc(child),
-        addr,
-        stdout,
-    };
-    (server, log)
+    (Server::of(child), log)
 }
 
 /// `taskgrid delete`: a finished task goes, a live one is refused (and
@@ -1238,24 +1225,13 @@ async fn a_configuration_file_sets_server_and_worker_flags() {
         c.current_dir(dir.path());
         c
     };
-    let mut child = in_dir()
-        .args(["server", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr = line
-        .split_whitespace()
-        .find(|w| w.starts_with("127.0.0.1:"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
-    let server = util::Server {
-        proc: Proc(child),
-        addr,
-        stdout,
-    };
+    let server = Server::of(
+        in_dir()
+            .args(["server", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let url = server.url();
     // The file's data-dir and queue limit.
     assert!(
@@ -1364,6 +1340,22 @@ async fn a_configuration_file_sets_server_and_worker_flags() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such configuration file"));
 }
 
+/// Runs `taskgrid ARGS` without the client settings of the environment
+/// (`TASKGRID_TOKEN`, `TASKGRID_CA`): its exit code, stdout and stderr.
+fn run_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = taskgrid()
+        .args(args)
+        .env_remove("TASKGRID_TOKEN")
+        .env_remove("TASKGRID_CA")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Certificates made for one test: a CA, the coordinator's certificate
 /// for 127.0.0.1 signed by it, a worker's client certificate signed by
 /// it, and a client certificate of another CA; each as PEM files in `dir`.
@@ -1448,18 +1440,7 @@ async fn tls_serves_clients_and_workers_and_says_what_is_set_up_wrong() {
     );
     let https = format!("https://{}", server.addr);
     let http = format!("http://{}", server.addr);
-    let run = |args: &[&str]| {
-        let out = taskgrid()
-            .args(args)
-            .env_remove("TASKGRID_CA")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = run_cli;
     let ca = path(&c.ca);
     let (code, out, err) = run(&["submit", "--server", &https, "--ca", &ca, "--", "true"]);
     assert_eq!(code, Some(0), "{err}");
@@ -1538,15 +1519,8 @@ async fn the_audit_log_records_calls_and_registrations_through_kill_9() {
     let mut server = Server::start(dir.path(), "127.0.0.1:0", &tokens);
     let url = server.url();
     let run = |args: &[&str]| {
-        let out = taskgrid()
-            .args(args)
-            .env_remove("TASKGRID_TOKEN")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let (code, out, _) = run_cli(args);
+        (code, out)
     };
     let (code, out) = run(&[
         "submit", "--server", &url, "--token", "ct", "--queue", "idle", "--", "true",

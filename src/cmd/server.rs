@@ -77,23 +77,10 @@ pub(crate) struct Args {
     /// as QUEUE=DURATION or QUEUE=forever (repeat for more queues).
     #[arg(long = "retain-queue", value_parser = queue_retention, value_name = "QUEUE=DURATION|forever")]
     pub(crate) queue_retention: Vec<(String, Retain)>,
-    /// Serve HTTPS and gRPC over TLS with this certificate chain (PEM);
-    /// needs --tls-key. Clients and workers then use https:// URLs.
-    #[arg(
-        long,
-        env = "TASKGRID_TLS_CERT",
-        requires = "tls_key",
-        value_name = "PEM"
-    )]
-    pub(crate) tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
-    #[arg(
-        long,
-        env = "TASKGRID_TLS_KEY",
-        requires = "tls_cert",
-        value_name = "PEM"
-    )]
-    pub(crate) tls_key: Option<PathBuf>,
+    /// The certificate it serves HTTPS and gRPC over TLS with (clients
+    /// and workers then use https:// URLs).
+    #[command(flatten)]
+    pub(crate) tls: Identity,
     /// Workers must present a client certificate signed by this CA (PEM)
     /// (mutual TLS; needs --tls-cert). Clients of the HTTP API need none.
     #[arg(
@@ -110,6 +97,31 @@ pub(crate) struct Args {
     /// The name it advertises over mDNS (default: taskgrid-HOST-PORT).
     #[arg(long, value_name = "NAME")]
     pub(crate) mdns_name: Option<String>,
+}
+
+/// A certificate chain and its key (`--tls-cert`, `--tls-key`): what a
+/// coordinator serves TLS with, or what a worker presents to one started
+/// with `--worker-ca`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct Identity {
+    /// Certificate chain (PEM): a coordinator serves HTTPS and gRPC over
+    /// TLS with it; a worker presents it to a coordinator started with
+    /// --worker-ca. Needs --tls-key.
+    #[arg(
+        long,
+        env = "TASKGRID_TLS_CERT",
+        requires = "tls_key",
+        value_name = "PEM"
+    )]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "TASKGRID_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    pub(crate) tls_key: Option<PathBuf>,
 }
 
 /// `--queue-limit QUEUE=N`.
@@ -279,7 +291,7 @@ pub(crate) async fn bind(args: &Args) -> anyhow::Result<Bound> {
     args.check()?;
     // Certificates first: a bad file stops the start before the port is
     // taken.
-    let tls = match (&args.tls_cert, &args.tls_key) {
+    let tls = match (&args.tls.tls_cert, &args.tls.tls_key) {
         (Some(cert), Some(key)) => Some(
             ServerTls::load(cert, key, args.worker_ca.as_deref())
                 .context("--tls-cert/--tls-key")?,

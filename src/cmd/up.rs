@@ -24,7 +24,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let c = super::server::start(&args.server).await?;
     // Over TLS the local worker trusts the coordinator's own certificate
     // (it must name 127.0.0.1, or the --advertise host).
-    let (server, ca) = match &args.server.tls_cert {
+    let (server, ca) = match &args.server.tls.tls_cert {
         Some(cert) => (
             args.server
                 .advertise
@@ -37,8 +37,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let worker = super::worker::Args {
         server,
         ca,
-        tls_cert: None,
-        tls_key: None,
+        tls: super::server::Identity::default(),
         max_load: None,
         worker_token: args.server.worker_token.clone(),
         labels: args.labels.clone(),

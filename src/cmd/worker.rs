@@ -72,23 +72,10 @@ pub(crate) struct Args {
     /// certificate, trusted besides the system's roots.
     #[arg(long, env = "TASKGRID_CA", value_name = "PEM")]
     pub(crate) ca: Option<PathBuf>,
-    /// This worker's client certificate (PEM), for a coordinator started
-    /// with --worker-ca; needs --tls-key.
-    #[arg(
-        long,
-        env = "TASKGRID_TLS_CERT",
-        requires = "tls_key",
-        value_name = "PEM"
-    )]
-    pub(crate) tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(
-        long,
-        env = "TASKGRID_TLS_KEY",
-        requires = "tls_cert",
-        value_name = "PEM"
-    )]
-    pub(crate) tls_key: Option<PathBuf>,
+    /// This worker's client certificate, for a coordinator started with
+    /// --worker-ca.
+    #[command(flatten)]
+    pub(crate) tls: super::server::Identity,
 }
 
 /// `--max-load`: a positive load per CPU.
@@ -145,7 +132,7 @@ impl Args {
         };
         c.tls = WorkerTls {
             ca_pem: self.ca.as_ref().map(|p| read("--ca", p)).transpose()?,
-            identity_pem: match (&self.tls_cert, &self.tls_key) {
+            identity_pem: match (&self.tls.tls_cert, &self.tls.tls_key) {
                 (Some(cert), Some(key)) => {
                     Some((read("--tls-cert", cert)?, read("--tls-key", key)?))
                 }

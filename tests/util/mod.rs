@@ -56,7 +56,7 @@ pub struct Server {
 impl Server {
     /// `taskgrid server` on `listen` (port 0: the OS picks) with `data`.
     pub fn start(data: &Path, listen: &str, extra: &[&str]) -> Server {
-        let mut child = taskgrid()
+        let child = taskgrid()
             .args(["server", "--listen", listen, "--data-dir"])
             .arg(data)
             .args(extra)
@@ -64,6 +64,12 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start taskgrid server");
+        Server::of(child)
+    }
+
+    /// A coordinator started as `child` (its stdout piped): waits for the
+    /// line that says where it listens.
+    pub fn of(mut child: std::process::Child) -> Server {
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         stdout

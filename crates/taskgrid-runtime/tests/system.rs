@@ -790,6 +790,18 @@ async fn a_schedule_behind_its_catch_up_window_records_and_explains_the_missed_r
     assert_eq!(missed[0].at, ten_ago.plus(Duration::from_secs(60)));
 }
 
+/// An audit entry of a client's call `action` (its time is the system's).
+fn audit_record(action: &str) -> taskgrid_core::AuditRecord {
+    taskgrid_core::AuditRecord {
+        at: Timestamp::from_micros(0),
+        actor: "client".into(),
+        remote: None,
+        action: action.into(),
+        status: 200,
+        error: None,
+    }
+}
+
 /// `delete` removes a finished task with its attempts and refuses a live
 /// one; `prune` deletes what finished before its cutoff and leaves the
 /// rest; the background retention does the same on its own.
@@ -849,15 +861,7 @@ async fn finished_tasks_are_deleted_on_demand_and_by_retention() {
     assert_eq!(sys.prune(later).await.unwrap(), 0);
     // Audit entries: stamped by the system, read newest first.
     for action in ["first", "second"] {
-        let record = taskgrid_core::AuditRecord {
-            at: Timestamp::from_micros(0),
-            actor: "client".into(),
-            remote: None,
-            action: action.into(),
-            status: 200,
-            error: None,
-        };
-        sys.record_audit(record).await.unwrap();
+        sys.record_audit(audit_record(action)).await.unwrap();
     }
     let log = sys.audit_log(None, 10).await.unwrap();
     let actions: Vec<&str> = log.iter().map(|e| e.record.action.as_str()).collect();
@@ -923,28 +927,11 @@ async fn a_queue_retention_replaces_the_default_for_its_tasks() {
         .build()
         .unwrap();
     sys.start().unwrap();
-    let record = taskgrid_core::AuditRecord {
-        at: Timestamp::from_micros(0),
-        actor: "client".into(),
-        remote: None,
-        action: "kept".into(),
-        status: 200,
-        error: None,
-    };
-    sys.record_audit(record).await.unwrap();
-    let mut ids = Vec::new();
-    for queue in ["long", "short"] {
-        let h = sys
-            .submit(Task::handler("double", &1).queue(queue))
-            .await
-            .unwrap();
-        let r = tokio::time::timeout(LIMIT, h.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(r.state, State::Succeeded);
-        ids.push(h.id());
-    }
+    sys.record_audit(audit_record("kept")).await.unwrap();
+    let ids = [
+        run_double_in(&sys, 1, "long").await,
+        run_double_in(&sys, 1, "short").await,
+    ];
     let mut swept = sys.retention_stats();
     tokio::time::timeout(LIMIT, swept.wait_for(|s| s.tasks_deleted >= 1))
         .await
@@ -1024,14 +1011,20 @@ async fn metrics_survive_a_restart_and_deletion() {
 
 /// Runs one `double` task to its end; its id.
 async fn run_double(sys: &TaskSystem, n: u64) -> TaskId {
+    run_double_in(sys, n, taskgrid_core::DEFAULT_QUEUE).await
+}
+
+/// Runs `double` of `n` in `queue` and checks that it succeeded; its id.
+async fn run_double_in(sys: &TaskSystem, n: u64, queue: &str) -> TaskId {
     let h = sys
-        .submit(Task::handler("double", &n))
+        .submit(Task::handler("double", &n).queue(queue))
         .await
         .expect("submit");
-    tokio::time::timeout(LIMIT, h.wait())
+    let r = tokio::time::timeout(LIMIT, h.wait())
         .await
         .expect("the task ends in time")
         .expect("its result");
+    assert_eq!(r.state, State::Succeeded);
     h.id()
 }
 

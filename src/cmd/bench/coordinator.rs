@@ -215,8 +215,7 @@ fn server_args(plan: &Plan, data_dir: &Path) -> server::Args {
         queue_limits: Vec::new(),
         queue_retention: Vec::new(),
         retain_output: None,
-        tls_cert: None,
-        tls_key: None,
+        tls: server::Identity::default(),
         worker_ca: None,
         // A benchmark's coordinator is nobody else's.
         no_mdns: true,

@@ -411,13 +411,22 @@ impl Engine {
         worker: &WorkerId,
         paused: bool,
     ) -> Result<(), super::CommandError> {
+        self.change_worker(worker, |w| w.paused = paused)
+    }
+
+    /// Applies `f` to a worker, keeping the count of free slots right.
+    fn change_worker(
+        &mut self,
+        worker: &WorkerId,
+        f: impl FnOnce(&mut Worker),
+    ) -> Result<(), super::CommandError> {
         let i = *self
             .worker_index
             .get(worker)
             .ok_or_else(|| super::CommandError::UnknownWorker(worker.clone()))?;
         let w = self.workers[i].as_mut().expect("indexed workers exist");
         let before = w.free();
-        w.paused = paused;
+        f(w);
         let after = w.free();
         self.free_slots = self.free_slots + u64::from(after) - u64::from(before);
         Ok(())
@@ -432,16 +441,7 @@ impl Engine {
         worker: &WorkerId,
         health: WorkerHealth,
     ) -> Result<(), super::CommandError> {
-        let i = *self
-            .worker_index
-            .get(worker)
-            .ok_or_else(|| super::CommandError::UnknownWorker(worker.clone()))?;
-        let w = self.workers[i].as_mut().expect("indexed workers exist");
-        let before = w.free();
-        w.info.health = Some(health);
-        let after = w.free();
-        self.free_slots = self.free_slots + u64::from(after) - u64::from(before);
-        Ok(())
+        self.change_worker(worker, |w| w.info.health = Some(health))
     }
 
     /// Reconciles what a (re)connecting worker says it runs with what the
