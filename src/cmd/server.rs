@@ -303,33 +303,27 @@ pub(crate) async fn bind(args: &Args) -> anyhow::Result<Bound> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let address = match &args.advertise {
-        Some(a) => a.clone(),
-        None if addr.ip().is_unspecified() => {
-            let host = std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_default();
-            if host.is_empty() {
-                format!("{scheme}://{addr}")
-            } else {
-                format!("{scheme}://{host}:{}", addr.port())
-            }
+    // This machine's name: in the address it gives when it listens on
+    // every interface, and in the name it advertises over mDNS.
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty());
+    let address = match (&args.advertise, &host) {
+        (Some(a), _) => a.clone(),
+        (None, Some(host)) if addr.ip().is_unspecified() => {
+            format!("{scheme}://{host}:{}", addr.port())
         }
-        None => format!("{scheme}://{addr}"),
+        (None, _) => format!("{scheme}://{addr}"),
     };
     let store = args.store_config(&address)?;
     let advert = if args.no_mdns {
         None
     } else {
-        let host = std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_owned())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "host".to_owned());
-        let name = args
-            .mdns_name
-            .clone()
-            .unwrap_or_else(|| format!("taskgrid-{host}-{}", addr.port()));
+        let name = args.mdns_name.clone().unwrap_or_else(|| {
+            let host = host.as_deref().unwrap_or("host");
+            format!("taskgrid-{host}-{}", addr.port())
+        });
         let offer = super::discover::Offer {
             name: &name,
             addr,

@@ -230,7 +230,16 @@ impl WorkerService {
     }
 
     /// A heartbeat; a draining worker is offered nothing more.
-    pub fn heartbeat(&self, worker: &WorkerId, draining: bool) -> Result<(), WorkerError> {
+    ///
+    /// `health` is what the heartbeat said of the worker's host (its `at`
+    /// is set to now): a worker over the `max_load` it registered with is
+    /// offered nothing until it reports a load under it.
+    pub fn heartbeat(
+        &self,
+        worker: &WorkerId,
+        draining: bool,
+        health: Option<taskgrid_core::WorkerHealth>,
+    ) -> Result<(), WorkerError> {
         let now = self.inner.clock.now();
         let mut engine = self.inner.lock();
         if engine.heartbeat(worker, now).is_err() {
@@ -239,25 +248,15 @@ impl WorkerService {
         if draining {
             let _ = engine.set_worker_paused(worker, true);
         }
-        Ok(())
-    }
-
-    /// Records what a worker's heartbeat said of its host (`at` is set to
-    /// now); a worker over the `max_load` it registered with is offered
-    /// nothing until it reports a load under it.
-    pub fn report_health(
-        &self,
-        worker: &WorkerId,
-        mut health: taskgrid_core::WorkerHealth,
-    ) -> Result<(), WorkerError> {
-        health.at = self.inner.clock.now();
-        let mut engine = self.inner.lock();
-        if engine.set_worker_health(worker, health).is_err() {
-            return Err(WorkerError::Dropped);
-        }
-        // Under its threshold again: what waited may go to it now.
+        let freed = health.is_some_and(|mut h| {
+            h.at = now;
+            engine.set_worker_health(worker, h).unwrap_or(false)
+        });
         drop(engine);
-        self.inner.wake.notify_one();
+        if freed {
+            // Under its threshold again: what waited may go to it now.
+            self.inner.wake.notify_one();
+        }
         Ok(())
     }
 

@@ -341,6 +341,18 @@ impl Gateway {
     }
 }
 
+/// What a heartbeat says of the worker's host (0 and negative figures are
+/// unknown; the runtime sets the time).
+fn health_of(hb: &worker::Heartbeat) -> taskgrid_core::WorkerHealth {
+    let known = |n: u64| (n > 0).then_some(n);
+    taskgrid_core::WorkerHealth {
+        load: (hb.load.is_finite() && hb.load >= 0.0).then_some(hb.load),
+        memory_available_bytes: known(hb.memory_available_bytes),
+        disk_free_bytes: known(hb.disk_free_bytes),
+        at: taskgrid_core::Timestamp::from_micros(0),
+    }
+}
+
 type Tx = mpsc::UnboundedSender<Result<worker::CoordinatorMessage, Status>>;
 
 fn ack(tx: &Tx, request_id: u64, result: Result<Option<TaskId>, String>) {
@@ -392,16 +404,7 @@ async fn apply(
     match m.msg.ok_or_else(|| malformed("empty message"))? {
         In::Register(_) => Err(malformed("register sent twice on one stream")),
         In::Goodbye(_) => Err(malformed("goodbye handled by the session loop")),
-        In::Heartbeat(hb) => match service.heartbeat(worker, hb.draining).and_then(|()| {
-            let known = |n: u64| (n > 0).then_some(n);
-            let health = taskgrid_core::WorkerHealth {
-                load: (hb.load.is_finite() && hb.load >= 0.0).then_some(hb.load),
-                memory_available_bytes: known(hb.memory_available_bytes),
-                disk_free_bytes: known(hb.disk_free_bytes),
-                at: taskgrid_core::Timestamp::from_micros(0),
-            };
-            service.report_health(worker, health)
-        }) {
+        In::Heartbeat(hb) => match service.heartbeat(worker, hb.draining, Some(health_of(&hb))) {
             Err(WorkerError::Dropped) => {
                 // Dropped for missed heartbeats: end this stream so the
                 // worker registers again (and reconciles what it runs).

@@ -412,14 +412,16 @@ impl Engine {
         paused: bool,
     ) -> Result<(), super::CommandError> {
         self.change_worker(worker, |w| w.paused = paused)
+            .map(|_| ())
     }
 
-    /// Applies `f` to a worker, keeping the count of free slots right.
+    /// Applies `f` to a worker, keeping the count of free slots right;
+    /// whether it has more free slots than before.
     fn change_worker(
         &mut self,
         worker: &WorkerId,
         f: impl FnOnce(&mut Worker),
-    ) -> Result<(), super::CommandError> {
+    ) -> Result<bool, super::CommandError> {
         let i = *self
             .worker_index
             .get(worker)
@@ -429,18 +431,19 @@ impl Engine {
         f(w);
         let after = w.free();
         self.free_slots = self.free_slots + u64::from(after) - u64::from(before);
-        Ok(())
+        Ok(after > before)
     }
 
     /// Records what a worker's heartbeat said of its host. Of equally free
     /// capable workers, dispatch prefers the least loaded; a worker whose
     /// load is over its `max_load` is offered nothing until it is under
-    /// again.
+    /// again. Returns whether that gave it free slots (dispatch has
+    /// something new to offer it).
     pub fn set_worker_health(
         &mut self,
         worker: &WorkerId,
         health: WorkerHealth,
-    ) -> Result<(), super::CommandError> {
+    ) -> Result<bool, super::CommandError> {
         self.change_worker(worker, |w| w.info.health = Some(health))
     }
 
