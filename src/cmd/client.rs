@@ -479,6 +479,37 @@ fn gate_text(g: &taskgrid_core::Gate) -> String {
         Gate::Trust { min_trust, best } => {
             format!("needs worker trust {min_trust:.2}; the best capable worker has {best:.2}")
         }
+        Gate::QueueConcurrency {
+            queue,
+            running,
+            limit,
+        } => format!("queue {queue:?} has {running} of at most {limit} task(s) running"),
+        Gate::ConcurrencyLimit {
+            key,
+            running,
+            limit,
+            ahead,
+        } => {
+            let mut s =
+                format!("concurrency key {key:?} has {running} of at most {limit} task(s) running");
+            if *ahead > 0 {
+                s.push_str(&format!(", {ahead} more let through ahead of it"));
+            }
+            s
+        }
+        Gate::RateLimit {
+            key,
+            starts,
+            per_ms,
+            next_at,
+        } => {
+            let per = humantime::format_duration(std::time::Duration::from_millis(*per_ms));
+            let mut s = format!("concurrency key {key:?} may start {starts} task(s) per {per}");
+            if let Some(t) = next_at {
+                s.push_str(&format!("; next start {}", when(*t)));
+            }
+            s
+        }
     }
 }
 

@@ -203,6 +203,10 @@ pub struct SubmitRequest {
     /// Lowest worker trust (0–1) it may run on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_trust: Option<f64>,
+    /// Its concurrency key: tasks of different keys take turns in a queue,
+    /// and the coordinator's key limits apply to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
     /// CPU and memory limits of each attempt: `{"cpus":1.5,"memory_bytes":536870912}`.
     #[serde(default, skip_serializing_if = "Resources::is_none")]
     pub resources: Resources,
@@ -282,6 +286,7 @@ impl SubmitRequest {
             after: self.after,
             unique_key: self.unique_key,
             min_trust: self.min_trust,
+            concurrency_key: self.concurrency_key.map(Arc::from),
             parent: self.parent,
             resources: (!self.resources.is_none()).then(|| Box::new(self.resources)),
             stdin: self.stdin.map(Arc::new),
@@ -306,6 +311,7 @@ impl SubmitRequest {
             after: spec.after.clone(),
             unique_key: spec.unique_key.clone(),
             min_trust: spec.min_trust,
+            concurrency_key: spec.concurrency_key.as_deref().map(str::to_owned),
             resources: spec.resources(),
             stdin: spec.stdin.as_deref().cloned(),
             parent: spec.parent,

@@ -27,10 +27,10 @@ mod time;
 pub use audit::{AuditEntry, AuditRecord};
 pub use change::Change;
 pub use engine::{
-    Assignment, BACKFILL_MAX, BUFFER_MAX, CancelOutcome, CommandError, Engine, EngineConfig,
-    Explanation, Gate, Outbox, QueueStats, ReportAck, ScheduleError, ScheduleGate, ScheduleView,
-    StopAttempt, StopReason, SubmitError, Submitted, TRUST_REMEMBERED_MAX, WorkerHealth,
-    WorkerInfo,
+    Assignment, BACKFILL_MAX, BUFFER_MAX, CONCURRENCY_KEY_MAX, CancelOutcome, CommandError, Engine,
+    EngineConfig, Explanation, Gate, KeyLimit, KeyLimitView, Outbox, QueueStats, Rate, ReportAck,
+    ScheduleError, ScheduleGate, ScheduleView, StopAttempt, StopReason, SubmitError, Submitted,
+    TRUST_REMEMBERED_MAX, WorkerHealth, WorkerInfo,
 };
 pub use id::{ParseIdError, TaskId, WorkerId};
 pub use metrics::{

@@ -289,6 +289,11 @@ pub struct TaskSpec {
     /// Lowest worker trust (0–1) this task may run on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_trust: Option<f64>,
+    /// Its concurrency key (`customer-42`): tasks of different keys take
+    /// turns in their queue, and the coordinator's key limits (how many at
+    /// once, how many per period) apply to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<Arc<str>>,
     /// The task that spawned this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<TaskId>,
@@ -357,6 +362,7 @@ impl TaskSpec {
             after: Vec::new(),
             unique_key: None,
             min_trust: None,
+            concurrency_key: None,
             parent: None,
             resources: None,
             stdin: None,

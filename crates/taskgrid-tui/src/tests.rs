@@ -625,6 +625,7 @@ fn workers_queues_and_the_cancel_prompt_render() {
             running: 2,
             paused: false,
             limit: Some(10_000),
+            concurrency: None,
         }]),
     );
     keys(&mut app, &[Key::Char('1')]);

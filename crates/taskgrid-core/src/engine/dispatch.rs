@@ -85,17 +85,13 @@ pub(super) struct Class {
     pub(super) key: ClassKey,
     pub(super) ready: BTreeSet<(Reverse<Priority>, u64, TaskId)>,
     pub(super) capable: Vec<usize>,
+    /// Its queue's cap on tasks out with workers, if any.
+    pub(super) queue_cap: Option<u32>,
 }
 
 impl Class {
     pub(super) fn key_queue(&self) -> &str {
         &self.key.queue
-    }
-    pub(super) fn insert(&mut self, p: Priority, seq: u64, id: TaskId) {
-        self.ready.insert((Reverse(p), seq, id));
-    }
-    pub(super) fn remove(&mut self, p: Priority, seq: u64, id: TaskId) {
-        self.ready.remove(&(Reverse(p), seq, id));
     }
     fn after(
         &self,
@@ -281,10 +277,12 @@ impl Engine {
             .filter_map(|(i, w)| w.as_ref().filter(|w| w.can_run(&key)).map(|_| i))
             .collect();
         let id = ClassId(self.classes.len() as u32);
+        let queue_cap = self.config.queue_concurrency.get(&*key.queue).copied();
         self.classes.push(Class {
             key: key.clone(),
             ready: BTreeSet::new(),
             capable,
+            queue_cap,
         });
         self.class_index.insert(key, id);
         id
@@ -566,6 +564,9 @@ impl Engine {
             if c.capable.is_empty() || self.queues.get(&c.key.queue).is_some_and(|q| q.paused) {
                 continue;
             }
+            if self.at_queue_cap(c) {
+                continue;
+            }
             if let Some(&(Reverse(p), seq, id)) = c.ready.first() {
                 heads.push((p, Reverse(seq), ci, id));
             }
@@ -574,6 +575,9 @@ impl Engine {
             let Some((p, Reverse(seq), ci, id)) = heads.pop() else {
                 break;
             };
+            if self.at_queue_cap(&self.classes[ci]) {
+                continue;
+            }
             match self.pick_worker(ci, id) {
                 Pick::Worker(wi) => self.assign(id, wi, now, out),
                 Pick::Skip => {}
@@ -583,6 +587,15 @@ impl Engine {
                 heads.push((p, Reverse(seq), ci, id));
             }
         }
+    }
+
+    /// Whether `c`'s queue has as many tasks out as its cap allows.
+    pub(super) fn at_queue_cap(&self, c: &Class) -> bool {
+        c.queue_cap.is_some_and(|cap| {
+            self.queues
+                .get(&c.key.queue)
+                .is_some_and(|q| q.running >= cap as usize)
+        })
     }
 
     fn pick_worker(&self, ci: usize, id: TaskId) -> Pick {

@@ -67,6 +67,40 @@ pub enum Gate {
         /// Queued tasks dispatched before it (higher priority, or same and earlier).
         ahead: usize,
     },
+    /// Its queue has as many tasks out with workers as its cap allows.
+    QueueConcurrency {
+        /// The queue.
+        queue: String,
+        /// Its tasks out with workers.
+        running: usize,
+        /// Its cap.
+        limit: u32,
+    },
+    /// Its concurrency key has as many tasks out (or about to go out) as
+    /// its limit allows.
+    ConcurrencyLimit {
+        /// The key.
+        key: String,
+        /// Tasks of the key out with workers.
+        running: u32,
+        /// The limit.
+        limit: u32,
+        /// Tasks of the key let through ahead of it, waiting for a worker.
+        ahead: usize,
+    },
+    /// Its concurrency key has started as many tasks as its rate allows
+    /// for now.
+    RateLimit {
+        /// The key.
+        key: String,
+        /// Starts allowed per period.
+        starts: u32,
+        /// The period, milliseconds.
+        per_ms: u64,
+        /// When its next start is due, if it is next in line.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_at: Option<Timestamp>,
+    },
     /// Capable workers exist but it needs more trust than they have.
     Trust {
         /// Its minimum trust.
@@ -127,6 +161,20 @@ impl Engine {
                 gates.push(Gate::QueuePaused {
                     queue: spec.queue.to_string(),
                 });
+            }
+            if st.state == State::Queued {
+                let class = &self.classes[e.class.0 as usize];
+                if self.at_queue_cap(class) {
+                    gates.push(Gate::QueueConcurrency {
+                        queue: spec.queue.to_string(),
+                        running: self.queues.get(&spec.queue).map_or(0, |q| q.running),
+                        limit: class.queue_cap.unwrap_or(0),
+                    });
+                }
+                if let Some(k) = &spec.concurrency_key {
+                    let place = (Reverse(spec.priority), e.seq, id);
+                    self.key_gates(k, &place, now, &mut gates);
+                }
             }
             self.routing_gates(e, &mut gates);
             if st.state == State::Queued {

@@ -9,6 +9,7 @@
 
 mod dispatch;
 mod explain;
+mod limits;
 mod report;
 mod schedules;
 mod submit;
@@ -26,6 +27,7 @@ use crate::{
 
 pub use dispatch::{WorkerHealth, WorkerInfo};
 pub use explain::{Explanation, Gate};
+pub use limits::{CONCURRENCY_KEY_MAX, KeyLimit, KeyLimitView, Rate};
 pub use report::{CancelOutcome, ReportAck};
 pub use schedules::{BACKFILL_MAX, BUFFER_MAX, ScheduleError, ScheduleGate, ScheduleView};
 pub use submit::Submitted;
@@ -50,6 +52,12 @@ pub struct EngineConfig {
     pub max_queue_depth: Option<usize>,
     /// Per-queue depth limits, overriding `max_queue_depth`.
     pub queue_limits: HashMap<String, usize>,
+    /// Most tasks of a queue out with workers (assigned or running) at
+    /// once; its other tasks wait.
+    pub queue_concurrency: HashMap<String, u32>,
+    /// Concurrency and rate limits on the tasks of concurrency keys (see
+    /// [`KeyLimit`]); each must pass [`KeyLimit::check`].
+    pub key_limits: Vec<KeyLimit>,
     /// Finished tasks kept in memory (the store keeps them until its
     /// retention deletes them).
     pub retain_finished: usize,
@@ -79,6 +87,8 @@ impl Default for EngineConfig {
             max_dependencies: Self::MAX_DEPENDENCIES_DEFAULT,
             max_queue_depth: None,
             queue_limits: HashMap::new(),
+            queue_concurrency: HashMap::new(),
+            key_limits: Vec::new(),
             retain_finished: Self::RETAIN_FINISHED_DEFAULT,
             seed: 0x5eed,
         }
@@ -234,6 +244,9 @@ pub struct QueueStats {
     pub paused: bool,
     /// The depth limit, if any.
     pub limit: Option<usize>,
+    /// Most tasks out with workers at once, if capped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -255,12 +268,15 @@ impl QueueState {
 struct Entry {
     rec: TaskRecord,
     class: ClassId,
-    /// Position in its class queue while `queued`.
+    /// Its turn while `queued` (see [`limits`]): its place in its class
+    /// after priority.
     seq: u64,
     /// Dependencies that have not succeeded yet.
     waiting_on: u32,
     /// Workers that refused this task (rare: boxed to keep entries small).
-    refused_by: Option<Box<[WorkerId]>>,
+    /// (A thin box: 8 bytes here, where a boxed slice takes 16.)
+    #[allow(clippy::box_collection)] // deliberately thin: size matters here
+    refused_by: Option<Box<Vec<WorkerId>>>,
     /// While queued with no capable worker: when to give up.
     dispatch_deadline: Option<Timestamp>,
 }
@@ -305,7 +321,12 @@ pub struct Engine {
     external: table::IdMap<State>,
     finished: VecDeque<TaskId>,
     state_counts: [usize; State::ALL.len()],
-    seq: u64,
+    /// Turns of the (queue, concurrency key) groups.
+    turns: limits::Turns,
+    /// Limited concurrency keys with tasks waiting or out.
+    keys: HashMap<Arc<str>, limits::KeyState>,
+    /// When a limited key next needs a look: a token due, a bucket full.
+    limit_timers: BTreeSet<(Timestamp, Arc<str>)>,
     rng: u64,
     metrics: Metrics,
 }
@@ -336,7 +357,9 @@ impl Engine {
             external: Default::default(),
             finished: VecDeque::new(),
             state_counts: [0; State::ALL.len()],
-            seq: 0,
+            turns: limits::Turns::default(),
+            keys: HashMap::new(),
+            limit_timers: BTreeSet::new(),
             rng,
             metrics: Metrics::default(),
         }
@@ -437,6 +460,7 @@ impl Engine {
                 running: q.running,
                 paused: q.paused,
                 limit: self.queue_limit(name),
+                concurrency: self.config.queue_concurrency.get(&**name).copied(),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -531,8 +555,10 @@ impl Engine {
             State::Queued => {
                 status.queued_at = Some(now);
                 status.wake_at = None;
-                self.seq += 1;
-                entry.seq = self.seq;
+                entry.seq = self.turns.enter(
+                    &entry.rec.spec.queue,
+                    entry.rec.spec.concurrency_key.as_ref(),
+                );
             }
             State::Assigned => {
                 status.attempt += 1;
@@ -557,21 +583,34 @@ impl Engine {
             (to == State::Queued).then_some((entry.class, entry.rec.spec.priority, entry.seq));
         let priority = entry.rec.spec.priority;
         let queue = entry.rec.spec.queue.clone();
+        let key = entry.rec.spec.concurrency_key.clone();
         let status = Box::new(entry.rec.status.clone());
 
         self.retime(id, &before, &after);
-        if let Some(k) = before_class {
-            self.classes[k.0.0 as usize].remove(k.1, k.2, id);
+        let active = |s: State| matches!(s, State::Assigned | State::Running);
+        if let Some((class, p, turn)) = before_class {
+            self.unready(id, class, (std::cmp::Reverse(p), turn, id));
+            self.turns.leave(&queue, key.as_ref());
+            if to == State::Assigned {
+                self.turns.dispatched(turn);
+            }
         }
-        if let Some(k) = after_class {
-            self.classes[k.0.0 as usize].insert(k.1, k.2, id);
+        if let Some(k) = &key
+            && active(from) != active(to)
+        {
+            self.key_out(k, active(to), now);
+        }
+        if let Some((class, p, turn)) = after_class {
+            self.make_ready(id, class, (std::cmp::Reverse(p), turn, id), now);
+        }
+        if let Some(k) = &key {
+            self.settle_key(k, now);
         }
         self.count(from, -1);
         self.count(to, 1);
         let q = self.queue_mut(&queue);
         adjust(&mut q.waiting, priority, from.is_waiting(), to.is_waiting());
         q.ready = q.ready + usize::from(to == State::Queued) - usize::from(from == State::Queued);
-        let active = |s: State| matches!(s, State::Assigned | State::Running);
         q.running = q.running + usize::from(active(to)) - usize::from(active(from));
         out.changes.push(Change::Status {
             id,
@@ -751,6 +790,9 @@ mod tests;
 
 #[cfg(test)]
 mod proptests;
+
+#[cfg(test)]
+mod limit_tests;
 
 #[cfg(test)]
 mod schedule_tests;

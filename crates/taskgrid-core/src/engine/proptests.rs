@@ -7,9 +7,13 @@
 //! - no task is assigned to two workers at once; slot counts add up;
 //! - a worker never receives a lower-priority task of a queue while a
 //!   higher-priority one it could run waits there;
-//! - after the drain no timer, slot, unique key or queue count is left.
+//! - no concurrency key has more tasks out than its limit, nor more starts
+//!   in a period than its token bucket allows; no capped queue has more out
+//!   than its cap; a key held back by a limit still gets every task run;
+//! - after the drain no timer, slot, unique key, queue count or limit state
+//!   is left.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -20,6 +24,47 @@ use crate::{LabelReq, Outcome, RetryHint, RetryPolicy};
 
 const HANDLERS: [&str; 2] = ["a", "b"];
 const LABELS: [&str; 2] = ["gpu", "ssd"];
+/// Concurrency keys: `c0` at most 1 out; `c1` at most 2 out and 3 starts
+/// per second; `c2` (through `c*`) 2 starts per 500 ms; `free` unlimited.
+const KEYS: [&str; 4] = ["c0", "c1", "c2", "free"];
+/// Queue `q1` has at most this many tasks out.
+const Q1_CAP: usize = 3;
+
+fn limits() -> Vec<KeyLimit> {
+    let rate = |starts, ms| {
+        Some(Rate {
+            starts,
+            per: Duration::from_millis(ms),
+        })
+    };
+    vec![
+        KeyLimit {
+            pattern: "c0".into(),
+            concurrency: Some(1),
+            rate: None,
+        },
+        KeyLimit {
+            pattern: "c1".into(),
+            concurrency: Some(2),
+            rate: rate(3, 1000),
+        },
+        KeyLimit {
+            pattern: "c*".into(),
+            concurrency: None,
+            rate: rate(2, 500),
+        },
+    ]
+}
+
+/// (most out at once, (starts, per)) of each key of [`KEYS`].
+fn key_bounds(key: &str) -> (Option<usize>, Option<(usize, u64)>) {
+    match key {
+        "c0" => (Some(1), Some((2, 500))),
+        "c1" => (Some(2), Some((3, 1000))),
+        "c2" => (None, Some((2, 500))),
+        _ => (None, None),
+    }
+}
 
 #[derive(Debug, Clone)]
 enum Cmd {
@@ -34,6 +79,7 @@ enum Cmd {
         unique: Option<u8>,
         delay_ms: Option<u64>,
         expire_ms: Option<u64>,
+        key: Option<u8>,
     },
     Register {
         worker: u8,
@@ -57,11 +103,12 @@ enum Cmd {
 
 fn cmd() -> impl Strategy<Value = Cmd> {
     prop_oneof![
-        4 => (0..4u8, 0..2u8, 0..2u8, proptest::option::of(0..2u8), proptest::option::of(0..64usize), 0..3u32,
-            proptest::option::of(1..3000u64), proptest::option::weighted(0.2, 0..3u8),
-            proptest::option::weighted(0.2, 1..2000u64), proptest::option::weighted(0.2, 1..5000u64))
-            .prop_map(|(prio, queue, handler, label, dep, retries, timeout_ms, unique, delay_ms, expire_ms)| {
-                Cmd::Submit { prio, queue, handler, label, dep, retries, timeout_ms, unique, delay_ms, expire_ms }
+        4 => ((0..4u8, 0..2u8, 0..2u8, proptest::option::of(0..2u8), proptest::option::of(0..64usize), 0..3u32),
+            (proptest::option::of(1..3000u64), proptest::option::weighted(0.2, 0..3u8),
+            proptest::option::weighted(0.2, 1..2000u64), proptest::option::weighted(0.2, 1..5000u64),
+            proptest::option::weighted(0.6, 0..KEYS.len() as u8)))
+            .prop_map(|((prio, queue, handler, label, dep, retries), (timeout_ms, unique, delay_ms, expire_ms, key))| {
+                Cmd::Submit { prio, queue, handler, label, dep, retries, timeout_ms, unique, delay_ms, expire_ms, key }
             }),
         1 => (0..3u8, 1..4u32, proptest::option::weighted(0.3, 1..3u32), 1..4u8, 0..4u8, any::<bool>())
             .prop_map(|(worker, slots, prefetch, handlers, labels, mortal)| {
@@ -89,12 +136,20 @@ struct Model {
     log_state: HashMap<TaskId, State>,
     terminal_entries: HashMap<TaskId, u32>,
     checked_changes: usize,
+    /// Start times (assignments) of each key, the recent ones.
+    starts: HashMap<String, VecDeque<Timestamp>>,
 }
 
 impl Model {
     fn new() -> Self {
+        let mut config = EngineConfig {
+            key_limits: limits(),
+            ..EngineConfig::default()
+        };
+        config.queue_concurrency.insert("q1".into(), Q1_CAP as u32);
         Model {
-            t: Harness::new(),
+            starts: HashMap::new(),
+            t: Harness::with(config),
             ids: Vec::new(),
             outstanding: Vec::new(),
             log_state: HashMap::new(),
@@ -121,6 +176,7 @@ impl Model {
                 unique,
                 delay_ms,
                 expire_ms,
+                key,
             } => {
                 let mut s = h(HANDLERS[handler as usize]);
                 s.priority = [
@@ -145,6 +201,7 @@ impl Model {
                 };
                 s.timeout = timeout_ms.map(Duration::from_millis);
                 s.unique_key = unique.map(|u| format!("k{u}"));
+                s.concurrency_key = key.map(|k| KEYS[k as usize].into());
                 s.run_at = delay_ms.map(|d| t.now.plus(Duration::from_millis(d)));
                 s.expires_at =
                     expire_ms.map(|d| t.now.plus(Duration::from_millis(d + delay_ms.unwrap_or(0))));
@@ -271,10 +328,28 @@ impl Model {
 
     /// A worker that got a task of priority p must not have been able to run
     /// a task of higher priority left queued in the same queue.
-    fn check_priority(&self, assigned: &[Assignment]) {
+    fn check_priority(&mut self, assigned: &[Assignment]) {
         let e = &self.t.engine;
         for a in assigned {
             let got = e.tasks.get(&a.id).unwrap();
+            // A key's starts within any period stay within its bucket:
+            // `starts` at once, then one per interval.
+            if let Some(k) = &got.rec.spec.concurrency_key
+                && let (_, Some((n, per))) = key_bounds(k)
+            {
+                let seen = self.starts.entry(k.to_string()).or_default();
+                seen.push_back(self.t.now);
+                let window = Duration::from_millis(per);
+                while seen.front().is_some_and(|t| self.t.now.since(*t) >= window) {
+                    seen.pop_front();
+                }
+                // In any window of one period: the burst plus what refills in it.
+                assert!(
+                    seen.len() <= 2 * n,
+                    "key {k}: {} starts within {per} ms",
+                    seen.len()
+                );
+            }
             let w = e
                 .workers
                 .iter()
@@ -289,6 +364,15 @@ impl Model {
             for other in e.tasks.values() {
                 let st = &other.rec.status;
                 if st.state != State::Queued || other.rec.spec.queue != got.rec.spec.queue {
+                    continue;
+                }
+                // A task its key's limit holds back is not competing.
+                let place = (
+                    std::cmp::Reverse(other.rec.spec.priority),
+                    other.seq,
+                    other.rec.id,
+                );
+                if !e.classes[other.class.0 as usize].ready.contains(&place) {
                     continue;
                 }
                 let key = &e.classes[other.class.0 as usize].key;
@@ -361,6 +445,29 @@ impl Model {
             assert_eq!(self.log_state.get(id), Some(&entry.rec.status.state));
         }
         assert_eq!(e.attempts_out(), out, "attempts out");
+        // Limits hold: per key and per capped queue.
+        let mut per_key: HashMap<&str, usize> = HashMap::new();
+        let mut q1 = 0;
+        for (_, entry) in e.tasks.iter() {
+            if matches!(entry.rec.status.state, State::Assigned | State::Running) {
+                if let Some(k) = &entry.rec.spec.concurrency_key {
+                    *per_key.entry(k).or_default() += 1;
+                }
+                q1 += usize::from(&*entry.rec.spec.queue == "q1");
+            }
+        }
+        for (k, n) in &per_key {
+            if let (Some(max), _) = key_bounds(k) {
+                assert!(*n <= max, "key {k} has {n} out, limit {max}");
+            }
+        }
+        assert!(q1 <= Q1_CAP, "queue q1 has {q1} out, cap {Q1_CAP}");
+        for v in e.key_limits(self.t.now) {
+            assert_eq!(
+                v.running as usize,
+                per_key.get(&*v.key).copied().unwrap_or(0)
+            );
+        }
         let live = e.live_tasks();
         assert!(
             e.timer_count() <= live * 4,
@@ -389,6 +496,8 @@ impl Model {
             self.run(Cmd::Dispatch);
             self.check();
         }
+        // Buckets refill after the last start; then the keys are forgotten.
+        self.run(Cmd::Tick(3_600_000));
         let e = &self.t.engine;
         assert_eq!(e.live_tasks(), 0, "tasks left: {:?}", e.state_counts());
         for id in &self.ids {
@@ -408,6 +517,8 @@ impl Model {
             assert_eq!((q.waiting_total(), q.ready, q.running), (0, 0, 0));
         }
         assert!(e.classes.iter().all(|c| c.ready.is_empty()));
+        assert_eq!(e.limit_state_sizes(), (0, 0), "limit state leaked");
+        assert!(e.limit_timers.is_empty(), "limit timers leaked");
     }
 }
 

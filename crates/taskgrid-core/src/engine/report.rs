@@ -133,9 +133,9 @@ impl Engine {
         if let Some(e) = self.tasks.get_mut(&id)
             && !e.refused(worker)
         {
-            let mut list = e.refused_by.take().map(Vec::from).unwrap_or_default();
+            let mut list = e.refused_by.take().map(|b| *b).unwrap_or_default();
             list.push(worker.clone());
-            e.refused_by = Some(list.into_boxed_slice());
+            e.refused_by = Some(Box::new(list));
         }
         if self.all_capable_refused(id) {
             let failure = TaskFailure::new(

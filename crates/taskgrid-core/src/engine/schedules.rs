@@ -131,7 +131,9 @@ pub(super) struct Kept {
     created_at: Timestamp,
     updated_at: Timestamp,
     paused: bool,
-    note: Option<Box<str>>,
+    /// (A thin box: a boxed str would push this past 640 bytes.)
+    #[allow(clippy::box_collection)] // deliberately thin: size matters here
+    note: Option<Box<String>>,
     state: ScheduleState,
     /// The armed timer: (due, scheduled time).
     timer: Option<(Timestamp, Timestamp)>,
@@ -146,7 +148,7 @@ impl Sched {
                 created_at: rec.created_at,
                 updated_at: rec.updated_at,
                 paused: rec.paused,
-                note: rec.note.map(String::into_boxed_str),
+                note: rec.note.map(Box::new),
                 state: rec.state,
                 timer: None,
             }),
@@ -164,7 +166,7 @@ impl Kept {
             created_at: self.created_at,
             updated_at: self.updated_at,
             paused: self.paused,
-            note: self.note.as_deref().map(str::to_owned),
+            note: self.note.as_deref().cloned(),
             state: self.state.clone(),
         }
     }
@@ -356,7 +358,7 @@ impl Engine {
             .get_mut(name)
             .ok_or_else(|| ScheduleError::NotFound(name.to_owned()))?;
         s.rec.paused = true;
-        s.rec.note = note.map(String::into_boxed_str);
+        s.rec.note = note.map(Box::new);
         s.rec.updated_at = now;
         out.changes
             .push(Change::Schedule(Box::new(s.rec.record(name))));
@@ -501,7 +503,7 @@ impl Engine {
         let mut gates = Vec::new();
         if rec.paused {
             gates.push(ScheduleGate::Paused {
-                note: rec.note.as_deref().map(str::to_owned),
+                note: rec.note.as_deref().cloned(),
             });
         }
         if let Some(max) = rec.spec.max_runs

@@ -32,7 +32,7 @@ impl Submitted {
     }
 }
 
-const MAX_NAME: usize = 256;
+const MAX_NAME: usize = super::CONCURRENCY_KEY_MAX;
 pub(super) const MAX_TAGS: usize = 64;
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> SubmitError {
@@ -117,6 +117,9 @@ impl Engine {
                 "retry.max_backoff",
                 format!("exceeds the limit of {:?}", cfg.max_timeout),
             ));
+        }
+        if let Some(k) = &spec.concurrency_key {
+            check_name("concurrency_key", k)?;
         }
         if spec.min_trust.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
             return Err(invalid("min_trust", "must be between 0 and 1"));
@@ -289,8 +292,9 @@ impl Engine {
             if e.waiting_on == 0 && e.rec.status.wake_at.is_none() && failed_dep.is_none() {
                 e.rec.status.state = State::Queued;
                 e.rec.status.queued_at = Some(now);
-                self.seq += 1;
-                e.seq = self.seq;
+                e.seq = self
+                    .turns
+                    .enter(&e.rec.spec.queue, e.rec.spec.concurrency_key.as_ref());
             }
             out.changes.push(Change::Submitted(Box::new(e.rec.clone())));
             self.metrics.on_submit(e.class.0 as usize, &e.rec.spec);
@@ -358,6 +362,7 @@ impl Engine {
         let e = self.tasks.get(&id).expect("indexed tasks exist");
         let (state, class, prio, seq) = (e.rec.status.state, e.class, e.rec.spec.priority, e.seq);
         let queue = e.rec.spec.queue.clone();
+        let key = e.rec.spec.concurrency_key.clone();
         let timers = super::timers::of(e);
         self.retime(id, &Default::default(), &timers);
         self.count(state, 1);
@@ -366,8 +371,14 @@ impl Engine {
         q.ready += usize::from(state == State::Queued);
         q.running += usize::from(matches!(state, State::Assigned | State::Running));
         if state == State::Queued {
-            self.classes[class.0 as usize].insert(prio, seq, id);
+            self.make_ready(id, class, (std::cmp::Reverse(prio), seq, id), now);
             self.on_queued(id, now);
+        }
+        if let Some(k) = &key
+            && matches!(state, State::Assigned | State::Running)
+        {
+            self.key_out(k, true, now);
+            self.settle_key(k, now);
         }
     }
 
@@ -396,8 +407,9 @@ impl Engine {
                 continue;
             };
             if e.rec.status.state == State::Queued {
-                self.seq += 1;
-                e.seq = self.seq;
+                e.seq = self
+                    .turns
+                    .enter(&e.rec.spec.queue, e.rec.spec.concurrency_key.as_ref());
             }
             if e.rec.status.state == State::Pending
                 && let Some((dep, state)) = self.link_dependencies(id)

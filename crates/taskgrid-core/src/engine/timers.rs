@@ -73,6 +73,7 @@ impl Engine {
             self.timers.first().map(|(t, _, _)| *t),
             self.next_liveness_check,
             self.next_schedule_wake(),
+            self.next_limit_wake(),
         ]
         .into_iter()
         .flatten()
@@ -111,6 +112,7 @@ impl Engine {
                 TimerKind::Dispatch => self.on_dispatch_deadline(id, now, out),
             }
         }
+        self.tick_limits(now);
         self.tick_schedules(now, out);
     }
 

@@ -1,0 +1,563 @@
+//! Limits on when tasks start, and turns between keys.
+//!
+//! A task may carry a *concurrency key* (`customer-42`). Three things
+//! follow from it:
+//!
+//! - **Turns.** Within a priority, queued tasks are ordered by a *turn*
+//!   rather than by arrival: each (queue, key) group — tasks without a key
+//!   form one group per queue — numbers its tasks from where dispatch has
+//!   got to, so the groups with waiting tasks take one turn each (start-time
+//!   fair queueing). A key with 100,000 tasks waiting does not hold back a
+//!   key with 10; tasks of one group stay first in, first out, and a system
+//!   without keys keeps its plain FIFO.
+//! - **Concurrency.** A [`KeyLimit`] caps how many tasks of each key it
+//!   matches are out with workers (assigned or running) at once.
+//! - **Rate.** A [`KeyLimit`] caps how many of them start per period: a
+//!   token bucket of `starts` tokens refilled at `starts` per `per`, kept as
+//!   the time it is next empty (GCRA) so it needs no ticking.
+//!
+//! A limited key *admits* into its dispatch classes only as many queued
+//! tasks as it may start now (its best by priority and turn); the rest wait
+//! *parked* beside them. Dispatch never sees a task it may not start, so a
+//! key held back by its limit costs nothing per dispatch however many tasks
+//! it has waiting; a task finishing (or a token coming due, on a timer)
+//! admits the next. Over a limit a task waits; it is never failed.
+//!
+//! A queue may also cap the tasks it has out at once
+//! ([`super::EngineConfig::queue_concurrency`]): dispatch passes over its
+//! classes while it is at the cap.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Priority, TaskId, Timestamp, duration_micros};
+
+use super::Engine;
+
+/// Most bytes in a concurrency key.
+pub const CONCURRENCY_KEY_MAX: usize = 256;
+
+/// At most `starts` starts per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rate {
+    /// Starts allowed per period (also the burst).
+    pub starts: u32,
+    /// The period.
+    #[serde(with = "crate::spec::duration_ms", rename = "per_ms")]
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Microseconds between two starts at the steady rate (at least 1).
+    fn interval(&self) -> u64 {
+        (duration_micros(self.per) / u64::from(self.starts.max(1))).max(1)
+    }
+}
+
+/// A limit on the tasks of every concurrency key a pattern matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLimit {
+    /// `KEY` (that key) or `PREFIX*` (each key that starts with `PREFIX`,
+    /// each on its own: `customer-*` gives every customer the limit). Of
+    /// the patterns that match a key, an exact one wins, then the longest
+    /// prefix.
+    pub pattern: String,
+    /// Most tasks of a key out with workers at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Most starts of a key per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+}
+
+impl KeyLimit {
+    /// How closely the pattern matches `key`: `None` if it does not, else
+    /// higher is closer (exact beats every prefix, longer prefixes beat
+    /// shorter ones).
+    fn closeness(&self, key: &str) -> Option<usize> {
+        match self.pattern.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix).then_some(prefix.len()),
+            None => (self.pattern == key).then_some(usize::MAX),
+        }
+    }
+
+    /// Checks a limit for use: a non-empty pattern, a concurrency or a rate,
+    /// and no zero (a key that may never start is a paused queue's job).
+    pub fn check(&self) -> Result<(), String> {
+        let bare = self.pattern.strip_suffix('*').unwrap_or(&self.pattern);
+        if self.pattern.is_empty() || bare.contains('*') {
+            return Err(format!(
+                "limit pattern {:?}: expected KEY or PREFIX* (one `*`, at the end)",
+                self.pattern
+            ));
+        }
+        if self.concurrency == Some(0) {
+            return Err(format!(
+                "limit for {:?}: concurrency must be at least 1",
+                self.pattern
+            ));
+        }
+        if let Some(r) = self.rate
+            && (r.starts == 0 || r.per.is_zero())
+        {
+            return Err(format!(
+                "limit for {:?}: a rate needs at least 1 start per non-zero period",
+                self.pattern
+            ));
+        }
+        if self.concurrency.is_none() && self.rate.is_none() {
+            return Err(format!(
+                "limit for {:?}: set a concurrency, a rate or both",
+                self.pattern
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The limits in force for one key: the closest matching concurrency and
+/// the closest matching rate (they may come from different patterns).
+fn resolve(limits: &[KeyLimit], key: &str) -> (Option<u32>, Option<Rate>) {
+    let best = |want: &dyn Fn(&KeyLimit) -> bool| {
+        limits
+            .iter()
+            .filter(|l| want(l))
+            .filter_map(|l| Some((l.closeness(key)?, l)))
+            .max_by_key(|(c, _)| *c)
+            .map(|(_, l)| l)
+    };
+    (
+        best(&|l| l.concurrency.is_some()).and_then(|l| l.concurrency),
+        best(&|l| l.rate.is_some()).and_then(|l| l.rate),
+    )
+}
+
+/// A queued task's place: priority first, then turn, then id.
+pub(super) type Place = (Reverse<Priority>, u64, TaskId);
+
+/// The turn counters of the (queue, key) groups.
+#[derive(Debug, Default)]
+pub(super) struct Turns {
+    /// The highest turn dispatched so far: a group that was idle starts
+    /// right after it.
+    now: u64,
+    /// Last turn given in each queue to tasks without a key.
+    unkeyed: HashMap<Arc<str>, u64>,
+    /// Last turn given, and tasks queued, per (queue, key) with tasks queued.
+    keyed: HashMap<(Arc<str>, Arc<str>), (u64, u32)>,
+}
+
+impl Turns {
+    /// The turn of a task of `key` entering `queued` in `queue`.
+    pub(super) fn enter(&mut self, queue: &Arc<str>, key: Option<&Arc<str>>) -> u64 {
+        let now = self.now;
+        let last = match key {
+            None => self.unkeyed.entry(queue.clone()).or_default(),
+            Some(k) => {
+                let g = self
+                    .keyed
+                    .entry((queue.clone(), k.clone()))
+                    .or_insert((0, 0));
+                g.1 += 1;
+                &mut g.0
+            }
+        };
+        *last = (*last).max(now) + 1;
+        *last
+    }
+
+    /// A task of `key` left `queued` in `queue`.
+    pub(super) fn leave(&mut self, queue: &Arc<str>, key: Option<&Arc<str>>) {
+        if let Some(k) = key {
+            let gk = (queue.clone(), k.clone());
+            if let Some(g) = self.keyed.get_mut(&gk) {
+                g.1 -= 1;
+                if g.1 == 0 {
+                    self.keyed.remove(&gk);
+                }
+            }
+        }
+    }
+
+    /// A task with turn `turn` was dispatched.
+    pub(super) fn dispatched(&mut self, turn: u64) {
+        self.now = self.now.max(turn);
+    }
+
+    /// Groups with queued tasks that have a key (for tests and stats).
+    pub(super) fn keyed_groups(&self) -> usize {
+        self.keyed.len()
+    }
+}
+
+/// A limited key with tasks waiting or out, or a bucket not yet full.
+#[derive(Debug)]
+pub(super) struct KeyState {
+    concurrency: Option<u32>,
+    rate: Option<Rate>,
+    /// Tasks out with workers (assigned or running).
+    running: u32,
+    /// Queued tasks in their dispatch classes: may start now.
+    admitted: BTreeSet<Place>,
+    /// Queued tasks held back by the limit.
+    parked: BTreeSet<Place>,
+    /// When the bucket is next empty (GCRA's theoretical arrival time).
+    tat: Timestamp,
+    /// Its armed timer, if any.
+    timer: Option<Timestamp>,
+}
+
+impl KeyState {
+    /// Starts the bucket allows at `now`.
+    fn tokens(&self, now: Timestamp) -> Option<u64> {
+        let r = self.rate?;
+        let debt = self.tat.as_micros().saturating_sub(now.as_micros());
+        let room = (u64::from(r.starts) * r.interval()).saturating_sub(debt);
+        Some(room / r.interval())
+    }
+
+    /// Tasks that may be admitted at `now`.
+    fn allowance(&self, now: Timestamp) -> u64 {
+        let by_count = self
+            .concurrency
+            .map_or(u64::MAX, |c| u64::from(c.saturating_sub(self.running)));
+        by_count.min(self.tokens(now).unwrap_or(u64::MAX))
+    }
+
+    fn idle(&self) -> bool {
+        self.running == 0 && self.admitted.is_empty() && self.parked.is_empty()
+    }
+}
+
+/// What holds a limited key's parked tasks back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyLimitView {
+    /// The key.
+    pub key: String,
+    /// Its concurrency limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Its rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    /// Tasks of it out with workers.
+    pub running: u32,
+    /// Queued tasks that may start as soon as a worker is free.
+    pub admitted: usize,
+    /// Queued tasks held back by the limit.
+    pub held: usize,
+    /// Starts its bucket allows now (with a rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+}
+
+impl Engine {
+    /// The limited-key state of a task's key, created on first use; `None`
+    /// when it has no key or no limit matches its key.
+    fn key_state(&mut self, key: &Arc<str>, now: Timestamp) -> Option<&mut KeyState> {
+        if self.config.key_limits.is_empty() {
+            return None;
+        }
+        if !self.keys.contains_key(key) {
+            let (concurrency, rate) = resolve(&self.config.key_limits, key);
+            if concurrency.is_none() && rate.is_none() {
+                return None;
+            }
+            self.keys.insert(
+                key.clone(),
+                KeyState {
+                    concurrency,
+                    rate,
+                    running: 0,
+                    admitted: BTreeSet::new(),
+                    parked: BTreeSet::new(),
+                    tat: now,
+                    timer: None,
+                },
+            );
+        }
+        self.keys.get_mut(key)
+    }
+
+    /// Task `id` (class, place) entered `queued`: into its class, or parked
+    /// if its key may not start it now.
+    pub(super) fn make_ready(
+        &mut self,
+        id: TaskId,
+        class: super::ClassId,
+        place: Place,
+        now: Timestamp,
+    ) {
+        let key = self
+            .tasks
+            .get(&id)
+            .and_then(|e| e.rec.spec.concurrency_key.clone());
+        if let Some(k) = key
+            && let Some(ks) = self.key_state(&k, now)
+        {
+            ks.parked.insert(place);
+            self.settle_key(&k, now);
+            return;
+        }
+        self.classes[class.0 as usize].ready.insert(place);
+    }
+
+    /// Task `id` (class, place) left `queued`.
+    pub(super) fn unready(&mut self, id: TaskId, class: super::ClassId, place: Place) {
+        let key = self
+            .tasks
+            .get(&id)
+            .and_then(|e| e.rec.spec.concurrency_key.clone());
+        if let Some(k) = key
+            && let Some(ks) = self.keys.get_mut(&k)
+        {
+            if ks.admitted.remove(&place) {
+                self.classes[class.0 as usize].ready.remove(&place);
+            } else {
+                ks.parked.remove(&place);
+            }
+            return;
+        }
+        self.classes[class.0 as usize].ready.remove(&place);
+    }
+
+    /// A task of `key` went out to a worker (`started`) or came back.
+    pub(super) fn key_out(&mut self, key: &Arc<str>, started: bool, now: Timestamp) {
+        let Some(ks) = self.key_state(key, now) else {
+            return;
+        };
+        if started {
+            ks.running += 1;
+            if let Some(r) = ks.rate {
+                ks.tat = Timestamp::from_micros(ks.tat.max(now).as_micros() + r.interval());
+            }
+        } else {
+            ks.running = ks.running.saturating_sub(1);
+        }
+    }
+
+    /// Brings a limited key's admitted tasks to what it may start at `now`
+    /// (best first), arms its timer, and forgets it once nothing is left
+    /// to remember.
+    pub(super) fn settle_key(&mut self, key: &Arc<str>, now: Timestamp) {
+        let Some(ks) = self.keys.get_mut(key) else {
+            return;
+        };
+        let allowance = ks.allowance(now);
+        let mut moves: Vec<(Place, bool)> = Vec::new();
+        // Admit while there is room.
+        while (ks.admitted.len() as u64) < allowance {
+            let Some(p) = ks.parked.pop_first() else {
+                break;
+            };
+            ks.admitted.insert(p);
+            moves.push((p, true));
+        }
+        // A better task parked than one admitted (a higher priority came
+        // in): swap them.
+        while let (Some(&best), Some(&worst)) = (ks.parked.first(), ks.admitted.last()) {
+            if best >= worst {
+                break;
+            }
+            ks.parked.remove(&best);
+            ks.admitted.remove(&worst);
+            ks.admitted.insert(best);
+            ks.parked.insert(worst);
+            moves.push((worst, false));
+            moves.push((best, true));
+        }
+        // Its next wake: a token for a parked task, or a full bucket to forget.
+        let wake = match (ks.rate, ks.idle()) {
+            (Some(r), false) if !ks.parked.is_empty() && ks.tokens(now) == Some(allowance) => {
+                // The next token comes when the debt has fallen to
+                // (starts - tokens - 1) intervals; none while the bucket is full.
+                (u64::from(r.starts).checked_sub(allowance + 1)).map(|n| {
+                    Timestamp::from_micros(ks.tat.as_micros().saturating_sub(n * r.interval()))
+                })
+            }
+            (Some(_), true) if ks.tat > now => Some(ks.tat),
+            _ => None,
+        };
+        let forget = ks.idle() && ks.tat <= now;
+        let old = std::mem::replace(&mut ks.timer, wake);
+        if old != wake {
+            if let Some(t) = old {
+                self.limit_timers.remove(&(t, key.clone()));
+            }
+            if let Some(t) = wake {
+                self.limit_timers.insert((t, key.clone()));
+            }
+        }
+        if forget {
+            self.keys.remove(key);
+        }
+        for (place, admit) in moves {
+            let Some(class) = self.tasks.get(&place.2).map(|e| e.class) else {
+                continue;
+            };
+            let ready = &mut self.classes[class.0 as usize].ready;
+            if admit {
+                ready.insert(place);
+            } else {
+                ready.remove(&place);
+            }
+        }
+    }
+
+    /// Fires the limit timers due at `now`: tokens came due for parked
+    /// tasks, or an idle key's bucket filled up.
+    pub(super) fn tick_limits(&mut self, now: Timestamp) {
+        while let Some((at, _)) = self.limit_timers.first() {
+            if *at > now {
+                break;
+            }
+            let Some((_, key)) = self.limit_timers.pop_first() else {
+                break;
+            };
+            if let Some(ks) = self.keys.get_mut(&key) {
+                ks.timer = None;
+            }
+            self.settle_key(&key, now);
+        }
+    }
+
+    /// When a limit timer is next due.
+    pub(super) fn next_limit_wake(&self) -> Option<Timestamp> {
+        self.limit_timers.first().map(|(t, _)| *t)
+    }
+
+    /// The limits holding a queued task of `key` back (empty when it is
+    /// admitted or its key is not limited).
+    pub(super) fn key_gates(
+        &self,
+        key: &Arc<str>,
+        place: &Place,
+        now: Timestamp,
+        gates: &mut Vec<super::Gate>,
+    ) {
+        let Some(ks) = self.keys.get(key) else {
+            return;
+        };
+        if !ks.parked.contains(place) {
+            return;
+        }
+        let tokens = ks.tokens(now);
+        if let Some(limit) = ks.concurrency
+            && u64::from(ks.running) + ks.admitted.len() as u64 >= u64::from(limit)
+        {
+            gates.push(super::Gate::ConcurrencyLimit {
+                key: key.to_string(),
+                running: ks.running,
+                limit,
+                ahead: ks.admitted.len(),
+            });
+        }
+        if let (Some(rate), Some(t)) = (ks.rate, tokens)
+            && ks.admitted.len() as u64 >= t
+        {
+            gates.push(super::Gate::RateLimit {
+                key: key.to_string(),
+                starts: rate.starts,
+                per_ms: crate::duration_millis(rate.per),
+                next_at: ks.timer,
+            });
+        }
+    }
+
+    /// Every limited key with tasks waiting or out (or a bucket still
+    /// refilling), by key.
+    pub fn key_limits(&self, now: Timestamp) -> Vec<KeyLimitView> {
+        let mut out: Vec<KeyLimitView> = self
+            .keys
+            .iter()
+            .map(|(k, ks)| KeyLimitView {
+                key: k.to_string(),
+                concurrency: ks.concurrency,
+                rate: ks.rate,
+                running: ks.running,
+                admitted: ks.admitted.len(),
+                held: ks.parked.len(),
+                tokens: ks.tokens(now),
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// Keys the engine keeps limit state for, and (queue, key) groups with
+    /// queued tasks (for tests: both must fall back to none).
+    pub fn limit_state_sizes(&self) -> (usize, usize) {
+        (self.keys.len(), self.turns.keyed_groups())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lim(pattern: &str, c: Option<u32>, r: Option<(u32, u64)>) -> KeyLimit {
+        KeyLimit {
+            pattern: pattern.into(),
+            concurrency: c,
+            rate: r.map(|(starts, ms)| Rate {
+                starts,
+                per: Duration::from_millis(ms),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_closest_pattern_wins_for_each_kind_of_limit() {
+        let limits = [
+            lim("cust-*", Some(5), None),
+            lim("cust-4*", Some(3), None),
+            lim("cust-42", Some(1), None),
+            lim("*", None, Some((10, 1000))),
+        ];
+        assert_eq!(resolve(&limits, "cust-42").0, Some(1));
+        assert_eq!(resolve(&limits, "cust-43").0, Some(3));
+        assert_eq!(resolve(&limits, "cust-7").0, Some(5));
+        assert_eq!(resolve(&limits, "other"), (None, limits[3].rate));
+        assert_eq!(resolve(&limits, "cust-7").1, limits[3].rate);
+        assert_eq!(resolve(&limits[..3], "other"), (None, None));
+    }
+
+    #[test]
+    fn bad_limits_are_refused_with_the_reason() {
+        assert!(lim("a", Some(1), None).check().is_ok());
+        assert!(lim("a*", None, Some((1, 1))).check().is_ok());
+        let err = |l: KeyLimit| l.check().unwrap_err();
+        assert!(err(lim("", Some(1), None)).contains("expected KEY or PREFIX*"));
+        assert!(err(lim("a*b", Some(1), None)).contains("expected KEY or PREFIX*"));
+        assert!(err(lim("a", Some(0), None)).contains("at least 1"));
+        assert!(err(lim("a", None, Some((0, 1000)))).contains("at least 1 start"));
+        assert!(err(lim("a", None, Some((1, 0)))).contains("non-zero period"));
+        assert!(err(lim("a", None, None)).contains("set a concurrency"));
+    }
+
+    #[test]
+    fn turns_alternate_between_groups_and_keep_fifo_within_one() {
+        let mut t = Turns::default();
+        let q: Arc<str> = Arc::from("q");
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let ta: Vec<u64> = (0..5).map(|_| t.enter(&q, Some(&a))).collect();
+        assert_eq!(ta, [1, 2, 3, 4, 5]);
+        t.dispatched(1);
+        let tb: Vec<u64> = (0..2).map(|_| t.enter(&q, Some(&b))).collect();
+        assert_eq!(tb, [2, 3], "a new key starts where dispatch is");
+        let none: Vec<u64> = (0..2).map(|_| t.enter(&q, None)).collect();
+        assert_eq!(none, [2, 3], "tasks without a key are one group");
+        for _ in 0..2 {
+            t.leave(&q, Some(&b));
+        }
+        assert_eq!(
+            t.keyed_groups(),
+            1,
+            "b is forgotten once it has none queued"
+        );
+    }
+}
