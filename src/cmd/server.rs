@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use taskgrid_core::{KeyLimit, Rate};
 use taskgrid_proto::worker::worker_gateway_server::WorkerGatewayServer;
 use taskgrid_runtime::{SystemConfig, TaskSystem};
 use taskgrid_server::http::{ApiConfig, router};
@@ -73,6 +74,20 @@ pub(crate) struct Args {
     /// a submit beyond it is refused with 429 `queue_full`.
     #[arg(long = "queue-limit", value_parser = queue_limit, value_name = "QUEUE=N")]
     pub(crate) queue_limits: Vec<(String, usize)>,
+    /// Most tasks of a queue running at once, as QUEUE=N (repeat for more
+    /// queues); its other tasks wait.
+    #[arg(long = "queue-concurrency", value_parser = queue_concurrency, value_name = "QUEUE=N")]
+    pub(crate) queue_concurrency: Vec<(String, u32)>,
+    /// Most tasks of a concurrency key running at once, as KEY=N or
+    /// PREFIX*=N (each key with the prefix on its own; an exact key wins,
+    /// then the longest prefix); repeat for more. Over it, tasks wait.
+    #[arg(long = "concurrency-limit", value_parser = concurrency_limit, value_name = "KEY=N")]
+    pub(crate) concurrency_limits: Vec<(String, u32)>,
+    /// Most starts of a concurrency key per period, as KEY=N/PERIOD or
+    /// PREFIX*=N/PERIOD (e.g. api=100/1m, customer-*=5/s): a token bucket
+    /// of N refilled over PERIOD; repeat for more. Over it, tasks wait.
+    #[arg(long = "rate-limit", value_parser = rate_limit, value_name = "KEY=N/PERIOD")]
+    pub(crate) rate_limits: Vec<(String, Rate)>,
     /// The retention of one queue's finished tasks, in place of --retain,
     /// as QUEUE=DURATION or QUEUE=forever (repeat for more queues).
     #[arg(long = "retain-queue", value_parser = queue_retention, value_name = "QUEUE=DURATION|forever")]
@@ -136,6 +151,96 @@ fn queue_limit(s: &str) -> Result<(String, usize), String> {
         .parse()
         .map_err(|_| format!("{s:?}: {n:?} is not a number of tasks"))?;
     Ok((q.to_owned(), n))
+}
+
+/// `--queue-concurrency QUEUE=N`.
+fn queue_concurrency(s: &str) -> Result<(String, u32), String> {
+    let (q, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: write a queue's concurrency as QUEUE=N (e.g. reports=4)"))?;
+    if q.is_empty() {
+        return Err(format!("{s:?}: the queue name is empty"));
+    }
+    match n.trim().parse::<u32>() {
+        Ok(n) if n > 0 => Ok((q.to_owned(), n)),
+        _ => Err(format!(
+            "{s:?}: {n:?} is not a number of tasks of at least 1 (pause a queue with `taskgrid queue pause`)"
+        )),
+    }
+}
+
+/// `--concurrency-limit KEY=N`.
+pub(crate) fn concurrency_limit(s: &str) -> Result<(String, u32), String> {
+    let (k, n) = s.split_once('=').ok_or_else(|| {
+        format!("{s:?}: write a concurrency limit as KEY=N or PREFIX*=N (e.g. customer-*=2)")
+    })?;
+    let n = n
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("{s:?}: {n:?} is not a number of tasks"))?;
+    let limit = KeyLimit {
+        pattern: k.trim().to_owned(),
+        concurrency: Some(n),
+        rate: None,
+    };
+    limit.check()?;
+    Ok((limit.pattern, n))
+}
+
+/// `--rate-limit KEY=N/PERIOD`.
+pub(crate) fn rate_limit(s: &str) -> Result<(String, Rate), String> {
+    let usage = || {
+        format!("{s:?}: write a rate limit as KEY=N/PERIOD or PREFIX*=N/PERIOD (e.g. api=100/1m)")
+    };
+    let (k, r) = s.split_once('=').ok_or_else(usage)?;
+    let (n, per) = r.split_once('/').ok_or_else(usage)?;
+    let starts = n
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("{s:?}: {n:?} is not a number of starts"))?;
+    // `5/s` reads as 5 per 1 s.
+    let per = per.trim();
+    let per = if per.starts_with(|c: char| c.is_ascii_digit()) {
+        super::submit::parse_duration(per)
+    } else {
+        super::submit::parse_duration(&format!("1{per}"))
+    }
+    .map_err(|e| format!("{s:?}: {e}"))?;
+    let rate = Rate { starts, per };
+    let limit = KeyLimit {
+        pattern: k.trim().to_owned(),
+        concurrency: None,
+        rate: Some(rate),
+    };
+    limit.check()?;
+    Ok((limit.pattern, rate))
+}
+
+/// The key limits of `--concurrency-limit` and `--rate-limit`, one per
+/// pattern.
+fn key_limits(concurrency: &[(String, u32)], rates: &[(String, Rate)]) -> Vec<KeyLimit> {
+    fn at<'a>(out: &'a mut Vec<KeyLimit>, pattern: &str) -> &'a mut KeyLimit {
+        let i = match out.iter().position(|l| l.pattern == pattern) {
+            Some(i) => i,
+            None => {
+                out.push(KeyLimit {
+                    pattern: pattern.to_owned(),
+                    concurrency: None,
+                    rate: None,
+                });
+                out.len() - 1
+            }
+        };
+        &mut out[i]
+    }
+    let mut out = Vec::new();
+    for (p, n) in concurrency {
+        at(&mut out, p).concurrency = Some(*n);
+    }
+    for (p, r) in rates {
+        at(&mut out, p).rate = Some(*r);
+    }
+    out
 }
 
 /// `--retain-queue QUEUE=DURATION|forever`.
@@ -417,6 +522,8 @@ impl Bound {
                 .collect(),
             engine: taskgrid_core::EngineConfig {
                 queue_limits: args.queue_limits.iter().cloned().collect(),
+                queue_concurrency: args.queue_concurrency.iter().cloned().collect(),
+                key_limits: key_limits(&args.concurrency_limits, &args.rate_limits),
                 ..taskgrid_core::EngineConfig::default()
             },
             // A tenth of the shortest retention, between 100 ms and a
@@ -613,4 +720,52 @@ pub(crate) fn sqlite_in(
         Durability::Process
     };
     Ok((data_dir.join("taskgrid.db"), SqliteOptions { durability }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_flags_parse_and_merge_per_pattern() {
+        assert_eq!(
+            concurrency_limit("customer-*=2"),
+            Ok(("customer-*".into(), 2))
+        );
+        let r = |s| rate_limit(s).map(|(k, r)| (k, r.starts, r.per));
+        assert_eq!(
+            r("api=100/1m"),
+            Ok(("api".into(), 100, Duration::from_secs(60)))
+        );
+        assert_eq!(r("api=5/s"), Ok(("api".into(), 5, Duration::from_secs(1))));
+        assert_eq!(
+            r("api=3/250ms"),
+            Ok(("api".into(), 3, Duration::from_millis(250)))
+        );
+        let merged = key_limits(
+            &[("a".into(), 2), ("b*".into(), 1)],
+            &[("a".into(), rate_limit("a=1/s").unwrap().1)],
+        );
+        assert_eq!(merged.len(), 2);
+        assert_eq!(
+            (merged[0].concurrency, merged[0].rate.map(|r| r.starts)),
+            (Some(2), Some(1))
+        );
+        assert_eq!((merged[1].pattern.as_str(), merged[1].rate), ("b*", None));
+    }
+
+    #[test]
+    fn bad_limit_flags_say_what_is_wrong() {
+        let err = |r: Result<(String, u32), String>| r.unwrap_err();
+        assert!(err(concurrency_limit("a")).contains("KEY=N or PREFIX*=N"));
+        assert!(err(concurrency_limit("a=x")).contains("not a number"));
+        assert!(err(concurrency_limit("a=0")).contains("at least 1"));
+        assert!(err(concurrency_limit("a*b=1")).contains("PREFIX*"));
+        assert!(err(queue_concurrency("q=0")).contains("at least 1"));
+        let rerr = |s| rate_limit(s).unwrap_err();
+        assert!(rerr("api=5").contains("KEY=N/PERIOD"));
+        assert!(rerr("api=0/s").contains("at least 1 start"));
+        assert!(rerr("api=5/0s").contains("non-zero period"));
+        assert!(rerr("api=5/fortnight").contains("invalid duration"));
+    }
 }

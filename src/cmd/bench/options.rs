@@ -94,6 +94,18 @@ pub(crate) struct Args {
     /// Print only the JSON line.
     #[arg(long)]
     pub(super) json: bool,
+    /// Spread the tasks over this many concurrency keys (`k0`, `k1`, …,
+    /// in turn); 0: no key.
+    #[arg(long, default_value_t = 0)]
+    pub(super) keys: u32,
+    /// A concurrency limit of the coordinator started here, as KEY=N or
+    /// PREFIX*=N (`taskgrid server --concurrency-limit`).
+    #[arg(long = "concurrency-limit", value_name = "KEY=N", value_parser = crate::cmd::server::concurrency_limit)]
+    pub(super) concurrency_limits: Vec<(String, u32)>,
+    /// A rate limit of the coordinator started here, as KEY=N/PERIOD
+    /// (`taskgrid server --rate-limit`).
+    #[arg(long = "rate-limit", value_name = "KEY=N/PERIOD", value_parser = crate::cmd::server::rate_limit)]
+    pub(super) rate_limits: Vec<(String, taskgrid_core::Rate)>,
 }
 
 /// What each benchmark task does.

@@ -96,6 +96,12 @@ pub(super) struct Plan {
     pub(super) worker_token: Option<String>,
     /// When to give up.
     pub(super) timeout: Duration,
+    /// Concurrency keys the tasks are spread over (0: none).
+    pub(super) keys: u32,
+    /// `--concurrency-limit`s of a coordinator started here.
+    pub(super) concurrency_limits: Vec<(String, u32)>,
+    /// `--rate-limit`s of a coordinator started here.
+    pub(super) rate_limits: Vec<(String, taskgrid_core::Rate)>,
 }
 
 impl Args {
@@ -170,6 +176,12 @@ impl Args {
                         "--store and --full-sync configure a coordinator started here, not --server"
                     );
                 }
+                if !self.concurrency_limits.is_empty() || !self.rate_limits.is_empty() {
+                    bail!(
+                        "--concurrency-limit and --rate-limit configure a coordinator started \
+                         here, not --server (start it with them)"
+                    );
+                }
                 if matches!(mode, Mode::IdleWorkers { .. }) && self.server_pid.is_none() {
                     bail!(
                         "--idle-workers measures the coordinator's own CPU and memory: with --server, \
@@ -220,6 +232,9 @@ impl Args {
             token: self.token.clone(),
             worker_token: self.worker_token.clone(),
             timeout: self.timeout,
+            keys: self.keys,
+            concurrency_limits: self.concurrency_limits.clone(),
+            rate_limits: self.rate_limits.clone(),
         };
         plan.check_request_size()?;
         Ok(plan)

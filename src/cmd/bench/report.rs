@@ -42,6 +42,11 @@ pub(super) struct Setup {
     pub(super) store: &'static str,
     /// Whether every commit was fsynced.
     pub(super) full_sync: bool,
+    /// Concurrency keys the tasks were spread over (0: none).
+    pub(super) keys: u32,
+    /// The coordinator's key limits (`KEY=N`, `KEY=N/PERIOD_MS ms`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(super) limits: Vec<String>,
 }
 
 impl Setup {
@@ -62,6 +67,17 @@ impl Setup {
             coordinator: target.placement(),
             store,
             full_sync: plan.full_sync,
+            keys: plan.keys,
+            limits: plan
+                .concurrency_limits
+                .iter()
+                .map(|(k, n)| format!("{k}={n}"))
+                .chain(
+                    plan.rate_limits
+                        .iter()
+                        .map(|(k, r)| format!("{k}={}/{}ms", r.starts, r.per.as_millis())),
+                )
+                .collect(),
         }
     }
 
@@ -95,6 +111,14 @@ impl Setup {
             "coordinator",
             format!("{}, store {}{sync}", self.coordinator, self.store),
         );
+        if self.keys > 0 || !self.limits.is_empty() {
+            let limits = if self.limits.is_empty() {
+                "no limit".to_owned()
+            } else {
+                self.limits.join(", ")
+            };
+            t.row("concurrency keys", format!("{} ({limits})", self.keys));
+        }
     }
 }
 

@@ -75,7 +75,14 @@ async fn measure(
     let mut submitters = JoinSet::new();
     for _ in 0..plan.clients {
         let c = target.client()?;
-        submitters.spawn(submit(c, req.clone(), plan.batch, tasks, next.clone()));
+        submitters.spawn(submit(
+            c,
+            req.clone(),
+            plan.batch,
+            tasks,
+            plan.keys,
+            next.clone(),
+        ));
     }
     let mut ids: Vec<TaskId> = Vec::with_capacity(usize::try_from(tasks).unwrap_or(0));
     let mut submitted = start;
@@ -134,9 +141,15 @@ async fn submit(
     req: SubmitRequest,
     batch: u32,
     total: u64,
+    keys: u32,
     next: Arc<AtomicU64>,
 ) -> anyhow::Result<(Vec<TaskId>, Instant)> {
-    let template = vec![req; batch as usize];
+    let mut template = vec![req; batch as usize];
+    let keyed = |template: &mut [SubmitRequest], from: u64| {
+        for (i, r) in template.iter_mut().enumerate() {
+            r.concurrency_key = Some(format!("k{}", (from + i as u64) % u64::from(keys)));
+        }
+    };
     let mut ids = Vec::new();
     loop {
         let from = next.fetch_add(u64::from(batch), Ordering::Relaxed);
@@ -144,6 +157,9 @@ async fn submit(
             return Ok((ids, Instant::now()));
         }
         let n = usize::try_from((total - from).min(u64::from(batch))).unwrap_or(1);
+        if keys > 0 {
+            keyed(&mut template, from);
+        }
         if batch == 1 {
             let r = client
                 .submit(&template[0])
