@@ -59,6 +59,9 @@ enum Command {
     Queues(cmd::client::ConnArgs),
     /// Pause or resume a queue.
     Queue(cmd::client::QueueArgs),
+    /// Show the limited concurrency keys with tasks waiting or running:
+    /// their limits, and tasks running, let through and held back.
+    Limits(cmd::client::ConnArgs),
     /// Show task counts, success rates, latencies and throughput, in total
     /// and by queue, kind and worker (--prometheus for the text format).
     Stats(cmd::client::StatsArgs),
@@ -162,6 +165,7 @@ fn main() -> std::process::ExitCode {
             Command::Workers(a) => client::workers(a).await,
             Command::Queues(a) => client::queues(a).await,
             Command::Queue(a) => client::queue(a).await,
+            Command::Limits(a) => client::limits(a).await,
             Command::Stats(a) => client::stats(a).await,
             Command::Schedule(a) => cmd::schedule::run(a).await,
             Command::Tui(a) => cmd::tui::run(a).await.map(|()| 0),

@@ -1717,3 +1717,174 @@ async fn workers_report_their_host_load_memory_and_disk() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is no load"));
 }
+
+/// `taskgrid server --concurrency-limit/--rate-limit/--queue-concurrency`
+/// with two real workers: tasks over a limit wait (never fail) while tasks
+/// of another key run past them; `explain` and `taskgrid limits` say which
+/// limit holds what; a key's tasks never overlapped beyond its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_tasks_across_two_workers_and_explain_says_which() {
+    use taskgrid_core::State;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &[
+            "--concurrency-limit",
+            "cust-*=2",
+            "--rate-limit",
+            "api=2/1h",
+            "--queue-concurrency",
+            "reports=1",
+        ],
+    );
+    let url = server.url();
+    let client = server.client(None);
+    let _w1 = worker(&url, "w1", &["--slots", "4"]);
+    let _w2 = worker(&url, "w2", &["--slots", "4"]);
+    await_worker(&client, "w1").await;
+    await_worker(&client, "w2").await;
+    // Tasks that run until the test writes to their FIFO.
+    let fifo = |name: &str| {
+        let path = dir.path().join(name);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        path
+    };
+    let release = |path: std::path::PathBuf| {
+        // Opening a FIFO to write waits for its reader: the task.
+        tokio::task::spawn_blocking(move || std::fs::write(path, b"go\n").unwrap())
+    };
+    let submit = |extra: &[&str], script: &str| -> TaskId {
+        let mut args = vec!["submit", "--server", &url];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--script", "--", script]);
+        let (code, out, err) = run_cli(&args);
+        assert_eq!(code, Some(0), "{err}");
+        out.trim().parse().unwrap()
+    };
+    let (f1, f2, f3) = (fifo("f1"), fifo("f2"), fifo("f3"));
+    let key_a = ["--concurrency-key", "cust-a"];
+    let a: Vec<TaskId> = [
+        format!("cat {} >/dev/null", f1.display()),
+        format!("cat {} >/dev/null", f2.display()),
+    ]
+    .iter()
+    .map(|s| submit(&key_a, s))
+    .chain((0..4).map(|_| submit(&key_a, "true")))
+    .collect();
+    let b = submit(&["--concurrency-key", "cust-b"], "true");
+
+    // cust-a's first two run; its other four wait although 6 slots are
+    // free, and cust-b's task runs past them.
+    await_state(&client, a[0], Some(State::Running)).await;
+    await_state(&client, a[1], Some(State::Running)).await;
+    assert_eq!(await_state(&client, b, None).await, State::Succeeded);
+    for id in &a[2..] {
+        let st = client.get(*id).await.unwrap().task.status.state;
+        assert_eq!(st, State::Queued, "{id} waits for cust-a's limit");
+    }
+    let (code, out, err) = run_cli(&["explain", "--server", &url, &a[2].to_string()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(r#"concurrency key "cust-a" has 2 of at most 2 task(s) running"#),
+        "{out}"
+    );
+    let (code, out, err) = run_cli(&["limits", "--server", &url, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let limits: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let cust_a = limits
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key"] == "cust-a")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(
+        (&cust_a["concurrency"], &cust_a["running"], &cust_a["held"]),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!(2),
+            &serde_json::json!(4)
+        ),
+        "{out}"
+    );
+
+    // Released, everything of cust-a runs to success, never more than two
+    // at once (by the coordinator's start and end times).
+    release(f1).await.unwrap();
+    release(f2).await.unwrap();
+    let mut spans = Vec::new();
+    for id in &a {
+        assert_eq!(await_state(&client, *id, None).await, State::Succeeded);
+        let st = client.get(*id).await.unwrap().task.status;
+        spans.push((st.started_at.unwrap(), st.finished_at.unwrap()));
+    }
+    for (start, _) in &spans {
+        let overlapping = spans
+            .iter()
+            .filter(|(s, e)| s <= start && start < e)
+            .count();
+        assert!(
+            overlapping <= 2,
+            "{overlapping} of cust-a ran at once: {spans:?}"
+        );
+    }
+
+    // A rate of 2 per hour: two start, the third waits and says until when.
+    let api: Vec<TaskId> = (0..3)
+        .map(|_| submit(&["--concurrency-key", "api"], "true"))
+        .collect();
+    await_state(&client, api[0], None).await;
+    await_state(&client, api[1], None).await;
+    let why = client.explain(api[2]).await.unwrap();
+    let why = serde_json::to_value(&why.gates).unwrap();
+    let rate = why
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["gate"] == "rate_limit")
+        .unwrap_or_else(|| panic!("{why}"));
+    assert_eq!(
+        (&rate["starts"], &rate["per_ms"]),
+        (&serde_json::json!(2), &serde_json::json!(3_600_000))
+    );
+    assert!(rate["next_at"].is_u64(), "{why}");
+    assert_eq!(
+        client.get(api[2]).await.unwrap().task.status.state,
+        State::Queued
+    );
+
+    // A queue capped at one running task.
+    let report = |s: &str| submit(&["--queue", "reports"], s);
+    let r1 = report(&format!("cat {} >/dev/null", f3.display()));
+    let r2 = report("true");
+    await_state(&client, r1, Some(State::Running)).await;
+    let why = client.explain(r2).await.unwrap();
+    let why = serde_json::to_string(&why.gates).unwrap();
+    assert!(
+        why.contains(r#""gate":"queue_concurrency","queue":"reports","running":1,"limit":1"#),
+        "{why}"
+    );
+    let (_, out, _) = run_cli(&["queues", "--server", &url]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("reports") && l.contains("1/1")),
+        "{out}"
+    );
+    release(f3).await.unwrap();
+    assert_eq!(await_state(&client, r2, None).await, State::Succeeded);
+
+    // A limit that could never let a task start is refused at start.
+    let (code, _, err) = run_cli(&[
+        "server",
+        "--concurrency-limit",
+        "cust-*=0",
+        "--data-dir",
+        "x",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("at least 1"), "{err}");
+}

@@ -582,20 +582,58 @@ pub(crate) async fn queues(a: ConnArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<16}  {:>7}  {:>7}  {:>7}  {:>9}  waiting by priority",
+        "{:<16}  {:>7}  {:>11}  {:>7}  {:>9}  waiting by priority",
         "queue", "ready", "running", "paused", "limit"
     );
     for q in &qs {
         let by: Vec<String> = q.waiting.iter().map(|(p, n)| format!("{p}:{n}")).collect();
         let limit = q.limit.map_or_else(|| "-".to_owned(), |l| l.to_string());
+        // `3/4`: 3 running of at most 4 (--queue-concurrency).
+        let running = match q.concurrency {
+            Some(c) => format!("{}/{c}", q.running),
+            None => q.running.to_string(),
+        };
         println!(
-            "{:<16}  {:>7}  {:>7}  {:>7}  {:>9}  {}",
+            "{:<16}  {:>7}  {:>11}  {:>7}  {:>9}  {}",
             q.name,
             q.ready,
-            q.running,
+            running,
             q.paused,
             limit,
             by.join(" ")
+        );
+    }
+    Ok(0)
+}
+
+pub(crate) async fn limits(a: ConnArgs) -> anyhow::Result<i32> {
+    let ks = a.conn.client()?.limits().await?;
+    if a.conn.json {
+        println!("{}", serde_json::to_string_pretty(&ks)?);
+        return Ok(0);
+    }
+    if ks.is_empty() {
+        println!("no limited concurrency key has tasks waiting or running");
+        return Ok(0);
+    }
+    println!(
+        "{:<24}  {:>11}  {:>14}  {:>7}  {:>8}  {:>4}  {:>6}",
+        "key", "concurrency", "rate", "running", "let in", "held", "tokens"
+    );
+    for k in &ks {
+        let dash = || "-".to_owned();
+        let rate = k.rate.map_or_else(dash, |r| {
+            format!("{}/{}", r.starts, humantime::format_duration(r.per))
+        });
+        println!(
+            "{:<24}  {:>11}  {:>14}  {:>7}  {:>8}  {:>4}  {:>6}",
+            k.key,
+            k.concurrency.map_or_else(dash, |c| c.to_string()),
+            rate,
+            k.running,
+            k.admitted,
+            k.held,
+            k.tokens.map_or_else(dash, |t| t.to_string()),
         );
     }
     Ok(0)

@@ -218,6 +218,11 @@ pub(crate) struct TaskFlags {
     /// Unique key: while a task with it is live, return that task.
     #[arg(long)]
     unique_key: Option<String>,
+    /// Concurrency key (e.g. customer-42): tasks of different keys take
+    /// turns, and the coordinator's --concurrency-limit and --rate-limit
+    /// for the key hold it back.
+    #[arg(long, value_name = "KEY")]
+    concurrency_key: Option<String>,
     /// Run CMD under `sh -c` (one string) instead of as a program.
     #[arg(long)]
     script: bool,
@@ -295,6 +300,7 @@ pub(crate) fn request(a: &TaskFlags) -> anyhow::Result<SubmitRequest> {
     r.delay_ms = a.delay.map(taskgrid_core::duration_millis);
     r.dispatch_timeout_ms = a.dispatch_timeout.map(taskgrid_core::duration_millis);
     r.unique_key = a.unique_key.clone();
+    r.concurrency_key = a.concurrency_key.clone();
     Ok(r)
 }
 

@@ -350,6 +350,12 @@ impl Client {
         self.call(self.request(Method::GET, "/queues")).await
     }
 
+    /// The limited concurrency keys with tasks waiting or running: their
+    /// limits and counts.
+    pub async fn limits(&self) -> Result<Vec<taskgrid_core::KeyLimitView>, ClientError> {
+        self.call(self.request(Method::GET, "/limits")).await
+    }
+
     /// Stops dispatching from `queue` (its tasks are kept and still
     /// accepted); a restart keeps it paused.
     pub async fn pause_queue(&self, queue: &str) -> Result<QueueStats, ClientError> {

@@ -186,6 +186,14 @@ impl TaskSystem {
         self.inner.read_committed(Engine::queue_stats).await
     }
 
+    /// Every limited concurrency key with tasks waiting or running (or a
+    /// rate bucket still refilling): its limits, its tasks running, let
+    /// through and held back, once everything they count is committed.
+    pub async fn key_limits_committed(&self) -> Result<Vec<taskgrid_core::KeyLimitView>, Error> {
+        let now = self.inner.clock.now();
+        self.inner.read_committed(|e| e.key_limits(now)).await
+    }
+
     /// Stops dispatching from `queue`; its tasks are kept and still
     /// accepted. Returns once the pause is committed: a restart keeps it.
     pub async fn pause_queue(&self, queue: &str) -> Result<(), Error> {

@@ -127,6 +127,12 @@ impl Task {
         self.spec.unique_key = Some(key.to_owned());
         self
     }
+    /// Its concurrency key (`customer-42`): tasks of different keys take
+    /// turns in their queue, and the coordinator's key limits apply to it.
+    pub fn concurrency_key(mut self, key: &str) -> Self {
+        self.spec.concurrency_key = Some(key.into());
+        self
+    }
     /// Slots the task occupies while running (default 1).
     pub fn slots(mut self, n: u32) -> Self {
         self.spec.slots = n;

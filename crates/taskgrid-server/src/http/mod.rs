@@ -131,6 +131,7 @@ fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/tasks/{id}/explain", get(tasks::explain)),
         (Method::GET, "/workers", get(tasks::workers)),
         (Method::GET, "/queues", get(tasks::queues)),
+        (Method::GET, "/limits", get(tasks::limits)),
         (Method::GET, "/coordinators", get(coordinators)),
         (Method::POST, "/queues/{name}/pause", post(queues::pause)),
         (Method::POST, "/queues/{name}/resume", post(queues::resume)),

@@ -214,6 +214,14 @@ pub(crate) async fn workers(State(s): State<AppState>) -> ApiResult<Json<Vec<Wor
     Ok(Json(s.system.workers_committed().await?))
 }
 
+/// `GET /limits`: the limited concurrency keys with tasks waiting or
+/// running.
+pub(crate) async fn limits(
+    State(s): State<AppState>,
+) -> ApiResult<Json<Vec<taskgrid_core::KeyLimitView>>> {
+    Ok(Json(s.system.key_limits_committed().await?))
+}
+
 /// `GET /queues`.
 pub(crate) async fn queues(State(s): State<AppState>) -> ApiResult<Json<Vec<QueueStats>>> {
     Ok(Json(s.system.queue_stats_committed().await?))
