@@ -344,6 +344,7 @@ impl Engine {
                 c.capable.push(idx);
             }
         }
+        self.recheck_keys(now);
         self.schedule_liveness(now);
     }
 
@@ -389,15 +390,18 @@ impl Engine {
             }
         }
         // Tasks that now have no capable worker start their dispatch timeout.
-        let orphaned: Vec<TaskId> = self
+        let mut orphaned: Vec<TaskId> = self
             .classes
             .iter()
             .filter(|c| c.capable.is_empty())
             .flat_map(|c| c.ready.iter().map(|k| k.2))
             .collect();
+        // And those a key's limit holds outside the classes.
+        orphaned.extend(self.held_without_worker());
         for id in orphaned {
             self.on_queued(id, now);
         }
+        self.recheck_keys(now);
         self.schedule_liveness(now);
         true
     }

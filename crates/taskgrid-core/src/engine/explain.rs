@@ -88,8 +88,8 @@ pub enum Gate {
         /// Tasks of the key let through ahead of it, waiting for a worker.
         ahead: usize,
     },
-    /// Its concurrency key has started as many tasks as its rate allows
-    /// for now.
+    /// Its concurrency key has started as many tasks as its rate (a token
+    /// bucket) allows for now.
     RateLimit {
         /// The key.
         key: String,
@@ -97,7 +97,8 @@ pub enum Gate {
         starts: u32,
         /// The period, milliseconds.
         per_ms: u64,
-        /// When its next start is due, if it is next in line.
+        /// When the key's next start is due (the task starts then if it is
+        /// next in line among the key's tasks).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next_at: Option<Timestamp>,
     },

@@ -259,3 +259,102 @@ fn a_bad_concurrency_key_is_refused_and_changes_nothing() {
     }
     assert!(t.out.changes.is_empty());
 }
+
+#[test]
+fn a_task_of_a_key_that_cannot_be_dispatched_does_not_hold_its_key_back() {
+    let mut t = limited(vec![conc("k", 1)]);
+    t.worker("w", 4, &["x"]);
+    let in_queue = |t: &mut Harness, q: &str| {
+        let mut s = keyed("k");
+        s.queue = q.into();
+        t.submit(s)
+    };
+    // The first in line is in a paused queue: the key's one place goes to
+    // the next, in a queue that dispatches.
+    t.engine.set_queue_paused("q1", true, &mut t.out);
+    let held = in_queue(&mut t, "q1");
+    let runs = in_queue(&mut t, "q2");
+    let got = t.start();
+    assert_eq!(got.iter().map(|a| a.id).collect::<Vec<_>>(), [runs]);
+    // Resumed, it waits for the key's limit, not for the pause.
+    t.engine.set_queue_paused("q1", false, &mut t.out);
+    assert!(t.dispatch().is_empty());
+    let x = t.engine.explain(held, t.now).unwrap();
+    assert!(
+        x.gates
+            .iter()
+            .any(|g| matches!(g, Gate::ConcurrencyLimit { running: 1, .. })),
+        "{x:?}"
+    );
+    t.report(&got[0], Outcome::ok()).unwrap();
+    let second = t.start();
+    assert_eq!(second.iter().map(|a| a.id).collect::<Vec<_>>(), [held]);
+
+    // The same for a task no connected worker can run: it neither holds
+    // the key back nor waits past its dispatch timeout.
+    let mut s = keyed("k");
+    s.kind = crate::TaskKind::handler("nobody", "null");
+    s.dispatch_timeout = Some(Duration::from_secs(5));
+    let orphan = t.submit(s);
+    let next = t.submit(keyed("k"));
+    t.report(&second[0], Outcome::ok()).unwrap();
+    assert_eq!(t.start().iter().map(|a| a.id).collect::<Vec<_>>(), [next]);
+    t.advance(Duration::from_secs(5));
+    assert_eq!(t.state(orphan), State::Failed);
+}
+
+#[test]
+fn the_last_capable_worker_leaving_starts_a_held_tasks_dispatch_timeout() {
+    let mut t = limited(vec![conc("k", 1)]);
+    let w = t.worker("w", 4, &["x"]);
+    let first = t.submit(keyed("k"));
+    let mut s = keyed("k");
+    s.dispatch_timeout = Some(Duration::from_secs(5));
+    let held = t.submit(s);
+    assert_eq!(t.start().len(), 1);
+    // The only worker goes: the running task is queued again, and the
+    // held one has nowhere to run — its dispatch timeout counts.
+    t.engine.remove_worker(&w, t.now, &mut t.out);
+    t.advance(Duration::from_secs(5));
+    assert_eq!(t.state(held), State::Failed);
+    assert_eq!(t.state(first), State::Queued);
+}
+
+#[test]
+fn turns_stay_fair_when_another_priority_dispatches_late_turns() {
+    let mut t = Harness::new();
+    let big: Vec<TaskId> = (0..100).map(|_| t.submit(keyed("big"))).collect();
+    let mut s = keyed("big");
+    s.priority = Priority::HIGH;
+    let urgent = t.submit(s);
+    t.worker("w", 1, &["x"]);
+    assert_eq!(run_one_by_one(&mut t, 1), [urgent]);
+    let small: Vec<TaskId> = (0..3).map(|_| t.submit(keyed("small"))).collect();
+    let order = run_one_by_one(&mut t, 6);
+    assert_eq!(
+        order,
+        [big[0], small[0], big[1], small[1], big[2], small[2]],
+        "the late turn of the urgent task does not send `small` to the back"
+    );
+}
+
+#[test]
+fn a_restart_does_not_spend_tokens_again_for_what_was_running() {
+    let limits = vec![rate("api", 2, Duration::from_secs(3600))];
+    let mut t = limited(limits.clone());
+    t.worker("w", 4, &["x"]);
+    let ids: Vec<TaskId> = (0..2).map(|_| t.submit(keyed("api"))).collect();
+    assert_eq!(t.start().len(), 2);
+    let records: Vec<crate::TaskRecord> = ids
+        .iter()
+        .map(|id| t.engine.get(*id).unwrap().clone())
+        .collect();
+    let mut u = limited(limits);
+    u.engine.restore(records, u.now, &mut u.out);
+    u.worker("w", 4, &["x"]);
+    assert_eq!(
+        u.start().len(),
+        2,
+        "a new process starts with a full bucket"
+    );
+}

@@ -12,9 +12,10 @@
 //!   without keys keeps its plain FIFO.
 //! - **Concurrency.** A [`KeyLimit`] caps how many tasks of each key it
 //!   matches are out with workers (assigned or running) at once.
-//! - **Rate.** A [`KeyLimit`] caps how many of them start per period: a
-//!   token bucket of `starts` tokens refilled at `starts` per `per`, kept as
-//!   the time it is next empty (GCRA) so it needs no ticking.
+//! - **Rate.** A [`KeyLimit`] caps how fast they start: a token bucket of
+//!   `starts` tokens refilled at `starts` per `per` (a burst, then one
+//!   start every `per / starts`), kept as the time it is next empty (GCRA)
+//!   so it needs no ticking.
 //!
 //! A limited key *admits* into its dispatch classes only as many queued
 //! tasks as it may start now (its best by priority and turn); the rest wait
@@ -41,7 +42,8 @@ use super::Engine;
 /// Most bytes in a concurrency key.
 pub const CONCURRENCY_KEY_MAX: usize = 256;
 
-/// At most `starts` starts per `per`.
+/// A token bucket: a burst of `starts` starts, then `starts` per `per`
+/// (one every `per / starts`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rate {
     /// Starts allowed per period (also the burst).
@@ -69,7 +71,8 @@ pub struct KeyLimit {
     /// Most tasks of a key out with workers at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
-    /// Most starts of a key per period.
+    /// How fast tasks of a key may start: a burst of `starts`, then
+    /// `starts` per `per` (a token bucket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<Rate>,
 }
@@ -139,58 +142,81 @@ fn resolve(limits: &[KeyLimit], key: &str) -> (Option<u32>, Option<Rate>) {
 /// A queued task's place: priority first, then turn, then id.
 pub(super) type Place = (Reverse<Priority>, u64, TaskId);
 
-/// The turn counters of the (queue, key) groups.
+/// The turn counters of one queue.
+#[derive(Debug, Default)]
+struct QueueTurns {
+    /// Per priority, the highest turn dispatched so far: a group that was
+    /// idle starts right after it.
+    clocks: Vec<(Priority, u64)>,
+    /// Per (key, priority) with tasks queued — tasks without a key are the
+    /// group `None` — the last turn given and the tasks queued.
+    groups: HashMap<GroupKey, (u64, u32)>,
+}
+
+/// A group of a queue: its concurrency key (`None`: tasks without one)
+/// and priority.
+type GroupKey = (Option<Arc<str>>, Priority);
+
+/// The turn counters of the (queue, key, priority) groups with tasks
+/// queued; a queue with none queued is forgotten.
 #[derive(Debug, Default)]
 pub(super) struct Turns {
-    /// The highest turn dispatched so far: a group that was idle starts
-    /// right after it.
-    now: u64,
-    /// Last turn given in each queue to tasks without a key.
-    unkeyed: HashMap<Arc<str>, u64>,
-    /// Last turn given, and tasks queued, per (queue, key) with tasks queued.
-    keyed: HashMap<(Arc<str>, Arc<str>), (u64, u32)>,
+    queues: HashMap<Arc<str>, QueueTurns>,
 }
 
 impl Turns {
-    /// The turn of a task of `key` entering `queued` in `queue`.
-    pub(super) fn enter(&mut self, queue: &Arc<str>, key: Option<&Arc<str>>) -> u64 {
-        let now = self.now;
-        let last = match key {
-            None => self.unkeyed.entry(queue.clone()).or_default(),
-            Some(k) => {
-                let g = self
-                    .keyed
-                    .entry((queue.clone(), k.clone()))
-                    .or_insert((0, 0));
-                g.1 += 1;
-                &mut g.0
-            }
+    /// The turn of a task of `key` and priority `p` entering `queued` in
+    /// `queue`.
+    pub(super) fn enter(&mut self, queue: &Arc<str>, key: Option<&Arc<str>>, p: Priority) -> u64 {
+        let q = match self.queues.get_mut(&**queue) {
+            Some(q) => q,
+            None => self.queues.entry(queue.clone()).or_default(),
         };
-        *last = (*last).max(now) + 1;
-        *last
+        let clock = q
+            .clocks
+            .iter()
+            .find(|(cp, _)| *cp == p)
+            .map_or(0, |(_, c)| *c);
+        let g = q.groups.entry((key.cloned(), p)).or_insert((0, 0));
+        g.1 += 1;
+        g.0 = g.0.max(clock) + 1;
+        g.0
     }
 
-    /// A task of `key` left `queued` in `queue`.
-    pub(super) fn leave(&mut self, queue: &Arc<str>, key: Option<&Arc<str>>) {
-        if let Some(k) = key {
-            let gk = (queue.clone(), k.clone());
-            if let Some(g) = self.keyed.get_mut(&gk) {
-                g.1 -= 1;
-                if g.1 == 0 {
-                    self.keyed.remove(&gk);
-                }
+    /// A task left `queued`; `dispatched` when it went to a worker.
+    pub(super) fn leave(
+        &mut self,
+        queue: &Arc<str>,
+        key: Option<&Arc<str>>,
+        place: &Place,
+        dispatched: bool,
+    ) {
+        let p = place.0.0;
+        let Some(q) = self.queues.get_mut(&**queue) else {
+            return;
+        };
+        let gk = (key.cloned(), p);
+        if let Some(g) = q.groups.get_mut(&gk) {
+            g.1 -= 1;
+            if g.1 == 0 {
+                q.groups.remove(&gk);
+            }
+        }
+        if q.groups.is_empty() {
+            self.queues.remove(&**queue);
+            return;
+        }
+        if dispatched {
+            match q.clocks.iter_mut().find(|(cp, _)| *cp == p) {
+                Some((_, c)) => *c = (*c).max(place.1),
+                None => q.clocks.push((p, place.1)),
             }
         }
     }
 
-    /// A task with turn `turn` was dispatched.
-    pub(super) fn dispatched(&mut self, turn: u64) {
-        self.now = self.now.max(turn);
-    }
-
-    /// Groups with queued tasks that have a key (for tests and stats).
-    pub(super) fn keyed_groups(&self) -> usize {
-        self.keyed.len()
+    /// Groups with queued tasks (for tests and stats).
+    pub(super) fn groups(&self) -> usize {
+        self.queues.values().map(|q| q.groups.len()).sum()
     }
 }
 
@@ -205,6 +231,10 @@ pub(super) struct KeyState {
     admitted: BTreeSet<Place>,
     /// Queued tasks held back by the limit.
     parked: BTreeSet<Place>,
+    /// Queued tasks whose class cannot be dispatched now (their queue is
+    /// paused, or no connected worker could run them): they take none of
+    /// the key's allowance, so they do not hold back its other tasks.
+    stalled: BTreeSet<Place>,
     /// When the bucket is next empty (GCRA's theoretical arrival time).
     tat: Timestamp,
     /// Its armed timer, if any.
@@ -229,7 +259,10 @@ impl KeyState {
     }
 
     fn idle(&self) -> bool {
-        self.running == 0 && self.admitted.is_empty() && self.parked.is_empty()
+        self.running == 0
+            && self.admitted.is_empty()
+            && self.parked.is_empty()
+            && self.stalled.is_empty()
     }
 }
 
@@ -248,7 +281,8 @@ pub struct KeyLimitView {
     pub running: u32,
     /// Queued tasks that may start as soon as a worker is free.
     pub admitted: usize,
-    /// Queued tasks held back by the limit.
+    /// Queued tasks held back by the limit (or by their queue's pause or
+    /// the lack of a capable worker).
     pub held: usize,
     /// Starts its bucket allows now (with a rate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -275,6 +309,7 @@ impl Engine {
                     running: 0,
                     admitted: BTreeSet::new(),
                     parked: BTreeSet::new(),
+                    stalled: BTreeSet::new(),
                     tat: now,
                     timer: None,
                 },
@@ -317,22 +352,23 @@ impl Engine {
         {
             if ks.admitted.remove(&place) {
                 self.classes[class.0 as usize].ready.remove(&place);
-            } else {
-                ks.parked.remove(&place);
+            } else if !ks.parked.remove(&place) {
+                ks.stalled.remove(&place);
             }
             return;
         }
         self.classes[class.0 as usize].ready.remove(&place);
     }
 
-    /// A task of `key` went out to a worker (`started`) or came back.
-    pub(super) fn key_out(&mut self, key: &Arc<str>, started: bool, now: Timestamp) {
+    /// A task of `key` went out to a worker (`started`; it spends a token
+    /// when `spend`) or came back.
+    pub(super) fn key_out(&mut self, key: &Arc<str>, started: bool, spend: bool, now: Timestamp) {
         let Some(ks) = self.key_state(key, now) else {
             return;
         };
         if started {
             ks.running += 1;
-            if let Some(r) = ks.rate {
+            if let Some(r) = ks.rate.filter(|_| spend) {
                 ks.tat = Timestamp::from_micros(ks.tat.max(now).as_micros() + r.interval());
             }
         } else {
@@ -341,21 +377,44 @@ impl Engine {
     }
 
     /// Brings a limited key's admitted tasks to what it may start at `now`
-    /// (best first), arms its timer, and forgets it once nothing is left
-    /// to remember.
+    /// (best first, of those whose class can be dispatched), arms its
+    /// timer, and forgets it once nothing is left to remember.
     pub(super) fn settle_key(&mut self, key: &Arc<str>, now: Timestamp) {
+        self.limits_now = self.limits_now.max(now);
         let Some(ks) = self.keys.get_mut(key) else {
             return;
         };
+        let (tasks, classes, queues) = (&self.tasks, &self.classes, &self.queues);
+        let class_of = |p: &Place| tasks.get(&p.2).map(|e| e.class);
+        let can_dispatch = |p: &Place| {
+            class_of(p).is_some_and(|c| {
+                let c = &classes[c.0 as usize];
+                !c.capable.is_empty() && !queues.get(c.key_queue()).is_some_and(|q| q.paused)
+            })
+        };
         let allowance = ks.allowance(now);
+        // (place, into its class or out of it)
         let mut moves: Vec<(Place, bool)> = Vec::new();
+        // More let through than allowed (a restart counted tasks out after
+        // some were admitted): the worst go back.
+        while ks.admitted.len() as u64 > allowance {
+            let Some(p) = ks.admitted.pop_last() else {
+                break;
+            };
+            ks.parked.insert(p);
+            moves.push((p, false));
+        }
         // Admit while there is room.
         while (ks.admitted.len() as u64) < allowance {
             let Some(p) = ks.parked.pop_first() else {
                 break;
             };
-            ks.admitted.insert(p);
-            moves.push((p, true));
+            if can_dispatch(&p) {
+                ks.admitted.insert(p);
+                moves.push((p, true));
+            } else {
+                ks.stalled.insert(p);
+            }
         }
         // A better task parked than one admitted (a higher priority came
         // in): swap them.
@@ -364,6 +423,10 @@ impl Engine {
                 break;
             }
             ks.parked.remove(&best);
+            if !can_dispatch(&best) {
+                ks.stalled.insert(best);
+                continue;
+            }
             ks.admitted.remove(&worst);
             ks.admitted.insert(best);
             ks.parked.insert(worst);
@@ -402,10 +465,68 @@ impl Engine {
             let ready = &mut self.classes[class.0 as usize].ready;
             if admit {
                 ready.insert(place);
+                // Admitted with no capable worker left meanwhile: its
+                // dispatch timeout runs.
+                self.on_queued(place.2, now);
             } else {
                 ready.remove(&place);
             }
         }
+    }
+
+    /// Which classes can be dispatched changed (a queue paused or resumed,
+    /// a worker came or went): every limited key lets through again what
+    /// can run, and holds what cannot without counting it.
+    pub(super) fn recheck_keys(&mut self, now: Timestamp) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let (tasks, classes, queues) = (&self.tasks, &self.classes, &self.queues);
+        let can_dispatch = |p: &Place| {
+            tasks.get(&p.2).is_some_and(|e| {
+                let c = &classes[e.class.0 as usize];
+                !c.capable.is_empty() && !queues.get(c.key_queue()).is_some_and(|q| q.paused)
+            })
+        };
+        let mut demoted: Vec<Place> = Vec::new();
+        for ks in self.keys.values_mut() {
+            ks.parked.append(&mut ks.stalled);
+            let stuck: Vec<Place> = ks
+                .admitted
+                .iter()
+                .filter(|p| !can_dispatch(p))
+                .copied()
+                .collect();
+            for p in stuck {
+                ks.admitted.remove(&p);
+                ks.stalled.insert(p);
+                demoted.push(p);
+            }
+        }
+        for p in demoted {
+            if let Some(class) = self.tasks.get(&p.2).map(|e| e.class) {
+                self.classes[class.0 as usize].ready.remove(&p);
+            }
+        }
+        let keys: Vec<Arc<str>> = self.keys.keys().cloned().collect();
+        for k in keys {
+            self.settle_key(&k, now);
+        }
+    }
+
+    /// Queued tasks of limited keys in classes no connected worker can run
+    /// (for the dispatch timeout when the last capable worker went away).
+    pub(super) fn held_without_worker(&self) -> Vec<TaskId> {
+        self.keys
+            .values()
+            .flat_map(|ks| ks.parked.iter().chain(&ks.stalled).chain(&ks.admitted))
+            .filter(|p| {
+                self.tasks
+                    .get(&p.2)
+                    .is_some_and(|e| self.classes[e.class.0 as usize].capable.is_empty())
+            })
+            .map(|p| p.2)
+            .collect()
     }
 
     /// Fires the limit timers due at `now`: tokens came due for parked
@@ -480,7 +601,7 @@ impl Engine {
                 rate: ks.rate,
                 running: ks.running,
                 admitted: ks.admitted.len(),
-                held: ks.parked.len(),
+                held: ks.parked.len() + ks.stalled.len(),
                 tokens: ks.tokens(now),
             })
             .collect();
@@ -488,10 +609,10 @@ impl Engine {
         out
     }
 
-    /// Keys the engine keeps limit state for, and (queue, key) groups with
-    /// queued tasks (for tests: both must fall back to none).
+    /// Keys the engine keeps limit state for, and (queue, key, priority)
+    /// groups with queued tasks (for tests: both must fall back to none).
     pub fn limit_state_sizes(&self) -> (usize, usize) {
-        (self.keys.len(), self.turns.keyed_groups())
+        (self.keys.len(), self.turns.groups())
     }
 }
 
@@ -544,20 +665,29 @@ mod tests {
         let mut t = Turns::default();
         let q: Arc<str> = Arc::from("q");
         let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
-        let ta: Vec<u64> = (0..5).map(|_| t.enter(&q, Some(&a))).collect();
+        let n = Priority::NORMAL;
+        let ta: Vec<u64> = (0..5).map(|_| t.enter(&q, Some(&a), n)).collect();
         assert_eq!(ta, [1, 2, 3, 4, 5]);
-        t.dispatched(1);
-        let tb: Vec<u64> = (0..2).map(|_| t.enter(&q, Some(&b))).collect();
+        t.leave(&q, Some(&a), &(Reverse(n), 1, TaskId::from_u128(1)), true);
+        let tb: Vec<u64> = (0..2).map(|_| t.enter(&q, Some(&b), n)).collect();
         assert_eq!(tb, [2, 3], "a new key starts where dispatch is");
-        let none: Vec<u64> = (0..2).map(|_| t.enter(&q, None)).collect();
+        let none: Vec<u64> = (0..2).map(|_| t.enter(&q, None, n)).collect();
         assert_eq!(none, [2, 3], "tasks without a key are one group");
-        for _ in 0..2 {
-            t.leave(&q, Some(&b));
-        }
-        assert_eq!(
-            t.keyed_groups(),
-            1,
-            "b is forgotten once it has none queued"
+        // Another priority keeps its own clock: a high-priority task
+        // dispatched with a late turn moves no one else's.
+        let hi = t.enter(&q, Some(&a), Priority::HIGH);
+        assert_eq!(hi, 1);
+        t.leave(
+            &q,
+            Some(&a),
+            &(Reverse(Priority::HIGH), 40, TaskId::from_u128(2)),
+            true,
         );
+        assert_eq!(t.enter(&q, Some(&Arc::from("c")), n), 2);
+        assert_eq!(t.groups(), 4);
+        for _ in 0..2 {
+            t.leave(&q, Some(&b), &(Reverse(n), 0, TaskId::from_u128(3)), false);
+        }
+        assert_eq!(t.groups(), 3, "b is forgotten once it has none queued");
     }
 }

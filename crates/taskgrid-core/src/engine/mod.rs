@@ -327,6 +327,8 @@ pub struct Engine {
     keys: HashMap<Arc<str>, limits::KeyState>,
     /// When a limited key next needs a look: a token due, a bucket full.
     limit_timers: BTreeSet<(Timestamp, Arc<str>)>,
+    /// The latest `now` the limits saw (for commands that take none).
+    limits_now: Timestamp,
     rng: u64,
     metrics: Metrics,
 }
@@ -360,6 +362,7 @@ impl Engine {
             turns: limits::Turns::default(),
             keys: HashMap::new(),
             limit_timers: BTreeSet::new(),
+            limits_now: Timestamp::ZERO,
             rng,
             metrics: Metrics::default(),
         }
@@ -475,12 +478,14 @@ impl Engine {
             name: queue.to_owned(),
             paused,
         });
+        self.recheck_keys(self.limits_now);
     }
 
     /// Restores a queue's pause from the store after a restart (nothing to
     /// record: the store has it).
     pub fn restore_queue_paused(&mut self, queue: &str) {
         self.queue_mut(queue).paused = true;
+        self.recheck_keys(self.limits_now);
     }
 
     /// Tells the engine the final state of a task it no longer holds (read
@@ -558,6 +563,7 @@ impl Engine {
                 entry.seq = self.turns.enter(
                     &entry.rec.spec.queue,
                     entry.rec.spec.concurrency_key.as_ref(),
+                    entry.rec.spec.priority,
                 );
             }
             State::Assigned => {
@@ -589,16 +595,15 @@ impl Engine {
         self.retime(id, &before, &after);
         let active = |s: State| matches!(s, State::Assigned | State::Running);
         if let Some((class, p, turn)) = before_class {
-            self.unready(id, class, (std::cmp::Reverse(p), turn, id));
-            self.turns.leave(&queue, key.as_ref());
-            if to == State::Assigned {
-                self.turns.dispatched(turn);
-            }
+            let place = (std::cmp::Reverse(p), turn, id);
+            self.unready(id, class, place);
+            self.turns
+                .leave(&queue, key.as_ref(), &place, to == State::Assigned);
         }
         if let Some(k) = &key
             && active(from) != active(to)
         {
-            self.key_out(k, active(to), now);
+            self.key_out(k, active(to), true, now);
         }
         if let Some((class, p, turn)) = after_class {
             self.make_ready(id, class, (std::cmp::Reverse(p), turn, id), now);

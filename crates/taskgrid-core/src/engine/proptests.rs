@@ -92,6 +92,7 @@ enum Cmd {
     Remove(u8),
     Heartbeat(u8),
     Pause(u8, bool),
+    PauseQueue(u8, bool),
     Reconnect(u8),
     Dispatch,
     Accept(usize),
@@ -117,6 +118,7 @@ fn cmd() -> impl Strategy<Value = Cmd> {
         1 => (0..3u8).prop_map(Cmd::Remove),
         1 => (0..3u8).prop_map(Cmd::Heartbeat),
         1 => (0..3u8, any::<bool>()).prop_map(|(w, p)| Cmd::Pause(w, p)),
+        1 => (0..2u8, any::<bool>()).prop_map(|(q, p)| Cmd::PauseQueue(q, p)),
         1 => (0..3u8).prop_map(Cmd::Reconnect),
         3 => Just(Cmd::Dispatch),
         3 => any::<usize>().prop_map(Cmd::Accept),
@@ -250,6 +252,10 @@ impl Model {
                 let _ = t
                     .engine
                     .set_worker_paused(&WorkerId::new(format!("w{w}")), p);
+            }
+            Cmd::PauseQueue(q, p) => {
+                t.engine
+                    .set_queue_paused(["q0", "q1"][q as usize], p, &mut t.out);
             }
             Cmd::Reconnect(w) => {
                 // The worker comes back remembering half of what it ran.
@@ -485,6 +491,9 @@ impl Model {
             .collect();
         info.queues = vec![];
         self.t.engine.register_worker(info, self.t.now);
+        for q in ["q0", "q1"] {
+            self.t.engine.set_queue_paused(q, false, &mut self.t.out);
+        }
         for _ in 0..10_000 {
             if self.t.engine.live_tasks() == 0 && self.outstanding.is_empty() {
                 break;

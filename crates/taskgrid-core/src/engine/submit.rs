@@ -292,9 +292,11 @@ impl Engine {
             if e.waiting_on == 0 && e.rec.status.wake_at.is_none() && failed_dep.is_none() {
                 e.rec.status.state = State::Queued;
                 e.rec.status.queued_at = Some(now);
-                e.seq = self
-                    .turns
-                    .enter(&e.rec.spec.queue, e.rec.spec.concurrency_key.as_ref());
+                e.seq = self.turns.enter(
+                    &e.rec.spec.queue,
+                    e.rec.spec.concurrency_key.as_ref(),
+                    e.rec.spec.priority,
+                );
             }
             out.changes.push(Change::Submitted(Box::new(e.rec.clone())));
             self.metrics.on_submit(e.class.0 as usize, &e.rec.spec);
@@ -377,7 +379,9 @@ impl Engine {
         if let Some(k) = &key
             && matches!(state, State::Assigned | State::Running)
         {
-            self.key_out(k, true, now);
+            // Its start spent a token before the restart; buckets start
+            // full after one.
+            self.key_out(k, true, false, now);
             self.settle_key(k, now);
         }
     }
@@ -407,9 +411,11 @@ impl Engine {
                 continue;
             };
             if e.rec.status.state == State::Queued {
-                e.seq = self
-                    .turns
-                    .enter(&e.rec.spec.queue, e.rec.spec.concurrency_key.as_ref());
+                e.seq = self.turns.enter(
+                    &e.rec.spec.queue,
+                    e.rec.spec.concurrency_key.as_ref(),
+                    e.rec.spec.priority,
+                );
             }
             if e.rec.status.state == State::Pending
                 && let Some((dep, state)) = self.link_dependencies(id)
