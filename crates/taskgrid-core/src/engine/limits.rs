@@ -148,14 +148,20 @@ struct QueueTurns {
     /// Per priority, the highest turn dispatched so far: a group that was
     /// idle starts right after it.
     clocks: Vec<(Priority, u64)>,
-    /// Per (key, priority) with tasks queued — tasks without a key are the
-    /// group `None` — the last turn given and the tasks queued.
-    groups: HashMap<GroupKey, (u64, u32)>,
+    /// Per priority with tasks queued that have no key (one group): the
+    /// last turn given and the tasks queued. (A short list: a queue uses
+    /// few priorities, and this is the path of every task without a key.)
+    unkeyed: Vec<(Priority, u64, u32)>,
+    /// Per (key, priority) with tasks queued: the last turn given and the
+    /// tasks queued.
+    keyed: HashMap<(Arc<str>, Priority), (u64, u32)>,
 }
 
-/// A group of a queue: its concurrency key (`None`: tasks without one)
-/// and priority.
-type GroupKey = (Option<Arc<str>>, Priority);
+impl QueueTurns {
+    fn is_empty(&self) -> bool {
+        self.unkeyed.is_empty() && self.keyed.is_empty()
+    }
+}
 
 /// The turn counters of the (queue, key, priority) groups with tasks
 /// queued; a queue with none queued is forgotten.
@@ -177,10 +183,26 @@ impl Turns {
             .iter()
             .find(|(cp, _)| *cp == p)
             .map_or(0, |(_, c)| *c);
-        let g = q.groups.entry((key.cloned(), p)).or_insert((0, 0));
-        g.1 += 1;
-        g.0 = g.0.max(clock) + 1;
-        g.0
+        let (last, queued) = match key {
+            None => match q.unkeyed.iter().position(|g| g.0 == p) {
+                Some(i) => {
+                    let g = &mut q.unkeyed[i];
+                    (&mut g.1, &mut g.2)
+                }
+                None => {
+                    q.unkeyed.push((p, 0, 0));
+                    let g = q.unkeyed.last_mut().expect("just pushed");
+                    (&mut g.1, &mut g.2)
+                }
+            },
+            Some(k) => {
+                let g = q.keyed.entry((k.clone(), p)).or_insert((0, 0));
+                (&mut g.0, &mut g.1)
+            }
+        };
+        *queued += 1;
+        *last = (*last).max(clock) + 1;
+        *last
     }
 
     /// A task left `queued`; `dispatched` when it went to a worker.
@@ -195,14 +217,26 @@ impl Turns {
         let Some(q) = self.queues.get_mut(&**queue) else {
             return;
         };
-        let gk = (key.cloned(), p);
-        if let Some(g) = q.groups.get_mut(&gk) {
-            g.1 -= 1;
-            if g.1 == 0 {
-                q.groups.remove(&gk);
+        match key {
+            None => {
+                if let Some(i) = q.unkeyed.iter().position(|g| g.0 == p) {
+                    q.unkeyed[i].2 -= 1;
+                    if q.unkeyed[i].2 == 0 {
+                        q.unkeyed.swap_remove(i);
+                    }
+                }
+            }
+            Some(k) => {
+                let gk = (k.clone(), p);
+                if let Some(g) = q.keyed.get_mut(&gk) {
+                    g.1 -= 1;
+                    if g.1 == 0 {
+                        q.keyed.remove(&gk);
+                    }
+                }
             }
         }
-        if q.groups.is_empty() {
+        if q.is_empty() {
             self.queues.remove(&**queue);
             return;
         }
@@ -216,7 +250,10 @@ impl Turns {
 
     /// Groups with queued tasks (for tests and stats).
     pub(super) fn groups(&self) -> usize {
-        self.queues.values().map(|q| q.groups.len()).sum()
+        self.queues
+            .values()
+            .map(|q| q.unkeyed.len() + q.keyed.len())
+            .sum()
     }
 }
 
@@ -318,38 +355,28 @@ impl Engine {
         self.keys.get_mut(key)
     }
 
-    /// Task `id` (class, place) entered `queued`: into its class, or parked
-    /// if its key may not start it now.
+    /// A task of `key` (class, place) entered `queued`: into its class,
+    /// or parked if its key may not start it now.
     pub(super) fn make_ready(
         &mut self,
-        id: TaskId,
         class: super::ClassId,
         place: Place,
+        key: Option<&Arc<str>>,
         now: Timestamp,
     ) {
-        let key = self
-            .tasks
-            .get(&id)
-            .and_then(|e| e.rec.spec.concurrency_key.clone());
         if let Some(k) = key
-            && let Some(ks) = self.key_state(&k, now)
+            && let Some(ks) = self.key_state(k, now)
         {
             ks.parked.insert(place);
-            self.settle_key(&k, now);
+            self.settle_key(k, now);
             return;
         }
         self.classes[class.0 as usize].ready.insert(place);
     }
 
-    /// Task `id` (class, place) left `queued`.
-    pub(super) fn unready(&mut self, id: TaskId, class: super::ClassId, place: Place) {
-        let key = self
-            .tasks
-            .get(&id)
-            .and_then(|e| e.rec.spec.concurrency_key.clone());
-        if let Some(k) = key
-            && let Some(ks) = self.keys.get_mut(&k)
-        {
+    /// A task of `key` (class, place) left `queued`.
+    pub(super) fn unready(&mut self, class: super::ClassId, place: Place, key: Option<&Arc<str>>) {
+        if let Some(ks) = key.and_then(|k| self.keys.get_mut(k)) {
             if ks.admitted.remove(&place) {
                 self.classes[class.0 as usize].ready.remove(&place);
             } else if !ks.parked.remove(&place) {

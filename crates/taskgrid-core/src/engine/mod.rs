@@ -596,7 +596,7 @@ impl Engine {
         let active = |s: State| matches!(s, State::Assigned | State::Running);
         if let Some((class, p, turn)) = before_class {
             let place = (std::cmp::Reverse(p), turn, id);
-            self.unready(id, class, place);
+            self.unready(class, place, key.as_ref());
             self.turns
                 .leave(&queue, key.as_ref(), &place, to == State::Assigned);
         }
@@ -606,7 +606,7 @@ impl Engine {
             self.key_out(k, active(to), true, now);
         }
         if let Some((class, p, turn)) = after_class {
-            self.make_ready(id, class, (std::cmp::Reverse(p), turn, id), now);
+            self.make_ready(class, (std::cmp::Reverse(p), turn, id), key.as_ref(), now);
         }
         if let Some(k) = &key {
             self.settle_key(k, now);

@@ -373,7 +373,7 @@ impl Engine {
         q.ready += usize::from(state == State::Queued);
         q.running += usize::from(matches!(state, State::Assigned | State::Running));
         if state == State::Queued {
-            self.make_ready(id, class, (std::cmp::Reverse(prio), seq, id), now);
+            self.make_ready(class, (std::cmp::Reverse(prio), seq, id), key.as_ref(), now);
             self.on_queued(id, now);
         }
         if let Some(k) = &key
