@@ -36,6 +36,20 @@ fn rate(pattern: &str, starts: u32, per: Duration) -> KeyLimit {
     }
 }
 
+/// A new engine with `limits` rebuilt from `t`'s records of `ids` (as
+/// after a restart: what was running is queued again), with worker `w`
+/// of 4 slots.
+fn restarted(t: &Harness, ids: &[TaskId], limits: Vec<KeyLimit>) -> Harness {
+    let records: Vec<crate::TaskRecord> = ids
+        .iter()
+        .map(|id| t.engine.get(*id).unwrap().clone())
+        .collect();
+    let mut u = limited(limits);
+    u.engine.restore(records, u.now, &mut u.out);
+    u.worker("w", 4, &["x"]);
+    u
+}
+
 /// Starts one task at a time on a one-slot worker and finishes it; the
 /// order they ran in.
 fn run_one_by_one(t: &mut Harness, n: usize) -> Vec<TaskId> {
@@ -222,15 +236,9 @@ fn limits_are_rebuilt_after_a_restart() {
     t.worker("w", 4, &["x"]);
     let ids: Vec<TaskId> = (0..3).map(|_| t.submit(keyed("k"))).collect();
     assert_eq!(t.start().len(), 1);
-    let records: Vec<crate::TaskRecord> = ids
-        .iter()
-        .map(|id| t.engine.get(*id).unwrap().clone())
-        .collect();
     // A new engine from the store's records: the running attempt died
     // with the old process and is queued again; still one at a time.
-    let mut u = limited(limits);
-    u.engine.restore(records, u.now, &mut u.out);
-    u.worker("w", 4, &["x"]);
+    let mut u = restarted(&t, &ids, limits);
     // (One per round on a four-slot worker: the limit holds.) The lost
     // attempt goes to the back of its key's line, as any lost attempt does.
     let order = run_one_by_one(&mut u, 3);
@@ -345,13 +353,7 @@ fn a_restart_does_not_spend_tokens_again_for_what_was_running() {
     t.worker("w", 4, &["x"]);
     let ids: Vec<TaskId> = (0..2).map(|_| t.submit(keyed("api"))).collect();
     assert_eq!(t.start().len(), 2);
-    let records: Vec<crate::TaskRecord> = ids
-        .iter()
-        .map(|id| t.engine.get(*id).unwrap().clone())
-        .collect();
-    let mut u = limited(limits);
-    u.engine.restore(records, u.now, &mut u.out);
-    u.worker("w", 4, &["x"]);
+    let mut u = restarted(&t, &ids, limits);
     assert_eq!(
         u.start().len(),
         2,
