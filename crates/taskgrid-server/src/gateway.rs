@@ -461,7 +461,7 @@ async fn apply(
         }
         In::Spawn(s) => {
             let (parent, n) = attempt(s.parent.as_ref())?;
-            let r = match serde_json::from_str::<TaskSpec>(&s.spec_json) {
+            let r = match spawned_spec(&s.spec_json) {
                 Ok(spec) => service
                     .spawn(worker, parent, n, spec)
                     .await
@@ -473,6 +473,26 @@ async fn apply(
             Ok(())
         }
     }
+}
+
+/// The spec of a `spawn`: the HTTP API's submit form (`POST /tasks`), its
+/// relative times resolved now, on the coordinator's clock.
+fn spawned_spec(json: &str) -> Result<TaskSpec, String> {
+    let req = serde_json::from_str::<taskgrid_api::SubmitRequest>(json)
+        .map_err(|e| format!("invalid task spec (the API's submit form): {e}"))?;
+    let (mut spec, times) = req.into_spec();
+    let now = taskgrid_core::Timestamp::from_micros(taskgrid_core::duration_micros(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    ));
+    if let Some(d) = times.delay {
+        spec.run_at = Some(now.plus(d));
+    }
+    if let Some(d) = times.expires_in {
+        spec.expires_at = Some(spec.run_at.unwrap_or(now).plus(d));
+    }
+    Ok(spec)
 }
 
 /// Builders of coordinator messages.

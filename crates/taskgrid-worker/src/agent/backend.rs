@@ -74,7 +74,9 @@ impl ContextBackend for Remote {
         let shared = self.shared.clone();
         let self_attempt = self.attempt;
         Box::pin(async move {
-            let spec_json = serde_json::to_string(&spec).map_err(TaskError::fatal)?;
+            // The HTTP API's form, as the protocol says.
+            let spec_json = serde_json::to_string(&taskgrid_api::SubmitRequest::from_spec(&spec))
+                .map_err(TaskError::fatal)?;
             let ack = shared
                 .request(|request_id| {
                     In::Spawn(worker::Spawn {
