@@ -453,8 +453,9 @@ pub struct ListQuery {
 pub struct TaskPage {
     /// The tasks, in the query's order.
     pub tasks: Vec<TaskView>,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    #[serde(default)]
+    /// Pass as `cursor` for the next page; absent on the last page (also
+    /// when it is full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<TaskId>,
     /// The whole grid's tasks per state, when the query asked for `counts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -87,12 +87,17 @@ impl<'de> Deserialize<'de> for Priority {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Repr<'a> {
-            Num(u8),
+            Num(i64),
             Name(std::borrow::Cow<'a, str>),
+            Other(serde::de::IgnoredAny),
         }
+        let bad = |what: String| serde::de::Error::custom(ParsePriorityError(what));
         match Repr::deserialize(d)? {
-            Repr::Num(n) => Ok(Priority(n)),
+            Repr::Num(n) => u8::try_from(n)
+                .map(Priority)
+                .map_err(|_| bad(n.to_string())),
             Repr::Name(s) => s.parse().map_err(serde::de::Error::custom),
+            Repr::Other(_) => Err(bad("of another type".into())),
         }
     }
 }
@@ -110,5 +115,18 @@ mod tests {
         assert!("urgent".parse::<Priority>().is_err());
         assert!(Priority::CRITICAL > Priority::HIGH && Priority::HIGH > Priority::NORMAL);
         assert!(Priority::NORMAL > Priority::LOW);
+    }
+
+    #[test]
+    fn a_bad_priority_in_json_says_what_is_allowed() {
+        let err = |j: &str| serde_json::from_str::<Priority>(j).unwrap_err().to_string();
+        assert!(err("300").contains("invalid priority \"300\": expected critical, high"));
+        assert!(err("-1").contains("invalid priority \"-1\""));
+        assert!(err("1.5").contains("expected critical, high, normal, low or a number 0-255"));
+        assert!(err("\"urgent\"").contains("invalid priority \"urgent\""));
+        assert_eq!(
+            serde_json::from_str::<Priority>("200").unwrap(),
+            Priority(200)
+        );
     }
 }

@@ -209,7 +209,7 @@ impl Gateway {
                 .metadata()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
+                .and_then(crate::http::auth::bearer);
             if !given.is_some_and(|g| token_matches(g, expected)) {
                 return Err(Status::unauthenticated("missing or wrong worker token"));
             }
@@ -301,6 +301,12 @@ impl Gateway {
         if id == "local" {
             return Err(Status::invalid_argument(
                 "register.worker_id \"local\" is reserved",
+            ));
+        }
+        if reg.instance.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "register.instance must be set: a random value per worker process \
+                 (two processes that both left it empty would take each other's place)",
             ));
         }
         if reg.slots == 0 || reg.slots > self.config.max_slots {

@@ -87,6 +87,16 @@ async fn a_wrong_token_is_refused_and_malformed_messages_are_ignored() {
         .unwrap();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("register.prefetch"), "{err:?}");
+    let anonymous = worker::Register {
+        instance: String::new(),
+        ..register("w1", &["x"])
+    };
+    let err = FakeWorker::connect(addr, Some("s3cret"), anonymous)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("register.instance"), "{err:?}");
 
     let mut w = FakeWorker::connect(addr, Some("s3cret"), register("w1", &["x"]))
         .await

@@ -132,6 +132,14 @@ pub enum SubmitError {
     /// A task with this id exists already.
     #[error("task {0} already exists")]
     DuplicateId(TaskId),
+    /// A task of a batch (of more than one) was refused: which one, and why.
+    #[error("tasks[{index}]: {error}")]
+    InBatch {
+        /// Its place in the batch, from 0.
+        index: usize,
+        /// Why it was refused.
+        error: Box<SubmitError>,
+    },
 }
 
 /// A command about an existing task or attempt that the engine refused.

@@ -208,8 +208,15 @@ impl Engine {
         let mut keys: HashMap<&str, TaskId> = HashMap::new();
         let mut new_ids: HashSet<TaskId> = HashSet::new();
         let mut depth: HashMap<&str, usize> = HashMap::new();
-        for (id, spec) in &items {
-            self.validate(spec, now)?;
+        let batch = items.len() > 1;
+        for (index, (id, spec)) in items.iter().enumerate() {
+            self.validate(spec, now).map_err(|error| match batch {
+                true => SubmitError::InBatch {
+                    index,
+                    error: Box::new(error),
+                },
+                false => error,
+            })?;
             if self.tasks.contains_key(id) || !new_ids.insert(*id) {
                 return Err(SubmitError::DuplicateId(*id));
             }

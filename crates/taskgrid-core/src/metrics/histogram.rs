@@ -213,25 +213,32 @@ pub struct Bucket {
 }
 
 /// A histogram reduced to the figures people read, plus the cumulative
-/// buckets a Prometheus histogram reports.
+/// buckets a Prometheus histogram reports. Durations are seconds (a
+/// number) in JSON, as the buckets' bounds are.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct HistogramSummary {
     /// Samples.
     pub count: u64,
     /// Sum of the samples.
-    #[serde(default)]
+    #[serde(default, with = "secs")]
     pub sum: Duration,
     /// Smallest sample.
+    #[serde(with = "secs")]
     pub min: Duration,
     /// Mean.
+    #[serde(with = "secs")]
     pub avg: Duration,
     /// Largest sample.
+    #[serde(with = "secs")]
     pub max: Duration,
     /// Median.
+    #[serde(with = "secs")]
     pub p50: Duration,
     /// 95th percentile.
+    #[serde(with = "secs")]
     pub p95: Duration,
     /// 99th percentile.
+    #[serde(with = "secs")]
     pub p99: Duration,
     /// Cumulative counts at the bounds of [`LE_MICROS`], lowest first
     /// (the `+Inf` bucket is `count`).
@@ -239,9 +246,43 @@ pub struct HistogramSummary {
     pub buckets: Vec<Bucket>,
 }
 
+/// Serde for a [`Duration`] as seconds, a number (microsecond precision).
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(crate::duration_micros(*d) as f64 / 1e6)
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !v.is_finite() || v < 0.0 {
+            return Err(serde::de::Error::custom(format!(
+                "{v} is not a duration in seconds"
+            )));
+        }
+        Ok(Duration::from_micros((v * 1e6).round() as u64))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_shows_durations_as_seconds_in_json() {
+        let h = HistogramSummary {
+            count: 1,
+            p50: Duration::from_micros(1_500),
+            ..HistogramSummary::default()
+        };
+        let json = serde_json::to_value(&h).unwrap();
+        assert_eq!(json["p50"], serde_json::json!(0.0015));
+        assert_eq!(json["min"], serde_json::json!(0.0));
+        let back: HistogramSummary = serde_json::from_value(json).unwrap();
+        assert_eq!(back, h);
+    }
 
     #[test]
     fn buckets_are_monotonic_and_tight() {

@@ -76,8 +76,9 @@ fn loopback_host(req: &Request) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The token of an `Authorization: Bearer <token>` value.
-fn bearer(value: &str) -> Option<&str> {
+/// The token of an `Authorization: Bearer <token>` value (the scheme in
+/// any case, as HTTP says; workers' gRPC metadata is read the same way).
+pub(crate) fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

@@ -113,24 +113,7 @@ impl From<Error> for ApiError {
         use StatusCode as S;
         let msg = e.to_string();
         match e {
-            Error::Submit(s) => match s {
-                SubmitError::Invalid { field, .. } => ApiError::invalid(api_field(field), msg),
-                SubmitError::PayloadTooLarge { .. } => {
-                    ApiError::new(S::PAYLOAD_TOO_LARGE, "payload_too_large", msg).field("kind")
-                }
-                SubmitError::UnknownDependency(_) => {
-                    ApiError::new(S::BAD_REQUEST, "unknown_dependency", msg).field("after")
-                }
-                SubmitError::CyclicDependency(_) => {
-                    ApiError::new(S::BAD_REQUEST, "cyclic_dependency", msg).field("after")
-                }
-                SubmitError::QueueFull { .. } => ApiError {
-                    retry_after_secs: Some(QUEUE_FULL_RETRY_AFTER_SECS),
-                    ..ApiError::new(S::TOO_MANY_REQUESTS, "queue_full", msg).field("queue")
-                },
-                SubmitError::DuplicateId(_) => ApiError::new(S::CONFLICT, "duplicate_id", msg),
-                _ => ApiError::new(S::BAD_REQUEST, "invalid_task", msg),
-            },
+            Error::Submit(s) => submit_error(s, msg),
             Error::UnknownHandler(_) => {
                 ApiError::new(S::BAD_REQUEST, "unknown_handler", msg).field("kind.name")
             }
@@ -182,6 +165,38 @@ fn schedule_field(core: &str) -> &str {
 }
 
 /// The request field behind an engine field name.
+/// The answer to a submit the engine refused; a task of a batch is named
+/// by its place (`tasks[1].slots`).
+fn submit_error(s: SubmitError, msg: String) -> ApiError {
+    use StatusCode as S;
+    match s {
+        SubmitError::Invalid { field, .. } => ApiError::invalid(api_field(field), msg),
+        SubmitError::PayloadTooLarge { .. } => {
+            ApiError::new(S::PAYLOAD_TOO_LARGE, "payload_too_large", msg).field("kind")
+        }
+        SubmitError::UnknownDependency(_) => {
+            ApiError::new(S::BAD_REQUEST, "unknown_dependency", msg).field("after")
+        }
+        SubmitError::CyclicDependency(_) => {
+            ApiError::new(S::BAD_REQUEST, "cyclic_dependency", msg).field("after")
+        }
+        SubmitError::QueueFull { .. } => ApiError {
+            retry_after_secs: Some(QUEUE_FULL_RETRY_AFTER_SECS),
+            ..ApiError::new(S::TOO_MANY_REQUESTS, "queue_full", msg).field("queue")
+        },
+        SubmitError::DuplicateId(_) => ApiError::new(S::CONFLICT, "duplicate_id", msg),
+        SubmitError::InBatch { index, error } => {
+            let mut e = submit_error(*error, msg);
+            e.field = Some(match e.field.take() {
+                Some(f) => format!("tasks[{index}].{f}"),
+                None => format!("tasks[{index}]"),
+            });
+            e
+        }
+        _ => ApiError::new(S::BAD_REQUEST, "invalid_task", msg),
+    }
+}
+
 fn api_field(engine: &str) -> &str {
     match engine {
         "handler" => "kind.name",

@@ -14,7 +14,7 @@
 //! `GET /api/v1/openapi.json` describe the routes.
 
 mod audit;
-mod auth;
+pub(crate) mod auth;
 mod dashboard;
 pub(crate) mod error;
 mod events;

@@ -101,18 +101,19 @@ pub(crate) async fn list(
         worker: q.worker.map(WorkerId::new),
         after: q.cursor,
         newest_first: q.order == Some(ListOrder::Newest),
-        limit,
+        // One more than asked: whether there is a next page.
+        limit: limit + 1,
     };
-    let tasks: Vec<TaskView> = s
+    let mut tasks: Vec<TaskView> = s
         .system
         .list(&query)
         .await?
         .into_iter()
         .map(TaskView::from)
         .collect();
-    let next_cursor = (tasks.len() == limit)
-        .then(|| tasks.last().map(|t| t.id))
-        .flatten();
+    let more = tasks.len() > limit;
+    tasks.truncate(limit);
+    let next_cursor = more.then(|| tasks.last().map(|t| t.id)).flatten();
     let counts = if q.counts {
         Some(s.system.counts().await?.into_iter().collect())
     } else {
