@@ -44,6 +44,10 @@ log = logging.getLogger("taskgrid.worker")
 
 VERSION = "taskgrid-python/0.1.0"
 
+#: How long an attempt runs before the worker says it accepted it (a
+#: quicker one is reported by its result alone).
+ACCEPT_AFTER = 0.002
+
 Handler = Callable[["Context"], Union[Any, Awaitable[Any]]]
 
 
@@ -104,27 +108,27 @@ class Context:
         """Reports progress, 0 to 1 (from any thread; does not wait)."""
         msg = pb.WorkerMessage(progress=pb.Progress(
             attempt=self._ref(), fraction=max(0.0, min(1.0, float(fraction))), message=message))
-        self._loop.call_soon_threadsafe(self._worker._send_soon, msg)
+        self._loop.call_soon_threadsafe(self._worker._send_for, self, msg)
 
     def log(self, text: str) -> None:
         """Adds a line to the task's output (stream `log`; from any thread)."""
         if not text.endswith("\n"):
             text += "\n"
         msg = pb.WorkerMessage(output=pb.Output(attempt=self._ref(), stream=pb.STREAM_LOG, data=text))
-        self._loop.call_soon_threadsafe(self._worker._send_soon, msg)
+        self._loop.call_soon_threadsafe(self._worker._send_for, self, msg)
 
     async def save_checkpoint(self, data: Any) -> None:
         """Saves a checkpoint (JSON-encodable); returns once it is durable.
         A later attempt of the task gets it as `ctx.checkpoint`."""
         msg = pb.WorkerMessage(checkpoint=pb.Checkpoint(attempt=self._ref(), data_json=json.dumps(data)))
-        await self._worker._request(msg, "checkpoint")
+        await self._worker._request(msg, "checkpoint", self)
 
     async def spawn(self, request: Dict[str, Any]) -> str:
         """Submits a subtask (the HTTP API's submit form, e.g.
         ``{"kind": {"type": "handler", "name": "x", "payload": 1}}``) whose
         parent is this task; returns its id once it is committed."""
         msg = pb.WorkerMessage(spawn=pb.Spawn(parent=self._ref(), spec_json=json.dumps(request)))
-        ack = await self._worker._request(msg, "spawn")
+        ack = await self._worker._request(msg, "spawn", self)
         return ack.task_id
 
     def save_checkpoint_blocking(self, data: Any) -> None:
@@ -146,6 +150,8 @@ class _Running:
         self.result: Optional[pb.WorkerMessage] = None
         #: The coordinator said it is no longer ours: report nothing.
         self.dropped = False
+        #: Its accept was sent.
+        self.accepted = False
 
 
 def _target(url: str) -> Tuple[str, bool]:
@@ -335,9 +341,10 @@ class Worker:
         if self._out is not None:
             self._out.put_nowait(msg)
 
-    async def _request(self, msg: pb.WorkerMessage, field: str) -> pb.Ack:
-        """Sends a checkpoint or spawn and waits for its ack."""
+    async def _request(self, msg: pb.WorkerMessage, field: str, ctx: Context) -> pb.Ack:
+        """Sends a checkpoint or spawn of `ctx`'s attempt and waits for its ack."""
         assert self._loop is not None
+        self._accept_for(ctx)
         self._next_request += 1
         rid = self._next_request
         getattr(msg, field).request_id = rid
@@ -450,8 +457,28 @@ class Worker:
         ctx = Context(self, key[0], key[1], payload, checkpoint, self._loop)
         r = _Running(ctx)
         self._running[key] = r
-        self._send_soon(ref(accept=pb.Accept(attempt=a.attempt)))
         r.task = asyncio.ensure_future(self._run(r, fn))
+        # The accept waits a moment: a handler done by then is reported by
+        # its result alone (the coordinator takes a result for an attempt
+        # it has not seen accepted), one message instead of two.
+        self._loop.call_later(ACCEPT_AFTER, self._accept, r)
+
+    def _accept(self, r: _Running) -> None:
+        if r.result is None and not r.dropped and not r.accepted:
+            r.accepted = True
+            self._send_soon(pb.WorkerMessage(accept=pb.Accept(attempt=r.ctx._ref())))
+
+    def _accept_for(self, ctx: Context) -> None:
+        """Accepts `ctx`'s attempt now if it was not yet: the coordinator
+        takes what an attempt says only once it runs."""
+        r = self._running.get((ctx.task_id, ctx.attempt))
+        if r is not None:
+            self._accept(r)
+
+    def _send_for(self, ctx: Context, msg: pb.WorkerMessage) -> None:
+        """Sends a message about `ctx`'s attempt (on the loop's thread)."""
+        self._accept_for(ctx)
+        self._send_soon(msg)
 
     async def _run(self, r: _Running, fn: Handler) -> None:
         ctx = r.ctx
