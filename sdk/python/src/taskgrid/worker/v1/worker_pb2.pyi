@@ -2,8 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -83,7 +82,7 @@ class Register(_message.Message):
     memory_bytes: int
     cpus: float
     max_load: float
-    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., handlers: _Optional[_Iterable[str]] = ..., shell: _Optional[bool] = ..., container: _Optional[bool] = ..., slots: _Optional[int] = ..., version: _Optional[str] = ..., queues: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., instance: _Optional[str] = ..., prefetch: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., max_load: _Optional[float] = ...) -> None: ...
+    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., handlers: _Optional[_Iterable[str]] = ..., shell: bool = ..., container: bool = ..., slots: _Optional[int] = ..., version: _Optional[str] = ..., queues: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., instance: _Optional[str] = ..., prefetch: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., max_load: _Optional[float] = ...) -> None: ...
 
 class AttemptRef(_message.Message):
     __slots__ = ("task_id", "attempt")
@@ -105,7 +104,7 @@ class Heartbeat(_message.Message):
     draining: bool
     memory_available_bytes: int
     disk_free_bytes: int
-    def __init__(self, running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., load: _Optional[float] = ..., draining: _Optional[bool] = ..., memory_available_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., load: _Optional[float] = ..., draining: bool = ..., memory_available_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ...) -> None: ...
 
 class Accept(_message.Message):
     __slots__ = ("attempt",)

@@ -5,7 +5,7 @@ import warnings
 
 from taskgrid.worker.v1 import worker_pb2 as taskgrid_dot_worker_dot_v1_dot_worker__pb2
 
-GRPC_GENERATED_VERSION = '1.85.4'
+GRPC_GENERATED_VERSION = '1.66.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in taskgrid/worker/v1/worker_pb2_grpc.py depends on'
+        + f' but the generated code in taskgrid/worker/v1/worker_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class WorkerGatewayStub:
+class WorkerGatewayStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -41,7 +41,7 @@ class WorkerGatewayStub:
                 _registered_method=True)
 
 
-class WorkerGatewayServicer:
+class WorkerGatewayServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Session(self, request_iterator, context):
@@ -67,7 +67,7 @@ def add_WorkerGatewayServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class WorkerGateway:
+class WorkerGateway(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
