@@ -3,11 +3,14 @@ with openapi-python-client and submit, read and list through it against a
 real coordinator."""
 
 import importlib
+import json
 import pathlib
 import subprocess
 import sys
 
-from conftest import REPO, Server
+import httpx
+
+from conftest import REPO, Server, taskgrid_bin
 
 OPENAPI = REPO / "crates" / "taskgrid-server" / "src" / "http" / "openapi.json"
 
@@ -57,3 +60,83 @@ def test_a_generated_client_submits_reads_and_lists(server: Server, tmp_path: pa
         assert isinstance(missing, models.ErrorBody) and missing.error.code == "not_found"
     finally:
         sys.path.remove(str(tmp_path / "client"))
+
+
+def _validator(name: str):  # type: ignore[no-untyped-def]
+    """A JSON Schema validator for components/schemas/NAME of the document."""
+    import jsonschema
+
+    doc = json.loads(OPENAPI.read_text())
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+              "$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _check(name: str, value: object) -> None:
+    errors = sorted(_validator(name).iter_errors(value), key=str)
+    assert not errors, f"{name} does not describe {json.dumps(value)[:400]}: {errors[0].message} at {list(errors[0].absolute_path)}"
+
+
+def test_what_the_server_sends_matches_the_document(server: Server) -> None:
+    """Every event of a run (submitted, state with errors and results,
+    output, progress, checkpoint), a stream reset, and the answers of the
+    main routes, validated against their schemas."""
+    from test_worker import InProcess  # a Python worker, for progress and checkpoints
+
+    rust = subprocess.Popen([taskgrid_bin(), "worker", "--server", server.url, "--id", "rust", "--slots", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    py = InProcess(server, id="py")
+    http = httpx.Client(base_url=server.url, timeout=30)
+    try:
+        events = []
+        with httpx.stream("GET", f"{server.url}/api/v1/events", timeout=30) as stream:
+            lines = stream.iter_lines()
+            ids = [
+                http.post("/api/v1/tasks", json=body).json()["id"]
+                for body in (
+                    {"kind": {"type": "shell", "command": {"script": "echo out; echo err >&2"}}},
+                    {"kind": {"type": "shell", "command": {"argv": ["false"]}}},
+                    {"kind": {"type": "handler", "name": "resume", "payload": None},
+                     "retry": {"max_retries": 1, "initial_backoff": 10}},
+                )
+            ]
+            ended = set()
+            for line in lines:
+                if not line.startswith("data:"):
+                    continue
+                ev = json.loads(line[5:])
+                events.append(ev)
+                if ev["event"] == "state" and ev["to"] in ("succeeded", "failed", "cancelled", "timed_out", "expired"):
+                    ended.add(ev["id"])
+                if ended >= set(ids):
+                    break
+        kinds = {e["event"] for e in events}
+        assert kinds >= {"submitted", "state", "output", "progress", "checkpoint"}, kinds
+        for e in events:
+            _check("TaskEvent", e)
+        # A resume from an id of no process of this coordinator: a reset.
+        with httpx.stream("GET", f"{server.url}/api/v1/events", headers={"Last-Event-ID": "1"}, timeout=30) as stream:
+            event, data = None, None
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data = json.loads(line[5:])
+                    break
+        assert event == "reset", (event, data)
+        _check("StreamReset", data)
+        for id in ids:
+            _check("TaskDetail", http.get(f"/api/v1/tasks/{id}").json())
+            _check("Explanation", http.get(f"/api/v1/tasks/{id}/explain").json())
+            _check("OutputPage", http.get(f"/api/v1/tasks/{id}/output").json())
+        _check("TaskPage", http.get("/api/v1/tasks", params={"limit": 2, "counts": "true"}).json())
+        _check("MetricsSnapshot", http.get("/api/v1/metrics").json())
+        for w in http.get("/api/v1/workers").json():
+            _check("WorkerView", w)
+        for q in http.get("/api/v1/queues").json():
+            _check("QueueStats", q)
+    finally:
+        http.close()
+        py.stop()
+        rust.kill()
+        rust.wait()
