@@ -443,16 +443,15 @@ async fn apply(
             };
             Ok(service.progress(worker, id, n, progress)?)
         }
-        In::Result(r) => {
-            let (id, n) = attempt(r.attempt.as_ref())?;
-            let outcome = taskgrid_proto::outcome_from_result(&r)?;
-            let measured = r.cpu_seconds > 0.0 || r.peak_rss_bytes > 0 || r.signal.is_some();
-            let usage = measured.then_some(taskgrid_core::Usage {
-                cpu_seconds: r.cpu_seconds,
-                peak_rss_bytes: r.peak_rss_bytes,
-                signal: r.signal,
-            });
-            service.report(worker, id, n, outcome, usage);
+        In::Result(r) => report(service, worker, &r),
+        In::Results(rs) => {
+            // Each as if it came alone: a malformed one is dropped (and
+            // logged), the others still count.
+            for r in &rs.results {
+                if let Err(e) = report(service, worker, r) {
+                    tracing::warn!(%worker, error = ?e, "dropped a result of a batch");
+                }
+            }
             Ok(())
         }
         In::Checkpoint(c) => {
@@ -479,6 +478,20 @@ async fn apply(
             Ok(())
         }
     }
+}
+
+/// Hands one `result` to the engine.
+fn report(service: &WorkerService, worker: &WorkerId, r: &worker::Result) -> Result<(), Ignored> {
+    let (id, n) = taskgrid_proto::task_id(r.attempt.as_ref())?;
+    let outcome = taskgrid_proto::outcome_from_result(r)?;
+    let measured = r.cpu_seconds > 0.0 || r.peak_rss_bytes > 0 || r.signal.is_some();
+    let usage = measured.then_some(taskgrid_core::Usage {
+        cpu_seconds: r.cpu_seconds,
+        peak_rss_bytes: r.peak_rss_bytes,
+        signal: r.signal,
+    });
+    service.report(worker, id, n, outcome, usage);
+    Ok(())
 }
 
 /// The spec of a `spawn`: the HTTP API's submit form (`POST /tasks`), its

@@ -49,6 +49,58 @@ async fn a_remote_worker_runs_a_task_and_its_output_and_result_are_stored() {
     sys.shutdown().await.unwrap();
 }
 
+/// `results` carries several results in one message, each taken as if it
+/// came alone — a malformed one among them is dropped, the others count;
+/// and a result for an attempt never accepted is its accept too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_results_ends_each_attempt() {
+    let sys = system();
+    let addr = serve(&sys, GatewayConfig::default()).await;
+    let two_slots = worker::Register {
+        slots: 2,
+        ..register("w1", &["double"])
+    };
+    let mut w = FakeWorker::connect(addr, None, two_slots).await.unwrap();
+    w.next().await;
+    let (h1, h2) = (
+        sys.submit(Task::handler("double", &1)).await.unwrap(),
+        sys.submit(Task::handler("double", &2)).await.unwrap(),
+    );
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        if let Out::Assignments(a) = w.next().await {
+            got.extend(a.assignments);
+        }
+    }
+    let by_task = |h: &taskgrid_runtime::TaskHandle| {
+        got.iter()
+            .find(|a| a.attempt.as_ref().unwrap().task_id == h.id().to_string())
+            .unwrap()
+            .clone()
+    };
+    let (a1, a2) = (by_task(&h1), by_task(&h2));
+    let result = |a: &worker::Assignment, json: &str| match succeeded(a, json) {
+        In::Result(r) => r,
+        _ => unreachable!("succeeded builds a result"),
+    };
+    let malformed = worker::Result {
+        attempt: None,
+        ..result(&a1, "0")
+    };
+    w.send(In::Results(worker::Results {
+        results: vec![result(&a1, "2"), malformed, result(&a2, "4")],
+    }))
+    .await;
+    for (h, want) in [(&h1, 2), (&h2, 4)] {
+        let r = h.wait_timeout(LIMIT).await.unwrap();
+        assert_eq!(
+            (r.state, r.value::<u64>().unwrap()),
+            (State::Succeeded, Some(want))
+        );
+    }
+    sys.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_is_refused_and_malformed_messages_are_ignored() {
     let sys = system();

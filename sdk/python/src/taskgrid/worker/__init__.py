@@ -201,6 +201,8 @@ class Worker:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._heartbeat_s = 5.0
+        #: Ended attempts whose results go out together at the loop's next turn.
+        self._to_report: List[_Running] = []
         #: Set while registered with a coordinator.
         self.registered = threading.Event()
         #: Sessions registered so far (see `wait_registered`).
@@ -511,10 +513,26 @@ class Worker:
             self._finish_sent(r)
 
     def _finish_sent(self, r: _Running) -> None:
-        """Hands an ended attempt's result to the live stream."""
+        """Queues an ended attempt's result for the live stream: the
+        results of attempts that end in the same turn of the event loop go
+        in one `results` message."""
         assert r.result is not None
-        self._send_soon(r.result)
-        self._running.pop((r.ctx.task_id, r.ctx.attempt), None)
+        if not self._to_report:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush_results)
+        self._to_report.append(r)
+
+    def _flush_results(self) -> None:
+        batch, self._to_report = self._to_report, []
+        if self._out is None:
+            return  # sent after the next registration (still listed as running)
+        results = [r.result.result for r in batch if not r.dropped and r.result is not None]
+        if len(results) == 1:
+            self._send_soon(pb.WorkerMessage(result=results[0]))
+        elif results:
+            self._send_soon(pb.WorkerMessage(results=pb.Results(results=results)))
+        for r in batch:
+            self._running.pop((r.ctx.task_id, r.ctx.attempt), None)
 
     async def _stop_after_grace(self, r: _Running) -> None:
         await asyncio.sleep(self.cancel_grace)
