@@ -1,6 +1,7 @@
 """Handlers the worker tests run (also as `python -m taskgrid.worker app:worker`)."""
 
 import os
+import threading
 
 from taskgrid.worker import Fatal, RetryAfter, Worker
 
@@ -58,6 +59,17 @@ def make_worker(server=None, id=None, slots=4):  # type: ignore[no-untyped-def]
         with open(ctx.payload["fifo"]) as f:
             f.read()
         return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+    @w.handler("hang")
+    def hang(ctx):  # type: ignore[no-untyped-def]
+        # Never returns, and ignores its cancel.
+        threading.Event().wait()
+
+    @w.handler("quick_log")
+    async def quick_log(ctx):  # type: ignore[no-untyped-def]
+        ctx.progress(1.0, "done")
+        ctx.log("said before returning")
+        return "ok"
 
     @w.handler("noop")
     async def noop(ctx):  # type: ignore[no-untyped-def]

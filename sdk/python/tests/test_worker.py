@@ -123,13 +123,13 @@ def worker(server: Server) -> Iterator[InProcess]:
         w.stop()
 
 
-def spawn_worker(server: Server, id: str) -> subprocess.Popen:
+def spawn_worker(server: Server, id: str, *extra: str) -> subprocess.Popen:
     """`python -m taskgrid.worker app:worker` as a child process; returns
     once its log says it registered."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), str(HERE)]))
     p = subprocess.Popen(
         [sys.executable, "-m", "taskgrid.worker", "app:worker", "--server", server.url,
-         "--id", id, "--log", "info"],
+         "--id", id, "--log", "info", *extra],
         cwd=HERE, env=env, stderr=subprocess.PIPE, text=True)
     assert p.stderr is not None
     seen = []
@@ -241,3 +241,32 @@ def test_the_worker_reconnects_to_a_restarted_coordinator(server: Server, worker
     server.restart()
     assert worker.worker.wait_registered(after=sessions, timeout=30), "it never came back"
     assert result(wait_end(server, submit(server, "double", {"n": 2}))) == {"n": 4}
+
+
+def test_a_quick_handlers_progress_and_log_are_kept(server: Server, worker: InProcess) -> None:
+    id = submit(server, "quick_log")
+    d = wait_end(server, id)
+    assert d["task"]["status"]["state"] == "succeeded"
+    assert d["task"]["progress"]["message"] == "done"
+    out = httpx.get(f"{server.url}/api/v1/tasks/{id}/output", timeout=10).json()
+    assert [c["data"] for c in out["chunks"]] == ["said before returning\n"]
+
+
+def test_a_drain_ends_even_without_a_coordinator(server: Server) -> None:
+    w = InProcess(server, id="py-alone")
+    server.kill9()
+    w.stop()  # joins the worker's thread: run() returned
+
+
+def test_a_handler_that_never_returns_does_not_keep_the_worker_alive(server: Server) -> None:
+    p = spawn_worker(server, "py-hung", "--drain-grace", "0.2")
+    try:
+        id = submit(server, "hang")
+        wait_state(server, id, "running")
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 0, "the drain gave up on the hung handler and the process exited"
+        # Not reported as cancelled (final): handed back by the goodbye.
+        wait_state(server, id, "queued", attempt=1)
+    finally:
+        if p.poll() is None:
+            p.kill()

@@ -74,9 +74,7 @@ impl ContextBackend for Remote {
         let shared = self.shared.clone();
         let self_attempt = self.attempt;
         Box::pin(async move {
-            // The HTTP API's form, as the protocol says.
-            let spec_json = serde_json::to_string(&taskgrid_api::SubmitRequest::from_spec(&spec))
-                .map_err(TaskError::fatal)?;
+            let spec_json = api_form(&spec).map_err(TaskError::fatal)?;
             let ack = shared
                 .request(|request_id| {
                     In::Spawn(worker::Spawn {
@@ -162,5 +160,66 @@ pub(super) async fn run_handler(
         cpu_seconds: 0.0,
         peak_rss_bytes: 0,
         output_truncated: false,
+    }
+}
+
+/// The HTTP API's submit form of `spec`, which the protocol's `spawn`
+/// carries: the engine's own form but for a handler's payload (the JSON
+/// itself, not its text) and the timeouts' names (`timeout_ms`,
+/// `dispatch_timeout_ms`). (Written here rather than taken from
+/// `taskgrid-api`, which a remote worker does not compile.)
+fn api_form(spec: &TaskSpec) -> serde_json::Result<String> {
+    use serde_json::Value;
+    let mut v = serde_json::to_value(spec)?;
+    if let Some(obj) = v.as_object_mut() {
+        for (from, to) in [
+            ("timeout", "timeout_ms"),
+            ("dispatch_timeout", "dispatch_timeout_ms"),
+        ] {
+            if let Some(x) = obj.remove(from) {
+                obj.insert(to.into(), x);
+            }
+        }
+        if let Some(kind) = obj.get_mut("kind").and_then(Value::as_object_mut)
+            && let Some(Value::String(text)) = kind.get("payload")
+        {
+            let payload =
+                serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()));
+            kind.insert("payload".into(), payload);
+        }
+    }
+    serde_json::to_string(&v)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use taskgrid_core::{Priority, RetryPolicy, TaskKind, TaskSpec, Timestamp};
+
+    use super::api_form;
+
+    #[test]
+    fn a_spawned_spec_reads_back_through_the_apis_submit_form() {
+        let mut spec = TaskSpec::new(TaskKind::handler("resize", r#"{"tags":["a"],"w":640}"#));
+        spec.queue = "images".into();
+        spec.priority = Priority::HIGH;
+        spec.tags = vec!["t".into()];
+        spec.labels = vec!["gpu".parse().unwrap()];
+        spec.slots = 2;
+        spec.timeout = Some(Duration::from_millis(1500));
+        spec.dispatch_timeout = Some(Duration::from_secs(60));
+        spec.run_at = Some(Timestamp::from_micros(1_000_000));
+        spec.expires_at = Some(Timestamp::from_micros(9_000_000));
+        spec.retry = RetryPolicy::retries(3);
+        spec.unique_key = Some("u".into());
+        spec.min_trust = Some(0.5);
+        spec.concurrency_key = Some("customer-1".into());
+        spec.stdin = Some(std::sync::Arc::new("in".into()));
+        let json = api_form(&spec).unwrap();
+        let req: taskgrid_api::SubmitRequest = serde_json::from_str(&json).unwrap();
+        let (back, times) = req.into_spec();
+        assert_eq!(back, spec, "{json}");
+        assert_eq!((times.delay, times.expires_in), (None, None));
     }
 }

@@ -19,7 +19,6 @@ then says goodbye).
 """
 
 import asyncio
-import concurrent.futures
 import inspect
 import json
 import logging
@@ -47,6 +46,14 @@ VERSION = "taskgrid-python/0.1.0"
 #: How long an attempt runs before the worker says it accepted it (a
 #: quicker one is reported by its result alone).
 ACCEPT_AFTER = 0.002
+
+#: How long a worker whose id is connected already keeps trying (its own
+#: predecessor's stream may not have been seen to end yet).
+DUPLICATE_ID_GRACE = 3.0
+
+#: How long a checkpoint or spawn made while disconnected waits for the
+#: worker to register again.
+REQUEST_RECONNECT_WAIT = 30.0
 
 Handler = Callable[["Context"], Union[Any, Awaitable[Any]]]
 
@@ -198,8 +205,9 @@ class Worker:
         self._next_request = 0
         self._draining = False
         self._stop: Optional[asyncio.Event] = None
+        self._drained: Optional[asyncio.Event] = None
+        self._connected: Optional[asyncio.Event] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._heartbeat_s = 5.0
         #: Ended attempts whose results go out together at the loop's next turn.
         self._to_report: List[_Running] = []
@@ -239,43 +247,55 @@ class Worker:
 
     async def run(self, install_signals: bool = False) -> None:
         """Connects and works until `stop()` (or a signal, with
-        `install_signals`); reconnects with backoff when the stream breaks."""
+        `install_signals`) has drained it; reconnects with backoff when the
+        stream breaks."""
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.slots)
+        self._drained = asyncio.Event()
+        self._connected = asyncio.Event()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self.stop)
         backoff = 0.1
-        try:
-            while not self._stop.is_set() or self._running:
-                started = time.monotonic()
-                try:
-                    await self._session()
-                    if self._stop.is_set() and not self._running:
-                        return
-                except grpc.aio.AioRpcError as e:
-                    code = e.code()
-                    if code == grpc.StatusCode.UNAUTHENTICATED:
+        refused_since: Optional[float] = None
+        while not self._drained.is_set():
+            started = time.monotonic()
+            try:
+                await self._session()
+                refused_since = None
+            except grpc.aio.AioRpcError as e:
+                code = e.code()
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    raise RuntimeError(
+                        f"the coordinator at {self.server} refused the worker token "
+                        f"({e.details()})") from None
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise RuntimeError(f"the coordinator refused the registration: {e.details()}") from None
+                if code == grpc.StatusCode.ALREADY_EXISTS:
+                    # Perhaps our own predecessor, whose stream the
+                    # coordinator has not seen end yet: for a moment only.
+                    refused_since = refused_since or time.monotonic()
+                    if time.monotonic() - refused_since > DUPLICATE_ID_GRACE:
                         raise RuntimeError(
-                            f"the coordinator at {self.server} refused the worker token "
-                            f"({e.details()})") from None
-                    if code == grpc.StatusCode.INVALID_ARGUMENT:
-                        raise RuntimeError(f"the coordinator refused the registration: {e.details()}") from None
-                    log.warning("lost the coordinator at %s: %s %s", self.server, code.name, e.details())
-                self.registered.clear()
-                if self._stop.is_set() and self._draining and not self._running:
-                    return
-                if time.monotonic() - started > 5:
-                    backoff = 0.1
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-        finally:
-            self._pool.shutdown(wait=False)
+                            f"worker id {self.id} is already connected to the coordinator "
+                            "(another worker with this id is running)") from None
+                log.warning("lost the coordinator at %s: %s %s", self.server, code.name, e.details())
+            self.registered.clear()
+            if self._drained.is_set():
+                return
+            if time.monotonic() - started > 5:
+                backoff = 0.1
+            # Sleep the backoff, or less if the drain ends meanwhile.
+            try:
+                await asyncio.wait_for(self._drained.wait(), backoff)
+                return
+            except asyncio.TimeoutError:
+                pass
+            backoff = min(backoff * 2, 1.0)
 
     def stop(self) -> None:
-        """Starts a drain: takes nothing new, lets what runs finish, then
-        leaves (thread-safe)."""
+        """Starts a drain: takes nothing new, lets what runs finish (within
+        `drain_grace`), reports it, says goodbye and leaves (thread-safe)."""
         loop = self._loop
         if loop is None:
             return
@@ -292,19 +312,30 @@ class Worker:
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + self.drain_grace
-        while self._running and time.monotonic() < deadline:
-            if all(r.task is None or r.task.done() for r in self._running.values()):
-                break
+        while time.monotonic() < deadline and any(
+                r.task is not None and not r.task.done() for r in self._running.values()):
             await asyncio.sleep(0.05)
+        # What did not finish in time is stopped and not reported: goodbye
+        # (or the heartbeat timeout) hands it back to the queue, where a
+        # `cancelled` result would have ended it for good.
         for r in list(self._running.values()):
-            r.ctx._reason = pb.Cancel.REASON_CANCEL
-            r.ctx._cancel.set()
             if r.task is not None and not r.task.done():
+                r.dropped = True
+                r.ctx._reason = pb.Cancel.REASON_CANCEL
+                r.ctx._cancel.set()
                 r.task.cancel()
-        # What is left un-sent goes now, then goodbye ends the session.
-        self._send_soon(pb.WorkerMessage(goodbye=pb.Goodbye()))
+        self._leave()
+
+    def _leave(self) -> None:
+        """The drain is over: on a live stream, the last results, then
+        goodbye, then the end of the stream; without one, just stop (the
+        coordinator's heartbeat timeout re-queues what was held)."""
+        assert self._drained is not None
         if self._out is not None:
+            self._flush_results()
+            self._out.put_nowait(pb.WorkerMessage(goodbye=pb.Goodbye()))
             self._out.put_nowait(None)
+        self._drained.set()
 
     # ---- the session ----
 
@@ -345,7 +376,13 @@ class Worker:
 
     async def _request(self, msg: pb.WorkerMessage, field: str, ctx: Context) -> pb.Ack:
         """Sends a checkpoint or spawn of `ctx`'s attempt and waits for its ack."""
-        assert self._loop is not None
+        assert self._loop is not None and self._connected is not None
+        if self._out is None:
+            # Disconnected: wait for the next registration rather than fail.
+            try:
+                await asyncio.wait_for(self._connected.wait(), REQUEST_RECONNECT_WAIT)
+            except asyncio.TimeoutError:
+                raise ConnectionError(f"no coordinator to send the {field} to") from None
         self._accept_for(ctx)
         self._next_request += 1
         rid = self._next_request
@@ -385,10 +422,19 @@ class Worker:
                         for ref in msg.registered.cancel:
                             self._drop((ref.task_id, ref.attempt))
                         self._out = out
-                        # Results that waited for a stream go first.
+                        if self._draining:
+                            out.put_nowait(pb.WorkerMessage(heartbeat=self._heartbeat()))
                         for r in list(self._running.values()):
                             if r.result is not None:
+                                # Ended while away: its result goes now.
                                 self._finish_sent(r)
+                            elif r.accepted:
+                                # Its accept may have been lost with the old stream.
+                                out.put_nowait(pb.WorkerMessage(accept=pb.Accept(attempt=r.ctx._ref())))
+                        if self._drained is not None and self._drained.is_set():
+                            self._leave()
+                        assert self._connected is not None
+                        self._connected.set()
                         beat = asyncio.ensure_future(self._beat(out))
                         self.registered.set()
                         with self._sessions_changed:
@@ -414,6 +460,8 @@ class Worker:
                             fut.set_result(msg.ack)
             finally:
                 self._out = None
+                if self._connected is not None:
+                    self._connected.clear()
                 if beat is not None:
                     beat.cancel()
                 for fut in self._acks.values():
@@ -470,17 +518,22 @@ class Worker:
             r.accepted = True
             self._send_soon(pb.WorkerMessage(accept=pb.Accept(attempt=r.ctx._ref())))
 
-    def _accept_for(self, ctx: Context) -> None:
-        """Accepts `ctx`'s attempt now if it was not yet: the coordinator
-        takes what an attempt says only once it runs."""
+    def _accept_for(self, ctx: Context) -> bool:
+        """Accepts `ctx`'s attempt now if it was not yet (the coordinator
+        takes what an attempt says only once it runs, even when its result
+        is already on its way); whether it is still this worker's."""
         r = self._running.get((ctx.task_id, ctx.attempt))
-        if r is not None:
-            self._accept(r)
+        if r is None or r.dropped:
+            return False
+        if not r.accepted:
+            r.accepted = True
+            self._send_soon(pb.WorkerMessage(accept=pb.Accept(attempt=r.ctx._ref())))
+        return True
 
     def _send_for(self, ctx: Context, msg: pb.WorkerMessage) -> None:
         """Sends a message about `ctx`'s attempt (on the loop's thread)."""
-        self._accept_for(ctx)
-        self._send_soon(msg)
+        if self._accept_for(ctx):
+            self._send_soon(msg)
 
     async def _run(self, r: _Running, fn: Handler) -> None:
         ctx = r.ctx
@@ -490,8 +543,7 @@ class Worker:
             if inspect.iscoroutinefunction(fn):
                 value = await fn(ctx)
             else:
-                assert self._loop is not None
-                value = await self._loop.run_in_executor(self._pool, fn, ctx)
+                value = await self._in_thread(fn, ctx)
                 if inspect.isawaitable(value):
                     value = await value
             msg = self._result_msg(ref, value=value, started=started, ctx=ctx)
@@ -511,6 +563,29 @@ class Worker:
         r.result = msg
         if self._out is not None:
             self._finish_sent(r)
+
+    def _in_thread(self, fn: Handler, ctx: Context) -> "asyncio.Future[Any]":
+        """Runs a synchronous handler on a daemon thread of its own: one
+        that never returns holds no pool slot, and does not keep the
+        process from exiting after a drain."""
+        assert self._loop is not None
+        loop = self._loop
+        fut: "asyncio.Future[Any]" = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if not fut.done():
+                (fut.set_result if ok else fut.set_exception)(value)
+
+        def work() -> None:
+            try:
+                value = fn(ctx)
+            except BaseException as e:  # noqa: BLE001 - handed to the loop
+                loop.call_soon_threadsafe(settle, False, e)
+            else:
+                loop.call_soon_threadsafe(settle, True, value)
+
+        threading.Thread(target=work, name=f"taskgrid-{ctx.task_id}", daemon=True).start()
+        return fut
 
     def _finish_sent(self, r: _Running) -> None:
         """Queues an ended attempt's result for the live stream: the

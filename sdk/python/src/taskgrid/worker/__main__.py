@@ -1,5 +1,5 @@
 """`python -m taskgrid.worker MODULE:ATTRIBUTE [--server URL] [--token T]
-[--id ID] [--slots N]`: imports MODULE, takes its Worker ATTRIBUTE and runs
+[--id ID] [--slots N] [--drain-grace SECONDS]`: imports MODULE, takes its Worker ATTRIBUTE and runs
 it until SIGTERM or SIGINT (then drains)."""
 
 import argparse
@@ -18,6 +18,7 @@ def main(argv=None) -> int:  # type: ignore[no-untyped-def]
     p.add_argument("--token", help="the worker token (default $TASKGRID_WORKER_TOKEN)")
     p.add_argument("--id", help="a stable worker id")
     p.add_argument("--slots", type=int, help="tasks run at once")
+    p.add_argument("--drain-grace", type=float, help="seconds a drain lets running tasks finish")
     p.add_argument("--log", default=os.environ.get("TASKGRID_LOG", "warning"), help="log level")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -36,6 +37,8 @@ def main(argv=None) -> int:  # type: ignore[no-untyped-def]
         worker.id = a.id
     if a.slots:
         worker.slots = a.slots
+    if a.drain_grace is not None:
+        worker.drain_grace = a.drain_grace
     try:
         worker.run_forever()
     except RuntimeError as e:
