@@ -177,7 +177,7 @@ class Worker:
     `token` to $TASKGRID_WORKER_TOKEN. `id` must be stable across restarts
     (the coordinator recognises a worker that comes back by it); it
     defaults to ``py-HOST-PID``. At most `slots` tasks run at once;
-    synchronous handlers run in a thread pool of that size.
+    a synchronous handler runs on a daemon thread of its own.
     """
 
     def __init__(self, server: Optional[str] = None, token: Optional[str] = None,
