@@ -176,7 +176,7 @@ def test_a_checkpoint_reaches_the_next_attempt_with_progress_and_log(server: Ser
     assert result(d) == {"resumed_from": 21}
     assert d["task"]["progress"]["fraction"] == 0.5
     out = httpx.get(f"{server.url}/api/v1/tasks/{id}/output", timeout=10).json()
-    assert [c["data"] for c in out["chunks"]] == ["saving\n"]
+    assert [c["data"] for c in out["chunks"]] == ["saving"]
 
 
 def test_a_handler_spawns_a_subtask(server: Server, worker: InProcess) -> None:
@@ -249,7 +249,7 @@ def test_a_quick_handlers_progress_and_log_are_kept(server: Server, worker: InPr
     assert d["task"]["status"]["state"] == "succeeded"
     assert d["task"]["progress"]["message"] == "done"
     out = httpx.get(f"{server.url}/api/v1/tasks/{id}/output", timeout=10).json()
-    assert [c["data"] for c in out["chunks"]] == ["said before returning\n"]
+    assert [c["data"] for c in out["chunks"]] == ["said before returning"]
 
 
 def test_a_drain_ends_even_without_a_coordinator(server: Server) -> None:

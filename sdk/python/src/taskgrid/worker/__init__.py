@@ -118,9 +118,8 @@ class Context:
         self._loop.call_soon_threadsafe(self._worker._send_for, self, msg)
 
     def log(self, text: str) -> None:
-        """Adds a line to the task's output (stream `log`; from any thread)."""
-        if not text.endswith("\n"):
-            text += "\n"
+        """Adds a line to the task's output (stream `log`, as given, as the
+        Rust SDK's `ctx.log` does; from any thread)."""
         msg = pb.WorkerMessage(output=pb.Output(attempt=self._ref(), stream=pb.STREAM_LOG, data=text))
         self._loop.call_soon_threadsafe(self._worker._send_for, self, msg)
 
