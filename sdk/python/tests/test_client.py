@@ -5,8 +5,10 @@ Nothing here waits with fixed sleeps: waits are on the event stream, or
 bounded retries with a deadline."""
 
 import asyncio
+import os
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from typing import Any, Callable, Dict, Iterator, List
@@ -49,28 +51,28 @@ def client(server: conftest.Server) -> Iterator[Client]:
         yield c
 
 
-def until(what: str, check: Callable[[], Any], within: float = 15.0) -> Any:
-    """Retries `check` until it returns something truthy, for at most
-    `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def worker(server: conftest.Server, client: Client) -> Iterator[str]:
-    """A real Rust worker (shell tasks, 2 slots), registered."""
+    """A real Rust worker (shell tasks, 2 slots), registered: its log says
+    so (at info level) once the coordinator has answered its register."""
     proc = subprocess.Popen(
         [conftest.taskgrid_bin(), "worker", "--server", server.url, "--id", "w1", "--slots", "2"],
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, TASKGRID_LOG="warn,taskgrid_worker=info", NO_COLOR="1"),
     )
     try:
-        until("worker w1 to register", lambda: any(w["id"] == "w1" for w in client.workers()))
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if "registered" in line:
+                break
+        else:
+            raise AssertionError(f"worker w1 exited before registering: {''.join(seen)}")
+        # Keep reading its log, so that it never blocks on a full pipe.
+        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
         yield "w1"
     finally:
         proc.kill()
