@@ -625,7 +625,7 @@ fn workers_queues_and_the_cancel_prompt_render() {
             running: 2,
             paused: false,
             limit: Some(10_000),
-            concurrency: None,
+            concurrency: Some(4),
         }]),
     );
     keys(&mut app, &[Key::Char('1')]);
@@ -644,7 +644,7 @@ fn workers_queues_and_the_cancel_prompt_render() {
     }
     keys(&mut app, &[Key::Char('3')]);
     let s = screen(&app, 100, 8);
-    for want in ["emails", "13", "10000", "high 3, normal 10"] {
+    for want in ["emails", "13", "2/4", "10000", "high 3, normal 10"] {
         assert!(s.contains(want), "{want:?} missing in\n{s}");
     }
     keys(&mut app, &[Key::Char('2')]);

@@ -235,7 +235,11 @@ fn draw_queues(frame: &mut Frame<'_>, area: Rect, app: &App) {
         Row::new([
             one_line(&q.name),
             q.ready.to_string(),
-            q.running.to_string(),
+            // `3/4`: 3 running of at most 4 (--queue-concurrency).
+            match q.concurrency {
+                Some(c) => format!("{}/{c}", q.running),
+                None => q.running.to_string(),
+            },
             if q.paused { "paused" } else { "" }.to_owned(),
             q.limit.map(|l| l.to_string()).unwrap_or_default(),
             waiting.join(", "),

@@ -482,7 +482,7 @@ function queueTable(actions) {
     h("td", {}, h("a", { href: `#/tasks?queue=${encodeURIComponent(q.name)}` }, q.name)),
     h("td", {}, q.waiting.length ? q.waiting.map(([p, n]) => `${p}: ${n}`).join(" · ") : "0"),
     h("td", { class: "num" }, q.ready),
-    h("td", { class: "num" }, q.running),
+    h("td", { class: "num" }, q.concurrency != null ? `${q.running}/${q.concurrency}` : q.running),
     h("td", { class: "num" }, q.limit ?? "—"),
     h("td", {}, q.paused ? h("span", { class: "state failed" }, "paused") : "active"),
     actions ? h("td", {}, h("button", {
