@@ -158,6 +158,7 @@ fn queue_concurrency(s: &str) -> Result<(String, u32), String> {
     let (q, n) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?}: write a queue's concurrency as QUEUE=N (e.g. reports=4)"))?;
+    let q = q.trim();
     if q.is_empty() {
         return Err(format!("{s:?}: the queue name is empty"));
     }
@@ -200,10 +201,10 @@ pub(crate) fn rate_limit(s: &str) -> Result<(String, Rate), String> {
         .map_err(|_| format!("{s:?}: {n:?} is not a number of starts"))?;
     // `5/s` reads as 5 per 1 s.
     let per = per.trim();
-    let per = if per.starts_with(|c: char| c.is_ascii_digit()) {
-        super::submit::parse_duration(per)
-    } else {
+    let per = if per.starts_with(|c: char| c.is_ascii_alphabetic()) {
         super::submit::parse_duration(&format!("1{per}"))
+    } else {
+        super::submit::parse_duration(per)
     }
     .map_err(|e| format!("{s:?}: {e}"))?;
     let rate = Rate { starts, per };
@@ -741,6 +742,10 @@ mod tests {
         assert_eq!(
             r("api=3/250ms"),
             Ok(("api".into(), 3, Duration::from_millis(250)))
+        );
+        assert_eq!(
+            r("api=3/.5s"),
+            Ok(("api".into(), 3, Duration::from_millis(500)))
         );
         let merged = key_limits(
             &[("a".into(), 2), ("b*".into(), 1)],

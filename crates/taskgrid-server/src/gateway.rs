@@ -466,13 +466,13 @@ async fn apply(
         }
         In::Spawn(s) => {
             let (parent, n) = attempt(s.parent.as_ref())?;
-            let r = match spawned_spec(&s.spec_json) {
+            let r = match spawned_spec(&s) {
                 Ok(spec) => service
                     .spawn(worker, parent, n, spec)
                     .await
                     .map(Some)
                     .map_err(|e| e.to_string()),
-                Err(e) => Err(format!("invalid task spec: {e}")),
+                Err(e) => Err(e),
             };
             ack(tx, s.request_id, r);
             Ok(())
@@ -494,11 +494,19 @@ fn report(service: &WorkerService, worker: &WorkerId, r: &worker::Result) -> Res
     Ok(())
 }
 
-/// The spec of a `spawn`: the HTTP API's submit form (`POST /tasks`), its
-/// relative times resolved now, on the coordinator's clock.
-fn spawned_spec(json: &str) -> Result<TaskSpec, String> {
-    let req = serde_json::from_str::<taskgrid_api::SubmitRequest>(json)
-        .map_err(|e| format!("invalid task spec (the API's submit form): {e}"))?;
+/// The spec of a `spawn`: `api_spec_json`, the HTTP API's submit form
+/// (`POST /tasks`), its relative times resolved now on the coordinator's
+/// clock; or, from a worker that predates it, `spec_json`, the engine's
+/// own form. (Each field has one form: a payload is never guessed.)
+fn spawned_spec(s: &worker::Spawn) -> Result<TaskSpec, String> {
+    if s.api_spec_json.is_empty() {
+        return serde_json::from_str::<TaskSpec>(&s.spec_json)
+            .map_err(|e| format!("invalid task spec (spawn.spec_json, the engine's form): {e}"));
+    }
+    let req =
+        serde_json::from_str::<taskgrid_api::SubmitRequest>(&s.api_spec_json).map_err(|e| {
+            format!("invalid task spec (spawn.api_spec_json, the API's submit form): {e}")
+        })?;
     let (mut spec, times) = req.into_spec();
     let now = taskgrid_core::Timestamp::from_micros(taskgrid_core::duration_micros(
         std::time::SystemTime::now()

@@ -49,6 +49,75 @@ async fn a_remote_worker_runs_a_task_and_its_output_and_result_are_stored() {
     sys.shutdown().await.unwrap();
 }
 
+/// The next message, which must be an `ack`.
+async fn ack(w: &mut FakeWorker) -> worker::Ack {
+    match w.next().await {
+        Out::Ack(a) => a,
+        other => panic!("expected an ack, got {other:?}"),
+    }
+}
+
+/// A spawn in either form gives the child the same payload: the API's
+/// submit form in `api_spec_json`, or the engine's own in `spec_json` (as
+/// workers before `api_spec_json` send it); a bad one is answered with an
+/// error naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawn_in_either_form_makes_the_same_child() {
+    let sys = system();
+    let addr = serve(&sys, GatewayConfig::default()).await;
+    let mut w = FakeWorker::connect(addr, None, register("w1", &["parent"]))
+        .await
+        .unwrap();
+    w.next().await;
+    let h = sys.submit(Task::handler("parent", &1)).await.unwrap();
+    let a = w.next_assignment().await;
+    w.send(In::Accept(worker::Accept {
+        attempt: a.attempt.clone(),
+    }))
+    .await;
+    let spawn = |request_id, spec_json: &str, api_spec_json: &str| {
+        In::Spawn(worker::Spawn {
+            parent: a.attempt.clone(),
+            spec_json: spec_json.into(),
+            request_id,
+            api_spec_json: api_spec_json.into(),
+        })
+    };
+    w.send(spawn(
+        1,
+        r#"{"kind":{"type":"handler","name":"child","payload":"{\"w\":640}"}}"#,
+        "",
+    ))
+    .await;
+    let old = ack(&mut w).await;
+    w.send(spawn(
+        2,
+        "",
+        r#"{"kind":{"type":"handler","name":"child","payload":{"w":640}},"timeout_ms":5000}"#,
+    ))
+    .await;
+    let new = ack(&mut w).await;
+    for a in [&old, &new] {
+        assert!(a.error.is_empty(), "{a:?}");
+        let child = sys.get(a.task_id.parse::<TaskId>().unwrap()).await.unwrap();
+        assert!(
+            matches!(&child.spec.kind, taskgrid_core::TaskKind::Handler { payload, .. } if &**payload == r#"{"w":640}"#),
+            "{:?}",
+            child.spec.kind
+        );
+        assert_eq!(child.spec.parent, Some(h.id()));
+    }
+    w.send(spawn(
+        3,
+        "",
+        r#"{"kind":{"type":"handler","name":"child"},"prio":1}"#,
+    ))
+    .await;
+    let bad = ack(&mut w).await;
+    assert!(bad.error.contains("spawn.api_spec_json"), "{bad:?}");
+    sys.shutdown().await.unwrap();
+}
+
 /// `results` carries several results in one message, each taken as if it
 /// came alone — a malformed one among them is dropped, the others count;
 /// and a result for an attempt never accepted is its accept too.

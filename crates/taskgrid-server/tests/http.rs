@@ -248,6 +248,10 @@ async fn a_batch_is_accepted_all_or_none() {
     let msg = r.body["error"]["message"].as_str().unwrap_or("");
     assert!(msg.starts_with("tasks[1]: invalid slots"), "{msg}");
     assert_eq!(api.count().await, 0);
+    // A batch of one names its task too.
+    let bad = json!({"tasks": [{"kind": {"type": "handler", "name": "h"}, "slots": 0}]});
+    let r = api.post("/api/v1/tasks/batch", bad).await;
+    assert_eq!(r.body["error"]["field"], "tasks[0].slots");
 
     let good =
         json!({"tasks": [handler_task("a", "1"), handler_task("b", "2"), handler_task("c", "3")]});

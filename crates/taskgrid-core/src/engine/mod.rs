@@ -142,6 +142,17 @@ pub enum SubmitError {
     },
 }
 
+impl SubmitError {
+    /// Whether it is about one task's own fields (what a batch names by
+    /// the task's place), not about the batch or the queue as a whole.
+    pub fn is_field_error(&self) -> bool {
+        matches!(
+            self,
+            SubmitError::Invalid { .. } | SubmitError::PayloadTooLarge { .. }
+        )
+    }
+}
+
 /// A command about an existing task or attempt that the engine refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -64,8 +64,18 @@ pub(crate) async fn submit_batch(
             format!("a batch holds at most {} tasks", s.config.max_batch),
         ));
     }
+    let one = req.tasks.len() == 1;
     let tasks = req.tasks.into_iter().map(to_task).collect();
-    let handles = s.system.submit_batch(tasks).await?;
+    let handles = s.system.submit_batch(tasks).await.map_err(|e| match e {
+        // The engine names a task's place only in batches of more than one.
+        taskgrid_runtime::Error::Submit(error) if one && error.is_field_error() => {
+            taskgrid_runtime::Error::Submit(taskgrid_core::SubmitError::InBatch {
+                index: 0,
+                error: Box::new(error),
+            })
+        }
+        e => e,
+    })?;
     let ids = handles.iter().map(|h| h.id()).collect();
     Ok((StatusCode::CREATED, Json(BatchResponse { ids })))
 }
@@ -102,7 +112,7 @@ pub(crate) async fn list(
         after: q.cursor,
         newest_first: q.order == Some(ListOrder::Newest),
         // One more than asked: whether there is a next page.
-        limit: limit + 1,
+        limit: limit.saturating_add(1),
     };
     let mut tasks: Vec<TaskView> = s
         .system

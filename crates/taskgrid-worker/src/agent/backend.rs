@@ -74,13 +74,17 @@ impl ContextBackend for Remote {
         let shared = self.shared.clone();
         let self_attempt = self.attempt;
         Box::pin(async move {
-            let spec_json = api_form(&spec).map_err(TaskError::fatal)?;
+            // Both forms: coordinators that predate `api_spec_json` read
+            // `spec_json`.
+            let api_spec_json = api_form(&spec).map_err(TaskError::fatal)?;
+            let spec_json = serde_json::to_string(&spec).map_err(TaskError::fatal)?;
             let ack = shared
                 .request(|request_id| {
                     In::Spawn(worker::Spawn {
                         parent: Some(taskgrid_proto::attempt_ref(parent, self_attempt)),
                         spec_json,
                         request_id,
+                        api_spec_json,
                     })
                 })
                 .await
@@ -183,8 +187,9 @@ fn api_form(spec: &TaskSpec) -> serde_json::Result<String> {
         if let Some(kind) = obj.get_mut("kind").and_then(Value::as_object_mut)
             && let Some(Value::String(text)) = kind.get("payload")
         {
-            let payload =
-                serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()));
+            // A payload is JSON text (the SDK builds it so); one that is not
+            // is refused rather than sent on changed.
+            let payload: Value = serde_json::from_str(text)?;
             kind.insert("payload".into(), payload);
         }
     }
@@ -221,5 +226,8 @@ mod tests {
         let (back, times) = req.into_spec();
         assert_eq!(back, spec, "{json}");
         assert_eq!((times.delay, times.expires_in), (None, None));
+        // A payload that is not JSON text is refused, not sent on changed.
+        let bad = TaskSpec::new(TaskKind::handler("resize", "not json"));
+        assert!(api_form(&bad).is_err());
     }
 }

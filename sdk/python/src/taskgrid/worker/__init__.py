@@ -133,7 +133,7 @@ class Context:
         """Submits a subtask (the HTTP API's submit form, e.g.
         ``{"kind": {"type": "handler", "name": "x", "payload": 1}}``) whose
         parent is this task; returns its id once it is committed."""
-        msg = pb.WorkerMessage(spawn=pb.Spawn(parent=self._ref(), spec_json=json.dumps(request)))
+        msg = pb.WorkerMessage(spawn=pb.Spawn(parent=self._ref(), api_spec_json=json.dumps(request)))
         ack = await self._worker._request(msg, "spawn", self)
         return ack.task_id
 

@@ -159,14 +159,16 @@ class Checkpoint(_message.Message):
     def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., data_json: _Optional[str] = ..., request_id: _Optional[int] = ...) -> None: ...
 
 class Spawn(_message.Message):
-    __slots__ = ("parent", "spec_json", "request_id")
+    __slots__ = ("parent", "spec_json", "request_id", "api_spec_json")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    API_SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     parent: AttemptRef
     spec_json: str
     request_id: int
-    def __init__(self, parent: _Optional[_Union[AttemptRef, _Mapping]] = ..., spec_json: _Optional[str] = ..., request_id: _Optional[int] = ...) -> None: ...
+    api_spec_json: str
+    def __init__(self, parent: _Optional[_Union[AttemptRef, _Mapping]] = ..., spec_json: _Optional[str] = ..., request_id: _Optional[int] = ..., api_spec_json: _Optional[str] = ...) -> None: ...
 
 class Result(_message.Message):
     __slots__ = ("attempt", "succeeded", "failed", "timed_out", "cancelled", "exit_code", "signal", "duration_ms", "cpu_seconds", "peak_rss_bytes")
