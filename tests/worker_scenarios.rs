@@ -11,11 +11,17 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use taskgrid_api::SubmitRequest;
 use taskgrid_core::{State, TaskId};
-use taskgrid_runtime::{Task, TaskError};
+use taskgrid_runtime::{HandlerResult, Task, TaskContext, TaskError};
 use taskgrid_worker::{Worker, WorkerConfig};
 use util::{Server, await_state, await_worker};
 
 const SCENARIOS: &str = include_str!("../sdk/python/tests/scenarios.json");
+
+/// `{"n": N}` → `{"n": 2N}`.
+async fn double(ctx: TaskContext) -> HandlerResult {
+    let p: Value = ctx.payload()?;
+    Ok(json!({"n": p["n"].as_u64().unwrap_or(0) * 2}))
+}
 
 /// The handlers of the scenarios, as `sdk/python/tests/app.py` has them.
 fn worker(url: String) -> Worker {
@@ -23,14 +29,9 @@ fn worker(url: String) -> Worker {
     config.id = "rust-scenarios".into();
     config.slots = 4;
     Worker::with_config(config)
-        .handler("double", |ctx| async move {
-            let p: Value = ctx.payload()?;
-            Ok(json!({"n": p["n"].as_u64().unwrap_or(0) * 2}))
-        })
-        .handler("adouble", |ctx| async move {
-            let p: Value = ctx.payload()?;
-            Ok(json!({"n": p["n"].as_u64().unwrap_or(0) * 2}))
-        })
+        // (Python's sync and async handlers are one kind here.)
+        .handler("double", double)
+        .handler("adouble", double)
         .handler("boom", |_ctx| async move {
             Err::<Value, _>(TaskError::failed("it went wrong"))
         })

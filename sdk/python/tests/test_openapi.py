@@ -83,7 +83,7 @@ def test_what_the_server_sends_matches_the_document(server: Server) -> None:
     """Every event of a run (submitted, state with errors and results,
     output, progress, checkpoint), a stream reset, and the answers of the
     main routes, validated against their schemas."""
-    from test_worker import InProcess  # a Python worker, for progress and checkpoints
+    from test_worker import InProcess, sse  # a Python worker, for progress and checkpoints
 
     rust = subprocess.Popen([taskgrid_bin(), "worker", "--server", server.url, "--id", "rust", "--slots", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -92,7 +92,6 @@ def test_what_the_server_sends_matches_the_document(server: Server) -> None:
     try:
         events = []
         with httpx.stream("GET", f"{server.url}/api/v1/events", timeout=30) as stream:
-            lines = stream.iter_lines()
             ids = [
                 http.post("/api/v1/tasks", json=body).json()["id"]
                 for body in (
@@ -103,10 +102,8 @@ def test_what_the_server_sends_matches_the_document(server: Server) -> None:
                 )
             ]
             ended = set()
-            for line in lines:
-                if not line.startswith("data:"):
-                    continue
-                ev = json.loads(line[5:])
+            for raw in sse(stream):
+                ev = json.loads(raw["data"])
                 events.append(ev)
                 if ev["event"] == "state" and ev["to"] in ("succeeded", "failed", "cancelled", "timed_out", "expired"):
                     ended.add(ev["id"])
@@ -118,13 +115,8 @@ def test_what_the_server_sends_matches_the_document(server: Server) -> None:
             _check("TaskEvent", e)
         # A resume from an id of no process of this coordinator: a reset.
         with httpx.stream("GET", f"{server.url}/api/v1/events", headers={"Last-Event-ID": "1"}, timeout=30) as stream:
-            event, data = None, None
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:"):
-                    data = json.loads(line[5:])
-                    break
+            first = next(sse(stream))
+            event, data = first.get("event"), json.loads(first["data"])
         assert event == "reset", (event, data)
         _check("StreamReset", data)
         for id in ids:

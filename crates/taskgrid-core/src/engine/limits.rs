@@ -303,6 +303,20 @@ impl KeyState {
     }
 }
 
+/// Whether the class of the queued task at `place` can be dispatched now:
+/// a connected worker could run it and its queue is not paused.
+fn dispatchable(
+    tasks: &super::table::Table,
+    classes: &[super::dispatch::Class],
+    queues: &HashMap<Arc<str>, super::QueueState>,
+    p: &Place,
+) -> bool {
+    tasks.get(&p.2).is_some_and(|e| {
+        let c = &classes[e.class.0 as usize];
+        !c.capable.is_empty() && !queues.get(c.key_queue()).is_some_and(|q| q.paused)
+    })
+}
+
 /// What holds a limited key's parked tasks back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyLimitView {
@@ -355,8 +369,8 @@ impl Engine {
         self.keys.get_mut(key)
     }
 
-    /// A task of `key` (class, place) entered `queued`: into its class,
-    /// or parked if its key may not start it now.
+    /// A task of `key` (class, place) entered `queued`: into its class, or
+    /// parked for its key (the caller settles the key afterwards).
     pub(super) fn make_ready(
         &mut self,
         class: super::ClassId,
@@ -368,7 +382,6 @@ impl Engine {
             && let Some(ks) = self.key_state(k, now)
         {
             ks.parked.insert(place);
-            self.settle_key(k, now);
             return;
         }
         self.classes[class.0 as usize].ready.insert(place);
@@ -412,13 +425,7 @@ impl Engine {
             return;
         };
         let (tasks, classes, queues) = (&self.tasks, &self.classes, &self.queues);
-        let class_of = |p: &Place| tasks.get(&p.2).map(|e| e.class);
-        let can_dispatch = |p: &Place| {
-            class_of(p).is_some_and(|c| {
-                let c = &classes[c.0 as usize];
-                !c.capable.is_empty() && !queues.get(c.key_queue()).is_some_and(|q| q.paused)
-            })
-        };
+        let can_dispatch = |p: &Place| dispatchable(tasks, classes, queues, p);
         let allowance = ks.allowance(now);
         // (place, into its class or out of it)
         let mut moves: Vec<(Place, bool)> = Vec::new();
@@ -509,12 +516,7 @@ impl Engine {
             return;
         }
         let (tasks, classes, queues) = (&self.tasks, &self.classes, &self.queues);
-        let can_dispatch = |p: &Place| {
-            tasks.get(&p.2).is_some_and(|e| {
-                let c = &classes[e.class.0 as usize];
-                !c.capable.is_empty() && !queues.get(c.key_queue()).is_some_and(|q| q.paused)
-            })
-        };
+        let can_dispatch = |p: &Place| dispatchable(tasks, classes, queues, p);
         let mut demoted: Vec<Place> = Vec::new();
         for ks in self.keys.values_mut() {
             ks.parked.append(&mut ks.stalled);

@@ -389,6 +389,8 @@ impl Engine {
             // Its start spent a token before the restart; buckets start
             // full after one.
             self.key_out(k, true, false, now);
+        }
+        if let Some(k) = &key {
             self.settle_key(k, now);
         }
     }

@@ -513,21 +513,26 @@ class Worker:
         self._loop.call_later(ACCEPT_AFTER, self._accept, r)
 
     def _accept(self, r: _Running) -> None:
-        if r.result is None and not r.dropped and not r.accepted:
+        """The deferred accept: only for an attempt still running."""
+        if r.result is None:
+            self._accept_once(r)
+
+    def _accept_once(self, r: _Running) -> bool:
+        """Sends `r`'s accept unless it went already; whether the attempt
+        is still this worker's."""
+        if r.dropped:
+            return False
+        if not r.accepted:
             r.accepted = True
             self._send_soon(pb.WorkerMessage(accept=pb.Accept(attempt=r.ctx._ref())))
+        return True
 
     def _accept_for(self, ctx: Context) -> bool:
         """Accepts `ctx`'s attempt now if it was not yet (the coordinator
         takes what an attempt says only once it runs, even when its result
         is already on its way); whether it is still this worker's."""
         r = self._running.get((ctx.task_id, ctx.attempt))
-        if r is None or r.dropped:
-            return False
-        if not r.accepted:
-            r.accepted = True
-            self._send_soon(pb.WorkerMessage(accept=pb.Accept(attempt=r.ctx._ref())))
-        return True
+        return r is not None and self._accept_once(r)
 
     def _send_for(self, ctx: Context, msg: pb.WorkerMessage) -> None:
         """Sends a message about `ctx`'s attempt (on the loop's thread)."""
