@@ -317,7 +317,7 @@ fn dispatchable(
     })
 }
 
-/// What holds a limited key's parked tasks back.
+/// A limited key's limits and where its tasks stand (`GET /api/v1/limits`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyLimitView {
     /// The key.
