@@ -234,22 +234,41 @@ fn instants() -> impl Strategy<Value = Timestamp> {
     })
 }
 
-/// Whether `t` is a local time the zone actually has at that instant (it
-/// always is: an instant maps to one local time) and whether that local
-/// time would fall in a gap (never, by construction) — the property that
-/// matters is that each fire is a real instant matching the expression.
+/// Whether `t` is a fire of `expr` in `tz`: its local time matches the
+/// expression, or `t` is the first instant after a spring-forward gap and
+/// the expression matches a wall-clock minute the gap skipped (such a fire
+/// runs once, right after the gap).
 fn matches(expr: &str, tz: &str, t: Timestamp) -> bool {
     let spec = cron_in(expr, tz);
     let Ok(Compiled::Cron(cron, zone)) = spec.compile() else {
         return false;
     };
     let secs = i64::try_from(t.as_micros() / 1_000_000).expect("fits");
-    let local = Utc
-        .timestamp_opt(secs, 0)
-        .single()
-        .expect("valid")
-        .with_timezone(&zone);
-    cron.is_time_matching(&local).unwrap_or(false)
+    let local = |secs: i64| {
+        Utc.timestamp_opt(secs, 0)
+            .single()
+            .expect("valid")
+            .with_timezone(&zone)
+            .naive_local()
+    };
+    // Match on wall-clock fields: the same naive time read as UTC.
+    let wall = |naive: chrono::NaiveDateTime| {
+        cron.is_time_matching(&Utc.from_utc_datetime(&naive))
+            .unwrap_or(false)
+    };
+    let at = local(secs);
+    if wall(at) {
+        return true;
+    }
+    let gap_start = local(secs - 1) + chrono::TimeDelta::seconds(1);
+    let mut skipped = gap_start;
+    while skipped < at {
+        if wall(skipped) {
+            return true;
+        }
+        skipped += chrono::TimeDelta::seconds(1);
+    }
+    false
 }
 
 proptest! {
