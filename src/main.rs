@@ -99,6 +99,13 @@ fn async_threads() -> usize {
 }
 
 fn main() -> std::process::ExitCode {
+    // The worker's spawner (see `taskgrid_worker::Spawner`): first, before
+    // any runtime or thread starts, so that it stays small.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(taskgrid_worker::SPAWNER_ARG))
+    {
+        return taskgrid_worker::serve_spawner();
+    }
     // The configuration file's values become the defaults of the flags
     // (below their environment variables), then clap parses as usual.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();

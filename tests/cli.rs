@@ -8,7 +8,7 @@ mod util;
 use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 
-use taskgrid_core::TaskId;
+use taskgrid_core::{State, TaskId};
 use util::{Proc, Server, await_state, await_worker, taskgrid, worker};
 
 /// A coordinator on a fresh data dir and one worker `w1` with one slot,
@@ -784,7 +784,7 @@ async fn only_a_working_container_runtime_is_advertised() {
     let nowhere = submit(&["--dispatch-timeout", "300ms"]);
     await_state(&client, nowhere, None).await;
     let status = client.get(nowhere).await.unwrap().task.status;
-    assert_eq!(status.state, taskgrid_core::State::Failed);
+    assert_eq!(status.state, State::Failed);
     let error = status.error.unwrap();
     assert_eq!(
         error.code,
@@ -818,7 +818,7 @@ async fn only_a_working_container_runtime_is_advertised() {
     let ran = submit(&[]);
     await_state(&client, ran, None).await;
     let status = client.get(ran).await.unwrap().task.status;
-    assert_eq!(status.state, taskgrid_core::State::Succeeded);
+    assert_eq!(status.state, State::Succeeded);
     assert_eq!(status.worker.unwrap().as_str(), "boxed");
 }
 
@@ -913,7 +913,7 @@ async fn schedule_commands_define_fire_pause_explain_and_backfill() {
     let id: TaskId = fires[0]["task"].as_str().unwrap().parse().unwrap();
     let client = server.client(None);
     let state = await_state(&client, id, None).await;
-    assert_eq!(state, taskgrid_core::State::Succeeded);
+    assert_eq!(state, State::Succeeded);
     let task = client.get(id).await.unwrap();
     let tags = &task.task.spec.tags;
     assert!(tags.iter().any(|t| t == "schedule:nightly"), "{tags:?}");
@@ -1138,7 +1138,7 @@ async fn queue_limits_and_pause_from_the_command_line() {
     let id: TaskId = first.trim().parse().unwrap();
     assert_eq!(
         client.get(id).await.unwrap().task.status.state,
-        taskgrid_core::State::Queued
+        State::Queued
     );
     // It waits because of the pause, as explain says.
     let why = client.explain(id).await.unwrap();
@@ -1147,10 +1147,7 @@ async fn queue_limits_and_pause_from_the_command_line() {
     let (code, out, _) = run(&["queue", "resume", "--server", &url, "capped"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("dispatching"), "{out}");
-    assert_eq!(
-        await_state(&client, id, None).await,
-        taskgrid_core::State::Succeeded
-    );
+    assert_eq!(await_state(&client, id, None).await, State::Succeeded);
     let (code, _, err) = run(&["server", "--queue-limit", "nolimit", "--data-dir", "x"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("QUEUE=N"), "{err}");
@@ -1274,10 +1271,7 @@ async fn a_configuration_file_sets_server_and_worker_flags() {
         .find(|w| w.id.as_str() == "from-the-file")
         .unwrap();
     assert_eq!(w.slots, 1);
-    assert_eq!(
-        await_state(&client, first, None).await,
-        taskgrid_core::State::Succeeded
-    );
+    assert_eq!(await_state(&client, first, None).await, State::Succeeded);
 
     // `config check`: each value with its origin; the environment wins.
     let out = in_dir()
@@ -1473,10 +1467,7 @@ async fn tls_serves_clients_and_workers_and_says_what_is_set_up_wrong() {
         ],
     );
     await_worker(&client, "w-tls").await;
-    assert_eq!(
-        await_state(&client, id, None).await,
-        taskgrid_core::State::Succeeded
-    );
+    assert_eq!(await_state(&client, id, None).await, State::Succeeded);
 
     // Each worker set up wrong ends with what to change.
     let plain_dir = tempfile::tempdir().unwrap();
@@ -1650,10 +1641,7 @@ async fn coordinators_are_found_over_mdns() {
     let _w = worker(&auto, "w-mdns", &["--worker-token", "wt"]);
     let client = server.client(None);
     await_worker(&client, "w-mdns").await;
-    assert_eq!(
-        await_state(&client, id, None).await,
-        taskgrid_core::State::Succeeded
-    );
+    assert_eq!(await_state(&client, id, None).await, State::Succeeded);
 
     let quiet_dir = tempfile::tempdir().unwrap();
     let quiet = format!("{name}-quiet");
@@ -1694,10 +1682,7 @@ async fn workers_report_their_host_load_memory_and_disk() {
     assert_eq!(w.max_load, Some(1000.0));
     // Under its (high) threshold, it runs work.
     let id = submit_true(&url, &[]);
-    assert_eq!(
-        await_state(&client, id, None).await,
-        taskgrid_core::State::Succeeded
-    );
+    assert_eq!(await_state(&client, id, None).await, State::Succeeded);
     let out = taskgrid()
         .args(["workers", "--server", &url])
         .output()
@@ -1887,4 +1872,88 @@ async fn limits_hold_tasks_across_two_workers_and_explain_says_which() {
     ]);
     assert_eq!(code, Some(2));
     assert!(err.contains("at least 1"), "{err}");
+}
+
+/// `taskgrid submit -- ARGS…` against `server`; the new task's id.
+fn submit_argv(server: &Server, args: &[&str]) -> TaskId {
+    let out = taskgrid()
+        .args(["submit", "--server", &server.url(), "--"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A process's peak resident memory (`VmHWM`), in bytes.
+fn peak_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat[stat.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .next();
+        !matches!(state, Some("Z" | "X"))
+    })
+}
+
+/// A real worker starts its shell tasks through its spawner: a tiny task's
+/// peak memory is its own, well under the worker's size (a child of the
+/// worker would report at least that); and a worker killed with -9 takes
+/// its tasks' processes with it (the spawner sees its socket close).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_tasks_report_their_own_peak_and_end_with_the_worker() {
+    let (_dir, server, mut w) = grid().await;
+    let client = server.client(None);
+
+    let id = submit_argv(&server, &["echo", "hi"]);
+    assert_eq!(await_state(&client, id, None).await, State::Succeeded);
+    let usage = client.get(id).await.unwrap().attempts[0].usage.unwrap();
+    let worker_peak = peak_of(w.0.id());
+    assert!(
+        usage.peak_rss_bytes > 0 && usage.peak_rss_bytes < worker_peak,
+        "echo's peak {} bytes, the worker's {worker_peak}",
+        usage.peak_rss_bytes
+    );
+
+    let id = submit_argv(&server, &["sh", "-c", r#"echo "pid $$"; exec sleep 1000"#]);
+    let mut output = client.follow_output(id, 0).await.unwrap();
+    let mut text = String::new();
+    let pid: u32 = loop {
+        match output.next().await {
+            Some(Ok(taskgrid_client::FollowItem::Chunk(c))) => text.push_str(&c.data),
+            other => panic!("the task's output ended: {other:?} after {text:?}"),
+        }
+        if let Some(pid) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("pid "))
+            .and_then(|p| p.parse().ok())
+        {
+            break pid;
+        }
+    };
+    assert!(alive(pid));
+    w.kill9();
+    // The spawner kills the group as soon as it reads the end of its socket.
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while alive(pid) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the task's process outlived its worker");
 }

@@ -102,6 +102,9 @@ impl Args {
         }
         c.prefetch = self.prefetch;
         c.cgroup_every_task = self.cgroup_every_task;
+        // This binary serves `__spawner` (see `main`): tasks in no cgroup
+        // then report their own peak memory.
+        c.spawner = std::env::current_exe().ok();
         for l in &self.labels {
             let (k, v) = l.split_once('=').unwrap_or((l, ""));
             anyhow::ensure!(

@@ -63,6 +63,6 @@ pub mod exec;
 pub use agent::{ATTEMPT_VAR, TASK_ID_VAR, Worker, WorkerConfig, WorkerError, WorkerTls};
 
 pub use exec::{
-    ContainerRuntime, ExecLimits, ExecReport, ShellInput, ShellPolicy, StopReason, cgroups,
-    run_container, run_shell,
+    ContainerRuntime, ExecLimits, ExecReport, SPAWNER_ARG, ShellInput, ShellPolicy, Spawner,
+    StopReason, cgroups, run_container, run_shell, serve_spawner,
 };

@@ -54,6 +54,13 @@ pub struct WorkerConfig {
     /// limits: exact peak memory and CPU seconds for every task, at about a
     /// millisecond of kernel work per attempt.
     pub cgroup_every_task: bool,
+    /// The program to start as the spawner of shell tasks (see
+    /// [`Spawner`](crate::Spawner)): a taskgrid build whose `main` serves
+    /// [`SPAWNER_ARG`](crate::SPAWNER_ARG), such as the `taskgrid` binary.
+    /// With it, a task that runs in no cgroup reports its own peak memory;
+    /// without it (the default, since a program embedding the worker may
+    /// not serve that argument), such a task's peak is not measured (0).
+    pub spawner: Option<std::path::PathBuf>,
     /// Queues served; all when empty.
     pub queues: Vec<String>,
     /// Which programs shell tasks may run.
@@ -136,6 +143,7 @@ impl WorkerConfig {
             slots: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             prefetch: 0,
             cgroup_every_task: false,
+            spawner: None,
             queues: Vec::new(),
             shell: ShellPolicy::Any,
             container: None,

@@ -256,6 +256,7 @@ async fn execute(
                     resources: taskgrid_proto::resources_of(a),
                     stdin: a.stdin.as_deref(),
                     own_cgroup: c.cgroup_every_task,
+                    spawner: shared.spawner.as_ref(),
                 };
                 crate::run_shell(&spec, input, timeout, &c.limits, &c.shell, stop, out_tx).await
             }

@@ -43,6 +43,8 @@ pub(super) struct Shared {
     next_request: AtomicU64,
     /// This process's instance id, the same on every reconnect.
     instance: String,
+    /// Starts shell tasks that run in no cgroup, when configured.
+    pub(super) spawner: Option<crate::Spawner>,
 }
 
 fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -186,8 +188,20 @@ pub(super) async fn run(
         tracing::warn!("container tasks disabled: {why}");
         config.container = None;
     }
+    let spawner = config.spawner.as_deref().and_then(|program| {
+        crate::Spawner::start(program)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "cannot start the spawner {}: {e}; the peak memory of tasks in no cgroup \
+                     is not measured",
+                    program.display()
+                );
+            })
+            .ok()
+    });
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
+        spawner,
         config,
         handlers,
         attempts: Mutex::new(HashMap::new()),

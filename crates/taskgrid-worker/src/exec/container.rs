@@ -142,7 +142,7 @@ pub async fn run_container(
         cgroup: None,
         stdin: None,
     };
-    match process::supervise(cmd, attempt, stopper).await {
+    match process::supervise(process::Launcher::Command(cmd), attempt, stopper).await {
         Supervised::NotStarted(reason) => ExecReport::not_started(exit::stopped_outcome(reason)),
         Supervised::SpawnFailed(e) => ExecReport::not_started(Outcome::failed(format!(
             "cannot start the container runtime {}: {e}",

@@ -60,6 +60,23 @@
 //! worker process exits). The workspace forbids `unsafe`, so `wait4` comes from the small
 //! `wait4` crate, `waitid`/`killpg` from `nix` and `pidfd_open` from `rustix`.
 //!
+//! ## The spawner
+//!
+//! Linux counts in a process's `ru_maxrss` the memory it replaced at
+//! `exec`: for a child of the worker, the worker's whole size. So a shell
+//! attempt in no cgroup is started, where the worker was given one, by a
+//! [`Spawner`]: a fresh `exec` of the worker's program (`taskgrid
+//! __spawner`) that does nothing else, so the task's peak is its own (or
+//! the spawner's ~7 MiB, for a task smaller than that). The spawner
+//! receives the child's pipes over a Unix socket, reaps it exactly as above
+//! and sends back its status and `rusage`; signals go through it, under the
+//! same lock as its reaping. It kills every task it still runs when the
+//! worker's end of the socket closes, even on `kill -9`. Without it (a
+//! program embedding the worker that does not serve `__spawner`, or a
+//! spawner that died), the worker spawns by itself and a task's peak memory
+//! is reported as 0 when it is no more than the worker's own: not
+//! measured, rather than wrong.
+//!
 //! Dropping a `run_*` future before it finishes kills the process group with
 //! `SIGKILL` (a container is removed with `<runtime> rm -f`).
 //!
@@ -73,6 +90,45 @@ mod output;
 mod policy;
 mod process;
 mod shell;
+#[cfg(target_os = "linux")]
+mod spawner;
+#[cfg(not(target_os = "linux"))]
+mod spawner {
+    //! The spawner is Linux-only: elsewhere the worker spawns by itself.
+    use std::io;
+    use std::path::Path;
+    use std::process::ExitCode;
+
+    /// The first argument that makes the worker's program a spawner.
+    pub const SPAWNER_ARG: &str = "__spawner";
+
+    /// A spawner process; none can be started on this OS.
+    #[derive(Debug)]
+    pub struct Spawner(());
+
+    impl Spawner {
+        /// Always fails here: the spawner is Linux-only.
+        pub fn start(_program: &Path) -> io::Result<Spawner> {
+            Err(io::Error::from(io::ErrorKind::Unsupported))
+        }
+
+        /// Never: none can be started.
+        pub fn is_alive(&self) -> bool {
+            false
+        }
+
+        /// None: none can be started.
+        pub fn pid(&self) -> u32 {
+            0
+        }
+    }
+
+    /// Refuses to run: the spawner is Linux-only.
+    pub fn serve() -> ExitCode {
+        eprintln!("taskgrid: the spawner runs on Linux only");
+        ExitCode::from(2)
+    }
+}
 
 #[cfg(test)]
 mod tests;
@@ -85,6 +141,7 @@ pub use cgroup::{available as cgroups, machine_memory};
 pub use container::{ContainerRuntime, run_container};
 pub use policy::ShellPolicy;
 pub use shell::{ShellInput, run_shell};
+pub use spawner::{SPAWNER_ARG, Spawner, serve as serve_spawner};
 pub use taskgrid_core::StopReason;
 
 /// Limits that apply to every attempt an executor runs.
@@ -145,9 +202,10 @@ pub struct ExecReport {
     pub cpu_seconds: f64,
     /// Peak memory in bytes: of the attempt's cgroup (all its processes)
     /// when it ran in one (a task with limits), else the `ru_maxrss` of
-    /// the main process or the largest descendant it waited for — zero
-    /// (not measured) when that is no more than the worker's own peak,
-    /// which a forked child's figure starts from. Zero for containers.
+    /// the main process or the largest descendant it waited for. Started
+    /// by a [`Spawner`], that figure is at least the spawner's size (~7
+    /// MiB); spawned by the worker itself, it starts from the worker's, so
+    /// it is zero (not measured) when no larger. Zero for containers.
     pub peak_rss_bytes: u64,
     /// Whether output past [`ExecLimits::max_output_bytes`] was discarded.
     pub output_truncated: bool,

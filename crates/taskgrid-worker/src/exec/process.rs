@@ -5,6 +5,8 @@
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -19,6 +21,38 @@ use super::cgroup::AttemptGroup;
 use super::container;
 use super::group::{ProcessGroup, Reaped, spawn_reaper};
 use super::output::{OutputSink, pump};
+
+/// What to start: the parts of a `std::process::Command` that a shell task
+/// sets.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Launch {
+    /// The file to execute, or a bare name for the OS to look up.
+    pub(crate) exec: PathBuf,
+    /// `argv[0]` when it differs from `exec`.
+    pub(crate) arg0: Option<String>,
+    /// The arguments after `argv[0]`.
+    pub(crate) args: Vec<String>,
+    /// The working directory, if not the worker's.
+    pub(crate) cwd: Option<String>,
+    /// Variables added to the worker's environment.
+    pub(crate) env: Vec<(String, String)>,
+}
+
+impl Launch {
+    /// The same as a command, to spawn here.
+    pub(crate) fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.exec);
+        if let Some(arg0) = &self.arg0 {
+            cmd.arg0(arg0);
+        }
+        cmd.args(&self.args);
+        if let Some(cwd) = &self.cwd {
+            cmd.current_dir(cwd);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+}
 
 /// What one attempt is given besides its command.
 pub(crate) struct Attempt<'a> {
@@ -67,10 +101,145 @@ pub(crate) enum Supervised {
     },
 }
 
-/// Runs `cmd` in its own process group until it and its group are gone,
-/// streaming its output, enforcing the timeout and obeying stop requests.
+/// How the attempt's process is started.
+pub(crate) enum Launcher<'a> {
+    /// Spawned by the worker itself.
+    Command(std::process::Command),
+    /// Spawned by the spawner process (see [`spawner`](super::spawner)).
+    #[cfg(target_os = "linux")]
+    Spawner(&'a super::spawner::Spawner, super::spawner::Launch),
+    #[cfg(not(target_os = "linux"))]
+    #[doc(hidden)]
+    _Never(std::marker::PhantomData<&'a ()>),
+}
+
+/// Who signals the attempt's process group.
+#[derive(Debug, Clone)]
+enum Signaller {
+    Local(ProcessGroup),
+    #[cfg(target_os = "linux")]
+    Remote(super::spawner::RemoteGroup, i32),
+}
+
+impl Signaller {
+    fn signal(&self, sig: Signal) {
+        match self {
+            Signaller::Local(group) => group.signal(sig),
+            #[cfg(target_os = "linux")]
+            Signaller::Remote(group, _) => group.signal(sig),
+        }
+    }
+
+    fn id(&self) -> i32 {
+        match self {
+            Signaller::Local(group) => group.id(),
+            #[cfg(target_os = "linux")]
+            Signaller::Remote(_, pgid) => *pgid,
+        }
+    }
+}
+
+/// A started process: its streams, who signals it and who reaps it.
+struct Started {
+    input: Option<std::process::ChildStdin>,
+    stdout: tokio::process::ChildStdout,
+    stderr: tokio::process::ChildStderr,
+    group: Signaller,
+    waiter: JoinHandle<io::Result<Reaped>>,
+    guard: KillOnDrop,
+}
+
+/// Starts the process with piped output (and input when there is some)
+/// in a process group of its own.
+async fn start(
+    launcher: Launcher<'_>,
+    cgroup: Option<&AttemptGroup>,
+    stdin: bool,
+    stopper: &Stopper,
+) -> io::Result<Started> {
+    match launcher {
+        Launcher::Command(mut cmd) => {
+            cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
+            let mut child = match cgroup {
+                Some(group) => group.spawn(&mut cmd)?,
+                None => cmd.spawn()?,
+            };
+            let group = ProcessGroup::new(child.id());
+            let guard = KillOnDrop {
+                group: Signaller::Local(group.clone()),
+                stopper: stopper.clone(),
+                armed: true,
+            };
+            let input = child.stdin.take();
+            let pipes = take_pipes(&mut child);
+            let waiter = spawn_reaper(child, group.clone());
+            let (stdout, stderr) = pipes?; // on an error the guard kills it
+            Ok(Started {
+                input,
+                stdout,
+                stderr,
+                group: Signaller::Local(group),
+                waiter,
+                guard,
+            })
+        }
+        #[cfg(target_os = "linux")]
+        Launcher::Spawner(spawner, launch) => {
+            use std::os::fd::OwnedFd;
+            let (input, child_in) = if stdin {
+                let (r, w) = std::io::pipe()?;
+                (
+                    Some(std::process::ChildStdin::from(OwnedFd::from(w))),
+                    Some(OwnedFd::from(r)),
+                )
+            } else {
+                (None, None)
+            };
+            let (out_r, out_w) = std::io::pipe()?;
+            let (err_r, err_w) = std::io::pipe()?;
+            let child = spawner
+                .spawn(&launch, child_in, out_w.into(), err_w.into())
+                .await?;
+            // Pids fit in a pid_t; the cast cannot wrap.
+            let group = Signaller::Remote(child.group(), child.pid as i32);
+            let guard = KillOnDrop {
+                group: group.clone(),
+                stopper: stopper.clone(),
+                armed: true,
+            };
+            let exit = child.exit;
+            let waiter = tokio::spawn(async move {
+                exit.await
+                    .unwrap_or_else(|_| Err(io::Error::other("the spawner process ended")))
+            });
+            let stdout = tokio::process::ChildStdout::from_std(std::process::ChildStdout::from(
+                OwnedFd::from(out_r),
+            ))?;
+            let stderr = tokio::process::ChildStderr::from_std(std::process::ChildStderr::from(
+                OwnedFd::from(err_r),
+            ))?;
+            Ok(Started {
+                input,
+                stdout,
+                stderr,
+                group,
+                waiter,
+                guard,
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        Launcher::_Never(_) => Err(io::Error::from(io::ErrorKind::Unsupported)),
+    }
+}
+
+/// Runs the attempt's process in its own process group until it and its
+/// group are gone, streaming its output, enforcing the timeout and obeying
+/// stop requests.
 pub(crate) async fn supervise(
-    mut cmd: std::process::Command,
+    launcher: Launcher<'_>,
     attempt: Attempt<'_>,
     stopper: Stopper,
 ) -> Supervised {
@@ -85,35 +254,17 @@ pub(crate) async fn supervise(
     if let Some(reason) = *stop.borrow() {
         return Supervised::NotStarted(reason);
     }
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .process_group(0);
     let started = Instant::now();
-    let spawned = match cgroup {
-        Some(group) => group.spawn(&mut cmd),
-        None => cmd.spawn(),
-    };
-    let mut child = match spawned {
-        Ok(child) => child,
+    let Started {
+        input,
+        stdout,
+        stderr,
+        group,
+        waiter,
+        mut guard,
+    } = match start(launcher, cgroup, stdin.is_some(), &stopper).await {
+        Ok(s) => s,
         Err(e) => return Supervised::SpawnFailed(e),
-    };
-    let group = ProcessGroup::new(child.id());
-    let mut guard = KillOnDrop {
-        group: group.clone(),
-        stopper: stopper.clone(),
-        armed: true,
-    };
-    let input = child.stdin.take();
-    let pipes = take_pipes(&mut child);
-    let waiter = spawn_reaper(child, group.clone());
-    let (stdout, stderr) = match pipes {
-        Ok(pipes) => pipes,
-        Err(e) => return Supervised::SpawnFailed(e), // the guard kills it
     };
 
     let sink = OutputSink::new(output, limits.max_output_bytes);
@@ -146,7 +297,7 @@ pub(crate) async fn supervise(
 /// the process and escalates to `SIGKILL` after the grace.
 async fn control(
     mut waiter: JoinHandle<io::Result<Reaped>>,
-    group: &ProcessGroup,
+    group: &Signaller,
     stopper: &Stopper,
     deadline: Option<Instant>,
     limits: &ExecLimits,
@@ -259,7 +410,7 @@ fn take_pipes(
 
 /// Kills the group if the attempt's future is dropped before it ended.
 struct KillOnDrop {
-    group: ProcessGroup,
+    group: Signaller,
     stopper: Stopper,
     armed: bool,
 }

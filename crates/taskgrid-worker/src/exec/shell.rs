@@ -4,7 +4,6 @@
 //! worker's.
 
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,7 +13,8 @@ use tokio::sync::{mpsc, watch};
 use super::cgroup::AttemptGroup;
 use super::exit::{self, never};
 use super::policy::Program;
-use super::process::{self, Attempt, Stopper, Supervised};
+use super::process::{self, Attempt, Launch, Launcher, Stopper, Supervised};
+use super::spawner::Spawner;
 use super::{ExecLimits, ExecReport, ShellPolicy};
 
 /// What a shell attempt is given besides its spec.
@@ -27,6 +27,9 @@ pub struct ShellInput<'a> {
     /// Run in a cgroup of its own even without limits (exact peak memory
     /// and CPU seconds, for about a millisecond of kernel work).
     pub own_cgroup: bool,
+    /// Started by this spawner when the attempt runs in no cgroup (its
+    /// peak memory then is its own, not the worker's; see [`Spawner`]).
+    pub spawner: Option<&'a Spawner>,
 }
 
 /// Runs a shell task to its end.
@@ -78,7 +81,8 @@ pub async fn run_shell(
     if let Err(message) = validate(spec, &program) {
         return ExecReport::not_started(never(message));
     }
-    let mut cmd = command(spec, &program);
+    let launch = launch(spec, &program);
+    let mut cmd = launch.command();
     let resources = input.resources;
     // A group costs about a millisecond of kernel work per attempt (making,
     // joining and removing it), as much as a short task itself: only an
@@ -102,7 +106,19 @@ pub async fn run_shell(
         cgroup: cgroup.as_ref(),
         stdin: input.stdin,
     };
-    match process::supervise(cmd, attempt, Stopper::Group).await {
+    // In no cgroup, and not wrapped for an `RLIMIT_AS`: the spawner can
+    // start it, so that its peak memory is its own.
+    let launcher = match input.spawner {
+        #[cfg(target_os = "linux")]
+        Some(spawner)
+            if cgroup.is_none() && resources.memory_bytes.is_none() && spawner.is_alive() =>
+        {
+            Launcher::Spawner(spawner, launch)
+        }
+        _ => Launcher::Command(cmd),
+    };
+    let measured_alone = !matches!(launcher, Launcher::Command(_));
+    match process::supervise(launcher, attempt, Stopper::Group).await {
         Supervised::NotStarted(reason) => ExecReport::not_started(exit::stopped_outcome(reason)),
         Supervised::SpawnFailed(e) => ExecReport::not_started(spawn_failure(&program.name, &e)),
         Supervised::Ended {
@@ -113,7 +129,7 @@ pub async fn run_shell(
         } => {
             let mut report =
                 exit::report(exit, stopped, duration, output_truncated, exit::plain_code);
-            if cgroup.is_none() && report.peak_rss_bytes <= own_peak_rss() {
+            if cgroup.is_none() && !measured_alone && report.peak_rss_bytes <= own_peak_rss() {
                 // A child starts as a copy of the worker, and the kernel
                 // counts that copy's size in its peak (`ru_maxrss`): a
                 // figure no larger than the worker's own says nothing of
@@ -174,22 +190,23 @@ fn bytes(b: u64) -> String {
     }
 }
 
-fn command(spec: &ShellSpec, program: &Program) -> std::process::Command {
-    let mut cmd = std::process::Command::new(&program.exec);
-    if let Some(arg0) = &program.arg0 {
-        cmd.arg0(arg0);
-    }
-    cmd.args(&program.args);
+fn launch(spec: &ShellSpec, program: &Program) -> Launch {
+    let mut env: Vec<(String, String)> = Vec::with_capacity(spec.env.len() + 1);
     if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(cwd);
         // Shells trust an inherited $PWD that names the current directory;
         // the worker's own would be wrong here.
         if Path::new(cwd).is_absolute() {
-            cmd.env("PWD", cwd);
+            env.push(("PWD".to_owned(), cwd.clone()));
         }
     }
-    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
-    cmd
+    env.extend(spec.env.iter().cloned());
+    Launch {
+        exec: program.exec.clone(),
+        arg0: program.arg0.clone(),
+        args: program.args.clone(),
+        cwd: spec.cwd.clone(),
+        env,
+    }
 }
 
 /// Refuses what `exec` would reject, with a message that says what.

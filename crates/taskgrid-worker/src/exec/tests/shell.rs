@@ -31,6 +31,7 @@ async fn run_input(
             resources,
             stdin: stdin.as_deref(),
             own_cgroup,
+            spawner: None,
         };
         run_shell(&spec, input, None, &limits(), &ShellPolicy::Any, stop, out).await
     })

@@ -1,0 +1,622 @@
+//! The spawner: a small helper process that starts the worker's shell
+//! tasks, so that a task's peak memory is its own.
+//!
+//! Linux counts in a process's `ru_maxrss` the peak of the memory it
+//! replaced at `exec` — for a child of the worker, the worker's own size
+//! (15–30 MiB), whether it was forked or spawned with `vfork`. A task
+//! started by the spawner, a fresh `exec` of the worker's program that
+//! does nothing else, starts from the spawner's size instead (about
+//! 1–2 MiB), so `echo` reports what `echo` used. A task in a cgroup is
+//! measured by its group and does not need it.
+//!
+//! The worker starts it once (`PROGRAM __spawner`, with one end of a
+//! `SOCK_SEQPACKET` socket pair as its standard input) and talks to it in
+//! JSON messages, one per packet:
+//!
+//! - `spawn`: a program, its arguments, directory and environment, with
+//!   the child's standard output, error and (optionally) input attached as
+//!   `SCM_RIGHTS`. The spawner starts it in a process group of its own and
+//!   answers `spawned` with its pid, or `failed` with the OS error.
+//! - `signal`: a signal for an attempt's process group, sent only while its
+//!   leader is not reaped (the same lock as the worker's own groups), so it
+//!   never reaches a recycled id.
+//! - `exited`: when the leader exited and the rest of its group is dead
+//!   (the same reaping as [`group`](super::group): `waitid(WNOWAIT)`,
+//!   `SIGKILL` to the group, `wait4`), its wait status and `rusage`.
+//!
+//! When the worker goes away (its end of the socket closes, even on
+//! `kill -9`), the spawner kills every group it started and exits: no task
+//! outlives the worker that ran it. If the spawner dies, the attempts it
+//! was running end with an error and the worker spawns later tasks itself.
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nix::sys::signal::Signal;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
+
+use super::group::{ProcessGroup, Reaped, reap};
+pub(crate) use super::process::Launch;
+
+/// The first argument that makes the worker's program a spawner (see
+/// [`serve`]).
+pub const SPAWNER_ARG: &str = "__spawner";
+
+/// Followed by a variable's name: the spawner removes it from the
+/// environment of the tasks it starts (unless a task sets it).
+const UNSET_ARG: &str = "--unset";
+
+/// mimalloc's option that keeps its first arena from being committed (and
+/// made resident) at start-up.
+const LAZY_ARENA: (&str, &str) = ("MIMALLOC_ARENA_EAGER_COMMIT", "0");
+
+/// The largest message, either way. A spawn request holds the program, its
+/// arguments and its environment; a larger one is spawned by the worker
+/// itself.
+const MAX_MESSAGE: usize = 256 << 10;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Request {
+    /// Start `launch`; the packet carries stdout, stderr and, when `stdin`,
+    /// standard input.
+    Spawn {
+        id: u64,
+        launch: Launch,
+        stdin: bool,
+    },
+    /// Send `signal` to the group of attempt `id`, unless it is reaped.
+    Signal { id: u64, signal: i32 },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Reply {
+    Spawned {
+        id: u64,
+        pid: u32,
+    },
+    Failed {
+        id: u64,
+        errno: Option<i32>,
+        message: String,
+    },
+    Exited {
+        id: u64,
+        /// The raw wait status.
+        status: i32,
+        cpu_seconds: f64,
+        peak_rss_bytes: u64,
+    },
+    /// The leader could not be reaped.
+    Lost {
+        id: u64,
+        message: String,
+    },
+}
+
+// ---------------------------------------------------------------- worker side
+
+/// A running spawner, as the worker holds it. Dropping it closes the
+/// socket: the spawner kills what it still runs and exits.
+#[derive(Debug)]
+pub struct Spawner {
+    inner: Arc<Inner>,
+    pid: u32,
+}
+
+#[derive(Debug)]
+struct Inner {
+    socket: AsyncFd<OwnedFd>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next: AtomicU64,
+    alive: AtomicBool,
+    /// Set when the worker lets it go (not a death to report).
+    closing: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// The child's pid, once it is spawned.
+    pid: Option<u32>,
+    spawned: Option<oneshot::Sender<io::Result<u32>>>,
+    exited: Option<oneshot::Sender<io::Result<Reaped>>>,
+}
+
+/// A child the spawner started.
+#[derive(Debug)]
+pub(crate) struct RemoteChild {
+    /// Its pid (and process group id).
+    pub(crate) pid: u32,
+    /// Resolves when it was reaped and its group is dead.
+    pub(crate) exit: oneshot::Receiver<io::Result<Reaped>>,
+    handle: RemoteGroup,
+}
+
+impl RemoteChild {
+    /// The handle that signals its group.
+    pub(crate) fn group(&self) -> RemoteGroup {
+        self.handle.clone()
+    }
+}
+
+/// Signals one attempt's group through the spawner.
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteGroup {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl RemoteGroup {
+    /// Asks the spawner to signal the group (a no-op once it is reaped).
+    pub(crate) fn signal(&self, sig: Signal) {
+        let req = Request::Signal {
+            id: self.id,
+            signal: sig as i32,
+        };
+        if let Err(e) = self.inner.send_now(&req, &[]) {
+            tracing::warn!(error = %e, %sig, "cannot ask the spawner to signal a task");
+        }
+    }
+}
+
+impl Spawner {
+    /// Starts `program __spawner` and returns its handle. `program` must be
+    /// a build of taskgrid whose `main` calls [`serve`] for that argument
+    /// (the `taskgrid` binary does). Needs a Tokio runtime.
+    pub fn start(program: &Path) -> io::Result<Spawner> {
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        rustix::io::ioctl_fionbio(&ours, true)?;
+        let mut cmd = std::process::Command::new(program);
+        cmd.arg(SPAWNER_ARG);
+        // The allocator commits its first arena eagerly (~4 MiB resident),
+        // which every task would count in its peak: not in the spawner. The
+        // variable is unset again for the tasks it starts.
+        if std::env::var_os(LAZY_ARENA.0).is_none() {
+            cmd.env(LAZY_ARENA.0, LAZY_ARENA.1)
+                .arg(UNSET_ARG)
+                .arg(LAZY_ARENA.0);
+        }
+        let mut child = cmd
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .spawn()?;
+        let pid = child.id();
+        // Reaped by a thread of its own; it ends when the socket closes.
+        std::thread::Builder::new()
+            .name("taskgrid-spawner-reaper".into())
+            .spawn(move || match child.wait() {
+                Ok(s) if s.success() => {}
+                Ok(s) => tracing::warn!(status = %s, "the spawner ended"),
+                Err(e) => tracing::warn!(error = %e, "cannot reap the spawner"),
+            })?;
+        #[allow(deprecated)] // see `group::exit_notice`: an owned fd cannot be swapped
+        let socket = AsyncFd::with_interest(ours, Interest::READABLE | Interest::WRITABLE)?;
+        let inner = Arc::new(Inner {
+            socket,
+            pending: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            alive: AtomicBool::new(true),
+            closing: AtomicBool::new(false),
+        });
+        tokio::spawn(read_replies(inner.clone()));
+        Ok(Spawner { inner, pid })
+    }
+
+    /// The spawner process's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether it still runs (after it died, the worker spawns by itself).
+    pub fn is_alive(&self) -> bool {
+        self.inner.alive.load(Ordering::Acquire)
+    }
+
+    /// Starts `launch` with these descriptors as its standard streams.
+    pub(crate) async fn spawn(
+        &self,
+        launch: &Launch,
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> io::Result<RemoteChild> {
+        let inner = &self.inner;
+        let id = inner.next.fetch_add(1, Ordering::Relaxed);
+        let (spawned_tx, spawned_rx) = oneshot::channel();
+        let (exited_tx, exited_rx) = oneshot::channel();
+        inner.pending().insert(
+            id,
+            Pending {
+                pid: None,
+                spawned: Some(spawned_tx),
+                exited: Some(exited_tx),
+            },
+        );
+        if !self.is_alive() {
+            inner.pending().remove(&id);
+            return Err(gone());
+        }
+        let req = Request::Spawn {
+            id,
+            launch: launch.clone(),
+            stdin: stdin.is_some(),
+        };
+        let mut fds = vec![stdout.as_fd(), stderr.as_fd()];
+        if let Some(fd) = &stdin {
+            fds.push(fd.as_fd());
+        }
+        if let Err(e) = inner.send(&req, &fds).await {
+            inner.pending().remove(&id);
+            return Err(e);
+        }
+        // Ours are closed now: the child holds the only write ends.
+        drop((stdin, stdout, stderr));
+        let pid = spawned_rx.await.unwrap_or_else(|_| Err(gone()))?;
+        Ok(RemoteChild {
+            pid,
+            exit: exited_rx,
+            handle: RemoteGroup {
+                inner: inner.clone(),
+                id,
+            },
+        })
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        // The reader holds the socket too: shut it down so that both the
+        // spawner and the reader see its end.
+        self.inner.closing.store(true, Ordering::Release);
+        let _ = rustix::net::shutdown(self.inner.socket.get_ref(), rustix::net::Shutdown::Both);
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::other("the spawner process ended")
+}
+
+impl Inner {
+    fn pending(&self) -> MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends one message, waiting for room.
+    async fn send(&self, req: &Request, fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+        let body = encode(req)?;
+        loop {
+            let mut ready = self.socket.writable().await?;
+            match send_packet(self.socket.get_ref(), &body, fds) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends one message now (a signal: from `Drop` too, so it cannot wait).
+    fn send_now(&self, req: &Request, fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+        send_packet(self.socket.get_ref(), &encode(req)?, fds)
+    }
+
+    /// The spawner is gone: every attempt waiting on it ends with an error,
+    /// and the groups it ran are killed (nobody else would: they are
+    /// orphans now). Their leaders were alive a moment ago and their group
+    /// ids stay taken while any member lives, so the signal cannot reach a
+    /// recycled group but in a race with its own end.
+    fn fail_all(&self) {
+        self.alive.store(false, Ordering::Release);
+        let pending = std::mem::take(&mut *self.pending());
+        for (_, p) in pending {
+            if let Some(pid) = p.pid.and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            if let Some(tx) = p.spawned {
+                let _ = tx.send(Err(gone()));
+            }
+            if let Some(tx) = p.exited {
+                let _ = tx.send(Err(gone()));
+            }
+        }
+    }
+}
+
+async fn read_replies(inner: Arc<Inner>) {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let mut ready = match inner.socket.readable().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read from the spawner");
+                break;
+            }
+        };
+        let (n, _) = match recv_packet(inner.socket.get_ref(), &mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ready.clear_ready();
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read from the spawner");
+                break;
+            }
+            Ok((0, _)) => break, // closed
+            Ok(got) => got,
+        };
+        match serde_json::from_slice::<Reply>(&buf[..n]) {
+            Ok(reply) => deliver(&inner, reply),
+            Err(e) => tracing::warn!(error = %e, "a reply from the spawner makes no sense"),
+        }
+    }
+    if !inner.closing.load(Ordering::Acquire) {
+        tracing::warn!(
+            "the spawner process ended: the tasks it ran are ended, and the worker starts \
+             tasks itself from now on (their peak memory is not measured below its own size)"
+        );
+    }
+    inner.fail_all();
+}
+
+fn deliver(inner: &Inner, reply: Reply) {
+    let mut pending = inner.pending();
+    match reply {
+        Reply::Spawned { id, pid } => {
+            if let Some(p) = pending.get_mut(&id) {
+                p.pid = Some(pid);
+                if let Some(tx) = p.spawned.take() {
+                    let _ = tx.send(Ok(pid));
+                }
+            }
+        }
+        Reply::Failed { id, errno, message } => {
+            if let Some(tx) = pending.remove(&id).and_then(|p| p.spawned) {
+                let e = match errno {
+                    Some(errno) => io::Error::from_raw_os_error(errno),
+                    None => io::Error::other(message),
+                };
+                let _ = tx.send(Err(e));
+            }
+        }
+        Reply::Exited {
+            id,
+            status,
+            cpu_seconds,
+            peak_rss_bytes,
+        } => {
+            if let Some(tx) = pending.remove(&id).and_then(|p| p.exited) {
+                let _ = tx.send(Ok(Reaped {
+                    status: ExitStatus::from_raw(status),
+                    cpu_seconds,
+                    peak_rss_bytes,
+                }));
+            }
+        }
+        Reply::Lost { id, message } => {
+            if let Some(tx) = pending.remove(&id).and_then(|p| p.exited) {
+                let _ = tx.send(Err(io::Error::other(message)));
+            }
+        }
+    }
+}
+
+// --------------------------------------------------------------- spawner side
+
+/// Runs the spawner on its standard input (the worker's socket) until the
+/// worker closes it. Call it first thing in `main` when the first argument
+/// is [`SPAWNER_ARG`], before any runtime or thread starts: the smaller
+/// this process, the closer a task's peak memory to its own.
+pub fn serve() -> ExitCode {
+    let socket = match io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("taskgrid spawner: no socket on standard input: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut unset = Vec::new();
+    let mut args = std::env::args_os().skip(2);
+    while let Some(arg) = args.next() {
+        match (arg.to_str(), args.next()) {
+            (Some(UNSET_ARG), Some(name)) => unset.push(name),
+            _ => {
+                eprintln!("taskgrid spawner: unexpected argument {arg:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let socket = Arc::new(socket);
+    let groups: Arc<Mutex<HashMap<u64, ProcessGroup>>> = Arc::default();
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let (n, fds) = match recv_packet(&socket, &mut buf) {
+            Ok((0, _)) => break,
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("taskgrid spawner: cannot read from the worker: {e}");
+                break;
+            }
+        };
+        match serde_json::from_slice::<Request>(&buf[..n]) {
+            Ok(Request::Spawn { id, launch, stdin }) => {
+                start(&socket, &groups, id, &launch, &unset, stdin, fds);
+            }
+            Ok(Request::Signal { id, signal }) => {
+                let group = lock(&groups).get(&id).cloned();
+                if let (Some(group), Ok(sig)) = (group, Signal::try_from(signal)) {
+                    group.signal(sig);
+                }
+            }
+            Err(e) => eprintln!("taskgrid spawner: a request makes no sense: {e}"),
+        }
+    }
+    // The worker is gone: so are its tasks.
+    for group in lock(&groups).values() {
+        group.signal(Signal::SIGKILL);
+    }
+    ExitCode::SUCCESS
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn start(
+    socket: &Arc<OwnedFd>,
+    groups: &Arc<Mutex<HashMap<u64, ProcessGroup>>>,
+    id: u64,
+    launch: &Launch,
+    unset: &[std::ffi::OsString],
+    stdin: bool,
+    fds: Vec<OwnedFd>,
+) {
+    let reply = |r: &Reply| {
+        if let Err(e) = encode(r).and_then(|b| send_packet(socket, &b, &[])) {
+            eprintln!("taskgrid spawner: cannot answer the worker: {e}");
+        }
+    };
+    let expected = if stdin { 3 } else { 2 };
+    if fds.len() != expected {
+        return reply(&Reply::Failed {
+            id,
+            errno: None,
+            message: format!("expected {expected} descriptors, got {}", fds.len()),
+        });
+    }
+    let mut fds = fds.into_iter();
+    let (Some(out), Some(err)) = (fds.next(), fds.next()) else {
+        return;
+    };
+    let mut cmd = launch.command();
+    for name in unset {
+        if !launch.env.iter().any(|(k, _)| name == k.as_str()) {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .stdin(fds.next().map_or_else(Stdio::null, Stdio::from))
+        .process_group(0);
+    let child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return reply(&Reply::Failed {
+                id,
+                errno: e.raw_os_error(),
+                message: e.to_string(),
+            });
+        }
+    };
+    drop(cmd); // closes our copies of the child's streams
+    let group = ProcessGroup::new(child.id());
+    lock(groups).insert(id, group.clone());
+    reply(&Reply::Spawned {
+        id,
+        pid: child.id(),
+    });
+    let socket = socket.clone();
+    let groups = groups.clone();
+    let reaper = move || {
+        let answer = match reap(child, &group) {
+            Ok(r) => Reply::Exited {
+                id,
+                status: r.status.into_raw(),
+                cpu_seconds: r.cpu_seconds,
+                peak_rss_bytes: r.peak_rss_bytes,
+            },
+            Err(e) => Reply::Lost {
+                id,
+                message: format!("cannot reap the task's process: {e}"),
+            },
+        };
+        lock(&groups).remove(&id);
+        if let Err(e) = encode(&answer).and_then(|b| send_packet(&socket, &b, &[])) {
+            eprintln!("taskgrid spawner: cannot answer the worker: {e}");
+        }
+    };
+    // A small stack: it only waits.
+    if let Err(e) = std::thread::Builder::new()
+        .stack_size(128 << 10)
+        .spawn(reaper)
+    {
+        eprintln!("taskgrid spawner: cannot start a reaping thread: {e}");
+    }
+}
+
+// ------------------------------------------------------------------- packets
+
+fn encode<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
+    let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    if body.len() > MAX_MESSAGE {
+        return Err(io::Error::other(format!(
+            "a message to the spawner of {} bytes is over its {} KiB",
+            body.len(),
+            MAX_MESSAGE >> 10
+        )));
+    }
+    Ok(body)
+}
+
+fn send_packet(
+    socket: &OwnedFd,
+    body: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> io::Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("too many descriptors for one message"));
+    }
+    let sent = rustix::net::sendmsg(
+        socket,
+        &[IoSlice::new(body)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    if sent != body.len() {
+        return Err(io::Error::other("a message to the spawner was cut short"));
+    }
+    Ok(())
+}
+
+/// One packet and the descriptors it carried (close-on-exec, so that no
+/// other task inherits them).
+fn recv_packet(socket: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        socket,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(got) = m {
+            fds.extend(got);
+        }
+    }
+    if msg.flags.contains(rustix::net::ReturnFlags::TRUNC) {
+        return Err(io::Error::other("a message from the spawner was cut short"));
+    }
+    Ok((msg.bytes, fds))
+}
