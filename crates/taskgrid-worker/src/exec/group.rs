@@ -194,6 +194,23 @@ fn kill_then_reap(child: Child, group: &ProcessGroup) -> io::Result<wait4::ResUs
     res
 }
 
+/// For the spawner's reaping thread, which saw the leader exit with
+/// `waitid(P_ALL, WNOWAIT)`: kills the rest of its group, then reaps it.
+#[cfg(target_os = "linux")]
+pub(crate) fn reap_exited(child: Child, group: &ProcessGroup) -> io::Result<Reaped> {
+    reaped(kill_then_reap(child, group)?)
+}
+
+/// Whether any process (a zombie included) is left in the group.
+pub(crate) fn outlived(group: &ProcessGroup) -> bool {
+    killpg(group.pgid, None).is_ok()
+}
+
+/// Waits (briefly) until no live process is left in the group.
+pub(crate) fn await_exit(group: &ProcessGroup) {
+    await_group_exit(group.pgid);
+}
+
 /// Elsewhere the leader is reaped first; the group id stays reserved while
 /// any member lives, so only an empty group's id could be reused.
 #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]

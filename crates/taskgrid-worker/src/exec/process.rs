@@ -13,7 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use taskgrid_core::{StopReason, Stream};
 use tokio::sync::{mpsc, watch};
-use tokio::task::{JoinError, JoinHandle};
+use tokio::task::JoinError;
 use tokio::time::Instant;
 
 use super::ExecLimits;
@@ -118,7 +118,7 @@ pub(crate) enum Launcher<'a> {
 enum Signaller {
     Local(ProcessGroup),
     #[cfg(target_os = "linux")]
-    Remote(super::spawner::RemoteGroup, i32),
+    Remote(super::spawner::RemoteGroup),
 }
 
 impl Signaller {
@@ -126,15 +126,16 @@ impl Signaller {
         match self {
             Signaller::Local(group) => group.signal(sig),
             #[cfg(target_os = "linux")]
-            Signaller::Remote(group, _) => group.signal(sig),
+            Signaller::Remote(group) => group.signal(sig),
         }
     }
 
-    fn id(&self) -> i32 {
+    /// The group's id, where this process knows it (for logs).
+    fn id(&self) -> Option<i32> {
         match self {
-            Signaller::Local(group) => group.id(),
+            Signaller::Local(group) => Some(group.id()),
             #[cfg(target_os = "linux")]
-            Signaller::Remote(_, pgid) => *pgid,
+            Signaller::Remote(_) => None,
         }
     }
 }
@@ -145,8 +146,35 @@ struct Started {
     stdout: tokio::process::ChildStdout,
     stderr: tokio::process::ChildStderr,
     group: Signaller,
-    waiter: JoinHandle<io::Result<Reaped>>,
+    waiter: Waiter,
     guard: KillOnDrop,
+}
+
+/// Resolves once the process is reaped and its group is dead.
+type Waiter = std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<Reaped>> + Send>>;
+
+/// A spawn by the spawner that failed, carried in the waiter's error.
+#[derive(Debug)]
+struct SpawnFailure(io::Error);
+
+impl std::fmt::Display for SpawnFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SpawnFailure {}
+
+/// The spawn error inside `e`, if the process was never started.
+fn spawn_failure(e: io::Error) -> Result<io::Error, io::Error> {
+    if e.get_ref().is_some_and(|i| i.is::<SpawnFailure>()) {
+        let inner = e.into_inner().map(|i| i.downcast::<SpawnFailure>());
+        if let Some(Ok(f)) = inner {
+            return Ok(f.0);
+        }
+        return Err(io::Error::other("a spawn failure was lost"));
+    }
+    Err(e)
 }
 
 /// Starts the process with piped output (and input when there is some)
@@ -175,7 +203,8 @@ async fn start(
             };
             let input = child.stdin.take();
             let pipes = take_pipes(&mut child);
-            let waiter = spawn_reaper(child, group.clone());
+            let reaper = spawn_reaper(child, group.clone());
+            let waiter: Waiter = Box::pin(async move { joined(reaper.await) });
             let (stdout, stderr) = pipes?; // on an error the guard kills it
             Ok(Started {
                 input,
@@ -203,17 +232,23 @@ async fn start(
             let child = spawner
                 .spawn(&launch, child_in, out_w.into(), err_w.into())
                 .await?;
-            // Pids fit in a pid_t; the cast cannot wrap.
-            let group = Signaller::Remote(child.group(), child.pid as i32);
+            let group = Signaller::Remote(child.group());
             let guard = KillOnDrop {
                 group: group.clone(),
                 stopper: stopper.clone(),
                 armed: true,
             };
-            let exit = child.exit;
-            let waiter = tokio::spawn(async move {
-                exit.await
-                    .unwrap_or_else(|_| Err(io::Error::other("the spawner process ended")))
+            // The output is read from now on; whether the spawn worked is
+            // learnt on the way to the exit (a failed one ends it).
+            let (spawned, exit) = (child.spawned, child.exit);
+            let gone = || io::Error::other("the spawner process ended");
+            let waiter: Waiter = Box::pin(async move {
+                match spawned.await {
+                    Ok(Ok(_pid)) => {}
+                    Ok(Err(e)) => return Err(io::Error::other(SpawnFailure(e))),
+                    Err(_) => return Err(gone()),
+                }
+                exit.await.unwrap_or_else(|_| Err(gone()))
             });
             let stdout = tokio::process::ChildStdout::from_std(std::process::ChildStdout::from(
                 OwnedFd::from(out_r),
@@ -285,6 +320,13 @@ pub(crate) async fn supervise(
         feed,
     );
     guard.armed = false;
+    let exit = match exit {
+        Err(e) => match spawn_failure(e) {
+            Ok(e) => return Supervised::SpawnFailed(e),
+            Err(e) => Err(e),
+        },
+        ok => ok,
+    };
     Supervised::Ended {
         exit,
         stopped,
@@ -296,7 +338,7 @@ pub(crate) async fn supervise(
 /// Waits for the process, a stop request or the deadline; on a stop, stops
 /// the process and escalates to `SIGKILL` after the grace.
 async fn control(
-    mut waiter: JoinHandle<io::Result<Reaped>>,
+    mut waiter: Waiter,
     group: &Signaller,
     stopper: &Stopper,
     deadline: Option<Instant>,
@@ -305,7 +347,7 @@ async fn control(
 ) -> (io::Result<Reaped>, Option<StopReason>) {
     let reason = tokio::select! {
         biased; // a process that already ended reports its own exit
-        exit = &mut waiter => return (joined(exit), None),
+        exit = &mut waiter => return (exit, None),
         reason = stop_requested(&mut stop) => reason,
         () = sleep_until(deadline) => StopReason::Timeout,
     };
@@ -333,7 +375,7 @@ async fn control(
             exit
         }
     };
-    (joined(exit), Some(reason))
+    (exit, Some(reason))
 }
 
 /// Resolves with the first stop request; never if none comes.

@@ -5,9 +5,9 @@
 //! replaced at `exec` — for a child of the worker, the worker's own size
 //! (15–30 MiB), whether it was forked or spawned with `vfork`. A task
 //! started by the spawner, a fresh `exec` of the worker's program that
-//! does nothing else, starts from the spawner's size instead (about
-//! 1–2 MiB), so `echo` reports what `echo` used. A task in a cgroup is
-//! measured by its group and does not need it.
+//! does nothing else, starts from the spawner's size instead (~7 MiB for a
+//! release build), so a task's peak is its own wherever it is larger than
+//! that. A task in a cgroup is measured by its group and does not need it.
 //!
 //! The worker starts it once (`PROGRAM __spawner`, with one end of a
 //! `SOCK_SEQPACKET` socket pair as its standard input) and talks to it in
@@ -16,13 +16,15 @@
 //! - `spawn`: a program, its arguments, directory and environment, with
 //!   the child's standard output, error and (optionally) input attached as
 //!   `SCM_RIGHTS`. The spawner starts it in a process group of its own and
-//!   answers `spawned` with its pid, or `failed` with the OS error.
+//!   answers `spawned` with its pid, or `failed` with the OS error (the
+//!   worker reads the output meanwhile: a failed spawn ends the attempt).
 //! - `signal`: a signal for an attempt's process group, sent only while its
 //!   leader is not reaped (the same lock as the worker's own groups), so it
 //!   never reaches a recycled id.
 //! - `exited`: when the leader exited and the rest of its group is dead
-//!   (the same reaping as [`group`](super::group): `waitid(WNOWAIT)`,
-//!   `SIGKILL` to the group, `wait4`), its wait status and `rusage`.
+//!   (the same reaping as [`group`](super::group), by one thread for all
+//!   children: `waitid(P_ALL, WNOWAIT)`, `SIGKILL` to the group, `wait4`),
+//!   its wait status and `rusage`.
 //!
 //! When the worker goes away (its end of the socket closes, even on
 //! `kill -9`), the spawner kills every group it started and exits: no task
@@ -37,7 +39,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{ExitCode, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use nix::sys::signal::Signal;
 use rustix::net::{
@@ -49,7 +51,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
-use super::group::{ProcessGroup, Reaped, reap};
+use super::group::{self, ProcessGroup, Reaped};
 pub(crate) use super::process::Launch;
 
 /// The first argument that makes the worker's program a spawner (see
@@ -83,7 +85,7 @@ enum Request {
     Signal { id: u64, signal: i32 },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Reply {
     Spawned {
@@ -137,11 +139,11 @@ struct Pending {
     exited: Option<oneshot::Sender<io::Result<Reaped>>>,
 }
 
-/// A child the spawner started.
+/// A child the spawner was asked to start.
 #[derive(Debug)]
 pub(crate) struct RemoteChild {
-    /// Its pid (and process group id).
-    pub(crate) pid: u32,
+    /// Its pid (and process group id) once started, or why it was not.
+    pub(crate) spawned: oneshot::Receiver<io::Result<u32>>,
     /// Resolves when it was reaped and its group is dead.
     pub(crate) exit: oneshot::Receiver<io::Result<Reaped>>,
     handle: RemoteGroup,
@@ -232,7 +234,8 @@ impl Spawner {
         self.inner.alive.load(Ordering::Acquire)
     }
 
-    /// Starts `launch` with these descriptors as its standard streams.
+    /// Asks for `launch` to be started with these descriptors as its
+    /// standard streams; [`RemoteChild::spawned`] says whether it was.
     pub(crate) async fn spawn(
         &self,
         launch: &Launch,
@@ -271,9 +274,8 @@ impl Spawner {
         }
         // Ours are closed now: the child holds the only write ends.
         drop((stdin, stdout, stderr));
-        let pid = spawned_rx.await.unwrap_or_else(|_| Err(gone()))?;
         Ok(RemoteChild {
-            pid,
+            spawned: spawned_rx,
             exit: exited_rx,
             handle: RemoteGroup {
                 inner: inner.clone(),
@@ -444,7 +446,18 @@ pub fn serve() -> ExitCode {
         }
     }
     let socket = Arc::new(socket);
-    let groups: Arc<Mutex<HashMap<u64, ProcessGroup>>> = Arc::default();
+    let children = Arc::new(Children::default());
+    {
+        let (socket, children) = (socket.clone(), children.clone());
+        if let Err(e) = std::thread::Builder::new()
+            .name("reaper".into())
+            .stack_size(256 << 10)
+            .spawn(move || reap_all(&socket, &children))
+        {
+            eprintln!("taskgrid spawner: cannot start the reaping thread: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         let (n, fds) = match recv_packet(&socket, &mut buf) {
@@ -458,10 +471,10 @@ pub fn serve() -> ExitCode {
         };
         match serde_json::from_slice::<Request>(&buf[..n]) {
             Ok(Request::Spawn { id, launch, stdin }) => {
-                start(&socket, &groups, id, &launch, &unset, stdin, fds);
+                start(&socket, &children, id, &launch, &unset, stdin, fds);
             }
             Ok(Request::Signal { id, signal }) => {
-                let group = lock(&groups).get(&id).cloned();
+                let group = lock(&children.groups).get(&id).cloned();
                 if let (Some(group), Ok(sig)) = (group, Signal::try_from(signal)) {
                     group.signal(sig);
                 }
@@ -470,7 +483,7 @@ pub fn serve() -> ExitCode {
         }
     }
     // The worker is gone: so are its tasks.
-    for group in lock(&groups).values() {
+    for group in lock(&children.groups).values() {
         group.signal(Signal::SIGKILL);
     }
     ExitCode::SUCCESS
@@ -480,27 +493,48 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A task the spawner started and has not reaped.
+struct Running {
+    id: u64,
+    child: std::process::Child,
+    group: ProcessGroup,
+}
+
+/// What the spawner runs: by pid for the reaping thread, by attempt for
+/// signals (until the attempt's end is sent).
+#[derive(Default)]
+struct Children {
+    by_pid: Mutex<HashMap<u32, Running>>,
+    groups: Mutex<HashMap<u64, ProcessGroup>>,
+    /// Signalled when `by_pid` gains a child.
+    started: Condvar,
+}
+
+fn reply(socket: &OwnedFd, r: &Reply) {
+    if let Err(e) = encode(r).and_then(|b| send_packet(socket, &b, &[])) {
+        eprintln!("taskgrid spawner: cannot answer the worker: {e}");
+    }
+}
+
 fn start(
-    socket: &Arc<OwnedFd>,
-    groups: &Arc<Mutex<HashMap<u64, ProcessGroup>>>,
+    socket: &OwnedFd,
+    children: &Children,
     id: u64,
     launch: &Launch,
     unset: &[std::ffi::OsString],
     stdin: bool,
     fds: Vec<OwnedFd>,
 ) {
-    let reply = |r: &Reply| {
-        if let Err(e) = encode(r).and_then(|b| send_packet(socket, &b, &[])) {
-            eprintln!("taskgrid spawner: cannot answer the worker: {e}");
-        }
-    };
     let expected = if stdin { 3 } else { 2 };
     if fds.len() != expected {
-        return reply(&Reply::Failed {
-            id,
-            errno: None,
-            message: format!("expected {expected} descriptors, got {}", fds.len()),
-        });
+        return reply(
+            socket,
+            &Reply::Failed {
+                id,
+                errno: None,
+                message: format!("expected {expected} descriptors, got {}", fds.len()),
+            },
+        );
     }
     let mut fds = fds.into_iter();
     let (Some(out), Some(err)) = (fds.next(), fds.next()) else {
@@ -516,27 +550,70 @@ fn start(
         .stderr(Stdio::from(err))
         .stdin(fds.next().map_or_else(Stdio::null, Stdio::from))
         .process_group(0);
+    // Held from the spawn until `spawned` is sent: the reaping thread
+    // cannot take the child (and answer its end) before that.
+    let mut by_pid = lock(&children.by_pid);
     let child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
-            return reply(&Reply::Failed {
-                id,
-                errno: e.raw_os_error(),
-                message: e.to_string(),
-            });
+            return reply(
+                socket,
+                &Reply::Failed {
+                    id,
+                    errno: e.raw_os_error(),
+                    message: e.to_string(),
+                },
+            );
         }
     };
     drop(cmd); // closes our copies of the child's streams
-    let group = ProcessGroup::new(child.id());
-    lock(groups).insert(id, group.clone());
-    reply(&Reply::Spawned {
-        id,
-        pid: child.id(),
-    });
-    let socket = socket.clone();
-    let groups = groups.clone();
-    let reaper = move || {
-        let answer = match reap(child, &group) {
+    let pid = child.id();
+    let group = ProcessGroup::new(pid);
+    lock(&children.groups).insert(id, group.clone());
+    by_pid.insert(pid, Running { id, child, group });
+    reply(socket, &Reply::Spawned { id, pid });
+    drop(by_pid);
+    children.started.notify_one();
+}
+
+/// The reaping thread: waits for any child to exit (`waitid(P_ALL,
+/// WNOWAIT)`, so it stays a zombie and its group id reserved), kills the
+/// rest of its group, reaps it with `wait4` and sends its end. A group
+/// that outlives its leader is waited for on a thread of its own.
+fn reap_all(socket: &Arc<OwnedFd>, children: &Arc<Children>) {
+    use nix::errno::Errno;
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    loop {
+        {
+            let mut by_pid = lock(&children.by_pid);
+            while by_pid.is_empty() {
+                by_pid = children
+                    .started
+                    .wait(by_pid)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        let pid = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(status) => match status.pid() {
+                Some(pid) => pid,
+                None => continue,
+            },
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                eprintln!("taskgrid spawner: cannot wait for the tasks: {e}");
+                return;
+            }
+        };
+        let Some(Running { id, child, group }) = u32::try_from(pid.as_raw())
+            .ok()
+            .and_then(|p| lock(&children.by_pid).remove(&p))
+        else {
+            // Not one of ours (it cannot be: the spawner starts nothing
+            // else); reap it so that the wait does not see it again.
+            let _ = nix::sys::wait::waitpid(pid, None);
+            continue;
+        };
+        let answer = match group::reap_exited(child, &group) {
             Ok(r) => Reply::Exited {
                 id,
                 status: r.status.into_raw(),
@@ -548,17 +625,25 @@ fn start(
                 message: format!("cannot reap the task's process: {e}"),
             },
         };
-        lock(&groups).remove(&id);
-        if let Err(e) = encode(&answer).and_then(|b| send_packet(&socket, &b, &[])) {
-            eprintln!("taskgrid spawner: cannot answer the worker: {e}");
+        let finish = move |socket: &OwnedFd, children: &Children, answer: &Reply| {
+            lock(&children.groups).remove(&id);
+            reply(socket, answer);
+        };
+        if group::outlived(&group) {
+            let (s, c, a) = (socket.clone(), children.clone(), answer.clone());
+            let spawned = std::thread::Builder::new()
+                .stack_size(128 << 10)
+                .spawn(move || {
+                    group::await_exit(&group);
+                    finish(&s, &c, &a);
+                });
+            if let Err(e) = spawned {
+                eprintln!("taskgrid spawner: cannot start a thread: {e}");
+                finish(socket, children, &answer);
+            }
+        } else {
+            finish(socket, children, &answer);
         }
-    };
-    // A small stack: it only waits.
-    if let Err(e) = std::thread::Builder::new()
-        .stack_size(128 << 10)
-        .spawn(reaper)
-    {
-        eprintln!("taskgrid spawner: cannot start a reaping thread: {e}");
     }
 }
 
