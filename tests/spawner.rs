@@ -13,8 +13,10 @@ use taskgrid_core::{Outcome, ShellCommand, ShellSpec, StopReason, Stream};
 use taskgrid_worker::{ExecLimits, ExecReport, ShellInput, ShellPolicy, Spawner, run_shell};
 use tokio::sync::{mpsc, watch};
 
-fn spawner() -> Spawner {
-    Spawner::start(Path::new(env!("CARGO_BIN_EXE_taskgrid"))).unwrap()
+async fn spawner() -> Spawner {
+    Spawner::start(Path::new(env!("CARGO_BIN_EXE_taskgrid")))
+        .await
+        .unwrap()
 }
 
 fn script(s: &str) -> ShellSpec {
@@ -136,7 +138,17 @@ async fn a_task_it_starts_reports_its_own_peak_memory() {
     // at least this much.
     let ballast = vec![1u8; 128 << 20];
     std::hint::black_box(&ballast);
-    let spawner = std::sync::Arc::new(spawner());
+    let spawner = std::sync::Arc::new(spawner().await);
+    // In a process group of its own: a Ctrl-C or a SIGTERM to the worker's
+    // group (which drains) does not reach it, nor its tasks through it.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", spawner.pid())).unwrap();
+    let pgrp: u32 = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(pgrp, spawner.pid());
 
     let (report, out) = run(&spawner, argv(&["echo", "hi"]), None).await;
     assert_eq!(report.outcome, succeeded());
@@ -166,7 +178,7 @@ async fn a_task_it_starts_reports_its_own_peak_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exits_input_environment_and_spawn_failures_are_as_without_it() {
-    let spawner = std::sync::Arc::new(spawner());
+    let spawner = std::sync::Arc::new(spawner().await);
     let (report, out) = run(
         &spawner,
         script(r#"read line; echo "$GREETING $line${MIMALLOC_ARENA_EAGER_COMMIT:-}"; exit 3"#),
@@ -201,7 +213,7 @@ async fn exits_input_environment_and_spawn_failures_are_as_without_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_reaches_the_group_through_it_and_nothing_of_the_group_survives() {
-    let spawner = std::sync::Arc::new(spawner());
+    let spawner = std::sync::Arc::new(spawner().await);
     // A cancel: SIGTERM to the group (the trap answers), then the
     // background process left in the group is killed.
     let mut live = Live::start(
@@ -242,7 +254,7 @@ async fn a_stop_reaches_the_group_through_it_and_nothing_of_the_group_survives()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_it_dies_its_attempt_ends_and_the_worker_spawns_by_itself() {
-    let spawner = std::sync::Arc::new(spawner());
+    let spawner = std::sync::Arc::new(spawner().await);
     let mut live = Live::start(
         spawner.clone(),
         script(r#"echo "pid $$"; echo ready; exec sleep 1000"#),
@@ -257,6 +269,11 @@ async fn when_it_dies_its_attempt_ends_and_the_worker_spawns_by_itself() {
         .unwrap()
         .parse()
         .unwrap();
+    // The worker learns a task's pid from the spawner's `spawned`, which
+    // can come after the task's first output; a later task's end comes
+    // after it on the same socket.
+    let (report, _) = run(&spawner, argv(&["true"]), None).await;
+    assert_eq!(report.outcome, succeeded());
     let status = std::process::Command::new("kill")
         .args(["-9", &spawner.pid().to_string()])
         .status()
@@ -279,4 +296,27 @@ async fn when_it_dies_its_attempt_ends_and_the_worker_spawns_by_itself() {
     let (report, out) = run(&spawner, argv(&["echo", "still"]), None).await;
     assert_eq!(report.outcome, succeeded());
     assert_eq!(out, "still\n");
+}
+
+/// A request too big for the socket is spawned by the worker itself, and a
+/// program that does not serve `__spawner` is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_it_cannot_take_is_spawned_by_the_worker() {
+    let spawner = std::sync::Arc::new(spawner().await);
+    // Three variables of 100 KiB (one string may not pass 128 KiB).
+    let big = "x".repeat(100 << 10);
+    let spec = ShellSpec {
+        command: ShellCommand::Script(r#"printf %s "$B1$B2$B3" | wc -c"#.into()),
+        env: ["B1", "B2", "B3"]
+            .map(|k| (k.to_owned(), big.clone()))
+            .to_vec(),
+        cwd: None,
+    };
+    let (report, out) = run(&spawner, spec, None).await;
+    assert_eq!(report.outcome, succeeded());
+    assert_eq!(out.trim(), (300 << 10).to_string());
+    assert!(spawner.is_alive());
+
+    let err = Spawner::start(Path::new("/bin/true")).await.unwrap_err();
+    assert!(err.to_string().contains("exited at once"), "{err}");
 }

@@ -188,8 +188,9 @@ pub(super) async fn run(
         tracing::warn!("container tasks disabled: {why}");
         config.container = None;
     }
-    let spawner = config.spawner.as_deref().and_then(|program| {
-        crate::Spawner::start(program)
+    let spawner = match config.spawner.as_deref() {
+        Some(program) => crate::Spawner::start(program)
+            .await
             .inspect_err(|e| {
                 tracing::warn!(
                     "cannot start the spawner {}: {e}; the peak memory of tasks in no cgroup \
@@ -197,8 +198,9 @@ pub(super) async fn run(
                     program.display()
                 );
             })
-            .ok()
-    });
+            .ok(),
+        None => None,
+    };
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         spawner,

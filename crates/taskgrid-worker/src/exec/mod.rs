@@ -108,7 +108,7 @@ mod spawner {
 
     impl Spawner {
         /// Always fails here: the spawner is Linux-only.
-        pub fn start(_program: &Path) -> io::Result<Spawner> {
+        pub async fn start(_program: &Path) -> io::Result<Spawner> {
             Err(io::Error::from(io::ErrorKind::Unsupported))
         }
 

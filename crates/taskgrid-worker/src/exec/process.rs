@@ -229,9 +229,20 @@ async fn start(
             };
             let (out_r, out_w) = std::io::pipe()?;
             let (err_r, err_w) = std::io::pipe()?;
-            let child = spawner
+            let child = match spawner
                 .spawn(&launch, child_in, out_w.into(), err_w.into())
-                .await?;
+                .await
+            {
+                Ok(child) => child,
+                // Not sent (a request over the socket's size, a spawner
+                // that just died): nothing was started, so the worker
+                // starts it itself.
+                Err(e) => {
+                    tracing::debug!(error = %e, "the spawner cannot take this task: spawned here");
+                    let cmd = Launcher::Command(launch.command());
+                    return Box::pin(start(cmd, cgroup, stdin, stopper)).await;
+                }
+            };
             let group = Signaller::Remote(child.group());
             let guard = KillOnDrop {
                 group: group.clone(),

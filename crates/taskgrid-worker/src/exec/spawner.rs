@@ -66,10 +66,13 @@ const UNSET_ARG: &str = "--unset";
 /// made resident) at start-up.
 const LAZY_ARENA: (&str, &str) = ("MIMALLOC_ARENA_EAGER_COMMIT", "0");
 
+/// How long [`Spawner::start`] waits for the spawner's `ready`.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The largest message, either way. A spawn request holds the program, its
 /// arguments and its environment; a larger one is spawned by the worker
 /// itself.
-const MAX_MESSAGE: usize = 256 << 10;
+const MAX_MESSAGE: usize = 128 << 10;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -88,6 +91,8 @@ enum Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Reply {
+    /// The spawner's first message.
+    Ready,
     Spawned {
         id: u64,
         pid: u32,
@@ -165,22 +170,41 @@ pub(crate) struct RemoteGroup {
 
 impl RemoteGroup {
     /// Asks the spawner to signal the group (a no-op once it is reaped).
+    /// Never blocks: when the socket is full, the request is sent as soon
+    /// as there is room, by a task of its own.
     pub(crate) fn signal(&self, sig: Signal) {
         let req = Request::Signal {
             id: self.id,
             signal: sig as i32,
         };
-        if let Err(e) = self.inner.send_now(&req, &[]) {
-            tracing::warn!(error = %e, %sig, "cannot ask the spawner to signal a task");
+        match self.inner.send_now(&req, &[]) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        let inner = self.inner.clone();
+                        rt.spawn(async move {
+                            if let Err(e) = inner.send(&req, &[]).await {
+                                tracing::warn!(error = %e, %sig, "cannot ask the spawner to signal a task");
+                            }
+                        });
+                    }
+                    Err(_) => {
+                        tracing::warn!(%sig, "cannot ask the spawner to signal a task: its socket is full")
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, %sig, "cannot ask the spawner to signal a task"),
         }
     }
 }
 
 impl Spawner {
-    /// Starts `program __spawner` and returns its handle. `program` must be
-    /// a build of taskgrid whose `main` calls [`serve`] for that argument
-    /// (the `taskgrid` binary does). Needs a Tokio runtime.
-    pub fn start(program: &Path) -> io::Result<Spawner> {
+    /// Starts `program __spawner` and returns its handle once it said it is
+    /// ready (within 10 seconds). `program` must be a build of
+    /// taskgrid whose `main` calls [`serve`] for that argument (the
+    /// `taskgrid` binary does). Needs a Tokio runtime.
+    pub async fn start(program: &Path) -> io::Result<Spawner> {
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -201,7 +225,14 @@ impl Spawner {
         let mut child = cmd
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
+            // Not in the worker's group: a Ctrl-C or a `kill -TERM -PGID`
+            // meant for the worker (which drains) must not kill it and,
+            // with it, every task.
+            .process_group(0)
             .spawn()?;
+        // The command holds the spawner's end of the socket: closed here,
+        // so that the spawner's exit reads as the socket's end.
+        drop(cmd);
         let pid = child.id();
         // Reaped by a thread of its own; it ends when the socket closes.
         std::thread::Builder::new()
@@ -213,6 +244,36 @@ impl Spawner {
             })?;
         #[allow(deprecated)] // see `group::exit_notice`: an owned fd cannot be swapped
         let socket = AsyncFd::with_interest(ours, Interest::READABLE | Interest::WRITABLE)?;
+        // A program that does not serve `__spawner` never says it is ready
+        // (and is killed when the socket closes, if it reads it at all).
+        let mut buf = vec![0u8; 256];
+        let ready = tokio::time::timeout(READY_WITHIN, async {
+            loop {
+                let mut guard = socket.readable().await?;
+                match recv_packet(socket.get_ref(), &mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                    Err(e) => return Err(e),
+                    Ok((0, _)) => return Err(io::Error::other("it exited at once")),
+                    Ok((n, _)) => {
+                        return match serde_json::from_slice::<Reply>(&buf[..n]) {
+                            Ok(Reply::Ready) => Ok(()),
+                            _ => Err(io::Error::other("its first message is not `ready`")),
+                        };
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::other(format!(
+                "it did not say it is ready within {READY_WITHIN:?} (does {} serve `{SPAWNER_ARG}`?)",
+                program.display()
+            )))
+        });
+        if let Err(e) = ready {
+            let _ = rustix::net::shutdown(socket.get_ref(), rustix::net::Shutdown::Both);
+            return Err(e);
+        }
         let inner = Arc::new(Inner {
             socket,
             pending: Mutex::new(HashMap::new()),
@@ -332,9 +393,9 @@ impl Inner {
             if let Some(pid) = p.pid.and_then(|p| i32::try_from(p).ok()) {
                 let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
             }
-            if let Some(tx) = p.spawned {
-                let _ = tx.send(Err(gone()));
-            }
+            // Dropped, not answered: whether it was started is unknown, so
+            // the attempt ends as one that ran, not as a failed spawn.
+            drop(p.spawned);
             if let Some(tx) = p.exited {
                 let _ = tx.send(Err(gone()));
             }
@@ -412,6 +473,7 @@ fn deliver(inner: &Inner, reply: Reply) {
                 }));
             }
         }
+        Reply::Ready => {}
         Reply::Lost { id, message } => {
             if let Some(tx) = pending.remove(&id).and_then(|p| p.exited) {
                 let _ = tx.send(Err(io::Error::other(message)));
@@ -422,6 +484,15 @@ fn deliver(inner: &Inner, reply: Reply) {
 
 // --------------------------------------------------------------- spawner side
 
+/// Writes a line to standard error, ignoring a closed one (`eprintln!`
+/// would panic, and take the reaping thread with it).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
 /// Runs the spawner on its standard input (the worker's socket) until the
 /// worker closes it. Call it first thing in `main` when the first argument
 /// is [`SPAWNER_ARG`], before any runtime or thread starts: the smaller
@@ -430,7 +501,7 @@ pub fn serve() -> ExitCode {
     let socket = match io::stdin().as_fd().try_clone_to_owned() {
         Ok(fd) => fd,
         Err(e) => {
-            eprintln!("taskgrid spawner: no socket on standard input: {e}");
+            say!("taskgrid spawner: no socket on standard input: {e}");
             return ExitCode::from(2);
         }
     };
@@ -440,12 +511,13 @@ pub fn serve() -> ExitCode {
         match (arg.to_str(), args.next()) {
             (Some(UNSET_ARG), Some(name)) => unset.push(name),
             _ => {
-                eprintln!("taskgrid spawner: unexpected argument {arg:?}");
+                say!("taskgrid spawner: unexpected argument {arg:?}");
                 return ExitCode::from(2);
             }
         }
     }
     let socket = Arc::new(socket);
+    reply(&socket, &Reply::Ready);
     let children = Arc::new(Children::default());
     {
         let (socket, children) = (socket.clone(), children.clone());
@@ -454,7 +526,7 @@ pub fn serve() -> ExitCode {
             .stack_size(256 << 10)
             .spawn(move || reap_all(&socket, &children))
         {
-            eprintln!("taskgrid spawner: cannot start the reaping thread: {e}");
+            say!("taskgrid spawner: cannot start the reaping thread: {e}");
             return ExitCode::from(1);
         }
     }
@@ -465,7 +537,7 @@ pub fn serve() -> ExitCode {
             Ok(got) => got,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                eprintln!("taskgrid spawner: cannot read from the worker: {e}");
+                say!("taskgrid spawner: cannot read from the worker: {e}");
                 break;
             }
         };
@@ -479,7 +551,7 @@ pub fn serve() -> ExitCode {
                     group.signal(sig);
                 }
             }
-            Err(e) => eprintln!("taskgrid spawner: a request makes no sense: {e}"),
+            Err(e) => say!("taskgrid spawner: a request makes no sense: {e}"),
         }
     }
     // The worker is gone: so are its tasks.
@@ -512,7 +584,7 @@ struct Children {
 
 fn reply(socket: &OwnedFd, r: &Reply) {
     if let Err(e) = encode(r).and_then(|b| send_packet(socket, &b, &[])) {
-        eprintln!("taskgrid spawner: cannot answer the worker: {e}");
+        say!("taskgrid spawner: cannot answer the worker: {e}");
     }
 }
 
@@ -549,6 +621,11 @@ fn start(
     cmd.stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .stdin(fds.next().map_or_else(Stdio::null, Stdio::from))
+        // A `vfork` (std's `posix_spawn`): the task's peak starts from the
+        // spawner's whole size (~7 MiB). A fork would start it from the
+        // spawner's private pages alone (~2.7 MiB for `echo`), but the
+        // spawner's pages then fault on their next write after every
+        // spawn: it cost a third of short tasks' throughput (BENCHMARKS.md).
         .process_group(0);
     // Held from the spawn until `spawned` is sent: the reaping thread
     // cannot take the child (and answer its end) before that.
@@ -600,7 +677,7 @@ fn reap_all(socket: &Arc<OwnedFd>, children: &Arc<Children>) {
             },
             Err(Errno::EINTR) => continue,
             Err(e) => {
-                eprintln!("taskgrid spawner: cannot wait for the tasks: {e}");
+                say!("taskgrid spawner: cannot wait for the tasks: {e}");
                 return;
             }
         };
@@ -638,7 +715,7 @@ fn reap_all(socket: &Arc<OwnedFd>, children: &Arc<Children>) {
                     finish(&s, &c, &a);
                 });
             if let Err(e) = spawned {
-                eprintln!("taskgrid spawner: cannot start a thread: {e}");
+                say!("taskgrid spawner: cannot start a thread: {e}");
                 finish(socket, children, &answer);
             }
         } else {
