@@ -316,8 +316,14 @@ impl Spawner {
                 exited: Some(exited_tx),
             },
         );
+        // Removed again if this future ends before the request is sent
+        // (an error, or the attempt dropped meanwhile).
+        let mut unsent = Unsent {
+            inner,
+            id,
+            armed: true,
+        };
         if !self.is_alive() {
-            inner.pending().remove(&id);
             return Err(gone());
         }
         let req = Request::Spawn {
@@ -329,10 +335,8 @@ impl Spawner {
         if let Some(fd) = &stdin {
             fds.push(fd.as_fd());
         }
-        if let Err(e) = inner.send(&req, &fds).await {
-            inner.pending().remove(&id);
-            return Err(e);
-        }
+        inner.send(&req, &fds).await?;
+        unsent.armed = false;
         // Ours are closed now: the child holds the only write ends.
         drop((stdin, stdout, stderr));
         Ok(RemoteChild {
@@ -343,6 +347,21 @@ impl Spawner {
                 id,
             },
         })
+    }
+}
+
+/// Forgets a spawn whose request was never sent.
+struct Unsent<'a> {
+    inner: &'a Inner,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.pending().remove(&self.id);
+        }
     }
 }
 
