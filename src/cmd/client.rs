@@ -116,7 +116,8 @@ pub(crate) async fn status(a: IdArgs) -> anyhow::Result<i32> {
         let cost = at
             .usage
             .map(|u| match u.peak_rss_bytes {
-                // Not measured: a task without limits runs in no cgroup.
+                // Not measured: a container, or a task the worker had to
+                // spawn itself (no spawner) and that stayed under its size.
                 0 => format!(" (cpu {:.2}s)", u.cpu_seconds),
                 peak => format!(
                     " (cpu {:.2}s, peak {:.1} MiB)",

@@ -33,8 +33,11 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 0)]
     pub(crate) prefetch: u32,
     /// Run every shell task in a cgroup of its own, not only those with
-    /// --cpus/--memory limits: exact peak memory and CPU seconds for all,
-    /// at about a millisecond of kernel work per task.
+    /// --cpus/--memory limits: exact peak memory and CPU seconds of all a
+    /// task's processes, at about a millisecond of kernel work per task
+    /// (otherwise a task's figures are its main process's and the children
+    /// it waited for, with a peak of at least ~7 MiB, the size of the
+    /// helper that starts it).
     #[arg(long)]
     pub(crate) cgroup_every_task: bool,
     /// Display name (default: host name).
