@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 
 use taskgrid_core::{State, TaskId};
-use util::{Proc, Server, await_state, await_worker, taskgrid, worker};
+use util::{Proc, Server, alive, await_state, await_worker, taskgrid, worker};
 
 /// A coordinator on a fresh data dir and one worker `w1` with one slot,
 /// registered.
@@ -1898,16 +1898,6 @@ fn peak_of(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
     kib * 1024
-}
-
-/// Whether `pid` is a live (not zombie) process.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat[stat.rfind(')').unwrap() + 1..]
-            .split_whitespace()
-            .next();
-        !matches!(state, Some("Z" | "X"))
-    })
 }
 
 /// A real worker starts its shell tasks through its spawner: a tiny task's

@@ -6,12 +6,15 @@
 //! ends with an error and the next one is spawned by the worker.
 #![cfg(target_os = "linux")]
 
+mod util;
+
 use std::path::Path;
 use std::time::Duration;
 
 use taskgrid_core::{Outcome, ShellCommand, ShellSpec, StopReason, Stream};
 use taskgrid_worker::{ExecLimits, ExecReport, ShellInput, ShellPolicy, Spawner, run_shell};
 use tokio::sync::{mpsc, watch};
+use util::alive;
 
 async fn spawner() -> Spawner {
     Spawner::start(Path::new(env!("CARGO_BIN_EXE_taskgrid")))
@@ -112,6 +115,15 @@ impl Live {
     }
 }
 
+/// The number a task printed after `prefix` on a line of its own.
+fn printed(stdout: &str, prefix: &str) -> u32 {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix:?} line in {stdout:?}"))
+}
+
 async fn run(
     spawner: &std::sync::Arc<Spawner>,
     spec: ShellSpec,
@@ -120,16 +132,6 @@ async fn run(
     Live::start(spawner.clone(), spec, stdin.map(str::to_owned), None)
         .finish()
         .await
-}
-
-/// Whether `pid` is a live (not zombie) process.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat[stat.rfind(')').unwrap() + 1..]
-            .split_whitespace()
-            .next();
-        !matches!(state, Some("Z" | "X"))
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,13 +225,7 @@ async fn a_stop_reaches_the_group_through_it_and_nothing_of_the_group_survives()
         None,
     );
     live.await_stdout("ready").await;
-    let bg: u32 = live
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("bg "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let bg = printed(&live.stdout, "bg ");
     assert!(alive(bg));
     live.stop.send(Some(StopReason::Cancel)).unwrap();
     let (report, out) = live.finish().await;
@@ -262,13 +258,7 @@ async fn when_it_dies_its_attempt_ends_and_the_worker_spawns_by_itself() {
         None,
     );
     live.await_stdout("ready").await;
-    let pid: u32 = live
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("pid "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid = printed(&live.stdout, "pid ");
     // The worker learns a task's pid from the spawner's `spawned`, which
     // can come after the task's first output; a later task's end comes
     // after it on the same socket.
