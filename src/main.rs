@@ -106,6 +106,7 @@ fn main() -> std::process::ExitCode {
     {
         return taskgrid_worker::serve_spawner();
     }
+    cmd::worker::serve_spawner();
     // The configuration file's values become the defaults of the flags
     // (below their environment variables), then clap parses as usual.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();

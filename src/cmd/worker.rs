@@ -105,9 +105,7 @@ impl Args {
         }
         c.prefetch = self.prefetch;
         c.cgroup_every_task = self.cgroup_every_task;
-        // This binary serves `__spawner` (see `main`): tasks in no cgroup
-        // then report their own peak memory.
-        c.spawner = std::env::current_exe().ok();
+        c.spawner = spawner();
         for l in &self.labels {
             let (k, v) = l.split_once('=').unwrap_or((l, ""));
             anyhow::ensure!(
@@ -177,5 +175,22 @@ pub(crate) async fn run(mut args: Args) -> anyhow::Result<()> {
             "{e} (set one with --worker-token or TASKGRID_WORKER_TOKEN)"
         )),
         Err(e) => Err(e).context("worker stopped"),
+    }
+}
+
+/// This program, when its `main` serves `__spawner` (`main` says so with
+/// [`serve_spawner`]); not in unit tests, whose executable is the test
+/// harness. A worker with it starts the tasks that run in no cgroup
+/// through `taskgrid __spawner`, so their peak memory is their own.
+pub(crate) fn spawner() -> Option<std::path::PathBuf> {
+    SPAWNER.get().cloned()
+}
+
+static SPAWNER: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Called by `main`: this executable serves `__spawner`.
+pub(crate) fn serve_spawner() {
+    if let Ok(exe) = std::env::current_exe() {
+        let _ = SPAWNER.set(exe);
     }
 }

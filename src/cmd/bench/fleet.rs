@@ -108,7 +108,7 @@ fn agent(plan: &Plan, target: &Target, id: &str, route: Option<&str>) -> Agent {
     config.slots = plan.slots;
     config.prefetch = plan.prefetch;
     config.cgroup_every_task = plan.cgroup_every_task;
-    config.spawner = std::env::current_exe().ok();
+    config.spawner = crate::cmd::worker::spawner();
     config.shell = ShellPolicy::Any;
     if let Some(r) = route {
         config.labels.push((ROUTE_LABEL.to_owned(), r.to_owned()));
