@@ -110,6 +110,14 @@ fn durability_picks_the_sync_mode_and_wal_is_on() {
             .pragma_query_value(None, "busy_timeout", |r| r.get(0))
             .unwrap();
         assert_eq!(busy, 5_000);
+        let every: i64 = conn
+            .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
+            .unwrap();
+        assert_eq!(every, 10_000);
+        let limit: i64 = conn
+            .pragma_query_value(None, "journal_size_limit", |r| r.get(0))
+            .unwrap();
+        assert_eq!(limit, 64 << 20);
     }
     assert_eq!(SqliteOptions::default().durability, Durability::Process);
 }
