@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 
 use taskgrid_core::{State, TaskId};
-use util::{Proc, Server, alive, await_state, await_worker, taskgrid, worker};
+use util::{Proc, Server, alive, await_gone, await_state, await_worker, taskgrid, worker};
 
 /// A coordinator on a fresh data dir and one worker `w1` with one slot,
 /// registered.
@@ -1939,11 +1939,5 @@ async fn a_workers_tasks_report_their_own_peak_and_end_with_the_worker() {
     assert!(alive(pid));
     w.kill9();
     // The spawner kills the group as soon as it reads the end of its socket.
-    tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        while alive(pid) {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the task's process outlived its worker");
+    await_gone(pid, "the task's process outlived its worker").await;
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use taskgrid_core::{Outcome, ShellCommand, ShellSpec, StopReason, Stream};
 use taskgrid_worker::{ExecLimits, ExecReport, ShellInput, ShellPolicy, Spawner, run_shell};
 use tokio::sync::{mpsc, watch};
-use util::alive;
+use util::{alive, await_gone};
 
 async fn spawner() -> Spawner {
     Spawner::start(Path::new(env!("CARGO_BIN_EXE_taskgrid")))
@@ -276,13 +276,7 @@ async fn when_it_dies_its_attempt_ends_and_the_worker_spawns_by_itself() {
     );
     assert!(!spawner.is_alive());
     // Killed (SIGKILL to its group) when the worker saw the spawner go.
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while alive(pid) {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the orphaned task was not killed");
+    await_gone(pid, "the orphaned task was not killed").await;
     let (report, out) = run(&spawner, argv(&["echo", "still"]), None).await;
     assert_eq!(report.outcome, succeeded());
     assert_eq!(out, "still\n");

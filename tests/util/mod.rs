@@ -269,3 +269,15 @@ pub fn alive(pid: u32) -> bool {
         !matches!(state, Some("Z" | "X"))
     })
 }
+
+/// Waits (at most 30 s) until `pid` is no live process. Nothing signals
+/// the death of a process that is not our child, so this polls, yielding.
+pub async fn await_gone(pid: u32, what: &str) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while alive(pid) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"));
+}

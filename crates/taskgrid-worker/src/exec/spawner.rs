@@ -74,16 +74,14 @@ const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// itself.
 const MAX_MESSAGE: usize = 128 << 10;
 
+/// A request: the worker sends its launch by reference (no copy per
+/// task), the spawner reads an owned one.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-enum Request {
+enum Request<L = Launch> {
     /// Start `launch`; the packet carries stdout, stderr and, when `stdin`,
     /// standard input.
-    Spawn {
-        id: u64,
-        launch: Launch,
-        stdin: bool,
-    },
+    Spawn { id: u64, launch: L, stdin: bool },
     /// Send `signal` to the group of attempt `id`, unless it is reaped.
     Signal { id: u64, signal: i32 },
 }
@@ -328,7 +326,7 @@ impl Spawner {
         }
         let req = Request::Spawn {
             id,
-            launch: launch.clone(),
+            launch,
             stdin: stdin.is_some(),
         };
         let mut fds = vec![stdout.as_fd(), stderr.as_fd()];
@@ -384,7 +382,11 @@ impl Inner {
     }
 
     /// Sends one message, waiting for room.
-    async fn send(&self, req: &Request, fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+    async fn send<L: Serialize>(
+        &self,
+        req: &Request<L>,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> io::Result<()> {
         let body = encode(req)?;
         loop {
             let mut ready = self.socket.writable().await?;
