@@ -228,6 +228,7 @@ impl TaskSystemBuilder {
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             fail_stop: FailStop::default(),
+            lazy: Default::default(),
             rt: std::sync::OnceLock::new(),
         });
         inner.persist(&inner.lock(), std::mem::take(&mut out.changes), None);

@@ -27,7 +27,7 @@ const RESULT_WINDOW: Duration = Duration::from_millis(2);
 
 impl Inner {
     /// One turn of the driver: finished attempts, timers, dispatch.
-    fn step(&self, completions: &mut Vec<Report>) {
+    pub(crate) fn step(&self, completions: &mut Vec<Report>) {
         let now = self.clock.now();
         let mut out = Outbox::default();
         {
@@ -80,8 +80,14 @@ impl Inner {
         }
     }
 
+    /// The engine's next timer, or when gathered notes must be sent if
+    /// sooner.
     fn next_wake(&self) -> Option<tokio::time::Instant> {
-        self.lock().next_wake().map(|t| self.clock.instant_at(t))
+        let timer = self.lock().next_wake().map(|t| self.clock.instant_at(t));
+        match (timer, self.lazy_due()) {
+            (Some(t), Some(l)) => Some(t.min(l)),
+            (t, l) => t.or(l),
+        }
     }
 }
 

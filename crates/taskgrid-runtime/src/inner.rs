@@ -56,8 +56,22 @@ pub(crate) struct Inner {
     pub(crate) closed: AtomicBool,
     /// Whether a commit failed (the engine and the store disagree).
     pub(crate) fail_stop: FailStop,
+    /// Workers' notes not yet handed to the writer (see [`Inner::note`]).
+    pub(crate) lazy: Mutex<Lazy>,
     /// The runtime the system was started on.
     pub(crate) rt: std::sync::OnceLock<tokio::runtime::Handle>,
+}
+
+/// What workers said that only needs recording (accepts, progress,
+/// output), gathered under the engine lock until the next batch goes to
+/// the writer, or for [`LAZY_WINDOW`] at most: one batch for many notes,
+/// not one each.
+#[derive(Default)]
+pub(crate) struct Lazy {
+    changes: Vec<Change>,
+    events: Vec<TaskEvent>,
+    /// When they must go at the latest (the driver sends them then).
+    due: Option<tokio::time::Instant>,
 }
 
 /// What a committed batch releases, carried out by the publisher task (off
@@ -137,7 +151,9 @@ impl Inner {
         effects: Effects,
         done: Option<oneshot::Sender<Result<(), Error>>>,
     ) {
-        if changes.is_empty() && effects.is_empty() && done.is_none() {
+        // The notes gathered so far go first: they were made before these.
+        let lazy = std::mem::take(&mut *relock(&self.lazy));
+        if changes.is_empty() && lazy.changes.is_empty() && effects.is_empty() && done.is_none() {
             return;
         }
         if self.fail_stop.is_failed() {
@@ -148,26 +164,14 @@ impl Inner {
             }
             return;
         }
-        let events: Vec<TaskEvent> = if changes.is_empty() {
-            Vec::new()
-        } else {
-            // One clock read per batch: the changes were decided at one instant.
-            let now = self.clock.now();
+        let mut events = lazy.events;
+        events.extend(self.events_of(engine, &changes));
+        let changes = if lazy.changes.is_empty() {
             changes
-                .iter()
-                .filter_map(|c| {
-                    TaskEvent::from_change(c, now, || {
-                        match c
-                            .task_id()
-                            .and_then(|id| engine.get(id))
-                            .map(|r| &r.spec.kind)
-                        {
-                            Some(TaskKind::Handler { name, .. }) => Some(name.clone()),
-                            _ => None,
-                        }
-                    })
-                })
-                .collect()
+        } else {
+            let mut all = lazy.changes;
+            all.extend(changes);
+            all
         };
         let schedules = crate::event::schedule_events(&changes, self.clock.now());
         let committed = self.committed.clone();
@@ -206,6 +210,69 @@ impl Inner {
         if let Err(e) = self.writer.submit_within(changes, Some(callback), window) {
             tracing::error!(error = %e, "store writer refused changes");
         }
+    }
+
+    /// The events `changes` make.
+    fn events_of(&self, engine: &Engine, changes: &[Change]) -> Vec<TaskEvent> {
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        // One clock read per batch: the changes were decided at one instant.
+        let now = self.clock.now();
+        changes
+            .iter()
+            .filter_map(|c| {
+                TaskEvent::from_change(c, now, || {
+                    match c
+                        .task_id()
+                        .and_then(|id| engine.get(id))
+                        .map(|r| &r.spec.kind)
+                    {
+                        Some(TaskKind::Handler { name, .. }) => Some(name.clone()),
+                        _ => None,
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Gathers a note's changes for the next batch (see [`Lazy`]); call
+    /// with the engine locked. Returns whether they opened a new window,
+    /// which the driver must be woken to close in time.
+    fn defer(&self, engine: &Engine, changes: Vec<Change>) -> bool {
+        if changes.is_empty() {
+            return false;
+        }
+        let events = self.events_of(engine, &changes);
+        let mut lazy = relock(&self.lazy);
+        lazy.changes.extend(changes);
+        lazy.events.extend(events);
+        if lazy.due.is_some() {
+            return false;
+        }
+        lazy.due = Some(tokio::time::Instant::now() + LAZY_WINDOW);
+        true
+    }
+
+    /// When the gathered notes must go to the writer, if there are any.
+    pub(crate) fn lazy_due(&self) -> Option<tokio::time::Instant> {
+        relock(&self.lazy).due
+    }
+
+    /// Blocks until every change made so far, gathered notes included, is
+    /// committed.
+    pub(crate) fn flush(&self) -> Result<(), taskgrid_store::StoreError> {
+        {
+            let engine = self.lock();
+            self.persist_then(
+                &engine,
+                Vec::new(),
+                Duration::ZERO,
+                Effects::default(),
+                None,
+            );
+        }
+        self.writer.flush()
     }
 
     /// Marks the system failed (fail-stop), keeping the first reason.
@@ -575,32 +642,42 @@ impl Inner {
     }
 
     /// Runs one engine command that only records what a worker said (an
-    /// accept, progress, output): its changes are persisted lazily, and the
-    /// driver is woken only if a timer now falls due sooner (an accept arms
-    /// the attempt's timeout), since nothing it could dispatch has changed.
+    /// accept, progress, output): its changes are gathered for the next
+    /// batch (see [`Lazy`]), and the driver is woken only if it must send
+    /// them or a timer now falls due sooner (an accept arms the attempt's
+    /// timeout), since nothing it could dispatch has changed.
     pub(crate) fn note<T, E>(
         &self,
         f: impl FnOnce(&mut Engine, &mut Outbox) -> Result<T, E>,
-    ) -> Result<(), E> {
+    ) -> Result<T, E> {
         let mut out = Outbox::default();
         let (r, sooner) = {
             let mut engine = self.lock();
             let before = engine.next_wake();
             let r = f(&mut engine, &mut out);
             let after = engine.next_wake();
-            self.persist_then(
-                &engine,
-                out.changes,
-                LAZY_WINDOW,
-                Effects::stops(out.stops),
-                None,
-            );
-            (r, after.is_some_and(|a| before.is_none_or(|b| a < b)))
+            let opened = if out.stops.is_empty() {
+                self.defer(&engine, out.changes)
+            } else {
+                // Stops leave only after the commit: a batch of their own.
+                self.persist_then(
+                    &engine,
+                    out.changes,
+                    LAZY_WINDOW,
+                    Effects::stops(out.stops),
+                    None,
+                );
+                false
+            };
+            (
+                r,
+                opened || after.is_some_and(|a| before.is_none_or(|b| a < b)),
+            )
         };
         if sooner {
             self.wake.notify_one();
         }
-        r.map(|_| ())
+        r
     }
 
     pub(crate) fn progress(&self, worker: &WorkerId, id: TaskId, attempt: u32, p: Progress) {

@@ -74,4 +74,4 @@ pub use taskgrid_sdk::{
     TaskContext, TaskError, catch_unwind, handler_fn, outcome_of,
 };
 pub use upkeep::{DELETE_BATCH, METRICS_SAVE_EVERY};
-pub use workers::{Registration, Session, WorkerError, WorkerService};
+pub use workers::{Note, Registration, Session, WorkerError, WorkerService};

@@ -46,8 +46,10 @@ pub struct TaskSystem {
 }
 
 impl TaskSystem {
-    /// Starts the driver and publisher loops on the current tokio runtime.
-    /// Calling it again does nothing.
+    /// Starts the driver and publisher loops on the current tokio runtime,
+    /// having handed the writer what is due at once (timers, a schedule's
+    /// catch-up, dispatch): a [`flush`](Self::flush) after it sees that
+    /// committed. Calling it again does nothing.
     pub fn start(&self) -> Result<(), Error> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let _ = self.inner.rt.set(rt.clone());
@@ -62,6 +64,10 @@ impl TaskSystem {
         else {
             unreachable!("checked above")
         };
+        // What is due at start (timers, schedules' catch-up, dispatch) is
+        // handed to the writer before this returns: a `flush` after
+        // `start` sees it committed.
+        self.inner.step(&mut Vec::new());
         let (stop, stop_rx) = oneshot::channel();
         let driver = rt.spawn(drive(self.inner.clone(), completions, stop_rx));
         let publisher = rt.spawn(publish(self.inner.clone(), committed));
@@ -289,7 +295,7 @@ impl TaskSystem {
             done.await;
         }
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.writer.flush())
+        tokio::task::spawn_blocking(move || inner.flush())
             .await
             .map_err(|_| Error::ShutDown)??;
         Ok(())
@@ -297,7 +303,7 @@ impl TaskSystem {
 
     /// Blocks until everything changed so far is committed.
     pub fn flush(&self) -> Result<(), Error> {
-        Ok(self.inner.writer.flush()?)
+        Ok(self.inner.flush()?)
     }
 
     /// Stops gracefully: no new submits or dispatches; running handlers get
@@ -346,7 +352,7 @@ impl TaskSystem {
             }
             let writer_done = {
                 let inner = inner.clone();
-                tokio::task::spawn_blocking(move || inner.writer.flush())
+                tokio::task::spawn_blocking(move || inner.flush())
             };
             writer_done.await.map_err(|_| Error::ShutDown)??;
             // Closing the committed channel ends the publisher once drained.

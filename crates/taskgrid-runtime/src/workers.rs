@@ -62,6 +62,39 @@ pub enum WorkerError {
     System(#[from] Error),
 }
 
+/// What a worker says of an attempt it holds that is only recorded (see
+/// [`WorkerService::notes`]).
+#[derive(Debug)]
+pub enum Note {
+    /// It took an offered attempt.
+    Accept {
+        /// The task.
+        id: TaskId,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// Output of a running attempt.
+    Output {
+        /// The task.
+        id: TaskId,
+        /// The attempt.
+        attempt: u32,
+        /// Which stream.
+        stream: Stream,
+        /// The text.
+        data: String,
+    },
+    /// Progress of a running attempt.
+    Progress {
+        /// The task.
+        id: TaskId,
+        /// The attempt.
+        attempt: u32,
+        /// How far it is.
+        progress: Progress,
+    },
+}
+
 /// One worker's session with the service, from [`WorkerService::register`]
 /// to [`WorkerService::detach`].
 pub struct Session {
@@ -262,10 +295,41 @@ impl WorkerService {
 
     /// The worker took an offered attempt.
     pub fn accept(&self, worker: &WorkerId, id: TaskId, attempt: u32) -> Result<(), WorkerError> {
+        self.note(worker, Note::Accept { id, attempt })
+    }
+
+    /// Records what a worker said in a row (accepts, output, progress) under
+    /// one engine lock, in one store batch: a busy worker's stream carries
+    /// many at once, and each alone would cost a lock, a batch and a wake
+    /// of the publisher. Returns each note's result, in order.
+    pub fn notes(&self, worker: &WorkerId, notes: Vec<Note>) -> Vec<Result<(), WorkerError>> {
         let now = self.inner.clock.now();
-        Ok(self
-            .inner
-            .note(|e, out| e.accept(worker, id, attempt, now, out))?)
+        let results = self.inner.note(|e, out| {
+            let results: Vec<Result<(), WorkerError>> = notes
+                .into_iter()
+                .map(|n| {
+                    Ok(match n {
+                        Note::Accept { id, attempt } => e.accept(worker, id, attempt, now, out),
+                        Note::Output {
+                            id,
+                            attempt,
+                            stream,
+                            data,
+                        } => e.output(worker, id, attempt, stream, data, out),
+                        Note::Progress {
+                            id,
+                            attempt,
+                            progress,
+                        } => e.progress(worker, id, attempt, progress, out),
+                    }?)
+                })
+                .collect();
+            Ok::<_, std::convert::Infallible>(results)
+        });
+        match results {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
     }
 
     /// The worker refused an offered attempt.
@@ -291,9 +355,15 @@ impl WorkerService {
         stream: Stream,
         data: String,
     ) -> Result<(), WorkerError> {
-        Ok(self
-            .inner
-            .note(|e, out| e.output(worker, id, attempt, stream, data, out))?)
+        self.note(
+            worker,
+            Note::Output {
+                id,
+                attempt,
+                stream,
+                data,
+            },
+        )
     }
 
     /// Progress of a running attempt.
@@ -304,9 +374,19 @@ impl WorkerService {
         attempt: u32,
         progress: Progress,
     ) -> Result<(), WorkerError> {
-        Ok(self
-            .inner
-            .note(|e, out| e.progress(worker, id, attempt, progress, out))?)
+        self.note(
+            worker,
+            Note::Progress {
+                id,
+                attempt,
+                progress,
+            },
+        )
+    }
+
+    /// One note (see [`notes`](Self::notes)).
+    fn note(&self, worker: &WorkerId, note: Note) -> Result<(), WorkerError> {
+        self.notes(worker, vec![note]).pop().unwrap_or(Ok(()))
     }
 
     /// An attempt ended. Reports go to the driver in the order they come,

@@ -764,6 +764,8 @@ async fn a_schedule_behind_its_catch_up_window_records_and_explains_the_missed_r
         .build()
         .unwrap();
     sys.start().unwrap();
+    // The catch-up is decided at start, and committed by this flush.
+    sys.flush().unwrap();
     let fires = sys.schedule_fires("minutely", 100).await.unwrap();
     let missed: Vec<_> = fires
         .iter()

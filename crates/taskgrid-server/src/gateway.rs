@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use taskgrid_runtime::{Registration, TaskSystem, WorkerError, WorkerLink, WorkerService};
+use taskgrid_runtime::{Note, Registration, TaskSystem, WorkerError, WorkerLink, WorkerService};
 
 /// Settings of the worker gateway.
 #[derive(Debug, Clone)]
@@ -260,12 +260,31 @@ impl Gateway {
             if !session.linked().await {
                 return;
             }
+            // What `ready` found after a batch, handled before waiting again.
+            let mut next = None;
             let goodbye = loop {
-                match inbound.message().await {
-                    Ok(Some(worker::WorkerMessage {
-                        msg: Some(In::Goodbye(_)),
-                    })) => break true,
-                    Ok(Some(m)) => handle(&service, &id, &tx, m).await,
+                let item = match next.take() {
+                    Some(item) => item,
+                    None => inbound.message().await,
+                };
+                match item {
+                    Ok(Some(m)) if is_goodbye(&m) => break true,
+                    Ok(Some(m)) => {
+                        // With it, whatever else has arrived already: a
+                        // busy worker's accepts are recorded together.
+                        let mut batch = vec![m];
+                        while batch.len() < READY_BATCH {
+                            match ready(&mut inbound) {
+                                Some(Ok(Some(m))) if !is_goodbye(&m) => batch.push(m),
+                                Some(other) => {
+                                    next = Some(other);
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        handle_all(&service, &id, &tx, batch).await;
+                    }
                     // The stream ended without a goodbye: closed, reset or
                     // cancelled by the worker's gRPC library, or broken. The
                     // worker may be back in a moment: keep what it holds.
@@ -375,11 +394,104 @@ fn ack(tx: &Tx, request_id: u64, result: Result<Option<TaskId>, String>) {
     }));
 }
 
-/// One message from a worker; a bad one is logged and dropped.
-async fn handle(service: &WorkerService, worker: &WorkerId, tx: &Tx, m: worker::WorkerMessage) {
-    if let Err(e) = apply(service, worker, tx, m).await {
-        tracing::warn!(worker = %worker, error = %e, "ignored a worker message");
+/// The most messages of one stream taken together (see [`handle_all`]).
+const READY_BATCH: usize = 1024;
+
+fn is_goodbye(m: &worker::WorkerMessage) -> bool {
+    matches!(m.msg, Some(In::Goodbye(_)))
+}
+
+/// The stream's next message if it has arrived already (`None`: not yet).
+fn ready(
+    inbound: &mut Streaming<worker::WorkerMessage>,
+) -> Option<Result<Option<worker::WorkerMessage>, Status>> {
+    use tokio_stream::Stream;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match Pin::new(inbound).poll_next(&mut cx) {
+        std::task::Poll::Pending => None,
+        std::task::Poll::Ready(None) => Some(Ok(None)),
+        std::task::Poll::Ready(Some(r)) => Some(r.map(Some)),
     }
+}
+
+/// Messages that arrived together, in order: each run of accepts, output
+/// and progress is recorded in one go ([`WorkerService::notes`]); a bad
+/// message is logged and dropped.
+async fn handle_all(
+    service: &WorkerService,
+    worker: &WorkerId,
+    tx: &Tx,
+    batch: Vec<worker::WorkerMessage>,
+) {
+    let mut notes = Vec::new();
+    for m in batch {
+        let Some(msg) = m.msg else {
+            ignored(worker, &Ignored::Malformed("empty message".into()));
+            continue;
+        };
+        match note_of(msg) {
+            Said::Note(Ok(note)) => notes.push(note),
+            Said::Note(Err(e)) => ignored(worker, &e),
+            Said::Other(msg) => {
+                record(service, worker, std::mem::take(&mut notes));
+                if let Err(e) = apply(service, worker, tx, msg).await {
+                    ignored(worker, &e);
+                }
+            }
+        }
+    }
+    record(service, worker, notes);
+}
+
+fn ignored(worker: &WorkerId, e: &Ignored) {
+    tracing::warn!(worker = %worker, error = %e, "ignored a worker message");
+}
+
+/// Records notes that came in a row.
+fn record(service: &WorkerService, worker: &WorkerId, notes: Vec<Note>) {
+    if notes.is_empty() {
+        return;
+    }
+    for r in service.notes(worker, notes) {
+        if let Err(e) = r {
+            ignored(worker, &e.into());
+        }
+    }
+}
+
+/// A message sorted: a note (or why it is malformed), or anything else.
+enum Said {
+    Note(Result<Note, Ignored>),
+    Other(In),
+}
+
+/// The note a message carries, if it is one.
+fn note_of(msg: In) -> Said {
+    let attempt = |r: Option<&worker::AttemptRef>| -> Result<(TaskId, u32), Ignored> {
+        Ok(taskgrid_proto::task_id(r)?)
+    };
+    Said::Note(match msg {
+        In::Accept(a) => {
+            attempt(a.attempt.as_ref()).map(|(id, attempt)| Note::Accept { id, attempt })
+        }
+        In::Output(o) => attempt(o.attempt.as_ref()).and_then(|(id, attempt)| {
+            Ok(Note::Output {
+                id,
+                attempt,
+                stream: taskgrid_proto::stream_to_core(o.stream)?,
+                data: o.data,
+            })
+        }),
+        In::Progress(p) => attempt(p.attempt.as_ref()).map(|(id, attempt)| Note::Progress {
+            id,
+            attempt,
+            progress: Progress {
+                fraction: p.fraction,
+                message: Some(p.message).filter(|m| !m.is_empty()),
+            },
+        }),
+        other => return Said::Other(other),
+    })
 }
 
 /// Why a worker's message was dropped.
@@ -403,11 +515,11 @@ async fn apply(
     service: &WorkerService,
     worker: &WorkerId,
     tx: &Tx,
-    m: worker::WorkerMessage,
+    msg: In,
 ) -> Result<(), Ignored> {
     let attempt = |r: Option<&worker::AttemptRef>| taskgrid_proto::task_id(r);
     let malformed = |what: &str| Ignored::Malformed(what.to_owned());
-    match m.msg.ok_or_else(|| malformed("empty message"))? {
+    match msg {
         In::Register(_) => Err(malformed("register sent twice on one stream")),
         In::Goodbye(_) => Err(malformed("goodbye handled by the session loop")),
         In::Heartbeat(hb) => match service.heartbeat(worker, hb.draining, Some(health_of(&hb))) {
@@ -421,27 +533,11 @@ async fn apply(
             }
             r => Ok(r?),
         },
-        In::Accept(a) => {
-            let (id, n) = attempt(a.attempt.as_ref())?;
-            Ok(service.accept(worker, id, n)?)
-        }
+        // Recorded by `handle_all`, in runs.
+        In::Accept(_) | In::Output(_) | In::Progress(_) => Ok(()),
         In::Reject(r) => {
             let (id, n) = attempt(r.attempt.as_ref())?;
             Ok(service.reject(worker, id, n, &r.reason)?)
-        }
-        In::Output(o) => {
-            let (id, n) = attempt(o.attempt.as_ref())?;
-            let stream = taskgrid_proto::stream_to_core(o.stream)?;
-            Ok(service.output(worker, id, n, stream, o.data)?)
-        }
-        In::Progress(p) => {
-            let (id, n) = attempt(p.attempt.as_ref())?;
-            let message = Some(p.message).filter(|m| !m.is_empty());
-            let progress = Progress {
-                fraction: p.fraction,
-                message,
-            };
-            Ok(service.progress(worker, id, n, progress)?)
         }
         In::Result(r) => report(service, worker, &r),
         In::Results(rs) => {

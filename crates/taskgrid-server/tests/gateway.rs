@@ -6,7 +6,7 @@ use std::time::Duration;
 
 mod support;
 
-use support::{FakeWorker, LIMIT, register, serve, succeeded, system};
+use support::{FakeWorker, LIMIT, one_offer, register, serve, succeeded, system};
 use taskgrid_core::{FailureCode, State, TaskId};
 use taskgrid_proto::worker::{self, coordinator_message::Msg as Out, worker_message::Msg as In};
 use taskgrid_runtime::Task;
@@ -49,6 +49,70 @@ async fn a_remote_worker_runs_a_task_and_its_output_and_result_are_stored() {
     sys.shutdown().await.unwrap();
 }
 
+/// Messages that arrive together are taken together (each run of accepts,
+/// output and progress under one engine lock, in one store batch), and each
+/// still counts as if it came alone, in order: a malformed or refused one
+/// among them is dropped, the others are recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_messages_is_recorded_in_order() {
+    let (sys, w, h, a) = one_offer("double", 21).await;
+    let output = |data: &str| {
+        In::Output(worker::Output {
+            attempt: a.attempt.clone(),
+            stream: 0,
+            data: data.into(),
+        })
+    };
+    let mut stale = a.attempt.clone().unwrap();
+    stale.attempt += 1;
+    let burst = [
+        In::Accept(worker::Accept {
+            attempt: a.attempt.clone(),
+        }),
+        output("one\n"),
+        In::Accept(worker::Accept { attempt: None }),
+        output("two\n"),
+        In::Output(worker::Output {
+            attempt: Some(stale),
+            stream: 0,
+            data: "stale\n".into(),
+        }),
+        In::Progress(worker::Progress {
+            attempt: a.attempt.clone(),
+            fraction: 0.5,
+            message: "half".into(),
+        }),
+        output("three\n"),
+        succeeded(&a, "42"),
+    ];
+    for m in burst {
+        w.send(m).await;
+    }
+    let r = h.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!(r.state, State::Succeeded);
+    let output = texts(&sys, h.id()).await;
+    assert_eq!(output, ["one\n", "two\n", "three\n"]);
+    let rec = sys.get(h.id()).await.unwrap();
+    let progress = rec.progress.unwrap();
+    assert_eq!(
+        (progress.fraction, progress.message.as_deref()),
+        (0.5, Some("half"))
+    );
+    let attempts = sys.attempts(h.id()).await.unwrap();
+    assert!(attempts[0].started_at.is_some(), "{attempts:?}");
+    sys.shutdown().await.unwrap();
+}
+
+/// The text of a task's output chunks, in order.
+async fn texts(sys: &taskgrid_runtime::TaskSystem, id: TaskId) -> Vec<String> {
+    sys.output(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.data)
+        .collect()
+}
+
 /// The next message, which must be an `ack`.
 async fn ack(w: &mut FakeWorker) -> worker::Ack {
     match w.next().await {
@@ -63,14 +127,7 @@ async fn ack(w: &mut FakeWorker) -> worker::Ack {
 /// error naming the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spawn_in_either_form_makes_the_same_child() {
-    let sys = system();
-    let addr = serve(&sys, GatewayConfig::default()).await;
-    let mut w = FakeWorker::connect(addr, None, register("w1", &["parent"]))
-        .await
-        .unwrap();
-    w.next().await;
-    let h = sys.submit(Task::handler("parent", &1)).await.unwrap();
-    let a = w.next_assignment().await;
+    let (sys, mut w, h, a) = one_offer("parent", 1).await;
     w.send(In::Accept(worker::Accept {
         attempt: a.attempt.clone(),
     }))
@@ -600,13 +657,7 @@ async fn another_worker_cannot_write_into_an_attempt() {
     let rec = sys.get_committed(h.id()).await.unwrap();
     assert_eq!(rec.progress, None);
     assert_eq!(rec.checkpoint, None);
-    let output: Vec<String> = sys
-        .output(h.id())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|c| c.data)
-        .collect();
+    let output = texts(&sys, h.id()).await;
     assert_eq!(output, ["real\n"]);
     sys.shutdown().await.unwrap();
 }

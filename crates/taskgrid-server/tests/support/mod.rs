@@ -45,6 +45,31 @@ pub async fn serve(sys: &TaskSystem, config: GatewayConfig) -> SocketAddr {
     addr
 }
 
+/// A system with a gateway, one fake worker `w1` serving `handler`
+/// (registered), and one task of `handler` submitted and offered to it.
+pub async fn one_offer(
+    handler: &str,
+    payload: u64,
+) -> (
+    TaskSystem,
+    FakeWorker,
+    taskgrid_runtime::TaskHandle,
+    worker::Assignment,
+) {
+    let sys = system();
+    let addr = serve(&sys, GatewayConfig::default()).await;
+    let mut w = FakeWorker::connect(addr, None, register("w1", &[handler]))
+        .await
+        .unwrap();
+    w.next().await;
+    let h = sys
+        .submit(taskgrid_runtime::Task::handler(handler, &payload))
+        .await
+        .unwrap();
+    let a = w.next_assignment().await;
+    (sys, w, h, a)
+}
+
 pub struct FakeWorker {
     pub tx: mpsc::Sender<worker::WorkerMessage>,
     pub rx: Streaming<worker::CoordinatorMessage>,
