@@ -680,6 +680,82 @@ pub fn chained_changes_in_one_batch(store: &dyn Store) {
         1
     );
 
+    // Two tasks' chains interleaved, each started in the batch that ends
+    // it (the commit an accept and its result share), after its assign
+    // was committed alone: every stamp lands on its own attempt.
+    let (c, d) = (task(3), task(4));
+    let (mut lc, mut ld) = (Life::of(&c), Life::of(&d));
+    store
+        .apply(&[
+            submit(c.clone()),
+            submit(d.clone()),
+            lc.assign("w1", 10),
+            ld.assign("w2", 11),
+        ])
+        .unwrap();
+    let running =
+        |l: &mut Life, at: u64| l.to(State::Running, at, None, |s| s.started_at = Some(ts(at)));
+    let end = |l: &mut Life, at: u64, outcome: AttemptOutcome, state: State| {
+        l.to(state, at, Some(outcome), |s| s.finished_at = Some(ts(at)))
+    };
+    store
+        .apply(&[
+            running(&mut lc, 12),
+            running(&mut ld, 13),
+            end(&mut ld, 14, AttemptOutcome::Failed, State::Queued),
+            end(&mut lc, 15, AttemptOutcome::Succeeded, State::Succeeded),
+            ld.assign("w1", 16),
+            running(&mut ld, 17),
+        ])
+        .unwrap();
+    let stamps = |id| {
+        store
+            .attempts(id)
+            .unwrap()
+            .into_iter()
+            .map(|a| {
+                (
+                    a.attempt,
+                    a.assigned_at,
+                    a.started_at,
+                    a.finished_at,
+                    a.outcome,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        stamps(c.id),
+        [(
+            1,
+            ts(10),
+            Some(ts(12)),
+            Some(ts(15)),
+            Some(AttemptOutcome::Succeeded)
+        )]
+    );
+    assert_eq!(
+        stamps(d.id),
+        [
+            (
+                1,
+                ts(11),
+                Some(ts(13)),
+                Some(ts(14)),
+                Some(AttemptOutcome::Failed)
+            ),
+            (2, ts(16), Some(ts(17)), None, None),
+        ]
+    );
+    assert_eq!(
+        store.get(c.id).unwrap().unwrap().status.state,
+        State::Succeeded
+    );
+    assert_eq!(
+        store.get(d.id).unwrap().unwrap().status.state,
+        State::Running
+    );
+
     // A chain with a link that does not follow: nothing of it is written.
     let b = task(2);
     let mut life = Life::of(&b);

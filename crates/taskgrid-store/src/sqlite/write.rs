@@ -19,11 +19,13 @@ const INSERT_TAG: &str = "INSERT OR IGNORE INTO task_tags (tag, task_id) VALUES 
 const UPDATE_STATUS: &str =
     "UPDATE tasks SET state = ?3, worker = ?4, status = ?5 WHERE id = ?1 AND state = ?2";
 const TASK_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM tasks WHERE id = ?1)";
-const INSERT_ATTEMPT: &str = "INSERT OR IGNORE INTO attempts (task_id, attempt, worker, assigned_at) VALUES (?1, ?2, ?3, ?4)";
+const INSERT_ATTEMPT: &str = "INSERT OR IGNORE INTO attempts (task_id, attempt, worker, assigned_at, started_at) \
+    VALUES (?1, ?2, ?3, ?4, ?5)";
 const START_ATTEMPT: &str =
     "UPDATE attempts SET started_at = ?3 WHERE task_id = ?1 AND attempt = ?2";
 const FINISH_ATTEMPT: &str = "UPDATE attempts SET finished_at = ?3, outcome = ?4, error = ?5, exit_code = ?6, \
-    cpu_seconds = ?7, peak_rss_bytes = ?8, signal = ?9 WHERE task_id = ?1 AND attempt = ?2";
+    cpu_seconds = ?7, peak_rss_bytes = ?8, signal = ?9, started_at = COALESCE(?10, started_at) \
+    WHERE task_id = ?1 AND attempt = ?2";
 const UPDATE_PROGRESS: &str = "UPDATE tasks SET progress = ?2 WHERE id = ?1";
 const UPDATE_CHECKPOINT: &str = "UPDATE tasks SET checkpoint = ?2 WHERE id = ?1";
 const INSERT_OUTPUT: &str = "INSERT INTO output (task_id, attempt, stream, data) \
@@ -85,7 +87,8 @@ impl<'c> Batch<'c> {
     }
 
     fn apply_all(&mut self, changes: &[Change]) -> Result<(), StoreError> {
-        for change in changes {
+        let mut runs = runs_of(changes);
+        for (i, change) in changes.iter().enumerate() {
             match change {
                 Change::Submitted(rec) => self.submitted(rec)?,
                 Change::Status {
@@ -95,12 +98,19 @@ impl<'c> Batch<'c> {
                     status,
                     attempt_outcome,
                 } => {
-                    self.status(*id, *from, status)?;
-                    for op in attempt_ops(*id, *from, *at, status, *attempt_outcome)?
-                        .into_iter()
-                        .flatten()
-                    {
-                        self.attempt(*id, op)?;
+                    let ops = attempt_ops(*id, *from, *at, status, *attempt_outcome)?;
+                    let Some(run) = runs.get_mut(id) else {
+                        self.status(*id, *from, status)?;
+                        self.attempts(*id, ops.into_iter().flatten())?;
+                        continue;
+                    };
+                    // One of several status changes of this task in this
+                    // batch: its row is written once, at the last of them.
+                    run.ops.extend(ops.into_iter().flatten());
+                    if run.last == i {
+                        let (first, ops) = (run.first, std::mem::take(&mut run.ops));
+                        self.status(*id, first, status)?;
+                        self.attempts(*id, ops.into_iter())?;
                     }
                 }
                 Change::Progress { id, progress } => self.progress(*id, progress)?,
@@ -267,8 +277,47 @@ impl<'c> Batch<'c> {
         Ok(())
     }
 
-    fn attempt(&mut self, id: TaskId, op: AttemptOp<'_>) -> Result<(), StoreError> {
+    /// A task's attempt writes, in order; an attempt's start is folded
+    /// into the write before it (its row's insert) or after it (its end)
+    /// where that write is in the same run.
+    fn attempts<'a>(
+        &mut self,
+        id: TaskId,
+        ops: impl Iterator<Item = AttemptOp<'a>>,
+    ) -> Result<(), StoreError> {
+        let mut ops = ops.peekable();
+        while let Some(op) = ops.next() {
+            let started = match (op, ops.peek()) {
+                (AttemptOp::Assign { attempt, .. }, Some(&AttemptOp::Start { attempt: a, at }))
+                    if a == attempt =>
+                {
+                    ops.next();
+                    Some(at)
+                }
+                (AttemptOp::Start { attempt, at }, Some(AttemptOp::Finish { attempt: a, .. }))
+                    if *a == attempt =>
+                {
+                    // The finish writes the start too.
+                    let Some(finish) = ops.next() else { break };
+                    self.attempt(id, finish, Some(at))?;
+                    continue;
+                }
+                _ => None,
+            };
+            self.attempt(id, op, started)?;
+        }
+        Ok(())
+    }
+
+    /// One attempt write; `started` also sets the attempt's start.
+    fn attempt(
+        &mut self,
+        id: TaskId,
+        op: AttemptOp<'_>,
+        started: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
         let key = id.to_bytes();
+        let started = started.map(micros);
         match op {
             AttemptOp::Assign {
                 attempt,
@@ -279,7 +328,8 @@ impl<'c> Batch<'c> {
                     &key[..],
                     attempt,
                     worker.as_str(),
-                    micros(at)
+                    micros(at),
+                    started,
                 ])?;
                 if inserted == 0 {
                     return Err(duplicate_attempt(id, attempt));
@@ -307,6 +357,7 @@ impl<'c> Batch<'c> {
                     usage.map(|u| u.cpu_seconds),
                     usage.map(|u| i64::try_from(u.peak_rss_bytes).unwrap_or(i64::MAX)),
                     usage.and_then(|u| u.signal),
+                    started,
                 ])?;
             }
         }
@@ -338,6 +389,52 @@ impl<'c> Batch<'c> {
         }
         Ok(())
     }
+}
+
+/// A task with more than one status change in a batch: the state it
+/// starts from, the index of its last change, and the attempt writes of
+/// the changes before that one.
+struct Run<'a> {
+    first: State,
+    last: usize,
+    ops: Vec<AttemptOp<'a>>,
+}
+
+/// The [`Run`]s of a batch: tasks whose status changes follow on from one
+/// another (each out of the state the one before led into; a task whose
+/// changes do not is left out, so each of its changes is checked).
+fn runs_of(changes: &[Change]) -> std::collections::HashMap<TaskId, Run<'_>> {
+    // (first from, last index, the state it is in after it, count, consistent)
+    let mut seen: std::collections::HashMap<TaskId, (State, usize, State, u32, bool)> =
+        std::collections::HashMap::new();
+    for (i, c) in changes.iter().enumerate() {
+        if let Change::Status {
+            id, from, status, ..
+        } = c
+        {
+            seen.entry(*id)
+                .and_modify(|(_, last, state, n, ok)| {
+                    *ok &= *state == *from;
+                    *last = i;
+                    *state = status.state;
+                    *n += 1;
+                })
+                .or_insert((*from, i, status.state, 1, true));
+        }
+    }
+    seen.into_iter()
+        .filter(|(_, (_, _, _, n, ok))| *n > 1 && *ok)
+        .map(|(id, (first, last, _, _, _))| {
+            (
+                id,
+                Run {
+                    first,
+                    last,
+                    ops: Vec::new(),
+                },
+            )
+        })
+        .collect()
 }
 
 /// `value` as JSON text.
