@@ -229,6 +229,7 @@ impl TaskSystemBuilder {
             closed: AtomicBool::new(false),
             fail_stop: FailStop::default(),
             lazy: Default::default(),
+            offer_batches: Default::default(),
             rt: std::sync::OnceLock::new(),
         });
         inner.persist(&inner.lock(), std::mem::take(&mut out.changes), None);

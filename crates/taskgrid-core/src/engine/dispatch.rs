@@ -560,8 +560,16 @@ impl Engine {
     /// Offers queued tasks to workers with free slots, highest priority
     /// first, FIFO within a priority. Assignments go to `out.assignments`.
     pub fn dispatch(&mut self, now: Timestamp, out: &mut Outbox) {
-        if self.free_slots == 0 {
-            return;
+        self.dispatch_up_to(now, out, usize::MAX);
+    }
+
+    /// [`dispatch`](Engine::dispatch), making at most `limit` assignments
+    /// (the most urgent ones: the first `limit` a full dispatch would make).
+    /// Returns how many it made.
+    pub fn dispatch_up_to(&mut self, now: Timestamp, out: &mut Outbox, limit: usize) -> usize {
+        let first = out.assignments.len();
+        if self.free_slots == 0 || limit == 0 {
+            return 0;
         }
         let mut heads = BinaryHeap::new();
         for (ci, c) in self.classes.iter().enumerate() {
@@ -575,7 +583,7 @@ impl Engine {
                 heads.push((p, Reverse(seq), ci, id));
             }
         }
-        while self.free_slots > 0 {
+        while self.free_slots > 0 && out.assignments.len() - first < limit {
             let Some((p, Reverse(seq), ci, id)) = heads.pop() else {
                 break;
             };
@@ -591,6 +599,7 @@ impl Engine {
                 heads.push((p, Reverse(seq), ci, id));
             }
         }
+        out.assignments.len() - first
     }
 
     /// Whether `c`'s queue has as many tasks out as its cap allows.

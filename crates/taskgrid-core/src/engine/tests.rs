@@ -160,6 +160,31 @@ fn higher_priority_first_then_fifo() {
     assert_eq!(order, [crit, num, n1, n2, low]);
 }
 
+/// A capped dispatch makes the first assignments a full one would, most
+/// urgent first, and the rest stay queued for the next.
+#[test]
+fn a_capped_dispatch_hands_out_the_most_urgent_first() {
+    let mut t = Harness::new();
+    let spec = |p| {
+        let mut s = h("x");
+        s.priority = p;
+        s
+    };
+    let low = t.submit(spec(Priority::LOW));
+    let n1 = t.submit(spec(Priority::NORMAL));
+    let crit = t.submit(spec(Priority::CRITICAL));
+    let n2 = t.submit(spec(Priority::NORMAL));
+    t.worker("w", 8, &["x"]);
+    let now = t.now;
+    assert_eq!(t.engine.dispatch_up_to(now, &mut t.out, 0), 0);
+    assert_eq!(t.engine.dispatch_up_to(now, &mut t.out, 2), 2);
+    let first: Vec<TaskId> = t.out.assignments.drain(..).map(|a| a.id).collect();
+    assert_eq!(first, [crit, n1]);
+    assert_eq!(t.engine.free_slots(), 6);
+    let rest: Vec<TaskId> = t.dispatch().into_iter().map(|a| a.id).collect();
+    assert_eq!(rest, [n2, low]);
+}
+
 #[test]
 fn run_at_delays_until_its_time() {
     let mut t = Harness::new();
