@@ -221,6 +221,7 @@ impl TaskSystemBuilder {
             completions,
             committed,
             wake: Notify::new(),
+            rewake: Notify::new(),
             all_done: Notify::new(),
             clock,
             worker,

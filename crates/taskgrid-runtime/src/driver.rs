@@ -113,6 +113,9 @@ pub(crate) async fn drive(
                 if n == 0 { break; }
             }
             _ = inner.wake.notified() => {}
+            // Gathered notes opened a window: sleep again, to its end at
+            // the latest.
+            _ = inner.rewake.notified() => continue,
             _ = sleep => {}
         }
         inner.step(&mut batch);

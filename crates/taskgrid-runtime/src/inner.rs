@@ -46,6 +46,9 @@ pub(crate) struct Inner {
     /// stops it.
     pub(crate) committed: mpsc::UnboundedSender<Option<Committed>>,
     pub(crate) wake: Notify,
+    /// Tells the driver only to look again at when it must wake (gathered
+    /// notes opened a window), not to take a step.
+    pub(crate) rewake: Notify,
     pub(crate) all_done: Notify,
     /// What the retention sweeps have done so far.
     pub(crate) retention: tokio::sync::watch::Sender<crate::RetentionStats>,
@@ -691,7 +694,9 @@ impl Inner {
             let before = engine.next_wake();
             let r = f(&mut engine, &mut out);
             let after = engine.next_wake();
-            let opened = if out.stops.is_empty() {
+            // While shutting down the driver may be gone: straight to the
+            // writer (which refuses once closed), as is a note with stops.
+            let opened = if out.stops.is_empty() && !self.closed.load(Ordering::Acquire) {
                 self.defer(&engine, out.changes)
             } else {
                 // Stops leave only after the commit: a batch of their own.
@@ -704,10 +709,10 @@ impl Inner {
                 );
                 false
             };
-            (
-                r,
-                opened || after.is_some_and(|a| before.is_none_or(|b| a < b)),
-            )
+            if opened {
+                self.rewake.notify_one();
+            }
+            (r, after.is_some_and(|a| before.is_none_or(|b| a < b)))
         };
         if sooner {
             self.wake.notify_one();

@@ -26,6 +26,8 @@ struct Watched {
     watched: Mutex<Option<ThreadId>>,
     reads: AtomicUsize,
     on_watched: Mutex<Vec<&'static str>>,
+    /// How many output chunks each batch that carried any brought.
+    output_batches: Mutex<Vec<usize>>,
 }
 
 impl Watched {
@@ -36,6 +38,7 @@ impl Watched {
             watched: Mutex::new(None),
             reads: AtomicUsize::new(0),
             on_watched: Mutex::new(Vec::new()),
+            output_batches: Mutex::new(Vec::new()),
         }
     }
 
@@ -56,6 +59,16 @@ impl Watched {
 
 impl Store for Watched {
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let chunks = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Output(_)))
+            .count();
+        if chunks > 0 {
+            self.output_batches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(chunks);
+        }
         self.store.apply(changes)
     }
     fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError> {
@@ -223,4 +236,41 @@ async fn no_store_read_runs_on_an_async_thread() {
         on_async.is_empty(),
         "store reads on the async thread: {on_async:?}"
     );
+}
+
+/// What a running task says that only needs recording (here: output) is
+/// gathered into the next batch, not committed line by line: 50 lines
+/// logged one after another, yielding between them (so the driver and the
+/// writer could run after each), reach the store in one batch, with the
+/// task's end. Paused time: the 10 ms window for gathered notes cannot
+/// close meanwhile.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn notes_of_a_running_task_share_one_batch() {
+    let store = Arc::new(Watched::new());
+    let sys = TaskSystem::builder()
+        .store(store.clone())
+        .handler("chatty", |ctx| async move {
+            for i in 0..50 {
+                ctx.log(format!("line {i}"));
+                tokio::task::yield_now().await;
+            }
+            Ok(serde_json::Value::Null)
+        })
+        .build()
+        .expect("build");
+    sys.start().expect("start");
+    let h = sys
+        .submit(Task::handler("chatty", &json!(null)))
+        .await
+        .expect("submit");
+    assert!(h.wait_timeout(LIMIT).await.expect("wait").is_success());
+    sys.flush().expect("flush");
+    assert_eq!(sys.output(h.id()).await.expect("output").len(), 50);
+    let batches = store
+        .output_batches
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    assert_eq!(batches, [50]);
+    sys.shutdown().await.expect("shutdown");
 }

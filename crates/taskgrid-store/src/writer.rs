@@ -259,9 +259,13 @@ fn run(store: &dyn Store, queue: &Queue, fail_stop: bool) {
     struct Gone<'a>(&'a Queue);
     impl Drop for Gone<'_> {
         fn drop(&mut self) {
-            let mut st = lock(&self.0.state);
-            st.closed = true;
-            st.jobs.clear();
+            let jobs = {
+                let mut st = lock(&self.0.state);
+                st.closed = true;
+                std::mem::take(&mut st.jobs)
+            };
+            // Dropped unlocked: a callback's drop may reach the writer again.
+            drop(jobs);
         }
     }
     let _gone = Gone(queue);
