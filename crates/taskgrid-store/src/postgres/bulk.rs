@@ -461,12 +461,27 @@ fn write_attempts(
             }
         }
     }
-    if !starts.is_empty() {
-        // A later stamp of the same attempt wins, as applied in order.
-        let mut last: HashMap<(TaskId, u32), i64> = HashMap::new();
-        for (id, attempt, at) in starts {
-            last.insert((*id, *attempt), *at);
+    // A later stamp of the same attempt wins, as applied in order.
+    let mut started: HashMap<(TaskId, u32), i64> = HashMap::new();
+    for (id, attempt, at) in starts {
+        started.insert((*id, *attempt), *at);
+    }
+    let mut ended: HashMap<(TaskId, u32), &Finish> = HashMap::new();
+    for f in finishes {
+        ended.insert((f.id, f.attempt), f);
+    }
+    // An attempt that starts and ends in this batch gets both stamps in one
+    // row write (its end's), not two.
+    let mut last = HashMap::new();
+    let mut folded: HashMap<(TaskId, u32), i64> = HashMap::new();
+    for (key, at) in started {
+        if ended.contains_key(&key) {
+            folded.insert(key, at);
+        } else {
+            last.insert(key, at);
         }
+    }
+    if !last.is_empty() {
         let ids: Vec<Vec<u8>> = last.keys().map(|k| k.0.to_bytes().to_vec()).collect();
         let attempts: Vec<i64> = last.keys().map(|k| i64::from(k.1)).collect();
         let at: Vec<i64> = last.values().copied().collect();
@@ -477,12 +492,12 @@ fn write_attempts(
             &[&ids, &attempts, &at],
         )?;
     }
-    if !finishes.is_empty() {
-        let mut last: HashMap<(TaskId, u32), &Finish> = HashMap::new();
-        for f in finishes {
-            last.insert((f.id, f.attempt), f);
-        }
-        let fs: Vec<&Finish> = last.into_values().collect();
+    if !ended.is_empty() {
+        let fs: Vec<&Finish> = ended.into_values().collect();
+        let starts: Vec<Option<i64>> = fs
+            .iter()
+            .map(|f| folded.get(&(f.id, f.attempt)).copied())
+            .collect();
         let ids: Vec<Vec<u8>> = fs.iter().map(|f| f.id.to_bytes().to_vec()).collect();
         let attempts: Vec<i64> = fs.iter().map(|f| i64::from(f.attempt)).collect();
         let at: Vec<i64> = fs.iter().map(|f| f.at).collect();
@@ -495,16 +510,16 @@ fn write_attempts(
         let cpu: Vec<Option<f64>> = fs.iter().map(|f| f.cpu_seconds).collect();
         let rss: Vec<Option<i64>> = fs.iter().map(|f| f.peak_rss_bytes).collect();
         let signals: Vec<Option<i32>> = fs.iter().map(|f| f.signal).collect();
-        let params: [&(dyn ToSql + Sync); 9] = [
-            &ids, &attempts, &at, &outcomes, &errors, &codes, &cpu, &rss, &signals,
+        let params: [&(dyn ToSql + Sync); 10] = [
+            &ids, &attempts, &at, &outcomes, &errors, &codes, &cpu, &rss, &signals, &starts,
         ];
         tx.execute(
             "UPDATE attempts AS a SET finished_at = v.at, outcome = v.outcome, error = v.error, \
              exit_code = v.exit_code, cpu_seconds = v.cpu, peak_rss_bytes = v.rss, \
-             signal = v.signal \
+             signal = v.signal, started_at = COALESCE(v.started, a.started_at) \
              FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[], $4::text[], $5::bytea[], \
-             $6::integer[], $7::float8[], $8::bigint[], $9::integer[]) \
-             AS v(task_id, attempt, at, outcome, error, exit_code, cpu, rss, signal) \
+             $6::integer[], $7::float8[], $8::bigint[], $9::integer[], $10::bigint[]) \
+             AS v(task_id, attempt, at, outcome, error, exit_code, cpu, rss, signal, started) \
              WHERE a.task_id = v.task_id AND a.attempt = v.attempt",
             &params,
         )?;
