@@ -136,19 +136,21 @@ fn a_task_runs_to_success_and_every_change_is_recorded() {
     );
 }
 
+/// A task of handler `x` at priority `p`.
+fn prio(p: Priority) -> TaskSpec {
+    let mut s = h("x");
+    s.priority = p;
+    s
+}
+
 #[test]
 fn higher_priority_first_then_fifo() {
     let mut t = Harness::new();
-    let spec = |p| {
-        let mut s = h("x");
-        s.priority = p;
-        s
-    };
-    let low = t.submit(spec(Priority::LOW));
-    let n1 = t.submit(spec(Priority::NORMAL));
-    let crit = t.submit(spec(Priority::CRITICAL));
-    let n2 = t.submit(spec(Priority::NORMAL));
-    let num = t.submit(spec(Priority(200)));
+    let low = t.submit(prio(Priority::LOW));
+    let n1 = t.submit(prio(Priority::NORMAL));
+    let crit = t.submit(prio(Priority::CRITICAL));
+    let n2 = t.submit(prio(Priority::NORMAL));
+    let num = t.submit(prio(Priority(200)));
     t.worker("w", 1, &["x"]);
     let mut order = Vec::new();
     for _ in 0..5 {
@@ -165,15 +167,10 @@ fn higher_priority_first_then_fifo() {
 #[test]
 fn a_capped_dispatch_hands_out_the_most_urgent_first() {
     let mut t = Harness::new();
-    let spec = |p| {
-        let mut s = h("x");
-        s.priority = p;
-        s
-    };
-    let low = t.submit(spec(Priority::LOW));
-    let n1 = t.submit(spec(Priority::NORMAL));
-    let crit = t.submit(spec(Priority::CRITICAL));
-    let n2 = t.submit(spec(Priority::NORMAL));
+    let low = t.submit(prio(Priority::LOW));
+    let n1 = t.submit(prio(Priority::NORMAL));
+    let crit = t.submit(prio(Priority::CRITICAL));
+    let n2 = t.submit(prio(Priority::NORMAL));
     t.worker("w", 8, &["x"]);
     let now = t.now;
     assert_eq!(t.engine.dispatch_up_to(now, &mut t.out, 0), 0);
