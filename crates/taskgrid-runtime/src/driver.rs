@@ -84,10 +84,7 @@ impl Inner {
     /// sooner.
     fn next_wake(&self) -> Option<tokio::time::Instant> {
         let timer = self.lock().next_wake().map(|t| self.clock.instant_at(t));
-        match (timer, self.lazy_due()) {
-            (Some(t), Some(l)) => Some(t.min(l)),
-            (t, l) => t.or(l),
-        }
+        timer.into_iter().chain(self.lazy_due()).min()
     }
 }
 
@@ -96,8 +93,8 @@ pub(crate) async fn drive(
     mut completions: mpsc::UnboundedReceiver<Report>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    // `TaskSystem::start` took the first step.
     let mut batch = Vec::with_capacity(1024);
-    inner.step(&mut batch);
     loop {
         let wake_at = inner.next_wake();
         let sleep = async {

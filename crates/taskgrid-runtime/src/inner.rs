@@ -300,16 +300,7 @@ impl Inner {
     /// Blocks until every change made so far, gathered notes included, is
     /// committed.
     pub(crate) fn flush(&self) -> Result<(), taskgrid_store::StoreError> {
-        {
-            let engine = self.lock();
-            self.persist_then(
-                &engine,
-                Vec::new(),
-                Duration::ZERO,
-                Effects::default(),
-                None,
-            );
-        }
+        self.persist(&self.lock(), Vec::new(), None);
         self.writer.flush()
     }
 
@@ -684,10 +675,7 @@ impl Inner {
     /// batch (see [`Lazy`]), and the driver is woken only if it must send
     /// them or a timer now falls due sooner (an accept arms the attempt's
     /// timeout), since nothing it could dispatch has changed.
-    pub(crate) fn note<T, E>(
-        &self,
-        f: impl FnOnce(&mut Engine, &mut Outbox) -> Result<T, E>,
-    ) -> Result<T, E> {
+    pub(crate) fn note<T>(&self, f: impl FnOnce(&mut Engine, &mut Outbox) -> T) -> T {
         let mut out = Outbox::default();
         let (r, sooner) = {
             let mut engine = self.lock();

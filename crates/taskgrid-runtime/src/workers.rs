@@ -293,19 +293,14 @@ impl WorkerService {
         Ok(())
     }
 
-    /// The worker took an offered attempt.
-    pub fn accept(&self, worker: &WorkerId, id: TaskId, attempt: u32) -> Result<(), WorkerError> {
-        self.note(worker, Note::Accept { id, attempt })
-    }
-
     /// Records what a worker said in a row (accepts, output, progress) under
     /// one engine lock, in one store batch: a busy worker's stream carries
     /// many at once, and each alone would cost a lock, a batch and a wake
     /// of the publisher. Returns each note's result, in order.
     pub fn notes(&self, worker: &WorkerId, notes: Vec<Note>) -> Vec<Result<(), WorkerError>> {
         let now = self.inner.clock.now();
-        let results = self.inner.note(|e, out| {
-            let results: Vec<Result<(), WorkerError>> = notes
+        self.inner.note(|e, out| {
+            notes
                 .into_iter()
                 .map(|n| {
                     Ok(match n {
@@ -323,13 +318,8 @@ impl WorkerService {
                         } => e.progress(worker, id, attempt, progress, out),
                     }?)
                 })
-                .collect();
-            Ok::<_, std::convert::Infallible>(results)
-        });
-        match results {
-            Ok(r) => r,
-            Err(never) => match never {},
-        }
+                .collect()
+        })
     }
 
     /// The worker refused an offered attempt.
@@ -344,49 +334,6 @@ impl WorkerService {
         Ok(self
             .inner
             .command(|e, out| e.reject(worker, id, attempt, reason, now, out))?)
-    }
-
-    /// Output of a running attempt.
-    pub fn output(
-        &self,
-        worker: &WorkerId,
-        id: TaskId,
-        attempt: u32,
-        stream: Stream,
-        data: String,
-    ) -> Result<(), WorkerError> {
-        self.note(
-            worker,
-            Note::Output {
-                id,
-                attempt,
-                stream,
-                data,
-            },
-        )
-    }
-
-    /// Progress of a running attempt.
-    pub fn progress(
-        &self,
-        worker: &WorkerId,
-        id: TaskId,
-        attempt: u32,
-        progress: Progress,
-    ) -> Result<(), WorkerError> {
-        self.note(
-            worker,
-            Note::Progress {
-                id,
-                attempt,
-                progress,
-            },
-        )
-    }
-
-    /// One note (see [`notes`](Self::notes)).
-    fn note(&self, worker: &WorkerId, note: Note) -> Result<(), WorkerError> {
-        self.notes(worker, vec![note]).pop().unwrap_or(Ok(()))
     }
 
     /// An attempt ended. Reports go to the driver in the order they come,

@@ -246,7 +246,7 @@ async fn no_store_read_runs_on_an_async_thread() {
 /// task runs (it is always ready to run again), so the count does not
 /// depend on this machine's speed.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn notes_of_a_running_task_share_one_batch() {
+async fn notes_of_a_running_task_are_not_committed_one_by_one() {
     let store = Arc::new(Watched::new());
     let sys = TaskSystem::builder()
         .store(store.clone())

@@ -49,10 +49,10 @@ async fn a_remote_worker_runs_a_task_and_its_output_and_result_are_stored() {
     sys.shutdown().await.unwrap();
 }
 
-/// Messages that arrive together are taken together (each run of accepts,
-/// output and progress under one engine lock, in one store batch), and each
-/// still counts as if it came alone, in order: a malformed or refused one
-/// among them is dropped, the others are recorded.
+/// A burst of messages sent without waiting (which the gateway may take
+/// together, each run of accepts, output and progress under one engine
+/// lock): each still counts as if it came alone, in order, and a malformed
+/// or refused one among them is dropped while the others are recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_messages_is_recorded_in_order() {
     let (sys, w, h, a) = one_offer("double", 21).await;

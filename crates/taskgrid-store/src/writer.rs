@@ -8,10 +8,12 @@
 //! A batch may also be given a *window* ([`Writer::submit_within`]): a
 //! commit starts at once if anything in it was submitted without one, and
 //! otherwise when the earliest window of its batches ends, taking whatever
-//! arrived meanwhile. So changes that may wait (a worker's accept, progress
-//! and output: [`Writer::submit_lazy`], up to [`LAZY_WINDOW`]; or one of
-//! several results expected close together) ride in a shared commit instead
-//! of paying for one of their own.
+//! arrived meanwhile. So changes that may wait (one of several results
+//! expected close together; [`Writer::submit_lazy`], up to [`LAZY_WINDOW`])
+//! ride in a shared commit instead of paying for one of their own. (The
+//! runtime goes further with a worker's accepts, progress and output: it
+//! gathers them itself and hands them over at the head of its next batch,
+//! or alone once [`LAZY_WINDOW`] has passed.)
 //!
 //! Batches are applied in submission order. Each batch's `done` callback is
 //! called once its changes are committed (or have failed), in submission

@@ -1,6 +1,8 @@
 //! The SQLite write path: one `apply` = one `BEGIN IMMEDIATE … COMMIT`, every
 //! statement prepared once per call and reused for the whole batch.
 
+use std::collections::HashMap;
+
 use rusqlite::{CachedStatement, Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use taskgrid_core::{
@@ -391,50 +393,49 @@ impl<'c> Batch<'c> {
     }
 }
 
-/// A task with more than one status change in a batch: the state it
-/// starts from, the index of its last change, and the attempt writes of
-/// the changes before that one.
+/// A task with more than one status change in a batch, chained: the
+/// state it starts from, the index of its last change, and the attempt
+/// writes of the changes before that one.
 struct Run<'a> {
     first: State,
     last: usize,
+    /// The state its last change so far leads into.
+    state: State,
+    count: u32,
+    /// Whether each change so far is out of the state the one before led
+    /// into.
+    chained: bool,
     ops: Vec<AttemptOp<'a>>,
 }
 
-/// The [`Run`]s of a batch: tasks whose status changes follow on from one
-/// another (each out of the state the one before led into; a task whose
-/// changes do not is left out, so each of its changes is checked).
-fn runs_of(changes: &[Change]) -> std::collections::HashMap<TaskId, Run<'_>> {
-    // (first from, last index, the state it is in after it, count, consistent)
-    let mut seen: std::collections::HashMap<TaskId, (State, usize, State, u32, bool)> =
-        std::collections::HashMap::new();
+/// The [`Run`]s of a batch (a task whose changes do not chain is left out,
+/// so each of its changes is checked on its own).
+fn runs_of(changes: &[Change]) -> HashMap<TaskId, Run<'_>> {
+    let mut runs: HashMap<TaskId, Run<'_>> = HashMap::new();
     for (i, c) in changes.iter().enumerate() {
         if let Change::Status {
             id, from, status, ..
         } = c
         {
-            seen.entry(*id)
-                .and_modify(|(_, last, state, n, ok)| {
-                    *ok &= *state == *from;
-                    *last = i;
-                    *state = status.state;
-                    *n += 1;
+            runs.entry(*id)
+                .and_modify(|r| {
+                    r.chained &= r.state == *from;
+                    r.last = i;
+                    r.state = status.state;
+                    r.count += 1;
                 })
-                .or_insert((*from, i, status.state, 1, true));
+                .or_insert(Run {
+                    first: *from,
+                    last: i,
+                    state: status.state,
+                    count: 1,
+                    chained: true,
+                    ops: Vec::new(),
+                });
         }
     }
-    seen.into_iter()
-        .filter(|(_, (_, _, _, n, ok))| *n > 1 && *ok)
-        .map(|(id, (first, last, _, _, _))| {
-            (
-                id,
-                Run {
-                    first,
-                    last,
-                    ops: Vec::new(),
-                },
-            )
-        })
-        .collect()
+    runs.retain(|_, r| r.count > 1 && r.chained);
+    runs
 }
 
 /// `value` as JSON text.
