@@ -28,10 +28,15 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) slots: Option<u32>,
     /// Tasks held ready beyond the slots, each started the moment a slot
-    /// frees: hides the round trip to the coordinator between short tasks,
-    /// at the price of holding work another free worker could run.
-    #[arg(long, default_value_t = 0)]
-    pub(crate) prefetch: u32,
+    /// frees: hides the round trip to the coordinator between short tasks
+    /// (default: as many as the slots; 0: none).
+    #[arg(long)]
+    pub(crate) prefetch: Option<u32>,
+    /// Longest a held task waits here for a slot before it is handed back
+    /// for a worker with a free slot (ms): what the prefetch may cost long
+    /// tasks.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) prefetch_hold_ms: u64,
     /// Run every shell task in a cgroup of its own, not only those with
     /// --cpus/--memory limits: exact peak memory and CPU seconds of all a
     /// task's processes, at about a millisecond of kernel work per task
@@ -103,7 +108,8 @@ impl Args {
             anyhow::ensure!(s > 0, "--slots must be at least 1");
             c.slots = s;
         }
-        c.prefetch = self.prefetch;
+        c.prefetch = self.prefetch.unwrap_or(c.slots);
+        c.prefetch_hold = Duration::from_millis(self.prefetch_hold_ms);
         c.cgroup_every_task = self.cgroup_every_task;
         c.spawner = spawner();
         for l in &self.labels {

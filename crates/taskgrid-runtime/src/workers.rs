@@ -336,6 +336,17 @@ impl WorkerService {
             .command(|e, out| e.reject(worker, id, attempt, reason, now, out))?)
     }
 
+    /// The worker hands back an attempt it held beyond its slots (its
+    /// prefetch) and did not start; see [`Engine::release`].
+    ///
+    /// [`Engine::release`]: taskgrid_core::Engine::release
+    pub fn release(&self, worker: &WorkerId, id: TaskId, attempt: u32) -> Result<(), WorkerError> {
+        let now = self.inner.clock.now();
+        Ok(self
+            .inner
+            .command(|e, out| e.release(worker, id, attempt, now, out))?)
+    }
+
     /// An attempt ended. Reports go to the driver in the order they come,
     /// and a stale one is ignored there.
     pub fn report(

@@ -537,7 +537,11 @@ async fn apply(
         In::Accept(_) | In::Output(_) | In::Progress(_) => Ok(()),
         In::Reject(r) => {
             let (id, n) = attempt(r.attempt.as_ref())?;
-            Ok(service.reject(worker, id, n, &r.reason)?)
+            if r.release {
+                Ok(service.release(worker, id, n)?)
+            } else {
+                Ok(service.reject(worker, id, n, &r.reason)?)
+            }
         }
         In::Result(r) => report(service, worker, &r),
         In::Results(rs) => {

@@ -339,6 +339,7 @@ async fn every_refusal_fails_the_task_with_no_capable_worker() {
         w.send(In::Reject(worker::Reject {
             attempt: a.attempt.clone(),
             reason: "no CUDA".into(),
+            release: false,
         }))
         .await;
     }

@@ -35,11 +35,13 @@ async fn coordinator_with(gateway_config: GatewayConfig) -> (TaskSystem, SocketA
     (sys, addr)
 }
 
-/// A worker with one slot that holds `prefetch` tasks beyond it.
+/// A worker with one slot that holds `prefetch` tasks beyond it (for as
+/// long as it takes).
 fn one_slot_prefetching(addr: SocketAddr, id: &str, prefetch: u32) -> WorkerConfig {
     let mut c = config(addr, id);
     c.slots = 1;
     c.prefetch = prefetch;
+    c.prefetch_hold = Duration::from_secs(3600);
     c
 }
 
@@ -462,6 +464,47 @@ async fn prefetched_tasks_wait_for_a_slot_and_a_cancelled_one_never_runs() {
         State::Succeeded
     );
     assert!(!mark("third").exists(), "the cancelled task never ran");
+    sys.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_held_too_long_is_handed_back_and_runs_on_a_free_worker() {
+    let (sys, addr) = coordinator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = one_slot_prefetching(addr, "busy", 1);
+    c.prefetch_hold = Duration::from_millis(100);
+    tokio::spawn(Worker::with_config(c).run());
+    let mut events = sys.subscribe();
+    let gate = dir.path().join("gate");
+    let long = sys.submit(gated(&gate)).await.unwrap();
+    let next = sys.submit(script("true")).await.unwrap();
+    reach_all(
+        &mut events,
+        &[(long.id(), State::Running), (next.id(), State::Assigned)],
+    )
+    .await;
+    // The busy worker hands it back unstarted, and is not offered it again
+    // while its slot is taken.
+    reach(&mut events, next.id(), State::Queued).await;
+    let held = next.record().await.unwrap().status;
+    assert_eq!(held.state, State::Queued);
+    // A worker with a free slot runs it, while the long task still runs.
+    tokio::spawn(Worker::with_config(config(addr, "free")).run());
+    let done = next.wait_timeout(LIMIT).await.unwrap();
+    assert_eq!(done.state, State::Succeeded);
+    let rec = next.record().await.unwrap();
+    assert_eq!(rec.status.worker, Some(WorkerId::new("free")));
+    assert_eq!(
+        rec.status.attempt,
+        held.attempt + 1,
+        "handed back once, not passed around"
+    );
+    assert_eq!(long.record().await.unwrap().status.state, State::Running);
+    std::fs::write(&gate, b"").unwrap();
+    assert_eq!(
+        long.wait_timeout(LIMIT).await.unwrap().state,
+        State::Succeeded
+    );
     sys.shutdown().await.unwrap();
 }
 

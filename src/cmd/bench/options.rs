@@ -33,9 +33,9 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(super) slots: Option<u32>,
     /// Tasks each worker holds ready beyond its slots (`taskgrid worker
-    /// --prefetch`).
-    #[arg(long, default_value_t = 0)]
-    pub(super) prefetch: u32,
+    /// --prefetch`) [default: as many as its slots, as `taskgrid worker`].
+    #[arg(long)]
+    pub(super) prefetch: Option<u32>,
     /// Workers run every shell task in a cgroup of its own (`taskgrid
     /// worker --cgroup-every-task`), to measure what that costs.
     #[arg(long)]

@@ -126,7 +126,7 @@ impl Args {
                 bail!("--slots must be at most {MAX_SLOTS} (the coordinator's limit per worker)");
             }
         }
-        if self.prefetch > MAX_SLOTS {
+        if self.prefetch.is_some_and(|p| p > MAX_SLOTS) {
             bail!("--prefetch must be at most {MAX_SLOTS} (the coordinator's limit per worker)");
         }
         if self.batch as usize > ApiConfig::MAX_BATCH_DEFAULT {
@@ -220,7 +220,7 @@ impl Args {
             workers: self.workers,
             worker_mode: self.worker_mode,
             slots,
-            prefetch: self.prefetch,
+            prefetch: self.prefetch.unwrap_or(slots),
             cgroup_every_task: self.cgroup_every_task,
             clients: self.clients,
             batch: self.batch,

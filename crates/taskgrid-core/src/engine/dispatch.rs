@@ -583,6 +583,10 @@ impl Engine {
                 heads.push((p, Reverse(seq), ci, id));
             }
         }
+        // Workers that passed over a task they had handed back (see
+        // `pick_worker`): they hold nothing more this round, so that work
+        // behind it cannot keep their slots full while it waits.
+        let mut no_hold = Vec::new();
         while self.free_slots > 0 && out.assignments.len() - first < limit {
             let Some((p, Reverse(seq), ci, id)) = heads.pop() else {
                 break;
@@ -590,7 +594,7 @@ impl Engine {
             if self.at_queue_cap(&self.classes[ci]) {
                 continue;
             }
-            match self.pick_worker(ci, id) {
+            match self.pick_worker(ci, id, &mut no_hold) {
                 Pick::Worker(wi) => self.assign(id, wi, now, out),
                 Pick::Skip => {}
                 Pick::Blocked => continue,
@@ -611,7 +615,10 @@ impl Engine {
         })
     }
 
-    fn pick_worker(&self, ci: usize, id: TaskId) -> Pick {
+    /// The worker for `id`, of those able to run its class. A worker in
+    /// `no_hold` gets it only into free slots; one that handed it back
+    /// unstarted likewise, and joins `no_hold` if the task then waits.
+    fn pick_worker(&self, ci: usize, id: TaskId, no_hold: &mut Vec<usize>) -> Pick {
         let Some(e) = self.tasks.get(&id) else {
             return Pick::Skip;
         };
@@ -623,6 +630,7 @@ impl Engine {
         // then the less loaded host, then trust.
         let mut best: Option<((u32, u32, f64, f64), usize)> = None;
         let mut refused = false;
+        let mut passed_over = Vec::new();
         for &wi in &self.classes[ci].capable {
             let Some(w) = self.workers[wi].as_ref() else {
                 continue;
@@ -632,6 +640,15 @@ impl Engine {
             if free < need || trust < min_trust || !w.has_memory(memory) {
                 continue;
             }
+            if w.idle() < need {
+                if no_hold.contains(&wi) {
+                    continue;
+                }
+                if e.released(&w.info.id) {
+                    passed_over.push(wi);
+                    continue;
+                }
+            }
             if e.refused(&w.info.id) {
                 refused = true;
                 continue;
@@ -639,6 +656,9 @@ impl Engine {
             if best.is_none_or(|(b, _)| rank > b) {
                 best = Some((rank, wi));
             }
+        }
+        if best.is_none() {
+            no_hold.extend(passed_over);
         }
         match best {
             Some((_, wi)) => Pick::Worker(wi),

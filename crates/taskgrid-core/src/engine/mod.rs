@@ -292,17 +292,45 @@ struct Entry {
     seq: u64,
     /// Dependencies that have not succeeded yet.
     waiting_on: u32,
-    /// Workers that refused this task (rare: boxed to keep entries small).
-    /// (A thin box: 8 bytes here, where a boxed slice takes 16.)
-    #[allow(clippy::box_collection)] // deliberately thin: size matters here
-    refused_by: Option<Box<Vec<WorkerId>>>,
+    /// Workers that refused this task or handed it back (rare: boxed to
+    /// keep entries small).
+    passed_by: Option<Box<Passed>>,
     /// While queued with no capable worker: when to give up.
     dispatch_deadline: Option<Timestamp>,
 }
 
+/// The workers that passed a task on.
+#[derive(Debug, Default)]
+struct Passed {
+    /// Refused it: not capable. Never offered it again.
+    refused: Vec<WorkerId>,
+    /// Held it beyond their slots (prefetch) and handed it back unstarted:
+    /// offered it again only into a free slot.
+    released: Vec<WorkerId>,
+}
+
 impl Entry {
     fn refused(&self, w: &WorkerId) -> bool {
-        self.refused_by.as_ref().is_some_and(|r| r.contains(w))
+        self.passed_by
+            .as_ref()
+            .is_some_and(|p| p.refused.contains(w))
+    }
+    fn released(&self, w: &WorkerId) -> bool {
+        self.passed_by
+            .as_ref()
+            .is_some_and(|p| p.released.contains(w))
+    }
+    /// Notes that `w` passed this task on (refused it, or released it).
+    fn passed(&mut self, w: &WorkerId, released: bool) {
+        let p = self.passed_by.get_or_insert_with(Box::default);
+        let list = if released {
+            &mut p.released
+        } else {
+            &mut p.refused
+        };
+        if !list.contains(w) {
+            list.push(w.clone());
+        }
     }
 }
 

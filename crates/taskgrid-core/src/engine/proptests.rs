@@ -97,6 +97,7 @@ enum Cmd {
     Dispatch,
     Accept(usize),
     Reject(usize),
+    Release(usize),
     Report(usize, u8),
     Cancel(usize),
     Tick(u64),
@@ -123,6 +124,7 @@ fn cmd() -> impl Strategy<Value = Cmd> {
         3 => Just(Cmd::Dispatch),
         3 => any::<usize>().prop_map(Cmd::Accept),
         1 => any::<usize>().prop_map(Cmd::Reject),
+        1 => any::<usize>().prop_map(Cmd::Release),
         4 => (any::<usize>(), 0..5u8).prop_map(|(i, o)| Cmd::Report(i, o)),
         1 => any::<usize>().prop_map(Cmd::Cancel),
         2 => (0..4000u64).prop_map(Cmd::Tick),
@@ -288,12 +290,16 @@ impl Model {
                         .accept(&a.worker, a.id, a.attempt, t.now, &mut t.out);
                 }
             }
-            Cmd::Reject(i) => {
+            Cmd::Reject(i) | Cmd::Release(i) => {
                 if let Some(i) = Self::pick(&self.outstanding, i) {
                     let a = self.outstanding.swap_remove(i);
-                    let r = t
-                        .engine
-                        .reject(&a.worker, a.id, a.attempt, "no", t.now, &mut t.out);
+                    let r = if matches!(c, Cmd::Reject(_)) {
+                        t.engine
+                            .reject(&a.worker, a.id, a.attempt, "no", t.now, &mut t.out)
+                    } else {
+                        t.engine
+                            .release(&a.worker, a.id, a.attempt, t.now, &mut t.out)
+                    };
                     // Refusing a running attempt is refused: it keeps running.
                     if matches!(r, Err(CommandError::Stale { current, state: State::Running, .. }) if current == a.attempt)
                     {
@@ -382,7 +388,9 @@ impl Model {
                     continue;
                 }
                 let key = &e.classes[other.class.0 as usize].key;
-                let could = w.can_run(key) && !other.refused(&w.info.id);
+                // (One it handed back may wait for a free slot there.)
+                let could =
+                    w.can_run(key) && !other.refused(&w.info.id) && !other.released(&w.info.id);
                 assert!(
                     !(could && other.rec.spec.priority > got.rec.spec.priority),
                     "{} got {:?} task {} while {:?} task {} it could run waited",

@@ -114,7 +114,36 @@ impl Engine {
         now: Timestamp,
         out: &mut Outbox,
     ) -> Result<(), CommandError> {
-        // A refusal of an attempt that is already running is a protocol
+        self.pass_on(worker, id, attempt, Some(reason), now, out)
+    }
+
+    /// The worker hands back an offer it held beyond its slots (its
+    /// prefetch) and did not start: not a refusal. The task goes back to
+    /// its queue, and is offered to this worker again only into a free
+    /// slot, so that a busy worker does not sit on work that another could
+    /// run.
+    pub fn release(
+        &mut self,
+        worker: &WorkerId,
+        id: TaskId,
+        attempt: u32,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Result<(), CommandError> {
+        self.pass_on(worker, id, attempt, None, now, out)
+    }
+
+    /// [`Engine::reject`] (with the reason) or [`Engine::release`].
+    fn pass_on(
+        &mut self,
+        worker: &WorkerId,
+        id: TaskId,
+        attempt: u32,
+        refusal: Option<&str>,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Result<(), CommandError> {
+        // Handing back an attempt that is already running is a protocol
         // error: the attempt keeps its slot.
         let running = self
             .current_of(worker, id, attempt, &[State::Running])
@@ -130,14 +159,12 @@ impl Engine {
             self.apply_event(id, Event::Requeue, now, outcome, out, |_| {})?;
             return Ok(());
         }
-        if let Some(e) = self.tasks.get_mut(&id)
-            && !e.refused(worker)
-        {
-            let mut list = e.refused_by.take().map(|b| *b).unwrap_or_default();
-            list.push(worker.clone());
-            e.refused_by = Some(Box::new(list));
+        if let Some(e) = self.tasks.get_mut(&id) {
+            e.passed(worker, refusal.is_none());
         }
-        if self.all_capable_refused(id) {
+        if let Some(reason) = refusal
+            && self.all_capable_refused(id)
+        {
             let failure = TaskFailure::new(
                 FailureCode::NoCapableWorker,
                 format!(

@@ -328,7 +328,7 @@ impl Engine {
                 class,
                 seq: 0,
                 waiting_on: 0,
-                refused_by: None,
+                passed_by: None,
                 dispatch_deadline: None,
             },
         );

@@ -1162,6 +1162,89 @@ fn a_task_goes_to_an_idle_worker_before_one_that_would_hold_it() {
     assert_eq!((a.len(), a[0].id, &a[0].worker), (1, next, &idle));
 }
 
+/// A worker with `slots` slots that holds `prefetch` more, running `x` and `y`.
+fn holder(t: &mut Harness, name: &str, slots: u32, prefetch: u32) -> WorkerId {
+    let mut info = WorkerInfo::local(name, slots, ["x", "y"]);
+    info.prefetch = prefetch;
+    let w = info.id.clone();
+    t.engine.register_worker(info, t.now);
+    w
+}
+
+#[test]
+fn a_handed_back_task_goes_to_a_free_slot_and_holds_back_what_is_behind_it() {
+    let mut t = Harness::new();
+    let w = holder(&mut t, "w", 1, 1);
+    let long = t.submit(prio(Priority::HIGH));
+    let back = t.submit(prio(Priority::HIGH));
+    let a = t.dispatch();
+    assert_eq!(a.iter().map(|x| x.id).collect::<Vec<_>>(), [long, back]);
+    t.engine
+        .accept(&w, long, a[0].attempt, t.now, &mut t.out)
+        .unwrap();
+    // Handing back a running attempt is refused: it keeps its slot.
+    let err = t.engine.release(&w, long, a[0].attempt, t.now, &mut t.out);
+    assert!(matches!(err, Err(CommandError::Stale { .. })), "{err:?}");
+    // The held one, never started, goes back to its queue: not a refusal.
+    t.out.changes.clear();
+    t.engine
+        .release(&w, back, a[1].attempt, t.now, &mut t.out)
+        .unwrap();
+    assert_eq!(t.state(back), State::Queued);
+    assert!(matches!(
+        t.out.changes[..],
+        [Change::Status {
+            id,
+            attempt_outcome: Some(AttemptOutcome::Rejected),
+            from: State::Assigned,
+            ..
+        }] if id == back
+    ));
+    // Lower-priority work of another class is not held in its place: the
+    // worker holds nothing while the task it handed back waits for it.
+    let mut low = h("y");
+    low.priority = Priority::LOW;
+    let low = t.submit(low);
+    assert!(t.dispatch().is_empty());
+    assert_eq!(t.engine.free_slots(), 1);
+    // A free slot takes it, with a new attempt; then holding resumes.
+    t.report(&a[0], Outcome::ok()).unwrap();
+    let again = t.dispatch();
+    assert_eq!(again.iter().map(|x| x.id).collect::<Vec<_>>(), [back, low]);
+    assert_eq!(again[0].attempt, a[1].attempt + 1);
+}
+
+#[test]
+fn a_handed_back_task_goes_at_once_to_another_worker_with_room() {
+    let mut t = Harness::new();
+    let busy = holder(&mut t, "busy", 1, 1);
+    let first = t.submit(h("x"));
+    let second = t.submit(h("x"));
+    let a = t.dispatch();
+    assert_eq!(
+        a.iter().map(|x| (x.id, &x.worker)).collect::<Vec<_>>(),
+        [(first, &busy), (second, &busy)]
+    );
+    t.engine
+        .accept(&busy, first, a[0].attempt, t.now, &mut t.out)
+        .unwrap();
+    // A worker that joined later has room, not even a free slot: the
+    // task goes there (held), as it would to any worker that did not hand
+    // it back.
+    let other = holder(&mut t, "other", 1, 1);
+    let third = t.submit(h("x"));
+    assert_eq!(t.dispatch()[0].worker, other);
+    t.engine
+        .release(&busy, second, a[1].attempt, t.now, &mut t.out)
+        .unwrap();
+    let b = t.dispatch();
+    assert_eq!(
+        b.iter().map(|x| (x.id, &x.worker)).collect::<Vec<_>>(),
+        [(second, &other)]
+    );
+    assert_eq!(t.state(third), State::Assigned);
+}
+
 #[test]
 fn requested_memory_never_adds_up_to_more_than_a_worker_has() {
     let mut t = Harness::new();

@@ -48,8 +48,14 @@ pub struct WorkerConfig {
     /// Slots' worth of tasks held ready beyond `slots`, each started the
     /// moment a slot frees (0: none). For many short tasks this hides the
     /// round trip to the coordinator between one task and the next; the
-    /// price is that a held task waits here even if another worker is free.
+    /// price is that a held task waits here even if another worker is free,
+    /// for at most `prefetch_hold`.
     pub prefetch: u32,
+    /// How long a task may wait here, held beyond the slots, before it is
+    /// handed back unstarted (the coordinator then offers it to a worker
+    /// with a free slot, this one included). Bounds what a prefetch costs
+    /// long tasks: one busy worker never sits on work another could run.
+    pub prefetch_hold: Duration,
     /// Run every shell attempt in a cgroup of its own, not only those with
     /// limits: exact peak memory and CPU seconds for every task, at about a
     /// millisecond of kernel work per attempt.
@@ -116,6 +122,8 @@ impl std::fmt::Debug for WorkerTls {
 impl WorkerConfig {
     /// Default drain grace: 30 s.
     pub const DRAIN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
+    /// Default longest wait of a prefetched task for a slot here: 1 s.
+    pub const PREFETCH_HOLD_DEFAULT: Duration = Duration::from_secs(1);
     /// Default first reconnect delay: 100 ms.
     pub const RECONNECT_MIN_DEFAULT: Duration = Duration::from_millis(100);
     /// Default longest reconnect delay: 1 s. A restarted coordinator has
@@ -142,6 +150,7 @@ impl WorkerConfig {
             labels: Vec::new(),
             slots: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             prefetch: 0,
+            prefetch_hold: Self::PREFETCH_HOLD_DEFAULT,
             cgroup_every_task: false,
             spawner: None,
             queues: Vec::new(),

@@ -24,6 +24,7 @@ pub(super) fn start(shared: &Arc<Shared>, a: worker::Assignment, draining: bool)
         shared.emit(In::Reject(worker::Reject {
             attempt: a.attempt.clone(),
             reason,
+            release: false,
         }));
     };
     let kind = match taskgrid_proto::kind_to_core(&a) {
@@ -61,6 +62,7 @@ pub(super) fn start(shared: &Arc<Shared>, a: worker::Assignment, draining: bool)
         kind,
         need,
         stop,
+        since: tokio::time::Instant::now(),
     };
     let mut slots = relock(&shared.slots);
     if slots.held.is_empty() && slots.fits(need, shared.config.slots) {
@@ -97,12 +99,35 @@ pub(super) struct Held {
     kind: TaskKind,
     need: u32,
     stop: watch::Receiver<Option<StopReason>>,
+    /// When it was taken.
+    since: tokio::time::Instant,
 }
 
 impl Held {
     /// Its task and attempt.
     pub(super) fn key(&self) -> (TaskId, u32) {
         (self.id, self.attempt)
+    }
+}
+
+impl Slots {
+    /// Takes the held assignments that have waited `hold` or longer (the
+    /// oldest are first).
+    pub(super) fn take_stale(
+        &mut self,
+        hold: std::time::Duration,
+        now: tokio::time::Instant,
+    ) -> Vec<Held> {
+        let mut stale = Vec::new();
+        while self.held.front().is_some_and(|h| h.since + hold <= now) {
+            stale.extend(self.held.pop_front());
+        }
+        stale
+    }
+
+    /// When the oldest held assignment will have waited `hold`.
+    pub(super) fn hold_deadline(&self, hold: std::time::Duration) -> Option<tokio::time::Instant> {
+        self.held.front().map(|h| h.since + hold)
     }
 }
 
@@ -124,6 +149,7 @@ fn launch(shared: &Arc<Shared>, h: Held) {
             kind,
             need,
             stop,
+            since: _,
         } = h;
         // Gives the slots back however this ends; after a panic, reports
         // the attempt failed so that it is not left running.

@@ -138,13 +138,45 @@ impl Shared {
 
     /// Hands the held assignments back to the coordinator (on a drain).
     fn hand_back_held(&self) {
-        for h in self.take_held() {
-            self.forget(h.key());
+        self.hand_back(self.take_held(), false);
+    }
+
+    /// Hands back the held assignments that waited `prefetch_hold` for a
+    /// slot.
+    fn hand_back_stale(&self) {
+        let now = tokio::time::Instant::now();
+        let stale = relock(&self.slots).take_stale(self.config.prefetch_hold, now);
+        if !stale.is_empty() {
+            tracing::debug!(
+                n = stale.len(),
+                "handing back prefetched tasks that found no slot"
+            );
+        }
+        self.hand_back(stale, true);
+    }
+
+    /// Forgets `held` and tells the coordinator: a `release` (not a
+    /// refusal) when they only waited too long for a slot.
+    fn hand_back(&self, held: Vec<super::run::Held>, release: bool) {
+        for h in held {
+            let (id, attempt) = h.key();
+            self.forget((id, attempt));
+            let reason = if release {
+                "held too long without a slot"
+            } else {
+                "the worker is draining"
+            };
             self.emit(In::Reject(worker::Reject {
-                attempt: Some(taskgrid_proto::attempt_ref(h.key().0, h.key().1)),
-                reason: "the worker is draining".into(),
+                attempt: Some(taskgrid_proto::attempt_ref(id, attempt)),
+                reason: reason.into(),
+                release,
             }));
         }
+    }
+
+    /// When the oldest held assignment will have waited `prefetch_hold`.
+    fn hold_deadline(&self) -> Option<tokio::time::Instant> {
+        relock(&self.slots).hold_deadline(self.config.prefetch_hold)
     }
 
     fn idle(&self) -> bool {
@@ -497,6 +529,7 @@ async fn session(
             return End::Drained;
         }
         let deadline = *draining;
+        let hold = shared.hold_deadline().filter(|_| deadline.is_none());
         tokio::select! {
             m = inbound.message() => match m {
                 Ok(Some(m)) => {
@@ -544,6 +577,9 @@ async fn session(
                     return End::Lost("the stream closed".into());
                 }
                 shared.hand_back_held();
+            }
+            _ = tokio::time::sleep_until(hold.unwrap_or_else(tokio::time::Instant::now)), if hold.is_some() => {
+                shared.hand_back_stale();
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                 // Grace over: stop what is left and hand it back.
