@@ -1661,7 +1661,8 @@ async fn coordinators_are_found_over_mdns() {
 
 /// A worker reports its host in every heartbeat — load per CPU, memory
 /// available, free disk — and `taskgrid workers` shows them with its
-/// `--max-load`; a load that is no positive number is refused.
+/// `--max-load`; a load that is no positive number is refused, and so is
+/// a prefetch hold of 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_report_their_host_load_memory_and_disk() {
     let dir = tempfile::tempdir().unwrap();
@@ -1701,6 +1702,13 @@ async fn workers_report_their_host_load_memory_and_disk() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is no load"));
+    // A hold of 0 would hand back every held task at once: refused.
+    let out = taskgrid()
+        .args(["worker", "--server", &url, "--prefetch-hold-ms", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--prefetch-hold-ms"));
 }
 
 /// `taskgrid server --concurrency-limit/--rate-limit/--queue-concurrency`

@@ -35,7 +35,7 @@ pub(crate) struct Args {
     /// Longest a held task waits here for a slot before it is handed back
     /// for a worker with a free slot (ms): what the prefetch may cost long
     /// tasks.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) prefetch_hold_ms: u64,
     /// Run every shell task in a cgroup of its own, not only those with
     /// --cpus/--memory limits: exact peak memory and CPU seconds of all a

@@ -74,6 +74,7 @@ impl WorkerLink for Remote {
                     .iter()
                     .map(|&(t, a)| taskgrid_proto::attempt_ref(t, a))
                     .collect(),
+                takes_release: true,
             })),
         }));
     }

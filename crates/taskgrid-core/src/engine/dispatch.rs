@@ -583,7 +583,7 @@ impl Engine {
                 heads.push((p, Reverse(seq), ci, id));
             }
         }
-        // Workers that passed over a task they had handed back (see
+        // Workers passed over for a task that was handed back (see
         // `pick_worker`): they hold nothing more this round, so that work
         // behind it cannot keep their slots full while it waits.
         let mut no_hold = Vec::new();
@@ -616,8 +616,9 @@ impl Engine {
     }
 
     /// The worker for `id`, of those able to run its class. A worker in
-    /// `no_hold` gets it only into free slots; one that handed it back
-    /// unstarted likewise, and joins `no_hold` if the task then waits.
+    /// `no_hold` gets it only into free slots; so does every worker once
+    /// the task was handed back unstarted, and those passed over for it
+    /// join `no_hold` if it then waits.
     fn pick_worker(&self, ci: usize, id: TaskId, no_hold: &mut Vec<usize>) -> Pick {
         let Some(e) = self.tasks.get(&id) else {
             return Pick::Skip;
@@ -644,7 +645,7 @@ impl Engine {
                 if no_hold.contains(&wi) {
                     continue;
                 }
-                if e.released(&w.info.id) {
+                if e.released() {
                     passed_over.push(wi);
                     continue;
                 }

@@ -174,10 +174,38 @@ impl Turns {
     /// The turn of a task of `key` and priority `p` entering `queued` in
     /// `queue`.
     pub(super) fn enter(&mut self, queue: &Arc<str>, key: Option<&Arc<str>>, p: Priority) -> u64 {
-        let q = match self.queues.get_mut(&**queue) {
-            Some(q) => q,
-            None => self.queues.entry(queue.clone()).or_default(),
-        };
+        let (clock, last, queued) = self.group(queue, key, p);
+        *queued += 1;
+        *last = (*last).max(clock) + 1;
+        *last
+    }
+
+    /// A task of `key` and priority `p` back in `queued` with the turn
+    /// `turn` it had (an offer that never started): it keeps its place.
+    pub(super) fn reenter(
+        &mut self,
+        queue: &Arc<str>,
+        key: Option<&Arc<str>>,
+        p: Priority,
+        turn: u64,
+    ) {
+        let (_, last, queued) = self.group(queue, key, p);
+        *queued += 1;
+        *last = (*last).max(turn);
+    }
+
+    /// The clock of `queue` at `p`, and the last turn given and the tasks
+    /// queued of the group of `key` at `p` (created empty if absent).
+    fn group(
+        &mut self,
+        queue: &Arc<str>,
+        key: Option<&Arc<str>>,
+        p: Priority,
+    ) -> (u64, &mut u64, &mut u32) {
+        if !self.queues.contains_key(&**queue) {
+            self.queues.insert(queue.clone(), QueueTurns::default());
+        }
+        let q = self.queues.get_mut(&**queue).expect("just made");
         let clock = q
             .clocks
             .iter()
@@ -200,9 +228,7 @@ impl Turns {
                 (&mut g.0, &mut g.1)
             }
         };
-        *queued += 1;
-        *last = (*last).max(clock) + 1;
-        *last
+        (clock, last, queued)
     }
 
     /// A task left `queued`; `dispatched` when it went to a worker.

@@ -304,9 +304,9 @@ struct Entry {
 struct Passed {
     /// Refused it: not capable. Never offered it again.
     refused: Vec<WorkerId>,
-    /// Held it beyond their slots (prefetch) and handed it back unstarted:
-    /// offered it again only into a free slot.
-    released: Vec<WorkerId>,
+    /// A worker held it beyond its slots (prefetch) and handed it back
+    /// unstarted: from then on it is offered only into a free slot.
+    released: bool,
 }
 
 impl Entry {
@@ -315,22 +315,19 @@ impl Entry {
             .as_ref()
             .is_some_and(|p| p.refused.contains(w))
     }
-    fn released(&self, w: &WorkerId) -> bool {
-        self.passed_by
-            .as_ref()
-            .is_some_and(|p| p.released.contains(w))
+    fn released(&self) -> bool {
+        self.passed_by.as_ref().is_some_and(|p| p.released)
     }
-    /// Notes that `w` passed this task on (refused it, or released it).
-    fn passed(&mut self, w: &WorkerId, released: bool) {
+    /// Notes that `w` refused this task.
+    fn refused_by(&mut self, w: &WorkerId) {
         let p = self.passed_by.get_or_insert_with(Box::default);
-        let list = if released {
-            &mut p.released
-        } else {
-            &mut p.refused
-        };
-        if !list.contains(w) {
-            list.push(w.clone());
+        if !p.refused.contains(w) {
+            p.refused.push(w.clone());
         }
+    }
+    /// Notes that a worker handed this task back unstarted.
+    fn handed_back(&mut self) {
+        self.passed_by.get_or_insert_with(Box::default).released = true;
     }
 }
 
@@ -607,11 +604,18 @@ impl Engine {
             State::Queued => {
                 status.queued_at = Some(now);
                 status.wake_at = None;
-                entry.seq = self.turns.enter(
+                let (queue, key) = (
                     &entry.rec.spec.queue,
                     entry.rec.spec.concurrency_key.as_ref(),
-                    entry.rec.spec.priority,
                 );
+                if from == State::Assigned {
+                    // An offer that never started (refused, handed back,
+                    // its worker gone): the task keeps its place in line.
+                    self.turns
+                        .reenter(queue, key, entry.rec.spec.priority, entry.seq);
+                } else {
+                    entry.seq = self.turns.enter(queue, key, entry.rec.spec.priority);
+                }
             }
             State::Assigned => {
                 status.attempt += 1;

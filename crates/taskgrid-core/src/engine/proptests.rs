@@ -388,9 +388,8 @@ impl Model {
                     continue;
                 }
                 let key = &e.classes[other.class.0 as usize].key;
-                // (One it handed back may wait for a free slot there.)
-                let could =
-                    w.can_run(key) && !other.refused(&w.info.id) && !other.released(&w.info.id);
+                // (One handed back waits for a free slot.)
+                let could = w.can_run(key) && !other.refused(&w.info.id) && !other.released();
                 assert!(
                     !(could && other.rec.spec.priority > got.rec.spec.priority),
                     "{} got {:?} task {} while {:?} task {} it could run waited",

@@ -119,9 +119,9 @@ impl Engine {
 
     /// The worker hands back an offer it held beyond its slots (its
     /// prefetch) and did not start: not a refusal. The task goes back to
-    /// its queue, and is offered to this worker again only into a free
-    /// slot, so that a busy worker does not sit on work that another could
-    /// run.
+    /// its place in its queue, and from then on is offered only into a
+    /// free slot (of any worker), so that no busy worker sits on it while
+    /// another could run it.
     pub fn release(
         &mut self,
         worker: &WorkerId,
@@ -160,7 +160,10 @@ impl Engine {
             return Ok(());
         }
         if let Some(e) = self.tasks.get_mut(&id) {
-            e.passed(worker, refusal.is_none());
+            match refusal {
+                Some(_) => e.refused_by(worker),
+                None => e.handed_back(),
+            }
         }
         if let Some(reason) = refusal
             && self.all_capable_refused(id)

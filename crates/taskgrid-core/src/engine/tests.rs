@@ -1172,11 +1172,12 @@ fn holder(t: &mut Harness, name: &str, slots: u32, prefetch: u32) -> WorkerId {
 }
 
 #[test]
-fn a_handed_back_task_goes_to_a_free_slot_and_holds_back_what_is_behind_it() {
+fn a_handed_back_task_keeps_its_place_and_holds_back_what_is_behind_it() {
     let mut t = Harness::new();
     let w = holder(&mut t, "w", 1, 1);
     let long = t.submit(prio(Priority::HIGH));
     let back = t.submit(prio(Priority::HIGH));
+    let later = t.submit(prio(Priority::HIGH));
     let a = t.dispatch();
     assert_eq!(a.iter().map(|x| x.id).collect::<Vec<_>>(), [long, back]);
     t.engine
@@ -1200,22 +1201,28 @@ fn a_handed_back_task_goes_to_a_free_slot_and_holds_back_what_is_behind_it() {
             ..
         }] if id == back
     ));
-    // Lower-priority work of another class is not held in its place: the
-    // worker holds nothing while the task it handed back waits for it.
+    // The worker has room to hold one, but not a free slot: it holds
+    // nothing — neither the task behind it nor lower-priority work of
+    // another class — while the task it handed back waits.
     let mut low = h("y");
     low.priority = Priority::LOW;
     let low = t.submit(low);
     assert!(t.dispatch().is_empty());
     assert_eq!(t.engine.free_slots(), 1);
-    // A free slot takes it, with a new attempt; then holding resumes.
+    // A free slot takes it first (it kept its place, ahead of `later`),
+    // with a new attempt; then holding resumes.
     t.report(&a[0], Outcome::ok()).unwrap();
     let again = t.dispatch();
-    assert_eq!(again.iter().map(|x| x.id).collect::<Vec<_>>(), [back, low]);
+    assert_eq!(
+        again.iter().map(|x| x.id).collect::<Vec<_>>(),
+        [back, later]
+    );
     assert_eq!(again[0].attempt, a[1].attempt + 1);
+    assert_eq!(t.state(low), State::Queued);
 }
 
 #[test]
-fn a_handed_back_task_goes_at_once_to_another_worker_with_room() {
+fn a_handed_back_task_goes_only_into_a_free_slot_of_any_worker() {
     let mut t = Harness::new();
     let busy = holder(&mut t, "busy", 1, 1);
     let first = t.submit(h("x"));
@@ -1228,21 +1235,23 @@ fn a_handed_back_task_goes_at_once_to_another_worker_with_room() {
     t.engine
         .accept(&busy, first, a[0].attempt, t.now, &mut t.out)
         .unwrap();
-    // A worker that joined later has room, not even a free slot: the
-    // task goes there (held), as it would to any worker that did not hand
-    // it back.
     let other = holder(&mut t, "other", 1, 1);
     let third = t.submit(h("x"));
-    assert_eq!(t.dispatch()[0].worker, other);
+    let b = t.start();
+    assert_eq!((b[0].id, &b[0].worker), (third, &other));
+    // Handed back: both workers have room to hold it, neither a free
+    // slot, so it waits, and nothing else is held meanwhile.
     t.engine
         .release(&busy, second, a[1].attempt, t.now, &mut t.out)
         .unwrap();
-    let b = t.dispatch();
-    assert_eq!(
-        b.iter().map(|x| (x.id, &x.worker)).collect::<Vec<_>>(),
-        [(second, &other)]
-    );
-    assert_eq!(t.state(third), State::Assigned);
+    let fourth = t.submit(h("x"));
+    assert!(t.dispatch().is_empty());
+    assert_eq!(t.engine.free_slots(), 2);
+    // The first slot to free takes it.
+    t.report(&b[0], Outcome::ok()).unwrap();
+    let c = t.dispatch();
+    assert_eq!((c[0].id, &c[0].worker), (second, &other));
+    assert_eq!(c[1].id, fourth);
 }
 
 #[test]

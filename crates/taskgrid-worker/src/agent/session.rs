@@ -43,6 +43,9 @@ pub(super) struct Shared {
     next_request: AtomicU64,
     /// This process's instance id, the same on every reconnect.
     instance: String,
+    /// The coordinator takes a hand-back of held work (`reject.release`):
+    /// said at each registration.
+    takes_release: std::sync::atomic::AtomicBool,
     /// Starts shell tasks that run in no cgroup, when configured.
     pub(super) spawner: Option<crate::Spawner>,
 }
@@ -174,8 +177,12 @@ impl Shared {
         }
     }
 
-    /// When the oldest held assignment will have waited `prefetch_hold`.
+    /// When the oldest held assignment will have waited `prefetch_hold`
+    /// (never, with a coordinator that takes no hand-back).
     fn hold_deadline(&self) -> Option<tokio::time::Instant> {
+        if !self.takes_release.load(Ordering::Relaxed) {
+            return None;
+        }
         relock(&self.slots).hold_deadline(self.config.prefetch_hold)
     }
 
@@ -244,6 +251,7 @@ pub(super) async fn run(
         acks: Mutex::new(HashMap::new()),
         next_request: AtomicU64::new(0),
         instance: instance_id(),
+        takes_release: std::sync::atomic::AtomicBool::new(false),
     });
     tokio::pin!(drain);
     let mut draining = None;
@@ -490,6 +498,9 @@ async fn session(
                     shared.stop(key, StopReason::Cancel, true);
                 }
             }
+            shared
+                .takes_release
+                .store(r.takes_release, Ordering::Relaxed);
             tracing::info!(worker = %r.worker_id, "registered");
             Duration::from_millis(u64::from(r.heartbeat_interval_ms).max(100))
         }

@@ -239,14 +239,16 @@ class CoordinatorMessage(_message.Message):
     def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("worker_id", "heartbeat_interval_ms", "cancel")
+    __slots__ = ("worker_id", "heartbeat_interval_ms", "cancel", "takes_release")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    TAKES_RELEASE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     heartbeat_interval_ms: int
     cancel: _containers.RepeatedCompositeFieldContainer[AttemptRef]
-    def __init__(self, worker_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., cancel: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ...) -> None: ...
+    takes_release: bool
+    def __init__(self, worker_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., cancel: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., takes_release: bool = ...) -> None: ...
 
 class Assignments(_message.Message):
     __slots__ = ("assignments",)
