@@ -278,8 +278,11 @@ impl Model {
                 });
             }
             Cmd::Dispatch => {
+                let used: HashMap<WorkerId, u32> =
+                    t.engine.workers().map(|w| (w.0.id.clone(), w.1)).collect();
                 let a = t.dispatch();
                 self.check_priority(&a);
+                self.check_holding(&a, used);
                 self.outstanding.extend(a);
             }
             Cmd::Accept(i) => {
@@ -336,6 +339,49 @@ impl Model {
         self.outstanding.retain(|a| live.contains(&a.worker));
         self.t.out.stops.clear();
         self.check();
+    }
+
+    /// A worker given a task to hold (beyond its slots) in a round of
+    /// dispatch was not passed over, earlier in that round, for a task that
+    /// was handed back and still waits for a free slot. `used` is what each
+    /// worker had taken before the round.
+    fn check_holding(&self, assigned: &[Assignment], mut used: HashMap<WorkerId, u32>) {
+        let e = &self.t.engine;
+        for a in assigned {
+            let Some(w) = e.workers.iter().flatten().find(|w| w.info.id == a.worker) else {
+                continue;
+            };
+            let u = used.entry(a.worker.clone()).or_insert(0);
+            let held = *u + a.slots > w.info.slots;
+            *u += a.slots;
+            if !held {
+                continue;
+            }
+            let got = e.tasks.get(&a.id).expect("assigned task exists");
+            let got_turn = (std::cmp::Reverse(got.rec.spec.priority), got.seq);
+            for r in e.tasks.values() {
+                if r.rec.status.state != State::Queued || !r.released() {
+                    continue;
+                }
+                let class = &e.classes[r.class.0 as usize];
+                let place = (std::cmp::Reverse(r.rec.spec.priority), r.seq, r.rec.id);
+                // Dispatch reached it before the held task: first in its
+                // class now, so all before it left this round, in a queue
+                // neither paused nor at its cap, and earlier in turn.
+                let reached = class.ready.first() == Some(&place)
+                    && !e.queues.get(&r.rec.spec.queue).is_some_and(|q| q.paused)
+                    && !e.at_queue_cap(class)
+                    && (place.0, place.1) < got_turn;
+                let could = w.can_run(&class.key) && !r.refused(&w.info.id);
+                assert!(
+                    !(reached && could),
+                    "{} held task {} while task {}, handed back, waited for a free slot",
+                    a.worker,
+                    a.id,
+                    r.rec.id
+                );
+            }
+        }
     }
 
     /// A worker that got a task of priority p must not have been able to run
