@@ -227,7 +227,7 @@ impl Worker {
                 .is_none_or(|total| self.memory_used.saturating_add(bytes) <= total)
     }
     /// Free slots proper: what it could start now, without holding.
-    fn idle(&self) -> u32 {
+    pub(super) fn idle(&self) -> u32 {
         self.info.slots.saturating_sub(self.used)
     }
     /// Recent success rate with a neutral prior: 0.5 for a new worker.

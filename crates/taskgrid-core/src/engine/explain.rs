@@ -231,7 +231,9 @@ impl Engine {
         if !over.is_empty() && capable.iter().all(|w| w.free() < needs) {
             gates.push(Gate::Overloaded { workers: over });
         }
-        if capable.iter().all(|w| w.free() < needs) {
+        // A task handed back waits for a free slot, not for room to be held.
+        let room = |w: &super::dispatch::Worker| if e.released() { w.idle() } else { w.free() };
+        if capable.iter().all(|w| room(w) < needs) {
             gates.push(Gate::WorkersBusy {
                 workers: capable
                     .iter()

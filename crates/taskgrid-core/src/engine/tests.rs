@@ -1247,6 +1247,14 @@ fn a_handed_back_task_goes_only_into_a_free_slot_of_any_worker() {
     let fourth = t.submit(h("x"));
     assert!(t.dispatch().is_empty());
     assert_eq!(t.engine.free_slots(), 2);
+    // Explain says what it waits for: a free slot, though both have room.
+    let x = t.engine.explain(second, t.now).unwrap();
+    assert!(
+        x.gates
+            .iter()
+            .any(|g| matches!(g, Gate::WorkersBusy { workers, needs: 1 } if workers.len() == 2)),
+        "{x:?}"
+    );
     // The first slot to free takes it.
     t.report(&b[0], Outcome::ok()).unwrap();
     let c = t.dispatch();
