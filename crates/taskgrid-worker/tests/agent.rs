@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use taskgrid_core::{FailureCode, ShellCommand, ShellSpec, State, TaskKind, TaskSpec, WorkerId};
+use taskgrid_proto::worker::worker_message::Msg as In;
 use taskgrid_runtime::{SystemConfig, Task, TaskError, TaskHandle, TaskSystem};
 use taskgrid_server::{GatewayConfig, gateway};
 use taskgrid_worker::{ShellPolicy, Worker, WorkerConfig, WorkerError};
@@ -803,4 +804,151 @@ async fn a_container_runtime_that_does_not_answer_is_not_advertised() {
         assert_eq!(w.map(|w| w.container), Some(advertised), "{id}");
     }
     sys.shutdown().await.unwrap();
+}
+
+/// A stand-in coordinator: answers a register with `registered` (saying
+/// `takes_release` or not), then offers two gated shell tasks to a
+/// one-slot worker, and passes on everything the worker says.
+struct Offering {
+    takes_release: bool,
+    gate: std::path::PathBuf,
+    said: tokio::sync::mpsc::UnboundedSender<taskgrid_proto::worker::worker_message::Msg>,
+}
+
+type Offers = std::pin::Pin<
+    Box<
+        dyn tokio_stream::Stream<
+                Item = Result<taskgrid_proto::worker::CoordinatorMessage, tonic::Status>,
+            > + Send,
+    >,
+>;
+
+#[tonic::async_trait]
+impl taskgrid_proto::worker::worker_gateway_server::WorkerGateway for Offering {
+    type SessionStream = Offers;
+
+    async fn session(
+        &self,
+        request: tonic::Request<tonic::Streaming<taskgrid_proto::worker::WorkerMessage>>,
+    ) -> Result<tonic::Response<Offers>, tonic::Status> {
+        use taskgrid_proto::worker::{
+            Assignment, Assignments, CoordinatorMessage, Registered, ShellTask, assignment,
+            coordinator_message::Msg as Out, shell_task,
+        };
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let said = self.said.clone();
+        let script = format!(
+            "while [ ! -e {g} ]; do sleep 0.02; done",
+            g = self.gate.display()
+        );
+        let offer = |n: u8| Assignment {
+            attempt: Some(taskgrid_proto::attempt_ref(
+                taskgrid_core::TaskId::from_bytes([n; 16]),
+                1,
+            )),
+            kind: Some(assignment::Kind::Shell(ShellTask {
+                command: Some(shell_task::Command::Script(script.clone())),
+                ..ShellTask::default()
+            })),
+            slots: 1,
+            ..Assignment::default()
+        };
+        let (registered, offers) = (
+            Registered {
+                worker_id: "held".into(),
+                heartbeat_interval_ms: 100,
+                cancel: Vec::new(),
+                takes_release: self.takes_release,
+            },
+            Assignments {
+                assignments: vec![offer(1), offer(2)],
+            },
+        );
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                let Some(msg) = m.msg else { continue };
+                let register = matches!(msg, In::Register(_));
+                let _ = said.send(msg);
+                if register {
+                    for msg in [
+                        Out::Registered(registered.clone()),
+                        Out::Assignments(offers.clone()),
+                    ] {
+                        let _ = tx.send(Ok(CoordinatorMessage { msg: Some(msg) })).await;
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// What a one-slot worker holding a second task (prefetch 1, a hold of 50
+/// ms) says until it hands something back, or until its fifth heartbeat
+/// (100 ms apart: long past the hold).
+async fn said_while_holding(takes_release: bool) -> Vec<In> {
+    let dir = tempfile::tempdir().unwrap();
+    let (said, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let gate = dir.path().join("gate");
+    let coordinator = Offering {
+        takes_release,
+        gate: gate.clone(),
+        said,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                taskgrid_proto::worker::worker_gateway_server::WorkerGatewayServer::new(
+                    coordinator,
+                ),
+            )
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let mut c = one_slot_prefetching(addr, "held", 1);
+    c.prefetch_hold = Duration::from_millis(50);
+    let worker = tokio::spawn(Worker::with_config(c).run());
+    let mut out = Vec::new();
+    let mut beats = 0;
+    tokio::time::timeout(LIMIT, async {
+        while beats < 5 {
+            let msg = heard.recv().await.unwrap();
+            beats += usize::from(matches!(msg, In::Heartbeat(_)));
+            let reject = matches!(msg, In::Reject(_));
+            out.push(msg);
+            if reject {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("a hand-back or five heartbeats");
+    std::fs::write(&gate, b"").unwrap();
+    worker.abort();
+    out
+}
+
+/// With a coordinator that takes hand-backs, a held task is handed back;
+/// with one that does not say so (built before them: it would count the
+/// hand-back as a refusal), never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_hands_back_only_to_a_coordinator_that_takes_it() {
+    let handed_back = |said: &[In]| {
+        said.iter()
+            .filter(|m| matches!(m, In::Reject(r) if r.release))
+            .count()
+    };
+    let said = said_while_holding(true).await;
+    assert!(said.iter().any(|m| matches!(m, In::Accept(_))), "{said:?}");
+    assert_eq!(handed_back(&said), 1, "{said:?}");
+    let said = said_while_holding(false).await;
+    assert!(said.iter().any(|m| matches!(m, In::Accept(_))), "{said:?}");
+    assert!(
+        !said.iter().any(|m| matches!(m, In::Reject(_))),
+        "nothing handed back: {said:?}"
+    );
 }
