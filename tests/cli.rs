@@ -1661,8 +1661,8 @@ async fn coordinators_are_found_over_mdns() {
 
 /// A worker reports its host in every heartbeat — load per CPU, memory
 /// available, free disk — and `taskgrid workers` shows them with its
-/// `--max-load`; a load that is no positive number is refused, and so is
-/// a prefetch hold of 0.
+/// `--max-load`, and its default prefetch (its slots); a load that is no
+/// positive number is refused, and so is a prefetch hold of 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_report_their_host_load_memory_and_disk() {
     let dir = tempfile::tempdir().unwrap();
@@ -1681,6 +1681,9 @@ async fn workers_report_their_host_load_memory_and_disk() {
     );
     assert!(health.disk_free_bytes.is_some_and(|d| d > 0), "{health:?}");
     assert_eq!(w.max_load, Some(1000.0));
+    // With no --prefetch, it holds as many tasks as it has slots.
+    assert_eq!(w.prefetch, w.slots);
+    assert!(w.slots > 0);
     // Under its (high) threshold, it runs work.
     let id = submit_true(&url, &[]);
     assert_eq!(await_state(&client, id, None).await, State::Succeeded);

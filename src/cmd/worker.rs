@@ -108,7 +108,7 @@ impl Args {
             anyhow::ensure!(s > 0, "--slots must be at least 1");
             c.slots = s;
         }
-        c.prefetch = self.prefetch.unwrap_or(c.slots);
+        c.prefetch = prefetch_or_default(self.prefetch, c.slots);
         c.prefetch_hold = Duration::from_millis(self.prefetch_hold_ms);
         c.cgroup_every_task = self.cgroup_every_task;
         c.spawner = spawner();
@@ -199,4 +199,10 @@ pub(crate) fn serve_spawner() {
     if let Ok(exe) = std::env::current_exe() {
         let _ = SPAWNER.set(exe);
     }
+}
+
+/// A worker's prefetch: as given, or by default as many tasks as it has
+/// slots (`taskgrid worker`, `up` and `bench`'s workers alike).
+pub(crate) fn prefetch_or_default(prefetch: Option<u32>, slots: u32) -> u32 {
+    prefetch.unwrap_or(slots)
 }

@@ -765,8 +765,12 @@ impl Inner {
         let limit = usize::try_from(slots.div_ceil(OFFER_BATCHES as u64))
             .unwrap_or(usize::MAX)
             .max(1);
-        if engine.dispatch_up_to(now, out, limit) == limit {
-            // There may be more to hand out: in a batch of its own.
+        // There may be more to hand out, in a batch of its own: wake the
+        // driver for it now if that batch may go before this one is
+        // committed (this one's commit wakes it anyway).
+        if engine.dispatch_up_to(now, out, limit) == limit
+            && self.offer_batches.load(Ordering::Acquire) + 1 < OFFER_BATCHES
+        {
             self.wake.notify_one();
         }
         if out.assignments.len() == first {

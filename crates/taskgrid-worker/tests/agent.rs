@@ -382,7 +382,6 @@ async fn a_drain_finishes_running_work_and_leaves_queued_work_queued() {
     sys.shutdown().await.unwrap();
 }
 
-/// A shell task that waits for `gate` to exist.
 /// Waits until, of three tasks given to a one-slot worker with a prefetch of
 /// two, the first runs and the other two are held.
 async fn one_runs_two_are_held(
@@ -397,6 +396,25 @@ async fn one_runs_two_are_held(
     reach_all(events, &want).await;
 }
 
+/// Submits a task gated on `gate` and a `true` task to a one-slot worker
+/// with a prefetch of one, and waits until the first runs and the second
+/// is held: (running, held).
+async fn one_runs_one_is_held(
+    sys: &TaskSystem,
+    events: &mut tokio::sync::broadcast::Receiver<taskgrid_runtime::TaskEvent>,
+    gate: &std::path::Path,
+) -> (TaskHandle, TaskHandle) {
+    let running = sys.submit(gated(gate)).await.unwrap();
+    let held = sys.submit(script("true")).await.unwrap();
+    reach_all(
+        events,
+        &[(running.id(), State::Running), (held.id(), State::Assigned)],
+    )
+    .await;
+    (running, held)
+}
+
+/// A shell task that waits for `gate` to exist.
 fn gated(gate: &std::path::Path) -> Task {
     gated_then(gate, "true")
 }
@@ -477,13 +495,7 @@ async fn a_task_held_too_long_is_handed_back_and_runs_on_a_free_worker() {
     tokio::spawn(Worker::with_config(c).run());
     let mut events = sys.subscribe();
     let gate = dir.path().join("gate");
-    let long = sys.submit(gated(&gate)).await.unwrap();
-    let next = sys.submit(script("true")).await.unwrap();
-    reach_all(
-        &mut events,
-        &[(long.id(), State::Running), (next.id(), State::Assigned)],
-    )
-    .await;
+    let (long, next) = one_runs_one_is_held(&sys, &mut events, &gate).await;
     // The busy worker hands it back unstarted, and is not offered it again
     // while its slot is taken.
     reach(&mut events, next.id(), State::Queued).await;
@@ -654,13 +666,7 @@ async fn a_drain_hands_held_tasks_back_at_once() {
     }));
     let mut events = sys.subscribe();
     let gate = dir.path().join("gate");
-    let running = sys.submit(gated(&gate)).await.unwrap();
-    let held = sys.submit(script("true")).await.unwrap();
-    reach_all(
-        &mut events,
-        &[(running.id(), State::Running), (held.id(), State::Assigned)],
-    )
-    .await;
+    let (running, held) = one_runs_one_is_held(&sys, &mut events, &gate).await;
     drain_tx.send(()).unwrap();
     // The held task goes back to the queue while the running one still runs.
     reach(&mut events, held.id(), State::Queued).await;
@@ -808,11 +814,13 @@ async fn a_container_runtime_that_does_not_answer_is_not_advertised() {
 
 /// A stand-in coordinator: answers a register with `registered` (saying
 /// `takes_release` or not), then offers two gated shell tasks to a
-/// one-slot worker, and passes on everything the worker says.
+/// one-slot worker (noting when), and passes on everything the worker
+/// says with when it came.
 struct Offering {
     takes_release: bool,
     gate: std::path::PathBuf,
-    said: tokio::sync::mpsc::UnboundedSender<taskgrid_proto::worker::worker_message::Msg>,
+    offered: std::sync::Arc<std::sync::OnceLock<tokio::time::Instant>>,
+    said: tokio::sync::mpsc::UnboundedSender<(tokio::time::Instant, In)>,
 }
 
 type Offers = std::pin::Pin<
@@ -837,7 +845,7 @@ impl taskgrid_proto::worker::worker_gateway_server::WorkerGateway for Offering {
         };
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let said = self.said.clone();
+        let (said, offered) = (self.said.clone(), self.offered.clone());
         let script = format!(
             "while [ ! -e {g} ]; do sleep 0.02; done",
             g = self.gate.display()
@@ -869,8 +877,9 @@ impl taskgrid_proto::worker::worker_gateway_server::WorkerGateway for Offering {
             while let Ok(Some(m)) = inbound.message().await {
                 let Some(msg) = m.msg else { continue };
                 let register = matches!(msg, In::Register(_));
-                let _ = said.send(msg);
+                let _ = said.send((tokio::time::Instant::now(), msg));
                 if register {
+                    let _ = offered.set(tokio::time::Instant::now());
                     for msg in [
                         Out::Registered(registered.clone()),
                         Out::Assignments(offers.clone()),
@@ -886,20 +895,31 @@ impl taskgrid_proto::worker::worker_gateway_server::WorkerGateway for Offering {
     }
 }
 
-/// What a one-slot worker holding a second task (prefetch 1, a hold of 50
-/// ms) says until it hands something back, or until its fifth heartbeat
-/// (100 ms apart: long past the hold).
-async fn said_while_holding(takes_release: bool) -> Vec<In> {
+/// The hold of the worker in [`said_while_holding`].
+const HOLD: Duration = Duration::from_millis(50);
+
+/// What a one-slot worker holding a second task (prefetch 1, a hold of
+/// [`HOLD`]) says until it hands something back, or until its fifth
+/// heartbeat (100 ms apart: long past the hold); each with how long after
+/// the offers it came.
+async fn said_while_holding(takes_release: bool) -> Vec<(Duration, In)> {
     let dir = tempfile::tempdir().unwrap();
     let (said, mut heard) = tokio::sync::mpsc::unbounded_channel();
     let gate = dir.path().join("gate");
+    let offered = std::sync::Arc::new(std::sync::OnceLock::new());
     let coordinator = Offering {
         takes_release,
         gate: gate.clone(),
+        offered: offered.clone(),
         said,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // No Nagle: the offers must reach the worker when they are noted as
+    // sent (a second small write would wait ~40 ms for an ACK).
+    let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |s| {
+        s.and_then(|s| s.set_nodelay(true).map(|()| s))
+    });
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(
@@ -907,19 +927,23 @@ async fn said_while_holding(takes_release: bool) -> Vec<In> {
                     coordinator,
                 ),
             )
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(incoming),
     );
     let mut c = one_slot_prefetching(addr, "held", 1);
-    c.prefetch_hold = Duration::from_millis(50);
+    c.prefetch_hold = HOLD;
     let worker = tokio::spawn(Worker::with_config(c).run());
     let mut out = Vec::new();
     let mut beats = 0;
     tokio::time::timeout(LIMIT, async {
         while beats < 5 {
-            let msg = heard.recv().await.unwrap();
+            let (at, msg) = heard.recv().await.unwrap();
             beats += usize::from(matches!(msg, In::Heartbeat(_)));
             let reject = matches!(msg, In::Reject(_));
-            out.push(msg);
+            // Before the offers (the register, an early heartbeat): 0.
+            let since = offered
+                .get()
+                .map_or(Duration::ZERO, |o| at.saturating_duration_since(*o));
+            out.push((since, msg));
             if reject {
                 break;
             }
@@ -937,18 +961,26 @@ async fn said_while_holding(takes_release: bool) -> Vec<In> {
 /// hand-back as a refusal), never.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_hands_back_only_to_a_coordinator_that_takes_it() {
-    let handed_back = |said: &[In]| {
-        said.iter()
-            .filter(|m| matches!(m, In::Reject(r) if r.release))
-            .count()
-    };
+    let accepted = |said: &[(Duration, In)]| said.iter().any(|(_, m)| matches!(m, In::Accept(_)));
     let said = said_while_holding(true).await;
-    assert!(said.iter().any(|m| matches!(m, In::Accept(_))), "{said:?}");
-    assert_eq!(handed_back(&said), 1, "{said:?}");
+    assert!(accepted(&said), "{said:?}");
+    let back: Vec<_> = said
+        .iter()
+        .filter_map(|(since, m)| match m {
+            In::Reject(r) if r.release => Some((*since, r)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(back.len(), 1, "{said:?}");
+    // The held one (the second offer), and not before the hold was up.
+    let (since, r) = back[0];
+    let second = taskgrid_proto::attempt_ref(taskgrid_core::TaskId::from_bytes([2; 16]), 1);
+    assert_eq!(r.attempt.as_ref(), Some(&second), "{said:?}");
+    assert!(since >= HOLD, "handed back {since:?} after the offer");
     let said = said_while_holding(false).await;
-    assert!(said.iter().any(|m| matches!(m, In::Accept(_))), "{said:?}");
+    assert!(accepted(&said), "{said:?}");
     assert!(
-        !said.iter().any(|m| matches!(m, In::Reject(_))),
+        !said.iter().any(|(_, m)| matches!(m, In::Reject(_))),
         "nothing handed back: {said:?}"
     );
 }

@@ -220,7 +220,7 @@ impl Args {
             workers: self.workers,
             worker_mode: self.worker_mode,
             slots,
-            prefetch: self.prefetch.unwrap_or(slots),
+            prefetch: crate::cmd::worker::prefetch_or_default(self.prefetch, slots),
             cgroup_every_task: self.cgroup_every_task,
             clients: self.clients,
             batch: self.batch,

@@ -632,6 +632,7 @@ impl Engine {
         let mut best: Option<((u32, u32, f64, f64), usize)> = None;
         let mut refused = false;
         let mut passed_over = Vec::new();
+        let released = e.released();
         for &wi in &self.classes[ci].capable {
             let Some(w) = self.workers[wi].as_ref() else {
                 continue;
@@ -645,7 +646,7 @@ impl Engine {
                 if no_hold.contains(&wi) {
                     continue;
                 }
-                if e.released() {
+                if released {
                     passed_over.push(wi);
                     continue;
                 }

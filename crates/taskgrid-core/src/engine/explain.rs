@@ -232,7 +232,8 @@ impl Engine {
             gates.push(Gate::Overloaded { workers: over });
         }
         // A task handed back waits for a free slot, not for room to be held.
-        let room = |w: &super::dispatch::Worker| if e.released() { w.idle() } else { w.free() };
+        let released = e.released();
+        let room = |w: &super::dispatch::Worker| if released { w.idle() } else { w.free() };
         if capable.iter().all(|w| room(w) < needs) {
             gates.push(Gate::WorkersBusy {
                 workers: capable

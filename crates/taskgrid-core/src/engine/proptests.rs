@@ -281,8 +281,9 @@ impl Model {
                 let used: HashMap<WorkerId, u32> =
                     t.engine.workers().map(|w| (w.0.id.clone(), w.1)).collect();
                 let a = t.dispatch();
-                self.check_priority(&a);
-                self.check_holding(&a, used);
+                let held = self.held(&a, used);
+                self.check_priority(&a, &held);
+                self.check_holding(&a, &held);
                 self.outstanding.extend(a);
             }
             Cmd::Accept(i) => {
@@ -343,20 +344,14 @@ impl Model {
 
     /// A worker given a task to hold (beyond its slots) in a round of
     /// dispatch was not passed over, earlier in that round, for a task that
-    /// was handed back and still waits for a free slot. `used` is what each
-    /// worker had taken before the round.
-    fn check_holding(&self, assigned: &[Assignment], mut used: HashMap<WorkerId, u32>) {
+    /// was handed back and still waits for a free slot. `held` says which
+    /// assignments went beyond the slots (see [`Model::held`]).
+    fn check_holding(&self, assigned: &[Assignment], held: &[bool]) {
         let e = &self.t.engine;
-        for a in assigned {
+        for (a, _) in assigned.iter().zip(held).filter(|(_, h)| **h) {
             let Some(w) = e.workers.iter().flatten().find(|w| w.info.id == a.worker) else {
                 continue;
             };
-            let u = used.entry(a.worker.clone()).or_insert(0);
-            let held = *u + a.slots > w.info.slots;
-            *u += a.slots;
-            if !held {
-                continue;
-            }
             let got = e.tasks.get(&a.id).expect("assigned task exists");
             let got_turn = (std::cmp::Reverse(got.rec.spec.priority), got.seq);
             for r in e.tasks.values() {
@@ -386,9 +381,30 @@ impl Model {
 
     /// A worker that got a task of priority p must not have been able to run
     /// a task of higher priority left queued in the same queue.
-    fn check_priority(&mut self, assigned: &[Assignment]) {
+    /// Which of a round's assignments went beyond the worker's slots (to be
+    /// held), given what each worker had taken before the round.
+    fn held(&self, assigned: &[Assignment], mut used: HashMap<WorkerId, u32>) -> Vec<bool> {
         let e = &self.t.engine;
-        for a in assigned {
+        assigned
+            .iter()
+            .map(|a| {
+                let slots = e
+                    .workers
+                    .iter()
+                    .flatten()
+                    .find(|w| w.info.id == a.worker)
+                    .map_or(u32::MAX, |w| w.info.slots);
+                let u = used.entry(a.worker.clone()).or_insert(0);
+                let held = *u + a.slots > slots;
+                *u += a.slots;
+                held
+            })
+            .collect()
+    }
+
+    fn check_priority(&mut self, assigned: &[Assignment], held: &[bool]) {
+        let e = &self.t.engine;
+        for (a, &held) in assigned.iter().zip(held) {
             let got = e.tasks.get(&a.id).unwrap();
             // A key's starts within any period stay within its bucket:
             // `starts` at once, then one per interval.
@@ -434,8 +450,10 @@ impl Model {
                     continue;
                 }
                 let key = &e.classes[other.class.0 as usize].key;
-                // (One handed back waits for a free slot.)
-                let could = w.can_run(key) && !other.refused(&w.info.id) && !other.released();
+                // (One handed back waits for a free slot: it may pass a
+                // worker that could only hold it.)
+                let could =
+                    w.can_run(key) && !other.refused(&w.info.id) && !(held && other.released());
                 assert!(
                     !(could && other.rec.spec.priority > got.rec.spec.priority),
                     "{} got {:?} task {} while {:?} task {} it could run waited",
