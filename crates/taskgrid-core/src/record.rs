@@ -68,6 +68,9 @@ pub struct Usage {
 }
 
 /// Everything about a task that changes after it is accepted.
+///
+/// Serialized with every field (`null` where empty); read, every field
+/// but `state` may be left out and is then empty (`0`, `false`, `null`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskStatus {
     /// Current state.
@@ -75,8 +78,10 @@ pub struct TaskStatus {
     /// Number of the current (or last) attempt; 0 before the first
     /// assignment. It is the attempt's fencing token: a report naming an
     /// older attempt is stale and ignored.
+    #[serde(default)]
     pub attempt: u32,
     /// Failed attempts that were retried (compared with `max_retries`).
+    #[serde(default)]
     pub retries: u32,
     /// The worker of the current (or last) attempt.
     pub worker: Option<WorkerId>,
@@ -89,6 +94,7 @@ pub struct TaskStatus {
     /// When it reached its terminal state.
     pub finished_at: Option<Timestamp>,
     /// A client asked to cancel it while it was running.
+    #[serde(default)]
     pub cancel_requested: bool,
     /// The result of a successful run (JSON text for handlers).
     pub result: Option<Box<str>>,

@@ -59,6 +59,8 @@ mod postgres;
 mod schedule;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(any(test, feature = "sqlite", feature = "postgres"))]
+mod status;
 mod writer;
 
 #[cfg(any(test, feature = "testing"))]

@@ -316,7 +316,7 @@ impl<'a> Groups<'a> {
             parents.push(rec.spec.parent.map(|p| p.to_bytes().to_vec()));
             created.push(micros(rec.created_at));
             specs.push(json(rec.id, "spec", &rec.spec)?);
-            statuses.push(json(rec.id, "status", &rec.status)?);
+            statuses.push(crate::status::to_json(rec.id, &rec.status)?);
             progress.push(
                 rec.progress
                     .as_ref()
@@ -394,7 +394,7 @@ fn write_cas(tx: &mut Transaction<'_>, cas: &[Cas<'_>]) -> Result<(), StoreError
         .collect();
     let statuses = cas
         .iter()
-        .map(|c| json(c.id, "status", c.status))
+        .map(|c| crate::status::to_json(c.id, c.status))
         .collect::<Result<Vec<String>, _>>()?;
     let rows = tx.query(
         "UPDATE tasks AS t SET state = v.to_state, worker = v.worker, status = v.status \

@@ -243,7 +243,7 @@ impl<'c> Batch<'c> {
             parent.as_ref().map(|p| &p[..]),
             micros(rec.created_at),
             json(rec.id, "spec", &rec.spec)?,
-            json(rec.id, "status", &rec.status)?,
+            crate::status::to_json(rec.id, &rec.status)?,
             progress,
             rec.checkpoint.as_deref(),
         ])?;
@@ -264,7 +264,7 @@ impl<'c> Batch<'c> {
             from.as_str(),
             status.state.as_str(),
             status.worker.as_ref().map(|w| w.as_str()),
-            json(id, "status", status)?,
+            crate::status::to_json(id, status)?,
         ])?;
         if updated == 0 {
             let exists: bool = self
