@@ -235,16 +235,20 @@ impl Default for RetryPolicy {
 }
 
 /// Everything a client says about a task when submitting it.
+///
+/// Serialized (the store's and the worker protocol's form), a field at its
+/// default is left out, and read, one left out takes its default: a no-op
+/// task's spec is its kind alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     /// The work to do.
     pub kind: TaskKind,
     /// The named queue (default `default`).
-    #[serde(default = "default_queue")]
+    #[serde(default = "default_queue", skip_serializing_if = "is_default_queue")]
     pub queue: Arc<str>,
     /// Dispatch order: higher first.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_normal")]
     pub priority: Priority,
     /// Free-form tags, for filtering and cancelling in bulk.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -253,7 +257,7 @@ pub struct TaskSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<LabelReq>,
     /// Slots the task occupies on its worker (default 1).
-    #[serde(default = "one")]
+    #[serde(default = "one", skip_serializing_if = "is_one")]
     pub slots: u32,
     /// Longest one attempt may run before it is `timed_out`.
     #[serde(
@@ -277,7 +281,7 @@ pub struct TaskSpec {
     )]
     pub dispatch_timeout: Option<Duration>,
     /// How failures are retried.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_no_retry")]
     pub retry: RetryPolicy,
     /// Tasks that must succeed before this one may run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -339,6 +343,22 @@ fn default_queue() -> Arc<str> {
 
 fn one() -> u32 {
     1
+}
+
+fn is_default_queue(q: &Arc<str>) -> bool {
+    &**q == DEFAULT_QUEUE
+}
+
+fn is_normal(p: &Priority) -> bool {
+    *p == Priority::NORMAL
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+fn is_no_retry(r: &RetryPolicy) -> bool {
+    *r == RetryPolicy::NONE
 }
 
 impl TaskSpec {
@@ -445,6 +465,28 @@ mod tests {
         assert!(!"os=mac".parse::<LabelReq>().unwrap().matches(&have));
         assert!(!"arch".parse::<LabelReq>().unwrap().matches(&have));
         assert!("=x".parse::<LabelReq>().is_err());
+    }
+
+    #[test]
+    fn a_spec_is_serialized_without_its_defaults_and_reads_back_whole() {
+        let spec = TaskSpec::new(TaskKind::handler("h", "1"));
+        let text = serde_json::to_string(&spec).unwrap();
+        assert_eq!(
+            text,
+            r#"{"kind":{"type":"handler","name":"h","payload":"1"}}"#
+        );
+        assert_eq!(serde_json::from_str::<TaskSpec>(&text).unwrap(), spec);
+
+        let mut other = spec;
+        other.queue = "q".into();
+        other.priority = Priority::HIGH;
+        other.slots = 2;
+        other.retry.max_retries = 3;
+        let text = serde_json::to_string(&other).unwrap();
+        for field in ["queue", "priority", "slots", "retry"] {
+            assert!(text.contains(&format!("\"{field}\"")), "{field} in {text}");
+        }
+        assert_eq!(serde_json::from_str::<TaskSpec>(&text).unwrap(), other);
     }
 
     #[test]
