@@ -108,30 +108,61 @@ impl Drop for Driver {
 }
 
 /// `chromedriver` on a port the OS picks; returns the process and its URL.
+///
+/// chromedriver is the test's instrument, not what it tests: one that
+/// exits before it listens (seen once in CI, with four tests starting
+/// theirs at once; its stderr was not kept then) is started again, up to
+/// three times, each failure logged with what chromedriver said on stderr.
 fn chromedriver() -> (Driver, String) {
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        match try_chromedriver() {
+            Ok(started) => return started,
+            Err(why) => {
+                eprintln!("chromedriver exited before it listened: {why}");
+                failures.push(why);
+            }
+        }
+    }
+    panic!("chromedriver exited before it listened, three times: {failures:?}");
+}
+
+/// One start of `chromedriver`; `Err` with its stderr if it exits before
+/// saying which port it listens on.
+fn try_chromedriver() -> Result<(Driver, String), String> {
+    use std::io::Read as _;
     use std::os::unix::process::CommandExt;
     let mut child = Command::new("chromedriver")
         .arg("--port=0")
         .process_group(0)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start chromedriver");
     let stdout = child.stdout.take().expect("stdout");
-    let proc = Driver(child);
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut proc = Driver(child);
     let mut lines = BufReader::new(stdout).lines();
     let port = loop {
-        let line = lines
-            .next()
-            .expect("chromedriver exited before it listened")
-            .expect("read chromedriver's output");
-        if let Some(rest) = line.split("started successfully on port ").nth(1) {
-            break rest.trim_end_matches('.').to_owned();
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(rest) = line.split("started successfully on port ").nth(1) {
+                    break rest.trim_end_matches('.').to_owned();
+                }
+            }
+            Some(Err(e)) => return Err(format!("reading its output: {e}")),
+            None => {
+                let status = proc.0.wait();
+                let mut said = String::new();
+                let _ = stderr.read_to_string(&mut said);
+                return Err(format!("{status:?}; stderr: {said:?}"));
+            }
         }
     };
     // Keep draining its output so it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    (proc, format!("http://127.0.0.1:{port}"))
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    Ok((proc, format!("http://127.0.0.1:{port}")))
 }
 
 /// A headless chromium session with a fresh profile in `profile`.
