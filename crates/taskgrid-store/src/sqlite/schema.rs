@@ -131,6 +131,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_at ON audit (at);
     ",
+    // 7: no change to the tables: a task's status and spec are written
+    // without their empty and default fields from here on, which builds
+    // before it cannot read; the version bump makes them refuse the file
+    // (`NewerSchema`) instead of calling its rows corrupt.
+    "-- the short status and spec JSON",
 ];
 
 /// The schema version this build writes.
