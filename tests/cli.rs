@@ -1699,19 +1699,19 @@ async fn workers_report_their_host_load_memory_and_disk() {
     let row = table.lines().find(|l| l.starts_with("w-host")).unwrap();
     assert!(!row.contains(" - "), "every figure is known: {row}");
 
-    let out = taskgrid()
-        .args(["worker", "--server", &url, "--max-load", "0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is no load"));
-    // A hold of 0 would hand back every held task at once: refused.
-    let out = taskgrid()
-        .args(["worker", "--server", &url, "--prefetch-hold-ms", "0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--prefetch-hold-ms"));
+    // A worker started with `flag 0` exits 2 saying `why`.
+    let refused = |flag: &str, why: &str| {
+        let out = taskgrid()
+            .args(["worker", "--server", &url, flag, "0"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} 0");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{flag} 0: {err}");
+    };
+    refused("--max-load", "is no load");
+    // A hold of 0 would hand back every held task at once.
+    refused("--prefetch-hold-ms", "--prefetch-hold-ms");
 }
 
 /// `taskgrid server --concurrency-limit/--rate-limit/--queue-concurrency`

@@ -43,7 +43,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         labels: args.labels.clone(),
         slots: args.slots,
         prefetch: None,
-        prefetch_hold_ms: 1_000,
+        prefetch_hold_ms: super::worker::PREFETCH_HOLD_MS_DEFAULT,
         cgroup_every_task: false,
         name: Some("local".to_owned()),
         id: Some("local-worker".to_owned()),

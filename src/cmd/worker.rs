@@ -35,7 +35,7 @@ pub(crate) struct Args {
     /// Longest a held task waits here for a slot before it is handed back
     /// for a worker with a free slot (ms): what the prefetch may cost long
     /// tasks.
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = PREFETCH_HOLD_MS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) prefetch_hold_ms: u64,
     /// Run every shell task in a cgroup of its own, not only those with
     /// --cpus/--memory limits: exact peak memory and CPU seconds of all a
@@ -200,6 +200,10 @@ pub(crate) fn serve_spawner() {
         let _ = SPAWNER.set(exe);
     }
 }
+
+/// `--prefetch-hold-ms` unless given: the library's default hold.
+pub(crate) const PREFETCH_HOLD_MS_DEFAULT: u64 =
+    WorkerConfig::PREFETCH_HOLD_DEFAULT.as_millis() as u64;
 
 /// A worker's prefetch: as given, or by default as many tasks as it has
 /// slots (`taskgrid worker`, `up` and `bench`'s workers alike).

@@ -421,10 +421,15 @@ fn gated(gate: &std::path::Path) -> Task {
 
 /// Waits for `gate` to exist, then runs `then`.
 fn gated_then(gate: &std::path::Path, then: &str) -> Task {
-    script(&format!(
-        "while [ ! -e {g} ]; do sleep 0.02; done; {then}",
+    script(&format!("{}; {then}", wait_for(gate)))
+}
+
+/// A shell loop that ends once `gate` exists.
+fn wait_for(gate: &std::path::Path) -> String {
+    format!(
+        "while [ ! -e {g} ]; do sleep 0.02; done",
         g = gate.display()
-    ))
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -846,10 +851,7 @@ impl taskgrid_proto::worker::worker_gateway_server::WorkerGateway for Offering {
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let (said, offered) = (self.said.clone(), self.offered.clone());
-        let script = format!(
-            "while [ ! -e {g} ]; do sleep 0.02; done",
-            g = self.gate.display()
-        );
+        let script = wait_for(&self.gate);
         let offer = |n: u8| Assignment {
             attempt: Some(taskgrid_proto::attempt_ref(
                 taskgrid_core::TaskId::from_bytes([n; 16]),

@@ -379,8 +379,6 @@ impl Model {
         }
     }
 
-    /// A worker that got a task of priority p must not have been able to run
-    /// a task of higher priority left queued in the same queue.
     /// Which of a round's assignments went beyond the worker's slots (to be
     /// held), given what each worker had taken before the round.
     fn held(&self, assigned: &[Assignment], mut used: HashMap<WorkerId, u32>) -> Vec<bool> {
@@ -402,6 +400,10 @@ impl Model {
             .collect()
     }
 
+    /// A worker that got a task of priority p must not have been able to run
+    /// a task of higher priority left queued in the same queue (unless it
+    /// only held it and the other was handed back: that one waits for a
+    /// free slot).
     fn check_priority(&mut self, assigned: &[Assignment], held: &[bool]) {
         let e = &self.t.engine;
         for (a, &held) in assigned.iter().zip(held) {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ pub(super) struct Shared {
     instance: String,
     /// The coordinator takes a hand-back of held work (`reject.release`):
     /// said at each registration.
-    takes_release: std::sync::atomic::AtomicBool,
+    takes_release: AtomicBool,
     /// Starts shell tasks that run in no cgroup, when configured.
     pub(super) spawner: Option<crate::Spawner>,
 }
@@ -161,14 +161,14 @@ impl Shared {
     /// Forgets `held` and tells the coordinator: a `release` (not a
     /// refusal) when they only waited too long for a slot.
     fn hand_back(&self, held: Vec<super::run::Held>, release: bool) {
+        let reason = if release {
+            "held too long without a slot"
+        } else {
+            "the worker is draining"
+        };
         for h in held {
             let (id, attempt) = h.key();
             self.forget((id, attempt));
-            let reason = if release {
-                "held too long without a slot"
-            } else {
-                "the worker is draining"
-            };
             self.emit(In::Reject(worker::Reject {
                 attempt: Some(taskgrid_proto::attempt_ref(id, attempt)),
                 reason: reason.into(),
@@ -251,7 +251,7 @@ pub(super) async fn run(
         acks: Mutex::new(HashMap::new()),
         next_request: AtomicU64::new(0),
         instance: instance_id(),
-        takes_release: std::sync::atomic::AtomicBool::new(false),
+        takes_release: AtomicBool::new(false),
     });
     tokio::pin!(drain);
     let mut draining = None;
