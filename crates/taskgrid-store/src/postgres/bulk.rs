@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 
-use postgres::Transaction;
+use postgres::Row;
 use postgres::types::ToSql;
 use taskgrid_core::{Change, FireRecord, ScheduleRecord, State, TaskId, TaskRecord, TaskStatus};
 
@@ -30,10 +30,19 @@ use crate::StoreError;
 use crate::attempt::{AttemptOp, attempt_ops, duplicate_attempt};
 use crate::schedule::{duplicate_fire, to_json};
 
+use super::lease::Lease;
+use super::pipeline::{Op, WriteConn};
 use super::{json, micros};
 
-/// Applies `changes` inside `tx`.
-pub(super) fn apply(tx: &mut Transaction<'_>, changes: &[Change]) -> Result<(), StoreError> {
+/// Applies `changes` in one transaction on `conn`, fenced by `lease`:
+/// `BEGIN`, the fence and every statement in one flight, then `COMMIT`
+/// once every answer checks out, or `ROLLBACK`.
+pub(super) fn apply(
+    conn: &mut WriteConn,
+    lease: Option<&Lease>,
+    changes: &[Change],
+) -> Result<(), StoreError> {
+    let fence = lease.map(Lease::fence_op).transpose()?;
     // Grouping writes every insert first. A change to a task that comes
     // before the task's own `Submitted` in the batch would fail one by one
     // (the task is unknown, or, if it exists, its submit is a duplicate):
@@ -50,11 +59,7 @@ pub(super) fn apply(tx: &mut Transaction<'_>, changes: &[Change]) -> Result<(), 
             if matches!(c, Change::Submitted(_)) || first_submit.get(&id).is_none_or(|&s| s < i) {
                 continue;
             }
-            let key = id.to_bytes().to_vec();
-            let exists: bool = tx
-                .query_one("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1)", &[&key])?
-                .try_get(0)?;
-            return Err(if exists {
+            return Err(if stored(conn, id)? {
                 StoreError::Duplicate(id)
             } else {
                 StoreError::NotFound(id)
@@ -65,7 +70,224 @@ pub(super) fn apply(tx: &mut Transaction<'_>, changes: &[Change]) -> Result<(), 
     for change in changes {
         b.add(change)?;
     }
-    b.write(tx)
+    // The tags of the tasks to delete, from their specs: read before the
+    // flight (this is the only writer, so what is committed is what the
+    // transaction would see), plus those of tasks the batch inserts.
+    let deleted_tags = if b.deleted.is_empty() {
+        Vec::new()
+    } else {
+        let rows = conn.query(
+            "SELECT id, spec FROM tasks WHERE id = ANY($1)",
+            &[&b.deleted],
+        )?;
+        let mut specs: Vec<(Vec<u8>, String)> = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, postgres::Error>>()?;
+        for rec in &b.inserts {
+            let key = rec.id.to_bytes().to_vec();
+            if b.deleted.contains(&key) {
+                specs.push((key, json(rec.id, "spec", &rec.spec)?));
+            }
+        }
+        let mut tags = Vec::new();
+        for (id, spec) in specs {
+            for tag in crate::tags_of(&spec) {
+                tags.push((tag, id.clone()));
+            }
+        }
+        tags
+    };
+    let mut ops = Vec::new();
+    let mut checks = Vec::new();
+    if let Some(fence) = fence {
+        ops.push(fence);
+        checks.push(Check::Fence);
+    }
+    b.ops(&mut ops, &mut checks, deleted_tags)?;
+    let answers = conn.run(&ops)?;
+    match verify(&b, &checks, answers, lease) {
+        Ok(()) => conn.commit(),
+        Err(failed) => {
+            let rolled_back = conn.rollback();
+            let err = match failed {
+                Failed::Error(e) => e,
+                // Whether the task exists, as the transaction saw it at
+                // that statement: committed, or inserted by the batch.
+                Failed::Cas { id, expected } => {
+                    if b.inserts.iter().any(|r| r.id == id) || stored(conn, id)? {
+                        StoreError::Conflict { id, expected }
+                    } else {
+                        StoreError::NotFound(id)
+                    }
+                }
+            };
+            rolled_back?;
+            Err(err)
+        }
+    }
+}
+
+/// The plans of the statements `changes` would run (`EXPLAIN`, on the
+/// write connection), in order.
+#[cfg(test)]
+pub(super) fn explain(conn: &mut WriteConn, changes: &[Change]) -> Result<Vec<String>, StoreError> {
+    let mut b = Groups::default();
+    for change in changes {
+        b.add(change)?;
+    }
+    let (mut ops, mut checks) = (Vec::new(), Vec::new());
+    b.ops(&mut ops, &mut checks, Vec::new())?;
+    ops.iter().map(|op| conn.explain(op)).collect()
+}
+
+/// Whether task `id` is stored (committed).
+fn stored(conn: &mut WriteConn, id: TaskId) -> Result<bool, StoreError> {
+    let key = id.to_bytes().to_vec();
+    let rows = conn.query("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1)", &[&key])?;
+    Ok(rows
+        .first()
+        .map(|r| r.try_get(0))
+        .transpose()?
+        .unwrap_or(false))
+}
+
+/// What an answer of the flight must be for the batch to commit.
+enum Check {
+    /// Any answer.
+    Any,
+    /// One row: this store still leads.
+    Fence,
+    /// A row for each insert (`RETURNING id`); else the first task not
+    /// inserted is a duplicate. Then the batch's broken chain, if any.
+    Inserts,
+    /// A row for each compare-and-set (`RETURNING t.id`).
+    Cas,
+    /// A row for each new attempt (`RETURNING task_id, attempt`).
+    Assigns,
+    /// A row for each of these tasks (`RETURNING` its id); else the first
+    /// one missing is not found.
+    Found(Vec<TaskId>),
+    /// One row: the fire was recorded; none: it was a duplicate.
+    Fire(usize),
+}
+
+/// Why a batch does not commit.
+enum Failed {
+    Error(StoreError),
+    /// A compare-and-set missed task `id`: a conflict if the task exists,
+    /// else not found (asked after the rollback).
+    Cas {
+        id: TaskId,
+        expected: State,
+    },
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Self {
+        Failed::Error(e)
+    }
+}
+
+impl From<postgres::Error> for Failed {
+    fn from(e: postgres::Error) -> Self {
+        Failed::Error(e.into())
+    }
+}
+
+/// Checks the answers in order; the first that is wrong decides.
+fn verify(
+    b: &Groups<'_>,
+    checks: &[Check],
+    answers: Vec<Result<Vec<Row>, postgres::Error>>,
+    lease: Option<&Lease>,
+) -> Result<(), Failed> {
+    // A broken chain of status changes fails the batch once the fence and
+    // the inserts before it are checked (so a duplicate insert is the error
+    // reported, as one by one).
+    let gate = checks
+        .iter()
+        .position(|c| matches!(c, Check::Inserts))
+        .or_else(|| checks.iter().position(|c| matches!(c, Check::Fence)));
+    if gate.is_none()
+        && let Some(chain) = b.broken
+    {
+        return Err(broken(chain));
+    }
+    for (i, (check, answer)) in checks.iter().zip(answers).enumerate() {
+        let rows = answer?;
+        match check {
+            Check::Any => {}
+            Check::Fence => {
+                if rows.is_empty() {
+                    return Err(Failed::Error(
+                        lease.map_or(StoreError::Fenced { term: 0 }, Lease::lose),
+                    ));
+                }
+            }
+            Check::Inserts => b.check_inserts(&rows)?,
+            Check::Cas => {
+                if rows.len() != b.cas.len() {
+                    let touched = ids_of(&rows)?;
+                    let all: Vec<TaskId> = b.cas.iter().map(|c| c.id).collect();
+                    if let Some(id) = first_missing(&all, &touched) {
+                        let expected = b
+                            .cas
+                            .iter()
+                            .find(|c| c.id == id)
+                            .map_or(State::Queued, |c| c.from);
+                        return Err(Failed::Cas { id, expected });
+                    }
+                }
+            }
+            Check::Assigns => {
+                if rows.len() != b.assigns.len() {
+                    let mut done: Vec<(Vec<u8>, i64)> = rows
+                        .iter()
+                        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                        .collect::<Result<_, postgres::Error>>()?;
+                    done.sort();
+                    let mut seen = std::collections::HashSet::new();
+                    for (id, attempt, _, _) in &b.assigns {
+                        let key = (id.to_bytes().to_vec(), i64::from(*attempt));
+                        if done.binary_search(&key).is_err() || !seen.insert(key) {
+                            return Err(Failed::Error(duplicate_attempt(*id, *attempt)));
+                        }
+                    }
+                }
+            }
+            Check::Found(ids) => {
+                if rows.len() != ids.len()
+                    && let Some(id) = first_missing(ids, &ids_of(&rows)?)
+                {
+                    return Err(Failed::Error(StoreError::NotFound(id)));
+                }
+            }
+            Check::Fire(i) => {
+                if rows.is_empty()
+                    && let Some(ScheduleWrite::Fire(fire)) = b.schedules.get(*i)
+                {
+                    return Err(Failed::Error(duplicate_fire(&fire.schedule, fire.at)));
+                }
+            }
+        }
+        if gate == Some(i)
+            && let Some(chain) = b.broken
+        {
+            return Err(broken(chain));
+        }
+    }
+    Ok(())
+}
+
+/// A chain of one task's changes in the batch whose links do not follow.
+fn broken((id, expected): (TaskId, State)) -> Failed {
+    Failed::Error(StoreError::Conflict { id, expected })
+}
+
+/// The ids a `RETURNING id` statement answered.
+fn ids_of(rows: &[Row]) -> Result<Vec<Vec<u8>>, postgres::Error> {
+    rows.iter().map(|r| r.try_get(0)).collect()
 }
 
 /// A status compare-and-set, folded over a task's changes in the batch.
@@ -78,11 +300,17 @@ struct Cas<'a> {
 #[derive(Default)]
 struct Groups<'a> {
     inserts: Vec<&'a TaskRecord>,
+    /// Each insert's status as the batch leaves it: a task's status
+    /// changes in the batch that submits it are folded into its insert
+    /// (one row version, not one more per commit).
+    insert_status: Vec<&'a TaskStatus>,
+    /// Where each task of `inserts` is (its first insert).
+    insert_index: HashMap<TaskId, usize>,
     cas: Vec<Cas<'a>>,
     cas_index: HashMap<TaskId, usize>,
     /// A chain in the batch whose link did not follow: the conflict to
     /// report (once the inserts are checked).
-    broken: Option<StoreError>,
+    broken: Option<(TaskId, State)>,
     assigns: Vec<(TaskId, u32, String, i64)>,
     starts: Vec<(TaskId, u32, i64)>,
     finishes: Vec<Finish>,
@@ -130,7 +358,13 @@ struct Finish {
 impl<'a> Groups<'a> {
     fn add(&mut self, change: &'a Change) -> Result<(), StoreError> {
         match change {
-            Change::Submitted(rec) => self.inserts.push(rec),
+            Change::Submitted(rec) => {
+                self.insert_index
+                    .entry(rec.id)
+                    .or_insert(self.inserts.len());
+                self.inserts.push(rec);
+                self.insert_status.push(&rec.status);
+            }
             Change::Status {
                 id,
                 from,
@@ -138,16 +372,17 @@ impl<'a> Groups<'a> {
                 status,
                 attempt_outcome,
             } => {
-                match self.cas_index.get(id) {
-                    Some(&i) => {
-                        let fold = &mut self.cas[i];
-                        if fold.status.state != *from && self.broken.is_none() {
-                            self.broken = Some(StoreError::Conflict {
-                                id: *id,
-                                expected: *from,
-                            });
+                let folded = match (self.insert_index.get(id), self.cas_index.get(id)) {
+                    (Some(&i), _) => Some(&mut self.insert_status[i]),
+                    (None, Some(&i)) => Some(&mut self.cas[i].status),
+                    (None, None) => None,
+                };
+                match folded {
+                    Some(last) => {
+                        if last.state != *from && self.broken.is_none() {
+                            self.broken = Some((*id, *from));
                         }
-                        fold.status = status;
+                        *last = status;
                     }
                     None => {
                         self.cas_index.insert(*id, self.cas.len());
@@ -228,62 +463,178 @@ impl<'a> Groups<'a> {
         Ok(())
     }
 
-    fn write(self, tx: &mut Transaction<'_>) -> Result<(), StoreError> {
-        self.write_inserts(tx)?;
-        if let Some(conflict) = self.broken {
-            return Err(conflict);
+    /// The batch's statements, in the order they run, each with what its
+    /// answer must be.
+    fn ops<'s>(
+        &'s self,
+        ops: &mut Vec<Op<'s>>,
+        checks: &mut Vec<Check>,
+        deleted_tags: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        let mut push = |op: Op<'s>, check: Check| {
+            ops.push(op);
+            checks.push(check);
+        };
+        self.insert_ops(&mut push)?;
+        if !self.cas.is_empty() {
+            push(self.cas_op()?, Check::Cas);
         }
-        write_cas(tx, &self.cas)?;
-        write_attempts(tx, &self.assigns, &self.starts, &self.finishes)?;
-        write_fields(tx, "progress", "text", &self.progress, |v| v.to_owned())?;
-        let checkpoints: Vec<(TaskId, String)> = self
-            .checkpoints
-            .iter()
-            .map(|(id, d)| (*id, (*d).to_owned()))
-            .collect();
-        write_fields(tx, "checkpoint", "bytea", &checkpoints, |v| {
-            v.as_bytes().to_vec()
-        })?;
-        write_output(tx, &self.output)?;
-        for (name, paused) in self.queues {
-            let sql = if paused {
+        self.attempt_ops(&mut push);
+        if let Some((op, ids)) = fields_op(PROGRESS, &self.progress, |v| v.to_owned()) {
+            push(op, Check::Found(ids));
+        }
+        if let Some((op, ids)) = fields_op(CHECKPOINT, &self.checkpoints, |v| v.as_bytes().to_vec())
+        {
+            push(op, Check::Found(ids));
+        }
+        if !self.output.is_empty() {
+            let o = &self.output;
+            let ids: Vec<TaskId> = o.iter().map(|o| o.0).collect();
+            push(
+                Op::new(
+                    "INSERT INTO output (task_id, attempt, stream, data) \
+                     SELECT v.task_id, v.attempt, v.stream, v.data \
+                     FROM UNNEST($1::bytea[], $2::bigint[], $3::text[], $4::bytea[]) \
+                     WITH ORDINALITY AS v(task_id, attempt, stream, data, n) \
+                     WHERE EXISTS (SELECT 1 FROM tasks WHERE id = v.task_id) ORDER BY v.n \
+                     RETURNING task_id",
+                    vec![
+                        Box::new(keys(&ids)),
+                        Box::new(o.iter().map(|o| i64::from(o.1)).collect::<Vec<i64>>()),
+                        Box::new(o.iter().map(|o| o.2).collect::<Vec<&str>>()),
+                        Box::new(o.iter().map(|o| o.3.as_bytes()).collect::<Vec<&[u8]>>()),
+                    ],
+                ),
+                Check::Found(ids),
+            );
+        }
+        for (name, paused) in &self.queues {
+            let sql = if *paused {
                 "INSERT INTO paused_queues (name) VALUES ($1) ON CONFLICT DO NOTHING"
             } else {
                 "DELETE FROM paused_queues WHERE name = $1"
             };
-            tx.execute(sql, &[&name])?;
+            push(Op::new(sql, vec![Box::new(*name)]), Check::Any);
         }
-        write_schedules(tx, &self.schedules)?;
+        for (i, w) in self.schedules.iter().enumerate() {
+            match w {
+                ScheduleWrite::Upsert(rec) => push(
+                    Op::new(
+                        "INSERT INTO schedules (name, record) VALUES ($1, $2) \
+                         ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
+                        vec![
+                            Box::new(rec.name.as_str()),
+                            Box::new(to_json(&rec.name, "schedule", rec)?),
+                        ],
+                    ),
+                    Check::Any,
+                ),
+                ScheduleWrite::Delete(name) => {
+                    push(
+                        Op::new(
+                            "DELETE FROM schedule_fires WHERE schedule = $1",
+                            vec![Box::new(*name)],
+                        ),
+                        Check::Any,
+                    );
+                    push(
+                        Op::new(
+                            "DELETE FROM schedules WHERE name = $1",
+                            vec![Box::new(*name)],
+                        ),
+                        Check::Any,
+                    );
+                }
+                ScheduleWrite::Fire(fire) => push(
+                    Op::new(
+                        "INSERT INTO schedule_fires \
+                         (schedule, at, fired_at, outcome, task, record, manual) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING 1",
+                        vec![
+                            Box::new(fire.schedule.as_str()),
+                            Box::new(micros(fire.at)),
+                            Box::new(micros(fire.fired_at)),
+                            Box::new(fire.outcome.as_str()),
+                            Box::new(fire.task.map(|t| t.to_bytes().to_vec())),
+                            Box::new(to_json(&fire.schedule, "fire", fire)?),
+                            Box::new(fire.manual),
+                        ],
+                    ),
+                    Check::Fire(i),
+                ),
+            }
+        }
         for (key, value) in &self.meta {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ($1, $2) \
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                &[key, value],
-            )?;
+            push(
+                Op::new(
+                    "INSERT INTO meta (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    vec![Box::new(*key), Box::new(*value)],
+                ),
+                Check::Any,
+            );
         }
         if !self.output_deleted.is_empty() {
-            tx.execute(
-                "DELETE FROM output WHERE task_id = ANY($1)",
-                &[&self.output_deleted],
-            )?;
+            push(
+                Op::new(
+                    "DELETE FROM output WHERE task_id = ANY($1)",
+                    vec![Box::new(self.output_deleted.clone())],
+                ),
+                Check::Any,
+            );
         }
         if let Some(before) = self.audit_pruned {
-            tx.execute("DELETE FROM audit WHERE at < $1", &[&before])?;
+            push(
+                Op::new("DELETE FROM audit WHERE at < $1", vec![Box::new(before)]),
+                Check::Any,
+            );
         }
         if !self.audit.is_empty() {
             let (at, records): (Vec<i64>, Vec<&str>) =
                 self.audit.iter().map(|(a, r)| (*a, r.as_str())).unzip();
             // In batch order: the numbers follow it.
-            tx.execute(
-                "INSERT INTO audit (at, record) \
-                 SELECT a, r FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS t(a, r, n) ORDER BY n",
-                &[&at, &records],
-            )?;
+            push(
+                Op::new(
+                    "INSERT INTO audit (at, record) \
+                     SELECT a, r FROM unnest($1::bigint[], $2::text[]) \
+                     WITH ORDINALITY AS t(a, r, n) ORDER BY n",
+                    vec![Box::new(at), Box::new(records)],
+                ),
+                Check::Any,
+            );
         }
-        write_deleted(tx, &self.deleted)
+        // Last: no other change of the batch can follow a task's deletion.
+        // Tags first (the tag table is keyed by tag, and a spec need not be
+        // valid `jsonb`, so they were read from the specs in Rust), then
+        // output, attempts and the tasks.
+        if !self.deleted.is_empty() {
+            if !deleted_tags.is_empty() {
+                let (tags, owners): (Vec<String>, Vec<Vec<u8>>) = deleted_tags.into_iter().unzip();
+                push(
+                    Op::new(
+                        "DELETE FROM task_tags WHERE (tag, task_id) IN \
+                         (SELECT * FROM unnest($1::text[], $2::bytea[]))",
+                        vec![Box::new(tags), Box::new(owners)],
+                    ),
+                    Check::Any,
+                );
+            }
+            for sql in [
+                "DELETE FROM output WHERE task_id = ANY($1)",
+                "DELETE FROM attempts WHERE task_id = ANY($1)",
+                "DELETE FROM tasks WHERE id = ANY($1)",
+            ] {
+                push(
+                    Op::new(sql, vec![Box::new(self.deleted.clone())]),
+                    Check::Any,
+                );
+            }
+        }
+        Ok(())
     }
 
-    fn write_inserts(&self, tx: &mut Transaction<'_>) -> Result<(), StoreError> {
+    /// The inserts of new tasks and of their tags.
+    fn insert_ops<'s>(&'s self, push: &mut impl FnMut(Op<'s>, Check)) -> Result<(), StoreError> {
         if self.inserts.is_empty() {
             return Ok(());
         }
@@ -303,72 +654,258 @@ impl<'a> Groups<'a> {
             Vec::with_capacity(n),
         );
         let (mut tags, mut tag_ids) = (Vec::new(), Vec::new());
-        for rec in &self.inserts {
+        for (rec, status) in self.inserts.iter().zip(&self.insert_status) {
             let key = rec.id.to_bytes().to_vec();
             for tag in &rec.spec.tags {
-                tags.push(tag.clone());
+                tags.push(tag.as_str());
                 tag_ids.push(key.clone());
             }
             ids.push(key);
-            queues.push(rec.spec.queue.to_string());
-            states.push(rec.status.state.as_str());
-            workers.push(rec.status.worker.as_ref().map(|w| w.as_str().to_owned()));
+            queues.push(&*rec.spec.queue);
+            states.push(status.state.as_str());
+            workers.push(status.worker.as_ref().map(|w| w.as_str()));
             parents.push(rec.spec.parent.map(|p| p.to_bytes().to_vec()));
             created.push(micros(rec.created_at));
             specs.push(json(rec.id, "spec", &rec.spec)?);
-            statuses.push(crate::status::to_json(rec.id, &rec.status)?);
+            statuses.push(crate::status::to_json(rec.id, status)?);
             progress.push(
                 rec.progress
                     .as_ref()
                     .map(|p| json(rec.id, "progress", p))
                     .transpose()?,
             );
-            checkpoints.push(rec.checkpoint.as_deref().map(|c| c.as_bytes().to_vec()));
+            checkpoints.push(rec.checkpoint.as_deref().map(str::as_bytes));
         }
-        let rows = tx.query(
-            "INSERT INTO tasks (id, queue, state, worker, parent, created_at, spec, status, \
-             progress, checkpoint) \
-             SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bytea[], \
-             $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bytea[]) \
-             ON CONFLICT DO NOTHING RETURNING id",
-            &[
-                &ids,
-                &queues,
-                &states,
-                &workers,
-                &parents,
-                &created,
-                &specs,
-                &statuses,
-                &progress,
-                &checkpoints,
-            ],
-        )?;
-        if rows.len() != n {
-            let mut inserted: Vec<Vec<u8>> = rows
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<_, _>>()?;
-            inserted.sort();
-            // The first task of the batch that was not inserted: its id was
-            // stored already, or came twice in the batch.
-            let mut seen = std::collections::HashSet::new();
-            for rec in &self.inserts {
-                let key = rec.id.to_bytes().to_vec();
-                if inserted.binary_search(&key).is_err() || !seen.insert(key) {
-                    return Err(StoreError::Duplicate(rec.id));
-                }
-            }
-        }
+        push(
+            Op::new(
+                "INSERT INTO tasks (id, queue, state, worker, parent, created_at, spec, status, \
+                 progress, checkpoint) \
+                 SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], \
+                 $5::bytea[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bytea[]) \
+                 ON CONFLICT DO NOTHING RETURNING id",
+                vec![
+                    Box::new(ids),
+                    Box::new(queues),
+                    Box::new(states),
+                    Box::new(workers),
+                    Box::new(parents),
+                    Box::new(created),
+                    Box::new(specs),
+                    Box::new(statuses),
+                    Box::new(progress),
+                    Box::new(checkpoints),
+                ],
+            ),
+            Check::Inserts,
+        );
         if !tags.is_empty() {
-            tx.execute(
-                "INSERT INTO task_tags (tag, task_id) \
-                 SELECT * FROM UNNEST($1::text[], $2::bytea[]) ON CONFLICT DO NOTHING",
-                &[&tags, &tag_ids],
-            )?;
+            push(
+                Op::new(
+                    "INSERT INTO task_tags (tag, task_id) \
+                     SELECT * FROM UNNEST($1::text[], $2::bytea[]) ON CONFLICT DO NOTHING",
+                    vec![Box::new(tags), Box::new(tag_ids)],
+                ),
+                Check::Any,
+            );
         }
         Ok(())
     }
+
+    /// The inserts are all in unless `rows` (their `RETURNING id`) miss
+    /// one: the first task not inserted was stored already, or came twice.
+    fn check_inserts(&self, rows: &[Row]) -> Result<(), Failed> {
+        if rows.len() == self.inserts.len() {
+            return Ok(());
+        }
+        let mut inserted = ids_of(rows)?;
+        inserted.sort();
+        let mut seen = std::collections::HashSet::new();
+        for rec in &self.inserts {
+            let key = rec.id.to_bytes().to_vec();
+            if inserted.binary_search(&key).is_err() || !seen.insert(key) {
+                return Err(Failed::Error(StoreError::Duplicate(rec.id)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The status compare-and-sets, one row each.
+    fn cas_op<'s>(&'s self) -> Result<Op<'s>, StoreError> {
+        let cas = &self.cas;
+        let statuses = cas
+            .iter()
+            .map(|c| crate::status::to_json(c.id, c.status))
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(Op::new(
+            "UPDATE tasks AS t SET state = v.to_state, worker = v.worker, status = v.status \
+             FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+             AS v(id, from_state, to_state, worker, status) \
+             WHERE t.id = v.id AND t.state = v.from_state RETURNING t.id",
+            vec![
+                Box::new(keys(&cas.iter().map(|c| c.id).collect::<Vec<_>>())),
+                Box::new(cas.iter().map(|c| c.from.as_str()).collect::<Vec<&str>>()),
+                Box::new(
+                    cas.iter()
+                        .map(|c| c.status.state.as_str())
+                        .collect::<Vec<&str>>(),
+                ),
+                Box::new(
+                    cas.iter()
+                        .map(|c| c.status.worker.as_ref().map(|w| w.as_str()))
+                        .collect::<Vec<Option<&str>>>(),
+                ),
+                Box::new(statuses),
+            ],
+        ))
+    }
+
+    /// The attempt rows: new ones, then start stamps, then ends (an
+    /// attempt that starts and ends in this batch gets both stamps in one
+    /// row write, its end's).
+    fn attempt_ops<'s>(&'s self, push: &mut impl FnMut(Op<'s>, Check)) {
+        let assigns = &self.assigns;
+        if !assigns.is_empty() {
+            push(
+                Op::new(
+                    "INSERT INTO attempts (task_id, attempt, worker, assigned_at) \
+                     SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::text[], $4::bigint[]) \
+                     ON CONFLICT DO NOTHING RETURNING task_id, attempt",
+                    vec![
+                        Box::new(keys(&assigns.iter().map(|a| a.0).collect::<Vec<_>>())),
+                        Box::new(assigns.iter().map(|a| i64::from(a.1)).collect::<Vec<i64>>()),
+                        Box::new(assigns.iter().map(|a| a.2.clone()).collect::<Vec<String>>()),
+                        Box::new(assigns.iter().map(|a| a.3).collect::<Vec<i64>>()),
+                    ],
+                ),
+                Check::Assigns,
+            );
+        }
+        // A later stamp of the same attempt wins, as applied in order.
+        let mut started: HashMap<(TaskId, u32), i64> = HashMap::new();
+        for (id, attempt, at) in &self.starts {
+            started.insert((*id, *attempt), *at);
+        }
+        let mut ended: HashMap<(TaskId, u32), &Finish> = HashMap::new();
+        for f in &self.finishes {
+            ended.insert((f.id, f.attempt), f);
+        }
+        let mut last = HashMap::new();
+        let mut folded: HashMap<(TaskId, u32), i64> = HashMap::new();
+        for (key, at) in started {
+            if ended.contains_key(&key) {
+                folded.insert(key, at);
+            } else {
+                last.insert(key, at);
+            }
+        }
+        if !last.is_empty() {
+            let (keys_, at): (Vec<(TaskId, u32)>, Vec<i64>) = last.into_iter().unzip();
+            push(
+                Op::new(
+                    "UPDATE attempts AS a SET started_at = v.at \
+                     FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[]) \
+                     AS v(task_id, attempt, at) \
+                     WHERE a.task_id = v.task_id AND a.attempt = v.attempt",
+                    vec![
+                        Box::new(keys(&keys_.iter().map(|k| k.0).collect::<Vec<_>>())),
+                        Box::new(keys_.iter().map(|k| i64::from(k.1)).collect::<Vec<i64>>()),
+                        Box::new(at),
+                    ],
+                ),
+                Check::Any,
+            );
+        }
+        if !ended.is_empty() {
+            let fs: Vec<&Finish> = ended.into_values().collect();
+            push(
+                Op::new(
+                    "UPDATE attempts AS a SET finished_at = v.at, outcome = v.outcome, \
+                     error = v.error, exit_code = v.exit_code, cpu_seconds = v.cpu, \
+                     peak_rss_bytes = v.rss, signal = v.signal, \
+                     started_at = COALESCE(v.started, a.started_at) \
+                     FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[], $4::text[], \
+                     $5::bytea[], $6::integer[], $7::float8[], $8::bigint[], $9::integer[], \
+                     $10::bigint[]) \
+                     AS v(task_id, attempt, at, outcome, error, exit_code, cpu, rss, signal, \
+                     started) \
+                     WHERE a.task_id = v.task_id AND a.attempt = v.attempt",
+                    vec![
+                        Box::new(keys(&fs.iter().map(|f| f.id).collect::<Vec<_>>())),
+                        Box::new(
+                            fs.iter()
+                                .map(|f| i64::from(f.attempt))
+                                .collect::<Vec<i64>>(),
+                        ),
+                        Box::new(fs.iter().map(|f| f.at).collect::<Vec<i64>>()),
+                        Box::new(fs.iter().map(|f| f.outcome).collect::<Vec<&str>>()),
+                        Box::new(
+                            fs.iter()
+                                .map(|f| f.error.clone().map(String::into_bytes))
+                                .collect::<Vec<Option<Vec<u8>>>>(),
+                        ),
+                        Box::new(fs.iter().map(|f| f.exit_code).collect::<Vec<Option<i32>>>()),
+                        Box::new(
+                            fs.iter()
+                                .map(|f| f.cpu_seconds)
+                                .collect::<Vec<Option<f64>>>(),
+                        ),
+                        Box::new(
+                            fs.iter()
+                                .map(|f| f.peak_rss_bytes)
+                                .collect::<Vec<Option<i64>>>(),
+                        ),
+                        Box::new(fs.iter().map(|f| f.signal).collect::<Vec<Option<i32>>>()),
+                        Box::new(
+                            fs.iter()
+                                .map(|f| folded.get(&(f.id, f.attempt)).copied())
+                                .collect::<Vec<Option<i64>>>(),
+                        ),
+                    ],
+                ),
+                Check::Any,
+            );
+        }
+    }
+}
+
+/// The id keys (16 bytes each) of `ids`.
+fn keys(ids: &[TaskId]) -> Vec<Vec<u8>> {
+    ids.iter().map(|id| id.to_bytes().to_vec()).collect()
+}
+
+/// Overwrites the progress of each task.
+const PROGRESS: &str = "UPDATE tasks AS t SET progress = v.val \
+     FROM UNNEST($1::bytea[], $2::text[]) AS v(id, val) WHERE t.id = v.id RETURNING t.id";
+/// Overwrites the checkpoint of each task.
+const CHECKPOINT: &str = "UPDATE tasks AS t SET checkpoint = v.val \
+     FROM UNNEST($1::bytea[], $2::bytea[]) AS v(id, val) WHERE t.id = v.id RETURNING t.id";
+
+/// Overwrites a column of each task (`sql`: [`PROGRESS`] or
+/// [`CHECKPOINT`]), the last value of a task in the batch winning; with
+/// the tasks whose row must be found.
+fn fields_op<'a, V: AsRef<str>, T: ToSql + Sync + 'a>(
+    sql: &'static str,
+    values: &[(TaskId, V)],
+    encode: impl Fn(&str) -> T,
+) -> Option<(Op<'a>, Vec<TaskId>)> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut last: HashMap<TaskId, &str> = HashMap::new();
+    let mut order = Vec::new();
+    for (id, v) in values {
+        if last.insert(*id, v.as_ref()).is_none() {
+            order.push(*id);
+        }
+    }
+    let vals: Vec<T> = order
+        .iter()
+        .map(|id| encode(last.get(id).copied().unwrap_or_default()))
+        .collect();
+    Some((
+        Op::new(sql, vec![Box::new(keys(&order)), Box::new(vals)]),
+        order,
+    ))
 }
 
 /// The keys of `ids` not among `touched`, first one first: the rows a bulk
@@ -379,310 +916,4 @@ fn first_missing(ids: &[TaskId], touched: &[Vec<u8>]) -> Option<TaskId> {
     ids.iter()
         .copied()
         .find(|id| touched.binary_search(&&id.to_bytes().to_vec()).is_err())
-}
-
-fn write_cas(tx: &mut Transaction<'_>, cas: &[Cas<'_>]) -> Result<(), StoreError> {
-    if cas.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Vec<u8>> = cas.iter().map(|c| c.id.to_bytes().to_vec()).collect();
-    let from: Vec<&str> = cas.iter().map(|c| c.from.as_str()).collect();
-    let to: Vec<&str> = cas.iter().map(|c| c.status.state.as_str()).collect();
-    let workers: Vec<Option<&str>> = cas
-        .iter()
-        .map(|c| c.status.worker.as_ref().map(|w| w.as_str()))
-        .collect();
-    let statuses = cas
-        .iter()
-        .map(|c| crate::status::to_json(c.id, c.status))
-        .collect::<Result<Vec<String>, _>>()?;
-    let rows = tx.query(
-        "UPDATE tasks AS t SET state = v.to_state, worker = v.worker, status = v.status \
-         FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-         AS v(id, from_state, to_state, worker, status) \
-         WHERE t.id = v.id AND t.state = v.from_state RETURNING t.id",
-        &[&ids, &from, &to, &workers, &statuses],
-    )?;
-    if rows.len() == cas.len() {
-        return Ok(());
-    }
-    let touched: Vec<Vec<u8>> = rows
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
-    let all: Vec<TaskId> = cas.iter().map(|c| c.id).collect();
-    let Some(id) = first_missing(&all, &touched) else {
-        return Ok(());
-    };
-    let key = id.to_bytes().to_vec();
-    let exists: bool = tx
-        .query_one("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1)", &[&key])?
-        .try_get(0)?;
-    let expected = cas
-        .iter()
-        .find(|c| c.id == id)
-        .map_or(State::Queued, |c| c.from);
-    Err(if exists {
-        StoreError::Conflict { id, expected }
-    } else {
-        StoreError::NotFound(id)
-    })
-}
-
-fn write_attempts(
-    tx: &mut Transaction<'_>,
-    assigns: &[(TaskId, u32, String, i64)],
-    starts: &[(TaskId, u32, i64)],
-    finishes: &[Finish],
-) -> Result<(), StoreError> {
-    if !assigns.is_empty() {
-        let ids: Vec<Vec<u8>> = assigns.iter().map(|a| a.0.to_bytes().to_vec()).collect();
-        let attempts: Vec<i64> = assigns.iter().map(|a| i64::from(a.1)).collect();
-        let workers: Vec<&str> = assigns.iter().map(|a| a.2.as_str()).collect();
-        let at: Vec<i64> = assigns.iter().map(|a| a.3).collect();
-        let rows = tx.query(
-            "INSERT INTO attempts (task_id, attempt, worker, assigned_at) \
-             SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::text[], $4::bigint[]) \
-             ON CONFLICT DO NOTHING RETURNING task_id, attempt",
-            &[&ids, &attempts, &workers, &at],
-        )?;
-        if rows.len() != assigns.len() {
-            let mut done: Vec<(Vec<u8>, i64)> = rows
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                .collect::<Result<_, postgres::Error>>()?;
-            done.sort();
-            let mut seen = std::collections::HashSet::new();
-            for (id, attempt, _, _) in assigns {
-                let key = (id.to_bytes().to_vec(), i64::from(*attempt));
-                if done.binary_search(&key).is_err() || !seen.insert(key) {
-                    return Err(duplicate_attempt(*id, *attempt));
-                }
-            }
-        }
-    }
-    // A later stamp of the same attempt wins, as applied in order.
-    let mut started: HashMap<(TaskId, u32), i64> = HashMap::new();
-    for (id, attempt, at) in starts {
-        started.insert((*id, *attempt), *at);
-    }
-    let mut ended: HashMap<(TaskId, u32), &Finish> = HashMap::new();
-    for f in finishes {
-        ended.insert((f.id, f.attempt), f);
-    }
-    // An attempt that starts and ends in this batch gets both stamps in one
-    // row write (its end's), not two.
-    let mut last = HashMap::new();
-    let mut folded: HashMap<(TaskId, u32), i64> = HashMap::new();
-    for (key, at) in started {
-        if ended.contains_key(&key) {
-            folded.insert(key, at);
-        } else {
-            last.insert(key, at);
-        }
-    }
-    if !last.is_empty() {
-        let ids: Vec<Vec<u8>> = last.keys().map(|k| k.0.to_bytes().to_vec()).collect();
-        let attempts: Vec<i64> = last.keys().map(|k| i64::from(k.1)).collect();
-        let at: Vec<i64> = last.values().copied().collect();
-        tx.execute(
-            "UPDATE attempts AS a SET started_at = v.at \
-             FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[]) AS v(task_id, attempt, at) \
-             WHERE a.task_id = v.task_id AND a.attempt = v.attempt",
-            &[&ids, &attempts, &at],
-        )?;
-    }
-    if !ended.is_empty() {
-        let fs: Vec<&Finish> = ended.into_values().collect();
-        let starts: Vec<Option<i64>> = fs
-            .iter()
-            .map(|f| folded.get(&(f.id, f.attempt)).copied())
-            .collect();
-        let ids: Vec<Vec<u8>> = fs.iter().map(|f| f.id.to_bytes().to_vec()).collect();
-        let attempts: Vec<i64> = fs.iter().map(|f| i64::from(f.attempt)).collect();
-        let at: Vec<i64> = fs.iter().map(|f| f.at).collect();
-        let outcomes: Vec<&str> = fs.iter().map(|f| f.outcome).collect();
-        let errors: Vec<Option<&[u8]>> = fs
-            .iter()
-            .map(|f| f.error.as_deref().map(str::as_bytes))
-            .collect();
-        let codes: Vec<Option<i32>> = fs.iter().map(|f| f.exit_code).collect();
-        let cpu: Vec<Option<f64>> = fs.iter().map(|f| f.cpu_seconds).collect();
-        let rss: Vec<Option<i64>> = fs.iter().map(|f| f.peak_rss_bytes).collect();
-        let signals: Vec<Option<i32>> = fs.iter().map(|f| f.signal).collect();
-        let params: [&(dyn ToSql + Sync); 10] = [
-            &ids, &attempts, &at, &outcomes, &errors, &codes, &cpu, &rss, &signals, &starts,
-        ];
-        tx.execute(
-            "UPDATE attempts AS a SET finished_at = v.at, outcome = v.outcome, error = v.error, \
-             exit_code = v.exit_code, cpu_seconds = v.cpu, peak_rss_bytes = v.rss, \
-             signal = v.signal, started_at = COALESCE(v.started, a.started_at) \
-             FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[], $4::text[], $5::bytea[], \
-             $6::integer[], $7::float8[], $8::bigint[], $9::integer[], $10::bigint[]) \
-             AS v(task_id, attempt, at, outcome, error, exit_code, cpu, rss, signal, started) \
-             WHERE a.task_id = v.task_id AND a.attempt = v.attempt",
-            &params,
-        )?;
-    }
-    Ok(())
-}
-
-/// Overwrites column `column` (`progress` or `checkpoint`) of each task; the
-/// last value of a task in the batch wins. An unknown task is `NotFound`.
-fn write_fields<T: ToSql + Sync>(
-    tx: &mut Transaction<'_>,
-    column: &str,
-    sql_type: &str,
-    values: &[(TaskId, String)],
-    encode: impl Fn(&str) -> T,
-) -> Result<(), StoreError> {
-    if values.is_empty() {
-        return Ok(());
-    }
-    let mut last: HashMap<TaskId, &str> = HashMap::new();
-    let mut order = Vec::new();
-    for (id, v) in values {
-        if last.insert(*id, v).is_none() {
-            order.push(*id);
-        }
-    }
-    let ids: Vec<Vec<u8>> = order.iter().map(|id| id.to_bytes().to_vec()).collect();
-    let vals: Vec<T> = order
-        .iter()
-        .map(|id| encode(last.get(id).copied().unwrap_or_default()))
-        .collect();
-    let rows = tx.query(
-        &format!(
-            "UPDATE tasks AS t SET {column} = v.val \
-             FROM UNNEST($1::bytea[], $2::{sql_type}[]) AS v(id, val) WHERE t.id = v.id RETURNING t.id"
-        ),
-        &[&ids, &vals],
-    )?;
-    if rows.len() != order.len() {
-        let touched: Vec<Vec<u8>> = rows
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
-        if let Some(id) = first_missing(&order, &touched) {
-            return Err(StoreError::NotFound(id));
-        }
-    }
-    Ok(())
-}
-
-/// Appends output chunks in batch order (their sequence numbers follow it).
-fn write_output(
-    tx: &mut Transaction<'_>,
-    output: &[(TaskId, u32, &str, &str)],
-) -> Result<(), StoreError> {
-    if output.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Vec<u8>> = output.iter().map(|o| o.0.to_bytes().to_vec()).collect();
-    let attempts: Vec<i64> = output.iter().map(|o| i64::from(o.1)).collect();
-    let streams: Vec<&str> = output.iter().map(|o| o.2).collect();
-    let data: Vec<&[u8]> = output.iter().map(|o| o.3.as_bytes()).collect();
-    let rows = tx.query(
-        "INSERT INTO output (task_id, attempt, stream, data) \
-         SELECT v.task_id, v.attempt, v.stream, v.data \
-         FROM UNNEST($1::bytea[], $2::bigint[], $3::text[], $4::bytea[]) \
-         WITH ORDINALITY AS v(task_id, attempt, stream, data, n) \
-         WHERE EXISTS (SELECT 1 FROM tasks WHERE id = v.task_id) ORDER BY v.n \
-         RETURNING task_id",
-        &[&ids, &attempts, &streams, &data],
-    )?;
-    if rows.len() != output.len() {
-        let touched: Vec<Vec<u8>> = rows
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
-        let all: Vec<TaskId> = output.iter().map(|o| o.0).collect();
-        if let Some(id) = first_missing(&all, &touched) {
-            return Err(StoreError::NotFound(id));
-        }
-    }
-    Ok(())
-}
-
-/// Writes schedule changes one by one, in batch order; a second fire of a
-/// schedule at one time is `Invalid` (and the caller's transaction rolls
-/// back).
-/// Deletes tasks with their tags (read from their specs in Rust: the tag
-/// table is keyed by tag, and a spec need not be valid `jsonb`), attempts
-/// and output.
-fn write_deleted(tx: &mut Transaction<'_>, ids: &[Vec<u8>]) -> Result<(), StoreError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let mut tags: Vec<String> = Vec::new();
-    let mut owners: Vec<&[u8]> = Vec::new();
-    let rows = tx.query("SELECT id, spec FROM tasks WHERE id = ANY($1)", &[&ids])?;
-    let specs: Vec<(Vec<u8>, String)> = rows
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect::<Result<_, postgres::Error>>()?;
-    for (id, spec) in &specs {
-        for tag in crate::tags_of(spec) {
-            tags.push(tag);
-            owners.push(id);
-        }
-    }
-    if !tags.is_empty() {
-        tx.execute(
-            "DELETE FROM task_tags WHERE (tag, task_id) IN \
-             (SELECT * FROM unnest($1::text[], $2::bytea[]))",
-            &[&tags, &owners],
-        )?;
-    }
-    for sql in [
-        "DELETE FROM output WHERE task_id = ANY($1)",
-        "DELETE FROM attempts WHERE task_id = ANY($1)",
-        "DELETE FROM tasks WHERE id = ANY($1)",
-    ] {
-        tx.execute(sql, &[&ids])?;
-    }
-    Ok(())
-}
-
-fn write_schedules(
-    tx: &mut Transaction<'_>,
-    writes: &[ScheduleWrite<'_>],
-) -> Result<(), StoreError> {
-    for w in writes {
-        match w {
-            ScheduleWrite::Upsert(rec) => {
-                let record = to_json(&rec.name, "schedule", rec)?;
-                tx.execute(
-                    "INSERT INTO schedules (name, record) VALUES ($1, $2) \
-                     ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
-                    &[&rec.name, &record],
-                )?;
-            }
-            ScheduleWrite::Delete(name) => {
-                tx.execute("DELETE FROM schedule_fires WHERE schedule = $1", &[name])?;
-                tx.execute("DELETE FROM schedules WHERE name = $1", &[name])?;
-            }
-            ScheduleWrite::Fire(fire) => {
-                let record = to_json(&fire.schedule, "fire", fire)?;
-                let task = fire.task.map(|t| t.to_bytes().to_vec());
-                let inserted = tx.execute(
-                    "INSERT INTO schedule_fires (schedule, at, fired_at, outcome, task, record, manual) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                    &[
-                        &fire.schedule,
-                        &micros(fire.at),
-                        &micros(fire.fired_at),
-                        &fire.outcome.as_str(),
-                        &task,
-                        &record,
-                        &fire.manual,
-                    ],
-                )?;
-                if inserted == 0 {
-                    return Err(duplicate_fire(&fire.schedule, fire.at));
-                }
-            }
-        }
-    }
-    Ok(())
 }

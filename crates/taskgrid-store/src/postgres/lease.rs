@@ -21,7 +21,13 @@ use std::time::Duration;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, Transaction};
 
+use super::pipeline::Op;
 use crate::{Cluster, Member, StoreError};
+
+/// Reads the lease row `FOR SHARE` while the term is `$1`: a row means
+/// this store still leads, and no takeover can commit until the reading
+/// transaction ends.
+const FENCE: &str = "SELECT 1 FROM taskgrid_lease WHERE id = 1 AND term = $1 FOR SHARE";
 
 /// How a [`PostgresStore`](super::PostgresStore) takes and keeps the lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,19 +274,31 @@ impl Lease {
     /// Fails the transaction unless this lease's term is still current;
     /// holds a share lock on the lease row until it ends.
     pub(super) fn fence(&self, tx: &mut Transaction<'_>) -> Result<(), StoreError> {
-        let fenced = StoreError::Fenced { term: self.term() };
         if self.lost.load(Ordering::Acquire) {
-            return Err(fenced);
+            return Err(StoreError::Fenced { term: self.term() });
         }
-        let current = tx.query_opt(
-            "SELECT 1 FROM taskgrid_lease WHERE id = 1 AND term = $1 FOR SHARE",
-            &[&self.term],
-        )?;
-        if current.is_none() {
-            self.lost.store(true, Ordering::Release);
-            return Err(fenced);
+        if tx.query_opt(FENCE, &[&self.term])?.is_none() {
+            return Err(self.lose());
         }
         Ok(())
+    }
+
+    /// The fence as the first statement of a pipelined batch: it answers
+    /// one row while the term is this lease's (check it with
+    /// [`lose`](Self::lose) when it answers none). Fails at once when a
+    /// renewal already found the term moved on.
+    pub(super) fn fence_op(&self) -> Result<Op<'static>, StoreError> {
+        if self.lost.load(Ordering::Acquire) {
+            return Err(StoreError::Fenced { term: self.term() });
+        }
+        Ok(Op::new(FENCE, vec![Box::new(self.term)]))
+    }
+
+    /// Marks the lease lost (the fence found the term moved on): every
+    /// later write fails at once.
+    pub(super) fn lose(&self) -> StoreError {
+        self.lost.store(true, Ordering::Release);
+        StoreError::Fenced { term: self.term() }
     }
 
     /// Stops renewing and lets the lease lapse at once.

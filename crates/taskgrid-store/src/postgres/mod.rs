@@ -3,7 +3,8 @@
 //!
 //! One connection writes (`apply`, normally called only by the
 //! [`Writer`](crate::Writer) thread), one reads; with PostgreSQL's MVCC a
-//! read never waits for a group commit. Each `apply` is one transaction;
+//! read never waits for a group commit. Each `apply` is one transaction,
+//! its statements pipelined (`pipeline`): two round trips a commit;
 //! status changes are compare-and-set (`UPDATE … WHERE state = $from`), as
 //! on SQLite. Commits are durable as the server is configured
 //! (`synchronous_commit=on` by default: a commit survives a crash of the
@@ -163,9 +164,9 @@ pub struct PostgresStore {
     schema: String,
 }
 
-/// The two connections: one writes, one reads.
+/// The two connections: one writes (pipelined), one reads.
 struct Conns {
-    writer: Mutex<Client>,
+    writer: Mutex<pipeline::WriteConn>,
     reader: Mutex<Client>,
 }
 
@@ -237,8 +238,17 @@ impl PostgresStore {
         // Lead first, then migrate under the lease: a standby running a
         // newer build must not change the schema under a live leader.
         let lease = Lease::take(&mut writer, url, schema, &options)?;
-        let reader = match migrate(&mut writer, &lease).and_then(|()| connect(url, schema)) {
-            Ok(reader) => reader,
+        // The blocking connection took the lease and migrated; the
+        // pipelined one writes from here on.
+        let opened = migrate(&mut writer, &lease).and_then(|()| {
+            drop(writer);
+            Ok((
+                pipeline::WriteConn::connect(&config(url)?, schema)?,
+                connect(url, schema)?,
+            ))
+        });
+        let (writer, reader) = match opened {
+            Ok(conns) => conns,
             Err(e) => {
                 // A standby need not wait out the lease of a store that
                 // never opened.
@@ -280,7 +290,7 @@ impl PostgresStore {
         self.conns.as_ref().ok_or(StoreError::Closed)
     }
 
-    fn write_conn(&self) -> Result<MutexGuard<'_, Client>, StoreError> {
+    fn write_conn(&self) -> Result<MutexGuard<'_, pipeline::WriteConn>, StoreError> {
         // A panic mid-transaction drops the transaction, which rolls back.
         Ok(self
             .conns()?
@@ -298,9 +308,9 @@ impl PostgresStore {
     }
 }
 
-/// A connection whose `search_path` is `schema`.
-pub(super) fn connect(url: &str, schema: &str) -> Result<Client, StoreError> {
-    let mut config: postgres::Config = url
+/// How every connection of a store connects to the database at `url`.
+fn config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| StoreError::Invalid(format!("database URL: {e}")))?;
     config.application_name("taskgrid");
@@ -309,7 +319,12 @@ pub(super) fn connect(url: &str, schema: &str) -> Result<Client, StoreError> {
     config.connect_timeout(std::time::Duration::from_secs(5));
     config.keepalives(true);
     config.keepalives_idle(std::time::Duration::from_secs(5));
-    let mut client = config.connect(NoTls)?;
+    Ok(config)
+}
+
+/// A connection whose `search_path` is `schema`.
+pub(super) fn connect(url: &str, schema: &str) -> Result<Client, StoreError> {
+    let mut client = postgres::Config::from(config(url)?).connect(NoTls)?;
     client.batch_execute(&format!("SET search_path TO {schema}"))?;
     Ok(client)
 }
@@ -434,15 +449,7 @@ impl Store for PostgresStore {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut client = self.write_conn()?;
-        let mut tx = client.transaction()?;
-        if let Some(lease) = &self.lease {
-            lease.fence(&mut tx)?;
-        }
-        bulk::apply(&mut tx, changes)?;
-        // Dropping `tx` on the error path above rolls back.
-        tx.commit()?;
-        Ok(())
+        bulk::apply(&mut *self.write_conn()?, self.lease.as_ref(), changes)
     }
 
     fn finished_before(
@@ -803,6 +810,7 @@ pub fn read_cluster(url: &str, schema: &str) -> Result<Cluster, StoreError> {
 
 mod bulk;
 mod lease;
+mod pipeline;
 
 use lease::Lease;
 pub use lease::PostgresOptions;

@@ -5,10 +5,10 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use taskgrid_core::Change;
+use taskgrid_core::{AttemptOutcome, Change, State};
 
 use super::PostgresStore;
-use crate::conformance::{fire, schedule, submit, task, tid};
+use crate::conformance::{Life, fire, schedule, submit, task, tid};
 use crate::{Store, StoreError};
 
 fn url() -> String {
@@ -430,4 +430,98 @@ fn corrupt_schedule_rows_are_errors_not_panics() {
     );
     exec("UPDATE {s}.schedules SET record = '[]'");
     assert!(matches!(store.schedules(), Err(StoreError::Corrupt(_))));
+}
+
+#[test]
+fn a_transaction_left_open_is_rolled_back_before_the_next_batch() {
+    let pg = TempPg::new();
+    {
+        // As if a panic came between the flight and its commit.
+        let mut conn = pg.write_conn().unwrap();
+        let abandoned = super::pipeline::Op::new(
+            "INSERT INTO meta (key, value) VALUES ($1, $2)",
+            vec![Box::new("abandoned"), Box::new("1")],
+        );
+        let answers = conn.run(&[abandoned]).unwrap();
+        assert!(answers.iter().all(Result::is_ok));
+    }
+    let next = Change::Meta {
+        key: "next".to_owned(),
+        value: "1".to_owned(),
+    };
+    pg.apply(&[next, submit(task(1))]).unwrap();
+    assert_eq!(pg.meta("abandoned").unwrap(), None);
+    assert_eq!(pg.meta("next").unwrap().as_deref(), Some("1"));
+    assert!(pg.get(tid(1)).unwrap().is_some());
+}
+
+#[test]
+fn bulk_writes_reach_their_rows_by_key_whatever_the_table_size() {
+    // A hash join would read every task in the state (or every attempt)
+    // per statement: a commit's cost would grow with the table.
+    let pg = TempPg::new();
+    let batch: Vec<Change> = (1..=3_000).map(|n| submit(task(n))).collect();
+    pg.apply(&batch).unwrap();
+    let mut lives: Vec<Life> = (1..=100).map(|n| Life::of(&task(n))).collect();
+    let assign: Vec<Change> = lives.iter_mut().map(|l| l.assign("w", 10)).collect();
+    let finish: Vec<Change> = lives
+        .iter_mut()
+        .flat_map(|l| {
+            [
+                l.to(State::Running, 11, None, |_| {}),
+                l.to(
+                    State::Succeeded,
+                    12,
+                    Some(AttemptOutcome::Succeeded),
+                    |_| {},
+                ),
+            ]
+        })
+        .collect();
+    let mut conn = pg.write_conn().unwrap();
+    conn.run(&[super::pipeline::Op::new("ANALYZE", Vec::new())])
+        .unwrap();
+    conn.commit().unwrap();
+    let mut plans = super::bulk::explain(&mut conn, &assign).unwrap();
+    drop(conn);
+    pg.apply(&assign).unwrap();
+    let mut conn = pg.write_conn().unwrap();
+    conn.run(&[super::pipeline::Op::new("ANALYZE", Vec::new())])
+        .unwrap();
+    conn.commit().unwrap();
+    plans.extend(super::bulk::explain(&mut conn, &finish).unwrap());
+    assert!(plans.len() >= 4, "{plans:#?}");
+    for plan in plans {
+        for scan in [
+            "Hash Join",
+            "Merge Join",
+            "Seq Scan on tasks",
+            "Seq Scan on attempts",
+        ] {
+            assert!(!plan.contains(scan), "{plan}");
+        }
+    }
+}
+
+#[test]
+fn a_task_submitted_and_assigned_in_one_batch_is_written_once() {
+    let pg = TempPg::new();
+    let rec = task(1);
+    let mut life = Life::of(&rec);
+    let assign = life.assign("w1", 5);
+    pg.apply(&[submit(rec), assign]).unwrap();
+    let got = pg.get(tid(1)).unwrap().unwrap();
+    assert_eq!(got.status, life.status);
+    assert_eq!(pg.attempts(tid(1)).unwrap().len(), 1);
+    // One row version: the first tuple of the table's first page. An
+    // insert and then an update would have left the row at (0,2).
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    let row = c
+        .query_one(
+            &format!("SELECT ctid::text, state FROM {}.tasks", pg.schema),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "(0,1)");
+    assert_eq!(row.get::<_, String>(1), "assigned");
 }
