@@ -30,7 +30,7 @@ use crate::StoreError;
 use crate::attempt::{AttemptOp, attempt_ops, duplicate_attempt};
 use crate::schedule::{duplicate_fire, to_json};
 
-use super::lease::Lease;
+use super::lease::{Lease, is_fenced};
 use super::pipeline::{Op, WriteConn};
 use super::{json, micros};
 
@@ -156,7 +156,7 @@ fn stored(conn: &mut WriteConn, id: TaskId) -> Result<bool, StoreError> {
 enum Check {
     /// Any answer.
     Any,
-    /// One row: this store still leads.
+    /// No error: this store still leads.
     Fence,
     /// A row for each insert (`RETURNING id`); else the first task not
     /// inserted is a duplicate. Then the batch's broken chain, if any.
@@ -215,16 +215,16 @@ fn verify(
         return Err(broken(chain));
     }
     for (i, (check, answer)) in checks.iter().zip(answers).enumerate() {
-        let rows = answer?;
-        match check {
-            Check::Any => {}
-            Check::Fence => {
-                if rows.is_empty() {
-                    return Err(Failed::Error(
-                        lease.map_or(StoreError::Fenced { term: 0 }, Lease::lose),
-                    ));
-                }
+        let rows = match answer {
+            Err(e) if matches!(check, Check::Fence) && is_fenced(&e) => {
+                return Err(Failed::Error(
+                    lease.map_or(StoreError::Fenced { term: 0 }, Lease::lose),
+                ));
             }
+            answer => answer?,
+        };
+        match check {
+            Check::Any | Check::Fence => {}
             Check::Inserts => b.check_inserts(&rows)?,
             Check::Cas => {
                 if rows.len() != b.cas.len() {

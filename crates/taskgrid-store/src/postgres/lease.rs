@@ -24,10 +24,19 @@ use postgres::{Client, Transaction};
 use super::pipeline::Op;
 use crate::{Cluster, Member, StoreError};
 
-/// Reads the lease row `FOR SHARE` while the term is `$1`: a row means
-/// this store still leads, and no takeover can commit until the reading
-/// transaction ends.
-const FENCE: &str = "SELECT 1 FROM taskgrid_lease WHERE id = 1 AND term = $1 FOR SHARE";
+/// Reads the lease row `FOR SHARE` while the term is `$1`: this store
+/// still leads, and no takeover can commit until the reading transaction
+/// ends. Once the term moved on it fails, dividing by the rows it found
+/// (none), which aborts the transaction in the server: in a pipelined
+/// batch the statements after it then fail without running, so an old
+/// leader takes no row lock a new one could wait for.
+const FENCE: &str = "SELECT 1 / count(*)::int FROM \
+     (SELECT 1 FROM taskgrid_lease WHERE id = 1 AND term = $1 FOR SHARE) AS current";
+
+/// Whether `e` is the fence's failure: the term moved on.
+pub(super) fn is_fenced(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::DIVISION_BY_ZERO)
+}
 
 /// How a [`PostgresStore`](super::PostgresStore) takes and keeps the lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,16 +286,17 @@ impl Lease {
         if self.lost.load(Ordering::Acquire) {
             return Err(StoreError::Fenced { term: self.term() });
         }
-        if tx.query_opt(FENCE, &[&self.term])?.is_none() {
-            return Err(self.lose());
+        match tx.query_one(FENCE, &[&self.term]) {
+            Ok(_) => Ok(()),
+            Err(e) if is_fenced(&e) => Err(self.lose()),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 
-    /// The fence as the first statement of a pipelined batch: it answers
-    /// one row while the term is this lease's (check it with
-    /// [`lose`](Self::lose) when it answers none). Fails at once when a
-    /// renewal already found the term moved on.
+    /// The fence as the first statement of a pipelined batch: it fails
+    /// ([`is_fenced`]) once the term is no longer this lease's (then
+    /// [`lose`](Self::lose) it). Fails at once when a renewal already
+    /// found the term moved on.
     pub(super) fn fence_op(&self) -> Result<Op<'static>, StoreError> {
         if self.lost.load(Ordering::Acquire) {
             return Err(StoreError::Fenced { term: self.term() });

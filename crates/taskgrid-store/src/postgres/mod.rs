@@ -291,7 +291,8 @@ impl PostgresStore {
     }
 
     fn write_conn(&self) -> Result<MutexGuard<'_, pipeline::WriteConn>, StoreError> {
-        // A panic mid-transaction drops the transaction, which rolls back.
+        // A panic between a flight and its commit leaves the transaction
+        // open: the next batch rolls it back first (`pipeline`).
         Ok(self
             .conns()?
             .writer

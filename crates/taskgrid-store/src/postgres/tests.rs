@@ -525,3 +525,42 @@ fn a_task_submitted_and_assigned_in_one_batch_is_written_once() {
     assert_eq!(row.get::<_, String>(0), "(0,1)");
     assert_eq!(row.get::<_, String>(1), "assigned");
 }
+
+#[test]
+fn a_fenced_batch_runs_nothing_after_the_fence() {
+    // An old leader's statements after a failed fence must not run: they
+    // would take row locks the new leader's commits could wait for (or
+    // deadlock on).
+    let schema = fresh_schema();
+    let options = waiting(300);
+    let mut leader = PostgresStore::open_with(&url(), &schema, options.clone()).unwrap();
+    let rec = task(1);
+    let mut life = Life::of(&rec);
+    leader.apply(&[submit(rec)]).unwrap();
+    let standby = {
+        let (url, schema) = (url(), schema.clone());
+        std::thread::spawn(move || PostgresStore::open_with(&url, &schema, options))
+    };
+    leader.stop_renewing();
+    let standby = standby.join().unwrap().unwrap();
+
+    // The new leader's side holds task 1's row.
+    let mut holder = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    let mut tx = holder.transaction().unwrap();
+    tx.execute(&format!("SELECT 1 FROM {schema}.tasks FOR UPDATE"), &[])
+        .unwrap();
+    let (done, answer) = std::sync::mpsc::channel();
+    let old = std::thread::spawn(move || {
+        let r = leader.apply(&[life.assign("w1", 5)]);
+        let _ = done.send(r);
+        leader
+    });
+    let r = answer
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the fenced batch waited for a row lock: its update ran");
+    assert!(matches!(r, Err(StoreError::Fenced { .. })), "{r:?}");
+    tx.rollback().unwrap();
+    drop(old.join().unwrap());
+    drop(standby);
+    drop_schema(&schema);
+}
