@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use taskgrid_core::{
-    Assignment, CancelOutcome, Change, Engine, Outbox, Progress, State, StopAttempt, Stream,
-    Submitted, TaskId, TaskKind, TaskRecord, WorkerId,
+    Assignment, AuditRecord, CancelOutcome, Change, Engine, Outbox, Progress, State, StopAttempt,
+    Stream, Submitted, TaskId, TaskKind, TaskRecord, WorkerId,
 };
 use taskgrid_store::{LAZY_WINDOW, Store, Writer};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -392,7 +392,7 @@ impl Inner {
     /// this returns their ids.
     pub(crate) async fn submit(&self, tasks: Vec<Task>) -> Result<Vec<TaskId>, Error> {
         Ok(self
-            .submit_detailed(tasks)
+            .submit_detailed(tasks, None::<fn(&[(Submitted, State)]) -> AuditRecord>)
             .await?
             .into_iter()
             .map(|(s, _)| s.id())
@@ -402,10 +402,13 @@ impl Inner {
     /// [`Inner::submit`], saying for each task whether it was created or an
     /// existing task with its unique key was returned, and the state the
     /// submit put it in (the same commit may already have offered it to a
-    /// worker).
+    /// worker). With `audit`, the call's audit entry (made from what the
+    /// submit did, stamped with the time of its command) is committed in
+    /// the submit's own commit.
     pub(crate) async fn submit_detailed(
         &self,
         tasks: Vec<Task>,
+        audit: Option<impl FnOnce(&[(Submitted, State)]) -> AuditRecord + Send>,
     ) -> Result<Vec<(Submitted, State)>, Error> {
         self.check_open()?;
         let now = self.clock.now();
@@ -435,6 +438,11 @@ impl Inner {
                     (r, state)
                 })
                 .collect();
+            if let Some(audit) = audit {
+                let mut record = audit(&results);
+                record.at = self.clock.now();
+                out.changes.push(Change::Audit(Box::new(record)));
+            }
             // Offer the new tasks now, in the same commit: one commit, not
             // two in a row, between a submit and the worker hearing of it.
             self.dispatch_into(&mut engine, now, &mut out);

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use taskgrid_core::{
-    CancelOutcome, Engine, MetricsSnapshot, Outbox, QueueStats, State, Submitted, TaskId,
-    TaskRecord,
+    AuditRecord, CancelOutcome, Engine, MetricsSnapshot, Outbox, QueueStats, State, Submitted,
+    TaskId, TaskRecord,
 };
 use taskgrid_store::TaskQuery;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -106,7 +106,10 @@ impl TaskSystem {
     /// Submits a task and says whether it was created (`true`) or a live
     /// task with the same unique key was returned (`false`).
     pub async fn submit_unique(&self, task: Task) -> Result<(TaskHandle, bool), Error> {
-        let r = self.inner.submit_detailed(vec![task]).await?;
+        let r = self
+            .inner
+            .submit_detailed(vec![task], None::<fn(&[(Submitted, State)]) -> AuditRecord>)
+            .await?;
         let (first, _) = *r.first().ok_or(Error::ShutDown)?;
         Ok((
             self.handle(first.id()),
@@ -121,7 +124,23 @@ impl TaskSystem {
         &self,
         tasks: Vec<Task>,
     ) -> Result<Vec<(Submitted, State)>, Error> {
-        self.inner.submit_detailed(tasks).await
+        self.inner
+            .submit_detailed(tasks, None::<fn(&[(Submitted, State)]) -> AuditRecord>)
+            .await
+    }
+
+    /// [`TaskSystem::submit_detailed`] for a front end that records the
+    /// call in the audit log: `audit` makes the call's entry from what the
+    /// submit did, and it is committed in the submit's own commit (its
+    /// `at` set to the time of the command) — one commit before the
+    /// answer, not the submit's and then the entry's. Nothing is recorded
+    /// when the submit fails.
+    pub async fn submit_audited(
+        &self,
+        tasks: Vec<Task>,
+        audit: impl FnOnce(&[(Submitted, State)]) -> AuditRecord + Send,
+    ) -> Result<Vec<(Submitted, State)>, Error> {
+        self.inner.submit_detailed(tasks, Some(audit)).await
     }
 
     /// Submits tasks all or none, in one commit. Tasks may depend on

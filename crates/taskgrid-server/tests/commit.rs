@@ -143,6 +143,83 @@ async fn a_cancel_is_answered_and_shown_only_once_committed() {
     sys.shutdown().await.unwrap();
 }
 
+/// A submit's audit entry is committed with the submit, one commit
+/// before the answer instead of the submit's and then the entry's, and it
+/// is recorded once; a refused submit is recorded as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_and_its_audit_entry_are_one_commit() {
+    let store = Gated::new();
+    let sys = Arc::new(system_on(store.clone()));
+    let app = api(&sys);
+    store.close();
+    let submit = {
+        let app = app.clone();
+        tokio::spawn(
+            async move { call(&app, Method::POST, "/api/v1/tasks", Some(job("q", &[]))).await },
+        )
+    };
+    store.arrived(|c| matches!(c, Change::Submitted(_))).await;
+    // Nothing has committed yet: an entry made after the submit's commit
+    // could not have reached the store.
+    let together = store.has_arrived(|c| {
+        matches!(
+            c,
+            Change::Audit(r) if r.action == "POST /api/v1/tasks" && r.status == 201
+        )
+    });
+    let mut submit = submit;
+    held(&mut submit, "the submit's answer").await;
+    store.open();
+    assert!(together, "the audit entry came after the submit's commit");
+    let (status, body) = finish(submit).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/api/v1/tasks/batch",
+        Some(json!({ "tasks": [job("q", &[]), job("q", &[])] })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/api/v1/tasks",
+        Some(json!({ "kind": "handler" })),
+    )
+    .await;
+    assert!(status.is_client_error(), "{status} {body}");
+    let (_, log) = call(&app, Method::GET, "/api/v1/audit", None).await;
+    let entries: Vec<(String, u64, String)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["status"].as_u64().unwrap(),
+                e["actor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let anonymous = |action: &str, status: StatusCode| {
+        (
+            action.to_owned(),
+            u64::from(status.as_u16()),
+            "anonymous".to_owned(),
+        )
+    };
+    assert_eq!(
+        entries,
+        [
+            anonymous("POST /api/v1/tasks", status),
+            anonymous("POST /api/v1/tasks/batch", StatusCode::CREATED),
+            anonymous("POST /api/v1/tasks", StatusCode::CREATED),
+        ]
+    );
+    sys.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_pause_is_answered_once_committed() {
     let store = Gated::new();

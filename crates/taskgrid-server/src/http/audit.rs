@@ -4,6 +4,7 @@
 //! change goes unrecorded — and `GET /audit` reads the log back.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
@@ -48,17 +49,60 @@ pub(crate) fn remote_of(req: &Request) -> Option<SocketAddr> {
         })
 }
 
+/// A state-changing call on its way through, as its handler sees it (a
+/// request extension): a handler whose command commits may put the call's
+/// entry in that commit ([`AuditCall::entry`]), and the entry is then not
+/// recorded again.
+#[derive(Clone)]
+pub(crate) struct AuditCall {
+    /// Who made it, once past the token guard (a handler runs only then).
+    actor: &'static str,
+    remote: Option<String>,
+    action: String,
+    /// The status of the entry a handler's commit holds.
+    recorded: Arc<OnceLock<u16>>,
+}
+
+impl AuditCall {
+    /// The call's entry, answered with `status`: for a handler to commit
+    /// with the call's own changes. The middleware records nothing more
+    /// if the answer is `status`; any other answer (the commit failed, say)
+    /// is recorded as before, on its own.
+    pub(crate) fn entry(&self, status: StatusCode) -> AuditRecord {
+        let _ = self.recorded.set(status.as_u16());
+        AuditRecord {
+            at: Timestamp::from_micros(0),
+            actor: self.actor.to_owned(),
+            remote: self.remote.clone(),
+            action: self.action.clone(),
+            status: status.as_u16(),
+            error: None,
+        }
+    }
+}
+
 /// Records a state-changing call once it is answered (outside the token
-/// guard: refused calls are recorded too).
-pub(crate) async fn record(State(s): State<AppState>, req: Request, next: Next) -> Response {
+/// guard: refused calls are recorded too), unless its handler committed
+/// the entry with the call's changes.
+pub(crate) async fn record(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(req).await;
     }
     // Nested under the API's prefix, which the router took off the path.
     let action = format!("{} {}{}", req.method(), super::API_PREFIX, req.uri().path());
     let remote = remote_of(&req).map(|a| a.to_string());
+    let recorded = Arc::new(OnceLock::new());
+    req.extensions_mut().insert(AuditCall {
+        actor: authorized(&s),
+        remote: remote.clone(),
+        action: action.clone(),
+        recorded: recorded.clone(),
+    });
     let response = next.run(req).await;
     let status = response.status();
+    if recorded.get() == Some(&status.as_u16()) {
+        return response;
+    }
     let (response, error) = if status.is_success() {
         (response, None)
     } else {
@@ -66,10 +110,8 @@ pub(crate) async fn record(State(s): State<AppState>, req: Request, next: Next) 
     };
     let actor = if status == StatusCode::UNAUTHORIZED {
         "unauthenticated"
-    } else if s.config.client_token.is_some() {
-        "client"
     } else {
-        "anonymous"
+        authorized(&s)
     };
     let entry = AuditRecord {
         at: Timestamp::from_micros(0),
@@ -85,6 +127,15 @@ pub(crate) async fn record(State(s): State<AppState>, req: Request, next: Next) 
         tracing::error!(error = %e, "the audit log could not record a call");
     }
     response
+}
+
+/// Who a call that passed the token guard came from.
+fn authorized(s: &AppState) -> &'static str {
+    if s.config.client_token.is_some() {
+        "client"
+    } else {
+        "anonymous"
+    }
 }
 
 /// The `code` of an API error body, and the response rebuilt around it.

@@ -2,8 +2,8 @@
 //! read-only views of workers, queues and metrics.
 
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::Json;
 use serde::Deserialize;
@@ -17,6 +17,7 @@ use taskgrid_core::{Submitted, WorkerId};
 use taskgrid_store::TaskQuery;
 
 use super::AppState;
+use super::audit::AuditCall;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, TaskPath};
 use taskgrid_runtime::Task;
@@ -38,24 +39,44 @@ fn to_task(req: SubmitRequest) -> Task {
 /// unique key was returned.
 pub(crate) async fn submit(
     State(s): State<AppState>,
+    call: Option<Extension<AuditCall>>,
     ApiJson(req): ApiJson<SubmitRequest>,
 ) -> ApiResult<(StatusCode, Json<SubmitResponse>)> {
-    let submitted = s.system.submit_detailed(vec![to_task(req)]).await?;
+    let status_of = |created: bool| {
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        }
+    };
+    let created = |r: &[(Submitted, TaskState)]| {
+        r.first()
+            .is_some_and(|(first, _)| matches!(first, Submitted::Created(_)))
+    };
+    let tasks = vec![to_task(req)];
+    // The call's audit entry in the submit's own commit.
+    let submitted = match call {
+        Some(Extension(call)) => {
+            s.system
+                .submit_audited(tasks, move |r| call.entry(status_of(created(r))))
+                .await?
+        }
+        None => s.system.submit_detailed(tasks).await?,
+    };
     let (first, state) = *submitted
         .first()
         .ok_or_else(|| ApiError::from(taskgrid_runtime::Error::ShutDown))?;
-    let (id, created) = (first.id(), matches!(first, Submitted::Created(_)));
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(SubmitResponse { id, state, created })))
+    let (id, created) = (first.id(), created(&submitted));
+    Ok((
+        status_of(created),
+        Json(SubmitResponse { id, state, created }),
+    ))
 }
 
 /// `POST /tasks/batch`: all or none, in one commit.
 pub(crate) async fn submit_batch(
     State(s): State<AppState>,
+    call: Option<Extension<AuditCall>>,
     ApiJson(req): ApiJson<BatchRequest>,
 ) -> ApiResult<(StatusCode, Json<BatchResponse>)> {
     if req.tasks.len() > s.config.max_batch {
@@ -66,7 +87,16 @@ pub(crate) async fn submit_batch(
     }
     let one = req.tasks.len() == 1;
     let tasks = req.tasks.into_iter().map(to_task).collect();
-    let handles = s.system.submit_batch(tasks).await.map_err(|e| match e {
+    // The call's audit entry in the submit's own commit.
+    let submitted = match call {
+        Some(Extension(call)) => {
+            s.system
+                .submit_audited(tasks, move |_| call.entry(StatusCode::CREATED))
+                .await
+        }
+        None => s.system.submit_detailed(tasks).await,
+    };
+    let submitted = submitted.map_err(|e| match e {
         // The engine names a task's place only in batches of more than one.
         taskgrid_runtime::Error::Submit(error) if one && error.is_field_error() => {
             taskgrid_runtime::Error::Submit(taskgrid_core::SubmitError::InBatch {
@@ -76,7 +106,7 @@ pub(crate) async fn submit_batch(
         }
         e => e,
     })?;
-    let ids = handles.iter().map(|h| h.id()).collect();
+    let ids = submitted.iter().map(|(r, _)| r.id()).collect();
     Ok((StatusCode::CREATED, Json(BatchResponse { ids })))
 }
 

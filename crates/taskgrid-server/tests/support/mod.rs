@@ -206,6 +206,10 @@ impl Gated {
         self.state.lock().unwrap().failing = true;
         self.moved.notify_all();
     }
+    /// Whether a change matching `pred` has reached the store's door.
+    pub fn has_arrived(&self, pred: impl Fn(&Change) -> bool) -> bool {
+        self.state.lock().unwrap().arrived.iter().any(pred)
+    }
     /// Waits (on a blocking thread) until a change matching `pred` has
     /// reached the store's door.
     pub async fn arrived(self: &Arc<Self>, pred: impl Fn(&Change) -> bool + Send + 'static) {
