@@ -27,6 +27,12 @@ pub(crate) use crate::sync::relock;
 use crate::{Error, Task, TaskResult};
 use taskgrid_sdk::Handler;
 
+/// Makes a submit's audit entry from what the submit did.
+pub(crate) type AuditOf = fn(&[(Submitted, State)]) -> AuditRecord;
+
+/// [`Inner::submit_detailed`] with no audit entry to commit.
+pub(crate) const NO_AUDIT: Option<AuditOf> = None;
+
 /// State shared by the system, its handles, contexts and loops.
 pub(crate) struct Inner {
     pub(crate) me: Weak<Inner>,
@@ -392,7 +398,7 @@ impl Inner {
     /// this returns their ids.
     pub(crate) async fn submit(&self, tasks: Vec<Task>) -> Result<Vec<TaskId>, Error> {
         Ok(self
-            .submit_detailed(tasks, None::<fn(&[(Submitted, State)]) -> AuditRecord>)
+            .submit_detailed(tasks, NO_AUDIT)
             .await?
             .into_iter()
             .map(|(s, _)| s.id())

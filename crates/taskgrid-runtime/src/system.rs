@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::driver::{drive, publish};
 use crate::event::TaskEvent;
 use crate::executor::Local;
-use crate::inner::{Inner, relock};
+use crate::inner::{Inner, NO_AUDIT, relock};
 use crate::report::Report;
 use crate::{Error, Task, TaskHandle};
 
@@ -106,10 +106,7 @@ impl TaskSystem {
     /// Submits a task and says whether it was created (`true`) or a live
     /// task with the same unique key was returned (`false`).
     pub async fn submit_unique(&self, task: Task) -> Result<(TaskHandle, bool), Error> {
-        let r = self
-            .inner
-            .submit_detailed(vec![task], None::<fn(&[(Submitted, State)]) -> AuditRecord>)
-            .await?;
+        let r = self.inner.submit_detailed(vec![task], NO_AUDIT).await?;
         let (first, _) = *r.first().ok_or(Error::ShutDown)?;
         Ok((
             self.handle(first.id()),
@@ -124,9 +121,7 @@ impl TaskSystem {
         &self,
         tasks: Vec<Task>,
     ) -> Result<Vec<(Submitted, State)>, Error> {
-        self.inner
-            .submit_detailed(tasks, None::<fn(&[(Submitted, State)]) -> AuditRecord>)
-            .await
+        self.inner.submit_detailed(tasks, NO_AUDIT).await
     }
 
     /// [`TaskSystem::submit_detailed`] for a front end that records the

@@ -54,9 +54,14 @@ async fn call(
 }
 
 /// `call` on a task of its own, so the test can watch it not finish.
-fn spawn_call(app: &axum::Router, method: Method, uri: String) -> JoinHandle<(StatusCode, Value)> {
+fn spawn_call(
+    app: &axum::Router,
+    method: Method,
+    uri: String,
+    body: Option<Value>,
+) -> JoinHandle<(StatusCode, Value)> {
     let app = app.clone();
-    tokio::spawn(async move { call(&app, method, &uri, None).await })
+    tokio::spawn(async move { call(&app, method, &uri, body).await })
 }
 
 /// Asserts `h` does not finish while the commit is held.
@@ -72,6 +77,14 @@ async fn finish<T>(h: JoinHandle<T>) -> T {
 
 fn api(sys: &Arc<TaskSystem>) -> axum::Router {
     router(sys.clone(), ApiConfig::default())
+}
+
+/// A system on a `Gated` store, and its HTTP API.
+fn gated_api() -> (Arc<Gated>, Arc<TaskSystem>, axum::Router) {
+    let store = Gated::new();
+    let sys = Arc::new(system_on(store.clone()));
+    let app = api(&sys);
+    (store, sys, app)
 }
 
 /// The body of a submit of a `job` handler task to `queue` with `tags`.
@@ -104,9 +117,7 @@ async fn submit(app: &axum::Router, queue: &str) -> TaskId {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_is_answered_and_shown_only_once_committed() {
-    let store = Gated::new();
-    let sys = Arc::new(system_on(store.clone()));
-    let app = api(&sys);
+    let (store, sys, app) = gated_api();
     let id = submit(&app, "nobody-serves-this").await;
     let tagged = {
         let (_, body) = call(&app, Method::POST, "/api/v1/tasks", Some(job("q", &["t"]))).await;
@@ -114,15 +125,25 @@ async fn a_cancel_is_answered_and_shown_only_once_committed() {
     };
 
     store.close();
-    let mut cancel = spawn_call(&app, Method::POST, format!("/api/v1/tasks/{id}/cancel"));
+    let mut cancel = spawn_call(
+        &app,
+        Method::POST,
+        format!("/api/v1/tasks/{id}/cancel"),
+        None,
+    );
     store.arrived(move |c| moves(c, id, State::Cancelled)).await;
     held(&mut cancel, "the cancel's answer").await;
     // A read of the task waits for the same commit: it must not show a
     // cancel a crash could take back.
-    let mut read = spawn_call(&app, Method::GET, format!("/api/v1/tasks/{id}"));
+    let mut read = spawn_call(&app, Method::GET, format!("/api/v1/tasks/{id}"), None);
     held(&mut read, "a read of the cancelled task").await;
     // So does the cancel by tag.
-    let mut by_tag = spawn_call(&app, Method::POST, "/api/v1/tasks/cancel?tag=t".into());
+    let mut by_tag = spawn_call(
+        &app,
+        Method::POST,
+        "/api/v1/tasks/cancel?tag=t".into(),
+        None,
+    );
     decided(&sys, tagged, State::Cancelled).await;
     held(&mut by_tag, "the cancel by tag's answer").await;
 
@@ -148,16 +169,14 @@ async fn a_cancel_is_answered_and_shown_only_once_committed() {
 /// is recorded once; a refused submit is recorded as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_and_its_audit_entry_are_one_commit() {
-    let store = Gated::new();
-    let sys = Arc::new(system_on(store.clone()));
-    let app = api(&sys);
+    let (store, sys, app) = gated_api();
     store.close();
-    let submit = {
-        let app = app.clone();
-        tokio::spawn(
-            async move { call(&app, Method::POST, "/api/v1/tasks", Some(job("q", &[]))).await },
-        )
-    };
+    let mut submit = spawn_call(
+        &app,
+        Method::POST,
+        "/api/v1/tasks".into(),
+        Some(job("q", &[])),
+    );
     store.arrived(|c| matches!(c, Change::Submitted(_))).await;
     // Nothing has committed yet: an entry made after the submit's commit
     // could not have reached the store.
@@ -167,7 +186,6 @@ async fn a_submit_and_its_audit_entry_are_one_commit() {
             Change::Audit(r) if r.action == "POST /api/v1/tasks" && r.status == 201
         )
     });
-    let mut submit = submit;
     held(&mut submit, "the submit's answer").await;
     store.open();
     assert!(together, "the audit entry came after the submit's commit");
@@ -222,11 +240,14 @@ async fn a_submit_and_its_audit_entry_are_one_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_pause_is_answered_once_committed() {
-    let store = Gated::new();
-    let sys = Arc::new(system_on(store.clone()));
-    let app = api(&sys);
+    let (store, sys, app) = gated_api();
     store.close();
-    let mut pause = spawn_call(&app, Method::POST, "/api/v1/queues/emails/pause".into());
+    let mut pause = spawn_call(
+        &app,
+        Method::POST,
+        "/api/v1/queues/emails/pause".into(),
+        None,
+    );
     store
         .arrived(|c| matches!(c, Change::Queue { name, paused: true } if name == "emails"))
         .await;
@@ -319,9 +340,7 @@ async fn a_local_handler_starts_only_once_its_attempt_is_committed() {
 /// with the reason while `/healthz` stays 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_answers_503_and_readyz_says_why() {
-    let store = Gated::new();
-    let sys = Arc::new(system_on(store.clone()));
-    let app = api(&sys);
+    let (store, sys, app) = gated_api();
     let kept = submit(&app, "q").await;
     let (status, _) = call(&app, Method::GET, "/readyz", None).await;
     assert_eq!(status, StatusCode::OK);

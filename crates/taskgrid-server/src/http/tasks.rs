@@ -36,47 +36,45 @@ fn to_task(req: SubmitRequest) -> Task {
 }
 
 /// `POST /tasks`: 201 when created, 200 when a live task with the same
-/// unique key was returned.
+/// unique key was returned. The call's audit entry is committed with the
+/// submit.
 pub(crate) async fn submit(
     State(s): State<AppState>,
-    call: Option<Extension<AuditCall>>,
+    Extension(call): Extension<AuditCall>,
     ApiJson(req): ApiJson<SubmitRequest>,
 ) -> ApiResult<(StatusCode, Json<SubmitResponse>)> {
-    let status_of = |created: bool| {
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        }
-    };
-    let created = |r: &[(Submitted, TaskState)]| {
-        r.first()
-            .is_some_and(|(first, _)| matches!(first, Submitted::Created(_)))
-    };
-    let tasks = vec![to_task(req)];
-    // The call's audit entry in the submit's own commit.
-    let submitted = match call {
-        Some(Extension(call)) => {
-            s.system
-                .submit_audited(tasks, move |r| call.entry(status_of(created(r))))
-                .await?
-        }
-        None => s.system.submit_detailed(tasks).await?,
-    };
+    let submitted = s
+        .system
+        .submit_audited(vec![to_task(req)], move |r| call.entry(submit_status(r)))
+        .await?;
+    let status = submit_status(&submitted);
     let (first, state) = *submitted
         .first()
         .ok_or_else(|| ApiError::from(taskgrid_runtime::Error::ShutDown))?;
-    let (id, created) = (first.id(), created(&submitted));
+    let created = matches!(first, Submitted::Created(_));
     Ok((
-        status_of(created),
-        Json(SubmitResponse { id, state, created }),
+        status,
+        Json(SubmitResponse {
+            id: first.id(),
+            state,
+            created,
+        }),
     ))
+}
+
+/// The answer to a submit of one task: 201 when it was created, 200 when
+/// a live task with its unique key was returned.
+fn submit_status(submitted: &[(Submitted, TaskState)]) -> StatusCode {
+    match submitted.first() {
+        Some((Submitted::Created(_), _)) => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    }
 }
 
 /// `POST /tasks/batch`: all or none, in one commit.
 pub(crate) async fn submit_batch(
     State(s): State<AppState>,
-    call: Option<Extension<AuditCall>>,
+    Extension(call): Extension<AuditCall>,
     ApiJson(req): ApiJson<BatchRequest>,
 ) -> ApiResult<(StatusCode, Json<BatchResponse>)> {
     if req.tasks.len() > s.config.max_batch {
@@ -88,24 +86,20 @@ pub(crate) async fn submit_batch(
     let one = req.tasks.len() == 1;
     let tasks = req.tasks.into_iter().map(to_task).collect();
     // The call's audit entry in the submit's own commit.
-    let submitted = match call {
-        Some(Extension(call)) => {
-            s.system
-                .submit_audited(tasks, move |_| call.entry(StatusCode::CREATED))
-                .await
-        }
-        None => s.system.submit_detailed(tasks).await,
-    };
-    let submitted = submitted.map_err(|e| match e {
-        // The engine names a task's place only in batches of more than one.
-        taskgrid_runtime::Error::Submit(error) if one && error.is_field_error() => {
-            taskgrid_runtime::Error::Submit(taskgrid_core::SubmitError::InBatch {
-                index: 0,
-                error: Box::new(error),
-            })
-        }
-        e => e,
-    })?;
+    let submitted = s
+        .system
+        .submit_audited(tasks, move |_| call.entry(StatusCode::CREATED))
+        .await
+        .map_err(|e| match e {
+            // The engine names a task's place only in batches of more than one.
+            taskgrid_runtime::Error::Submit(error) if one && error.is_field_error() => {
+                taskgrid_runtime::Error::Submit(taskgrid_core::SubmitError::InBatch {
+                    index: 0,
+                    error: Box::new(error),
+                })
+            }
+            e => e,
+        })?;
     let ids = submitted.iter().map(|(r, _)| r.id()).collect();
     Ok((StatusCode::CREATED, Json(BatchResponse { ids })))
 }

@@ -108,6 +108,34 @@ pub fn conflict_rolls_back_the_whole_batch(store: &dyn Store) {
     assert_eq!(state_of(store, a.id), State::Assigned);
 }
 
+/// A change to a task that comes before the task's own `Submitted` in a
+/// batch fails as it would applied one by one: `NotFound` for a task not
+/// stored yet, `Duplicate` (its submit) for one that is; nothing is
+/// written either way.
+pub fn a_change_before_its_submit_fails_as_one_by_one(store: &dyn Store) {
+    let mut life = Life::of(&task(1));
+    let err = store
+        .apply(&[submit(task(2)), life.assign("w", 1), submit(task(1))])
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound(id) if id == tid(1)),
+        "{err:?}"
+    );
+    assert_eq!(store.get(tid(1)).unwrap(), None);
+    assert_eq!(store.get(tid(2)).unwrap(), None);
+
+    store.apply(&[submit(task(1))]).unwrap();
+    let mut life = Life::of(&task(1));
+    let err = store
+        .apply(&[life.assign("w", 1), submit(task(1))])
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Duplicate(id) if id == tid(1)),
+        "{err:?}"
+    );
+    assert_eq!(state_of(store, tid(1)), State::Queued);
+}
+
 /// A status change for an unknown task fails with `NotFound`.
 pub fn status_of_unknown_task_is_not_found(store: &dyn Store) {
     let mut life = Life::of(&task(1));

@@ -49,6 +49,7 @@ macro_rules! conformance_tests {
                 duplicate_submit_is_refused,
                 conflict_rolls_back_the_whole_batch,
                 status_of_unknown_task_is_not_found,
+                a_change_before_its_submit_fails_as_one_by_one,
                 failed_batch_leaves_no_trace,
                 attempts_follow_the_lifecycle,
                 bad_assignments_are_invalid,

@@ -11,10 +11,14 @@
 //! changes, then the attempt rows): the batch fails and writes nothing
 //! either way.
 //!
-//! Several status changes of one task in one batch (a task submitted,
-//! assigned, started and finished between two commits) are folded into
-//! one compare-and-set from the first `from` to the last status; a chain
-//! whose links do not follow is a conflict, as it is on SQLite.
+//! Several status changes of one task in one batch (a task assigned,
+//! started and finished between two commits) are folded into one
+//! compare-and-set from the first `from` to the last status, or, for a
+//! task the batch submits, into its insert; a chain whose links do not
+//! follow is a conflict, as it is on SQLite.
+//!
+//! The statements go out in one flight (`pipeline`), their answers are
+//! checked in order, and the transaction commits only if all check out.
 //!
 //! Schedule changes are rare (a few per fire, not per task): they are kept
 //! in batch order and written one statement each, in that order, after
@@ -43,61 +47,19 @@ pub(super) fn apply(
     changes: &[Change],
 ) -> Result<(), StoreError> {
     let fence = lease.map(Lease::fence_op).transpose()?;
+    let b = Groups::of(changes)?;
     // Grouping writes every insert first. A change to a task that comes
     // before the task's own `Submitted` in the batch would fail one by one
     // (the task is unknown, or, if it exists, its submit is a duplicate):
     // fail the same way rather than apply it.
-    let mut first_submit: HashMap<TaskId, usize> = HashMap::new();
-    for (i, c) in changes.iter().enumerate() {
-        if let Change::Submitted(rec) = c {
-            first_submit.entry(rec.id).or_insert(i);
-        }
+    if let Some(id) = b.changed_before_submit(changes) {
+        return Err(if stored(conn, id)? {
+            StoreError::Duplicate(id)
+        } else {
+            StoreError::NotFound(id)
+        });
     }
-    if !first_submit.is_empty() {
-        for (i, c) in changes.iter().enumerate() {
-            let Some(id) = c.task_id() else { continue };
-            if matches!(c, Change::Submitted(_)) || first_submit.get(&id).is_none_or(|&s| s < i) {
-                continue;
-            }
-            return Err(if stored(conn, id)? {
-                StoreError::Duplicate(id)
-            } else {
-                StoreError::NotFound(id)
-            });
-        }
-    }
-    let mut b = Groups::default();
-    for change in changes {
-        b.add(change)?;
-    }
-    // The tags of the tasks to delete, from their specs: read before the
-    // flight (this is the only writer, so what is committed is what the
-    // transaction would see), plus those of tasks the batch inserts.
-    let deleted_tags = if b.deleted.is_empty() {
-        Vec::new()
-    } else {
-        let rows = conn.query(
-            "SELECT id, spec FROM tasks WHERE id = ANY($1)",
-            &[&b.deleted],
-        )?;
-        let mut specs: Vec<(Vec<u8>, String)> = rows
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_, postgres::Error>>()?;
-        for rec in &b.inserts {
-            let key = rec.id.to_bytes().to_vec();
-            if b.deleted.contains(&key) {
-                specs.push((key, json(rec.id, "spec", &rec.spec)?));
-            }
-        }
-        let mut tags = Vec::new();
-        for (id, spec) in specs {
-            for tag in crate::tags_of(&spec) {
-                tags.push((tag, id.clone()));
-            }
-        }
-        tags
-    };
+    let deleted_tags = b.deleted_tags(conn)?;
     let mut ops = Vec::new();
     let mut checks = Vec::new();
     if let Some(fence) = fence {
@@ -113,9 +75,11 @@ pub(super) fn apply(
             let err = match failed {
                 Failed::Error(e) => e,
                 // Whether the task exists, as the transaction saw it at
-                // that statement: committed, or inserted by the batch.
+                // that statement: committed (a task the batch inserts has
+                // its changes folded into the insert, never a
+                // compare-and-set).
                 Failed::Cas { id, expected } => {
-                    if b.inserts.iter().any(|r| r.id == id) || stored(conn, id)? {
+                    if stored(conn, id)? {
                         StoreError::Conflict { id, expected }
                     } else {
                         StoreError::NotFound(id)
@@ -132,10 +96,7 @@ pub(super) fn apply(
 /// write connection), in order.
 #[cfg(test)]
 pub(super) fn explain(conn: &mut WriteConn, changes: &[Change]) -> Result<Vec<String>, StoreError> {
-    let mut b = Groups::default();
-    for change in changes {
-        b.add(change)?;
-    }
+    let b = Groups::of(changes)?;
     let (mut ops, mut checks) = (Vec::new(), Vec::new());
     b.ops(&mut ops, &mut checks, Vec::new())?;
     ops.iter().map(|op| conn.explain(op)).collect()
@@ -304,8 +265,9 @@ struct Groups<'a> {
     /// changes in the batch that submits it are folded into its insert
     /// (one row version, not one more per commit).
     insert_status: Vec<&'a TaskStatus>,
-    /// Where each task of `inserts` is (its first insert).
-    insert_index: HashMap<TaskId, usize>,
+    /// Where each task of `inserts` is (its first insert), and where its
+    /// `Submitted` is in the batch.
+    insert_index: HashMap<TaskId, (usize, usize)>,
     cas: Vec<Cas<'a>>,
     cas_index: HashMap<TaskId, usize>,
     /// A chain in the batch whose link did not follow: the conflict to
@@ -356,12 +318,62 @@ struct Finish {
 }
 
 impl<'a> Groups<'a> {
-    fn add(&mut self, change: &'a Change) -> Result<(), StoreError> {
+    /// The batch `changes`, grouped.
+    fn of(changes: &'a [Change]) -> Result<Groups<'a>, StoreError> {
+        let mut b = Groups::default();
+        for (at, change) in changes.iter().enumerate() {
+            b.add(at, change)?;
+        }
+        Ok(b)
+    }
+
+    /// The first task with a change that comes before its own `Submitted`
+    /// in the batch.
+    fn changed_before_submit(&self, changes: &[Change]) -> Option<TaskId> {
+        if self.insert_index.is_empty() {
+            return None;
+        }
+        changes.iter().enumerate().find_map(|(at, c)| {
+            let id = c.task_id()?;
+            let &(_, submitted) = self.insert_index.get(&id)?;
+            (at < submitted).then_some(id)
+        })
+    }
+
+    /// The tags of the tasks to delete, from their specs (the tag table is
+    /// keyed by tag, and a spec need not be valid `jsonb`): read before
+    /// the flight (this is the only writer, so what is committed is what
+    /// the transaction would see), plus those of tasks the batch inserts.
+    fn deleted_tags(&self, conn: &mut WriteConn) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        if self.deleted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = conn.query(
+            "SELECT id, spec FROM tasks WHERE id = ANY($1)",
+            &[&self.deleted],
+        )?;
+        let mut tags = Vec::new();
+        for row in &rows {
+            let (id, spec): (Vec<u8>, String) = (row.try_get(0)?, row.try_get(1)?);
+            for tag in crate::tags_of(&spec) {
+                tags.push((tag, id.clone()));
+            }
+        }
+        for rec in &self.inserts {
+            let key = rec.id.to_bytes().to_vec();
+            if self.deleted.contains(&key) {
+                tags.extend(rec.spec.tags.iter().map(|t| (t.clone(), key.clone())));
+            }
+        }
+        Ok(tags)
+    }
+
+    fn add(&mut self, at: usize, change: &'a Change) -> Result<(), StoreError> {
         match change {
             Change::Submitted(rec) => {
                 self.insert_index
                     .entry(rec.id)
-                    .or_insert(self.inserts.len());
+                    .or_insert((self.inserts.len(), at));
                 self.inserts.push(rec);
                 self.insert_status.push(&rec.status);
             }
@@ -373,7 +385,7 @@ impl<'a> Groups<'a> {
                 attempt_outcome,
             } => {
                 let folded = match (self.insert_index.get(id), self.cas_index.get(id)) {
-                    (Some(&i), _) => Some(&mut self.insert_status[i]),
+                    (Some(&(i, _)), _) => Some(&mut self.insert_status[i]),
                     (None, Some(&i)) => Some(&mut self.cas[i].status),
                     (None, None) => None,
                 };

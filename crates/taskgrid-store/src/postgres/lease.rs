@@ -283,9 +283,7 @@ impl Lease {
     /// Fails the transaction unless this lease's term is still current;
     /// holds a share lock on the lease row until it ends.
     pub(super) fn fence(&self, tx: &mut Transaction<'_>) -> Result<(), StoreError> {
-        if self.lost.load(Ordering::Acquire) {
-            return Err(StoreError::Fenced { term: self.term() });
-        }
+        self.not_lost()?;
         match tx.query_one(FENCE, &[&self.term]) {
             Ok(_) => Ok(()),
             Err(e) if is_fenced(&e) => Err(self.lose()),
@@ -298,10 +296,17 @@ impl Lease {
     /// [`lose`](Self::lose) it). Fails at once when a renewal already
     /// found the term moved on.
     pub(super) fn fence_op(&self) -> Result<Op<'static>, StoreError> {
+        self.not_lost()?;
+        Ok(Op::new(FENCE, vec![Box::new(self.term)]))
+    }
+
+    /// Fails at once when a renewal or a fence already found the term
+    /// moved on.
+    fn not_lost(&self) -> Result<(), StoreError> {
         if self.lost.load(Ordering::Acquire) {
             return Err(StoreError::Fenced { term: self.term() });
         }
-        Ok(Op::new(FENCE, vec![Box::new(self.term)]))
+        Ok(())
     }
 
     /// Marks the lease lost (the fence found the term moved on): every

@@ -238,17 +238,12 @@ impl PostgresStore {
         // Lead first, then migrate under the lease: a standby running a
         // newer build must not change the schema under a live leader.
         let lease = Lease::take(&mut writer, url, schema, &options)?;
-        // The blocking connection took the lease and migrated; the
-        // pipelined one writes from here on.
-        let opened = migrate(&mut writer, &lease).and_then(|()| {
-            drop(writer);
-            Ok((
-                pipeline::WriteConn::connect(&config(url)?, schema)?,
-                connect(url, schema)?,
-            ))
-        });
+        // The blocking connection took the lease and migrated; from here
+        // on it reads, and a pipelined one writes.
+        let opened = migrate(&mut writer, &lease)
+            .and_then(|()| pipeline::WriteConn::connect(&config(url)?, schema));
         let (writer, reader) = match opened {
-            Ok(conns) => conns,
+            Ok(pipelined) => (pipelined, writer),
             Err(e) => {
                 // A standby need not wait out the lease of a store that
                 // never opened.

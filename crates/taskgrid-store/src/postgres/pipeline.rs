@@ -37,6 +37,14 @@ impl<'a> Op<'a> {
     pub(super) fn new(sql: &'static str, params: Vec<Param<'a>>) -> Op<'a> {
         Op { sql, params }
     }
+
+    /// The values it binds, as the client takes them.
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| &**p as &(dyn ToSql + Sync))
+            .collect()
+    }
 }
 
 /// The connection `apply` writes on.
@@ -105,8 +113,7 @@ impl WriteConn {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
         self.end_open()?;
-        self.prepare(&[sql])?;
-        let statement = self.statement(sql)?;
+        let statement = self.prepared(&[sql])?.remove(0);
         Ok(self.rt.block_on(self.client.query(&statement, params))?)
     }
 
@@ -120,20 +127,8 @@ impl WriteConn {
     ) -> Result<Vec<Result<Vec<Row>, postgres::Error>>, StoreError> {
         self.end_open()?;
         let sqls: Vec<&'static str> = ops.iter().map(|op| op.sql).collect();
-        self.prepare(&sqls)?;
-        let statements = sqls
-            .iter()
-            .map(|sql| self.statement(sql))
-            .collect::<Result<Vec<Statement>, StoreError>>()?;
-        let params: Vec<Vec<&(dyn ToSql + Sync)>> = ops
-            .iter()
-            .map(|op| {
-                op.params
-                    .iter()
-                    .map(|p| &**p as &(dyn ToSql + Sync))
-                    .collect()
-            })
-            .collect();
+        let statements = self.prepared(&sqls)?;
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = ops.iter().map(Op::params).collect();
         self.open = true;
         let client = &self.client;
         let (begun, answers) = self.rt.block_on(async {
@@ -175,14 +170,10 @@ impl WriteConn {
     #[cfg(test)]
     pub(super) fn explain(&mut self, op: &Op<'_>) -> Result<String, StoreError> {
         self.end_open()?;
-        let params: Vec<&(dyn ToSql + Sync)> = op
-            .params
-            .iter()
-            .map(|p| &**p as &(dyn ToSql + Sync))
-            .collect();
-        let rows = self
-            .rt
-            .block_on(self.client.query(&format!("EXPLAIN {}", op.sql), &params))?;
+        let rows = self.rt.block_on(
+            self.client
+                .query(&format!("EXPLAIN {}", op.sql), &op.params()),
+        )?;
         let lines = rows
             .iter()
             .map(|r| r.try_get::<_, String>(0))
@@ -198,33 +189,33 @@ impl WriteConn {
         Ok(())
     }
 
-    /// Prepares those of `sqls` not prepared yet, in one flight.
-    fn prepare(&mut self, sqls: &[&'static str]) -> Result<(), StoreError> {
+    /// The statements `sqls`, in order, preparing those not prepared
+    /// yet on this connection in one flight.
+    fn prepared(&mut self, sqls: &[&'static str]) -> Result<Vec<Statement>, StoreError> {
         let mut missing: Vec<&'static str> = sqls
             .iter()
             .copied()
             .filter(|sql| !self.prepared.contains_key(sql))
             .collect();
-        if missing.is_empty() {
-            return Ok(());
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            let client = &self.client;
+            let done = self
+                .rt
+                .block_on(join_all(missing.iter().map(|sql| client.prepare(sql))));
+            for (sql, statement) in missing.into_iter().zip(done) {
+                self.prepared.insert(sql, statement?);
+            }
         }
-        missing.sort_unstable();
-        missing.dedup();
-        let client = &self.client;
-        let done = self
-            .rt
-            .block_on(join_all(missing.iter().map(|sql| client.prepare(sql))));
-        for (sql, statement) in missing.into_iter().zip(done) {
-            self.prepared.insert(sql, statement?);
-        }
-        Ok(())
-    }
-
-    fn statement(&self, sql: &str) -> Result<Statement, StoreError> {
-        self.prepared
-            .get(sql)
-            .cloned()
-            .ok_or_else(|| StoreError::Invalid(format!("statement not prepared: {sql}")))
+        sqls.iter()
+            .map(|sql| {
+                self.prepared
+                    .get(sql)
+                    .cloned()
+                    .ok_or_else(|| StoreError::Invalid(format!("statement not prepared: {sql}")))
+            })
+            .collect()
     }
 }
 
