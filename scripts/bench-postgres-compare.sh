@@ -1,6 +1,7 @@
 #!/bin/bash
 # Interleaved PostgreSQL figures of two builds: ROUNDS rounds, the order
-# reversed every round, a fresh database each run.
+# reversed every round, a fresh database each run, each after a
+# CHECKPOINT (so that every run pays the same full-page writes).
 #   scripts/bench-postgres-compare.sh ROUNDS OLD_BINARY NEW_BINARY
 # Each run: `taskgrid bench --tasks $TASKS (default 60000) --store
 # postgres://… --json`, then `taskgrid bench --latency --store … --json`.
@@ -16,7 +17,7 @@ tasks=${TASKS:-60000}
 cd "$(mktemp -d)"
 fresh() {
   psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS tg_bench WITH (FORCE)" \
-    -c "CREATE DATABASE tg_bench" 2>/dev/null
+    -c "CREATE DATABASE tg_bench" -c "CHECKPOINT" 2>/dev/null
 }
 postmaster_children_cpu() { awk '{print $16 + $17}' "/proc/$(pgrep -xo postgres)/stat"; }
 one() {

@@ -118,6 +118,30 @@ pub trait Store: Send + Sync + 'static {
     ///   its output.
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError>;
 
+    /// How many transactions this store can run at once. The [`Writer`]
+    /// keeps up to this many group commits in flight when they touch
+    /// different tasks, and commits them in submission order
+    /// ([`apply_when`](Store::apply_when)). The default: one.
+    fn lanes(&self) -> usize {
+        1
+    }
+
+    /// Like [`apply`](Store::apply), but calls `ready` once the changes
+    /// are written and checked, just before they are committed, and
+    /// commits only if it returns `Ok`; otherwise nothing is applied and
+    /// its error is returned. The [`Writer`] runs several at once (on
+    /// disjoint tasks, up to [`lanes`](Store::lanes)) and blocks in
+    /// `ready` until every earlier one has committed. The default calls
+    /// `ready` first, then [`apply`](Store::apply).
+    fn apply_when(
+        &self,
+        changes: &[Change],
+        ready: &dyn Fn() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        ready()?;
+        self.apply(changes)
+    }
+
     /// Every task not in a terminal state, in id order: what the engine needs
     /// to rebuild itself after a restart.
     fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError>;

@@ -15,10 +15,12 @@
 //! gathers them itself and hands them over at the head of its next batch,
 //! or alone once [`LAZY_WINDOW`] has passed.)
 //!
-//! Batches are applied in submission order. Each batch's `done` callback is
-//! called once its changes are committed (or have failed), in submission
-//! order, on the writer thread: keep callbacks short (send on a channel, wake
-//! a task) and never call [`Writer::flush`] from one.
+//! Batches are committed in submission order (a store with several lanes
+//! writes groups of other tasks beside the one committing, see `lanes`).
+//! Each batch's `done` callback is called once its changes are committed
+//! (or have failed), in submission order, on the writer's thread or one of
+//! its lanes: keep callbacks short (send on a channel, wake a task) and
+//! never call [`Writer::flush`] from one.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -208,16 +210,18 @@ impl Writer {
     /// Blocks until everything submitted before this call is committed (or
     /// has failed; each batch's `done` has the result).
     ///
-    /// Fails with [`StoreError::Closed`] after shutdown or if the writer
-    /// thread died. Never call it from a `done` callback: that callback runs
-    /// on the writer thread, which would wait for itself.
+    /// Fails with [`StoreError::Closed`] after shutdown, if the writer
+    /// thread died, or if it stopped (a failed commit under fail-stop, a
+    /// panic) before this call's turn. Never call it from a `done`
+    /// callback: that callback runs on the writer's thread, which would
+    /// wait for itself.
     pub fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        let done: Done = Box::new(move |_| {
-            let _ = tx.send(());
+        let done: Done = Box::new(move |result| {
+            let _ = tx.send(result);
         });
         self.submit(Vec::new(), Some(done))?;
-        rx.recv().map_err(|_| StoreError::Closed)
+        rx.recv().map_err(|_| StoreError::Closed)?
     }
 
     /// Commits everything already submitted, then stops the thread and waits
@@ -230,8 +234,9 @@ impl Writer {
         let Some(handle) = lock(&self.thread).take() else {
             return;
         };
-        if handle.thread().id() == thread::current().id() {
-            // Called from a `done` callback: the thread exits on its own.
+        if handle.thread().id() == thread::current().id() || on_writer_thread() {
+            // Called from a `done` callback (on the writer thread or one
+            // of its lanes): the thread exits on its own.
             return;
         }
         if handle.join().is_err() {
@@ -244,6 +249,23 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+thread_local! {
+    /// Whether this thread is a writer's own (its thread or a lane), where
+    /// `done` callbacks run.
+    static WRITER_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as a writer's own.
+fn mark_writer_thread() {
+    WRITER_THREAD.with(|w| w.set(true));
+}
+
+/// Whether this thread is a writer's own: joining a writer from here
+/// could wait for this very thread.
+fn on_writer_thread() -> bool {
+    WRITER_THREAD.with(std::cell::Cell::get)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -271,15 +293,43 @@ fn run(store: &dyn Store, queue: &Queue, fail_stop: bool) {
         }
     }
     let _gone = Gone(queue);
+    mark_writer_thread();
+    let lanes = store.lanes().max(1);
+    if lanes > 1 {
+        lanes::run(store, queue, fail_stop, lanes);
+        return;
+    }
+    let group = |changes: &[Change]| store.apply(changes);
+    let path = Path {
+        store,
+        group: &group,
+        turn: &|| Ok(()),
+        report_queued: true,
+    };
     while let Some((jobs, total)) = take(queue) {
         if fail_stop {
-            if !commit_or_stop(store, queue, jobs, total) {
+            if !commit_or_stop(&path, queue, jobs, total) {
                 return;
             }
         } else {
-            commit(store, jobs, total);
+            commit(&path, jobs, total);
         }
     }
+}
+
+/// How a taken group reaches the store.
+struct Path<'a> {
+    store: &'a dyn Store,
+    /// Applies the whole group in one transaction (which, with several
+    /// lanes, commits only in its turn).
+    group: &'a dyn Fn(&[Change]) -> Result<(), StoreError>,
+    /// Waits until every group taken before this one is finished (its
+    /// batches reported); fails if one of them stopped the writer.
+    turn: &'a dyn Fn() -> Result<(), StoreError>,
+    /// Whether a failed group reports the batches still queued as closed
+    /// itself (with lanes, the writer thread does, once every group in
+    /// flight has reported: they were submitted before).
+    report_queued: bool,
 }
 
 /// Applies `jobs` in one transaction and reports to each: all succeed or
@@ -287,7 +337,7 @@ fn run(store: &dyn Store, queue: &Queue, fail_stop: bool) {
 /// nobody told of the failure can still submit), every batch queued after
 /// them fails with [`StoreError::Closed`] unapplied, and this returns
 /// false.
-fn commit_or_stop(store: &dyn Store, queue: &Queue, jobs: Vec<Job>, total: usize) -> bool {
+fn commit_or_stop(path: &Path<'_>, queue: &Queue, jobs: Vec<Job>, total: usize) -> bool {
     let mut all = Vec::with_capacity(total);
     let mut dones = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -297,8 +347,17 @@ fn commit_or_stop(store: &dyn Store, queue: &Queue, jobs: Vec<Job>, total: usize
     let result = if all.is_empty() {
         Ok(())
     } else {
-        store.apply(&all)
+        (path.group)(&all)
     };
+    if (path.turn)().is_err() {
+        // An earlier group failed and stopped the writer: this one was
+        // rolled back (its turn never came), and is refused like the
+        // batches queued after the failure.
+        for done in dones {
+            report(done, Err(StoreError::Closed));
+        }
+        return false;
+    }
     match result {
         Ok(()) => {
             for done in dones {
@@ -308,7 +367,12 @@ fn commit_or_stop(store: &dyn Store, queue: &Queue, jobs: Vec<Job>, total: usize
         }
         Err(e) => {
             tracing::error!(error = %e, changes = all.len(), "a commit failed; the writer stops");
-            let queued = close(queue);
+            let queued = if path.report_queued {
+                close(queue)
+            } else {
+                refuse(queue);
+                Vec::new()
+            };
             let message = e.to_string();
             let mut first = Some(e);
             for done in dones {
@@ -327,11 +391,21 @@ fn commit_or_stop(store: &dyn Store, queue: &Queue, jobs: Vec<Job>, total: usize
 
 /// Refuses new batches and takes the queued ones (fail-stop).
 fn close(queue: &Queue) -> Vec<Job> {
-    let mut st = lock(&queue.state);
-    st.closed = true;
-    st.changes = 0;
-    st.due = None;
-    st.jobs.drain(..).collect()
+    let jobs = {
+        let mut st = lock(&queue.state);
+        st.closed = true;
+        st.changes = 0;
+        st.due = None;
+        st.jobs.drain(..).collect()
+    };
+    queue.wake.notify_all();
+    jobs
+}
+
+/// Refuses new batches, leaving the queued ones.
+fn refuse(queue: &Queue) {
+    lock(&queue.state).closed = true;
+    queue.wake.notify_all();
 }
 
 /// Waits until a commit is due and takes its batches; `None` once shut
@@ -375,31 +449,43 @@ fn take(queue: &Queue) -> Option<(Vec<Job>, usize)> {
 
 /// Applies `jobs` (holding `total` changes) in one transaction and reports to
 /// each; if that fails, applies them one by one so a bad batch fails alone.
-fn commit(store: &dyn Store, jobs: Vec<Job>, total: usize) {
-    if jobs.len() == 1 {
-        for job in jobs {
-            let result = apply(store, &job.changes);
-            report(job.done, result);
-        }
-        return;
-    }
+fn commit(path: &Path<'_>, jobs: Vec<Job>, total: usize) {
     let mut all = Vec::with_capacity(total);
     let mut batches = Vec::with_capacity(jobs.len());
     for job in jobs {
         all.extend(job.changes);
         batches.push((all.len(), job.done));
     }
-    match store.apply(&all) {
+    let result = if all.is_empty() {
+        Ok(())
+    } else {
+        (path.group)(&all)
+    };
+    if (path.turn)().is_err() {
+        // Only a lane that panicked stops a writer without fail-stop:
+        // nothing after it may commit.
+        for (_, done) in batches {
+            report(done, Err(StoreError::Closed));
+        }
+        return;
+    }
+    match result {
         Ok(()) => {
             for (_, done) in batches {
                 report(done, Ok(()));
+            }
+        }
+        Err(e) if batches.len() == 1 => {
+            tracing::error!(error = %e, changes = all.len(), "a batch of store changes failed");
+            if let Some((_, done)) = batches.pop() {
+                report(done, Err(e));
             }
         }
         Err(e) => {
             tracing::warn!(error = %e, batches = batches.len(), "group commit failed; applying its batches one by one");
             let mut start = 0;
             for (end, done) in batches {
-                let result = apply(store, &all[start..end]);
+                let result = apply(path.store, &all[start..end]);
                 report(done, result);
                 start = end;
             }
@@ -427,6 +513,8 @@ fn report(done: Option<Done>, result: Result<(), StoreError>) {
         tracing::error!("a store writer callback panicked");
     }
 }
+
+mod lanes;
 
 #[cfg(all(test, feature = "sqlite"))] // some of its tests need a file on disk
 #[allow(clippy::unwrap_used)] // tests may panic on anything

@@ -40,11 +40,13 @@ use super::{json, micros};
 
 /// Applies `changes` in one transaction on `conn`, fenced by `lease`:
 /// `BEGIN`, the fence and every statement in one flight, then `COMMIT`
-/// once every answer checks out, or `ROLLBACK`.
+/// once every answer checks out and `ready` says it is this batch's turn,
+/// or `ROLLBACK`.
 pub(super) fn apply(
     conn: &mut WriteConn,
     lease: Option<&Lease>,
     changes: &[Change],
+    ready: &dyn Fn() -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let fence = lease.map(Lease::fence_op).transpose()?;
     let b = Groups::of(changes)?;
@@ -68,7 +70,7 @@ pub(super) fn apply(
     }
     b.ops(&mut ops, &mut checks, deleted_tags)?;
     let answers = conn.run(&ops)?;
-    match verify(&b, &checks, answers, lease) {
+    match verify(&b, &checks, answers, lease).and_then(|()| Ok(ready()?)) {
         Ok(()) => conn.commit(),
         Err(failed) => {
             let rolled_back = conn.rollback();

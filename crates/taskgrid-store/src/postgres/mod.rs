@@ -24,7 +24,7 @@
 //! migrations in `taskgrid_schema`, applied at open under a transaction-level
 //! advisory lock.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row};
@@ -164,10 +164,60 @@ pub struct PostgresStore {
     schema: String,
 }
 
-/// The two connections: one writes (pipelined), one reads.
+/// How many connections write ([`Store::lanes`]): while one group
+/// commit runs in its server process, the next is written beside it in
+/// another, on another core.
+const WRITE_LANES: usize = 2;
+
+/// The connections: [`WRITE_LANES`] write (pipelined), one reads.
 struct Conns {
-    writer: Mutex<pipeline::WriteConn>,
+    writers: Writers,
     reader: Mutex<Client>,
+}
+
+/// The write connections, each lent to one `apply` at a time.
+struct Writers {
+    free: Mutex<Vec<pipeline::WriteConn>>,
+    returned: Condvar,
+    count: usize,
+}
+
+/// A write connection lent from [`Writers`], given back when dropped
+/// (also while unwinding: a transaction a panic left open is rolled back
+/// before its next batch, see `pipeline`).
+struct Lent<'a> {
+    writers: &'a Writers,
+    conn: Option<pipeline::WriteConn>,
+}
+
+impl std::ops::Deref for Lent<'_> {
+    type Target = pipeline::WriteConn;
+    fn deref(&self) -> &pipeline::WriteConn {
+        self.conn
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("given back only on drop"))
+    }
+}
+
+impl std::ops::DerefMut for Lent<'_> {
+    fn deref_mut(&mut self) -> &mut pipeline::WriteConn {
+        self.conn
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("given back only on drop"))
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.writers
+                .free
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
+            self.writers.returned.notify_one();
+        }
+    }
 }
 
 impl Drop for PostgresStore {
@@ -240,10 +290,21 @@ impl PostgresStore {
         let lease = Lease::take(&mut writer, url, schema, &options)?;
         // The blocking connection took the lease and migrated; from here
         // on it reads, and a pipelined one writes.
-        let opened = migrate(&mut writer, &lease)
-            .and_then(|()| pipeline::WriteConn::connect(&config(url)?, schema));
-        let (writer, reader) = match opened {
-            Ok(pipelined) => (pipelined, writer),
+        let opened = migrate(&mut writer, &lease).and_then(|()| {
+            let config = config(url)?;
+            (0..WRITE_LANES)
+                .map(|_| pipeline::WriteConn::connect(&config, schema))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let (writers, reader) = match opened {
+            Ok(pipelined) => (
+                Writers {
+                    count: pipelined.len(),
+                    free: Mutex::new(pipelined),
+                    returned: Condvar::new(),
+                },
+                writer,
+            ),
             Err(e) => {
                 // A standby need not wait out the lease of a store that
                 // never opened.
@@ -253,7 +314,7 @@ impl PostgresStore {
         };
         Ok(PostgresStore {
             conns: Some(Conns {
-                writer: Mutex::new(writer),
+                writers,
                 reader: Mutex::new(reader),
             }),
             lease: Some(lease),
@@ -285,14 +346,22 @@ impl PostgresStore {
         self.conns.as_ref().ok_or(StoreError::Closed)
     }
 
-    fn write_conn(&self) -> Result<MutexGuard<'_, pipeline::WriteConn>, StoreError> {
-        // A panic between a flight and its commit leaves the transaction
-        // open: the next batch rolls it back first (`pipeline`).
-        Ok(self
-            .conns()?
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner))
+    /// A write connection no one is using (waiting for one if need be).
+    fn write_conn(&self) -> Result<Lent<'_>, StoreError> {
+        let writers = &self.conns()?.writers;
+        let mut free = writers.free.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(conn) = free.pop() {
+                return Ok(Lent {
+                    writers,
+                    conn: Some(conn),
+                });
+            }
+            free = writers
+                .returned
+                .wait(free)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
     }
 
     fn read_conn(&self) -> Result<MutexGuard<'_, Client>, StoreError> {
@@ -445,7 +514,27 @@ impl Store for PostgresStore {
         if changes.is_empty() {
             return Ok(());
         }
-        bulk::apply(&mut *self.write_conn()?, self.lease.as_ref(), changes)
+        self.apply_when(changes, &|| Ok(()))
+    }
+
+    fn lanes(&self) -> usize {
+        self.conns.as_ref().map_or(1, |c| c.writers.count)
+    }
+
+    fn apply_when(
+        &self,
+        changes: &[Change],
+        ready: &dyn Fn() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return ready();
+        }
+        bulk::apply(
+            &mut *self.write_conn()?,
+            self.lease.as_ref(),
+            changes,
+            ready,
+        )
     }
 
     fn finished_before(

@@ -23,6 +23,9 @@ use tokio_postgres::{Client, Statement};
 
 use crate::StoreError;
 
+/// How long a write waits for a row lock before its commit fails.
+const LOCK_TIMEOUT_MS: u32 = 10_000;
+
 /// One statement of a batch, with the values it binds.
 pub(super) struct Op<'a> {
     sql: &'static str,
@@ -88,11 +91,18 @@ impl WriteConn {
             // primary key. That plan suits every batch size, so it is made
             // once per statement (a generic plan), not again at every
             // commit for the batch's arrays.
+            //
+            // Two write connections never wait for each other's rows: the
+            // writer gives them groups of different tasks. Were that ever
+            // wrong, the one waiting on the other's lock would wait for
+            // ever (the other commits only after it): `lock_timeout` turns
+            // that into a failed commit.
             client
                 .batch_execute(&format!(
                     "SET search_path TO {schema}; \
                      SET enable_hashjoin = off; SET enable_mergejoin = off; \
-                     SET plan_cache_mode = force_generic_plan"
+                     SET plan_cache_mode = force_generic_plan; \
+                     SET lock_timeout = '{LOCK_TIMEOUT_MS}ms'"
                 ))
                 .await?;
             Ok::<_, postgres::Error>(client)

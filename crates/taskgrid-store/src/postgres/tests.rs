@@ -564,3 +564,34 @@ fn a_fenced_batch_runs_nothing_after_the_fence() {
     drop(standby);
     drop_schema(&schema);
 }
+
+/// Two write connections: a batch commits on the second while the first
+/// has written its own and waits for its turn, and a batch whose turn is
+/// refused is rolled back whole.
+#[test]
+fn a_second_write_connection_commits_while_the_first_waits_for_its_turn() {
+    let pg = TempPg::new();
+    let store = pg.store();
+    assert_eq!(store.lanes(), 2);
+    let (written_tx, written_rx) = std::sync::mpsc::channel();
+    let (turn_tx, turn_rx) = std::sync::mpsc::channel::<Result<(), StoreError>>();
+    std::thread::scope(|s| {
+        let first = s.spawn(move || {
+            let ready = || {
+                written_tx.send(()).unwrap();
+                turn_rx.recv().unwrap()
+            };
+            store.apply_when(&[submit(task(1))], &ready)
+        });
+        written_rx.recv().unwrap();
+        // The first holds a connection, inside its transaction.
+        store.apply(&[submit(task(2))]).unwrap();
+        assert!(store.get(tid(2)).unwrap().is_some());
+        turn_tx.send(Err(StoreError::Closed)).unwrap();
+        assert!(matches!(first.join().unwrap(), Err(StoreError::Closed)));
+    });
+    assert!(store.get(tid(1)).unwrap().is_none(), "rolled back");
+    // Both connections still write.
+    store.apply(&[submit(task(1))]).unwrap();
+    assert!(store.get(tid(1)).unwrap().is_some());
+}

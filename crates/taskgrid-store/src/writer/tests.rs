@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord};
 
-use super::{Done, Writer};
+use super::{Done, Writer, lock};
 use crate::conformance::{Life, TempSqlite, submit, task, tid};
 use crate::{MemoryStore, Store, StoreError, TaskQuery};
 
@@ -24,6 +24,16 @@ struct Recording {
     gate: Mutex<Option<(Sender<()>, Receiver<()>)>>,
     /// Every `apply` panics.
     explodes: AtomicBool,
+    /// Its [`Store::lanes`] (0: one).
+    lanes: usize,
+    /// Each `apply_when` as it began: the ids it touches and how many
+    /// calls had committed by then.
+    began: Mutex<Vec<(Vec<TaskId>, usize)>>,
+    /// Told the number of `apply_when`s begun, at each, and `0` when one
+    /// got its turn.
+    begun: Mutex<Option<Sender<usize>>>,
+    /// An `apply_when` with this task panics as it begins.
+    explodes_on: Option<TaskId>,
 }
 
 impl Recording {
@@ -40,6 +50,21 @@ impl Recording {
     fn calls(&self) -> Vec<(Vec<TaskId>, bool)> {
         self.calls.lock().unwrap().clone()
     }
+
+    /// [`gated`](Recording::gated) with `lanes` lanes, telling each
+    /// `apply_when` begun on the last receiver.
+    fn gated_lanes(lanes: usize) -> (Arc<Self>, Receiver<()>, Sender<()>, Receiver<usize>) {
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        let (begun_tx, begun_rx) = mpsc::channel();
+        let store = Recording {
+            gate: Mutex::new(Some((entered_tx, release_rx))),
+            lanes,
+            begun: Mutex::new(Some(begun_tx)),
+            ..Recording::default()
+        };
+        (Arc::new(store), entered_rx, release_tx, begun_rx)
+    }
 }
 
 impl Store for Recording {
@@ -53,6 +78,39 @@ impl Store for Recording {
         let ids = changes.iter().filter_map(Change::task_id).collect();
         self.calls.lock().unwrap().push((ids, result.is_ok()));
         result
+    }
+    fn lanes(&self) -> usize {
+        self.lanes.max(1)
+    }
+    /// Records the call, waits at the gate if it is the first, then for
+    /// its turn, then applies.
+    fn apply_when(
+        &self,
+        changes: &[Change],
+        ready: &dyn Fn() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let ids: Vec<TaskId> = changes.iter().filter_map(Change::task_id).collect();
+        if let Some(id) = self.explodes_on {
+            assert!(!ids.contains(&id), "the store exploded");
+        }
+        let committed = self.calls().iter().filter(|(_, ok)| *ok).count();
+        let begun = {
+            let mut began = self.began.lock().unwrap();
+            began.push((ids, committed));
+            began.len()
+        };
+        if let Some(tx) = &*self.begun.lock().unwrap() {
+            let _ = tx.send(begun);
+        }
+        if let Some((entered, release)) = self.gate.lock().unwrap().take() {
+            entered.send(()).unwrap();
+            release.recv().unwrap();
+        }
+        ready()?;
+        if let Some(tx) = &*self.begun.lock().unwrap() {
+            let _ = tx.send(0);
+        }
+        self.apply(changes)
     }
     fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError> {
         self.inner.load_active()
@@ -369,27 +427,32 @@ fn batches_with_windows_share_a_commit_that_starts_when_the_earliest_ends() {
     assert_eq!(calls, [vec![tid(1), tid(2)]], "one commit for both");
 }
 
+/// A writer whose thread (or, with lanes, one of its lanes) panics
+/// refuses batches instead of hanging.
 #[test]
 fn a_dead_writer_thread_refuses_batches_instead_of_hanging() {
-    let store = Arc::new(Recording {
-        explodes: AtomicBool::new(true),
-        ..Recording::default()
-    });
-    let writer = Writer::spawn(store);
-    let (tx, rx) = mpsc::channel();
-    writer
-        .submit(vec![submit(task(1))], report_to(&tx, 0))
-        .unwrap();
-    drop(tx);
-    assert!(
-        rx.recv().is_err(),
-        "the batch's callback is dropped, not called"
-    );
-    assert!(matches!(writer.flush(), Err(StoreError::Closed)));
-    assert!(matches!(
-        writer.submit(vec![submit(task(2))], None),
-        Err(StoreError::Closed)
-    ));
+    for lanes in [1, 2] {
+        let store = Arc::new(Recording {
+            explodes: AtomicBool::new(true),
+            lanes,
+            ..Recording::default()
+        });
+        let writer = Writer::spawn(store);
+        let (tx, rx) = mpsc::channel();
+        writer
+            .submit(vec![submit(task(1))], report_to(&tx, 0))
+            .unwrap();
+        drop(tx);
+        assert!(
+            rx.recv().is_err(),
+            "the batch's callback is dropped, not called"
+        );
+        assert!(matches!(writer.flush(), Err(StoreError::Closed)));
+        assert!(matches!(
+            writer.submit(vec![submit(task(2))], None),
+            Err(StoreError::Closed)
+        ));
+    }
 }
 
 #[test]
@@ -479,4 +542,202 @@ fn group_commit_to_sqlite() {
     assert_eq!(rx.iter().filter(|(_, r)| r.is_ok()).count(), 400);
     let counts = store.count_by_state().unwrap();
     assert!(counts.contains(&(State::Assigned, 400)), "{counts:?}");
+}
+
+/// A writer with two lanes whose first commit (task 1, tag 0) is held
+/// inside the store until `release` is sent, and the receiver of each
+/// `apply_when` begun.
+fn held_in_first_lane(
+    fail_stop: bool,
+) -> (Arc<Recording>, Writer, Sender<()>, Reports, Receiver<usize>) {
+    let (store, entered, release, begun) = Recording::gated_lanes(2);
+    let writer = if fail_stop {
+        Writer::try_spawn_fail_stop(store.clone()).unwrap()
+    } else {
+        Writer::spawn(store.clone())
+    };
+    let (tx, rx) = mpsc::channel();
+    writer
+        .submit(vec![submit(task(1))], report_to(&tx, 0))
+        .unwrap();
+    entered.recv().unwrap();
+    assert_eq!(begun.recv().unwrap(), 1);
+    (store, writer, release, (tx, rx), begun)
+}
+
+/// The next `apply_when` begun, skipping those that got their turn.
+fn next_begun(begun: &Receiver<usize>) -> usize {
+    begun.iter().find(|n| *n != 0).unwrap()
+}
+
+/// With two lanes, a group of other tasks is written while the first is
+/// still in the store, and commits (and is reported) only after it.
+#[test]
+fn a_second_lane_writes_other_tasks_beside_the_first_and_commits_after_it() {
+    for fail_stop in [false, true] {
+        let (store, writer, release, (tx, rx), begun) = held_in_first_lane(fail_stop);
+        writer
+            .submit(vec![submit(task(2))], report_to(&tx, 1))
+            .unwrap();
+        assert_eq!(begun.recv().unwrap(), 2, "the second group begins beside");
+        assert_eq!(
+            store.began.lock().unwrap()[1],
+            (vec![tid(2)], 0),
+            "while the first has not committed"
+        );
+        assert!(
+            begun.recv_timeout(Duration::from_millis(100)).is_err(),
+            "the second group's turn came before the first committed"
+        );
+        release.send(()).unwrap();
+        let tags: Vec<usize> = rx
+            .iter()
+            .take(2)
+            .map(|(t, r)| {
+                assert!(r.is_ok());
+                t
+            })
+            .collect();
+        assert_eq!(tags, [0, 1], "reported in submission order");
+        let committed: Vec<Vec<TaskId>> = store.calls().into_iter().map(|(ids, _)| ids).collect();
+        assert_eq!(
+            committed,
+            [vec![tid(1)], vec![tid(2)]],
+            "committed in submission order"
+        );
+        writer.flush().unwrap();
+    }
+}
+
+/// A group that touches a task of a group in flight, or something shared,
+/// begins only once that group has committed.
+#[test]
+fn a_group_that_overlaps_one_in_flight_waits_for_its_commit() {
+    let meta = Change::Meta {
+        key: "k".into(),
+        value: "v".into(),
+    };
+    let overlapping = [
+        vec![Life::of(&task(1)).assign("w", 5)],
+        vec![submit(task(2)), meta],
+    ];
+    for second in overlapping {
+        let (store, writer, release, (tx, rx), begun) = held_in_first_lane(true);
+        writer.submit(second, report_to(&tx, 1)).unwrap();
+        // Taken from the queue: had the writer let it begin, it would
+        // have by now or soon after.
+        while !lock(&writer.queue.state).jobs.is_empty() {
+            thread::yield_now();
+        }
+        assert!(
+            begun.recv_timeout(Duration::from_millis(100)).is_err(),
+            "began beside a group it overlaps"
+        );
+        release.send(()).unwrap();
+        assert_eq!(next_begun(&begun), 2);
+        let results: Vec<_> = rx.iter().take(2).collect();
+        assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+        assert_eq!(
+            store.began.lock().unwrap()[1].1,
+            1,
+            "began after the first committed"
+        );
+    }
+}
+
+/// Fail-stop with two lanes: when the first group fails, the one written
+/// beside it is rolled back and reported closed, and nothing more is
+/// taken.
+#[test]
+fn a_failed_group_rolls_back_the_one_beside_it_under_fail_stop() {
+    let (store, entered, release, begun) = Recording::gated_lanes(2);
+    let writer = Writer::try_spawn_fail_stop(store.clone()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    // Task 9 was never submitted: its assignment fails.
+    writer
+        .submit(vec![Life::of(&task(9)).assign("w", 5)], report_to(&tx, 0))
+        .unwrap();
+    entered.recv().unwrap();
+    writer
+        .submit(vec![submit(task(2))], report_to(&tx, 1))
+        .unwrap();
+    assert_eq!(next_begun(&begun), 1);
+    assert_eq!(next_begun(&begun), 2, "the second group begins beside");
+    release.send(()).unwrap();
+    let results: Vec<_> = rx.iter().take(2).collect();
+    assert!(
+        matches!(results[0], (0, Err(StoreError::NotFound(_)))),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[1], (1, Err(StoreError::Closed))),
+        "{results:?}"
+    );
+    assert!(store.get(tid(2)).unwrap().is_none(), "rolled back");
+    assert!(matches!(
+        writer.submit(vec![submit(task(3))], None),
+        Err(StoreError::Closed)
+    ));
+}
+
+/// With two lanes, a later group whose lane panics stops the writer, but
+/// the earlier group in flight still commits and is reported.
+#[test]
+fn a_later_lane_that_panics_leaves_the_earlier_group_to_commit() {
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let store = Arc::new(Recording {
+        gate: Mutex::new(Some((entered_tx, release_rx))),
+        lanes: 2,
+        explodes_on: Some(tid(2)),
+        ..Recording::default()
+    });
+    let writer = Writer::spawn(store.clone());
+    let (tx, rx) = mpsc::channel();
+    writer
+        .submit(vec![submit(task(1))], report_to(&tx, 0))
+        .unwrap();
+    entered.recv().unwrap();
+    writer
+        .submit(vec![submit(task(2))], report_to(&tx, 1))
+        .unwrap();
+    // The second group's lane panics and stops the writer.
+    while writer.submit(Vec::new(), None).is_ok() {
+        thread::yield_now();
+    }
+    release.send(()).unwrap();
+    drop(tx);
+    let results: Vec<_> = rx.iter().collect();
+    assert!(matches!(results[..], [(0, Ok(()))]), "{results:?}");
+    assert!(store.get(tid(1)).unwrap().is_some());
+    assert!(store.get(tid(2)).unwrap().is_none());
+}
+
+/// A callback that drops the writer, on one of its lanes, does not wait
+/// for that lane to end.
+#[test]
+fn dropping_the_writer_from_a_lanes_callback_does_not_hang() {
+    let store = Arc::new(Recording {
+        lanes: 2,
+        ..Recording::default()
+    });
+    let writer = Arc::new(Mutex::new(Some(Writer::spawn(store.clone()))));
+    let (tx, rx) = mpsc::channel();
+    let held = writer.clone();
+    let done: Done = Box::new(move |r| {
+        let dropped = held.lock().unwrap().take();
+        drop(dropped);
+        tx.send(r).unwrap();
+    });
+    let submitted = writer
+        .lock()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .submit(vec![submit(task(1))], Some(done));
+    submitted.unwrap();
+    // Bounded so that the bug fails the test instead of hanging it.
+    let result = rx.recv_timeout(Duration::from_secs(30));
+    assert!(matches!(result, Ok(Ok(()))), "{result:?}");
+    assert!(store.get(tid(1)).unwrap().is_some());
 }
