@@ -595,3 +595,55 @@ fn a_second_write_connection_commits_while_the_first_waits_for_its_turn() {
     store.apply(&[submit(task(1))]).unwrap();
     assert!(store.get(tid(1)).unwrap().is_some());
 }
+
+/// A schema at version 5 (an index on state and one on queue) is
+/// upgraded in place to the one index on both: its tasks stay, and
+/// listing by queue alone or by state still finds them.
+#[test]
+fn a_version_5_schema_gets_one_index_on_state_and_queue() {
+    let store = TempPg::new();
+    let schema = store.schema.clone();
+    let mut emails = task(2);
+    emails.spec.queue = "emails".into();
+    store
+        .apply(&[submit(task(1)), submit(emails.clone())])
+        .unwrap();
+    let mut store = store;
+    drop(store.store.take());
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    c.batch_execute(&format!(
+        "DROP INDEX {schema}.tasks_state_queue; \
+         CREATE INDEX tasks_state ON {schema}.tasks (state); \
+         CREATE INDEX tasks_queue ON {schema}.tasks (queue); \
+         UPDATE {schema}.taskgrid_schema SET version = 5"
+    ))
+    .unwrap();
+    store.store = Some(PostgresStore::open_in_schema(&url(), &schema).unwrap());
+    let indexes: Vec<String> = c
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 AND tablename = 'tasks' \
+             ORDER BY 1",
+            &[&schema],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(indexes, ["tasks_parent", "tasks_pkey", "tasks_state_queue"]);
+    let by_queue = store
+        .list(&crate::TaskQuery {
+            queue: Some("emails".to_owned()),
+            limit: 10,
+            ..crate::TaskQuery::default()
+        })
+        .unwrap();
+    assert_eq!(by_queue, [emails]);
+    let by_state = store
+        .list(&crate::TaskQuery {
+            state: Some(State::Queued),
+            limit: 10,
+            ..crate::TaskQuery::default()
+        })
+        .unwrap();
+    assert_eq!(by_state.len(), 2);
+}
