@@ -368,10 +368,15 @@ impl TaskSystem {
                 let inner = inner.clone();
                 tokio::task::spawn_blocking(move || inner.flush())
             };
-            writer_done.await.map_err(|_| Error::ShutDown)??;
+            // A failed flush (the writer stopped) still lets the rest shut
+            // down; its error is returned at the end.
+            let flushed = writer_done.await.map_err(|_| Error::ShutDown);
             // Closing the committed channel ends the publisher once drained.
             inner.publisher_close();
             let _ = publisher.await;
+            inner.writer.shutdown();
+            *done = true;
+            return flushed?.map_err(Error::from);
         }
         inner.writer.shutdown();
         *done = true;

@@ -234,7 +234,7 @@ impl Writer {
         let Some(handle) = lock(&self.thread).take() else {
             return;
         };
-        if handle.thread().id() == thread::current().id() || on_writer_thread() {
+        if handle.thread().id() == thread::current().id() || on_writer_thread(&self.queue) {
             // Called from a `done` callback (on the writer thread or one
             // of its lanes): the thread exits on its own.
             return;
@@ -252,20 +252,20 @@ impl Drop for Writer {
 }
 
 thread_local! {
-    /// Whether this thread is a writer's own (its thread or a lane), where
-    /// `done` callbacks run.
-    static WRITER_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The queue of the writer this thread belongs to (its thread or a
+    /// lane, where `done` callbacks run), by address; 0 for others.
+    static WRITER_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Marks this thread as a writer's own.
-fn mark_writer_thread() {
-    WRITER_THREAD.with(|w| w.set(true));
+/// Marks this thread as one of the writer of `queue`.
+fn mark_writer_thread(queue: &Queue) {
+    WRITER_THREAD.with(|w| w.set(std::ptr::from_ref(queue) as usize));
 }
 
-/// Whether this thread is a writer's own: joining a writer from here
-/// could wait for this very thread.
-fn on_writer_thread() -> bool {
-    WRITER_THREAD.with(std::cell::Cell::get)
+/// Whether this thread is one of the writer of `queue`: joining that
+/// writer from here could wait for this very thread.
+fn on_writer_thread(queue: &Queue) -> bool {
+    WRITER_THREAD.with(|w| w.get() == std::ptr::from_ref(queue) as usize)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -293,7 +293,7 @@ fn run(store: &dyn Store, queue: &Queue, fail_stop: bool) {
         }
     }
     let _gone = Gone(queue);
-    mark_writer_thread();
+    mark_writer_thread(queue);
     let lanes = store.lanes().max(1);
     if lanes > 1 {
         lanes::run(store, queue, fail_stop, lanes);
@@ -400,6 +400,19 @@ fn close(queue: &Queue) -> Vec<Job> {
     };
     queue.wake.notify_all();
     jobs
+}
+
+/// Puts `jobs` (taken, in order) back at the head of the queue.
+fn requeue(queue: &Queue, jobs: Vec<Job>) {
+    if jobs.is_empty() {
+        return;
+    }
+    let mut st = lock(&queue.state);
+    for job in jobs.into_iter().rev() {
+        st.changes += job.changes.len();
+        st.due = Some(st.due.map_or(job.by, |d| d.min(job.by)));
+        st.jobs.push_front(job);
+    }
 }
 
 /// Refuses new batches, leaving the queued ones.

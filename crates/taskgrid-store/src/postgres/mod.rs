@@ -1,9 +1,9 @@
 //! [`PostgresStore`]: the [`Store`] on a PostgreSQL database, for
 //! coordinators that outgrow one machine's disk.
 //!
-//! One connection writes (`apply`, normally called only by the
-//! [`Writer`](crate::Writer) thread), one reads; with PostgreSQL's MVCC a
-//! read never waits for a group commit. Each `apply` is one transaction,
+//! Two connections write (`apply`, normally called only by the
+//! [`Writer`](crate::Writer)'s lanes, each lent one), one reads; with
+//! PostgreSQL's MVCC a read never waits for a group commit. Each `apply` is one transaction,
 //! its statements pipelined (`pipeline`): two round trips a commit;
 //! status changes are compare-and-set (`UPDATE … WHERE state = $from`), as
 //! on SQLite. Commits are durable as the server is configured
@@ -297,7 +297,7 @@ impl PostgresStore {
         // newer build must not change the schema under a live leader.
         let lease = Lease::take(&mut writer, url, schema, &options)?;
         // The blocking connection took the lease and migrated; from here
-        // on it reads, and a pipelined one writes.
+        // on it reads, and pipelined ones write.
         let opened = migrate(&mut writer, &lease).and_then(|()| {
             let config = config(url)?;
             (0..WRITE_LANES)

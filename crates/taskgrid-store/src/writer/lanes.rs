@@ -33,7 +33,8 @@ use std::thread;
 use taskgrid_core::{Change, TaskId};
 
 use super::{
-    Job, Path, Queue, close, commit, commit_or_stop, lock, mark_writer_thread, refuse, report, take,
+    Job, Path, Queue, close, commit, commit_or_stop, lock, mark_writer_thread, refuse, report,
+    requeue, take,
 };
 use crate::{Store, StoreError};
 
@@ -265,6 +266,7 @@ fn lead(queue: &Queue, flight: &Flight, lanes: usize) -> Option<Group> {
         return None;
     };
     let mut groups = Vec::new();
+    let mut refused = Vec::new();
     for (jobs, total, touches) in split(jobs, free) {
         match flight.start(touches) {
             Some(ticket) => groups.push(Group {
@@ -272,14 +274,12 @@ fn lead(queue: &Queue, flight: &Flight, lanes: usize) -> Option<Group> {
                 jobs,
                 total,
             }),
-            // Stopped: these were submitted after what failed.
-            None => {
-                for job in jobs {
-                    report(job.done, Err(StoreError::Closed));
-                }
-            }
+            // Stopped: these were submitted after what failed, and are
+            // reported closed once every group in flight has reported.
+            None => refused.extend(jobs),
         }
     }
+    requeue(queue, refused);
     let mut groups = groups.into_iter();
     let mine = groups.next();
     flight.hand_over(groups.collect(), false);
@@ -327,7 +327,7 @@ fn split(jobs: Vec<Job>, parts: usize) -> Vec<(Vec<Job>, usize, Touches)> {
 /// One lane of `lanes`: leads or commits a group handed to it, each in
 /// its turn, until there is nothing more.
 fn lane(store: &dyn Store, queue: &Queue, flight: &Flight, fail_stop: bool, lanes: usize) {
-    mark_writer_thread();
+    mark_writer_thread(queue);
     loop {
         let Group {
             ticket,
