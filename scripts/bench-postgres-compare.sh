@@ -25,6 +25,12 @@ one() {
   local before t after l
   before=$(postmaster_children_cpu)
   t=$("$1" bench --tasks "$tasks" --store "$url" --json 2>/dev/null | tail -1)
+  # The bench's backends count once they have exited.
+  for _ in $(seq 1 50); do
+    [ "$(psql -h 127.0.0.1 -U postgres -d postgres -Atc \
+      "SELECT count(*) FROM pg_stat_activity WHERE datname = 'tg_bench'")" = 0 ] && break
+    sleep 0.1
+  done
   after=$(postmaster_children_cpu)
   fresh
   l=$("$1" bench --latency --store "$url" --json 2>/dev/null | tail -1)
