@@ -73,6 +73,8 @@ struct Job {
 struct Queue {
     state: Mutex<Pending>,
     wake: Condvar,
+    /// The groups in flight, with lanes.
+    flight: lanes::Flight,
 }
 
 impl std::fmt::Debug for Queue {

@@ -82,9 +82,9 @@ impl Touches {
     }
 }
 
-/// The groups in flight.
+/// The groups in flight (of a writer with lanes; kept in its queue).
 #[derive(Default)]
-struct Flight {
+pub(super) struct Flight {
     state: Mutex<FlightState>,
     changed: Condvar,
 }
@@ -109,6 +109,10 @@ struct FlightState {
     /// The writer shut down and its queue is empty: lanes end once
     /// nothing is handed to them.
     drained: bool,
+    /// How many times a group waited for one it overlaps, and for its
+    /// turn (for tests to know a lane is blocked).
+    #[cfg(test)]
+    waits: (usize, usize),
 }
 
 /// What an idle lane does next.
@@ -173,6 +177,10 @@ impl Flight {
     /// group its ticket; `None` once the writer stopped.
     fn start(&self, touches: Touches) -> Option<u64> {
         let mut st = lock(&self.state);
+        #[cfg(test)]
+        if st.touching.iter().any(|(_, t)| t.overlaps(&touches)) {
+            st.waits.0 += 1;
+        }
         while st.touching.iter().any(|(_, t)| t.overlaps(&touches)) && !st.stopped() {
             st = self.wait(st);
         }
@@ -189,6 +197,10 @@ impl Flight {
     /// group stopped the writer.
     fn turn(&self, ticket: u64) -> Result<(), StoreError> {
         let mut st = lock(&self.state);
+        #[cfg(test)]
+        if st.turn < ticket {
+            st.waits.1 += 1;
+        }
         while st.turn < ticket {
             st = self.wait(st);
         }
@@ -196,6 +208,13 @@ impl Flight {
             Some(at) if at < ticket => Err(StoreError::Closed),
             _ => Ok(()),
         }
+    }
+
+    /// How many times a group waited for one it overlaps, and for its
+    /// turn.
+    #[cfg(test)]
+    pub(super) fn waits(&self) -> (usize, usize) {
+        lock(&self.state).waits
     }
 
     /// `ticket` is finished (committed or failed, and reported): the next
@@ -235,10 +254,9 @@ struct Group {
 /// it, as with one lane. Once shut down or stopped, the lanes finish
 /// what they hold and what is still queued is reported closed.
 pub(super) fn run(store: &dyn Store, queue: &Queue, fail_stop: bool, lanes: usize) {
-    let flight = Flight::default();
+    let flight = &queue.flight;
     thread::scope(|scope| {
         for n in 1..lanes {
-            let flight = &flight;
             let spawned = thread::Builder::new()
                 .name(format!("taskgrid-store-lane-{n}"))
                 .spawn_scoped(scope, move || lane(store, queue, flight, fail_stop, lanes));
@@ -247,7 +265,7 @@ pub(super) fn run(store: &dyn Store, queue: &Queue, fail_stop: bool, lanes: usiz
                 tracing::error!(error = %e, "cannot start a store writer lane");
             }
         }
-        lane(store, queue, &flight, fail_stop, lanes);
+        lane(store, queue, flight, fail_stop, lanes);
     });
     // Whatever is still queued was submitted after every group taken.
     for job in close(queue) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord};
 
-use super::{Done, Writer, lock};
+use super::{Done, Writer};
 use crate::conformance::{Life, TempSqlite, submit, task, tid};
 use crate::{MemoryStore, Store, StoreError, TaskQuery};
 
@@ -102,7 +102,10 @@ impl Store for Recording {
         if let Some(tx) = &*self.begun.lock().unwrap() {
             let _ = tx.send(begun);
         }
-        if let Some((entered, release)) = self.gate.lock().unwrap().take() {
+        // Taken apart from the wait: a group beside must not block on the
+        // gate's lock while this one waits at it.
+        let gate = self.gate.lock().unwrap().take();
+        if let Some((entered, release)) = gate {
             entered.send(()).unwrap();
             release.recv().unwrap();
         }
@@ -565,6 +568,15 @@ fn held_in_first_lane(
     (store, writer, release, (tx, rx), begun)
 }
 
+/// Waits (yielding) until `cond` holds; fails naming `what` after 30 s.
+fn wait_until(cond: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "never saw {what}");
+        thread::yield_now();
+    }
+}
+
 /// The next `apply_when` begun, skipping those that got their turn.
 fn next_begun(begun: &Receiver<usize>) -> usize {
     begun.iter().find(|n| *n != 0).unwrap()
@@ -585,8 +597,13 @@ fn a_second_lane_writes_other_tasks_beside_the_first_and_commits_after_it() {
             (vec![tid(2)], 0),
             "while the first has not committed"
         );
+        // Blocked until the first commits: its turn has not come.
+        wait_until(
+            || writer.queue.flight.waits().1 >= 1,
+            "a group waiting for its turn",
+        );
         assert!(
-            begun.recv_timeout(Duration::from_millis(100)).is_err(),
+            begun.try_recv().is_err(),
             "the second group's turn came before the first committed"
         );
         release.send(()).unwrap();
@@ -624,13 +641,14 @@ fn a_group_that_overlaps_one_in_flight_waits_for_its_commit() {
     for second in overlapping {
         let (store, writer, release, (tx, rx), begun) = held_in_first_lane(true);
         writer.submit(second, report_to(&tx, 1)).unwrap();
-        // Taken from the queue: had the writer let it begin, it would
-        // have by now or soon after.
-        while !lock(&writer.queue.state).jobs.is_empty() {
-            thread::yield_now();
-        }
+        // Taken from the queue and held back: the leader waits for the
+        // group in flight to finish before giving it a ticket.
+        wait_until(
+            || writer.queue.flight.waits().0 >= 1,
+            "a group waiting for one it overlaps",
+        );
         assert!(
-            begun.recv_timeout(Duration::from_millis(100)).is_err(),
+            begun.try_recv().is_err(),
             "began beside a group it overlaps"
         );
         release.send(()).unwrap();
