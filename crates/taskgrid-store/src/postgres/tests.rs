@@ -647,3 +647,76 @@ fn a_version_5_schema_gets_one_index_on_state_and_queue() {
         .unwrap();
     assert_eq!(by_state.len(), 2);
 }
+
+/// The group-commit writer on PostgreSQL, with its two lanes, fail-stop as
+/// the runtime runs it: each task's submit, assignment and end come as
+/// three batches, from several threads at once (each waiting for a task's
+/// end before its next task, so that commits of different threads' tasks
+/// go beside each other); every batch commits and every task ends once,
+/// with one attempt. (Which groups may go beside which is tested on a
+/// recording store in `writer`.)
+#[test]
+fn a_writer_with_two_lanes_commits_each_tasks_batches_in_order() {
+    const THREADS: u128 = 4;
+    const TASKS: u128 = 50;
+    let schema = fresh_schema();
+    let store = std::sync::Arc::new(PostgresStore::open_in_schema(&url(), &schema).unwrap());
+    assert_eq!(store.lanes(), 2);
+    let writer = std::sync::Arc::new(crate::Writer::try_spawn_fail_stop(store.clone()).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (writer, tx) = (writer.clone(), tx.clone());
+            s.spawn(move || {
+                for i in 0..TASKS {
+                    let rec = task(1 + t * TASKS + i);
+                    let mut life = Life::of(&rec);
+                    let batches = [
+                        vec![submit(rec)],
+                        vec![life.assign("w", 10)],
+                        vec![life.to(
+                            State::Succeeded,
+                            11,
+                            Some(AttemptOutcome::Succeeded),
+                            |_| {},
+                        )],
+                    ];
+                    let (ended_tx, ended) = std::sync::mpsc::channel();
+                    for (k, batch) in batches.into_iter().enumerate() {
+                        let (tx, ended_tx) = (tx.clone(), ended_tx.clone());
+                        let done = move |r: Result<(), StoreError>| {
+                            tx.send(r).unwrap();
+                            if k == 2 {
+                                ended_tx.send(()).unwrap();
+                            }
+                        };
+                        writer.submit(batch, Some(Box::new(done))).unwrap();
+                    }
+                    ended.recv().unwrap();
+                }
+            });
+        }
+    });
+    writer.flush().unwrap();
+    drop(tx);
+    let results: Vec<Result<(), StoreError>> = rx.iter().collect();
+    assert_eq!(results.len(), (THREADS * TASKS * 3) as usize);
+    assert!(
+        results.iter().all(Result::is_ok),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    let counts = store.count_by_state().unwrap();
+    assert!(
+        counts.contains(&(State::Succeeded, (THREADS * TASKS) as u64)),
+        "{counts:?}"
+    );
+    for n in [1, TASKS, THREADS * TASKS] {
+        let attempts = store.attempts(tid(n)).unwrap();
+        assert_eq!(attempts.len(), 1, "task {n}: {attempts:?}");
+        assert_eq!(attempts[0].outcome, Some(AttemptOutcome::Succeeded));
+    }
+    drop(writer);
+    drop(store);
+    drop_schema(&schema);
+}

@@ -224,11 +224,22 @@ fn report_to(tx: &Sender<(usize, Result<(), StoreError>)>, tag: usize) -> Option
     Some(Box::new(move |r| tx.send((tag, r)).unwrap()))
 }
 
+/// Concurrent submitters: every batch commits, in submission order, with
+/// one lane and with two.
 #[test]
 fn concurrent_submitters_all_succeed_in_submission_order() {
+    for lanes in [1, 2] {
+        concurrent_submitters_in_order(lanes);
+    }
+}
+
+fn concurrent_submitters_in_order(lanes: usize) {
     const THREADS: usize = 8;
     const TASKS: usize = 150;
-    let store = Arc::new(Recording::default());
+    let store = Arc::new(Recording {
+        lanes,
+        ..Recording::default()
+    });
     let writer = Arc::new(Writer::spawn(store.clone()));
     // Submitting under this lock makes the order of `submitted` the
     // submission order.
