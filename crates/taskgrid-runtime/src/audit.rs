@@ -3,7 +3,7 @@
 //! reads it back. Retention deletes entries with the finished tasks
 //! (`upkeep`).
 
-use taskgrid_core::{AuditEntry, AuditRecord, Change};
+use taskgrid_core::{AuditEntry, AuditRecord, Change, Outbox, Timestamp};
 
 use crate::inner::Inner;
 use crate::{Error, TaskSystem};
@@ -33,11 +33,15 @@ impl TaskSystem {
 
 /// Commits `record` to `inner`'s audit log, stamped with the time of the
 /// command.
-pub(crate) async fn record_in(inner: &Inner, mut record: AuditRecord) -> Result<(), Error> {
+pub(crate) async fn record_in(inner: &Inner, record: AuditRecord) -> Result<(), Error> {
     inner
-        .committed_command(move |_, now, out| {
-            record.at = now;
-            out.changes.push(Change::Audit(Box::new(record)));
-        })
+        .committed_command(move |_, now, out| add(out, record, now))
         .await
+}
+
+/// Adds `record`, stamped `now` (the time of its command), to the changes
+/// `out` commits.
+pub(crate) fn add(out: &mut Outbox, mut record: AuditRecord, now: Timestamp) {
+    record.at = now;
+    out.changes.push(Change::Audit(Box::new(record)));
 }

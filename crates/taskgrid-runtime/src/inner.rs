@@ -27,12 +27,6 @@ pub(crate) use crate::sync::relock;
 use crate::{Error, Task, TaskResult};
 use taskgrid_sdk::Handler;
 
-/// Makes a submit's audit entry from what the submit did.
-pub(crate) type AuditOf = fn(&[(Submitted, State)]) -> AuditRecord;
-
-/// [`Inner::submit_detailed`] with no audit entry to commit.
-pub(crate) const NO_AUDIT: Option<AuditOf> = None;
-
 /// State shared by the system, its handles, contexts and loops.
 pub(crate) struct Inner {
     pub(crate) me: Weak<Inner>,
@@ -398,7 +392,7 @@ impl Inner {
     /// this returns their ids.
     pub(crate) async fn submit(&self, tasks: Vec<Task>) -> Result<Vec<TaskId>, Error> {
         Ok(self
-            .submit_detailed(tasks, NO_AUDIT)
+            .submit_detailed(tasks, |_| None)
             .await?
             .into_iter()
             .map(|(s, _)| s.id())
@@ -408,13 +402,13 @@ impl Inner {
     /// [`Inner::submit`], saying for each task whether it was created or an
     /// existing task with its unique key was returned, and the state the
     /// submit put it in (the same commit may already have offered it to a
-    /// worker). With `audit`, the call's audit entry (made from what the
-    /// submit did, stamped with the time of its command) is committed in
-    /// the submit's own commit.
+    /// worker). The call's audit entry, if `audit` makes one from what the
+    /// submit did, is committed in the submit's own commit, stamped with
+    /// the time of its command.
     pub(crate) async fn submit_detailed(
         &self,
         tasks: Vec<Task>,
-        audit: Option<impl FnOnce(&[(Submitted, State)]) -> AuditRecord + Send>,
+        audit: impl FnOnce(&[(Submitted, State)]) -> Option<AuditRecord> + Send,
     ) -> Result<Vec<(Submitted, State)>, Error> {
         self.check_open()?;
         let now = self.clock.now();
@@ -444,10 +438,8 @@ impl Inner {
                     (r, state)
                 })
                 .collect();
-            if let Some(audit) = audit {
-                let mut record = audit(&results);
-                record.at = self.clock.now();
-                out.changes.push(Change::Audit(Box::new(record)));
+            if let Some(record) = audit(&results) {
+                crate::audit::add(&mut out, record, now);
             }
             // Offer the new tasks now, in the same commit: one commit, not
             // two in a row, between a submit and the worker hearing of it.

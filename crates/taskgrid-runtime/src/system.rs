@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::driver::{drive, publish};
 use crate::event::TaskEvent;
 use crate::executor::Local;
-use crate::inner::{Inner, NO_AUDIT, relock};
+use crate::inner::{Inner, relock};
 use crate::report::Report;
 use crate::{Error, Task, TaskHandle};
 
@@ -106,7 +106,7 @@ impl TaskSystem {
     /// Submits a task and says whether it was created (`true`) or a live
     /// task with the same unique key was returned (`false`).
     pub async fn submit_unique(&self, task: Task) -> Result<(TaskHandle, bool), Error> {
-        let r = self.inner.submit_detailed(vec![task], NO_AUDIT).await?;
+        let r = self.inner.submit_detailed(vec![task], |_| None).await?;
         let (first, _) = *r.first().ok_or(Error::ShutDown)?;
         Ok((
             self.handle(first.id()),
@@ -121,7 +121,7 @@ impl TaskSystem {
         &self,
         tasks: Vec<Task>,
     ) -> Result<Vec<(Submitted, State)>, Error> {
-        self.inner.submit_detailed(tasks, NO_AUDIT).await
+        self.inner.submit_detailed(tasks, |_| None).await
     }
 
     /// [`TaskSystem::submit_detailed`] for a front end that records the
@@ -135,7 +135,9 @@ impl TaskSystem {
         tasks: Vec<Task>,
         audit: impl FnOnce(&[(Submitted, State)]) -> AuditRecord + Send,
     ) -> Result<Vec<(Submitted, State)>, Error> {
-        self.inner.submit_detailed(tasks, Some(audit)).await
+        self.inner
+            .submit_detailed(tasks, |done| Some(audit(done)))
+            .await
     }
 
     /// Submits tasks all or none, in one commit. Tasks may depend on
@@ -340,6 +342,9 @@ impl TaskSystem {
             _ = &mut grace => {}
         }
         let state = std::mem::replace(&mut *relock(&self.tasks), Lifecycle::Stopped);
+        // A failed flush (the writer stopped) still lets the rest shut
+        // down; its error is returned at the end.
+        let mut flushed = Ok(());
         if let Lifecycle::Started {
             driver,
             publisher,
@@ -368,19 +373,17 @@ impl TaskSystem {
                 let inner = inner.clone();
                 tokio::task::spawn_blocking(move || inner.flush())
             };
-            // A failed flush (the writer stopped) still lets the rest shut
-            // down; its error is returned at the end.
-            let flushed = writer_done.await.map_err(|_| Error::ShutDown);
+            flushed = match writer_done.await {
+                Ok(r) => r.map_err(Error::from),
+                Err(_) => Err(Error::ShutDown),
+            };
             // Closing the committed channel ends the publisher once drained.
             inner.publisher_close();
             let _ = publisher.await;
-            inner.writer.shutdown();
-            *done = true;
-            return flushed?.map_err(Error::from);
         }
         inner.writer.shutdown();
         *done = true;
-        Ok(())
+        flushed
     }
 }
 

@@ -164,41 +164,51 @@ async fn a_cancel_is_answered_and_shown_only_once_committed() {
     sys.shutdown().await.unwrap();
 }
 
-/// A submit's audit entry is committed with the submit, one commit
-/// before the answer instead of the submit's and then the entry's, and it
-/// is recorded once; a refused submit is recorded as before.
+/// A submit's audit entry is committed with the submit (one task or a
+/// batch), one commit before the answer instead of the submit's and then
+/// the entry's, and it is recorded once; so is a submit answered 200 (a
+/// live task with its unique key); a refused submit is recorded as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_and_its_audit_entry_are_one_commit() {
     let (store, sys, app) = gated_api();
-    store.close();
-    let mut submit = spawn_call(
-        &app,
-        Method::POST,
-        "/api/v1/tasks".into(),
-        Some(job("q", &[])),
-    );
-    store.arrived(|c| matches!(c, Change::Submitted(_))).await;
-    // Nothing has committed yet: an entry made after the submit's commit
-    // could not have reached the store.
-    let together = store.has_arrived(|c| {
-        matches!(
-            c,
-            Change::Audit(r) if r.action == "POST /api/v1/tasks" && r.status == 201
-        )
-    });
-    held(&mut submit, "the submit's answer").await;
-    store.open();
-    assert!(together, "the audit entry came after the submit's commit");
-    let (status, body) = finish(submit).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = call(
-        &app,
-        Method::POST,
-        "/api/v1/tasks/batch",
-        Some(json!({ "tasks": [job("q", &[]), job("q", &[])] })),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Each in a queue of its own, to know its submit's changes.
+    let submits = [
+        ("/api/v1/tasks", "one", job("one", &[])),
+        (
+            "/api/v1/tasks/batch",
+            "two",
+            json!({ "tasks": [job("two", &[]), job("two", &[])] }),
+        ),
+    ];
+    for (uri, queue, body) in submits {
+        store.close();
+        let mut submit = spawn_call(&app, Method::POST, uri.into(), Some(body));
+        store
+            .arrived(move |c| matches!(c, Change::Submitted(r) if &*r.spec.queue == queue))
+            .await;
+        // Nothing has committed yet: an entry made after the submit's
+        // commit could not have reached the store.
+        let together = store.has_arrived(|c| {
+            matches!(
+                c,
+                Change::Audit(r) if r.action == format!("POST {uri}") && r.status == 201
+            )
+        });
+        held(&mut submit, "the submit's answer").await;
+        store.open();
+        assert!(
+            together,
+            "{uri}: the audit entry came after the submit's commit"
+        );
+        let (status, body) = finish(submit).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let mut unique = job("q", &[]);
+    unique["unique_key"] = json!("once");
+    for expected in [StatusCode::CREATED, StatusCode::OK] {
+        let (status, body) = call(&app, Method::POST, "/api/v1/tasks", Some(unique.clone())).await;
+        assert_eq!(status, expected, "{body}");
+    }
     let (status, body) = call(
         &app,
         Method::POST,
@@ -206,9 +216,9 @@ async fn a_submit_and_its_audit_entry_are_one_commit() {
         Some(json!({ "kind": "handler" })),
     )
     .await;
-    assert!(status.is_client_error(), "{status} {body}");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let (_, log) = call(&app, Method::GET, "/api/v1/audit", None).await;
-    let entries: Vec<(String, u64, String)> = log
+    let entries: Vec<(String, u64, String, Option<String>)> = log
         .as_array()
         .unwrap()
         .iter()
@@ -217,22 +227,30 @@ async fn a_submit_and_its_audit_entry_are_one_commit() {
                 e["action"].as_str().unwrap().to_owned(),
                 e["status"].as_u64().unwrap(),
                 e["actor"].as_str().unwrap().to_owned(),
+                e["error"].as_str().map(str::to_owned),
             )
         })
         .collect();
-    let anonymous = |action: &str, status: StatusCode| {
+    let anonymous = |action: &str, status: StatusCode, error: Option<&str>| {
         (
             action.to_owned(),
             u64::from(status.as_u16()),
             "anonymous".to_owned(),
+            error.map(str::to_owned),
         )
     };
     assert_eq!(
         entries,
         [
-            anonymous("POST /api/v1/tasks", status),
-            anonymous("POST /api/v1/tasks/batch", StatusCode::CREATED),
-            anonymous("POST /api/v1/tasks", StatusCode::CREATED),
+            anonymous(
+                "POST /api/v1/tasks",
+                StatusCode::BAD_REQUEST,
+                Some("invalid_request")
+            ),
+            anonymous("POST /api/v1/tasks", StatusCode::OK, None),
+            anonymous("POST /api/v1/tasks", StatusCode::CREATED, None),
+            anonymous("POST /api/v1/tasks/batch", StatusCode::CREATED, None),
+            anonymous("POST /api/v1/tasks", StatusCode::CREATED, None),
         ]
     );
     sys.shutdown().await.unwrap();

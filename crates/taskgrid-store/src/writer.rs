@@ -301,10 +301,8 @@ fn run(store: &dyn Store, queue: &Queue, fail_stop: bool) {
         lanes::run(store, queue, fail_stop, lanes);
         return;
     }
-    let group = |changes: &[Change]| store.apply(changes);
     let path = Path {
         store,
-        group: &group,
         turn: &|| Ok(()),
         report_queued: true,
     };
@@ -319,19 +317,56 @@ fn run(store: &dyn Store, queue: &Queue, fail_stop: bool) {
     }
 }
 
-/// How a taken group reaches the store.
+/// How a taken group reaches the store: in one transaction
+/// ([`Store::apply_when`]) that commits in the group's turn.
 struct Path<'a> {
     store: &'a dyn Store,
-    /// Applies the whole group in one transaction (which, with several
-    /// lanes, commits only in its turn).
-    group: &'a dyn Fn(&[Change]) -> Result<(), StoreError>,
     /// Waits until every group taken before this one is finished (its
-    /// batches reported); fails if one of them stopped the writer.
+    /// batches reported); fails if one of them stopped the writer. With
+    /// one lane, every group's turn has come when it is taken.
     turn: &'a dyn Fn() -> Result<(), StoreError>,
     /// Whether a failed group reports the batches still queued as closed
     /// itself (with lanes, the writer thread does, once every group in
     /// flight has reported: they were submitted before).
     report_queued: bool,
+}
+
+/// A taken group, applied in one transaction in its turn.
+struct Applied {
+    /// Its changes, in order.
+    all: Vec<Change>,
+    /// Each batch's `done`, with where its changes end in `all`.
+    batches: Vec<(usize, Option<Done>)>,
+    result: Result<(), StoreError>,
+}
+
+/// Applies `jobs` (holding `total` changes) in one transaction, then waits
+/// for the group's turn; `None`, with every batch told
+/// [`StoreError::Closed`], if an earlier group stopped the writer (this
+/// one's transaction then rolled back).
+fn apply_in_turn(path: &Path<'_>, jobs: Vec<Job>, total: usize) -> Option<Applied> {
+    let mut all = Vec::with_capacity(total);
+    let mut batches = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        all.extend(job.changes);
+        batches.push((all.len(), job.done));
+    }
+    let result = if all.is_empty() {
+        Ok(())
+    } else {
+        path.store.apply_when(&all, path.turn)
+    };
+    if (path.turn)().is_err() {
+        for (_, done) in batches {
+            report(done, Err(StoreError::Closed));
+        }
+        return None;
+    }
+    Some(Applied {
+        all,
+        batches,
+        result,
+    })
 }
 
 /// Applies `jobs` in one transaction and reports to each: all succeed or
@@ -340,26 +375,17 @@ struct Path<'a> {
 /// them fails with [`StoreError::Closed`] unapplied, and this returns
 /// false.
 fn commit_or_stop(path: &Path<'_>, queue: &Queue, jobs: Vec<Job>, total: usize) -> bool {
-    let mut all = Vec::with_capacity(total);
-    let mut dones = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        all.extend(job.changes);
-        dones.push(job.done);
-    }
-    let result = if all.is_empty() {
-        Ok(())
-    } else {
-        (path.group)(&all)
-    };
-    if (path.turn)().is_err() {
-        // An earlier group failed and stopped the writer: this one was
-        // rolled back (its turn never came), and is refused like the
-        // batches queued after the failure.
-        for done in dones {
-            report(done, Err(StoreError::Closed));
-        }
+    // `None`: an earlier group failed and stopped the writer; this one is
+    // refused like the batches queued after the failure.
+    let Some(Applied {
+        all,
+        batches,
+        result,
+    }) = apply_in_turn(path, jobs, total)
+    else {
         return false;
-    }
+    };
+    let dones = batches.into_iter().map(|(_, done)| done);
     match result {
         Ok(()) => {
             for done in dones {
@@ -465,25 +491,16 @@ fn take(queue: &Queue) -> Option<(Vec<Job>, usize)> {
 /// Applies `jobs` (holding `total` changes) in one transaction and reports to
 /// each; if that fails, applies them one by one so a bad batch fails alone.
 fn commit(path: &Path<'_>, jobs: Vec<Job>, total: usize) {
-    let mut all = Vec::with_capacity(total);
-    let mut batches = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        all.extend(job.changes);
-        batches.push((all.len(), job.done));
-    }
-    let result = if all.is_empty() {
-        Ok(())
-    } else {
-        (path.group)(&all)
-    };
-    if (path.turn)().is_err() {
-        // Only a lane that panicked stops a writer without fail-stop:
-        // nothing after it may commit.
-        for (_, done) in batches {
-            report(done, Err(StoreError::Closed));
-        }
+    // `None`: only a lane that panicked stops a writer without fail-stop,
+    // and nothing after it may commit.
+    let Some(Applied {
+        all,
+        mut batches,
+        result,
+    }) = apply_in_turn(path, jobs, total)
+    else {
         return;
-    }
+    };
     match result {
         Ok(()) => {
             for (_, done) in batches {

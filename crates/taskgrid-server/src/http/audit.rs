@@ -70,13 +70,19 @@ impl AuditCall {
     /// is recorded as before, on its own.
     pub(crate) fn entry(&self, status: StatusCode) -> AuditRecord {
         let _ = self.recorded.set(status.as_u16());
+        self.record(self.actor, status, None)
+    }
+
+    /// The call's entry by `actor`, answered with `status` and `error`
+    /// (its time is set when it is committed).
+    fn record(&self, actor: &str, status: StatusCode, error: Option<String>) -> AuditRecord {
         AuditRecord {
             at: Timestamp::from_micros(0),
-            actor: self.actor.to_owned(),
+            actor: actor.to_owned(),
             remote: self.remote.clone(),
             action: self.action.clone(),
             status: status.as_u16(),
-            error: None,
+            error,
         }
     }
 }
@@ -89,18 +95,16 @@ pub(crate) async fn record(State(s): State<AppState>, mut req: Request, next: Ne
         return next.run(req).await;
     }
     // Nested under the API's prefix, which the router took off the path.
-    let action = format!("{} {}{}", req.method(), super::API_PREFIX, req.uri().path());
-    let remote = remote_of(&req).map(|a| a.to_string());
-    let recorded = Arc::new(OnceLock::new());
-    req.extensions_mut().insert(AuditCall {
+    let call = AuditCall {
         actor: authorized(&s),
-        remote: remote.clone(),
-        action: action.clone(),
-        recorded: recorded.clone(),
-    });
+        remote: remote_of(&req).map(|a| a.to_string()),
+        action: format!("{} {}{}", req.method(), super::API_PREFIX, req.uri().path()),
+        recorded: Arc::new(OnceLock::new()),
+    };
+    req.extensions_mut().insert(call.clone());
     let response = next.run(req).await;
     let status = response.status();
-    if recorded.get() == Some(&status.as_u16()) {
+    if call.recorded.get() == Some(&status.as_u16()) {
         return response;
     }
     let (response, error) = if status.is_success() {
@@ -113,15 +117,11 @@ pub(crate) async fn record(State(s): State<AppState>, mut req: Request, next: Ne
     } else {
         authorized(&s)
     };
-    let entry = AuditRecord {
-        at: Timestamp::from_micros(0),
-        actor: actor.to_owned(),
-        remote,
-        action,
-        status: status.as_u16(),
-        error,
-    };
-    if let Err(e) = s.system.record_audit(entry).await {
+    if let Err(e) = s
+        .system
+        .record_audit(call.record(actor, status, error))
+        .await
+    {
         // The call itself is done (and committed, if it changed anything):
         // answering an error now would invite a retry of what succeeded.
         tracing::error!(error = %e, "the audit log could not record a call");

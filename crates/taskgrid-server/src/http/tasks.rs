@@ -85,10 +85,12 @@ pub(crate) async fn submit_batch(
     }
     let one = req.tasks.len() == 1;
     let tasks = req.tasks.into_iter().map(to_task).collect();
-    // The call's audit entry in the submit's own commit.
+    // The call's audit entry, with the answer's status, in the submit's
+    // own commit.
+    let status = StatusCode::CREATED;
     let submitted = s
         .system
-        .submit_audited(tasks, move |_| call.entry(StatusCode::CREATED))
+        .submit_audited(tasks, move |_| call.entry(status))
         .await
         .map_err(|e| match e {
             // The engine names a task's place only in batches of more than one.
@@ -101,7 +103,7 @@ pub(crate) async fn submit_batch(
             e => e,
         })?;
     let ids = submitted.iter().map(|(r, _)| r.id()).collect();
-    Ok((StatusCode::CREATED, Json(BatchResponse { ids })))
+    Ok((status, Json(BatchResponse { ids })))
 }
 
 /// `GET /tasks/{id}`: the task and its attempts.

@@ -285,12 +285,17 @@ fn lead(queue: &Queue, flight: &Flight, lanes: usize) -> Option<Group> {
     };
     let mut groups = Vec::new();
     let mut refused = Vec::new();
-    for (jobs, total, touches) in split(jobs, free) {
+    for Part {
+        jobs,
+        changes,
+        touches,
+    } in split(jobs, free)
+    {
         match flight.start(touches) {
             Some(ticket) => groups.push(Group {
                 ticket,
                 jobs,
-                total,
+                total: changes,
             }),
             // Stopped: these were submitted after what failed, and are
             // reported closed once every group in flight has reported.
@@ -304,39 +309,57 @@ fn lead(queue: &Queue, flight: &Flight, lanes: usize) -> Option<Group> {
     mine
 }
 
+/// Batches taken together, as one group will hold them.
+struct Part {
+    jobs: Vec<Job>,
+    /// Their changes.
+    changes: usize,
+    touches: Touches,
+}
+
+impl Part {
+    fn of(job: Job, touches: Touches) -> Part {
+        Part {
+            changes: job.changes.len(),
+            jobs: vec![job],
+            touches,
+        }
+    }
+
+    /// Adds `other`'s batches after these.
+    fn absorb(&mut self, other: Part) {
+        self.jobs.extend(other.jobs);
+        self.changes += other.changes;
+        self.touches.merge(other.touches);
+    }
+}
+
 /// The batches taken at once, as up to `parts` groups of about equal
 /// size, in order, each with what it touches: one per free lane, so that
 /// a large take is written by several lanes at once. A batch that
 /// overlaps a group joins it, with every group after it (so no group
 /// waits for another of the same take).
-fn split(jobs: Vec<Job>, parts: usize) -> Vec<(Vec<Job>, usize, Touches)> {
+fn split(jobs: Vec<Job>, parts: usize) -> Vec<Part> {
     let total: usize = jobs.iter().map(|j| j.changes.len()).sum();
     let target = total.div_ceil(parts.max(1)).max(1);
-    let mut groups: Vec<(Vec<Job>, usize, Touches)> = Vec::new();
+    let mut groups: Vec<Part> = Vec::new();
     for job in jobs {
         let touches = Touches::of(&job.changes);
-        let n = job.changes.len();
-        if let Some(i) = groups.iter().position(|g| g.2.overlaps(&touches)) {
-            let tail: Vec<_> = groups.drain(i + 1..).collect();
-            let group = &mut groups[i];
-            for (jobs, n, touches) in tail {
-                group.0.extend(jobs);
-                group.1 += n;
-                group.2.merge(touches);
+        let part = Part::of(job, touches);
+        if let Some(i) = groups
+            .iter()
+            .position(|g| g.touches.overlaps(&part.touches))
+        {
+            for later in groups.split_off(i + 1) {
+                groups[i].absorb(later);
             }
-            group.0.push(job);
-            group.1 += n;
-            group.2.merge(touches);
+            groups[i].absorb(part);
             continue;
         }
         let full = groups.len() >= parts;
         match groups.last_mut() {
-            Some(last) if full || last.1 < target => {
-                last.0.push(job);
-                last.1 += n;
-                last.2.merge(touches);
-            }
-            _ => groups.push((vec![job], n, touches)),
+            Some(last) if full || last.changes < target => last.absorb(part),
+            _ => groups.push(part),
         }
     }
     groups
@@ -367,12 +390,9 @@ fn lane(store: &dyn Store, queue: &Queue, flight: &Flight, fail_stop: bool, lane
             ticket,
             stop: true,
         };
-        let turn = || flight.turn(ticket);
-        let group = |changes: &[Change]| store.apply_when(changes, &turn);
         let path = Path {
             store,
-            group: &group,
-            turn: &turn,
+            turn: &|| flight.turn(ticket),
             report_queued: false,
         };
         if fail_stop {
@@ -437,15 +457,19 @@ mod tests {
     fn split_ids(jobs: Vec<Job>, parts: usize) -> Vec<Vec<TaskId>> {
         split(jobs, parts)
             .into_iter()
-            .map(|(jobs, n, _)| {
-                let ids: Vec<TaskId> = jobs
-                    .iter()
-                    .flat_map(|j| &j.changes)
-                    .filter_map(Change::task_id)
-                    .collect();
-                assert_eq!(n, jobs.iter().map(|j| j.changes.len()).sum::<usize>());
-                ids
-            })
+            .map(
+                |Part {
+                     jobs, changes: n, ..
+                 }| {
+                    let ids: Vec<TaskId> = jobs
+                        .iter()
+                        .flat_map(|j| &j.changes)
+                        .filter_map(Change::task_id)
+                        .collect();
+                    assert_eq!(n, jobs.iter().map(|j| j.changes.len()).sum::<usize>());
+                    ids
+                },
+            )
             .collect()
     }
 

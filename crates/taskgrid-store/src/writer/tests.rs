@@ -38,13 +38,8 @@ struct Recording {
 
 impl Recording {
     fn gated() -> (Arc<Self>, Receiver<()>, Sender<()>) {
-        let (entered_tx, entered_rx) = mpsc::channel();
-        let (release_tx, release_rx) = mpsc::channel();
-        let store = Recording {
-            gate: Mutex::new(Some((entered_tx, release_rx))),
-            ..Recording::default()
-        };
-        (Arc::new(store), entered_rx, release_tx)
+        let (store, entered, release, _) = Self::gated_lanes(1);
+        (store, entered, release)
     }
 
     fn calls(&self) -> Vec<(Vec<TaskId>, bool)> {
@@ -67,13 +62,23 @@ impl Recording {
     }
 }
 
-impl Store for Recording {
-    fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
-        assert!(!self.explodes.load(Ordering::SeqCst), "the store exploded");
-        if let Some((entered, release)) = self.gate.lock().unwrap().take() {
+impl Recording {
+    /// The first call to come here says so and waits to be released.
+    fn wait_at_gate(&self) {
+        // Taken apart from the wait: a group beside must not block on the
+        // gate's lock while this one waits at it.
+        let gate = self.gate.lock().unwrap().take();
+        if let Some((entered, release)) = gate {
             entered.send(()).unwrap();
             release.recv().unwrap();
         }
+    }
+}
+
+impl Store for Recording {
+    fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        assert!(!self.explodes.load(Ordering::SeqCst), "the store exploded");
+        self.wait_at_gate();
         let result = self.inner.apply(changes);
         let ids = changes.iter().filter_map(Change::task_id).collect();
         self.calls.lock().unwrap().push((ids, result.is_ok()));
@@ -102,13 +107,7 @@ impl Store for Recording {
         if let Some(tx) = &*self.begun.lock().unwrap() {
             let _ = tx.send(begun);
         }
-        // Taken apart from the wait: a group beside must not block on the
-        // gate's lock while this one waits at it.
-        let gate = self.gate.lock().unwrap().take();
-        if let Some((entered, release)) = gate {
-            entered.send(()).unwrap();
-            release.recv().unwrap();
-        }
+        self.wait_at_gate();
         ready()?;
         if let Some(tx) = &*self.begun.lock().unwrap() {
             let _ = tx.send(0);
@@ -579,13 +578,28 @@ fn held_in_first_lane(
     (store, writer, release, (tx, rx), begun)
 }
 
-/// Waits (yielding) until `cond` holds; fails naming `what` after 30 s.
-fn wait_until(cond: impl Fn() -> bool, what: &str) {
+/// Waits (yielding) until the writer's lanes count a group held back by
+/// `count` of their waits (for an overlapping group, for its turn), then
+/// checks that no `apply_when` got further meanwhile; fails naming
+/// `what` after 30 s.
+fn assert_held(
+    writer: &Writer,
+    begun: &Receiver<usize>,
+    count: impl Fn((usize, usize)) -> usize,
+    what: &str,
+) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(std::time::Instant::now() < deadline, "never saw {what}");
+    while count(writer.queue.flight.waits()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw a group waiting {what}"
+        );
         thread::yield_now();
     }
+    assert!(
+        begun.try_recv().is_err(),
+        "a group went on while one waited {what}"
+    );
 }
 
 /// The next `apply_when` begun, skipping those that got their turn.
@@ -609,14 +623,7 @@ fn a_second_lane_writes_other_tasks_beside_the_first_and_commits_after_it() {
             "while the first has not committed"
         );
         // Blocked until the first commits: its turn has not come.
-        wait_until(
-            || writer.queue.flight.waits().1 >= 1,
-            "a group waiting for its turn",
-        );
-        assert!(
-            begun.try_recv().is_err(),
-            "the second group's turn came before the first committed"
-        );
+        assert_held(&writer, &begun, |(_, turn)| turn, "for its turn");
         release.send(()).unwrap();
         let tags: Vec<usize> = rx
             .iter()
@@ -654,13 +661,11 @@ fn a_group_that_overlaps_one_in_flight_waits_for_its_commit() {
         writer.submit(second, report_to(&tx, 1)).unwrap();
         // Taken from the queue and held back: the leader waits for the
         // group in flight to finish before giving it a ticket.
-        wait_until(
-            || writer.queue.flight.waits().0 >= 1,
-            "a group waiting for one it overlaps",
-        );
-        assert!(
-            begun.try_recv().is_err(),
-            "began beside a group it overlaps"
+        assert_held(
+            &writer,
+            &begun,
+            |(overlap, _)| overlap,
+            "for one it overlaps",
         );
         release.send(()).unwrap();
         assert_eq!(next_begun(&begun), 2);
