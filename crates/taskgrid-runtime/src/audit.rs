@@ -3,9 +3,9 @@
 //! reads it back. Retention deletes entries with the finished tasks
 //! (`upkeep`).
 
-use taskgrid_core::{AuditEntry, AuditRecord, Change, Outbox, Timestamp};
+use taskgrid_core::{AuditEntry, AuditRecord};
 
-use crate::inner::Inner;
+use crate::inner::{Inner, add_audit};
 use crate::{Error, TaskSystem};
 
 /// Most audit entries one read returns.
@@ -35,13 +35,6 @@ impl TaskSystem {
 /// command.
 pub(crate) async fn record_in(inner: &Inner, record: AuditRecord) -> Result<(), Error> {
     inner
-        .committed_command(move |_, now, out| add(out, record, now))
+        .committed_command(move |_, now, out| add_audit(out, record, now))
         .await
-}
-
-/// Adds `record`, stamped `now` (the time of its command), to the changes
-/// `out` commits.
-pub(crate) fn add(out: &mut Outbox, mut record: AuditRecord, now: Timestamp) {
-    record.at = now;
-    out.changes.push(Change::Audit(Box::new(record)));
 }

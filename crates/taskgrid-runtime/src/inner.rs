@@ -27,6 +27,13 @@ pub(crate) use crate::sync::relock;
 use crate::{Error, Task, TaskResult};
 use taskgrid_sdk::Handler;
 
+/// Adds the audit entry `record`, stamped `now` (the time of its
+/// command), to the changes `out` commits.
+pub(crate) fn add_audit(out: &mut Outbox, mut record: AuditRecord, now: taskgrid_core::Timestamp) {
+    record.at = now;
+    out.changes.push(Change::Audit(Box::new(record)));
+}
+
 /// State shared by the system, its handles, contexts and loops.
 pub(crate) struct Inner {
     pub(crate) me: Weak<Inner>,
@@ -439,7 +446,7 @@ impl Inner {
                 })
                 .collect();
             if let Some(record) = audit(&results) {
-                crate::audit::add(&mut out, record, now);
+                add_audit(&mut out, record, now);
             }
             // Offer the new tasks now, in the same commit: one commit, not
             // two in a row, between a submit and the worker hearing of it.
