@@ -80,6 +80,46 @@ use taskgrid_core::{
     TaskRecord, TaskStatus, Timestamp, WorkerId,
 };
 
+/// When a group commit may commit ([`Store::apply_when`]): in the order
+/// its group was taken, after every earlier group in flight.
+///
+/// A closure is a turn that is never known to have come before it is
+/// waited for.
+pub trait Turn {
+    /// Blocks until every earlier group in flight has committed (or
+    /// failed and been reported); [`StoreError::Closed`] if one of them
+    /// stopped the writer.
+    fn wait(&self) -> Result<(), StoreError>;
+
+    /// Whether the turn has come already (every earlier group finished
+    /// and none stopped the writer), so that [`wait`](Turn::wait) would
+    /// return `Ok` at once. Once true it stays true until this commit
+    /// ends.
+    fn now(&self) -> bool {
+        false
+    }
+}
+
+impl<F: Fn() -> Result<(), StoreError>> Turn for F {
+    fn wait(&self) -> Result<(), StoreError> {
+        self()
+    }
+}
+
+/// The turn of a commit that waits for none: it has always come.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Now;
+
+impl Turn for Now {
+    fn wait(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn now(&self) -> bool {
+        true
+    }
+}
+
 /// The durable record of tasks. Every method takes `&self`; implementations
 /// synchronise internally, so one store is shared between the [`Writer`]
 /// thread and any number of readers.
@@ -126,19 +166,18 @@ pub trait Store: Send + Sync + 'static {
         1
     }
 
-    /// Like [`apply`](Store::apply), but calls `ready` once the changes
-    /// are written and checked, just before they are committed, and
-    /// commits only if it returns `Ok`; otherwise nothing is applied and
-    /// its error is returned. The [`Writer`] runs several at once (on
-    /// disjoint tasks, up to [`lanes`](Store::lanes)) and blocks in
-    /// `ready` until every earlier one has committed. The default calls
-    /// `ready` first, then [`apply`](Store::apply).
-    fn apply_when(
-        &self,
-        changes: &[Change],
-        ready: &dyn Fn() -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        ready()?;
+    /// Like [`apply`](Store::apply), but commits only in `turn`: once the
+    /// changes are written and checked it calls [`Turn::wait`] just before
+    /// committing, and commits only if it returns `Ok`; otherwise nothing
+    /// is applied and its error is returned. Where [`Turn::now`] says the
+    /// turn has come already, a store may commit without asking again
+    /// (PostgreSQL then sends its `COMMIT` with the statements). The
+    /// [`Writer`] runs several at once (on disjoint tasks, up to
+    /// [`lanes`](Store::lanes)) and blocks in `wait` until every earlier
+    /// one has committed. The default waits first, then
+    /// [`apply`](Store::apply)s.
+    fn apply_when(&self, changes: &[Change], turn: &dyn Turn) -> Result<(), StoreError> {
+        turn.wait()?;
         self.apply(changes)
     }
 

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use taskgrid_core::Change;
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, Turn};
 
 /// Called with the result of a submitted batch once it is committed (or
 /// failed).
@@ -303,7 +303,7 @@ fn run(store: &dyn Store, queue: &Queue, fail_stop: bool) {
     }
     let path = Path {
         store,
-        turn: &|| Ok(()),
+        turn: &crate::Now,
         report_queued: true,
     };
     while let Some((jobs, total)) = take(queue) {
@@ -324,7 +324,7 @@ struct Path<'a> {
     /// Waits until every group taken before this one is finished (its
     /// batches reported); fails if one of them stopped the writer. With
     /// one lane, every group's turn has come when it is taken.
-    turn: &'a dyn Fn() -> Result<(), StoreError>,
+    turn: &'a dyn Turn,
     /// Whether a failed group reports the batches still queued as closed
     /// itself (with lanes, the writer thread does, once every group in
     /// flight has reported: they were submitted before).
@@ -356,7 +356,7 @@ fn apply_in_turn(path: &Path<'_>, jobs: Vec<Job>, total: usize) -> Option<Applie
     } else {
         path.store.apply_when(&all, path.turn)
     };
-    if (path.turn)().is_err() {
+    if path.turn.wait().is_err() {
         for (_, done) in batches {
             report(done, Err(StoreError::Closed));
         }

@@ -17,8 +17,12 @@
 //! task the batch submits, into its insert; a chain whose links do not
 //! follow is a conflict, as it is on SQLite.
 //!
-//! The statements go out in one flight (`pipeline`), their answers are
-//! checked in order, and the transaction commits only if all check out.
+//! The statements go out in one flight (`pipeline`). When the batch's
+//! turn has come already, its `COMMIT` goes with them and the rows each
+//! statement must touch are counted in the server (a miscount aborts the
+//! transaction); should one miss, the batch is run again in two flights
+//! to say which task and why. Otherwise the answers are checked in order
+//! and the transaction commits, in its turn, only if all check out.
 //!
 //! Schedule changes are rare (a few per fire, not per task): they are kept
 //! in batch order and written one statement each, in that order, after
@@ -30,23 +34,24 @@ use postgres::Row;
 use postgres::types::ToSql;
 use taskgrid_core::{Change, FireRecord, ScheduleRecord, State, TaskId, TaskRecord, TaskStatus};
 
-use crate::StoreError;
 use crate::attempt::{AttemptOp, attempt_ops, duplicate_attempt};
 use crate::schedule::{duplicate_fire, to_json};
+use crate::{StoreError, Turn};
 
 use super::lease::{Lease, is_fenced};
-use super::pipeline::{Op, WriteConn};
+use super::pipeline::{Op, WriteConn, is_miscounted};
 use super::{json, micros};
 
 /// Applies `changes` in one transaction on `conn`, fenced by `lease`:
-/// `BEGIN`, the fence and every statement in one flight, then `COMMIT`
-/// once every answer checks out and `ready` says it is this batch's turn,
-/// or `ROLLBACK`.
+/// `BEGIN`, the fence, every statement and `COMMIT` in one flight if it
+/// is this batch's `turn` already; else all but the `COMMIT`, which
+/// follows once every answer checks out and the turn has come, or
+/// `ROLLBACK`.
 pub(super) fn apply(
     conn: &mut WriteConn,
     lease: Option<&Lease>,
     changes: &[Change],
-    ready: &dyn Fn() -> Result<(), StoreError>,
+    turn: &dyn Turn,
 ) -> Result<(), StoreError> {
     let fence = lease.map(Lease::fence_op).transpose()?;
     let b = Groups::of(changes)?;
@@ -69,8 +74,24 @@ pub(super) fn apply(
         checks.push(Check::Fence);
     }
     b.ops(&mut ops, &mut checks, deleted_tags)?;
+    let counted: Option<Vec<bool>> = checks.iter().map(Check::counted).collect();
+    if let Some(counted) = counted
+        && b.broken.is_none()
+        && turn.now()
+    {
+        match conn.run_and_commit(&ops, &counted)?.failed()? {
+            None => return Ok(()),
+            Some((i, e)) if matches!(checks[i], Check::Fence) && is_fenced(&e) => {
+                return Err(lease.map_or(StoreError::Fenced { term: 0 }, Lease::lose));
+            }
+            // Rolled back: the two flights below find what was wrong and
+            // say it as they always do.
+            Some((i, e)) if counted[i] && is_miscounted(&e) => {}
+            Some((_, e)) => return Err(e.into()),
+        }
+    }
     let answers = conn.run(&ops)?;
-    match verify(&b, &checks, answers, lease).and_then(|()| Ok(ready()?)) {
+    match verify(&b, &checks, answers, lease).and_then(|()| Ok(turn.wait()?)) {
         Ok(()) => conn.commit(),
         Err(failed) => {
             let rolled_back = conn.rollback();
@@ -133,6 +154,20 @@ enum Check {
     Found(Vec<TaskId>),
     /// One row: the fire was recorded; none: it was a duplicate.
     Fire(usize),
+}
+
+impl Check {
+    /// Whether the statement is sent [counted](Op::counted) when the
+    /// batch commits in one flight: those whose rows must each be
+    /// touched, one per element of their first array. `None` for a check
+    /// the server cannot make (the batch then takes two flights).
+    fn counted(&self) -> Option<bool> {
+        match self {
+            Check::Any | Check::Fence => Some(false),
+            Check::Inserts | Check::Cas | Check::Assigns | Check::Found(_) => Some(true),
+            Check::Fire(_) => None,
+        }
+    }
 }
 
 /// Why a batch does not commit.

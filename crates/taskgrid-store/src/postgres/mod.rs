@@ -4,7 +4,8 @@
 //! Two connections write (`apply`, normally called only by the
 //! [`Writer`](crate::Writer)'s lanes, each lent one), one reads; with
 //! PostgreSQL's MVCC a read never waits for a group commit. Each `apply` is one transaction,
-//! its statements pipelined (`pipeline`): two round trips a commit;
+//! its statements pipelined (`pipeline`): one round trip a commit when its
+//! turn has come already, else two (the `COMMIT` waits for the turn);
 //! status changes are compare-and-set (`UPDATE … WHERE state = $from`), as
 //! on SQLite. Commits are durable as the server is configured
 //! (`synchronous_commit=on` by default: a commit survives a crash of the
@@ -37,7 +38,7 @@ use taskgrid_core::{
 
 use crate::attempt::{parse_outcome, usage_of};
 use crate::schedule;
-use crate::{Store, StoreError, TaskQuery, counts_in_order, state_index};
+use crate::{Store, StoreError, TaskQuery, Turn, counts_in_order, state_index};
 
 /// An error from PostgreSQL, as a [`StoreError::Backend`] whose message says
 /// where it came from.
@@ -354,6 +355,19 @@ impl PostgresStore {
         self.conns.as_ref().ok_or(StoreError::Closed)
     }
 
+    /// The round trips the write connections not lent out have made.
+    #[cfg(test)]
+    fn flights(&self) -> usize {
+        self.conns().map_or(0, |c| {
+            let free = c
+                .writers
+                .free
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            free.iter().map(|w| w.flights).sum()
+        })
+    }
+
     /// A write connection no one is using (waiting for one if need be).
     fn write_conn(&self) -> Result<Lent<'_>, StoreError> {
         let writers = &self.conns()?.writers;
@@ -522,27 +536,18 @@ impl Store for PostgresStore {
         if changes.is_empty() {
             return Ok(());
         }
-        self.apply_when(changes, &|| Ok(()))
+        self.apply_when(changes, &crate::Now)
     }
 
     fn lanes(&self) -> usize {
         self.conns.as_ref().map_or(1, |c| c.writers.count)
     }
 
-    fn apply_when(
-        &self,
-        changes: &[Change],
-        ready: &dyn Fn() -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn apply_when(&self, changes: &[Change], turn: &dyn Turn) -> Result<(), StoreError> {
         if changes.is_empty() {
-            return ready();
+            return turn.wait();
         }
-        bulk::apply(
-            &mut *self.write_conn()?,
-            self.lease.as_ref(),
-            changes,
-            ready,
-        )
+        bulk::apply(&mut *self.write_conn()?, self.lease.as_ref(), changes, turn)
     }
 
     fn finished_before(

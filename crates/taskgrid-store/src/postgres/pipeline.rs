@@ -1,14 +1,21 @@
-//! The write connection, pipelined: a commit is two round trips, not one
-//! or two per statement.
+//! The write connection, pipelined: a commit is one round trip, or two,
+//! never one or two per statement.
 //!
 //! The statements of a batch (`BEGIN`, the lease's fence, one bulk
 //! statement per kind of change) are prepared once per connection and
-//! sent together; PostgreSQL runs them in order and answers each. The
-//! caller checks the answers in that order (rows touched against rows
-//! meant), then sends `COMMIT`, or `ROLLBACK` at the first answer that
-//! is wrong. A statement that fails in the server aborts the
-//! transaction, so every statement after it fails too, and the batch is
-//! rolled back whole, as one by one.
+//! sent together; PostgreSQL runs them in order and answers each. A
+//! statement that fails in the server aborts the transaction, so every
+//! statement after it fails too, and the batch is rolled back whole, as
+//! one by one.
+//!
+//! In one round trip ([`WriteConn::run_and_commit`]) the `COMMIT` goes
+//! with them, so every check must fail in the server: each statement
+//! whose rows must be counted is sent in a form that fails unless it
+//! touched one row per element of its first array ([`Op::counted`]). In
+//! two ([`WriteConn::run`]), the caller checks the answers in order (rows
+//! touched against rows meant), then sends `COMMIT`, or `ROLLBACK` at the
+//! first answer that is wrong: for a commit that must wait for its turn
+//! first, and to say which task a counted statement missed.
 //!
 //! This is `tokio-postgres` on a single-threaded runtime of its own: the
 //! caller (the group-commit writer's thread) blocks on each flight, as it
@@ -41,6 +48,21 @@ impl<'a> Op<'a> {
         Op { sql, params }
     }
 
+    /// This statement in the form that fails in the server unless it
+    /// touched (`RETURNING`) one row for each element of its first
+    /// parameter, an array: with an `invalid_text_representation` error
+    /// ([`is_miscounted`]) whose message says how many of how many. A
+    /// failed statement aborts its transaction, so a `COMMIT` sent in
+    /// the same flight rolls it back.
+    fn counted(&self) -> String {
+        format!(
+            "WITH touched AS ({}) SELECT CASE WHEN count(*) = cardinality($1) THEN 0 \
+             ELSE ('taskgrid: touched ' || count(*) || ' rows of ' || cardinality($1))::int END \
+             FROM touched",
+            self.sql
+        )
+    }
+
     /// The values it binds, as the client takes them.
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         self.params
@@ -50,15 +72,51 @@ impl<'a> Op<'a> {
     }
 }
 
+/// Whether `e` is a counted statement's failure ([`Op::counted`]): it
+/// touched fewer or more rows than it was given.
+pub(super) fn is_miscounted(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::INVALID_TEXT_REPRESENTATION)
+}
+
+/// What one flight of [`WriteConn::run_and_commit`] answered.
+pub(super) struct Flown {
+    /// Each statement's answer, in order. If one is an error, the
+    /// transaction was rolled back.
+    pub(super) answers: Vec<Result<Vec<Row>, postgres::Error>>,
+    /// The `COMMIT`'s answer: `Ok` also when an error before it had
+    /// aborted the transaction (then it rolled back).
+    pub(super) commit: Result<(), postgres::Error>,
+}
+
+impl Flown {
+    /// The first statement that failed, and why: `None` if the
+    /// transaction committed.
+    pub(super) fn failed(self) -> Result<Option<(usize, postgres::Error)>, StoreError> {
+        if let Some((i, e)) = self
+            .answers
+            .into_iter()
+            .enumerate()
+            .find_map(|(i, a)| a.err().map(|e| (i, e)))
+        {
+            return Ok(Some((i, e)));
+        }
+        self.commit?;
+        Ok(None)
+    }
+}
+
 /// The connection `apply` writes on.
 pub(super) struct WriteConn {
     rt: tokio::runtime::Runtime,
     client: Client,
     /// Statements prepared on this connection, by their text.
-    prepared: HashMap<&'static str, Statement>,
+    prepared: HashMap<String, Statement>,
     /// A transaction was begun and not ended (a panic between the two
     /// flights): it is rolled back before the next one begins.
     open: bool,
+    /// Round trips made (for tests: how many a commit takes).
+    #[cfg(test)]
+    pub(super) flights: usize,
 }
 
 impl WriteConn {
@@ -112,6 +170,8 @@ impl WriteConn {
             client,
             prepared: HashMap::new(),
             open: false,
+            #[cfg(test)]
+            flights: 0,
         })
     }
 
@@ -124,6 +184,7 @@ impl WriteConn {
     ) -> Result<Vec<Row>, StoreError> {
         self.end_open()?;
         let statement = self.prepared(&[sql])?.remove(0);
+        self.flown();
         Ok(self.rt.block_on(self.client.query(&statement, params))?)
     }
 
@@ -135,35 +196,90 @@ impl WriteConn {
         &mut self,
         ops: &[Op<'_>],
     ) -> Result<Vec<Result<Vec<Row>, postgres::Error>>, StoreError> {
+        let sqls: Vec<&str> = ops.iter().map(|op| op.sql).collect();
+        match self.flight(&sqls, ops, false) {
+            Ok(flown) => Ok(flown.answers),
+            Err(e) => {
+                let _ = self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Begins a transaction, runs `ops` in it and commits it, in one
+    /// flight; each op whose `counted` flag is set is sent in its
+    /// [counted](Op::counted) form, so that touching a row too few or
+    /// too many aborts the transaction in the server. It committed if
+    /// [`Flown::failed`] finds no failure.
+    pub(super) fn run_and_commit(
+        &mut self,
+        ops: &[Op<'_>],
+        counted: &[bool],
+    ) -> Result<Flown, StoreError> {
+        let texts: Vec<String> = ops
+            .iter()
+            .zip(counted)
+            .map(|(op, counted)| {
+                if *counted {
+                    op.counted()
+                } else {
+                    op.sql.to_owned()
+                }
+            })
+            .collect();
+        let sqls: Vec<&str> = texts.iter().map(String::as_str).collect();
+        self.flight(&sqls, ops, true)
+    }
+
+    /// `BEGIN`, then `sqls` with the values of `ops`, then, with
+    /// `commit`, `COMMIT` (without, the transaction stays open): one
+    /// flight. A failed `BEGIN` is an error.
+    fn flight(&mut self, sqls: &[&str], ops: &[Op<'_>], commit: bool) -> Result<Flown, StoreError> {
         self.end_open()?;
-        let sqls: Vec<&'static str> = ops.iter().map(|op| op.sql).collect();
-        let statements = self.prepared(&sqls)?;
+        let statements = self.prepared(sqls)?;
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = ops.iter().map(Op::params).collect();
-        self.open = true;
+        // Left open without the `COMMIT`, until the caller ends it.
+        self.open = !commit;
+        self.flown();
         let client = &self.client;
-        let (begun, answers) = self.rt.block_on(async {
+        let ((begun, answers), commit) = self.rt.block_on(async {
             // Polled in order on the first poll: each request is written
             // before any answer is awaited.
             join(
-                client.batch_execute("BEGIN"),
-                join_all(
-                    statements
-                        .iter()
-                        .zip(&params)
-                        .map(|(s, p)| client.query(s, p.as_slice())),
+                join(
+                    client.batch_execute("BEGIN"),
+                    join_all(
+                        statements
+                            .iter()
+                            .zip(&params)
+                            .map(|(s, p)| client.query(s, p.as_slice())),
+                    ),
                 ),
+                async {
+                    if commit {
+                        client.batch_execute("COMMIT").await
+                    } else {
+                        Ok(())
+                    }
+                },
             )
             .await
         });
-        if let Err(e) = begun {
-            let _ = self.rollback();
-            return Err(e.into());
+        begun?;
+        Ok(Flown { answers, commit })
+    }
+
+    /// Counts a round trip (tests ask how many a commit took).
+    fn flown(&mut self) {
+        #[cfg(test)]
+        {
+            self.flights += 1;
         }
-        Ok(answers)
     }
 
     /// Commits the open transaction.
     pub(super) fn commit(&mut self) -> Result<(), StoreError> {
+        self.flown();
         let done = self.rt.block_on(self.client.batch_execute("COMMIT"));
         self.open = false;
         Ok(done?)
@@ -171,6 +287,7 @@ impl WriteConn {
 
     /// Rolls the open transaction back.
     pub(super) fn rollback(&mut self) -> Result<(), StoreError> {
+        self.flown();
         let done = self.rt.block_on(self.client.batch_execute("ROLLBACK"));
         self.open = false;
         Ok(done?)
@@ -201,27 +318,28 @@ impl WriteConn {
 
     /// The statements `sqls`, in order, preparing those not prepared
     /// yet on this connection in one flight.
-    fn prepared(&mut self, sqls: &[&'static str]) -> Result<Vec<Statement>, StoreError> {
-        let mut missing: Vec<&'static str> = sqls
+    fn prepared(&mut self, sqls: &[&str]) -> Result<Vec<Statement>, StoreError> {
+        let mut missing: Vec<&str> = sqls
             .iter()
             .copied()
-            .filter(|sql| !self.prepared.contains_key(sql))
+            .filter(|sql| !self.prepared.contains_key(*sql))
             .collect();
         if !missing.is_empty() {
             missing.sort_unstable();
             missing.dedup();
+            self.flown();
             let client = &self.client;
             let done = self
                 .rt
                 .block_on(join_all(missing.iter().map(|sql| client.prepare(sql))));
             for (sql, statement) in missing.into_iter().zip(done) {
-                self.prepared.insert(sql, statement?);
+                self.prepared.insert(sql.to_owned(), statement?);
             }
         }
         sqls.iter()
             .map(|sql| {
                 self.prepared
-                    .get(sql)
+                    .get(*sql)
                     .cloned()
                     .ok_or_else(|| StoreError::Invalid(format!("statement not prepared: {sql}")))
             })

@@ -565,6 +565,84 @@ fn a_fenced_batch_runs_nothing_after_the_fence() {
     drop_schema(&schema);
 }
 
+/// A commit whose turn has come is one round trip: `BEGIN`, the fence,
+/// the statements and `COMMIT` together. One that must wait for its turn
+/// is two, the `COMMIT` following once the turn came. A row a statement
+/// of the single flight misses aborts it in the server: nothing of the
+/// batch is written, and the error names the task as ever.
+#[test]
+fn a_commit_in_its_turn_is_one_round_trip_and_a_miss_rolls_it_back() {
+    let pg = TempPg::new();
+    let flights = |batch: &[Change], turn: &dyn crate::Turn| {
+        let before = pg.flights();
+        let result = pg.apply_when(batch, turn);
+        (result, pg.flights() - before)
+    };
+    // Every statement prepared once, as after a coordinator's first
+    // batches (preparing is a round trip of its own).
+    let (mut first, mut sixth) = (Life::of(&task(1)), Life::of(&task(6)));
+    let warm = [
+        submit(task(1)),
+        first.assign("w", 5),
+        submit(task(6)),
+        sixth.assign("w", 5),
+    ];
+    flights(&warm, &crate::Now).0.unwrap();
+    let warm = [
+        first.to(State::Running, 6, None, |_| {}),
+        sixth.to(State::Running, 6, None, |_| {}),
+        sixth.to(State::Succeeded, 6, Some(AttemptOutcome::Succeeded), |_| {}),
+    ];
+    flights(&warm, &crate::Now).0.unwrap();
+    let mut ninth = Life::of(&task(9));
+    flights(&[submit(task(9)), ninth.assign("w", 5)], &|| Ok(()))
+        .0
+        .unwrap();
+
+    let mut second = Life::of(&task(2));
+    let batch = [
+        submit(task(2)),
+        second.assign("w", 7),
+        first.to(State::Succeeded, 8, Some(AttemptOutcome::Succeeded), |_| {}),
+    ];
+    let (result, n) = flights(&batch, &crate::Now);
+    result.unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(pg.get(tid(1)).unwrap().unwrap().status, first.status);
+    assert_eq!(pg.get(tid(2)).unwrap().unwrap().status, second.status);
+    // Waited for: the statements, then the `COMMIT` (the turn a closure
+    // gives is never known to have come).
+    let mut third = Life::of(&task(3));
+    let (result, n) = flights(&[submit(task(3)), third.assign("w", 9)], &|| Ok(()));
+    result.unwrap();
+    assert_eq!(n, 2);
+
+    // A new task, and task 1's end again (from `running`, which it
+    // left): the compare-and-set misses it. One flight, rolled back; then two that
+    // find which task (and a read that it exists), rolled back too.
+    // (Twice: the first prepares what the second finds prepared.)
+    let stale = [submit(task(4)), batch[2].clone()];
+    let mut n = 0;
+    for _ in 0..2 {
+        let result;
+        (result, n) = flights(&stale, &crate::Now);
+        assert!(
+            matches!(result, Err(StoreError::Conflict { id, expected: State::Running }) if id == tid(1)),
+            "{result:?}"
+        );
+    }
+    assert_eq!(n, 1 + 2 + 1);
+    assert!(pg.get(tid(4)).unwrap().is_none(), "rolled back");
+    assert_eq!(pg.get(tid(1)).unwrap().unwrap().status, first.status);
+    // And a duplicate insert, caught by the insert's count.
+    let (result, _) = flights(&[submit(task(5)), submit(task(2))], &crate::Now);
+    assert!(
+        matches!(result, Err(StoreError::Duplicate(id)) if id == tid(2)),
+        "{result:?}"
+    );
+    assert!(pg.get(tid(5)).unwrap().is_none(), "rolled back");
+}
+
 /// Two write connections: a batch commits on the second while the first
 /// has written its own and waits for its turn, and a batch whose turn is
 /// refused is rolled back whole.

@@ -36,7 +36,7 @@ use super::{
     Job, Path, Queue, close, commit, commit_or_stop, lock, mark_writer_thread, refuse, report,
     requeue, take,
 };
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, Turn};
 
 /// What a group touches.
 #[derive(Debug, PartialEq)]
@@ -210,6 +210,14 @@ impl Flight {
         }
     }
 
+    /// Whether it is `ticket`'s turn already, with no earlier group
+    /// having stopped the writer: [`turn`](Self::turn) would return `Ok`
+    /// at once.
+    fn is_turn(&self, ticket: u64) -> bool {
+        let st = lock(&self.state);
+        st.turn >= ticket && !matches!(st.stopped_at, Some(at) if at < ticket)
+    }
+
     /// How many times a group waited for one it overlaps, and for its
     /// turn.
     #[cfg(test)]
@@ -236,6 +244,22 @@ impl Flight {
         }
         drop(st);
         self.changed.notify_all();
+    }
+}
+
+/// A lane's group's turn: its ticket's.
+struct LaneTurn<'a> {
+    flight: &'a Flight,
+    ticket: u64,
+}
+
+impl Turn for LaneTurn<'_> {
+    fn wait(&self) -> Result<(), StoreError> {
+        self.flight.turn(self.ticket)
+    }
+
+    fn now(&self) -> bool {
+        self.flight.is_turn(self.ticket)
     }
 }
 
@@ -392,7 +416,7 @@ fn lane(store: &dyn Store, queue: &Queue, flight: &Flight, fail_stop: bool, lane
         };
         let path = Path {
             store,
-            turn: &|| flight.turn(ticket),
+            turn: &LaneTurn { flight, ticket },
             report_queued: false,
         };
         if fail_stop {

@@ -11,7 +11,7 @@ use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecor
 
 use super::{Done, Writer};
 use crate::conformance::{Life, TempSqlite, submit, task, tid};
-use crate::{MemoryStore, Store, StoreError, TaskQuery};
+use crate::{MemoryStore, Store, StoreError, TaskQuery, Turn};
 
 /// A [`MemoryStore`] that records every `apply` call (the ids it touched and
 /// whether it succeeded) and can hold the first call until released.
@@ -89,11 +89,7 @@ impl Store for Recording {
     }
     /// Records the call, waits at the gate if it is the first, then for
     /// its turn, then applies.
-    fn apply_when(
-        &self,
-        changes: &[Change],
-        ready: &dyn Fn() -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn apply_when(&self, changes: &[Change], turn: &dyn Turn) -> Result<(), StoreError> {
         let ids: Vec<TaskId> = changes.iter().filter_map(Change::task_id).collect();
         if let Some(id) = self.explodes_on {
             assert!(!ids.contains(&id), "the store exploded");
@@ -108,7 +104,7 @@ impl Store for Recording {
             let _ = tx.send(begun);
         }
         self.wait_at_gate();
-        ready()?;
+        turn.wait()?;
         if let Some(tx) = &*self.begun.lock().unwrap() {
             let _ = tx.send(0);
         }
