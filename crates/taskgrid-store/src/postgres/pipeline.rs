@@ -21,6 +21,7 @@
 //! caller (the group-commit writer's thread) blocks on each flight, as it
 //! did on the blocking client, and the connection is driven only then.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
 use futures_util::future::{join, join_all};
@@ -81,7 +82,9 @@ pub(super) fn is_miscounted(e: &postgres::Error) -> bool {
 /// What one flight of [`WriteConn::run_and_commit`] answered.
 pub(super) struct Flown {
     /// Each statement's answer, in order. If one is an error, the
-    /// transaction was rolled back.
+    /// transaction was rolled back: aborted in the server, or, for a
+    /// statement the client could not send, ended with `ROLLBACK`
+    /// instead of `COMMIT`.
     pub(super) answers: Vec<Result<Vec<Row>, postgres::Error>>,
     /// The `COMMIT`'s answer: `Ok` also when an error before it had
     /// aborted the transaction (then it rolled back).
@@ -111,8 +114,8 @@ pub(super) struct WriteConn {
     client: Client,
     /// Statements prepared on this connection, by their text.
     prepared: HashMap<String, Statement>,
-    /// A transaction was begun and not ended (a panic between the two
-    /// flights): it is rolled back before the next one begins.
+    /// A transaction was begun and not ended (a panic in a flight or
+    /// between the two): it is rolled back before the next one begins.
     open: bool,
     /// Round trips made (for tests: how many a commit takes).
     #[cfg(test)]
@@ -238,35 +241,51 @@ impl WriteConn {
         self.end_open()?;
         let statements = self.prepared(sqls)?;
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = ops.iter().map(Op::params).collect();
-        // Left open without the `COMMIT`, until the caller ends it.
-        self.open = !commit;
+        // Open until the flight is back (a panic in it leaves the
+        // transaction to be rolled back before the next one), and after
+        // it without the `COMMIT`, until the caller ends it.
+        self.open = true;
         self.flown();
         let client = &self.client;
-        let ((begun, answers), commit) = self.rt.block_on(async {
+        // A statement the client could not send (its values failed to
+        // encode) fails at its first poll without the server knowing:
+        // the transaction is then not aborted, and must not commit.
+        let unsent = Cell::new(false);
+        let ((begun, answers), ended) = self.rt.block_on(async {
             // Polled in order on the first poll: each request is written
-            // before any answer is awaited.
+            // before any answer is awaited, and the end after them all.
             join(
                 join(
                     client.batch_execute("BEGIN"),
-                    join_all(
-                        statements
-                            .iter()
-                            .zip(&params)
-                            .map(|(s, p)| client.query(s, p.as_slice())),
-                    ),
+                    join_all(statements.iter().zip(&params).map(|(s, p)| {
+                        let query = client.query(s, p.as_slice());
+                        async {
+                            let answer = query.await;
+                            if matches!(&answer, Err(e) if e.code().is_none()) {
+                                unsent.set(true);
+                            }
+                            answer
+                        }
+                    })),
                 ),
                 async {
-                    if commit {
-                        client.batch_execute("COMMIT").await
-                    } else {
+                    if !commit {
                         Ok(())
+                    } else if unsent.get() {
+                        client.batch_execute("ROLLBACK").await
+                    } else {
+                        client.batch_execute("COMMIT").await
                     }
                 },
             )
             .await
         });
+        self.open = !commit;
         begun?;
-        Ok(Flown { answers, commit })
+        Ok(Flown {
+            answers,
+            commit: ended,
+        })
     }
 
     /// Counts a round trip (tests ask how many a commit took).

@@ -456,6 +456,38 @@ fn a_transaction_left_open_is_rolled_back_before_the_next_batch() {
 }
 
 #[test]
+fn a_statement_the_client_cannot_send_rolls_its_one_flight_back() {
+    // The server never hears of it, so nothing aborts the transaction:
+    // the flight must end it with `ROLLBACK`, not `COMMIT`.
+    let pg = TempPg::new();
+    let mut conn = pg.write_conn().unwrap();
+    let ops = [
+        super::pipeline::Op::new(
+            "INSERT INTO meta (key, value) VALUES ($1, $2)",
+            vec![Box::new("sent"), Box::new("1")],
+        ),
+        // `value` is text: an integer fails to encode in the client.
+        super::pipeline::Op::new(
+            "INSERT INTO meta (key, value) VALUES ($1, $2)",
+            vec![Box::new("unsent"), Box::new(1_i64)],
+        ),
+    ];
+    let failed = conn
+        .run_and_commit(&ops, &[false, false])
+        .unwrap()
+        .failed()
+        .unwrap();
+    assert!(
+        matches!(failed, Some((1, ref e)) if e.code().is_none()),
+        "{failed:?}"
+    );
+    drop(conn);
+    assert_eq!(pg.meta("sent").unwrap(), None, "rolled back");
+    pg.apply(&[submit(task(1))]).unwrap();
+    assert!(pg.get(tid(1)).unwrap().is_some());
+}
+
+#[test]
 fn bulk_writes_reach_their_rows_by_key_whatever_the_table_size() {
     // A hash join would read every task in the state (or every attempt)
     // per statement: a commit's cost would grow with the table.

@@ -454,6 +454,28 @@ mod tests {
     use crate::conformance::{Life, submit, task, tid};
 
     #[test]
+    fn a_turn_has_come_once_every_earlier_group_finished_and_none_stopped() {
+        let flight = Flight::default();
+        let one = |n| Touches::Tasks([tid(n)].into_iter().collect());
+        let (a, b, c) = (
+            flight.start(one(1)).unwrap(),
+            flight.start(one(2)).unwrap(),
+            flight.start(one(3)).unwrap(),
+        );
+        assert!(flight.is_turn(a));
+        assert!(!flight.is_turn(b) && !flight.is_turn(c));
+        // Finished out of order: c's turn waits for b.
+        flight.finish(c, false);
+        assert!(!flight.is_turn(b));
+        flight.finish(a, false);
+        assert!(flight.is_turn(b));
+        // b stopped the writer: a later group's turn never comes.
+        flight.finish(b, true);
+        assert!(matches!(flight.turn(c), Err(StoreError::Closed)));
+        assert!(!flight.is_turn(c));
+    }
+
+    #[test]
     fn a_group_touches_its_tasks_and_audit_entries_touch_nothing_shared() {
         let mut life = Life::of(&task(1));
         let changes = vec![submit(task(1)), life.assign("w", 1), submit(task(2))];
