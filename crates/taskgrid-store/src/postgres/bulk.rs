@@ -81,9 +81,7 @@ pub(super) fn apply(
     {
         match conn.run_and_commit(&ops, &counted)?.failed()? {
             None => return Ok(()),
-            Some((i, e)) if matches!(checks[i], Check::Fence) && is_fenced(&e) => {
-                return Err(lease.map_or(StoreError::Fenced { term: 0 }, Lease::lose));
-            }
+            Some((i, e)) if checks[i].fenced(&e) => return Err(fenced(lease)),
             // Rolled back: the two flights below find what was wrong and
             // say it as they always do.
             Some((i, e)) if counted[i] && is_miscounted(&e) => {}
@@ -157,7 +155,13 @@ enum Check {
 }
 
 impl Check {
-    /// Whether the statement is sent [counted](Op::counted) when the
+    /// Whether `e`, this statement's error, says the fence found the
+    /// term moved on.
+    fn fenced(&self, e: &postgres::Error) -> bool {
+        matches!(self, Check::Fence) && is_fenced(e)
+    }
+
+    /// Whether the statement is sent counted (`pipeline::counted`) when the
     /// batch commits in one flight: those whose rows must each be
     /// touched, one per element of their first array. `None` for a check
     /// the server cannot make (the batch then takes two flights).
@@ -168,6 +172,11 @@ impl Check {
             Check::Fire(_) => None,
         }
     }
+}
+
+/// The error of a batch whose fence failed: `lease` is lost.
+fn fenced(lease: Option<&Lease>) -> StoreError {
+    lease.map_or(StoreError::Fenced { term: 0 }, Lease::lose)
 }
 
 /// Why a batch does not commit.
@@ -214,11 +223,7 @@ fn verify(
     }
     for (i, (check, answer)) in checks.iter().zip(answers).enumerate() {
         let rows = match answer {
-            Err(e) if matches!(check, Check::Fence) && is_fenced(&e) => {
-                return Err(Failed::Error(
-                    lease.map_or(StoreError::Fenced { term: 0 }, Lease::lose),
-                ));
-            }
+            Err(e) if check.fenced(&e) => return Err(Failed::Error(fenced(lease))),
             answer => answer?,
         };
         match check {

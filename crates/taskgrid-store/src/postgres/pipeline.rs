@@ -11,7 +11,7 @@
 //! In one round trip ([`WriteConn::run_and_commit`]) the `COMMIT` goes
 //! with them, so every check must fail in the server: each statement
 //! whose rows must be counted is sent in a form that fails unless it
-//! touched one row per element of its first array ([`Op::counted`]). In
+//! touched one row per element of its first array ([`counted`]). In
 //! two ([`WriteConn::run`]), the caller checks the answers in order (rows
 //! touched against rows meant), then sends `COMMIT`, or `ROLLBACK` at the
 //! first answer that is wrong: for a commit that must wait for its turn
@@ -21,6 +21,7 @@
 //! caller (the group-commit writer's thread) blocks on each flight, as it
 //! did on the blocking client, and the connection is driven only then.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashMap;
 
@@ -49,21 +50,6 @@ impl<'a> Op<'a> {
         Op { sql, params }
     }
 
-    /// This statement in the form that fails in the server unless it
-    /// touched (`RETURNING`) one row for each element of its first
-    /// parameter, an array: with an `invalid_text_representation` error
-    /// ([`is_miscounted`]) whose message says how many of how many. A
-    /// failed statement aborts its transaction, so a `COMMIT` sent in
-    /// the same flight rolls it back.
-    fn counted(&self) -> String {
-        format!(
-            "WITH touched AS ({}) SELECT CASE WHEN count(*) = cardinality($1) THEN 0 \
-             ELSE ('taskgrid: touched ' || count(*) || ' rows of ' || cardinality($1))::int END \
-             FROM touched",
-            self.sql
-        )
-    }
-
     /// The values it binds, as the client takes them.
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         self.params
@@ -73,7 +59,20 @@ impl<'a> Op<'a> {
     }
 }
 
-/// Whether `e` is a counted statement's failure ([`Op::counted`]): it
+/// Statement `sql` in the form that fails in the server unless it touched
+/// (`RETURNING`) one row for each element of its first parameter, an
+/// array: with an `invalid_text_representation` error ([`is_miscounted`])
+/// whose message says how many of how many. A failed statement aborts its
+/// transaction, so a `COMMIT` sent in the same flight rolls it back.
+fn counted(sql: &str) -> String {
+    format!(
+        "WITH touched AS ({sql}) SELECT CASE WHEN count(*) = cardinality($1) THEN 0 \
+         ELSE ('taskgrid: touched ' || count(*) || ' rows of ' || cardinality($1))::int END \
+         FROM touched"
+    )
+}
+
+/// Whether `e` is a counted statement's failure ([`counted`]): it
 /// touched fewer or more rows than it was given.
 pub(super) fn is_miscounted(e: &postgres::Error) -> bool {
     e.code() == Some(&postgres::error::SqlState::INVALID_TEXT_REPRESENTATION)
@@ -112,8 +111,9 @@ impl Flown {
 pub(super) struct WriteConn {
     rt: tokio::runtime::Runtime,
     client: Client,
-    /// Statements prepared on this connection, by their text.
-    prepared: HashMap<String, Statement>,
+    /// Statements prepared on this connection, by their text and whether
+    /// in their [counted] form.
+    prepared: HashMap<(&'static str, bool), Statement>,
     /// A transaction was begun and not ended (a panic in a flight or
     /// between the two): it is rolled back before the next one begins.
     open: bool,
@@ -186,7 +186,7 @@ impl WriteConn {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
         self.end_open()?;
-        let statement = self.prepared(&[sql])?.remove(0);
+        let statement = self.prepared(&[(sql, false)])?.remove(0);
         self.flown();
         Ok(self.rt.block_on(self.client.query(&statement, params))?)
     }
@@ -199,8 +199,7 @@ impl WriteConn {
         &mut self,
         ops: &[Op<'_>],
     ) -> Result<Vec<Result<Vec<Row>, postgres::Error>>, StoreError> {
-        let sqls: Vec<&str> = ops.iter().map(|op| op.sql).collect();
-        match self.flight(&sqls, ops, false) {
+        match self.flight(ops, None) {
             Ok(flown) => Ok(flown.answers),
             Err(e) => {
                 let _ = self.rollback();
@@ -211,35 +210,32 @@ impl WriteConn {
 
     /// Begins a transaction, runs `ops` in it and commits it, in one
     /// flight; each op whose `counted` flag is set is sent in its
-    /// [counted](Op::counted) form, so that touching a row too few or
-    /// too many aborts the transaction in the server. It committed if
-    /// [`Flown::failed`] finds no failure.
+    /// [counted] form, so that touching a row too few or too many aborts
+    /// the transaction in the server. It committed if [`Flown::failed`]
+    /// finds no failure.
     pub(super) fn run_and_commit(
         &mut self,
         ops: &[Op<'_>],
         counted: &[bool],
     ) -> Result<Flown, StoreError> {
-        let texts: Vec<String> = ops
-            .iter()
-            .zip(counted)
-            .map(|(op, counted)| {
-                if *counted {
-                    op.counted()
-                } else {
-                    op.sql.to_owned()
-                }
-            })
-            .collect();
-        let sqls: Vec<&str> = texts.iter().map(String::as_str).collect();
-        self.flight(&sqls, ops, true)
+        self.flight(ops, Some(counted))
     }
 
-    /// `BEGIN`, then `sqls` with the values of `ops`, then, with
-    /// `commit`, `COMMIT` (without, the transaction stays open): one
+    /// `BEGIN`, then `ops`, then, with `counted` (which of them to send
+    /// [counted]), `COMMIT`; without, the transaction stays open. One
     /// flight. A failed `BEGIN` is an error.
-    fn flight(&mut self, sqls: &[&str], ops: &[Op<'_>], commit: bool) -> Result<Flown, StoreError> {
+    fn flight(&mut self, ops: &[Op<'_>], counted: Option<&[bool]>) -> Result<Flown, StoreError> {
         self.end_open()?;
-        let statements = self.prepared(sqls)?;
+        let commit = counted.is_some();
+        let keys: Vec<(&'static str, bool)> = match counted {
+            Some(counted) => ops
+                .iter()
+                .zip(counted)
+                .map(|(op, c)| (op.sql, *c))
+                .collect(),
+            None => ops.iter().map(|op| (op.sql, false)).collect(),
+        };
+        let statements = self.prepared(&keys)?;
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = ops.iter().map(Op::params).collect();
         // Open until the flight is back (a panic in it leaves the
         // transaction to be rolled back before the next one), and after
@@ -335,32 +331,35 @@ impl WriteConn {
         Ok(())
     }
 
-    /// The statements `sqls`, in order, preparing those not prepared
-    /// yet on this connection in one flight.
-    fn prepared(&mut self, sqls: &[&str]) -> Result<Vec<Statement>, StoreError> {
-        let mut missing: Vec<&str> = sqls
+    /// The statements `keys` (text, and whether [counted]), in order,
+    /// preparing those not prepared yet on this connection in one flight.
+    fn prepared(&mut self, keys: &[(&'static str, bool)]) -> Result<Vec<Statement>, StoreError> {
+        let mut missing: Vec<(&'static str, bool)> = keys
             .iter()
             .copied()
-            .filter(|sql| !self.prepared.contains_key(*sql))
+            .filter(|key| !self.prepared.contains_key(key))
             .collect();
         if !missing.is_empty() {
             missing.sort_unstable();
             missing.dedup();
             self.flown();
             let client = &self.client;
+            let texts: Vec<Cow<'static, str>> = missing
+                .iter()
+                .map(|&(sql, c)| if c { counted(sql).into() } else { sql.into() })
+                .collect();
             let done = self
                 .rt
-                .block_on(join_all(missing.iter().map(|sql| client.prepare(sql))));
-            for (sql, statement) in missing.into_iter().zip(done) {
-                self.prepared.insert(sql.to_owned(), statement?);
+                .block_on(join_all(texts.iter().map(|sql| client.prepare(sql))));
+            for (key, statement) in missing.into_iter().zip(done) {
+                self.prepared.insert(key, statement?);
             }
         }
-        sqls.iter()
-            .map(|sql| {
-                self.prepared
-                    .get(*sql)
-                    .cloned()
-                    .ok_or_else(|| StoreError::Invalid(format!("statement not prepared: {sql}")))
+        keys.iter()
+            .map(|key| {
+                self.prepared.get(key).cloned().ok_or_else(|| {
+                    StoreError::Invalid(format!("statement not prepared: {}", key.0))
+                })
             })
             .collect()
     }

@@ -650,9 +650,10 @@ fn a_commit_in_its_turn_is_one_round_trip_and_a_miss_rolls_it_back() {
     assert_eq!(n, 2);
 
     // A new task, and task 1's end again (from `running`, which it
-    // left): the compare-and-set misses it. One flight, rolled back; then two that
-    // find which task (and a read that it exists), rolled back too.
-    // (Twice: the first prepares what the second finds prepared.)
+    // left): the compare-and-set misses it. One flight, rolled back;
+    // then two that find which task (and a read that it exists), rolled
+    // back too. (Twice: the first prepares what the second finds
+    // prepared.)
     let stale = [submit(task(4)), batch[2].clone()];
     let mut n = 0;
     for _ in 0..2 {

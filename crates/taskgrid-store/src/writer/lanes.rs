@@ -129,6 +129,11 @@ impl FlightState {
     fn stopped(&self) -> bool {
         self.stopped_at.is_some()
     }
+
+    /// Whether a group before `ticket` stopped the writer.
+    fn stopped_before(&self, ticket: u64) -> bool {
+        self.stopped_at.is_some_and(|at| at < ticket)
+    }
 }
 
 impl Flight {
@@ -204,10 +209,10 @@ impl Flight {
         while st.turn < ticket {
             st = self.wait(st);
         }
-        match st.stopped_at {
-            Some(at) if at < ticket => Err(StoreError::Closed),
-            _ => Ok(()),
+        if st.stopped_before(ticket) {
+            return Err(StoreError::Closed);
         }
+        Ok(())
     }
 
     /// Whether it is `ticket`'s turn already, with no earlier group
@@ -215,7 +220,7 @@ impl Flight {
     /// at once.
     fn is_turn(&self, ticket: u64) -> bool {
         let st = lock(&self.state);
-        st.turn >= ticket && !matches!(st.stopped_at, Some(at) if at < ticket)
+        st.turn >= ticket && !st.stopped_before(ticket)
     }
 
     /// How many times a group waited for one it overlaps, and for its
