@@ -56,6 +56,15 @@ impl FailStop {
         )
     }
 
+    /// `e`, unless it only says the writer had stopped ([`StoreError::Closed`])
+    /// after a commit failed: then that commit's error, which says why.
+    pub(crate) fn explain(&self, e: StoreError) -> StoreError {
+        match (e, self.failure()) {
+            (StoreError::Closed, Some(why)) => StoreError::Backend(why.into()),
+            (e, _) => e,
+        }
+    }
+
     /// Resolves once a commit has failed (at once if one has).
     pub(crate) async fn failed(&self) -> String {
         loop {

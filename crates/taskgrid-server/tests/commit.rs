@@ -22,6 +22,7 @@ use taskgrid_proto::worker::coordinator_message::Msg as Out;
 use taskgrid_runtime::{Task, TaskContext, TaskError, TaskSystem};
 use taskgrid_server::GatewayConfig;
 use taskgrid_server::http::{ApiConfig, router};
+use taskgrid_store::Store;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
@@ -388,4 +389,31 @@ async fn a_failed_commit_answers_503_and_readyz_says_why() {
     // …and what was committed before is still there.
     assert_eq!(sys.list(&Default::default()).await.unwrap().len(), 1);
     assert!(sys.failure().is_some());
+}
+
+/// A final flush that fails as the coordinator stops (the disk filled at
+/// that moment) still stops everything, says why, and leaves what was
+/// committed before as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_final_flush_still_shuts_down_and_says_why() {
+    let (store, sys, app) = gated_api();
+    let kept = submit(&app, "q").await;
+    store.fail();
+    let err = tokio::time::timeout(LIMIT, sys.shutdown())
+        .await
+        .expect("the shutdown ended in time")
+        .expect_err("the final flush failed");
+    assert!(
+        err.to_string().contains("No space left on device"),
+        "the error names the store's failure: {err}"
+    );
+    let stored = store.get(kept).unwrap().expect("the committed task stays");
+    assert_eq!(stored.status.state, State::Queued);
+    let refused = sys.submit(Task::handler("job", &())).await;
+    assert!(refused.is_err(), "a stopped system takes no work");
+    // A second shutdown finds it stopped.
+    tokio::time::timeout(LIMIT, sys.shutdown())
+        .await
+        .expect("the second shutdown ended in time")
+        .unwrap();
 }
