@@ -381,3 +381,60 @@ fn releasing_memory_keeps_every_read_and_write() {
     store.apply(&[submit(task(2_001))]).unwrap();
     assert!(store.get(tid(2_001)).unwrap().is_some());
 }
+
+/// A database at version 7 loses its index on queue in place: its tasks
+/// stay, and listing by queue alone, by state and queue, and loading the
+/// active tasks still find them.
+#[test]
+fn a_version_7_database_loses_its_index_on_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let mut emails = task(2);
+    emails.spec.queue = "emails".into();
+    // Tasks written, then the indexes put back as version 7 had them.
+    open(&path)
+        .apply(&[submit(task(1)), submit(emails.clone())])
+        .unwrap();
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE INDEX tasks_queue ON tasks (queue); PRAGMA user_version = 7;")
+        .unwrap();
+    drop(conn);
+
+    let store = open(&path);
+    let indexes: Vec<String> = {
+        let conn = store.read_conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'tasks' \
+                 AND sql IS NOT NULL ORDER BY name",
+            )
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(indexes, ["tasks_parent", "tasks_state"]);
+    assert_eq!(
+        super::schema::user_version(&store.read_conn()).unwrap(),
+        SqliteStore::schema_version()
+    );
+    let by_queue = store
+        .list(&TaskQuery {
+            queue: Some("emails".to_owned()),
+            limit: 10,
+            ..TaskQuery::default()
+        })
+        .unwrap();
+    assert_eq!(by_queue, [emails]);
+    let by_state = store
+        .list(&TaskQuery {
+            state: Some(State::Queued),
+            queue: Some("default".to_owned()),
+            limit: 10,
+            ..TaskQuery::default()
+        })
+        .unwrap();
+    assert_eq!(by_state, [task(1)]);
+    assert_eq!(store.load_active().unwrap().len(), 2);
+}
