@@ -140,6 +140,23 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // listing by queue alone reads the tasks in id order, as far as the
     // page asked for.
     "DROP INDEX IF EXISTS tasks_queue;",
+    // 9: audit entries numbered by their rowid, without AUTOINCREMENT
+    // (which rewrote sqlite_sequence's page in every commit that held an
+    // entry); the highest number given before a prune is kept in `meta`
+    // (`sqlite.audit_seq`), so that numbers never go back.
+    "
+    CREATE TABLE audit_rowid (
+        seq     INTEGER PRIMARY KEY,
+        at      INTEGER NOT NULL,
+        record  TEXT    NOT NULL
+    );
+    INSERT INTO audit_rowid (seq, at, record) SELECT seq, at, record FROM audit;
+    INSERT OR REPLACE INTO meta (key, value)
+        SELECT 'sqlite.audit_seq', CAST(seq AS TEXT) FROM sqlite_sequence WHERE name = 'audit';
+    DROP TABLE audit;
+    ALTER TABLE audit_rowid RENAME TO audit;
+    CREATE INDEX audit_at ON audit (at);
+    ",
 ];
 
 /// The schema version this build writes.

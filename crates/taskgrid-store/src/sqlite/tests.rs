@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use taskgrid_core::{AttemptOutcome, Change, State};
 
 use super::{Durability, SqliteOptions, SqliteStore};
-use crate::conformance::{Life, fire, output, schedule, submit, task, tid};
+use crate::conformance::{Life, fire, output, schedule, submit, task, tid, ts};
 use crate::{Store, StoreError, TaskQuery};
 
 fn open(path: &std::path::Path) -> SqliteStore {
@@ -437,4 +437,79 @@ fn a_version_7_database_loses_its_index_on_queue() {
         .unwrap();
     assert_eq!(by_state, [task(1)]);
     assert_eq!(store.load_active().unwrap().len(), 2);
+}
+
+/// The audit log of a version 8 database (numbered by AUTOINCREMENT) is
+/// moved to rowid numbers in place: its entries keep their numbers, and
+/// no number is given twice, not even where every entry had been pruned
+/// before the upgrade, nor across a prune of all and a reopening after.
+#[test]
+fn a_version_8_audit_log_keeps_its_numbers_going_up() {
+    let entry = |at: u64| {
+        Change::Audit(Box::new(taskgrid_core::AuditRecord {
+            at: ts(at),
+            actor: "client".into(),
+            remote: None,
+            action: format!("POST /{at}"),
+            status: 200,
+            error: None,
+        }))
+    };
+    let seqs = |store: &SqliteStore| -> Vec<u64> {
+        store
+            .audit(None, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect()
+    };
+    // `keep`: the entries left (by number) after those of 1..=3 that a
+    // version 8 prune deleted.
+    let old = |path: &std::path::Path, keep: &str| {
+        open(path).apply(&[entry(1), entry(2), entry(3)]).unwrap();
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE audit_v8 (seq INTEGER PRIMARY KEY AUTOINCREMENT, \
+             at INTEGER NOT NULL, record TEXT NOT NULL); \
+             INSERT INTO audit_v8 SELECT seq, at, record FROM audit; \
+             DROP TABLE audit; ALTER TABLE audit_v8 RENAME TO audit; \
+             CREATE INDEX audit_at ON audit (at); \
+             DELETE FROM audit WHERE seq NOT IN ({keep}); \
+             DELETE FROM meta WHERE key = 'sqlite.audit_seq'; \
+             PRAGMA user_version = 8;"
+        ))
+        .unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+
+    let kept = dir.path().join("kept.db");
+    old(&kept, "2, 3");
+    let store = open(&kept);
+    assert_eq!(seqs(&store), [3, 2], "the kept entries keep their numbers");
+    store.apply(&[entry(4)]).unwrap();
+    assert_eq!(seqs(&store)[0], 4);
+    store
+        .apply(&[Change::AuditPruned { before: ts(100) }])
+        .unwrap();
+    drop(store);
+    let store = open(&kept);
+    store.apply(&[entry(5)]).unwrap();
+    assert_eq!(seqs(&store), [5], "after a prune of all and a reopening");
+    drop(store);
+
+    let emptied = dir.path().join("emptied.db");
+    old(&emptied, "0");
+    let store = open(&emptied);
+    assert!(seqs(&store).is_empty());
+    store.apply(&[entry(4)]).unwrap();
+    assert_eq!(seqs(&store), [4], "numbers 1 to 3 were given before");
+    let has_autoincrement: i64 = store
+        .read_conn()
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'audit' AND sql LIKE '%AUTOINCREMENT%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(has_autoincrement, 0);
 }

@@ -156,11 +156,25 @@ impl<'c> Batch<'c> {
                 Change::Audit(rec) => {
                     let json = serde_json::to_string(&**rec)
                         .map_err(|e| StoreError::Invalid(format!("audit record: {e}")))?;
+                    // The next number: after the last entry, and after the
+                    // last one a prune deleted.
                     self.conn
-                        .prepare_cached("INSERT INTO audit (at, record) VALUES (?1, ?2)")?
+                        .prepare_cached(
+                            "INSERT INTO audit (seq, at, record) VALUES (1 + max( \
+                             ifnull((SELECT max(seq) FROM audit), 0), \
+                             ifnull((SELECT CAST(value AS INTEGER) FROM meta \
+                             WHERE key = 'sqlite.audit_seq'), 0)), ?1, ?2)",
+                        )?
                         .execute(params![micros(rec.at), json])?;
                 }
                 Change::AuditPruned { before } => {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO meta (key, value) \
+                             SELECT 'sqlite.audit_seq', CAST(seq AS TEXT) FROM audit \
+                             ORDER BY seq DESC LIMIT 1",
+                        )?
+                        .execute([])?;
                     self.conn
                         .prepare_cached("DELETE FROM audit WHERE at < ?1")?
                         .execute(params![micros(*before)])?;

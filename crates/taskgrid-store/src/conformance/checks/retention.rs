@@ -128,7 +128,8 @@ pub fn a_deleted_task_leaves_nothing_behind(store: &dyn Store) {
 
 /// Audit entries get increasing numbers in commit order, are read newest
 /// first a page at a time, leave with a failed batch, and retention
-/// deletes those older than its cutoff only.
+/// deletes those older than its cutoff only; a number is never given
+/// twice, even after every entry was pruned.
 pub fn audit_entries_are_numbered_paged_and_pruned(store: &dyn Store) {
     let entry = |at: u64, action: &str| {
         Change::Audit(Box::new(taskgrid_core::AuditRecord {
@@ -187,7 +188,20 @@ pub fn audit_entries_are_numbered_paged_and_pruned(store: &dyn Store) {
         vec![all[0].seq, all[1].seq],
         "only the entry before 20 went"
     );
-    // Numbers are never given twice.
+    // Numbers are never given twice, not even once every entry is gone.
     store.apply(&[entry(40, "later")]).unwrap();
-    assert!(store.audit(None, 1).unwrap()[0].seq > all[0].seq);
+    let later = store.audit(None, 1).unwrap()[0].seq;
+    assert!(later > all[0].seq);
+    store
+        .apply(&[Change::AuditPruned { before: ts(1000) }])
+        .unwrap();
+    assert!(store.audit(None, 10).unwrap().is_empty(), "all pruned");
+    store.apply(&[entry(50, "after the prune")]).unwrap();
+    let next = store.audit(None, 10).unwrap();
+    assert_eq!(next.len(), 1);
+    assert!(
+        next[0].seq > later,
+        "number {} given after {later} was",
+        next[0].seq
+    );
 }
