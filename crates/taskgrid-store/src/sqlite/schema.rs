@@ -24,6 +24,9 @@
 //! - `attempts` — one row per attempt, keyed by `(task_id, attempt)`.
 //! - `output` — chunks under an `AUTOINCREMENT` sequence (never reused, so
 //!   readers can follow it), indexed by task.
+//! - `audit` — the audit log, numbered by rowid; `sqlite.audit_seq` in
+//!   `meta` keeps the highest number a prune found, so that a number is
+//!   never given twice even once every entry is gone. Indexed by `at`.
 //! - `paused_queues` — the names of the paused queues.
 //! - `schedules` — one row per schedule, keyed by name, `record` the JSON of
 //!   its `ScheduleRecord`.
@@ -136,14 +139,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // before it cannot read; the version bump makes them refuse the file
     // (`NewerSchema`) instead of calling its rows corrupt.
     "-- the short status and spec JSON",
-    // 8: no index on queue (one index entry fewer written per task);
-    // listing by queue alone reads the tasks in id order, as far as the
-    // page asked for.
-    "DROP INDEX IF EXISTS tasks_queue;",
-    // 9: audit entries numbered by their rowid, without AUTOINCREMENT
+    // 8: audit entries numbered by their rowid, without AUTOINCREMENT
     // (which rewrote sqlite_sequence's page in every commit that held an
-    // entry); the highest number given before a prune is kept in `meta`
-    // (`sqlite.audit_seq`), so that numbers never go back.
+    // entry); the highest number given before a prune that deletes is
+    // kept in `meta` (`sqlite.audit_seq`), so that numbers never go back.
     "
     CREATE TABLE audit_rowid (
         seq     INTEGER PRIMARY KEY,

@@ -168,13 +168,20 @@ impl<'c> Batch<'c> {
                         .execute(params![micros(rec.at), json])?;
                 }
                 Change::AuditPruned { before } => {
+                    // Before deleting, keep the highest number given, if
+                    // above the one kept (entries' times need not follow
+                    // their numbers: the clock may have been set back).
                     self.conn
                         .prepare_cached(
-                            "INSERT OR REPLACE INTO meta (key, value) \
-                             SELECT 'sqlite.audit_seq', CAST(seq AS TEXT) FROM audit \
-                             ORDER BY seq DESC LIMIT 1",
+                            "INSERT INTO meta (key, value) \
+                             SELECT 'sqlite.audit_seq', CAST(top AS TEXT) \
+                             FROM (SELECT max(seq) AS top FROM audit) \
+                             WHERE top > ifnull((SELECT CAST(value AS INTEGER) FROM meta \
+                             WHERE key = 'sqlite.audit_seq'), 0) \
+                             AND EXISTS (SELECT 1 FROM audit WHERE at < ?1) \
+                             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                         )?
-                        .execute([])?;
+                        .execute(params![micros(*before)])?;
                     self.conn
                         .prepare_cached("DELETE FROM audit WHERE at < ?1")?
                         .execute(params![micros(*before)])?;
