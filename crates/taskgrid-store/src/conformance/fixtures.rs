@@ -37,6 +37,19 @@ pub(crate) fn submit(rec: TaskRecord) -> Change {
     Change::Submitted(Box::new(rec))
 }
 
+/// An audit entry at `at`: a client's call `action` from 127.0.0.1:5000,
+/// answered 200.
+pub(crate) fn audit(at: u64, action: &str) -> Change {
+    Change::Audit(Box::new(taskgrid_core::AuditRecord {
+        at: ts(at),
+        actor: "client".into(),
+        remote: Some("127.0.0.1:5000".into()),
+        action: action.into(),
+        status: 200,
+        error: None,
+    }))
+}
+
 /// A task record with every field set.
 pub(crate) fn full_record() -> TaskRecord {
     let mut spec = TaskSpec::new(TaskKind::handler("resize", r#"{"w":640,"h":"é\"x"}"#));

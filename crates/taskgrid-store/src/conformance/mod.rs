@@ -25,7 +25,7 @@ mod fixtures;
 use taskgrid_core::{AttemptRecord, Change, OutputChunk, State, TaskId, TaskRecord};
 
 #[cfg(all(test, feature = "sqlite"))]
-pub(crate) use fixtures::{Life, fire, output, schedule, submit, task, tid, ts};
+pub(crate) use fixtures::{Life, audit, fire, output, schedule, submit, task, tid, ts};
 
 #[cfg(test)]
 use crate::{MemoryStore, Store};

@@ -74,10 +74,14 @@ pub(super) fn apply(
         checks.push(Check::Fence);
     }
     b.ops(&mut ops, &mut checks, deleted_tags)?;
-    let counted: Option<Vec<bool>> = checks.iter().map(Check::counted).collect();
-    if let Some(counted) = counted
-        && b.broken.is_none()
+    // The checks' forms are only worked out for a batch that can go in
+    // one flight (most wait for their turn under load).
+    if b.broken.is_none()
         && turn.now()
+        && let Some(counted) = checks
+            .iter()
+            .map(Check::counted)
+            .collect::<Option<Vec<bool>>>()
     {
         match conn.run_and_commit(&ops, &counted)?.failed()? {
             None => return Ok(()),

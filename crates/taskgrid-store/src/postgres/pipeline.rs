@@ -202,7 +202,11 @@ impl WriteConn {
         match self.flight(ops, None) {
             Ok(flown) => Ok(flown.answers),
             Err(e) => {
-                let _ = self.rollback();
+                // Only a failed `BEGIN` leaves a transaction to end; one
+                // that failed before (preparing) never began.
+                if self.open {
+                    let _ = self.rollback();
+                }
                 Err(e)
             }
         }
@@ -227,14 +231,11 @@ impl WriteConn {
     fn flight(&mut self, ops: &[Op<'_>], counted: Option<&[bool]>) -> Result<Flown, StoreError> {
         self.end_open()?;
         let commit = counted.is_some();
-        let keys: Vec<(&'static str, bool)> = match counted {
-            Some(counted) => ops
-                .iter()
-                .zip(counted)
-                .map(|(op, c)| (op.sql, *c))
-                .collect(),
-            None => ops.iter().map(|op| (op.sql, false)).collect(),
-        };
+        let keys: Vec<(&'static str, bool)> = ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| (op.sql, counted.is_some_and(|c| c[i])))
+            .collect();
         let statements = self.prepared(&keys)?;
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = ops.iter().map(Op::params).collect();
         // Open until the flight is back (a panic in it leaves the

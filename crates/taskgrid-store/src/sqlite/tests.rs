@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use taskgrid_core::{AttemptOutcome, Change, State};
 
 use super::{Durability, SqliteOptions, SqliteStore};
-use crate::conformance::{Life, fire, output, schedule, submit, task, tid, ts};
+use crate::conformance::{Life, audit, fire, output, schedule, submit, task, tid, ts};
 use crate::{Store, StoreError, TaskQuery};
 
 fn open(path: &std::path::Path) -> SqliteStore {
@@ -389,16 +389,7 @@ fn releasing_memory_keeps_every_read_and_write() {
 /// nor when entries' times do not follow their numbers.
 #[test]
 fn a_version_7_audit_log_keeps_its_numbers_going_up() {
-    let entry = |at: u64| {
-        Change::Audit(Box::new(taskgrid_core::AuditRecord {
-            at: ts(at),
-            actor: "client".into(),
-            remote: None,
-            action: format!("POST /{at}"),
-            status: 200,
-            error: None,
-        }))
-    };
+    let entry = |at: u64| audit(at, "POST /api/v1/tasks");
     let seqs = |store: &SqliteStore| -> Vec<u64> {
         store
             .audit(None, 10)

@@ -3,7 +3,7 @@
 
 use taskgrid_core::{AttemptOutcome, Change, State, TaskId, Timestamp};
 
-use super::super::fixtures::{Life, output, state_of, submit, task, tid, ts};
+use super::super::fixtures::{Life, audit, output, state_of, submit, task, tid, ts};
 use crate::{FinishedScan, FinishedTask, Store, TaskQuery};
 
 /// Past the creation time of every fixture id (their UUIDv7 milliseconds
@@ -131,21 +131,11 @@ pub fn a_deleted_task_leaves_nothing_behind(store: &dyn Store) {
 /// deletes those older than its cutoff only; a number is never given
 /// twice, even after every entry was pruned.
 pub fn audit_entries_are_numbered_paged_and_pruned(store: &dyn Store) {
-    let entry = |at: u64, action: &str| {
-        Change::Audit(Box::new(taskgrid_core::AuditRecord {
-            at: ts(at),
-            actor: "client".into(),
-            remote: Some("127.0.0.1:5000".into()),
-            action: action.into(),
-            status: 200,
-            error: None,
-        }))
-    };
     assert!(store.audit(None, 10).unwrap().is_empty());
     store
-        .apply(&[entry(10, "POST /api/v1/tasks"), entry(20, "DELETE /x")])
+        .apply(&[audit(10, "POST /api/v1/tasks"), audit(20, "DELETE /x")])
         .unwrap();
-    let mut refused = entry(30, "POST /api/v1/queues/q/pause");
+    let mut refused = audit(30, "POST /api/v1/queues/q/pause");
     if let Change::Audit(r) = &mut refused {
         r.status = 404;
         r.error = Some("not_found".into());
@@ -154,7 +144,7 @@ pub fn audit_entries_are_numbered_paged_and_pruned(store: &dyn Store) {
     // A failed batch leaves no entry behind.
     assert!(
         store
-            .apply(&[entry(35, "lost"), output(99, 1, "x")])
+            .apply(&[audit(35, "lost"), output(99, 1, "x")])
             .is_err()
     );
     let all = store.audit(None, 10).unwrap();
@@ -189,14 +179,14 @@ pub fn audit_entries_are_numbered_paged_and_pruned(store: &dyn Store) {
         "only the entry before 20 went"
     );
     // Numbers are never given twice, not even once every entry is gone.
-    store.apply(&[entry(40, "later")]).unwrap();
+    store.apply(&[audit(40, "later")]).unwrap();
     let later = store.audit(None, 1).unwrap()[0].seq;
     assert!(later > all[0].seq);
     store
         .apply(&[Change::AuditPruned { before: ts(1000) }])
         .unwrap();
     assert!(store.audit(None, 10).unwrap().is_empty(), "all pruned");
-    store.apply(&[entry(50, "after the prune")]).unwrap();
+    store.apply(&[audit(50, "after the prune")]).unwrap();
     let next = store.audit(None, 10).unwrap();
     assert_eq!(next.len(), 1);
     assert!(
