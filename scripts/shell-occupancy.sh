@@ -17,20 +17,31 @@
 # - fork -> exec and exec -> exit (the task's own time), p50 and p90;
 # - exit -> the next fork (any slot), p50 and p90: the hand-over gap.
 #
-# e.g. `scripts/shell-occupancy.sh target/release/taskgrid --prefetch 8`.
-# Compare builds in alternating order: this VM's speed varies by the hour.
+# e.g. `scripts/shell-occupancy.sh target/release/taskgrid --prefetch 8`
+# (not `--slots`: the figures are for 2). The trace is system-wide: run it
+# with nothing else starting `true`. Compare builds in alternating order:
+# this VM's speed varies by the hour.
 set -euo pipefail
 BIN=${1:-target/release/taskgrid}
 shift $(( $# < 1 ? $# : 1 ))
+for arg in "$@"; do
+  case $arg in --slots*) echo "the slots are 2 here: leave out --slots" >&2; exit 2 ;; esac
+done
 TASKS=${TASKS:-2000}
 DIR=$(mktemp -d)
 trap 'rm -rf "$DIR"' EXIT
 
-perf record -q -o "$DIR/perf.data" \
+if ! perf record -q -o "$DIR/perf.data" \
   -e sched:sched_process_exec,sched:sched_process_exit,sched:sched_process_fork -a -- \
   "$BIN" bench --kind true --slots 2 --tasks "$TASKS" --coordinator-process \
-  --worker-mode process --json "$@" 2>/dev/null | tail -1 > "$DIR/bench.json"
-perf script -i "$DIR/perf.data" 2>/dev/null > "$DIR/events.txt"
+  --worker-mode process --json "$@" > "$DIR/bench.out" 2> "$DIR/bench.err"; then
+  echo "perf or the bench failed:" >&2
+  tail -20 "$DIR/bench.err" >&2
+  exit 1
+fi
+tail -1 "$DIR/bench.out" > "$DIR/bench.json"
+perf script -i "$DIR/perf.data" 2> "$DIR/script.err" > "$DIR/events.txt" \
+  || { cat "$DIR/script.err" >&2; exit 1; }
 
 python3 - "$DIR/bench.json" "$DIR/events.txt" <<'PY'
 import bisect, json, re, sys
@@ -45,9 +56,9 @@ for l in open(sys.argv[2]):
     comm, t, event, rest = m.group(1), float(m.group(2)), m.group(3), m.group(4)
     if event == 'sched_process_fork':
         forks[int(re.search(r'child_pid=(\d+)', rest).group(1))] = (t, comm)
-    elif event == 'sched_process_exec' and 'true' in rest:
+    elif event == 'sched_process_exec' and re.search(r'filename=(\S*/)?true\s', rest):
         execs[int(re.search(r' pid=(\d+)', rest).group(1))] = t
-    elif event == 'sched_process_exit' and 'comm=true' in rest:
+    elif event == 'sched_process_exit' and re.search(r'comm=true\s', rest):
         exits[int(re.search(r' pid=(\d+)', rest).group(1))] = t
 
 tasks = sorted((forks[p][0], execs[p], exits[p], forks[p][1])
@@ -67,7 +78,7 @@ for *_, comm in tasks:
 
 def pct(values, q):
     values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float('nan')
 
 fork_exec = [(e - f) * 1e3 for f, e, _, _ in tasks]
 own = [(x - e) * 1e3 for _, e, x, _ in tasks]

@@ -305,10 +305,11 @@ impl Inner {
     }
 
     /// Blocks until every change made so far, gathered notes included, is
-    /// committed.
+    /// committed. After a failed commit, says that commit's error (the
+    /// writer stopped on it, and itself only knows it is closed).
     pub(crate) fn flush(&self) -> Result<(), taskgrid_store::StoreError> {
         self.persist(&self.lock(), Vec::new(), None);
-        self.writer.flush()
+        self.writer.flush().map_err(|e| self.fail_stop.explain(e))
     }
 
     /// Marks the system failed (fail-stop), keeping the first reason.

@@ -374,7 +374,7 @@ impl TaskSystem {
                 tokio::task::spawn_blocking(move || inner.flush())
             };
             flushed = match writer_done.await {
-                Ok(r) => r.map_err(|e| Error::from(inner.fail_stop.explain(e))),
+                Ok(r) => r.map_err(Error::from),
                 Err(_) => Err(Error::ShutDown),
             };
             // Closing the committed channel ends the publisher once drained.

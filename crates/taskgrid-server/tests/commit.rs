@@ -391,14 +391,24 @@ async fn a_failed_commit_answers_503_and_readyz_says_why() {
     assert!(sys.failure().is_some());
 }
 
-/// A final flush that fails as the coordinator stops (the disk filled at
-/// that moment) still stops everything, says why, and leaves what was
-/// committed before as it was.
+/// Once a commit failed (the disk filled), a flush and the shutdown's
+/// final flush say that failure, not only that the writer stopped; the
+/// shutdown still stops everything and leaves what was committed before
+/// as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_final_flush_still_shuts_down_and_says_why() {
     let (store, sys, app) = gated_api();
     let kept = submit(&app, "q").await;
     store.fail();
+    // A commit fails for certain: the writer has stopped on it, so every
+    // flush from here on finds it closed.
+    let (status, body) = call(&app, Method::POST, "/api/v1/tasks", Some(job("q", &[]))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let flushed = sys.flush().expect_err("the writer stopped");
+    assert!(
+        flushed.to_string().contains("No space left on device"),
+        "a flush names the store's failure: {flushed}"
+    );
     let err = tokio::time::timeout(LIMIT, sys.shutdown())
         .await
         .expect("the shutdown ended in time")

@@ -199,17 +199,9 @@ impl WriteConn {
         &mut self,
         ops: &[Op<'_>],
     ) -> Result<Vec<Result<Vec<Row>, postgres::Error>>, StoreError> {
-        match self.flight(ops, None) {
-            Ok(flown) => Ok(flown.answers),
-            Err(e) => {
-                // Only a failed `BEGIN` leaves a transaction to end; one
-                // that failed before (preparing) never began.
-                if self.open {
-                    let _ = self.rollback();
-                }
-                Err(e)
-            }
-        }
+        // A failed `BEGIN` leaves the transaction marked open: the next
+        // use of the connection rolls it back (`end_open`).
+        Ok(self.flight(ops, None)?.answers)
     }
 
     /// Begins a transaction, runs `ops` in it and commits it, in one
@@ -231,11 +223,16 @@ impl WriteConn {
     fn flight(&mut self, ops: &[Op<'_>], counted: Option<&[bool]>) -> Result<Flown, StoreError> {
         self.end_open()?;
         let commit = counted.is_some();
-        let keys: Vec<(&'static str, bool)> = ops
-            .iter()
-            .enumerate()
-            .map(|(i, op)| (op.sql, counted.is_some_and(|c| c[i])))
-            .collect();
+        let keys: Vec<(&'static str, bool)> = match counted {
+            Some(counted) => {
+                debug_assert_eq!(counted.len(), ops.len(), "one flag per op");
+                ops.iter()
+                    .zip(counted)
+                    .map(|(op, &c)| (op.sql, c))
+                    .collect()
+            }
+            None => ops.iter().map(|op| (op.sql, false)).collect(),
+        };
         let statements = self.prepared(&keys)?;
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = ops.iter().map(Op::params).collect();
         // Open until the flight is back (a panic in it leaves the

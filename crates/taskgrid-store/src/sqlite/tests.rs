@@ -398,22 +398,29 @@ fn a_version_7_audit_log_keeps_its_numbers_going_up() {
             .map(|e| e.seq)
             .collect()
     };
-    // `keep`: the entries left (by number) after those of 1..=3 that a
-    // version 7 prune deleted.
+    // A version 7 database (its migrations only) with entries 1..=3 as
+    // that version wrote them, of which a prune left `keep`.
     let old = |path: &std::path::Path, keep: &str| {
-        open(path).apply(&[entry(1), entry(2), entry(3)]).unwrap();
         let conn = Connection::open(path).unwrap();
-        conn.execute_batch(&format!(
-            "CREATE TABLE audit_v7 (seq INTEGER PRIMARY KEY AUTOINCREMENT, \
-             at INTEGER NOT NULL, record TEXT NOT NULL); \
-             INSERT INTO audit_v7 SELECT seq, at, record FROM audit; \
-             DROP TABLE audit; ALTER TABLE audit_v7 RENAME TO audit; \
-             CREATE INDEX audit_at ON audit (at); \
-             DELETE FROM audit WHERE seq NOT IN ({keep}); \
-             DELETE FROM meta WHERE key = 'sqlite.audit_seq'; \
-             PRAGMA user_version = 7;"
-        ))
-        .unwrap();
+        for step in &super::schema::MIGRATIONS[..7] {
+            conn.execute_batch(step).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 7).unwrap();
+        for at in 1..=3 {
+            let Change::Audit(rec) = entry(at) else {
+                unreachable!("an audit entry")
+            };
+            conn.execute(
+                "INSERT INTO audit (at, record) VALUES (?1, ?2)",
+                rusqlite::params![
+                    super::write::micros(rec.at),
+                    serde_json::to_string(&*rec).unwrap()
+                ],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(&format!("DELETE FROM audit WHERE seq NOT IN ({keep})"))
+            .unwrap();
     };
     let dir = tempfile::tempdir().unwrap();
 
