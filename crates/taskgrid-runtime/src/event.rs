@@ -1,10 +1,11 @@
 //! [`TaskEvent`]: what subscribers see, published only after the change it
-//! describes has been committed to the store.
+//! describes has been committed to the store, as a [`SharedEvent`].
 
-use std::sync::Arc;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
-use taskgrid_api::{ScheduleEvent, ScheduleEventKind};
+use taskgrid_api::{self as api, ScheduleEvent, ScheduleEventKind};
 use taskgrid_core::{Change, Progress, State, Stream, TaskFailure, TaskId, Timestamp};
 
 /// Something that happened to a task.
@@ -64,6 +65,63 @@ pub enum EventKind {
         /// The text.
         data: String,
     },
+}
+
+/// A published [`TaskEvent`], shared by every subscriber and the replay
+/// buffer: a clone is a reference count, not a copy of the event, and its
+/// wire JSON ([`SharedEvent::wire_json`]) is made once, by the first
+/// reader that asks, for every stream that sends it.
+#[derive(Debug, Clone)]
+pub struct SharedEvent(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    event: TaskEvent,
+    /// The JSON of [`TaskEvent::to_wire`] (`None`: it cannot be written).
+    json: OnceLock<Option<Box<str>>>,
+}
+
+impl SharedEvent {
+    /// Shares `event` (numbered already).
+    pub fn new(event: TaskEvent) -> Self {
+        SharedEvent(Arc::new(Shared {
+            event,
+            json: OnceLock::new(),
+        }))
+    }
+
+    /// The event.
+    pub fn event(&self) -> &TaskEvent {
+        &self.0.event
+    }
+
+    /// The JSON of the event's wire form ([`api::TaskEvent`]), the data of
+    /// an `/events` SSE event; serialized on the first call only. `None`
+    /// when it cannot be serialized (a value that JSON cannot hold).
+    pub fn wire_json(&self) -> Option<&str> {
+        self.0
+            .json
+            .get_or_init(|| {
+                serde_json::to_string(&self.0.event.to_wire())
+                    .ok()
+                    .map(String::into_boxed_str)
+            })
+            .as_deref()
+    }
+}
+
+impl Deref for SharedEvent {
+    type Target = TaskEvent;
+
+    fn deref(&self) -> &TaskEvent {
+        &self.0.event
+    }
+}
+
+impl PartialEq<TaskEvent> for SharedEvent {
+    fn eq(&self, other: &TaskEvent) -> bool {
+        self.0.event == *other
+    }
 }
 
 /// Where this process's event seqs start: the wall clock in microseconds
@@ -185,6 +243,157 @@ impl TaskEvent {
             EventKind::Submitted { state, .. } => Some(*state),
             EventKind::State { to, .. } => Some(*to),
             _ => None,
+        }
+    }
+
+    /// The event as the API sends it (without the handler, which only
+    /// this process's hooks use).
+    pub fn to_wire(&self) -> api::TaskEvent {
+        let kind = match &self.kind {
+            EventKind::Submitted {
+                queue,
+                state,
+                parent,
+            } => api::EventKind::Submitted {
+                queue: queue.to_string(),
+                state: *state,
+                parent: *parent,
+            },
+            EventKind::State {
+                from,
+                to,
+                attempt,
+                error,
+                result,
+                ..
+            } => api::EventKind::State {
+                from: *from,
+                to: *to,
+                attempt: *attempt,
+                error: error.clone(),
+                result: result.clone(),
+            },
+            EventKind::Progress(p) => api::EventKind::Progress(p.clone()),
+            EventKind::Checkpoint => api::EventKind::Checkpoint,
+            EventKind::Output { stream, data } => api::EventKind::Output {
+                stream: *stream,
+                data: data.clone(),
+            },
+        };
+        api::TaskEvent {
+            seq: self.seq,
+            id: self.id,
+            at: self.at,
+            kind,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use taskgrid_core::{FailureCode, Stream, TaskFailure, TaskId, Timestamp};
+
+    use super::*;
+
+    fn shared(kind: EventKind) -> (TaskEvent, SharedEvent) {
+        let ev = TaskEvent {
+            seq: 41,
+            id: TaskId::from_u128(7),
+            at: Timestamp::from_micros(1_700_000_000_000_000),
+            kind,
+        };
+        (ev.clone(), SharedEvent::new(ev))
+    }
+
+    #[test]
+    fn every_clone_of_an_event_shares_one_json_of_its_wire_form() {
+        let (ev, one) = shared(EventKind::State {
+            from: State::Running,
+            to: State::Failed,
+            attempt: 2,
+            error: Some(TaskFailure::new(FailureCode::Error, "exit 3\nsecond line")),
+            result: None,
+            handler: Some("mail".into()),
+        });
+        let other = one.clone();
+        assert_eq!(one, ev);
+        let a = one.wire_json().expect("an event serializes");
+        let b = other.wire_json().expect("an event serializes");
+        // The same bytes, made once: not two equal strings.
+        assert!(std::ptr::eq(a, b), "each clone serialized the event again");
+        let back: api::TaskEvent = serde_json::from_str(a).expect("the JSON reads back");
+        assert_eq!(back, ev.to_wire());
+        // The handler is this process's own business, and an SSE data
+        // line cannot hold a raw newline.
+        assert!(!a.contains("mail") && !a.contains('\n'), "{a}");
+    }
+
+    #[test]
+    fn the_wire_form_keeps_every_kind_and_field() {
+        let kinds = [
+            EventKind::Submitted {
+                queue: "emails".into(),
+                state: State::Queued,
+                parent: Some(TaskId::from_u128(3)),
+            },
+            EventKind::State {
+                from: State::Running,
+                to: State::Succeeded,
+                attempt: 1,
+                error: None,
+                result: Some("{\"n\":1}".into()),
+                handler: None,
+            },
+            EventKind::Checkpoint,
+            EventKind::Output {
+                stream: Stream::Stderr,
+                data: "warning: disk".into(),
+            },
+        ];
+        for kind in kinds {
+            let (ev, one) = shared(kind);
+            let json = one.wire_json().expect("an event serializes");
+            let back: api::TaskEvent = serde_json::from_str(json).expect("the JSON reads back");
+            assert_eq!((back.seq, back.id, back.at), (41, ev.id, ev.at));
+            assert_eq!(back.new_state(), ev.new_state());
+            let same = match (&back.kind, &ev.kind) {
+                (
+                    api::EventKind::Submitted {
+                        queue,
+                        state,
+                        parent,
+                    },
+                    EventKind::Submitted {
+                        queue: q,
+                        state: s,
+                        parent: p,
+                    },
+                ) => **q == **queue && s == state && p == parent,
+                (
+                    api::EventKind::State {
+                        from,
+                        to,
+                        attempt,
+                        error,
+                        result,
+                    },
+                    EventKind::State {
+                        from: f,
+                        to: t,
+                        attempt: a,
+                        error: e,
+                        result: r,
+                        ..
+                    },
+                ) => f == from && t == to && a == attempt && e == error && r == result,
+                (api::EventKind::Checkpoint, EventKind::Checkpoint) => true,
+                (
+                    api::EventKind::Output { stream, data },
+                    EventKind::Output { stream: s, data: d },
+                ) => s == stream && d == data,
+                _ => false,
+            };
+            assert!(same, "{json} does not say {ev:?}");
         }
     }
 }

@@ -62,7 +62,7 @@ pub use audit::AUDIT_PAGE_MAX;
 pub use builder::TaskSystemBuilder;
 pub use config::{RetentionStats, SystemConfig};
 pub use error::Error;
-pub use event::{EventKind, TaskEvent};
+pub use event::{EventKind, SharedEvent, TaskEvent};
 pub use handle::TaskHandle;
 pub use link::WorkerLink;
 pub use monitor::WorkerView;

@@ -7,7 +7,7 @@ use taskgrid_api::Summary;
 pub use taskgrid_api::WorkerView;
 use taskgrid_core::{Explanation, OutputChunk, State, TaskId};
 
-use crate::{Error, Task, TaskEvent, TaskHandle, TaskSystem};
+use crate::{Error, SharedEvent, Task, TaskHandle, TaskSystem};
 
 impl TaskSystem {
     /// Every registered worker (the local executor is `local`).
@@ -96,7 +96,7 @@ impl TaskSystem {
     /// An id from an earlier process (below this process's first seq, or
     /// above its last one) reaches back to nothing here: the answer is every
     /// event still buffered, marked incomplete.
-    pub fn events_since(&self, seq: u64) -> (Vec<TaskEvent>, bool) {
+    pub fn events_since(&self, seq: u64) -> (Vec<SharedEvent>, bool) {
         self.inner.publisher.events_since(seq)
     }
 

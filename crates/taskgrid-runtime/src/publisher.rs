@@ -12,7 +12,7 @@ use taskgrid_sdk::Handler;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::TaskResult;
-use crate::event::{EventKind, TaskEvent};
+use crate::event::{EventKind, SharedEvent, TaskEvent};
 use crate::sync::relock;
 
 /// The handlers whose hooks hear of their tasks' ends.
@@ -28,12 +28,12 @@ type Waiters = HashMap<TaskId, Vec<oneshot::Sender<TaskResult>>>;
 /// Publishes committed events; owns the subscribers' channel, the waiters
 /// and the replay buffer.
 pub(crate) struct Publisher {
-    events: broadcast::Sender<TaskEvent>,
+    events: broadcast::Sender<SharedEvent>,
     waiters: Mutex<Waiters>,
     /// The seq before this process's first event (see `event::seq_base`).
     event_base: u64,
     /// The last seq published and the last events, for resuming subscribers.
-    recent: Mutex<(u64, VecDeque<TaskEvent>)>,
+    recent: Mutex<(u64, VecDeque<SharedEvent>)>,
     replay_capacity: usize,
     /// Schedule events: their own stream, numbered from the same base.
     schedules: broadcast::Sender<ScheduleEvent>,
@@ -57,7 +57,7 @@ impl Publisher {
     }
 
     /// A receiver of every event published from now on.
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<SharedEvent> {
         self.events.subscribe()
     }
 
@@ -87,7 +87,7 @@ impl Publisher {
 
     /// Events after `seq` still buffered, and whether the buffer reached
     /// back that far (see `TaskSystem::events_since`).
-    pub(crate) fn events_since(&self, seq: u64) -> (Vec<TaskEvent>, bool) {
+    pub(crate) fn events_since(&self, seq: u64) -> (Vec<SharedEvent>, bool) {
         let recent = relock(&self.recent);
         if seq < self.event_base || seq > recent.0 {
             return (recent.1.iter().cloned().collect(), false);
@@ -122,21 +122,28 @@ impl Publisher {
     }
 
     /// Publishes committed events: to subscribers, waiters and hooks.
-    pub(crate) fn publish(&self, mut events: Vec<TaskEvent>, handlers: &Handlers) {
-        {
+    /// Each event is shared, not copied, by the replay buffer and every
+    /// subscriber.
+    pub(crate) fn publish(&self, events: Vec<TaskEvent>, handlers: &Handlers) {
+        let events: Vec<SharedEvent> = {
             let mut recent = relock(&self.recent);
             let cap = self.replay_capacity;
-            for ev in &mut events {
-                recent.0 += 1;
-                ev.seq = recent.0;
-                if cap > 0 {
-                    if recent.1.len() == cap {
-                        recent.1.pop_front();
+            events
+                .into_iter()
+                .map(|mut ev| {
+                    recent.0 += 1;
+                    ev.seq = recent.0;
+                    let ev = SharedEvent::new(ev);
+                    if cap > 0 {
+                        if recent.1.len() == cap {
+                            recent.1.pop_front();
+                        }
+                        recent.1.push_back(ev.clone());
                     }
-                    recent.1.push_back(ev.clone());
-                }
-            }
-        }
+                    ev
+                })
+                .collect()
+        };
         for ev in events {
             if let EventKind::State {
                 to,

@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::driver::{drive, publish};
-use crate::event::TaskEvent;
+use crate::event::SharedEvent;
 use crate::executor::Local;
 use crate::inner::{Inner, relock};
 use crate::report::Report;
@@ -186,7 +186,7 @@ impl TaskSystem {
 
     /// Every event, after it is committed. A subscriber that falls more than
     /// `event_capacity` behind misses the oldest (and is told it lagged).
-    pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<SharedEvent> {
         self.inner.publisher.subscribe()
     }
 

@@ -56,7 +56,7 @@ fn config(addr: SocketAddr, id: &str) -> WorkerConfig {
 /// Waits for task `id` to enter `want`, on a subscription taken before it
 /// was submitted.
 async fn reach(
-    events: &mut tokio::sync::broadcast::Receiver<taskgrid_runtime::TaskEvent>,
+    events: &mut tokio::sync::broadcast::Receiver<taskgrid_runtime::SharedEvent>,
     id: taskgrid_core::TaskId,
     want: State,
 ) {
@@ -74,7 +74,7 @@ async fn reach(
 
 /// Waits until each `(task, state)` has been entered, in any order.
 async fn reach_all(
-    events: &mut tokio::sync::broadcast::Receiver<taskgrid_runtime::TaskEvent>,
+    events: &mut tokio::sync::broadcast::Receiver<taskgrid_runtime::SharedEvent>,
     want: &[(taskgrid_core::TaskId, State)],
 ) {
     let mut left: Vec<_> = want.to_vec();
@@ -385,7 +385,7 @@ async fn a_drain_finishes_running_work_and_leaves_queued_work_queued() {
 /// Waits until, of three tasks given to a one-slot worker with a prefetch of
 /// two, the first runs and the other two are held.
 async fn one_runs_two_are_held(
-    events: &mut tokio::sync::broadcast::Receiver<taskgrid_runtime::TaskEvent>,
+    events: &mut tokio::sync::broadcast::Receiver<taskgrid_runtime::SharedEvent>,
     [first, second, third]: [&TaskHandle; 3],
 ) {
     let want = [
@@ -401,7 +401,7 @@ async fn one_runs_two_are_held(
 /// is held: (running, held).
 async fn one_runs_one_is_held(
     sys: &TaskSystem,
-    events: &mut tokio::sync::broadcast::Receiver<taskgrid_runtime::TaskEvent>,
+    events: &mut tokio::sync::broadcast::Receiver<taskgrid_runtime::SharedEvent>,
     gate: &std::path::Path,
 ) -> (TaskHandle, TaskHandle) {
     let running = sys.submit(gated(gate)).await.unwrap();

@@ -17,7 +17,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use taskgrid_api::{self as api, EventFilter, SSE_RESET, StreamReset};
+use taskgrid_api::{EventFilter, SSE_RESET, StreamReset};
 use taskgrid_core::TaskId;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
@@ -26,7 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::AppState;
 use super::error::ApiResult;
 use super::extract::{ApiQuery, last_event_id};
-use taskgrid_runtime::{EventKind, TaskEvent, TaskSystem};
+use taskgrid_runtime::{EventKind, SharedEvent, TaskEvent, TaskSystem};
 
 /// Events a slow client may have queued before its connection is paused.
 const CLIENT_BUFFER: usize = 256;
@@ -57,44 +57,6 @@ pub(crate) async fn events(
         .into_response())
 }
 
-/// The wire form of an event.
-fn to_wire(ev: TaskEvent) -> api::TaskEvent {
-    let kind = match ev.kind {
-        EventKind::Submitted {
-            queue,
-            state,
-            parent,
-        } => api::EventKind::Submitted {
-            queue: queue.to_string(),
-            state,
-            parent,
-        },
-        EventKind::State {
-            from,
-            to,
-            attempt,
-            error,
-            result,
-            ..
-        } => api::EventKind::State {
-            from,
-            to,
-            attempt,
-            error,
-            result,
-        },
-        EventKind::Progress(p) => api::EventKind::Progress(p),
-        EventKind::Checkpoint => api::EventKind::Checkpoint,
-        EventKind::Output { stream, data } => api::EventKind::Output { stream, data },
-    };
-    api::TaskEvent {
-        seq: ev.seq,
-        id: ev.id,
-        at: ev.at,
-        kind,
-    }
-}
-
 struct Connection {
     system: Arc<TaskSystem>,
     matcher: Matcher,
@@ -104,7 +66,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(mut self, mut bus: broadcast::Receiver<TaskEvent>, resume: Option<u64>) {
+    async fn run(mut self, mut bus: broadcast::Receiver<SharedEvent>, resume: Option<u64>) {
         // Whether `sent` says where this connection stands in the stream.
         let mut placed = resume.is_some();
         if let Some(after) = resume
@@ -167,15 +129,16 @@ impl Connection {
 
     /// Sends one event if the filter wants it. False once the client has
     /// gone.
-    async fn send(&mut self, ev: TaskEvent) -> bool {
+    async fn send(&mut self, ev: SharedEvent) -> bool {
         self.sent = ev.seq;
         if !self.matcher.wants(&self.system, &ev).await {
             return true;
         }
-        let seq = ev.seq;
-        let Ok(sse) = Event::default().id(seq.to_string()).json_data(to_wire(ev)) else {
+        // Serialized once for every connection that sends it.
+        let Some(json) = ev.wire_json() else {
             return true;
         };
+        let sse = Event::default().id(ev.seq.to_string()).data(json);
         self.tx.send(Ok(sse)).await.is_ok()
     }
 }

@@ -93,7 +93,7 @@ struct Follower {
 }
 
 impl Follower {
-    async fn run(mut self, mut events: broadcast::Receiver<taskgrid_runtime::TaskEvent>) {
+    async fn run(mut self, mut events: broadcast::Receiver<taskgrid_runtime::SharedEvent>) {
         let handle = self.system.handle(self.id);
         let done = handle.wait();
         tokio::pin!(done);

@@ -37,7 +37,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiQuery;
-use taskgrid_runtime::{EventKind, TaskEvent, TaskSystem};
+use taskgrid_runtime::{EventKind, SharedEvent, TaskSystem};
 
 /// How often summaries are sent, at most.
 pub(crate) const PULSE: Duration = Duration::from_millis(500);
@@ -119,7 +119,7 @@ impl Pulse {
 async fn beat(
     pulse: Arc<Pulse>,
     tx: Arc<watch::Sender<Arc<Interval>>>,
-    mut bus: broadcast::Receiver<TaskEvent>,
+    mut bus: broadcast::Receiver<SharedEvent>,
     seq: u64,
 ) {
     let mut ticks = tokio::time::interval(PULSE);
@@ -158,12 +158,12 @@ async fn beat(
                     if pulse.watching.load(Ordering::SeqCst) == 0 {
                         continue;
                     }
-                    match ev.kind {
+                    match &ev.kind {
                         EventKind::Submitted { state, .. } | EventKind::State { to: state, .. } => {
-                            now.changes.entry(ev.id).or_default().state = Some(state);
+                            now.changes.entry(ev.id).or_default().state = Some(*state);
                         }
                         EventKind::Progress(p) => {
-                            now.changes.entry(ev.id).or_default().progress = Some(p);
+                            now.changes.entry(ev.id).or_default().progress = Some(p.clone());
                         }
                         EventKind::Checkpoint | EventKind::Output { .. } => {}
                     }

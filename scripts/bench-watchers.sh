@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Coordinator throughput while K clients follow the full event stream
+# (`GET /api/v1/events`), for several builds in interleaved rounds
+# (BENCHMARKS.md, "Events serialized once for every subscriber").
+#
+#   [BENCH_ARGS="--batch 1 --clients 16"] scripts/bench-watchers.sh ROUNDS WATCHERS TASKS BINARY...
+#
+# Each run starts a fresh `taskgrid server` (SQLite, an OS-chosen loopback
+# port), connects WATCHERS `curl -sN` followers of /api/v1/events, waits
+# until the server holds all of their connections, runs `taskgrid bench
+# --server URL --server-pid PID --tasks TASKS --json $BENCH_ARGS`
+# (in-process workers and clients), and then counts what each follower
+# received (a follower that falls behind the replay buffer is sent
+# `reset` and misses events, which also spares the coordinator their
+# cost: compare throughput only where no follower missed any). The order of
+# the binaries is reversed every round. One line per run:
+#   BINARY  end-to-end tasks/s  coordinator CPU s  events received per follower (min)  resets (sum)
+set -euo pipefail
+ROUNDS=${1:?rounds}
+WATCHERS=${2:?watchers}
+TASKS=${3:?tasks}
+shift 3
+BINS=("$@")
+[ ${#BINS[@]} -gt 0 ] || { echo "name at least one binary" >&2; exit 2; }
+DIR=$(mktemp -d)
+SERVER=
+cleanup() {
+  [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null || true
+  pkill -f "curl -sN http://127.0.0.1:[0-9]*/api/v1/events" 2>/dev/null || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+one() {
+  local bin=$1 data="$DIR/data.$RANDOM"
+  "$bin" server --listen 127.0.0.1:0 --data-dir "$data" > "$DIR/server.out" 2>&1 &
+  SERVER=$!
+  local waited=0
+  until grep -q "listening on" "$DIR/server.out"; do
+    sleep 0.1
+    waited=$((waited + 1))
+    if [ $waited -gt 300 ] || ! kill -0 "$SERVER" 2>/dev/null; then
+      echo "the server did not start:" >&2
+      cat "$DIR/server.out" >&2
+      exit 1
+    fi
+  done
+  local addr
+  addr=$(head -1 "$DIR/server.out" | awk '{print $5}')
+  local port=${addr##*:}
+  local pids=()
+  for w in $(seq "$WATCHERS"); do
+    curl -sN "http://$addr/api/v1/events" > "$DIR/w$w.out" &
+    pids+=($!)
+  done
+  # Every follower connected (the server's side of each connection).
+  waited=0
+  until [ "$(ss -Htn state established "( sport = :$port )" | wc -l)" -ge "$WATCHERS" ]; do
+    sleep 0.1
+    waited=$((waited + 1))
+    [ $waited -le 100 ] || { echo "the followers did not connect" >&2; exit 1; }
+  done
+  local line
+  line=$("$bin" bench --server "http://$addr" --server-pid "$SERVER" --tasks "$TASKS" --json ${BENCH_ARGS:-} 2>/dev/null | tail -1)
+  # Let the followers read the last events, then stop them and the server.
+  sleep 1
+  if [ ${#pids[@]} -gt 0 ]; then
+    kill "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
+  kill "$SERVER"
+  wait "$SERVER" 2>/dev/null || true
+  SERVER=
+  local min=0 resets=0
+  for w in $(seq "$WATCHERS"); do
+    local n r
+    n=$(grep -c '^id:' "$DIR/w$w.out" || true)
+    r=$(grep -c '^event: *reset' "$DIR/w$w.out" || true)
+    resets=$((resets + r))
+    if [ "$w" -eq 1 ] || [ "$n" -lt "$min" ]; then min=$n; fi
+  done
+  rm -rf "$data" "$DIR"/w*.out
+  echo "$line" | python3 -c "import json,sys; d=json.load(sys.stdin); print('$bin', round(d['e2e_per_sec']), round(d['coordinator']['cpu_secs'], 2), $min, $resets)"
+}
+
+for r in $(seq "$ROUNDS"); do
+  if [ $((r % 2)) -eq 1 ]; then order=("${BINS[@]}"); else order=(); for ((i=${#BINS[@]}-1; i>=0; i--)); do order+=("${BINS[$i]}"); done; fi
+  for b in "${order[@]}"; do one "$b"; done
+done
