@@ -24,19 +24,21 @@ BINS=("$@")
 [ ${#BINS[@]} -gt 0 ] || { echo "name at least one binary" >&2; exit 2; }
 DIR=$(mktemp -d)
 SERVER=
+FOLLOWERS=()
 cleanup() {
-  [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null || true
-  pkill -f "curl -sN http://127.0.0.1:[0-9]*/api/v1/events" 2>/dev/null || true
+  if [ ${#FOLLOWERS[@]} -gt 0 ]; then kill "${FOLLOWERS[@]}" 2>/dev/null || true; fi
+  if [ -n "$SERVER" ]; then kill "$SERVER" 2>/dev/null || true; fi
   rm -rf "$DIR"
 }
 trap cleanup EXIT
 
 one() {
   local bin=$1 data="$DIR/data.$RANDOM"
+  rm -f "$DIR/server.out"
   "$bin" server --listen 127.0.0.1:0 --data-dir "$data" > "$DIR/server.out" 2>&1 &
   SERVER=$!
   local waited=0
-  until grep -q "listening on" "$DIR/server.out"; do
+  until grep -qs "listening on" "$DIR/server.out"; do
     sleep 0.1
     waited=$((waited + 1))
     if [ $waited -gt 300 ] || ! kill -0 "$SERVER" 2>/dev/null; then
@@ -46,14 +48,16 @@ one() {
     fi
   done
   local addr
-  addr=$(head -1 "$DIR/server.out" | awk '{print $5}')
+  addr=$(grep -m1 "listening on" "$DIR/server.out" | awk '{print $5}')
   local port=${addr##*:}
-  local pids=()
+  FOLLOWERS=()
   for w in $(seq "$WATCHERS"); do
     curl -sN "http://$addr/api/v1/events" > "$DIR/w$w.out" &
-    pids+=($!)
+    FOLLOWERS+=($!)
   done
-  # Every follower connected (the server's side of each connection).
+  # Every follower's connection accepted (established on the server's
+  # side; that it has subscribed is seen after the run, in the events it
+  # received).
   waited=0
   until [ "$(ss -Htn state established "( sport = :$port )" | wc -l)" -ge "$WATCHERS" ]; do
     sleep 0.1
@@ -61,14 +65,20 @@ one() {
     [ $waited -le 100 ] || { echo "the followers did not connect" >&2; exit 1; }
   done
   local line
-  line=$("$bin" bench --server "http://$addr" --server-pid "$SERVER" --tasks "$TASKS" --json ${BENCH_ARGS:-} 2>/dev/null | tail -1)
+  # shellcheck disable=SC2086 # BENCH_ARGS is a list of arguments
+  if ! line=$("$bin" bench --server "http://$addr" --server-pid "$SERVER" --tasks "$TASKS" --json ${BENCH_ARGS:-} 2> "$DIR/bench.err" | tail -1); then
+    echo "the bench failed:" >&2
+    cat "$DIR/bench.err" >&2
+    exit 1
+  fi
   # Let the followers read the last events, then stop them and the server.
   sleep 1
-  if [ ${#pids[@]} -gt 0 ]; then
-    kill "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
+  if [ ${#FOLLOWERS[@]} -gt 0 ]; then
+    kill "${FOLLOWERS[@]}" 2>/dev/null || true
+    wait "${FOLLOWERS[@]}" 2>/dev/null || true
   fi
-  kill "$SERVER"
+  FOLLOWERS=()
+  kill "$SERVER" 2>/dev/null || true
   wait "$SERVER" 2>/dev/null || true
   SERVER=
   local min=0 resets=0

@@ -11,14 +11,16 @@
 set -euo pipefail
 BIN=$(readlink -f "${1:-target/release/taskgrid}")
 DIR=$(mktemp -d)
+PID=
+trap 'if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi; rm -rf "$DIR"' EXIT
 PORT=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
 "$BIN" server --data-dir "$DIR/data" --listen "127.0.0.1:$PORT" > "$DIR/server.log" 2>&1 &
 PID=$!
-trap 'kill "$PID" 2>/dev/null || true; rm -rf "$DIR"' EXIT
 for _ in $(seq 100); do
   curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
   sleep 0.1
 done
+curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "the server is not ready:" >&2; cat "$DIR/server.log" >&2; exit 1; }
 python3 - "http://127.0.0.1:$PORT" <<'PY'
 import json, statistics, sys, time, urllib.request
 url = sys.argv[1]

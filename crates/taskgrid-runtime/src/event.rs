@@ -1,6 +1,7 @@
 //! [`TaskEvent`]: what subscribers see, published only after the change it
 //! describes has been committed to the store, as a [`SharedEvent`].
 
+use std::borrow::Cow;
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
@@ -77,11 +78,28 @@ pub struct SharedEvent(Arc<Shared>);
 #[derive(Debug)]
 struct Shared {
     event: TaskEvent,
-    /// The JSON of [`TaskEvent::to_wire`] (`None`: it cannot be written).
-    json: OnceLock<Option<Box<str>>>,
+    json: OnceLock<Wire>,
+}
+
+/// What became of an event's wire JSON the first time it was asked for.
+#[derive(Debug)]
+enum Wire {
+    /// Kept for the next reader.
+    Kept(Box<str>),
+    /// Longer than [`SharedEvent::KEEP_JSON_MAX`]: made again for each
+    /// reader (the replay buffer would otherwise hold a second copy of
+    /// large output chunks).
+    Large,
+    /// It cannot be serialized (a value that JSON cannot hold).
+    Failed,
 }
 
 impl SharedEvent {
+    /// The longest wire JSON kept with an event, in bytes. State changes
+    /// are a few hundred bytes; output chunks can be up to a worker's chunk
+    /// size (16 KiB by default), and are serialized per reader instead.
+    pub const KEEP_JSON_MAX: usize = 2048;
+
     /// Shares `event` (numbered already).
     pub fn new(event: TaskEvent) -> Self {
         SharedEvent(Arc::new(Shared {
@@ -96,17 +114,25 @@ impl SharedEvent {
     }
 
     /// The JSON of the event's wire form ([`api::TaskEvent`]), the data of
-    /// an `/events` SSE event; serialized on the first call only. `None`
+    /// an `/events` SSE event: serialized on the first call and borrowed
+    /// from then on, unless longer than [`Self::KEEP_JSON_MAX`]. `None`
     /// when it cannot be serialized (a value that JSON cannot hold).
-    pub fn wire_json(&self) -> Option<&str> {
-        self.0
-            .json
-            .get_or_init(|| {
-                serde_json::to_string(&self.0.event.to_wire())
-                    .ok()
-                    .map(String::into_boxed_str)
-            })
-            .as_deref()
+    pub fn wire_json(&self) -> Option<Cow<'_, str>> {
+        let serialize = || serde_json::to_string(&self.0.event.to_wire()).ok();
+        let mut first = None;
+        let wire = self.0.json.get_or_init(|| match serialize() {
+            Some(json) if json.len() <= Self::KEEP_JSON_MAX => Wire::Kept(json.into()),
+            Some(json) => {
+                first = Some(json);
+                Wire::Large
+            }
+            None => Wire::Failed,
+        });
+        match wire {
+            Wire::Kept(json) => Some(Cow::Borrowed(json)),
+            Wire::Large => first.or_else(serialize).map(Cow::Owned),
+            Wire::Failed => None,
+        }
     }
 }
 
@@ -291,7 +317,7 @@ impl TaskEvent {
 
 #[cfg(test)]
 mod tests {
-    use taskgrid_core::{FailureCode, Stream, TaskFailure, TaskId, Timestamp};
+    use taskgrid_core::{FailureCode, Progress, Stream, TaskFailure, TaskId, Timestamp};
 
     use super::*;
 
@@ -320,8 +346,11 @@ mod tests {
         let a = one.wire_json().expect("an event serializes");
         let b = other.wire_json().expect("an event serializes");
         // The same bytes, made once: not two equal strings.
-        assert!(std::ptr::eq(a, b), "each clone serialized the event again");
-        let back: api::TaskEvent = serde_json::from_str(a).expect("the JSON reads back");
+        assert!(
+            matches!((&a, &b), (Cow::Borrowed(x), Cow::Borrowed(y)) if std::ptr::eq(*x, *y)),
+            "each clone serialized the event again"
+        );
+        let back: api::TaskEvent = serde_json::from_str(&a).expect("the JSON reads back");
         assert_eq!(back, ev.to_wire());
         // The handler is this process's own business, and an SSE data
         // line cannot hold a raw newline.
@@ -344,6 +373,10 @@ mod tests {
                 result: Some("{\"n\":1}".into()),
                 handler: None,
             },
+            EventKind::Progress(Progress {
+                fraction: 0.25,
+                message: Some("copying".into()),
+            }),
             EventKind::Checkpoint,
             EventKind::Output {
                 stream: Stream::Stderr,
@@ -353,7 +386,7 @@ mod tests {
         for kind in kinds {
             let (ev, one) = shared(kind);
             let json = one.wire_json().expect("an event serializes");
-            let back: api::TaskEvent = serde_json::from_str(json).expect("the JSON reads back");
+            let back: api::TaskEvent = serde_json::from_str(&json).expect("the JSON reads back");
             assert_eq!((back.seq, back.id, back.at), (41, ev.id, ev.at));
             assert_eq!(back.new_state(), ev.new_state());
             let same = match (&back.kind, &ev.kind) {
@@ -386,6 +419,7 @@ mod tests {
                         ..
                     },
                 ) => f == from && t == to && a == attempt && e == error && r == result,
+                (api::EventKind::Progress(p), EventKind::Progress(q)) => p == q,
                 (api::EventKind::Checkpoint, EventKind::Checkpoint) => true,
                 (
                     api::EventKind::Output { stream, data },
@@ -395,5 +429,29 @@ mod tests {
             };
             assert!(same, "{json} does not say {ev:?}");
         }
+    }
+
+    #[test]
+    fn a_large_event_is_serialized_for_each_reader_not_kept() {
+        let data = "x".repeat(SharedEvent::KEEP_JSON_MAX);
+        let (ev, one) = shared(EventKind::Output {
+            stream: Stream::Stdout,
+            data,
+        });
+        let other = one.clone();
+        let (a, b) = (one.wire_json(), other.wire_json());
+        for json in [&a, &b] {
+            let json = json.as_ref().expect("an event serializes");
+            assert!(
+                matches!(json, Cow::Owned(_)),
+                "a large event's JSON was kept"
+            );
+            let back: api::TaskEvent = serde_json::from_str(json).expect("the JSON reads back");
+            assert_eq!(back, ev.to_wire());
+        }
+        // A small one is kept: every reader borrows it.
+        let (_, small) = shared(EventKind::Checkpoint);
+        assert!(matches!(small.wire_json(), Some(Cow::Borrowed(_))));
+        assert!(matches!(small.clone().wire_json(), Some(Cow::Borrowed(_))));
     }
 }

@@ -4,7 +4,7 @@
 //! A batch is all or nothing: every check runs before anything changes, so a
 //! refused submit leaves no trace.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::{
@@ -12,6 +12,7 @@ use crate::{
     Timestamp,
 };
 
+use super::table::{IdMap, IdSet};
 use super::{Engine, Entry, Outbox, SubmitError};
 
 /// What a submit did.
@@ -206,7 +207,7 @@ impl Engine {
         // 1. Check everything; change nothing.
         let mut results = Vec::with_capacity(items.len());
         let mut keys: HashMap<&str, TaskId> = HashMap::new();
-        let mut new_ids: HashSet<TaskId> = HashSet::new();
+        let mut new_ids = IdSet::with_capacity_and_hasher(items.len(), Default::default());
         let mut depth: HashMap<&str, usize> = HashMap::new();
         let batch = items.len() > 1;
         for (index, (id, spec)) in items.iter().enumerate() {
@@ -232,7 +233,7 @@ impl Engine {
             results.push(Submitted::Created(*id));
         }
         // Duplicates of a unique key stand for the task that holds the key.
-        let alias: HashMap<TaskId, TaskId> = items
+        let alias: IdMap<TaskId> = items
             .iter()
             .zip(&results)
             .filter(|(_, r)| matches!(r, Submitted::Existing(_)))
@@ -455,25 +456,27 @@ impl Engine {
 /// accepted cannot depend on new ones, so cycles can only be among these).
 fn check_acyclic(
     items: &[(TaskId, TaskSpec)],
-    new_ids: &HashSet<TaskId>,
+    new_ids: &IdSet,
     resolve: &impl Fn(&TaskId) -> TaskId,
 ) -> Result<(), SubmitError> {
-    let edges: HashMap<TaskId, Vec<TaskId>> = items
+    // Only a task that depends on another new one can be on a cycle; a new
+    // task without such a dependency has no edge (a dead end below). A
+    // batch without any (the usual one) is done here.
+    let edges: IdMap<Vec<TaskId>> = items
         .iter()
-        .filter(|(id, _)| new_ids.contains(id))
-        .map(|(id, s)| {
-            (
-                *id,
-                s.after
-                    .iter()
-                    .map(resolve)
-                    .filter(|d| new_ids.contains(d))
-                    .collect(),
-            )
+        .filter(|(id, s)| !s.after.is_empty() && new_ids.contains(id))
+        .filter_map(|(id, s)| {
+            let within: Vec<TaskId> = s
+                .after
+                .iter()
+                .map(resolve)
+                .filter(|d| new_ids.contains(d))
+                .collect();
+            (!within.is_empty()).then_some((*id, within))
         })
         .collect();
     // 0 = unseen, 1 = on the current path, 2 = done.
-    let mut mark: HashMap<TaskId, u8> = HashMap::new();
+    let mut mark: IdMap<u8> = IdMap::default();
     for &start in edges.keys() {
         if mark.get(&start).copied().unwrap_or(0) != 0 {
             continue;

@@ -581,6 +581,23 @@ fn bad_input_is_refused_with_a_typed_error_and_changes_nothing() {
         .submit_batch(vec![(a, sa), (b, sb)], t.now, &mut t.out)
         .unwrap_err();
     assert!(matches!(err, SubmitError::CyclicDependency(_)), "{err}");
+    // A longer cycle (e → f → g → e), beside tasks of the batch with no
+    // dependency or only on a task outside it.
+    let (c, d, e, f, g) = (t.id(), t.id(), t.id(), t.id(), t.id());
+    let (mut sd, mut se, mut sf, mut sg) = (h("x"), h("x"), h("x"), h("x"));
+    sd.after = vec![existing];
+    se.after = vec![f];
+    sf.after = vec![existing, g];
+    sg.after = vec![c, e];
+    let err = t
+        .engine
+        .submit_batch(
+            vec![(c, h("x")), (d, sd), (e, se), (f, sf), (g, sg)],
+            t.now,
+            &mut t.out,
+        )
+        .unwrap_err();
+    assert!(matches!(err, SubmitError::CyclicDependency(_)), "{err}");
     assert_eq!(
         t.engine.submit(existing, h("x"), t.now, &mut t.out),
         Err(SubmitError::DuplicateId(existing))

@@ -138,7 +138,7 @@ impl Connection {
         let Some(json) = ev.wire_json() else {
             return true;
         };
-        let sse = Event::default().id(ev.seq.to_string()).data(json);
+        let sse = Event::default().id(ev.seq.to_string()).data(&*json);
         self.tx.send(Ok(sse)).await.is_ok()
     }
 }
