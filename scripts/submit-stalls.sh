@@ -6,7 +6,7 @@
 #
 #   scripts/submit-stalls.sh [BINARY]
 #
-# Prints the median, p90 and slowest batch latency, and the three slowest
+# Prints the median, p90 and slowest batch latency, and the eight slowest
 # batches with their index (batch i holds tasks 5000*i .. 5000*(i+1)).
 set -euo pipefail
 BIN=$(readlink -f "${1:-target/release/taskgrid}")
@@ -34,7 +34,7 @@ for _ in range(200):
         r.read()
     lat.append((time.perf_counter() - t) * 1000)
 s = sorted(lat)
-top = sorted(range(len(lat)), key=lambda i: -lat[i])[:3]
+top = sorted(range(len(lat)), key=lambda i: -lat[i])[:8]
 print(f"median {statistics.median(lat):.1f} ms, p90 {s[int(len(s) * 0.9) - 1]:.1f} ms, "
       f"max {s[-1]:.1f} ms; slowest batches {[(i, round(lat[i])) for i in top]}")
 PY
