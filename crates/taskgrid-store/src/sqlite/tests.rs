@@ -110,13 +110,10 @@ fn durability_picks_the_sync_mode_and_wal_is_on() {
             .pragma_query_value(None, "busy_timeout", |r| r.get(0))
             .unwrap();
         assert_eq!(busy, 5_000);
-        // SQLite's own checkpoint in the commit is off: the WAL hook and
-        // the store's checkpoint thread copy the WAL back instead.
         let every: i64 = conn
             .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
             .unwrap();
-        assert_eq!(every, 0);
-        assert!(store.checkpointer.is_some());
+        assert_eq!(every, 10_000);
         let limit: i64 = conn
             .pragma_query_value(None, "journal_size_limit", |r| r.get(0))
             .unwrap();
@@ -469,63 +466,4 @@ fn a_version_7_audit_log_keeps_its_numbers_going_up() {
     store.apply(&[prune]).unwrap();
     store.apply(&[entry(60)]).unwrap();
     assert_eq!(seqs(&store), [8, 5], "6 and 7 were given before");
-}
-
-#[test]
-fn the_wal_is_copied_back_by_a_thread_of_its_own_not_in_the_commit() {
-    use std::sync::atomic::Ordering::Relaxed;
-    use std::time::Duration;
-    const MARK: i32 = 50;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.db");
-    let mut store = SqliteStore::open_marked(&path, SqliteOptions::default(), MARK).unwrap();
-    let progress = store.checkpointer.as_ref().unwrap().progress.clone();
-    let mut n = 0;
-    let mut write = |store: &SqliteStore, count: u128| {
-        let batch: Vec<Change> = (n..n + count).map(|i| submit(task(i))).collect();
-        store.apply(&batch).unwrap();
-        n += count;
-        progress.frames.load(Relaxed)
-    };
-    // Past the mark, a commit wakes the thread, which copies the WAL back;
-    // the writer does not.
-    while write(&store, 100) < MARK as u64 {}
-    assert!(
-        progress.wait_past(0, Duration::from_secs(30)) >= 1,
-        "no checkpoint ran"
-    );
-    // Once a run has copied everything, the next commit starts the WAL
-    // over (a run that raced a later commit is followed by another).
-    let mut restarted = false;
-    for _ in 0..50 {
-        let seen = progress.runs();
-        if write(&store, 1) < MARK as u64 {
-            restarted = true;
-            break;
-        }
-        progress.wait_past(seen, Duration::from_secs(30));
-    }
-    assert!(restarted, "the WAL was never copied back whole");
-    assert_eq!(
-        progress.inline.load(Relaxed),
-        0,
-        "the writer checkpointed itself"
-    );
-
-    // With the thread stopped (as when the store closes), a commit past
-    // the mark copies the WAL back itself.
-    let runs = progress.runs();
-    drop(store.checkpointer.take());
-    while write(&store, 100) < MARK as u64 {}
-    assert!(
-        progress.inline.load(Relaxed) >= 1,
-        "the writer left the WAL to grow"
-    );
-    assert_eq!(progress.runs(), runs);
-    assert!(write(&store, 1) < MARK as u64, "the WAL did not start over");
-    drop(store);
-    // Everything written is there after reopening.
-    let store = open(&path);
-    let counts = store.count_by_state().unwrap();
-    assert!(counts.contains(&(State::Queued, n as u64)), "{counts:?}");
 }
