@@ -13,7 +13,8 @@
 # received (a follower that falls behind the replay buffer is sent
 # `reset` and misses events, which also spares the coordinator their
 # cost: compare throughput only where no follower missed any). The order of
-# the binaries is reversed every round. One line per run:
+# the binaries is reversed every round. Needs curl, ss and python3. One
+# line per run:
 #   BINARY  end-to-end tasks/s  coordinator CPU s  events received per follower (min)  resets (sum)
 set -euo pipefail
 ROUNDS=${1:?rounds}
@@ -71,8 +72,24 @@ one() {
     cat "$DIR/bench.err" >&2
     exit 1
   fi
-  # Let the followers read the last events, then stop them and the server.
-  sleep 1
+  # Let the followers read the last events (4 per task: all received, or
+  # nothing more for half a second after a reset), then stop them and the
+  # server.
+  local want=$((4 * TASKS)) prev=-1 still=0
+  for _ in $(seq 100); do
+    local total=0 short=0
+    for w in $(seq "$WATCHERS"); do
+      local n
+      n=$(grep -c '^id:' "$DIR/w$w.out" || true)
+      total=$((total + n))
+      [ "$n" -ge "$want" ] || short=1
+    done
+    [ "$short" -eq 0 ] && break
+    if [ "$total" -eq "$prev" ]; then still=$((still + 1)); else still=0; fi
+    [ "$still" -ge 5 ] && break
+    prev=$total
+    sleep 0.1
+  done
   if [ ${#FOLLOWERS[@]} -gt 0 ]; then
     kill "${FOLLOWERS[@]}" 2>/dev/null || true
     wait "${FOLLOWERS[@]}" 2>/dev/null || true

@@ -108,11 +108,6 @@ impl SharedEvent {
         }))
     }
 
-    /// The event.
-    pub fn event(&self) -> &TaskEvent {
-        &self.0.event
-    }
-
     /// The JSON of the event's wire form ([`api::TaskEvent`]), the data of
     /// an `/events` SSE event: serialized on the first call and borrowed
     /// from then on, unless longer than [`Self::KEEP_JSON_MAX`]. `None`
@@ -141,12 +136,6 @@ impl Deref for SharedEvent {
 
     fn deref(&self) -> &TaskEvent {
         &self.0.event
-    }
-}
-
-impl PartialEq<TaskEvent> for SharedEvent {
-    fn eq(&self, other: &TaskEvent) -> bool {
-        self.0.event == *other
     }
 }
 
@@ -342,7 +331,7 @@ mod tests {
             handler: Some("mail".into()),
         });
         let other = one.clone();
-        assert_eq!(one, ev);
+        assert_eq!(*one, ev);
         let a = one.wire_json().expect("an event serializes");
         let b = other.wire_json().expect("an event serializes");
         // The same bytes, made once: not two equal strings.

@@ -225,7 +225,8 @@ impl WriteConn {
         let commit = counted.is_some();
         let keys: Vec<(&'static str, bool)> = match counted {
             Some(counted) => {
-                debug_assert_eq!(counted.len(), ops.len(), "one flag per op");
+                // A short list would drop ops from a committed transaction.
+                assert_eq!(counted.len(), ops.len(), "one flag per op");
                 ops.iter()
                     .zip(counted)
                     .map(|(op, &c)| (op.sql, c))
