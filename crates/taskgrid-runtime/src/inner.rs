@@ -151,9 +151,48 @@ impl Effects {
     }
 }
 
+/// The engine, locked ([`Inner::lock`]). Once the lock is let go, this
+/// thread commits what it left to the writer while holding it
+/// ([`Writer::help`]): a commit made at light load costs no thread switch,
+/// and never holds the engine.
+pub(crate) struct EngineGuard<'a> {
+    guard: Option<MutexGuard<'a, Engine>>,
+    writer: &'a Writer,
+}
+
+impl std::ops::Deref for EngineGuard<'_> {
+    type Target = Engine;
+
+    fn deref(&self) -> &Engine {
+        match &self.guard {
+            Some(g) => g,
+            None => unreachable!("an engine guard is emptied only as it drops"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for EngineGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Engine {
+        match &mut self.guard {
+            Some(g) => g,
+            None => unreachable!("an engine guard is emptied only as it drops"),
+        }
+    }
+}
+
+impl Drop for EngineGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.writer.help();
+    }
+}
+
 impl Inner {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Engine> {
-        relock(&self.engine)
+    pub(crate) fn lock(&self) -> EngineGuard<'_> {
+        EngineGuard {
+            guard: Some(relock(&self.engine)),
+            writer: &self.writer,
+        }
     }
 
     /// Sends changes to the writer (call with the engine locked, so the
@@ -219,8 +258,9 @@ impl Inner {
             self.offer_batches.fetch_add(1, Ordering::AcqRel);
             OfferBatch(self.me.clone())
         });
-        // On the writer thread: keep it short. Sending and publishing are
-        // the publisher task's work, in the same (commit) order.
+        // On the writer thread (or this thread, helping it as the engine
+        // guard drops): keep it short. Sending and publishing are the
+        // publisher task's work, in the same (commit) order.
         let callback = Box::new(move |res: Result<(), taskgrid_store::StoreError>| {
             // Counted out until here (or until the callback is dropped).
             let _offers = offers;
@@ -252,7 +292,14 @@ impl Inner {
                 }
             }
         });
-        if let Err(e) = self.writer.submit_within(changes, Some(callback), window) {
+        // With the engine locked, a commit due now is left for this thread
+        // to make once it lets go of the lock (see `EngineGuard`).
+        let submitted = if window.is_zero() {
+            self.writer.submit_then_help(changes, Some(callback))
+        } else {
+            self.writer.submit_within(changes, Some(callback), window)
+        };
+        if let Err(e) = submitted {
             tracing::error!(error = %e, "store writer refused changes");
         }
     }

@@ -1,8 +1,10 @@
-//! The runtime never calls the store from an async thread: a store read is
+//! The runtime never reads the store from an async thread: a store read is
 //! blocking IO (a SQLite page, or a round trip to a network database) and
 //! would stall every task sharing that thread. On a current-thread runtime
 //! every async task runs on the test's own thread, so a store that notes
-//! the thread of each call shows any read made from async code.
+//! the thread of each call shows any read made from async code. (A small
+//! write may be committed on an async thread where the store says its
+//! commits are quick, `Store::quick_commits`; this store's are not.)
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

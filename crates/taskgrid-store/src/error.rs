@@ -70,7 +70,8 @@ pub enum StoreError {
         /// The term this store held.
         term: u64,
     },
-    /// The [`Writer`](crate::Writer) has shut down (or its thread died).
+    /// The [`Writer`](crate::Writer) has shut down (or its thread died, or
+    /// the store panicked in a commit).
     #[error("the store writer is closed")]
     Closed,
     /// An operating-system error (creating the data directory, spawning the

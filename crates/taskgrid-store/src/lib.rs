@@ -24,7 +24,8 @@
 //!
 //! A [`Writer`] sits in front of a store and group-commits: one background
 //! thread applies whatever batches are queued in one transaction and then
-//! tells each submitter its result.
+//! tells each submitter its result (at light load, a caller may commit its
+//! own small batch instead of waking it: [`Writer::submit_then_help`]).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -164,6 +165,13 @@ pub trait Store: Send + Sync + 'static {
     /// ([`apply_when`](Store::apply_when)). The default: one.
     fn lanes(&self) -> usize {
         1
+    }
+
+    /// Whether a commit is quick (no fsync, no network round trip), so
+    /// that a caller may make it on its own thread instead of waking the
+    /// [`Writer`]'s ([`Writer::submit_then_help`]). The default: no.
+    fn quick_commits(&self) -> bool {
+        false
     }
 
     /// Like [`apply`](Store::apply), but commits only in `turn`: once the

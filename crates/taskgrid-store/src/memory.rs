@@ -481,6 +481,10 @@ impl Task {
 }
 
 impl Store for MemoryStore {
+    fn quick_commits(&self) -> bool {
+        true
+    }
+
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
         let mut inner = self.lock();
         let mut undo = Vec::with_capacity(changes.len());

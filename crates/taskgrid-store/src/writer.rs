@@ -1,6 +1,6 @@
 //! [`Writer`]: group commit. One background thread owns writing to a
-//! [`Store`]; callers hand it batches of changes without blocking, and it
-//! commits everything that queued up while the previous commit ran in one
+//! [`Store`] (a caller may stand in for it at light load, below); callers
+//! hand it batches of changes without blocking, and it commits everything that queued up while the previous commit ran in one
 //! transaction — so the cost of a commit (an fsync, with
 //! [`Durability::PowerLoss`](crate::Durability::PowerLoss)) is shared by every
 //! batch in it.
@@ -15,11 +15,18 @@
 //! gathers them itself and hands them over at the head of its next batch,
 //! or alone once [`LAZY_WINDOW`] has passed.)
 //!
+//! A caller about to let go of the lock that orders its submissions may
+//! commit itself instead of waking the thread ([`Writer::submit_then_help`],
+//! then [`Writer::help`]): where the thread sleeps with nothing queued, the
+//! batch waits for the caller's `help`, which commits it — and whatever
+//! queued meanwhile — on the caller's thread. At light load that spares
+//! each commit two thread switches, the way to the writer and back.
+//!
 //! Batches are committed in submission order (a store with several lanes
 //! writes groups of other tasks beside the one committing, see `lanes`).
 //! Each batch's `done` callback is called once its changes are committed
-//! (or have failed), in submission order, on the writer's thread or one of
-//! its lanes: keep callbacks short (send on a channel, wake a task) and
+//! (or have failed), in submission order, on the writer's thread, one of
+//! its lanes or a helping caller's thread: keep callbacks short (send on a channel, wake a task) and
 //! never call [`Writer::flush`] from one.
 
 use std::collections::VecDeque;
@@ -45,6 +52,19 @@ pub const BATCH_CAP: usize = 65_536;
 /// its submission its commit may start at the latest.
 pub const LAZY_WINDOW: Duration = Duration::from_millis(10);
 
+/// The most commits one [`Writer::help`] makes before it leaves the rest
+/// to the writer thread.
+const HELP_COMMITS: usize = 1;
+
+/// How long callers leave their commits to the writer thread after a
+/// helped commit had company: under a steady stream of batches the
+/// thread commits beside the callers' own work, in larger groups.
+const HELP_PAUSE: Duration = Duration::from_millis(10);
+
+/// The most changes a caller leaves for its own commit: a larger batch
+/// would hold the caller's thread for long.
+const HELP_MAX_CHANGES: usize = 64;
+
 /// The longest window a batch gets; longer ones are cut to it.
 pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
 
@@ -52,10 +72,22 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
 ///
 /// Dropping it (or calling [`shutdown`](Writer::shutdown)) commits
 /// everything already submitted, then stops the thread.
-#[derive(Debug)]
 pub struct Writer {
     queue: Arc<Queue>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The store and whether the writer is fail-stop, for commits made by
+    /// a helping caller ([`Writer::help`]); `None` where the store has
+    /// several lanes or slow commits (only the writer thread commits then).
+    helped: Option<(Arc<dyn Store>, bool)>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("queue", &self.queue)
+            .field("helped", &self.helped.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// One submitted batch.
@@ -71,6 +103,8 @@ struct Job {
 /// so batches that may wait cost no thread switch each.
 #[derive(Default)]
 struct Queue {
+    /// This writer's number in the process (for [`HELP`]).
+    id: u64,
     state: Mutex<Pending>,
     wake: Condvar,
     /// The groups in flight, with lanes.
@@ -99,6 +133,27 @@ struct Pending {
     closed: bool,
     /// What the writer thread is doing.
     thread: Thread,
+    /// Whether a caller commits instead of the thread.
+    helper: Helper,
+    /// Claims made so far (each [`Helper::Claimed`] names its own).
+    claims: u64,
+    /// No caller commits before this: the last helped commit had company
+    /// (see [`HELP_PAUSE`]).
+    no_help_until: Option<Instant>,
+}
+
+/// A caller committing in the writer thread's place ([`Writer::help`]).
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+enum Helper {
+    /// None: the thread commits.
+    #[default]
+    None,
+    /// The caller that made this claim will commit what is queued when it
+    /// calls [`Writer::help`]; until then the thread takes nothing (unless
+    /// it is shutting down, when it takes over).
+    Claimed(u64),
+    /// A caller is committing: the thread takes nothing until it is done.
+    Helping,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -145,7 +200,13 @@ impl Writer {
     }
 
     fn start(store: Arc<dyn Store>, fail_stop: bool) -> Result<Writer, StoreError> {
-        let queue = Arc::new(Queue::default());
+        static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let queue = Arc::new(Queue {
+            id: WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ..Queue::default()
+        });
+        let helped =
+            (store.lanes() <= 1 && store.quick_commits()).then(|| (store.clone(), fail_stop));
         let handle = thread::Builder::new()
             .name("taskgrid-store-writer".into())
             .spawn({
@@ -155,6 +216,7 @@ impl Writer {
         Ok(Writer {
             queue,
             thread: Mutex::new(Some(handle)),
+            helped,
         })
     }
 
@@ -188,11 +250,14 @@ impl Writer {
             return Err(StoreError::Closed);
         }
         st.changes += changes.len();
-        let wake = match st.thread {
-            Thread::Busy => false,
-            Thread::Idle => true,
-            Thread::Until(at) => by < at || st.changes >= BATCH_CAP,
-        };
+        // A helping caller takes what queues while it helps, or wakes the
+        // thread for it when done.
+        let wake = st.helper == Helper::None
+            && match st.thread {
+                Thread::Busy => false,
+                Thread::Idle => true,
+                Thread::Until(at) => by < at || st.changes >= BATCH_CAP,
+            };
         st.due = Some(st.due.map_or(by, |d| d.min(by)));
         st.jobs.push_back(Job { changes, done, by });
         if wake {
@@ -201,6 +266,164 @@ impl Writer {
             self.queue.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Like [`submit`](Writer::submit), but where the writer thread sleeps
+    /// with nothing queued, the batch is left for this thread to commit:
+    /// the caller **must** call [`help`](Writer::help) on this thread soon
+    /// (once it lets go of whatever lock orders its submissions), and
+    /// must not wait for the commit before it has. Until then the batch,
+    /// and any submitted after it, stay queued (a shutdown commits them
+    /// without waiting for the caller).
+    ///
+    /// Otherwise (the thread busy or waiting for a window, batches queued,
+    /// a store with several lanes or slow commits ([`Store::quick_commits`]),
+    /// a call from a `done` callback, or one
+    /// made before this thread helped with its last) it is
+    /// [`submit`](Writer::submit).
+    pub fn submit_then_help(
+        &self,
+        changes: Vec<Change>,
+        done: Option<Done>,
+    ) -> Result<(), StoreError> {
+        let mut st = lock(&self.queue.state);
+        if st.closed {
+            return Err(StoreError::Closed);
+        }
+        if self.helped.is_none()
+            || st.helper != Helper::None
+            || !matches!(st.thread, Thread::Idle)
+            || !st.jobs.is_empty()
+            || changes.len() > HELP_MAX_CHANGES
+            || st.no_help_until.is_some_and(|t| Instant::now() < t)
+            || on_writer_thread(&self.queue)
+            || HELP.with(|h| h.get().0 != 0)
+        {
+            drop(st);
+            return self.submit(changes, done);
+        }
+        st.claims += 1;
+        let claim = st.claims;
+        st.helper = Helper::Claimed(claim);
+        HELP.with(|h| h.set((self.queue.id, claim)));
+        let by = Instant::now();
+        st.changes += changes.len();
+        st.due = Some(by);
+        st.jobs.push_back(Job { changes, done, by });
+        Ok(())
+    }
+
+    /// Commits, on this thread, the batch this thread left with
+    /// [`submit_then_help`](Writer::submit_then_help) and whatever queued
+    /// behind it (up to 64 changes in all, in one commit), then gives the
+    /// rest to the writer thread. Does nothing if this thread left no batch, or if a
+    /// shutdown already committed it.
+    pub fn help(&self) {
+        let Some(claim) = HELP.with(|h| {
+            let (queue, claim) = h.get();
+            (queue == self.queue.id).then(|| {
+                h.set((0, 0));
+                claim
+            })
+        }) else {
+            return;
+        };
+        let Some((store, fail_stop)) = &self.helped else {
+            return;
+        };
+        let path = Path {
+            store: &**store,
+            turn: &crate::Now,
+            report_queued: true,
+        };
+        let mut st = lock(&self.queue.state);
+        if st.helper != Helper::Claimed(claim) {
+            return;
+        }
+        if thread::panicking() {
+            // Unwinding (the caller's lock guard dropped by a panic): no
+            // commit here, whose own panic would abort; the thread takes it.
+            st.helper = Helper::None;
+            st.thread = Thread::Busy;
+            drop(st);
+            self.queue.wake.notify_one();
+            return;
+        }
+        st.helper = Helper::Helping;
+        // Others submitted while this thread held its batch or committed:
+        // batches come close together, and the writer thread, which
+        // commits beside the callers' work, groups them better.
+        let mut company = st.jobs.len() > 1;
+        for _ in 0..HELP_COMMITS {
+            if st.closed || st.due.is_none_or(|due| due > Instant::now()) {
+                break;
+            }
+            let (jobs, total) = take_queued(&mut st, HELP_MAX_CHANGES);
+            drop(st);
+            let open = self.commit_helped(&path, *fail_stop, jobs, total);
+            st = lock(&self.queue.state);
+            if !open {
+                break;
+            }
+            company |= !st.jobs.is_empty();
+        }
+        st.helper = Helper::None;
+        if company {
+            st.no_help_until = Some(Instant::now() + HELP_PAUSE);
+        }
+        if st.due.is_some() || st.closed {
+            st.thread = Thread::Busy;
+            drop(st);
+            self.queue.wake.notify_one();
+        }
+    }
+
+    /// One commit of [`help`](Writer::help), on this thread marked as the
+    /// writer's (so that a `done` callback's [`shutdown`](Writer::shutdown)
+    /// does not wait for the thread, which waits for this commit). A store
+    /// that panics stops the writer, as on its thread, and the panic stops
+    /// here: it is the writer's, not the caller's. Returns whether the
+    /// writer is still open.
+    fn commit_helped(
+        &self,
+        path: &Path<'_>,
+        fail_stop: bool,
+        jobs: Vec<Job>,
+        total: usize,
+    ) -> bool {
+        let before = WRITER_THREAD.with(|w| w.replace(std::ptr::from_ref(&*self.queue) as usize));
+        let committed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            if fail_stop {
+                commit_or_stop(path, &self.queue, jobs, total)
+            } else {
+                commit(path, jobs, total);
+                true
+            }
+        }));
+        WRITER_THREAD.with(|w| w.set(before));
+        committed.unwrap_or_else(|_| {
+            tracing::error!("the store panicked in a commit; the writer stops");
+            drop(Gone(&self.queue));
+            false
+        })
+    }
+
+    /// Waits until the writer thread sleeps with nothing to do (tests
+    /// that need [`submit_then_help`](Writer::submit_then_help) to leave
+    /// its batch); panics after 30 s.
+    #[cfg(all(test, feature = "sqlite"))]
+    fn until_idle(&self) {
+        let limit = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < limit, "the writer thread never slept");
+            {
+                let st = lock(&self.queue.state);
+                if matches!(st.thread, Thread::Idle) && st.jobs.is_empty() {
+                    return;
+                }
+            }
+            thread::yield_now();
+        }
     }
 
     /// [`submit_within`](Writer::submit_within) [`LAZY_WINDOW`], for
@@ -215,9 +438,11 @@ impl Writer {
     /// Fails with [`StoreError::Closed`] after shutdown, if the writer
     /// thread died, or if it stopped (a failed commit under fail-stop, a
     /// panic) before this call's turn. Never call it from a `done`
-    /// callback: that callback runs on the writer's thread, which would
-    /// wait for itself.
+    /// callback: that callback runs on the writer's thread (or a helping
+    /// caller's, standing in for it), which would wait for itself.
     pub fn flush(&self) -> Result<(), StoreError> {
+        // A batch this thread left must not wait for this very call.
+        self.help();
         let (tx, rx) = mpsc::sync_channel(1);
         let done: Done = Box::new(move |result| {
             let _ = tx.send(result);
@@ -237,8 +462,8 @@ impl Writer {
             return;
         };
         if handle.thread().id() == thread::current().id() || on_writer_thread(&self.queue) {
-            // Called from a `done` callback (on the writer thread or one
-            // of its lanes): the thread exits on its own.
+            // Called from a `done` callback (on the writer thread, one of
+            // its lanes or a helping caller): the thread exits on its own.
             return;
         }
         if handle.join().is_err() {
@@ -254,8 +479,13 @@ impl Drop for Writer {
 }
 
 thread_local! {
+    /// The writer (its queue's number) and the claim of the batch this
+    /// thread left for its [`Writer::help`]; `(0, 0)` for none.
+    static HELP: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+
     /// The queue of the writer this thread belongs to (its thread or a
-    /// lane, where `done` callbacks run), by address; 0 for others.
+    /// lane, or a caller while it helps: where `done` callbacks run), by
+    /// address; 0 for others.
     static WRITER_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
@@ -279,21 +509,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// holds [`BATCH_CAP`] changes, or the writer is shutting down) commit what
 /// is queued, up to [`BATCH_CAP`] changes, and report; until shut down.
 fn run(store: &dyn Store, queue: &Queue, fail_stop: bool) {
-    // However the thread ends, submitters must not wait on it any more:
-    // refuse new batches and drop the queued ones, whose `done`s then tell
-    // their waiters (a dropped callback reads as "closed").
-    struct Gone<'a>(&'a Queue);
-    impl Drop for Gone<'_> {
-        fn drop(&mut self) {
-            let jobs = {
-                let mut st = lock(&self.0.state);
-                st.closed = true;
-                std::mem::take(&mut st.jobs)
-            };
-            // Dropped unlocked: a callback's drop may reach the writer again.
-            drop(jobs);
-        }
-    }
+    // However the thread ends, submitters must not wait on it any more.
     let _gone = Gone(queue);
     mark_writer_thread(queue);
     let lanes = store.lanes().max(1);
@@ -454,6 +670,16 @@ fn refuse(queue: &Queue) {
 fn take(queue: &Queue) -> Option<(Vec<Job>, usize)> {
     let mut st = lock(&queue.state);
     loop {
+        match st.helper {
+            Helper::None => {}
+            // Shutting down: the claimer may never help; take its batch.
+            Helper::Claimed(_) if st.closed => st.helper = Helper::None,
+            Helper::Claimed(_) | Helper::Helping => {
+                st.thread = Thread::Idle;
+                st = queue.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+        }
         let Some(due) = st.due else {
             if st.closed {
                 return None;
@@ -473,19 +699,48 @@ fn take(queue: &Queue) -> Option<(Vec<Job>, usize)> {
             continue;
         }
         st.thread = Thread::Busy;
-        let mut jobs = Vec::new();
-        let mut total = 0;
-        while let Some(next) = st.jobs.front() {
-            if !jobs.is_empty() && total + next.changes.len() > BATCH_CAP {
-                break;
-            }
-            total += next.changes.len();
-            jobs.extend(st.jobs.pop_front());
-        }
-        st.changes -= total;
-        st.due = st.jobs.iter().map(|j| j.by).min();
-        return Some((jobs, total));
+        return Some(take_queued(&mut st, BATCH_CAP));
     }
+}
+
+/// Dropped as the writer thread ends, or as a helping caller's commit
+/// panics ([`Writer::help`]): the writer stops — new batches are refused,
+/// the queued ones dropped (their `done`s then tell their waiters: a
+/// dropped callback reads as "closed") — and the thread, if it waits for
+/// the helper, wakes to end.
+struct Gone<'a>(&'a Queue);
+
+impl Drop for Gone<'_> {
+    fn drop(&mut self) {
+        let jobs = {
+            let mut st = lock(&self.0.state);
+            st.helper = Helper::None;
+            st.closed = true;
+            st.due = None;
+            st.changes = 0;
+            std::mem::take(&mut st.jobs)
+        };
+        self.0.wake.notify_all();
+        // Dropped unlocked: a callback's drop may reach the writer again.
+        drop(jobs);
+    }
+}
+
+/// Takes the queued batches for one commit (up to `cap` changes, and at
+/// least one batch), with their number of changes.
+fn take_queued(st: &mut Pending, cap: usize) -> (Vec<Job>, usize) {
+    let mut jobs = Vec::new();
+    let mut total = 0;
+    while let Some(next) = st.jobs.front() {
+        if !jobs.is_empty() && total + next.changes.len() > cap {
+            break;
+        }
+        total += next.changes.len();
+        jobs.extend(st.jobs.pop_front());
+    }
+    st.changes -= total;
+    st.due = st.jobs.iter().map(|j| j.by).min();
+    (jobs, total)
 }
 
 /// Applies `jobs` (holding `total` changes) in one transaction and reports to

@@ -98,6 +98,8 @@ pub struct SqliteStore {
     /// The read connection; `None` for an in-memory database, whose single
     /// connection does both.
     reader: Option<Mutex<Connection>>,
+    /// Commits are not synced to disk ([`Durability::Process`]).
+    quick: bool,
     /// The lock file, held for the store's life: one writer per database.
     /// Last, so that it is released only after both connections closed.
     _lock: Option<std::fs::File>,
@@ -162,6 +164,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: Mutex::new(writer),
             reader: Some(Mutex::new(reader)),
+            quick: options.durability == Durability::Process,
             _lock: Some(lock),
         })
     }
@@ -175,6 +178,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: Mutex::new(conn),
             reader: None,
+            quick: true,
             _lock: None,
         })
     }
@@ -210,6 +214,10 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 }
 
 impl Store for SqliteStore {
+    fn quick_commits(&self) -> bool {
+        self.quick
+    }
+
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());

@@ -34,9 +34,19 @@ struct Recording {
     begun: Mutex<Option<Sender<usize>>>,
     /// An `apply_when` with this task panics as it begins.
     explodes_on: Option<TaskId>,
+    /// Its [`Store::quick_commits`].
+    quick: bool,
 }
 
 impl Recording {
+    /// A store whose commits a caller may make ([`Store::quick_commits`]).
+    fn quick() -> Arc<Self> {
+        Arc::new(Recording {
+            quick: true,
+            ..Recording::default()
+        })
+    }
+
     fn gated() -> (Arc<Self>, Receiver<()>, Sender<()>) {
         let (store, entered, release, _) = Self::gated_lanes(1);
         (store, entered, release)
@@ -56,6 +66,8 @@ impl Recording {
             gate: Mutex::new(Some((entered_tx, release_rx))),
             lanes,
             begun: Mutex::new(Some(begun_tx)),
+            // Quick: a caller could commit, were the writer not busy.
+            quick: true,
             ..Recording::default()
         };
         (Arc::new(store), entered_rx, release_tx, begun_rx)
@@ -86,6 +98,9 @@ impl Store for Recording {
     }
     fn lanes(&self) -> usize {
         self.lanes.max(1)
+    }
+    fn quick_commits(&self) -> bool {
+        self.quick
     }
     /// Records the call, waits at the gate if it is the first, then for
     /// its turn, then applies.
@@ -211,6 +226,14 @@ fn queue_good_bad_good(writer: &Writer, tx: &Sender<(usize, Result<(), StoreErro
     writer
         .submit(vec![submit(task(4))], report_to(tx, 3))
         .unwrap();
+}
+
+/// Asserts that `writer` refuses a batch (submitting task `n`) as closed.
+fn assert_refuses(writer: &Writer, n: u128) {
+    assert!(matches!(
+        writer.submit(vec![submit(task(n))], None),
+        Err(StoreError::Closed)
+    ));
 }
 
 /// A `done` that sends `(tag, result)` on `tx`.
@@ -354,10 +377,7 @@ fn a_fail_stop_writer_applies_nothing_after_a_failed_commit() {
     }
     // Nothing is retried alone, and nothing more is taken.
     assert_eq!(store.calls().len(), 2);
-    assert!(matches!(
-        writer.submit(vec![submit(task(5))], None),
-        Err(StoreError::Closed)
-    ));
+    assert_refuses(&writer, 5);
     assert!(writer.flush().is_err());
 }
 
@@ -704,10 +724,7 @@ fn a_failed_group_rolls_back_the_one_beside_it_under_fail_stop() {
         "{results:?}"
     );
     assert!(store.get(tid(2)).unwrap().is_none(), "rolled back");
-    assert!(matches!(
-        writer.submit(vec![submit(task(3))], None),
-        Err(StoreError::Closed)
-    ));
+    assert_refuses(&writer, 3);
 }
 
 /// With two lanes, a later group whose lane panics stops the writer, but
@@ -770,4 +787,236 @@ fn dropping_the_writer_from_a_lanes_callback_does_not_hang() {
     let result = rx.recv_timeout(Duration::from_secs(30));
     assert!(matches!(result, Ok(Ok(()))), "{result:?}");
     assert!(store.get(tid(1)).unwrap().is_some());
+}
+
+/// A writer that `spawn` starts over a store with quick commits, once its
+/// thread sleeps: the next `submit_then_help` is left for its caller.
+fn idle_quick_writer(spawn: impl FnOnce(Arc<dyn Store>) -> Writer) -> (Arc<Recording>, Writer) {
+    let store = Recording::quick();
+    let writer = spawn(store.clone());
+    writer.until_idle();
+    (store, writer)
+}
+
+/// A `done` that sends `(tag, result, the thread it ran on)` on `tx`.
+fn report_thread_to(
+    tx: &Sender<(usize, Result<(), StoreError>, thread::ThreadId)>,
+    tag: usize,
+) -> Option<Done> {
+    let tx = tx.clone();
+    Some(Box::new(move |r| {
+        tx.send((tag, r, thread::current().id())).unwrap();
+    }))
+}
+
+/// A batch left for its caller is committed by the caller's `help`, on
+/// the caller's thread, together with what others queued meanwhile; until
+/// then the writer thread leaves it alone.
+#[test]
+fn a_helping_caller_commits_its_batch_and_what_queued_behind_it() {
+    let (store, writer) = idle_quick_writer(Writer::spawn);
+    let (tx, rx) = mpsc::channel();
+    writer
+        .submit_then_help(vec![submit(task(1))], report_thread_to(&tx, 0))
+        .unwrap();
+    // Another thread's batch, queued behind it (no wake-up: it waits for
+    // the helper too).
+    thread::scope(|s| {
+        s.spawn(|| {
+            writer
+                .submit(vec![submit(task(2))], report_thread_to(&tx, 1))
+                .unwrap();
+        });
+    });
+    assert!(rx.try_recv().is_err(), "nothing committed before help");
+    assert!(store.calls().is_empty());
+    writer.help();
+    let me = thread::current().id();
+    for tag in [0, 1] {
+        let (t, r, on) = rx.try_recv().unwrap();
+        assert_eq!((t, r.is_ok(), on), (tag, true, me), "batch {tag}");
+    }
+    // One commit held both, in submission order.
+    assert_eq!(store.calls(), [(vec![tid(1), tid(2)], true)]);
+    // A second help has nothing to do; the writer thread commits later
+    // batches as before.
+    writer.help();
+    writer
+        .submit(vec![submit(task(3))], report_thread_to(&tx, 2))
+        .unwrap();
+    let (t, r, on) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!((t, r.is_ok()), (2, true));
+    assert_ne!(on, me, "committed by the writer thread");
+}
+
+/// The caller commits only where the writer thread sleeps and the store's
+/// commits are quick; otherwise `submit_then_help` is a plain submit, the
+/// thread commits, and `help` has nothing to do.
+#[test]
+fn a_busy_writer_or_a_slow_store_commits_on_the_writer_thread() {
+    // Busy: held in its first commit.
+    let (store, writer, release, (tx, rx)) = held_in_first_commit();
+    writer
+        .submit_then_help(vec![submit(task(2))], report_to(&tx, 1))
+        .unwrap();
+    writer.help();
+    assert!(store.get(tid(2)).unwrap().is_none(), "help made no commit");
+    release.send(()).unwrap();
+    let tags: Vec<usize> = rx
+        .iter()
+        .take(2)
+        .map(|(t, r)| r.map(|()| t).unwrap())
+        .collect();
+    assert_eq!(tags, [0, 1]);
+    // Slow commits, or lanes: never the caller's.
+    for (lanes, quick) in [(1, false), (2, true)] {
+        let store = Arc::new(Recording {
+            lanes,
+            quick,
+            ..Recording::default()
+        });
+        let writer = Writer::spawn(store.clone());
+        writer.until_idle();
+        let (tx, rx) = mpsc::channel();
+        writer
+            .submit_then_help(vec![submit(task(1))], report_thread_to(&tx, 0))
+            .unwrap();
+        let (_, r, on) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert!(r.is_ok());
+        assert_ne!(on, thread::current().id(), "lanes {lanes}");
+        writer.help();
+    }
+}
+
+/// A batch whose caller never helps is committed at shutdown, and a flush
+/// on the caller's thread helps first instead of waiting for itself.
+#[test]
+fn a_batch_left_for_help_is_committed_by_flush_or_shutdown() {
+    let (store, writer) = idle_quick_writer(Writer::spawn);
+    writer
+        .submit_then_help(vec![submit(task(1))], None)
+        .unwrap();
+    writer.flush().unwrap();
+    assert!(store.get(tid(1)).unwrap().is_some());
+
+    let writer = Arc::new(Writer::spawn(store.clone()));
+    writer.until_idle();
+    let (tx, rx) = mpsc::channel();
+    // Left by a thread that ends without helping.
+    thread::scope(|s| {
+        s.spawn(|| {
+            writer
+                .submit_then_help(vec![submit(task(2))], report_to(&tx, 0))
+                .unwrap();
+        });
+    });
+    assert!(rx.try_recv().is_err());
+    writer.shutdown();
+    let (tag, r) = rx.try_recv().unwrap();
+    assert_eq!((tag, r.is_ok()), (0, true));
+    assert!(store.get(tid(2)).unwrap().is_some());
+}
+
+/// A helped commit that fails stops a fail-stop writer as the thread's
+/// would: its batch and those behind it fail, later ones are refused.
+#[test]
+fn a_failed_helped_commit_stops_a_fail_stop_writer() {
+    let (store, writer) = idle_quick_writer(|s| Writer::try_spawn_fail_stop(s).unwrap());
+    let (tx, rx) = mpsc::channel();
+    let mut bad = Life::of(&task(1)).assign("w", 5);
+    if let Change::Status { from, .. } = &mut bad {
+        *from = State::Running; // task 1 does not exist
+    }
+    writer
+        .submit_then_help(vec![submit(task(2)), bad], report_to(&tx, 0))
+        .unwrap();
+    writer.help();
+    let (tag, r) = rx.try_recv().unwrap();
+    assert_eq!(tag, 0);
+    assert!(r.is_err(), "the bad batch fails");
+    assert!(store.get(tid(2)).unwrap().is_none(), "nothing of it stays");
+    assert_refuses(&writer, 3);
+}
+
+/// A store that panics in a helped commit stops the writer as a panic on
+/// its thread does (later batches refused, the thread ends instead of
+/// waiting for the helper) and the panic stays there; a caller that
+/// unwinds before committing leaves its batch to the thread.
+#[test]
+fn a_panic_in_or_before_help_leaves_no_writer_waiting() {
+    let (store, writer) = idle_quick_writer(Writer::spawn);
+    let (tx, rx) = mpsc::channel();
+    let caller = thread::scope(|s| {
+        let caller = s.spawn(|| {
+            /// Helps as it drops, like the runtime's engine guard.
+            struct HelpOnDrop<'a>(&'a Writer);
+            impl Drop for HelpOnDrop<'_> {
+                fn drop(&mut self) {
+                    self.0.help();
+                }
+            }
+            let _help = HelpOnDrop(&writer);
+            writer
+                .submit_then_help(vec![submit(task(1))], report_thread_to(&tx, 0))
+                .unwrap();
+            std::panic::resume_unwind(Box::new("the caller fails before it helps"));
+        });
+        let id = caller.thread().id();
+        caller.join().unwrap_err();
+        id
+    });
+    let (tag, r, on) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!((tag, r.is_ok()), (0, true));
+    assert_ne!(
+        on, caller,
+        "the thread committed it, not the unwinding caller"
+    );
+    assert!(store.get(tid(1)).unwrap().is_some());
+
+    writer.until_idle();
+    let (tx, rx) = mpsc::channel();
+    writer
+        .submit_then_help(vec![submit(task(2))], report_to(&tx, 1))
+        .unwrap();
+    drop(tx);
+    store.explodes.store(true, Ordering::SeqCst);
+    writer.help();
+    assert!(rx.recv().is_err(), "its callback was dropped: closed");
+    assert_refuses(&writer, 3);
+    // The thread ended instead of waiting for a helper.
+    writer.shutdown();
+}
+
+/// A helped commit takes at most 64 changes: a large batch queued behind
+/// the caller's is the writer thread's. A `done` callback of a helped
+/// commit may shut the writer down without waiting for itself.
+#[test]
+fn a_helped_commit_stays_small_and_may_shut_the_writer_down() {
+    let (store, writer) = idle_quick_writer(Writer::spawn);
+    let (tx, rx) = mpsc::channel();
+    let writer = Arc::new(writer);
+    let shut = {
+        let writer = Arc::clone(&writer);
+        let tx = tx.clone();
+        Box::new(move |r: Result<(), StoreError>| {
+            tx.send((0, r, thread::current().id())).unwrap();
+            writer.shutdown();
+        })
+    };
+    writer
+        .submit_then_help(vec![submit(task(1))], Some(shut))
+        .unwrap();
+    let large: Vec<Change> = (2..=70).map(|n| submit(task(n))).collect();
+    writer.submit(large, report_thread_to(&tx, 1)).unwrap();
+    writer.help();
+    let me = thread::current().id();
+    let (tag, r, on) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!((tag, r.is_ok(), on), (0, true, me));
+    // The shutdown the callback began still commits the large batch, on
+    // the writer thread.
+    let (tag, r, on) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!((tag, r.is_ok()), (1, true));
+    assert_ne!(on, me);
+    assert_eq!(store.calls().len(), 2, "two commits: 1 change, then 69");
+    assert_refuses(&writer, 71);
 }
