@@ -151,6 +151,10 @@ impl Effects {
     }
 }
 
+/// The most attempts out (assigned or running) at which a caller commits
+/// its own small batch ([`Writer::submit_then_help`]).
+const HELP_ATTEMPTS_OUT: usize = 4;
+
 /// The engine, locked ([`Inner::lock`]). Once the lock is let go, this
 /// thread commits what it left to the writer while holding it
 /// ([`Writer::help`]): a commit made at light load costs no thread switch,
@@ -293,8 +297,10 @@ impl Inner {
             }
         });
         // With the engine locked, a commit due now is left for this thread
-        // to make once it lets go of the lock (see `EngineGuard`).
-        let submitted = if window.is_zero() {
+        // to make once it lets go of the lock (see `EngineGuard`), while
+        // few attempts are out: with more, results and submits come close
+        // together and the writer thread's groups are larger.
+        let submitted = if window.is_zero() && engine.attempts_out() <= HELP_ATTEMPTS_OUT {
             self.writer.submit_then_help(changes, Some(callback))
         } else {
             self.writer.submit_within(changes, Some(callback), window)
