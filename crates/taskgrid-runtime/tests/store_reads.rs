@@ -30,6 +30,10 @@ struct Watched {
     on_watched: Mutex<Vec<&'static str>>,
     /// How many output chunks each batch that carried any brought.
     output_batches: Mutex<Vec<usize>>,
+    /// Its [`Store::quick_commits`].
+    quick: AtomicBool,
+    /// Commits made, once armed, on the watched thread.
+    applies_on_watched: AtomicUsize,
 }
 
 impl Watched {
@@ -41,7 +45,16 @@ impl Watched {
             reads: AtomicUsize::new(0),
             on_watched: Mutex::new(Vec::new()),
             output_batches: Mutex::new(Vec::new()),
+            quick: AtomicBool::new(false),
+            applies_on_watched: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether this call, once armed, is made on the watched thread.
+    fn on_watched(&self) -> bool {
+        self.armed.load(Ordering::SeqCst)
+            && *self.watched.lock().unwrap_or_else(|p| p.into_inner())
+                == Some(std::thread::current().id())
     }
 
     fn read(&self, what: &'static str) {
@@ -49,8 +62,7 @@ impl Watched {
             return;
         }
         self.reads.fetch_add(1, Ordering::SeqCst);
-        let watched = *self.watched.lock().unwrap_or_else(|p| p.into_inner());
-        if watched == Some(std::thread::current().id()) {
+        if self.on_watched() {
             self.on_watched
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -60,7 +72,13 @@ impl Watched {
 }
 
 impl Store for Watched {
+    fn quick_commits(&self) -> bool {
+        self.quick.load(Ordering::SeqCst)
+    }
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        if self.on_watched() {
+            self.applies_on_watched.fetch_add(1, Ordering::SeqCst);
+        }
         let chunks = changes
             .iter()
             .filter(|c| matches!(c, Change::Output(_)))
@@ -238,6 +256,48 @@ async fn no_store_read_runs_on_an_async_thread() {
         on_async.is_empty(),
         "store reads on the async thread: {on_async:?}"
     );
+    // Nor a commit: this store's are not quick.
+    assert_eq!(store.applies_on_watched.load(Ordering::SeqCst), 0);
+}
+
+/// Where the store's commits are quick, a light load's commits are made by
+/// the async thread that made the change, as it lets go of the engine
+/// (no wake-up of the writer thread), and a submit is still answered only
+/// once its task is committed.
+#[tokio::test(flavor = "current_thread")]
+async fn at_light_load_the_async_thread_commits_before_it_answers() {
+    let store = Arc::new(Watched::new());
+    store.quick.store(true, Ordering::SeqCst);
+    *store.watched.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::thread::current().id());
+    let sys = TaskSystem::builder()
+        .store(store.clone())
+        .handler(
+            "echo",
+            |ctx| async move { ctx.payload::<serde_json::Value>() },
+        )
+        .build()
+        .expect("build");
+    sys.start().expect("start");
+    store.armed.store(true, Ordering::SeqCst);
+    for i in 0..20 {
+        let task = sys
+            .submit(Task::handler("echo", &json!(i)))
+            .await
+            .expect("submit");
+        assert!(
+            store.store.get(task.id()).expect("get").is_some(),
+            "task {i} answered before its commit"
+        );
+        assert!(task.wait_timeout(LIMIT).await.expect("wait").is_success());
+    }
+    // Each task's submit and end could be; a commit the writer thread was
+    // still finishing as the next came is not.
+    let helped = store.applies_on_watched.load(Ordering::SeqCst);
+    assert!(
+        helped >= 10,
+        "{helped} of 40 commits made by the async thread"
+    );
+    sys.shutdown().await.expect("shutdown");
 }
 
 /// What a running task says that only needs recording (here: output) is
