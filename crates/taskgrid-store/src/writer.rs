@@ -286,12 +286,14 @@ impl Writer {
         changes: Vec<Change>,
         done: Option<Done>,
     ) -> Result<(), StoreError> {
+        if self.helped.is_none() {
+            return self.submit(changes, done);
+        }
         let mut st = lock(&self.queue.state);
         if st.closed {
             return Err(StoreError::Closed);
         }
-        if self.helped.is_none()
-            || st.helper != Helper::None
+        if st.helper != Helper::None
             || !matches!(st.thread, Thread::Idle)
             || !st.jobs.is_empty()
             || changes.len() > HELP_MAX_CHANGES
