@@ -7,12 +7,16 @@
 # p99 and submit → answer p50 (with --latency), and the coordinator
 # process's CPU seconds (throughput runs).
 set -euo pipefail
-rounds=${1:?rounds}; base=${2:?base binary}; new=${3:?new binary}; shift 3
-cd "$(mktemp -d)"
+rounds=${1:?rounds}; base=$(readlink -f "${2:?base binary}"); new=$(readlink -f "${3:?new binary}"); shift 3
+err=$(mktemp)
+trap 'rm -f "$err"' EXIT
 for r in $(seq 1 "$rounds"); do
     if (( r % 2 )); then order=("$base" "$new"); else order=("$new" "$base"); fi
     for bin in "${order[@]}"; do
-        out=$("$bin" bench --coordinator-process --json "$@" 2>/dev/null | tail -1)
+        # Each bench makes (and removes) its own data directory.
+        if ! out=$("$bin" bench --coordinator-process --json "$@" 2>"$err" | tail -1) || [[ -z $out ]]; then
+            echo "$bin bench failed:" >&2; cat "$err" >&2; exit 1
+        fi
         python3 - "$r" "$bin" "$out" <<'PY'
 import json, sys
 r, b, d = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])

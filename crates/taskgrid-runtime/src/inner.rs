@@ -160,42 +160,39 @@ const HELP_ATTEMPTS_OUT: usize = 4;
 /// ([`Writer::help`]): a commit made at light load costs no thread switch,
 /// and never holds the engine.
 pub(crate) struct EngineGuard<'a> {
-    guard: Option<MutexGuard<'a, Engine>>,
-    writer: &'a Writer,
+    // Fields drop in order: the lock goes first, then the help.
+    engine: MutexGuard<'a, Engine>,
+    _help: HelpWriter<'a>,
+}
+
+/// Helps the writer as it drops (the second half of [`EngineGuard`]).
+struct HelpWriter<'a>(&'a Writer);
+
+impl Drop for HelpWriter<'_> {
+    fn drop(&mut self) {
+        self.0.help();
+    }
 }
 
 impl std::ops::Deref for EngineGuard<'_> {
     type Target = Engine;
 
     fn deref(&self) -> &Engine {
-        match &self.guard {
-            Some(g) => g,
-            None => unreachable!("an engine guard is emptied only as it drops"),
-        }
+        &self.engine
     }
 }
 
 impl std::ops::DerefMut for EngineGuard<'_> {
     fn deref_mut(&mut self) -> &mut Engine {
-        match &mut self.guard {
-            Some(g) => g,
-            None => unreachable!("an engine guard is emptied only as it drops"),
-        }
-    }
-}
-
-impl Drop for EngineGuard<'_> {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        self.writer.help();
+        &mut self.engine
     }
 }
 
 impl Inner {
     pub(crate) fn lock(&self) -> EngineGuard<'_> {
         EngineGuard {
-            guard: Some(relock(&self.engine)),
-            writer: &self.writer,
+            engine: relock(&self.engine),
+            _help: HelpWriter(&self.writer),
         }
     }
 

@@ -4,7 +4,8 @@
 //! every async task runs on the test's own thread, so a store that notes
 //! the thread of each call shows any read made from async code. (A small
 //! write may be committed on an async thread where the store says its
-//! commits are quick, `Store::quick_commits`; this store's are not.)
+//! commits are quick, `Store::quick_commits`; this store's are not, unless
+//! a test sets `quick`.)
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

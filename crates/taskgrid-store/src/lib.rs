@@ -74,7 +74,7 @@ pub use open::{BadStoreConfig, StoreConfig};
 pub use postgres::{ClusterProbe, PostgresOptions, PostgresStore, read_cluster};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{BUSY_TIMEOUT, Durability, SqliteOptions, SqliteStore};
-pub use writer::{BATCH_CAP, Done, LAZY_WINDOW, MAX_WINDOW, Writer};
+pub use writer::{BATCH_CAP, Done, HELP_MAX_CHANGES, HELP_PAUSE, LAZY_WINDOW, MAX_WINDOW, Writer};
 
 use taskgrid_core::{
     AttemptRecord, AuditEntry, Change, FireRecord, OutputChunk, ScheduleRecord, State, TaskId,

@@ -52,18 +52,14 @@ pub const BATCH_CAP: usize = 65_536;
 /// its submission its commit may start at the latest.
 pub const LAZY_WINDOW: Duration = Duration::from_millis(10);
 
-/// The most commits one [`Writer::help`] makes before it leaves the rest
-/// to the writer thread.
-const HELP_COMMITS: usize = 1;
-
 /// How long callers leave their commits to the writer thread after a
 /// helped commit had company: under a steady stream of batches the
 /// thread commits beside the callers' own work, in larger groups.
-const HELP_PAUSE: Duration = Duration::from_millis(10);
+pub const HELP_PAUSE: Duration = Duration::from_millis(10);
 
 /// The most changes a caller leaves for its own commit: a larger batch
 /// would hold the caller's thread for long.
-const HELP_MAX_CHANGES: usize = 64;
+pub const HELP_MAX_CHANGES: usize = 64;
 
 /// The longest window a batch gets; longer ones are cut to it.
 pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
@@ -135,11 +131,18 @@ struct Pending {
     thread: Thread,
     /// Whether a caller commits instead of the thread.
     helper: Helper,
-    /// Claims made so far (each [`Helper::Claimed`] names its own).
-    claims: u64,
     /// No caller commits before this: the last helped commit had company
     /// (see [`HELP_PAUSE`]).
     no_help_until: Option<Instant>,
+}
+
+impl Pending {
+    /// Queues `job` last.
+    fn push(&mut self, job: Job) {
+        self.changes += job.changes.len();
+        self.due = Some(self.due.map_or(job.by, |d| d.min(job.by)));
+        self.jobs.push_back(job);
+    }
 }
 
 /// A caller committing in the writer thread's place ([`Writer::help`]).
@@ -148,10 +151,12 @@ enum Helper {
     /// None: the thread commits.
     #[default]
     None,
-    /// The caller that made this claim will commit what is queued when it
-    /// calls [`Writer::help`]; until then the thread takes nothing (unless
-    /// it is shutting down, when it takes over).
-    Claimed(u64),
+    /// The caller that left its batch (the one thread whose [`HELP`] names
+    /// this writer) will commit what is queued when it calls
+    /// [`Writer::help`]; until then the thread takes nothing (unless it is
+    /// shutting down, when it takes over: the writer is closed then, so no
+    /// other claim can follow and the claimer's `help` finds none).
+    Claimed,
     /// A caller is committing: the thread takes nothing until it is done.
     Helping,
 }
@@ -245,11 +250,19 @@ impl Writer {
         window: Duration,
     ) -> Result<(), StoreError> {
         let by = Instant::now() + window.min(MAX_WINDOW);
-        let mut st = lock(&self.queue.state);
+        let st = lock(&self.queue.state);
         if st.closed {
             return Err(StoreError::Closed);
         }
-        st.changes += changes.len();
+        self.enqueue(st, Job { changes, done, by });
+        Ok(())
+    }
+
+    /// Queues `job` (under `st`, the queue's lock) and wakes the thread if
+    /// it must start sooner than it would wake anyway.
+    fn enqueue(&self, mut st: MutexGuard<'_, Pending>, job: Job) {
+        let by = job.by;
+        st.push(job);
         // A helping caller takes what queues while it helps, or wakes the
         // thread for it when done.
         let wake = st.helper == Helper::None
@@ -258,14 +271,11 @@ impl Writer {
                 Thread::Idle => true,
                 Thread::Until(at) => by < at || st.changes >= BATCH_CAP,
             };
-        st.due = Some(st.due.map_or(by, |d| d.min(by)));
-        st.jobs.push_back(Job { changes, done, by });
         if wake {
             st.thread = Thread::Busy;
             drop(st);
             self.queue.wake.notify_one();
         }
-        Ok(())
     }
 
     /// Like [`submit`](Writer::submit), but where the writer thread sleeps
@@ -278,59 +288,58 @@ impl Writer {
     ///
     /// Otherwise (the thread busy or waiting for a window, batches queued,
     /// a store with several lanes or slow commits ([`Store::quick_commits`]),
-    /// a call from a `done` callback, or one
-    /// made before this thread helped with its last) it is
-    /// [`submit`](Writer::submit).
+    /// a batch of over [`HELP_MAX_CHANGES`] changes, within [`HELP_PAUSE`]
+    /// of a helped commit that had company, a call from a `done` callback, or one made before this
+    /// thread helped with its last) it is [`submit`](Writer::submit).
     pub fn submit_then_help(
         &self,
         changes: Vec<Change>,
         done: Option<Done>,
     ) -> Result<(), StoreError> {
-        if self.helped.is_none() {
+        if self.helped.is_none()
+            || changes.len() > HELP_MAX_CHANGES
+            || on_writer_thread(&self.queue)
+            || HELP.with(|h| h.get() != 0)
+        {
             return self.submit(changes, done);
         }
         let mut st = lock(&self.queue.state);
         if st.closed {
             return Err(StoreError::Closed);
         }
+        let job = Job {
+            changes,
+            done,
+            by: Instant::now(),
+        };
         if st.helper != Helper::None
             || !matches!(st.thread, Thread::Idle)
             || !st.jobs.is_empty()
-            || changes.len() > HELP_MAX_CHANGES
-            || st.no_help_until.is_some_and(|t| Instant::now() < t)
-            || on_writer_thread(&self.queue)
-            || HELP.with(|h| h.get().0 != 0)
+            || st.no_help_until.is_some_and(|t| job.by < t)
         {
-            drop(st);
-            return self.submit(changes, done);
+            self.enqueue(st, job);
+            return Ok(());
         }
-        st.claims += 1;
-        let claim = st.claims;
-        st.helper = Helper::Claimed(claim);
-        HELP.with(|h| h.set((self.queue.id, claim)));
-        let by = Instant::now();
-        st.changes += changes.len();
-        st.due = Some(by);
-        st.jobs.push_back(Job { changes, done, by });
+        st.helper = Helper::Claimed;
+        HELP.with(|h| h.set(self.queue.id));
+        st.push(job);
         Ok(())
     }
 
     /// Commits, on this thread, the batch this thread left with
     /// [`submit_then_help`](Writer::submit_then_help) and whatever queued
-    /// behind it (up to 64 changes in all, in one commit), then gives the
-    /// rest to the writer thread. Does nothing if this thread left no batch, or if a
-    /// shutdown already committed it.
+    /// behind it (up to [`HELP_MAX_CHANGES`] in all, in one commit), then gives the
+    /// rest to the writer thread. Does nothing if this thread left no
+    /// batch, or if a shutdown already committed it.
     pub fn help(&self) {
-        let Some(claim) = HELP.with(|h| {
-            let (queue, claim) = h.get();
-            (queue == self.queue.id).then(|| {
-                h.set((0, 0));
-                claim
-            })
-        }) else {
-            return;
-        };
-        let Some((store, fail_stop)) = &self.helped else {
+        let mine = HELP.with(|h| {
+            let mine = h.get() == self.queue.id;
+            if mine {
+                h.set(0);
+            }
+            mine
+        });
+        let (true, Some((store, fail_stop))) = (mine, &self.helped) else {
             return;
         };
         let path = Path {
@@ -339,7 +348,7 @@ impl Writer {
             report_queued: true,
         };
         let mut st = lock(&self.queue.state);
-        if st.helper != Helper::Claimed(claim) {
+        if st.helper != Helper::Claimed {
             return;
         }
         if thread::panicking() {
@@ -356,18 +365,14 @@ impl Writer {
         // batches come close together, and the writer thread, which
         // commits beside the callers' work, groups them better.
         let mut company = st.jobs.len() > 1;
-        for _ in 0..HELP_COMMITS {
-            if st.closed || st.due.is_none_or(|due| due > Instant::now()) {
-                break;
-            }
+        if !st.closed {
+            // The claimed batch is due now: one commit, and the rest (if
+            // any) is the thread's.
             let (jobs, total) = take_queued(&mut st, HELP_MAX_CHANGES);
             drop(st);
             let open = self.commit_helped(&path, *fail_stop, jobs, total);
             st = lock(&self.queue.state);
-            if !open {
-                break;
-            }
-            company |= !st.jobs.is_empty();
+            company |= open && !st.jobs.is_empty();
         }
         st.helper = Helper::None;
         if company {
@@ -395,12 +400,7 @@ impl Writer {
     ) -> bool {
         let before = WRITER_THREAD.with(|w| w.replace(std::ptr::from_ref(&*self.queue) as usize));
         let committed = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            if fail_stop {
-                commit_or_stop(path, &self.queue, jobs, total)
-            } else {
-                commit(path, jobs, total);
-                true
-            }
+            commit_group(path, &self.queue, fail_stop, jobs, total)
         }));
         WRITER_THREAD.with(|w| w.set(before));
         committed.unwrap_or_else(|_| {
@@ -408,24 +408,6 @@ impl Writer {
             drop(Gone(&self.queue));
             false
         })
-    }
-
-    /// Waits until the writer thread sleeps with nothing to do (tests
-    /// that need [`submit_then_help`](Writer::submit_then_help) to leave
-    /// its batch); panics after 30 s.
-    #[cfg(all(test, feature = "sqlite"))]
-    fn until_idle(&self) {
-        let limit = Instant::now() + Duration::from_secs(30);
-        loop {
-            assert!(Instant::now() < limit, "the writer thread never slept");
-            {
-                let st = lock(&self.queue.state);
-                if matches!(st.thread, Thread::Idle) && st.jobs.is_empty() {
-                    return;
-                }
-            }
-            thread::yield_now();
-        }
     }
 
     /// [`submit_within`](Writer::submit_within) [`LAZY_WINDOW`], for
@@ -481,9 +463,9 @@ impl Drop for Writer {
 }
 
 thread_local! {
-    /// The writer (its queue's number) and the claim of the batch this
-    /// thread left for its [`Writer::help`]; `(0, 0)` for none.
-    static HELP: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    /// The writer (its queue's number) this thread left a batch with, for
+    /// its [`Writer::help`]; 0 for none.
+    static HELP: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 
     /// The queue of the writer this thread belongs to (its thread or a
     /// lane, or a caller while it helps: where `done` callbacks run), by
@@ -525,13 +507,26 @@ fn run(store: &dyn Store, queue: &Queue, fail_stop: bool) {
         report_queued: true,
     };
     while let Some((jobs, total)) = take(queue) {
-        if fail_stop {
-            if !commit_or_stop(&path, queue, jobs, total) {
-                return;
-            }
-        } else {
-            commit(&path, jobs, total);
+        if !commit_group(&path, queue, fail_stop, jobs, total) {
+            return;
         }
+    }
+}
+
+/// Commits one taken group, fail-stop or not; returns whether the writer
+/// is still open.
+fn commit_group(
+    path: &Path<'_>,
+    queue: &Queue,
+    fail_stop: bool,
+    jobs: Vec<Job>,
+    total: usize,
+) -> bool {
+    if fail_stop {
+        commit_or_stop(path, queue, jobs, total)
+    } else {
+        commit(path, jobs, total);
+        true
     }
 }
 
@@ -675,8 +670,8 @@ fn take(queue: &Queue) -> Option<(Vec<Job>, usize)> {
         match st.helper {
             Helper::None => {}
             // Shutting down: the claimer may never help; take its batch.
-            Helper::Claimed(_) if st.closed => st.helper = Helper::None,
-            Helper::Claimed(_) | Helper::Helping => {
+            Helper::Claimed if st.closed => st.helper = Helper::None,
+            Helper::Claimed | Helper::Helping => {
                 st.thread = Thread::Idle;
                 st = queue.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
                 continue;
@@ -714,17 +709,9 @@ struct Gone<'a>(&'a Queue);
 
 impl Drop for Gone<'_> {
     fn drop(&mut self) {
-        let jobs = {
-            let mut st = lock(&self.0.state);
-            st.helper = Helper::None;
-            st.closed = true;
-            st.due = None;
-            st.changes = 0;
-            std::mem::take(&mut st.jobs)
-        };
-        self.0.wake.notify_all();
+        lock(&self.0.state).helper = Helper::None;
         // Dropped unlocked: a callback's drop may reach the writer again.
-        drop(jobs);
+        drop(close(self.0));
     }
 }
 

@@ -789,12 +789,42 @@ fn dropping_the_writer_from_a_lanes_callback_does_not_hang() {
     assert!(store.get(tid(1)).unwrap().is_some());
 }
 
+/// Runs `f` on a thread of its own and returns what it returns; fails the
+/// test if that takes over 30 s (a writer waiting for itself).
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{what} did not return"))
+}
+
+/// Waits until `writer`'s thread sleeps with nothing to do (so that the
+/// next `submit_then_help` leaves its batch); panics after 30 s.
+fn until_idle(writer: &Writer) {
+    let limit = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            std::time::Instant::now() < limit,
+            "the writer thread never slept"
+        );
+        {
+            let st = super::lock(&writer.queue.state);
+            if matches!(st.thread, super::Thread::Idle) && st.jobs.is_empty() {
+                return;
+            }
+        }
+        thread::yield_now();
+    }
+}
+
 /// A writer that `spawn` starts over a store with quick commits, once its
 /// thread sleeps: the next `submit_then_help` is left for its caller.
 fn idle_quick_writer(spawn: impl FnOnce(Arc<dyn Store>) -> Writer) -> (Arc<Recording>, Writer) {
     let store = Recording::quick();
     let writer = spawn(store.clone());
-    writer.until_idle();
+    until_idle(&writer);
     (store, writer)
 }
 
@@ -876,7 +906,7 @@ fn a_busy_writer_or_a_slow_store_commits_on_the_writer_thread() {
             ..Recording::default()
         });
         let writer = Writer::spawn(store.clone());
-        writer.until_idle();
+        until_idle(&writer);
         let (tx, rx) = mpsc::channel();
         writer
             .submit_then_help(vec![submit(task(1))], report_thread_to(&tx, 0))
@@ -893,14 +923,17 @@ fn a_busy_writer_or_a_slow_store_commits_on_the_writer_thread() {
 #[test]
 fn a_batch_left_for_help_is_committed_by_flush_or_shutdown() {
     let (store, writer) = idle_quick_writer(Writer::spawn);
-    writer
-        .submit_then_help(vec![submit(task(1))], None)
-        .unwrap();
-    writer.flush().unwrap();
+    let writer = Arc::new(writer);
+    let w = Arc::clone(&writer);
+    within("a flush on the claimer's thread", move || {
+        w.submit_then_help(vec![submit(task(1))], None).unwrap();
+        w.flush()
+    })
+    .unwrap();
     assert!(store.get(tid(1)).unwrap().is_some());
 
     let writer = Arc::new(Writer::spawn(store.clone()));
-    writer.until_idle();
+    until_idle(&writer);
     let (tx, rx) = mpsc::channel();
     // Left by a thread that ends without helping.
     thread::scope(|s| {
@@ -911,7 +944,8 @@ fn a_batch_left_for_help_is_committed_by_flush_or_shutdown() {
         });
     });
     assert!(rx.try_recv().is_err());
-    writer.shutdown();
+    let w = Arc::clone(&writer);
+    within("a shutdown with a claim never helped", move || w.shutdown());
     let (tag, r) = rx.try_recv().unwrap();
     assert_eq!((tag, r.is_ok()), (0, true));
     assert!(store.get(tid(2)).unwrap().is_some());
@@ -973,7 +1007,7 @@ fn a_panic_in_or_before_help_leaves_no_writer_waiting() {
     );
     assert!(store.get(tid(1)).unwrap().is_some());
 
-    writer.until_idle();
+    until_idle(&writer);
     let (tx, rx) = mpsc::channel();
     writer
         .submit_then_help(vec![submit(task(2))], report_to(&tx, 1))
@@ -984,7 +1018,9 @@ fn a_panic_in_or_before_help_leaves_no_writer_waiting() {
     assert!(rx.recv().is_err(), "its callback was dropped: closed");
     assert_refuses(&writer, 3);
     // The thread ended instead of waiting for a helper.
-    writer.shutdown();
+    within("a shutdown after the helper's panic", move || {
+        writer.shutdown()
+    });
 }
 
 /// A helped commit takes at most 64 changes: a large batch queued behind
