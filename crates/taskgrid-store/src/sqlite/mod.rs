@@ -6,6 +6,7 @@
 //! never wait for a group commit. The schema and its migrations are in
 //! `schema`, writes in `write`, queries and row decoding in `read`.
 
+mod checkpoint;
 mod lock;
 mod read;
 mod schema;
@@ -22,6 +23,7 @@ use taskgrid_core::{
 };
 
 use crate::{FinishedScan, Store, StoreError, TaskQuery};
+use checkpoint::Checkpointer;
 
 /// An error from SQLite, as a [`StoreError::Backend`] whose message says it
 /// came from SQLite.
@@ -51,8 +53,9 @@ const CACHE_KIB: i64 = 16 * 1024;
 /// opening's migrations and statistics, a start-up's schedules), in KiB.
 const SCAN_CACHE_KIB: i64 = 1024;
 
-/// WAL pages after which a commit copies the WAL back into the file.
-const WAL_CHECKPOINT_PAGES: i64 = 10_000;
+/// WAL pages after which the checkpoint thread copies the WAL back into
+/// the file (see `checkpoint`).
+const WAL_CHECKPOINT_PAGES: i32 = 10_000;
 
 /// Bytes a WAL is truncated to once copied back, if a long read let it grow.
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
@@ -100,6 +103,10 @@ pub struct SqliteStore {
     reader: Option<Mutex<Connection>>,
     /// Commits are not synced to disk ([`Durability::Process`]).
     quick: bool,
+    /// The thread that copies the WAL back when the writer is busy (none in
+    /// memory); told each commit's size, and held for its `Drop`, which
+    /// stops it.
+    checkpointer: Option<Checkpointer>,
     /// The lock file, held for the store's life: one writer per database.
     /// Last, so that it is released only after both connections closed.
     _lock: Option<std::fs::File>,
@@ -116,7 +123,11 @@ impl SqliteStore {
     ///
     /// Fails with [`StoreError::NewerSchema`] if a newer taskgrid wrote it.
     pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
-        let path = path.as_ref();
+        Self::open_marked(path.as_ref(), options, WAL_CHECKPOINT_PAGES)
+    }
+
+    /// [`SqliteStore::open`] with the WAL copied back every `mark` pages.
+    fn open_marked(path: &Path, options: SqliteOptions, mark: i32) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -134,16 +145,14 @@ impl SqliteStore {
             ))));
         }
         writer.pragma_update(None, "synchronous", options.durability.synchronous())?;
-        // The writer copies the WAL back into the file itself (SQLite's
-        // automatic checkpoint, in the commit that crosses the mark), so the
-        // mark is a trade: every 1,000 pages (the default) a no-op task's
-        // hot pages (the b-trees' tails, the state index) were written back
-        // over and over and a commit stalled behind each copy — p99 latency
-        // 3.6 ms at light load; every 10,000 pages (~40 MiB of WAL at most),
-        // 0.3–0.5 ms and 13 % more throughput (BENCHMARKS.md, "The commit
-        // discipline"). The size limit truncates a WAL that a long read let
-        // grow past it, once it is copied back.
-        writer.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+        // The WAL is copied back into the file every 10,000 pages (~40 MiB):
+        // at SQLite's default 1,000, a no-op task's hot pages (the b-trees'
+        // tails, the state index) were written back over and over — p99
+        // latency 3.6 ms at light load against 0.3–0.5 ms, and 13 % less
+        // throughput (BENCHMARKS.md, "The commit discipline"). The copy is
+        // made by a thread of its own when the writer is busy (`checkpoint`),
+        // not in the commit that crosses the mark. The size limit truncates a WAL that a long read
+        // let grow past it, once it is copied back.
         writer.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         // The opening's one-off work (migrations, statistics) reads pages
         // once: through a small cache, or it would leave up to 16 MiB of
@@ -161,10 +170,12 @@ impl SqliteStore {
         let reader = Connection::open_with_flags(path, flags)?;
         configure(&reader)?;
         reader.pragma_update(None, "query_only", true)?;
+        let checkpointer = Checkpointer::start(path, &mut writer, mark, configure)?;
         Ok(SqliteStore {
             writer: Mutex::new(writer),
             reader: Some(Mutex::new(reader)),
             quick: options.durability == Durability::Process,
+            checkpointer: Some(checkpointer),
             _lock: Some(lock),
         })
     }
@@ -179,6 +190,7 @@ impl SqliteStore {
             writer: Mutex::new(conn),
             reader: None,
             quick: true,
+            checkpointer: None,
             _lock: None,
         })
     }
@@ -221,6 +233,9 @@ impl Store for SqliteStore {
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());
+        }
+        if let Some(c) = &self.checkpointer {
+            c.progress.committing(changes.len());
         }
         write::apply(&mut self.write_conn(), changes)
     }

@@ -5,7 +5,7 @@
 use rusqlite::Connection;
 use taskgrid_core::{AttemptOutcome, Change, State};
 
-use super::{Durability, SqliteOptions, SqliteStore};
+use super::{Durability, SqliteOptions, SqliteStore, checkpoint};
 use crate::conformance::{Life, audit, fire, output, schedule, submit, task, tid, ts};
 use crate::{Store, StoreError, TaskQuery};
 
@@ -110,10 +110,13 @@ fn durability_picks_the_sync_mode_and_wal_is_on() {
             .pragma_query_value(None, "busy_timeout", |r| r.get(0))
             .unwrap();
         assert_eq!(busy, 5_000);
+        // SQLite's own checkpoint in the commit is off: the WAL hook and
+        // the store's checkpoint thread copy the WAL back instead.
         let every: i64 = conn
             .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
             .unwrap();
-        assert_eq!(every, 10_000);
+        assert_eq!(every, 0);
+        assert!(store.checkpointer.is_some());
         let limit: i64 = conn
             .pragma_query_value(None, "journal_size_limit", |r| r.get(0))
             .unwrap();
@@ -466,4 +469,80 @@ fn a_version_7_audit_log_keeps_its_numbers_going_up() {
     store.apply(&[prune]).unwrap();
     store.apply(&[entry(60)]).unwrap();
     assert_eq!(seqs(&store), [8, 5], "6 and 7 were given before");
+}
+
+#[test]
+fn a_busy_writer_leaves_the_wal_copy_to_a_thread_and_a_light_load_makes_it_itself() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+    const MARK: i32 = 50;
+    let large = checkpoint::BUSY_CHANGES as u128;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let mut store = SqliteStore::open_marked(&path, SqliteOptions::default(), MARK).unwrap();
+    let progress = store.checkpointer.as_ref().unwrap().progress.clone();
+    let mut n = 0;
+    let mut write = |store: &SqliteStore, count: u128| {
+        let batch: Vec<Change> = (n..n + count).map(|i| submit(task(i))).collect();
+        store.apply(&batch).unwrap();
+        n += count;
+        progress.frames.load(Relaxed)
+    };
+    // Past the mark, a large commit wakes the thread, which copies the WAL
+    // back; the writer does not.
+    while write(&store, large) < MARK as u64 {}
+    assert!(
+        progress.wait_past(0, Duration::from_secs(30)) >= 1,
+        "no checkpoint ran"
+    );
+    assert_eq!(
+        progress.inline.load(Relaxed),
+        0,
+        "the writer checkpointed itself"
+    );
+    // Once a run has copied everything, the next commit starts the WAL
+    // over (a run that raced a later commit is followed by another).
+    let mut restarted = false;
+    for _ in 0..50 {
+        let seen = progress.runs();
+        if write(&store, large) < MARK as u64 {
+            restarted = true;
+            break;
+        }
+        progress.wait_past(seen, Duration::from_secs(30));
+    }
+    assert!(restarted, "the WAL was never copied back whole");
+    assert_eq!(progress.inline.load(Relaxed), 0);
+
+    // Small commits past the mark copy the WAL back themselves, in the
+    // commit: the WAL starts over at the next one, and the thread (once
+    // it has answered every wake so far) runs no more.
+    progress.wait_idle(Duration::from_secs(30));
+    let runs = progress.runs();
+    while write(&store, 1) < MARK as u64 {}
+    let frames = progress.frames.load(Relaxed);
+    assert_eq!(progress.inline.load(Relaxed), 1, "at {frames} frames");
+    assert!(write(&store, 1) < frames, "the WAL did not start over");
+    assert_eq!(
+        progress.runs(),
+        runs,
+        "the thread copied a small commit's WAL"
+    );
+
+    // With the thread stopped (as when the store closes), a large commit
+    // past the mark copies the WAL back itself.
+    drop(store.checkpointer.take());
+    while write(&store, large) < MARK as u64 {}
+    assert_eq!(
+        progress.inline.load(Relaxed),
+        2,
+        "the writer left the WAL to grow"
+    );
+    assert_eq!(progress.runs(), runs);
+    assert!(write(&store, 1) < MARK as u64, "the WAL did not start over");
+    drop(store);
+    // Everything written is there after reopening.
+    let store = open(&path);
+    let counts = store.count_by_state().unwrap();
+    assert!(counts.contains(&(State::Queued, n as u64)), "{counts:?}");
 }
