@@ -13,7 +13,7 @@ mod schema;
 mod write;
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
@@ -53,8 +53,8 @@ const CACHE_KIB: i64 = 16 * 1024;
 /// opening's migrations and statistics, a start-up's schedules), in KiB.
 const SCAN_CACHE_KIB: i64 = 1024;
 
-/// WAL pages after which the checkpoint thread copies the WAL back into
-/// the file (see `checkpoint`).
+/// WAL pages after which the WAL is copied back into the file (by the
+/// checkpoint thread or by the commit, see `checkpoint`).
 const WAL_CHECKPOINT_PAGES: i32 = 10_000;
 
 /// Bytes a WAL is truncated to once copied back, if a long read let it grow.
@@ -103,12 +103,15 @@ pub struct SqliteStore {
     reader: Option<Mutex<Connection>>,
     /// Commits are not synced to disk ([`Durability::Process`]).
     quick: bool,
+    /// What the writer's WAL hook reads (each commit's size) and counts
+    /// (none in memory); kept apart from the thread, which may stop first.
+    wal: Option<Arc<checkpoint::Progress>>,
     /// The thread that copies the WAL back when the writer is busy (none in
-    /// memory); told each commit's size, and held for its `Drop`, which
-    /// stops it.
+    /// memory); held for its `Drop`, which stops it.
+    #[cfg_attr(not(test), allow(dead_code))]
     checkpointer: Option<Checkpointer>,
     /// The lock file, held for the store's life: one writer per database.
-    /// Last, so that it is released only after both connections closed.
+    /// Last, so that it is released only after every connection closed.
     _lock: Option<std::fs::File>,
 }
 
@@ -149,10 +152,10 @@ impl SqliteStore {
         // at SQLite's default 1,000, a no-op task's hot pages (the b-trees'
         // tails, the state index) were written back over and over — p99
         // latency 3.6 ms at light load against 0.3–0.5 ms, and 13 % less
-        // throughput (BENCHMARKS.md, "The commit discipline"). The copy is
-        // made by a thread of its own when the writer is busy (`checkpoint`),
-        // not in the commit that crosses the mark. The size limit truncates a WAL that a long read
-        // let grow past it, once it is copied back.
+        // throughput (BENCHMARKS.md, "The commit discipline"). When the
+        // writer is busy the copy is made by a thread of its own, not in a
+        // commit (`checkpoint`). The size limit truncates a WAL that grew
+        // past it, once it is copied back.
         writer.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         // The opening's one-off work (migrations, statistics) reads pages
         // once: through a small cache, or it would leave up to 16 MiB of
@@ -171,10 +174,12 @@ impl SqliteStore {
         configure(&reader)?;
         reader.pragma_update(None, "query_only", true)?;
         let checkpointer = Checkpointer::start(path, &mut writer, mark, configure)?;
+        let wal = Some(checkpointer.progress.clone());
         Ok(SqliteStore {
             writer: Mutex::new(writer),
             reader: Some(Mutex::new(reader)),
             quick: options.durability == Durability::Process,
+            wal,
             checkpointer: Some(checkpointer),
             _lock: Some(lock),
         })
@@ -190,6 +195,7 @@ impl SqliteStore {
             writer: Mutex::new(conn),
             reader: None,
             quick: true,
+            wal: None,
             checkpointer: None,
             _lock: None,
         })
@@ -234,10 +240,11 @@ impl Store for SqliteStore {
         if changes.is_empty() {
             return Ok(());
         }
-        if let Some(c) = &self.checkpointer {
-            c.progress.committing(changes.len());
+        let mut conn = self.write_conn();
+        if let Some(wal) = &self.wal {
+            wal.committing(changes.len());
         }
-        write::apply(&mut self.write_conn(), changes)
+        write::apply(&mut conn, changes)
     }
 
     fn load_active(&self) -> Result<Vec<TaskRecord>, StoreError> {
