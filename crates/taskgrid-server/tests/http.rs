@@ -387,6 +387,59 @@ async fn output_is_read_a_page_at_a_time() {
     assert_eq!(r.body["attempts"][0]["outcome"], "succeeded");
 }
 
+/// A body is JSON under any JSON media type; a bad field, also deep in a
+/// batch, is named by its path (the body is decoded a second time, for the
+/// error, only when the first decode refuses it); nothing is created.
+#[tokio::test]
+async fn json_bodies_are_read_under_any_json_media_type_and_bad_fields_are_named_by_path() {
+    let sys = idle_system(None);
+    let api = Api::new(&sys);
+    let post = |media: &'static str, uri: &'static str, body: Value| {
+        api.send(
+            api.request(Method::POST, uri)
+                .header(header::CONTENT_TYPE, media)
+                .body(Body::from(body.to_string()))
+                .expect("request"),
+        )
+    };
+    for media in [
+        "application/json",
+        "Application/JSON",
+        "application/json; charset=utf-8",
+        "application/vnd.taskgrid+json",
+    ] {
+        let r = post(media, "/api/v1/tasks", handler_task("a", "x")).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{media}: {}", r.body);
+    }
+    assert_eq!(api.count().await, 4);
+    let r = post("text/plain", "/api/v1/tasks", handler_task("a", "x")).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(error_code(&r), "unsupported_media_type");
+
+    let bad = json!({"tasks": [handler_task("a", "x"), {"kind": {"type": "handler", "name": 7}}]});
+    for media in ["application/json", "application/json; charset=utf-8"] {
+        let r = post(media, "/api/v1/tasks/batch", bad.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{media}");
+        assert_eq!(error_code(&r), "invalid_request");
+        let msg = r.body["error"]["message"].as_str().unwrap_or("");
+        assert!(msg.starts_with("tasks[1].kind"), "{media}: {msg}");
+    }
+    let r = post(
+        "application/json",
+        "/api/v1/tasks/batch",
+        json!({"tasks": [1]}),
+    )
+    .await;
+    assert_eq!(error_code(&r), "invalid_request");
+    let msg = r.body["error"]["message"].as_str().unwrap_or("");
+    assert!(msg.starts_with("tasks[0]"), "{msg}");
+    let r = api
+        .post_raw("/api/v1/tasks/batch", "{\"tasks\": [".to_owned())
+        .await;
+    assert_eq!(error_code(&r), "malformed_json");
+    assert_eq!(api.count().await, 4, "nothing more was created");
+}
+
 #[tokio::test]
 async fn bad_requests_get_clear_errors_and_change_nothing() {
     let sys = idle_system(None);

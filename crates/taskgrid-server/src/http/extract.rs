@@ -2,6 +2,7 @@
 //! query or path gets the same JSON error shape as every other failure.
 
 use axum::Json;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
@@ -11,15 +12,46 @@ use taskgrid_core::TaskId;
 use super::error::ApiError;
 
 /// A JSON body (`Content-Type: application/json`, within the body limit).
+///
+/// Decoded by `serde_json` alone; only a body it refuses is decoded again
+/// by axum's `Json`, whose error names the path of the bad field
+/// (`tasks[3].kind: …`). Tracking that path on every body made decoding a
+/// task 40–75 % dearer (BENCHMARKS.md, "Request bodies decoded without
+/// tracking their path").
 pub(crate) struct ApiJson<T>(pub(crate) T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let Json(v) = Json::<T>::from_request(req, state).await?;
-        Ok(ApiJson(v))
+        if !plain_json(req.headers()) {
+            // Any other media type gets axum's answer: `+json` types are
+            // JSON, others are refused.
+            let Json(v) = Json::<T>::from_request(req, state).await?;
+            return Ok(ApiJson(v));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(JsonRejection::from)?;
+        decode(&bytes).map(ApiJson)
     }
+}
+
+/// Whether the request says `Content-Type: application/json` in so many
+/// words (which axum's `Json` takes as JSON too).
+fn plain_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"application/json"))
+}
+
+/// `bytes` as a `T`; where `serde_json` refuses them, the error is axum's
+/// `Json`'s, which names the path of the bad field.
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).or_else(|_| {
+        let Json(v) = Json::<T>::from_bytes(bytes)?;
+        Ok(v)
+    })
 }
 
 /// A JSON body that may be left out: an empty body reads as
@@ -44,6 +76,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
                 .map_err(|e| ApiError::invalid("body", e.body_text()))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
+        }
+        if plain_json(&parts.headers) {
+            return decode(&bytes).map(OptionalJson);
         }
         let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         let Json(v) = Json::<T>::from_request(req, state).await?;
