@@ -5,16 +5,19 @@
 //! the mark, so that commit (and every batch queued behind it) waits for
 //! the WAL to be copied back and the file fsynced: 0.1–0.17 s every ~31
 //! batches of 5,000 submits on a 2-vCPU VM, and ~8 % of the writer
-//! thread's time under a flood of no-op tasks. Here the writer's WAL hook
-//! decides, after each commit made while the WAL is at or past the mark,
-//! by that commit's size:
-//! - a large commit (at least [`BUSY_CHANGES`] changes: the writer has a
-//!   backlog) only asks a thread of its own, on a connection of its own, to
-//!   run a passive checkpoint, which never blocks the writer;
-//! - a small one (a light load) copies the WAL back itself, as SQLite
-//!   would: one commit in ~1,000 waits tens of milliseconds, where a copy
-//!   running beside the commits would slow many of them a little (light-load
-//!   p99 0.5–0.7 ms became 0.7–1.4 ms when the thread took every copy).
+//! thread's time under a flood of no-op tasks (8.6 % under sixteen clients
+//! posting one task at a time). Here the writer's WAL hook decides, after
+//! each commit made while the WAL is at or past the mark, by the size of
+//! the writer's recent commits (the largest, fading by a sixteenth per
+//! commit: [`Progress::committing`]):
+//! - a busy writer (recent commits of at least [`BUSY_CHANGES`] changes:
+//!   a backlog) only asks a thread of its own, on a connection of its own,
+//!   to run a passive checkpoint, which never blocks the writer;
+//! - otherwise (a light load: one client's commits hold 2–16 changes) the
+//!   commit copies the WAL back itself, as SQLite would: one commit in
+//!   ~1,000 waits tens of milliseconds, where a copy running beside the
+//!   commits would slow many of them a little (light-load p99 0.5–0.7 ms
+//!   became 0.7–1.4 ms when the thread took every copy).
 //!
 //! The WAL starts over only once a copy has caught up with the last
 //! commit. Should it still reach four times the mark (the thread's copies
@@ -39,11 +42,11 @@ use crate::StoreError;
 /// The writer copies the WAL back itself past this many times the mark.
 const SELF_MARK_FACTOR: i32 = 4;
 
-/// A commit of at least this many changes that crosses the mark leaves the
-/// copy to the thread; a smaller one makes it itself. A light load's
-/// commits hold a few changes (the writer's helped commits at most 64); a
-/// backlog's, hundreds.
-pub(crate) const BUSY_CHANGES: usize = 128;
+/// The writer counts as busy while its recent commits reach this many
+/// changes (see [`Progress::committing`]). One client posting one task at
+/// a time makes commits of at most 16 changes (nearly all 2–8); sixteen
+/// such clients, commits of 1–128 (a sixth above 32); a flood, hundreds.
+pub(crate) const BUSY_CHANGES: usize = 24;
 
 /// What the writer's WAL hook and the checkpoint thread share: the size
 /// of the commit being made (which decides who copies), and what each has
@@ -55,9 +58,10 @@ pub(crate) struct Progress {
     done: Condvar,
     /// The WAL's frames after the writer's last commit.
     pub(crate) frames: AtomicU64,
-    /// The changes in the commit being made (set before it, read by the
-    /// hook).
-    changes: AtomicUsize,
+    /// The size of the writer's recent commits: the largest, fading by a
+    /// sixteenth with each commit after it (set before a commit, read by
+    /// the hook).
+    recent: AtomicUsize,
     /// Wakes the hook handed the thread (each is one run).
     sent: AtomicU64,
     /// Checkpoints the writer ran itself (a small commit, or the thread had
@@ -67,8 +71,21 @@ pub(crate) struct Progress {
 
 impl Progress {
     /// Notes the size of the commit about to be made.
+    ///
+    /// The writer is busy while this fading maximum reaches
+    /// [`BUSY_CHANGES`]: one commit of 64 changes keeps it so for the next
+    /// 13, so a backlog's small commits between its large ones leave the
+    /// copy to the thread too.
     pub(crate) fn committing(&self, changes: usize) {
-        self.changes.store(changes, Ordering::Relaxed);
+        // Only the writer (under its lock) writes it: no lost update.
+        let faded = self.recent.load(Ordering::Relaxed);
+        let faded = faded - faded.div_ceil(16);
+        self.recent.store(changes.max(faded), Ordering::Relaxed);
+    }
+
+    /// Whether the writer's recent commits make it busy.
+    pub(crate) fn busy(&self) -> bool {
+        self.recent.load(Ordering::Relaxed) >= BUSY_CHANGES
     }
 
     /// Checkpoints run by the thread so far.
@@ -173,7 +190,7 @@ fn hook(
         if frames < mark {
             return Ok(());
         }
-        let busy = progress.changes.load(Ordering::Relaxed) >= BUSY_CHANGES;
+        let busy = progress.busy();
         if busy && frames < mark.saturating_mul(SELF_MARK_FACTOR) {
             match wake.try_send(()) {
                 Ok(()) => {
