@@ -150,6 +150,10 @@ fn error_code(r: &Reply) -> &str {
     r.body["error"]["code"].as_str().unwrap_or("")
 }
 
+fn error_message(r: &Reply) -> &str {
+    r.body["error"]["message"].as_str().unwrap_or("")
+}
+
 #[tokio::test]
 async fn submit_then_get_then_list_filtered_and_paginated() {
     let sys = idle_system(None);
@@ -236,7 +240,7 @@ async fn a_batch_is_accepted_all_or_none() {
     let bad = json!({"tasks": [handler_task("a", "x"), {"kind": {"type": "handler", "name": "h"}, "prio": 1}]});
     let r = api.post("/api/v1/tasks/batch", bad).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    let msg = r.body["error"]["message"].as_str().unwrap_or("");
+    let msg = error_message(&r);
     assert!(msg.contains("prio") && msg.contains("tasks[1]"), "{msg}");
     // A task the engine refuses: nothing stored either.
     let bad = json!({"tasks": [handler_task("a", "x"), {"kind": {"type": "handler", "name": "h"}, "slots": 0}]});
@@ -245,7 +249,7 @@ async fn a_batch_is_accepted_all_or_none() {
     assert_eq!(error_code(&r), "invalid_value");
     // The task refused is named by its place in the batch.
     assert_eq!(r.body["error"]["field"], "tasks[1].slots");
-    let msg = r.body["error"]["message"].as_str().unwrap_or("");
+    let msg = error_message(&r);
     assert!(msg.starts_with("tasks[1]: invalid slots"), "{msg}");
     assert_eq!(api.count().await, 0);
     // A batch of one names its task too.
@@ -421,7 +425,7 @@ async fn json_bodies_are_read_under_any_json_media_type_and_bad_fields_are_named
         let r = post(media, "/api/v1/tasks/batch", bad.clone()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{media}");
         assert_eq!(error_code(&r), "invalid_request");
-        let msg = r.body["error"]["message"].as_str().unwrap_or("");
+        let msg = error_message(&r);
         assert!(msg.starts_with("tasks[1].kind"), "{media}: {msg}");
     }
     let r = post(
@@ -431,13 +435,27 @@ async fn json_bodies_are_read_under_any_json_media_type_and_bad_fields_are_named
     )
     .await;
     assert_eq!(error_code(&r), "invalid_request");
-    let msg = r.body["error"]["message"].as_str().unwrap_or("");
+    let msg = error_message(&r);
     assert!(msg.starts_with("tasks[0]"), "{msg}");
     let r = api
         .post_raw("/api/v1/tasks/batch", "{\"tasks\": [".to_owned())
         .await;
     assert_eq!(error_code(&r), "malformed_json");
     assert_eq!(api.count().await, 4, "nothing more was created");
+    // A body that may be left out is read the same way.
+    let r = post(
+        "application/json",
+        "/api/v1/schedules/none/pause",
+        json!({"note": 7}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&r), "invalid_request");
+    assert!(
+        error_message(&r).starts_with("note"),
+        "{}",
+        error_message(&r)
+    );
 }
 
 #[tokio::test]
@@ -464,7 +482,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(error_code(&r), "invalid_request");
-    let msg = r.body["error"]["message"].as_str().unwrap_or("");
+    let msg = error_message(&r);
     assert!(msg.contains("unknown field `prio`"), "{msg}");
 
     let big = json!({"kind": {"type": "handler", "name": "h", "payload": "x".repeat(2000)}});

@@ -16,7 +16,7 @@ use super::error::ApiError;
 /// Decoded by `serde_json` alone; only a body it refuses is decoded again
 /// by axum's `Json`, whose error names the path of the bad field
 /// (`tasks[3].kind: …`). Tracking that path on every body made decoding a
-/// task 40–75 % dearer (BENCHMARKS.md, "Request bodies decoded without
+/// task 40–50 % dearer (BENCHMARKS.md, "Request bodies decoded without
 /// tracking their path").
 pub(crate) struct ApiJson<T>(pub(crate) T);
 

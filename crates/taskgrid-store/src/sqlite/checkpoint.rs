@@ -48,12 +48,12 @@ const SELF_MARK_FACTOR: i32 = 4;
 /// such clients, commits of 1–128 (a sixth above 32); a flood, hundreds.
 pub(crate) const BUSY_CHANGES: usize = 24;
 
-/// What the writer's WAL hook and the checkpoint thread share: the size
-/// of the commit being made (which decides who copies), and what each has
-/// done (for tests and diagnostics).
+/// What the writer's WAL hook and the checkpoint thread share: the size of
+/// the writer's recent commits (which decides who copies), and what each
+/// has done (for tests and diagnostics).
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
-    /// Checkpoints it ran.
+    /// Checkpoints the thread ran.
     runs: Mutex<u64>,
     done: Condvar,
     /// The WAL's frames after the writer's last commit.
@@ -64,8 +64,9 @@ pub(crate) struct Progress {
     recent: AtomicUsize,
     /// Wakes the hook handed the thread (each is one run).
     sent: AtomicU64,
-    /// Checkpoints the writer ran itself (a small commit, or the thread had
-    /// fallen behind or stopped).
+    /// Checkpoints the writer tried itself (a light load, the WAL at four
+    /// times the mark, or the thread stopped), including any that found
+    /// the thread copying (BUSY) and were left for a later commit.
     pub(crate) inline: AtomicU64,
 }
 
@@ -129,9 +130,9 @@ pub(crate) struct Checkpointer {
 
 impl Checkpointer {
     /// Starts the thread on a connection of its own to `path` and hooks
-    /// `writer`'s commits: past `mark` WAL frames a large commit wakes the
-    /// thread and a small one checkpoints itself; past four times `mark`
-    /// every commit checkpoints itself.
+    /// `writer`'s commits: past `mark` WAL frames a commit wakes the thread
+    /// while the writer is busy ([`Progress::busy`]) and checkpoints itself
+    /// otherwise; past four times `mark` every commit checkpoints itself.
     pub(crate) fn start(
         path: &Path,
         writer: &mut Connection,

@@ -103,8 +103,9 @@ pub struct SqliteStore {
     reader: Option<Mutex<Connection>>,
     /// Commits are not synced to disk ([`Durability::Process`]).
     quick: bool,
-    /// What the writer's WAL hook reads (each commit's size) and counts
-    /// (none in memory); kept apart from the thread, which may stop first.
+    /// What the writer's WAL hook reads (the size of the recent commits)
+    /// and counts (none in memory); kept apart from the thread, which may
+    /// stop first.
     wal: Option<Arc<checkpoint::Progress>>,
     /// The thread that copies the WAL back when the writer is busy (none in
     /// memory); held for its `Drop`, which stops it.
@@ -173,6 +174,9 @@ impl SqliteStore {
         let reader = Connection::open_with_flags(path, flags)?;
         configure(&reader)?;
         reader.pragma_update(None, "query_only", true)?;
+        // From here the WAL hook decides when the WAL is copied back; the
+        // opening's migrations and statistics above ran with SQLite's own
+        // copy every 1,000 pages.
         let checkpointer = Checkpointer::start(path, &mut writer, mark, configure)?;
         let wal = Some(checkpointer.progress.clone());
         Ok(SqliteStore {

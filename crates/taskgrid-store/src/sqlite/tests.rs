@@ -503,6 +503,11 @@ fn a_busy_writer_leaves_the_wal_copy_to_a_thread() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
     let (mut store, progress, mut write) = marked_store(&path);
+    let mut written = 0;
+    let mut write = |store: &SqliteStore, count: u128| {
+        written += count as u64;
+        write(store, count)
+    };
     // Past the mark, a large commit wakes the thread, which copies the WAL
     // back; the writer does not.
     while write(&store, large) < MARK as u64 {}
@@ -546,10 +551,7 @@ fn a_busy_writer_leaves_the_wal_copy_to_a_thread() {
     // Everything written is there after reopening.
     let store = open(&path);
     let counts = store.count_by_state().unwrap();
-    assert!(
-        counts.iter().any(|&(s, n)| s == State::Queued && n > 0),
-        "{counts:?}"
-    );
+    assert!(counts.contains(&(State::Queued, written)), "{counts:?}");
 }
 
 #[test]
@@ -569,6 +571,8 @@ fn a_light_load_copies_the_wal_back_in_its_commit() {
 
 #[test]
 fn a_large_commit_keeps_the_writer_busy_for_the_small_ones_after_it() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     let (store, progress, mut write) = marked_store(&dir.path().join("t.db"));
     let busy = checkpoint::BUSY_CHANGES as u128;
@@ -587,4 +591,27 @@ fn a_large_commit_keeps_the_writer_busy_for_the_small_ones_after_it() {
     }
     write(&store, 1);
     assert!(!progress.busy());
+
+    // So a small commit that crosses the mark within a backlog (a large
+    // commit every eight) leaves the copy to the thread. (A large one
+    // that crosses it first is copied by the thread too, and the WAL
+    // starts over.)
+    let (runs, inline) = (progress.runs(), progress.inline.load(Relaxed));
+    let mut crossed_small = false;
+    for i in 0..10_000 {
+        let large = i % 8 == 0;
+        if write(&store, if large { 64 } else { 1 }) >= MARK as u64 && !large {
+            crossed_small = true;
+            break;
+        }
+        progress.wait_idle(Duration::from_secs(30));
+    }
+    assert!(crossed_small, "no small commit crossed the mark");
+    progress.wait_idle(Duration::from_secs(30));
+    assert!(progress.runs() > runs, "the thread did not copy");
+    assert_eq!(
+        progress.inline.load(Relaxed),
+        inline,
+        "a small commit copied"
+    );
 }
