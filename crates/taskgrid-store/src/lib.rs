@@ -174,6 +174,16 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// Whether the next commit of a light load would stall where commits
+    /// are otherwise quick (SQLite: it would copy the WAL back into the
+    /// file, tens of milliseconds). A caller then leaves it to the
+    /// [`Writer`]'s thread ([`Writer::submit_then_help`]) rather than hold
+    /// its own (an async worker) for it. Read at each such submit: keep it
+    /// cheap. The default: no.
+    fn next_commit_stalls(&self) -> bool {
+        false
+    }
+
     /// Like [`apply`](Store::apply), but commits only in `turn`: once the
     /// changes are written and checked it calls [`Turn::wait`] just before
     /// committing, and commits only if it returns `Ok`; otherwise nothing

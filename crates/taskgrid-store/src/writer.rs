@@ -288,6 +288,7 @@ impl Writer {
     ///
     /// Otherwise (the thread busy or waiting for a window, batches queued,
     /// a store with several lanes or slow commits ([`Store::quick_commits`]),
+    /// a next commit that would stall ([`Store::next_commit_stalls`]),
     /// a batch of over [`HELP_MAX_CHANGES`] changes, within [`HELP_PAUSE`]
     /// of a helped commit that had company, a call from a `done` callback, or one made before this
     /// thread helped with its last) it is [`submit`](Writer::submit).
@@ -296,7 +297,10 @@ impl Writer {
         changes: Vec<Change>,
         done: Option<Done>,
     ) -> Result<(), StoreError> {
-        if self.helped.is_none()
+        if self
+            .helped
+            .as_ref()
+            .is_none_or(|(store, _)| store.next_commit_stalls())
             || changes.len() > HELP_MAX_CHANGES
             || on_writer_thread(&self.queue)
             || HELP.with(|h| h.get() != 0)

@@ -40,7 +40,7 @@ use rusqlite::{Connection, OpenFlags};
 use crate::StoreError;
 
 /// The writer copies the WAL back itself past this many times the mark.
-const SELF_MARK_FACTOR: i32 = 4;
+const SELF_MARK_FACTOR: u64 = 4;
 
 /// The writer counts as busy while its recent commits reach this many
 /// changes (see [`Progress::committing`]). One client posting one task at
@@ -58,6 +58,11 @@ pub(crate) struct Progress {
     done: Condvar,
     /// The WAL's frames after the writer's last commit.
     pub(crate) frames: AtomicU64,
+    /// The writer's last commit copied the whole WAL back (the next one
+    /// starts it over).
+    copied: AtomicBool,
+    /// The mark: WAL frames past which it is copied back.
+    mark: AtomicU64,
     /// The size of the writer's recent commits: the largest, fading by a
     /// sixteenth with each commit after it (set before a commit, read by
     /// the hook).
@@ -87,6 +92,22 @@ impl Progress {
     /// Whether the writer's recent commits make it busy.
     pub(crate) fn busy(&self) -> bool {
         self.recent.load(Ordering::Relaxed) >= BUSY_CHANGES
+    }
+
+    /// Whether a commit that leaves the WAL at `frames` copies it back
+    /// itself: at or past the mark while the writer is not busy, or at
+    /// four times the mark.
+    fn copies_itself(&self, frames: u64) -> bool {
+        let mark = self.mark.load(Ordering::Relaxed);
+        frames >= mark && (!self.busy() || frames >= mark.saturating_mul(SELF_MARK_FACTOR))
+    }
+
+    /// Whether the next commit, if the writer stays as it is, copies the
+    /// WAL back itself (the WAL is past the mark already, and the last
+    /// commit did not copy all of it back).
+    pub(crate) fn copy_due(&self) -> bool {
+        !self.copied.load(Ordering::Relaxed)
+            && self.copies_itself(self.frames.load(Ordering::Relaxed))
     }
 
     /// Checkpoints run by the thread so far.
@@ -136,7 +157,7 @@ impl Checkpointer {
     pub(crate) fn start(
         path: &Path,
         writer: &mut Connection,
-        mark: i32,
+        mark: u64,
         configure: impl Fn(&Connection) -> Result<(), StoreError>,
     ) -> Result<Self, StoreError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -144,7 +165,10 @@ impl Checkpointer {
             | OpenFlags::SQLITE_OPEN_URI;
         let conn = Connection::open_with_flags(path, flags)?;
         configure(&conn)?;
-        let progress = Arc::new(Progress::default());
+        let progress = Arc::new(Progress {
+            mark: AtomicU64::new(mark),
+            ..Progress::default()
+        });
         // One pending wake is enough: a run copies everything committed.
         let (wake, woken) = sync_channel::<()>(1);
         let stop = Arc::new(AtomicBool::new(false));
@@ -173,7 +197,7 @@ impl Checkpointer {
             progress: progress.clone(),
         };
         // On failure the checkpointer is dropped: its thread stops.
-        writer.wal_hook(Some(hook(wake, progress, mark)))?;
+        writer.wal_hook(Some(hook(wake, progress)))?;
         Ok(checkpointer)
     }
 }
@@ -182,17 +206,15 @@ impl Checkpointer {
 fn hook(
     wake: SyncSender<()>,
     progress: Arc<Progress>,
-    mark: i32,
 ) -> impl FnMut(&mut rusqlite::hooks::Wal, i32) -> rusqlite::Result<()> + Send + 'static {
     move |wal, frames| {
-        progress
-            .frames
-            .store(u64::try_from(frames).unwrap_or(0), Ordering::Relaxed);
-        if frames < mark {
+        let frames = u64::try_from(frames).unwrap_or(0);
+        progress.frames.store(frames, Ordering::Relaxed);
+        progress.copied.store(false, Ordering::Relaxed);
+        if frames < progress.mark.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let busy = progress.busy();
-        if busy && frames < mark.saturating_mul(SELF_MARK_FACTOR) {
+        if !progress.copies_itself(frames) {
             match wake.try_send(()) {
                 Ok(()) => {
                     progress.sent.fetch_add(1, Ordering::Relaxed);
@@ -205,15 +227,21 @@ fn hook(
             }
         }
         progress.inline.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = wal.checkpoint() {
+        match wal.checkpoint_v2(CheckpointMode::PASSIVE) {
+            // All of it copied back: the next commit starts the WAL over,
+            // so no copy is due until it fills again.
+            Ok((log, copied)) if log == copied => progress.copied.store(true, Ordering::Relaxed),
+            // Some of it kept for a reader: the next commit tries again.
+            Ok(_) => {}
             // The commit has happened: an error here would report it as
             // failed. The next commit past the mark tries again.
-            if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
                 tracing::debug!(
                     frames,
                     "the thread is copying the WAL back: the writer leaves it"
                 );
-            } else {
+            }
+            Err(e) => {
                 tracing::warn!(frames, error = %e, "the writer could not copy the WAL back");
             }
         }

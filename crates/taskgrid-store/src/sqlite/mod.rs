@@ -55,7 +55,7 @@ const SCAN_CACHE_KIB: i64 = 1024;
 
 /// WAL pages after which the WAL is copied back into the file (by the
 /// checkpoint thread or by the commit, see `checkpoint`).
-const WAL_CHECKPOINT_PAGES: i32 = 10_000;
+const WAL_CHECKPOINT_PAGES: u64 = 10_000;
 
 /// Bytes a WAL is truncated to once copied back, if a long read let it grow.
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
@@ -131,7 +131,7 @@ impl SqliteStore {
     }
 
     /// [`SqliteStore::open`] with the WAL copied back every `mark` pages.
-    fn open_marked(path: &Path, options: SqliteOptions, mark: i32) -> Result<Self, StoreError> {
+    fn open_marked(path: &Path, options: SqliteOptions, mark: u64) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -238,6 +238,10 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 impl Store for SqliteStore {
     fn quick_commits(&self) -> bool {
         self.quick
+    }
+
+    fn next_commit_stalls(&self) -> bool {
+        self.wal.as_ref().is_some_and(|w| w.copy_due())
     }
 
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {

@@ -493,7 +493,7 @@ fn marked_store(
     (store, progress, write)
 }
 
-const MARK: i32 = 50;
+const MARK: u64 = 50;
 
 #[test]
 fn a_busy_writer_leaves_the_wal_copy_to_a_thread() {
@@ -510,7 +510,7 @@ fn a_busy_writer_leaves_the_wal_copy_to_a_thread() {
     };
     // Past the mark, a large commit wakes the thread, which copies the WAL
     // back; the writer does not.
-    while write(&store, large) < MARK as u64 {}
+    while write(&store, large) < MARK {}
     assert!(
         progress.wait_past(0, Duration::from_secs(30)) >= 1,
         "no checkpoint ran"
@@ -525,7 +525,7 @@ fn a_busy_writer_leaves_the_wal_copy_to_a_thread() {
     let mut restarted = false;
     for _ in 0..50 {
         let seen = progress.runs();
-        if write(&store, large) < MARK as u64 {
+        if write(&store, large) < MARK {
             restarted = true;
             break;
         }
@@ -539,14 +539,14 @@ fn a_busy_writer_leaves_the_wal_copy_to_a_thread() {
     progress.wait_idle(Duration::from_secs(30));
     let runs = progress.runs();
     drop(store.checkpointer.take());
-    while write(&store, large) < MARK as u64 {}
+    while write(&store, large) < MARK {}
     assert_eq!(
         progress.inline.load(Relaxed),
         1,
         "the writer left the WAL to grow"
     );
     assert_eq!(progress.runs(), runs);
-    assert!(write(&store, 1) < MARK as u64, "the WAL did not start over");
+    assert!(write(&store, 1) < MARK, "the WAL did not start over");
     drop(store);
     // Everything written is there after reopening.
     let store = open(&path);
@@ -562,7 +562,7 @@ fn a_light_load_copies_the_wal_back_in_its_commit() {
     // Small commits past the mark copy the WAL back themselves, in the
     // commit: the WAL starts over at the next one, and the thread never
     // runs.
-    while write(&store, 1) < MARK as u64 {}
+    while write(&store, 1) < MARK {}
     let frames = progress.frames.load(Relaxed);
     assert_eq!(progress.inline.load(Relaxed), 1, "at {frames} frames");
     assert!(write(&store, 1) < frames, "the WAL did not start over");
@@ -600,7 +600,7 @@ fn a_large_commit_keeps_the_writer_busy_for_the_small_ones_after_it() {
     let mut crossed_small = false;
     for i in 0..10_000 {
         let large = i % 8 == 0;
-        if write(&store, if large { 64 } else { 1 }) >= MARK as u64 && !large {
+        if write(&store, if large { 64 } else { 1 }) >= MARK && !large {
             crossed_small = true;
             break;
         }
@@ -614,4 +614,45 @@ fn a_large_commit_keeps_the_writer_busy_for_the_small_ones_after_it() {
         inline,
         "a small commit copied"
     );
+}
+
+/// A commit that would copy the WAL back in a light load is announced
+/// (`next_commit_stalls`), so that a caller leaves it to the writer
+/// thread; not while the writer is busy, and not once a copy is whole.
+#[test]
+fn the_store_says_when_its_next_commit_would_copy_the_wal_back() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let (store, progress, mut write) = marked_store(&path);
+    assert!(!store.next_commit_stalls());
+    // A reader's snapshot keeps every frame from being copied back.
+    let reader = Connection::open(&path).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let _: i64 = reader
+        .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
+        .unwrap();
+    // Busy past the mark: the thread's copy is the one due, not a commit's.
+    while write(&store, checkpoint::BUSY_CHANGES as u128) < MARK {}
+    progress.wait_idle(Duration::from_secs(30));
+    assert!(progress.busy());
+    assert!(
+        !store.next_commit_stalls(),
+        "a busy writer's copy is the thread's"
+    );
+    // Once the writer is not busy, its next commit would copy.
+    write(&store, 1);
+    assert!(!progress.busy());
+    assert!(
+        store.next_commit_stalls(),
+        "the reader kept the WAL past the mark"
+    );
+    // With the reader gone, a commit copies the whole WAL back, and the
+    // next one starts it over: nothing is due.
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    write(&store, 1);
+    assert!(!store.next_commit_stalls(), "the copy was whole");
+    assert!(write(&store, 1) < MARK, "the WAL started over");
+    assert!(!store.next_commit_stalls());
 }

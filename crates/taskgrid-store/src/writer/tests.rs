@@ -36,6 +36,8 @@ struct Recording {
     explodes_on: Option<TaskId>,
     /// Its [`Store::quick_commits`].
     quick: bool,
+    /// Its [`Store::next_commit_stalls`].
+    stalls: bool,
 }
 
 impl Recording {
@@ -101,6 +103,9 @@ impl Store for Recording {
     }
     fn quick_commits(&self) -> bool {
         self.quick
+    }
+    fn next_commit_stalls(&self) -> bool {
+        self.stalls
     }
     /// Records the call, waits at the gate if it is the first, then for
     /// its turn, then applies.
@@ -898,11 +903,13 @@ fn a_busy_writer_or_a_slow_store_commits_on_the_writer_thread() {
         .map(|(t, r)| r.map(|()| t).unwrap())
         .collect();
     assert_eq!(tags, [0, 1]);
-    // Slow commits, or lanes: never the caller's.
-    for (lanes, quick) in [(1, false), (2, true)] {
+    // Slow commits, lanes, or a next commit that would stall: never the
+    // caller's.
+    for (lanes, quick, stalls) in [(1, false, false), (2, true, false), (1, true, true)] {
         let store = Arc::new(Recording {
             lanes,
             quick,
+            stalls,
             ..Recording::default()
         });
         let writer = Writer::spawn(store.clone());
@@ -913,7 +920,11 @@ fn a_busy_writer_or_a_slow_store_commits_on_the_writer_thread() {
             .unwrap();
         let (_, r, on) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
         assert!(r.is_ok());
-        assert_ne!(on, thread::current().id(), "lanes {lanes}");
+        assert_ne!(
+            on,
+            thread::current().id(),
+            "lanes {lanes}, quick {quick}, stalls {stalls}"
+        );
         writer.help();
     }
 }
