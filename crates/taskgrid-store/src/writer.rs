@@ -205,6 +205,9 @@ impl Writer {
     }
 
     fn start(store: Arc<dyn Store>, fail_stop: bool) -> Result<Writer, StoreError> {
+        // A number per writer for a helper's claim (`HELP`): unlike the
+        // queue's address, which `WRITER_THREAD` keys on while its thread
+        // lives, it is never reused by a later writer.
         static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let queue = Arc::new(Queue {
             id: WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -297,13 +300,15 @@ impl Writer {
         changes: Vec<Change>,
         done: Option<Done>,
     ) -> Result<(), StoreError> {
-        if self
-            .helped
-            .as_ref()
-            .is_none_or(|(store, _)| store.next_commit_stalls())
+        if self.helped.is_none()
             || changes.len() > HELP_MAX_CHANGES
             || on_writer_thread(&self.queue)
             || HELP.with(|h| h.get() != 0)
+            // Last: a call into the store (atomic loads in SQLite's).
+            || self
+                .helped
+                .as_ref()
+                .is_some_and(|(store, _)| store.next_commit_stalls())
         {
             return self.submit(changes, done);
         }

@@ -23,7 +23,7 @@
 //! commit. Should it still reach four times the mark (the thread's copies
 //! overlapping ever more commits), the writer copies it back itself, as
 //! soon as the thread is not copying at that moment; under the benches'
-//! floods it peaked at 1.1–1.3 times the mark. A checkpoint that fails in
+//! floods it peaked at 1.1–1.3 times the mark (BENCHMARKS.md). A checkpoint that fails in
 //! the hook (another one is running) is left for a later commit: the
 //! commit itself has happened, and an error from the hook would report it
 //! as failed.
@@ -49,8 +49,9 @@ const SELF_MARK_FACTOR: u64 = 4;
 pub(crate) const BUSY_CHANGES: usize = 24;
 
 /// What the writer's WAL hook and the checkpoint thread share: the size of
-/// the writer's recent commits (which decides who copies), and what each
-/// has done (for tests and diagnostics).
+/// the writer's recent commits and the WAL's (which decide who copies), and
+/// counts of what each has done, which only the tests read (a few atomic
+/// adds per copy, not per commit).
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
     /// Checkpoints the thread ran.
@@ -62,7 +63,7 @@ pub(crate) struct Progress {
     /// starts it over).
     copied: AtomicBool,
     /// The mark: WAL frames past which it is copied back.
-    mark: AtomicU64,
+    mark: u64,
     /// The size of the writer's recent commits: the largest, fading by a
     /// sixteenth with each commit after it (set before a commit, read by
     /// the hook).
@@ -98,7 +99,7 @@ impl Progress {
     /// itself: at or past the mark while the writer is not busy, or at
     /// four times the mark.
     fn copies_itself(&self, frames: u64) -> bool {
-        let mark = self.mark.load(Ordering::Relaxed);
+        let mark = self.mark;
         frames >= mark && (!self.busy() || frames >= mark.saturating_mul(SELF_MARK_FACTOR))
     }
 
@@ -166,7 +167,7 @@ impl Checkpointer {
         let conn = Connection::open_with_flags(path, flags)?;
         configure(&conn)?;
         let progress = Arc::new(Progress {
-            mark: AtomicU64::new(mark),
+            mark,
             ..Progress::default()
         });
         // One pending wake is enough: a run copies everything committed.
@@ -211,7 +212,8 @@ fn hook(
         let frames = u64::try_from(frames).unwrap_or(0);
         progress.frames.store(frames, Ordering::Relaxed);
         progress.copied.store(false, Ordering::Relaxed);
-        if frames < progress.mark.load(Ordering::Relaxed) {
+        // The common case, before `copies_itself` looks at the writer.
+        if frames < progress.mark {
             return Ok(());
         }
         if !progress.copies_itself(frames) {
